@@ -1,0 +1,1 @@
+//! httpdns-client (in progress).

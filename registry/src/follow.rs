@@ -1,0 +1,285 @@
+//! Follows the node prefix of a store and publishes immutable snapshots.
+//!
+//! The loop is the classic list-then-watch: list `P/nodes/` at revision R, watch from
+//! R+1, apply each batch, publish. Any watch error — compaction, cancellation, a lost
+//! connection — marks the view disconnected (the last nodes stay, for serving stale)
+//! and starts over with a fresh list after a jittered backoff, so a resync replaces
+//! the whole set and never keeps a node the store has dropped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backoff::Backoff;
+use crate::keys::Layout;
+use crate::kv::{KeyValue, Kv, KvError, KvEvent};
+use crate::record::NodeRecord;
+
+/// One immutable view of the registry's nodes.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    /// Valid records by node id.
+    pub nodes: BTreeMap<Arc<str>, Arc<NodeRecord>>,
+    /// Keys whose values are invalid, with the reason.
+    pub invalid: BTreeMap<Arc<str>, String>,
+    /// The store revision the view reflects.
+    pub revision: i64,
+    /// True once a full listing has been loaded.
+    pub loaded: bool,
+    /// True while the watch is live; false while the store cannot be reached.
+    pub connected: bool,
+    /// Invalid values seen since start (each distinct key+revision counted once).
+    pub invalid_seen_total: u64,
+    /// Full listings loaded since start (1 + resyncs).
+    pub resyncs: u64,
+}
+
+/// Runs [`follow`]'s loop until `cancel` fires. Returns the receiver of views.
+pub fn follow(
+    kv: Arc<dyn Kv>,
+    layout: Layout,
+    cancel: CancellationToken,
+) -> (watch::Receiver<Arc<NodeView>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Arc::new(NodeView::default()));
+    let task = tokio::spawn(run(kv, layout, tx, cancel));
+    (rx, task)
+}
+
+struct Follower {
+    layout: Layout,
+    view: NodeView,
+    /// Keys already logged as invalid, so a bad value is logged once, not per resync.
+    logged_invalid: HashSet<Arc<str>>,
+}
+
+impl Follower {
+    fn apply_put(&mut self, kv: &KeyValue) {
+        let key = kv.key.as_str();
+        let parsed = self
+            .layout
+            .node_id(key)
+            .and_then(|id| NodeRecord::parse(id, &kv.value).map(|r| (id, r)));
+        match parsed {
+            Ok((id, record)) => {
+                let id: Arc<str> = Arc::from(id);
+                self.view.invalid.remove(&id);
+                self.logged_invalid.remove(&id);
+                self.view.nodes.insert(id, Arc::new(record));
+            }
+            Err(e) => {
+                let id: Arc<str> = Arc::from(
+                    key.strip_prefix(self.layout.nodes_prefix().as_str())
+                        .unwrap_or(key),
+                );
+                self.view.nodes.remove(&id);
+                self.view.invalid_seen_total += 1;
+                if self.logged_invalid.insert(id.clone()) {
+                    warn!(key = %key, revision = kv.mod_revision, error = %e, "invalid node record skipped");
+                }
+                self.view.invalid.insert(id, e.to_string());
+            }
+        }
+    }
+
+    fn apply_delete(&mut self, key: &str) {
+        let id = key
+            .strip_prefix(self.layout.nodes_prefix().as_str())
+            .unwrap_or(key);
+        self.view.nodes.remove(id);
+        self.view.invalid.remove(id);
+        self.logged_invalid.remove(id);
+    }
+
+    fn load(&mut self, kvs: &[KeyValue], revision: i64) {
+        self.view.nodes.clear();
+        self.view.invalid.clear();
+        let before: HashSet<Arc<str>> = std::mem::take(&mut self.logged_invalid);
+        for kv in kvs {
+            let id = kv.key.strip_prefix(self.layout.nodes_prefix().as_str()).unwrap_or(&kv.key);
+            // Keep the "already logged" mark across resyncs for values still invalid.
+            if let Some(k) = before.get(id) {
+                self.logged_invalid.insert(k.clone());
+            }
+            self.apply_put(kv);
+        }
+        self.view.revision = revision;
+        self.view.loaded = true;
+        self.view.connected = true;
+        self.view.resyncs += 1;
+    }
+}
+
+async fn run(
+    kv: Arc<dyn Kv>,
+    layout: Layout,
+    tx: watch::Sender<Arc<NodeView>>,
+    cancel: CancellationToken,
+) {
+    let prefix = layout.nodes_prefix();
+    let mut f = Follower {
+        layout,
+        view: NodeView::default(),
+        logged_invalid: HashSet::new(),
+    };
+    let mut backoff = Backoff::for_store();
+    loop {
+        let err = tokio::select! {
+            _ = cancel.cancelled() => return,
+            err = sync_once(&*kv, &prefix, &mut f, &tx, &mut backoff) => err,
+        };
+        if f.view.connected {
+            f.view.connected = false;
+            tx.send_replace(Arc::new(f.view.clone()));
+        }
+        let delay = backoff.next_delay();
+        match err {
+            KvError::Compacted { .. } | KvError::WatchCancelled(_) => {
+                info!(error = %err, "registry watch ended, resyncing");
+            }
+            _ => warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registry unreachable"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Lists, then watches until the watch fails; returns why it stopped.
+async fn sync_once(
+    kv: &dyn Kv,
+    prefix: &str,
+    f: &mut Follower,
+    tx: &watch::Sender<Arc<NodeView>>,
+    backoff: &mut Backoff,
+) -> KvError {
+    let listing = match kv.list(prefix).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
+    let mut stream = match kv.watch(prefix, listing.revision + 1).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    f.load(&listing.kvs, listing.revision);
+    debug!(nodes = f.view.nodes.len(), revision = listing.revision, "registry listed");
+    tx.send_replace(Arc::new(f.view.clone()));
+    backoff.reset();
+    loop {
+        let Some(first) = stream.next().await else {
+            return KvError::Unavailable("watch ended".into());
+        };
+        // Coalesce whatever else is already waiting into one published view.
+        let mut items = vec![first];
+        while let Some(Some(more)) = stream.next().now_or_never() {
+            items.push(more);
+        }
+        let mut changed = false;
+        for item in items {
+            let batch = match item {
+                Ok(b) => b,
+                Err(e) => {
+                    if changed {
+                        tx.send_replace(Arc::new(f.view.clone()));
+                    }
+                    return e;
+                }
+            };
+            for ev in &batch.events {
+                match ev {
+                    KvEvent::Put(kv) => f.apply_put(kv),
+                    KvEvent::Delete { key, .. } => f.apply_delete(key),
+                }
+                changed = true;
+            }
+            if batch.revision > f.view.revision {
+                f.view.revision = batch.revision;
+                changed = true;
+            }
+        }
+        if changed {
+            tx.send_replace(Arc::new(f.view.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryKv;
+    use std::time::Duration;
+
+    fn record(id: &str, conns: u64) -> Vec<u8> {
+        format!(
+            r#"{{"id":"{id}","ip":"10.0.0.1","ports":{{"tcp":8000}},"region":"r","capacity":100,"connections":{conns}}}"#
+        )
+        .into_bytes()
+    }
+
+    async fn wait_for(
+        rx: &mut watch::Receiver<Arc<NodeView>>,
+        what: &str,
+        pred: impl Fn(&NodeView) -> bool,
+    ) -> Arc<NodeView> {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| pred(v)))
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .expect("follower alive")
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn follows_puts_deletes_invalid_values_and_outages() {
+        let kv = MemoryKv::new();
+        let layout = Layout::new("/t");
+        kv.put(&layout.node_key("a"), record("a", 1), None).await.unwrap();
+        kv.put(&layout.node_key("bad"), b"{nope".to_vec(), None).await.unwrap();
+        let cancel = CancellationToken::new();
+        let (mut rx, task) = follow(kv.clone(), layout.clone(), cancel.clone());
+        let v = wait_for(&mut rx, "first load", |v| v.loaded).await;
+        assert_eq!(v.nodes.len(), 1);
+        assert_eq!(v.invalid.len(), 1);
+        assert!(v.connected);
+
+        kv.put(&layout.node_key("b"), record("b", 2), None).await.unwrap();
+        wait_for(&mut rx, "b", |v| v.nodes.contains_key("b")).await;
+        // A valid node turning invalid is dropped alone; the others stay.
+        kv.put(&layout.node_key("b"), record("x", 2), None).await.unwrap();
+        let v = wait_for(&mut rx, "b invalid", |v| v.invalid.contains_key("b")).await;
+        assert!(v.nodes.contains_key("a") && !v.nodes.contains_key("b"));
+        kv.delete(&layout.node_key("a")).await.unwrap();
+        wait_for(&mut rx, "a gone", |v| !v.nodes.contains_key("a")).await;
+
+        kv.set_available(false);
+        let v = wait_for(&mut rx, "disconnected", |v| !v.connected).await;
+        assert!(v.loaded);
+        kv.set_available(true);
+        kv.put(&layout.node_key("c"), record("c", 3), None).await.unwrap();
+        let v = wait_for(&mut rx, "reconnected", |v| v.connected && v.nodes.contains_key("c")).await;
+        assert!(v.resyncs >= 2);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn compaction_triggers_a_clean_resync() {
+        let kv = MemoryKv::new();
+        let layout = Layout::new("/t");
+        let cancel = CancellationToken::new();
+        kv.put(&layout.node_key("a"), record("a", 1), None).await.unwrap();
+        let (mut rx, _task) = follow(kv.clone(), layout.clone(), cancel.clone());
+        wait_for(&mut rx, "load", |v| v.loaded).await;
+        // Force the watcher to lag past the broadcast buffer: it must resync, not drift.
+        for i in 0..6000 {
+            kv.put(&layout.node_key("a"), record("a", i), None).await.unwrap();
+        }
+        kv.put(&layout.node_key("z"), record("z", 1), None).await.unwrap();
+        let v = wait_for(&mut rx, "z after lag", |v| v.nodes.contains_key("z")).await;
+        assert_eq!(v.nodes["a"].connections, 5999);
+        cancel.cancel();
+    }
+}

@@ -1,0 +1,96 @@
+//! Key layout: `P/nodes/{id}` and `P/commands/{id}` under a configurable prefix.
+
+use crate::record::{validate_id, RecordError};
+
+/// The contract's default prefix.
+pub const DEFAULT_PREFIX: &str = "/gateway-router/v1";
+
+/// Keys under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    prefix: String,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Layout {
+    /// A layout under `prefix`; a trailing `/` is ignored.
+    pub fn new(prefix: &str) -> Layout {
+        Layout {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// The prefix, without a trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `P/nodes/`: every node record lives below it.
+    pub fn nodes_prefix(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    /// `P/nodes/{id}`.
+    pub fn node_key(&self, id: &str) -> String {
+        format!("{}/nodes/{id}", self.prefix)
+    }
+
+    /// `P/commands/`.
+    pub fn commands_prefix(&self) -> String {
+        format!("{}/commands/", self.prefix)
+    }
+
+    /// `P/commands/{id}`.
+    pub fn command_key(&self, id: &str) -> String {
+        format!("{}/commands/{id}", self.prefix)
+    }
+
+    /// The node id of a key below [`Layout::nodes_prefix`], if it is a valid id.
+    pub fn node_id<'a>(&self, key: &'a str) -> Result<&'a str, RecordError> {
+        let id = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|k| k.strip_prefix("/nodes/"))
+            .ok_or_else(|| RecordError::Invalid {
+                field: "key",
+                reason: format!("{key:?} is not below {}", self.nodes_prefix()),
+            })?;
+        validate_id(id)?;
+        Ok(id)
+    }
+}
+
+/// Validates a prefix given on a command line: absolute, no empty segments.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    let trimmed = prefix.trim_end_matches('/');
+    if !trimmed.starts_with('/') {
+        return Err(format!("prefix {prefix:?} must start with '/'"));
+    }
+    if trimmed.contains("//") || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("prefix {prefix:?} has an empty segment or whitespace"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout() {
+        let l = Layout::new("/gw/");
+        assert_eq!(l.node_key("a"), "/gw/nodes/a");
+        assert_eq!(l.command_key("a"), "/gw/commands/a");
+        assert_eq!(l.node_id("/gw/nodes/a.b-c_1").unwrap(), "a.b-c_1");
+        assert!(l.node_id("/gw/nodes/a/b").is_err());
+        assert!(l.node_id("/other/nodes/a").is_err());
+        assert_eq!(Layout::default().nodes_prefix(), "/gateway-router/v1/nodes/");
+        assert!(validate_prefix("/a/b").is_ok());
+        assert!(validate_prefix("a").is_err());
+        assert!(validate_prefix("/a//b").is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! The store abstraction: what the agent and the router need from etcd, and no more.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+/// A lease id (etcd's int64).
+pub type LeaseId = i64;
+
+/// Errors from a store.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// The store could not be reached or did not answer in time; retrying later helps.
+    #[error("registry unavailable: {0}")]
+    Unavailable(String),
+    /// A watch asked for history that was compacted away; list again.
+    #[error("watch revision {requested} was compacted (oldest kept: {compact_revision})")]
+    Compacted {
+        /// The revision the watch wanted.
+        requested: i64,
+        /// The oldest revision the store still has.
+        compact_revision: i64,
+    },
+    /// The store cancelled a watch; list again.
+    #[error("watch cancelled: {0}")]
+    WatchCancelled(String),
+    /// The lease no longer exists (expired or revoked).
+    #[error("lease {0:x} not found")]
+    LeaseNotFound(LeaseId),
+    /// The store refused the request (bad argument, permission).
+    #[error("registry refused the request: {0}")]
+    Rejected(String),
+}
+
+/// A key and its value at a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The raw value.
+    pub value: Vec<u8>,
+    /// Revision of the last change to this key.
+    pub mod_revision: i64,
+}
+
+/// The keys under a prefix, at one store revision.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Every key-value below the prefix.
+    pub kvs: Vec<KeyValue>,
+    /// The store revision the listing reflects.
+    pub revision: i64,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// A key was created or changed.
+    Put(KeyValue),
+    /// A key was deleted (explicitly or by its lease expiring).
+    Delete {
+        /// The key.
+        key: String,
+        /// The revision of the delete.
+        mod_revision: i64,
+    },
+}
+
+/// Changes delivered together, and the store revision they bring the watcher to.
+#[derive(Debug, Clone, Default)]
+pub struct WatchBatch {
+    /// The changes, in revision order.
+    pub events: Vec<KvEvent>,
+    /// The store revision after these changes.
+    pub revision: i64,
+}
+
+/// A stream of watch batches; an `Err` item ends the watch and calls for a new listing.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, KvError>> + Send>>;
+
+/// What the agent and the router need from a key-value store with leases.
+#[async_trait]
+pub trait Kv: Send + Sync + 'static {
+    /// One key's value, if present.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError>;
+    /// Every key under `prefix`, with the revision the listing reflects.
+    async fn list(&self, prefix: &str) -> Result<Listing, KvError>;
+    /// Writes `value` at `key`, attached to `lease` when given. Returns the new revision.
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>)
+        -> Result<i64, KvError>;
+    /// Deletes `key`; true when it existed.
+    async fn delete(&self, key: &str) -> Result<bool, KvError>;
+    /// Grants a lease of `ttl` (whole seconds, at least 1).
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId, KvError>;
+    /// Refreshes a lease once; [`KvError::LeaseNotFound`] when it already expired.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, KvError>;
+    /// Revokes a lease, deleting every key attached to it.
+    async fn revoke(&self, lease: LeaseId) -> Result<(), KvError>;
+    /// Watches `prefix` from `start_revision` (inclusive).
+    async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, KvError>;
+}

@@ -1,0 +1,34 @@
+//! The registry contract shared by `gateway-agent` and `router-server`.
+//!
+//! # Layout
+//!
+//! * [`record`]: [`NodeRecord`] and [`Command`], the JSON values stored in etcd, with
+//!   the contract's validation (required fields, defaults, unknown fields ignored).
+//! * [`keys`]: the key layout under a prefix (`P/nodes/{id}`, `P/commands/{id}`).
+//! * [`kv`]: the [`Kv`] trait — get, put under a lease, leases, prefix watch — that
+//!   both stores implement, so everything above it is written once.
+//! * [`memory`]: an in-process store with etcd's lease and watch semantics, for the
+//!   demo and for tests.
+//! * [`etcd`]: the same trait over a real etcd cluster (`etcd-client`).
+//! * [`follow`]: list + watch + resync loop that turns a store into a stream of
+//!   [`follow::NodeView`] snapshots; the router reads those.
+//! * [`backoff`]: jittered exponential backoff shared by every retry loop.
+//!
+//! Data flows one way: agents `put` records under their lease; `follow` lists the node
+//! prefix, watches from the next revision, and publishes immutable views. Any watch
+//! failure (compaction, cancellation, lost connection) ends in a fresh list, so a
+//! follower never keeps a node the store no longer has.
+
+pub mod backoff;
+pub mod etcd;
+pub mod follow;
+pub mod keys;
+pub mod kv;
+pub mod memory;
+pub mod record;
+
+pub use keys::{Layout, DEFAULT_PREFIX};
+pub use kv::{Kv, KvError, LeaseId};
+pub use record::{
+    now_ms, Command, CommandAction, NodeRecord, NodeState, Ports, Proto, RecordError,
+};

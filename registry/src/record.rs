@@ -1,0 +1,522 @@
+//! NodeRecord and Command: the JSON values stored in etcd, parsed and validated.
+//!
+//! Parsing is strict about what the contract requires and lenient about what it does
+//! not: unknown fields are ignored (newer agents may add some), while a missing
+//! required field, a wrong type or an out-of-range value makes the value invalid with a
+//! reason a person can act on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a stored value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The value is not JSON of the expected shape (missing field, wrong type).
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// The JSON is well-formed but a value breaks the contract.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> RecordError {
+    RecordError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Checks a node id against `[A-Za-z0-9._-]{1,64}`.
+pub fn validate_id(id: &str) -> Result<(), RecordError> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(invalid("id", format!("length {} is not 1-64", id.len())));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            "id",
+            format!("character {c:?} is not one of A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(())
+}
+
+/// A client-facing protocol a gateway can listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// Raw TCP.
+    Tcp,
+    /// WebSocket over plain TCP.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl Proto {
+    /// Every protocol, in the contract's order.
+    pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Ws, Proto::Wss];
+
+    /// The name used in JSON, flags and query strings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Ws => "ws",
+            Proto::Wss => "wss",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "ws" => Ok(Proto::Ws),
+            "wss" => Ok(Proto::Wss),
+            other => Err(format!("unknown protocol {other:?} (expected tcp, ws or wss)")),
+        }
+    }
+}
+
+/// The ports a node listens on; at least one is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ports {
+    /// Raw TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<u16>,
+    /// WebSocket port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<u16>,
+    /// TLS WebSocket port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss: Option<u16>,
+}
+
+impl Ports {
+    /// The port for `proto`, if the node serves it.
+    pub fn get(&self, proto: Proto) -> Option<u16> {
+        match proto {
+            Proto::Tcp => self.tcp,
+            Proto::Ws => self.ws,
+            Proto::Wss => self.wss,
+        }
+    }
+
+    /// Sets the port for `proto`.
+    pub fn set(&mut self, proto: Proto, port: u16) {
+        match proto {
+            Proto::Tcp => self.tcp = Some(port),
+            Proto::Ws => self.ws = Some(port),
+            Proto::Wss => self.wss = Some(port),
+        }
+    }
+
+    fn validate(&self) -> Result<(), RecordError> {
+        if self.tcp.is_none() && self.ws.is_none() && self.wss.is_none() {
+            return Err(invalid("ports", "at least one of tcp, ws, wss is required"));
+        }
+        for proto in Proto::ALL {
+            if self.get(proto) == Some(0) {
+                return Err(invalid("ports", format!("{proto} port 0 is not 1-65535")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a node takes new clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Takes new clients.
+    #[default]
+    Serving,
+    /// Takes no new clients and is moving its current ones away.
+    Draining,
+}
+
+impl NodeState {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Serving => "serving",
+            NodeState::Draining => "draining",
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// One gateway node, as its agent writes it to `P/nodes/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id; equal to the key's last segment.
+    pub id: String,
+    /// IPv4 or IPv6 literal clients connect to.
+    pub ip: IpAddr,
+    /// Listening ports by protocol.
+    pub ports: Ports,
+    /// Region the node serves, e.g. `cn-sh`.
+    pub region: String,
+    /// Connections the node is sized for (> 0).
+    pub capacity: u64,
+    /// Live connections at the last report.
+    pub connections: u64,
+    /// Extra IPv6 address for dual-stack nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    /// DNS name of the node (for TLS SNI / certificate checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Availability zone inside the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Carrier the node is attached to (`ctcc`, `cucc`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isp: Option<String>,
+    /// Serving or draining; `serving` when absent.
+    #[serde(default)]
+    pub state: NodeState,
+    /// Health as the agent's probe sees it; `true` when absent.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub healthy: bool,
+    /// Wall-clock milliseconds of the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_ms: Option<u64>,
+    /// Id of the last command the agent applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_command: Option<String>,
+    /// Free-form labels (`version`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NodeRecord {
+    /// Parses and validates a stored value; `key_id` is the key's last segment.
+    pub fn parse(key_id: &str, value: &[u8]) -> Result<NodeRecord, RecordError> {
+        let record: NodeRecord =
+            serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))?;
+        record.validate()?;
+        if record.id != key_id {
+            return Err(invalid(
+                "id",
+                format!("{:?} differs from the key's id {key_id:?}", record.id),
+            ));
+        }
+        Ok(record)
+    }
+
+    /// Checks every rule of the contract that serde's types do not already enforce.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        validate_id(&self.id)?;
+        self.ports.validate()?;
+        if self.region.trim().is_empty() {
+            return Err(invalid("region", "must not be empty"));
+        }
+        if self.capacity == 0 {
+            return Err(invalid("capacity", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// Serializes the record as stored in etcd.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a NodeRecord always serializes")
+    }
+
+    /// connections / capacity.
+    pub fn load(&self) -> f64 {
+        self.connections as f64 / self.capacity as f64
+    }
+
+    /// The address of the requested family, if the node has one.
+    pub fn addr_for(&self, family: Option<IpFamily>) -> Option<IpAddr> {
+        match family {
+            None => Some(self.ip),
+            Some(IpFamily::V4) => self.ip.is_ipv4().then_some(self.ip),
+            Some(IpFamily::V6) => {
+                if self.ip.is_ipv6() {
+                    Some(self.ip)
+                } else {
+                    self.ipv6.map(IpAddr::V6)
+                }
+            }
+        }
+    }
+}
+
+/// An IP address family a client can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+/// What an ops command asks a node to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandAction {
+    /// Stop taking new clients and move all current ones away.
+    Drain,
+    /// Move `percent` % of current clients away.
+    Migrate,
+    /// Undo a drain.
+    Serve,
+}
+
+impl CommandAction {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandAction::Drain => "drain",
+            CommandAction::Migrate => "migrate",
+            CommandAction::Serve => "serve",
+        }
+    }
+}
+
+/// An ops command stored at `P/commands/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unique command id; the agent applies each id once.
+    pub id: String,
+    /// What to do.
+    pub action: CommandAction,
+    /// For `migrate`: 1-100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// Wall-clock milliseconds when it was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_ms: Option<u64>,
+}
+
+impl Command {
+    /// Parses and validates a stored command.
+    pub fn parse(value: &[u8]) -> Result<Command, RecordError> {
+        let cmd: Command =
+            serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))?;
+        cmd.validate()?;
+        Ok(cmd)
+    }
+
+    /// Checks the id and, for `migrate`, the percentage.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if self.id.is_empty() || self.id.len() > 128 {
+            return Err(invalid("id", "command id must be 1-128 characters"));
+        }
+        if self.action == CommandAction::Migrate {
+            match self.percent {
+                Some(1..=100) => {}
+                Some(p) => return Err(invalid("percent", format!("{p} is not 1-100"))),
+                None => return Err(invalid("percent", "migrate needs a percent (1-100)")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The percentage of clients this command moves: 100 for drain, 0 for serve.
+    pub fn move_percent(&self) -> u8 {
+        match self.action {
+            CommandAction::Drain => 100,
+            CommandAction::Migrate => self.percent.unwrap_or(0),
+            CommandAction::Serve => 0,
+        }
+    }
+
+    /// Serializes the command as stored in etcd.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a Command always serializes")
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = r#"{
+      "id": "gw-sh-001", "ip": "203.0.113.10",
+      "ports": {"tcp": 8000, "ws": 8080, "wss": 8443},
+      "region": "cn-sh", "capacity": 1000000, "connections": 412345,
+      "ipv6": "2001:db8::10", "domain": "gw-sh-001.example.com", "zone": "cn-sh-a",
+      "isp": "ctcc", "state": "serving", "healthy": true, "updated_ms": 1763700000000,
+      "applied_command": "c-42", "labels": {"version": "1.8.2"}
+    }"#;
+
+    #[test]
+    fn contract_example_parses() {
+        let r = NodeRecord::parse("gw-sh-001", EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(r.ports.wss, Some(8443));
+        assert_eq!(r.connections, 412345);
+        assert_eq!(r.applied_command.as_deref(), Some("c-42"));
+        assert!((r.load() - 0.412345).abs() < 1e-9);
+    }
+
+    #[test]
+    fn defaults_and_unknown_fields() {
+        let v = br#"{"id":"a","ip":"::1","ports":{"ws":1},"region":"r","capacity":1,
+                     "connections":0,"future_field":{"x":1}}"#;
+        let r = NodeRecord::parse("a", v).unwrap();
+        assert_eq!(r.state, NodeState::Serving);
+        assert!(r.healthy);
+        assert!(r.labels.is_empty());
+    }
+
+    #[test]
+    fn roundtrip_is_stable() {
+        let r = NodeRecord::parse("gw-sh-001", EXAMPLE.as_bytes()).unwrap();
+        let again = NodeRecord::parse("gw-sh-001", &r.to_json()).unwrap();
+        assert_eq!(r, again);
+    }
+
+    fn reject(key: &str, v: &str) -> RecordError {
+        NodeRecord::parse(key, v.as_bytes()).expect_err(v)
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_a_reason() {
+        let ok = r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1"#;
+        assert!(matches!(reject("a", "not json"), RecordError::Json(_)));
+        assert!(matches!(reject("a", "[]"), RecordError::Json(_)));
+        // Missing required fields.
+        for field in ["ip", "ports", "region", "capacity", "connections"] {
+            let v: serde_json::Value =
+                serde_json::from_str(&format!("{{\"id\":\"a\",{ok}}}")).unwrap();
+            let mut m = v.as_object().unwrap().clone();
+            m.remove(field);
+            let e = reject("a", &serde_json::Value::Object(m).to_string());
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        let e = reject("b", &format!("{{\"id\":\"a\",{ok}}}"));
+        assert!(e.to_string().contains("key"), "{e}");
+        let cases = [
+            (r#""ip":"host.example","ports":{"tcp":1},"region":"r","capacity":5,"connections":1"#, "ip"),
+            (r#""ip":"10.0.0.1","ports":{},"region":"r","capacity":5,"connections":1"#, "ports"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":0},"region":"r","capacity":5,"connections":1"#, "ports"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":70000},"region":"r","capacity":5,"connections":1"#, "ports"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":0,"connections":1"#, "capacity"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":-1"#, "connections"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":"5","connections":1"#, "capacity"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"","capacity":5,"connections":1"#, "region"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1,"state":"gone""#, "state"),
+            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1,"healthy":"yes""#, "healthy"),
+        ];
+        for (body, field) in cases {
+            let e = reject("a", &format!("{{\"id\":\"a\",{body}}}"));
+            let msg = e.to_string();
+            assert!(
+                msg.contains(field) || matches!(e, RecordError::Json(_)),
+                "{field}: {msg}"
+            );
+        }
+        for bad_id in ["", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_id(bad_id).is_err(), "{bad_id:?}");
+        }
+    }
+
+    #[test]
+    fn commands() {
+        let c = Command::parse(br#"{"id":"c-42","action":"migrate","percent":30,"issued_ms":1}"#)
+            .unwrap();
+        assert_eq!(c.move_percent(), 30);
+        assert_eq!(Command::parse(br#"{"id":"d","action":"drain"}"#).unwrap().move_percent(), 100);
+        for bad in [
+            &br#"{"id":"c","action":"migrate"}"#[..],
+            br#"{"id":"c","action":"migrate","percent":0}"#,
+            br#"{"id":"c","action":"migrate","percent":101}"#,
+            br#"{"id":"c","action":"explode"}"#,
+            br#"{"id":"","action":"drain"}"#,
+            br#"garbage"#,
+        ] {
+            assert!(Command::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    fn arb_record() -> impl Strategy<Value = NodeRecord> {
+        (
+            "[A-Za-z0-9._-]{1,64}",
+            any::<std::net::IpAddr>(),
+            (proptest::option::of(1u16..), proptest::option::of(1u16..), 1u16..),
+            "[a-z]{2}-[a-z]{2}",
+            1u64..u64::MAX,
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(id, ip, (tcp, ws, wss), region, capacity, conns, draining, healthy)| {
+                NodeRecord {
+                    id,
+                    ip,
+                    ports: Ports { tcp, ws, wss: Some(wss) },
+                    region,
+                    capacity,
+                    connections: conns,
+                    ipv6: None,
+                    domain: None,
+                    zone: None,
+                    isp: None,
+                    state: if draining { NodeState::Draining } else { NodeState::Serving },
+                    healthy,
+                    updated_ms: None,
+                    applied_command: None,
+                    labels: BTreeMap::new(),
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn valid_records_roundtrip(r in arb_record()) {
+            let parsed = NodeRecord::parse(&r.id, &r.to_json()).unwrap();
+            prop_assert_eq!(parsed, r);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = NodeRecord::parse("a", &bytes);
+            let _ = Command::parse(&bytes);
+        }
+
+        #[test]
+        fn ids_match_the_pattern(id in "\\PC{0,70}") {
+            let ok = !id.is_empty() && id.len() <= 64
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            prop_assert_eq!(validate_id(&id).is_ok(), ok);
+        }
+    }
+}
