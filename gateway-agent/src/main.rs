@@ -1,1 +1,41 @@
-fn main(){}
+//! `gateway-agent`: parses flags, connects to etcd and runs the agent until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+use gateway_agent::config::Cli;
+use gateway_agent::Agent;
+use registry::etcd::{EtcdKv, EtcdOptions};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli: Cli = registry::cli::parse_or_exit();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let endpoints = cli.endpoints();
+    let config = match cli.into_config(reqwest::Client::new()) {
+        Ok(c) => c,
+        Err(e) => registry::cli::exit_invalid(e),
+    };
+    let kv = EtcdKv::connect(&endpoints, &EtcdOptions::default()).await?;
+    let cancel = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(cancel.clone()));
+    let (agent, _handle) = Agent::new(Arc::new(kv), config);
+    agent.run(cancel).await;
+    Ok(())
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}

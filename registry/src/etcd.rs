@@ -64,11 +64,13 @@ pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
             .strip_prefix("http://")
             .or_else(|| e.strip_prefix("https://"))
             .unwrap_or(e);
-        let ok = rest
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let ok = rest.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !ok || rest.contains('/') {
-            return Err(format!("etcd endpoint {e:?} is not of the form http://HOST:PORT"));
+            return Err(format!(
+                "etcd endpoint {e:?} is not of the form http://HOST:PORT"
+            ));
         }
     }
     Ok(eps)
@@ -179,12 +181,7 @@ impl Kv for EtcdKv {
         })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> Result<i64, KvError> {
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64, KvError> {
         let opts = lease.map(|l| PutOptions::new().with_lease(l));
         let resp = self
             .client
@@ -199,7 +196,12 @@ impl Kv for EtcdKv {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
-        let resp = self.client.clone().delete(key, None).await.map_err(map_err)?;
+        let resp = self
+            .client
+            .clone()
+            .delete(key, None)
+            .await
+            .map_err(map_err)?;
         Ok(resp.deleted() > 0)
     }
 
@@ -283,7 +285,9 @@ mod tests {
     #[test]
     fn endpoints() {
         assert_eq!(
-            parse_endpoints("http://127.0.0.1:2379, http://h:1").unwrap().len(),
+            parse_endpoints("http://127.0.0.1:2379, http://h:1")
+                .unwrap()
+                .len(),
             2
         );
         assert!(parse_endpoints("").is_err());

@@ -99,7 +99,10 @@ impl Follower {
         self.view.invalid.clear();
         let before: HashSet<Arc<str>> = std::mem::take(&mut self.logged_invalid);
         for kv in kvs {
-            let id = kv.key.strip_prefix(self.layout.nodes_prefix().as_str()).unwrap_or(&kv.key);
+            let id = kv
+                .key
+                .strip_prefix(self.layout.nodes_prefix().as_str())
+                .unwrap_or(&kv.key);
             // Keep the "already logged" mark across resyncs for values still invalid.
             if let Some(k) = before.get(id) {
                 self.logged_invalid.insert(k.clone());
@@ -140,7 +143,9 @@ async fn run(
             KvError::Compacted { .. } | KvError::WatchCancelled(_) => {
                 info!(error = %err, "registry watch ended, resyncing");
             }
-            _ => warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registry unreachable"),
+            _ => {
+                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registry unreachable")
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -166,7 +171,11 @@ async fn sync_once(
         Err(e) => return e,
     };
     f.load(&listing.kvs, listing.revision);
-    debug!(nodes = f.view.nodes.len(), revision = listing.revision, "registry listed");
+    debug!(
+        nodes = f.view.nodes.len(),
+        revision = listing.revision,
+        "registry listed"
+    );
     tx.send_replace(Arc::new(f.view.clone()));
     backoff.reset();
     loop {
@@ -236,8 +245,12 @@ mod tests {
     async fn follows_puts_deletes_invalid_values_and_outages() {
         let kv = MemoryKv::new();
         let layout = Layout::new("/t");
-        kv.put(&layout.node_key("a"), record("a", 1), None).await.unwrap();
-        kv.put(&layout.node_key("bad"), b"{nope".to_vec(), None).await.unwrap();
+        kv.put(&layout.node_key("a"), record("a", 1), None)
+            .await
+            .unwrap();
+        kv.put(&layout.node_key("bad"), b"{nope".to_vec(), None)
+            .await
+            .unwrap();
         let cancel = CancellationToken::new();
         let (mut rx, task) = follow(kv.clone(), layout.clone(), cancel.clone());
         let v = wait_for(&mut rx, "first load", |v| v.loaded).await;
@@ -245,10 +258,14 @@ mod tests {
         assert_eq!(v.invalid.len(), 1);
         assert!(v.connected);
 
-        kv.put(&layout.node_key("b"), record("b", 2), None).await.unwrap();
+        kv.put(&layout.node_key("b"), record("b", 2), None)
+            .await
+            .unwrap();
         wait_for(&mut rx, "b", |v| v.nodes.contains_key("b")).await;
         // A valid node turning invalid is dropped alone; the others stay.
-        kv.put(&layout.node_key("b"), record("x", 2), None).await.unwrap();
+        kv.put(&layout.node_key("b"), record("x", 2), None)
+            .await
+            .unwrap();
         let v = wait_for(&mut rx, "b invalid", |v| v.invalid.contains_key("b")).await;
         assert!(v.nodes.contains_key("a") && !v.nodes.contains_key("b"));
         kv.delete(&layout.node_key("a")).await.unwrap();
@@ -258,8 +275,13 @@ mod tests {
         let v = wait_for(&mut rx, "disconnected", |v| !v.connected).await;
         assert!(v.loaded);
         kv.set_available(true);
-        kv.put(&layout.node_key("c"), record("c", 3), None).await.unwrap();
-        let v = wait_for(&mut rx, "reconnected", |v| v.connected && v.nodes.contains_key("c")).await;
+        kv.put(&layout.node_key("c"), record("c", 3), None)
+            .await
+            .unwrap();
+        let v = wait_for(&mut rx, "reconnected", |v| {
+            v.connected && v.nodes.contains_key("c")
+        })
+        .await;
         assert!(v.resyncs >= 2);
         cancel.cancel();
         task.await.unwrap();
@@ -270,14 +292,20 @@ mod tests {
         let kv = MemoryKv::new();
         let layout = Layout::new("/t");
         let cancel = CancellationToken::new();
-        kv.put(&layout.node_key("a"), record("a", 1), None).await.unwrap();
+        kv.put(&layout.node_key("a"), record("a", 1), None)
+            .await
+            .unwrap();
         let (mut rx, _task) = follow(kv.clone(), layout.clone(), cancel.clone());
         wait_for(&mut rx, "load", |v| v.loaded).await;
         // Force the watcher to lag past the broadcast buffer: it must resync, not drift.
         for i in 0..6000 {
-            kv.put(&layout.node_key("a"), record("a", i), None).await.unwrap();
+            kv.put(&layout.node_key("a"), record("a", i), None)
+                .await
+                .unwrap();
         }
-        kv.put(&layout.node_key("z"), record("z", 1), None).await.unwrap();
+        kv.put(&layout.node_key("z"), record("z", 1), None)
+            .await
+            .unwrap();
         let v = wait_for(&mut rx, "z after lag", |v| v.nodes.contains_key("z")).await;
         assert_eq!(v.nodes["a"].connections, 5999);
         cancel.cancel();

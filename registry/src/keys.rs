@@ -71,7 +71,9 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
         return Err(format!("prefix {prefix:?} must start with '/'"));
     }
     if trimmed.contains("//") || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("prefix {prefix:?} has an empty segment or whitespace"));
+        return Err(format!(
+            "prefix {prefix:?} has an empty segment or whitespace"
+        ));
     }
     Ok(())
 }
@@ -88,7 +90,10 @@ mod tests {
         assert_eq!(l.node_id("/gw/nodes/a.b-c_1").unwrap(), "a.b-c_1");
         assert!(l.node_id("/gw/nodes/a/b").is_err());
         assert!(l.node_id("/other/nodes/a").is_err());
-        assert_eq!(Layout::default().nodes_prefix(), "/gateway-router/v1/nodes/");
+        assert_eq!(
+            Layout::default().nodes_prefix(),
+            "/gateway-router/v1/nodes/"
+        );
         assert!(validate_prefix("/a/b").is_ok());
         assert!(validate_prefix("a").is_err());
         assert!(validate_prefix("/a//b").is_err());

@@ -89,8 +89,7 @@ pub trait Kv: Send + Sync + 'static {
     /// Every key under `prefix`, with the revision the listing reflects.
     async fn list(&self, prefix: &str) -> Result<Listing, KvError>;
     /// Writes `value` at `key`, attached to `lease` when given. Returns the new revision.
-    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>)
-        -> Result<i64, KvError>;
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64, KvError>;
     /// Deletes `key`; true when it existed.
     async fn delete(&self, key: &str) -> Result<bool, KvError>;
     /// Grants a lease of `ttl` (whole seconds, at least 1).

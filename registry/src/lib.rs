@@ -13,6 +13,7 @@
 //! * [`follow`]: list + watch + resync loop that turns a store into a stream of
 //!   [`follow::NodeView`] snapshots; the router reads those.
 //! * [`backoff`]: jittered exponential backoff shared by every retry loop.
+//! * [`cli`]: the binaries' shared command-line convention (one line, exit 2).
 //!
 //! Data flows one way: agents `put` records under their lease; `follow` lists the node
 //! prefix, watches from the next revision, and publishes immutable views. Any watch
@@ -20,6 +21,7 @@
 //! follower never keeps a node the store no longer has.
 
 pub mod backoff;
+pub mod cli;
 pub mod etcd;
 pub mod follow;
 pub mod keys;

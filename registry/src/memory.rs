@@ -103,7 +103,11 @@ impl MemoryKv {
     /// Drops history up to `revision`, as `etcdctl compact` does.
     pub fn compact(&self, revision: i64) {
         let mut st = self.state.lock().expect("memory kv lock");
-        while st.history.front().is_some_and(|e| event_revision(e) <= revision) {
+        while st
+            .history
+            .front()
+            .is_some_and(|e| event_revision(e) <= revision)
+        {
             st.history.pop_front();
         }
     }
@@ -111,7 +115,9 @@ impl MemoryKv {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, KvError> {
         let mut st = self.state.lock().expect("memory kv lock");
         if !st.available {
-            return Err(KvError::Unavailable("in-memory registry is switched off".into()));
+            return Err(KvError::Unavailable(
+                "in-memory registry is switched off".into(),
+            ));
         }
         self.expire(&mut st, Instant::now());
         Ok(st)
@@ -210,12 +216,7 @@ impl Kv for MemoryKv {
         })
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    ) -> Result<i64, KvError> {
+    async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64, KvError> {
         let mut st = self.lock()?;
         if let Some(id) = lease {
             if !st.leases.contains_key(&id) {
@@ -300,7 +301,11 @@ impl Kv for MemoryKv {
         } else {
             start_revision
         };
-        let oldest = st.history.front().map(event_revision).unwrap_or(st.revision + 1);
+        let oldest = st
+            .history
+            .front()
+            .map(event_revision)
+            .unwrap_or(st.revision + 1);
         if start_revision < oldest && start_revision <= st.revision {
             return Err(KvError::Compacted {
                 requested: start_revision,
@@ -322,9 +327,8 @@ impl Kv for MemoryKv {
             events: backlog,
             revision: current,
         };
-        let live = futures::stream::unfold(
-            (rx, prefix, false),
-            |(mut rx, prefix, done)| async move {
+        let live =
+            futures::stream::unfold((rx, prefix, false), |(mut rx, prefix, done)| async move {
                 if done {
                     return None;
                 }
@@ -347,18 +351,19 @@ impl Kv for MemoryKv {
                             return Some((Ok(batch), (rx, prefix, false)));
                         }
                         Ok(Message::Outage) => {
-                            let e = KvError::Unavailable("in-memory registry is switched off".into());
+                            let e =
+                                KvError::Unavailable("in-memory registry is switched off".into());
                             return Some((Err(e), (rx, prefix, true)));
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
-                            let e = KvError::WatchCancelled(format!("watcher fell {n} batches behind"));
+                            let e =
+                                KvError::WatchCancelled(format!("watcher fell {n} batches behind"));
                             return Some((Err(e), (rx, prefix, true)));
                         }
                         Err(broadcast::error::RecvError::Closed) => return None,
                     }
                 }
-            },
-        );
+            });
         use futures::StreamExt;
         Ok(futures::stream::once(async move { Ok(first) })
             .chain(live)
@@ -390,7 +395,10 @@ mod tests {
         assert!(kv.get("/p/a").await.unwrap().is_none(), "expired");
         let batch = w.next().await.unwrap().unwrap();
         assert!(matches!(&batch.events[0], KvEvent::Delete { key, .. } if key == "/p/a"));
-        assert!(matches!(kv.keep_alive(lease).await, Err(KvError::LeaseNotFound(_))));
+        assert!(matches!(
+            kv.keep_alive(lease).await,
+            Err(KvError::LeaseNotFound(_))
+        ));
         assert!(kv.put("/p/c", vec![], Some(lease)).await.is_err());
     }
 
@@ -404,7 +412,10 @@ mod tests {
         let first = w.next().await.unwrap().unwrap();
         assert_eq!(first.events.len(), 2, "only the prefix, both revisions");
         kv.compact(r1 + 1);
-        assert!(matches!(kv.watch("/p/", r1).await, Err(KvError::Compacted { .. })));
+        assert!(matches!(
+            kv.watch("/p/", r1).await,
+            Err(KvError::Compacted { .. })
+        ));
     }
 
     #[tokio::test]

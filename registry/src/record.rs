@@ -92,7 +92,9 @@ impl FromStr for Proto {
             "tcp" => Ok(Proto::Tcp),
             "ws" => Ok(Proto::Ws),
             "wss" => Ok(Proto::Wss),
-            other => Err(format!("unknown protocol {other:?} (expected tcp, ws or wss)")),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected tcp, ws or wss)"
+            )),
         }
     }
 }
@@ -425,16 +427,46 @@ mod tests {
         let e = reject("b", &format!("{{\"id\":\"a\",{ok}}}"));
         assert!(e.to_string().contains("key"), "{e}");
         let cases = [
-            (r#""ip":"host.example","ports":{"tcp":1},"region":"r","capacity":5,"connections":1"#, "ip"),
-            (r#""ip":"10.0.0.1","ports":{},"region":"r","capacity":5,"connections":1"#, "ports"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":0},"region":"r","capacity":5,"connections":1"#, "ports"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":70000},"region":"r","capacity":5,"connections":1"#, "ports"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":0,"connections":1"#, "capacity"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":-1"#, "connections"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":"5","connections":1"#, "capacity"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"","capacity":5,"connections":1"#, "region"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1,"state":"gone""#, "state"),
-            (r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1,"healthy":"yes""#, "healthy"),
+            (
+                r#""ip":"host.example","ports":{"tcp":1},"region":"r","capacity":5,"connections":1"#,
+                "ip",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{},"region":"r","capacity":5,"connections":1"#,
+                "ports",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":0},"region":"r","capacity":5,"connections":1"#,
+                "ports",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":70000},"region":"r","capacity":5,"connections":1"#,
+                "ports",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":0,"connections":1"#,
+                "capacity",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":-1"#,
+                "connections",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":"5","connections":1"#,
+                "capacity",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"","capacity":5,"connections":1"#,
+                "region",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1,"state":"gone""#,
+                "state",
+            ),
+            (
+                r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1,"healthy":"yes""#,
+                "healthy",
+            ),
         ];
         for (body, field) in cases {
             let e = reject("a", &format!("{{\"id\":\"a\",{body}}}"));
@@ -454,7 +486,12 @@ mod tests {
         let c = Command::parse(br#"{"id":"c-42","action":"migrate","percent":30,"issued_ms":1}"#)
             .unwrap();
         assert_eq!(c.move_percent(), 30);
-        assert_eq!(Command::parse(br#"{"id":"d","action":"drain"}"#).unwrap().move_percent(), 100);
+        assert_eq!(
+            Command::parse(br#"{"id":"d","action":"drain"}"#)
+                .unwrap()
+                .move_percent(),
+            100
+        );
         for bad in [
             &br#"{"id":"c","action":"migrate"}"#[..],
             br#"{"id":"c","action":"migrate","percent":0}"#,
@@ -463,7 +500,11 @@ mod tests {
             br#"{"id":"","action":"drain"}"#,
             br#"garbage"#,
         ] {
-            assert!(Command::parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Command::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -471,18 +512,26 @@ mod tests {
         (
             "[A-Za-z0-9._-]{1,64}",
             any::<std::net::IpAddr>(),
-            (proptest::option::of(1u16..), proptest::option::of(1u16..), 1u16..),
+            (
+                proptest::option::of(1u16..),
+                proptest::option::of(1u16..),
+                1u16..,
+            ),
             "[a-z]{2}-[a-z]{2}",
             1u64..u64::MAX,
             any::<u64>(),
             any::<bool>(),
             any::<bool>(),
         )
-            .prop_map(|(id, ip, (tcp, ws, wss), region, capacity, conns, draining, healthy)| {
-                NodeRecord {
+            .prop_map(
+                |(id, ip, (tcp, ws, wss), region, capacity, conns, draining, healthy)| NodeRecord {
                     id,
                     ip,
-                    ports: Ports { tcp, ws, wss: Some(wss) },
+                    ports: Ports {
+                        tcp,
+                        ws,
+                        wss: Some(wss),
+                    },
                     region,
                     capacity,
                     connections: conns,
@@ -490,13 +539,17 @@ mod tests {
                     domain: None,
                     zone: None,
                     isp: None,
-                    state: if draining { NodeState::Draining } else { NodeState::Serving },
+                    state: if draining {
+                        NodeState::Draining
+                    } else {
+                        NodeState::Serving
+                    },
                     healthy,
                     updated_ms: None,
                     applied_command: None,
                     labels: BTreeMap::new(),
-                }
-            })
+                },
+            )
     }
 
     proptest! {

@@ -1,1 +1,472 @@
-//! harness
+//! Test harness for end-to-end tests: real etcd processes and the real binaries.
+//!
+//! # Layout
+//!
+//! * [`Etcd`]: one etcd member (or a 3-member cluster via [`Etcd::cluster`]) on free
+//!   loopback ports with a temporary data dir; stopped and removed on drop, also when
+//!   the test panics. Missing `etcd` fails the test with the install command.
+//! * [`Proc`]: a spawned binary with its output captured to a file, killed on drop.
+//! * [`bin`]: the path of a workspace binary, built once per test process so tests
+//!   never run stale code.
+//! * [`wait_until`]: polls a condition with a deadline instead of sleeping.
+//! * [`http_get`] / [`HookServer`]: tiny std-only HTTP helpers for probing and for
+//!   receiving the agent's hook POSTs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; panics naming `what`.
+/// Returns how long it took.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn require_tool(name: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!(
+            "`{name}` was not found on PATH. Install it with `apt-get install -y etcd-server etcd-client` \
+             (Debian), or run `scripts/test.sh`, which installs it."
+        )
+    })
+}
+
+/// One etcd member of a (possibly single-member) cluster.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// A real etcd (one member, or a cluster), on loopback, in a temporary directory.
+pub struct Etcd {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts a single-member etcd and waits until it is healthy.
+    pub fn start() -> Etcd {
+        Etcd::cluster(1)
+    }
+
+    /// Starts an `n`-member cluster and waits until every member is healthy.
+    pub fn cluster(n: usize) -> Etcd {
+        require_tool("etcd");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut etcd = Etcd { members, dir };
+        for i in 0..n {
+            etcd.spawn(i);
+        }
+        etcd.wait_healthy();
+        etcd
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let cluster = self.initial_cluster();
+        let m = &self.members[i];
+        let data = self.dir.path().join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .expect("etcd log file");
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args(["--initial-cluster-token", "test"])
+            .stdout(Stdio::from(log.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn etcd");
+        self.members[i].child = Some(child);
+    }
+
+    fn wait_healthy(&self) {
+        for m in &self.members {
+            let addr: SocketAddr = format!("127.0.0.1:{}", m.client_port).parse().unwrap();
+            wait_until(Duration::from_secs(20), "etcd to become healthy", || {
+                http_get(addr, "/health")
+                    .is_some_and(|(code, body)| code == 200 && body.contains("true"))
+            });
+        }
+    }
+
+    /// `http://127.0.0.1:PORT[,...]` for `--etcd`.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The endpoints as a list.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        self.endpoints().split(',').map(str::to_string).collect()
+    }
+
+    /// Stops every member (SIGKILL: etcd recovers from its WAL on restart).
+    pub fn stop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Starts every stopped member again with the same data and ports.
+    pub fn start_again(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        self.wait_healthy();
+    }
+
+    /// Runs `etcdctl` against this cluster; panics with its stderr when it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.ctl_raw(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `etcdctl`, returning its output whatever the status.
+    pub fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
+        require_tool("etcdctl");
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoints())
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.ctl(&["get", key, "--print-value-only"]);
+        let v = out.trim_end_matches('\n');
+        (!v.is_empty()).then(|| v.to_string())
+    }
+
+    /// The keys under `prefix`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.ctl(&["get", prefix, "--prefix", "--keys-only"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Writes `value` at `key`.
+    pub fn put(&self, key: &str, value: &str) {
+        self.ctl(&["put", key, value]);
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The workspace's target directory for the profile these tests were built with.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of workspace binary `name`, built (once per test process) if needed so tests
+/// never exercise a stale binary.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--workspace", "--bins"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+    });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing after cargo build",
+        path.display()
+    );
+    path
+}
+
+/// A spawned process with captured output, killed on drop.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Spawns workspace binary `name` with `args`.
+    pub fn spawn(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn_env(name, args, &[])
+    }
+
+    /// Spawns with extra environment variables.
+    pub fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("output.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log fd")))
+            .stderr(Stdio::from(file));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn binary");
+        Proc {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `INT`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for exit up to `timeout`; panics (showing the output) if it does not exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "process did not exit within {timeout:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits until the output contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.output().contains(needle) {
+            if start.elapsed() > timeout {
+                panic!(
+                    "output never contained {needle:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- process output ---\n{}", self.output());
+        }
+    }
+}
+
+/// Runs workspace binary `name` to completion with a timeout; returns its status and
+/// everything it printed.
+pub fn run(name: &str, args: &[&str], timeout: Duration) -> (ExitStatus, String) {
+    let mut p = Proc::spawn(name, args);
+    let status = p.wait_exit(timeout);
+    (status, p.output())
+}
+
+/// A minimal HTTP/1.1 GET; `None` when the connection fails.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// Receives hook POSTs; records each body and answers 200.
+pub struct HookServer {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<String>>>,
+}
+
+impl HookServer {
+    /// Starts listening on a free loopback port.
+    pub fn start() -> HookServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind hook server");
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    if let Some(body) = read_request_body(&mut conn) {
+                        sink.lock().unwrap().push(body);
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                    }
+                });
+            }
+        });
+        HookServer { addr, bodies }
+    }
+
+    /// `http://127.0.0.1:PORT/hook`.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// The bodies received so far.
+    pub fn bodies(&self) -> Vec<String> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+fn read_request_body(conn: &mut TcpStream) -> Option<String> {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Some(body[..len].to_string());
+            }
+        }
+    }
+}

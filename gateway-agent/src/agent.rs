@@ -1,0 +1,702 @@
+//! The agent's run loop: lease, record writes, keep-alive, commands, shutdown.
+//!
+//! One task owns all mutable state (lease, what was last written, the applied command)
+//! and reacts to four inputs: the connection count, the health verdict, commands from
+//! etcd, and a 100 ms tick that drives keep-alives, re-registration and the report
+//! policy. Samplers, probes and the command watcher are separate tasks that only send
+//! values in, so a slow gateway endpoint never delays a keep-alive.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry::backoff::Backoff;
+use registry::kv::KvEvent;
+use registry::{
+    now_ms, Command, CommandAction, Kv, KvError, Layout, LeaseId, NodeRecord, NodeState, Ports,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::health::{HealthProbe, Hysteresis};
+use crate::hook::{deliver, Hook, MigrateSignal};
+use crate::load::LoadSource;
+use crate::report::{Dynamic, ReportPolicy};
+
+/// The parts of the record that do not change while the agent runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// Node id, `[A-Za-z0-9._-]{1,64}`.
+    pub id: String,
+    /// Address clients connect to.
+    pub ip: IpAddr,
+    /// Listening ports.
+    pub ports: Ports,
+    /// Region.
+    pub region: String,
+    /// Connections the node is sized for.
+    pub capacity: u64,
+    /// Optional IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Optional DNS name.
+    pub domain: Option<String>,
+    /// Optional zone.
+    pub zone: Option<String>,
+    /// Optional carrier.
+    pub isp: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything the agent needs to run.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// Key layout (prefix).
+    pub layout: Layout,
+    /// The node's static description.
+    pub node: NodeSpec,
+    /// Lease TTL (default 10 s).
+    pub ttl: Duration,
+    /// When to write reports.
+    pub policy: ReportPolicy,
+    /// Where connection counts come from; `None` when the embedding gateway sets them.
+    pub load: Option<LoadSource>,
+    /// How often to sample `load`.
+    pub sample_interval: Duration,
+    /// Optional health probe.
+    pub health: Option<HealthProbe>,
+    /// How often to probe.
+    pub health_interval: Duration,
+    /// Who receives migrate signals.
+    pub hook: Option<Arc<dyn Hook>>,
+}
+
+impl AgentConfig {
+    /// A configuration with the contract's defaults for `node`.
+    pub fn new(node: NodeSpec) -> AgentConfig {
+        AgentConfig {
+            layout: Layout::default(),
+            node,
+            ttl: Duration::from_secs(10),
+            policy: ReportPolicy::default(),
+            load: None,
+            sample_interval: Duration::from_millis(250),
+            health: None,
+            health_interval: Duration::from_secs(1),
+            hook: None,
+        }
+    }
+}
+
+/// What the agent is doing, for embedding gateways, the demo and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentStatus {
+    /// The lease the record lives under, while registered.
+    pub lease: Option<LeaseId>,
+    /// The values last written to etcd.
+    pub written: Option<Dynamic>,
+    /// Record writes so far.
+    pub writes: u64,
+    /// Registrations so far (1 + re-registrations after lost leases).
+    pub registrations: u64,
+}
+
+/// Controls a running agent from the embedding gateway.
+#[derive(Clone)]
+pub struct AgentHandle {
+    connections: Arc<watch::Sender<u64>>,
+    healthy: Arc<watch::Sender<bool>>,
+    status: watch::Receiver<AgentStatus>,
+}
+
+impl AgentHandle {
+    /// Sets the live connection count (for gateways that embed the agent).
+    pub fn set_connections(&self, n: u64) {
+        self.connections
+            .send_if_modified(|c| std::mem::replace(c, n) != n);
+    }
+
+    /// Sets health directly (instead of, or on top of, a probe).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy
+            .send_if_modified(|h| std::mem::replace(h, healthy) != healthy);
+    }
+
+    /// Follows the agent's status.
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+}
+
+/// A gateway agent, ready to [`run`](Agent::run).
+pub struct Agent {
+    kv: Arc<dyn Kv>,
+    config: AgentConfig,
+    connections: watch::Receiver<u64>,
+    healthy: watch::Receiver<bool>,
+    handle: AgentHandle,
+    status: watch::Sender<AgentStatus>,
+}
+
+/// Awaits `fut` unless `cancel` fires first.
+async fn or_cancel<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        v = fut => Some(v),
+    }
+}
+
+impl Agent {
+    /// Builds an agent over `kv`; the handle controls it once it runs.
+    pub fn new(kv: Arc<dyn Kv>, config: AgentConfig) -> (Agent, AgentHandle) {
+        let initial = match config.load {
+            Some(LoadSource::Static(n)) => n,
+            _ => 0,
+        };
+        let (conn_tx, conn_rx) = watch::channel(initial);
+        let (health_tx, health_rx) = watch::channel(true);
+        let (status_tx, status_rx) = watch::channel(AgentStatus {
+            lease: None,
+            written: None,
+            writes: 0,
+            registrations: 0,
+        });
+        let handle = AgentHandle {
+            connections: Arc::new(conn_tx),
+            healthy: Arc::new(health_tx),
+            status: status_rx,
+        };
+        let agent = Agent {
+            kv,
+            config,
+            connections: conn_rx,
+            healthy: health_rx,
+            handle: handle.clone(),
+            status: status_tx,
+        };
+        (agent, handle)
+    }
+
+    fn record(&self, d: &Dynamic) -> NodeRecord {
+        let n = &self.config.node;
+        NodeRecord {
+            id: n.id.clone(),
+            ip: n.ip,
+            ports: n.ports,
+            region: n.region.clone(),
+            capacity: n.capacity,
+            connections: d.connections,
+            ipv6: n.ipv6,
+            domain: n.domain.clone(),
+            zone: n.zone.clone(),
+            isp: n.isp.clone(),
+            state: d.state,
+            healthy: d.healthy,
+            updated_ms: Some(now_ms()),
+            applied_command: d.applied_command.clone(),
+            labels: n.labels.clone(),
+        }
+    }
+
+    /// Runs until `cancel` fires, then revokes the lease so the node vanishes at once.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let http = reqwest::Client::new();
+        let tasks = cancel.child_token();
+        if let Some(source) = self.config.load.clone() {
+            tokio::spawn(sample_load(
+                source,
+                self.config.sample_interval,
+                self.handle.clone(),
+                http.clone(),
+                tasks.clone(),
+            ));
+        }
+        if let Some(probe) = self.config.health.clone() {
+            tokio::spawn(probe_health(
+                probe,
+                self.config.health_interval,
+                self.handle.clone(),
+                http.clone(),
+                tasks.clone(),
+            ));
+        }
+        let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
+        let command_key = self.config.layout.command_key(&self.config.node.id);
+        tokio::spawn(watch_command(
+            self.kv.clone(),
+            command_key.clone(),
+            cmd_tx,
+            tasks.clone(),
+        ));
+
+        let node_key = self.config.layout.node_key(&self.config.node.id);
+        let ttl = self.config.ttl;
+        let keepalive_every = ttl / 3;
+        let mut d = Dynamic {
+            connections: *self.connections.borrow(),
+            healthy: *self.healthy.borrow(),
+            state: NodeState::Serving,
+            applied_command: None,
+        };
+        // A quick restart finds its previous record still alive: keep its state and
+        // applied command, so a command is not applied twice.
+        if let Some(Ok(Ok(Some(kv)))) = or_cancel(
+            &cancel,
+            tokio::time::timeout(Duration::from_secs(2), self.kv.get(&node_key)),
+        )
+        .await
+        {
+            if let Ok(prev) = NodeRecord::parse(&self.config.node.id, &kv.value) {
+                d.state = prev.state;
+                d.applied_command = prev.applied_command;
+                info!(node_id = %self.config.node.id, state = d.state.as_str(), "previous record found");
+            }
+        }
+
+        let mut lease: Option<LeaseId> = None;
+        let mut last_ok = Instant::now();
+        let mut next_keepalive = Instant::now();
+        let mut next_register = Instant::now();
+        let mut register_backoff = Backoff::for_store();
+        let mut last_written: Option<(Dynamic, Instant)> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let hook = self.config.hook.clone();
+
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+                Ok(()) = self.connections.changed() => {}
+                Ok(()) = self.healthy.changed() => {}
+                Some(value) = cmd_rx.recv() => apply_command(&command_key, value, &mut d, hook.as_ref()),
+            }
+            d.connections = *self.connections.borrow_and_update();
+            d.healthy = *self.healthy.borrow_and_update();
+            let now = Instant::now();
+
+            match lease {
+                None if now >= next_register => {
+                    let Some(result) = or_cancel(&cancel, self.register(&node_key, &d)).await
+                    else {
+                        break;
+                    };
+                    match result {
+                        Ok(id) => {
+                            lease = Some(id);
+                            last_ok = Instant::now();
+                            next_keepalive = last_ok + keepalive_every;
+                            last_written = Some((d.clone(), last_ok));
+                            register_backoff.reset();
+                            self.status.send_modify(|s| {
+                                s.registrations += 1;
+                                s.writes += 1;
+                                s.lease = Some(id);
+                                s.written = Some(d.clone());
+                            });
+                            info!(node_id = %self.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered");
+                        }
+                        Err(e) => {
+                            let delay = register_backoff.next_delay();
+                            next_register = Instant::now() + delay;
+                            warn!(node_id = %self.config.node.id, error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
+                        }
+                    }
+                    continue;
+                }
+                None => continue,
+                Some(id) if now >= next_keepalive => {
+                    let Some(result) = or_cancel(&cancel, self.kv.keep_alive(id)).await else {
+                        break;
+                    };
+                    match result {
+                        Ok(_) => {
+                            last_ok = Instant::now();
+                            next_keepalive = last_ok + keepalive_every;
+                        }
+                        Err(KvError::LeaseNotFound(_)) => {
+                            warn!(node_id = %self.config.node.id, "lease expired, registering again");
+                            lease = None;
+                            next_register = Instant::now();
+                            self.status.send_modify(|s| s.lease = None);
+                            continue;
+                        }
+                        Err(e) => {
+                            if last_ok.elapsed() >= ttl {
+                                // etcd has surely expired it; a fresh lease is needed.
+                                warn!(node_id = %self.config.node.id, error = %e, "keep-alive failing past the TTL, lease presumed lost");
+                                lease = None;
+                                next_register = Instant::now();
+                                self.status.send_modify(|s| s.lease = None);
+                                continue;
+                            }
+                            debug!(error = %e, "keep-alive failed, retrying");
+                            next_keepalive = Instant::now() + Duration::from_millis(500);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+
+            let Some(id) = lease else { continue };
+            let last = last_written.as_ref().map(|(w, at)| (w, *at));
+            if self
+                .config
+                .policy
+                .should_write(last, &d, self.config.node.capacity, Instant::now())
+            {
+                let value = self.record(&d).to_json();
+                let Some(result) =
+                    or_cancel(&cancel, self.kv.put(&node_key, value, Some(id))).await
+                else {
+                    break;
+                };
+                match result {
+                    Ok(_) => {
+                        last_written = Some((d.clone(), Instant::now()));
+                        self.status.send_modify(|s| {
+                            s.writes += 1;
+                            s.written = Some(d.clone());
+                        });
+                        debug!(
+                            connections = d.connections,
+                            healthy = d.healthy,
+                            state = d.state.as_str(),
+                            "reported"
+                        );
+                    }
+                    Err(KvError::LeaseNotFound(_)) => {
+                        warn!(node_id = %self.config.node.id, "lease expired, registering again");
+                        lease = None;
+                        next_register = Instant::now();
+                        self.status.send_modify(|s| s.lease = None);
+                    }
+                    Err(e) => debug!(error = %e, "report failed, will retry"),
+                }
+            }
+        }
+
+        tasks.cancel();
+        if let Some(id) = lease {
+            match tokio::time::timeout(Duration::from_secs(2), self.kv.revoke(id)).await {
+                Ok(Ok(())) => {
+                    info!(node_id = %self.config.node.id, "lease revoked, node deregistered")
+                }
+                Ok(Err(e)) => {
+                    warn!(node_id = %self.config.node.id, error = %e, "lease revoke failed; the key expires with its TTL")
+                }
+                Err(_) => {
+                    warn!(node_id = %self.config.node.id, "lease revoke timed out; the key expires with its TTL")
+                }
+            }
+        }
+    }
+
+    async fn register(&self, node_key: &str, d: &Dynamic) -> Result<LeaseId, KvError> {
+        let id = self.kv.grant(self.config.ttl).await?;
+        match self
+            .kv
+            .put(node_key, self.record(d).to_json(), Some(id))
+            .await
+        {
+            Ok(_) => Ok(id),
+            Err(e) => {
+                // Do not leave an orphan lease behind; it would expire anyway.
+                let _ = self.kv.revoke(id).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn apply_command(key: &str, value: Option<Vec<u8>>, d: &mut Dynamic, hook: Option<&Arc<dyn Hook>>) {
+    let Some(bytes) = value else {
+        debug!(key, "command deleted");
+        return;
+    };
+    let cmd = match Command::parse(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(key, error = %e, "malformed command ignored");
+            return;
+        }
+    };
+    if d.applied_command.as_deref() == Some(cmd.id.as_str()) {
+        debug!(command = %cmd.id, "command already applied");
+        return;
+    }
+    match cmd.action {
+        CommandAction::Drain => d.state = NodeState::Draining,
+        CommandAction::Serve => d.state = NodeState::Serving,
+        CommandAction::Migrate => {}
+    }
+    d.applied_command = Some(cmd.id.clone());
+    let percent = cmd.move_percent();
+    info!(command = %cmd.id, action = cmd.action.as_str(), percent, state = d.state.as_str(), "command applied");
+    if percent > 0 {
+        match hook {
+            Some(hook) => {
+                let signal = MigrateSignal {
+                    action: "migrate",
+                    percent,
+                    command: cmd.id,
+                };
+                tokio::spawn(deliver(hook.clone(), signal, 5));
+            }
+            None => {
+                info!(command = %cmd.id, "no hook configured; the gateway is not told to move clients")
+            }
+        }
+    }
+}
+
+async fn sample_load(
+    source: LoadSource,
+    every: Duration,
+    handle: AgentHandle,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+) {
+    let mut last_error: Option<String> = None;
+    loop {
+        match source.sample(&http).await {
+            Ok(n) => {
+                if last_error.take().is_some() {
+                    info!("load source readable again");
+                }
+                handle.set_connections(n);
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    warn!(error = %msg, "load sample failed; keeping the last count");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        if matches!(source, LoadSource::Static(_)) {
+            return;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn probe_health(
+    probe: HealthProbe,
+    every: Duration,
+    handle: AgentHandle,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+) {
+    let mut h = Hysteresis::default();
+    let timeout = every.clamp(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        let result = probe.check(&http, timeout).await;
+        let before = h.healthy();
+        let verdict = h.observe(result.is_ok());
+        if before != Some(verdict) {
+            match &result {
+                Ok(()) => info!(healthy = verdict, "health changed"),
+                Err(e) => warn!(healthy = verdict, error = %e, "health changed"),
+            }
+        }
+        handle.set_healthy(verdict);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Follows one command key; sends `Some(value)` for each write and `None` for deletes.
+/// After any failure it lists again, so the current command is always re-sent; the
+/// run loop applies each id once.
+async fn watch_command(
+    kv: Arc<dyn Kv>,
+    key: String,
+    tx: mpsc::Sender<Option<Vec<u8>>>,
+    cancel: CancellationToken,
+) {
+    use futures::StreamExt;
+    let mut backoff = Backoff::for_store();
+    loop {
+        let attempt = async {
+            let listing = kv.list(&key).await?;
+            let current = listing
+                .kvs
+                .into_iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value);
+            let mut stream = kv.watch(&key, listing.revision + 1).await?;
+            if tx.send(current).await.is_err() {
+                return Ok(());
+            }
+            backoff.reset();
+            while let Some(batch) = stream.next().await {
+                for ev in batch?.events {
+                    let msg = match ev {
+                        KvEvent::Put(e) if e.key == key => Some(e.value),
+                        KvEvent::Delete { key: k, .. } if k == key => None,
+                        _ => continue,
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(KvError::Unavailable("command watch ended".into()))
+        };
+        let result: Result<(), KvError> = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "command watch interrupted");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hook::FnHook;
+    use registry::memory::MemoryKv;
+    use std::sync::Mutex;
+
+    fn spec() -> NodeSpec {
+        let mut ports = Ports::default();
+        ports.set(registry::Proto::Tcp, 8000);
+        NodeSpec {
+            id: "gw-lib".into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            ports,
+            region: "r".into(),
+            capacity: 1000,
+            ipv6: None,
+            domain: None,
+            zone: None,
+            isp: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    async fn record(kv: &MemoryKv, key: &str) -> Option<NodeRecord> {
+        let v = kv.get(key).await.unwrap()?;
+        Some(NodeRecord::parse("gw-lib", &v.value).unwrap())
+    }
+
+    async fn wait(
+        kv: &MemoryKv,
+        key: &str,
+        what: &str,
+        pred: impl Fn(&NodeRecord) -> bool,
+    ) -> NodeRecord {
+        for _ in 0..2000 {
+            if let Some(r) = record(kv, key).await.filter(|r| pred(r)) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never saw {what}");
+    }
+
+    /// The library API on the in-memory store, with paused time: direct counts,
+    /// callbacks, the report policy's spacing, and re-registration after an outage.
+    #[tokio::test(start_paused = true)]
+    async fn embedded_agent_lifecycle() {
+        let kv = MemoryKv::new();
+        let signals = Arc::new(Mutex::new(Vec::new()));
+        let sink = signals.clone();
+        let mut config = AgentConfig::new(spec());
+        config.ttl = Duration::from_secs(3);
+        config.policy.min_change = 0.0;
+        config.hook = Some(Arc::new(FnHook(move |s: &MigrateSignal| {
+            sink.lock().unwrap().push(s.clone());
+            Ok(())
+        })));
+        let key = config.layout.node_key("gw-lib");
+        let cmd_key = config.layout.command_key("gw-lib");
+        let (agent, handle) = Agent::new(kv.clone(), config);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(agent.run(cancel.clone()));
+
+        wait(&kv, &key, "registration", |_| true).await;
+        handle.set_connections(250);
+        let r = wait(&kv, &key, "250", |r| r.connections == 250).await;
+        assert!((r.load() - 0.25).abs() < 1e-9);
+
+        // Writes are spaced by min_interval however fast the count moves.
+        let writes_before = handle.status().borrow().writes;
+        let start = Instant::now();
+        for n in 0..100 {
+            handle.set_connections(300 + n);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let writes = handle.status().borrow().writes - writes_before;
+        let allowed = start.elapsed().as_millis() as u64 / 500 + 1;
+        assert!(
+            writes <= allowed,
+            "{writes} writes in {:?}",
+            start.elapsed()
+        );
+
+        kv.put(
+            &cmd_key,
+            br#"{"id":"m-1","action":"migrate","percent":40}"#.to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+        wait(&kv, &key, "m-1 applied", |r| {
+            r.applied_command.as_deref() == Some("m-1")
+        })
+        .await;
+        assert_eq!(signals.lock().unwrap().len(), 1);
+        assert_eq!(signals.lock().unwrap()[0].percent, 40);
+
+        // An outage longer than the TTL: the lease expires, the agent registers again.
+        kv.set_available(false);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        kv.set_available(true);
+        wait(&kv, &key, "re-registration", |_| true).await;
+        assert_eq!(handle.status().borrow().registrations, 2);
+        assert_eq!(
+            kv.list(&format!("{}/nodes/", config_prefix()))
+                .await
+                .unwrap()
+                .kvs
+                .len(),
+            1
+        );
+        assert_eq!(
+            signals.lock().unwrap().len(),
+            1,
+            "m-1 is not re-applied after the resync"
+        );
+
+        cancel.cancel();
+        task.await.unwrap();
+        assert!(kv.get(&key).await.unwrap().is_none(), "revoked on shutdown");
+    }
+
+    fn config_prefix() -> String {
+        Layout::default().prefix().to_string()
+    }
+}
