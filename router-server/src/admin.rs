@@ -1,0 +1,240 @@
+//! The admin API, mounted only when a token is configured.
+//!
+//! Every request needs `Authorization: Bearer <token>`, compared in constant time.
+//! Every action is logged with who (client address), what (route, node) and result.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use registry::{CommandAction, Kv, Layout};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::api::ApiError;
+use crate::metrics::RequestLabels;
+use crate::ops::{self, OpsError};
+use crate::state::AppState;
+
+#[derive(Clone)]
+struct Admin {
+    state: Arc<AppState>,
+    kv: Arc<dyn Kv>,
+    layout: Layout,
+    token: Arc<[u8]>,
+}
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> ApiError {
+        match e {
+            OpsError::BadId(_) | OpsError::BadPercent(_) => ApiError::invalid(e.to_string()),
+            OpsError::UnknownNode(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string())
+            }
+            OpsError::Registry(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+/// The admin routes, wrapped in token authentication and audit logging.
+pub fn router(state: Arc<AppState>, kv: Arc<dyn Kv>, layout: Layout, token: &str) -> Router {
+    let admin = Admin {
+        state,
+        kv,
+        layout,
+        token: Arc::from(token.as_bytes()),
+    };
+    Router::new()
+        .route("/admin/nodes", get(nodes))
+        .route("/admin/nodes/{id}/drain", post(drain))
+        .route("/admin/nodes/{id}/migrate", post(migrate))
+        .route("/admin/nodes/{id}/serve", post(serve))
+        .route("/admin/rebalance", post(rebalance))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        .with_state(admin)
+}
+
+async fn authorize(
+    State(admin): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes)
+        .unwrap_or_default();
+    let ok: bool = presented.ct_eq(&admin.token).into();
+    let resp = if ok {
+        next.run(req).await
+    } else {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    let status = resp.status().as_u16();
+    admin
+        .state
+        .metrics
+        .admin_actions
+        .get_or_create(&RequestLabels { route, status })
+        .inc();
+    if ok {
+        info!(client = %peer, path = %path, status, "admin action");
+    } else {
+        warn!(client = %peer, path = %path, status, "admin request refused: bad or missing token");
+    }
+    resp
+}
+
+async fn nodes(State(admin): State<Admin>) -> Result<Response, ApiError> {
+    let (mut nodes, invalid) = ops::list_nodes(&*admin.kv, &admin.layout)
+        .await
+        .map_err(OpsError::from)?;
+    ops::sort_for_display(&mut nodes);
+    let snap = admin.state.snapshot.load_full();
+    let now = registry::now_ms();
+    let out: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let assigned = snap.as_ref().and_then(|s| {
+                s.nodes
+                    .iter()
+                    .find(|e| e.record.id == n.id)
+                    .map(|e| e.assigned.load(std::sync::atomic::Ordering::Relaxed))
+            });
+            json!({
+                "record": n,
+                "load": n.load(),
+                "report_age_ms": n.updated_ms.map(|u| now.saturating_sub(u)),
+                "assigned_since_report": assigned,
+            })
+        })
+        .collect();
+    let invalid: Vec<_> = invalid
+        .into_iter()
+        .map(|(key, reason)| json!({"key": key, "reason": reason}))
+        .collect();
+    Ok(Json(json!({"nodes": out, "invalid": invalid})).into_response())
+}
+
+async fn command(
+    admin: &Admin,
+    id: &str,
+    action: CommandAction,
+    percent: Option<i64>,
+) -> Result<Response, ApiError> {
+    let cmd = ops::issue(&*admin.kv, &admin.layout, id, action, percent).await?;
+    info!(node_id = %id, command = %cmd.id, action = action.as_str(), percent = cmd.percent, "command issued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"node": id, "command": cmd})),
+    )
+        .into_response())
+}
+
+async fn drain(State(admin): State<Admin>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    command(&admin, &id, CommandAction::Drain, None).await
+}
+
+async fn serve(State(admin): State<Admin>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    command(&admin, &id, CommandAction::Serve, None).await
+}
+
+#[derive(Deserialize)]
+struct MigrateBody {
+    percent: serde_json::Value,
+}
+
+async fn migrate(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let parsed: MigrateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("body must be {{\"percent\": N}}: {e}")))?;
+    let percent = parsed.percent.as_i64().ok_or_else(|| {
+        ApiError::invalid(format!("percent: {} is not an integer", parsed.percent))
+    })?;
+    command(&admin, &id, CommandAction::Migrate, Some(percent)).await
+}
+
+#[derive(Deserialize)]
+struct RebalanceQuery {
+    #[serde(default)]
+    dry_run: Option<String>,
+    #[serde(default)]
+    tolerance: Option<f64>,
+}
+
+async fn rebalance(
+    State(admin): State<Admin>,
+    Query(q): Query<RebalanceQuery>,
+) -> Result<Response, ApiError> {
+    let dry_run = match q.dry_run.as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "dry_run: {other:?} is not true or false"
+            )))
+        }
+    };
+    let tolerance = q.tolerance.unwrap_or(ops::DEFAULT_TOLERANCE);
+    if !(0.0..=1.0).contains(&tolerance) {
+        return Err(ApiError::invalid(format!(
+            "tolerance: {tolerance} is not in [0, 1]"
+        )));
+    }
+    let (nodes, _) = ops::list_nodes(&*admin.kv, &admin.layout)
+        .await
+        .map_err(OpsError::from)?;
+    let plan = ops::rebalance_plan(&nodes, tolerance);
+    let mut issued = Vec::new();
+    if !dry_run {
+        for step in &plan {
+            let cmd = ops::issue(
+                &*admin.kv,
+                &admin.layout,
+                &step.node,
+                CommandAction::Migrate,
+                Some(step.percent as i64),
+            )
+            .await?;
+            info!(node_id = %step.node, command = %cmd.id, percent = step.percent, "rebalance migrate issued");
+            issued.push(json!({"node": step.node, "command": cmd}));
+        }
+    }
+    Ok(
+        Json(json!({"dry_run": dry_run, "tolerance": tolerance, "plan": plan, "issued": issued}))
+            .into_response(),
+    )
+}

@@ -1,0 +1,524 @@
+//! Configuration: the command line (clap, `ROUTER_*` variables) and the TOML file.
+//!
+//! Every key of the file has a default, so an empty file (or none) is a working
+//! configuration. [`FileConfig::validate`] is the one place that turns a bad value into
+//! a message naming the key; `main` prints it and exits 2.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+use registry::DEFAULT_PREFIX;
+use serde::{Deserialize, Serialize};
+
+/// Routes long-connection clients to gateway nodes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "router-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve` (also accepted without the word `serve`).
+    #[command(flatten)]
+    pub serve: Option<ServeArgs>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve GET /gateways from the registry in etcd.
+    Serve(ServeArgs),
+    /// Run the real router on an in-memory registry with simulated gateways.
+    Demo(DemoArgs),
+    /// Operate the fleet: list nodes, drain, migrate, serve, rebalance.
+    Ctl(CtlArgs),
+}
+
+fn parse_etcd(s: &str) -> Result<String, String> {
+    registry::etcd::parse_endpoints(s).map(|v| v.join(","))
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    registry::keys::validate_prefix(s)?;
+    Ok(s.to_string())
+}
+
+/// Flags of `router-server serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "ROUTER_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]
+    pub etcd: String,
+    /// Address to listen on (HTTPS when --tls-cert is given, plain HTTP otherwise).
+    #[arg(long, env = "ROUTER_LISTEN", value_name = "ADDR", required = true)]
+    pub listen: SocketAddr,
+    /// Key prefix in etcd.
+    #[arg(long, env = "ROUTER_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
+    pub prefix: String,
+    /// TOML configuration file.
+    #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Enables the admin API with this bearer token.
+    #[arg(
+        long,
+        env = "ROUTER_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// PEM certificate chain; serves HTTPS on --listen. Reloaded when the file changes.
+    #[arg(
+        long,
+        env = "ROUTER_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "ROUTER_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: also serve plain HTTP here (for a TLS-terminating balancer).
+    #[arg(
+        long,
+        env = "ROUTER_HTTP_LISTEN",
+        value_name = "ADDR",
+        requires = "tls_cert"
+    )]
+    pub http_listen: Option<SocketAddr>,
+}
+
+/// Flags of `router-server demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "ROUTER_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// Simulated gateway nodes.
+    #[arg(long, env = "ROUTER_DEMO_NODES", value_name = "N", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub nodes: u32,
+    /// Admin token for the demo's admin API.
+    #[arg(
+        long,
+        env = "ROUTER_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+/// Flags of `router-server ctl`.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "ROUTER_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]
+    pub etcd: String,
+    /// Key prefix in etcd.
+    #[arg(long, env = "ROUTER_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
+    pub prefix: String,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: CtlOp,
+}
+
+/// `ctl` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlOp {
+    /// Table of nodes, by region and load.
+    Nodes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sending clients to a node and move its clients away.
+    Drain {
+        /// Node id.
+        id: String,
+        /// Show progress and return when the node reports 0 connections.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 1).
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Move a percentage of a node's clients away.
+    Migrate {
+        /// Node id.
+        id: String,
+        /// 1-100.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: u8,
+    },
+    /// Undo a drain.
+    Serve {
+        /// Node id.
+        id: String,
+    },
+    /// Even out load inside each region by migrating clients off hot nodes.
+    Rebalance {
+        /// Print the plan without issuing commands.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The TOML file. Every key is optional; see `docs/config.md` for each default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Nodes at or above this projected load are not handed out (overload protection).
+    pub max_load: f64,
+    /// An update removing more than this fraction of live nodes at once is held back.
+    pub protect_threshold: f64,
+    /// How long a held-back update may be ignored before the router follows it anyway.
+    pub protect_max_secs: u64,
+    /// Fleets smaller than this are not protected (one node is already "more than half").
+    pub protect_min_nodes: usize,
+    /// How long clients may reuse an answer.
+    pub ttl_secs: u64,
+    /// Heartbeat interval clients use on their gateway connection.
+    pub heartbeat_secs: u64,
+    /// Reconnect backoff clients use.
+    pub backoff: BackoffConfig,
+    /// Client region lookup and fallbacks.
+    pub regions: RegionsConfig,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Per-client-IP rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// HTTP limits, timeouts, CORS.
+    pub http: HttpConfig,
+    /// Certificate reloading.
+    pub tls: TlsConfig,
+}
+
+/// The `[backoff]` table, sent to clients as-is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay.
+    pub base_ms: u64,
+    /// Largest delay.
+    pub max_ms: u64,
+    /// Growth per attempt.
+    pub factor: f64,
+    /// ± fraction of random spread.
+    pub jitter: f64,
+}
+
+/// The `[regions]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegionsConfig {
+    /// Region for clients no CIDR matches (empty: unknown, candidates from any region).
+    pub default: String,
+    /// Client CIDR → region; the longest matching prefix wins.
+    pub cidrs: BTreeMap<IpNet, String>,
+    /// Region → fallback regions, in order.
+    pub fallbacks: BTreeMap<String, Vec<String>>,
+}
+
+/// The `[rate_limit]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per client IP (0 disables the limit).
+    pub per_ip_per_sec: u32,
+    /// Requests a client may burst above the sustained rate.
+    pub burst: u32,
+}
+
+/// The `[http]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Whole-request deadline.
+    pub request_timeout_ms: u64,
+    /// Longest accepted request URI.
+    pub max_uri_bytes: usize,
+    /// Largest accepted request head (request line + headers).
+    pub max_header_bytes: usize,
+    /// Origins allowed by CORS (`*` for any); empty disables CORS.
+    pub cors_origins: Vec<String>,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// How often the certificate files are checked for changes.
+    pub reload_check_ms: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            max_load: 0.95,
+            protect_threshold: 0.5,
+            protect_max_secs: 300,
+            protect_min_nodes: 2,
+            ttl_secs: 300,
+            heartbeat_secs: 240,
+            backoff: BackoffConfig::default(),
+            regions: RegionsConfig::default(),
+            trusted_proxies: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            http: HttpConfig::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            base_ms: 1000,
+            max_ms: 60_000,
+            factor: 1.6,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_ip_per_sec: 20,
+            burst: 40,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            request_timeout_ms: 5000,
+            max_uri_bytes: 4096,
+            max_header_bytes: 16 * 1024,
+            cors_origins: Vec::new(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            reload_check_ms: 5000,
+        }
+    }
+}
+
+fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("config: {key}: {}", msg()))
+    }
+}
+
+impl FileConfig {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config: cannot read {}: {e}", path.display()))?;
+        FileConfig::parse(&text).map_err(|e| format!("{} ({})", e, path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        let cfg: FileConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().trim().replace('\n', " ");
+            // Name the line, so a wrong type points at its key.
+            match e.span() {
+                Some(span) => {
+                    let line_no = text[..span.start].matches('\n').count() + 1;
+                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+                    format!("config: line {line_no} `{line}`: {msg}")
+                }
+                None => format!("config: {msg}"),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every rule a value must follow, with a message naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        check(
+            self.max_load > 0.0 && self.max_load <= 1.0,
+            "max_load",
+            || format!("{} is not in (0, 1]", self.max_load),
+        )?;
+        check(
+            self.protect_threshold > 0.0 && self.protect_threshold <= 1.0,
+            "protect_threshold",
+            || format!("{} is not in (0, 1]", self.protect_threshold),
+        )?;
+        check(self.protect_max_secs >= 1, "protect_max_secs", || {
+            "must be at least 1".into()
+        })?;
+        check(self.ttl_secs >= 1, "ttl_secs", || {
+            "must be at least 1".into()
+        })?;
+        check(self.heartbeat_secs >= 1, "heartbeat_secs", || {
+            "must be at least 1".into()
+        })?;
+        let b = &self.backoff;
+        check(b.base_ms >= 1, "backoff.base_ms", || {
+            "must be at least 1".into()
+        })?;
+        check(b.max_ms >= b.base_ms, "backoff.max_ms", || {
+            format!("{} is below backoff.base_ms {}", b.max_ms, b.base_ms)
+        })?;
+        check(
+            b.factor >= 1.0 && b.factor <= 10.0,
+            "backoff.factor",
+            || format!("{} is not in [1, 10]", b.factor),
+        )?;
+        check((0.0..=1.0).contains(&b.jitter), "backoff.jitter", || {
+            format!("{} is not in [0, 1]", b.jitter)
+        })?;
+        for (net, region) in &self.regions.cidrs {
+            check(!region.trim().is_empty(), "regions.cidrs", || {
+                format!("{net} maps to an empty region")
+            })?;
+        }
+        for (region, fallbacks) in &self.regions.fallbacks {
+            check(!fallbacks.contains(region), "regions.fallbacks", || {
+                format!("{region} lists itself as a fallback")
+            })?;
+        }
+        let r = &self.rate_limit;
+        check(
+            r.per_ip_per_sec == 0 || r.burst >= 1,
+            "rate_limit.burst",
+            || "must be at least 1 when the limit is on".into(),
+        )?;
+        let h = &self.http;
+        check(
+            h.request_timeout_ms >= 10,
+            "http.request_timeout_ms",
+            || "must be at least 10".into(),
+        )?;
+        check(h.max_uri_bytes >= 64, "http.max_uri_bytes", || {
+            "must be at least 64".into()
+        })?;
+        check(h.max_header_bytes >= 8192, "http.max_header_bytes", || {
+            "must be at least 8192 (the HTTP server's smallest buffer)".into()
+        })?;
+        for o in &h.cors_origins {
+            check(
+                o == "*" || o.starts_with("http://") || o.starts_with("https://"),
+                "http.cors_origins",
+                || format!("{o:?} is not \"*\" or an http(s):// origin"),
+            )?;
+            check(
+                o.parse::<axum::http::HeaderValue>().is_ok(),
+                "http.cors_origins",
+                || format!("{o:?} is not a valid header value"),
+            )?;
+        }
+        check(
+            self.tls.reload_check_ms >= 10,
+            "tls.reload_check_ms",
+            || "must be at least 10".into(),
+        )?;
+        Ok(())
+    }
+
+    /// The request deadline.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.request_timeout_ms)
+    }
+
+    /// True when `ip` is a trusted proxy.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(FileConfig::parse("").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = FileConfig::parse(
+            r#"
+            max_load = 0.9
+            trusted_proxies = ["10.0.0.0/8", "::1/128"]
+            [regions]
+            default = "cn-sh"
+            cidrs = { "192.0.2.0/24" = "cn-bj", "2001:db8::/32" = "cn-sz" }
+            fallbacks = { cn-sh = ["cn-hz", "cn-bj"] }
+            [backoff]
+            base_ms = 500
+            [rate_limit]
+            per_ip_per_sec = 0
+            [http]
+            cors_origins = ["https://app.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.regions.fallbacks["cn-sh"], vec!["cn-hz", "cn-bj"]);
+        assert!(cfg.is_trusted_proxy("10.1.2.3".parse().unwrap()));
+        assert!(!cfg.is_trusted_proxy("11.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("max_load = 0", "max_load"),
+            ("max_load = 1.5", "max_load"),
+            ("protect_threshold = -1", "protect_threshold"),
+            ("ttl_secs = 0", "ttl_secs"),
+            ("[backoff]\nbase_ms = 10\nmax_ms = 5", "backoff.max_ms"),
+            ("[backoff]\njitter = 2", "backoff.jitter"),
+            (
+                "[regions]\nfallbacks = { a = [\"a\"] }",
+                "regions.fallbacks",
+            ),
+            (
+                "[regions]\ncidrs = { \"10.0.0.0/33\" = \"a\" }",
+                "10.0.0.0/33",
+            ),
+            ("trusted_proxies = [\"nope\"]", "trusted_proxies"),
+            ("[http]\ncors_origins = [\"ftp://x\"]", "http.cors_origins"),
+            ("[http]\nmax_header_bytes = 100", "http.max_header_bytes"),
+            ("unknown_key = 1", "unknown_key"),
+            ("max_load = \"high\"", "max_load"),
+        ] {
+            let e = FileConfig::parse(text).expect_err(text);
+            assert!(e.contains(key), "{text}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+}

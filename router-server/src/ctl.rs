@@ -1,0 +1,221 @@
+//! `router-server ctl`: the on-call engineer's command line.
+
+use std::time::Duration;
+
+use registry::etcd::{EtcdKv, EtcdOptions};
+use registry::{CommandAction, Kv, Layout, NodeRecord};
+use tokio::time::Instant;
+
+use crate::config::{CtlArgs, CtlOp};
+use crate::ops::{self, OpsError, PlanStep};
+
+/// Runs one `ctl` operation; returns the process exit status.
+pub async fn run(args: CtlArgs) -> i32 {
+    let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
+    let layout = Layout::new(&args.prefix);
+    let opts = EtcdOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(3),
+        keep_alive: Duration::from_secs(2),
+    };
+    let kv = match EtcdKv::connect(&endpoints, &opts).await {
+        Ok(kv) => kv,
+        Err(e) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),
+    };
+    match execute(&kv, &layout, args.op).await {
+        Ok(()) => 0,
+        Err(OpsError::Registry(e)) => fail(&format!(
+            "etcd at {} is unreachable or refused the request: {e}",
+            args.etcd
+        )),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> i32 {
+    eprintln!("error: {msg}");
+    1
+}
+
+async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError> {
+    match op {
+        CtlOp::Nodes { json } => {
+            let (nodes, invalid) = ops::list_nodes(kv, layout).await?;
+            if json {
+                let out = serde_json::json!({
+                    "nodes": nodes,
+                    "invalid": invalid.iter().map(|(k, r)| serde_json::json!({"key": k, "reason": r})).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            } else {
+                print!("{}", nodes_table(&nodes, registry::now_ms()));
+                for (key, reason) in invalid {
+                    println!("invalid record {key}: {reason}");
+                }
+            }
+            Ok(())
+        }
+        CtlOp::Drain { id, wait, timeout } => {
+            let cmd = ops::issue(kv, layout, &id, CommandAction::Drain, None).await?;
+            println!("drain issued to {id} (command {})", cmd.id);
+            if wait {
+                wait_drained(kv, layout, &id, &cmd.id, Duration::from_secs(timeout)).await?;
+            }
+            Ok(())
+        }
+        CtlOp::Migrate { id, percent } => {
+            let cmd = ops::issue(
+                kv,
+                layout,
+                &id,
+                CommandAction::Migrate,
+                Some(percent as i64),
+            )
+            .await?;
+            println!("migrate {percent}% issued to {id} (command {})", cmd.id);
+            Ok(())
+        }
+        CtlOp::Serve { id } => {
+            let cmd = ops::issue(kv, layout, &id, CommandAction::Serve, None).await?;
+            println!("serve issued to {id} (command {})", cmd.id);
+            Ok(())
+        }
+        CtlOp::Rebalance { dry_run, json } => {
+            let (nodes, _) = ops::list_nodes(kv, layout).await?;
+            let plan = ops::rebalance_plan(&nodes, ops::DEFAULT_TOLERANCE);
+            let mut issued = Vec::new();
+            if !dry_run {
+                for step in &plan {
+                    let cmd = ops::issue(
+                        kv,
+                        layout,
+                        &step.node,
+                        CommandAction::Migrate,
+                        Some(step.percent as i64),
+                    )
+                    .await?;
+                    issued.push((step.node.clone(), cmd.id));
+                }
+            }
+            if json {
+                let out = serde_json::json!({"dry_run": dry_run, "plan": plan,
+                    "issued": issued.iter().map(|(n, c)| serde_json::json!({"node": n, "command": c})).collect::<Vec<_>>()});
+                println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            } else {
+                print!("{}", plan_table(&plan));
+                if plan.is_empty() {
+                    println!(
+                        "every region is within {:.0} load points of its mean; nothing to move",
+                        ops::DEFAULT_TOLERANCE * 100.0
+                    );
+                } else if dry_run {
+                    println!("dry run: no command issued");
+                } else {
+                    for (node, cmd) in &issued {
+                        println!("migrate issued to {node} (command {cmd})");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Follows the node until it reports 0 connections (or vanishes), printing progress.
+async fn wait_drained(
+    kv: &dyn Kv,
+    layout: &Layout,
+    id: &str,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<(), OpsError> {
+    let start = Instant::now();
+    let key = layout.node_key(id);
+    let mut last: Option<(u64, bool)> = None;
+    loop {
+        let record = match kv.get(&key).await? {
+            Some(kv) => NodeRecord::parse(id, &kv.value).ok(),
+            None => {
+                println!("{id} deregistered; drained");
+                return Ok(());
+            }
+        };
+        if let Some(r) = record {
+            let applied = r.applied_command.as_deref() == Some(cmd);
+            if last != Some((r.connections, applied)) {
+                let state = if applied {
+                    r.state.as_str()
+                } else {
+                    "command not yet applied"
+                };
+                println!(
+                    "{id}: {} connections ({state}, {:.0}s)",
+                    r.connections,
+                    start.elapsed().as_secs_f64()
+                );
+                last = Some((r.connections, applied));
+            }
+            if applied && r.connections == 0 {
+                println!("{id} drained");
+                return Ok(());
+            }
+        }
+        if start.elapsed() >= timeout {
+            let conns = last
+                .map(|(c, _)| c.to_string())
+                .unwrap_or_else(|| "an unknown number of".into());
+            eprintln!(
+                "error: {id} still has {conns} connections after {}s; it keeps draining",
+                timeout.as_secs()
+            );
+            std::process::exit(1);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `ctl nodes` table.
+pub fn nodes_table(nodes: &[NodeRecord], now_ms: u64) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:<9} {:<9} {:>21} {:>6} {:>6} {}\n",
+        "ID", "REGION", "STATE", "HEALTH", "CONNECTIONS/CAPACITY", "LOAD", "AGE", "APPLIED"
+    );
+    for n in nodes {
+        let age = n
+            .updated_ms
+            .map(|u| format!("{}s", now_ms.saturating_sub(u) / 1000))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<24} {:<10} {:<9} {:<9} {:>21} {:>5.1}% {:>6} {}\n",
+            n.id,
+            n.region,
+            n.state.as_str(),
+            if n.healthy { "healthy" } else { "UNHEALTHY" },
+            format!("{}/{}", n.connections, n.capacity),
+            n.load() * 100.0,
+            age,
+            n.applied_command.as_deref().unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+/// The rebalance plan table.
+pub fn plan_table(plan: &[PlanStep]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:>6} {:>6} {:>8} {:>8}\n",
+        "NODE", "REGION", "LOAD", "MEAN", "MOVE", "PERCENT"
+    );
+    for s in plan {
+        out.push_str(&format!(
+            "{:<24} {:<10} {:>5.1}% {:>5.1}% {:>8} {:>7}%\n",
+            s.node,
+            s.region,
+            s.load * 100.0,
+            s.region_mean * 100.0,
+            s.move_connections,
+            s.percent
+        ));
+    }
+    out
+}

@@ -1,0 +1,119 @@
+//! `router-server`: parses flags, sets up logging and signals, and runs `serve`,
+//! `demo` or `ctl`.
+
+use std::sync::Arc;
+
+use registry::etcd::{EtcdKv, EtcdOptions};
+use registry::Layout;
+use router_server::config::{Cli, Command, FileConfig, ServeArgs};
+use router_server::tls::TlsFiles;
+use router_server::{Listeners, ServeOptions};
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    let cli: Cli = registry::cli::parse_or_exit();
+    let verbose_default = if matches!(cli.command, Some(Command::Ctl(_))) {
+        "warn"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| verbose_default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = runtime.block_on(async move {
+        match (cli.command, cli.serve) {
+            (Some(Command::Ctl(args)), _) => router_server::ctl::run(args).await,
+            (Some(Command::Demo(args)), _) => {
+                report(router_server::demo::run_demo(args, shutdown_token()).await)
+            }
+            (Some(Command::Serve(args)), _) | (None, Some(args)) => serve(args).await,
+            (None, None) => registry::cli::exit_invalid(
+                "nothing to do: give serve flags, `demo` or `ctl` (see --help)",
+            ),
+        }
+    });
+    std::process::exit(code);
+}
+
+fn report(r: anyhow::Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> i32 {
+    let config = match &args.config {
+        Some(path) => FileConfig::load(path).unwrap_or_else(|e| registry::cli::exit_invalid(e)),
+        None => FileConfig::default(),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    if let Some(files) = &tls {
+        // Fail at start, with exit 2, rather than on the first handshake.
+        if let Err(e) = files.load().await {
+            registry::cli::exit_invalid(e);
+        }
+    }
+    let main = match std::net::TcpListener::bind(args.listen) {
+        Ok(l) => l,
+        Err(e) => registry::cli::exit_invalid(format!("cannot listen on {}: {e}", args.listen)),
+    };
+    let plain = match args
+        .http_listen
+        .map(std::net::TcpListener::bind)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => registry::cli::exit_invalid(format!("cannot listen on --http-listen: {e}")),
+    };
+    let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
+    let kv = match EtcdKv::connect(&endpoints, &EtcdOptions::default()).await {
+        Ok(kv) => kv,
+        Err(e) => return report(Err(anyhow::anyhow!("etcd {}: {e}", args.etcd))),
+    };
+    let opts = ServeOptions {
+        config,
+        layout: Layout::new(&args.prefix),
+        admin_token: args.admin_token,
+        tls,
+    };
+    report(
+        router_server::run(
+            Arc::new(kv),
+            opts,
+            Listeners { main, plain },
+            shutdown_token(),
+        )
+        .await,
+    )
+}
+
+/// A token cancelled by SIGTERM or SIGINT.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        t.cancel();
+    });
+    token
+}

@@ -1,0 +1,519 @@
+//! Candidate selection: the contract's scheduling rules as a pure function over an
+//! immutable [`Snapshot`].
+//!
+//! * **Eligible**: serving, healthy, has the requested port and address family, and a
+//!   projected load below `max_load`.
+//! * **Region order**: the client's region, then its fallbacks in order, then any.
+//! * **Least loaded first, herd-safe**: the load used is the *projected* load,
+//!   `(reported connections + clients this router handed the node since that report) /
+//!   capacity`. Each answer adds one client to its first candidate, so a reconnect
+//!   storm fills nodes evenly instead of all landing on the node that was least loaded
+//!   at the last report. The counter lives in an `Arc<AtomicU64>` shared across
+//!   snapshots and replaced (reset) when the node sends a new report.
+//!
+//! Static eligibility (state, health, port) is indexed once per snapshot, so a request
+//! scans only the nodes that can serve it, keeping the best `count` in a small array:
+//! O(n) per request with no allocation beyond the answer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use registry::record::IpFamily;
+use registry::{NodeRecord, NodeState, Proto};
+
+/// One node as the router serves it.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// The record as last reported.
+    pub record: Arc<NodeRecord>,
+    /// Clients handed to this node since `record` was reported.
+    pub assigned: Arc<AtomicU64>,
+}
+
+impl NodeEntry {
+    /// `(connections + assigned) / capacity`.
+    pub fn projected_load(&self) -> f64 {
+        let conns = self
+            .record
+            .connections
+            .saturating_add(self.assigned.load(Ordering::Relaxed));
+        conns as f64 / self.record.capacity as f64
+    }
+}
+
+/// Node indexes (into [`Snapshot::nodes`]) that can serve one protocol.
+#[derive(Debug, Clone, Default)]
+struct ByProto([Vec<u32>; 3]);
+
+impl ByProto {
+    fn get(&self, proto: Proto) -> &[u32] {
+        &self.0[proto as usize]
+    }
+}
+
+/// An immutable, indexed view of the fleet, swapped atomically on every change.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every valid node, sorted by id.
+    pub nodes: Vec<NodeEntry>,
+    by_region: HashMap<Arc<str>, ByProto>,
+    all: ByProto,
+    /// Registry revision this snapshot reflects.
+    pub revision: i64,
+    /// True while answers come from an older set (registry unreachable or protect).
+    pub stale: bool,
+}
+
+impl Snapshot {
+    /// Builds a snapshot, reusing herd counters from `previous` for nodes whose record
+    /// did not change (same report), and starting new counters for new reports.
+    pub fn build(
+        records: impl IntoIterator<Item = Arc<NodeRecord>>,
+        previous: Option<&Snapshot>,
+        revision: i64,
+        stale: bool,
+    ) -> Snapshot {
+        let old: HashMap<&str, &NodeEntry> = previous
+            .map(|p| p.nodes.iter().map(|e| (e.record.id.as_str(), e)).collect())
+            .unwrap_or_default();
+        let mut nodes: Vec<NodeEntry> = records
+            .into_iter()
+            .map(|record| {
+                let assigned = match old.get(record.id.as_str()) {
+                    Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => {
+                        e.assigned.clone()
+                    }
+                    _ => Arc::new(AtomicU64::new(0)),
+                };
+                NodeEntry { record, assigned }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        let mut by_region: HashMap<Arc<str>, ByProto> = HashMap::new();
+        let mut all = ByProto::default();
+        for (i, e) in nodes.iter().enumerate() {
+            let r = &e.record;
+            if r.state != NodeState::Serving || !r.healthy {
+                continue;
+            }
+            let region = by_region.entry(Arc::from(r.region.as_str())).or_default();
+            for proto in Proto::ALL {
+                if r.ports.get(proto).is_some() {
+                    region.0[proto as usize].push(i as u32);
+                    all.0[proto as usize].push(i as u32);
+                }
+            }
+        }
+        Snapshot {
+            nodes,
+            by_region,
+            all,
+            revision,
+            stale,
+        }
+    }
+
+    /// Live nodes (valid records), whatever their state.
+    pub fn live(&self) -> usize {
+        self.nodes.len()
+    }
+}
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query<'a> {
+    /// Protocol the client speaks.
+    pub proto: Proto,
+    /// Candidates wanted (1-10).
+    pub count: usize,
+    /// The client's region, if known.
+    pub region: Option<&'a str>,
+    /// The address family the client can reach, if restricted.
+    pub family: Option<IpFamily>,
+}
+
+/// One chosen gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Index into [`Snapshot::nodes`].
+    pub index: usize,
+    /// The address for the requested family.
+    pub ip: IpAddr,
+    /// The port for the requested protocol.
+    pub port: u16,
+    /// Projected load when chosen.
+    pub load: f64,
+}
+
+/// The scheduling parameters from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Nodes at or above this projected load are skipped.
+    pub max_load: f64,
+    /// Fallback regions for the client's region.
+    pub fallbacks: &'a [String],
+}
+
+/// Up to `query.count` distinct eligible nodes, best first, and counts one client
+/// against the first of them.
+pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<Candidate> {
+    let want = query.count.clamp(1, 10);
+    let mut out: Vec<Candidate> = Vec::with_capacity(want);
+    let mut tried_regions: Vec<&str> = Vec::with_capacity(1 + rules.fallbacks.len());
+    let tiers = query
+        .region
+        .into_iter()
+        .chain(rules.fallbacks.iter().map(String::as_str));
+    for region in tiers {
+        if out.len() >= want {
+            break;
+        }
+        if tried_regions.contains(&region) {
+            continue;
+        }
+        tried_regions.push(region);
+        if let Some(idx) = snap.by_region.get(region) {
+            best_of(
+                snap,
+                idx.get(query.proto),
+                query,
+                rules,
+                want,
+                &[],
+                &mut out,
+            );
+        }
+    }
+    if out.len() < want {
+        best_of(
+            snap,
+            snap.all.get(query.proto),
+            query,
+            rules,
+            want,
+            &tried_regions,
+            &mut out,
+        );
+    }
+    if let Some(first) = out.first() {
+        snap.nodes[first.index]
+            .assigned
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    out
+}
+
+/// Appends the best of `indexes` (excluding `skip_regions` and nodes already chosen)
+/// to `out`, up to `want` in total, least loaded first.
+fn best_of(
+    snap: &Snapshot,
+    indexes: &[u32],
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    skip_regions: &[&str],
+    out: &mut Vec<Candidate>,
+) {
+    let start = out.len();
+    let room = want - start;
+    for &i in indexes {
+        let i = i as usize;
+        let e = &snap.nodes[i];
+        let r = &e.record;
+        let load = e.projected_load();
+        if load >= rules.max_load {
+            continue;
+        }
+        // The worst kept candidate; skip work for nodes that cannot make the cut.
+        if out.len() - start == room && load >= out[out.len() - 1].load {
+            continue;
+        }
+        if !skip_regions.is_empty() && skip_regions.contains(&r.region.as_str()) {
+            continue;
+        }
+        if out[..start].iter().any(|c| c.index == i) {
+            continue;
+        }
+        let Some(ip) = r.addr_for(query.family) else {
+            continue;
+        };
+        let Some(port) = r.ports.get(query.proto) else {
+            continue;
+        };
+        let cand = Candidate {
+            index: i,
+            ip,
+            port,
+            load,
+        };
+        // Insertion into the kept tail, ordered by load then id (index order).
+        let pos = start + out[start..].partition_point(|c| c.load <= load);
+        if out.len() - start == room {
+            out.pop();
+        }
+        out.insert(pos, cand);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use registry::Ports;
+    use std::collections::BTreeMap;
+
+    pub(crate) fn node(id: &str, region: &str, conns: u64, cap: u64) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            ip: "10.0.0.1".parse().unwrap(),
+            ports: Ports {
+                tcp: Some(8000),
+                ws: Some(8080),
+                wss: None,
+            },
+            region: region.into(),
+            capacity: cap,
+            connections: conns,
+            ipv6: None,
+            domain: None,
+            zone: None,
+            isp: None,
+            state: NodeState::Serving,
+            healthy: true,
+            updated_ms: None,
+            applied_command: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn snap(records: Vec<NodeRecord>) -> Snapshot {
+        Snapshot::build(records.into_iter().map(Arc::new), None, 1, false)
+    }
+
+    fn q(region: Option<&str>, count: usize) -> Query<'_> {
+        Query {
+            proto: Proto::Tcp,
+            count,
+            region,
+            family: None,
+        }
+    }
+
+    const RULES: Rules<'static> = Rules {
+        max_load: 0.95,
+        fallbacks: &[],
+    };
+
+    fn ids(s: &Snapshot, c: &[Candidate]) -> Vec<String> {
+        c.iter()
+            .map(|c| s.nodes[c.index].record.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn region_then_fallbacks_then_any() {
+        let s = snap(vec![
+            node("sh-1", "cn-sh", 50, 100),
+            node("hz-1", "cn-hz", 10, 100),
+            node("bj-1", "cn-bj", 0, 100),
+            node("bj-2", "cn-bj", 5, 100),
+            node("sz-1", "cn-sz", 1, 100),
+        ]);
+        let fallbacks = vec!["cn-hz".to_string()];
+        let rules = Rules {
+            max_load: 0.95,
+            fallbacks: &fallbacks,
+        };
+        let c = select(&s, &q(Some("cn-sh"), 4), rules);
+        assert_eq!(ids(&s, &c), ["sh-1", "hz-1", "bj-1", "sz-1"]);
+        // Unknown region: least loaded anywhere.
+        let c = select(&s, &q(None, 2), RULES);
+        assert_eq!(ids(&s, &c), ["bj-1", "sz-1"]);
+    }
+
+    #[test]
+    fn ineligible_nodes_are_never_chosen() {
+        let mut draining = node("d", "r", 0, 100);
+        draining.state = NodeState::Draining;
+        let mut sick = node("s", "r", 0, 100);
+        sick.healthy = false;
+        let full = node("f", "r", 95, 100);
+        let mut wss_only = node("w", "r", 0, 100);
+        wss_only.ports = Ports {
+            tcp: None,
+            ws: None,
+            wss: Some(443),
+        };
+        let ok = node("ok", "r", 90, 100);
+        let s = snap(vec![draining, sick, full, wss_only, ok]);
+        assert_eq!(ids(&s, &select(&s, &q(Some("r"), 10), RULES)), ["ok"]);
+        let wss = Query {
+            proto: Proto::Wss,
+            ..q(Some("r"), 10)
+        };
+        assert_eq!(ids(&s, &select(&s, &wss, RULES)), ["w"]);
+        let v6 = Query {
+            family: Some(IpFamily::V6),
+            ..q(Some("r"), 10)
+        };
+        assert!(select(&s, &v6, RULES).is_empty(), "no IPv6 addresses");
+    }
+
+    #[test]
+    fn dual_stack_answers_in_the_requested_family() {
+        let mut n = node("ds", "r", 0, 100);
+        n.ipv6 = Some("2001:db8::1".parse().unwrap());
+        let s = snap(vec![n]);
+        let v6 = Query {
+            family: Some(IpFamily::V6),
+            ..q(None, 1)
+        };
+        assert_eq!(
+            select(&s, &v6, RULES)[0].ip,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let v4 = Query {
+            family: Some(IpFamily::V4),
+            ..q(None, 1)
+        };
+        assert_eq!(
+            select(&s, &v4, RULES)[0].ip,
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    /// 10 nodes with unequal loads, 5 000 requests and no new reports: the router's
+    /// own accounting spreads the burst until projected loads are level.
+    #[test]
+    fn herd_burst_levels_projected_loads() {
+        let records: Vec<NodeRecord> = (0..10)
+            .map(|i| node(&format!("n{i}"), "r", i * 100, 10_000))
+            .collect();
+        let s = snap(records);
+        for _ in 0..5000 {
+            assert!(!select(&s, &q(Some("r"), 3), RULES).is_empty());
+        }
+        let loads: Vec<f64> = s.nodes.iter().map(NodeEntry::projected_load).collect();
+        let mean = loads.iter().sum::<f64>() / loads.len() as f64;
+        let max = loads.iter().cloned().fold(0.0, f64::max);
+        assert!(max / mean <= 1.05, "max/mean = {} ({loads:?})", max / mean);
+        let total: u64 = s
+            .nodes
+            .iter()
+            .map(|e| e.assigned.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(total, 5000);
+    }
+
+    #[test]
+    fn a_new_report_resets_the_herd_counter_an_unchanged_one_keeps_it() {
+        let a = Arc::new(node("a", "r", 0, 100));
+        let b = Arc::new(node("b", "r", 0, 100));
+        let s1 = Snapshot::build(vec![a.clone(), b.clone()], None, 1, false);
+        for _ in 0..10 {
+            select(&s1, &q(None, 1), RULES);
+        }
+        let s2 = Snapshot::build(
+            vec![a.clone(), Arc::new(node("b", "r", 5, 100))],
+            Some(&s1),
+            2,
+            false,
+        );
+        let assigned = |s: &Snapshot, i: usize| s.nodes[i].assigned.load(Ordering::Relaxed);
+        assert_eq!(assigned(&s2, 0) + assigned(&s1, 1), 10);
+        assert_eq!(assigned(&s2, 1), 0, "b reported again");
+        assert!(Arc::ptr_eq(&s1.nodes[0].assigned, &s2.nodes[0].assigned));
+    }
+
+    fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
+        (
+            0usize..4,
+            0u64..1200,
+            1u64..1000,
+            any::<bool>(),
+            any::<bool>(),
+            0u8..8,
+            any::<bool>(),
+        )
+            .prop_map(move |(region, conns, cap, draining, sick, ports, v6)| {
+                let mut n = node(
+                    &format!("n{i:03}"),
+                    ["a", "b", "c", "d"][region],
+                    conns,
+                    cap,
+                );
+                n.state = if draining {
+                    NodeState::Draining
+                } else {
+                    NodeState::Serving
+                };
+                n.healthy = !sick;
+                n.ports = Ports {
+                    tcp: (ports & 1 != 0).then_some(1),
+                    ws: (ports & 2 != 0).then_some(2),
+                    wss: (ports & 4 != 0 || ports == 0).then_some(3),
+                };
+                if v6 {
+                    n.ipv6 = Some("2001:db8::1".parse().unwrap());
+                }
+                n
+            })
+    }
+
+    fn arb_fleet() -> impl Strategy<Value = Vec<NodeRecord>> {
+        (0usize..40).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>())
+    }
+
+    proptest! {
+        #[test]
+        fn selection_invariants(fleet in arb_fleet(), region in proptest::option::of(0usize..5),
+                                count in 1usize..=10, proto in 0usize..3, fam in 0u8..3,
+                                fallback in proptest::option::of(0usize..4)) {
+            let regions = ["a", "b", "c", "d", "zz"];
+            let s = snap(fleet);
+            let fallbacks: Vec<String> = fallback.map(|f| regions[f].to_string()).into_iter().collect();
+            let rules = Rules { max_load: 0.95, fallbacks: &fallbacks };
+            let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
+            let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), family };
+            // Loads before the call (select counts one client on the first candidate).
+            let before: Vec<f64> = s.nodes.iter().map(NodeEntry::projected_load).collect();
+            let out = select(&s, &query, rules);
+            let eligible = |i: usize| {
+                let r = &s.nodes[i].record;
+                r.state == NodeState::Serving && r.healthy && before[i] < 0.95
+                    && r.ports.get(query.proto).is_some() && r.addr_for(family).is_some()
+            };
+            let n_eligible = (0..s.nodes.len()).filter(|&i| eligible(i)).count();
+            prop_assert_eq!(out.len(), count.min(n_eligible), "min(count, eligible)");
+            let mut seen = std::collections::HashSet::new();
+            for c in &out {
+                prop_assert!(eligible(c.index), "ineligible node chosen");
+                prop_assert!(seen.insert(c.index), "duplicate");
+            }
+            // Tier of each candidate never decreases; inside a tier, load never decreases.
+            let mut order: Vec<&str> = query.region.into_iter().collect();
+            for f in &fallbacks { if !order.contains(&f.as_str()) { order.push(f); } }
+            let tier = |i: usize| order.iter().position(|r| *r == s.nodes[i].record.region).unwrap_or(order.len());
+            for w in out.windows(2) {
+                let (t0, t1) = (tier(w[0].index), tier(w[1].index));
+                prop_assert!(t0 <= t1, "region order");
+                if t0 == t1 { prop_assert!(before[w[0].index] <= before[w[1].index], "least loaded first"); }
+            }
+            // Nothing better was left out: every eligible node not chosen in a tier the
+            // answer reached is at least as loaded as the chosen ones of that tier.
+            if out.len() == count {
+                let last_tier = tier(out[out.len() - 1].index);
+                for i in (0..s.nodes.len()).filter(|&i| eligible(i) && !seen.contains(&i)) {
+                    let t = tier(i);
+                    prop_assert!(t >= last_tier, "a node of an earlier tier was skipped");
+                    if t == last_tier {
+                        let worst = out.iter().filter(|c| tier(c.index) == t).map(|c| before[c.index]).fold(0.0, f64::max);
+                        prop_assert!(before[i] >= worst, "a less loaded node was skipped");
+                    }
+                }
+            }
+        }
+    }
+}
