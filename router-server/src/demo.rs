@@ -87,7 +87,11 @@ pub async fn start_fleet(
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let capacity = 10_000;
-        let ports = Ports { tcp: Some(port), ws: Some(port), wss: None };
+        let ports = Ports {
+            tcp: Some(port),
+            ws: Some(port),
+            wss: None,
+        };
         let spec = NodeSpec {
             id: id.clone(),
             ip: "127.0.0.1".parse()?,

@@ -470,3 +470,91 @@ fn read_request_body(conn: &mut TcpStream) -> Option<String> {
         }
     }
 }
+
+impl Proc {
+    /// Waits for a log line containing `marker` and `addr=`, and returns that address
+    /// (servers listen on port 0 and log where they ended up).
+    pub fn wait_for_addr(&self, marker: &str, timeout: Duration) -> SocketAddr {
+        let start = Instant::now();
+        loop {
+            let out = self.output();
+            let found = out.lines().filter(|l| l.contains(marker)).find_map(|l| {
+                l.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            if start.elapsed() > timeout {
+                panic!("no {marker:?} line with addr= in output:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A GET returning the status and the body parsed as JSON (`Value::Null` when not JSON).
+pub fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
+    let (code, body) = http_get(addr, path)?;
+    Some((
+        code,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// A throwaway certificate authority for TLS tests (rcgen).
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new self-signed CA.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("self-signed CA"),
+        }
+    }
+
+    /// The CA certificate (PEM), for a client's trust store.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP literals): (cert PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a leaf's cert and key to `dir` atomically (write + rename, as certbot
+    /// does); returns the two paths.
+    pub fn write_leaf(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(names);
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        for (path, content) in [(&key_path, key), (&cert_path, cert)] {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, content).expect("write pem");
+            std::fs::rename(&tmp, path).expect("rename pem");
+        }
+        (cert_path, key_path)
+    }
+}

@@ -1,0 +1,406 @@
+//! The HTTP API in-process (`oneshot`): every error path of the contract, readiness,
+//! client-IP and region resolution, CORS, limits, and the admin API on the in-memory
+//! registry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use registry::memory::MemoryKv;
+use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use router_server::api::{router, Api};
+use router_server::config::FileConfig;
+use router_server::schedule::Snapshot;
+use router_server::state::AppState;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        ip: "192.0.2.1".parse().unwrap(),
+        ports: Ports {
+            tcp: Some(8000),
+            ws: Some(8080),
+            wss: None,
+        },
+        region: region.into(),
+        capacity: 1000,
+        connections: conns,
+        ipv6: None,
+        domain: Some(format!("{id}.example.com")),
+        zone: None,
+        isp: None,
+        state: NodeState::Serving,
+        healthy: true,
+        updated_ms: None,
+        applied_command: None,
+        labels: Default::default(),
+    }
+}
+
+fn app_with(
+    config: FileConfig,
+    nodes: Option<Vec<NodeRecord>>,
+    peer: &str,
+) -> (Router, Arc<AppState>) {
+    let state = Arc::new(AppState::new(config));
+    if let Some(nodes) = nodes {
+        let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 7, false);
+        state.snapshot.store(Some(Arc::new(snap)));
+    }
+    let peer: SocketAddr = peer.parse().unwrap();
+    (
+        router(Api::new(state.clone()), None).layer(MockConnectInfo(peer)),
+        state,
+    )
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+    get_with(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn get_with(app: &Router, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+fn fleet() -> Vec<NodeRecord> {
+    vec![
+        node("sh-1", "cn-sh", 500),
+        node("sh-2", "cn-sh", 100),
+        node("bj-1", "cn-bj", 0),
+        node("gz-1", "cn-gz", 10),
+    ]
+}
+
+#[tokio::test]
+async fn answer_has_the_contract_shape() {
+    let cfg = FileConfig::parse(
+        "[regions]\ncidrs = { \"127.0.0.0/8\" = \"cn-sh\" }\nfallbacks = { cn-sh = [\"cn-gz\"] }",
+    )
+    .unwrap();
+    let (app, _) = app_with(cfg, Some(fleet()), "127.0.0.1:5000");
+    let (status, headers, body) = get(&app, "/gateways").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    let ids: Vec<&str> = body["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["sh-2", "sh-1", "gz-1"],
+        "region, then fallback, least loaded first"
+    );
+    let g = &body["gateways"][0];
+    assert_eq!(g["ip"], "192.0.2.1");
+    assert_eq!(g["port"], 8000);
+    assert_eq!(g["proto"], "tcp");
+    assert_eq!(g["domain"], "sh-2.example.com");
+    assert_eq!(g["load"], 0.1);
+    assert_eq!(body["region"], "cn-sh");
+    assert_eq!(body["ttl_secs"], 300);
+    assert_eq!(body["heartbeat_secs"], 240);
+    assert_eq!(body["backoff"]["factor"], 1.6);
+    assert_eq!(body["revision"], 7);
+    assert_eq!(body["stale"], false);
+    // ?region overrides the CIDR lookup; ws port when asked.
+    let (_, _, body) = get(&app, "/gateways?region=cn-bj&count=1&proto=ws").await;
+    assert_eq!(body["gateways"][0]["id"], "bj-1");
+    assert_eq!(body["gateways"][0]["port"], 8080);
+    assert_eq!(body["region"], "cn-bj");
+}
+
+#[tokio::test]
+async fn every_400() {
+    let (app, _) = app_with(FileConfig::default(), Some(fleet()), "127.0.0.1:5000");
+    for q in [
+        "proto=udp",
+        "proto=",
+        "count=0",
+        "count=11",
+        "count=abc",
+        "count=2.5",
+        "region=",
+        "region=%2Fetc",
+        "ip_version=5",
+        "ip_version=v4",
+        "count=1&count=2",
+        "proto=%ff",
+    ] {
+        let (status, _, body) = get(&app, &format!("/gateways?{q}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{q}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn not_ready_before_the_first_snapshot() {
+    let (app, state) = app_with(FileConfig::default(), None, "127.0.0.1:5000");
+    let (status, _, body) = get(&app, "/gateways").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert_eq!(
+        get(&app, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+    state.snapshot.store(Some(Arc::new(Snapshot::build(
+        fleet().into_iter().map(Arc::new),
+        None,
+        1,
+        false,
+    ))));
+    assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn no_gateways_has_retry_after() {
+    let mut full = node("full", "r", 960);
+    full.capacity = 1000;
+    let mut draining = node("d", "r", 0);
+    draining.state = NodeState::Draining;
+    let (app, _) = app_with(
+        FileConfig::default(),
+        Some(vec![full, draining]),
+        "127.0.0.1:5000",
+    );
+    let (status, headers, body) = get(&app, "/gateways").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "no_gateways");
+    assert!(
+        headers[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let (app, _) = app_with(FileConfig::default(), Some(fleet()), "127.0.0.1:5000");
+    let (status, _, body) = get(&app, "/gateways?proto=wss").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &Value::from("no_gateways"))
+    );
+    let (status, _, _) = get(&app, "/gateways?ip_version=6").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no IPv6 addresses in the fleet"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_429_per_client_ip_with_retry_after() {
+    let cfg = FileConfig::parse(
+        "trusted_proxies = [\"10.0.0.0/8\"]\n[rate_limit]\nper_ip_per_sec = 1\nburst = 2",
+    )
+    .unwrap();
+    let (app, state) = app_with(cfg, Some(fleet()), "10.0.0.1:5000");
+    let from = |ip: &str| {
+        Request::get("/gateways")
+            .header("x-forwarded-for", ip)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(get_with(&app, from("203.0.113.1")).await.0, StatusCode::OK);
+    assert_eq!(get_with(&app, from("203.0.113.1")).await.0, StatusCode::OK);
+    let (status, headers, body) = get_with(&app, from("203.0.113.1")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(
+        headers[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(get_with(&app, from("203.0.113.2")).await.0, StatusCode::OK);
+    assert_eq!(state.metrics.rate_limited.get(), 1);
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let cfg = FileConfig::parse(
+        "trusted_proxies = [\"10.0.0.0/8\"]\n[regions]\ncidrs = { \"203.0.113.0/24\" = \"cn-bj\", \"10.0.0.0/8\" = \"cn-gz\" }",
+    )
+    .unwrap();
+    let req = |peer_trusted: bool| {
+        let (app, _) = app_with(
+            cfg.clone(),
+            Some(fleet()),
+            if peer_trusted {
+                "10.0.0.1:1"
+            } else {
+                "198.51.100.1:1"
+            },
+        );
+        (
+            app,
+            Request::get("/gateways")
+                .header("x-forwarded-for", "203.0.113.9")
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let (app, r) = req(true);
+    assert_eq!(get_with(&app, r).await.2["region"], "cn-bj");
+    let (app, r) = req(false);
+    assert_eq!(
+        get_with(&app, r).await.2["region"],
+        Value::Null,
+        "untrusted peer: its own address, no CIDR match"
+    );
+}
+
+#[tokio::test]
+async fn oversized_uri_and_unknown_routes() {
+    let (app, _) = app_with(FileConfig::default(), Some(fleet()), "127.0.0.1:5000");
+    let long = format!("/gateways?pad={}", "x".repeat(5000));
+    let (status, _, body) = get(&app, &long).await;
+    assert_eq!(status, StatusCode::URI_TOO_LONG);
+    assert_eq!(body["error"]["code"], "uri_too_long");
+    let (status, _, body) = get(&app, "/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+    // Admin routes do not exist without a token.
+    assert_eq!(get(&app, "/admin/nodes").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn cors_for_configured_origins() {
+    let cfg = FileConfig::parse("[http]\ncors_origins = [\"https://app.example.com\"]").unwrap();
+    let (app, _) = app_with(cfg, Some(fleet()), "127.0.0.1:5000");
+    let req = |origin: &str| {
+        Request::get("/gateways")
+            .header(header::ORIGIN, origin)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, h, _) = get_with(&app, req("https://app.example.com")).await;
+    assert_eq!(
+        h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example.com"
+    );
+    let (_, h, _) = get_with(&app, req("https://evil.example.com")).await;
+    assert!(h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+}
+
+#[tokio::test]
+async fn metrics_name_what_the_router_sees() {
+    let (app, _) = app_with(FileConfig::default(), Some(fleet()), "127.0.0.1:5000");
+    get(&app, "/gateways").await;
+    get(&app, "/gateways?count=0").await;
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for needle in [
+        "router_http_requests_total{route=\"/gateways\",status=\"200\"} 1",
+        "router_http_requests_total{route=\"/gateways\",status=\"400\"} 1",
+        "router_http_request_duration_seconds_bucket",
+        "router_registry_connected",
+        "router_snapshot_revision",
+        "router_protect_active",
+        "router_invalid_records",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+fn admin_app(kv: Arc<MemoryKv>) -> Router {
+    let state = Arc::new(AppState::new(FileConfig::default()));
+    let admin = router_server::admin::router(state.clone(), kv, Layout::default(), "s3cret");
+    router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+        "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
+    ))
+}
+
+async fn post(app: &Router, uri: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
+    let mut req = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let (status, _, body) = get_with(app, req.body(Body::from(body.to_string())).unwrap()).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn admin_rejections_write_nothing() {
+    let kv = MemoryKv::new();
+    let layout = Layout::default();
+    kv.put(
+        &layout.node_key("sh-1"),
+        node("sh-1", "cn-sh", 1).to_json(),
+        None,
+    )
+    .await
+    .unwrap();
+    let app = admin_app(kv.clone());
+    for token in [None, Some("wrong"), Some("s3cre"), Some("s3cret-")] {
+        let (status, body) = post(&app, "/admin/nodes/sh-1/drain", token, "").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    let (status, body) = post(&app, "/admin/nodes/nobody/drain", Some("s3cret"), "").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::NOT_FOUND, &Value::from("unknown_node"))
+    );
+    for bad in [
+        r#"{"percent":0}"#,
+        r#"{"percent":101}"#,
+        r#"{"percent":-3}"#,
+        r#"{"percent":"x"}"#,
+        "{}",
+        "nope",
+    ] {
+        let (status, body) = post(&app, "/admin/nodes/sh-1/migrate", Some("s3cret"), bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    assert!(
+        kv.list(&layout.commands_prefix())
+            .await
+            .unwrap()
+            .kvs
+            .is_empty(),
+        "nothing written"
+    );
+    let (status, body) = post(
+        &app,
+        "/admin/nodes/sh-1/migrate",
+        Some("s3cret"),
+        r#"{"percent":30}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let stored = kv.get(&layout.command_key("sh-1")).await.unwrap().unwrap();
+    let cmd = registry::Command::parse(&stored.value).unwrap();
+    assert_eq!(cmd.percent, Some(30));
+    assert_eq!(body["command"]["id"], cmd.id.as_str());
+}

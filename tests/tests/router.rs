@@ -1,0 +1,301 @@
+//! router-server end to end: real etcd, real agents, records written by etcdctl.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use harness::{get_json, run, wait_until, Etcd, Proc};
+use serde_json::Value;
+
+const P: &str = "/gateway-router/v1";
+
+fn agent(etcd: &Etcd, id: &str, region: &str, conns: u64) -> Proc {
+    let e = etcd.endpoints();
+    let load = format!("static:{conns}");
+    Proc::spawn(
+        "gateway-agent",
+        &[
+            "--etcd",
+            &e,
+            "--id",
+            id,
+            "--ip",
+            "127.0.0.1",
+            "--region",
+            region,
+            "--capacity",
+            "1000",
+            "--port",
+            "tcp=7000",
+            "--ttl",
+            "3",
+            "--load",
+            &load,
+        ],
+    )
+}
+
+fn router(etcd: &Etcd, config: &str) -> (Proc, SocketAddr, tempfile::NamedTempFile) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // Tests poll far faster than any client would; the rate limit has its own tests.
+    std::fs::write(
+        file.path(),
+        format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
+    )
+    .unwrap();
+    let e = etcd.endpoints();
+    let p = Proc::spawn(
+        "router-server",
+        &[
+            "--etcd",
+            &e,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.path().to_str().unwrap(),
+        ],
+    );
+    let addr = p.wait_for_addr("serving HTTP", Duration::from_secs(20));
+    wait_until(Duration::from_secs(10), "router ready", || {
+        harness::http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    (p, addr, file)
+}
+
+/// A `GET` that must succeed (so a refusal is never mistaken for "node gone").
+fn answer(addr: SocketAddr, q: &str) -> Value {
+    let (code, body) = get_json(addr, q).expect("router answers");
+    assert_eq!(code, 200, "{q}: {body}");
+    body
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["gateways"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|g| g["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn record(id: &str, region: &str, conns: u64) -> String {
+    format!(
+        r#"{{"id":"{id}","ip":"192.0.2.7","ports":{{"tcp":9000}},"region":"{region}","capacity":1000,"connections":{conns},"future":"ignored"}}"#
+    )
+}
+
+#[test]
+fn candidates_follow_etcd_writes_kills_and_drains() {
+    let etcd = Etcd::start();
+    let _a = agent(&etcd, "gw-a", "cn-sh", 100);
+    let b = agent(&etcd, "gw-b", "cn-sh", 500);
+    let _c = agent(&etcd, "gw-c", "cn-bj", 0);
+    etcd.put(&format!("{P}/nodes/gw-d"), &record("gw-d", "cn-sh", 50));
+    etcd.put(
+        &format!("{P}/nodes/gw-bad"),
+        r#"{"id":"gw-bad","ip":"not-an-ip"}"#,
+    );
+    etcd.put(&format!("{P}/nodes/gw-worse"), "{{{{ garbage");
+    let (r, addr, _cfg) = router(&etcd, "[regions]\nfallbacks = { cn-sh = [\"cn-bj\"] }\n");
+
+    let q = "/gateways?region=cn-sh&count=4";
+    wait_until(Duration::from_secs(10), "all four nodes", || {
+        Some(answer(addr, q)).is_some_and(|b| ids(&b).len() == 4)
+    });
+    let body = answer(addr, q);
+    assert_eq!(ids(&body), ["gw-d", "gw-a", "gw-b", "gw-c"], "{body}");
+    assert!(body["revision"].as_i64().unwrap() > 0);
+    let (_, metrics) = harness::http_get(addr, "/metrics").unwrap();
+    assert!(metrics.contains("router_invalid_records 2"), "{metrics}");
+    assert!(r.output().contains("invalid node record skipped"));
+
+    // etcd write → visible in answers: each of 5 changes within 100 ms.
+    let mut took = Vec::new();
+    for conns in [900u64, 10, 800, 20, 700] {
+        etcd.put(&format!("{P}/nodes/gw-d"), &record("gw-d", "cn-sh", conns));
+        let start = Instant::now();
+        let want_first = conns < 100;
+        wait_until(Duration::from_secs(5), "change visible", || {
+            Some(answer(addr, q)).is_some_and(|b| (ids(&b)[0] == "gw-d") == want_first)
+        });
+        took.push(start.elapsed());
+    }
+    println!("etcd write to answer: {took:?}");
+    assert!(
+        took.iter().all(|t| *t <= Duration::from_millis(100)),
+        "{took:?}"
+    );
+
+    // A drain command written with etcdctl: the node leaves every answer.
+    etcd.put(
+        &format!("{P}/commands/gw-a"),
+        r#"{"id":"c-1","action":"drain"}"#,
+    );
+    wait_until(Duration::from_secs(5), "gw-a excluded", || {
+        Some(answer(addr, q)).is_some_and(|b| !ids(&b).contains(&"gw-a".to_string()))
+    });
+
+    // SIGKILL an agent: its node is gone after the TTL.
+    b.signal("KILL");
+    let gone = wait_until(Duration::from_secs(10), "gw-b gone", || {
+        Some(answer(addr, q)).is_some_and(|b| !ids(&b).contains(&"gw-b".to_string()))
+    });
+    assert!(gone <= Duration::from_secs(5), "TTL 3 s; took {gone:?}");
+    let body = answer(addr, q);
+    assert_eq!(ids(&body), ["gw-d", "gw-c"], "{body}");
+}
+
+#[test]
+fn etcd_outage_serves_stale_without_errors_then_resyncs() {
+    let mut etcd = Etcd::start();
+    let _a = agent(&etcd, "gw-a", "r", 100);
+    let _b = agent(&etcd, "gw-b", "r", 200);
+    let (_r, addr, _cfg) = router(&etcd, "");
+    wait_until(Duration::from_secs(10), "two nodes", || {
+        Some(answer(addr, "/gateways")).is_some_and(|b| ids(&b).len() == 2)
+    });
+
+    etcd.stop();
+    let mut statuses = Vec::new();
+    wait_until(Duration::from_secs(20), "stale answers", || {
+        let (code, body) = get_json(addr, "/gateways").unwrap();
+        statuses.push(code);
+        body["stale"] == true
+    });
+    // Keep asking during the outage: always the last snapshot, never a 5xx.
+    for _ in 0..50 {
+        let (code, body) = get_json(addr, "/gateways").unwrap();
+        statuses.push(code);
+        assert_eq!(ids(&body).len(), 2);
+        assert_eq!(body["stale"], true);
+    }
+    assert!(statuses.iter().all(|c| *c == 200), "{statuses:?}");
+    let (_, metrics) = harness::http_get(addr, "/metrics").unwrap();
+    assert!(metrics.contains("router_registry_connected 0"), "{metrics}");
+
+    etcd.start_again();
+    wait_until(Duration::from_secs(20), "stale cleared", || {
+        Some(answer(addr, "/gateways")).is_some_and(|b| b["stale"] == false)
+    });
+    etcd.put(&format!("{P}/nodes/gw-new"), &record("gw-new", "r", 0));
+    wait_until(Duration::from_secs(5), "new node after resync", || {
+        Some(answer(addr, "/gateways"))
+            .is_some_and(|b| ids(&b).first().map(String::as_str) == Some("gw-new"))
+    });
+}
+
+#[test]
+fn sigterm_finishes_and_exits_zero() {
+    let etcd = Etcd::start();
+    let (mut r, addr, _cfg) = router(&etcd, "");
+    assert_eq!(harness::http_get(addr, "/healthz").unwrap().0, 200);
+    r.signal("TERM");
+    assert!(
+        r.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        r.output()
+    );
+    assert!(
+        harness::http_get(addr, "/healthz").is_none(),
+        "stopped accepting"
+    );
+}
+
+#[test]
+fn bad_flags_and_config_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_cfg = dir.path().join("bad.toml");
+    std::fs::write(&bad_cfg, "max_load = 7\n").unwrap();
+    let bad_cfg = bad_cfg.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--etcd", "http://127.0.0.1:1", "--listen", "not-an-address"],
+            "--listen",
+        ),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--bogus",
+            ],
+            "--bogus",
+        ),
+        (&["--listen", "127.0.0.1:0"], "--etcd"),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                bad_cfg,
+            ],
+            "max_load",
+        ),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                "/nonexistent.toml",
+            ],
+            "/nonexistent.toml",
+        ),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/x.pem",
+            ],
+            "--tls-key",
+        ),
+        (
+            &[
+                "--etcd",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                "/x.pem",
+                "--tls-key",
+                "/y.pem",
+            ],
+            "/x.pem",
+        ),
+        (&["demo", "--nodes", "0"], "--nodes"),
+        (
+            &[
+                "ctl",
+                "--etcd",
+                "http://127.0.0.1:1",
+                "migrate",
+                "gw",
+                "--percent",
+                "0",
+            ],
+            "--percent",
+        ),
+        (
+            &["ctl", "--etcd", "http://127.0.0.1:1", "explode"],
+            "explode",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (status, out) = run("router-server", args, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+        let line = out.trim();
+        assert_eq!(line.lines().count(), 1, "{args:?}: {out:?}");
+        assert!(
+            line.starts_with("error:") && line.contains(needle),
+            "{args:?}: {line}"
+        );
+    }
+}
