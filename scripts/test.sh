@@ -13,3 +13,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+
+# Property-based API tests of openapi.yaml against a live router.
+scripts/schemathesis.sh

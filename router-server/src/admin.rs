@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -187,33 +187,45 @@ async fn migrate(
     command(&admin, &id, CommandAction::Migrate, Some(percent)).await
 }
 
-#[derive(Deserialize)]
-struct RebalanceQuery {
-    #[serde(default)]
-    dry_run: Option<String>,
-    #[serde(default)]
-    tolerance: Option<f64>,
+/// `?dry_run=true|false&tolerance=0.05`, parsed with the contract's error shape.
+fn rebalance_params(raw: Option<&str>) -> Result<(bool, f64), ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
+    let (mut dry_run, mut tolerance) = (false, ops::DEFAULT_TOLERANCE);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "dry_run" => {
+                dry_run = match v.as_str() {
+                    "false" | "0" => false,
+                    "true" | "1" | "" => true,
+                    other => {
+                        return Err(ApiError::invalid(format!(
+                            "dry_run: {other:?} is not true or false"
+                        )))
+                    }
+                }
+            }
+            "tolerance" => {
+                tolerance = match v.parse::<f64>() {
+                    Ok(t) if (0.0..=1.0).contains(&t) => t,
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "tolerance: {v:?} is not a number in [0, 1]"
+                        )))
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((dry_run, tolerance))
 }
 
 async fn rebalance(
     State(admin): State<Admin>,
-    Query(q): Query<RebalanceQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let dry_run = match q.dry_run.as_deref() {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") | Some("") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "dry_run: {other:?} is not true or false"
-            )))
-        }
-    };
-    let tolerance = q.tolerance.unwrap_or(ops::DEFAULT_TOLERANCE);
-    if !(0.0..=1.0).contains(&tolerance) {
-        return Err(ApiError::invalid(format!(
-            "tolerance: {tolerance} is not in [0, 1]"
-        )));
-    }
+    let (dry_run, tolerance) = rebalance_params(raw.as_deref())?;
     let (nodes, _) = ops::list_nodes(&*admin.kv, &admin.layout)
         .await
         .map_err(OpsError::from)?;

@@ -412,6 +412,19 @@ async fn observe(State(api): State<Api>, req: Request, next: Next) -> Response {
     resp
 }
 
+/// Answers 503 `timeout` (in the contract's error shape) when a request overruns.
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
 /// Refuses over-long URIs before any routing work.
 async fn limit_uri(State(max): State<usize>, req: Request, next: Next) -> Response {
     let len = req
@@ -447,9 +460,9 @@ pub fn router(api: Api, admin: Option<Router>) -> Router {
     let mut app = app
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), observe))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(middleware::from_fn_with_state(
             cfg.request_timeout(),
+            deadline,
         ))
         .layer(middleware::from_fn_with_state(
             cfg.http.max_uri_bytes,

@@ -122,6 +122,9 @@ pub struct DemoArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// TOML configuration file; the demo's regions apply where it sets none.
+    #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Flags of `router-server ctl`.

@@ -171,8 +171,15 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         println!("  curl -H 'Authorization: Bearer {t}' 'http://{addr}/admin/nodes'");
     }
     println!("Ctrl-C to stop.");
+    let mut config = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(anyhow::Error::msg)?,
+        None => demo_config(),
+    };
+    if config.regions.cidrs.is_empty() && config.regions.fallbacks.is_empty() {
+        config.regions = demo_config().regions;
+    }
     let opts = ServeOptions {
-        config: demo_config(),
+        config,
         layout,
         admin_token: token,
         tls: None,

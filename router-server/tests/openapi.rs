@@ -1,0 +1,430 @@
+//! `openapi.yaml` and the server agree: every documented operation exists, every
+//! status the server produces for it is documented, every body matches its schema
+//! (including `additionalProperties: false`), and the documented parameter ranges are
+//! exactly what the server accepts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{header, Method, Request};
+use axum::Router;
+use http_body_util::BodyExt;
+use registry::memory::MemoryKv;
+use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use router_server::api::{router, Api};
+use router_server::config::FileConfig;
+use router_server::schedule::Snapshot;
+use router_server::state::AppState;
+use serde_json::Value;
+use tower::ServiceExt;
+
+fn spec() -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml")).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap()
+}
+
+fn resolve<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.trim_start_matches('#');
+            resolve(
+                spec,
+                spec.pointer(ptr)
+                    .unwrap_or_else(|| panic!("dangling $ref {r}")),
+            )
+        }
+        None => v,
+    }
+}
+
+/// Validates `v` against the subset of JSON Schema the spec uses.
+fn validate(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(spec, schema);
+    if v.is_null() {
+        return if schema["nullable"] == true {
+            Ok(())
+        } else {
+            Err(format!("{at}: null not allowed"))
+        };
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            return Err(format!("{at}: {v} not in enum {e:?}"));
+        }
+    }
+    let num = |k: &str| schema.get(k).and_then(Value::as_f64);
+    if let (Some(min), Some(x)) = (num("minimum"), v.as_f64()) {
+        if x < min {
+            return Err(format!("{at}: {x} < minimum {min}"));
+        }
+    }
+    if let (Some(max), Some(x)) = (num("maximum"), v.as_f64()) {
+        if x > max {
+            return Err(format!("{at}: {x} > maximum {max}"));
+        }
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let obj = v.as_object().ok_or(format!("{at}: not an object"))?;
+            for req in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if !obj.contains_key(req.as_str().unwrap()) {
+                    return Err(format!("{at}: missing required {req}"));
+                }
+            }
+            let props = schema.get("properties").and_then(Value::as_object);
+            for (k, val) in obj {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => validate(spec, s, val, &format!("{at}.{k}"))?,
+                    None if schema["additionalProperties"] == false => {
+                        return Err(format!("{at}: undocumented field {k}"))
+                    }
+                    None => {}
+                }
+            }
+        }
+        Some("array") => {
+            let arr = v.as_array().ok_or(format!("{at}: not an array"))?;
+            if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
+                if (arr.len() as u64) < min {
+                    return Err(format!("{at}: fewer than {min} items"));
+                }
+            }
+            for (i, item) in arr.iter().enumerate() {
+                validate(spec, &schema["items"], item, &format!("{at}[{i}]"))?;
+            }
+        }
+        Some("string") if !v.is_string() => return Err(format!("{at}: not a string")),
+        Some("integer") if !(v.is_i64() || v.is_u64()) => {
+            return Err(format!("{at}: not an integer"))
+        }
+        Some("number") if !v.is_number() => return Err(format!("{at}: not a number")),
+        Some("boolean") if !v.is_boolean() => return Err(format!("{at}: not a boolean")),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn node(id: &str, conns: u64) -> NodeRecord {
+    NodeRecord {
+        id: id.into(),
+        ip: "192.0.2.1".parse().unwrap(),
+        ports: Ports {
+            tcp: Some(8000),
+            ws: None,
+            wss: None,
+        },
+        region: "r".into(),
+        capacity: 1000,
+        connections: conns,
+        ipv6: None,
+        domain: Some("gw.example.com".into()),
+        zone: None,
+        isp: None,
+        state: NodeState::Serving,
+        healthy: true,
+        updated_ms: Some(1),
+        applied_command: None,
+        labels: Default::default(),
+    }
+}
+
+async fn app(ready: bool) -> Router {
+    let cfg = FileConfig::parse("[rate_limit]\nper_ip_per_sec = 1\nburst = 3").unwrap();
+    let state = Arc::new(AppState::new(cfg));
+    let kv = MemoryKv::new();
+    let layout = Layout::default();
+    let nodes = vec![node("a", 900), node("b", 10)];
+    for n in &nodes {
+        kv.put(&layout.node_key(&n.id), n.to_json(), None)
+            .await
+            .unwrap();
+    }
+    if ready {
+        state.snapshot.store(Some(Arc::new(Snapshot::build(
+            nodes.into_iter().map(Arc::new),
+            None,
+            3,
+            false,
+        ))));
+    }
+    let admin = router_server::admin::router(state.clone(), kv, layout, "t");
+    router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+        "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+    ))
+}
+
+/// Sends a request and checks the answer against the spec's operation `path`/`method`.
+async fn check(
+    app: &Router,
+    spec: &Value,
+    method: Method,
+    path_tpl: &str,
+    uri: &str,
+    body: Option<&str>,
+) -> u16 {
+    let mut req = Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .header(header::AUTHORIZATION, "Bearer t");
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let resp = app
+        .clone()
+        .oneshot(
+            req.body(Body::from(body.unwrap_or("").to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let op = &spec["paths"][path_tpl][method.as_str().to_lowercase()];
+    assert!(op.is_object(), "{method} {path_tpl} is not in openapi.yaml");
+    let documented = resolve(spec, &op["responses"][status.to_string()]);
+    assert!(
+        documented.is_object(),
+        "{method} {uri} answered {status}, which openapi.yaml does not list"
+    );
+    let content = documented["content"]
+        .as_object()
+        .expect("documented content");
+    let media = content
+        .keys()
+        .find(|k| ctype.starts_with(k.as_str()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{method} {uri}: content type {ctype} not documented ({:?})",
+                content.keys()
+            )
+        });
+    if media == "application/json" {
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        validate(
+            spec,
+            &content[media]["schema"],
+            &v,
+            &format!("{method} {uri} {status}"),
+        )
+        .unwrap();
+    }
+    status
+}
+
+#[tokio::test]
+async fn every_documented_operation_and_answer_matches_the_server() {
+    let spec = spec();
+    let app = app(true).await;
+    let g = "/gateways";
+    assert_eq!(
+        check(
+            &app,
+            &spec,
+            Method::GET,
+            g,
+            "/gateways?count=2&proto=tcp&region=r",
+            None
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        check(&app, &spec, Method::GET, g, "/gateways?count=0", None).await,
+        400
+    );
+    assert_eq!(
+        check(&app, &spec, Method::GET, g, "/gateways?proto=wss", None).await,
+        503
+    );
+    let long = format!("/gateways?x={}", "y".repeat(5000));
+    assert_eq!(check(&app, &spec, Method::GET, g, &long, None).await, 414);
+    // The burst is 3: keep asking until refused.
+    let mut last = 0;
+    for _ in 0..10 {
+        last = check(&app, &spec, Method::GET, g, "/gateways", None).await;
+    }
+    assert_eq!(last, 429);
+    for p in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(check(&app, &spec, Method::GET, p, p, None).await, 200);
+    }
+    assert_eq!(
+        check(
+            &app,
+            &spec,
+            Method::GET,
+            "/admin/nodes",
+            "/admin/nodes",
+            None
+        )
+        .await,
+        200
+    );
+    for action in ["drain", "serve"] {
+        let tpl = format!("/admin/nodes/{{id}}/{action}");
+        assert_eq!(
+            check(
+                &app,
+                &spec,
+                Method::POST,
+                &tpl,
+                &format!("/admin/nodes/a/{action}"),
+                None
+            )
+            .await,
+            202
+        );
+        assert_eq!(
+            check(
+                &app,
+                &spec,
+                Method::POST,
+                &tpl,
+                &format!("/admin/nodes/zz/{action}"),
+                None
+            )
+            .await,
+            404
+        );
+        assert_eq!(
+            check(
+                &app,
+                &spec,
+                Method::POST,
+                &tpl,
+                &format!("/admin/nodes/a%20b/{action}"),
+                None
+            )
+            .await,
+            400
+        );
+    }
+    let m = "/admin/nodes/{id}/migrate";
+    assert_eq!(
+        check(
+            &app,
+            &spec,
+            Method::POST,
+            m,
+            "/admin/nodes/a/migrate",
+            Some(r#"{"percent":20}"#)
+        )
+        .await,
+        202
+    );
+    assert_eq!(
+        check(
+            &app,
+            &spec,
+            Method::POST,
+            m,
+            "/admin/nodes/a/migrate",
+            Some(r#"{"percent":200}"#)
+        )
+        .await,
+        400
+    );
+    let r = "/admin/rebalance";
+    assert_eq!(
+        check(
+            &app,
+            &spec,
+            Method::POST,
+            r,
+            "/admin/rebalance?dry_run=true",
+            None
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        check(
+            &app,
+            &spec,
+            Method::POST,
+            r,
+            "/admin/rebalance?tolerance=2",
+            None
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        check(&app, &spec, Method::POST, r, "/admin/rebalance", None).await,
+        200
+    );
+
+    let not_ready = app_not_ready().await;
+    assert_eq!(
+        check(&not_ready, &spec, Method::GET, g, "/gateways", None).await,
+        503
+    );
+    assert_eq!(
+        check(&not_ready, &spec, Method::GET, "/readyz", "/readyz", None).await,
+        503
+    );
+}
+
+async fn app_not_ready() -> Router {
+    app(false).await
+}
+
+#[tokio::test]
+async fn documented_parameter_ranges_are_what_the_server_accepts() {
+    let spec = spec();
+    let params = spec["paths"]["/gateways"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["proto", "count", "region", "ip_version"]);
+    let schema = |n: &str| &params.iter().find(|p| p["name"] == n).unwrap()["schema"];
+    let protos: Vec<&str> = schema("proto")["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(protos, registry::Proto::ALL.map(|p| p.as_str()));
+    let (min, max) = (
+        schema("count")["minimum"].as_i64().unwrap(),
+        schema("count")["maximum"].as_i64().unwrap(),
+    );
+    for n in -1..=12 {
+        let ok = router_server::api::parse_params(Some(&format!("count={n}"))).is_ok();
+        assert_eq!(ok, (min..=max).contains(&n), "count={n}");
+    }
+    assert_eq!(schema("count")["default"], 3);
+    assert_eq!(router_server::api::parse_params(None).unwrap().count, 3);
+    for v in ["4", "6", "5"] {
+        let documented = schema("ip_version")["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(v));
+        assert_eq!(
+            router_server::api::parse_params(Some(&format!("ip_version={v}"))).is_ok(),
+            documented
+        );
+    }
+    let defaults = FileConfig::default();
+    let backoff = &spec["components"]["schemas"]["Backoff"]["required"];
+    assert_eq!(
+        backoff.as_array().unwrap().len(),
+        serde_json::to_value(&defaults.backoff)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .len()
+    );
+}

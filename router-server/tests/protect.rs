@@ -1,0 +1,164 @@
+//! The protect threshold through the real server on the in-memory registry: a mass
+//! removal is held back (stale, alarm, metric) for a bounded time; a recovery releases
+//! it at once.
+
+use std::time::Duration;
+
+use registry::memory::MemoryKv;
+use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use router_server::config::FileConfig;
+use router_server::{run, Listeners, ServeOptions};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn record(id: &str) -> Vec<u8> {
+    NodeRecord {
+        id: id.into(),
+        ip: "192.0.2.1".parse().unwrap(),
+        ports: Ports {
+            tcp: Some(1),
+            ws: None,
+            wss: None,
+        },
+        region: "r".into(),
+        // Large: the test's own polling is counted against nodes (herd safety).
+        capacity: 1_000_000,
+        connections: 1,
+        ipv6: None,
+        domain: None,
+        zone: None,
+        isp: None,
+        state: NodeState::Serving,
+        healthy: true,
+        updated_ms: None,
+        applied_command: None,
+        labels: Default::default(),
+    }
+    .to_json()
+}
+
+async fn answer(base: &str) -> Value {
+    let resp = reqwest::get(format!("{base}/gateways?count=10"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+async fn wait_for(base: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        let v = answer(base).await;
+        if pred(&v) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never saw {what}");
+}
+
+fn count(v: &Value) -> usize {
+    v["gateways"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mass_removal_is_held_then_released() {
+    let kv = MemoryKv::new();
+    let layout = Layout::default();
+    let keep = kv.grant(Duration::from_secs(600)).await.unwrap();
+    let doomed = kv.grant(Duration::from_secs(600)).await.unwrap();
+    for i in 0..10 {
+        let lease = if i < 4 { keep } else { doomed };
+        kv.put(
+            &layout.node_key(&format!("n{i}")),
+            record(&format!("n{i}")),
+            Some(lease),
+        )
+        .await
+        .unwrap();
+    }
+    let config =
+        FileConfig::parse("protect_max_secs = 2\n[rate_limit]\nper_ip_per_sec = 0").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(run(
+        kv.clone(),
+        ServeOptions {
+            config,
+            layout: layout.clone(),
+            admin_token: None,
+            tls: None,
+        },
+        Listeners {
+            main: listener,
+            plain: None,
+        },
+        shutdown.clone(),
+    ));
+    for _ in 0..500 {
+        if reqwest::get(format!("{base}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_for(&base, "10 nodes", |v| count(v) == 10).await;
+
+    // One lease revocation deletes 6 of 10 keys in one batch: held back.
+    kv.revoke(doomed).await.unwrap();
+    let held = wait_for(&base, "stale", |v| v["stale"] == true).await;
+    assert_eq!(count(&held), 10, "previous set kept");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("router_protect_active 1"), "{metrics}");
+    assert!(
+        metrics.contains("router_protect_engaged_total 1"),
+        "{metrics}"
+    );
+
+    // Bounded: after protect_max_secs the router follows the registry.
+    let start = std::time::Instant::now();
+    let released = wait_for(&base, "release", |v| v["stale"] == false).await;
+    assert_eq!(count(&released), 4);
+    assert!(
+        start.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Recovery releases at once: 9 nodes, 5 vanish (held), then 2 come back.
+    let l2 = kv.grant(Duration::from_secs(600)).await.unwrap();
+    for i in 10..15 {
+        kv.put(
+            &layout.node_key(&format!("n{i}")),
+            record(&format!("n{i}")),
+            Some(l2),
+        )
+        .await
+        .unwrap();
+    }
+    wait_for(&base, "9 nodes", |v| count(v) == 9).await;
+    kv.revoke(l2).await.unwrap();
+    let held = wait_for(&base, "stale again", |v| v["stale"] == true).await;
+    assert_eq!(count(&held), 9);
+    for i in 10..12 {
+        kv.put(
+            &layout.node_key(&format!("n{i}")),
+            record(&format!("n{i}")),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let v = wait_for(&base, "recovered", |v| v["stale"] == false).await;
+    assert_eq!(count(&v), 6);
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
