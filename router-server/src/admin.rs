@@ -62,6 +62,11 @@ pub fn router(state: Arc<AppState>, kv: Arc<dyn Kv>, layout: Layout, token: &str
         .route("/admin/nodes/{id}/serve", post(serve))
         .route("/admin/rebalance", post(rebalance))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        // Admin routes wait on etcd; bound them (the etcd client has its own deadline too).
+        .route_layer(middleware::from_fn_with_state(
+            admin.state.config.request_timeout(),
+            crate::api::deadline,
+        ))
         .with_state(admin)
 }
 
@@ -71,11 +76,7 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
+    let route = crate::api::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
     let presented = req
         .headers()

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, MatchedPath, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::config::{BackoffConfig, FileConfig};
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::schedule::{select, Query, Rules};
+use crate::schedule::{select, Candidate, Query, Rules, Snapshot};
 use crate::state::AppState;
 
 /// An error answer: `{"error": {"code", "message"}}` with a status and maybe Retry-After.
@@ -104,6 +104,15 @@ pub struct GatewaysParams {
 /// Parses the query string strictly: each known parameter at most once and in range;
 /// unknown parameters are ignored (cache busters, tracking tags).
 pub fn parse_params(raw: Option<&str>) -> Result<GatewaysParams, ApiError> {
+    const DEFAULTS: GatewaysParams = GatewaysParams {
+        proto: Proto::Tcp,
+        count: 3,
+        region: None,
+        family: None,
+    };
+    if raw.is_none_or(str::is_empty) {
+        return Ok(DEFAULTS);
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
     let mut p = GatewaysParams {
@@ -192,18 +201,19 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &FileConfig) -> IpAddr 
 }
 
 /// The region for `ip` from the CIDR table (longest prefix), else the default.
-pub fn region_for(ip: IpAddr, cfg: &FileConfig) -> Option<String> {
+pub fn region_for(ip: IpAddr, cfg: &FileConfig) -> Option<&str> {
     cfg.regions
         .cidrs
         .iter()
         .filter(|(net, _)| net.contains(&ip))
         .max_by_key(|(net, _)| net.prefix_len())
-        .map(|(_, r)| r.clone())
-        .or_else(|| (!cfg.regions.default.is_empty()).then(|| cfg.regions.default.clone()))
+        .map(|(_, r)| r.as_str())
+        .or_else(|| (!cfg.regions.default.is_empty()).then_some(cfg.regions.default.as_str()))
 }
 
+/// One candidate as answered (the schema [`render_answer`] writes).
 #[derive(Serialize)]
-struct GatewayOut<'a> {
+pub struct GatewayOut<'a> {
     id: &'a str,
     ip: IpAddr,
     port: u16,
@@ -214,8 +224,9 @@ struct GatewayOut<'a> {
     load: f64,
 }
 
+/// A whole answer (the schema [`render_answer`] writes).
 #[derive(Serialize)]
-struct GatewaysOut<'a> {
+pub struct GatewaysOut<'a> {
     gateways: Vec<GatewayOut<'a>>,
     region: Option<&'a str>,
     ttl_secs: u64,
@@ -227,10 +238,23 @@ struct GatewaysOut<'a> {
 
 /// Everything the router serves, with the per-IP limiter.
 #[derive(Clone)]
-pub struct Api {
+///
+/// One `Arc`: handlers clone it per request, and a single refcount is cheaper to share
+/// between cores than two.
+pub struct Api(Arc<ApiInner>);
+
+/// What [`Api`] shares.
+pub struct ApiInner {
     /// Shared state.
     pub state: Arc<AppState>,
-    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::ops::Deref for Api {
+    type Target = ApiInner;
+    fn deref(&self) -> &ApiInner {
+        &self.0
+    }
 }
 
 impl Api {
@@ -239,16 +263,14 @@ impl Api {
         let rl = &state.config.rate_limit;
         let limiter = NonZeroU32::new(rl.per_ip_per_sec).map(|rate| {
             let burst = NonZeroU32::new(rl.burst).unwrap_or(rate);
-            Arc::new(RateLimiter::keyed(
-                Quota::per_second(rate).allow_burst(burst),
-            ))
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        Api { state, limiter }
+        Api(Arc::new(ApiInner { state, limiter }))
     }
 
     /// Forgets idle clients of the rate limiter now and then, bounding its memory.
     pub async fn housekeeping(self, cancel: tokio_util::sync::CancellationToken) {
-        let Some(limiter) = self.limiter else { return };
+        let Some(limiter) = &self.limiter else { return };
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -281,35 +303,36 @@ impl Api {
 async fn gateways(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let cfg = &api.state.config;
-    let ip = client_ip(peer.ip(), &headers, cfg);
+    // Headers and query are read in place: this is the hot path.
+    let ip = client_ip(peer.ip(), req.headers(), cfg);
     api.check_rate(ip)?;
-    let params = parse_params(raw.as_deref())?;
-    let snap = api.state.snapshot.load_full().ok_or_else(|| {
-        ApiError::new(
+    let params = parse_params(req.uri().query())?;
+    // A guard, not an Arc clone: no shared refcount bouncing between cores.
+    let guard = api.state.snapshot.load();
+    let Some(snap) = guard.as_deref() else {
+        return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "the registry has not been loaded yet",
         )
-        .retry_after(1)
-    })?;
-    let region = params.region.clone().or_else(|| region_for(ip, cfg));
+        .retry_after(1));
+    };
+    let region = params.region.as_deref().or_else(|| region_for(ip, cfg));
     let fallbacks = region
-        .as_deref()
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let query = Query {
         proto: params.proto,
         count: params.count,
-        region: region.as_deref(),
+        region,
         family: params.family,
     };
     let chosen = select(
-        &snap,
+        snap,
         &query,
         Rules {
             max_load: cfg.max_load,
@@ -325,33 +348,82 @@ async fn gateways(
         )
         .retry_after(5));
     }
-    let out = GatewaysOut {
-        gateways: chosen
-            .iter()
-            .map(|c| {
-                let r = &snap.nodes[c.index].record;
-                GatewayOut {
-                    id: &r.id,
-                    ip: c.ip,
-                    port: c.port,
-                    proto: params.proto,
-                    region: &r.region,
-                    domain: r.domain.as_deref(),
-                    load: (c.load * 10_000.0).round() / 10_000.0,
-                }
-            })
-            .collect(),
-        region: region.as_deref(),
-        ttl_secs: cfg.ttl_secs,
-        heartbeat_secs: cfg.heartbeat_secs,
-        backoff: &cfg.backoff,
-        revision: snap.revision,
-        stale: snap.stale,
-    };
-    let mut resp = Json(out).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    let body = render_answer(snap, &chosen, params.proto, region, &api.state.answer_tail);
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `,"ttl_secs":…,"heartbeat_secs":…,"backoff":{…}`: the configuration's constant part
+/// of every answer, serialized once.
+pub fn answer_tail(cfg: &FileConfig) -> String {
+    format!(
+        ",\"ttl_secs\":{},\"heartbeat_secs\":{},\"backoff\":{}",
+        cfg.ttl_secs,
+        cfg.heartbeat_secs,
+        serde_json::to_string(&cfg.backoff).expect("backoff serializes")
+    )
+}
+
+/// Writes a `GET /gateways` answer from pre-serialized pieces (see
+/// [`crate::schedule::NodeJson`]); equal to serializing [`GatewaysOut`] with serde,
+/// which a property test checks.
+pub fn render_answer(
+    snap: &Snapshot,
+    chosen: &[Candidate],
+    proto: Proto,
+    region: Option<&str>,
+    tail: &str,
+) -> Vec<u8> {
+    // Sized for three candidates, so the common answer is written without regrowing.
+    let mut out = Vec::with_capacity(640);
+    out.extend_from_slice(b"{\"gateways\":[");
+    for (i, c) in chosen.iter().enumerate() {
+        let j = &snap.nodes[c.index].json;
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(j.id.as_bytes());
+        out.extend_from_slice(b",\"ip\":\"");
+        out.extend_from_slice(j.addr(c.ip).as_bytes());
+        out.extend_from_slice(b"\",\"port\":");
+        out.extend_from_slice(itoa::Buffer::new().format(c.port).as_bytes());
+        out.extend_from_slice(b",\"proto\":\"");
+        out.extend_from_slice(proto.as_str().as_bytes());
+        out.push(b'"');
+        out.extend_from_slice(j.tail.as_bytes());
+        out.extend_from_slice(b",\"load\":");
+        serde_json::to_writer(&mut out, &rounded_load(c.load)).expect("a finite load serializes");
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"region\":");
+    match region {
+        Some(r) => serde_json::to_writer(&mut out, r).expect("a string serializes"),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(tail.as_bytes());
+    out.extend_from_slice(b",\"revision\":");
+    out.extend_from_slice(itoa::Buffer::new().format(snap.revision).as_bytes());
+    out.extend_from_slice(if snap.stale {
+        b",\"stale\":true}"
+    } else {
+        b",\"stale\":false}"
+    });
+    out
+}
+
+/// The load as answered: four decimals are plenty for ordering and dashboards.
+fn rounded_load(load: f64) -> f64 {
+    (load * 10_000.0).round() / 10_000.0
 }
 
 async fn healthz() -> &'static str {
@@ -388,20 +460,50 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-/// Counts and times every request by matched route and status.
-async fn observe(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+/// Every route the server has, as static labels for metrics.
+const ROUTES: [&str; 9] = [
+    "/gateways",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/admin/nodes",
+    "/admin/nodes/{id}/drain",
+    "/admin/nodes/{id}/migrate",
+    "/admin/nodes/{id}/serve",
+    "/admin/rebalance",
+];
+
+/// The static label of a matched route (`unmatched` for the fallback).
+pub(crate) fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
+        .unwrap_or("unmatched")
+}
+
+/// The edge of every request: refuses over-long URIs before any work, then counts and
+/// times the request by route and status. One layer, so the hot path pays for one.
+async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let max = api.state.config.http.max_uri_bytes;
+    let len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
+    let route = route_label(req.extensions().get::<MatchedPath>());
     let start = tokio::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = if len > max {
+        warn!(len, max, "request URI too long");
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("request URI is {len} bytes; the limit is {max}"),
+        )
+        .into_response()
+    } else {
+        next.run(req).await
+    };
     let m = &api.state.metrics;
     m.latency
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabels { route })
         .observe(start.elapsed().as_secs_f64());
     m.requests
         .get_or_create(&RequestLabels {
@@ -413,7 +515,8 @@ async fn observe(State(api): State<Api>, req: Request, next: Next) -> Response {
 }
 
 /// Answers 503 `timeout` (in the contract's error shape) when a request overruns.
-async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+/// Only routes that wait on the registry need it; `/gateways` never waits.
+pub(crate) async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => ApiError::new(
@@ -425,31 +528,22 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
     }
 }
 
-/// Refuses over-long URIs before any routing work.
-async fn limit_uri(State(max): State<usize>, req: Request, next: Next) -> Response {
-    let len = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().len())
-        .unwrap_or(0);
-    if len > max {
-        warn!(len, max, "request URI too long");
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("request URI is {len} bytes; the limit is {max}"),
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
 /// The whole application: routes plus protection layers. `admin` is merged in when an
 /// admin token is configured.
 pub fn router(api: Api, admin: Option<Router>) -> Router {
+    router_with(api, admin, get(gateways))
+}
+
+/// [`router`] with another `/gateways` handler and everything else identical: the
+/// HTTP benchmark's baseline serves a fixed body through exactly this stack.
+pub fn router_with(
+    api: Api,
+    admin: Option<Router>,
+    gateways: axum::routing::MethodRouter<Api>,
+) -> Router {
     let cfg = &api.state.config;
     let mut app = Router::new()
-        .route("/gateways", get(gateways))
+        .route("/gateways", gateways)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -459,15 +553,8 @@ pub fn router(api: Api, admin: Option<Router>) -> Router {
     }
     let mut app = app
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(api.clone(), observe))
-        .layer(middleware::from_fn_with_state(
-            cfg.request_timeout(),
-            deadline,
-        ))
-        .layer(middleware::from_fn_with_state(
-            cfg.http.max_uri_bytes,
-            limit_uri,
-        ));
+        // After routing, so the matched route is known for the metrics labels.
+        .route_layer(middleware::from_fn_with_state(api.clone(), edge));
     if !cfg.http.cors_origins.is_empty() {
         let origins = if cfg.http.cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()
@@ -487,6 +574,48 @@ pub fn router(api: Api, admin: Option<Router>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use registry::{NodeRecord, NodeState, Ports};
+
+    proptest! {
+        /// The hand-assembled answer is exactly what serde would write.
+        #[test]
+        fn rendered_answer_equals_serde(
+            nodes in proptest::collection::vec(("[a-z0-9._-]{1,12}", "\\PC{0,12}", proptest::option::of("\\PC{0,20}"), 0u64..2000, any::<bool>()), 1..6),
+            region in proptest::option::of("\\PC{0,10}"),
+            revision in any::<i64>(), stale in any::<bool>(), proto in 0usize..3,
+        ) {
+            let records: Vec<Arc<NodeRecord>> = nodes.iter().enumerate().map(|(i, (id, region, domain, conns, v6))| Arc::new(NodeRecord {
+                id: format!("{id}{i}"),
+                ip: if *v6 { "2001:db8::1".parse().unwrap() } else { "192.0.2.1".parse().unwrap() },
+                ports: Ports { tcp: Some(1), ws: Some(2), wss: Some(3) },
+                region: region.clone(), capacity: 1000, connections: *conns,
+                ipv6: (i % 2 == 0).then(|| "2001:db8::2".parse().unwrap()),
+                domain: domain.clone(), zone: None, isp: None, state: NodeState::Serving, healthy: true,
+                updated_ms: None, applied_command: None, labels: Default::default(),
+            })).collect();
+            let snap = Snapshot::build(records, None, revision, stale);
+            // Dual-stack nodes answer in the family asked for; alternate between both.
+            let chosen: Vec<Candidate> = snap.nodes.iter().enumerate().map(|(i, e)| Candidate {
+                index: i,
+                ip: if i % 3 == 0 { e.record.addr_for(Some(registry::record::IpFamily::V6)).unwrap_or(e.record.ip) } else { e.record.ip },
+                port: 7, load: e.projected_load(),
+            }).collect();
+            let proto = Proto::ALL[proto];
+            let cfg = FileConfig::default();
+            let rendered = render_answer(&snap, &chosen, proto, region.as_deref(), &answer_tail(&cfg));
+            let expected = GatewaysOut {
+                gateways: chosen.iter().map(|c| {
+                    let r = &snap.nodes[c.index].record;
+                    GatewayOut { id: &r.id, ip: c.ip, port: c.port, proto, region: &r.region,
+                                 domain: r.domain.as_deref(), load: rounded_load(c.load) }
+                }).collect(),
+                region: region.as_deref(), ttl_secs: cfg.ttl_secs, heartbeat_secs: cfg.heartbeat_secs,
+                backoff: &cfg.backoff, revision, stale,
+            };
+            prop_assert_eq!(String::from_utf8(rendered).unwrap(), serde_json::to_string(&expected).unwrap());
+        }
+    }
 
     #[test]
     fn params() {
@@ -557,16 +686,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            region_for("10.1.2.3".parse().unwrap(), &cfg).as_deref(),
+            region_for("10.1.2.3".parse().unwrap(), &cfg),
             Some("narrow")
         );
-        assert_eq!(
-            region_for("10.2.2.3".parse().unwrap(), &cfg).as_deref(),
-            Some("wide")
-        );
-        assert_eq!(
-            region_for("8.8.8.8".parse().unwrap(), &cfg).as_deref(),
-            Some("d")
-        );
+        assert_eq!(region_for("10.2.2.3".parse().unwrap(), &cfg), Some("wide"));
+        assert_eq!(region_for("8.8.8.8".parse().unwrap(), &cfg), Some("d"));
     }
 }

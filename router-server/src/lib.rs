@@ -81,14 +81,39 @@ pub async fn run(
         .admin_token
         .as_ref()
         .map(|token| admin::router(state.clone(), kv.clone(), opts.layout.clone(), token));
-    let app = api::router(api, admin).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::router(api, admin);
+    let result = serve(
+        app,
+        listeners,
+        opts.tls.as_ref(),
+        &opts.config,
+        shutdown,
+        background.clone(),
+    )
+    .await;
+    background.cancel();
+    result?;
+    info!("stopped");
+    Ok(())
+}
 
+/// Serves `app` on the listeners (HTTPS on `main` when `tls` is given) until `shutdown`,
+/// then drains in-flight requests for up to `http.shutdown_grace_secs`. Background
+/// work it starts (certificate reloads) stops with `background`.
+pub async fn serve(
+    app: axum::Router,
+    listeners: Listeners,
+    tls: Option<&TlsFiles>,
+    config: &FileConfig,
+    shutdown: CancellationToken,
+    background: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let handle: Handle<SocketAddr> = Handle::new();
-    let grace = Duration::from_secs(opts.config.http.shutdown_grace_secs);
-    let max_buf = opts.config.http.max_header_bytes;
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    let max_buf = config.http.max_header_bytes;
     {
         let handle = handle.clone();
-        let shutdown = shutdown.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
             info!(
@@ -101,13 +126,13 @@ pub async fn run(
 
     listeners.main.set_nonblocking(true)?;
     let main_addr = listeners.main.local_addr()?;
-    let main = match &opts.tls {
+    let main = match tls {
         Some(files) => {
-            let tls = files.load().await.map_err(anyhow::Error::msg)?;
-            let every = Duration::from_millis(opts.config.tls.reload_check_ms);
-            tokio::spawn(files.clone().watch(tls.clone(), every, background.clone()));
+            let rustls = files.load().await.map_err(anyhow::Error::msg)?;
+            let every = Duration::from_millis(config.tls.reload_check_ms);
+            tokio::spawn(files.clone().watch(rustls.clone(), every, background));
             let mut server =
-                axum_server::from_tcp_rustls(listeners.main, tls)?.handle(handle.clone());
+                axum_server::from_tcp_rustls(listeners.main, rustls)?.handle(handle.clone());
             server.http_builder().http1().max_buf_size(max_buf);
             info!(addr = %main_addr, "serving HTTPS");
             tokio::spawn(server.serve(app.clone()))
@@ -133,8 +158,5 @@ pub async fn run(
     if let Some(p) = plain {
         p.await??;
     }
-    background.cancel();
-    result?;
-    info!("stopped");
-    Ok(())
+    Ok(result?)
 }

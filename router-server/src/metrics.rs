@@ -1,19 +1,20 @@
 //! Prometheus metrics (`prometheus-client`), rendered at `GET /metrics`.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Labels of request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The matched route, e.g. `/gateways`.
-    pub route: String,
+    /// The matched route, e.g. `/gateways` (static: no allocation per request).
+    pub route: &'static str,
     /// HTTP status code.
     pub status: u16,
 }
@@ -22,7 +23,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The matched route.
-    pub route: String,
+    pub route: &'static str,
 }
 
 /// Labels of the node gauge.
@@ -34,7 +35,86 @@ pub struct NodeLabels {
     pub state: String,
 }
 
-type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+/// Upper bounds of the latency buckets: 50 µs doubling to ~1.6 s.
+const LATENCY_BOUNDS: [f64; 16] = {
+    let mut b = [0.0; 16];
+    let mut i = 0;
+    let mut v = 0.00005;
+    while i < 16 {
+        b[i] = v;
+        v *= 2.0;
+        i += 1;
+    }
+    b
+};
+
+/// A latency histogram whose `observe` is a few relaxed atomic adds.
+///
+/// prometheus-client's own `Histogram` takes a mutex per observation; on the request
+/// path of every worker thread that lock is contended and parks threads, which cost
+/// this server half its throughput in `scripts/bench-http.sh`.
+#[derive(Debug, Clone, Default)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// Per-bucket (not cumulative) counts; the last one is +Inf.
+    buckets: [AtomicU64; 17],
+    count: AtomicU64,
+    /// Sum of observations in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// Records one duration in seconds.
+    pub fn observe(&self, secs: f64) {
+        let i = LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        let h = &self.inner;
+        h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_nanos
+            .fetch_add((secs * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = &self.inner;
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::MAX))
+            .zip(&h.buckets)
+            .map(|(bound, n)| {
+                cumulative += n.load(Ordering::Relaxed);
+                (bound, cumulative)
+            })
+            .collect();
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+type HistogramFamily = Family<RouteLabels, AtomicHistogram>;
 
 /// Every metric the router exports.
 pub struct Metrics {
@@ -67,17 +147,12 @@ pub struct Metrics {
     pub admin_actions: Family<RequestLabels, Counter>,
 }
 
-fn latency_histogram() -> Histogram {
-    // 50 µs .. ~1.6 s.
-    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("router");
         let m = Metrics {
             requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            latency: Family::default(),
             nodes: Family::default(),
             invalid_records: Gauge::default(),
             invalid_seen: Counter::default(),

@@ -30,6 +30,49 @@ pub struct NodeEntry {
     pub record: Arc<NodeRecord>,
     /// Clients handed to this node since `record` was reported.
     pub assigned: Arc<AtomicU64>,
+    /// The node's answer fields, JSON-escaped once per report instead of per answer.
+    pub json: Arc<NodeJson>,
+    /// `1 / capacity`: the scan multiplies instead of dividing for every node.
+    inv_capacity: f64,
+}
+
+/// Pre-serialized pieces of a node's entry in a `GET /gateways` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeJson {
+    /// The id as a JSON string, quotes included.
+    pub id: Box<str>,
+    /// `,"region":"…"` and, when the node has one, `,"domain":"…"`.
+    pub tail: Box<str>,
+    /// The record's `ip`, formatted.
+    pub ip: Box<str>,
+    /// The record's `ipv6`, formatted.
+    pub ipv6: Option<Box<str>>,
+}
+
+impl NodeJson {
+    /// Escapes the record's fields.
+    pub fn of(r: &NodeRecord) -> NodeJson {
+        let quote = |s: &str| serde_json::to_string(s).expect("a string always serializes");
+        let mut tail = format!(",\"region\":{}", quote(&r.region));
+        if let Some(d) = &r.domain {
+            tail.push_str(",\"domain\":");
+            tail.push_str(&quote(d));
+        }
+        NodeJson {
+            id: quote(&r.id).into(),
+            tail: tail.into(),
+            ip: r.ip.to_string().into(),
+            ipv6: r.ipv6.map(|a| a.to_string().into()),
+        }
+    }
+
+    /// The formatted address `addr` (one of the record's two).
+    pub fn addr(&self, addr: IpAddr) -> &str {
+        match (&self.ipv6, addr) {
+            (Some(v6), IpAddr::V6(_)) if !self.ip.contains(':') => v6,
+            _ => &self.ip,
+        }
+    }
 }
 
 impl NodeEntry {
@@ -39,7 +82,7 @@ impl NodeEntry {
             .record
             .connections
             .saturating_add(self.assigned.load(Ordering::Relaxed));
-        conns as f64 / self.record.capacity as f64
+        conns as f64 * self.inv_capacity
     }
 }
 
@@ -80,14 +123,20 @@ impl Snapshot {
             .unwrap_or_default();
         let mut nodes: Vec<NodeEntry> = records
             .into_iter()
-            .map(|record| {
-                let assigned = match old.get(record.id.as_str()) {
-                    Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => {
-                        e.assigned.clone()
-                    }
-                    _ => Arc::new(AtomicU64::new(0)),
-                };
-                NodeEntry { record, assigned }
+            .map(|record| match old.get(record.id.as_str()) {
+                // The same report: keep its herd counter and its serialized fields.
+                Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
+                    inv_capacity: e.inv_capacity,
+                    record,
+                    assigned: e.assigned.clone(),
+                    json: e.json.clone(),
+                },
+                _ => NodeEntry {
+                    json: Arc::new(NodeJson::of(&record)),
+                    inv_capacity: 1.0 / record.capacity as f64,
+                    record,
+                    assigned: Arc::new(AtomicU64::new(0)),
+                },
             })
             .collect();
         nodes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
@@ -161,19 +210,21 @@ pub struct Rules<'a> {
 pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<Candidate> {
     let want = query.count.clamp(1, 10);
     let mut out: Vec<Candidate> = Vec::with_capacity(want);
-    let mut tried_regions: Vec<&str> = Vec::with_capacity(1 + rules.fallbacks.len());
-    let tiers = query
+    let tiers = Tiers {
+        first: query.region,
+        fallbacks: rules.fallbacks,
+    };
+    let ordered = query
         .region
         .into_iter()
         .chain(rules.fallbacks.iter().map(String::as_str));
-    for region in tiers {
+    for (k, region) in ordered.enumerate() {
         if out.len() >= want {
             break;
         }
-        if tried_regions.contains(&region) {
+        if tiers.seen_before(k, region) {
             continue;
         }
-        tried_regions.push(region);
         if let Some(idx) = snap.by_region.get(region) {
             best_of(
                 snap,
@@ -181,7 +232,7 @@ pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<Candi
                 query,
                 rules,
                 want,
-                &[],
+                None,
                 &mut out,
             );
         }
@@ -193,7 +244,7 @@ pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<Candi
             query,
             rules,
             want,
-            &tried_regions,
+            Some(tiers),
             &mut out,
         );
     }
@@ -205,15 +256,40 @@ pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<Candi
     out
 }
 
-/// Appends the best of `indexes` (excluding `skip_regions` and nodes already chosen)
-/// to `out`, up to `want` in total, least loaded first.
+/// The regions a query tries before "any region": its own, then its fallbacks.
+/// Borrowed, so a request allocates nothing to remember them.
+#[derive(Debug, Clone, Copy)]
+struct Tiers<'a> {
+    first: Option<&'a str>,
+    fallbacks: &'a [String],
+}
+
+impl Tiers<'_> {
+    fn contains(&self, region: &str) -> bool {
+        self.first == Some(region) || self.fallbacks.iter().any(|f| f == region)
+    }
+
+    /// True when the `k`-th region of the order already came up earlier in it.
+    fn seen_before(&self, k: usize, region: &str) -> bool {
+        match (self.first, k) {
+            (Some(_), 0) => false,
+            (Some(first), k) => {
+                first == region || self.fallbacks[..k - 1].iter().any(|f| f == region)
+            }
+            (None, k) => self.fallbacks[..k].iter().any(|f| f == region),
+        }
+    }
+}
+
+/// Appends the best of `indexes` (excluding the regions of `skip` and nodes already
+/// chosen) to `out`, up to `want` in total, least loaded first.
 fn best_of(
     snap: &Snapshot,
     indexes: &[u32],
     query: &Query<'_>,
     rules: Rules<'_>,
     want: usize,
-    skip_regions: &[&str],
+    skip: Option<Tiers<'_>>,
     out: &mut Vec<Candidate>,
 ) {
     let start = out.len();
@@ -230,7 +306,7 @@ fn best_of(
         if out.len() - start == room && load >= out[out.len() - 1].load {
             continue;
         }
-        if !skip_regions.is_empty() && skip_regions.contains(&r.region.as_str()) {
+        if skip.is_some_and(|t| t.contains(&r.region)) {
             continue;
         }
         if out[..start].iter().any(|c| c.index == i) {

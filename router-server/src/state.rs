@@ -33,12 +33,15 @@ pub struct AppState {
     pub metrics: Metrics,
     /// When the snapshot last followed the registry (for the age metric).
     pub last_sync: std::sync::Mutex<Option<Instant>>,
+    /// The constant part of every answer, serialized once (see [`crate::api::answer_tail`]).
+    pub answer_tail: String,
 }
 
 impl AppState {
     /// Fresh state with no snapshot.
     pub fn new(config: FileConfig) -> AppState {
         AppState {
+            answer_tail: crate::api::answer_tail(&config),
             snapshot: ArcSwapOption::empty(),
             config,
             metrics: Metrics::default(),

@@ -1,0 +1,82 @@
+//! The real router (`router_server::run`: follower, updater, full middleware stack) on
+//! an in-memory registry holding a static fleet, for HTTP benchmarks.
+//!
+//! `cargo run --release -p router-server --example bench_router -- NODES ADDR`
+//! prints `listening on ADDR` once ready. Loopback clients are in region r0 (one tenth
+//! of the fleet) with fallback r1; the rate limit is off.
+
+use std::time::Duration;
+
+use registry::memory::MemoryKv;
+use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use router_server::config::FileConfig;
+use router_server::{run, Listeners, ServeOptions};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let nodes: usize = args.next().unwrap_or_else(|| "1000".into()).parse()?;
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
+    let kv = MemoryKv::new();
+    let layout = Layout::default();
+    for i in 0..nodes {
+        let r = NodeRecord {
+            id: format!("gw-{i:05}"),
+            ip: "192.0.2.1".parse()?,
+            ports: Ports {
+                tcp: Some(8000),
+                ws: Some(8080),
+                wss: None,
+            },
+            region: format!("r{}", i % 10),
+            capacity: 1_000_000_000,
+            connections: (i as u64 * 7919) % 900_000_000,
+            ipv6: None,
+            domain: Some(format!("gw-{i:05}.example.com")),
+            zone: None,
+            isp: None,
+            state: NodeState::Serving,
+            healthy: true,
+            updated_ms: Some(registry::now_ms()),
+            applied_command: None,
+            labels: Default::default(),
+        };
+        kv.put(&layout.node_key(&r.id), r.to_json(), None).await?;
+    }
+    let config = FileConfig::parse(
+        "[rate_limit]\nper_ip_per_sec = 0\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let listener = std::net::TcpListener::bind(&addr)?;
+    let local = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(run(
+        kv,
+        ServeOptions {
+            config,
+            layout,
+            admin_token: None,
+            tls: None,
+        },
+        Listeners {
+            main: listener,
+            plain: None,
+        },
+        shutdown.clone(),
+    ));
+    // Ready once the snapshot holds the whole fleet.
+    let url = format!("http://{local}/readyz");
+    while reqwest::get(&url)
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("listening on {local}");
+    tokio::signal::ctrl_c().await?;
+    shutdown.cancel();
+    server.await??;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! Baseline for HTTP benchmarks, built the same way as the router: the same
+//! `router_server::api::router_with` stack (edge middleware, metrics, routes, state)
+//! served by the same `router_server::serve` (axum-server, same limits), whose
+//! `/gateways` handler returns a fixed body of the router's answer size instead of
+//! scheduling. The ratio against it is the cost of the scheduling work itself.
+//!
+//! `cargo run --release -p router-server --example static_server -- ADDR`
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::routing::get;
+use router_server::api::{router_with, Api};
+use router_server::config::FileConfig;
+use router_server::state::AppState;
+use router_server::{serve, Listeners};
+use tokio_util::sync::CancellationToken;
+
+const BODY: &str = r#"{"gateways":[{"id":"gw-00000","ip":"192.0.2.1","port":8000,"proto":"tcp","region":"r0","domain":"gw-00000.example.com","load":0.0},{"id":"gw-00010","ip":"192.0.2.1","port":8000,"proto":"tcp","region":"r0","domain":"gw-00010.example.com","load":0.0791},{"id":"gw-00020","ip":"192.0.2.1","port":8000,"proto":"tcp","region":"r0","domain":"gw-00020.example.com","load":0.1584}],"region":"r0","ttl_secs":300,"heartbeat_secs":240,"backoff":{"base_ms":1000,"max_ms":60000,"factor":1.6,"jitter":0.2},"revision":1001,"stale":false}"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:0".into());
+    // The bench router's configuration, so every layer does the same work.
+    let config = FileConfig::parse(
+        "[rate_limit]\nper_ip_per_sec = 0\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let api = Api::new(Arc::new(AppState::new(config.clone())));
+    let fixed = get(|| async {
+        (
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            BODY,
+        )
+    });
+    let app = router_with(api, None, fixed);
+    let listener = std::net::TcpListener::bind(&addr)?;
+    println!("listening on {}", listener.local_addr()?);
+    let never = CancellationToken::new();
+    serve(
+        app,
+        Listeners {
+            main: listener,
+            plain: None,
+        },
+        None,
+        &config,
+        never.clone(),
+        never,
+    )
+    .await
+}
