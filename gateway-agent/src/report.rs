@@ -3,7 +3,8 @@
 //! Pure logic over `now`, so the thresholds are tested without a clock. A write costs
 //! etcd one revision that every router's watch then delivers, so the agent writes only
 //! when something a router acts on changed: state, health, the applied command, or the
-//! connection count by more than a threshold. Liveness does not need writes: it rides
+//! connection count by more than a threshold. A newly applied command is written at
+//! once; everything else is spaced by `min_interval`. Liveness does not need writes: it rides
 //! on the lease keep-alive, which creates no revision.
 
 use std::time::Duration;
@@ -61,6 +62,12 @@ impl ReportPolicy {
         capacity: u64,
     ) -> Option<Instant> {
         let (last, at) = last?;
+        // An operator's command (drain, serve, migrate) is written at once: routers
+        // must stop sending clients to a drained node now, not after the spacing that
+        // damps load churn. Commands are rare, so this cannot flood etcd.
+        if last.applied_command != current.applied_command {
+            return Some(at);
+        }
         let significant = last.state != current.state
             || last.healthy != current.healthy
             || last.applied_command != current.applied_command
@@ -184,11 +191,14 @@ mod tests {
             };
             let t0 = Instant::now();
             let due = p.due(Some((&last, t0)), &cur, capacity).unwrap();
-            prop_assert!(due >= t0 + p.min_interval, "never faster than min_interval");
             prop_assert!(due <= t0 + p.max_interval, "never slower than max_interval");
-            if last.state != cur.state || last.healthy != cur.healthy
-                || last.applied_command != cur.applied_command {
-                prop_assert_eq!(due, t0 + p.min_interval);
+            if last.applied_command != cur.applied_command {
+                prop_assert_eq!(due, t0, "a new command is written at once");
+            } else {
+                prop_assert!(due >= t0 + p.min_interval, "never faster than min_interval");
+                if last.state != cur.state || last.healthy != cur.healthy {
+                    prop_assert_eq!(due, t0 + p.min_interval);
+                }
             }
             if last == cur {
                 prop_assert_eq!(due, t0 + p.max_interval);

@@ -9,6 +9,9 @@ use tokio::time::Instant;
 use crate::config::{CtlArgs, CtlOp};
 use crate::ops::{self, OpsError, PlanStep};
 
+/// How long `ctl` waits for etcd to answer at all before giving up.
+const REACH_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// Runs one `ctl` operation; returns the process exit status.
 pub async fn run(args: CtlArgs) -> i32 {
     let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
@@ -22,6 +25,18 @@ pub async fn run(args: CtlArgs) -> i32 {
         Ok(kv) => kv,
         Err(e) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),
     };
+    // The client retries on its own; an operator wants a verdict in seconds.
+    match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),
+        Err(_) => {
+            return fail(&format!(
+                "cannot reach etcd at {} (no answer within {}s)",
+                args.etcd,
+                REACH_TIMEOUT.as_secs()
+            ))
+        }
+    }
     match execute(&kv, &layout, args.op).await {
         Ok(()) => 0,
         Err(OpsError::Registry(e)) => fail(&format!(

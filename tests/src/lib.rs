@@ -558,3 +558,70 @@ impl TestCa {
         (cert_path, key_path)
     }
 }
+
+/// A router-server process on a free port, with its config file.
+pub struct RouterProc {
+    /// The process.
+    pub proc: Proc,
+    /// Where it serves plain HTTP.
+    pub addr: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl RouterProc {
+    /// Starts `router-server` against `etcd` with `config` (TOML; the rate limit is
+    /// switched off, since tests poll far faster than any client) and `extra` flags, and
+    /// waits until it is ready.
+    pub fn start(etcd: &Etcd, config: &str, extra: &[&str]) -> RouterProc {
+        let file = tempfile::NamedTempFile::new().expect("config file");
+        std::fs::write(
+            file.path(),
+            format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
+        )
+        .expect("write config");
+        let endpoints = etcd.endpoints();
+        let mut args = vec![
+            "--etcd",
+            &endpoints,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("router-server", &args);
+        let addr = proc.wait_for_addr("serving HTTP", Duration::from_secs(20));
+        wait_until(Duration::from_secs(10), "router ready", || {
+            http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
+        });
+        RouterProc {
+            proc,
+            addr,
+            _config: file,
+        }
+    }
+
+    /// `GET path`, which must answer 200; returns the JSON body.
+    pub fn answer(&self, path: &str) -> serde_json::Value {
+        let (code, body) = get_json(self.addr, path).expect("router answers");
+        assert_eq!(code, 200, "{path}: {body}");
+        body
+    }
+
+    /// The gateway ids of a `GET /gateways` answer.
+    pub fn ids(&self, path: &str) -> Vec<String> {
+        gateway_ids(&self.answer(path))
+    }
+}
+
+/// The gateway ids of a `GET /gateways` answer body.
+pub fn gateway_ids(body: &serde_json::Value) -> Vec<String> {
+    body["gateways"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|g| g["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,9 +1,8 @@
 //! router-server end to end: real etcd, real agents, records written by etcdctl.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use harness::{get_json, run, wait_until, Etcd, Proc};
+use harness::{gateway_ids, get_json, run, wait_until, Etcd, Proc, RouterProc};
 use serde_json::Value;
 
 const P: &str = "/gateway-router/v1";
@@ -34,49 +33,12 @@ fn agent(etcd: &Etcd, id: &str, region: &str, conns: u64) -> Proc {
     )
 }
 
-fn router(etcd: &Etcd, config: &str) -> (Proc, SocketAddr, tempfile::NamedTempFile) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    // Tests poll far faster than any client would; the rate limit has its own tests.
-    std::fs::write(
-        file.path(),
-        format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
-    )
-    .unwrap();
-    let e = etcd.endpoints();
-    let p = Proc::spawn(
-        "router-server",
-        &[
-            "--etcd",
-            &e,
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            file.path().to_str().unwrap(),
-        ],
-    );
-    let addr = p.wait_for_addr("serving HTTP", Duration::from_secs(20));
-    wait_until(Duration::from_secs(10), "router ready", || {
-        harness::http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
-    });
-    (p, addr, file)
-}
-
-/// A `GET` that must succeed (so a refusal is never mistaken for "node gone").
-fn answer(addr: SocketAddr, q: &str) -> Value {
-    let (code, body) = get_json(addr, q).expect("router answers");
-    assert_eq!(code, 200, "{q}: {body}");
-    body
+fn router(etcd: &Etcd, config: &str) -> RouterProc {
+    RouterProc::start(etcd, config, &[])
 }
 
 fn ids(body: &Value) -> Vec<String> {
-    body["gateways"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|g| g["id"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    gateway_ids(body)
 }
 
 fn record(id: &str, region: &str, conns: u64) -> String {
@@ -97,18 +59,18 @@ fn candidates_follow_etcd_writes_kills_and_drains() {
         r#"{"id":"gw-bad","ip":"not-an-ip"}"#,
     );
     etcd.put(&format!("{P}/nodes/gw-worse"), "{{{{ garbage");
-    let (r, addr, _cfg) = router(&etcd, "[regions]\nfallbacks = { cn-sh = [\"cn-bj\"] }\n");
+    let r = router(&etcd, "[regions]\nfallbacks = { cn-sh = [\"cn-bj\"] }\n");
 
     let q = "/gateways?region=cn-sh&count=4";
     wait_until(Duration::from_secs(10), "all four nodes", || {
-        Some(answer(addr, q)).is_some_and(|b| ids(&b).len() == 4)
+        Some(r.answer(q)).is_some_and(|b| ids(&b).len() == 4)
     });
-    let body = answer(addr, q);
+    let body = r.answer(q);
     assert_eq!(ids(&body), ["gw-d", "gw-a", "gw-b", "gw-c"], "{body}");
     assert!(body["revision"].as_i64().unwrap() > 0);
-    let (_, metrics) = harness::http_get(addr, "/metrics").unwrap();
+    let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
     assert!(metrics.contains("router_invalid_records 2"), "{metrics}");
-    assert!(r.output().contains("invalid node record skipped"));
+    assert!(r.proc.output().contains("invalid node record skipped"));
 
     // etcd write → visible in answers: each of 5 changes within 100 ms.
     let mut took = Vec::new();
@@ -117,7 +79,7 @@ fn candidates_follow_etcd_writes_kills_and_drains() {
         let start = Instant::now();
         let want_first = conns < 100;
         wait_until(Duration::from_secs(5), "change visible", || {
-            Some(answer(addr, q)).is_some_and(|b| (ids(&b)[0] == "gw-d") == want_first)
+            Some(r.answer(q)).is_some_and(|b| (ids(&b)[0] == "gw-d") == want_first)
         });
         took.push(start.elapsed());
     }
@@ -133,16 +95,16 @@ fn candidates_follow_etcd_writes_kills_and_drains() {
         r#"{"id":"c-1","action":"drain"}"#,
     );
     wait_until(Duration::from_secs(5), "gw-a excluded", || {
-        Some(answer(addr, q)).is_some_and(|b| !ids(&b).contains(&"gw-a".to_string()))
+        Some(r.answer(q)).is_some_and(|b| !ids(&b).contains(&"gw-a".to_string()))
     });
 
     // SIGKILL an agent: its node is gone after the TTL.
     b.signal("KILL");
     let gone = wait_until(Duration::from_secs(10), "gw-b gone", || {
-        Some(answer(addr, q)).is_some_and(|b| !ids(&b).contains(&"gw-b".to_string()))
+        Some(r.answer(q)).is_some_and(|b| !ids(&b).contains(&"gw-b".to_string()))
     });
     assert!(gone <= Duration::from_secs(5), "TTL 3 s; took {gone:?}");
-    let body = answer(addr, q);
+    let body = r.answer(q);
     assert_eq!(ids(&body), ["gw-d", "gw-c"], "{body}");
 }
 
@@ -151,36 +113,36 @@ fn etcd_outage_serves_stale_without_errors_then_resyncs() {
     let mut etcd = Etcd::start();
     let _a = agent(&etcd, "gw-a", "r", 100);
     let _b = agent(&etcd, "gw-b", "r", 200);
-    let (_r, addr, _cfg) = router(&etcd, "");
+    let r = router(&etcd, "");
     wait_until(Duration::from_secs(10), "two nodes", || {
-        Some(answer(addr, "/gateways")).is_some_and(|b| ids(&b).len() == 2)
+        Some(r.answer("/gateways")).is_some_and(|b| ids(&b).len() == 2)
     });
 
     etcd.stop();
     let mut statuses = Vec::new();
     wait_until(Duration::from_secs(20), "stale answers", || {
-        let (code, body) = get_json(addr, "/gateways").unwrap();
+        let (code, body) = get_json(r.addr, "/gateways").unwrap();
         statuses.push(code);
         body["stale"] == true
     });
     // Keep asking during the outage: always the last snapshot, never a 5xx.
     for _ in 0..50 {
-        let (code, body) = get_json(addr, "/gateways").unwrap();
+        let (code, body) = get_json(r.addr, "/gateways").unwrap();
         statuses.push(code);
         assert_eq!(ids(&body).len(), 2);
         assert_eq!(body["stale"], true);
     }
     assert!(statuses.iter().all(|c| *c == 200), "{statuses:?}");
-    let (_, metrics) = harness::http_get(addr, "/metrics").unwrap();
+    let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
     assert!(metrics.contains("router_registry_connected 0"), "{metrics}");
 
     etcd.start_again();
     wait_until(Duration::from_secs(20), "stale cleared", || {
-        Some(answer(addr, "/gateways")).is_some_and(|b| b["stale"] == false)
+        Some(r.answer("/gateways")).is_some_and(|b| b["stale"] == false)
     });
     etcd.put(&format!("{P}/nodes/gw-new"), &record("gw-new", "r", 0));
     wait_until(Duration::from_secs(5), "new node after resync", || {
-        Some(answer(addr, "/gateways"))
+        Some(r.answer("/gateways"))
             .is_some_and(|b| ids(&b).first().map(String::as_str) == Some("gw-new"))
     });
 }
@@ -188,16 +150,16 @@ fn etcd_outage_serves_stale_without_errors_then_resyncs() {
 #[test]
 fn sigterm_finishes_and_exits_zero() {
     let etcd = Etcd::start();
-    let (mut r, addr, _cfg) = router(&etcd, "");
-    assert_eq!(harness::http_get(addr, "/healthz").unwrap().0, 200);
-    r.signal("TERM");
+    let mut r = router(&etcd, "");
+    assert_eq!(harness::http_get(r.addr, "/healthz").unwrap().0, 200);
+    r.proc.signal("TERM");
     assert!(
-        r.wait_exit(Duration::from_secs(15)).success(),
+        r.proc.wait_exit(Duration::from_secs(15)).success(),
         "{}",
-        r.output()
+        r.proc.output()
     );
     assert!(
-        harness::http_get(addr, "/healthz").is_none(),
+        harness::http_get(r.addr, "/healthz").is_none(),
         "stopped accepting"
     );
 }
