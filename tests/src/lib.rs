@@ -625,3 +625,90 @@ pub fn gateway_ids(body: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// An HTTPDNS provider for tests, speaking the Alibaba-style API:
+/// `GET /{account}/d?host=H` and `/{account}/sign_d?host=H&t=T&s=S`. Answers are set per
+/// host as raw JSON bodies, so a test can also serve hijack-style answers. Every
+/// request's path and query is recorded.
+pub struct HttpDnsServer {
+    addr: SocketAddr,
+    answers: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpDnsServer {
+    /// Starts on a free loopback port.
+    pub fn start() -> HttpDnsServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind httpdns");
+        let addr = listener.local_addr().unwrap();
+        let answers: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (a, r) = (answers.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (a, r) = (a.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = vec![0u8; 8192];
+                    let mut n = 0;
+                    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf[n..]) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => n += k,
+                        }
+                        if n == buf.len() {
+                            return;
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    r.lock().unwrap().push(target.clone());
+                    let host = target
+                        .split_once('?')
+                        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("host=")))
+                        .unwrap_or("")
+                        .to_string();
+                    let body = a.lock().unwrap().get(&host).cloned().unwrap_or_else(|| {
+                        format!(r#"{{"host":"{host}","ips":[],"ipsv6":[],"ttl":60}}"#)
+                    });
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        HttpDnsServer {
+            addr,
+            answers,
+            requests,
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answers `host` with these IPv4 and IPv6 strings (not checked: tests send junk).
+    pub fn answer(&self, host: &str, ips: &[&str], ipsv6: &[&str], ttl: u64) {
+        let body =
+            serde_json::json!({"host": host, "ips": ips, "ipsv6": ipsv6, "ttl": ttl}).to_string();
+        self.answers.lock().unwrap().insert(host.to_string(), body);
+    }
+
+    /// Answers `host` with a raw body.
+    pub fn answer_raw(&self, host: &str, body: &str) {
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), body.to_string());
+    }
+
+    /// Every request target received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}

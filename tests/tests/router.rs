@@ -41,6 +41,14 @@ fn ids(body: &Value) -> Vec<String> {
     gateway_ids(body)
 }
 
+/// Waits until `n` node keys exist, so a router started afterwards sees them all in its
+/// first snapshot (before, it would rightly answer `no_gateways`).
+fn wait_registered(etcd: &Etcd, n: usize) {
+    wait_until(Duration::from_secs(15), "nodes registered", || {
+        etcd.keys(&format!("{P}/nodes/")).len() >= n
+    });
+}
+
 fn record(id: &str, region: &str, conns: u64) -> String {
     format!(
         r#"{{"id":"{id}","ip":"192.0.2.7","ports":{{"tcp":9000}},"region":"{region}","capacity":1000,"connections":{conns},"future":"ignored"}}"#
@@ -59,6 +67,7 @@ fn candidates_follow_etcd_writes_kills_and_drains() {
         r#"{"id":"gw-bad","ip":"not-an-ip"}"#,
     );
     etcd.put(&format!("{P}/nodes/gw-worse"), "{{{{ garbage");
+    wait_registered(&etcd, 6);
     let r = router(&etcd, "[regions]\nfallbacks = { cn-sh = [\"cn-bj\"] }\n");
 
     let q = "/gateways?region=cn-sh&count=4";
@@ -113,6 +122,7 @@ fn etcd_outage_serves_stale_without_errors_then_resyncs() {
     let mut etcd = Etcd::start();
     let _a = agent(&etcd, "gw-a", "r", 100);
     let _b = agent(&etcd, "gw-b", "r", 200);
+    wait_registered(&etcd, 2);
     let r = router(&etcd, "");
     wait_until(Duration::from_secs(10), "two nodes", || {
         Some(r.answer("/gateways")).is_some_and(|b| ids(&b).len() == 2)

@@ -1,0 +1,112 @@
+//! SDK latency: the cached `gateways()` call (criterion), and the time to a connected
+//! gateway when the router is blackholed, with the default timeouts (median of runs),
+//! beside a direct connect to the same gateway as the floor.
+
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion};
+use httpdns_client::{Client, Config, Source};
+
+/// A cache file as the client writes it, naming `gateway`.
+fn write_cache(path: &Path, gateway: SocketAddr) {
+    let file = serde_json::json!({
+        "version": 1, "router_domain": "router.bench", "saved_ms": 1,
+        "answer": {
+            "gateways": [{"id": "gw-1", "ip": gateway.ip(), "port": gateway.port(), "proto": "tcp", "region": "r", "load": 0.1}],
+            "region": "r", "ttl_secs": 300, "heartbeat_secs": 240,
+            "backoff": {"base_ms": 1000, "max_ms": 60000, "factor": 1.6, "jitter": 0.2},
+            "revision": 1, "stale": false
+        }
+    });
+    std::fs::write(path, file.to_string()).unwrap();
+}
+
+/// Default timeouts; the router's address is a bootstrap IP (no DNS in the timing).
+fn config(cache: &Path, router_port: u16) -> Config {
+    let mut c = Config::new("router.bench");
+    c.router_port = router_port;
+    c.dns.local_fallback = false;
+    c.dns
+        .bootstrap
+        .insert("router.bench".into(), vec!["127.0.0.1".parse().unwrap()]);
+    c.cache_file = Some(cache.to_path_buf());
+    c
+}
+
+fn cached(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cache = dir.path().join("gateways.json");
+    write_cache(&cache, gw.local_addr().unwrap());
+    let refusing = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(&cache, refusing);
+    cfg.fallback_ttl = Duration::from_secs(3600);
+    let client = Client::new(cfg).unwrap();
+    // The first call fills the in-memory answer; the benchmark measures the reuse.
+    rt.block_on(client.gateways()).unwrap();
+    c.bench_function("gateways() cached", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(client.gateways().await.unwrap()) })
+    });
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn blackholed_router_failover() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw_addr = gw.local_addr().unwrap();
+    let cache = dir.path().join("gateways.json");
+    // Accepts TCP (the kernel completes the handshake), never answers the TLS hello.
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    let runs = 7;
+    let mut failover = Vec::new();
+    let mut direct = Vec::new();
+    for _ in 0..runs {
+        write_cache(&cache, gw_addr);
+        let client = Client::new(config(&cache, hole_port)).unwrap();
+        let start = Instant::now();
+        let conn = rt.block_on(client.connect()).unwrap();
+        failover.push(start.elapsed());
+        assert_eq!(conn.source, Source::CacheFile);
+        let start = Instant::now();
+        rt.block_on(tokio::net::TcpStream::connect(gw_addr))
+            .unwrap();
+        direct.push(start.elapsed());
+    }
+    let defaults = Config::new("x");
+    println!(
+        "\nconnected with the router blackholed (defaults: attempt {:?}, budget {:?}), median of {runs}: {:?} (target <= 1.5 s)",
+        defaults.router_attempt_timeout,
+        defaults.router_budget,
+        median(failover)
+    );
+    println!(
+        "direct TCP connect to the same gateway, median of {runs}: {:?}",
+        median(direct)
+    );
+}
+
+criterion_group!(benches, cached);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    blackholed_router_failover();
+}

@@ -1,0 +1,770 @@
+//! The client: candidates from the router, with fallbacks, and a connection to one.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::dns::{DnsConfig, DnsSource, HttpDns};
+use crate::Error;
+
+/// A protocol a client speaks to gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// Raw TCP.
+    Tcp,
+    /// WebSocket.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Ws => "ws",
+            Proto::Wss => "wss",
+        }
+    }
+}
+
+/// Everything the client needs; [`Config::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The router's domain: resolved through HTTPDNS, and the Host / TLS name.
+    pub router_domain: String,
+    /// The router's port (443).
+    pub router_port: u16,
+    /// HTTPS to the router (true). Plain HTTP only for development.
+    pub router_https: bool,
+    /// Protocol to ask candidates for.
+    pub proto: Proto,
+    /// Candidates to ask for (1-10, default 3).
+    pub count: u8,
+    /// The client's region, when it knows better than the router's address lookup.
+    pub region: Option<String>,
+    /// Only candidates reachable over IPv4 (4) or IPv6 (6).
+    pub ip_version: Option<u8>,
+    /// Resolver settings (HTTPDNS providers, bootstrap IPs, serve-stale).
+    pub dns: DnsConfig,
+    /// Deadline of one router request.
+    pub router_attempt_timeout: Duration,
+    /// Deadline of all router requests of one call, before falling back.
+    pub router_budget: Duration,
+    /// How many router addresses one call tries.
+    pub max_routers: usize,
+    /// Where the last good answer is kept across restarts.
+    pub cache_file: Option<PathBuf>,
+    /// Last resort: a domain whose addresses are gateways (resolved via HTTPDNS, then
+    /// local DNS), on `fallback_port`.
+    pub fallback_domain: Option<String>,
+    /// Port of the fallback domain's gateways.
+    pub fallback_port: u16,
+    /// How long a fallback answer is reused before the router is asked again.
+    pub fallback_ttl: Duration,
+    /// Happy eyeballs: start the next candidate after this long without success.
+    pub connect_delay: Duration,
+    /// Deadline of one TCP connect.
+    pub connect_timeout: Duration,
+    /// Extra trusted roots (a private CA) for the router and HTTPS providers.
+    pub extra_roots: Vec<reqwest::Certificate>,
+}
+
+impl Config {
+    /// Defaults for `router_domain`.
+    pub fn new(router_domain: impl Into<String>) -> Config {
+        Config {
+            router_domain: router_domain.into(),
+            router_port: 443,
+            router_https: true,
+            proto: Proto::Tcp,
+            count: 3,
+            region: None,
+            ip_version: None,
+            dns: DnsConfig::default(),
+            router_attempt_timeout: Duration::from_millis(700),
+            router_budget: Duration::from_millis(1000),
+            max_routers: 3,
+            cache_file: None,
+            fallback_domain: None,
+            fallback_port: 443,
+            fallback_ttl: Duration::from_secs(30),
+            connect_delay: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(3),
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+/// One candidate gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gateway {
+    /// Node id.
+    pub id: String,
+    /// Address to connect to.
+    pub ip: IpAddr,
+    /// Port for the protocol asked.
+    pub port: u16,
+    /// That protocol.
+    pub proto: Proto,
+    /// The node's region.
+    pub region: String,
+    /// The node's DNS name (WebSocket / TLS callers use it as Host / SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Load as the router estimates it.
+    pub load: f64,
+}
+
+impl Gateway {
+    /// The socket address to dial.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+}
+
+/// Reconnect backoff as the router configures it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BackoffParams {
+    /// First delay.
+    pub base_ms: u64,
+    /// Largest delay.
+    pub max_ms: u64,
+    /// Growth per attempt.
+    pub factor: f64,
+    /// ± fraction of random spread.
+    pub jitter: f64,
+}
+
+impl Default for BackoffParams {
+    fn default() -> Self {
+        BackoffParams {
+            base_ms: 1000,
+            max_ms: 60_000,
+            factor: 1.6,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl BackoffParams {
+    /// The un-jittered delay before retry `n` (0-based): `base * factor^n`, capped.
+    pub fn nominal(&self, n: u32) -> Duration {
+        let ms = self.base_ms as f64 * self.factor.max(1.0).powi(n.min(64) as i32);
+        Duration::from_secs_f64(ms.min(self.max_ms as f64) / 1000.0)
+    }
+
+    /// The delay before retry `n` with jitter; `unit` in [0, 1) picks the spread.
+    pub fn delay(&self, n: u32, unit: f64) -> Duration {
+        let j = self.jitter.clamp(0.0, 1.0);
+        self.nominal(n)
+            .mul_f64(1.0 - j + 2.0 * j * unit.clamp(0.0, 1.0))
+    }
+}
+
+/// The router's answer, as it arrives and as the cache file keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterAnswer {
+    /// Candidates, best first.
+    pub gateways: Vec<Gateway>,
+    /// The region the router used.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// How long the answer may be reused.
+    pub ttl_secs: u64,
+    /// Heartbeat interval for the gateway connection.
+    pub heartbeat_secs: u64,
+    /// Reconnect backoff.
+    pub backoff: BackoffParams,
+    /// Registry revision.
+    #[serde(default)]
+    pub revision: i64,
+    /// True when the router answered from an old snapshot.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+impl RouterAnswer {
+    fn validate(&self) -> Result<(), String> {
+        if self.gateways.is_empty() {
+            return Err("no gateways in the answer".into());
+        }
+        if let Some(g) = self
+            .gateways
+            .iter()
+            .find(|g| g.port == 0 || g.ip.is_unspecified())
+        {
+            return Err(format!("gateway {} has an unusable address", g.id));
+        }
+        Ok(())
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A router, reached at `addr`, whose address came from `dns`.
+    Router {
+        /// The router address used.
+        addr: SocketAddr,
+        /// How that address was found.
+        dns: DnsSource,
+    },
+    /// The persistent cache file (no router answered).
+    CacheFile,
+    /// The fallback gateway domain, resolved through `dns`.
+    FallbackDomain {
+        /// HTTPDNS or local DNS.
+        dns: DnsSource,
+    },
+}
+
+/// Candidates and the connection settings that came with them.
+#[derive(Debug, Clone)]
+pub struct Gateways {
+    /// Candidates, best first.
+    pub gateways: Vec<Gateway>,
+    /// The region the router used, if it said.
+    pub region: Option<String>,
+    /// How long the router allows reuse.
+    pub ttl: Duration,
+    /// Heartbeat interval for the gateway connection.
+    pub heartbeat: Duration,
+    /// Reconnect backoff.
+    pub backoff: BackoffParams,
+    /// Registry revision.
+    pub revision: i64,
+    /// The router answered from an old snapshot, or this is a fallback answer.
+    pub stale: bool,
+    /// Where it came from.
+    pub source: Source,
+    expires: Instant,
+}
+
+/// A connected gateway.
+#[derive(Debug)]
+pub struct Connection {
+    /// The connected socket.
+    pub stream: TcpStream,
+    /// The candidate reached.
+    pub gateway: Gateway,
+    /// Where the candidate list came from.
+    pub source: Source,
+    /// Heartbeat interval to use on this connection.
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    router_domain: String,
+    saved_ms: u64,
+    answer: RouterAnswer,
+}
+
+/// The SDK's entry point. Cheap to clone; share one per app.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    dns: Arc<HttpDns>,
+    routers: Mutex<HashMap<SocketAddr, reqwest::Client>>,
+    current: Mutex<Option<Arc<Gateways>>>,
+    /// The backoff of the last answer obtained, kept after the answer itself is
+    /// dropped (a failed round drops it), so retries follow the router's settings.
+    backoff: Mutex<BackoffParams>,
+}
+
+impl Client {
+    /// Builds a client; checks the configuration.
+    pub fn new(config: Config) -> Result<Client, Error> {
+        if config.router_domain.is_empty()
+            || config.router_domain.contains(['/', ':', '?', '#', ' '])
+        {
+            return Err(Error::Config(format!(
+                "router domain {:?} is not a host name",
+                config.router_domain
+            )));
+        }
+        if !(1..=10).contains(&config.count) {
+            return Err(Error::Config(format!("count {} is not 1-10", config.count)));
+        }
+        if config.ip_version.is_some_and(|v| v != 4 && v != 6) {
+            return Err(Error::Config("ip_version must be 4 or 6".into()));
+        }
+        let dns = Arc::new(HttpDns::new(
+            config.dns.clone(),
+            config.extra_roots.clone(),
+        )?);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                dns,
+                routers: Mutex::new(HashMap::new()),
+                current: Mutex::new(None),
+                backoff: Mutex::new(BackoffParams::default()),
+            }),
+        })
+    }
+
+    /// The resolver, for pre-resolution or for other reqwest clients
+    /// (see [`crate::HttpDnsResolver`]).
+    pub fn dns(&self) -> &Arc<HttpDns> {
+        &self.inner.dns
+    }
+
+    /// Forget cached addresses and candidates: call it when the network changes.
+    pub fn network_changed(&self) {
+        self.inner.dns.clear();
+        *self.inner.current.lock().expect("current") = None;
+    }
+
+    /// Resolves `hosts` ahead of need (the router's domain is a good one).
+    pub async fn prefetch(&self, hosts: &[&str]) {
+        self.inner.dns.prefetch(hosts).await;
+    }
+
+    /// Candidates: the last answer while its TTL lasts, else a router's, else the cache
+    /// file's last good one, else the fallback domain's addresses.
+    pub async fn gateways(&self) -> Result<Arc<Gateways>, Error> {
+        if let Some(g) = self.inner.current.lock().expect("current").as_ref() {
+            if g.expires > Instant::now() {
+                return Ok(g.clone());
+            }
+        }
+        let fresh = match self.ask_routers().await {
+            Ok(g) => g,
+            Err(router_err) => {
+                warn!(error = %router_err, "no router answered; using fallbacks");
+                self.fallback()
+                    .await
+                    .map_err(|e| Error::NoCandidates(format!("{router_err}; {e}")))?
+            }
+        };
+        let fresh = Arc::new(fresh);
+        *self.inner.backoff.lock().expect("backoff") = fresh.backoff;
+        *self.inner.current.lock().expect("current") = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn ask_routers(&self) -> Result<Gateways, String> {
+        let c = &self.inner.config;
+        let deadline = Instant::now() + c.router_budget;
+        let resolved = self
+            .inner
+            .dns
+            .resolve(&c.router_domain)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut failures = Vec::new();
+        for ip in resolved.ips.iter().take(c.max_routers.max(1)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failures.push("router budget used up".to_string());
+                break;
+            }
+            let addr = SocketAddr::new(*ip, c.router_port);
+            match tokio::time::timeout(c.router_attempt_timeout.min(left), self.ask_router(addr))
+                .await
+            {
+                Ok(Ok(answer)) => {
+                    info!(router = %addr, candidates = answer.gateways.len(), "router answered");
+                    self.persist(&answer);
+                    let ttl = Duration::from_secs(answer.ttl_secs.max(1));
+                    return Ok(to_gateways(
+                        answer,
+                        Source::Router {
+                            addr,
+                            dns: resolved.source,
+                        },
+                        ttl,
+                    ));
+                }
+                Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
+                Err(_) => failures.push(format!("{addr}: no answer in time")),
+            }
+        }
+        Err(format!("routers failed: {}", failures.join("; ")))
+    }
+
+    async fn ask_router(&self, addr: SocketAddr) -> Result<RouterAnswer, String> {
+        let c = &self.inner.config;
+        let client = self.router_client(addr)?;
+        let scheme = if c.router_https { "https" } else { "http" };
+        let mut url = format!(
+            "{scheme}://{}:{}/gateways?proto={}&count={}",
+            c.router_domain,
+            c.router_port,
+            c.proto.as_str(),
+            c.count
+        );
+        if let Some(r) = &c.region {
+            url.push_str(&format!("&region={r}"));
+        }
+        if let Some(v) = c.ip_version {
+            url.push_str(&format!("&ip_version={v}"));
+        }
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+            ));
+        }
+        let answer: RouterAnswer =
+            serde_json::from_slice(&body).map_err(|e| format!("malformed answer: {e}"))?;
+        answer.validate()?;
+        Ok(answer)
+    }
+
+    fn router_client(&self, addr: SocketAddr) -> Result<reqwest::Client, String> {
+        let c = &self.inner.config;
+        let mut clients = self.inner.routers.lock().expect("router clients");
+        if let Some(client) = clients.get(&addr) {
+            return Ok(client.clone());
+        }
+        // Host header and TLS name are the router's domain; the address is the one
+        // HTTPDNS gave, so a hijacked local resolver is never consulted.
+        let mut b = reqwest::Client::builder()
+            .resolve(&c.router_domain, addr)
+            .connect_timeout(c.router_attempt_timeout)
+            .no_proxy();
+        for root in &c.extra_roots {
+            b = b.add_root_certificate(root.clone());
+        }
+        let client = b.build().map_err(|e| e.to_string())?;
+        clients.insert(addr, client.clone());
+        Ok(client)
+    }
+
+    fn persist(&self, answer: &RouterAnswer) {
+        let Some(path) = self.inner.config.cache_file.clone() else {
+            return;
+        };
+        let file = CacheFile {
+            version: 1,
+            router_domain: self.inner.config.router_domain.clone(),
+            saved_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            answer: answer.clone(),
+        };
+        let bytes = serde_json::to_vec(&file).expect("cache file serializes");
+        // Off the caller's path; a failure only costs the next cold start its fallback.
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = write_atomically(&path, &bytes) {
+                warn!(path = %path.display(), error = %e, "could not write the gateway cache file");
+            }
+        });
+    }
+
+    async fn fallback(&self) -> Result<Gateways, String> {
+        let c = &self.inner.config;
+        let mut why = Vec::new();
+        if let Some(path) = &c.cache_file {
+            match read_cache(path, &c.router_domain) {
+                Ok(answer) => {
+                    info!(path = %path.display(), "using the last good candidates from the cache file");
+                    return Ok(to_gateways(answer, Source::CacheFile, c.fallback_ttl));
+                }
+                Err(e) => why.push(e),
+            }
+        }
+        if let Some(domain) = &c.fallback_domain {
+            match self.inner.dns.resolve(domain).await {
+                Ok(r) => {
+                    let gateways = r
+                        .ips
+                        .iter()
+                        .take(c.count as usize)
+                        .map(|ip| Gateway {
+                            id: format!("{domain}/{ip}"),
+                            ip: *ip,
+                            port: c.fallback_port,
+                            proto: c.proto,
+                            region: String::new(),
+                            domain: Some(domain.clone()),
+                            load: 0.0,
+                        })
+                        .collect();
+                    let answer = RouterAnswer {
+                        gateways,
+                        region: None,
+                        ttl_secs: c.fallback_ttl.as_secs(),
+                        heartbeat_secs: 240,
+                        backoff: BackoffParams::default(),
+                        revision: 0,
+                        stale: true,
+                    };
+                    return Ok(to_gateways(
+                        answer,
+                        Source::FallbackDomain { dns: r.source },
+                        c.fallback_ttl,
+                    ));
+                }
+                Err(e) => why.push(format!("fallback domain: {e}")),
+            }
+        }
+        if why.is_empty() {
+            why.push("no cache file or fallback domain configured".into());
+        }
+        Err(why.join("; "))
+    }
+
+    /// Gets candidates and connects to the first that answers, happy-eyeballs style.
+    /// When every candidate fails the cached answer is dropped, so the next call asks
+    /// a router again.
+    pub async fn connect(&self) -> Result<Connection, Error> {
+        let g = self.gateways().await?;
+        let addrs: Vec<SocketAddr> = g.gateways.iter().map(Gateway::addr).collect();
+        let c = &self.inner.config;
+        match race(&addrs, c.connect_delay, c.connect_timeout).await {
+            Ok((stream, i)) => Ok(Connection {
+                stream,
+                gateway: g.gateways[i].clone(),
+                source: g.source,
+                heartbeat: g.heartbeat,
+            }),
+            Err(attempts) => {
+                let mut current = self.inner.current.lock().expect("current");
+                if current.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &g)) {
+                    *current = None;
+                }
+                Err(Error::Connect { attempts })
+            }
+        }
+    }
+
+    /// [`Client::connect`] in rounds, sleeping between them with the router's backoff
+    /// (plus jitter), up to `rounds` rounds.
+    pub async fn connect_with_retry(&self, rounds: u32) -> Result<Connection, Error> {
+        let mut delays = Vec::new();
+        for round in 0..rounds.max(1) {
+            match self.connect().await {
+                Ok(c) => return Ok(c),
+                Err(e) if !e.is_retryable() || round + 1 == rounds.max(1) => {
+                    return Err(Error::GaveUp {
+                        attempts: round + 1,
+                        delays,
+                        last: Box::new(e),
+                    })
+                }
+                Err(e) => {
+                    let params = *self.inner.backoff.lock().expect("backoff");
+                    let delay = params.delay(round, rand::random::<f64>());
+                    debug!(round, delay_ms = delay.as_millis() as u64, error = %e, "no gateway reachable; backing off");
+                    delays.push(delay);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        unreachable!("the loop returns on its last round")
+    }
+}
+
+fn to_gateways(a: RouterAnswer, source: Source, ttl: Duration) -> Gateways {
+    Gateways {
+        gateways: a.gateways,
+        region: a.region,
+        ttl,
+        heartbeat: Duration::from_secs(a.heartbeat_secs),
+        backoff: a.backoff,
+        revision: a.revision,
+        stale: a.stale || !matches!(source, Source::Router { .. }),
+        source,
+        expires: Instant::now() + ttl,
+    }
+}
+
+/// Writes `bytes` to `path` so a reader sees the old or the new file, never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_cache(path: &Path, domain: &str) -> Result<RouterAnswer, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("no cache file yet".into())
+        }
+        Err(e) => return Err(format!("cache file {}: {e}", path.display())),
+    };
+    let parsed: Result<CacheFile, String> = serde_json::from_slice(&bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|f: CacheFile| {
+            if f.version != 1 || f.router_domain != domain {
+                return Err("written by another version or for another router".into());
+            }
+            f.answer.validate()?;
+            Ok(f)
+        });
+    match parsed {
+        Ok(f) => Ok(f.answer),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "gateway cache file is corrupt; ignoring it (rewritten on the next good answer)");
+            Err(format!("cache file corrupt: {e}"))
+        }
+    }
+}
+
+/// Happy eyeballs over `addrs` in order: the next attempt starts after `delay` or as
+/// soon as the previous one fails; the first success wins and the rest are dropped.
+pub async fn race(
+    addrs: &[SocketAddr],
+    delay: Duration,
+    timeout: Duration,
+) -> Result<(TcpStream, usize), Vec<(SocketAddr, String)>> {
+    let mut set: JoinSet<(usize, std::io::Result<TcpStream>)> = JoinSet::new();
+    let mut failures = Vec::new();
+    let mut next = 0;
+    let spawn = |set: &mut JoinSet<_>, i: usize| {
+        let addr = addrs[i];
+        set.spawn(async move {
+            let r = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            };
+            (i, r)
+        });
+    };
+    if addrs.is_empty() {
+        return Err(failures);
+    }
+    spawn(&mut set, 0);
+    next += 1;
+    loop {
+        let stagger = tokio::time::sleep(delay);
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                Some(Ok((i, Ok(stream)))) => return Ok((stream, i)),
+                Some(Ok((i, Err(e)))) => {
+                    debug!(addr = %addrs[i], error = %e, "candidate failed");
+                    failures.push((addrs[i], e.to_string()));
+                    if next < addrs.len() {
+                        spawn(&mut set, next);
+                        next += 1;
+                    } else if set.is_empty() {
+                        return Err(failures);
+                    }
+                }
+                Some(Err(join)) => failures.push((addrs[0], join.to_string())),
+                None => return Err(failures),
+            },
+            _ = stagger, if next < addrs.len() => {
+                spawn(&mut set, next);
+                next += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_server_parameters() {
+        let p = BackoffParams {
+            base_ms: 1000,
+            max_ms: 5000,
+            factor: 2.0,
+            jitter: 0.2,
+        };
+        assert_eq!(p.nominal(0), Duration::from_secs(1));
+        assert_eq!(p.nominal(2), Duration::from_secs(4));
+        assert_eq!(p.nominal(10), Duration::from_secs(5), "capped");
+        assert_eq!(p.delay(1, 0.0), Duration::from_millis(1600));
+        assert_eq!(p.delay(1, 1.0), Duration::from_millis(2400));
+    }
+
+    #[tokio::test]
+    async fn happy_eyeballs_skips_dead_candidates() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let addrs = [dead, live.local_addr().unwrap()];
+        let (_s, i) = race(&addrs, Duration::from_millis(250), Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(i, 1);
+        let failures = race(
+            &[dead, dead],
+            Duration::from_millis(10),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failures.len(), 2);
+    }
+
+    #[test]
+    fn corrupt_cache_files_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateways.json");
+        std::fs::write(&path, b"{ truncated").unwrap();
+        assert!(read_cache(&path, "r.example")
+            .unwrap_err()
+            .contains("corrupt"));
+        let good = CacheFile {
+            version: 1,
+            router_domain: "r.example".into(),
+            saved_ms: 1,
+            answer: RouterAnswer {
+                gateways: vec![Gateway {
+                    id: "g".into(),
+                    ip: "192.0.2.1".parse().unwrap(),
+                    port: 1,
+                    proto: Proto::Tcp,
+                    region: "r".into(),
+                    domain: None,
+                    load: 0.1,
+                }],
+                region: None,
+                ttl_secs: 300,
+                heartbeat_secs: 240,
+                backoff: BackoffParams::default(),
+                revision: 1,
+                stale: false,
+            },
+        };
+        write_atomically(&path, &serde_json::to_vec(&good).unwrap()).unwrap();
+        assert_eq!(read_cache(&path, "r.example").unwrap(), good.answer);
+        assert!(
+            read_cache(&path, "other.example").is_err(),
+            "another router's cache is not used"
+        );
+    }
+}

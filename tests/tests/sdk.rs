@@ -1,0 +1,509 @@
+//! httpdns-client against the real router-server (HTTPS, real etcd) and a local HTTPDNS
+//! server, on loopback.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harness::{free_port, wait_until, Etcd, HttpDnsServer, Proc, TestCa};
+use httpdns_client::{Client, Config, DnsSource, Error, HttpDnsResolver, Provider, Source};
+
+const P: &str = "/gateway-router/v1";
+
+/// etcd, gateways (live ones listen), and a router serving HTTPS and HTTP.
+struct Fleet {
+    _etcd: Etcd,
+    router: Proc,
+    https: SocketAddr,
+    http: SocketAddr,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    _gateways: Vec<TcpListener>,
+}
+
+fn fleet(gateways: &[(&str, u64, bool)]) -> Fleet {
+    let etcd = Etcd::start();
+    let mut listeners = Vec::new();
+    for (id, conns, live) in gateways {
+        let port = if *live {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = l.local_addr().unwrap().port();
+            listeners.push(l);
+            p
+        } else {
+            free_port()
+        };
+        etcd.put(
+            &format!("{P}/nodes/{id}"),
+            &format!(r#"{{"id":"{id}","ip":"127.0.0.1","ports":{{"tcp":{port}}},"region":"r","capacity":1000,"connections":{conns}}}"#),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("sdk test CA");
+    let (cert, key) = ca.write_leaf(dir.path(), &["localhost", "127.0.0.1"]);
+    let cfg = dir.path().join("router.toml");
+    std::fs::write(&cfg, "[backoff]\nbase_ms = 2000\nmax_ms = 10000\nfactor = 3.0\njitter = 0.1\n[rate_limit]\nper_ip_per_sec = 0\n").unwrap();
+    let e = etcd.endpoints();
+    let router = Proc::spawn(
+        "router-server",
+        &[
+            "--etcd",
+            &e,
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let https = router.wait_for_addr("serving HTTPS", Duration::from_secs(20));
+    let http = router.wait_for_addr("serving HTTP ", Duration::from_secs(20));
+    wait_until(Duration::from_secs(10), "router ready", || {
+        harness::http_get(http, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    Fleet {
+        _etcd: etcd,
+        router,
+        https,
+        http,
+        ca,
+        dir,
+        _gateways: listeners,
+    }
+}
+
+fn provider(addrs: &[SocketAddr]) -> Provider {
+    Provider {
+        account: "100000".into(),
+        addrs: addrs.to_vec(),
+        secret: None,
+        https: false,
+        tls_name: None,
+    }
+}
+
+fn config(f: &Fleet, providers: Vec<Provider>) -> Config {
+    let mut c = Config::new("localhost");
+    c.router_port = f.https.port();
+    c.extra_roots = vec![reqwest::Certificate::from_pem(f.ca.pem().as_bytes()).unwrap()];
+    c.dns.providers = providers;
+    c.cache_file = Some(f.dir.path().join("gateways.json"));
+    c
+}
+
+/// A port that accepts TCP (the kernel completes the handshake) but never answers.
+fn blackhole() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn normal_path_httpdns_router_candidates_connection() {
+    let f = fleet(&[
+        ("gw-a", 300, true),
+        ("gw-b", 100, true),
+        ("gw-c", 200, true),
+    ]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let client = Client::new(config(&f, vec![provider(&[dns.addr()])])).unwrap();
+    let g = client.gateways().await.unwrap();
+    assert_eq!(
+        g.source,
+        Source::Router {
+            addr: f.https,
+            dns: DnsSource::HttpDns
+        }
+    );
+    let ids: Vec<&str> = g.gateways.iter().map(|g| g.id.as_str()).collect();
+    assert_eq!(ids, ["gw-b", "gw-c", "gw-a"]);
+    assert_eq!(
+        (g.ttl, g.heartbeat),
+        (Duration::from_secs(300), Duration::from_secs(240))
+    );
+    assert_eq!(g.backoff.base_ms, 2000, "the router's backoff settings");
+    assert!(!g.stale);
+    // Within the TTL the answer is reused: no second HTTPDNS or router request.
+    let again = client.gateways().await.unwrap();
+    assert!(Arc::ptr_eq(&g, &again));
+    assert_eq!(dns.requests().len(), 1);
+    assert_eq!(dns.requests()[0], "/100000/d?host=localhost");
+
+    let conn = client.connect().await.unwrap();
+    assert_eq!(conn.gateway.id, "gw-b");
+    assert_eq!(conn.stream.peer_addr().unwrap(), conn.gateway.addr());
+    // The answer was persisted for cold starts without a router.
+    let path = f.dir.path().join("gateways.json");
+    wait_until(Duration::from_secs(5), "cache file", || {
+        std::fs::read(&path).is_ok_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_failover_local_dns_and_hijack_rejection() {
+    let f = fleet(&[("gw-a", 1, true)]);
+    let live = HttpDnsServer::start();
+    live.answer("localhost", &["127.0.0.1"], &[], 60);
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (_hole, silent) = blackhole();
+
+    // Provider IP 1 dead, IP 2 silent (times out), IP 3 answers.
+    let mut c = config(&f, vec![provider(&[dead, silent, live.addr()])]);
+    c.dns.attempt_timeout = Duration::from_millis(300);
+    let client = Client::new(c).unwrap();
+    let start = Instant::now();
+    let g = client.gateways().await.unwrap();
+    assert_eq!(
+        g.source,
+        Source::Router {
+            addr: f.https,
+            dns: DnsSource::HttpDns
+        }
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(live.requests().len(), 1);
+
+    // All providers dead: local DNS answers for localhost.
+    let client = Client::new(config(&f, vec![provider(&[dead])])).unwrap();
+    let g = client.gateways().await.unwrap();
+    assert!(
+        matches!(
+            g.source,
+            Source::Router {
+                dns: DnsSource::LocalDns,
+                ..
+            }
+        ),
+        "{:?}",
+        g.source
+    );
+
+    // Hijack-style answers are rejected and the next source is used.
+    let hijack = HttpDnsServer::start();
+    for body in [
+        r#"{"host":"localhost","ips":["portal.hijack.example"],"ttl":600}"#,
+        r#"{"host":"localhost","ips":[],"ipsv6":[],"ttl":600}"#,
+        "<html>please log in</html>",
+    ] {
+        hijack.answer_raw("localhost", body);
+        let client = Client::new(config(&f, vec![provider(&[hijack.addr()])])).unwrap();
+        let r = client.dns().resolve("localhost").await.unwrap();
+        assert_eq!(r.source, DnsSource::LocalDns, "{body}");
+        assert!(
+            r.ips.iter().all(|ip| ip.is_loopback()),
+            "{body}: {:?}",
+            r.ips
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_or_blackholed_router_falls_back_to_the_cache_file_within_budget() {
+    let f = fleet(&[("gw-a", 5, true), ("gw-b", 9, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let path = f.dir.path().join("gateways.json");
+    // A first run with a router fills the cache file.
+    Client::new(config(&f, vec![provider(&[dns.addr()])]))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+
+    let (_hole, hole) = blackhole();
+    for (what, port) in [("refusing", free_port()), ("blackholed", hole.port())] {
+        let mut c = config(&f, vec![provider(&[dns.addr()])]);
+        c.router_port = port;
+        let budget = c.router_budget;
+        let client = Client::new(c).unwrap();
+        let start = Instant::now();
+        let conn = client.connect().await.unwrap();
+        let took = start.elapsed();
+        assert_eq!(conn.source, Source::CacheFile, "{what}");
+        assert_eq!(conn.gateway.id, "gw-a", "{what}");
+        assert!(
+            took <= budget + Duration::from_millis(500),
+            "{what}: {took:?} (budget {budget:?})"
+        );
+        println!("{what} router: connected from the cache file in {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_candidate_dead_means_the_second_is_connected() {
+    let f = fleet(&[("gw-dead", 1, false), ("gw-live", 500, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let client = Client::new(config(&f, vec![provider(&[dns.addr()])])).unwrap();
+    let g = client.gateways().await.unwrap();
+    assert_eq!(
+        g.gateways[0].id, "gw-dead",
+        "the dead node is the least loaded"
+    );
+    let conn = client.connect().await.unwrap();
+    assert_eq!(conn.gateway.id, "gw-live");
+}
+
+#[test]
+fn all_candidates_dead_backs_off_with_the_server_parameters() {
+    let f = fleet(&[("gw-x", 1, false), ("gw-y", 2, false)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A real answer (backoff: base 2 s, factor 3, max 10 s, jitter 0.1) lands in the cache file.
+    rt.block_on(async {
+        Client::new(config(&f, vec![provider(&[dns.addr()])]))
+            .unwrap()
+            .gateways()
+            .await
+            .unwrap()
+    });
+    let path = f.dir.path().join("gateways.json");
+    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+
+    // Now the router is gone too. Paused time: the backoff sleeps cost no real time.
+    let mut c = config(&f, Vec::new());
+    c.router_port = free_port();
+    c.dns.local_fallback = false;
+    c.dns
+        .bootstrap
+        .insert("localhost".into(), vec!["127.0.0.1".parse().unwrap()]);
+    let client = Client::new(c).unwrap();
+    let real = Instant::now();
+    let (err, paused_elapsed) = rt.block_on(async {
+        tokio::time::pause();
+        let t0 = tokio::time::Instant::now();
+        let err = client.connect_with_retry(5).await.unwrap_err();
+        (err, t0.elapsed())
+    });
+    let Error::GaveUp {
+        attempts, delays, ..
+    } = err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(attempts, 5);
+    assert_eq!(delays.len(), 4);
+    for (n, d) in delays.iter().enumerate() {
+        let nominal = (2000.0 * 3f64.powi(n as i32)).min(10_000.0) / 1000.0;
+        let s = d.as_secs_f64();
+        assert!(
+            s >= nominal * 0.9 - 1e-9 && s <= nominal * 1.1 + 1e-9,
+            "delay {n}: {s} vs {nominal}"
+        );
+    }
+    assert!(paused_elapsed >= delays.iter().sum::<Duration>());
+    assert!(
+        real.elapsed() < Duration::from_secs(10),
+        "no real sleeping: {:?}",
+        real.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_entries_are_served_at_once_and_refreshed_in_the_background() {
+    let dns = HttpDnsServer::start();
+    dns.answer("svc.test", &["192.0.2.1"], &[], 1);
+    let mut c = Config::new("router.test");
+    c.dns.providers = vec![provider(&[dns.addr()])];
+    let client = Client::new(c).unwrap();
+    let r = client.dns().resolve("svc.test").await.unwrap();
+    assert_eq!((r.ips[0].to_string(), r.stale), ("192.0.2.1".into(), false));
+    dns.answer("svc.test", &["192.0.2.2"], &[], 60);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the 1 s TTL runs out
+    let start = Instant::now();
+    let r = client.dns().resolve("svc.test").await.unwrap();
+    assert!(r.stale && r.ips[0].to_string() == "192.0.2.1", "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(50),
+        "served at once"
+    );
+    let mut fresh = None;
+    for _ in 0..200 {
+        let r = client.dns().resolve("svc.test").await.unwrap();
+        if !r.stale {
+            fresh = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fresh.expect("refreshed").ips[0].to_string(), "192.0.2.2");
+    // A network change drops the cache: the next call asks the provider again.
+    let before = dns.requests().len();
+    client.network_changed();
+    client.dns().resolve("svc.test").await.unwrap();
+    assert_eq!(dns.requests().len(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_cache_file_is_ignored_then_rewritten() {
+    let f = fleet(&[("gw-a", 5, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let path = f.dir.path().join("gateways.json");
+    std::fs::write(&path, b"{\"version\":1,\"answer\":{ broken").unwrap();
+    // Router down and the file corrupt: a clear error, not a crash.
+    let mut c = config(&f, vec![provider(&[dns.addr()])]);
+    c.router_port = free_port();
+    let err = Client::new(c).unwrap().gateways().await.unwrap_err();
+    assert!(
+        matches!(err, Error::NoCandidates(_)) && err.to_string().contains("corrupt"),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    // Router back: the next good answer rewrites the file.
+    let client = Client::new(config(&f, vec![provider(&[dns.addr()])])).unwrap();
+    client.gateways().await.unwrap();
+    wait_until(Duration::from_secs(5), "cache rewritten", || {
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["answer"]["gateways"][0]["id"] == "gw-a")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_requests_carry_the_documented_signature() {
+    let dns = HttpDnsServer::start();
+    dns.answer("router.test", &["192.0.2.5"], &[], 60);
+    let mut c = Config::new("router.test");
+    c.dns.providers = vec![Provider {
+        secret: Some("s3cr3t".into()),
+        ..provider(&[dns.addr()])
+    }];
+    let client = Client::new(c).unwrap();
+    let r = client.dns().resolve("router.test").await.unwrap();
+    assert_eq!(r.ips[0].to_string(), "192.0.2.5");
+    let req = dns.requests().pop().unwrap();
+    let (path, query) = req.split_once('?').unwrap();
+    assert_eq!(path, "/100000/sign_d");
+    let params: std::collections::HashMap<&str, &str> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    assert_eq!(params["host"], "router.test");
+    let t: u64 = params["t"].parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(t >= now + 590 && t <= now + 610, "expiry is now + 600 s");
+    assert_eq!(
+        params["s"],
+        httpdns_client::dns::sign("router.test", "s3cr3t", t)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_reqwest_client_resolves_through_httpdns() {
+    let f = fleet(&[("gw-a", 1, true)]);
+    let dns = HttpDnsServer::start();
+    // A name only the HTTPDNS provider knows.
+    dns.answer("router.internal.test", &["127.0.0.1"], &[], 60);
+    let client = Client::new(config(&f, vec![provider(&[dns.addr()])])).unwrap();
+    client.prefetch(&["router.internal.test"]).await;
+    assert_eq!(dns.requests().len(), 1, "pre-resolved");
+    let http = reqwest::Client::builder()
+        .dns_resolver(Arc::new(HttpDnsResolver::new(client.dns().clone())))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = format!("http://router.internal.test:{}/healthz", f.http.port());
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(dns.requests().len(), 1, "served from the resolver's cache");
+    // Local-DNS fallback for names the provider does not know.
+    let resp = http
+        .get(format!("http://localhost:{}/healthz", f.http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(f.router.output().contains("serving HTTPS"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fallback_domain_through_httpdns_then_local_dns() {
+    let gw = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dns = HttpDnsServer::start();
+    dns.answer("gw.fallback.test", &["127.0.0.1"], &[], 60);
+    let mut c = Config::new("router.test");
+    c.router_port = free_port();
+    c.dns.providers = vec![provider(&[dns.addr()])];
+    c.dns
+        .bootstrap
+        .insert("router.test".into(), vec!["127.0.0.1".parse().unwrap()]);
+    c.fallback_domain = Some("gw.fallback.test".into());
+    c.fallback_port = gw.local_addr().unwrap().port();
+    let conn = Client::new(c.clone()).unwrap().connect().await.unwrap();
+    assert_eq!(
+        conn.source,
+        Source::FallbackDomain {
+            dns: DnsSource::HttpDns
+        }
+    );
+    // Provider dead too: local DNS resolves the fallback domain (localhost here).
+    c.dns.providers = vec![provider(&[format!("127.0.0.1:{}", free_port())
+        .parse()
+        .unwrap()])];
+    c.fallback_domain = Some("localhost".into());
+    let conn = Client::new(c).unwrap().connect().await.unwrap();
+    assert_eq!(
+        conn.source,
+        Source::FallbackDomain {
+            dns: DnsSource::LocalDns
+        }
+    );
+}
+
+#[test]
+fn the_sdk_pulls_in_no_server_dependencies() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "tree",
+            "-p",
+            "httpdns-client",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .output()
+        .expect("cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("reqwest"), "{tree}");
+    for server in [
+        "axum ",
+        "axum-server",
+        "etcd-client",
+        "tonic",
+        "gateway-registry",
+        "router-server",
+    ] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(server)),
+            "{server} in the SDK's tree"
+        );
+    }
+}
