@@ -98,6 +98,9 @@ fn map_err(e: etcd_client::Error) -> KvError {
             }
         }
         E::InvalidArgs(m) => KvError::Rejected(m),
+        // etcd answers a keep-alive for an unknown lease with TTL 0, which the client
+        // reports as this error.
+        E::LeaseKeepAliveError(m) if m.contains("lease not found") => KvError::LeaseNotFound(0),
         other => KvError::Unavailable(other.to_string()),
     }
 }
@@ -136,6 +139,11 @@ fn to_batch(resp: &WatchResponse, requested: i64) -> Result<Option<WatchBatch>, 
             });
         }
         return Err(KvError::WatchCancelled(resp.cancel_reason().to_string()));
+    }
+    // The confirmation of a new watch carries the current revision, which can be ahead
+    // of events still to come; only event batches and progress notices advance it.
+    if resp.created() && resp.events().is_empty() {
+        return Ok(None);
     }
     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
     let mut events = Vec::with_capacity(resp.events().len());

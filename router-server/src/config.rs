@@ -255,7 +255,7 @@ pub struct RateLimitConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Whole-request deadline.
+    /// Deadline of admin requests (they wait on etcd) and of receiving a request head.
     pub request_timeout_ms: u64,
     /// Longest accepted request URI.
     pub max_uri_bytes: usize,

@@ -97,6 +97,19 @@ pub async fn run(
     Ok(())
 }
 
+/// A request head larger than `max_buf` is refused; one that takes longer than
+/// `head_timeout` to arrive (a slowloris client) closes the connection.
+fn limit(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    max_buf: usize,
+    head_timeout: Duration,
+) {
+    b.http1()
+        .max_buf_size(max_buf)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
+}
+
 /// Serves `app` on the listeners (HTTPS on `main` when `tls` is given) until `shutdown`,
 /// then drains in-flight requests for up to `http.shutdown_grace_secs`. Background
 /// work it starts (certificate reloads) stops with `background`.
@@ -112,6 +125,7 @@ pub async fn serve(
     let handle: Handle<SocketAddr> = Handle::new();
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
     let max_buf = config.http.max_header_bytes;
+    let head_timeout = config.request_timeout();
     {
         let handle = handle.clone();
         tokio::spawn(async move {
@@ -133,13 +147,13 @@ pub async fn serve(
             tokio::spawn(files.clone().watch(rustls.clone(), every, background));
             let mut server =
                 axum_server::from_tcp_rustls(listeners.main, rustls)?.handle(handle.clone());
-            server.http_builder().http1().max_buf_size(max_buf);
+            limit(server.http_builder(), max_buf, head_timeout);
             info!(addr = %main_addr, "serving HTTPS");
             tokio::spawn(server.serve(app.clone()))
         }
         None => {
             let mut server = axum_server::from_tcp(listeners.main)?.handle(handle.clone());
-            server.http_builder().http1().max_buf_size(max_buf);
+            limit(server.http_builder(), max_buf, head_timeout);
             info!(addr = %main_addr, "serving HTTP");
             tokio::spawn(server.serve(app.clone()))
         }
@@ -149,7 +163,7 @@ pub async fn serve(
             l.set_nonblocking(true)?;
             info!(addr = %l.local_addr()?, "serving HTTP");
             let mut server = axum_server::from_tcp(l)?.handle(handle.clone());
-            server.http_builder().http1().max_buf_size(max_buf);
+            limit(server.http_builder(), max_buf, head_timeout);
             Some(tokio::spawn(server.serve(app)))
         }
         None => None,

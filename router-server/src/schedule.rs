@@ -34,6 +34,9 @@ pub struct NodeEntry {
     pub json: Arc<NodeJson>,
     /// `1 / capacity`: the scan multiplies instead of dividing for every node.
     inv_capacity: f64,
+    /// The reported load, inline: a lower bound of the projected load that lets the
+    /// scan reject most nodes without following a pointer.
+    reported_load: f64,
 }
 
 /// Pre-serialized pieces of a node's entry in a `GET /gateways` answer.
@@ -127,6 +130,7 @@ impl Snapshot {
                 // The same report: keep its herd counter and its serialized fields.
                 Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
                     inv_capacity: e.inv_capacity,
+                    reported_load: e.reported_load,
                     record,
                     assigned: e.assigned.clone(),
                     json: e.json.clone(),
@@ -134,6 +138,9 @@ impl Snapshot {
                 _ => NodeEntry {
                     json: Arc::new(NodeJson::of(&record)),
                     inv_capacity: 1.0 / record.capacity as f64,
+                    // The projected load's own formula with nothing assigned, so it is
+                    // an exact lower bound (no rounding difference at ties).
+                    reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
                     record,
                     assigned: Arc::new(AtomicU64::new(0)),
                 },
@@ -297,15 +304,22 @@ fn best_of(
     for &i in indexes {
         let i = i as usize;
         let e = &snap.nodes[i];
-        let r = &e.record;
+        // Reported load first: it never exceeds the projected one, so a node it rules
+        // out is ruled out, and the herd counter is only read for contenders.
+        let full = out.len() - start == room;
+        if e.reported_load >= rules.max_load || (full && e.reported_load >= out[out.len() - 1].load)
+        {
+            continue;
+        }
         let load = e.projected_load();
         if load >= rules.max_load {
             continue;
         }
         // The worst kept candidate; skip work for nodes that cannot make the cut.
-        if out.len() - start == room && load >= out[out.len() - 1].load {
+        if full && load >= out[out.len() - 1].load {
             continue;
         }
+        let r = &e.record;
         if skip.is_some_and(|t| t.contains(&r.region)) {
             continue;
         }

@@ -271,3 +271,44 @@ fn bad_flags_and_config_exit_2_with_one_line() {
         );
     }
 }
+
+#[test]
+fn slow_and_oversized_request_heads_are_refused() {
+    use std::io::{Read, Write};
+    let etcd = Etcd::start();
+    let r = RouterProc::start(
+        &etcd,
+        "[http]\nrequest_timeout_ms = 300\nmax_header_bytes = 8192\n",
+        &[],
+    );
+    // A client that never finishes its head is cut off after the head timeout.
+    let mut slow = std::net::TcpStream::connect(r.addr).unwrap();
+    slow.write_all(b"GET /gateways HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // A head larger than the limit is refused.
+    let mut big = std::net::TcpStream::connect(r.addr).unwrap();
+    let filler = "a".repeat(20_000);
+    let _ = write!(
+        big,
+        "GET /gateways HTTP/1.1\r\nHost: x\r\nX-Big: {filler}\r\n\r\n"
+    );
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    // The server is fine afterwards.
+    assert_eq!(harness::http_get(r.addr, "/healthz").unwrap().0, 200);
+}
