@@ -219,6 +219,35 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// A record with the required fields and the contract's defaults for the rest
+    /// (serving, healthy, no optional fields).
+    pub fn new(
+        id: impl Into<String>,
+        ip: IpAddr,
+        ports: Ports,
+        region: impl Into<String>,
+        capacity: u64,
+        connections: u64,
+    ) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            ip,
+            ports,
+            region: region.into(),
+            capacity,
+            connections,
+            ipv6: None,
+            domain: None,
+            zone: None,
+            isp: None,
+            state: NodeState::Serving,
+            healthy: true,
+            updated_ms: None,
+            applied_command: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
     /// Parses and validates a stored value; `key_id` is the key's last segment.
     pub fn parse(key_id: &str, value: &[u8]) -> Result<NodeRecord, RecordError> {
         let record: NodeRecord =

@@ -7,38 +7,28 @@
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use registry::{NodeRecord, NodeState, Ports, Proto};
+use registry::{NodeRecord, Ports, Proto};
 use router_server::schedule::{select, Query, Rules, Snapshot};
 
 fn fleet(n: usize) -> Snapshot {
     let records = (0..n).map(|i| {
-        Arc::new(NodeRecord {
-            id: format!("gw-{i:05}"),
-            ip: "192.0.2.1".parse().unwrap(),
-            ports: Ports {
+        Arc::new(NodeRecord::new(
+            format!("gw-{i:05}"),
+            "192.0.2.1".parse().unwrap(),
+            Ports {
                 tcp: Some(8000),
                 ws: Some(8080),
                 wss: None,
             },
-            region: format!("r{}", i % 10),
+            format!("r{}", i % 10),
             // Large capacity: the benchmark's own requests must not fill nodes up.
-            capacity: 1_000_000_000,
-            connections: (i as u64 * 7919) % 900_000_000,
-            ipv6: None,
-            domain: None,
-            zone: None,
-            isp: None,
-            state: NodeState::Serving,
-            healthy: true,
-            updated_ms: None,
-            applied_command: None,
-            labels: BTreeMap::new(),
-        })
+            1_000_000_000,
+            (i as u64 * 7919) % 900_000_000,
+        ))
     });
     Snapshot::build(records, None, 1, false)
 }

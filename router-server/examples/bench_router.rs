@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use registry::memory::MemoryKv;
-use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use registry::{Kv, Layout, NodeRecord, Ports};
 use router_server::config::FileConfig;
 use router_server::{run, Listeners, ServeOptions};
 use tokio_util::sync::CancellationToken;
@@ -22,25 +22,20 @@ async fn main() -> anyhow::Result<()> {
     let layout = Layout::default();
     for i in 0..nodes {
         let r = NodeRecord {
-            id: format!("gw-{i:05}"),
-            ip: "192.0.2.1".parse()?,
-            ports: Ports {
-                tcp: Some(8000),
-                ws: Some(8080),
-                wss: None,
-            },
-            region: format!("r{}", i % 10),
-            capacity: 1_000_000_000,
-            connections: (i as u64 * 7919) % 900_000_000,
-            ipv6: None,
             domain: Some(format!("gw-{i:05}.example.com")),
-            zone: None,
-            isp: None,
-            state: NodeState::Serving,
-            healthy: true,
             updated_ms: Some(registry::now_ms()),
-            applied_command: None,
-            labels: Default::default(),
+            ..NodeRecord::new(
+                format!("gw-{i:05}"),
+                "192.0.2.1".parse()?,
+                Ports {
+                    tcp: Some(8000),
+                    ws: Some(8080),
+                    wss: None,
+                },
+                format!("r{}", i % 10),
+                1_000_000_000,
+                (i as u64 * 7919) % 900_000_000,
+            )
         };
         kv.put(&layout.node_key(&r.id), r.to_json(), None).await?;
     }

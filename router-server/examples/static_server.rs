@@ -16,7 +16,8 @@ use router_server::state::AppState;
 use router_server::{serve, Listeners};
 use tokio_util::sync::CancellationToken;
 
-const BODY: &str = r#"{"gateways":[{"id":"gw-00000","ip":"192.0.2.1","port":8000,"proto":"tcp","region":"r0","domain":"gw-00000.example.com","load":0.0},{"id":"gw-00010","ip":"192.0.2.1","port":8000,"proto":"tcp","region":"r0","domain":"gw-00010.example.com","load":0.0791},{"id":"gw-00020","ip":"192.0.2.1","port":8000,"proto":"tcp","region":"r0","domain":"gw-00020.example.com","load":0.1584}],"region":"r0","ttl_secs":300,"heartbeat_secs":240,"backoff":{"base_ms":1000,"max_ms":60000,"factor":1.6,"jitter":0.2},"revision":1001,"stale":false}"#;
+/// A router answer of the bench router's size (three candidates).
+const BODY: &str = include_str!("static_body.json");
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -159,27 +159,18 @@ mod tests {
     use registry::Ports;
 
     fn node(id: &str, region: &str, conns: u64, cap: u64) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            ip: "10.0.0.1".parse().unwrap(),
-            ports: Ports {
+        NodeRecord::new(
+            id,
+            "10.0.0.1".parse().unwrap(),
+            Ports {
                 tcp: Some(1),
                 ws: None,
                 wss: None,
             },
-            region: region.into(),
-            capacity: cap,
-            connections: conns,
-            ipv6: None,
-            domain: None,
-            zone: None,
-            isp: None,
-            state: NodeState::Serving,
-            healthy: true,
-            updated_ms: None,
-            applied_command: None,
-            labels: Default::default(),
-        }
+            region,
+            cap,
+            conns,
+        )
     }
 
     #[test]

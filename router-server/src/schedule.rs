@@ -352,30 +352,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use registry::Ports;
-    use std::collections::BTreeMap;
 
     pub(crate) fn node(id: &str, region: &str, conns: u64, cap: u64) -> NodeRecord {
-        NodeRecord {
-            id: id.into(),
-            ip: "10.0.0.1".parse().unwrap(),
-            ports: Ports {
+        NodeRecord::new(
+            id,
+            "10.0.0.1".parse().unwrap(),
+            Ports {
                 tcp: Some(8000),
                 ws: Some(8080),
                 wss: None,
             },
-            region: region.into(),
-            capacity: cap,
-            connections: conns,
-            ipv6: None,
-            domain: None,
-            zone: None,
-            isp: None,
-            state: NodeState::Serving,
-            healthy: true,
-            updated_ms: None,
-            applied_command: None,
-            labels: BTreeMap::new(),
-        }
+            region,
+            cap,
+            conns,
+        )
     }
 
     fn snap(records: Vec<NodeRecord>) -> Snapshot {

@@ -21,25 +21,19 @@ use tower::ServiceExt;
 
 fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
     NodeRecord {
-        id: id.into(),
-        ip: "192.0.2.1".parse().unwrap(),
-        ports: Ports {
-            tcp: Some(8000),
-            ws: Some(8080),
-            wss: None,
-        },
-        region: region.into(),
-        capacity: 1000,
-        connections: conns,
-        ipv6: None,
         domain: Some(format!("{id}.example.com")),
-        zone: None,
-        isp: None,
-        state: NodeState::Serving,
-        healthy: true,
-        updated_ms: None,
-        applied_command: None,
-        labels: Default::default(),
+        ..NodeRecord::new(
+            id,
+            "192.0.2.1".parse().unwrap(),
+            Ports {
+                tcp: Some(8000),
+                ws: Some(8080),
+                wss: None,
+            },
+            region,
+            1000,
+            conns,
+        )
     }
 }
 

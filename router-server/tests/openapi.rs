@@ -12,7 +12,7 @@ use axum::http::{header, Method, Request};
 use axum::Router;
 use http_body_util::BodyExt;
 use registry::memory::MemoryKv;
-use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use registry::{Kv, Layout, NodeRecord, Ports};
 use router_server::api::{router, Api};
 use router_server::config::FileConfig;
 use router_server::schedule::Snapshot;
@@ -114,25 +114,20 @@ fn validate(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Str
 
 fn node(id: &str, conns: u64) -> NodeRecord {
     NodeRecord {
-        id: id.into(),
-        ip: "192.0.2.1".parse().unwrap(),
-        ports: Ports {
-            tcp: Some(8000),
-            ws: None,
-            wss: None,
-        },
-        region: "r".into(),
-        capacity: 1000,
-        connections: conns,
-        ipv6: None,
         domain: Some("gw.example.com".into()),
-        zone: None,
-        isp: None,
-        state: NodeState::Serving,
-        healthy: true,
         updated_ms: Some(1),
-        applied_command: None,
-        labels: Default::default(),
+        ..NodeRecord::new(
+            id,
+            "192.0.2.1".parse().unwrap(),
+            Ports {
+                tcp: Some(8000),
+                ws: None,
+                wss: None,
+            },
+            "r",
+            1000,
+            conns,
+        )
     }
 }
 

@@ -5,35 +5,26 @@
 use std::time::Duration;
 
 use registry::memory::MemoryKv;
-use registry::{Kv, Layout, NodeRecord, NodeState, Ports};
+use registry::{Kv, Layout, NodeRecord, Ports};
 use router_server::config::FileConfig;
 use router_server::{run, Listeners, ServeOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 fn record(id: &str) -> Vec<u8> {
-    NodeRecord {
-        id: id.into(),
-        ip: "192.0.2.1".parse().unwrap(),
-        ports: Ports {
+    // Large capacity: the test's own polling is counted against nodes (herd safety).
+    NodeRecord::new(
+        id,
+        "192.0.2.1".parse().unwrap(),
+        Ports {
             tcp: Some(1),
             ws: None,
             wss: None,
         },
-        region: "r".into(),
-        // Large: the test's own polling is counted against nodes (herd safety).
-        capacity: 1_000_000,
-        connections: 1,
-        ipv6: None,
-        domain: None,
-        zone: None,
-        isp: None,
-        state: NodeState::Serving,
-        healthy: true,
-        updated_ms: None,
-        applied_command: None,
-        labels: Default::default(),
-    }
+        "r",
+        1_000_000,
+        1,
+    )
     .to_json()
 }
 

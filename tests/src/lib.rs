@@ -601,6 +601,58 @@ impl RouterProc {
         }
     }
 
+    /// Starts `router-server` serving HTTPS with `cert` / `key` on one free port and plain
+    /// HTTP on another (`addr`), with `config` (rate limit off); returns the HTTPS address.
+    pub fn start_tls(
+        etcd: &Etcd,
+        config: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> (RouterProc, SocketAddr) {
+        let (cert, key) = (
+            cert.to_str().unwrap().to_string(),
+            key.to_str().unwrap().to_string(),
+        );
+        let extra = [
+            "--http-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        let file = tempfile::NamedTempFile::new().expect("config file");
+        std::fs::write(
+            file.path(),
+            format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
+        )
+        .expect("write config");
+        let endpoints = etcd.endpoints();
+        let mut args = vec![
+            "--etcd",
+            &endpoints,
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(&extra);
+        let proc = Proc::spawn("router-server", &args);
+        let https = proc.wait_for_addr("serving HTTPS", Duration::from_secs(20));
+        let addr = proc.wait_for_addr("serving HTTP ", Duration::from_secs(20));
+        wait_until(Duration::from_secs(10), "router ready", || {
+            http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
+        });
+        (
+            RouterProc {
+                proc,
+                addr,
+                _config: file,
+            },
+            https,
+        )
+    }
+
     /// `GET path`, which must answer 200; returns the JSON body.
     pub fn answer(&self, path: &str) -> serde_json::Value {
         let (code, body) = get_json(self.addr, path).expect("router answers");

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use harness::{wait_until, Etcd, Proc, TestCa};
+use harness::{Etcd, RouterProc, TestCa};
 
 const P: &str = "/gateway-router/v1";
 
@@ -42,35 +42,8 @@ async fn https_answers_and_hot_reloads_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca1 = TestCa::new("test CA 1");
     let (cert, key) = ca1.write_leaf(dir.path(), &["router.test", "127.0.0.1"]);
-    let cfg = dir.path().join("router.toml");
-    std::fs::write(
-        &cfg,
-        "[tls]\nreload_check_ms = 50\n[rate_limit]\nper_ip_per_sec = 0\n",
-    )
-    .unwrap();
-    let e = etcd.endpoints();
-    let r = Proc::spawn(
-        "router-server",
-        &[
-            "--etcd",
-            &e,
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
-    );
-    let https = r.wait_for_addr("serving HTTPS", Duration::from_secs(20));
-    let http = r.wait_for_addr("serving HTTP ", Duration::from_secs(20));
-    wait_until(Duration::from_secs(10), "ready", || {
-        harness::http_get(http, "/readyz").is_some_and(|(c, _)| c == 200)
-    });
+    let (r, https) = RouterProc::start_tls(&etcd, "[tls]\nreload_check_ms = 50", &cert, &key);
+    let http = r.addr;
 
     let url = format!("https://router.test:{}/gateways?count=2", https.port());
     let c1 = client(&ca1, https);
@@ -104,17 +77,18 @@ async fn https_answers_and_hot_reloads_certificates() {
     assert!(
         ok,
         "renewed certificate not picked up; output:\n{}",
-        r.output()
+        r.proc.output()
     );
     // New connections from a client trusting only CA 1 now fail: the old one is gone.
     let fresh_c1 = client(&ca1, https);
     assert!(ids(&fresh_c1, &url).await.is_err());
-    assert!(r.output().contains("TLS certificate reloaded"));
+    assert!(r.proc.output().contains("TLS certificate reloaded"));
 
     // A broken renewal keeps the current certificate.
     std::fs::write(&cert, "not a certificate").unwrap();
     std::fs::write(&key, "not a key").unwrap();
-    r.wait_for_output("reload failed", Duration::from_secs(5));
+    r.proc
+        .wait_for_output("reload failed", Duration::from_secs(5));
     let fresh_c2 = client(&ca2, https);
     assert_eq!(ids(&fresh_c2, &url).await.unwrap(), ["gw-2", "gw-1"]);
 }

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, wait_until, Etcd, HttpDnsServer, Proc, TestCa};
+use harness::{free_port, wait_until, Etcd, HttpDnsServer, RouterProc, TestCa};
 use httpdns_client::{Client, Config, DnsSource, Error, HttpDnsResolver, Provider, Source};
 
 const P: &str = "/gateway-router/v1";
@@ -13,7 +13,7 @@ const P: &str = "/gateway-router/v1";
 /// etcd, gateways (live ones listen), and a router serving HTTPS and HTTP.
 struct Fleet {
     _etcd: Etcd,
-    router: Proc,
+    router: RouterProc,
     https: SocketAddr,
     http: SocketAddr,
     ca: TestCa,
@@ -41,31 +41,13 @@ fn fleet(gateways: &[(&str, u64, bool)]) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("sdk test CA");
     let (cert, key) = ca.write_leaf(dir.path(), &["localhost", "127.0.0.1"]);
-    let cfg = dir.path().join("router.toml");
-    std::fs::write(&cfg, "[backoff]\nbase_ms = 2000\nmax_ms = 10000\nfactor = 3.0\njitter = 0.1\n[rate_limit]\nper_ip_per_sec = 0\n").unwrap();
-    let e = etcd.endpoints();
-    let router = Proc::spawn(
-        "router-server",
-        &[
-            "--etcd",
-            &e,
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--config",
-            cfg.to_str().unwrap(),
-        ],
+    let (router, https) = RouterProc::start_tls(
+        &etcd,
+        "[backoff]\nbase_ms = 2000\nmax_ms = 10000\nfactor = 3.0\njitter = 0.1",
+        &cert,
+        &key,
     );
-    let https = router.wait_for_addr("serving HTTPS", Duration::from_secs(20));
-    let http = router.wait_for_addr("serving HTTP ", Duration::from_secs(20));
-    wait_until(Duration::from_secs(10), "router ready", || {
-        harness::http_get(http, "/readyz").is_some_and(|(c, _)| c == 200)
-    });
+    let http = router.addr;
     Fleet {
         _etcd: etcd,
         router,
@@ -433,7 +415,7 @@ async fn any_reqwest_client_resolves_through_httpdns() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(f.router.output().contains("serving HTTPS"));
+    assert!(f.router.proc.output().contains("serving HTTPS"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
