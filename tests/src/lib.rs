@@ -573,32 +573,9 @@ impl RouterProc {
     /// switched off, since tests poll far faster than any client) and `extra` flags, and
     /// waits until it is ready.
     pub fn start(etcd: &Etcd, config: &str, extra: &[&str]) -> RouterProc {
-        let file = tempfile::NamedTempFile::new().expect("config file");
-        std::fs::write(
-            file.path(),
-            format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
-        )
-        .expect("write config");
-        let endpoints = etcd.endpoints();
-        let mut args = vec![
-            "--etcd",
-            &endpoints,
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            file.path().to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn("router-server", &args);
+        let (proc, file) = spawn_router(etcd, config, extra);
         let addr = proc.wait_for_addr("serving HTTP", Duration::from_secs(20));
-        wait_until(Duration::from_secs(10), "router ready", || {
-            http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
-        });
-        RouterProc {
-            proc,
-            addr,
-            _config: file,
-        }
+        RouterProc::ready(proc, addr, file)
     }
 
     /// Starts `router-server` serving HTTPS with `cert` / `key` on one free port and plain
@@ -609,48 +586,30 @@ impl RouterProc {
         cert: &Path,
         key: &Path,
     ) -> (RouterProc, SocketAddr) {
-        let (cert, key) = (
-            cert.to_str().unwrap().to_string(),
-            key.to_str().unwrap().to_string(),
-        );
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
         let extra = [
             "--http-listen",
             "127.0.0.1:0",
             "--tls-cert",
-            &cert,
+            cert,
             "--tls-key",
-            &key,
+            key,
         ];
-        let file = tempfile::NamedTempFile::new().expect("config file");
-        std::fs::write(
-            file.path(),
-            format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
-        )
-        .expect("write config");
-        let endpoints = etcd.endpoints();
-        let mut args = vec![
-            "--etcd",
-            &endpoints,
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            file.path().to_str().unwrap(),
-        ];
-        args.extend_from_slice(&extra);
-        let proc = Proc::spawn("router-server", &args);
+        let (proc, file) = spawn_router(etcd, config, &extra);
         let https = proc.wait_for_addr("serving HTTPS", Duration::from_secs(20));
         let addr = proc.wait_for_addr("serving HTTP ", Duration::from_secs(20));
+        (RouterProc::ready(proc, addr, file), https)
+    }
+
+    fn ready(proc: Proc, addr: SocketAddr, config: tempfile::NamedTempFile) -> RouterProc {
         wait_until(Duration::from_secs(10), "router ready", || {
             http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
         });
-        (
-            RouterProc {
-                proc,
-                addr,
-                _config: file,
-            },
-            https,
-        )
+        RouterProc {
+            proc,
+            addr,
+            _config: config,
+        }
     }
 
     /// `GET path`, which must answer 200; returns the JSON body.
@@ -664,6 +623,26 @@ impl RouterProc {
     pub fn ids(&self, path: &str) -> Vec<String> {
         gateway_ids(&self.answer(path))
     }
+}
+
+fn spawn_router(etcd: &Etcd, config: &str, extra: &[&str]) -> (Proc, tempfile::NamedTempFile) {
+    let file = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(
+        file.path(),
+        format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
+    )
+    .expect("write config");
+    let endpoints = etcd.endpoints();
+    let mut args = vec![
+        "--etcd",
+        &endpoints,
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        file.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (Proc::spawn("router-server", &args), file)
 }
 
 /// The gateway ids of a `GET /gateways` answer body.
