@@ -663,13 +663,36 @@ pub fn gateway_ids(body: &serde_json::Value) -> Vec<String> {
 /// request's path and query is recorded.
 pub struct HttpDnsServer {
     addr: SocketAddr,
-    answers: Arc<Mutex<std::collections::HashMap<String, String>>>,
+    answers: Arc<Answers>,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpDnsServer {
     /// Starts on a free loopback port.
     pub fn start() -> HttpDnsServer {
+        HttpDnsServer::serve(None)
+    }
+
+    /// Starts over HTTPS with the certificate and key given (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> HttpDnsServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate");
+        HttpDnsServer::serve(Some(Arc::new(config)))
+    }
+
+    fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> HttpDnsServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind httpdns");
         let addr = listener.local_addr().unwrap();
         let answers: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
@@ -677,37 +700,17 @@ impl HttpDnsServer {
         let (a, r) = (answers.clone(), requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let (a, r) = (a.clone(), r.clone());
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut buf = vec![0u8; 8192];
-                    let mut n = 0;
-                    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf[n..]) {
-                            Ok(0) | Err(_) => return,
-                            Ok(k) => n += k,
-                        }
-                        if n == buf.len() {
+                let Ok(conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let (a, r, tls) = (a.clone(), r.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(config) => {
+                        let Ok(session) = rustls::ServerConnection::new(config) else {
                             return;
-                        }
+                        };
+                        answer_httpdns(rustls::StreamOwned::new(session, conn), &a, &r);
                     }
-                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                    r.lock().unwrap().push(target.clone());
-                    let host = target
-                        .split_once('?')
-                        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("host=")))
-                        .unwrap_or("")
-                        .to_string();
-                    let body = a.lock().unwrap().get(&host).cloned().unwrap_or_else(|| {
-                        format!(r#"{{"host":"{host}","ips":[],"ipsv6":[],"ttl":60}}"#)
-                    });
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
+                    None => answer_httpdns(conn, &a, &r),
                 });
             }
         });
@@ -742,4 +745,41 @@ impl HttpDnsServer {
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
+}
+
+type Answers = Mutex<std::collections::HashMap<String, String>>;
+
+/// Reads one request from `conn`, records it, and answers for its `host=`.
+fn answer_httpdns(mut conn: impl Read + Write, answers: &Answers, requests: &Mutex<Vec<String>>) {
+    let mut buf = vec![0u8; 8192];
+    let mut n = 0;
+    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => return,
+            Ok(k) => n += k,
+        }
+        if n == buf.len() {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    requests.lock().unwrap().push(target.clone());
+    let host = target
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("host=")))
+        .unwrap_or("")
+        .to_string();
+    let body = answers
+        .lock()
+        .unwrap()
+        .get(&host)
+        .cloned()
+        .unwrap_or_else(|| format!(r#"{{"host":"{host}","ips":[],"ipsv6":[],"ttl":60}}"#));
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.flush();
 }

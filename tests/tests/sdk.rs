@@ -489,3 +489,46 @@ fn the_sdk_pulls_in_no_server_dependencies() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_providers_are_verified() {
+    let ca = TestCa::new("httpdns CA");
+    let (cert, key) = ca.leaf(&["httpdns.test"]);
+    let dns = HttpDnsServer::start_tls(&cert, &key);
+    dns.answer("router.test", &["192.0.2.8"], &[], 60);
+    let tls_provider = Provider {
+        https: true,
+        tls_name: Some("httpdns.test".into()),
+        ..provider(&[dns.addr()])
+    };
+    let mut c = Config::new("router.test");
+    c.dns.providers = vec![tls_provider];
+    c.dns.local_fallback = false;
+    c.extra_roots = vec![reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()];
+    let r = Client::new(c.clone())
+        .unwrap()
+        .dns()
+        .resolve("router.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.ips[0].to_string(), r.source),
+        ("192.0.2.8".into(), DnsSource::HttpDns)
+    );
+    assert_eq!(dns.requests().len(), 1);
+    // A provider whose certificate no trusted CA signed is not believed.
+    c.extra_roots =
+        vec![reqwest::Certificate::from_pem(TestCa::new("other").pem().as_bytes()).unwrap()];
+    let err = Client::new(c)
+        .unwrap()
+        .dns()
+        .resolve("router.test")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("HTTPDNS"), "{err}");
+    assert_eq!(
+        dns.requests().len(),
+        1,
+        "the TLS handshake failed before any request"
+    );
+}
