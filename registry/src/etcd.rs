@@ -105,6 +105,14 @@ fn map_err(e: etcd_client::Error) -> KvError {
     }
 }
 
+/// [`map_err`] for a call about `lease`: etcd's "lease not found" does not say which.
+fn map_lease_err(e: etcd_client::Error, lease: LeaseId) -> KvError {
+    match map_err(e) {
+        KvError::LeaseNotFound(_) => KvError::LeaseNotFound(lease),
+        other => other,
+    }
+}
+
 impl EtcdKv {
     /// Connects to `endpoints`; the channel is lazy, so this succeeds while etcd is down
     /// and calls fail with [`KvError::Unavailable`] until it is back.
@@ -196,10 +204,7 @@ impl Kv for EtcdKv {
             .clone()
             .put(key, value, opts)
             .await
-            .map_err(|e| match map_err(e) {
-                KvError::LeaseNotFound(_) => KvError::LeaseNotFound(lease.unwrap_or_default()),
-                other => other,
-            })?;
+            .map_err(|e| map_lease_err(e, lease.unwrap_or_default()))?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
@@ -226,10 +231,7 @@ impl Kv for EtcdKv {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, KvError> {
         let mut client = self.client.clone();
-        let not_found = |e| match map_err(e) {
-            KvError::LeaseNotFound(_) => KvError::LeaseNotFound(lease),
-            other => other,
-        };
+        let not_found = |e| map_lease_err(e, lease);
         let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(not_found)?;
         keeper.keep_alive().await.map_err(not_found)?;
         let resp = stream
@@ -244,13 +246,12 @@ impl Kv for EtcdKv {
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
-        match self.client.clone().lease_revoke(lease).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(match map_err(e) {
-                KvError::LeaseNotFound(_) => KvError::LeaseNotFound(lease),
-                other => other,
-            }),
-        }
+        self.client
+            .clone()
+            .lease_revoke(lease)
+            .await
+            .map_err(|e| map_lease_err(e, lease))?;
+        Ok(())
     }
 
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, KvError> {

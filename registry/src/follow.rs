@@ -51,12 +51,19 @@ pub fn follow(
 
 struct Follower {
     layout: Layout,
+    /// `P/nodes/`, computed once: every event needs it.
+    nodes_prefix: String,
     view: NodeView,
     /// Keys already logged as invalid, so a bad value is logged once, not per resync.
     logged_invalid: HashSet<Arc<str>>,
 }
 
 impl Follower {
+    /// The id part of a key (the whole key when it is not below the prefix).
+    fn id_of<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(self.nodes_prefix.as_str()).unwrap_or(key)
+    }
+
     fn apply_put(&mut self, kv: &KeyValue) {
         let key = kv.key.as_str();
         let parsed = self
@@ -71,10 +78,7 @@ impl Follower {
                 self.view.nodes.insert(id, Arc::new(record));
             }
             Err(e) => {
-                let id: Arc<str> = Arc::from(
-                    key.strip_prefix(self.layout.nodes_prefix().as_str())
-                        .unwrap_or(key),
-                );
+                let id: Arc<str> = Arc::from(self.id_of(key));
                 self.view.nodes.remove(&id);
                 self.view.invalid_seen_total += 1;
                 if self.logged_invalid.insert(id.clone()) {
@@ -86,9 +90,7 @@ impl Follower {
     }
 
     fn apply_delete(&mut self, key: &str) {
-        let id = key
-            .strip_prefix(self.layout.nodes_prefix().as_str())
-            .unwrap_or(key);
+        let id = self.id_of(key);
         self.view.nodes.remove(id);
         self.view.invalid.remove(id);
         self.logged_invalid.remove(id);
@@ -99,10 +101,7 @@ impl Follower {
         self.view.invalid.clear();
         let before: HashSet<Arc<str>> = std::mem::take(&mut self.logged_invalid);
         for kv in kvs {
-            let id = kv
-                .key
-                .strip_prefix(self.layout.nodes_prefix().as_str())
-                .unwrap_or(&kv.key);
+            let id = self.id_of(&kv.key);
             // Keep the "already logged" mark across resyncs for values still invalid.
             if let Some(k) = before.get(id) {
                 self.logged_invalid.insert(k.clone());
@@ -125,6 +124,7 @@ async fn run(
     let prefix = layout.nodes_prefix();
     let mut f = Follower {
         layout,
+        nodes_prefix: prefix.clone(),
         view: NodeView::default(),
         logged_invalid: HashSet::new(),
     };

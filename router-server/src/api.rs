@@ -19,7 +19,7 @@ use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::warn;
 
-use crate::config::{BackoffConfig, FileConfig};
+use crate::config::FileConfig;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::schedule::{select, Candidate, Query, Rules, Snapshot};
 use crate::state::AppState;
@@ -211,31 +211,6 @@ pub fn region_for(ip: IpAddr, cfg: &FileConfig) -> Option<&str> {
         .or_else(|| (!cfg.regions.default.is_empty()).then_some(cfg.regions.default.as_str()))
 }
 
-/// One candidate as answered (the schema [`render_answer`] writes).
-#[derive(Serialize)]
-pub struct GatewayOut<'a> {
-    id: &'a str,
-    ip: IpAddr,
-    port: u16,
-    proto: Proto,
-    region: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    domain: Option<&'a str>,
-    load: f64,
-}
-
-/// A whole answer (the schema [`render_answer`] writes).
-#[derive(Serialize)]
-pub struct GatewaysOut<'a> {
-    gateways: Vec<GatewayOut<'a>>,
-    region: Option<&'a str>,
-    ttl_secs: u64,
-    heartbeat_secs: u64,
-    backoff: &'a BackoffConfig,
-    revision: i64,
-    stale: bool,
-}
-
 /// Everything the router serves, with the per-IP limiter.
 #[derive(Clone)]
 ///
@@ -374,8 +349,7 @@ pub fn answer_tail(cfg: &FileConfig) -> String {
 }
 
 /// Writes a `GET /gateways` answer from pre-serialized pieces (see
-/// [`crate::schedule::NodeJson`]); equal to serializing [`GatewaysOut`] with serde,
-/// which a property test checks.
+/// [`crate::schedule::NodeJson`]); a property test checks it equals what serde writes.
 pub fn render_answer(
     snap: &Snapshot,
     chosen: &[Candidate],
@@ -574,8 +548,34 @@ pub fn router_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BackoffConfig;
     use proptest::prelude::*;
     use registry::{NodeRecord, NodeState, Ports};
+
+    /// One candidate, as serde would write it: the reference for [`render_answer`].
+    #[derive(Serialize)]
+    struct GatewayOut<'a> {
+        id: &'a str,
+        ip: IpAddr,
+        port: u16,
+        proto: Proto,
+        region: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        domain: Option<&'a str>,
+        load: f64,
+    }
+
+    /// A whole answer, as serde would write it.
+    #[derive(Serialize)]
+    struct GatewaysOut<'a> {
+        gateways: Vec<GatewayOut<'a>>,
+        region: Option<&'a str>,
+        ttl_secs: u64,
+        heartbeat_secs: u64,
+        backoff: &'a BackoffConfig,
+        revision: i64,
+        stale: bool,
+    }
 
     proptest! {
         /// The hand-assembled answer is exactly what serde would write.
