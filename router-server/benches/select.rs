@@ -1,4 +1,5 @@
-//! Selection cost per request at 10, 1,000 and 10,000 nodes.
+//! Selection cost per request at 10, 1,000 and 10,000 nodes, and what rebuilding the
+//! snapshot after one report costs at those sizes.
 //!
 //! Nodes spread over 10 regions; each request asks for 3 candidates in the client's
 //! region (one tenth of the fleet) with one fallback region, as a client with a known
@@ -64,6 +65,29 @@ fn bench(c: &mut Criterion) {
         };
         group.bench_with_input(BenchmarkId::new("any-region", n), &snap, |b, s| {
             b.iter(|| black_box(select(s, black_box(&anywhere), no_fallbacks)))
+        });
+    }
+    group.finish();
+
+    // What the sorted indexes cost: a snapshot rebuilt after one node's new report,
+    // as the updater does for every registry change.
+    let mut group = c.benchmark_group("rebuild");
+    for n in [10usize, 1_000, 10_000] {
+        let previous = fleet(n);
+        let mut records: Vec<Arc<NodeRecord>> =
+            previous.nodes.iter().map(|e| e.record.clone()).collect();
+        let mut changed = (*records[0]).clone();
+        changed.connections += 1;
+        records[0] = Arc::new(changed);
+        group.bench_with_input(BenchmarkId::new("one-report", n), &records, |b, r| {
+            b.iter(|| {
+                black_box(Snapshot::build(
+                    r.iter().cloned(),
+                    Some(&previous),
+                    2,
+                    false,
+                ))
+            })
         });
     }
     group.finish();

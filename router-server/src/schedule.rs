@@ -11,9 +11,12 @@
 //!   at the last report. The counter lives in an `Arc<AtomicU64>` shared across
 //!   snapshots and replaced (reset) when the node sends a new report.
 //!
-//! Static eligibility (state, health, port) is indexed once per snapshot, so a request
-//! scans only the nodes that can serve it, keeping the best `count` in a small array:
-//! O(n) per request with no allocation beyond the answer.
+//! Static eligibility (state, health, port) is indexed once per snapshot, per region
+//! and protocol, and each index is sorted by reported load. A request walks only the
+//! nodes that can serve it, least reported load first, keeping the best `count`, and
+//! stops as soon as the next node's reported load (a lower bound of its projected load)
+//! cannot beat the worst kept one. Without a burst that is `count` + 1 nodes whatever
+//! the fleet size; during a burst, the nodes whose projected loads have been levelled.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -89,7 +92,8 @@ impl NodeEntry {
     }
 }
 
-/// Node indexes (into [`Snapshot::nodes`]) that can serve one protocol.
+/// Node indexes (into [`Snapshot::nodes`]) that can serve one protocol, per protocol,
+/// sorted by reported load, then index.
 #[derive(Debug, Clone, Default)]
 struct ByProto([Vec<u32>; 3]);
 
@@ -161,6 +165,17 @@ impl Snapshot {
                     all.0[proto as usize].push(i as u32);
                 }
             }
+        }
+        let by_load = |list: &mut Vec<u32>| {
+            list.sort_unstable_by(|&a, &b| {
+                let (ea, eb) = (&nodes[a as usize], &nodes[b as usize]);
+                ea.reported_load
+                    .total_cmp(&eb.reported_load)
+                    .then(a.cmp(&b))
+            })
+        };
+        for lists in by_region.values_mut().chain([&mut all]) {
+            lists.0.iter_mut().for_each(by_load);
         }
         Snapshot {
             nodes,
@@ -304,19 +319,19 @@ fn best_of(
     for &i in indexes {
         let i = i as usize;
         let e = &snap.nodes[i];
-        // Reported load first: it never exceeds the projected one, so a node it rules
-        // out is ruled out, and the herd counter is only read for contenders.
+        // `indexes` is sorted by reported load (then id), and the reported load never
+        // exceeds the projected one: once a node's reported load cannot beat the worst
+        // kept candidate (or reaches `max_load`), no later node can either.
+        if e.reported_load >= rules.max_load {
+            break;
+        }
         let full = out.len() - start == room;
-        if e.reported_load >= rules.max_load || (full && e.reported_load >= out[out.len() - 1].load)
-        {
-            continue;
+        if full && !beats(e.reported_load, i, &out[out.len() - 1]) {
+            break;
         }
+        // The herd counter is only read for contenders.
         let load = e.projected_load();
-        if load >= rules.max_load {
-            continue;
-        }
-        // The worst kept candidate; skip work for nodes that cannot make the cut.
-        if full && load >= out[out.len() - 1].load {
+        if load >= rules.max_load || (full && !beats(load, i, &out[out.len() - 1])) {
             continue;
         }
         let r = &e.record;
@@ -339,12 +354,18 @@ fn best_of(
             load,
         };
         // Insertion into the kept tail, ordered by load then id (index order).
-        let pos = start + out[start..].partition_point(|c| c.load <= load);
+        let pos = start + out[start..].partition_point(|c| !beats(load, i, c));
         if out.len() - start == room {
             out.pop();
         }
         out.insert(pos, cand);
     }
+}
+
+/// True when a node at `load` with index `i` ranks before candidate `c`: less loaded,
+/// or equally loaded with a smaller id.
+fn beats(load: f64, i: usize, c: &Candidate) -> bool {
+    load < c.load || (load == c.load && i < c.index)
 }
 
 #[cfg(test)]
@@ -546,7 +567,69 @@ mod tests {
         (0usize..40).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>())
     }
 
+    /// The rules written out the slow way: every eligible node, by tier, then by
+    /// projected load and id.
+    fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
+        let mut order: Vec<&str> = query.region.into_iter().collect();
+        for f in rules.fallbacks {
+            if !order.contains(&f.as_str()) {
+                order.push(f);
+            }
+        }
+        let mut eligible: Vec<(usize, f64, usize)> = (0..s.nodes.len())
+            .filter_map(|i| {
+                let e = &s.nodes[i];
+                let r = &e.record;
+                let ok = r.state == NodeState::Serving
+                    && r.healthy
+                    && e.projected_load() < rules.max_load
+                    && r.ports.get(query.proto).is_some()
+                    && r.addr_for(query.family).is_some();
+                let tier = order
+                    .iter()
+                    .position(|t| *t == r.region)
+                    .unwrap_or(order.len());
+                ok.then(|| (tier, e.projected_load(), i))
+            })
+            .collect();
+        eligible.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        eligible
+            .into_iter()
+            .take(query.count)
+            .map(|(_, _, i)| i)
+            .collect()
+    }
+
     proptest! {
+        /// The sorted walk with early stop chooses exactly what a full scan would,
+        /// herd counters included.
+        #[test]
+        fn selection_equals_full_scan(fleet in arb_fleet(), assigned in proptest::collection::vec(0u64..600, 40),
+                                      region in proptest::option::of(0usize..5), count in 1usize..=10,
+                                      proto in 0usize..3, fam in 0u8..3,
+                                      fallbacks in proptest::collection::vec(0usize..5, 0..3), ties in any::<bool>()) {
+            let regions = ["a", "b", "c", "d", "zz"];
+            // Small loads on two capacities: many equal loads, so ties are decided by id.
+            let fleet = fleet.into_iter().map(|mut n| {
+                if ties {
+                    n.capacity = 4 + n.capacity % 2 * 4;
+                    n.connections %= 6;
+                }
+                n
+            });
+            let s = snap(fleet.collect());
+            for (e, a) in s.nodes.iter().zip(&assigned) {
+                e.assigned.store(if ties { a % 3 } else { *a }, Ordering::Relaxed);
+            }
+            let fallbacks: Vec<String> = fallbacks.iter().map(|f| regions[*f].to_string()).collect();
+            let rules = Rules { max_load: 0.95, fallbacks: &fallbacks };
+            let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
+            let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), family };
+            let expected = reference(&s, &query, rules);
+            let got: Vec<usize> = select(&s, &query, rules).iter().map(|c| c.index).collect();
+            prop_assert_eq!(got, expected);
+        }
+
         #[test]
         fn selection_invariants(fleet in arb_fleet(), region in proptest::option::of(0usize..5),
                                 count in 1usize..=10, proto in 0usize..3, fam in 0u8..3,
