@@ -1,15 +1,18 @@
 //! Baseline for HTTP benchmarks, built the same way as the router: the same
 //! `router_server::api::router_with` stack (edge middleware, metrics, routes, state)
 //! served by the same `router_server::serve` (axum-server, same limits), whose
-//! `/gateways` handler returns a fixed body of the router's answer size instead of
-//! scheduling. The ratio against it is the cost of the scheduling work itself.
+//! `/gateways` service (a ready future, like the router's) returns a fixed body of the
+//! router's answer size instead of scheduling. The ratio against it is the cost of the scheduling work itself.
 //!
 //! `cargo run --release -p router-server --example static_server -- ADDR`
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
+use axum::extract::Request;
 use axum::http::header;
-use axum::routing::get;
+use axum::response::IntoResponse;
+use axum::routing::get_service;
 use router_server::api::{router_with, Api};
 use router_server::config::FileConfig;
 use router_server::state::AppState;
@@ -30,15 +33,19 @@ async fn main() -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)?;
     let api = Api::new(Arc::new(AppState::new(config.clone())));
-    let fixed = get(|| async {
-        (
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            BODY,
-        )
-    });
+    // A ready-future service, as the router's own `/gateways` is (`api::Gateways`).
+    let fixed = get_service(tower::service_fn(|_: Request| {
+        std::future::ready(Ok::<_, Infallible>(
+            (
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                BODY,
+            )
+                .into_response(),
+        ))
+    }));
     let app = router_with(api, None, fixed);
     let listener = std::net::TcpListener::bind(&addr)?;
     println!("listening on {}", listener.local_addr()?);

@@ -6,20 +6,24 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, get_service};
 use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use prefix_trie::joint::map::JointPrefixMap;
 use registry::record::IpFamily;
 use registry::Proto;
 use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::warn;
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, RegionsConfig};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::schedule::{select, Candidate, Query, Rules, Snapshot};
 use crate::state::AppState;
@@ -190,7 +194,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &FileConfig) -> IpAddr 
         .filter(|s| !s.is_empty())
         .collect();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
+        match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if cfg.is_trusted_proxy(ip) => continue,
             Ok(ip) => return ip,
             // A forged or garbled entry: nothing left of it can be believed.
@@ -200,15 +204,35 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &FileConfig) -> IpAddr 
     peer
 }
 
-/// The region for `ip` from the CIDR table (longest prefix), else the default.
-pub fn region_for(ip: IpAddr, cfg: &FileConfig) -> Option<&str> {
-    cfg.regions
-        .cidrs
-        .iter()
-        .filter(|(net, _)| net.contains(&ip))
-        .max_by_key(|(net, _)| net.prefix_len())
-        .map(|(_, r)| r.as_str())
-        .or_else(|| (!cfg.regions.default.is_empty()).then_some(cfg.regions.default.as_str()))
+/// The client-region table: `[regions] cidrs` as a prefix trie (longest prefix wins),
+/// so a lookup costs the same for a geo-IP table of 100,000 networks as for one.
+pub struct RegionTable {
+    cidrs: JointPrefixMap<IpNet, String>,
+    default: Option<String>,
+}
+
+impl RegionTable {
+    /// Builds the table from the configuration.
+    pub fn new(cfg: &RegionsConfig) -> RegionTable {
+        let mut cidrs = JointPrefixMap::new();
+        for (net, region) in &cfg.cidrs {
+            // Host bits are ignored, as `IpNet::contains` ignores them.
+            cidrs.insert(net.trunc(), region.clone());
+        }
+        RegionTable {
+            cidrs,
+            default: (!cfg.default.is_empty()).then(|| cfg.default.clone()),
+        }
+    }
+
+    /// The region for `ip` (IPv4-mapped IPv6 addresses count as IPv4), else the default.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&str> {
+        let ip = ip.to_canonical();
+        self.cidrs
+            .get_lpm(&IpNet::from(ip))
+            .map(|(_, r)| r.as_str())
+            .or(self.default.as_deref())
+    }
 }
 
 /// Everything the router serves, with the per-IP limiter.
@@ -223,6 +247,7 @@ pub struct ApiInner {
     /// Shared state.
     pub state: Arc<AppState>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    regions: RegionTable,
 }
 
 impl std::ops::Deref for Api {
@@ -240,7 +265,12 @@ impl Api {
             let burst = NonZeroU32::new(rl.burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
-        Api(Arc::new(ApiInner { state, limiter }))
+        let regions = RegionTable::new(&state.config.regions);
+        Api(Arc::new(ApiInner {
+            state,
+            limiter,
+            regions,
+        }))
     }
 
     /// Forgets idle clients of the rate limiter now and then, bounding its memory.
@@ -275,14 +305,58 @@ impl Api {
     }
 }
 
-async fn gateways(
-    State(api): State<Api>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Result<Response, ApiError> {
+/// `GET /gateways` as a plain service. The answer needs no waiting, so it is computed
+/// in `call` and returned as a ready future: no extractor futures, no state clone,
+/// nothing large moved between the framework's layers.
+#[derive(Clone)]
+pub struct Gateways(Api);
+
+impl Gateways {
+    /// The service answering `GET /gateways` from `api`.
+    pub fn new(api: Api) -> Gateways {
+        Gateways(api)
+    }
+}
+
+impl tower::Service<Request> for Gateways {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let resp = match peer_addr(&req) {
+            Some(peer) => gateways(&self.0, peer, &req).unwrap_or_else(IntoResponse::into_response),
+            None => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server does not know the client's address",
+            )
+            .into_response(),
+        };
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// The TCP peer, as the server (or a test's `MockConnectInfo`) recorded it.
+fn peer_addr(req: &Request) -> Option<SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0))
+}
+
+fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiError> {
     let cfg = &api.state.config;
     // Headers and query are read in place: this is the hot path.
-    let ip = client_ip(peer.ip(), req.headers(), cfg);
+    // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
+    let ip = client_ip(peer.ip().to_canonical(), req.headers(), cfg);
     api.check_rate(ip)?;
     let params = parse_params(req.uri().query())?;
     // A guard, not an Arc clone: no shared refcount bouncing between cores.
@@ -295,7 +369,7 @@ async fn gateways(
         )
         .retry_after(1));
     };
-    let region = params.region.as_deref().or_else(|| region_for(ip, cfg));
+    let region = params.region.as_deref().or_else(|| api.regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
@@ -332,7 +406,8 @@ async fn gateways(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        body,
+        // Trimmed to its length, the buffer becomes the body without a second allocation.
+        Bytes::from(body.into_boxed_slice()),
     )
         .into_response())
 }
@@ -361,26 +436,24 @@ pub fn render_answer(
     let mut out = Vec::with_capacity(640);
     out.extend_from_slice(b"{\"gateways\":[");
     for (i, c) in chosen.iter().enumerate() {
-        let j = &snap.nodes[c.index].json;
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"{\"id\":");
-        out.extend_from_slice(j.id.as_bytes());
-        out.extend_from_slice(b",\"ip\":\"");
-        out.extend_from_slice(j.addr(c.ip).as_bytes());
-        out.extend_from_slice(b"\",\"port\":");
-        out.extend_from_slice(itoa::Buffer::new().format(c.port).as_bytes());
-        out.extend_from_slice(b",\"proto\":\"");
-        out.extend_from_slice(proto.as_str().as_bytes());
-        out.push(b'"');
-        out.extend_from_slice(j.tail.as_bytes());
-        out.extend_from_slice(b",\"load\":");
-        serde_json::to_writer(&mut out, &rounded_load(c.load)).expect("a finite load serializes");
+        out.extend_from_slice(snap.nodes[c.index].json.entry(proto, c.ip).as_bytes());
+        write_load(&mut out, c.load);
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"region\":");
     match region {
+        // Names from the query and the configuration are plain: no escaping needed.
+        Some(r)
+            if r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            out.push(b'"');
+            out.extend_from_slice(r.as_bytes());
+            out.push(b'"');
+        }
         Some(r) => serde_json::to_writer(&mut out, r).expect("a string serializes"),
         None => out.extend_from_slice(b"null"),
     }
@@ -398,6 +471,36 @@ pub fn render_answer(
 /// The load as answered: four decimals are plenty for ordering and dashboards.
 fn rounded_load(load: f64) -> f64 {
     (load * 10_000.0).round() / 10_000.0
+}
+
+/// Writes [`rounded_load`] as serde_json would, without float formatting in the usual
+/// range: the rounded value is `n / 10^4` for an integer `n`, whose shortest decimal
+/// form is exactly that fraction, so integer formatting gives the same text.
+fn write_load(out: &mut Vec<u8>, load: f64) {
+    let scaled = (load * 10_000.0).round();
+    if !(0.0..1e12).contains(&scaled) {
+        serde_json::to_writer(out, &rounded_load(load)).expect("a finite load serializes");
+        return;
+    }
+    let n = scaled as u64;
+    out.extend_from_slice(itoa::Buffer::new().format(n / 10_000).as_bytes());
+    out.push(b'.');
+    let mut frac = n % 10_000;
+    if frac == 0 {
+        out.push(b'0');
+        return;
+    }
+    let mut digits = 4;
+    while frac % 10 == 0 {
+        frac /= 10;
+        digits -= 1;
+    }
+    let mut buf = [b'0'; 4];
+    for slot in buf[..digits].iter_mut().rev() {
+        *slot = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    out.extend_from_slice(&buf[..digits]);
 }
 
 async fn healthz() -> &'static str {
@@ -505,7 +608,7 @@ pub(crate) async fn deadline(State(limit): State<Duration>, req: Request, next: 
 /// The whole application: routes plus protection layers. `admin` is merged in when an
 /// admin token is configured.
 pub fn router(api: Api, admin: Option<Router>) -> Router {
-    router_with(api, admin, get(gateways))
+    router_with(api.clone(), admin, get_service(Gateways::new(api)))
 }
 
 /// [`router`] with another `/gateways` handler and everything else identical: the
@@ -582,7 +685,7 @@ mod tests {
         #[test]
         fn rendered_answer_equals_serde(
             nodes in proptest::collection::vec(("[a-z0-9._-]{1,12}", "\\PC{0,12}", proptest::option::of("\\PC{0,20}"), 0u64..2000, any::<bool>()), 1..6),
-            region in proptest::option::of("\\PC{0,10}"),
+            region in proptest::option::of(prop_oneof!["[a-zA-Z0-9._-]{1,10}", "\\PC{0,10}"]),
             revision in any::<i64>(), stale in any::<bool>(), proto in 0usize..3,
         ) {
             let records: Vec<Arc<NodeRecord>> = nodes.iter().enumerate().map(|(i, (id, region, domain, conns, v6))| Arc::new(NodeRecord {
@@ -595,13 +698,13 @@ mod tests {
                 updated_ms: None, applied_command: None, labels: Default::default(),
             })).collect();
             let snap = Snapshot::build(records, None, revision, stale);
+            let proto = Proto::ALL[proto];
             // Dual-stack nodes answer in the family asked for; alternate between both.
             let chosen: Vec<Candidate> = snap.nodes.iter().enumerate().map(|(i, e)| Candidate {
                 index: i,
                 ip: if i % 3 == 0 { e.record.addr_for(Some(registry::record::IpFamily::V6)).unwrap_or(e.record.ip) } else { e.record.ip },
-                port: 7, load: e.projected_load(),
+                port: e.record.ports.get(proto).expect("every port is set"), load: e.projected_load(),
             }).collect();
-            let proto = Proto::ALL[proto];
             let cfg = FileConfig::default();
             let rendered = render_answer(&snap, &chosen, proto, region.as_deref(), &answer_tail(&cfg));
             let expected = GatewaysOut {
@@ -614,6 +717,21 @@ mod tests {
                 backoff: &cfg.backoff, revision, stale,
             };
             prop_assert_eq!(String::from_utf8(rendered).unwrap(), serde_json::to_string(&expected).unwrap());
+        }
+    }
+
+    proptest! {
+        /// Loads are written exactly as serde_json writes the rounded value.
+        #[test]
+        fn load_text_equals_serde(load in prop_oneof![
+            0.0f64..2.0,
+            (0u64..100_000_000).prop_map(|n| n as f64 / 10_000.0),
+            (0u64..20_000).prop_map(|n| n as f64 / 10_000.0 + 0.00005),
+            1e7f64..1e13,
+        ]) {
+            let mut out = Vec::new();
+            write_load(&mut out, load);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&rounded_load(load)).unwrap());
         }
     }
 
@@ -682,14 +800,43 @@ mod tests {
     #[test]
     fn region_lookup_takes_the_longest_prefix() {
         let cfg = FileConfig::parse(
-            "[regions]\ndefault = \"d\"\ncidrs = { \"10.0.0.0/8\" = \"wide\", \"10.1.0.0/16\" = \"narrow\" }",
+            "[regions]\ndefault = \"d\"\ncidrs = { \"10.0.0.0/8\" = \"wide\", \"10.1.0.0/16\" = \"narrow\", \"2001:db8::/32\" = \"v6\" }",
         )
         .unwrap();
-        assert_eq!(
-            region_for("10.1.2.3".parse().unwrap(), &cfg),
-            Some("narrow")
-        );
-        assert_eq!(region_for("10.2.2.3".parse().unwrap(), &cfg), Some("wide"));
-        assert_eq!(region_for("8.8.8.8".parse().unwrap(), &cfg), Some("d"));
+        let t = RegionTable::new(&cfg.regions);
+        let lookup = |ip: &str| t.lookup(ip.parse().unwrap());
+        assert_eq!(lookup("10.1.2.3"), Some("narrow"));
+        assert_eq!(lookup("10.2.2.3"), Some("wide"));
+        assert_eq!(lookup("8.8.8.8"), Some("d"));
+        assert_eq!(lookup("::ffff:10.1.2.3"), Some("narrow"), "IPv4-mapped");
+        assert_eq!(lookup("2001:db8::1"), Some("v6"));
+        let no_default = RegionTable::new(&RegionsConfig::default());
+        assert_eq!(no_default.lookup("10.1.2.3".parse().unwrap()), None);
+    }
+
+    proptest! {
+        /// The trie answers what a scan of every network (longest prefix) answers.
+        #[test]
+        fn region_table_equals_a_scan(
+            nets in proptest::collection::vec((any::<u32>(), 0u8..=32, 0u8..4), 0..40),
+            probes in proptest::collection::vec(any::<u32>(), 1..40),
+        ) {
+            let mut cfg = RegionsConfig::default();
+            for (addr, len, region) in &nets {
+                // Nets near each other, so that many nest.
+                let addr = std::net::Ipv4Addr::from(addr & 0xff0f_0000);
+                let net = IpNet::from(ipnet::Ipv4Net::new(addr, *len).unwrap());
+                cfg.cidrs.insert(net, format!("r{region}"));
+            }
+            let t = RegionTable::new(&cfg);
+            for p in probes {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(p & 0xff0f_ffff));
+                let scan = cfg.cidrs.iter()
+                    .filter(|(net, _)| net.contains(&ip))
+                    .max_by_key(|(net, _)| net.prefix_len())
+                    .map(|(_, r)| r.as_str());
+                prop_assert_eq!(t.lookup(ip), scan, "{}", ip);
+            }
+        }
     }
 }

@@ -42,21 +42,19 @@ pub struct NodeEntry {
     reported_load: f64,
 }
 
-/// Pre-serialized pieces of a node's entry in a `GET /gateways` answer.
+/// A node's entries in a `GET /gateways` answer, serialized once per report: for each
+/// protocol it serves, everything up to the load,
+/// `{"id":…,"ip":…,"port":…,"proto":…,"region":…[,"domain":…],"load":`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeJson {
-    /// The id as a JSON string, quotes included.
-    pub id: Box<str>,
-    /// `,"region":"…"` and, when the node has one, `,"domain":"…"`.
-    pub tail: Box<str>,
-    /// The record's `ip`, formatted.
-    pub ip: Box<str>,
-    /// The record's `ipv6`, formatted.
-    pub ipv6: Option<Box<str>>,
+    /// With the record's `ip`, by [`Proto`].
+    pub primary: [Option<Box<str>>; 3],
+    /// With the record's `ipv6`, for dual-stack nodes whose `ip` is IPv4, by [`Proto`].
+    pub v6: [Option<Box<str>>; 3],
 }
 
 impl NodeJson {
-    /// Escapes the record's fields.
+    /// Serializes the record's entries.
     pub fn of(r: &NodeRecord) -> NodeJson {
         let quote = |s: &str| serde_json::to_string(s).expect("a string always serializes");
         let mut tail = format!(",\"region\":{}", quote(&r.region));
@@ -64,20 +62,37 @@ impl NodeJson {
             tail.push_str(",\"domain\":");
             tail.push_str(&quote(d));
         }
+        tail.push_str(",\"load\":");
+        let id = quote(&r.id);
+        let entries = |ip: &str| {
+            Proto::ALL.map(|proto| {
+                r.ports.get(proto).map(|port| {
+                    format!(
+                        "{{\"id\":{id},\"ip\":\"{ip}\",\"port\":{port},\"proto\":\"{}\"{tail}",
+                        proto.as_str()
+                    )
+                    .into()
+                })
+            })
+        };
         NodeJson {
-            id: quote(&r.id).into(),
-            tail: tail.into(),
-            ip: r.ip.to_string().into(),
-            ipv6: r.ipv6.map(|a| a.to_string().into()),
+            primary: entries(&r.ip.to_string()),
+            v6: match (r.ip, r.ipv6) {
+                (IpAddr::V4(_), Some(v6)) => entries(&v6.to_string()),
+                _ => Default::default(),
+            },
         }
     }
 
-    /// The formatted address `addr` (one of the record's two).
-    pub fn addr(&self, addr: IpAddr) -> &str {
-        match (&self.ipv6, addr) {
-            (Some(v6), IpAddr::V6(_)) if !self.ip.contains(':') => v6,
-            _ => &self.ip,
-        }
+    /// The entry for `proto` answering with address `ip` (one of the record's).
+    pub fn entry(&self, proto: Proto, ip: IpAddr) -> &str {
+        let by_family = match ip {
+            IpAddr::V6(_) if self.v6[proto as usize].is_some() => &self.v6,
+            _ => &self.primary,
+        };
+        by_family[proto as usize]
+            .as_deref()
+            .expect("candidates have a port for the protocol")
     }
 }
 
@@ -108,7 +123,9 @@ impl ByProto {
 pub struct Snapshot {
     /// Every valid node, sorted by id.
     pub nodes: Vec<NodeEntry>,
-    by_region: HashMap<Arc<str>, ByProto>,
+    /// Region names are looked up on every request; foldhash hashes a short name in a
+    /// few nanoseconds (names come from the registry, whose writers are trusted).
+    by_region: HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>,
     all: ByProto,
     /// Registry revision this snapshot reflects.
     pub revision: i64,
@@ -151,7 +168,7 @@ impl Snapshot {
             })
             .collect();
         nodes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-        let mut by_region: HashMap<Arc<str>, ByProto> = HashMap::new();
+        let mut by_region: HashMap<Arc<str>, ByProto, _> = HashMap::default();
         let mut all = ByProto::default();
         for (i, e) in nodes.iter().enumerate() {
             let r = &e.record;
