@@ -1,5 +1,9 @@
 //! Selection cost per request at 10, 1,000 and 10,000 nodes, and what rebuilding the
-//! snapshot after one report costs at those sizes.
+//! snapshot after one report costs at those sizes; and the client-region lookup in
+//! tables of 10 to 100,000 networks, trie against a scan.
+//!
+//! The selection benchmark's own requests accumulate on the herd counters with no new
+//! reports, as in a reconnect storm, so it measures the walk over levelled nodes too.
 //!
 //! Nodes spread over 10 regions; each request asks for 3 candidates in the client's
 //! region (one tenth of the fleet) with one fallback region, as a client with a known
@@ -9,10 +13,14 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use ipnet::{IpNet, Ipv4Net};
 use registry::{NodeRecord, Ports, Proto};
+use router_server::api::RegionTable;
+use router_server::config::RegionsConfig;
 use router_server::schedule::{select, Query, Rules, Snapshot};
 
 fn fleet(n: usize) -> Snapshot {
@@ -87,6 +95,36 @@ fn bench(c: &mut Criterion) {
                     2,
                     false,
                 ))
+            })
+        });
+    }
+    group.finish();
+
+    // The client's region: the prefix trie against scanning every network (the
+    // obvious implementation, and this router's before the trie), for geo-IP tables.
+    let mut group = c.benchmark_group("region-lookup");
+    for n in [10usize, 1_000, 100_000] {
+        let mut regions = RegionsConfig::default();
+        for i in 0..n as u32 {
+            // Distinct /24s spread over the address space, a few nested /16s.
+            let net = Ipv4Net::new(Ipv4Addr::from(i.wrapping_mul(2_654_435_761) << 8), 24)
+                .expect("valid prefix");
+            regions.cidrs.insert(IpNet::V4(net), format!("r{}", i % 10));
+        }
+        let table = RegionTable::new(&regions);
+        let probe = IpAddr::V4(Ipv4Addr::from((7u32.wrapping_mul(2_654_435_761) << 8) | 9));
+        group.bench_with_input(BenchmarkId::new("trie", n), &table, |b, t| {
+            b.iter(|| black_box(t.lookup(black_box(probe))))
+        });
+        group.bench_with_input(BenchmarkId::new("scan", n), &regions, |b, r| {
+            b.iter(|| {
+                black_box(
+                    r.cidrs
+                        .iter()
+                        .filter(|(net, _)| net.contains(&black_box(probe)))
+                        .max_by_key(|(net, _)| net.prefix_len())
+                        .map(|(_, r)| r.as_str()),
+                )
             })
         });
     }
