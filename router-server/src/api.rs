@@ -352,6 +352,11 @@ fn peer_addr(req: &Request) -> Option<SocketAddr> {
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0))
 }
 
+thread_local! {
+    /// Where answers are written, reused by every request on a thread.
+    static ANSWER_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+}
+
 fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiError> {
     let cfg = &api.state.config;
     // Headers and query are read in place: this is the hot path.
@@ -397,7 +402,20 @@ fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiE
         )
         .retry_after(5));
     }
-    let body = render_answer(snap, &chosen, params.proto, region, &api.state.answer_tail);
+    // Written into this thread's reusable buffer, then copied out at its exact size:
+    // one allocation per answer.
+    let body = ANSWER_BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        render_answer(
+            buf,
+            snap,
+            &chosen,
+            params.proto,
+            region,
+            &api.state.answer_tail,
+        );
+        Bytes::copy_from_slice(buf)
+    });
     Ok((
         [
             (
@@ -406,8 +424,7 @@ fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiE
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        // Trimmed to its length, the buffer becomes the body without a second allocation.
-        Bytes::from(body.into_boxed_slice()),
+        body,
     )
         .into_response())
 }
@@ -423,24 +440,23 @@ pub fn answer_tail(cfg: &FileConfig) -> String {
     )
 }
 
-/// Writes a `GET /gateways` answer from pre-serialized pieces (see
+/// Appends a `GET /gateways` answer to `out` from pre-serialized pieces (see
 /// [`crate::schedule::NodeJson`]); a property test checks it equals what serde writes.
 pub fn render_answer(
+    out: &mut Vec<u8>,
     snap: &Snapshot,
     chosen: &[Candidate],
     proto: Proto,
     region: Option<&str>,
     tail: &str,
-) -> Vec<u8> {
-    // Sized for three candidates, so the common answer is written without regrowing.
-    let mut out = Vec::with_capacity(640);
+) {
     out.extend_from_slice(b"{\"gateways\":[");
     for (i, c) in chosen.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(snap.nodes[c.index].json.entry(proto, c.ip).as_bytes());
-        write_load(&mut out, c.load);
+        write_load(out, c.load);
         out.push(b'}');
     }
     out.extend_from_slice(b"],\"region\":");
@@ -454,7 +470,7 @@ pub fn render_answer(
             out.extend_from_slice(r.as_bytes());
             out.push(b'"');
         }
-        Some(r) => serde_json::to_writer(&mut out, r).expect("a string serializes"),
+        Some(r) => serde_json::to_writer(&mut *out, r).expect("a string serializes"),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(tail.as_bytes());
@@ -465,7 +481,6 @@ pub fn render_answer(
     } else {
         b",\"stale\":false}"
     });
-    out
 }
 
 /// The load as answered: four decimals are plenty for ordering and dashboards.
@@ -706,7 +721,8 @@ mod tests {
                 port: e.record.ports.get(proto).expect("every port is set"), load: e.projected_load(),
             }).collect();
             let cfg = FileConfig::default();
-            let rendered = render_answer(&snap, &chosen, proto, region.as_deref(), &answer_tail(&cfg));
+            let mut rendered = Vec::new();
+            render_answer(&mut rendered, &snap, &chosen, proto, region.as_deref(), &answer_tail(&cfg));
             let expected = GatewaysOut {
                 gateways: chosen.iter().map(|c| {
                     let r = &snap.nodes[c.index].record;

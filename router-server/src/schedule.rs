@@ -40,6 +40,8 @@ pub struct NodeEntry {
     /// The reported load, inline: a lower bound of the projected load that lets the
     /// scan reject most nodes without following a pointer.
     reported_load: f64,
+    /// The reported connections, inline for the same reason.
+    connections: u64,
 }
 
 /// A node's entries in a `GET /gateways` answer, serialized once per report: for each
@@ -100,7 +102,6 @@ impl NodeEntry {
     /// `(connections + assigned) / capacity`.
     pub fn projected_load(&self) -> f64 {
         let conns = self
-            .record
             .connections
             .saturating_add(self.assigned.load(Ordering::Relaxed));
         conns as f64 * self.inv_capacity
@@ -152,6 +153,7 @@ impl Snapshot {
                 Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
                     inv_capacity: e.inv_capacity,
                     reported_load: e.reported_load,
+                    connections: e.connections,
                     record,
                     assigned: e.assigned.clone(),
                     json: e.json.clone(),
@@ -162,6 +164,7 @@ impl Snapshot {
                     // The projected load's own formula with nothing assigned, so it is
                     // an exact lower bound (no rounding difference at ties).
                     reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
+                    connections: record.connections,
                     record,
                     assigned: Arc::new(AtomicU64::new(0)),
                 },
@@ -235,6 +238,9 @@ pub struct Candidate {
     pub load: f64,
 }
 
+/// The candidates of one answer: the default three live on the stack.
+pub type Chosen = smallvec::SmallVec<[Candidate; 3]>;
+
 /// The scheduling parameters from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
@@ -246,9 +252,9 @@ pub struct Rules<'a> {
 
 /// Up to `query.count` distinct eligible nodes, best first, and counts one client
 /// against the first of them.
-pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<Candidate> {
+pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Chosen {
     let want = query.count.clamp(1, 10);
-    let mut out: Vec<Candidate> = Vec::with_capacity(want);
+    let mut out = Chosen::new();
     let tiers = Tiers {
         first: query.region,
         fallbacks: rules.fallbacks,
@@ -329,7 +335,7 @@ fn best_of(
     rules: Rules<'_>,
     want: usize,
     skip: Option<Tiers<'_>>,
-    out: &mut Vec<Candidate>,
+    out: &mut Chosen,
 ) {
     let start = out.len();
     let room = want - start;
