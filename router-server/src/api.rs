@@ -6,7 +6,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use arc_swap::ArcSwapOption;
+use axum::body::{Body, Bytes};
 use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -352,9 +353,21 @@ fn peer_addr(req: &Request) -> Option<SocketAddr> {
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0))
 }
 
+/// A thread's view of the served snapshot: `arc_swap::Cache` checks one pointer per
+/// request and touches no shared refcount unless the snapshot changed.
+type SnapshotCache = arc_swap::Cache<Arc<ArcSwapOption<Snapshot>>, Option<Arc<Snapshot>>>;
+
+/// What each worker thread keeps between requests.
+#[derive(Default)]
+struct PerThread {
+    /// Snapshot cache, for the router (`AppState`) it was made for.
+    snapshot: Option<SnapshotCache>,
+    /// Where answers are written, then copied out at their exact size.
+    buf: Vec<u8>,
+}
+
 thread_local! {
-    /// Where answers are written, reused by every request on a thread.
-    static ANSWER_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    static PER_THREAD: std::cell::RefCell<PerThread> = std::cell::RefCell::default();
 }
 
 fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiError> {
@@ -364,16 +377,6 @@ fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiE
     let ip = client_ip(peer.ip().to_canonical(), req.headers(), cfg);
     api.check_rate(ip)?;
     let params = parse_params(req.uri().query())?;
-    // A guard, not an Arc clone: no shared refcount bouncing between cores.
-    let guard = api.state.snapshot.load();
-    let Some(snap) = guard.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the registry has not been loaded yet",
-        )
-        .retry_after(1));
-    };
     let region = params.region.as_deref().or_else(|| api.regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
@@ -385,48 +388,47 @@ fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiE
         region,
         family: params.family,
     };
-    let chosen = select(
-        snap,
-        &query,
-        Rules {
+    let body = PER_THREAD.with_borrow_mut(|t| {
+        // One process may run several routers (tests do): the cache follows this one.
+        let cache = match &mut t.snapshot {
+            Some(c) if std::ptr::eq(c.arc_swap(), &*api.state.snapshot) => c,
+            slot => slot.insert(SnapshotCache::new(api.state.snapshot.clone())),
+        };
+        let Some(snap) = cache.load().as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the registry has not been loaded yet",
+            )
+            .retry_after(1));
+        };
+        let rules = Rules {
             max_load: cfg.max_load,
             fallbacks,
-        },
+        };
+        let chosen = select(snap, &query, rules);
+        if chosen.is_empty() {
+            api.state.metrics.no_gateways.inc();
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_gateways",
+                "no eligible gateway for this request",
+            )
+            .retry_after(5));
+        }
+        t.buf.clear();
+        let tail = &api.state.answer_tail;
+        render_answer(&mut t.buf, snap, &chosen, params.proto, region, tail);
+        Ok(Bytes::copy_from_slice(&t.buf))
+    })?;
+    let mut resp = Response::new(Body::from(body));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
-    if chosen.is_empty() {
-        api.state.metrics.no_gateways.inc();
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_gateways",
-            "no eligible gateway for this request",
-        )
-        .retry_after(5));
-    }
-    // Written into this thread's reusable buffer, then copied out at its exact size:
-    // one allocation per answer.
-    let body = ANSWER_BUF.with_borrow_mut(|buf| {
-        buf.clear();
-        render_answer(
-            buf,
-            snap,
-            &chosen,
-            params.proto,
-            region,
-            &api.state.answer_tail,
-        );
-        Bytes::copy_from_slice(buf)
-    });
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body,
-    )
-        .into_response())
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// `,"ttl_secs":…,"heartbeat_secs":…,"backoff":{…}`: the configuration's constant part

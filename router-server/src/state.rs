@@ -25,8 +25,9 @@ use crate::schedule::Snapshot;
 
 /// What every handler shares.
 pub struct AppState {
-    /// The served snapshot; `None` until the first full load.
-    pub snapshot: ArcSwapOption<Snapshot>,
+    /// The served snapshot; `None` until the first full load. In an `Arc` so that
+    /// request threads can keep a cache of it (see `api::gateways`).
+    pub snapshot: Arc<ArcSwapOption<Snapshot>>,
     /// The validated configuration.
     pub config: FileConfig,
     /// Metrics.
@@ -42,7 +43,7 @@ impl AppState {
     pub fn new(config: FileConfig) -> AppState {
         AppState {
             answer_tail: crate::api::answer_tail(&config),
-            snapshot: ArcSwapOption::empty(),
+            snapshot: Arc::new(ArcSwapOption::empty()),
             config,
             metrics: Metrics::default(),
             last_sync: std::sync::Mutex::new(None),
