@@ -263,6 +263,36 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 }
 
 #[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_ipv4() {
+    let cfg = FileConfig::parse(
+        "trusted_proxies = [\"10.0.0.0/8\"]\n[regions]\ncidrs = { \"203.0.113.0/24\" = \"cn-bj\" }",
+    )
+    .unwrap();
+    // A `[::]` listener reports IPv4 peers as IPv4-mapped IPv6 addresses.
+    let (app, _) = app_with(cfg.clone(), Some(fleet()), "[::ffff:203.0.113.9]:1");
+    assert_eq!(get(&app, "/gateways").await.2["region"], "cn-bj");
+    // Also a trusted proxy's, and the hops it forwards.
+    let (app, _) = app_with(cfg, Some(fleet()), "[::ffff:10.0.0.1]:1");
+    let r = Request::get("/gateways")
+        .header("x-forwarded-for", "::ffff:203.0.113.9")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(get_with(&app, r).await.2["region"], "cn-bj");
+}
+
+#[tokio::test]
+async fn a_server_without_peer_addresses_answers_500_not_a_guess() {
+    let state = Arc::new(AppState::new(FileConfig::default()));
+    let snap = Snapshot::build(fleet().into_iter().map(Arc::new), None, 7, false);
+    state.snapshot.store(Some(Arc::new(snap)));
+    // Served without `into_make_service_with_connect_info`: a wiring mistake.
+    let app = router(Api::new(state), None);
+    let (status, _, body) = get(&app, "/gateways").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"]["code"], "internal");
+}
+
+#[tokio::test]
 async fn oversized_uri_and_unknown_routes() {
     let (app, _) = app_with(FileConfig::default(), Some(fleet()), "127.0.0.1:5000");
     let long = format!("/gateways?pad={}", "x".repeat(5000));
