@@ -36,15 +36,18 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RecordError {
     }
 }
 
+/// True for the characters of node ids and region names, `A-Z a-z 0-9 . _ -`: names
+/// made of them need no escaping in keys, query strings or JSON.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
 /// Checks a node id against `[A-Za-z0-9._-]{1,64}`.
 pub fn validate_id(id: &str) -> Result<(), RecordError> {
     if id.is_empty() || id.len() > 64 {
         return Err(invalid("id", format!("length {} is not 1-64", id.len())));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(c) = id.chars().find(|c| !is_name_char(*c)) {
         return Err(invalid(
             "id",
             format!("character {c:?} is not one of A-Z a-z 0-9 . _ -"),

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use prefix_trie::joint::map::JointPrefixMap;
-use registry::record::IpFamily;
+use registry::record::{is_name_char, IpFamily};
 use registry::Proto;
 use serde::Serialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -153,10 +153,7 @@ pub fn parse_params(raw: Option<&str>) -> Result<GatewaysParams, ApiError> {
                 }
             }
             "region" => {
-                let ok = !v.is_empty()
-                    && v.len() <= 64
-                    && v.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                let ok = !v.is_empty() && v.len() <= 64 && v.chars().all(is_name_char);
                 if !ok {
                     return Err(ApiError::invalid(format!(
                         "region: {v:?} is not 1-64 of A-Z a-z 0-9 - _ ."
@@ -464,10 +461,7 @@ pub fn render_answer(
     out.extend_from_slice(b"],\"region\":");
     match region {
         // Names from the query and the configuration are plain: no escaping needed.
-        Some(r)
-            if r.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
-        {
+        Some(r) if r.chars().all(is_name_char) => {
             out.push(b'"');
             out.extend_from_slice(r.as_bytes());
             out.push(b'"');
