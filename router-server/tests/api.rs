@@ -37,21 +37,43 @@ fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
     }
 }
 
-fn app_with(
-    config: FileConfig,
-    nodes: Option<Vec<NodeRecord>>,
-    peer: &str,
-) -> (Router, Arc<AppState>) {
+/// Router state serving `nodes` (revision 7), or not ready when `None`.
+fn state_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>) -> Arc<AppState> {
     let state = Arc::new(AppState::new(config));
     if let Some(nodes) = nodes {
         let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 7, false);
         state.snapshot.store(Some(Arc::new(snap)));
     }
+    state
+}
+
+fn app_with(
+    config: FileConfig,
+    nodes: Option<Vec<NodeRecord>>,
+    peer: &str,
+) -> (Router, Arc<AppState>) {
+    let state = state_with(config, nodes);
     let peer: SocketAddr = peer.parse().unwrap();
     (
         router(Api::new(state.clone()), None).layer(MockConnectInfo(peer)),
         state,
     )
+}
+
+/// `GET /gateways` forwarded for `ip` by the peer.
+fn forwarded(ip: &str) -> Request<Body> {
+    Request::get("/gateways")
+        .header("x-forwarded-for", ip)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn retry_after(headers: &axum::http::HeaderMap) -> u64 {
+    headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
@@ -175,14 +197,7 @@ async fn no_gateways_has_retry_after() {
     let (status, headers, body) = get(&app, "/gateways").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "no_gateways");
-    assert!(
-        headers[header::RETRY_AFTER]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(retry_after(&headers) >= 1);
     let (app, _) = app_with(FileConfig::default(), Some(fleet()), "127.0.0.1:5000");
     let (status, _, body) = get(&app, "/gateways?proto=wss").await;
     assert_eq!(
@@ -204,27 +219,23 @@ async fn rate_limit_429_per_client_ip_with_retry_after() {
     )
     .unwrap();
     let (app, state) = app_with(cfg, Some(fleet()), "10.0.0.1:5000");
-    let from = |ip: &str| {
-        Request::get("/gateways")
-            .header("x-forwarded-for", ip)
-            .body(Body::empty())
-            .unwrap()
-    };
-    assert_eq!(get_with(&app, from("203.0.113.1")).await.0, StatusCode::OK);
-    assert_eq!(get_with(&app, from("203.0.113.1")).await.0, StatusCode::OK);
-    let (status, headers, body) = get_with(&app, from("203.0.113.1")).await;
+    assert_eq!(
+        get_with(&app, forwarded("203.0.113.1")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&app, forwarded("203.0.113.1")).await.0,
+        StatusCode::OK
+    );
+    let (status, headers, body) = get_with(&app, forwarded("203.0.113.1")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["error"]["code"], "rate_limited");
-    assert!(
-        headers[header::RETRY_AFTER]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(retry_after(&headers) >= 1);
     // Another client behind the same proxy has its own budget.
-    assert_eq!(get_with(&app, from("203.0.113.2")).await.0, StatusCode::OK);
+    assert_eq!(
+        get_with(&app, forwarded("203.0.113.2")).await.0,
+        StatusCode::OK
+    );
     assert_eq!(state.metrics.rate_limited.get(), 1);
 }
 
@@ -244,13 +255,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
                 "198.51.100.1:1"
             },
         );
-        (
-            app,
-            Request::get("/gateways")
-                .header("x-forwarded-for", "203.0.113.9")
-                .body(Body::empty())
-                .unwrap(),
-        )
+        (app, forwarded("203.0.113.9"))
     };
     let (app, r) = req(true);
     assert_eq!(get_with(&app, r).await.2["region"], "cn-bj");
@@ -273,18 +278,13 @@ async fn ipv4_clients_of_a_dual_stack_listener_are_ipv4() {
     assert_eq!(get(&app, "/gateways").await.2["region"], "cn-bj");
     // Also a trusted proxy's, and the hops it forwards.
     let (app, _) = app_with(cfg, Some(fleet()), "[::ffff:10.0.0.1]:1");
-    let r = Request::get("/gateways")
-        .header("x-forwarded-for", "::ffff:203.0.113.9")
-        .body(Body::empty())
-        .unwrap();
+    let r = forwarded("::ffff:203.0.113.9");
     assert_eq!(get_with(&app, r).await.2["region"], "cn-bj");
 }
 
 #[tokio::test]
 async fn a_server_without_peer_addresses_answers_500_not_a_guess() {
-    let state = Arc::new(AppState::new(FileConfig::default()));
-    let snap = Snapshot::build(fleet().into_iter().map(Arc::new), None, 7, false);
-    state.snapshot.store(Some(Arc::new(snap)));
+    let state = state_with(FileConfig::default(), Some(fleet()));
     // Served without `into_make_service_with_connect_info`: a wiring mistake.
     let app = router(Api::new(state), None);
     let (status, _, body) = get(&app, "/gateways").await;
