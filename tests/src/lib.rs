@@ -311,6 +311,26 @@ impl Proc {
         }
     }
 
+    /// Spawns `gateway-agent` on `etcd` for node `id` of `region`, at 127.0.0.1 with a
+    /// capacity of 1,000, plus `flags` for what a test varies (ports, TTL, load, hook).
+    pub fn agent(etcd: &Etcd, id: &str, region: &str, flags: &[&str]) -> Proc {
+        let endpoints = etcd.endpoints();
+        let mut args = vec![
+            "--etcd",
+            &endpoints,
+            "--id",
+            id,
+            "--ip",
+            "127.0.0.1",
+            "--region",
+            region,
+            "--capacity",
+            "1000",
+        ];
+        args.extend_from_slice(flags);
+        Proc::spawn("gateway-agent", &args)
+    }
+
     /// What the process printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -9,18 +9,7 @@ use serde_json::Value;
 const PREFIX: &str = "/gateway-router/v1";
 
 fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
-    let endpoints = etcd.endpoints();
-    let mut args = vec![
-        "--etcd",
-        &endpoints,
-        "--id",
-        id,
-        "--ip",
-        "127.0.0.1",
-        "--region",
-        "cn-sh",
-        "--capacity",
-        "1000",
+    let mut flags = vec![
         "--port",
         "tcp=8000",
         "--port",
@@ -30,8 +19,8 @@ fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
         "--report-min-change",
         "0",
     ];
-    args.extend_from_slice(extra);
-    Proc::spawn("gateway-agent", &args)
+    flags.extend_from_slice(extra);
+    Proc::agent(etcd, id, "cn-sh", &flags)
 }
 
 fn record(etcd: &Etcd, id: &str) -> Option<Value> {

@@ -21,34 +21,21 @@ impl Gw {
         let path = dir.join(format!("{id}.conns"));
         std::fs::write(&path, conns.to_string()).unwrap();
         let hook = HookServer::start();
-        let e = etcd.endpoints();
         let load = format!("file:{}", path.display());
         let url = hook.url();
-        let proc = Proc::spawn(
-            "gateway-agent",
-            &[
-                "--etcd",
-                &e,
-                "--id",
-                id,
-                "--ip",
-                "127.0.0.1",
-                "--region",
-                region,
-                "--capacity",
-                "1000",
-                "--port",
-                "tcp=7000",
-                "--ttl",
-                "5",
-                "--load",
-                &load,
-                "--hook",
-                &url,
-                "--report-min-change",
-                "0",
-            ],
-        );
+        let flags = [
+            "--port",
+            "tcp=7000",
+            "--ttl",
+            "5",
+            "--load",
+            &load,
+            "--hook",
+            &url,
+            "--report-min-change",
+            "0",
+        ];
+        let proc = Proc::agent(etcd, id, region, &flags);
         Gw {
             _proc: proc,
             conns: path,

@@ -8,28 +8,12 @@ use serde_json::Value;
 const P: &str = "/gateway-router/v1";
 
 fn agent(etcd: &Etcd, id: &str, region: &str, conns: u64) -> Proc {
-    let e = etcd.endpoints();
     let load = format!("static:{conns}");
-    Proc::spawn(
-        "gateway-agent",
-        &[
-            "--etcd",
-            &e,
-            "--id",
-            id,
-            "--ip",
-            "127.0.0.1",
-            "--region",
-            region,
-            "--capacity",
-            "1000",
-            "--port",
-            "tcp=7000",
-            "--ttl",
-            "3",
-            "--load",
-            &load,
-        ],
+    Proc::agent(
+        etcd,
+        id,
+        region,
+        &["--port", "tcp=7000", "--ttl", "3", "--load", &load],
     )
 }
 
