@@ -1,6 +1,6 @@
 //! Baseline for HTTP benchmarks, built the same way as the router: the same
 //! `router_server::api::router_with` stack (edge middleware, metrics, routes, state)
-//! served by the same `router_server::serve` (axum-server, same limits), whose
+//! served by the same `router_server::serve` (same server, same limits), whose
 //! `/gateways` service (a ready future, like the router's) returns a fixed body of the
 //! router's answer size instead of scheduling. The ratio against it is the cost of the scheduling work itself.
 //!
@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
         "[rate_limit]\nper_ip_per_sec = 0\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
     )
     .map_err(anyhow::Error::msg)?;
-    let api = Api::new(Arc::new(AppState::new(config.clone())));
+    let state = Arc::new(AppState::new(config));
+    let api = Api::new(state.clone());
     // A ready-future service, as the router's own `/gateways` is (`api::Gateways`).
     let fixed = get_service(tower::service_fn(|_: Request| {
         std::future::ready(Ok::<_, Infallible>(
@@ -50,16 +51,17 @@ async fn main() -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(&addr)?;
     println!("listening on {}", listener.local_addr()?);
     let never = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     serve(
         app,
+        state,
         Listeners {
             main: listener,
             plain: None,
         },
         None,
-        &config,
-        never.clone(),
         never,
+        &tasks,
     )
     .await
 }

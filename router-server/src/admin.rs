@@ -38,6 +38,9 @@ impl From<OpsError> for ApiError {
             OpsError::UnknownNode(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string())
             }
+            OpsError::GaveUp(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())
+            }
             OpsError::Registry(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "registry_unavailable",
@@ -70,6 +73,21 @@ pub fn router(state: Arc<AppState>, kv: Arc<dyn Kv>, layout: Layout, token: &str
         .with_state(admin)
 }
 
+/// The credentials of `Authorization: Bearer <token>`. The scheme is case-insensitive
+/// (RFC 9110 §11.1); a missing header, another scheme or an empty token is `None`.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Compares in constant time. An empty configured token matches nothing: the
+/// configuration refuses one, and this check does not rely on that.
+fn token_matches(presented: &[u8], configured: &[u8]) -> bool {
+    !configured.is_empty() && !presented.is_empty() && bool::from(presented.ct_eq(configured))
+}
+
 async fn authorize(
     State(admin): State<Admin>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -78,14 +96,8 @@ async fn authorize(
 ) -> Response {
     let route = crate::api::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::as_bytes)
-        .unwrap_or_default();
-    let ok: bool = presented.ct_eq(&admin.token).into();
+    let ok = bearer_token(req.headers())
+        .is_some_and(|presented| token_matches(presented.as_bytes(), &admin.token));
     let resp = if ok {
         next.run(req).await
     } else {
@@ -250,4 +262,38 @@ async fn rebalance(
         Json(json!({"dry_run": dry_run, "tolerance": tolerance, "plan": plan, "issued": issued}))
             .into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    fn auth(value: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = value {
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        assert_eq!(bearer_token(&auth(Some("Bearer s3cret"))), Some("s3cret"));
+        assert_eq!(bearer_token(&auth(Some("bearer s3cret"))), Some("s3cret"));
+        assert_eq!(bearer_token(&auth(Some("BEARER  s3cret"))), Some("s3cret"));
+        assert_eq!(bearer_token(&auth(None)), None);
+        assert_eq!(bearer_token(&auth(Some("Bearer "))), None);
+        assert_eq!(bearer_token(&auth(Some("Bearer"))), None);
+        assert_eq!(bearer_token(&auth(Some("Basic s3cret"))), None);
+        assert_eq!(bearer_token(&auth(Some("s3cret"))), None);
+    }
+
+    #[test]
+    fn an_empty_token_matches_nothing() {
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        assert!(!token_matches(b"s3cre", b"s3cret"));
+        assert!(!token_matches(b"", b""));
+        assert!(!token_matches(b"x", b""));
+    }
 }

@@ -529,19 +529,37 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
     }
 }
 
-async fn metrics(State(api): State<Api>) -> Response {
+/// `GET /metrics`: OpenMetrics for scrapers that ask for it (Prometheus does), the
+/// Prometheus text format otherwise.
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     let m = &api.state.metrics;
     if let Some(t) = *api.state.last_sync.lock().expect("last_sync lock") {
         m.snapshot_age.set(t.elapsed().as_secs_f64());
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.render(),
-    )
-        .into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            m.render_prometheus(),
+        )
+            .into_response()
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -15,19 +15,60 @@ use registry::DEFAULT_PREFIX;
 use serde::{Deserialize, Serialize};
 
 /// Routes long-connection clients to gateway nodes.
+///
+/// `serve` may be left out (`router-server --etcd URL --listen ADDR`): [`Cli::parse_args`]
+/// puts it in. Each subcommand declares its own flags and variables, so a variable meant
+/// for one (`ROUTER_LISTEN` for `serve`) is never read, let alone required, by another.
 #[derive(Debug, Parser)]
-#[command(
-    name = "router-server",
-    version,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "router-server", version)]
 pub struct Cli {
-    /// What to run; `serve` when omitted.
+    /// What to run.
     #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Flags of `serve` (also accepted without the word `serve`).
-    #[command(flatten)]
-    pub serve: Option<ServeArgs>,
+    pub command: Command,
+}
+
+/// The words that name a subcommand or ask clap for help / version.
+const LEADING_WORDS: [&str; 8] = [
+    "serve",
+    "demo",
+    "ctl",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+];
+
+impl Cli {
+    /// Parses `args` (the program name first), reading `serve` when no subcommand is
+    /// named.
+    pub fn parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString>,
+    {
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let names_one = args
+            .get(1)
+            .and_then(|a| a.to_str())
+            .is_some_and(|a| LEADING_WORDS.contains(&a));
+        if !names_one {
+            args.insert(1.min(args.len()), "serve".into());
+        }
+        Cli::try_parse_from(args)
+    }
+}
+
+/// An admin token: refused when empty or blank, whether it comes from the flag or the
+/// variable, because a blank token would be a door anyone could open.
+fn parse_token(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the admin token is empty; give a secret or leave the setting out to disable the admin API".into());
+    }
+    if s.trim() != s || s.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("the admin token has spaces or control characters; it is sent in an HTTP header and must be one word".into());
+    }
+    Ok(s.to_string())
 }
 
 /// The subcommands.
@@ -70,7 +111,8 @@ pub struct ServeArgs {
         long,
         env = "ROUTER_ADMIN_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_token
     )]
     pub admin_token: Option<String>,
     /// PEM certificate chain; serves HTTPS on --listen. Reloaded when the file changes.
@@ -119,7 +161,8 @@ pub struct DemoArgs {
         long,
         env = "ROUTER_ADMIN_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_token
     )]
     pub admin_token: Option<String>,
     /// TOML configuration file; the demo's regions apply where it sets none.
@@ -265,6 +308,20 @@ pub struct HttpConfig {
     pub cors_origins: Vec<String>,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, how long requests arriving on open keep-alive connections are still
+    /// answered (with `Connection: close`) before idle connections are closed.
+    pub shutdown_keepalive_ms: u64,
+    /// A connection that sends no byte within this long is closed.
+    pub first_byte_timeout_ms: u64,
+    /// Deadline of the TLS handshake, counted from the first byte.
+    pub tls_handshake_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once; 0 sizes it from the open-file limit. When reached,
+    /// silent and idle connections are closed first to make room.
+    pub max_connections: usize,
+    /// HTTP/2: most concurrent streams per connection.
+    pub h2_max_concurrent_streams: u32,
 }
 
 /// The `[tls]` table.
@@ -322,6 +379,12 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 10,
+            shutdown_keepalive_ms: 1000,
+            first_byte_timeout_ms: 5000,
+            tls_handshake_timeout_ms: 5000,
+            idle_timeout_secs: 60,
+            max_connections: 0,
+            h2_max_concurrent_streams: 100,
         }
     }
 }
@@ -426,6 +489,17 @@ impl FileConfig {
             "http.request_timeout_ms",
             || "must be at least 10".into(),
         )?;
+        for (v, key) in [
+            (h.first_byte_timeout_ms, "http.first_byte_timeout_ms"),
+            (h.tls_handshake_timeout_ms, "http.tls_handshake_timeout_ms"),
+            (h.idle_timeout_secs, "http.idle_timeout_secs"),
+            (
+                h.h2_max_concurrent_streams as u64,
+                "http.h2_max_concurrent_streams",
+            ),
+        ] {
+            check(v > 0, key, || "must be above 0".into())?;
+        }
         check(h.max_uri_bytes >= 64, "http.max_uri_bytes", || {
             "must be at least 64".into()
         })?;

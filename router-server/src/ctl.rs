@@ -179,11 +179,10 @@ async fn wait_drained(
             let conns = last
                 .map(|(c, _)| c.to_string())
                 .unwrap_or_else(|| "an unknown number of".into());
-            eprintln!(
-                "error: {id} still has {conns} connections after {}s; it keeps draining",
+            return Err(OpsError::GaveUp(format!(
+                "{id} still has {conns} connections after {}s; it keeps draining",
                 timeout.as_secs()
-            );
-            std::process::exit(1);
+            )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -22,20 +22,20 @@ pub mod api;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod schedule;
 pub mod state;
 pub mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::Handle;
 use registry::{Kv, Layout};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 use crate::config::FileConfig;
 use crate::tls::TlsFiles;
@@ -62,115 +62,81 @@ pub struct Listeners {
     pub plain: Option<std::net::TcpListener>,
 }
 
-/// Serves until `shutdown` fires, then stops accepting, lets in-flight requests finish
-/// (up to `http.shutdown_grace_secs`) and returns.
+/// Serves until `shutdown` fires, then stops accepting, answers what was already asked
+/// (see [`http::server`]) and joins every task it started before returning.
 pub async fn run(
     kv: Arc<dyn Kv>,
     opts: ServeOptions,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let background = CancellationToken::new();
+    // One tree: background work stops with `shutdown`, and is joined before returning.
+    let background = shutdown.child_token();
+    let tasks = TaskTracker::new();
     let state = Arc::new(state::AppState::new(opts.config.clone()));
-    let (views, _follow) =
+    let (views, follower) =
         registry::follow::follow(kv.clone(), opts.layout.clone(), background.clone());
-    tokio::spawn(state::run_updater(state.clone(), views, background.clone()));
+    tasks.spawn(async move {
+        if let Err(e) = follower.await {
+            warn!(error = %e, "registry follower ended abnormally");
+        }
+    });
+    tasks.spawn(state::run_updater(state.clone(), views, background.clone()));
     let api = api::Api::new(state.clone());
-    tokio::spawn(api.clone().housekeeping(background.clone()));
+    tasks.spawn(api.clone().housekeeping(background.clone()));
     let admin = opts
         .admin_token
         .as_ref()
         .map(|token| admin::router(state.clone(), kv.clone(), opts.layout.clone(), token));
     let app = api::router(api, admin);
-    let result = serve(
-        app,
-        listeners,
-        opts.tls.as_ref(),
-        &opts.config,
-        shutdown,
-        background.clone(),
-    )
-    .await;
+    let result = serve(app, state, listeners, opts.tls.as_ref(), shutdown, &tasks).await;
     background.cancel();
+    tasks.close();
+    let grace = Duration::from_secs(opts.config.http.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        warn!("background tasks did not stop within the grace period");
+    }
     result?;
     info!("stopped");
     Ok(())
 }
 
-/// A request head larger than `max_buf` is refused; one that takes longer than
-/// `head_timeout` to arrive (a slowloris client) closes the connection.
-fn limit(
-    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    max_buf: usize,
-    head_timeout: Duration,
-) {
-    b.http1()
-        .max_buf_size(max_buf)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
-}
-
-/// Serves `app` on the listeners (HTTPS on `main` when `tls` is given) until `shutdown`,
-/// then drains in-flight requests for up to `http.shutdown_grace_secs`. Background
-/// work it starts (certificate reloads) stops with `background`.
+/// Serves `app` on the listeners (HTTPS on `main` when `tls` is given) until
+/// `shutdown`, then closes down as [`http::server`] describes. Certificate reloading
+/// runs on `tasks` and stops with `shutdown`.
 pub async fn serve(
     app: axum::Router,
+    state: Arc<state::AppState>,
     listeners: Listeners,
     tls: Option<&TlsFiles>,
-    config: &FileConfig,
     shutdown: CancellationToken,
-    background: CancellationToken,
+    tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let handle: Handle<SocketAddr> = Handle::new();
-    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
-    let max_buf = config.http.max_header_bytes;
-    let head_timeout = config.request_timeout();
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            info!(
-                grace_secs = grace.as_secs(),
-                "shutting down: no new connections, finishing in-flight requests"
-            );
-            handle.graceful_shutdown(Some(grace));
-        });
-    }
-
-    listeners.main.set_nonblocking(true)?;
-    let main_addr = listeners.main.local_addr()?;
-    let main = match tls {
+    let config = &state.config;
+    let mut endpoints = Vec::new();
+    let live = match tls {
         Some(files) => {
-            let rustls = files.load().await.map_err(anyhow::Error::msg)?;
+            let live = files.load().await.map_err(anyhow::Error::msg)?;
             let every = Duration::from_millis(config.tls.reload_check_ms);
-            tokio::spawn(files.clone().watch(rustls.clone(), every, background));
-            let mut server =
-                axum_server::from_tcp_rustls(listeners.main, rustls)?.handle(handle.clone());
-            limit(server.http_builder(), max_buf, head_timeout);
-            info!(addr = %main_addr, "serving HTTPS");
-            tokio::spawn(server.serve(app.clone()))
-        }
-        None => {
-            let mut server = axum_server::from_tcp(listeners.main)?.handle(handle.clone());
-            limit(server.http_builder(), max_buf, head_timeout);
-            info!(addr = %main_addr, "serving HTTP");
-            tokio::spawn(server.serve(app.clone()))
-        }
-    };
-    let plain = match listeners.plain {
-        Some(l) => {
-            l.set_nonblocking(true)?;
-            info!(addr = %l.local_addr()?, "serving HTTP");
-            let mut server = axum_server::from_tcp(l)?.handle(handle.clone());
-            limit(server.http_builder(), max_buf, head_timeout);
-            Some(tokio::spawn(server.serve(app)))
+            tasks.spawn(
+                files
+                    .clone()
+                    .watch(live.clone(), every, shutdown.child_token()),
+            );
+            Some(live)
         }
         None => None,
     };
-    let result = main.await?;
-    if let Some(p) = plain {
-        p.await??;
+    endpoints.push(http::server::Endpoint {
+        listener: listeners.main,
+        tls: live,
+    });
+    if let Some(plain) = listeners.plain {
+        endpoints.push(http::server::Endpoint {
+            listener: plain,
+            tls: None,
+        });
     }
-    Ok(result?)
+    let http_cfg = config.http.clone();
+    http::server::serve_endpoints(app, endpoints, &http_cfg, state, shutdown).await
 }

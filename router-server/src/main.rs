@@ -11,8 +11,9 @@ use router_server::{Listeners, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
-    let cli: Cli = registry::cli::parse_or_exit();
-    let verbose_default = if matches!(cli.command, Some(Command::Ctl(_))) {
+    let cli =
+        Cli::parse_args(std::env::args_os()).unwrap_or_else(|e| registry::cli::exit_usage(&e));
+    let verbose_default = if matches!(cli.command, Command::Ctl(_)) {
         "warn"
     } else {
         "info"
@@ -27,15 +28,12 @@ fn main() {
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = runtime.block_on(async move {
-        match (cli.command, cli.serve) {
-            (Some(Command::Ctl(args)), _) => router_server::ctl::run(args).await,
-            (Some(Command::Demo(args)), _) => {
+        match cli.command {
+            Command::Ctl(args) => router_server::ctl::run(args).await,
+            Command::Demo(args) => {
                 report(router_server::demo::run_demo(args, shutdown_token()).await)
             }
-            (Some(Command::Serve(args)), _) | (None, Some(args)) => serve(args).await,
-            (None, None) => registry::cli::exit_invalid(
-                "nothing to do: give serve flags, `demo` or `ctl` (see --help)",
-            ),
+            Command::Serve(args) => serve(args).await,
         }
     });
     std::process::exit(code);

@@ -35,6 +35,14 @@ pub struct NodeLabels {
     pub state: String,
 }
 
+/// Labels of the connection counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// Why the server closed a connection: `first_byte_timeout`, `tls_handshake`,
+    /// `head_timeout`, `idle_timeout`, `shed_silent`, `shed_idle`, `refused_full`.
+    pub reason: &'static str,
+}
+
 /// Upper bounds of the latency buckets: 50 µs doubling to ~1.6 s.
 const LATENCY_BOUNDS: [f64; 16] = {
     let mut b = [0.0; 16];
@@ -85,6 +93,23 @@ impl AtomicHistogram {
     pub fn count(&self) -> u64 {
         self.inner.count.load(Ordering::Relaxed)
     }
+
+    /// `(sum, count, buckets)` as the encoder takes them: each bucket's own count (the
+    /// encoder accumulates), the last bound `+Inf`, and `count` the total of the buckets
+    /// read, so `_count` equals the `+Inf` bucket even while requests are observed.
+    fn buckets(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let h = &self.inner;
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(&h.buckets)
+            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (sum, count, buckets)
+    }
 }
 
 impl TypedMetric for AtomicHistogram {
@@ -93,20 +118,8 @@ impl TypedMetric for AtomicHistogram {
 
 impl EncodeMetric for AtomicHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let h = &self.inner;
-        let mut cumulative = 0;
-        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::MAX))
-            .zip(&h.buckets)
-            .map(|(bound, n)| {
-                cumulative += n.load(Ordering::Relaxed);
-                (bound, cumulative)
-            })
-            .collect();
-        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, cumulative, &buckets, None)
+        let (sum, count, buckets) = self.buckets();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -145,6 +158,12 @@ pub struct Metrics {
     pub no_gateways: Counter,
     /// Admin actions by outcome.
     pub admin_actions: Family<RequestLabels, Counter>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// The connection cap in force.
+    pub connections_max: Gauge,
+    /// Connections the server closed or refused, by reason.
+    pub connections_closed: Family<ConnLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,6 +183,9 @@ impl Default for Metrics {
             rate_limited: Counter::default(),
             no_gateways: Counter::default(),
             admin_actions: Family::default(),
+            connections_open: Gauge::default(),
+            connections_max: Gauge::default(),
+            connections_closed: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -231,16 +253,147 @@ impl Default for Metrics {
             "Admin API actions by route and status",
             m.admin_actions.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_max",
+            "The cap on client connections in force",
+            m.connections_max.clone(),
+        );
+        registry.register(
+            "connections_closed_by_server",
+            "Client connections the server closed or refused, by reason",
+            m.connections_closed.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The Prometheus text format (0.0.4), for scrapers and tools (`promtool check
+    /// metrics`) that do not ask for OpenMetrics.
+    pub fn render_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.render())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text: a counter family's `HELP` and `TYPE`
+/// name its samples (`x_total`, where OpenMetrics names the family `x`); `UNIT` and
+/// `EOF` lines, which the older format does not have, are left out.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut pending_help: Option<&str> = None;
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            // Its name depends on the TYPE line that follows.
+            pending_help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let sample_name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(help) = pending_help.take() {
+                let text = help
+                    .strip_prefix("# HELP ")
+                    .and_then(|h| h.split_once(' '))
+                    .map(|(_, t)| t)
+                    .unwrap_or("");
+                out.push_str(&format!("# HELP {sample_name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {sample_name} {kind}\n"));
+            continue;
+        }
+        if let Some(help) = pending_help.take() {
+            out.push_str(help);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `name_bucket{...le="B"} N` lines of one histogram: (bound text, count).
+    fn buckets_of(text: &str, name: &str) -> Vec<(String, u64)> {
+        let prefix = format!("{name}_bucket{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| {
+                let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+                let n = l.rsplit(' ').next().unwrap().parse().unwrap();
+                (le.to_string(), n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prometheus_text_names_counter_families_by_their_samples() {
+        let m = Metrics::default();
+        m.rate_limited.inc();
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("# HELP router_rate_limited_total Requests"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# TYPE router_rate_limited_total counter\nrouter_rate_limited_total 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE router_registry_connected gauge"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_once_and_end_at_inf() {
+        let m = Metrics::default();
+        let h = m.latency.get_or_create(&RouteLabels { route: "/gateways" });
+        for secs in [0.00001, 0.00001, 0.0003, 0.002, 0.5, 100.0] {
+            h.observe(secs);
+        }
+        let text = m.render();
+        let b = buckets_of(&text, "router_http_request_duration_seconds");
+        assert_eq!(b.len(), LATENCY_BOUNDS.len() + 1, "{text}");
+        assert_eq!(b[0], ("0.00005".to_string(), 2), "{text}");
+        assert!(
+            b.windows(2).all(|w| w[0].1 <= w[1].1),
+            "non-decreasing: {b:?}"
+        );
+        assert_eq!(b.last().unwrap(), &("+Inf".to_string(), 6), "{text}");
+        assert!(
+            text.contains("router_http_request_duration_seconds_count{route=\"/gateways\"} 6"),
+            "{text}"
+        );
+        let below_1s = b.iter().rev().nth(1).unwrap();
+        assert_eq!(
+            below_1s.1, 5,
+            "the 100 s observation is only in +Inf: {b:?}"
+        );
     }
 }

@@ -24,6 +24,9 @@ pub enum OpsError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] KvError),
+    /// An operation that waits gave up before its goal was reached.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// A fresh, unique command id: `c-{ms}-{random}`.

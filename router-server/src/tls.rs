@@ -1,9 +1,13 @@
 //! HTTPS with rustls from PEM files, and certificate renewal without a restart.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -16,9 +20,30 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The server configuration in force; new handshakes read it, a renewal swaps it.
+pub type LiveTlsConfig = Arc<ArcSwap<ServerConfig>>;
+
 /// Installs ring as the process's rustls provider (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A server configuration from PEM text, offering HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, String> {
+    install_crypto_provider();
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("certificate: no PEM certificate found".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key: {e}"))?;
+    let mut config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 impl TlsFiles {
@@ -26,17 +51,8 @@ impl TlsFiles {
         Ok((std::fs::read(&self.cert)?, std::fs::read(&self.key)?))
     }
 
-    /// Loads the files into a server configuration; fails with a message naming them.
-    pub async fn load(&self) -> Result<RustlsConfig, String> {
-        install_crypto_provider();
-        let (cert, key) = self.read().map_err(|e| {
-            format!(
-                "cannot read TLS files {} / {}: {e}",
-                self.cert.display(),
-                self.key.display()
-            )
-        })?;
-        RustlsConfig::from_pem(cert, key).await.map_err(|e| {
+    fn parse(&self, files: &(Vec<u8>, Vec<u8>)) -> Result<ServerConfig, String> {
+        server_config(&files.0, &files.1).map_err(|e| {
             format!(
                 "invalid TLS certificate or key ({} / {}): {e}",
                 self.cert.display(),
@@ -45,11 +61,23 @@ impl TlsFiles {
         })
     }
 
+    /// Loads the files into a server configuration; fails with a message naming them.
+    pub async fn load(&self) -> Result<LiveTlsConfig, String> {
+        let files = self.read().map_err(|e| {
+            format!(
+                "cannot read TLS files {} / {}: {e}",
+                self.cert.display(),
+                self.key.display()
+            )
+        })?;
+        Ok(Arc::new(ArcSwap::from_pointee(self.parse(&files)?)))
+    }
+
     /// Re-reads the files every `every`; when their content changed, swaps the
     /// certificate in place. New handshakes use it; open connections keep theirs. A
     /// broken renewal (half-written file, mismatched key) is logged and the current
     /// certificate stays.
-    pub async fn watch(self, config: RustlsConfig, every: Duration, cancel: CancellationToken) {
+    pub async fn watch(self, config: LiveTlsConfig, every: Duration, cancel: CancellationToken) {
         let mut current = self.read().ok();
         loop {
             tokio::select! {
@@ -60,11 +88,11 @@ impl TlsFiles {
             if current.as_ref() == Some(&files) {
                 continue;
             }
-            match config
-                .reload_from_pem(files.0.clone(), files.1.clone())
-                .await
-            {
-                Ok(()) => info!(cert = %self.cert.display(), "TLS certificate reloaded"),
+            match self.parse(&files) {
+                Ok(c) => {
+                    config.store(Arc::new(c));
+                    info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                }
                 Err(e) => {
                     warn!(cert = %self.cert.display(), error = %e, "TLS certificate reload failed; keeping the current one")
                 }

@@ -291,10 +291,38 @@ impl Proc {
 
     /// Spawns with extra environment variables.
     pub fn spawn_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_full(name, args, env, false, None)
+    }
+
+    /// Spawns with exactly `env` (nothing inherited but `RUST_LOG`), to test
+    /// configuration by variables alone.
+    pub fn spawn_clean(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_full(name, args, env, true, None)
+    }
+
+    /// Spawns `name`, cleared of inherited variables when `clean`, and run through
+    /// `wrapper` (e.g. `prlimit --nofile=256:256`) when given.
+    pub fn spawn_full(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        clean: bool,
+        wrapper: Option<Vec<String>>,
+    ) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("output.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(bin(name));
+        let mut cmd = match &wrapper {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(bin(name));
+                c
+            }
+            None => Command::new(bin(name)),
+        };
+        if clean {
+            cmd.env_clear();
+        }
         cmd.args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -593,7 +621,17 @@ impl RouterProc {
     /// switched off, since tests poll far faster than any client) and `extra` flags, and
     /// waits until it is ready.
     pub fn start(etcd: &Etcd, config: &str, extra: &[&str]) -> RouterProc {
-        let (proc, file) = spawn_router(etcd, config, extra);
+        RouterProc::start_with(etcd, config, extra, None)
+    }
+
+    /// [`RouterProc::start`] through `wrapper` (e.g. `prlimit --nofile=256:256`).
+    pub fn start_with(
+        etcd: &Etcd,
+        config: &str,
+        extra: &[&str],
+        wrapper: Option<Vec<String>>,
+    ) -> RouterProc {
+        let (proc, file) = spawn_router(etcd, config, extra, wrapper);
         let addr = proc.wait_for_addr("serving HTTP", Duration::from_secs(20));
         RouterProc::ready(proc, addr, file)
     }
@@ -615,7 +653,7 @@ impl RouterProc {
             "--tls-key",
             key,
         ];
-        let (proc, file) = spawn_router(etcd, config, &extra);
+        let (proc, file) = spawn_router(etcd, config, &extra, None);
         let https = proc.wait_for_addr("serving HTTPS", Duration::from_secs(20));
         let addr = proc.wait_for_addr("serving HTTP ", Duration::from_secs(20));
         (RouterProc::ready(proc, addr, file), https)
@@ -645,7 +683,12 @@ impl RouterProc {
     }
 }
 
-fn spawn_router(etcd: &Etcd, config: &str, extra: &[&str]) -> (Proc, tempfile::NamedTempFile) {
+fn spawn_router(
+    etcd: &Etcd,
+    config: &str,
+    extra: &[&str],
+    wrapper: Option<Vec<String>>,
+) -> (Proc, tempfile::NamedTempFile) {
     let file = tempfile::NamedTempFile::new().expect("config file");
     std::fs::write(
         file.path(),
@@ -662,7 +705,10 @@ fn spawn_router(etcd: &Etcd, config: &str, extra: &[&str]) -> (Proc, tempfile::N
         file.path().to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    (Proc::spawn("router-server", &args), file)
+    (
+        Proc::spawn_full("router-server", &args, &[], false, wrapper),
+        file,
+    )
 }
 
 /// The gateway ids of a `GET /gateways` answer body.

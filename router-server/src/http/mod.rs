@@ -1,0 +1,3 @@
+//! The HTTP edge: the server that owns client connections.
+
+pub mod server;
