@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, when missing: protoc (etcd-client's build)
-# and, with --test, etcd + etcdctl (tests run a real etcd). Debian/Ubuntu packages.
+# and, with --test, etcd + etcdctl (tests run a real etcd), promtool (metrics are
+# checked with it) and prlimit. Debian/Ubuntu packages.
 set -euo pipefail
 
 want_test=0
@@ -11,6 +12,8 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if [ "$want_test" = 1 ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 fi
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
@@ -22,4 +25,4 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "installing ${missing[*]} ..." >&2
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -245,7 +245,23 @@ pub struct ApiInner {
     /// Shared state.
     pub state: Arc<AppState>,
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Prefix lengths that group clients into one rate-limit budget (IPv4, IPv6).
+    limit_prefix: (u8, u8),
     regions: RegionTable,
+}
+
+/// The rate-limit key of `ip`: its network of `v4` / `v6` leading bits.
+pub fn rate_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(v4.min(32))).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(v6.min(128))).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
 }
 
 impl std::ops::Deref for Api {
@@ -264,9 +280,11 @@ impl Api {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let regions = RegionTable::new(&state.config.regions);
+        let limit_prefix = (rl.ipv4_prefix_len, rl.ipv6_prefix_len);
         Api(Arc::new(ApiInner {
             state,
             limiter,
+            limit_prefix,
             regions,
         }))
     }
@@ -288,7 +306,7 @@ impl Api {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if let Err(not_until) = limiter.check_key(&ip) {
+        if let Err(not_until) = limiter.check_key(&rate_key(ip, self.limit_prefix)) {
             use governor::clock::{Clock, DefaultClock};
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             self.state.metrics.rate_limited.inc();
@@ -794,6 +812,18 @@ mod tests {
             let key = bad.split('=').next().unwrap();
             assert!(e.message.starts_with(key), "{bad}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn rate_keys_group_networks() {
+        let key = |ip: &str, p| rate_key(ip.parse().unwrap(), p).to_string();
+        assert_eq!(key("203.0.113.77", (32, 64)), "203.0.113.77");
+        assert_eq!(key("203.0.113.77", (24, 64)), "203.0.113.0");
+        assert_eq!(key("203.0.113.77", (0, 64)), "0.0.0.0");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 64)), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 128)), "2001:db8:1:2:aaaa::1");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 0)), "::");
+        assert_eq!(key("::ffff:203.0.113.77", (32, 64)), "203.0.113.77", "IPv4-mapped");
     }
 
     #[test]

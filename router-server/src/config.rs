@@ -292,6 +292,12 @@ pub struct RateLimitConfig {
     pub per_ip_per_sec: u32,
     /// Requests a client may burst above the sustained rate.
     pub burst: u32,
+    /// IPv4 clients sharing this many leading bits share one budget (32: per address).
+    pub ipv4_prefix_len: u8,
+    /// IPv6 clients sharing this many leading bits share one budget (64: per /64, the
+    /// smallest network a subscriber is given, so rotating addresses inside it does not
+    /// buy a new budget).
+    pub ipv6_prefix_len: u8,
 }
 
 /// The `[http]` table.
@@ -364,9 +370,16 @@ impl Default for BackoffConfig {
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
+        // Sized for carrier-grade NAT: thousands of phones share one IPv4 address, and
+        // after a gateway crash they all reconnect within seconds. A burst of 10,000
+        // admits a 10,000-client storm from one address whatever its shape; 1,000/s
+        // sustained is about 1 % of one router's capacity, so a single abusive address
+        // still cannot take a router down.
         RateLimitConfig {
-            per_ip_per_sec: 20,
-            burst: 40,
+            per_ip_per_sec: 1000,
+            burst: 10_000,
+            ipv4_prefix_len: 32,
+            ipv6_prefix_len: 64,
         }
     }
 }
@@ -500,6 +513,13 @@ impl FileConfig {
         ] {
             check(v > 0, key, || "must be above 0".into())?;
         }
+        let rl = &self.rate_limit;
+        check(rl.ipv4_prefix_len <= 32, "rate_limit.ipv4_prefix_len", || {
+            format!("{} is not 0-32", rl.ipv4_prefix_len)
+        })?;
+        check(rl.ipv6_prefix_len <= 128, "rate_limit.ipv6_prefix_len", || {
+            format!("{} is not 0-128", rl.ipv6_prefix_len)
+        })?;
         check(h.max_uri_bytes >= 64, "http.max_uri_bytes", || {
             "must be at least 64".into()
         })?;

@@ -239,6 +239,54 @@ async fn rate_limit_429_per_client_ip_with_retry_after() {
     assert_eq!(state.metrics.rate_limited.get(), 1);
 }
 
+/// A reconnect storm of 10,000 clients behind one carrier-grade NAT address passes at
+/// the default limit; one address still cannot go on without bound.
+#[tokio::test]
+async fn the_default_limit_lets_a_nat_storm_through() {
+    let cfg = FileConfig::parse("trusted_proxies = [\"10.0.0.0/8\"]").unwrap();
+    // Room for the whole storm, so only the limit can refuse.
+    let big = NodeRecord {
+        capacity: 1_000_000,
+        ..node("big", "cn-sh", 0)
+    };
+    let (app, state) = app_with(cfg, Some(vec![big]), "10.0.0.1:5000");
+    for i in 0..10_000 {
+        let (status, _, body) = get_with(&app, forwarded("198.51.100.7")).await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+    }
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        if get_with(&app, forwarded("198.51.100.7")).await.0 == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the limit still holds past the storm");
+    assert_eq!(state.metrics.rate_limited.get(), refused);
+}
+
+/// IPv6 clients are limited per /64: rotating addresses inside one buys nothing.
+#[tokio::test]
+async fn ipv6_clients_share_a_budget_per_64() {
+    let cfg = FileConfig::parse(
+        "trusted_proxies = [\"10.0.0.0/8\"]\n[rate_limit]\nper_ip_per_sec = 1\nburst = 2",
+    )
+    .unwrap();
+    let (app, _) = app_with(cfg, Some(fleet()), "10.0.0.1:5000");
+    for ip in ["2001:db8:0:1::1", "2001:db8:0:1::2"] {
+        assert_eq!(get_with(&app, forwarded(ip)).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        get_with(&app, forwarded("2001:db8:0:1:ffff::3")).await.0,
+        StatusCode::TOO_MANY_REQUESTS,
+        "same /64"
+    );
+    assert_eq!(
+        get_with(&app, forwarded("2001:db8:0:2::1")).await.0,
+        StatusCode::OK,
+        "another /64"
+    );
+}
+
 #[tokio::test]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let cfg = FileConfig::parse(
