@@ -103,7 +103,10 @@ impl FromStr for Proto {
 }
 
 /// The ports a node listens on; at least one is set.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Read only from a JSON object: serde's derive would also take an array
+/// (`[8000, 8080]` as tcp and ws), which the contract calls a wrong type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Ports {
     /// Raw TCP port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +117,43 @@ pub struct Ports {
     /// TLS WebSocket port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wss: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ports, D::Error> {
+        /// The same fields, derived; only ever fed a map.
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default)]
+            tcp: Option<u16>,
+            #[serde(default)]
+            ws: Option<u16>,
+            #[serde(default)]
+            wss: Option<u16>,
+        }
+        struct MapOnly;
+        impl<'de> serde::de::Visitor<'de> for MapOnly {
+            type Value = Ports;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of ports, e.g. {\"tcp\": 8000}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Ports, A::Error> {
+                let f = Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Ports {
+                    tcp: f.tcp,
+                    ws: f.ws,
+                    wss: f.wss,
+                })
+            }
+        }
+        d.deserialize_map(MapOnly)
+    }
+}
+
+/// True when `value` is a JSON object (the first non-blank byte is `{`): serde's derive
+/// would also read a struct from an array of its fields in order.
+fn is_json_object(value: &[u8]) -> bool {
+    value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 impl Ports {
@@ -253,6 +293,11 @@ impl NodeRecord {
 
     /// Parses and validates a stored value; `key_id` is the key's last segment.
     pub fn parse(key_id: &str, value: &[u8]) -> Result<NodeRecord, RecordError> {
+        if !is_json_object(value) {
+            return Err(RecordError::Json(
+                "a node record must be a JSON object".into(),
+            ));
+        }
         let record: NodeRecord =
             serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))?;
         record.validate()?;
@@ -354,6 +399,9 @@ pub struct Command {
 impl Command {
     /// Parses and validates a stored command.
     pub fn parse(value: &[u8]) -> Result<Command, RecordError> {
+        if !is_json_object(value) {
+            return Err(RecordError::Json("a command must be a JSON object".into()));
+        }
         let cmd: Command =
             serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))?;
         cmd.validate()?;
@@ -447,6 +495,16 @@ mod tests {
         let ok = r#""ip":"10.0.0.1","ports":{"tcp":1},"region":"r","capacity":5,"connections":1"#;
         assert!(matches!(reject("a", "not json"), RecordError::Json(_)));
         assert!(matches!(reject("a", "[]"), RecordError::Json(_)));
+        // Wrong types where serde's derive would read a struct from an array.
+        let e = reject(
+            "a",
+            r#"{"id":"a","ip":"10.0.0.1","ports":[8000,8080],"region":"r","capacity":5,"connections":1}"#,
+        );
+        assert!(e.to_string().contains("object of ports"), "{e}");
+        let e = reject("a", r#"["a","10.0.0.1",{"tcp":1},"r",5,1]"#);
+        assert!(e.to_string().contains("JSON object"), "{e}");
+        assert!(Command::parse(br#"["c-1","drain"]"#).is_err());
+        assert!(Command::parse(br#" {"id":"c-1","action":"drain"}"#).is_ok());
         // Missing required fields.
         for field in ["ip", "ports", "region", "capacity", "connections"] {
             let v: serde_json::Value =

@@ -254,11 +254,15 @@ pub struct ApiInner {
 pub fn rate_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(v4.min(32))).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(v4.min(32)))
+                .unwrap_or(0);
             IpAddr::V4((u32::from(a) & mask).into())
         }
         IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(v6.min(128))).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6.min(128)))
+                .unwrap_or(0);
             IpAddr::V6((u128::from(a) & mask).into())
         }
     }
@@ -821,9 +825,16 @@ mod tests {
         assert_eq!(key("203.0.113.77", (24, 64)), "203.0.113.0");
         assert_eq!(key("203.0.113.77", (0, 64)), "0.0.0.0");
         assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 64)), "2001:db8:1:2::");
-        assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 128)), "2001:db8:1:2:aaaa::1");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa::1", (32, 128)),
+            "2001:db8:1:2:aaaa::1"
+        );
         assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 0)), "::");
-        assert_eq!(key("::ffff:203.0.113.77", (32, 64)), "203.0.113.77", "IPv4-mapped");
+        assert_eq!(
+            key("::ffff:203.0.113.77", (32, 64)),
+            "203.0.113.77",
+            "IPv4-mapped"
+        );
     }
 
     #[test]

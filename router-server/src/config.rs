@@ -514,12 +514,16 @@ impl FileConfig {
             check(v > 0, key, || "must be above 0".into())?;
         }
         let rl = &self.rate_limit;
-        check(rl.ipv4_prefix_len <= 32, "rate_limit.ipv4_prefix_len", || {
-            format!("{} is not 0-32", rl.ipv4_prefix_len)
-        })?;
-        check(rl.ipv6_prefix_len <= 128, "rate_limit.ipv6_prefix_len", || {
-            format!("{} is not 0-128", rl.ipv6_prefix_len)
-        })?;
+        check(
+            rl.ipv4_prefix_len <= 32,
+            "rate_limit.ipv4_prefix_len",
+            || format!("{} is not 0-32", rl.ipv4_prefix_len),
+        )?;
+        check(
+            rl.ipv6_prefix_len <= 128,
+            "rate_limit.ipv6_prefix_len",
+            || format!("{} is not 0-128", rl.ipv6_prefix_len),
+        )?;
         check(h.max_uri_bytes >= 64, "http.max_uri_bytes", || {
             "must be at least 64".into()
         })?;

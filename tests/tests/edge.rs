@@ -246,7 +246,7 @@ fn http2_connections_have_deadlines_too() {
 }
 
 #[test]
-fn requests_without_host_are_refused_with_the_contract_error() {
+fn malformed_requests_are_refused_with_the_contract_error() {
     let etcd = Etcd::start();
     let r = RouterProc::start(&etcd, "", &[]);
     let resp = raw(
@@ -265,6 +265,29 @@ fn requests_without_host_are_refused_with_the_contract_error() {
         resp.starts_with("HTTP/1.0 200"),
         "HTTP/1.0 needs no Host: {resp}"
     );
+    // Heads the HTTP parser refuses by itself carry the contract's error body too.
+    let big = format!(
+        "GET /gateways HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    for (req, status) in [
+        (big.as_bytes().to_vec(), "431"),
+        (
+            b"GET /gateways HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            b"GET /gateways HTTP/1.1\r\nHost: x\r\nX: a\r\n folded\r\n\r\n".to_vec(),
+            "400",
+        ),
+    ] {
+        let resp = raw(r.addr, &req, Duration::from_secs(5));
+        assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{resp}");
+        let body = resp.split_once("\r\n\r\n").unwrap().1;
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"));
+        assert!(v["error"]["code"].is_string(), "{resp}");
+    }
 }
 
 #[test]
