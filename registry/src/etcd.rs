@@ -1,16 +1,35 @@
 //! The [`Kv`] trait over a real etcd cluster, through `etcd-client`.
 //!
-//! The client keeps one balanced gRPC channel to every endpoint and reconnects by
-//! itself; HTTP/2 keep-alives make a dead connection fail a watch within seconds
-//! instead of leaving it silently stuck, which is what lets followers notice an outage.
+//! Built for a stock etcd and for clusters whose members come and go:
+//!
+//! * **One channel per endpoint, with failover.** A call goes to the endpoint that last
+//!   answered; when it cannot be reached (connect error, no leader, no answer by the
+//!   deadline) the next endpoint is tried at once, and the switch is logged with both
+//!   names. (One balanced channel over all endpoints kept picking a dead member.)
+//! * **Keep-alive pings a stock etcd accepts.** etcd's `--grpc-keepalive-min-time` is
+//!   5 s and it refuses pings on connections without streams: a client pinging more
+//!   often is sent GOAWAY `too_many_pings` and its watches drop. Pings go every 10 s
+//!   (configurable) and only while a stream is open; a dead connection still fails its
+//!   watch within interval + timeout.
+//! * **One keep-alive stream per lease**, reused for every renewal.
+//! * **A deadline on every call**, short for small requests (so a report stuck on a
+//!   member that lost its leader is retried elsewhere within a second), longer for
+//!   listing a whole fleet.
+//! * **Errors classified by gRPC status code**, never by message text.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
+    Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    WatchOptions, WatchResponse,
 };
 use futures::StreamExt;
+use tracing::{info, warn};
 
 use crate::kv::{KeyValue, Kv, KvError, KvEvent, LeaseId, Listing, WatchBatch, WatchStream};
 
@@ -19,32 +38,61 @@ use crate::kv::{KeyValue, Kv, KvError, KvEvent, LeaseId, Listing, WatchBatch, Wa
 pub struct EtcdOptions {
     /// TCP connect timeout per endpoint.
     pub connect_timeout: Duration,
-    /// Deadline for each unary request.
+    /// Deadline of each small request (get, put, delete, lease calls, watch creation).
     pub request_timeout: Duration,
-    /// HTTP/2 keep-alive interval; a connection that misses a ping for as long again
-    /// is treated as dead.
+    /// Deadline of listing a prefix (a whole fleet's records).
+    pub list_timeout: Duration,
+    /// HTTP/2 keep-alive ping interval, sent only while a stream is open. Keep it above
+    /// etcd's `--grpc-keepalive-min-time` (5 s by default).
     pub keep_alive: Duration,
+    /// How long a ping may go unanswered before the connection is declared dead.
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for EtcdOptions {
     fn default() -> Self {
         EtcdOptions {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(3),
-            keep_alive: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            list_timeout: Duration::from_secs(15),
+            keep_alive: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// A lease's keep-alive stream, kept open between renewals.
+struct Keeper {
+    endpoint: usize,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    /// One client (one channel) per endpoint, in the order given.
+    clients: Vec<Client>,
+    /// The endpoint calls go to first: the last one that answered.
+    current: AtomicUsize,
+    /// Per endpoint: did its last call succeed? A long call (a listing) goes to an
+    /// endpoint not known to answer only after a quick probe, so a blackholed member
+    /// costs the short deadline, not the long one.
+    answering: Vec<AtomicBool>,
+    opts: EtcdOptions,
+    keepers: tokio::sync::Mutex<HashMap<LeaseId, Keeper>>,
 }
 
 /// A store backed by etcd.
 #[derive(Clone)]
 pub struct EtcdKv {
-    client: Client,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for EtcdKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdKv").finish_non_exhaustive()
+        f.debug_struct("EtcdKv")
+            .field("endpoints", &self.inner.endpoints)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,17 +124,17 @@ pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
     Ok(eps)
 }
 
+/// Classifies an etcd error by its gRPC status code.
 fn map_err(e: etcd_client::Error) -> KvError {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {
         E::GRpcStatus(status) => {
             let msg = status.message().to_string();
-            if msg.contains("lease not found") {
-                // The caller knows which lease it asked about and fills it in.
-                return KvError::LeaseNotFound(0);
-            }
             match status.code() {
+                // etcd answers NotFound only for a lease it does not know; the caller
+                // knows which lease it asked about and fills it in.
+                Code::NotFound => KvError::LeaseNotFound(0),
                 Code::InvalidArgument
                 | Code::PermissionDenied
                 | Code::Unauthenticated
@@ -98,9 +146,9 @@ fn map_err(e: etcd_client::Error) -> KvError {
             }
         }
         E::InvalidArgs(m) => KvError::Rejected(m),
-        // etcd answers a keep-alive for an unknown lease with TTL 0, which the client
-        // reports as this error.
-        E::LeaseKeepAliveError(m) if m.contains("lease not found") => KvError::LeaseNotFound(0),
+        // The client's own verdict on a keep-alive answer with TTL 0 (not a gRPC
+        // status): the lease is gone.
+        E::LeaseKeepAliveError(_) => KvError::LeaseNotFound(0),
         other => KvError::Unavailable(other.to_string()),
     }
 }
@@ -114,19 +162,101 @@ fn map_lease_err(e: etcd_client::Error, lease: LeaseId) -> KvError {
 }
 
 impl EtcdKv {
-    /// Connects to `endpoints`; the channel is lazy, so this succeeds while etcd is down
+    /// Connects to `endpoints`; channels are lazy, so this succeeds while etcd is down
     /// and calls fail with [`KvError::Unavailable`] until it is back.
     pub async fn connect(endpoints: &[String], opts: &EtcdOptions) -> Result<EtcdKv, KvError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout)
-            .with_timeout(opts.request_timeout)
-            .with_keep_alive(opts.keep_alive, opts.keep_alive)
-            .with_keep_alive_while_idle(true)
+            .with_timeout(opts.list_timeout)
+            .with_keep_alive(opts.keep_alive, opts.keep_alive_timeout)
+            .with_keep_alive_while_idle(false)
             .with_require_leader(true);
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(map_err)?;
-        Ok(EtcdKv { client })
+        if endpoints.is_empty() {
+            return Err(KvError::Rejected("no etcd endpoint given".into()));
+        }
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for ep in endpoints {
+            clients.push(
+                Client::connect([ep.as_str()], Some(options.clone()))
+                    .await
+                    .map_err(map_err)?,
+            );
+        }
+        Ok(EtcdKv {
+            inner: Arc::new(Inner {
+                endpoints: endpoints.to_vec(),
+                clients,
+                current: AtomicUsize::new(0),
+                answering: endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
+                opts: opts.clone(),
+                keepers: tokio::sync::Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The endpoints, in the order given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// Runs `f` against the current endpoint, then each other one in turn while the
+    /// failure is the endpoint's (unreachable, no leader, no answer by `deadline`).
+    /// Returns the result and the endpoint that gave it.
+    async fn call<T, F, Fut>(
+        &self,
+        what: &'static str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<(T, usize), KvError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, KvError>>,
+    {
+        let inner = &self.inner;
+        let n = inner.clients.len();
+        let first = inner.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for attempt in 0..n {
+            let i = (first + attempt) % n;
+            let endpoint = &inner.endpoints[i];
+            let short = inner.opts.request_timeout;
+            if deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
+                let mut c = inner.clients[i].clone();
+                let probe = tokio::time::timeout(short, async move { c.status().await }).await;
+                if !matches!(probe, Ok(Ok(_))) {
+                    if n > 1 {
+                        warn!(%endpoint, call = what, "etcd endpoint does not answer; trying the next");
+                    }
+                    last = Some(KvError::Unavailable(format!(
+                        "{endpoint}: no answer within {} ms",
+                        short.as_millis()
+                    )));
+                    continue;
+                }
+            }
+            let result = tokio::time::timeout(deadline, f(inner.clients[i].clone())).await;
+            let answered = !matches!(result, Err(_) | Ok(Err(KvError::Unavailable(_))));
+            inner.answering[i].store(answered, Ordering::Relaxed);
+            let err = match result {
+                Ok(Ok(v)) => {
+                    if i != first {
+                        inner.current.store(i, Ordering::Relaxed);
+                        info!(from = %inner.endpoints[first], to = %endpoint, "etcd: switched endpoint");
+                    }
+                    return Ok((v, i));
+                }
+                Ok(Err(e @ KvError::Unavailable(_))) => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    KvError::Unavailable(format!("no answer within {} ms", deadline.as_millis()))
+                }
+            };
+            if n > 1 {
+                warn!(%endpoint, call = what, error = %err, "etcd endpoint failed; trying the next");
+            }
+            last = Some(KvError::Unavailable(format!("{endpoint}: {err}")));
+        }
+        Err(last.unwrap_or_else(|| KvError::Unavailable("no endpoint".into())))
     }
 }
 
@@ -179,17 +309,24 @@ fn to_batch(resp: &WatchResponse, requested: i64) -> Result<Option<WatchBatch>, 
 #[async_trait]
 impl Kv for EtcdKv {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
-        let resp = self.client.clone().get(key, None).await.map_err(map_err)?;
+        let t = self.inner.opts.request_timeout;
+        let (resp, _) = self
+            .call("get", t, |mut c| async move {
+                c.get(key, None).await.map_err(map_err)
+            })
+            .await?;
         Ok(resp.kvs().first().and_then(to_kv))
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, KvError> {
-        let resp = self
-            .client
-            .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(map_err)?;
+        let t = self.inner.opts.list_timeout;
+        let (resp, _) = self
+            .call("list", t, |mut c| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok(Listing {
             kvs: resp.kvs().iter().filter_map(to_kv).collect(),
@@ -198,59 +335,114 @@ impl Kv for EtcdKv {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64, KvError> {
-        let opts = lease.map(|l| PutOptions::new().with_lease(l));
-        let resp = self
-            .client
-            .clone()
-            .put(key, value, opts)
-            .await
-            .map_err(|e| map_lease_err(e, lease.unwrap_or_default()))?;
+        let t = self.inner.opts.request_timeout;
+        let (resp, _) = self
+            .call("put", t, |mut c| {
+                let value = value.clone();
+                async move {
+                    let opts = lease.map(|l| PutOptions::new().with_lease(l));
+                    c.put(key, value, opts)
+                        .await
+                        .map_err(|e| map_lease_err(e, lease.unwrap_or_default()))
+                }
+            })
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, KvError> {
-        let resp = self
-            .client
-            .clone()
-            .delete(key, None)
-            .await
-            .map_err(map_err)?;
+        let t = self.inner.opts.request_timeout;
+        let (resp, _) = self
+            .call("delete", t, |mut c| async move {
+                c.delete(key, None).await.map_err(map_err)
+            })
+            .await?;
         Ok(resp.deleted() > 0)
     }
 
     async fn grant(&self, ttl: Duration) -> Result<LeaseId, KvError> {
         let secs = ttl.as_secs().max(1) as i64;
-        let resp = self
-            .client
-            .clone()
-            .lease_grant(secs, None)
-            .await
-            .map_err(map_err)?;
+        let t = self.inner.opts.request_timeout;
+        let (resp, _) = self
+            .call("lease grant", t, |mut c| async move {
+                c.lease_grant(secs, None).await.map_err(map_err)
+            })
+            .await?;
         Ok(resp.id())
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, KvError> {
-        let mut client = self.client.clone();
+        let t = self.inner.opts.request_timeout;
         let not_found = |e| map_lease_err(e, lease);
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(not_found)?;
-        keeper.keep_alive().await.map_err(not_found)?;
-        let resp = stream
-            .message()
+        let mut keepers = self.inner.keepers.lock().await;
+        // Renew on the lease's open stream; on any trouble, open a new one (failing
+        // over to another endpoint if need be) and renew on that.
+        for reuse in [true, false] {
+            let k = match keepers.get_mut(&lease) {
+                Some(k) if reuse => k,
+                Some(_) | None if reuse => continue,
+                _ => {
+                    keepers.remove(&lease);
+                    let ((keeper, stream), endpoint) = self
+                        .call("lease keep-alive", t, |mut c| async move {
+                            c.lease_keep_alive(lease).await.map_err(not_found)
+                        })
+                        .await?;
+                    keepers.entry(lease).or_insert(Keeper {
+                        endpoint,
+                        keeper,
+                        stream,
+                    })
+                }
+            };
+            let renewed = tokio::time::timeout(t, async {
+                k.keeper.keep_alive().await.map_err(not_found)?;
+                k.stream
+                    .message()
+                    .await
+                    .map_err(not_found)?
+                    .ok_or_else(|| KvError::Unavailable("keep-alive stream closed".into()))
+            })
             .await
-            .map_err(not_found)?
-            .ok_or_else(|| KvError::Unavailable("keep-alive stream closed".into()))?;
-        if resp.ttl() <= 0 {
-            return Err(KvError::LeaseNotFound(lease));
+            .unwrap_or_else(|_| {
+                Err(KvError::Unavailable(format!(
+                    "keep-alive: no answer within {} ms",
+                    t.as_millis()
+                )))
+            });
+            match renewed {
+                Ok(resp) if resp.ttl() <= 0 => {
+                    keepers.remove(&lease);
+                    return Err(KvError::LeaseNotFound(lease));
+                }
+                Ok(resp) => return Ok(Duration::from_secs(resp.ttl() as u64)),
+                Err(e @ KvError::LeaseNotFound(_)) => {
+                    keepers.remove(&lease);
+                    return Err(e);
+                }
+                Err(e) if !reuse => {
+                    keepers.remove(&lease);
+                    return Err(e);
+                }
+                Err(e) => {
+                    let endpoint = &self.inner.endpoints[k.endpoint];
+                    warn!(%endpoint, error = %e, "lease keep-alive stream failed; reopening");
+                    keepers.remove(&lease);
+                }
+            }
         }
-        Ok(Duration::from_secs(resp.ttl() as u64))
+        Err(KvError::Unavailable("keep-alive failed".into()))
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {
-        self.client
-            .clone()
-            .lease_revoke(lease)
-            .await
-            .map_err(|e| map_lease_err(e, lease))?;
+        self.inner.keepers.lock().await.remove(&lease);
+        let t = self.inner.opts.request_timeout;
+        self.call("lease revoke", t, |mut c| async move {
+            c.lease_revoke(lease)
+                .await
+                .map_err(|e| map_lease_err(e, lease))
+        })
+        .await?;
         Ok(())
     }
 
@@ -259,12 +451,13 @@ impl Kv for EtcdKv {
         if start_revision > 0 {
             opts = opts.with_start_revision(start_revision);
         }
-        let stream = self
-            .client
-            .clone()
-            .watch(prefix, Some(opts))
-            .await
-            .map_err(map_err)?;
+        let t = self.inner.opts.request_timeout;
+        let (stream, _) = self
+            .call("watch", t, |mut c| {
+                let opts = opts.clone();
+                async move { c.watch(prefix, Some(opts)).await.map_err(map_err) }
+            })
+            .await?;
         // Keep the request half alive inside the stream: dropping it would cancel the watch.
         let out = futures::stream::unfold(Some(stream), move |state| async move {
             let mut stream = state?;

@@ -16,11 +16,7 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(4);
 pub async fn run(args: CtlArgs) -> i32 {
     let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
     let layout = Layout::new(&args.prefix);
-    let opts = EtcdOptions {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(3),
-        keep_alive: Duration::from_secs(2),
-    };
+    let opts = EtcdOptions::default();
     let kv = match EtcdKv::connect(&endpoints, &opts).await {
         Ok(kv) => kv,
         Err(e) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),

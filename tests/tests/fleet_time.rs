@@ -1,0 +1,140 @@
+//! The registry path over fleet-time: a stock etcd left alone, endpoint lists whose
+//! first members are dead, mass and staggered node loss.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use harness::{free_port, get_json, wait_until, Etcd, Proc, RouterProc};
+
+const P: &str = "/gateway-router/v1";
+
+/// A stock etcd (Debian's defaults: `--grpc-keepalive-min-time` 5 s), one agent, one
+/// router, left quiet: the router must never lose its watch nor answer stale.
+#[test]
+fn quiet_for_30_seconds_no_reconnect_no_stale_answer() {
+    let etcd = Etcd::start();
+    let mut agent = Proc::agent(
+        &etcd,
+        "gw-quiet",
+        "r",
+        &["--port", "tcp=7000", "--load", "static:10"],
+    );
+    wait_until(Duration::from_secs(15), "agent registered", || {
+        etcd.get(&format!("{P}/nodes/gw-quiet")).is_some()
+    });
+    let r = RouterProc::start(&etcd, "", &[]);
+    let start = Instant::now();
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        let (code, body) = get_json(r.addr, "/gateways").expect("router answers");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            body["stale"],
+            false,
+            "stale answer after {:?}",
+            start.elapsed()
+        );
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answers > 100);
+    let out = r.proc.output();
+    assert!(!out.contains("registry unreachable"), "{out}");
+    assert!(
+        !out.contains("too_many_pings") && !out.contains("WARN"),
+        "{out}"
+    );
+    let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
+    assert!(metrics.contains("router_registry_connected 1"), "{metrics}");
+    assert!(
+        !agent.output().contains("WARN"),
+        "agent warned: {}",
+        agent.output()
+    );
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// `--etcd REFUSED,BLACKHOLE,LIVE`: every binary fails over to the live member, names
+/// the endpoints it tried, and an agent's SIGTERM still revokes its lease.
+#[test]
+fn dead_first_endpoints_fail_over_for_agent_router_and_ctl() {
+    let etcd = Etcd::start();
+    // Nothing listens here: connections are refused.
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    // This one accepts TCP connections (the kernel's backlog) and never answers.
+    let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let blackhole_url = format!("http://{}", blackhole.local_addr().unwrap());
+    let endpoints = format!("{refused},{blackhole_url},{}", etcd.endpoints());
+
+    // Built before the clock starts.
+    harness::bin("gateway-agent");
+    let start = Instant::now();
+    let mut agent = Proc::spawn(
+        "gateway-agent",
+        &[
+            "--etcd",
+            &endpoints,
+            "--id",
+            "gw-fo",
+            "--ip",
+            "127.0.0.1",
+            "--region",
+            "r",
+            "--capacity",
+            "100",
+            "--port",
+            "tcp=7000",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "agent registered", || {
+        etcd.get(&format!("{P}/nodes/gw-fo")).is_some()
+    });
+    let took = start.elapsed();
+    println!("agent registered through dead endpoints in {took:?}");
+    assert!(
+        took < Duration::from_secs(4),
+        "{took:?}\n{}",
+        agent.output()
+    );
+    assert!(
+        agent.output().contains("trying the next"),
+        "{}",
+        agent.output()
+    );
+
+    let router = Proc::spawn(
+        "router-server",
+        &["--etcd", &endpoints, "--listen", "127.0.0.1:0"],
+    );
+    let addr = router.wait_for_addr("serving HTTP", Duration::from_secs(20));
+    wait_until(Duration::from_secs(10), "router serves the node", || {
+        get_json(addr, "/gateways").is_some_and(|(c, b)| c == 200 && b["stale"] == false)
+    });
+
+    for i in 0..5 {
+        let t = Instant::now();
+        let (status, out) = harness::run(
+            "router-server",
+            &["ctl", "--etcd", &endpoints, "nodes"],
+            Duration::from_secs(20),
+        );
+        assert!(status.success(), "ctl run {i}: {out}");
+        assert!(out.contains("gw-fo"), "{out}");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "ctl took {:?}",
+            t.elapsed()
+        );
+    }
+
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        agent.output().contains("lease revoked"),
+        "{}",
+        agent.output()
+    );
+    assert!(etcd.get(&format!("{P}/nodes/gw-fo")).is_none());
+    drop(blackhole);
+}
