@@ -240,6 +240,9 @@ pub struct FileConfig {
     pub protect_max_secs: u64,
     /// Fleets smaller than this are not protected (one node is already "more than half").
     pub protect_min_nodes: usize,
+    /// Removals are judged together over this window (at least twice the agents'
+    /// lease TTL, so a staggered expiry is seen whole).
+    pub protect_window_secs: u64,
     /// How long clients may reuse an answer.
     pub ttl_secs: u64,
     /// Heartbeat interval clients use on their gateway connection.
@@ -345,6 +348,7 @@ impl Default for FileConfig {
             protect_threshold: 0.5,
             protect_max_secs: 300,
             protect_min_nodes: 2,
+            protect_window_secs: 30,
             ttl_secs: 300,
             heartbeat_secs: 240,
             backoff: BackoffConfig::default(),
@@ -457,6 +461,9 @@ impl FileConfig {
             || format!("{} is not in (0, 1]", self.protect_threshold),
         )?;
         check(self.protect_max_secs >= 1, "protect_max_secs", || {
+            "must be at least 1".into()
+        })?;
+        check(self.protect_window_secs >= 1, "protect_window_secs", || {
             "must be at least 1".into()
         })?;
         check(self.ttl_secs >= 1, "ttl_secs", || {

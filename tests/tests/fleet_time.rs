@@ -138,3 +138,101 @@ fn dead_first_endpoints_fail_over_for_agent_router_and_ctl() {
     assert!(etcd.get(&format!("{P}/nodes/gw-fo")).is_none());
     drop(blackhole);
 }
+
+/// Ten agents with a 3 s lease; eight are SIGKILLed, at once or one every 400 ms. Their
+/// leases expire one by one, and the watch delivers the deletions in several batches:
+/// the router must still see a mass loss, keep serving all ten, stale, with the alarm.
+fn mass_loss_is_held(stagger: Duration) {
+    let etcd = Etcd::start();
+    let mut agents: Vec<Proc> = (0..10)
+        .map(|i| {
+            Proc::agent(
+                &etcd,
+                &format!("gw-{i}"),
+                "r",
+                &["--port", "tcp=7000", "--ttl", "3", "--load", "static:0"],
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "ten agents registered", || {
+        etcd.keys(&format!("{P}/nodes/")).len() == 10
+    });
+    let r = RouterProc::start(&etcd, "", &[]);
+    let q = "/gateways?count=10";
+    wait_until(Duration::from_secs(10), "ten nodes served", || {
+        r.ids(q).len() == 10
+    });
+    for a in agents.iter_mut().take(8) {
+        a.signal("KILL");
+        std::thread::sleep(stagger);
+    }
+    wait_until(Duration::from_secs(20), "eight leases expired", || {
+        etcd.keys(&format!("{P}/nodes/")).len() == 2
+    });
+    // The router has seen every deletion by the time etcd lists only two keys... give
+    // its watch a moment, then the answer must still hold all ten.
+    wait_until(Duration::from_secs(5), "alarm raised", || {
+        harness::http_get(r.addr, "/metrics")
+            .is_some_and(|(_, m)| m.contains("router_protect_active 1"))
+    });
+    let body = r.answer(q);
+    assert_eq!(harness::gateway_ids(&body).len(), 10, "{body}");
+    assert_eq!(body["stale"], true, "{body}");
+    let out = r.proc.output();
+    assert!(out.contains("ALARM"), "{out}");
+}
+
+#[test]
+fn mass_expiry_at_once_is_held() {
+    mass_loss_is_held(Duration::ZERO);
+}
+
+#[test]
+fn staggered_expiry_is_held() {
+    mass_loss_is_held(Duration::from_millis(400));
+}
+
+/// A planned scale-in (drain, then stop) of most of the fleet is followed at once.
+#[test]
+fn drained_nodes_leaving_never_trip_the_alarm() {
+    let etcd = Etcd::start();
+    let mut agents: Vec<Proc> = (0..6)
+        .map(|i| {
+            Proc::agent(
+                &etcd,
+                &format!("gw-{i}"),
+                "r",
+                &["--port", "tcp=7000", "--ttl", "3", "--load", "static:0"],
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "six agents registered", || {
+        etcd.keys(&format!("{P}/nodes/")).len() == 6
+    });
+    let r = RouterProc::start(&etcd, "", &[]);
+    wait_until(Duration::from_secs(10), "six served", || {
+        r.ids("/gateways?count=10").len() == 6
+    });
+    for i in 0..5 {
+        etcd.ctl(&[
+            "put",
+            &format!("{P}/commands/gw-{i}"),
+            &format!(r#"{{"id":"c-{i}","action":"drain"}}"#),
+        ]);
+    }
+    wait_until(Duration::from_secs(10), "five draining", || {
+        (0..5).all(|i| {
+            etcd.get(&format!("{P}/nodes/gw-{i}"))
+                .is_some_and(|v| v.contains("\"draining\""))
+        })
+    });
+    for a in agents.iter_mut().take(5) {
+        a.signal("KILL");
+    }
+    wait_until(Duration::from_secs(20), "the router follows", || {
+        let b = r.answer("/gateways?count=10");
+        harness::gateway_ids(&b).len() == 1 && b["stale"] == false
+    });
+    let (_, m) = harness::http_get(r.addr, "/metrics").unwrap();
+    assert!(m.contains("router_protect_engaged_total 0"), "{m}");
+}
