@@ -19,12 +19,16 @@ use registry::{
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::health::{HealthProbe, Hysteresis};
 use crate::hook::{deliver, Hook, MigrateSignal};
 use crate::load::LoadSource;
 use crate::report::{Dynamic, ReportPolicy};
+
+/// On shutdown, how long pending migrate signals and the agent's tasks may take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The parts of the record that do not change while the agent runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,9 +211,14 @@ impl Agent {
     /// Runs until `cancel` fires, then revokes the lease so the node vanishes at once.
     pub async fn run(mut self, cancel: CancellationToken) {
         let http = reqwest::Client::new();
+        // One tree: every task below stops with `tasks` and is joined before returning.
         let tasks = cancel.child_token();
+        let tracker = TaskTracker::new();
+        // Hook deliveries are not cut by shutdown: a migrate signal already due is
+        // delivered (or given up) within the grace below.
+        let hooks = TaskTracker::new();
         if let Some(source) = self.config.load.clone() {
-            tokio::spawn(sample_load(
+            tracker.spawn(sample_load(
                 source,
                 self.config.sample_interval,
                 self.handle.clone(),
@@ -218,7 +227,7 @@ impl Agent {
             ));
         }
         if let Some(probe) = self.config.health.clone() {
-            tokio::spawn(probe_health(
+            tracker.spawn(probe_health(
                 probe,
                 self.config.health_interval,
                 self.handle.clone(),
@@ -228,7 +237,7 @@ impl Agent {
         }
         let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
         let command_key = self.config.layout.command_key(&self.config.node.id);
-        tokio::spawn(watch_command(
+        tracker.spawn(watch_command(
             self.kv.clone(),
             command_key.clone(),
             cmd_tx,
@@ -275,7 +284,7 @@ impl Agent {
                 _ = tick.tick() => {}
                 Ok(()) = self.connections.changed() => {}
                 Ok(()) = self.healthy.changed() => {}
-                Some(value) = cmd_rx.recv() => apply_command(&command_key, value, &mut d, hook.as_ref()),
+                Some(value) = cmd_rx.recv() => apply_command(&command_key, value, &mut d, hook.as_ref(), &hooks),
             }
             d.connections = *self.connections.borrow_and_update();
             d.healthy = *self.healthy.borrow_and_update();
@@ -383,6 +392,20 @@ impl Agent {
         }
 
         tasks.cancel();
+        tracker.close();
+        hooks.close();
+        if !hooks.is_empty() {
+            info!(node_id = %self.config.node.id, pending = hooks.len(), "delivering pending migrate signals before exit");
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, async {
+            tracker.wait().await;
+            hooks.wait().await;
+        })
+        .await
+        .is_err()
+        {
+            warn!(node_id = %self.config.node.id, "tasks still running after the shutdown grace");
+        }
         if let Some(id) = lease {
             match tokio::time::timeout(Duration::from_secs(2), self.kv.revoke(id)).await {
                 Ok(Ok(())) => {
@@ -415,7 +438,13 @@ impl Agent {
     }
 }
 
-fn apply_command(key: &str, value: Option<Vec<u8>>, d: &mut Dynamic, hook: Option<&Arc<dyn Hook>>) {
+fn apply_command(
+    key: &str,
+    value: Option<Vec<u8>>,
+    d: &mut Dynamic,
+    hook: Option<&Arc<dyn Hook>>,
+    hooks: &TaskTracker,
+) {
     let Some(bytes) = value else {
         debug!(key, "command deleted");
         return;
@@ -447,7 +476,7 @@ fn apply_command(key: &str, value: Option<Vec<u8>>, d: &mut Dynamic, hook: Optio
                     percent,
                     command: cmd.id,
                 };
-                tokio::spawn(deliver(hook.clone(), signal, 5));
+                hooks.spawn(deliver(hook.clone(), signal, 5));
             }
             None => {
                 info!(command = %cmd.id, "no hook configured; the gateway is not told to move clients")

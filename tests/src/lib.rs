@@ -460,7 +460,13 @@ pub struct HookServer {
 impl HookServer {
     /// Starts listening on a free loopback port.
     pub fn start() -> HookServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind hook server");
+        HookServer::start_on(0)
+    }
+
+    /// Starts listening on loopback `port` (0: any free one), e.g. a port a test
+    /// reserved so the hook comes up only after the agent needs it.
+    pub fn start_on(port: u16) -> HookServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind hook server");
         let addr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let sink = bodies.clone();

@@ -383,3 +383,33 @@ fn agent_keeps_one_key_on_a_three_member_cluster() {
     });
     assert_eq!(etcd.keys(&format!("{PREFIX}/nodes/")).len(), 1);
 }
+
+/// SIGTERM right after a migrate: the signal, still being retried because the gateway's
+/// hook endpoint is not up yet, is delivered before the agent exits.
+#[test]
+fn a_pending_migrate_signal_is_delivered_on_sigterm() {
+    let etcd = Etcd::start();
+    let port = harness::free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let mut a = agent(&etcd, "gw-t", &["--hook", &url, "--load", "static:100"]);
+    wait_until(Duration::from_secs(15), "registered", || {
+        etcd.get(&format!("{PREFIX}/nodes/gw-t")).is_some()
+    });
+    etcd.put(
+        &format!("{PREFIX}/commands/gw-t"),
+        r#"{"id":"c-term","action":"migrate","percent":40}"#,
+    );
+    wait_until(Duration::from_secs(10), "command applied", || {
+        etcd.get(&format!("{PREFIX}/nodes/gw-t"))
+            .is_some_and(|v| v.contains("c-term"))
+    });
+    a.signal("TERM");
+    // The gateway's hook comes up only now.
+    let hook = HookServer::start_on(port);
+    let status = a.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{}", a.output());
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1, "{}", a.output());
+    assert!(bodies[0].contains("c-term") && bodies[0].contains("40"), "{bodies:?}");
+    assert!(a.output().contains("lease revoked"), "{}", a.output());
+}
