@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
 use ipnet::{IpNet, Ipv4Net};
 use registry::{NodeRecord, Ports, Proto};
-use router_server::api::RegionTable;
 use router_server::config::RegionsConfig;
+use router_server::http::RegionTable;
 use router_server::schedule::{select, Query, Rules, Snapshot};
 
 fn fleet(n: usize) -> Snapshot {

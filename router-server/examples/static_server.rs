@@ -1,5 +1,5 @@
 //! Baseline for HTTP benchmarks, built the same way as the router: the same
-//! `router_server::api::router_with` stack (edge middleware, metrics, routes, state)
+//! `router_server::http::router_with` stack (edge middleware, metrics, routes, state)
 //! served by the same `router_server::serve` (same server, same limits), whose
 //! `/gateways` service (a ready future, like the router's) returns a fixed body of the
 //! router's answer size instead of scheduling. The ratio against it is the cost of the scheduling work itself.
@@ -13,8 +13,8 @@ use axum::extract::Request;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get_service;
-use router_server::api::{router_with, Api};
 use router_server::config::FileConfig;
+use router_server::http::{router_with, Api};
 use router_server::state::AppState;
 use router_server::{serve, Listeners};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let state = Arc::new(AppState::new(config));
     let api = Api::new(state.clone());
-    // A ready-future service, as the router's own `/gateways` is (`api::Gateways`).
+    // A ready-future service, as the router's own `/gateways` is (`http::Gateways`).
     let fixed = get_service(tower::service_fn(|_: Request| {
         std::future::ready(Ok::<_, Infallible>(
             (

@@ -18,7 +18,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::api::ApiError;
+use crate::http::ApiError;
 use crate::metrics::RequestLabels;
 use crate::ops::{self, OpsError};
 use crate::state::AppState;
@@ -68,7 +68,7 @@ pub fn router(state: Arc<AppState>, kv: Arc<dyn Kv>, layout: Layout, token: &str
         // Admin routes wait on etcd; bound them (the etcd client has its own deadline too).
         .route_layer(middleware::from_fn_with_state(
             admin.state.config.request_timeout(),
-            crate::api::deadline,
+            crate::http::routes::deadline,
         ))
         .with_state(admin)
 }
@@ -94,7 +94,7 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Response {
-    let route = crate::api::route_label(req.extensions().get::<MatchedPath>());
+    let route = crate::http::routes::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
     let ok = bearer_token(req.headers())
         .is_some_and(|presented| token_matches(presented.as_bytes(), &admin.token));

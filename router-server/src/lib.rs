@@ -7,8 +7,10 @@
 //!   (from [`registry::follow`]) into snapshots, applying the protect threshold.
 //! * [`schedule`]: the immutable, indexed [`schedule::Snapshot`] and the pure
 //!   selection function (eligibility, region order, herd-safe least load).
-//! * [`api`]: the axum application — `/gateways`, `/healthz`, `/readyz`, `/metrics` —
-//!   and its protection layers.
+//! * [`answer`]: the JSON a client receives, serialized in pieces once and assembled
+//!   per request.
+//! * [`http`]: the edge — the server that owns connections, the routes, `/gateways`,
+//!   its parameters, the client's address and region, errors.
 //! * [`admin`]: the token-protected admin API; [`ops`]: commands and rebalance plans it
 //!   shares with [`ctl`], the operator's command line.
 //! * [`metrics`]: Prometheus metrics. [`tls`]: rustls config and hot reload.
@@ -18,7 +20,7 @@
 //! request handlers, which never take a lock on the request path.
 
 pub mod admin;
-pub mod api;
+pub mod answer;
 pub mod config;
 pub mod ctl;
 pub mod demo;
@@ -82,13 +84,13 @@ pub async fn run(
         }
     });
     tasks.spawn(state::run_updater(state.clone(), views, background.clone()));
-    let api = api::Api::new(state.clone());
+    let api = http::Api::new(state.clone());
     tasks.spawn(api.clone().housekeeping(background.clone()));
     let admin = opts
         .admin_token
         .as_ref()
         .map(|token| admin::router(state.clone(), kv.clone(), opts.layout.clone(), token));
-    let app = api::router(api, admin);
+    let app = http::router(api, admin);
     let result = serve(app, state, listeners, opts.tls.as_ref(), shutdown, &tasks).await;
     background.cancel();
     tasks.close();

@@ -26,6 +26,8 @@ use std::sync::Arc;
 use registry::record::IpFamily;
 use registry::{NodeRecord, NodeState, Proto};
 
+use crate::answer::NodeJson;
+
 /// One node as the router serves it.
 #[derive(Debug, Clone)]
 pub struct NodeEntry {
@@ -42,60 +44,6 @@ pub struct NodeEntry {
     reported_load: f64,
     /// The reported connections, inline for the same reason.
     connections: u64,
-}
-
-/// A node's entries in a `GET /gateways` answer, serialized once per report: for each
-/// protocol it serves, everything up to the load,
-/// `{"id":…,"ip":…,"port":…,"proto":…,"region":…[,"domain":…],"load":`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeJson {
-    /// With the record's `ip`, by [`Proto`].
-    pub primary: [Option<Box<str>>; 3],
-    /// With the record's `ipv6`, for dual-stack nodes whose `ip` is IPv4, by [`Proto`].
-    pub v6: [Option<Box<str>>; 3],
-}
-
-impl NodeJson {
-    /// Serializes the record's entries.
-    pub fn of(r: &NodeRecord) -> NodeJson {
-        let quote = |s: &str| serde_json::to_string(s).expect("a string always serializes");
-        let mut tail = format!(",\"region\":{}", quote(&r.region));
-        if let Some(d) = &r.domain {
-            tail.push_str(",\"domain\":");
-            tail.push_str(&quote(d));
-        }
-        tail.push_str(",\"load\":");
-        let id = quote(&r.id);
-        let entries = |ip: &str| {
-            Proto::ALL.map(|proto| {
-                r.ports.get(proto).map(|port| {
-                    format!(
-                        "{{\"id\":{id},\"ip\":\"{ip}\",\"port\":{port},\"proto\":\"{}\"{tail}",
-                        proto.as_str()
-                    )
-                    .into()
-                })
-            })
-        };
-        NodeJson {
-            primary: entries(&r.ip.to_string()),
-            v6: match (r.ip, r.ipv6) {
-                (IpAddr::V4(_), Some(v6)) => entries(&v6.to_string()),
-                _ => Default::default(),
-            },
-        }
-    }
-
-    /// The entry for `proto` answering with address `ip` (one of the record's).
-    pub fn entry(&self, proto: Proto, ip: IpAddr) -> &str {
-        let by_family = match ip {
-            IpAddr::V6(_) if self.v6[proto as usize].is_some() => &self.v6,
-            _ => &self.primary,
-        };
-        by_family[proto as usize]
-            .as_deref()
-            .expect("candidates have a port for the protocol")
-    }
 }
 
 impl NodeEntry {

@@ -26,7 +26,7 @@ use crate::schedule::Snapshot;
 /// What every handler shares.
 pub struct AppState {
     /// The served snapshot; `None` until the first full load. In an `Arc` so that
-    /// request threads can keep a cache of it (see `api::gateways`).
+    /// request threads can keep a cache of it (see `http::gateways`).
     pub snapshot: Arc<ArcSwapOption<Snapshot>>,
     /// The validated configuration.
     pub config: FileConfig,
@@ -34,7 +34,7 @@ pub struct AppState {
     pub metrics: Metrics,
     /// When the snapshot last followed the registry (for the age metric).
     pub last_sync: std::sync::Mutex<Option<Instant>>,
-    /// The constant part of every answer, serialized once (see [`crate::api::answer_tail`]).
+    /// The constant part of every answer, serialized once (see [`crate::answer::answer_tail`]).
     pub answer_tail: String,
 }
 
@@ -42,7 +42,7 @@ impl AppState {
     /// Fresh state with no snapshot.
     pub fn new(config: FileConfig) -> AppState {
         AppState {
-            answer_tail: crate::api::answer_tail(&config),
+            answer_tail: crate::answer::answer_tail(&config),
             snapshot: Arc::new(ArcSwapOption::empty()),
             config,
             metrics: Metrics::default(),

@@ -13,8 +13,8 @@ use axum::Router;
 use http_body_util::BodyExt;
 use registry::memory::MemoryKv;
 use registry::{Kv, Layout, NodeRecord, Ports};
-use router_server::api::{router, Api};
 use router_server::config::FileConfig;
+use router_server::http::{router, Api};
 use router_server::schedule::Snapshot;
 use router_server::state::AppState;
 use serde_json::Value;
@@ -397,18 +397,18 @@ async fn documented_parameter_ranges_are_what_the_server_accepts() {
         schema("count")["maximum"].as_i64().unwrap(),
     );
     for n in -1..=12 {
-        let ok = router_server::api::parse_params(Some(&format!("count={n}"))).is_ok();
+        let ok = router_server::http::parse_params(Some(&format!("count={n}"))).is_ok();
         assert_eq!(ok, (min..=max).contains(&n), "count={n}");
     }
     assert_eq!(schema("count")["default"], 3);
-    assert_eq!(router_server::api::parse_params(None).unwrap().count, 3);
+    assert_eq!(router_server::http::parse_params(None).unwrap().count, 3);
     for v in ["4", "6", "5"] {
         let documented = schema("ip_version")["enum"]
             .as_array()
             .unwrap()
             .contains(&Value::from(v));
         assert_eq!(
-            router_server::api::parse_params(Some(&format!("ip_version={v}"))).is_ok(),
+            router_server::http::parse_params(Some(&format!("ip_version={v}"))).is_ok(),
             documented
         );
     }

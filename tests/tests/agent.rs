@@ -410,6 +410,9 @@ fn a_pending_migrate_signal_is_delivered_on_sigterm() {
     assert!(status.success(), "{}", a.output());
     let bodies = hook.bodies();
     assert_eq!(bodies.len(), 1, "{}", a.output());
-    assert!(bodies[0].contains("c-term") && bodies[0].contains("40"), "{bodies:?}");
+    assert!(
+        bodies[0].contains("c-term") && bodies[0].contains("40"),
+        "{bodies:?}"
+    );
     assert!(a.output().contains("lease revoked"), "{}", a.output());
 }

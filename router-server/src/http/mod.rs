@@ -1,3 +1,24 @@
-//! The HTTP edge: the server that owns client connections.
+//! The HTTP edge, by concern:
+//!
+//! * [`server`]: the accept loop and each connection's life (deadlines, the connection
+//!   cap, shutdown).
+//! * [`routes`]: the application's routes and the edge middleware.
+//! * [`gateways`]: `GET /gateways` and the [`Api`] it shares.
+//! * [`params`]: its query string. [`client`]: the client's address, region and
+//!   rate-limit key. [`error`]: the contract's error answer.
+//!
+//! The answer's JSON lives in [`crate::answer`]; nothing here depends on
+//! [`crate::state`] but for reading it.
 
+pub mod client;
+pub mod error;
+pub mod gateways;
+pub mod params;
+pub mod routes;
 pub mod server;
+
+pub use client::{client_ip, rate_key, RegionTable};
+pub use error::ApiError;
+pub use gateways::{Api, Gateways};
+pub use params::{parse_params, GatewaysParams};
+pub use routes::{router, router_with};

@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{info, warn};
 
-use crate::api::ApiError;
+use super::error::ApiError;
 use crate::config::HttpConfig;
 use crate::metrics::{ConnLabels, Metrics};
 use crate::state::AppState;

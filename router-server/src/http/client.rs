@@ -1,0 +1,183 @@
+//! Who the client is: its address (behind trusted proxies), its region, its
+//! rate-limit key.
+
+use std::net::IpAddr;
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use prefix_trie::joint::map::JointPrefixMap;
+
+use crate::config::{FileConfig, RegionsConfig};
+
+/// The client's address: the TCP peer, or — when the peer is a trusted proxy — the
+/// right-most X-Forwarded-For entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &FileConfig) -> IpAddr {
+    if !cfg.is_trusted_proxy(peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+            Ok(ip) if cfg.is_trusted_proxy(ip) => continue,
+            Ok(ip) => return ip,
+            // A forged or garbled entry: nothing left of it can be believed.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+/// The client-region table: `[regions] cidrs` as a prefix trie (longest prefix wins),
+/// so a lookup costs the same for a geo-IP table of 100,000 networks as for one.
+pub struct RegionTable {
+    cidrs: JointPrefixMap<IpNet, String>,
+    default: Option<String>,
+}
+
+impl RegionTable {
+    /// Builds the table from the configuration.
+    pub fn new(cfg: &RegionsConfig) -> RegionTable {
+        let mut cidrs = JointPrefixMap::new();
+        for (net, region) in &cfg.cidrs {
+            // Host bits are ignored, as `IpNet::contains` ignores them.
+            cidrs.insert(net.trunc(), region.clone());
+        }
+        RegionTable {
+            cidrs,
+            default: (!cfg.default.is_empty()).then(|| cfg.default.clone()),
+        }
+    }
+
+    /// The region for `ip` (IPv4-mapped IPv6 addresses count as IPv4), else the default.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&str> {
+        let ip = ip.to_canonical();
+        self.cidrs
+            .get_lpm(&IpNet::from(ip))
+            .map(|(_, r)| r.as_str())
+            .or(self.default.as_deref())
+    }
+}
+
+/// The rate-limit key of `ip`: its network of `v4` / `v6` leading bits.
+pub fn rate_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(v4.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rate_keys_group_networks() {
+        let key = |ip: &str, p| rate_key(ip.parse().unwrap(), p).to_string();
+        assert_eq!(key("203.0.113.77", (32, 64)), "203.0.113.77");
+        assert_eq!(key("203.0.113.77", (24, 64)), "203.0.113.0");
+        assert_eq!(key("203.0.113.77", (0, 64)), "0.0.0.0");
+        assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 64)), "2001:db8:1:2::");
+        assert_eq!(
+            key("2001:db8:1:2:aaaa::1", (32, 128)),
+            "2001:db8:1:2:aaaa::1"
+        );
+        assert_eq!(key("2001:db8:1:2:aaaa::1", (32, 0)), "::");
+        assert_eq!(
+            key("::ffff:203.0.113.77", (32, 64)),
+            "203.0.113.77",
+            "IPv4-mapped"
+        );
+    }
+
+    #[test]
+    fn client_ip_trusts_only_configured_proxies() {
+        let cfg = FileConfig {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..FileConfig::default()
+        };
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.5".parse().unwrap(),
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &cfg),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("9.9.9.9".parse().unwrap(), &h, &cfg),
+            "9.9.9.9".parse::<IpAddr>().unwrap(),
+            "untrusted peer"
+        );
+        h.insert("x-forwarded-for", "1.1.1.1, garbage".parse().unwrap());
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &h, &cfg),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &cfg),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn region_lookup_takes_the_longest_prefix() {
+        let cfg = FileConfig::parse(
+            "[regions]\ndefault = \"d\"\ncidrs = { \"10.0.0.0/8\" = \"wide\", \"10.1.0.0/16\" = \"narrow\", \"2001:db8::/32\" = \"v6\" }",
+        )
+        .unwrap();
+        let t = RegionTable::new(&cfg.regions);
+        let lookup = |ip: &str| t.lookup(ip.parse().unwrap());
+        assert_eq!(lookup("10.1.2.3"), Some("narrow"));
+        assert_eq!(lookup("10.2.2.3"), Some("wide"));
+        assert_eq!(lookup("8.8.8.8"), Some("d"));
+        assert_eq!(lookup("::ffff:10.1.2.3"), Some("narrow"), "IPv4-mapped");
+        assert_eq!(lookup("2001:db8::1"), Some("v6"));
+        let no_default = RegionTable::new(&RegionsConfig::default());
+        assert_eq!(no_default.lookup("10.1.2.3".parse().unwrap()), None);
+    }
+
+    proptest! {
+        /// The trie answers what a scan of every network (longest prefix) answers.
+        #[test]
+        fn region_table_equals_a_scan(
+            nets in proptest::collection::vec((any::<u32>(), 0u8..=32, 0u8..4), 0..40),
+            probes in proptest::collection::vec(any::<u32>(), 1..40),
+        ) {
+            let mut cfg = RegionsConfig::default();
+            for (addr, len, region) in &nets {
+                // Nets near each other, so that many nest.
+                let addr = std::net::Ipv4Addr::from(addr & 0xff0f_0000);
+                let net = IpNet::from(ipnet::Ipv4Net::new(addr, *len).unwrap());
+                cfg.cidrs.insert(net, format!("r{region}"));
+            }
+            let t = RegionTable::new(&cfg);
+            for p in probes {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(p & 0xff0f_ffff));
+                let scan = cfg.cidrs.iter()
+                    .filter(|(net, _)| net.contains(&ip))
+                    .max_by_key(|(net, _)| net.prefix_len())
+                    .map(|(_, r)| r.as_str());
+                prop_assert_eq!(t.lookup(ip), scan, "{}", ip);
+            }
+        }
+    }
+}

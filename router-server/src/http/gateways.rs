@@ -1,0 +1,224 @@
+//! `GET /gateways`: the shared [`Api`] (state, rate limiter, region table) and the
+//! ready-future service that answers from the current snapshot.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use axum::body::{Body, Bytes};
+use axum::extract::connect_info::MockConnectInfo;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::client::{client_ip, rate_key, RegionTable};
+use super::error::ApiError;
+use super::params::parse_params;
+use crate::answer::render_answer;
+use crate::schedule::{select, Query, Rules, Snapshot};
+use crate::state::AppState;
+
+/// Everything the router serves, with the per-IP limiter.
+#[derive(Clone)]
+///
+/// One `Arc`: handlers clone it per request, and a single refcount is cheaper to share
+/// between cores than two.
+pub struct Api(Arc<ApiInner>);
+
+/// What [`Api`] shares.
+pub struct ApiInner {
+    /// Shared state.
+    pub state: Arc<AppState>,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Prefix lengths that group clients into one rate-limit budget (IPv4, IPv6).
+    limit_prefix: (u8, u8),
+    regions: RegionTable,
+}
+
+impl std::ops::Deref for Api {
+    type Target = ApiInner;
+    fn deref(&self) -> &ApiInner {
+        &self.0
+    }
+}
+
+impl Api {
+    /// Builds the API over `state`; spawn [`Api::housekeeping`] alongside.
+    pub fn new(state: Arc<AppState>) -> Api {
+        let rl = &state.config.rate_limit;
+        let limiter = NonZeroU32::new(rl.per_ip_per_sec).map(|rate| {
+            let burst = NonZeroU32::new(rl.burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        let regions = RegionTable::new(&state.config.regions);
+        let limit_prefix = (rl.ipv4_prefix_len, rl.ipv6_prefix_len);
+        Api(Arc::new(ApiInner {
+            state,
+            limiter,
+            limit_prefix,
+            regions,
+        }))
+    }
+
+    /// Forgets idle clients of the rate limiter now and then, bounding its memory.
+    pub async fn housekeeping(self, cancel: tokio_util::sync::CancellationToken) {
+        let Some(limiter) = &self.limiter else { return };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            }
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    fn check_rate(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        if let Err(not_until) = limiter.check_key(&rate_key(ip, self.limit_prefix)) {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            self.state.metrics.rate_limited.inc();
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address",
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64));
+        }
+        Ok(())
+    }
+}
+
+/// `GET /gateways` as a plain service. The answer needs no waiting, so it is computed
+/// in `call` and returned as a ready future: no extractor futures, no state clone,
+/// nothing large moved between the framework's layers.
+#[derive(Clone)]
+pub struct Gateways(Api);
+
+impl Gateways {
+    /// The service answering `GET /gateways` from `api`.
+    pub fn new(api: Api) -> Gateways {
+        Gateways(api)
+    }
+}
+
+impl tower::Service<Request> for Gateways {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let resp = match peer_addr(&req) {
+            Some(peer) => gateways(&self.0, peer, &req).unwrap_or_else(IntoResponse::into_response),
+            None => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server does not know the client's address",
+            )
+            .into_response(),
+        };
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// The TCP peer, as the server (or a test's `MockConnectInfo`) recorded it.
+fn peer_addr(req: &Request) -> Option<SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0))
+}
+
+/// A thread's view of the served snapshot: `arc_swap::Cache` checks one pointer per
+/// request and touches no shared refcount unless the snapshot changed.
+type SnapshotCache = arc_swap::Cache<Arc<ArcSwapOption<Snapshot>>, Option<Arc<Snapshot>>>;
+
+/// What each worker thread keeps between requests.
+#[derive(Default)]
+struct PerThread {
+    /// Snapshot cache, for the router (`AppState`) it was made for.
+    snapshot: Option<SnapshotCache>,
+    /// Where answers are written, then copied out at their exact size.
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static PER_THREAD: std::cell::RefCell<PerThread> = std::cell::RefCell::default();
+}
+
+fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiError> {
+    let cfg = &api.state.config;
+    // Headers and query are read in place: this is the hot path.
+    // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
+    let ip = client_ip(peer.ip().to_canonical(), req.headers(), cfg);
+    api.check_rate(ip)?;
+    let params = parse_params(req.uri().query())?;
+    let region = params.region.as_deref().or_else(|| api.regions.lookup(ip));
+    let fallbacks = region
+        .and_then(|r| cfg.regions.fallbacks.get(r))
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let query = Query {
+        proto: params.proto,
+        count: params.count,
+        region,
+        family: params.family,
+    };
+    let body = PER_THREAD.with_borrow_mut(|t| {
+        // One process may run several routers (tests do): the cache follows this one.
+        let cache = match &mut t.snapshot {
+            Some(c) if std::ptr::eq(c.arc_swap(), &*api.state.snapshot) => c,
+            slot => slot.insert(SnapshotCache::new(api.state.snapshot.clone())),
+        };
+        let Some(snap) = cache.load().as_deref() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the registry has not been loaded yet",
+            )
+            .retry_after(1));
+        };
+        let rules = Rules {
+            max_load: cfg.max_load,
+            fallbacks,
+        };
+        let chosen = select(snap, &query, rules);
+        if chosen.is_empty() {
+            api.state.metrics.no_gateways.inc();
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_gateways",
+                "no eligible gateway for this request",
+            )
+            .retry_after(5));
+        }
+        t.buf.clear();
+        let tail = &api.state.answer_tail;
+        let entries = chosen
+            .iter()
+            .map(|c| (snap.nodes[c.index].json.entry(params.proto, c.ip), c.load));
+        render_answer(&mut t.buf, entries, region, tail, snap.revision, snap.stale);
+        Ok(Bytes::copy_from_slice(&t.buf))
+    })?;
+    let mut resp = Response::new(Body::from(body));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

@@ -1,0 +1,180 @@
+//! The application: routes, the edge middleware (URI limit, metrics), health,
+//! readiness, metrics and CORS.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, get_service};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::warn;
+
+use super::error::ApiError;
+use super::gateways::{Api, Gateways};
+use crate::metrics::{RequestLabels, RouteLabels};
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
+    match api.state.snapshot.load().as_ref() {
+        Some(_) => Ok("ready\n"),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the registry has not been loaded yet",
+        )),
+    }
+}
+
+/// `GET /metrics`: OpenMetrics for scrapers that ask for it (Prometheus does), the
+/// Prometheus text format otherwise.
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let m = &api.state.metrics;
+    if let Some(t) = *api.state.last_sync.lock().expect("last_sync lock") {
+        m.snapshot_age.set(t.elapsed().as_secs_f64());
+    }
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            m.render_prometheus(),
+        )
+            .into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Every route the server has, as static labels for metrics.
+const ROUTES: [&str; 9] = [
+    "/gateways",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/admin/nodes",
+    "/admin/nodes/{id}/drain",
+    "/admin/nodes/{id}/migrate",
+    "/admin/nodes/{id}/serve",
+    "/admin/rebalance",
+];
+
+/// The static label of a matched route (`unmatched` for the fallback).
+pub(crate) fn route_label(path: Option<&MatchedPath>) -> &'static str {
+    path.and_then(|p| ROUTES.iter().find(|r| **r == p.as_str()).copied())
+        .unwrap_or("unmatched")
+}
+
+/// The edge of every request: refuses over-long URIs before any work, then counts and
+/// times the request by route and status. One layer, so the hot path pays for one.
+async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let max = api.state.config.http.max_uri_bytes;
+    let len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let start = tokio::time::Instant::now();
+    let resp = if len > max {
+        warn!(len, max, "request URI too long");
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("request URI is {len} bytes; the limit is {max}"),
+        )
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    let m = &api.state.metrics;
+    m.latency
+        .get_or_create(&RouteLabels { route })
+        .observe(start.elapsed().as_secs_f64());
+    m.requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    resp
+}
+
+/// Answers 503 `timeout` (in the contract's error shape) when a request overruns.
+/// Only routes that wait on the registry need it; `/gateways` never waits.
+pub(crate) async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+/// The whole application: routes plus protection layers. `admin` is merged in when an
+/// admin token is configured.
+pub fn router(api: Api, admin: Option<Router>) -> Router {
+    router_with(api.clone(), admin, get_service(Gateways::new(api)))
+}
+
+/// [`router`] with another `/gateways` handler and everything else identical: the
+/// HTTP benchmark's baseline serves a fixed body through exactly this stack.
+pub fn router_with(
+    api: Api,
+    admin: Option<Router>,
+    gateways: axum::routing::MethodRouter<Api>,
+) -> Router {
+    let cfg = &api.state.config;
+    let mut app = Router::new()
+        .route("/gateways", gateways)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(api.clone());
+    if let Some(admin) = admin {
+        app = app.merge(admin);
+    }
+    let mut app = app
+        .fallback(not_found)
+        // After routing, so the matched route is known for the metrics labels.
+        .route_layer(middleware::from_fn_with_state(api.clone(), edge));
+    if !cfg.http.cors_origins.is_empty() {
+        let origins = if cfg.http.cors_origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(cfg.http.cors_origins.iter().filter_map(|o| o.parse().ok()))
+        };
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET])
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    app
+}
