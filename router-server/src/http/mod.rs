@@ -5,7 +5,8 @@
 //! * [`routes`]: the application's routes and the edge middleware.
 //! * [`gateways`]: `GET /gateways` and the [`Api`] it shares.
 //! * [`params`]: its query string. [`client`]: the client's address, region and
-//!   rate-limit key. [`error`]: the contract's error answer.
+//!   rate-limit key. [`error`]: the contract's error answer, also given to the
+//!   errors the HTTP parser writes by itself (`raw_errors`).
 //!
 //! The answer's JSON lives in [`crate::answer`]; nothing here depends on
 //! [`crate::state`] but for reading it.
@@ -14,6 +15,7 @@ pub mod client;
 pub mod error;
 pub mod gateways;
 pub mod params;
+mod raw_errors;
 pub mod routes;
 pub mod server;
 
