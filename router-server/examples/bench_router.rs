@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p router-server --example bench_router -- NODES ADDR`
 //! prints `listening on ADDR` once ready. Loopback clients are in region r0 (one tenth
-//! of the fleet) with fallback r1; the rate limit is off.
+//! of the fleet) with fallback r1; the rate limiter is on, with a budget the load
+//! generator never exhausts (its cost is measured, its refusals are not).
 
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         kv.put(&layout.node_key(&r.id), r.to_json(), None).await?;
     }
     let config = FileConfig::parse(
-        "[rate_limit]\nper_ip_per_sec = 0\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
+        "[rate_limit]\nper_ip_per_sec = 100000000\nburst = 100000000\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
     )
     .map_err(anyhow::Error::msg)?;
     let listener = std::net::TcpListener::bind(&addr)?;

@@ -90,7 +90,7 @@ pub async fn run(
         .admin_token
         .as_ref()
         .map(|token| admin::router(state.clone(), kv.clone(), opts.layout.clone(), token));
-    let app = http::router(api, admin);
+    let app = http::routes::app(api, admin);
     let result = serve(app, state, listeners, opts.tls.as_ref(), shutdown, &tasks).await;
     background.cancel();
     tasks.close();
@@ -107,7 +107,7 @@ pub async fn run(
 /// `shutdown`, then closes down as [`http::server`] describes. Certificate reloading
 /// runs on `tasks` and stops with `shutdown`.
 pub async fn serve(
-    app: axum::Router,
+    app: http::routes::App,
     state: Arc<state::AppState>,
     listeners: Listeners,
     tls: Option<&TlsFiles>,

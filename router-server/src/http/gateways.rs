@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -18,6 +18,7 @@ use super::client::{client_ip, rate_key, RegionTable};
 use super::error::ApiError;
 use super::params::parse_params;
 use crate::answer::render_answer;
+use crate::metrics::{RequestLabels, RouteLabels};
 use crate::schedule::{select, Query, Rules, Snapshot};
 use crate::state::AppState;
 
@@ -36,6 +37,15 @@ pub struct ApiInner {
     /// Prefix lengths that group clients into one rate-limit budget (IPv4, IPv6).
     limit_prefix: (u8, u8),
     regions: RegionTable,
+    /// `/gateways`' own series, resolved once.
+    pub(crate) hot_metrics: HotMetrics,
+}
+
+/// The series the busiest route updates on every request, taken from their families
+/// once, so a request does no map lookup under a lock.
+pub(crate) struct HotMetrics {
+    pub(crate) ok: prometheus_client::metrics::counter::Counter,
+    pub(crate) latency: crate::metrics::AtomicHistogram,
 }
 
 impl std::ops::Deref for Api {
@@ -55,7 +65,22 @@ impl Api {
         });
         let regions = RegionTable::new(&state.config.regions);
         let limit_prefix = (rl.ipv4_prefix_len, rl.ipv6_prefix_len);
+        let m = &state.metrics;
+        let hot_metrics = HotMetrics {
+            ok: m
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: "/gateways",
+                    status: 200,
+                })
+                .clone(),
+            latency: m
+                .latency
+                .get_or_create(&RouteLabels { route: "/gateways" })
+                .clone(),
+        };
         Api(Arc::new(ApiInner {
+            hot_metrics,
             state,
             limiter,
             limit_prefix,
@@ -122,7 +147,7 @@ impl tower::Service<Request> for Gateways {
 
     fn call(&mut self, req: Request) -> Self::Future {
         let resp = match peer_addr(&req) {
-            Some(peer) => gateways(&self.0, peer, &req).unwrap_or_else(IntoResponse::into_response),
+            Some(peer) => answer(&self.0, peer, req.uri(), req.headers()),
             None => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -159,13 +184,24 @@ thread_local! {
     static PER_THREAD: std::cell::RefCell<PerThread> = std::cell::RefCell::default();
 }
 
-fn gateways(api: &Api, peer: SocketAddr, req: &Request) -> Result<Response, ApiError> {
+/// The answer to `GET /gateways` from `peer`, for the server's hot route and for the
+/// axum route alike.
+pub fn answer(api: &Api, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
+    gateways(api, peer, uri, headers).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn gateways(
+    api: &Api,
+    peer: SocketAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let cfg = &api.state.config;
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
-    let ip = client_ip(peer.ip().to_canonical(), req.headers(), cfg);
+    let ip = client_ip(peer.ip().to_canonical(), headers, cfg);
     api.check_rate(ip)?;
-    let params = parse_params(req.uri().query())?;
+    let params = parse_params(uri.query())?;
     let region = params.region.as_deref().or_else(|| api.regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))

@@ -23,4 +23,4 @@ pub use client::{client_ip, rate_key, RegionTable};
 pub use error::ApiError;
 pub use gateways::{Api, Gateways};
 pub use params::{parse_params, GatewaysParams};
-pub use routes::{router, router_with};
+pub use routes::{app, app_with, router, router_with, App, HotRoute};

@@ -12,8 +12,13 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::warn;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::Uri;
+
 use super::error::ApiError;
-use super::gateways::{Api, Gateways};
+use super::gateways::{answer, Api, Gateways};
 use crate::metrics::{RequestLabels, RouteLabels};
 
 async fn healthz() -> &'static str {
@@ -97,29 +102,125 @@ async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
         .map(|p| p.as_str().len())
         .unwrap_or(0);
     let route = route_label(req.extensions().get::<MatchedPath>());
-    let start = tokio::time::Instant::now();
-    let resp = if len > max {
+    let start = std::time::Instant::now();
+    let resp = match uri_too_long(len, max) {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    };
+    record(&api, route, resp.status(), start);
+    resp
+}
+
+/// 414 `uri_too_long` when a request URI of `len` bytes is over `max`.
+fn uri_too_long(len: usize, max: usize) -> Option<ApiError> {
+    (len > max).then(|| {
         warn!(len, max, "request URI too long");
         ApiError::new(
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             format!("request URI is {len} bytes; the limit is {max}"),
         )
-        .into_response()
-    } else {
-        next.run(req).await
-    };
+    })
+}
+
+/// Counts and times one request (the edge middleware and the hot route alike).
+fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::Instant) {
+    let secs = start.elapsed().as_secs_f64();
     let m = &api.state.metrics;
-    m.latency
-        .get_or_create(&RouteLabels { route })
-        .observe(start.elapsed().as_secs_f64());
+    if route == "/gateways" {
+        // The hot route's series, resolved once: no map lookup per request.
+        let hot = &api.hot_metrics;
+        hot.latency.observe(secs);
+        if status == StatusCode::OK {
+            hot.ok.inc();
+            return;
+        }
+    } else {
+        m.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(secs);
+    }
     m.requests
         .get_or_create(&RequestLabels {
             route,
-            status: resp.status().as_u16(),
+            status: status.as_u16(),
         })
         .inc();
-    resp
+}
+
+/// What the server answers by itself, without the framework's router: `GET` on one
+/// path, the busiest by far (`/gateways`). It does what the router's stack does for
+/// that route — URI limit, the answer, metrics — and nothing else, so a request costs
+/// what the answer costs. Only used when the stack adds nothing else to that route (no
+/// CORS); every other request, and `HEAD`, goes through the router.
+#[derive(Clone)]
+pub struct HotRoute {
+    /// The path answered.
+    pub path: &'static str,
+    api: Api,
+    answer: Arc<HotAnswer>,
+}
+
+/// The answer of a [`HotRoute`]: from the peer, the URI and the headers.
+pub type HotAnswer = dyn Fn(&Api, SocketAddr, &Uri, &HeaderMap) -> Response + Send + Sync;
+
+impl HotRoute {
+    /// Answers one request.
+    pub fn call(&self, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
+        let start = std::time::Instant::now();
+        let len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+        let resp = match uri_too_long(len, self.api.state.config.http.max_uri_bytes) {
+            Some(e) => e.into_response(),
+            None => (self.answer)(&self.api, peer, uri, headers),
+        };
+        record(&self.api, self.path, resp.status(), start);
+        resp
+    }
+}
+
+/// The application as the server runs it: the router, and the route it answers
+/// directly when it can.
+#[derive(Clone)]
+pub struct App {
+    /// Every route.
+    pub router: Router,
+    /// `GET /gateways`, answered without the router when nothing else applies to it.
+    pub hot: Option<HotRoute>,
+}
+
+/// The router's application: [`router`], with `GET /gateways` as the hot route.
+pub fn app(api: Api, admin: Option<Router>) -> App {
+    app_with(
+        api.clone(),
+        admin,
+        get_service(Gateways::new(api)),
+        Arc::new(answer),
+    )
+}
+
+/// [`app`] with another `/gateways` answer, through exactly the same paths: the HTTP
+/// benchmark's same-stack baseline serves a fixed body this way.
+pub fn app_with(
+    api: Api,
+    admin: Option<Router>,
+    gateways: axum::routing::MethodRouter<Api>,
+    hot: Arc<HotAnswer>,
+) -> App {
+    let hot = api
+        .state
+        .config
+        .http
+        .cors_origins
+        .is_empty()
+        .then(|| HotRoute {
+            path: "/gateways",
+            api: api.clone(),
+            answer: hot,
+        });
+    App {
+        router: router_with(api, admin, gateways),
+        hot,
+    }
 }
 
 /// Answers 503 `timeout` (in the contract's error shape) when a request overruns.

@@ -22,14 +22,15 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Request, Response, Version};
+use axum::http::{header, HeaderValue, Method, Request, Response, Version};
 use axum::response::IntoResponse;
+use futures::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -43,6 +44,7 @@ use tracing::{info, warn};
 
 use super::error::ApiError;
 use super::raw_errors::ErrorBodies;
+use super::routes::App;
 use crate::config::HttpConfig;
 use crate::metrics::{ConnLabels, Metrics};
 use crate::state::AppState;
@@ -279,7 +281,7 @@ pub struct Endpoint {
 /// Serves `app` on `endpoints` until `shutdown`, then closes down as the module says.
 /// Returns when every connection task has ended (or been cut at the grace deadline).
 pub async fn serve_endpoints(
-    app: axum::Router,
+    app: App,
     endpoints: Vec<Endpoint>,
     http: &HttpConfig,
     state: Arc<AppState>,
@@ -295,6 +297,7 @@ pub async fn serve_endpoints(
         last_full_log_ms: AtomicU64::new(0),
     });
     let limits = EdgeLimits::new(http);
+    let draining = Arc::new(AtomicBool::new(false));
     let builder = Arc::new(protocol_builder(http));
     // Cut: the grace is over; whatever still runs is dropped.
     let cut = CancellationToken::new();
@@ -308,6 +311,7 @@ pub async fn serve_endpoints(
         info!(%addr, cap, "serving {scheme}");
         let ctx = Ctx {
             app: app.clone(),
+            draining: draining.clone(),
             table: table.clone(),
             limits: limits.clone(),
             builder: builder.clone(),
@@ -319,6 +323,7 @@ pub async fn serve_endpoints(
         listeners.push(tokio::spawn(accept_loop(listener, ctx, conns.clone())));
     }
     shutdown.cancelled().await;
+    draining.store(true, Ordering::Relaxed);
     for l in listeners {
         // The loops end with `shutdown`; their sockets close as they return.
         let _ = l.await;
@@ -353,7 +358,9 @@ pub async fn serve_endpoints(
 
 /// What every connection task of a server shares.
 struct Ctx {
-    app: axum::Router,
+    app: App,
+    /// Set when shutdown begins: answers then say `Connection: close`.
+    draining: Arc<AtomicBool>,
     table: Arc<ConnTable>,
     limits: EdgeLimits,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -367,6 +374,7 @@ impl Clone for Ctx {
     fn clone(&self) -> Self {
         Ctx {
             app: self.app.clone(),
+            draining: self.draining.clone(),
             table: self.table.clone(),
             limits: self.limits.clone(),
             builder: self.builder.clone(),
@@ -460,10 +468,10 @@ where
 {
     let svc = ConnService {
         app: ctx.app.clone(),
+        draining: ctx.draining.clone(),
         peer,
         slot: slot.clone(),
         table: ctx.table.clone(),
-        closing: ctx.shutdown.clone(),
     };
     let conn = ctx.builder.serve_connection(
         TokioIo::new(ErrorBodies::new(io)),
@@ -527,11 +535,11 @@ where
 /// `Host`, and marks answers `Connection: close` once the server is shutting down.
 #[derive(Clone)]
 struct ConnService {
-    app: axum::Router,
+    app: App,
+    draining: Arc<AtomicBool>,
     peer: SocketAddr,
     slot: Arc<Slot>,
     table: Arc<ConnTable>,
-    closing: CancellationToken,
 }
 
 /// Keeps a request counted as in flight until its answer is produced.
@@ -556,7 +564,7 @@ impl ConnService {
     ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
     {
         if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.table.set_phase(&self.slot, Phase::Busy);
+            self.slot.phase.store(Phase::Busy as u8, Ordering::Relaxed);
         }
         let guard = InFlight {
             slot: self.slot.clone(),
@@ -566,17 +574,33 @@ impl ConnService {
         let no_host = req.version() == Version::HTTP_11
             && req.uri().authority().is_none()
             && !req.headers().contains_key(header::HOST);
-        let app = self.app.clone();
-        let closing = self.closing.clone();
-        let mut req = req.map(Body::new);
-        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let draining = self.draining.clone();
+        let answer = if no_host {
+            Either::Left(std::future::ready(
+                ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response(),
+            ))
+        } else {
+            match &self.app.hot {
+                Some(hot) if req.method() == Method::GET && req.uri().path() == hot.path => {
+                    Either::Left(std::future::ready(hot.call(
+                        self.peer,
+                        req.uri(),
+                        req.headers(),
+                    )))
+                }
+                _ => {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(ConnectInfo(self.peer));
+                    Either::Right(self.app.router.clone().oneshot(req))
+                }
+            }
+        };
         async move {
-            let mut resp = if no_host {
-                ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response()
-            } else {
-                app.oneshot(req).await.unwrap_or_else(|e| match e {})
+            let mut resp = match answer {
+                Either::Left(ready) => ready.await,
+                Either::Right(routed) => routed.await.unwrap_or_else(|e| match e {}),
             };
-            if http1 && closing.is_cancelled() {
+            if http1 && draining.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
