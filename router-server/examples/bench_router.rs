@@ -1,7 +1,7 @@
 //! The real router (`router_server::run`: follower, updater, full middleware stack) on
 //! an in-memory registry holding a static fleet, for HTTP benchmarks.
 //!
-//! `cargo run --release -p router-server --example bench_router -- NODES ADDR`
+//! `cargo run --release -p router-server --example bench_router -- NODES ADDR [CERT KEY]`
 //! prints `listening on ADDR` once ready. Loopback clients are in region r0 (one tenth
 //! of the fleet) with fallback r1; the rate limiter is on, with a budget the load
 //! generator never exhausts (its cost is measured, its refusals are not).
@@ -19,6 +19,14 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let nodes: usize = args.next().unwrap_or_else(|| "1000".into()).parse()?;
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:0".into());
+    // With CERT and KEY, HTTPS on ADDR and plain HTTP on another port for readiness.
+    let tls = match (args.next(), args.next()) {
+        (Some(cert), Some(key)) => Some(router_server::tls::TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        }),
+        _ => None,
+    };
     let kv = MemoryKv::new();
     let layout = Layout::default();
     for i in 0..nodes {
@@ -46,6 +54,14 @@ async fn main() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let listener = std::net::TcpListener::bind(&addr)?;
     let local = listener.local_addr()?;
+    let plain = match &tls {
+        Some(_) => Some(std::net::TcpListener::bind("127.0.0.1:0")?),
+        None => None,
+    };
+    let probe = match &plain {
+        Some(p) => p.local_addr()?,
+        None => local,
+    };
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(run(
         kv,
@@ -53,16 +69,16 @@ async fn main() -> anyhow::Result<()> {
             config,
             layout,
             admin_token: None,
-            tls: None,
+            tls,
         },
         Listeners {
             main: listener,
-            plain: None,
+            plain,
         },
         shutdown.clone(),
     ));
     // Ready once the snapshot holds the whole fleet.
-    let url = format!("http://{local}/readyz");
+    let url = format!("http://{probe}/readyz");
     while reqwest::get(&url)
         .await
         .map(|r| r.status() != 200)
