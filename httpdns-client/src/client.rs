@@ -609,6 +609,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Reads a gateway cache file's bytes as the SDK does when no router answers: the
+/// version, the router it was saved for, and every candidate are checked. Public for
+/// tools and for fuzzing.
+pub fn parse_cache_file(bytes: &[u8], domain: &str) -> Result<RouterAnswer, String> {
+    let f: CacheFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if f.version != 1 || f.router_domain != domain {
+        return Err("written by another version or for another router".into());
+    }
+    f.answer.validate()?;
+    Ok(f.answer)
+}
+
 fn read_cache(path: &Path, domain: &str) -> Result<RouterAnswer, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -617,17 +629,8 @@ fn read_cache(path: &Path, domain: &str) -> Result<RouterAnswer, String> {
         }
         Err(e) => return Err(format!("cache file {}: {e}", path.display())),
     };
-    let parsed: Result<CacheFile, String> = serde_json::from_slice(&bytes)
-        .map_err(|e| e.to_string())
-        .and_then(|f: CacheFile| {
-            if f.version != 1 || f.router_domain != domain {
-                return Err("written by another version or for another router".into());
-            }
-            f.answer.validate()?;
-            Ok(f)
-        });
-    match parsed {
-        Ok(f) => Ok(f.answer),
+    match parse_cache_file(&bytes, domain) {
+        Ok(answer) => Ok(answer),
         Err(e) => {
             warn!(path = %path.display(), error = %e, "gateway cache file is corrupt; ignoring it (rewritten on the next good answer)");
             Err(format!("cache file corrupt: {e}"))

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Fuzzes everything the project parses from strangers, each target for SECONDS (default
+# 20): node records and commands from etcd, the /gateways query string, HTTPDNS answers
+# and the SDK's cache file. Starts from the committed corpora (fuzz/corpus/, left
+# unchanged: new inputs go to a scratch copy) and fails on the first crash, leaving the
+# input under fuzz/artifacts/. Installs cargo-fuzz when missing. libFuzzer's coverage
+# instrumentation needs flags the stable compiler accepts only with RUSTC_BOOTSTRAP=1;
+# no sanitizer is used (`-s none`): the targets are safe Rust, so a crash is a panic.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-20}; shift || true
+targets=("$@")
+[ "${#targets[@]}" -gt 0 ] || targets=(node_record command query_string httpdns_answer cache_file)
+
+scripts/deps.sh
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --quiet --locked cargo-fuzz
+export RUSTC_BOOTSTRAP=1
+(cd fuzz && cargo fuzz build -s none --release >/dev/null)
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+for t in "${targets[@]}"; do
+  mkdir -p "$scratch/$t"
+  echo "fuzzing $t for ${secs}s"
+  (cd fuzz && cargo fuzz run -s none --release "$t" "$scratch/$t" "corpus/$t" -- \
+     -max_total_time="$secs" -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_units)|ERROR|panicked" || true)
+  # cargo fuzz exits non-zero on a crash; the pipe above hides it, so look for the artifact.
+  if ls fuzz/artifacts/"$t"/crash-* >/dev/null 2>&1; then
+    echo "fuzz target $t crashed; inputs:"; ls fuzz/artifacts/"$t"/
+    exit 1
+  fi
+done
