@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::health::{HealthProbe, Hysteresis};
 use crate::hook::{deliver, Hook, MigrateSignal};
@@ -209,7 +209,13 @@ impl Agent {
     }
 
     /// Runs until `cancel` fires, then revokes the lease so the node vanishes at once.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    /// Every line it logs carries the node's id (a `node_id` span).
+    pub async fn run(self, cancel: CancellationToken) {
+        let span = tracing::info_span!("agent", node_id = %self.config.node.id);
+        self.run_inner(cancel).instrument(span).await
+    }
+
+    async fn run_inner(mut self, cancel: CancellationToken) {
         let http = reqwest::Client::new();
         // One tree: every task below stops with `tasks` and is joined before returning.
         let tasks = cancel.child_token();
@@ -218,31 +224,31 @@ impl Agent {
         // delivered (or given up) within the grace below.
         let hooks = TaskTracker::new();
         if let Some(source) = self.config.load.clone() {
-            tracker.spawn(sample_load(
+            tracker.spawn(Instrument::in_current_span(sample_load(
                 source,
                 self.config.sample_interval,
                 self.handle.clone(),
                 http.clone(),
                 tasks.clone(),
-            ));
+            )));
         }
         if let Some(probe) = self.config.health.clone() {
-            tracker.spawn(probe_health(
+            tracker.spawn(Instrument::in_current_span(probe_health(
                 probe,
                 self.config.health_interval,
                 self.handle.clone(),
                 http.clone(),
                 tasks.clone(),
-            ));
+            )));
         }
         let (cmd_tx, mut cmd_rx) = mpsc::channel(16);
         let command_key = self.config.layout.command_key(&self.config.node.id);
-        tracker.spawn(watch_command(
+        tracker.spawn(Instrument::in_current_span(watch_command(
             self.kv.clone(),
             command_key.clone(),
             cmd_tx,
             tasks.clone(),
-        ));
+        )));
 
         let node_key = self.config.layout.node_key(&self.config.node.id);
         let ttl = self.config.ttl;
@@ -476,7 +482,7 @@ fn apply_command(
                     percent,
                     command: cmd.id,
                 };
-                hooks.spawn(deliver(hook.clone(), signal, 5));
+                hooks.spawn(deliver(hook.clone(), signal, 5).in_current_span());
             }
             None => {
                 info!(command = %cmd.id, "no hook configured; the gateway is not told to move clients")

@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => registry::cli::exit_invalid(e),
     };
+    tracing::info!(etcd = %endpoints.join(","), prefix = %config.layout.prefix(), node_id = %config.node.id, "agent starting");
     let kv = EtcdKv::connect(&endpoints, &EtcdOptions::default()).await?;
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::keys::Layout;
@@ -129,13 +129,16 @@ async fn run(
         logged_invalid: HashSet::new(),
     };
     let mut backoff = Backoff::for_store();
+    // Since when the registry has been out of reach, for the "reconnected" line.
+    let mut lost_at: Option<tokio::time::Instant> = None;
     loop {
         let err = tokio::select! {
             _ = cancel.cancelled() => return,
-            err = sync_once(&*kv, &prefix, &mut f, &tx, &mut backoff) => err,
+            err = sync_once(&*kv, &prefix, &mut f, &tx, &mut backoff, &mut lost_at) => err,
         };
         if f.view.connected {
             f.view.connected = false;
+            lost_at.get_or_insert_with(tokio::time::Instant::now);
             tx.send_replace(Arc::new(f.view.clone()));
         }
         let delay = backoff.next_delay();
@@ -161,6 +164,7 @@ async fn sync_once(
     f: &mut Follower,
     tx: &watch::Sender<Arc<NodeView>>,
     backoff: &mut Backoff,
+    lost_at: &mut Option<tokio::time::Instant>,
 ) -> KvError {
     let listing = match kv.list(prefix).await {
         Ok(l) => l,
@@ -170,12 +174,15 @@ async fn sync_once(
         Ok(s) => s,
         Err(e) => return e,
     };
+    let first = f.view.resyncs == 0;
     f.load(&listing.kvs, listing.revision);
-    debug!(
-        nodes = f.view.nodes.len(),
-        revision = listing.revision,
-        "registry listed"
-    );
+    let (nodes, invalid, revision) = (f.view.nodes.len(), f.view.invalid.len(), listing.revision);
+    match lost_at.take() {
+        _ if first => info!(nodes, invalid, revision, "loaded {nodes} nodes at revision {revision}"),
+        Some(t) => info!(nodes, revision, after_secs = format_args!("{:.1}", t.elapsed().as_secs_f64()),
+                         "registry reconnected after {:.1} s; {nodes} nodes at revision {revision}", t.elapsed().as_secs_f64()),
+        None => info!(nodes, revision, "registry listed again; {nodes} nodes at revision {revision}"),
+    }
     tx.send_replace(Arc::new(f.view.clone()));
     backoff.reset();
     loop {

@@ -80,6 +80,7 @@ async fn serve(args: ServeArgs) -> i32 {
         Err(e) => registry::cli::exit_invalid(format!("cannot listen on --http-listen: {e}")),
     };
     let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
+    tracing::info!(etcd = %args.etcd, prefix = %args.prefix, "router starting");
     let kv = match EtcdKv::connect(&endpoints, &EtcdOptions::default()).await {
         Ok(kv) => kv,
         Err(e) => return report(Err(anyhow::anyhow!("etcd {}: {e}", args.etcd))),

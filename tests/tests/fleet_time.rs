@@ -40,6 +40,12 @@ fn quiet_for_30_seconds_no_reconnect_no_stale_answer() {
     assert!(answers > 100);
     let out = r.proc.output();
     assert!(!out.contains("registry unreachable"), "{out}");
+    // Operator-readable: where it connects, and what it loaded.
+    assert!(out.contains("router starting") && out.contains(P), "{out}");
+    assert!(out.contains("loaded 1 nodes at revision"), "{out}");
+    let agent_out = agent.output();
+    let registered = agent_out.lines().find(|l| l.contains("registered")).unwrap_or("");
+    assert!(registered.contains("node_id=gw-quiet"), "{agent_out}");
     assert!(
         !out.contains("too_many_pings") && !out.contains("WARN"),
         "{out}"
