@@ -112,6 +112,9 @@ pub struct AgentStatus {
 #[derive(Clone)]
 pub struct AgentHandle {
     connections: Arc<watch::Sender<u64>>,
+    /// Wall-clock ms of the latest count, changed or not: reports say how fresh their
+    /// count is, so routers know which of their answers it already includes.
+    sampled_ms: Arc<std::sync::atomic::AtomicU64>,
     healthy: Arc<watch::Sender<bool>>,
     status: watch::Receiver<AgentStatus>,
 }
@@ -119,6 +122,15 @@ pub struct AgentHandle {
 impl AgentHandle {
     /// Sets the live connection count (for gateways that embed the agent).
     pub fn set_connections(&self, n: u64) {
+        self.set_connections_sampled(n, now_ms());
+    }
+
+    /// Sets the live connection count as counted at wall-clock `sampled_ms` (taken
+    /// before counting: a router then counts the clients it sent while the count was
+    /// being taken twice, never zero times).
+    pub fn set_connections_sampled(&self, n: u64, sampled_ms: u64) {
+        self.sampled_ms
+            .store(sampled_ms, std::sync::atomic::Ordering::Relaxed);
         self.connections
             .send_if_modified(|c| std::mem::replace(c, n) != n);
     }
@@ -173,6 +185,7 @@ impl Agent {
         });
         let handle = AgentHandle {
             connections: Arc::new(conn_tx),
+            sampled_ms: Arc::new(std::sync::atomic::AtomicU64::new(now_ms())),
             healthy: Arc::new(health_tx),
             status: status_rx,
         };
@@ -203,6 +216,11 @@ impl Agent {
             state: d.state,
             healthy: d.healthy,
             updated_ms: Some(now_ms()),
+            sampled_ms: Some(
+                self.handle
+                    .sampled_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
             applied_command: d.applied_command.clone(),
             labels: n.labels.clone(),
         }
@@ -500,12 +518,13 @@ async fn sample_load(
 ) {
     let mut last_error: Option<String> = None;
     loop {
+        let sampled_ms = now_ms();
         match source.sample(&http).await {
             Ok(n) => {
                 if last_error.take().is_some() {
                     info!("load source readable again");
                 }
-                handle.set_connections(n);
+                handle.set_connections_sampled(n, sampled_ms);
             }
             Err(e) => {
                 let msg = e.to_string();

@@ -178,10 +178,21 @@ async fn sync_once(
     f.load(&listing.kvs, listing.revision);
     let (nodes, invalid, revision) = (f.view.nodes.len(), f.view.invalid.len(), listing.revision);
     match lost_at.take() {
-        _ if first => info!(nodes, invalid, revision, "loaded {nodes} nodes at revision {revision}"),
-        Some(t) => info!(nodes, revision, after_secs = format_args!("{:.1}", t.elapsed().as_secs_f64()),
-                         "registry reconnected after {:.1} s; {nodes} nodes at revision {revision}", t.elapsed().as_secs_f64()),
-        None => info!(nodes, revision, "registry listed again; {nodes} nodes at revision {revision}"),
+        _ if first => info!(
+            nodes,
+            invalid, revision, "loaded {nodes} nodes at revision {revision}"
+        ),
+        Some(t) => info!(
+            nodes,
+            revision,
+            after_secs = format_args!("{:.1}", t.elapsed().as_secs_f64()),
+            "registry reconnected after {:.1} s; {nodes} nodes at revision {revision}",
+            t.elapsed().as_secs_f64()
+        ),
+        None => info!(
+            nodes,
+            revision, "registry listed again; {nodes} nodes at revision {revision}"
+        ),
     }
     tx.send_replace(Arc::new(f.view.clone()));
     backoff.reset();

@@ -40,6 +40,17 @@ impl Layout {
         format!("{}/nodes/{id}", self.prefix)
     }
 
+    /// `P/routers/`: one key per live router, under its lease (an extension of the
+    /// contract's layout; routers count each other through it).
+    pub fn routers_prefix(&self) -> String {
+        format!("{}/routers/", self.prefix())
+    }
+
+    /// `P/routers/{id}`.
+    pub fn router_key(&self, id: &str) -> String {
+        format!("{}/routers/{id}", self.prefix())
+    }
+
     /// `P/commands/`.
     pub fn commands_prefix(&self) -> String {
         format!("{}/commands/", self.prefix)

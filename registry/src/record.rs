@@ -253,6 +253,10 @@ pub struct NodeRecord {
     /// Wall-clock milliseconds of the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_ms: Option<u64>,
+    /// Wall-clock milliseconds at which `connections` was counted (an extension: the
+    /// router keeps counting the clients it sent after that moment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled_ms: Option<u64>,
     /// Id of the last command the agent applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_command: Option<String>,
@@ -286,6 +290,7 @@ impl NodeRecord {
             state: NodeState::Serving,
             healthy: true,
             updated_ms: None,
+            sampled_ms: None,
             applied_command: None,
             labels: BTreeMap::new(),
         }
@@ -636,6 +641,7 @@ mod tests {
                     },
                     healthy,
                     updated_ms: None,
+                    sampled_ms: None,
                     applied_command: None,
                     labels: BTreeMap::new(),
                 },

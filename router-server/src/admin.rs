@@ -138,11 +138,12 @@ async fn nodes(State(admin): State<Admin>) -> Result<Response, ApiError> {
     let out: Vec<_> = nodes
         .iter()
         .map(|n| {
+            let herd = admin.state.herd_view();
             let assigned = snap.as_ref().and_then(|s| {
                 s.nodes
                     .iter()
                     .find(|e| e.record.id == n.id)
-                    .map(|e| e.assigned.load(std::sync::atomic::Ordering::Relaxed))
+                    .map(|e| herd.pending(&e.assigned, e.sampled_ms))
             });
             json!({
                 "record": n,

@@ -243,6 +243,9 @@ pub struct FileConfig {
     /// Removals are judged together over this window (at least twice the agents'
     /// lease TTL, so a staggered expiry is seen whole).
     pub protect_window_secs: u64,
+    /// How long an answer counts against its node when no report includes it (a real
+    /// client connects within it; older answers are phantoms). 1-15.
+    pub herd_window_secs: u64,
     /// How long clients may reuse an answer.
     pub ttl_secs: u64,
     /// Heartbeat interval clients use on their gateway connection.
@@ -349,6 +352,7 @@ impl Default for FileConfig {
             protect_max_secs: 300,
             protect_min_nodes: 2,
             protect_window_secs: 30,
+            herd_window_secs: 5,
             ttl_secs: 300,
             heartbeat_secs: 240,
             backoff: BackoffConfig::default(),
@@ -466,6 +470,11 @@ impl FileConfig {
         check(self.protect_window_secs >= 1, "protect_window_secs", || {
             "must be at least 1".into()
         })?;
+        check(
+            (1..=15).contains(&self.herd_window_secs),
+            "herd_window_secs",
+            || format!("{} is not 1-15", self.herd_window_secs),
+        )?;
         check(self.ttl_secs >= 1, "ttl_secs", || {
             "must be at least 1".into()
         })?;

@@ -24,9 +24,11 @@ pub mod answer;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod herd;
 pub mod http;
 pub mod metrics;
 pub mod ops;
+pub mod peers;
 pub mod schedule;
 pub mod state;
 pub mod tls;
@@ -84,6 +86,12 @@ pub async fn run(
         }
     });
     tasks.spawn(state::run_updater(state.clone(), views, background.clone()));
+    tasks.spawn(peers::run(
+        kv.clone(),
+        opts.layout.clone(),
+        state.clone(),
+        background.clone(),
+    ));
     let api = http::Api::new(state.clone());
     tasks.spawn(api.clone().housekeeping(background.clone()));
     let admin = opts

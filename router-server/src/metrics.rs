@@ -158,6 +158,8 @@ pub struct Metrics {
     pub no_gateways: Counter,
     /// Admin actions by outcome.
     pub admin_actions: Family<RequestLabels, Counter>,
+    /// Live routers sharing the registry (herd counts are scaled by it).
+    pub routers_live: Gauge,
     /// Client connections open now.
     pub connections_open: Gauge,
     /// The connection cap in force.
@@ -183,6 +185,7 @@ impl Default for Metrics {
             rate_limited: Counter::default(),
             no_gateways: Counter::default(),
             admin_actions: Family::default(),
+            routers_live: Gauge::default(),
             connections_open: Gauge::default(),
             connections_max: Gauge::default(),
             connections_closed: Family::default(),
@@ -252,6 +255,11 @@ impl Default for Metrics {
             "admin_actions",
             "Admin API actions by route and status",
             m.admin_actions.clone(),
+        );
+        registry.register(
+            "routers_live",
+            "Live routers sharing the registry; herd counts are scaled by it",
+            m.routers_live.clone(),
         );
         registry.register(
             "connections_open",

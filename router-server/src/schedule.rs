@@ -4,12 +4,12 @@
 //! * **Eligible**: serving, healthy, has the requested port and address family, and a
 //!   projected load below `max_load`.
 //! * **Region order**: the client's region, then its fallbacks in order, then any.
-//! * **Least loaded first, herd-safe**: the load used is the *projected* load,
-//!   `(reported connections + clients this router handed the node since that report) /
-//!   capacity`. Each answer adds one client to its first candidate, so a reconnect
-//!   storm fills nodes evenly instead of all landing on the node that was least loaded
-//!   at the last report. The counter lives in an `Arc<AtomicU64>` shared across
-//!   snapshots and replaced (reset) when the node sends a new report.
+//! * **Least loaded first, herd-safe**: the load used is the *projected* load, the
+//!   reported connections plus the clients the routers sent since the report's sample
+//!   (see [`crate::herd`]). Each answer adds one client to its first candidate, so a
+//!   reconnect storm fills nodes evenly instead of all landing on the node that was
+//!   least loaded at the last report. The counter lives with the node across snapshots
+//!   and reports.
 //!
 //! Static eligibility (state, health, port) is indexed once per snapshot, per region
 //! and protocol, and each index is sorted by reported load. A request walks only the
@@ -20,21 +20,26 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use registry::record::IpFamily;
 use registry::{NodeRecord, NodeState, Proto};
 
 use crate::answer::NodeJson;
+use crate::herd::{HerdCounter, HerdView};
 
 /// One node as the router serves it.
 #[derive(Debug, Clone)]
 pub struct NodeEntry {
     /// The record as last reported.
     pub record: Arc<NodeRecord>,
-    /// Clients handed to this node since `record` was reported.
-    pub assigned: Arc<AtomicU64>,
+    /// This router's answers naming this node first, by time slot; kept across reports.
+    pub assigned: Arc<HerdCounter>,
+    /// Wall-clock ms at which the reported count was sampled (or, for a report
+    /// without `sampled_ms`, received): later answers are not in it.
+    pub sampled_ms: u64,
+    /// Rank among equally loaded nodes (a per-router random order).
+    pub tie: u64,
     /// The node's answer fields, JSON-escaped once per report instead of per answer.
     pub json: Arc<NodeJson>,
     /// `1 / capacity`: the scan multiplies instead of dividing for every node.
@@ -47,11 +52,11 @@ pub struct NodeEntry {
 }
 
 impl NodeEntry {
-    /// `(connections + assigned) / capacity`.
-    pub fn projected_load(&self) -> f64 {
+    /// `(connections + answers not in the report) / capacity`.
+    pub fn projected_load(&self, herd: &HerdView) -> f64 {
         let conns = self
             .connections
-            .saturating_add(self.assigned.load(Ordering::Relaxed));
+            .saturating_add(herd.pending(&self.assigned, self.sampled_ms));
         conns as f64 * self.inv_capacity
     }
 }
@@ -83,14 +88,29 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot, reusing herd counters from `previous` for nodes whose record
-    /// did not change (same report), and starting new counters for new reports.
+    /// [`Snapshot::build_seeded`] with ties broken by node id.
     pub fn build(
         records: impl IntoIterator<Item = Arc<NodeRecord>>,
         previous: Option<&Snapshot>,
         revision: i64,
         stale: bool,
     ) -> Snapshot {
+        Snapshot::build_seeded(records, previous, revision, stale, 0)
+    }
+
+    /// Builds a snapshot, keeping each node's herd counter from `previous` (a new
+    /// report moves where its count starts, it does not zero it). Equally loaded nodes
+    /// rank in an order drawn from `seed` (0: by id). Each router uses its own seed:
+    /// with one shared order, every router behind a balancer would send the first
+    /// client of a storm to the same node, and the next, until reports catch up.
+    pub fn build_seeded(
+        records: impl IntoIterator<Item = Arc<NodeRecord>>,
+        previous: Option<&Snapshot>,
+        revision: i64,
+        stale: bool,
+        seed: u64,
+    ) -> Snapshot {
+        let received = crate::herd::now_ms();
         let old: HashMap<&str, &NodeEntry> = previous
             .map(|p| p.nodes.iter().map(|e| (e.record.id.as_str(), e)).collect())
             .unwrap_or_default();
@@ -104,9 +124,14 @@ impl Snapshot {
                     connections: e.connections,
                     record,
                     assigned: e.assigned.clone(),
+                    sampled_ms: e.sampled_ms,
+                    tie: 0,
                     json: e.json.clone(),
                 },
-                _ => NodeEntry {
+                previous => NodeEntry {
+                    assigned: previous.map(|e| e.assigned.clone()).unwrap_or_default(),
+                    sampled_ms: record.sampled_ms.unwrap_or(received),
+                    tie: 0,
                     json: Arc::new(NodeJson::of(&record)),
                     inv_capacity: 1.0 / record.capacity as f64,
                     // The projected load's own formula with nothing assigned, so it is
@@ -114,11 +139,17 @@ impl Snapshot {
                     reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
                     connections: record.connections,
                     record,
-                    assigned: Arc::new(AtomicU64::new(0)),
                 },
             })
             .collect();
         nodes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        for (i, e) in nodes.iter_mut().enumerate() {
+            e.tie = if seed == 0 {
+                i as u64
+            } else {
+                tie_key(seed, &e.record.id)
+            };
+        }
         let mut by_region: HashMap<Arc<str>, ByProto, _> = HashMap::default();
         let mut all = ByProto::default();
         for (i, e) in nodes.iter().enumerate() {
@@ -139,6 +170,7 @@ impl Snapshot {
                 let (ea, eb) = (&nodes[a as usize], &nodes[b as usize]);
                 ea.reported_load
                     .total_cmp(&eb.reported_load)
+                    .then(ea.tie.cmp(&eb.tie))
                     .then(a.cmp(&b))
             })
         };
@@ -184,6 +216,8 @@ pub struct Candidate {
     pub port: u16,
     /// Projected load when chosen.
     pub load: f64,
+    /// The node's rank among equally loaded ones.
+    pub tie: u64,
 }
 
 /// The candidates of one answer: the default three live on the stack.
@@ -196,6 +230,8 @@ pub struct Rules<'a> {
     pub max_load: f64,
     /// Fallback regions for the client's region.
     pub fallbacks: &'a [String],
+    /// The herd counts as of this request.
+    pub herd: HerdView,
 }
 
 /// Up to `query.count` distinct eligible nodes, best first, and counts one client
@@ -242,9 +278,7 @@ pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Chosen {
         );
     }
     if let Some(first) = out.first() {
-        snap.nodes[first.index]
-            .assigned
-            .fetch_add(1, Ordering::Relaxed);
+        rules.herd.record(&snap.nodes[first.index].assigned);
     }
     out
 }
@@ -297,12 +331,12 @@ fn best_of(
             break;
         }
         let full = out.len() - start == room;
-        if full && !beats(e.reported_load, i, &out[out.len() - 1]) {
+        if full && !beats(e.reported_load, e.tie, i, &out[out.len() - 1]) {
             break;
         }
         // The herd counter is only read for contenders.
-        let load = e.projected_load();
-        if load >= rules.max_load || (full && !beats(load, i, &out[out.len() - 1])) {
+        let load = e.projected_load(&rules.herd);
+        if load >= rules.max_load || (full && !beats(load, e.tie, i, &out[out.len() - 1])) {
             continue;
         }
         let r = &e.record;
@@ -323,9 +357,10 @@ fn best_of(
             ip,
             port,
             load,
+            tie: e.tie,
         };
-        // Insertion into the kept tail, ordered by load then id (index order).
-        let pos = start + out[start..].partition_point(|c| !beats(load, i, c));
+        // Insertion into the kept tail, ordered by load then tie rank.
+        let pos = start + out[start..].partition_point(|c| !beats(load, e.tie, i, c));
         if out.len() - start == room {
             out.pop();
         }
@@ -333,10 +368,22 @@ fn best_of(
     }
 }
 
-/// True when a node at `load` with index `i` ranks before candidate `c`: less loaded,
-/// or equally loaded with a smaller id.
-fn beats(load: f64, i: usize, c: &Candidate) -> bool {
-    load < c.load || (load == c.load && i < c.index)
+/// True when a node at `load` with tie rank `tie` and index `i` ranks before candidate
+/// `c`: less loaded, or equally loaded and earlier in the router's tie order.
+fn beats(load: f64, tie: u64, i: usize, c: &Candidate) -> bool {
+    load < c.load || (load == c.load && (tie, i) < (c.tie, c.index))
+}
+
+/// A node's place in a router's tie order: a hash of its id under the router's seed.
+fn tie_key(seed: u64, id: &str) -> u64 {
+    // FNV-1a over the id, mixed with the seed (SplitMix64's finalizer).
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 #[cfg(test)]
@@ -373,10 +420,22 @@ mod tests {
         }
     }
 
-    const RULES: Rules<'static> = Rules {
-        max_load: 0.95,
-        fallbacks: &[],
-    };
+    /// The default rules, with the herd counts as of now.
+    fn rules_now() -> Rules<'static> {
+        Rules {
+            max_load: 0.95,
+            fallbacks: &[],
+            herd: HerdView::now(5000, 1),
+        }
+    }
+
+    /// Sets a node's answers not in its report to `n`, all given at `herd`'s now.
+    fn set_pending(e: &NodeEntry, n: u64, herd: &HerdView) {
+        e.assigned.clear();
+        for _ in 0..n {
+            herd.record(&e.assigned);
+        }
+    }
 
     fn ids(s: &Snapshot, c: &[Candidate]) -> Vec<String> {
         c.iter()
@@ -395,13 +454,13 @@ mod tests {
         ]);
         let fallbacks = vec!["cn-hz".to_string()];
         let rules = Rules {
-            max_load: 0.95,
             fallbacks: &fallbacks,
+            ..rules_now()
         };
         let c = select(&s, &q(Some("cn-sh"), 4), rules);
         assert_eq!(ids(&s, &c), ["sh-1", "hz-1", "bj-1", "sz-1"]);
         // Unknown region: least loaded anywhere.
-        let c = select(&s, &q(None, 2), RULES);
+        let c = select(&s, &q(None, 2), rules_now());
         assert_eq!(ids(&s, &c), ["bj-1", "sz-1"]);
     }
 
@@ -420,17 +479,17 @@ mod tests {
         };
         let ok = node("ok", "r", 90, 100);
         let s = snap(vec![draining, sick, full, wss_only, ok]);
-        assert_eq!(ids(&s, &select(&s, &q(Some("r"), 10), RULES)), ["ok"]);
+        assert_eq!(ids(&s, &select(&s, &q(Some("r"), 10), rules_now())), ["ok"]);
         let wss = Query {
             proto: Proto::Wss,
             ..q(Some("r"), 10)
         };
-        assert_eq!(ids(&s, &select(&s, &wss, RULES)), ["w"]);
+        assert_eq!(ids(&s, &select(&s, &wss, rules_now())), ["w"]);
         let v6 = Query {
             family: Some(IpFamily::V6),
             ..q(Some("r"), 10)
         };
-        assert!(select(&s, &v6, RULES).is_empty(), "no IPv6 addresses");
+        assert!(select(&s, &v6, rules_now()).is_empty(), "no IPv6 addresses");
     }
 
     #[test]
@@ -443,7 +502,7 @@ mod tests {
             ..q(None, 1)
         };
         assert_eq!(
-            select(&s, &v6, RULES)[0].ip,
+            select(&s, &v6, rules_now())[0].ip,
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
         let v4 = Query {
@@ -451,7 +510,7 @@ mod tests {
             ..q(None, 1)
         };
         assert_eq!(
-            select(&s, &v4, RULES)[0].ip,
+            select(&s, &v4, rules_now())[0].ip,
             "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
@@ -464,39 +523,131 @@ mod tests {
             .map(|i| node(&format!("n{i}"), "r", i * 100, 10_000))
             .collect();
         let s = snap(records);
+        let rules = rules_now();
         for _ in 0..5000 {
-            assert!(!select(&s, &q(Some("r"), 3), RULES).is_empty());
+            assert!(!select(&s, &q(Some("r"), 3), rules).is_empty());
         }
-        let loads: Vec<f64> = s.nodes.iter().map(NodeEntry::projected_load).collect();
+        let loads: Vec<f64> = s
+            .nodes
+            .iter()
+            .map(|e| e.projected_load(&rules.herd))
+            .collect();
         let mean = loads.iter().sum::<f64>() / loads.len() as f64;
         let max = loads.iter().cloned().fold(0.0, f64::max);
         assert!(max / mean <= 1.05, "max/mean = {} ({loads:?})", max / mean);
         let total: u64 = s
             .nodes
             .iter()
-            .map(|e| e.assigned.load(Ordering::Relaxed))
+            .map(|e| rules.herd.pending(&e.assigned, 0))
             .sum();
         assert_eq!(total, 5000);
     }
 
+    /// A new report does not zero the count: answers after its sample still count,
+    /// answers before it are in it. An unchanged report keeps everything.
     #[test]
-    fn a_new_report_resets_the_herd_counter_an_unchanged_one_keeps_it() {
+    fn a_new_report_keeps_the_answers_it_does_not_include() {
         let a = Arc::new(node("a", "r", 0, 100));
         let b = Arc::new(node("b", "r", 0, 100));
         let s1 = Snapshot::build(vec![a.clone(), b.clone()], None, 1, false);
+        let rules = rules_now();
         for _ in 0..10 {
-            select(&s1, &q(None, 1), RULES);
+            select(&s1, &q(None, 1), rules);
         }
+        let h = rules.herd;
+        let pending =
+            |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].sampled_ms);
+        let total = pending(&s1, 0) + pending(&s1, 1);
+        assert_eq!(total, 10);
+        let now_ms = h.now_ms;
+        let report = |conns: u64, sampled_ms: u64| {
+            let mut r = node("b", "r", conns, 100);
+            r.sampled_ms = Some(sampled_ms);
+            Arc::new(r)
+        };
+        // b counted before the answers: they all still count on top of its report.
         let s2 = Snapshot::build(
-            vec![a.clone(), Arc::new(node("b", "r", 5, 100))],
+            vec![a.clone(), report(1, now_ms - 60_000)],
             Some(&s1),
             2,
             false,
         );
-        let assigned = |s: &Snapshot, i: usize| s.nodes[i].assigned.load(Ordering::Relaxed);
-        assert_eq!(assigned(&s2, 0) + assigned(&s1, 1), 10);
-        assert_eq!(assigned(&s2, 1), 0, "b reported again");
-        assert!(Arc::ptr_eq(&s1.nodes[0].assigned, &s2.nodes[0].assigned));
+        assert!(Arc::ptr_eq(&s1.nodes[1].assigned, &s2.nodes[1].assigned));
+        assert_eq!(
+            pending(&s2, 1),
+            pending(&s1, 1),
+            "sampled before the answers"
+        );
+        // b counted after them: its report includes them.
+        let s3 = Snapshot::build(
+            vec![a.clone(), report(5, now_ms + 1_000)],
+            Some(&s2),
+            3,
+            false,
+        );
+        assert_eq!(pending(&s3, 1), 0, "sampled after the answers");
+        assert!(Arc::ptr_eq(&s1.nodes[0].assigned, &s3.nodes[0].assigned));
+        assert_eq!(pending(&s3, 0), pending(&s1, 0), "a did not report");
+    }
+
+    /// Answers that never became connections stop counting after the window: three
+    /// small nodes polled by a monitor are back in service within seconds, without a
+    /// report.
+    #[test]
+    fn phantom_answers_expire_with_the_window() {
+        let s = snap(
+            (0..3)
+                .map(|i| node(&format!("n{i}"), "r", 0, 100))
+                .collect(),
+        );
+        let h = HerdView::now(5000, 1);
+        let polled = Rules {
+            herd: h,
+            ..rules_now()
+        };
+        let mut answered = 0;
+        while !select(&s, &q(None, 1), polled).is_empty() {
+            answered += 1;
+        }
+        assert!(answered >= 280, "{answered}");
+        // Six seconds later, with no report, the answers no longer count.
+        let later = Rules {
+            herd: HerdView::at(h.now_ms + 6_000, 20, 1),
+            ..rules_now()
+        };
+        assert_eq!(select(&s, &q(None, 3), later).len(), 3);
+    }
+
+    /// Two routers behind a balancer: each scales its own answers by the live count,
+    /// and their tie orders differ, so a storm's first answers do not all name the
+    /// same node.
+    #[test]
+    fn routers_scale_their_answers_and_break_ties_differently() {
+        let fleet: Vec<Arc<NodeRecord>> = (0..20)
+            .map(|i| Arc::new(node(&format!("n{i:02}"), "r", 0, 1000)))
+            .collect();
+        let firsts: std::collections::HashSet<usize> = (1..=8u64)
+            .map(|seed| {
+                let s = Snapshot::build_seeded(fleet.clone(), None, 1, false, seed * 7919);
+                select(&s, &q(None, 1), rules_now())[0].index
+            })
+            .collect();
+        assert!(
+            firsts.len() >= 4,
+            "eight routers' first answers: {firsts:?}"
+        );
+        let s = Snapshot::build_seeded(fleet, None, 1, false, 42);
+        let two = Rules {
+            herd: HerdView::now(5000, 2),
+            ..rules_now()
+        };
+        let first = select(&s, &q(None, 1), two)[0].index;
+        let e = &s.nodes[first];
+        assert_eq!(
+            e.projected_load(&two.herd),
+            2.0 / 1000.0,
+            "one answer counts twice"
+        );
     }
 
     fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
@@ -553,14 +704,14 @@ mod tests {
                 let r = &e.record;
                 let ok = r.state == NodeState::Serving
                     && r.healthy
-                    && e.projected_load() < rules.max_load
+                    && e.projected_load(&rules.herd) < rules.max_load
                     && r.ports.get(query.proto).is_some()
                     && r.addr_for(query.family).is_some();
                 let tier = order
                     .iter()
                     .position(|t| *t == r.region)
                     .unwrap_or(order.len());
-                ok.then(|| (tier, e.projected_load(), i))
+                ok.then(|| (tier, e.projected_load(&rules.herd), i))
             })
             .collect();
         eligible.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
@@ -589,11 +740,12 @@ mod tests {
                 n
             });
             let s = snap(fleet.collect());
+            let herd = HerdView::now(5000, 1);
             for (e, a) in s.nodes.iter().zip(&assigned) {
-                e.assigned.store(if ties { a % 3 } else { *a }, Ordering::Relaxed);
+                set_pending(e, if ties { a % 3 } else { *a }, &herd);
             }
             let fallbacks: Vec<String> = fallbacks.iter().map(|f| regions[*f].to_string()).collect();
-            let rules = Rules { max_load: 0.95, fallbacks: &fallbacks };
+            let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd };
             let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
             let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), family };
             let expected = reference(&s, &query, rules);
@@ -608,11 +760,11 @@ mod tests {
             let regions = ["a", "b", "c", "d", "zz"];
             let s = snap(fleet);
             let fallbacks: Vec<String> = fallback.map(|f| regions[f].to_string()).into_iter().collect();
-            let rules = Rules { max_load: 0.95, fallbacks: &fallbacks };
+            let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd: HerdView::now(5000, 1) };
             let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
             let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), family };
             // Loads before the call (select counts one client on the first candidate).
-            let before: Vec<f64> = s.nodes.iter().map(NodeEntry::projected_load).collect();
+            let before: Vec<f64> = s.nodes.iter().map(|e| e.projected_load(&rules.herd)).collect();
             let out = select(&s, &query, rules);
             let eligible = |i: usize| {
                 let r = &s.nodes[i].record;

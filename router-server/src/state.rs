@@ -36,6 +36,10 @@ pub struct AppState {
     pub last_sync: std::sync::Mutex<Option<Instant>>,
     /// The constant part of every answer, serialized once (see [`crate::answer::answer_tail`]).
     pub answer_tail: String,
+    /// Live routers sharing the registry (this one included), from `P/routers/`.
+    pub routers: std::sync::atomic::AtomicU64,
+    /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`).
+    pub tie_seed: u64,
 }
 
 impl AppState {
@@ -47,7 +51,17 @@ impl AppState {
             config,
             metrics: Metrics::default(),
             last_sync: std::sync::Mutex::new(None),
+            routers: std::sync::atomic::AtomicU64::new(1),
+            tie_seed: rand::random::<u64>() | 1,
         }
+    }
+
+    /// The herd counts as a request sees them now.
+    pub fn herd_view(&self) -> crate::herd::HerdView {
+        crate::herd::HerdView::now(
+            self.config.herd_window_secs * 1000,
+            self.routers.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
 
@@ -246,7 +260,13 @@ pub async fn run_updater(
         };
         let stale = !view.connected || protect.holding();
         let previous_snap = state.snapshot.load_full();
-        let snap = Snapshot::build(members, previous_snap.as_deref(), view.revision, stale);
+        let snap = Snapshot::build_seeded(
+            members,
+            previous_snap.as_deref(),
+            view.revision,
+            stale,
+            state.tie_seed,
+        );
         let m = &state.metrics;
         m.nodes.clear();
         for e in &snap.nodes {

@@ -44,7 +44,10 @@ fn quiet_for_30_seconds_no_reconnect_no_stale_answer() {
     assert!(out.contains("router starting") && out.contains(P), "{out}");
     assert!(out.contains("loaded 1 nodes at revision"), "{out}");
     let agent_out = agent.output();
-    let registered = agent_out.lines().find(|l| l.contains("registered")).unwrap_or("");
+    let registered = agent_out
+        .lines()
+        .find(|l| l.contains("registered"))
+        .unwrap_or("");
     assert!(registered.contains("node_id=gw-quiet"), "{agent_out}");
     assert!(
         !out.contains("too_many_pings") && !out.contains("WARN"),

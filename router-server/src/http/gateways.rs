@@ -228,6 +228,7 @@ fn gateways(
             .retry_after(1));
         };
         let rules = Rules {
+            herd: api.state.herd_view(),
             max_load: cfg.max_load,
             fallbacks,
         };

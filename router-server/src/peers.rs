@@ -1,0 +1,120 @@
+//! Routers count each other, for herd safety across a balancer (see [`crate::herd`]).
+//!
+//! Each router registers `P/routers/{id}` under a lease of its own (an extension of the
+//! contract's layout) and lists `P/routers/` every couple of seconds; the number of keys
+//! is the number of live routers, by which each router scales its own answers. A
+//! router that dies disappears with its lease; one that stops revokes it at once. While
+//! the registry is out of reach the last count stays.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use registry::backoff::Backoff;
+use registry::{Kv, KvError, Layout, LeaseId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::state::AppState;
+
+/// Lease of a router's key: a router that dies stops counting after this long.
+const TTL: Duration = Duration::from_secs(10);
+/// How often the lease is renewed and the routers counted.
+const EVERY: Duration = Duration::from_secs(2);
+
+/// This router's id: host name and process id, plus a random part so two routers on
+/// one host never share one.
+pub fn router_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "router".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if registry::record::is_name_char(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// Registers this router and keeps `state.routers` up to date until `cancel`, then
+/// revokes the registration.
+pub async fn run(kv: Arc<dyn Kv>, layout: Layout, state: Arc<AppState>, cancel: CancellationToken) {
+    let id = router_id();
+    let key = layout.router_key(&id);
+    let prefix = layout.routers_prefix();
+    let value = serde_json::json!({"id": id, "started_ms": registry::now_ms()}).to_string();
+    let mut lease: Option<LeaseId> = None;
+    let mut backoff = Backoff::for_store();
+    let mut failing = false;
+    loop {
+        let result = async {
+            let l = match lease {
+                Some(l) => {
+                    kv.keep_alive(l).await?;
+                    l
+                }
+                None => {
+                    let l = kv.grant(TTL).await?;
+                    lease = Some(l);
+                    kv.put(&key, value.clone().into_bytes(), Some(l)).await?;
+                    info!(router_id = %id, "registered under {prefix}");
+                    l
+                }
+            };
+            let live = kv.list(&prefix).await?.kvs.len().max(1) as u64;
+            Ok::<_, KvError>((l, live))
+        };
+        let wait = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = result => match r {
+                Ok((_, live)) => {
+                    if failing {
+                        info!("router count readable again");
+                        failing = false;
+                    }
+                    let before = state.routers.swap(live, Ordering::Relaxed);
+                    if before != live {
+                        info!(live, "live routers: herd counts are scaled by {live}");
+                    }
+                    state.metrics.routers_live.set(live as i64);
+                    backoff.reset();
+                    EVERY
+                }
+                Err(e) => {
+                    if matches!(e, KvError::LeaseNotFound(_)) {
+                        lease = None;
+                    }
+                    if !failing {
+                        warn!(error = %e, "cannot count the live routers; keeping the last count");
+                        failing = true;
+                    } else {
+                        debug!(error = %e, "router count still failing");
+                    }
+                    backoff.next_delay()
+                }
+            },
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    if let Some(l) = lease {
+        match tokio::time::timeout(Duration::from_secs(2), kv.revoke(l)).await {
+            Ok(Ok(())) => info!(router_id = %id, "router deregistered"),
+            _ => debug!("router registration left to expire"),
+        }
+    }
+}

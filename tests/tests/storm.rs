@@ -1,0 +1,184 @@
+//! A reconnect storm with real sockets: five real TCP gateways of different
+//! capacities, each with an agent counting its sockets (`--load tcp-port:`), two
+//! routers behind a "balancer" (each client picks one at random), and thousands of
+//! clients arriving within seconds, each connecting to its first candidate.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::{get_json, wait_until, Etcd, Proc, RouterProc};
+
+const P: &str = "/gateway-router/v1";
+
+/// A gateway that accepts and holds every connection.
+struct Gateway {
+    port: u16,
+    capacity: u64,
+    held: Arc<AtomicUsize>,
+    _conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Gateway {
+    fn start(capacity: u64) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (h, c) = (held.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                c.lock().unwrap().push(s);
+                h.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Gateway {
+            port,
+            capacity,
+            held,
+            _conns: conns,
+        }
+    }
+}
+
+/// All at once: the whole storm lands between two reports, on the routers' own counts.
+#[test]
+fn a_burst_of_real_clients_lands_by_capacity_across_two_routers() {
+    storm(Duration::ZERO);
+}
+
+/// Over a couple of seconds: reports arrive in the middle of it, each counted at a
+/// moment the routers must place among their own answers.
+#[test]
+fn a_paced_storm_lands_by_capacity_across_reports() {
+    storm(Duration::from_millis(25));
+}
+
+fn storm(pause: Duration) {
+    // Thousands of sockets, both ends in this process.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let etcd = Etcd::start();
+    let gateways: Vec<Gateway> = [300, 400, 500, 600, 700]
+        .into_iter()
+        .map(Gateway::start)
+        .collect();
+    let endpoints = etcd.endpoints();
+    let _agents: Vec<Proc> = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let (cap, port) = (g.capacity.to_string(), g.port.to_string());
+            let tcp = format!("tcp={port}");
+            let load = format!("tcp-port:{port}");
+            Proc::spawn(
+                "gateway-agent",
+                &[
+                    "--etcd",
+                    &endpoints,
+                    "--id",
+                    &format!("gw-{i}"),
+                    "--ip",
+                    "127.0.0.1",
+                    "--region",
+                    "r",
+                    "--capacity",
+                    &cap,
+                    "--port",
+                    &tcp,
+                    "--load",
+                    &load,
+                ],
+            )
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "five gateways registered", || {
+        etcd.keys(&format!("{P}/nodes/")).len() == 5
+    });
+    let routers = [
+        RouterProc::start(&etcd, "", &[]),
+        RouterProc::start(&etcd, "", &[]),
+    ];
+    for r in &routers {
+        wait_until(
+            Duration::from_secs(15),
+            "each router sees 5 nodes and 2 routers",
+            || {
+                // Through the metrics: a poll of /gateways would count as answers.
+                harness::http_get(r.addr, "/metrics").is_some_and(|(_, m)| {
+                    m.contains("router_routers_live 2")
+                        && m.contains("router_nodes{region=\"r\",state=\"serving\"} 5")
+                })
+            },
+        );
+    }
+    let addrs: Vec<SocketAddr> = routers.iter().map(|r| r.addr).collect();
+    let total: u64 = gateways.iter().map(|g| g.capacity).sum();
+    // Demand at 90 % of the fleet's capacity, from 24 clients at a time, each pausing
+    // `pause` between connections.
+    let demand = (total * 9 / 10) as usize;
+    let clients: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..24)
+        .map(|t| {
+            let (clients, next, refused, addrs) = (
+                clients.clone(),
+                next.clone(),
+                refused.clone(),
+                addrs.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut rng = t as u64 * 0x9e37_79b9 + 1;
+                while next.fetch_add(1, Ordering::Relaxed) < demand {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let router = addrs[(rng % 2) as usize];
+                    let Some((200, body)) = get_json(router, "/gateways?count=1") else {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let port = body["gateways"][0]["port"].as_u64().unwrap() as u16;
+                    let s = TcpStream::connect(("127.0.0.1", port)).expect("gateway accepts");
+                    clients.lock().unwrap().push(s);
+                    std::thread::sleep(pause);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let took = start.elapsed();
+    wait_until(Duration::from_secs(10), "every client accepted", || {
+        gateways
+            .iter()
+            .map(|g| g.held.load(Ordering::Relaxed))
+            .sum::<usize>()
+            == clients.lock().unwrap().len()
+    });
+    let loads: Vec<f64> = gateways
+        .iter()
+        .map(|g| g.held.load(Ordering::Relaxed) as f64 / g.capacity as f64)
+        .collect();
+    let mean = loads.iter().sum::<f64>() / loads.len() as f64;
+    let max = loads.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "{} clients in {took:?} ({} refused): loads {loads:.3?}, max/mean {:.3}",
+        clients.lock().unwrap().len(),
+        refused.load(Ordering::Relaxed),
+        max / mean
+    );
+    assert!(took < Duration::from_secs(20), "the storm took {took:?}");
+    assert!(
+        max / mean <= 1.10,
+        "max/mean {:.3}: {loads:.3?}",
+        max / mean
+    );
+    assert!(
+        loads.iter().all(|l| *l <= 0.95),
+        "a node above max_load: {loads:.3?}"
+    );
+}
