@@ -5,8 +5,15 @@
 //! connection — marks the view disconnected (the last nodes stay, for serving stale)
 //! and starts over with a fresh list after a jittered backoff, so a resync replaces
 //! the whole set and never keeps a node the store has dropped.
+//!
+//! The view's maps are persistent (`imbl::OrdMap`): publishing a view after each batch
+//! shares every unchanged node with the previous one instead of copying the fleet, and
+//! a reader finds what changed between two views by walking only the changed parts
+//! (`OrdMap::diff`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+
+use imbl::OrdMap;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
@@ -23,9 +30,9 @@ use crate::record::NodeRecord;
 #[derive(Debug, Clone, Default)]
 pub struct NodeView {
     /// Valid records by node id.
-    pub nodes: BTreeMap<Arc<str>, Arc<NodeRecord>>,
+    pub nodes: OrdMap<Arc<str>, Arc<NodeRecord>>,
     /// Keys whose values are invalid, with the reason.
-    pub invalid: BTreeMap<Arc<str>, String>,
+    pub invalid: OrdMap<Arc<str>, String>,
     /// The store revision the view reflects.
     pub revision: i64,
     /// True once a full listing has been loaded.

@@ -29,6 +29,7 @@ pub mod kv;
 pub mod memory;
 pub mod record;
 
+pub use imbl;
 pub use keys::{Layout, DEFAULT_PREFIX};
 pub use kv::{Kv, KvError, LeaseId};
 pub use record::{

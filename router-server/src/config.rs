@@ -246,6 +246,9 @@ pub struct FileConfig {
     /// How long an answer counts against its node when no report includes it (a real
     /// client connects within it; older answers are phantoms). 1-15.
     pub herd_window_secs: u64,
+    /// Snapshots are rebuilt at most this often; reports arriving meanwhile are folded
+    /// into the next build (0-1000).
+    pub snapshot_min_interval_ms: u64,
     /// How long clients may reuse an answer.
     pub ttl_secs: u64,
     /// Heartbeat interval clients use on their gateway connection.
@@ -353,6 +356,7 @@ impl Default for FileConfig {
             protect_min_nodes: 2,
             protect_window_secs: 30,
             herd_window_secs: 5,
+            snapshot_min_interval_ms: 50,
             ttl_secs: 300,
             heartbeat_secs: 240,
             backoff: BackoffConfig::default(),
@@ -474,6 +478,11 @@ impl FileConfig {
             (1..=15).contains(&self.herd_window_secs),
             "herd_window_secs",
             || format!("{} is not 1-15", self.herd_window_secs),
+        )?;
+        check(
+            self.snapshot_min_interval_ms <= 1000,
+            "snapshot_min_interval_ms",
+            || format!("{} is above 1000", self.snapshot_min_interval_ms),
         )?;
         check(self.ttl_secs >= 1, "ttl_secs", || {
             "must be at least 1".into()

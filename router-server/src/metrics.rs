@@ -136,8 +136,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Request latency by route.
     pub latency: HistogramFamily,
-    /// Nodes by region and state.
+    /// Nodes by region and state (replaced whole: [`Metrics::replace_node_counts`]).
     pub nodes: Family<NodeLabels, Gauge>,
+    /// Held while the node counts are replaced and while rendering.
+    swap: std::sync::Mutex<()>,
     /// Invalid records currently in the registry.
     pub invalid_records: Gauge,
     /// Invalid record values seen since start.
@@ -160,6 +162,10 @@ pub struct Metrics {
     pub admin_actions: Family<RequestLabels, Counter>,
     /// Live routers sharing the registry (herd counts are scaled by it).
     pub routers_live: Gauge,
+    /// Snapshots built since start.
+    pub snapshot_builds: Counter,
+    /// Seconds spent building snapshots (judging, building, publishing) since start.
+    pub snapshot_build_seconds: Counter<f64, AtomicU64>,
     /// Client connections open now.
     pub connections_open: Gauge,
     /// The connection cap in force.
@@ -175,6 +181,7 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::default(),
             nodes: Family::default(),
+            swap: std::sync::Mutex::new(()),
             invalid_records: Gauge::default(),
             invalid_seen: Counter::default(),
             revision: Gauge::default(),
@@ -186,6 +193,8 @@ impl Default for Metrics {
             no_gateways: Counter::default(),
             admin_actions: Family::default(),
             routers_live: Gauge::default(),
+            snapshot_builds: Counter::default(),
+            snapshot_build_seconds: Counter::default(),
             connections_open: Gauge::default(),
             connections_max: Gauge::default(),
             connections_closed: Family::default(),
@@ -257,6 +266,16 @@ impl Default for Metrics {
             m.admin_actions.clone(),
         );
         registry.register(
+            "snapshot_builds",
+            "Snapshots built from registry updates",
+            m.snapshot_builds.clone(),
+        );
+        registry.register(
+            "snapshot_build_seconds",
+            "Seconds spent turning registry updates into snapshots",
+            m.snapshot_build_seconds.clone(),
+        );
+        registry.register(
             "routers_live",
             "Live routers sharing the registry; herd counts are scaled by it",
             m.routers_live.clone(),
@@ -281,8 +300,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Replaces the node counts in one step, as a scrape sees them.
+    pub fn replace_node_counts(&self, counts: std::collections::HashMap<NodeLabels, i64>) {
+        let _swap = self.swap.lock().expect("metrics swap lock");
+        self.nodes.clear();
+        for (labels, n) in counts {
+            self.nodes.get_or_create(&labels).set(n);
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
+        let _swap = self.swap.lock().expect("metrics swap lock");
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -111,12 +111,35 @@ impl Snapshot {
         seed: u64,
     ) -> Snapshot {
         let received = crate::herd::now_ms();
-        let old: HashMap<&str, &NodeEntry> = previous
-            .map(|p| p.nodes.iter().map(|e| (e.record.id.as_str(), e)).collect())
-            .unwrap_or_default();
-        let mut nodes: Vec<NodeEntry> = records
-            .into_iter()
-            .map(|record| match old.get(record.id.as_str()) {
+        // Records by id (the registry's map yields them sorted already), matched with
+        // the previous snapshot's nodes (sorted by id too) in one merge: no hashing.
+        let mut records: Vec<Arc<NodeRecord>> = records.into_iter().collect();
+        if !records.windows(2).all(|w| w[0].id < w[1].id) {
+            records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            records.dedup_by(|a, b| a.id == b.id);
+        }
+        let old: &[NodeEntry] = previous.map(|p| &p.nodes[..]).unwrap_or(&[]);
+        let mut j = 0;
+        let mut nodes: Vec<NodeEntry> = Vec::with_capacity(records.len());
+        for record in records {
+            // An unchanged record is the same allocation: matched without comparing ids.
+            let same = old.get(j).is_some_and(|e| Arc::ptr_eq(&e.record, &record));
+            if !same {
+                while j < old.len() && old[j].record.id < record.id {
+                    j += 1;
+                }
+            }
+            let prev = old.get(j).filter(|e| same || e.record.id == record.id);
+            if prev.is_some() {
+                // Ids are unique: the next record starts after this one.
+                j += 1;
+            }
+            // The tie rank depends on the seed and the id only: reuse it.
+            let tie = match prev {
+                Some(e) if seed != 0 => e.tie,
+                _ => tie_key(seed, &record.id),
+            };
+            nodes.push(match prev {
                 // The same report: keep its herd counter and its serialized fields.
                 Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
                     inv_capacity: e.inv_capacity,
@@ -125,13 +148,13 @@ impl Snapshot {
                     record,
                     assigned: e.assigned.clone(),
                     sampled_ms: e.sampled_ms,
-                    tie: 0,
+                    tie,
                     json: e.json.clone(),
                 },
                 previous => NodeEntry {
                     assigned: previous.map(|e| e.assigned.clone()).unwrap_or_default(),
                     sampled_ms: record.sampled_ms.unwrap_or(received),
-                    tie: 0,
+                    tie,
                     json: Arc::new(NodeJson::of(&record)),
                     inv_capacity: 1.0 / record.capacity as f64,
                     // The projected load's own formula with nothing assigned, so it is
@@ -140,15 +163,13 @@ impl Snapshot {
                     connections: record.connections,
                     record,
                 },
-            })
-            .collect();
-        nodes.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-        for (i, e) in nodes.iter_mut().enumerate() {
-            e.tie = if seed == 0 {
-                i as u64
-            } else {
-                tie_key(seed, &e.record.id)
-            };
+            });
+        }
+        if seed == 0 {
+            // Ties by id: the index order.
+            for (i, e) in nodes.iter_mut().enumerate() {
+                e.tie = i as u64;
+            }
         }
         let mut by_region: HashMap<Arc<str>, ByProto, _> = HashMap::default();
         let mut all = ByProto::default();
@@ -157,7 +178,11 @@ impl Snapshot {
             if r.state != NodeState::Serving || !r.healthy {
                 continue;
             }
-            let region = by_region.entry(Arc::from(r.region.as_str())).or_default();
+            // Looked up by name first: a key is allocated once per region, not per node.
+            let region = match by_region.get_mut(r.region.as_str()) {
+                Some(lists) => lists,
+                None => by_region.entry(Arc::from(r.region.as_str())).or_default(),
+            };
             for proto in Proto::ALL {
                 if r.ports.get(proto).is_some() {
                     region.0[proto as usize].push(i as u32);
@@ -165,17 +190,21 @@ impl Snapshot {
                 }
             }
         }
-        let by_load = |list: &mut Vec<u32>| {
-            list.sort_unstable_by(|&a, &b| {
-                let (ea, eb) = (&nodes[a as usize], &nodes[b as usize]);
-                ea.reported_load
-                    .total_cmp(&eb.reported_load)
-                    .then(ea.tie.cmp(&eb.tie))
-                    .then(a.cmp(&b))
-            })
+        // Sorted on plain keys gathered once (a load is never negative, so its bits
+        // order as the number does), not by following indexes into the nodes.
+        let mut keys: Vec<(u64, u64, u32)> = Vec::new();
+        let mut by_load = |list: &mut Vec<u32>| {
+            keys.clear();
+            keys.extend(list.iter().map(|&i| {
+                let e = &nodes[i as usize];
+                (e.reported_load.to_bits(), e.tie, i)
+            }));
+            keys.sort_unstable();
+            list.clear();
+            list.extend(keys.iter().map(|k| k.2));
         };
         for lists in by_region.values_mut().chain([&mut all]) {
-            lists.0.iter_mut().for_each(by_load);
+            lists.0.iter_mut().for_each(&mut by_load);
         }
         Snapshot {
             nodes,

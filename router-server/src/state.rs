@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use registry::follow::NodeView;
+use registry::imbl;
 use registry::{NodeRecord, NodeState};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -209,15 +210,25 @@ impl Protect {
 }
 
 /// Follows `views` until `cancel`, storing each resulting snapshot in `state`.
+///
+/// The membership pipeline: the follower applies watch batches to a persistent map
+/// and publishes each view (sharing everything unchanged); this loop takes the latest
+/// view, finds what left and arrived by diffing only the changed parts, judges it
+/// (protect threshold), and builds the next snapshot, at most once per
+/// `snapshot_min_interval_ms`: a burst of reports costs one build, and a lone report is
+/// visible at once. Run it on its own thread ([`spawn_updater`]): a build over a large
+/// fleet takes milliseconds that request threads should not lose.
 pub async fn run_updater(
     state: Arc<AppState>,
     mut views: watch::Receiver<Arc<NodeView>>,
     cancel: CancellationToken,
 ) {
     let mut protect = Protect::new(&state.config);
-    // The previous view's nodes, to see who left and who arrived.
+    // The last view judged, to see who left and who arrived since.
     let mut previous: Option<Arc<NodeView>> = None;
     let mut seen_invalid = 0u64;
+    let min_interval = Duration::from_millis(state.config.snapshot_min_interval_ms);
+    let mut last_build: Option<Instant> = None;
     loop {
         let deadline = protect.deadline();
         let timed_out = tokio::select! {
@@ -225,24 +236,32 @@ pub async fn run_updater(
             r = views.changed() => { if r.is_err() { return } false }
             _ = sleep_until_opt(deadline) => true,
         };
+        // Coalesce: wait out the rest of the interval; whatever arrives meanwhile is
+        // folded into this build.
+        if let Some(t) = last_build {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(t + min_interval) => {}
+            }
+        }
         let view = views.borrow_and_update().clone();
         if !view.loaded {
             continue;
         }
         let now = Instant::now();
+        let cpu_start = std::time::Instant::now();
         let verdict = match (&previous, timed_out) {
             (Some(prev), false) if !Arc::ptr_eq(prev, &view) => {
-                let left = prev
-                    .nodes
-                    .iter()
-                    .filter(|(id, _)| !view.nodes.contains_key(*id))
-                    .map(|(_, r)| r);
-                let arrived = view
-                    .nodes
-                    .keys()
-                    .filter(|id| !prev.nodes.contains_key(*id))
-                    .map(|id| &**id);
-                protect.update(now, view.nodes.len(), left, arrived)
+                let mut left = Vec::new();
+                let mut arrived = Vec::new();
+                for d in prev.nodes.diff(&view.nodes) {
+                    match d {
+                        imbl::ordmap::DiffItem::Remove(_, r) => left.push(r.clone()),
+                        imbl::ordmap::DiffItem::Add(id, _) => arrived.push(id.clone()),
+                        imbl::ordmap::DiffItem::Update { .. } => {}
+                    }
+                }
+                protect.update(now, view.nodes.len(), &left, arrived.iter().map(|a| &**a))
             }
             (None, _) => protect.update(now, view.nodes.len(), [], []),
             _ => protect.judge(now),
@@ -268,7 +287,10 @@ pub async fn run_updater(
             state.tie_seed,
         );
         let m = &state.metrics;
-        m.nodes.clear();
+        // Node counts are computed aside and swapped in under the metrics lock, so a
+        // scrape never sees a half-filled family.
+        let mut counts: HashMap<(&str, &'static str), i64, foldhash::fast::RandomState> =
+            HashMap::default();
         for e in &snap.nodes {
             let r = &e.record;
             let s = if !r.healthy {
@@ -278,13 +300,20 @@ pub async fn run_updater(
             } else {
                 "serving"
             };
-            m.nodes
-                .get_or_create(&NodeLabels {
-                    region: r.region.clone(),
-                    state: s.into(),
-                })
-                .inc();
+            *counts.entry((r.region.as_str(), s)).or_default() += 1;
         }
+        m.replace_node_counts(
+            counts
+                .into_iter()
+                .map(|((region, state), n)| {
+                    let labels = NodeLabels {
+                        region: region.to_string(),
+                        state: state.to_string(),
+                    };
+                    (labels, n)
+                })
+                .collect(),
+        );
         m.invalid_records.set(view.invalid.len() as i64);
         m.invalid_seen
             .inc_by(view.invalid_seen_total.saturating_sub(seen_invalid));
@@ -298,7 +327,32 @@ pub async fn run_updater(
         if view.connected {
             *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
-        state.snapshot.store(Some(Arc::new(snap)));
+        drop(state.snapshot.swap(Some(Arc::new(snap))));
+        drop(previous_snap);
+        m.snapshot_builds.inc();
+        m.snapshot_build_seconds
+            .inc_by(cpu_start.elapsed().as_secs_f64());
+        last_build = Some(Instant::now());
+    }
+}
+
+/// Runs [`run_updater`] on a thread of its own (a single-threaded runtime on the
+/// blocking pool), off the threads that answer requests; the returned future ends
+/// when it does.
+pub async fn spawn_updater(
+    state: Arc<AppState>,
+    views: watch::Receiver<Arc<NodeView>>,
+    cancel: CancellationToken,
+) {
+    let handle = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a single-threaded runtime for the snapshot updater");
+        rt.block_on(run_updater(state, views, cancel));
+    });
+    if let Err(e) = handle.await {
+        tracing::error!(error = %e, "snapshot updater ended abnormally");
     }
 }
 

@@ -207,24 +207,27 @@ fn survives_an_etcd_outage_longer_than_the_ttl() {
     wait_until(Duration::from_secs(10), "registered", || {
         etcd.get(&key).is_some()
     });
+    let lease_of = |etcd: &Etcd| {
+        let json = etcd.ctl(&["get", &key, "-w", "json"]);
+        serde_json::from_str::<Value>(&json).unwrap()["kvs"][0]["lease"].as_i64()
+    };
+    let first = lease_of(&etcd).expect("a lease");
     etcd.stop();
     // Outlast the 3 s TTL: the agent must notice and re-register under a new lease.
     a.wait_for_output("lease presumed lost", Duration::from_secs(15));
     etcd.start_again();
+    // etcd restores the old lease (and its key) on restart, for a TTL: wait for the
+    // agent's new one, not for the key.
     wait_until(Duration::from_secs(15), "re-registered", || {
-        etcd.get(&key).is_some()
+        lease_of(&etcd).is_some_and(|l| l != first)
     });
     assert!(a.is_running());
-    assert_eq!(
-        etcd.keys(&format!("{PREFIX}/nodes/")),
-        vec![key.clone()],
-        "exactly one key"
-    );
+    // The old lease, no longer kept alive, expires; one key stays.
+    wait_until(Duration::from_secs(15), "exactly one key", || {
+        etcd.keys(&format!("{PREFIX}/nodes/")) == vec![key.clone()]
+    });
     // And the new lease is being kept alive: its remaining TTL goes back up.
-    let json = etcd.ctl(&["get", &key, "-w", "json"]);
-    let lease = serde_json::from_str::<Value>(&json).unwrap()["kvs"][0]["lease"]
-        .as_i64()
-        .unwrap();
+    let lease = lease_of(&etcd).expect("a lease");
     let hex = format!("{lease:x}");
     let remaining = || -> i64 {
         let out = etcd.ctl(&["lease", "timetolive", &hex]);

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The registry path at fleet scale, against a stock etcd (Debian's defaults): a router
+# following 10,000 nodes while their records change at a steady rate.
+#
+#   1. restart: a router started with 10,000 nodes present, until /readyz is 200;
+#   2. 333 updates/s (10,000 agents at the 30 s report floor): the router's CPU;
+#   3. 2,000 updates/s: CPU, peak RSS, update -> visible in /gateways (p50 / p99), and
+#      non-200 answers of a request loop running meanwhile.
+#
+#   scripts/bench-registry.sh [NODES] [SECS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=${1:-10000}; secs=${2:-30}
+scripts/deps.sh --test
+cargo build --quiet --release -p router-server --bin router-server --example registry_load
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cport=$(free_port); pport=$(free_port)
+etcd --name bench --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+  --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+  --initial-cluster "bench=http://127.0.0.1:$pport" > "$work/etcd.log" 2>&1 &
+pids+=($!)
+etcd_url="http://127.0.0.1:$cport"
+for _ in $(seq 1 200); do curl -sf "$etcd_url/health" | grep -q true && break; sleep 0.05; done
+target/release/examples/registry_load "$etcd_url" "$nodes" 0 0
+
+hz=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+start_router() {
+  rport=$(free_port)
+  printf '[rate_limit]\nper_ip_per_sec = 0\n' > "$work/router.toml"
+  local t0; t0=$(date +%s.%N)
+  target/release/router-server --etcd "$etcd_url" --listen "127.0.0.1:$rport" \
+    --config "$work/router.toml" > "$work/router.log" 2>&1 &
+  router_pid=$!
+  pids+=($router_pid)
+  until curl -sf "http://127.0.0.1:$rport/readyz" >/dev/null 2>&1; do sleep 0.01; done
+  ready_s=$(echo "$(date +%s.%N) - $t0" | bc)
+}
+
+# Measures the router's CPU (cores) and peak RSS while `registry_load` runs at RATE.
+phase() { # rate
+  local t0 r0 peak=0 out
+  r0=$(ticks "$router_pid"); t0=$(date +%s.%N)
+  target/release/examples/registry_load "$etcd_url" "$nodes" "$1" "$secs" "127.0.0.1:$rport" > "$work/load.out" &
+  local lp=$!
+  while kill -0 "$lp" 2>/dev/null; do
+    local r; r=$(rss_kb "$router_pid"); [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.5
+  done
+  wait "$lp"
+  local cores
+  cores=$(echo "scale=4; ($(ticks "$router_pid") - $r0) / $hz / ($(date +%s.%N) - $t0)" | bc)
+  local builds
+  builds=$(curl -s "http://127.0.0.1:$rport/metrics" | awk '/^router_snapshot_build(s_total|_seconds_total) / {printf "%s ", $2}')
+  echo "$cores $((peak / 1024)) $(cat "$work/load.out") snapshot_builds/seconds_total $builds"
+}
+
+start_router
+echo "router ready with $nodes nodes in ${ready_s} s (goal < 2 s)"
+read -r c333 rss333 rest333 < <(phase 333)
+echo "333 updates/s for ${secs}s: router CPU ${c333} cores (goal <= 0.05), peak RSS ${rss333} MB; $rest333"
+read -r c2k rss2k rest2k < <(phase 2000)
+echo "2000 updates/s for ${secs}s: router CPU ${c2k} cores (goal <= 0.25), peak RSS ${rss2k} MB (goal <= 100); $rest2k"
+echo "(goals: update -> visible p99 <= 100 ms, zero non-200 answers)"
+grep -c "registry unreachable" "$work/router.log" | xargs echo "router 'registry unreachable' lines:"
