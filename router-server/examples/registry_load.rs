@@ -67,7 +67,10 @@ async fn main() -> anyhow::Result<()> {
     if secs == 0 {
         let start = Instant::now();
         let mut set = tokio::task::JoinSet::new();
-        for chunk in (0..nodes).collect::<Vec<_>>().chunks(nodes.div_ceil(32).max(1)) {
+        for chunk in (0..nodes)
+            .collect::<Vec<_>>()
+            .chunks(nodes.div_ceil(32).max(1))
+        {
             let (kv, layout, chunk) = (kv.clone(), layout.clone(), chunk.to_vec());
             set.spawn(async move {
                 for i in chunk {
@@ -119,11 +122,7 @@ async fn main() -> anyhow::Result<()> {
         let (non_200, asked) = (non_200.clone(), asked.clone());
         tokio::spawn(async move {
             while Instant::now() < deadline {
-                let ok = http
-                    .get(&url)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200);
+                let ok = http.get(&url).send().await.is_ok_and(|r| r.status() == 200);
                 asked.fetch_add(1, Ordering::Relaxed);
                 if !ok {
                     non_200.fetch_add(1, Ordering::Relaxed);

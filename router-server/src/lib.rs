@@ -85,7 +85,11 @@ pub async fn run(
             warn!(error = %e, "registry follower ended abnormally");
         }
     });
-    tasks.spawn(state::spawn_updater(state.clone(), views, background.clone()));
+    tasks.spawn(state::spawn_updater(
+        state.clone(),
+        views,
+        background.clone(),
+    ));
     tasks.spawn(peers::run(
         kv.clone(),
         opts.layout.clone(),
