@@ -181,6 +181,45 @@ impl Etcd {
         }
     }
 
+    /// Stops member `i` (SIGKILL), as a crashed machine would.
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The index of the member that is leader, as the running members report it.
+    pub fn leader(&self) -> Option<usize> {
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].child.is_some())
+            .collect();
+        let eps: Vec<String> = running
+            .iter()
+            .map(|&i| format!("http://127.0.0.1:{}", self.members[i].client_port))
+            .collect();
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &eps.join(","), "--command-timeout=300ms"])
+            .args(["endpoint", "status", "-w", "json"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let statuses = v.as_array()?;
+        let leader = statuses
+            .iter()
+            .find_map(|s| s["Status"]["leader"].as_u64().filter(|l| *l != 0))?;
+        statuses.iter().find_map(|s| {
+            (s["Status"]["header"]["member_id"].as_u64() == Some(leader)).then(|| {
+                let ep = s["Endpoint"].as_str().unwrap_or_default();
+                running
+                    .iter()
+                    .copied()
+                    .find(|&i| ep.ends_with(&format!(":{}", self.members[i].client_port)))
+            })?
+        })
+    }
+
     /// Starts every stopped member again with the same data and ports.
     pub fn start_again(&mut self) {
         for i in 0..self.members.len() {

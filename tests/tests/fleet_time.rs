@@ -245,3 +245,60 @@ fn drained_nodes_leaving_never_trip_the_alarm() {
     let (_, m) = harness::http_get(r.addr, "/metrics").unwrap();
     assert!(m.contains("router_protect_engaged_total 0"), "{m}");
 }
+
+/// The leader of a three-member cluster dies while an agent's load changes: the new
+/// count reaches etcd within a second of the new leader being elected.
+#[test]
+fn a_report_reaches_etcd_within_a_second_of_a_new_leader() {
+    let mut etcd = Etcd::cluster(3);
+    let dir = tempfile::tempdir().unwrap();
+    let load = dir.path().join("load");
+    std::fs::write(&load, "100").unwrap();
+    let load_src = format!("file:{}", load.display());
+    let _agent = Proc::agent(
+        &etcd,
+        "gw-lc",
+        "r",
+        &["--port", "tcp=7000", "--load", &load_src],
+    );
+    let key = format!("{P}/nodes/gw-lc");
+    let conns = |etcd: &Etcd| {
+        etcd.ctl_raw(&["get", &key, "--print-value-only", "--command-timeout=500ms"])
+            .stdout
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>()
+    };
+    wait_until(Duration::from_secs(20), "registered with 100", || {
+        conns(&etcd).contains("\"connections\":100")
+    });
+    let old = etcd.leader().expect("a leader");
+    etcd.stop_member(old);
+    std::fs::write(&load, "200").unwrap();
+    let mut elected: Option<Instant> = None;
+    let mut visible: Option<Instant> = None;
+    let start = Instant::now();
+    while visible.is_none() || elected.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "elected {elected:?} visible {visible:?}"
+        );
+        if elected.is_none() && etcd.leader().is_some_and(|l| l != old) {
+            elected = Some(Instant::now());
+        }
+        if visible.is_none() && conns(&etcd).contains("\"connections\":200") {
+            visible = Some(Instant::now());
+        }
+    }
+    let (elected, visible) = (elected.unwrap(), visible.unwrap());
+    let after = visible.saturating_duration_since(elected);
+    println!(
+        "leader lost; elected after {:?}, report visible after {:?} ({after:?} after the election)",
+        elected - start,
+        visible - start
+    );
+    assert!(
+        after <= Duration::from_secs(1),
+        "{after:?} after the new leader"
+    );
+}
