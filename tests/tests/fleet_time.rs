@@ -151,22 +151,27 @@ fn dead_first_endpoints_fail_over_for_agent_router_and_ctl() {
 /// Ten agents with a 3 s lease; eight are SIGKILLed, at once or one every 400 ms. Their
 /// leases expire one by one, and the watch delivers the deletions in several batches:
 /// the router must still see a mass loss, keep serving all ten, stale, with the alarm.
-fn mass_loss_is_held(stagger: Duration) {
-    let etcd = Etcd::start();
-    let mut agents: Vec<Proc> = (0..10)
+/// `n` agents `gw-0`.. with a 3 s lease, all registered, and a router started after.
+fn fleet_of(etcd: &Etcd, n: usize) -> (Vec<Proc>, RouterProc) {
+    let agents: Vec<Proc> = (0..n)
         .map(|i| {
             Proc::agent(
-                &etcd,
+                etcd,
                 &format!("gw-{i}"),
                 "r",
                 &["--port", "tcp=7000", "--ttl", "3", "--load", "static:0"],
             )
         })
         .collect();
-    wait_until(Duration::from_secs(20), "ten agents registered", || {
-        etcd.keys(&format!("{P}/nodes/")).len() == 10
+    wait_until(Duration::from_secs(20), "agents registered", || {
+        etcd.keys(&format!("{P}/nodes/")).len() == n
     });
-    let r = RouterProc::start(&etcd, "", &[]);
+    (agents, RouterProc::start(etcd, "", &[]))
+}
+
+fn mass_loss_is_held(stagger: Duration) {
+    let etcd = Etcd::start();
+    let (mut agents, r) = fleet_of(&etcd, 10);
     let q = "/gateways?count=10";
     wait_until(Duration::from_secs(10), "ten nodes served", || {
         r.ids(q).len() == 10
@@ -205,20 +210,7 @@ fn staggered_expiry_is_held() {
 #[test]
 fn drained_nodes_leaving_never_trip_the_alarm() {
     let etcd = Etcd::start();
-    let mut agents: Vec<Proc> = (0..6)
-        .map(|i| {
-            Proc::agent(
-                &etcd,
-                &format!("gw-{i}"),
-                "r",
-                &["--port", "tcp=7000", "--ttl", "3", "--load", "static:0"],
-            )
-        })
-        .collect();
-    wait_until(Duration::from_secs(20), "six agents registered", || {
-        etcd.keys(&format!("{P}/nodes/")).len() == 6
-    });
-    let r = RouterProc::start(&etcd, "", &[]);
+    let (mut agents, r) = fleet_of(&etcd, 6);
     wait_until(Duration::from_secs(10), "six served", || {
         r.ids("/gateways?count=10").len() == 6
     });
