@@ -21,6 +21,7 @@ pub mod health;
 pub mod hook;
 pub mod load;
 pub mod report;
+pub mod sockdiag;
 
 pub use agent::{Agent, AgentConfig, AgentHandle, AgentStatus, NodeSpec};
 pub use hook::{FnHook, Hook, HttpHook, MigrateSignal};
