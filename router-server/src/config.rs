@@ -190,7 +190,7 @@ pub enum CtlOp {
     /// Table of nodes, by region and load.
     Nodes {
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
     /// Stop sending clients to a node and move its clients away.
@@ -198,10 +198,15 @@ pub enum CtlOp {
         /// Node id.
         id: String,
         /// Show progress and return when the node reports 0 connections.
-        #[arg(long)]
+        #[arg(long, env = "ROUTER_CTL_WAIT", value_parser = clap::builder::BoolishValueParser::new())]
         wait: bool,
         /// Give up waiting after this many seconds (exit 1).
-        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        #[arg(
+            long,
+            env = "ROUTER_CTL_TIMEOUT",
+            value_name = "SECS",
+            default_value_t = 600
+        )]
         timeout: u64,
     },
     /// Move a percentage of a node's clients away.
@@ -209,7 +214,7 @@ pub enum CtlOp {
         /// Node id.
         id: String,
         /// 1-100.
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        #[arg(long, env = "ROUTER_CTL_PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
         percent: u8,
     },
     /// Undo a drain.
@@ -220,10 +225,10 @@ pub enum CtlOp {
     /// Even out load inside each region by migrating clients off hot nodes.
     Rebalance {
         /// Print the plan without issuing commands.
-        #[arg(long)]
+        #[arg(long, env = "ROUTER_CTL_DRY_RUN", value_parser = clap::builder::BoolishValueParser::new())]
         dry_run: bool,
         /// Print JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
 }

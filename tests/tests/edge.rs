@@ -154,6 +154,18 @@ fn every_subcommand_runs_from_variables_alone() {
     let status = ctl.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{}", ctl.output());
     assert!(ctl.output().contains("gw-env"), "{}", ctl.output());
+    // The operation's own flags too.
+    let mut vars = all_vars.to_vec();
+    vars.push(("ROUTER_CTL_JSON", "true"));
+    let mut ctl = router_env(&["ctl", "nodes"], &vars);
+    assert!(
+        ctl.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        ctl.output()
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.output()).expect("JSON from ROUTER_CTL_JSON");
+    assert_eq!(json["nodes"][0]["id"], "gw-env", "{json}");
     for p in [&mut serve, &mut demo, &mut agent] {
         p.signal("TERM");
         assert!(
