@@ -302,18 +302,20 @@ pub async fn run_updater(
             };
             *counts.entry((r.region.as_str(), s)).or_default() += 1;
         }
-        m.replace_node_counts(
-            counts
-                .into_iter()
-                .map(|((region, state), n)| {
-                    let labels = NodeLabels {
-                        region: region.to_string(),
-                        state: state.to_string(),
-                    };
-                    (labels, n)
-                })
-                .collect(),
-        );
+        let node_counts: HashMap<NodeLabels, i64> = counts
+            .into_iter()
+            .map(|((region, state), n)| {
+                let labels = NodeLabels {
+                    region: region.to_string(),
+                    state: state.to_string(),
+                };
+                (labels, n)
+            })
+            .collect();
+        // The answers change first, then what the metrics say about them: a scrape that
+        // sees the alarm (or a new revision) is never followed by an older answer.
+        drop(state.snapshot.swap(Some(Arc::new(snap))));
+        m.replace_node_counts(node_counts);
         m.invalid_records.set(view.invalid.len() as i64);
         m.invalid_seen
             .inc_by(view.invalid_seen_total.saturating_sub(seen_invalid));
@@ -327,7 +329,6 @@ pub async fn run_updater(
         if view.connected {
             *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
-        drop(state.snapshot.swap(Some(Arc::new(snap))));
         drop(previous_snap);
         m.snapshot_builds.inc();
         m.snapshot_build_seconds
