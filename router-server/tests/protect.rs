@@ -107,7 +107,11 @@ async fn mass_removal_is_held_then_released() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("router_protect_active 1"), "{metrics}");
+    // The sample line itself: its HELP text also starts with "1 while".
+    assert!(
+        metrics.lines().any(|l| l == "router_protect_active 1"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("router_protect_engaged_total 1"),
         "{metrics}"

@@ -590,6 +590,12 @@ impl Proc {
     }
 }
 
+/// True when the metrics text `text` has the sample line `line` exactly (a substring
+/// test would also match a HELP line such as `# HELP router_protect_active 1 while ...`).
+pub fn has_sample(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
 /// A GET returning the status and the body parsed as JSON (`Value::Null` when not JSON).
 pub fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
     let (code, body) = http_get(addr, path)?;
