@@ -161,6 +161,31 @@ fn map_lease_err(e: etcd_client::Error, lease: LeaseId) -> KvError {
     }
 }
 
+/// One renewal on a lease's open keep-alive stream, within `deadline`. A TTL of 0 means
+/// etcd no longer knows the lease.
+async fn renew(k: &mut Keeper, lease: LeaseId, deadline: Duration) -> Result<Duration, KvError> {
+    let not_found = |e| map_lease_err(e, lease);
+    let resp = tokio::time::timeout(deadline, async {
+        k.keeper.keep_alive().await.map_err(not_found)?;
+        k.stream
+            .message()
+            .await
+            .map_err(not_found)?
+            .ok_or_else(|| KvError::Unavailable("keep-alive stream closed".into()))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(KvError::Unavailable(format!(
+            "keep-alive: no answer within {} ms",
+            deadline.as_millis()
+        )))
+    })?;
+    if resp.ttl() <= 0 {
+        return Err(KvError::LeaseNotFound(lease));
+    }
+    Ok(Duration::from_secs(resp.ttl() as u64))
+}
+
 impl EtcdKv {
     /// Connects to `endpoints`; channels are lazy, so this succeeds while etcd is down
     /// and calls fail with [`KvError::Unavailable`] until it is back.
@@ -373,54 +398,13 @@ impl Kv for EtcdKv {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, KvError> {
         let t = self.inner.opts.request_timeout;
-        let not_found = |e| map_lease_err(e, lease);
         let mut keepers = self.inner.keepers.lock().await;
-        // Renew on the lease's open stream; on any trouble, open a new one (failing
-        // over to another endpoint if need be) and renew on that.
-        for reuse in [true, false] {
-            let k = match keepers.get_mut(&lease) {
-                Some(k) if reuse => k,
-                Some(_) | None if reuse => continue,
-                _ => {
-                    keepers.remove(&lease);
-                    let ((keeper, stream), endpoint) = self
-                        .call("lease keep-alive", t, |mut c| async move {
-                            c.lease_keep_alive(lease).await.map_err(not_found)
-                        })
-                        .await?;
-                    keepers.entry(lease).or_insert(Keeper {
-                        endpoint,
-                        keeper,
-                        stream,
-                    })
-                }
-            };
-            let renewed = tokio::time::timeout(t, async {
-                k.keeper.keep_alive().await.map_err(not_found)?;
-                k.stream
-                    .message()
-                    .await
-                    .map_err(not_found)?
-                    .ok_or_else(|| KvError::Unavailable("keep-alive stream closed".into()))
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(KvError::Unavailable(format!(
-                    "keep-alive: no answer within {} ms",
-                    t.as_millis()
-                )))
-            });
-            match renewed {
-                Ok(resp) if resp.ttl() <= 0 => {
-                    keepers.remove(&lease);
-                    return Err(KvError::LeaseNotFound(lease));
-                }
-                Ok(resp) => return Ok(Duration::from_secs(resp.ttl() as u64)),
+        // Renew on the lease's open stream; on any trouble but a lost lease, open a new
+        // one (failing over to another endpoint if need be) and renew on that.
+        if let Some(k) = keepers.get_mut(&lease) {
+            match renew(k, lease, t).await {
+                Ok(ttl) => return Ok(ttl),
                 Err(e @ KvError::LeaseNotFound(_)) => {
-                    keepers.remove(&lease);
-                    return Err(e);
-                }
-                Err(e) if !reuse => {
                     keepers.remove(&lease);
                     return Err(e);
                 }
@@ -431,7 +415,23 @@ impl Kv for EtcdKv {
                 }
             }
         }
-        Err(KvError::Unavailable("keep-alive failed".into()))
+        let ((keeper, stream), endpoint) = self
+            .call("lease keep-alive", t, |mut c| async move {
+                c.lease_keep_alive(lease)
+                    .await
+                    .map_err(|e| map_lease_err(e, lease))
+            })
+            .await?;
+        let k = keepers.entry(lease).or_insert(Keeper {
+            endpoint,
+            keeper,
+            stream,
+        });
+        let renewed = renew(k, lease, t).await;
+        if renewed.is_err() {
+            keepers.remove(&lease);
+        }
+        renewed
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), KvError> {

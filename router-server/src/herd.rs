@@ -29,7 +29,6 @@
 //!   different nodes instead of all to the one with the smallest id.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Width of one slot of the answer counts (the window's granularity).
 pub const SLOT_MS: u64 = 250;
@@ -53,19 +52,6 @@ const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
 /// The slot of a wall-clock time.
 pub fn slot_of(ms: u64) -> u64 {
     ms / SLOT_MS
-}
-
-/// Wall-clock milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The slot of now.
-pub fn now_slot() -> u64 {
-    slot_of(now_ms())
 }
 
 /// Packs a slot's tag with a value.
@@ -214,7 +200,7 @@ impl HerdView {
 
     /// Now, with a window of `window_ms` and `routers` live routers.
     pub fn now(window_ms: u64, routers: u64) -> HerdView {
-        HerdView::at(now_ms(), window_ms.div_ceil(SLOT_MS), routers)
+        HerdView::at(registry::now_ms(), window_ms.div_ceil(SLOT_MS), routers)
     }
 
     /// The clients to add to a report counted at wall-clock `sampled_ms`.

@@ -110,7 +110,7 @@ impl Snapshot {
         stale: bool,
         seed: u64,
     ) -> Snapshot {
-        let received = crate::herd::now_ms();
+        let received = registry::now_ms();
         // Records by id (the registry's map yields them sorted already), matched with
         // the previous snapshot's nodes (sorted by id too) in one merge: no hashing.
         let mut records: Vec<Arc<NodeRecord>> = records.into_iter().collect();
@@ -134,10 +134,12 @@ impl Snapshot {
                 // Ids are unique: the next record starts after this one.
                 j += 1;
             }
-            // The tie rank depends on the seed and the id only: reuse it.
+            // The tie rank depends on the seed and the id only: reuse it. With seed 0
+            // ties go by index, set below once every node is in place.
             let tie = match prev {
-                Some(e) if seed != 0 => e.tie,
-                _ => tie_key(seed, &record.id),
+                _ if seed == 0 => 0,
+                Some(e) => e.tie,
+                None => tie_key(seed, &record.id),
             };
             nodes.push(match prev {
                 // The same report: keep its herd counter and its serialized fields.

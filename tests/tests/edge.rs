@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{http_get, wait_until, Etcd, Proc, RouterProc};
+use harness::{http_get, wait_until, which, Etcd, Proc, RouterProc};
 
 const P: &str = "/gateway-router/v1";
 
@@ -391,14 +391,6 @@ fn metrics_pass_promtool_after_mixed_traffic() {
         .unwrap();
     assert_eq!(*last, count);
     assert_eq!(count, 4, "four /gateways requests: {text}");
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 /// Runs `cmd` with `input` on its standard input.
