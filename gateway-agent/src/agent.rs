@@ -539,21 +539,26 @@ async fn sample_load(
     let mut wait = every;
     loop {
         let sampled_ms = now_ms();
+        // The time counting itself takes (not the wait for a blocking thread on a busy
+        // host, which costs no CPU of ours).
+        let mut spent = std::time::Duration::ZERO;
         let started = std::time::Instant::now();
         let result = match (diag.take(), &source) {
             (Some(mut d), LoadSource::TcpPort(port)) => {
                 let port = *port;
                 let joined = tokio::task::spawn_blocking(move || {
+                    let t = std::time::Instant::now();
                     let n = d.count_established(port);
-                    (d, n)
+                    (d, n, t.elapsed())
                 })
                 .await;
                 match joined {
-                    Ok((d, Ok(n))) => {
+                    Ok((d, Ok(n), took)) => {
                         diag = Some(d);
+                        spent = took;
                         Ok(n)
                     }
-                    Ok((_, Err(e))) => {
+                    Ok((_, Err(e), _)) => {
                         warn!(error = %e, "netlink sock_diag failed; counting sockets from /proc/net/tcp from now on");
                         source.sample(&http).await
                     }
@@ -563,10 +568,13 @@ async fn sample_load(
                     }
                 }
             }
-            _ => source.sample(&http).await,
+            _ => {
+                let n = source.sample(&http).await;
+                spent = started.elapsed();
+                n
+            }
         };
         if matches!(source, LoadSource::TcpPort(_)) {
-            let spent = started.elapsed();
             let next = every.max(spent * SAMPLE_DUTY);
             if next > every && wait == every {
                 info!(
