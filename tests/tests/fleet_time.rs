@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, get_json, wait_until, Etcd, Proc, RouterProc};
+use harness::{get_json, wait_until, Etcd, Proc, RouterProc};
 
 const P: &str = "/gateway-router/v1";
 
@@ -72,8 +72,9 @@ fn quiet_for_30_seconds_no_reconnect_no_stale_answer() {
 #[test]
 fn dead_first_endpoints_fail_over_for_agent_router_and_ctl() {
     let etcd = Etcd::start();
-    // Nothing listens here: connections are refused.
-    let refused = format!("http://127.0.0.1:{}", free_port());
+    // Connections are refused on port 1: nothing listens there, and no test binds it (a free ephemeral port could
+    // be taken meanwhile by another test's etcd, which would then answer).
+    let refused = "http://127.0.0.1:1".to_string();
     // This one accepts TCP connections (the kernel's backlog) and never answers.
     let blackhole = TcpListener::bind("127.0.0.1:0").unwrap();
     let blackhole_url = format!("http://{}", blackhole.local_addr().unwrap());
