@@ -54,6 +54,9 @@ use crate::tls::LiveTlsConfig;
 /// certificate reloads, the listeners themselves.
 const FD_RESERVE: u64 = 64;
 
+/// `ConnTable::last_full_log_ms` before the cap was ever reached.
+const NEVER_LOGGED: u64 = u64::MAX;
+
 /// How long a connection asked to close may linger with nothing in flight.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -193,7 +196,8 @@ impl ConnTable {
     fn log_full(&self, open: usize, action: &'static str) {
         let now = self.now_ms();
         let last = self.last_full_log_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 1000
+        // `NEVER_LOGGED`: the first time is logged even within the first second.
+        if (last == NEVER_LOGGED || now.saturating_sub(last) >= 1000)
             && self
                 .last_full_log_ms
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -294,7 +298,7 @@ pub async fn serve_endpoints(
         cap,
         slots: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
-        last_full_log_ms: AtomicU64::new(0),
+        last_full_log_ms: AtomicU64::new(NEVER_LOGGED),
     });
     let limits = EdgeLimits::new(http);
     let draining = Arc::new(AtomicBool::new(false));
@@ -630,7 +634,7 @@ mod tests {
             cap,
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            last_full_log_ms: AtomicU64::new(0),
+            last_full_log_ms: AtomicU64::new(NEVER_LOGGED),
         }
     }
 
