@@ -130,6 +130,20 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
+    // The same report applied as the updater applies a report of a known node: a
+    // patch of the served snapshot.
+    let mut group = c.benchmark_group("patch");
+    for n in [10usize, 1_000, 10_000] {
+        let previous = fleet(n);
+        let mut changed = (*previous.nodes[n / 2].record).clone();
+        changed.connections += 1;
+        let report = [Arc::new(changed)];
+        group.bench_with_input(BenchmarkId::new("one-report", n), &report, |b, r| {
+            b.iter(|| black_box(previous.patch(r, 2, false)))
+        });
+    }
+    group.finish();
+
     // The client's region: the prefix trie against scanning every network (the
     // obvious implementation, and this router's before the trie), for geo-IP tables.
     let mut group = c.benchmark_group("region-lookup");

@@ -139,12 +139,10 @@ async fn nodes(State(admin): State<Admin>) -> Result<Response, ApiError> {
         .iter()
         .map(|n| {
             let herd = admin.state.herd_view();
-            let assigned = snap.as_ref().and_then(|s| {
-                s.nodes
-                    .iter()
-                    .find(|e| e.record.id == n.id)
-                    .map(|e| herd.pending(&e.assigned, e.sampled_ms))
-            });
+            let assigned = snap
+                .as_ref()
+                .and_then(|s| s.get(&n.id))
+                .map(|e| herd.pending(&e.assigned, e.sampled_ms));
             json!({
                 "record": n,
                 "load": n.load(),

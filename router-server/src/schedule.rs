@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use registry::imbl::Vector;
 use registry::record::IpFamily;
 use registry::{NodeRecord, NodeState, Proto};
 
@@ -72,11 +73,44 @@ impl ByProto {
     }
 }
 
+/// The key an index is sorted by: reported load (a load is never negative, so its
+/// bits order as the number does), tie rank, index.
+fn rank_key(e: &NodeEntry, i: u32) -> (u64, u64, u32) {
+    (e.reported_load.to_bits(), e.tie, i)
+}
+
+impl NodeEntry {
+    /// The entry for a new report; `prev` is the same node's entry before it.
+    fn new(record: Arc<NodeRecord>, prev: Option<&NodeEntry>, tie: u64, received: u64) -> Self {
+        NodeEntry {
+            assigned: prev.map(|e| e.assigned.clone()).unwrap_or_default(),
+            sampled_ms: record.sampled_ms.unwrap_or(received),
+            tie,
+            json: Arc::new(NodeJson::of(&record)),
+            inv_capacity: 1.0 / record.capacity as f64,
+            // The projected load's own formula with nothing assigned, so it is an exact
+            // lower bound (no rounding difference at ties).
+            reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
+            connections: record.connections,
+            record,
+        }
+    }
+
+    /// Serving and healthy: the node is in the indexes of the protocols it has ports for.
+    fn indexed(&self) -> bool {
+        self.record.state == NodeState::Serving && self.record.healthy
+    }
+}
+
 /// An immutable, indexed view of the fleet, swapped atomically on every change.
+///
+/// The nodes are a persistent vector: a report patches one entry of a copy that
+/// shares every other one ([`Snapshot::patch`]), so the updater's cost per report does
+/// not grow with the fleet.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Every valid node, sorted by id.
-    pub nodes: Vec<NodeEntry>,
+    pub nodes: Vector<NodeEntry>,
     /// Region names are looked up on every request; foldhash hashes a short name in a
     /// few nanoseconds (names come from the registry, whose writers are trusted).
     by_region: HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>,
@@ -118,22 +152,22 @@ impl Snapshot {
             records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
             records.dedup_by(|a, b| a.id == b.id);
         }
-        let old: &[NodeEntry] = previous.map(|p| &p.nodes[..]).unwrap_or(&[]);
-        let mut j = 0;
+        let mut old = previous
+            .map(|p| p.nodes.iter())
+            .into_iter()
+            .flatten()
+            .peekable();
         let mut nodes: Vec<NodeEntry> = Vec::with_capacity(records.len());
         for record in records {
             // An unchanged record is the same allocation: matched without comparing ids.
-            let same = old.get(j).is_some_and(|e| Arc::ptr_eq(&e.record, &record));
+            let same = old.peek().is_some_and(|e| Arc::ptr_eq(&e.record, &record));
             if !same {
-                while j < old.len() && old[j].record.id < record.id {
-                    j += 1;
+                while old.peek().is_some_and(|e| e.record.id < record.id) {
+                    old.next();
                 }
             }
-            let prev = old.get(j).filter(|e| same || e.record.id == record.id);
-            if prev.is_some() {
-                // Ids are unique: the next record starts after this one.
-                j += 1;
-            }
+            // Ids are unique: the next record starts after this one.
+            let prev = old.next_if(|e| same || e.record.id == record.id);
             // The tie rank depends on the seed and the id only: reuse it. With seed 0
             // ties go by index, set below once every node is in place.
             let tie = match prev {
@@ -153,18 +187,7 @@ impl Snapshot {
                     tie,
                     json: e.json.clone(),
                 },
-                previous => NodeEntry {
-                    assigned: previous.map(|e| e.assigned.clone()).unwrap_or_default(),
-                    sampled_ms: record.sampled_ms.unwrap_or(received),
-                    tie,
-                    json: Arc::new(NodeJson::of(&record)),
-                    inv_capacity: 1.0 / record.capacity as f64,
-                    // The projected load's own formula with nothing assigned, so it is
-                    // an exact lower bound (no rounding difference at ties).
-                    reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
-                    connections: record.connections,
-                    record,
-                },
+                previous => NodeEntry::new(record, previous, tie, received),
             });
         }
         if seed == 0 {
@@ -177,7 +200,7 @@ impl Snapshot {
         let mut all = ByProto::default();
         for (i, e) in nodes.iter().enumerate() {
             let r = &e.record;
-            if r.state != NodeState::Serving || !r.healthy {
+            if !e.indexed() {
                 continue;
             }
             // Looked up by name first: a key is allocated once per region, not per node.
@@ -192,15 +215,11 @@ impl Snapshot {
                 }
             }
         }
-        // Sorted on plain keys gathered once (a load is never negative, so its bits
-        // order as the number does), not by following indexes into the nodes.
+        // Sorted on plain keys gathered once, not by following indexes into the nodes.
         let mut keys: Vec<(u64, u64, u32)> = Vec::new();
         let mut by_load = |list: &mut Vec<u32>| {
             keys.clear();
-            keys.extend(list.iter().map(|&i| {
-                let e = &nodes[i as usize];
-                (e.reported_load.to_bits(), e.tie, i)
-            }));
+            keys.extend(list.iter().map(|&i| rank_key(&nodes[i as usize], i)));
             keys.sort_unstable();
             list.clear();
             list.extend(keys.iter().map(|k| k.2));
@@ -209,11 +228,104 @@ impl Snapshot {
             lists.0.iter_mut().for_each(&mut by_load);
         }
         Snapshot {
-            nodes,
+            nodes: Vector::from(nodes),
             by_region,
             all,
             revision,
             stale,
+        }
+    }
+
+    /// This snapshot with new reports of nodes it has, or `None` when one of them is
+    /// not in it (arrivals and departures take a [`Snapshot::build_seeded`]).
+    ///
+    /// The cost is per report, not per node: the nodes are shared with `self` but for
+    /// the changed entries, and each changed entry moves within the sorted indexes it
+    /// is in (binary search, then one shift of a flat array), instead of the whole
+    /// fleet being sorted again.
+    pub fn patch<'a>(
+        &self,
+        reports: impl IntoIterator<Item = &'a Arc<NodeRecord>>,
+        revision: i64,
+        stale: bool,
+    ) -> Option<Snapshot> {
+        let received = registry::now_ms();
+        let mut next = self.clone();
+        for record in reports {
+            let i = next.position(&record.id)?;
+            let old = next.nodes[i].clone();
+            if Arc::ptr_eq(&old.record, record) || *old.record == **record {
+                continue;
+            }
+            let entry = NodeEntry::new(record.clone(), Some(&old), old.tie, received);
+            next.unindex(i as u32, &old);
+            next.nodes.set(i, entry);
+            next.reindex(i as u32);
+        }
+        next.revision = revision;
+        next.stale = stale;
+        Some(next)
+    }
+
+    /// The index of the node `id`, if it is in the snapshot.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.nodes
+            .binary_search_by(|e| e.record.id.as_str().cmp(id))
+            .ok()
+    }
+
+    /// The node `id`, if it is in the snapshot.
+    pub fn get(&self, id: &str) -> Option<&NodeEntry> {
+        self.position(id).map(|i| &self.nodes[i])
+    }
+
+    /// Removes node `i`, as `old` describes it, from the indexes it is in.
+    fn unindex(&mut self, i: u32, old: &NodeEntry) {
+        if !old.indexed() {
+            return;
+        }
+        let key = rank_key(old, i);
+        let nodes = &self.nodes;
+        let region = self.by_region.get_mut(old.record.region.as_str());
+        for list in [region, Some(&mut self.all)].into_iter().flatten() {
+            for proto in Proto::ALL {
+                if old.record.ports.get(proto).is_none() {
+                    continue;
+                }
+                let list = &mut list.0[proto as usize];
+                if let Ok(at) =
+                    list.binary_search_by(|&j| rank_key(&nodes[j as usize], j).cmp(&key))
+                {
+                    list.remove(at);
+                }
+            }
+        }
+    }
+
+    /// Adds node `i` to the indexes its current entry belongs in.
+    fn reindex(&mut self, i: u32) {
+        let e = &self.nodes[i as usize];
+        if !e.indexed() {
+            return;
+        }
+        let key = rank_key(e, i);
+        let region = match self.by_region.get_mut(e.record.region.as_str()) {
+            Some(lists) => lists,
+            None => self
+                .by_region
+                .entry(Arc::from(e.record.region.as_str()))
+                .or_default(),
+        };
+        let nodes = &self.nodes;
+        for list in [region, &mut self.all] {
+            for proto in Proto::ALL {
+                if e.record.ports.get(proto).is_none() {
+                    continue;
+                }
+                let list = &mut list.0[proto as usize];
+                let at = list.partition_point(|&j| rank_key(&nodes[j as usize], j) < key);
+                list.insert(at, i);
+            }
         }
     }
 
@@ -782,6 +894,49 @@ mod tests {
             let expected = reference(&s, &query, rules);
             let got: Vec<usize> = select(&s, &query, rules).iter().map(|c| c.index).collect();
             prop_assert_eq!(got, expected);
+        }
+
+        /// Patching a snapshot with reports gives the snapshot a full build gives:
+        /// the same entries (herd counters carried over) and the same sorted indexes,
+        /// whatever changed (load, state, health, region, ports), for any seed.
+        #[test]
+        fn patch_equals_build(fleet in arb_fleet(), changes in proptest::collection::vec((0usize..40, 0usize..40), 0..12),
+                              seed in prop_oneof![Just(0u64), any::<u64>()]) {
+            let mut ids = std::collections::HashSet::new();
+            let fleet: Vec<Arc<NodeRecord>> = fleet.into_iter().filter(|n| ids.insert(n.id.clone())).map(Arc::new).collect();
+            prop_assume!(!fleet.is_empty());
+            let base = Snapshot::build_seeded(fleet.iter().cloned(), None, 1, false, seed);
+            // Each change gives node `a` the fields of a random other node `b`.
+            let mut now: std::collections::BTreeMap<String, Arc<NodeRecord>> =
+                fleet.iter().map(|r| (r.id.clone(), r.clone())).collect();
+            let mut reports = Vec::new();
+            for (a, b) in changes {
+                let (a, b) = (&fleet[a % fleet.len()], &fleet[b % fleet.len()]);
+                let r = Arc::new(NodeRecord { id: a.id.clone(), ..(**b).clone() });
+                now.insert(a.id.clone(), r.clone());
+                reports.push(r);
+            }
+            let patched = base.patch(&reports, 2, true).expect("every id is in the snapshot");
+            let built = Snapshot::build_seeded(now.values().cloned(), Some(&base), 2, true, seed);
+            prop_assert_eq!(patched.nodes.len(), built.nodes.len());
+            for (p, b) in patched.nodes.iter().zip(built.nodes.iter()) {
+                prop_assert_eq!(&p.record, &b.record);
+                prop_assert!(Arc::ptr_eq(&p.assigned, &b.assigned), "herd counter carried over");
+                prop_assert_eq!(p.tie, b.tie);
+                prop_assert_eq!(p.reported_load.to_bits(), b.reported_load.to_bits());
+            }
+            prop_assert_eq!(&patched.all.0, &built.all.0);
+            for (region, lists) in &built.by_region {
+                prop_assert_eq!(&patched.by_region.get(region).map(|l| &l.0), &Some(&lists.0), "region {}", region);
+            }
+            // A region the patch emptied keeps empty lists; no other difference.
+            for (region, lists) in &patched.by_region {
+                if !built.by_region.contains_key(region) {
+                    prop_assert!(lists.0.iter().all(Vec::is_empty), "region {}", region);
+                }
+            }
+            prop_assert_eq!((patched.revision, patched.stale), (2, true));
+            prop_assert!(base.patch([&Arc::new(node("not-there", "a", 1, 10))], 3, false).is_none());
         }
 
         #[test]

@@ -229,6 +229,10 @@ pub async fn run_updater(
     let mut seen_invalid = 0u64;
     let min_interval = Duration::from_millis(state.config.snapshot_min_interval_ms);
     let mut last_build: Option<Instant> = None;
+    // True when the served snapshot is the registry's view `previous` exactly (not a
+    // protect hold): the next view's reports can then patch it.
+    let mut patchable = false;
+    let mut counts = NodeCounts::default();
     loop {
         let deadline = protect.deadline();
         let timed_out = tokio::select! {
@@ -250,6 +254,8 @@ pub async fn run_updater(
         }
         let now = Instant::now();
         let cpu_start = std::time::Instant::now();
+        let mut updated: Vec<(Arc<NodeRecord>, Arc<NodeRecord>)> = Vec::new();
+        let mut membership_changed = previous.is_none();
         let verdict = match (&previous, timed_out) {
             (Some(prev), false) if !Arc::ptr_eq(prev, &view) => {
                 let mut left = Vec::new();
@@ -258,64 +264,61 @@ pub async fn run_updater(
                     match d {
                         imbl::ordmap::DiffItem::Remove(_, r) => left.push(r.clone()),
                         imbl::ordmap::DiffItem::Add(id, _) => arrived.push(id.clone()),
-                        imbl::ordmap::DiffItem::Update { .. } => {}
+                        imbl::ordmap::DiffItem::Update { old, new } => {
+                            updated.push((old.1.clone(), new.1.clone()))
+                        }
                     }
                 }
+                membership_changed = !left.is_empty() || !arrived.is_empty();
                 protect.update(now, view.nodes.len(), &left, arrived.iter().map(|a| &**a))
             }
             (None, _) => protect.update(now, view.nodes.len(), [], []),
             _ => protect.judge(now),
         };
         previous = Some(view.clone());
-        let members: Vec<Arc<NodeRecord>> = match verdict {
-            Verdict::Follow => view.nodes.values().cloned().collect(),
-            // The registry's nodes, and the ones that left without a drain.
-            Verdict::Hold => view
-                .nodes
-                .values()
-                .chain(protect.missing())
-                .cloned()
-                .collect(),
-        };
         let stale = !view.connected || protect.holding();
         let previous_snap = state.snapshot.load_full();
-        let snap = Snapshot::build_seeded(
-            members,
-            previous_snap.as_deref(),
-            view.revision,
-            stale,
-            state.tie_seed,
-        );
-        let m = &state.metrics;
-        // Node counts are computed aside and swapped in under the metrics lock, so a
-        // scrape never sees a half-filled family.
-        let mut counts: HashMap<(&str, &'static str), i64, foldhash::fast::RandomState> =
-            HashMap::default();
-        for e in &snap.nodes {
-            let r = &e.record;
-            let s = if !r.healthy {
-                "unhealthy"
-            } else if r.state == NodeState::Draining {
-                "draining"
-            } else {
-                "serving"
+        // Reports of known nodes (the steady state of a fleet) patch the served
+        // snapshot; arrivals, departures and protect holds rebuild it.
+        let patched = match (&previous_snap, verdict) {
+            (Some(prev), Verdict::Follow) if patchable && !membership_changed => prev
+                .patch(updated.iter().map(|(_, new)| new), view.revision, stale)
+                .inspect(|_| {
+                    for (old, new) in &updated {
+                        counts.replace(old, new);
+                    }
+                }),
+            _ => None,
+        };
+        let snap = patched.unwrap_or_else(|| {
+            let members: Vec<Arc<NodeRecord>> = match verdict {
+                Verdict::Follow => view.nodes.values().cloned().collect(),
+                // The registry's nodes, and the ones that left without a drain.
+                Verdict::Hold => view
+                    .nodes
+                    .values()
+                    .chain(protect.missing())
+                    .cloned()
+                    .collect(),
             };
-            *counts.entry((r.region.as_str(), s)).or_default() += 1;
-        }
-        let node_counts: HashMap<NodeLabels, i64> = counts
-            .into_iter()
-            .map(|((region, state), n)| {
-                let labels = NodeLabels {
-                    region: region.to_string(),
-                    state: state.to_string(),
-                };
-                (labels, n)
-            })
-            .collect();
+            let snap = Snapshot::build_seeded(
+                members,
+                previous_snap.as_deref(),
+                view.revision,
+                stale,
+                state.tie_seed,
+            );
+            counts = NodeCounts::of(snap.nodes.iter().map(|e| &*e.record));
+            snap
+        });
+        patchable = verdict == Verdict::Follow;
+        let m = &state.metrics;
         // The answers change first, then what the metrics say about them: a scrape that
         // sees the alarm (or a new revision) is never followed by an older answer.
         drop(state.snapshot.swap(Some(Arc::new(snap))));
-        m.replace_node_counts(node_counts);
+        if counts.take_changed() {
+            m.replace_node_counts(counts.labelled());
+        }
         m.invalid_records.set(view.invalid.len() as i64);
         m.invalid_seen
             .inc_by(view.invalid_seen_total.saturating_sub(seen_invalid));
@@ -334,6 +337,79 @@ pub async fn run_updater(
         m.snapshot_build_seconds
             .inc_by(cpu_start.elapsed().as_secs_f64());
         last_build = Some(Instant::now());
+    }
+}
+
+/// Live nodes by region and state, as the `router_nodes` gauge shows them, kept up
+/// to date by each report's change (a fleet's count is not recounted per report).
+/// The gauge family is replaced whole, under the metrics lock, and only when a count
+/// changed: a scrape never sees a half-filled family.
+#[derive(Debug, Default)]
+struct NodeCounts {
+    /// Per region, per class of [`NodeCounts::CLASSES`].
+    counts: HashMap<Arc<str>, [i64; 3], foldhash::fast::RandomState>,
+    changed: bool,
+}
+
+impl NodeCounts {
+    const CLASSES: [&'static str; 3] = ["serving", "draining", "unhealthy"];
+
+    fn of<'a>(records: impl Iterator<Item = &'a NodeRecord>) -> NodeCounts {
+        let mut c = NodeCounts {
+            changed: true,
+            ..NodeCounts::default()
+        };
+        for r in records {
+            c.add(r, 1);
+        }
+        c
+    }
+
+    fn class(r: &NodeRecord) -> usize {
+        if !r.healthy {
+            2
+        } else if r.state == NodeState::Draining {
+            1
+        } else {
+            0
+        }
+    }
+
+    fn add(&mut self, r: &NodeRecord, n: i64) {
+        let by_class = match self.counts.get_mut(r.region.as_str()) {
+            Some(c) => c,
+            None => self.counts.entry(Arc::from(r.region.as_str())).or_default(),
+        };
+        by_class[NodeCounts::class(r)] += n;
+        self.changed = true;
+    }
+
+    fn replace(&mut self, old: &NodeRecord, new: &NodeRecord) {
+        if old.region != new.region || NodeCounts::class(old) != NodeCounts::class(new) {
+            self.add(old, -1);
+            self.add(new, 1);
+        }
+    }
+
+    fn take_changed(&mut self) -> bool {
+        self.counts.retain(|_, n| n.iter().any(|&c| c != 0));
+        std::mem::take(&mut self.changed)
+    }
+
+    fn labelled(&self) -> HashMap<NodeLabels, i64> {
+        let mut out = HashMap::new();
+        for (region, by_class) in &self.counts {
+            for (class, &n) in NodeCounts::CLASSES.iter().zip(by_class) {
+                if n != 0 {
+                    let labels = NodeLabels {
+                        region: region.to_string(),
+                        state: class.to_string(),
+                    };
+                    out.insert(labels, n);
+                }
+            }
+        }
+        out
     }
 }
 
