@@ -3,7 +3,8 @@
 # following 10,000 nodes while their records change at a steady rate.
 #
 #   1. restart: a router started with 10,000 nodes present, until /readyz is 200;
-#   2. 333 updates/s (10,000 agents at the 30 s report floor): the router's CPU;
+#   2. 333 updates/s (10,000 agents at the 30 s report floor): the router's CPU following
+#      them alone, then with a request loop and a visibility probe asking meanwhile;
 #   3. 2,000 updates/s: CPU, peak RSS, update -> visible in /gateways (p50 / p99), and
 #      non-200 answers of a request loop running meanwhile.
 #
@@ -35,10 +36,11 @@ start_router() {
 }
 
 # Measures the router's CPU (cores) and peak RSS while `registry_load` runs at RATE.
-phase() { # rate
-  local t0 r0 peak=0 out
+phase() { # rate [quiet]
+  local t0 r0 peak=0 out target="127.0.0.1:$rport"
+  [ "${2:-}" = quiet ] && target=""
   r0=$(ticks "$router_pid"); t0=$(date +%s.%N)
-  target/release/examples/registry_load "$etcd_url" "$nodes" "$1" "$secs" "127.0.0.1:$rport" > "$work/load.out" &
+  target/release/examples/registry_load "$etcd_url" "$nodes" "$1" "$secs" $target > "$work/load.out" &
   local lp=$!
   while kill -0 "$lp" 2>/dev/null; do
     local r; r=$(rss_kb "$router_pid"); [ "$r" -gt "$peak" ] && peak=$r
@@ -54,8 +56,10 @@ phase() { # rate
 
 start_router
 echo "router ready with $nodes nodes in ${ready_s} s (goal < 2 s)"
+read -r q333 qrss333 qrest333 < <(phase 333 quiet)
+echo "333 updates/s for ${secs}s, following alone: router CPU ${q333} cores (goal <= 0.05), peak RSS ${qrss333} MB; $qrest333"
 read -r c333 rss333 rest333 < <(phase 333)
-echo "333 updates/s for ${secs}s: router CPU ${c333} cores (goal <= 0.05), peak RSS ${rss333} MB; $rest333"
+echo "333 updates/s for ${secs}s, with requests: router CPU ${c333} cores, peak RSS ${rss333} MB; $rest333"
 read -r c2k rss2k rest2k < <(phase 2000)
 echo "2000 updates/s for ${secs}s: router CPU ${c2k} cores (goal <= 0.25), peak RSS ${rss2k} MB (goal <= 100); $rest2k"
 echo "(goals: update -> visible p99 <= 100 ms, zero non-200 answers)"

@@ -14,7 +14,8 @@ use std::time::Duration;
 use registry::backoff::Backoff;
 use registry::kv::KvEvent;
 use registry::{
-    now_ms, Command, CommandAction, Kv, KvError, Layout, LeaseId, NodeRecord, NodeState, Ports,
+    now_ms, Applied, Command, CommandAction, HookState, HookStatus, Kv, KvError, Layout, LeaseId,
+    NodeRecord, NodeState, Ports,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -23,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::health::{HealthProbe, Hysteresis};
-use crate::hook::{deliver, Hook, MigrateSignal};
+use crate::hook::{deliver_latest, Hook, MigrateSignal};
 use crate::load::LoadSource;
 use crate::report::{Dynamic, ReportPolicy};
 
@@ -222,6 +223,7 @@ impl Agent {
                     .load(std::sync::atomic::Ordering::Relaxed),
             ),
             applied_command: d.applied_command.clone(),
+            hook: d.hook.clone(),
             labels: n.labels.clone(),
         }
     }
@@ -238,9 +240,21 @@ impl Agent {
         // One tree: every task below stops with `tasks` and is joined before returning.
         let tasks = cancel.child_token();
         let tracker = TaskTracker::new();
-        // Hook deliveries are not cut by shutdown: a migrate signal already due is
-        // delivered (or given up) within the grace below.
+        // The hook worker is not cut by shutdown: a migrate signal already due is
+        // delivered within the grace below (or left for the next start, which resumes
+        // it from `P/applied/{id}`).
         let hooks = TaskTracker::new();
+        let hooks_stop = CancellationToken::new();
+        let (signal_tx, signal_rx) = watch::channel(None::<MigrateSignal>);
+        let (hook_status_tx, mut hook_status) = mpsc::unbounded_channel();
+        if let Some(hook) = self.config.hook.clone() {
+            hooks.spawn(Instrument::in_current_span(deliver_latest(
+                hook,
+                signal_rx,
+                hook_status_tx,
+                hooks_stop.clone(),
+            )));
+        }
         if let Some(source) = self.config.load.clone() {
             tracker.spawn(Instrument::in_current_span(sample_load(
                 source,
@@ -276,21 +290,36 @@ impl Agent {
             healthy: *self.healthy.borrow(),
             state: NodeState::Serving,
             applied_command: None,
+            hook: None,
         };
-        // A quick restart finds its previous record still alive: keep its state and
-        // applied command, so a command is not applied twice.
-        if let Some(Ok(Ok(Some(kv)))) = or_cancel(
-            &cancel,
-            tokio::time::timeout(Duration::from_secs(2), self.kv.get(&node_key)),
-        )
-        .await
-        {
-            if let Ok(prev) = NodeRecord::parse(&self.config.node.id, &kv.value) {
-                d.state = prev.state;
-                d.applied_command = prev.applied_command;
-                info!(node_id = %self.config.node.id, state = d.state.as_str(), "previous record found");
+        // What this node applied before, whatever the lease: no command is looked at
+        // before this is known, so a restart never applies one twice.
+        let applied_key = self.config.layout.applied_key(&self.config.node.id);
+        let Some(mut applied) = or_cancel(&cancel, self.previous(&node_key, &applied_key)).await
+        else {
+            return;
+        };
+        if let Some(a) = &applied {
+            d.state = a.state;
+            d.applied_command = Some(a.command.clone());
+            d.hook = a.hook.clone();
+            info!(command = %a.command, state = d.state.as_str(), hook = a.hook.as_ref().map(|h| h.state.as_str()), "resuming after the last applied command");
+            // A delivery the previous run did not finish goes on.
+            if let Some(h) = a
+                .hook
+                .as_ref()
+                .filter(|h| matches!(h.state, HookState::Delivering | HookState::Retrying))
+            {
+                info!(command = %h.command, percent = h.percent, "resuming an undelivered migrate signal");
+                signal_tx.send_replace(Some(MigrateSignal {
+                    action: "migrate",
+                    percent: h.percent,
+                    command: h.command.clone(),
+                }));
             }
         }
+        let mut applied_written = applied.clone();
+        let mut next_applied_write = Instant::now();
 
         let mut lease: Option<LeaseId> = None;
         let mut last_ok = Instant::now();
@@ -300,7 +329,7 @@ impl Agent {
         let mut last_written: Option<(Dynamic, Instant)> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let hook = self.config.hook.clone();
+        let has_hook = self.config.hook.is_some();
 
         loop {
             tokio::select! {
@@ -308,7 +337,27 @@ impl Agent {
                 _ = tick.tick() => {}
                 Ok(()) = self.connections.changed() => {}
                 Ok(()) = self.healthy.changed() => {}
-                Some(value) = cmd_rx.recv() => apply_command(&command_key, value, &mut d, hook.as_ref(), &hooks),
+                Some(value) = cmd_rx.recv() => {
+                    if let Some(a) = apply_command(&command_key, value, &mut d, has_hook, &signal_tx) {
+                        applied = Some(a);
+                    }
+                }
+                Some(st) = hook_status.recv() => take_hook_status(&mut d, &mut applied, st),
+            }
+            if let Some(a) = applied
+                .as_ref()
+                .filter(|a| Some(*a) != applied_written.as_ref())
+            {
+                if Instant::now() >= next_applied_write {
+                    match or_cancel(&cancel, self.kv.put(&applied_key, a.to_json(), None)).await {
+                        None => break,
+                        Some(Ok(_)) => applied_written = Some(a.clone()),
+                        Some(Err(e)) => {
+                            debug!(error = %e, "applied record write failed, will retry");
+                            next_applied_write = Instant::now() + Duration::from_millis(500);
+                        }
+                    }
+                }
             }
             d.connections = *self.connections.borrow_and_update();
             d.healthy = *self.healthy.borrow_and_update();
@@ -418,10 +467,32 @@ impl Agent {
         tasks.cancel();
         tracker.close();
         hooks.close();
-        if !hooks.is_empty() {
-            info!(node_id = %self.config.node.id, pending = hooks.len(), "delivering pending migrate signals before exit");
+        // The hook worker ends once the signal due is delivered (or replaced), or when
+        // the grace is over.
+        let pending = |d: &Dynamic| {
+            d.hook
+                .as_ref()
+                .is_some_and(|h| matches!(h.state, HookState::Delivering | HookState::Retrying))
+        };
+        if has_hook && pending(&d) {
+            info!(node_id = %self.config.node.id, "delivering the pending migrate signal before exit");
         }
-        if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let grace = tokio::time::sleep(SHUTDOWN_GRACE);
+        tokio::pin!(grace);
+        while has_hook && pending(&d) {
+            tokio::select! {
+                _ = &mut grace => {
+                    warn!(node_id = %self.config.node.id, "migrate signal still undelivered after the shutdown grace; the next start resumes it");
+                    break;
+                }
+                st = hook_status.recv() => match st {
+                    Some(st) => take_hook_status(&mut d, &mut applied, st),
+                    None => break,
+                },
+            }
+        }
+        hooks_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(1), async {
             tracker.wait().await;
             hooks.wait().await;
         })
@@ -429,6 +500,29 @@ impl Agent {
         .is_err()
         {
             warn!(node_id = %self.config.node.id, "tasks still running after the shutdown grace");
+        }
+        while let Ok(st) = hook_status.try_recv() {
+            take_hook_status(&mut d, &mut applied, st);
+        }
+        // The outcome as it stands, for the next start.
+        if let Some(a) = applied
+            .as_ref()
+            .filter(|a| Some(*a) != applied_written.as_ref())
+        {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                self.kv.put(&applied_key, a.to_json(), None),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(node_id = %self.config.node.id, error = %e, "could not record the applied command's outcome")
+                }
+                Err(_) => {
+                    warn!(node_id = %self.config.node.id, "recording the applied command's outcome timed out")
+                }
+            }
         }
         if let Some(id) = lease {
             match tokio::time::timeout(Duration::from_secs(2), self.kv.revoke(id)).await {
@@ -442,6 +536,47 @@ impl Agent {
                     warn!(node_id = %self.config.node.id, "lease revoke timed out; the key expires with its TTL")
                 }
             }
+        }
+    }
+
+    /// What the node applied before: `P/applied/{id}`, or for a node last run by an
+    /// agent that did not write it, a previous record still alive. Retried until etcd
+    /// answers: applying commands without knowing this could apply one twice.
+    async fn previous(&self, node_key: &str, applied_key: &str) -> Option<Applied> {
+        let mut backoff = Backoff::for_store();
+        loop {
+            let attempt = async {
+                if let Some(kv) = self.kv.get(applied_key).await? {
+                    match Applied::parse(&kv.value) {
+                        Ok(a) => return Ok(Some(a)),
+                        Err(e) => {
+                            warn!(key = applied_key, error = %e, "unreadable applied record ignored")
+                        }
+                    }
+                }
+                let prev = self.kv.get(node_key).await?;
+                Ok::<_, KvError>(prev.and_then(|kv| {
+                    let prev = NodeRecord::parse(&self.config.node.id, &kv.value).ok()?;
+                    Some(Applied {
+                        command: prev.applied_command?,
+                        action: match prev.state {
+                            NodeState::Draining => CommandAction::Drain,
+                            NodeState::Serving => CommandAction::Serve,
+                        },
+                        state: prev.state,
+                        applied_ms: prev.updated_ms.unwrap_or(0),
+                        hook: prev.hook,
+                    })
+                }))
+            };
+            match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+                Ok(Ok(a)) => return a,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read what this node applied before; retrying")
+                }
+                Err(_) => warn!("reading what this node applied before timed out; retrying"),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
@@ -462,27 +597,30 @@ impl Agent {
     }
 }
 
+/// Applies a command once. A migrate or drain asks the gateway to move clients: the
+/// hook worker gets the signal, replacing any signal still undelivered (superseded).
+/// Returns the new applied record, or `None` when nothing was applied.
 fn apply_command(
     key: &str,
     value: Option<Vec<u8>>,
     d: &mut Dynamic,
-    hook: Option<&Arc<dyn Hook>>,
-    hooks: &TaskTracker,
-) {
+    has_hook: bool,
+    signals: &watch::Sender<Option<MigrateSignal>>,
+) -> Option<Applied> {
     let Some(bytes) = value else {
         debug!(key, "command deleted");
-        return;
+        return None;
     };
     let cmd = match Command::parse(&bytes) {
         Ok(c) => c,
         Err(e) => {
             warn!(key, error = %e, "malformed command ignored");
-            return;
+            return None;
         }
     };
     if d.applied_command.as_deref() == Some(cmd.id.as_str()) {
-        debug!(command = %cmd.id, "command already applied");
-        return;
+        info!(command = %cmd.id, "command already applied; not applied again");
+        return None;
     }
     match cmd.action {
         CommandAction::Drain => d.state = NodeState::Draining,
@@ -493,19 +631,47 @@ fn apply_command(
     let percent = cmd.move_percent();
     info!(command = %cmd.id, action = cmd.action.as_str(), percent, state = d.state.as_str(), "command applied");
     if percent > 0 {
-        match hook {
-            Some(hook) => {
-                let signal = MigrateSignal {
-                    action: "migrate",
-                    percent,
-                    command: cmd.id,
-                };
-                hooks.spawn(deliver(hook.clone(), signal, 5).in_current_span());
-            }
-            None => {
-                info!(command = %cmd.id, "no hook configured; the gateway is not told to move clients")
-            }
+        let status = |state| HookStatus {
+            command: cmd.id.clone(),
+            percent,
+            state,
+            since_ms: now_ms(),
+            attempts: 0,
+            error: None,
+        };
+        if has_hook {
+            d.hook = Some(status(HookState::Delivering));
+            signals.send_replace(Some(MigrateSignal {
+                action: "migrate",
+                percent,
+                command: cmd.id.clone(),
+            }));
+        } else {
+            info!(command = %cmd.id, "no hook configured; the gateway is not told to move clients");
+            d.hook = Some(status(HookState::NoHook));
         }
+    } else {
+        // A serve replaces an undelivered signal too; the worker reports it superseded.
+        signals.send_replace(None);
+    }
+    Some(Applied {
+        command: cmd.id,
+        action: cmd.action,
+        state: d.state,
+        applied_ms: now_ms(),
+        hook: d.hook.clone(),
+    })
+}
+
+/// Takes a status from the hook worker. A status of a command other than the one
+/// `d.hook` follows is stale (its successor was applied meanwhile) and dropped.
+fn take_hook_status(d: &mut Dynamic, applied: &mut Option<Applied>, st: HookStatus) {
+    if d.hook.as_ref().is_some_and(|h| h.command != st.command) {
+        return;
+    }
+    d.hook = Some(st);
+    if let Some(a) = applied.as_mut() {
+        a.hook = d.hook.clone();
     }
 }
 
@@ -814,6 +980,94 @@ mod tests {
         cancel.cancel();
         task.await.unwrap();
         assert!(kv.get(&key).await.unwrap().is_none(), "revoked on shutdown");
+    }
+
+    /// The library hook has the HTTP hook's semantics: a failing callback is retried
+    /// until it succeeds, its cause shown in the record; a newer command supersedes an
+    /// undelivered one, which is never delivered after it; a restart over the same
+    /// registry does not apply the last command again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn library_hook_retries_supersedes_and_survives_restarts() {
+        let kv = MemoryKv::new();
+        let calls = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+        let accept = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let config = {
+            let (calls, accept) = (calls.clone(), accept.clone());
+            let mut config = AgentConfig::new(spec());
+            config.hook = Some(Arc::new(FnHook(move |s: &MigrateSignal| {
+                let ok = accept.load(std::sync::atomic::Ordering::SeqCst);
+                calls.lock().unwrap().push((s.command.clone(), ok));
+                if ok {
+                    Ok(())
+                } else {
+                    Err("gateway busy".to_string())
+                }
+            })));
+            config
+        };
+        let key = config.layout.node_key("gw-lib");
+        let cmd_key = config.layout.command_key("gw-lib");
+        let applied_key = config.layout.applied_key("gw-lib");
+        let (agent, _handle) = Agent::new(kv.clone(), config.clone());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(agent.run(cancel.clone()));
+        wait(&kv, &key, "registration", |_| true).await;
+
+        let put = |id: &str, percent: u8| {
+            let kv = kv.clone();
+            let (key, value) = (
+                cmd_key.clone(),
+                format!(r#"{{"id":"{id}","action":"migrate","percent":{percent}}}"#),
+            );
+            async move { kv.put(&key, value.into_bytes(), None).await.unwrap() }
+        };
+        put("m-old", 10).await;
+        let r = wait(&kv, &key, "retrying", |r| {
+            r.hook
+                .as_ref()
+                .is_some_and(|h| h.state == HookState::Retrying)
+        })
+        .await;
+        assert_eq!(r.hook.unwrap().error.as_deref(), Some("gateway busy"));
+        put("m-new", 20).await;
+        wait(&kv, &key, "new retrying", |r| {
+            r.hook.as_ref().is_some_and(|h| h.command == "m-new")
+        })
+        .await;
+        accept.store(true, std::sync::atomic::Ordering::SeqCst);
+        wait(&kv, &key, "delivered", |r| {
+            r.hook
+                .as_ref()
+                .is_some_and(|h| h.command == "m-new" && h.state == HookState::Delivered)
+        })
+        .await;
+        {
+            let calls = calls.lock().unwrap();
+            let first_new = calls.iter().position(|(c, _)| c == "m-new").unwrap();
+            assert!(
+                calls[first_new..].iter().all(|(c, _)| c == "m-new"),
+                "{calls:?}"
+            );
+            assert_eq!(calls.iter().filter(|(_, ok)| *ok).count(), 1, "{calls:?}");
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        let kept = Applied::parse(&kv.get(&applied_key).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(kept.command, "m-new");
+        assert_eq!(kept.hook.unwrap().state, HookState::Delivered);
+
+        // The record is gone (revoked); the command is still there. A new run does not
+        // apply it again.
+        let before = calls.lock().unwrap().len();
+        let (agent, _handle) = Agent::new(kv.clone(), config);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(agent.run(cancel.clone()));
+        let r = wait(&kv, &key, "registered again", |_| true).await;
+        assert_eq!(r.applied_command.as_deref(), Some("m-new"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(calls.lock().unwrap().len(), before, "not delivered again");
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     fn config_prefix() -> String {

@@ -1,11 +1,22 @@
 //! Tells the gateway to move clients: an HTTP POST (`--hook URL`) or a library callback.
+//!
+//! One delivery worker per agent holds the latest signal and delivers it until the
+//! gateway acknowledges it or a newer command replaces it: it retries with a capped
+//! backoff for as long as it takes (a gateway restarting, a hook endpoint down), and a
+//! replaced signal is dropped, never delivered after its successor. Each step is
+//! reported as a [`HookStatus`], which the agent writes into its record and into
+//! `P/applied/{id}`.
 
+use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use registry::backoff::Backoff;
+use registry::{now_ms, HookState, HookStatus};
 use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// The signal a gateway receives: move `percent` % of current clients elsewhere.
@@ -19,12 +30,15 @@ pub struct MigrateSignal {
     pub command: String,
 }
 
-/// Receives migrate signals. Return `Err` to have the agent retry.
+/// Receives migrate signals. Return `Err` with the cause to have the agent retry.
 #[async_trait]
 pub trait Hook: Send + Sync + 'static {
     /// Delivers one signal.
     async fn migrate(&self, signal: &MigrateSignal) -> Result<(), String>;
 }
+
+/// How long one POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// POSTs the signal as JSON; any 2xx is success.
 #[derive(Debug, Clone)]
@@ -46,17 +60,56 @@ impl Hook for HttpHook {
         let resp = self
             .client
             .post(&self.url)
-            .timeout(Duration::from_secs(5))
+            .timeout(POST_TIMEOUT)
             .json(signal)
             .send()
             .await
-            .map_err(|e| format!("POST {}: {e}", self.url))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("POST {}: status {}", self.url, resp.status()))
+            .map_err(|e| format!("POST {}: {}", self.url, cause(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
         }
+        let body = resp.text().await.unwrap_or_default();
+        let body: String = body.trim().chars().take(200).collect();
+        Err(if body.is_empty() {
+            format!("POST {}: HTTP {status}", self.url)
+        } else {
+            format!("POST {}: HTTP {status}: {body}", self.url)
+        })
     }
+}
+
+/// What went wrong with a request, named by its cause rather than by reqwest's
+/// generic "error sending request": connection refused, timed out, a TLS failure
+/// (with rustls' reason), a name that does not resolve.
+pub fn cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return format!("timed out after {} s", POST_TIMEOUT.as_secs());
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
+            return format!("TLS: {tls}");
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            let what = match io.kind() {
+                ConnectionRefused => "connection refused".to_string(),
+                ConnectionReset => "connection reset".to_string(),
+                TimedOut => "timed out".to_string(),
+                _ => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(tls) => format!("TLS: {tls}"),
+                    None => io.to_string(),
+                },
+            };
+            return what;
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        return format!("cannot connect: {e}");
+    }
+    e.to_string()
 }
 
 /// A hook from a closure, for gateways that embed the agent.
@@ -72,23 +125,94 @@ where
     }
 }
 
-/// Delivers `signal`, retrying with backoff; gives up after `attempts` tries.
-pub(crate) async fn deliver(hook: Arc<dyn Hook>, signal: MigrateSignal, attempts: u32) -> bool {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), 2.0, 0.2);
-    for attempt in 1..=attempts {
-        match hook.migrate(&signal).await {
-            Ok(()) => {
-                info!(command = %signal.command, percent = signal.percent, "migrate signal delivered");
-                return true;
+/// The capped backoff between attempts: 200 ms doubling to 5 s, with jitter. A hook
+/// endpoint that comes back is reached within about 5 s.
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(5), 2.0, 0.2)
+}
+
+/// The delivery worker. `signals` holds the signal to deliver (`None`: nothing, or
+/// the last one was replaced by a command that asks for none); every change of state
+/// is sent on `status`. Returns when `stop` fires or `signals` closes.
+pub(crate) async fn deliver_latest(
+    hook: Arc<dyn Hook>,
+    mut signals: watch::Receiver<Option<MigrateSignal>>,
+    status: mpsc::UnboundedSender<HookStatus>,
+    stop: CancellationToken,
+) {
+    let mut current = signals.borrow_and_update().clone();
+    loop {
+        let Some(signal) = current.take() else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = signals.changed() => {
+                    if r.is_err() { return }
+                    current = signals.borrow_and_update().clone();
+                    continue;
+                }
             }
-            Err(e) if attempt < attempts => {
-                warn!(command = %signal.command, attempt, error = %e, "hook failed, retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
+        };
+        let since = now_ms();
+        let mut st = HookStatus {
+            command: signal.command.clone(),
+            percent: signal.percent,
+            state: HookState::Delivering,
+            since_ms: since,
+            attempts: 0,
+            error: None,
+        };
+        let _ = status.send(st.clone());
+        let mut backoff = retry_backoff();
+        // Until delivered or replaced.
+        let replaced = loop {
+            st.attempts += 1;
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = signals.changed() => { if r.is_err() { return } break true }
+                o = hook.migrate(&signal) => o,
+            };
+            match outcome {
+                Ok(()) => {
+                    info!(command = %signal.command, percent = signal.percent, attempts = st.attempts, "migrate signal delivered");
+                    st.state = HookState::Delivered;
+                    st.since_ms = now_ms();
+                    st.error = None;
+                    let _ = status.send(st.clone());
+                    break false;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(command = %signal.command, attempt = st.attempts, error = %e,
+                          retry_in_ms = delay.as_millis() as u64, "hook failed, retrying");
+                    if st.state != HookState::Retrying {
+                        st.state = HookState::Retrying;
+                        st.since_ms = now_ms();
+                    }
+                    st.error = Some(e);
+                    let _ = status.send(st.clone());
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = signals.changed() => { if r.is_err() { return } break true }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
-            Err(e) => {
-                warn!(command = %signal.command, attempt, error = %e, "hook failed, giving up");
+        };
+        if replaced {
+            info!(command = %signal.command, "migrate signal superseded by a newer command before delivery; dropped");
+            st.state = HookState::Superseded;
+            st.since_ms = now_ms();
+            let _ = status.send(st);
+            current = signals.borrow_and_update().clone();
+        } else {
+            // Delivered: wait for the next one.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = signals.changed() => {
+                    if r.is_err() { return }
+                    current = signals.borrow_and_update().clone();
+                }
             }
         }
     }
-    false
 }

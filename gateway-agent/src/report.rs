@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use registry::NodeState;
+use registry::{HookStatus, NodeState};
 use tokio::time::Instant;
 
 /// Thresholds for writing load reports.
@@ -45,6 +45,18 @@ pub struct Dynamic {
     pub state: NodeState,
     /// The last command applied.
     pub applied_command: Option<String>,
+    /// How the last migrate signal's delivery stands.
+    pub hook: Option<HookStatus>,
+}
+
+impl Dynamic {
+    /// The hook status as a router acts on it: which command, which state, which
+    /// cause (not the attempt count, which changes with every retry).
+    fn hook_summary(&self) -> Option<(&str, registry::HookState, Option<&str>)> {
+        self.hook
+            .as_ref()
+            .map(|h| (h.command.as_str(), h.state, h.error.as_deref()))
+    }
 }
 
 impl ReportPolicy {
@@ -65,10 +77,14 @@ impl ReportPolicy {
         // An operator's command (drain, serve, migrate) is written at once: routers
         // must stop sending clients to a drained node now, not after the spacing that
         // damps load churn. Commands are rare, so this cannot flood etcd.
-        if last.applied_command != current.applied_command {
+        // So is a hook delivery that ended or began failing: operators watch it.
+        let hook_moved =
+            last.hook_summary().map(|h| (h.0, h.1)) != current.hook_summary().map(|h| (h.0, h.1));
+        if last.applied_command != current.applied_command || hook_moved {
             return Some(at);
         }
         let significant = last.state != current.state
+            || last.hook_summary() != current.hook_summary()
             || last.healthy != current.healthy
             || last.applied_command != current.applied_command
             || last.connections.abs_diff(current.connections) >= self.change_threshold(capacity);
@@ -102,6 +118,7 @@ mod tests {
             healthy: true,
             state: NodeState::Serving,
             applied_command: None,
+            hook: None,
         }
     }
 
@@ -176,6 +193,7 @@ mod tests {
                     NodeState::Serving
                 },
                 applied_command: cmd,
+                hook: None,
             })
     }
 

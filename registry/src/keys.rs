@@ -61,6 +61,18 @@ impl Layout {
         format!("{}/commands/{id}", self.prefix)
     }
 
+    /// `P/applied/`: one key per node, without a lease, holding what its agent last
+    /// applied and how its hook delivery went (an extension of the contract's layout:
+    /// it outlives the node's record, so a restarted agent never runs a command twice).
+    pub fn applied_prefix(&self) -> String {
+        format!("{}/applied/", self.prefix)
+    }
+
+    /// `P/applied/{id}`.
+    pub fn applied_key(&self, id: &str) -> String {
+        format!("{}/applied/{id}", self.prefix)
+    }
+
     /// The node id of a key below [`Layout::nodes_prefix`], if it is a valid id.
     pub fn node_id<'a>(&self, key: &'a str) -> Result<&'a str, RecordError> {
         let id = key

@@ -33,5 +33,6 @@ pub use imbl;
 pub use keys::{Layout, DEFAULT_PREFIX};
 pub use kv::{Kv, KvError, LeaseId};
 pub use record::{
-    now_ms, Command, CommandAction, NodeRecord, NodeState, Ports, Proto, RecordError,
+    now_ms, Applied, Command, CommandAction, HookState, HookStatus, NodeRecord, NodeState, Ports,
+    Proto, RecordError,
 };

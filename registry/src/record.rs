@@ -260,6 +260,10 @@ pub struct NodeRecord {
     /// Id of the last command the agent applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_command: Option<String>,
+    /// How telling the gateway to move clients went, for the last command that asked
+    /// it to (an extension; see [`HookStatus`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookStatus>,
     /// Free-form labels (`version`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -292,6 +296,7 @@ impl NodeRecord {
             updated_ms: None,
             sampled_ms: None,
             applied_command: None,
+            hook: None,
             labels: BTreeMap::new(),
         }
     }
@@ -386,6 +391,101 @@ impl CommandAction {
     }
 }
 
+/// Where the delivery of a command's migrate signal to the gateway stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookState {
+    /// The first attempt is under way.
+    Delivering,
+    /// Attempts failed (see `error`); the agent keeps retrying with a capped backoff.
+    Retrying,
+    /// The gateway acknowledged the signal.
+    Delivered,
+    /// A newer command replaced this one before it was delivered; it never will be.
+    Superseded,
+    /// No hook is configured: the gateway was not told.
+    NoHook,
+}
+
+impl HookState {
+    /// The state's name in records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookState::Delivering => "delivering",
+            HookState::Retrying => "retrying",
+            HookState::Delivered => "delivered",
+            HookState::Superseded => "superseded",
+            HookState::NoHook => "no_hook",
+        }
+    }
+
+    /// Every state, in a fixed order (for metrics).
+    pub const ALL: [HookState; 5] = [
+        HookState::Delivering,
+        HookState::Retrying,
+        HookState::Delivered,
+        HookState::Superseded,
+        HookState::NoHook,
+    ];
+}
+
+/// The outcome of one command's migrate signal (`hook` in a node record and in
+/// `P/applied/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookStatus {
+    /// The command whose signal this is.
+    pub command: String,
+    /// The percentage the signal asks to move.
+    pub percent: u8,
+    /// Where delivery stands.
+    pub state: HookState,
+    /// Wall-clock ms since which it is in this state (for `retrying`: since the first
+    /// failure).
+    pub since_ms: u64,
+    /// Attempts made so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last failure's cause (`connection refused`, `timed out`, `HTTP 503 ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What an agent applied to its node, kept at `P/applied/{id}` without a lease so
+/// that it survives the agent: a restarted agent (same id, new lease) reads it and
+/// does not apply the same command again, and resumes a delivery left unfinished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The last command applied.
+    pub command: String,
+    /// Its action.
+    pub action: CommandAction,
+    /// The node's state after it (a restarted agent starts in it).
+    pub state: NodeState,
+    /// Wall-clock ms when it was applied.
+    pub applied_ms: u64,
+    /// The delivery of the last migrate signal (this command's or, when this one asks
+    /// for none, the one it superseded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookStatus>,
+}
+
+impl Applied {
+    /// Parses a stored value; it must be a JSON object of this shape.
+    pub fn parse(value: &[u8]) -> Result<Applied, RecordError> {
+        if !is_json_object(value) {
+            return Err(RecordError::Json(
+                "an applied record must be a JSON object".into(),
+            ));
+        }
+        serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))
+    }
+
+    /// Serializes for storage.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an applied record serializes")
+    }
+}
+
 /// An ops command stored at `P/commands/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
@@ -399,6 +499,10 @@ pub struct Command {
     /// Wall-clock milliseconds when it was issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued_ms: Option<u64>,
+    /// The node's reported connections when the command was issued (an extension:
+    /// `rebalance` projects a migrate's effect from it until reports show it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_connections: Option<u64>,
 }
 
 impl Command {
@@ -643,6 +747,7 @@ mod tests {
                     updated_ms: None,
                     sampled_ms: None,
                     applied_command: None,
+                    hook: None,
                     labels: BTreeMap::new(),
                 },
             )

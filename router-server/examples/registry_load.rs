@@ -2,8 +2,9 @@
 //! a steady rate, while a probe measures how long an update takes to show in a router's
 //! `/gateways` answers and a request loop counts answers that are not 200.
 //!
-//! `registry_load ENDPOINTS NODES RATE SECS ROUTER_ADDR` (RATE = updates/s; with SECS 0
-//! it only writes the fleet and exits).
+//! `registry_load ENDPOINTS NODES RATE SECS [ROUTER_ADDR]` (RATE = updates/s; with SECS 0
+//! it only writes the fleet and exits; without ROUTER_ADDR it only writes updates, so the
+//! router's cost of following them is measured alone).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,6 +118,14 @@ async fn main() -> anyhow::Result<()> {
     // A request loop, as clients would keep asking during all this.
     let non_200 = Arc::new(AtomicU64::new(0));
     let asked = Arc::new(AtomicU64::new(0));
+    if router.is_empty() {
+        let updates = writer.await?;
+        println!(
+            "updates {updates} ({:.0}/s), no requests",
+            updates as f64 / secs as f64
+        );
+        return Ok(());
+    }
     let looper = {
         let (http, url) = (http.clone(), format!("http://{router}/gateways"));
         let (non_200, asked) = (non_200.clone(), asked.clone());

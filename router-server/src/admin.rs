@@ -238,29 +238,17 @@ async fn rebalance(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (dry_run, tolerance) = rebalance_params(raw.as_deref())?;
-    let (nodes, _) = ops::list_nodes(&*admin.kv, &admin.layout)
-        .await
-        .map_err(OpsError::from)?;
-    let plan = ops::rebalance_plan(&nodes, tolerance);
-    let mut issued = Vec::new();
-    if !dry_run {
-        for step in &plan {
-            let cmd = ops::issue(
-                &*admin.kv,
-                &admin.layout,
-                &step.node,
-                CommandAction::Migrate,
-                Some(step.percent as i64),
-            )
-            .await?;
-            info!(node_id = %step.node, command = %cmd.id, percent = step.percent, "rebalance migrate issued");
-            issued.push(json!({"node": step.node, "command": cmd}));
-        }
-    }
-    Ok(
-        Json(json!({"dry_run": dry_run, "tolerance": tolerance, "plan": plan, "issued": issued}))
-            .into_response(),
+    let (plan, issued) = ops::rebalance(&*admin.kv, &admin.layout, tolerance, dry_run).await?;
+    let issued: Vec<_> = issued
+        .iter()
+        .inspect(|(node, cmd)| info!(node_id = %node, command = %cmd.id, percent = cmd.percent, "rebalance migrate issued"))
+        .map(|(node, cmd)| json!({"node": node, "command": cmd}))
+        .collect();
+    Ok(Json(
+        json!({"dry_run": dry_run, "tolerance": tolerance, "plan": plan.steps,
+                   "pending": plan.pending, "issued": issued}),
     )
+    .into_response())
 }
 
 #[cfg(test)]

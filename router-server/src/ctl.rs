@@ -92,38 +92,29 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
             Ok(())
         }
         CtlOp::Rebalance { dry_run, json } => {
-            let (nodes, _) = ops::list_nodes(kv, layout).await?;
-            let plan = ops::rebalance_plan(&nodes, ops::DEFAULT_TOLERANCE);
-            let mut issued = Vec::new();
-            if !dry_run {
-                for step in &plan {
-                    let cmd = ops::issue(
-                        kv,
-                        layout,
-                        &step.node,
-                        CommandAction::Migrate,
-                        Some(step.percent as i64),
-                    )
-                    .await?;
-                    issued.push((step.node.clone(), cmd.id));
-                }
-            }
+            let (plan, issued) =
+                ops::rebalance(kv, layout, ops::DEFAULT_TOLERANCE, dry_run).await?;
             if json {
-                let out = serde_json::json!({"dry_run": dry_run, "plan": plan,
-                    "issued": issued.iter().map(|(n, c)| serde_json::json!({"node": n, "command": c})).collect::<Vec<_>>()});
+                let out = serde_json::json!({"dry_run": dry_run, "plan": plan.steps,
+                    "pending": plan.pending,
+                    "issued": issued.iter().map(|(n, c)| serde_json::json!({"node": n, "command": c.id})).collect::<Vec<_>>()});
                 println!("{}", serde_json::to_string_pretty(&out).expect("json"));
             } else {
-                print!("{}", plan_table(&plan));
-                if plan.is_empty() {
+                if !plan.pending.is_empty() {
+                    println!("in flight (counted, not issued again):");
+                    print!("{}", pending_table(&plan.pending));
+                }
+                print!("{}", plan_table(&plan.steps));
+                if plan.steps.is_empty() {
                     println!(
-                        "every region is within {:.0} load points of its mean; nothing to move",
+                        "every node is within {:.0} load points of its pool's mean or has a move in flight; nothing to issue",
                         ops::DEFAULT_TOLERANCE * 100.0
                     );
                 } else if dry_run {
                     println!("dry run: no command issued");
                 } else {
                     for (node, cmd) in &issued {
-                        println!("migrate issued to {node} (command {cmd})");
+                        println!("migrate issued to {node} (command {})", cmd.id);
                     }
                 }
             }
@@ -187,8 +178,8 @@ async fn wait_drained(
 /// The `ctl nodes` table.
 pub fn nodes_table(nodes: &[NodeRecord], now_ms: u64) -> String {
     let mut out = format!(
-        "{:<24} {:<10} {:<9} {:<9} {:>21} {:>6} {:>6} {}\n",
-        "ID", "REGION", "STATE", "HEALTH", "CONNECTIONS/CAPACITY", "LOAD", "AGE", "APPLIED"
+        "{:<24} {:<10} {:<9} {:<9} {:>21} {:>6} {:>6} {:<24} {}\n",
+        "ID", "REGION", "STATE", "HEALTH", "CONNECTIONS/CAPACITY", "LOAD", "AGE", "APPLIED", "HOOK"
     );
     for n in nodes {
         let age = n
@@ -196,7 +187,7 @@ pub fn nodes_table(nodes: &[NodeRecord], now_ms: u64) -> String {
             .map(|u| format!("{}s", now_ms.saturating_sub(u) / 1000))
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<24} {:<10} {:<9} {:<9} {:>21} {:>5.1}% {:>6} {}\n",
+            "{:<24} {:<10} {:<9} {:<9} {:>21} {:>5.1}% {:>6} {:<24} {}\n",
             n.id,
             n.region,
             n.state.as_str(),
@@ -205,6 +196,40 @@ pub fn nodes_table(nodes: &[NodeRecord], now_ms: u64) -> String {
             n.load() * 100.0,
             age,
             n.applied_command.as_deref().unwrap_or("-"),
+            hook_cell(n, now_ms),
+        ));
+    }
+    out
+}
+
+/// The hook column: the delivery state of the last migrate signal, with how long it
+/// has been retrying and why.
+fn hook_cell(n: &NodeRecord, now_ms: u64) -> String {
+    let Some(h) = &n.hook else {
+        return "-".into();
+    };
+    let mut cell = format!("{} {}", h.command, h.state.as_str());
+    if h.state == registry::HookState::Retrying {
+        cell.push_str(&format!(
+            " for {}s ({} attempts): {}",
+            now_ms.saturating_sub(h.since_ms) / 1000,
+            h.attempts,
+            h.error.as_deref().unwrap_or("?")
+        ));
+    }
+    cell
+}
+
+/// The commands a rebalance found in flight.
+pub fn pending_table(pending: &[ops::Pending]) -> String {
+    let mut out = format!(
+        "{:<24} {:<10} {:<24} {:>8} {:>12} {:>10} {}\n",
+        "NODE", "REGION", "COMMAND", "PERCENT", "CONNECTIONS", "PROJECTED", "STATE"
+    );
+    for p in pending {
+        out.push_str(&format!(
+            "{:<24} {:<10} {:<24} {:>7}% {:>12} {:>10} {}\n",
+            p.node, p.region, p.command, p.percent, p.connections, p.projected_connections, p.state
         ));
     }
     out

@@ -134,6 +134,7 @@ pub async fn start_fleet(
         action: CommandAction::Drain,
         percent: None,
         issued_ms: Some(registry::now_ms()),
+        from_connections: None,
     };
     kv.put(&layout.command_key(&drained), cmd.to_json(), None)
         .await?;

@@ -35,6 +35,13 @@ pub struct NodeLabels {
     pub state: String,
 }
 
+/// Labels of the hook gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// `delivering`, `retrying`, `delivered`, `superseded` or `no_hook`.
+    pub state: &'static str,
+}
+
 /// Labels of the connection counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
@@ -138,6 +145,8 @@ pub struct Metrics {
     pub latency: HistogramFamily,
     /// Nodes by region and state (replaced whole: [`Metrics::replace_node_counts`]).
     pub nodes: Family<NodeLabels, Gauge>,
+    /// Nodes by the delivery state of their last migrate signal.
+    pub hooks: Family<HookLabels, Gauge>,
     /// Held while the node counts are replaced and while rendering.
     swap: std::sync::Mutex<()>,
     /// Invalid records currently in the registry.
@@ -181,6 +190,7 @@ impl Default for Metrics {
             requests: Family::default(),
             latency: Family::default(),
             nodes: Family::default(),
+            hooks: Family::default(),
             swap: std::sync::Mutex::new(()),
             invalid_records: Gauge::default(),
             invalid_seen: Counter::default(),
@@ -214,6 +224,11 @@ impl Default for Metrics {
             "nodes",
             "Gateway nodes by region and state",
             m.nodes.clone(),
+        );
+        registry.register(
+            "node_hooks",
+            "Nodes by the delivery state of their last migrate signal (retrying: the gateway has not acknowledged it yet)",
+            m.hooks.clone(),
         );
         registry.register(
             "invalid_records",
@@ -306,6 +321,17 @@ impl Metrics {
         self.nodes.clear();
         for (labels, n) in counts {
             self.nodes.get_or_create(&labels).set(n);
+        }
+    }
+
+    /// Sets the hook gauge: nodes per delivery state (every state, zeros included).
+    pub fn set_hook_counts(&self, counts: &[(registry::HookState, i64)]) {
+        for (state, n) in counts {
+            self.hooks
+                .get_or_create(&HookLabels {
+                    state: state.as_str(),
+                })
+                .set(*n);
         }
     }
 

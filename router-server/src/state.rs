@@ -14,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use registry::follow::NodeView;
 use registry::imbl;
-use registry::{NodeRecord, NodeState};
+use registry::{HookState, NodeRecord, NodeState};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -318,6 +318,7 @@ pub async fn run_updater(
         drop(state.snapshot.swap(Some(Arc::new(snap))));
         if counts.take_changed() {
             m.replace_node_counts(counts.labelled());
+            m.set_hook_counts(&counts.hook_counts());
         }
         m.invalid_records.set(view.invalid.len() as i64);
         m.invalid_seen
@@ -348,6 +349,8 @@ pub async fn run_updater(
 struct NodeCounts {
     /// Per region, per class of [`NodeCounts::CLASSES`].
     counts: HashMap<Arc<str>, [i64; 3], foldhash::fast::RandomState>,
+    /// Per hook state, in the order of [`HookState::ALL`].
+    hooks: [i64; 5],
     changed: bool,
 }
 
@@ -381,14 +384,29 @@ impl NodeCounts {
             None => self.counts.entry(Arc::from(r.region.as_str())).or_default(),
         };
         by_class[NodeCounts::class(r)] += n;
+        if let Some(h) = &r.hook {
+            let i = HookState::ALL
+                .iter()
+                .position(|s| *s == h.state)
+                .unwrap_or(0);
+            self.hooks[i] += n;
+        }
         self.changed = true;
     }
 
     fn replace(&mut self, old: &NodeRecord, new: &NodeRecord) {
-        if old.region != new.region || NodeCounts::class(old) != NodeCounts::class(new) {
+        let hook = |r: &NodeRecord| r.hook.as_ref().map(|h| h.state);
+        if old.region != new.region
+            || NodeCounts::class(old) != NodeCounts::class(new)
+            || hook(old) != hook(new)
+        {
             self.add(old, -1);
             self.add(new, 1);
         }
+    }
+
+    fn hook_counts(&self) -> [(HookState, i64); 5] {
+        std::array::from_fn(|i| (HookState::ALL[i], self.hooks[i]))
     }
 
     fn take_changed(&mut self) -> bool {

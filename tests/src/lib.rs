@@ -495,6 +495,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 pub struct HookServer {
     addr: SocketAddr,
     bodies: Arc<Mutex<Vec<String>>>,
+    status: Arc<std::sync::atomic::AtomicU16>,
 }
 
 impl HookServer {
@@ -509,22 +510,42 @@ impl HookServer {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind hook server");
         let addr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let sink = bodies.clone();
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (sink, answer) = (bodies.clone(), status.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let sink = sink.clone();
+                let (sink, answer) = (sink.clone(), answer.clone());
                 std::thread::spawn(move || {
                     if let Some(body) = read_request_body(&mut conn) {
-                        sink.lock().unwrap().push(body);
+                        // Recorded and answered under one lock: the order of `bodies` is
+                        // the order of the answers.
+                        let mut sink = sink.lock().unwrap();
+                        let code = answer.load(std::sync::atomic::Ordering::SeqCst);
+                        sink.push(if code == 200 {
+                            body
+                        } else {
+                            format!("{code} {body}")
+                        });
                         let _ = conn.write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                            format!("HTTP/1.1 {code} X\r\ncontent-length: 7\r\nconnection: close\r\n\r\nanswer!")
+                                .as_bytes(),
                         );
                     }
                 });
             }
         });
-        HookServer { addr, bodies }
+        HookServer {
+            addr,
+            bodies,
+            status,
+        }
+    }
+
+    /// Answers every request from now on with `code` (200 by default). Requests
+    /// answered with another code are listed by [`HookServer::bodies`] as `"CODE body"`.
+    pub fn answer_with(&self, code: u16) {
+        self.status.store(code, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// `http://127.0.0.1:PORT/hook`.
@@ -532,9 +553,18 @@ impl HookServer {
         format!("http://{}/hook", self.addr)
     }
 
-    /// The bodies received so far.
+    /// The bodies received so far (answered with 200; others are prefixed with their
+    /// code).
     pub fn bodies(&self) -> Vec<String> {
         self.bodies.lock().unwrap().clone()
+    }
+
+    /// The bodies acknowledged with 200: the signals the gateway acted on.
+    pub fn delivered(&self) -> Vec<String> {
+        self.bodies()
+            .into_iter()
+            .filter(|b| b.starts_with('{'))
+            .collect()
     }
 }
 

@@ -220,7 +220,7 @@ fn rebalance_plans_then_issues_each_migrate_once() {
     });
     let (code, out) = ctl(&etcd, &["rebalance", "--dry-run"]);
     assert_eq!(code, 0);
-    assert!(out.contains("nothing to move"), "{out}");
+    assert!(out.contains("nothing to issue"), "{out}");
 }
 
 #[test]
