@@ -7,7 +7,6 @@
 //! reported as a [`HookStatus`], which the agent writes into its record and into
 //! `P/applied/{id}`.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +63,12 @@ impl Hook for HttpHook {
             .json(signal)
             .send()
             .await
-            .map_err(|e| format!("POST {}: {}", self.url, cause(&e)))?;
+            .map_err(|e| match cause(&e) {
+                c if e.is_timeout() => {
+                    format!("POST {}: {c} after {} s", self.url, POST_TIMEOUT.as_secs())
+                }
+                c => format!("POST {}: {c}", self.url),
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -84,27 +88,35 @@ impl Hook for HttpHook {
 /// (with rustls' reason), a name that does not resolve.
 pub fn cause(e: &reqwest::Error) -> String {
     if e.is_timeout() {
-        return format!("timed out after {} s", POST_TIMEOUT.as_secs());
+        return "timed out".to_string();
     }
-    let mut source = e.source();
+    // The chain, with what each `io::Error` wraps (its own `source()` skips it).
+    let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-            return format!("TLS: {tls}");
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            let what = match io.kind() {
-                ConnectionRefused => "connection refused".to_string(),
-                ConnectionReset => "connection reset".to_string(),
-                TimedOut => "timed out".to_string(),
-                _ => match io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                    Some(tls) => format!("TLS: {tls}"),
-                    None => io.to_string(),
-                },
-            };
-            return what;
-        }
-        source = s.source();
+        chain.push(s);
+        source = match s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
+    }
+    if let Some(tls) = chain.iter().find_map(|s| s.downcast_ref::<rustls::Error>()) {
+        return format!("TLS: {tls}");
+    }
+    if let Some(io) = chain
+        .iter()
+        .find_map(|s| s.downcast_ref::<std::io::Error>())
+    {
+        use std::io::ErrorKind::*;
+        return match io.kind() {
+            ConnectionRefused => "connection refused".to_string(),
+            ConnectionReset => "connection reset".to_string(),
+            TimedOut => "timed out".to_string(),
+            _ => io.to_string(),
+        };
     }
     if e.is_connect() {
         return format!("cannot connect: {e}");
@@ -214,5 +226,48 @@ pub(crate) async fn deliver_latest(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fail(url: String) -> String {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        cause(&client.post(url).send().await.unwrap_err())
+    }
+
+    /// Each failure is named by its cause, not by "error sending request".
+    #[tokio::test]
+    async fn failures_name_their_cause() {
+        // Refused: a port bound then closed.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert_eq!(
+            fail(format!("http://127.0.0.1:{port}/")).await,
+            "connection refused"
+        );
+        // Timed out: a listener that never answers.
+        let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = blackhole.local_addr().unwrap();
+        assert_eq!(fail(format!("http://{addr}/")).await, "timed out");
+        // TLS: a server that answers in plain HTTP.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut c, _)) = plain.accept().await {
+                let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let tls = fail(format!("https://{addr}/")).await;
+        assert!(tls.starts_with("TLS: "), "{tls}");
+        drop(blackhole);
     }
 }
