@@ -76,6 +76,23 @@ measure() { # label env...
   slow=$(grep -o 'sample_ms=[0-9]* interval_ms=[0-9]*' "$work/$label.log" | head -1)
   echo "$cores ${slow:-sample_ms<2.5}"
 }
+# The floor: the same kernel filter run by iproute2's `ss` (what operators use), timed
+# per count: the kernel builds one message per matching socket, whoever asks.
+ss_ms=$(python3 - "$gport" <<'PY'
+import subprocess, sys, time
+port = sys.argv[1]
+runs = []
+for _ in range(5):
+    t = time.perf_counter()
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, check=True).stdout
+    runs.append((time.perf_counter() - t) * 1000)
+runs.sort()
+lines = out.count(b"\n")
+print(f"{runs[2]:.0f} ms per count ({lines} sockets)")
+PY
+)
+echo "ss -Htn state established '( sport = :$gport )': median $ss_ms"
 read -r nl nls < <(measure netlink AGENT_TCP_COUNT=auto)
 read -r pr prs < <(measure proc AGENT_TCP_COUNT=proc)
 printf '\nagent CPU counting %s connections (default interval 250 ms, stretched to keep\n' "$n"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, when missing: protoc (etcd-client's build)
-# and, with --test, etcd + etcdctl (tests run a real etcd), promtool (metrics are
-# checked with it) and prlimit. Debian/Ubuntu packages.
+# and, with --test, etcd + etcdctl (tests run a real etcd), promtool (metrics and
+# alerting rules are checked with it), prlimit, chromium + chromedriver (the fleet page
+# is tested in a real browser) and systemd-analyze (the unit files are verified with
+# it). Debian/Ubuntu packages.
 set -euo pipefail
 
 want_test=0
@@ -14,6 +16,9 @@ if [ "$want_test" = 1 ]; then
   command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi
 [ "${#missing[@]}" -eq 0 ] && exit 0
 

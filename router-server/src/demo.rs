@@ -168,6 +168,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         "  curl 'http://{addr}/gateways?proto=wss'            # no node has wss: 503 no_gateways"
     );
     println!("  curl 'http://{addr}/metrics'");
+    println!("The fleet in a browser: http://{addr}/ops");
     if let Some(t) = &token {
         println!("  curl -H 'Authorization: Bearer {t}' 'http://{addr}/admin/nodes'");
     }

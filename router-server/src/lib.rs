@@ -77,7 +77,7 @@ pub async fn run(
     // One tree: background work stops with `shutdown`, and is joined before returning.
     let background = shutdown.child_token();
     let tasks = TaskTracker::new();
-    let state = Arc::new(state::AppState::new(opts.config.clone()));
+    let state = Arc::new(state::AppState::new(opts.config.clone()).with_layout(&opts.layout));
     let (views, follower) =
         registry::follow::follow(kv.clone(), opts.layout.clone(), background.clone());
     tasks.spawn(async move {

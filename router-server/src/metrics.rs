@@ -35,6 +35,13 @@ pub struct NodeLabels {
     pub state: String,
 }
 
+/// Labels of the per-region gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    /// Region.
+    pub region: String,
+}
+
 /// Labels of the hook gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
@@ -147,6 +154,10 @@ pub struct Metrics {
     pub nodes: Family<NodeLabels, Gauge>,
     /// Nodes by the delivery state of their last migrate signal.
     pub hooks: Family<HookLabels, Gauge>,
+    /// Per region, the connections of its serving, healthy nodes.
+    pub region_connections: Family<RegionLabels, Gauge>,
+    /// Per region, the capacity of its serving, healthy nodes.
+    pub region_capacity: Family<RegionLabels, Gauge>,
     /// Held while the node counts are replaced and while rendering.
     swap: std::sync::Mutex<()>,
     /// Invalid records currently in the registry.
@@ -191,6 +202,8 @@ impl Default for Metrics {
             latency: Family::default(),
             nodes: Family::default(),
             hooks: Family::default(),
+            region_connections: Family::default(),
+            region_capacity: Family::default(),
             swap: std::sync::Mutex::new(()),
             invalid_records: Gauge::default(),
             invalid_seen: Counter::default(),
@@ -224,6 +237,16 @@ impl Default for Metrics {
             "nodes",
             "Gateway nodes by region and state",
             m.nodes.clone(),
+        );
+        registry.register(
+            "region_connections",
+            "Connections of the serving, healthy nodes of a region (divide by router_region_capacity for its mean load)",
+            m.region_connections.clone(),
+        );
+        registry.register(
+            "region_capacity",
+            "Capacity of the serving, healthy nodes of a region",
+            m.region_capacity.clone(),
         );
         registry.register(
             "node_hooks",
@@ -316,11 +339,24 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Replaces the node counts in one step, as a scrape sees them.
-    pub fn replace_node_counts(&self, counts: std::collections::HashMap<NodeLabels, i64>) {
+    pub fn replace_node_counts(
+        &self,
+        counts: std::collections::HashMap<NodeLabels, i64>,
+        region_loads: &[(String, i64, i64)],
+    ) {
         let _swap = self.swap.lock().expect("metrics swap lock");
         self.nodes.clear();
         for (labels, n) in counts {
             self.nodes.get_or_create(&labels).set(n);
+        }
+        self.region_connections.clear();
+        self.region_capacity.clear();
+        for (region, conns, cap) in region_loads {
+            let labels = RegionLabels {
+                region: region.clone(),
+            };
+            self.region_connections.get_or_create(&labels).set(*conns);
+            self.region_capacity.get_or_create(&labels).set(*cap);
         }
     }
 

@@ -41,6 +41,13 @@ pub struct AppState {
     pub routers: std::sync::atomic::AtomicU64,
     /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`).
     pub tie_seed: u64,
+    /// The registry's invalid keys with their reasons, as of the last view (for the
+    /// fleet page).
+    pub invalid: std::sync::Mutex<imbl::OrdMap<Arc<str>, String>>,
+    /// True while the protect threshold holds departed nodes.
+    pub protecting: std::sync::atomic::AtomicBool,
+    /// `P/nodes/`, to name invalid records by their keys.
+    pub nodes_prefix: String,
 }
 
 impl AppState {
@@ -54,6 +61,17 @@ impl AppState {
             last_sync: std::sync::Mutex::new(None),
             routers: std::sync::atomic::AtomicU64::new(1),
             tie_seed: rand::random::<u64>() | 1,
+            invalid: std::sync::Mutex::new(imbl::OrdMap::new()),
+            protecting: std::sync::atomic::AtomicBool::new(false),
+            nodes_prefix: registry::Layout::default().nodes_prefix(),
+        }
+    }
+
+    /// The same state for a registry under `layout`'s prefix.
+    pub fn with_layout(self, layout: &registry::Layout) -> AppState {
+        AppState {
+            nodes_prefix: layout.nodes_prefix(),
+            ..self
         }
     }
 
@@ -317,10 +335,14 @@ pub async fn run_updater(
         // sees the alarm (or a new revision) is never followed by an older answer.
         drop(state.snapshot.swap(Some(Arc::new(snap))));
         if counts.take_changed() {
-            m.replace_node_counts(counts.labelled());
+            m.replace_node_counts(counts.labelled(), &counts.region_loads());
             m.set_hook_counts(&counts.hook_counts());
         }
         m.invalid_records.set(view.invalid.len() as i64);
+        *state.invalid.lock().expect("invalid lock") = view.invalid.clone();
+        state
+            .protecting
+            .store(protect.holding(), std::sync::atomic::Ordering::Relaxed);
         m.invalid_seen
             .inc_by(view.invalid_seen_total.saturating_sub(seen_invalid));
         seen_invalid = view.invalid_seen_total;
@@ -351,6 +373,8 @@ struct NodeCounts {
     counts: HashMap<Arc<str>, [i64; 3], foldhash::fast::RandomState>,
     /// Per hook state, in the order of [`HookState::ALL`].
     hooks: [i64; 5],
+    /// Per region, connections and capacity of its serving, healthy nodes.
+    load: HashMap<Arc<str>, (i64, i64), foldhash::fast::RandomState>,
     changed: bool,
 }
 
@@ -384,6 +408,11 @@ impl NodeCounts {
             None => self.counts.entry(Arc::from(r.region.as_str())).or_default(),
         };
         by_class[NodeCounts::class(r)] += n;
+        if NodeCounts::class(r) == 0 {
+            let load = self.load.entry(Arc::from(r.region.as_str())).or_default();
+            load.0 += n * r.connections as i64;
+            load.1 += n * r.capacity as i64;
+        }
         if let Some(h) = &r.hook {
             let i = HookState::ALL
                 .iter()
@@ -399,10 +428,25 @@ impl NodeCounts {
         if old.region != new.region
             || NodeCounts::class(old) != NodeCounts::class(new)
             || hook(old) != hook(new)
+            || old.capacity != new.capacity
         {
             self.add(old, -1);
             self.add(new, 1);
+        } else if old.connections != new.connections && NodeCounts::class(new) == 0 {
+            if let Some(load) = self.load.get_mut(new.region.as_str()) {
+                load.0 += new.connections as i64 - old.connections as i64;
+                self.changed = true;
+            }
         }
+    }
+
+    /// Per region: connections and capacity of its serving, healthy nodes.
+    fn region_loads(&self) -> Vec<(String, i64, i64)> {
+        self.load
+            .iter()
+            .filter(|(_, (_, cap))| *cap > 0)
+            .map(|(r, (c, cap))| (r.to_string(), *c, *cap))
+            .collect()
     }
 
     fn hook_counts(&self) -> [(HookState, i64); 5] {
@@ -411,6 +455,7 @@ impl NodeCounts {
 
     fn take_changed(&mut self) -> bool {
         self.counts.retain(|_, n| n.iter().any(|&c| c != 0));
+        self.load.retain(|_, (_, cap)| *cap != 0);
         std::mem::take(&mut self.changed)
     }
 

@@ -252,7 +252,15 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         last = check(&app, &spec, Method::GET, g, "/gateways", None).await;
     }
     assert_eq!(last, 429);
-    for p in ["/healthz", "/readyz", "/metrics"] {
+    for p in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/ops",
+        "/ops/ops.js",
+        "/ops/ops.css",
+        "/ops/fleet.json",
+    ] {
         assert_eq!(check(&app, &spec, Method::GET, p, p, None).await, 200);
     }
     assert_eq!(

@@ -349,9 +349,6 @@ impl Proc {
         clean: bool,
         wrapper: Option<Vec<String>>,
     ) -> Proc {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("output.log");
-        let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = match &wrapper {
             Some(w) => {
                 let mut c = Command::new(&w[0]);
@@ -363,14 +360,29 @@ impl Proc {
         if clean {
             cmd.env_clear();
         }
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone().expect("log fd")))
-            .stderr(Stdio::from(file));
+        cmd.args(args).env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Proc::start(cmd)
+    }
+
+    /// Spawns a program that is not this project's (found on `PATH`), e.g. a browser's
+    /// WebDriver, with its output captured like the binaries'.
+    pub fn external(program: &str, args: &[&str]) -> Proc {
+        let path = which(program).unwrap_or_else(|| panic!("{program} is not installed"));
+        let mut cmd = Command::new(path);
+        cmd.args(args);
+        Proc::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("output.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone().expect("log fd")))
+            .stderr(Stdio::from(file));
         let child = cmd.spawn().expect("spawn binary");
         Proc {
             child,

@@ -4,6 +4,7 @@
 //!   cap, shutdown).
 //! * [`routes`]: the application's routes and the edge middleware.
 //! * [`gateways`]: `GET /gateways` and the [`Api`] it shares.
+//! * [`fleet`]: the fleet page (`/ops`) and the JSON it polls.
 //! * [`params`]: its query string. [`client`]: the client's address, region and
 //!   rate-limit key. [`error`]: the contract's error answer, also given to the
 //!   errors the HTTP parser writes by itself (`raw_errors`).
@@ -13,6 +14,7 @@
 
 pub mod client;
 pub mod error;
+pub mod fleet;
 pub mod gateways;
 pub mod params;
 mod raw_errors;

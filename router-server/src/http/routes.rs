@@ -257,6 +257,7 @@ pub fn router_with(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(api.clone());
+    app = app.merge(super::fleet::routes(admin.is_some()).with_state(api.clone()));
     if let Some(admin) = admin {
         app = app.merge(admin);
     }

@@ -1,0 +1,185 @@
+// The fleet page: polls /ops/fleet.json every second and redraws in place. Registry
+// values are written as text (textContent), never parsed as markup. Actions call the
+// admin API with the token kept in this tab's session storage.
+"use strict";
+
+const POLL_MS = 1000;
+const TOKEN_KEY = "gateway-router-admin-token";
+let last = null; // previous poll's counters, for rates
+let adminAvailable = false;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+function pct(x) { return (100 * x).toFixed(1) + "%"; }
+
+function age(ms) {
+  if (ms === null || ms === undefined) return "-";
+  return ms < 10000 ? (ms / 1000).toFixed(1) + "s" : Math.round(ms / 1000) + "s";
+}
+
+function renderRouter(f) {
+  const r = f.router;
+  const status = document.getElementById("status");
+  const problems = [];
+  if (!r.ready) problems.push("not ready");
+  if (!r.registry_connected) problems.push("registry disconnected");
+  if (r.protect_active) problems.push("PROTECT ALARM");
+  if (r.stale) problems.push("answers stale");
+  status.textContent = problems.length ? problems.join(" · ") : "following the registry";
+  status.className = problems.length ? "status bad" : "status";
+  status.dataset.connected = String(r.registry_connected);
+
+  let rates = { ok: 0, r429: 0, r503: 0 };
+  const now = performance.now();
+  if (last) {
+    const dt = (now - last.t) / 1000;
+    rates = {
+      ok: (r.gateways_ok - last.ok) / dt,
+      r429: (r.rate_limited - last.r429) / dt,
+      r503: (r.no_gateways - last.r503) / dt,
+    };
+  }
+  last = { t: now, ok: r.gateways_ok, r429: r.rate_limited, r503: r.no_gateways };
+  const items = [
+    ["registry", r.registry_connected ? "connected" : "DISCONNECTED", !r.registry_connected],
+    ["revision", r.revision],
+    ["snapshot age", r.snapshot_age_secs === null ? "-" : r.snapshot_age_secs.toFixed(1) + "s"],
+    ["protect", r.protect_active ? "ALARM: holding departed nodes" : "ok", r.protect_active],
+    ["routers", r.routers_live],
+    ["/gateways", rates.ok.toFixed(1) + "/s"],
+    ["429", rates.r429.toFixed(1) + "/s", rates.r429 > 0],
+    ["503 no_gateways", rates.r503.toFixed(1) + "/s", rates.r503 > 0],
+    ["max_load", pct(r.max_load)],
+  ];
+  const box = document.getElementById("router");
+  box.replaceChildren(...items.map(([k, v, alarm]) =>
+    el("span", { class: "item" + (alarm ? " alarm" : "") }, k + ": ", el("b", {}, v))));
+
+  const inv = document.getElementById("invalid");
+  inv.hidden = r.invalid.length === 0;
+  document.getElementById("invalid-list").replaceChildren(
+    ...r.invalid.map(i => el("li", {}, el("code", {}, i.key), " — " + i.reason)));
+
+  adminAvailable = r.admin;
+  document.getElementById("admin").hidden = !r.admin;
+  const has = !!token();
+  document.getElementById("token-clear").hidden = !has;
+  document.getElementById("token").hidden = has;
+  document.getElementById("token-save").hidden = has;
+}
+
+function nodeRow(n, maxLoad) {
+  const fill = el("div", { class: "fill" });
+  fill.style.width = Math.min(100, 100 * n.load).toFixed(2) + "%";
+  const proj = el("div", { class: "proj" });
+  proj.style.left = Math.min(100, 100 * n.projected_load).toFixed(2) + "%";
+  const bar = el("div", { class: "bar", "data-load": n.load.toFixed(4), title: pct(n.load) }, fill, proj);
+  const ports = Object.entries(n.ports).map(([p, v]) => p + ":" + v).join(" ");
+  const row = el("tr", { class: "node " + n.state, "data-node": n.id, "data-state": n.state },
+    el("td", {}, el("code", {}, n.id)),
+    el("td", {}, n.state),
+    el("td", { class: "bar-cell" }, bar),
+    el("td", {}, n.connections + " / " + n.capacity),
+    el("td", { class: "proj-text" }, pct(n.projected_load)),
+    el("td", {}, ports),
+    el("td", {}, age(n.report_age_ms)),
+    el("td", {}, n.hook || "-"));
+  if (adminAvailable && token()) {
+    const percent = el("input", { type: "number", min: 1, max: 100, value: 20, "data-percent": n.id });
+    const act = (action, body) => el("button", {
+      type: "button", "data-action": action, "data-node": n.id,
+      onclick: () => command(n.id, action, body ? { percent: Number(percent.value) } : null),
+    }, action);
+    row.append(el("td", { class: "actions" },
+      n.state === "draining" ? act("serve") : act("drain"), act("migrate", true), percent, "%"));
+  }
+  return row;
+}
+
+function renderRegions(f) {
+  const main = document.getElementById("regions");
+  // Keep a focused input (migrate percent) across redraws.
+  const focused = document.activeElement && document.activeElement.dataset
+    ? document.activeElement.dataset.percent : undefined;
+  const values = {};
+  for (const i of main.querySelectorAll("input[data-percent]")) values[i.dataset.percent] = i.value;
+  main.replaceChildren(...f.regions.map(r => {
+    const conns = r.nodes.filter(n => n.state !== "draining" && n.state !== "unhealthy");
+    const cap = conns.reduce((a, n) => a + n.capacity, 0);
+    const mean = cap ? conns.reduce((a, n) => a + n.connections, 0) / cap : 0;
+    const head = el("tr", {}, ...["node", "state", "connections / capacity", "", "projected", "ports", "report age", "hook"]
+      .map(h => el("th", {}, h)));
+    return el("section", { class: "region", "data-region": r.region },
+      el("h2", {}, r.region, el("span", { class: "mean" }, r.nodes.length + " nodes, mean load " + pct(mean))),
+      el("table", {}, el("thead", {}, head), el("tbody", {}, ...r.nodes.map(n => nodeRow(n, f.router.max_load)))));
+  }));
+  for (const i of main.querySelectorAll("input[data-percent]")) {
+    if (values[i.dataset.percent] !== undefined) i.value = values[i.dataset.percent];
+    if (i.dataset.percent === focused) i.focus();
+  }
+}
+
+async function command(node, action, body) {
+  const out = document.getElementById("action-result");
+  const res = await fetch("/admin/nodes/" + encodeURIComponent(node) + "/" + action, {
+    method: "POST",
+    headers: Object.assign({ "Authorization": "Bearer " + token() },
+      body ? { "Content-Type": "application/json" } : {}),
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  if (res.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    out.textContent = "the token was refused; enter it again";
+  } else if (res.ok) {
+    const cmd = JSON.parse(text).command;
+    out.textContent = action + " issued to " + node + " (command " + cmd.id + ")";
+  } else {
+    let msg = text;
+    try { msg = JSON.parse(text).error.message; } catch (_) { /* keep the text */ }
+    out.textContent = action + " " + node + " failed: " + res.status + " " + msg;
+  }
+  out.dataset.status = String(res.status);
+  poll();
+}
+
+async function poll() {
+  try {
+    const res = await fetch("/ops/fleet.json", { cache: "no-store" });
+    const f = await res.json();
+    renderRouter(f);
+    renderRegions(f);
+    document.body.dataset.revision = String(f.router.revision);
+    document.body.dataset.polled = String(Date.now());
+  } catch (e) {
+    const status = document.getElementById("status");
+    status.textContent = "router unreachable: " + e;
+    status.className = "status bad";
+  }
+}
+
+document.getElementById("token-form").addEventListener("submit", ev => {
+  ev.preventDefault();
+  const t = document.getElementById("token").value.trim();
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  document.getElementById("token").value = "";
+  poll();
+});
+document.getElementById("token-clear").addEventListener("click", () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  poll();
+});
+
+poll();
+setInterval(poll, POLL_MS);

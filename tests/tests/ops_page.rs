@@ -1,0 +1,293 @@
+//! The fleet page in a real browser: headless Chromium driven through chromedriver
+//! (Debian's `chromium` and `chromium-driver`), against a real router following real
+//! agents in a real etcd. What the page shows must match the registry, follow it
+//! without a reload, and drive the admin API only once a token is entered.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use harness::{free_port, wait_until, Etcd, Proc, RouterProc};
+use serde_json::{json, Value};
+
+const P: &str = "/gateway-router/v1";
+const TOKEN: &str = "s3cret-token";
+
+/// chromedriver on a free loopback port, stopped with the test.
+fn chromedriver() -> (Proc, String) {
+    assert!(
+        harness::which("chromedriver").is_some() && harness::which("chromium").is_some(),
+        "chromium and chromedriver are needed: apt-get install chromium chromium-driver \
+         (scripts/deps.sh --test installs them)"
+    );
+    let port = free_port();
+    let arg = format!("--port={port}");
+    let p = Proc::external("chromedriver", &[&arg, "--allowed-ips=127.0.0.1"]);
+    p.wait_for_output("started successfully", Duration::from_secs(20));
+    (p, format!("http://127.0.0.1:{port}"))
+}
+
+async fn browser(webdriver: &str) -> Client {
+    // fantoccini's connector uses rustls; this process has no provider chosen yet.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": harness::which("chromium").unwrap(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,900"],
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("rustls connector")
+        .capabilities(caps)
+        .connect(webdriver)
+        .await
+        .expect("a chromium session")
+}
+
+/// Evaluates `expr` in the page until it is `true`, or panics after `secs`.
+async fn until(c: &Client, secs: u64, what: &str, expr: &str) {
+    let start = Instant::now();
+    let script = format!("return Boolean({expr});");
+    loop {
+        if c.execute(&script, vec![]).await.ok() == Some(Value::Bool(true)) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            let html = c.source().await.unwrap_or_default();
+            panic!("timed out after {secs}s waiting for {what} ({expr}); page:\n{html}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn eval(c: &Client, expr: &str) -> Value {
+    c.execute(&format!("return {expr};"), vec![]).await.unwrap()
+}
+
+fn row(id: &str) -> String {
+    format!("document.querySelector('tr[data-node=\"{id}\"]')")
+}
+
+fn screenshot_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ops-page.png")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_button() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let load = |id: &str, n: u64| {
+        let p = dir.path().join(id);
+        std::fs::write(&p, n.to_string()).unwrap();
+        p
+    };
+    let a_load = load("gw-a", 100);
+    let b_load = load("gw-b", 500);
+    let c_load = load("gw-c", 900);
+    let file = |p: &PathBuf| format!("file:{}", p.display());
+    let common = ["--port", "tcp=7000", "--report-min-change", "0"];
+    let with = |load: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+        v.extend(["--load".to_string(), load.to_string()]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let spawn = |id: &str, region: &str, args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::agent(&etcd, id, region, &refs)
+    };
+    let _a = spawn("gw-a", "cn-sh", with(&file(&a_load), &[]));
+    let _b = spawn("gw-b", "cn-sh", with(&file(&b_load), &[]));
+    let _c = spawn("gw-c", "us-west", with(&file(&c_load), &[]));
+    // Its health probe targets a port nothing listens on: unhealthy.
+    let _u = spawn(
+        "gw-u",
+        "us-west",
+        with("static:10", &["--health", "tcp:127.0.0.1:1"]),
+    );
+    etcd.put(&format!("{P}/nodes/bad-node"), "this is not json");
+    wait_until(Duration::from_secs(15), "agents registered", || {
+        etcd.keys(&format!("{P}/nodes/")).len() == 5
+    });
+    let router = RouterProc::start(&etcd, "", &["--admin-token", TOKEN]);
+    let base = format!("http://{}", router.addr);
+
+    let (_driver, webdriver) = chromedriver();
+    let c = browser(&webdriver).await;
+    c.goto(&format!("{base}/ops")).await.unwrap();
+
+    // What the registry holds, as the page shows it.
+    until(
+        &c,
+        20,
+        "four nodes",
+        "document.querySelectorAll('tr[data-node]').length === 4",
+    )
+    .await;
+    until(
+        &c,
+        20,
+        "gw-u unhealthy",
+        &format!("{}.dataset.state === 'unhealthy'", row("gw-u")),
+    )
+    .await;
+    for (id, state, load) in [
+        ("gw-a", "serving", "0.1000"),
+        ("gw-b", "serving", "0.5000"),
+        ("gw-c", "serving", "0.9000"),
+    ] {
+        until(
+            &c,
+            10,
+            id,
+            &format!(
+                "{r}.dataset.state === '{state}' && {r}.querySelector('.bar').dataset.load === '{load}'",
+                r = row(id)
+            ),
+        )
+        .await;
+    }
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelector('section[data-region=\"cn-sh\"]') !== null"
+        )
+        .await,
+        true
+    );
+    assert_eq!(
+        eval(
+            &c,
+            &format!("{}.closest('section').dataset.region", row("gw-c"))
+        )
+        .await,
+        "us-west"
+    );
+    until(
+        &c,
+        10,
+        "the invalid record's key",
+        "document.getElementById('invalid-list').textContent.includes('/nodes/bad-node')",
+    )
+    .await;
+    until(
+        &c,
+        10,
+        "registry connected",
+        "document.getElementById('status').dataset.connected === 'true'",
+    )
+    .await;
+    // Read-only without a token: no action anywhere.
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelectorAll('button[data-action]').length"
+        )
+        .await,
+        0
+    );
+
+    // A load change moves the bar without a reload (the marker survives).
+    c.execute("window.__sameDocument = 42; return 0;", vec![])
+        .await
+        .unwrap();
+    std::fs::write(&a_load, "700").unwrap();
+    until(
+        &c,
+        10,
+        "gw-a's bar at 70 %",
+        &format!(
+            "{}.querySelector('.bar').dataset.load === '0.7000'",
+            row("gw-a")
+        ),
+    )
+    .await;
+    let width = eval(
+        &c,
+        &format!("{}.querySelector('.fill').style.width", row("gw-a")),
+    )
+    .await;
+    assert_eq!(width, "70%", "the bar is 70 % wide");
+    assert_eq!(eval(&c, "window.__sameDocument").await, 42, "no reload");
+
+    // The token enables the actions; drain gw-b through its button.
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Id("token-save"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let drain = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(
+            "button[data-action='drain'][data-node='gw-b']",
+        ))
+        .await
+        .unwrap();
+    drain.click().await.unwrap();
+    until(
+        &c,
+        10,
+        "drain accepted",
+        "document.getElementById('action-result').dataset.status === '202'",
+    )
+    .await;
+    until(
+        &c,
+        15,
+        "gw-b draining",
+        &format!("{}.dataset.state === 'draining'", row("gw-b")),
+    )
+    .await;
+    let answers = router.ids("/gateways?region=cn-sh&count=10");
+    assert!(!answers.contains(&"gw-b".to_string()), "{answers:?}");
+    assert!(answers.contains(&"gw-a".to_string()), "{answers:?}");
+    assert_eq!(
+        eval(&c, "sessionStorage.getItem('gateway-router-admin-token')").await,
+        TOKEN,
+        "kept in the tab's session storage"
+    );
+
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(screenshot_path(), &png).unwrap();
+    c.close().await.unwrap();
+}
+
+/// Without `--admin-token` the page offers no action and the admin API is not there.
+#[test]
+fn without_an_admin_token_the_page_is_read_only() {
+    let etcd = Etcd::start();
+    let router = RouterProc::start(&etcd, "", &[]);
+    let (status, fleet) = harness::get_json(router.addr, "/ops/fleet.json").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(fleet["router"]["admin"], false, "{fleet}");
+    let (status, _) = harness::http_get(router.addr, "/ops").unwrap();
+    assert_eq!(status, 200);
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer anything",
+            &format!("http://{}/admin/nodes/x/drain", router.addr),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
