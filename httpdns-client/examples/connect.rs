@@ -38,13 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|j| rest.get(j + 1))
             .cloned()
             .unwrap_or_else(|| "100000".into());
-        config.dns.providers.push(Provider {
-            account,
-            addrs: vec![addr],
-            secret: None,
-            https: false,
-            tls_name: None,
-        });
+        config
+            .dns
+            .providers
+            .push(Provider::alibaba(account, vec![addr]));
     }
     config.cache_file = Some(std::env::temp_dir().join("httpdns-client-example-gateways.json"));
 

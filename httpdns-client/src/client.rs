@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::dns::{DnsConfig, DnsSource, HttpDns};
+use crate::error::{Failure, FailureKind};
 use crate::Error;
 
 /// A protocol a client speaks to gateways.
@@ -28,7 +29,8 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn as_str(self) -> &'static str {
+    /// Its name in the API.
+    pub fn as_str(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
             Proto::Ws => "ws",
@@ -37,8 +39,10 @@ impl Proto {
     }
 }
 
-/// Everything the client needs; [`Config::new`] gives the defaults.
+/// Everything the client needs; [`Config::new`] gives the defaults, then set what
+/// differs (new settings arrive with defaults, so this never breaks a build).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// The router's domain: resolved through HTTPDNS, and the Host / TLS name.
     pub router_domain: String,
@@ -58,12 +62,17 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Deadline of one router request.
     pub router_attempt_timeout: Duration,
-    /// Deadline of all router requests of one call, before falling back.
+    /// Time from the start of a call (name resolution included) after which no router
+    /// is asked any more and the fallbacks are used.
     pub router_budget: Duration,
+    /// Deadline of a whole [`Client::gateways`] call: resolution, routers, fallbacks.
+    pub deadline: Duration,
     /// How many router addresses one call tries.
     pub max_routers: usize,
     /// Where the last good answer is kept across restarts.
     pub cache_file: Option<PathBuf>,
+    /// A cache file older than this is not used.
+    pub cache_max_age: Duration,
     /// Last resort: a domain whose addresses are gateways (resolved via HTTPDNS, then
     /// local DNS), on `fallback_port`.
     pub fallback_domain: Option<String>,
@@ -75,8 +84,9 @@ pub struct Config {
     pub connect_delay: Duration,
     /// Deadline of one TCP connect.
     pub connect_timeout: Duration,
-    /// Extra trusted roots (a private CA) for the router and HTTPS providers.
-    pub extra_roots: Vec<reqwest::Certificate>,
+    /// Roots trusted for the router and HTTPS providers besides the platform's store
+    /// (system, enterprise and user-installed CAs): a private CA, say.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Config {
@@ -93,8 +103,10 @@ impl Config {
             dns: DnsConfig::default(),
             router_attempt_timeout: Duration::from_millis(700),
             router_budget: Duration::from_millis(1000),
+            deadline: Duration::from_millis(1400),
             max_routers: 3,
             cache_file: None,
+            cache_max_age: Duration::from_secs(7 * 24 * 3600),
             fallback_domain: None,
             fallback_port: 443,
             fallback_ttl: Duration::from_secs(30),
@@ -102,6 +114,23 @@ impl Config {
             connect_timeout: Duration::from_secs(3),
             extra_roots: Vec::new(),
         }
+    }
+
+    /// Trusts the certificates of a PEM bundle (besides the platform's store).
+    pub fn add_roots_pem(&mut self, pem: &[u8]) -> Result<(), Error> {
+        use rustls::pki_types::pem::PemObject;
+        let mut n = 0;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Config(format!("extra root: {e}")))?;
+            self.extra_roots.push(cert);
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::Config(
+                "extra root: no certificate in the PEM".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -211,6 +240,7 @@ impl RouterAnswer {
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Source {
     /// A router, reached at `addr`, whose address came from `dns`.
     Router {
@@ -271,6 +301,27 @@ struct CacheFile {
     answer: RouterAnswer,
 }
 
+/// Why no router gave candidates.
+enum RouterOutcome {
+    /// A live router refused (overload, rate limit): ask it again later; no fallback.
+    Refused(Error),
+    /// None could be reached or gave a usable answer: the fallbacks apply.
+    Unreachable(Vec<Failure>),
+}
+
+/// The contract's error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
 /// The SDK's entry point. Cheap to clone; share one per app.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -283,6 +334,11 @@ struct Inner {
     dns: Arc<HttpDns>,
     routers: Mutex<HashMap<SocketAddr, reqwest::Client>>,
     current: Mutex<Option<Arc<Gateways>>>,
+    /// TLS trusting the platform's store plus `extra_roots`.
+    tls: rustls::ClientConfig,
+    /// This client's starting point among the router's addresses, so that clients
+    /// spread over them instead of all asking the first.
+    spread: usize,
     /// The backoff of the last answer obtained, kept after the answer itself is
     /// dropped (a failed round drops it), so retries follow the router's settings.
     backoff: Mutex<BackoffParams>,
@@ -309,8 +365,11 @@ impl Client {
             config.dns.clone(),
             config.extra_roots.clone(),
         )?);
+        let tls = crate::dns::platform_tls(&config.extra_roots)?;
         Ok(Client {
             inner: Arc::new(Inner {
+                tls,
+                spread: rand::random::<u32>() as usize,
                 config,
                 dns,
                 routers: Mutex::new(HashMap::new()),
@@ -337,46 +396,92 @@ impl Client {
         self.inner.dns.prefetch(hosts).await;
     }
 
-    /// Candidates: the last answer while its TTL lasts, else a router's, else the cache
-    /// file's last good one, else the fallback domain's addresses.
+    /// Candidates: the last answer while its TTL lasts, else a router's. When no
+    /// router can be reached: the cache file's last good answer, else the fallback
+    /// domain's addresses. When a router refuses (503 `no_gateways`, 429), that
+    /// refusal ([`Error::Refused`], with `Retry-After`): the fleet is full or this client
+    /// asks too often, and old candidates would defeat the router's protection. The
+    /// whole call, name resolution included, ends within `deadline`.
     pub async fn gateways(&self) -> Result<Arc<Gateways>, Error> {
         if let Some(g) = self.inner.current.lock().expect("current").as_ref() {
             if g.expires > Instant::now() {
                 return Ok(g.clone());
             }
         }
-        let fresh = match self.ask_routers().await {
-            Ok(g) => g,
-            Err(router_err) => {
-                warn!(error = %router_err, "no router answered; using fallbacks");
-                self.fallback()
-                    .await
-                    .map_err(|e| Error::NoCandidates(format!("{router_err}; {e}")))?
+        let c = &self.inner.config;
+        let start = Instant::now();
+        let fresh = tokio::time::timeout(c.deadline, async {
+            match self.ask_routers(start + c.router_budget).await {
+                Ok(g) => Ok(g),
+                Err(RouterOutcome::Refused(e)) => Err(e),
+                Err(RouterOutcome::Unreachable(routers)) => {
+                    warn!(
+                        failures = routers.len(),
+                        "no router answered; using fallbacks"
+                    );
+                    self.fallback(start + c.deadline)
+                        .await
+                        .map_err(|fallbacks| Error::NoCandidates { routers, fallbacks })
+                }
             }
-        };
+        })
+        .await
+        .map_err(|_| Error::Deadline(c.deadline))??;
         let fresh = Arc::new(fresh);
         *self.inner.backoff.lock().expect("backoff") = fresh.backoff;
         *self.inner.current.lock().expect("current") = Some(fresh.clone());
         Ok(fresh)
     }
 
-    async fn ask_routers(&self) -> Result<Gateways, String> {
+    /// The router's addresses in the order this client tries them: IPv6 and IPv4
+    /// interleaved (RFC 8305), each family rotated by this client's random offset.
+    fn router_order(&self, ips: &[IpAddr]) -> Vec<IpAddr> {
+        let rotate = |mut v: Vec<IpAddr>| {
+            if !v.is_empty() {
+                let k = self.inner.spread % v.len();
+                v.rotate_left(k);
+            }
+            v
+        };
+        let v6 = rotate(ips.iter().copied().filter(IpAddr::is_ipv6).collect());
+        let v4 = rotate(ips.iter().copied().filter(IpAddr::is_ipv4).collect());
+        let mut out = Vec::with_capacity(ips.len());
+        for i in 0..v6.len().max(v4.len()) {
+            out.extend(v6.get(i));
+            out.extend(v4.get(i));
+        }
+        out
+    }
+
+    async fn ask_routers(&self, budget_end: Instant) -> Result<Gateways, RouterOutcome> {
         let c = &self.inner.config;
-        let deadline = Instant::now() + c.router_budget;
         let resolved = self
             .inner
             .dns
-            .resolve(&c.router_domain)
+            .resolve_by(&c.router_domain, budget_end)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                Error::Resolve { failures, .. } => RouterOutcome::Unreachable(failures),
+                other => RouterOutcome::Unreachable(vec![Failure::new(
+                    c.router_domain.clone(),
+                    FailureKind::Other(other.to_string()),
+                )]),
+            })?;
         let mut failures = Vec::new();
-        for ip in resolved.ips.iter().take(c.max_routers.max(1)) {
-            let left = deadline.saturating_duration_since(Instant::now());
+        for ip in self
+            .router_order(&resolved.ips)
+            .into_iter()
+            .take(c.max_routers.max(1))
+        {
+            let addr = SocketAddr::new(ip, c.router_port);
+            let left = budget_end.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                failures.push("router budget used up".to_string());
+                failures.push(Failure::new(
+                    format!("router {addr}"),
+                    FailureKind::Unavailable("not tried: router budget used up".into()),
+                ));
                 break;
             }
-            let addr = SocketAddr::new(*ip, c.router_port);
             match tokio::time::timeout(c.router_attempt_timeout.min(left), self.ask_router(addr))
                 .await
             {
@@ -393,53 +498,87 @@ impl Client {
                         ttl,
                     ));
                 }
-                Ok(Err(e)) => failures.push(format!("{addr}: {e}")),
-                Err(_) => failures.push(format!("{addr}: no answer in time")),
+                Ok(Err(RouterOutcome::Refused(e))) => {
+                    info!(router = %addr, error = %e, "router refused");
+                    return Err(RouterOutcome::Refused(e));
+                }
+                Ok(Err(RouterOutcome::Unreachable(f))) => failures.extend(f),
+                Err(_) => failures.push(Failure::new(
+                    format!("router {addr}"),
+                    FailureKind::TimedOut,
+                )),
             }
         }
-        Err(format!("routers failed: {}", failures.join("; ")))
+        Err(RouterOutcome::Unreachable(failures))
     }
 
-    async fn ask_router(&self, addr: SocketAddr) -> Result<RouterAnswer, String> {
+    async fn ask_router(&self, addr: SocketAddr) -> Result<RouterAnswer, RouterOutcome> {
         let c = &self.inner.config;
-        let client = self.router_client(addr)?;
+        let target = format!("router {addr}");
+        let unreachable =
+            |kind| RouterOutcome::Unreachable(vec![Failure::new(target.clone(), kind)]);
+        let client = self
+            .router_client(addr)
+            .map_err(|e| RouterOutcome::Unreachable(vec![e]))?;
         let scheme = if c.router_https { "https" } else { "http" };
-        let mut url = format!(
-            "{scheme}://{}:{}/gateways?proto={}&count={}",
-            c.router_domain,
-            c.router_port,
-            c.proto.as_str(),
-            c.count
-        );
+        let base = format!("{scheme}://{}:{}/gateways", c.router_domain, c.router_port);
+        let mut params: Vec<(&str, String)> = vec![
+            ("proto", c.proto.as_str().to_string()),
+            ("count", c.count.to_string()),
+        ];
         if let Some(r) = &c.region {
-            url.push_str(&format!("&region={r}"));
+            params.push(("region", r.clone()));
         }
         if let Some(v) = c.ip_version {
-            url.push_str(&format!("&ip_version={v}"));
+            params.push(("ip_version", v.to_string()));
         }
-        let resp = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+        let url = reqwest::Url::parse_with_params(&base, &params)
+            .map_err(|e| unreachable(FailureKind::Other(format!("bad URL: {e}"))))?;
+        let resp =
+            client.get(url).send().await.map_err(|e| {
+                RouterOutcome::Unreachable(vec![Failure::request(target.clone(), e)])
+            })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| RouterOutcome::Unreachable(vec![Failure::request(target.clone(), e)]))?;
         if !status.is_success() {
-            return Err(format!(
-                "status {status}: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(200)
-                    .collect::<String>()
-            ));
+            let detail = serde_json::from_slice::<ErrorBody>(&body)
+                .ok()
+                .map(|b| b.error);
+            let code = detail.as_ref().map(|d| d.code.as_str()).unwrap_or("");
+            // A live router that says the fleet is full or this client asks too often:
+            // the answer stands. One not ready yet (or failing): try the next.
+            if status.as_u16() == 429 || (status.as_u16() == 503 && code == "no_gateways") {
+                return Err(RouterOutcome::Refused(Error::Refused {
+                    addr,
+                    status: status.as_u16(),
+                    code: code.to_string(),
+                    message: detail.map(|d| d.message).unwrap_or_default(),
+                    retry_after,
+                }));
+            }
+            return Err(unreachable(FailureKind::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            }));
         }
-        let answer: RouterAnswer =
-            serde_json::from_slice(&body).map_err(|e| format!("malformed answer: {e}"))?;
-        answer.validate()?;
+        let answer: RouterAnswer = serde_json::from_slice(&body)
+            .map_err(|e| unreachable(FailureKind::Malformed(e.to_string())))?;
+        answer
+            .validate()
+            .map_err(|e| unreachable(FailureKind::Malformed(e)))?;
         Ok(answer)
     }
 
-    fn router_client(&self, addr: SocketAddr) -> Result<reqwest::Client, String> {
+    fn router_client(&self, addr: SocketAddr) -> Result<reqwest::Client, Failure> {
         let c = &self.inner.config;
         let mut clients = self.inner.routers.lock().expect("router clients");
         if let Some(client) = clients.get(&addr) {
@@ -447,14 +586,13 @@ impl Client {
         }
         // Host header and TLS name are the router's domain; the address is the one
         // HTTPDNS gave, so a hijacked local resolver is never consulted.
-        let mut b = reqwest::Client::builder()
+        let client = reqwest::Client::builder()
             .resolve(&c.router_domain, addr)
             .connect_timeout(c.router_attempt_timeout)
-            .no_proxy();
-        for root in &c.extra_roots {
-            b = b.add_root_certificate(root.clone());
-        }
-        let client = b.build().map_err(|e| e.to_string())?;
+            .no_proxy()
+            .use_preconfigured_tls(self.inner.tls.clone())
+            .build()
+            .map_err(|e| Failure::request(format!("router {addr}"), e))?;
         clients.insert(addr, client.clone());
         Ok(client)
     }
@@ -466,10 +604,7 @@ impl Client {
         let file = CacheFile {
             version: 1,
             router_domain: self.inner.config.router_domain.clone(),
-            saved_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            saved_ms: now_ms(),
             answer: answer.clone(),
         };
         let bytes = serde_json::to_vec(&file).expect("cache file serializes");
@@ -481,20 +616,23 @@ impl Client {
         });
     }
 
-    async fn fallback(&self) -> Result<Gateways, String> {
+    async fn fallback(&self, deadline: Instant) -> Result<Gateways, Vec<Failure>> {
         let c = &self.inner.config;
         let mut why = Vec::new();
         if let Some(path) = &c.cache_file {
-            match read_cache(path, &c.router_domain) {
+            match read_cache(path, &c.router_domain, c.proto, c.cache_max_age) {
                 Ok(answer) => {
                     info!(path = %path.display(), "using the last good candidates from the cache file");
                     return Ok(to_gateways(answer, Source::CacheFile, c.fallback_ttl));
                 }
-                Err(e) => why.push(e),
+                Err(e) => why.push(Failure::new(
+                    format!("cache file {}", path.display()),
+                    FailureKind::Unavailable(e),
+                )),
             }
         }
         if let Some(domain) = &c.fallback_domain {
-            match self.inner.dns.resolve(domain).await {
+            match self.inner.dns.resolve_by(domain, deadline).await {
                 Ok(r) => {
                     let gateways = r
                         .ips
@@ -525,13 +663,20 @@ impl Client {
                         c.fallback_ttl,
                     ));
                 }
-                Err(e) => why.push(format!("fallback domain: {e}")),
+                Err(e) => why.push(Failure {
+                    target: format!("fallback domain {domain}"),
+                    kind: FailureKind::Other(e.to_string()),
+                    source: Some(Box::new(e)),
+                }),
             }
         }
         if why.is_empty() {
-            why.push("no cache file or fallback domain configured".into());
+            why.push(Failure::new(
+                "fallbacks",
+                FailureKind::Unavailable("no cache file or fallback domain configured".into()),
+            ));
         }
-        Err(why.join("; "))
+        Err(why)
     }
 
     /// Gets candidates and connects to the first that answers, happy-eyeballs style.
@@ -574,7 +719,12 @@ impl Client {
                 }
                 Err(e) => {
                     let params = *self.inner.backoff.lock().expect("backoff");
-                    let delay = params.delay(round, rand::random::<f64>());
+                    // A router's Retry-After (spread by up to a fifth, so refused
+                    // clients do not come back in one wave), else the router's backoff.
+                    let delay = match e.retry_after() {
+                        Some(after) => after.mul_f64(1.0 + 0.2 * rand::random::<f64>()),
+                        None => params.delay(round, rand::random::<f64>()),
+                    };
                     debug!(round, delay_ms = delay.as_millis() as u64, error = %e, "no gateway reachable; backing off");
                     delays.push(delay);
                     tokio::time::sleep(delay).await;
@@ -613,15 +763,52 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// version, the router it was saved for, and every candidate are checked. Public for
 /// tools and for fuzzing.
 pub fn parse_cache_file(bytes: &[u8], domain: &str) -> Result<RouterAnswer, String> {
+    parse_cache_file_at(bytes, domain, None, Duration::MAX, u64::MAX).map(|(a, _)| a)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// [`parse_cache_file`], also refusing a file for another protocol than `proto` or
+/// older than `max_age` at wall-clock `now_ms`. Returns the answer and its age.
+fn parse_cache_file_at(
+    bytes: &[u8],
+    domain: &str,
+    proto: Option<Proto>,
+    max_age: Duration,
+    now_ms: u64,
+) -> Result<(RouterAnswer, Duration), String> {
     let f: CacheFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if f.version != 1 || f.router_domain != domain {
         return Err("written by another version or for another router".into());
     }
     f.answer.validate()?;
-    Ok(f.answer)
+    if let Some(p) = proto {
+        if f.answer.gateways.iter().any(|g| g.proto != p) {
+            return Err(format!("saved for another protocol than {}", p.as_str()));
+        }
+    }
+    let age = Duration::from_millis(now_ms.saturating_sub(f.saved_ms));
+    if now_ms != u64::MAX && age > max_age {
+        return Err(format!(
+            "{} s old, older than {} s",
+            age.as_secs(),
+            max_age.as_secs()
+        ));
+    }
+    Ok((f.answer, age))
 }
 
-fn read_cache(path: &Path, domain: &str) -> Result<RouterAnswer, String> {
+fn read_cache(
+    path: &Path,
+    domain: &str,
+    proto: Proto,
+    max_age: Duration,
+) -> Result<RouterAnswer, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -629,8 +816,12 @@ fn read_cache(path: &Path, domain: &str) -> Result<RouterAnswer, String> {
         }
         Err(e) => return Err(format!("cache file {}: {e}", path.display())),
     };
-    match parse_cache_file(&bytes, domain) {
-        Ok(answer) => Ok(answer),
+    match parse_cache_file_at(&bytes, domain, Some(proto), max_age, now_ms()) {
+        Ok((answer, _)) => Ok(answer),
+        Err(e) if !e.contains("JSON") && (e.contains("old") || e.contains("protocol")) => {
+            warn!(path = %path.display(), reason = %e, "gateway cache file not used");
+            Err(e)
+        }
         Err(e) => {
             warn!(path = %path.display(), error = %e, "gateway cache file is corrupt; ignoring it (rewritten on the next good answer)");
             Err(format!("cache file corrupt: {e}"))
@@ -738,7 +929,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateways.json");
         std::fs::write(&path, b"{ truncated").unwrap();
-        assert!(read_cache(&path, "r.example")
+        let week = Duration::from_secs(7 * 86400);
+        assert!(read_cache(&path, "r.example", Proto::Tcp, week)
             .unwrap_err()
             .contains("corrupt"));
         let good = CacheFile {
@@ -764,10 +956,58 @@ mod tests {
             },
         };
         write_atomically(&path, &serde_json::to_vec(&good).unwrap()).unwrap();
-        assert_eq!(read_cache(&path, "r.example").unwrap(), good.answer);
         assert!(
-            read_cache(&path, "other.example").is_err(),
+            read_cache(&path, "r.example", Proto::Tcp, week).is_err(),
+            "saved at 1 ms after the epoch: too old"
+        );
+        let good = CacheFile {
+            saved_ms: now_ms() - 3_600_000,
+            ..good
+        };
+        write_atomically(&path, &serde_json::to_vec(&good).unwrap()).unwrap();
+        assert_eq!(
+            read_cache(&path, "r.example", Proto::Tcp, week).unwrap(),
+            good.answer
+        );
+        assert!(
+            read_cache(&path, "r.example", Proto::Tcp, Duration::from_secs(60)).is_err(),
+            "an hour old, the limit a minute"
+        );
+        assert!(
+            read_cache(&path, "r.example", Proto::Ws, week).is_err(),
+            "saved for tcp, asked for ws"
+        );
+        assert!(
+            read_cache(&path, "other.example", Proto::Tcp, week).is_err(),
             "another router's cache is not used"
         );
+    }
+
+    #[test]
+    fn router_addresses_interleave_families_and_spread_clients() {
+        let ips: Vec<IpAddr> = [
+            "192.0.2.1",
+            "192.0.2.2",
+            "192.0.2.3",
+            "2001:db8::1",
+            "2001:db8::2",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let c = Client::new(Config::new("r.example")).unwrap();
+            let order = c.router_order(&ips);
+            assert_eq!(order.len(), 5);
+            assert!(
+                order[0].is_ipv6()
+                    && order[1].is_ipv4()
+                    && order[2].is_ipv6()
+                    && order[3].is_ipv4()
+            );
+            firsts.insert(order[1]);
+        }
+        assert_eq!(firsts.len(), 3, "clients start at different IPv4 routers");
     }
 }

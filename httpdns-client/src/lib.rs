@@ -9,13 +9,13 @@
 //!
 //! # async fn run() -> Result<(), httpdns_client::Error> {
 //! let mut config = Config::new("router.example.com");
-//! config.dns.providers.push(Provider {
-//!     account: "100000".into(),
-//!     addrs: vec!["203.107.1.1:80".parse().unwrap(), "203.107.1.33:80".parse().unwrap()],
-//!     secret: Some("your-httpdns-secret".into()),
-//!     https: false,
-//!     tls_name: None,
-//! });
+//! config.dns.providers.push(
+//!     Provider::alibaba(
+//!         "100000",
+//!         vec!["203.107.1.1:80".parse().unwrap(), "203.107.1.33:80".parse().unwrap()],
+//!     )
+//!     .with_secret("your-httpdns-secret"),
+//! );
 //! config.cache_file = Some("/data/app/gateways.json".into());
 //! config.fallback_domain = Some("gw.example.com".into());
 //! let client = Client::new(config)?;
@@ -27,16 +27,23 @@
 //! # Layout
 //!
 //! * [`dns`]: [`HttpDns`], the resolver. HTTPDNS providers (Alibaba-style, optionally
-//!   signed, several addresses with failover and a per-attempt timeout) → local DNS →
-//!   bootstrap IPs; a per-host TTL cache that can serve an expired answer while it
-//!   refreshes in the background; [`HttpDnsResolver`] for any `reqwest` client.
-//! * [`client`]: [`Client`]. `gateways()` asks a router (its address from `dns`, its
-//!   domain as Host / TLS name) within a time budget, then falls back to the last good
-//!   answer in a cache file (written atomically), then to a fallback gateway domain.
-//!   `connect()` races the candidates happy-eyeballs style; `connect_with_retry()` backs
-//!   off with the router's parameters. Every answer says where it came from
-//!   ([`Source`], [`DnsSource`]).
-//! * [`error`]: [`Error`], with [`Error::is_retryable`].
+//!   signed; Tencent DNSPod; DNS-over-HTTPS), local DNS and bootstrap IPs, raced with a
+//!   short stagger within the caller's deadline; IPv6 asked for when the host has it; a
+//!   bounded per-host cache with clamped TTLs and one lookup in flight per host, that
+//!   can serve an expired answer while it refreshes in the background;
+//!   [`HttpDnsResolver`] for any `reqwest` client. HTTPS trusts the platform's store
+//!   (`rustls-platform-verifier`) plus `extra_roots`.
+//! * [`client`]: [`Client`]. `gateways()` asks a router (its address from `dns`, IPv6
+//!   and IPv4 interleaved, each client starting at its own address; its domain as Host
+//!   / TLS name) within a time budget that counts resolution too. A router that
+//!   refuses (503 `no_gateways`, 429) is an answer: [`Error::Refused`] with
+//!   `Retry-After`. Only when no router can be reached: the last good answer in a cache
+//!   file (written atomically; bounded age, same protocol), then a fallback gateway
+//!   domain. `connect()` races the candidates happy-eyeballs style;
+//!   `connect_with_retry()` waits `Retry-After` or backs off with the router's
+//!   parameters. Every answer says where it came from ([`Source`], [`DnsSource`]).
+//! * [`error`]: [`Error`], typed, each keeping its causes ([`Failure`],
+//!   [`FailureKind`]: refused, timed out, TLS, HTTP status with the body).
 
 pub mod client;
 pub mod dns;
@@ -45,5 +52,7 @@ pub mod error;
 pub use client::{
     BackoffParams, Client, Config, Connection, Gateway, Gateways, Proto, RouterAnswer, Source,
 };
-pub use dns::{DnsConfig, DnsSource, HttpDns, HttpDnsResolver, Provider, Resolved};
-pub use error::Error;
+pub use dns::{
+    DnsConfig, DnsSource, HttpDns, HttpDnsResolver, Ipv6Mode, Provider, ProviderKind, Resolved,
+};
+pub use error::{Error, Failure, FailureKind};
