@@ -232,6 +232,8 @@ pub struct HttpDns {
     /// Bounded; an entry outlives its TTL by `max_stale` for serve-stale.
     cache: moka::future::Cache<String, Entry>,
     refreshing: Mutex<HashSet<String>>,
+    /// Per host, the turn to look it up (see [`HttpDns::resolve_by`]).
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     tls: rustls::ClientConfig,
     ipv6: std::sync::atomic::AtomicBool,
 }
@@ -473,6 +475,7 @@ impl HttpDns {
             tls_clients: Mutex::new(HashMap::new()),
             cache,
             refreshing: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
             ipv6: std::sync::atomic::AtomicBool::new(ipv6),
         })
     }
@@ -554,22 +557,40 @@ impl HttpDns {
             }
             self.cache.invalidate(host).await;
         }
-        let me = self.clone();
-        let h = host.to_string();
-        let entry = self
-            .cache
-            .try_get_with_by_ref(host, async move { me.lookup(&h, deadline).await })
-            .await
-            .map_err(|e: Arc<Error>| match Arc::try_unwrap(e) {
-                Ok(e) => e,
-                Err(shared) => Error::Resolve {
-                    host: host.to_string(),
-                    failures: vec![Failure::new(
-                        "resolution",
-                        FailureKind::Other(shared.to_string()),
-                    )],
+        // One lookup in flight per host: later callers wait for it, then find its
+        // answer in the cache (or, when it failed, look up themselves).
+        let gate = self
+            .inflight
+            .lock()
+            .expect("inflight")
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            match self
+                .cache
+                .get(host)
+                .await
+                .filter(|e| e.expires > Instant::now())
+            {
+                Some(e) => Ok(e),
+                None => match self.lookup(host, deadline).await {
+                    Ok(e) => {
+                        self.cache.insert(host.to_string(), e.clone()).await;
+                        Ok(e)
+                    }
+                    Err(e) => Err(e),
                 },
-            })?;
+            }
+        };
+        {
+            let mut inflight = self.inflight.lock().expect("inflight");
+            if Arc::strong_count(&gate) <= 2 {
+                inflight.remove(host);
+            }
+        }
+        let entry = result?;
         Ok(Resolved {
             ips: entry.ips,
             source: entry.source,

@@ -784,11 +784,13 @@ fn spawn_router(
     wrapper: Option<Vec<String>>,
 ) -> (Proc, tempfile::NamedTempFile) {
     let file = tempfile::NamedTempFile::new().expect("config file");
-    std::fs::write(
-        file.path(),
-        format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
-    )
-    .expect("write config");
+    // Tests send bursts from one address: no rate limit unless the test sets one.
+    let limit = if config.contains("[rate_limit]") {
+        ""
+    } else {
+        "\n[rate_limit]\nper_ip_per_sec = 0\n"
+    };
+    std::fs::write(file.path(), format!("{config}{limit}")).expect("write config");
     let endpoints = etcd.endpoints();
     let mut args = vec![
         "--etcd",
@@ -830,11 +832,16 @@ pub struct HttpDnsServer {
 impl HttpDnsServer {
     /// Starts on a free loopback port.
     pub fn start() -> HttpDnsServer {
-        HttpDnsServer::serve(None)
+        HttpDnsServer::serve(None, "127.0.0.1")
     }
 
     /// Starts over HTTPS with the certificate and key given (PEM).
     pub fn start_tls(cert_pem: &str, key_pem: &str) -> HttpDnsServer {
+        HttpDnsServer::start_tls_on("127.0.0.1", cert_pem, key_pem)
+    }
+
+    /// [`HttpDnsServer::start_tls`] on loopback address `ip` (`::1` for IPv6).
+    pub fn start_tls_on(ip: &str, cert_pem: &str, key_pem: &str) -> HttpDnsServer {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -849,13 +856,13 @@ impl HttpDnsServer {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .expect("server certificate");
-        HttpDnsServer::serve(Some(Arc::new(config)))
+        HttpDnsServer::serve(Some(Arc::new(config)), ip)
     }
 
-    fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> HttpDnsServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind httpdns");
+    fn serve(tls: Option<Arc<rustls::ServerConfig>>, ip: &str) -> HttpDnsServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind httpdns");
         let addr = listener.local_addr().unwrap();
-        let answers: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+        let answers: Arc<Answers> = Arc::default();
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let (a, r) = (answers.clone(), requests.clone());
         std::thread::spawn(move || {
@@ -890,15 +897,24 @@ impl HttpDnsServer {
     pub fn answer(&self, host: &str, ips: &[&str], ipsv6: &[&str], ttl: u64) {
         let body =
             serde_json::json!({"host": host, "ips": ips, "ipsv6": ipsv6, "ttl": ttl}).to_string();
-        self.answers.lock().unwrap().insert(host.to_string(), body);
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(host.to_string(), (200, body));
     }
 
     /// Answers `host` with a raw body.
     pub fn answer_raw(&self, host: &str, body: &str) {
+        self.answer_status(host, 200, body);
+    }
+
+    /// Answers `host` with an HTTP status and body (a provider's 403
+    /// `InvalidSignature`, say).
+    pub fn answer_status(&self, host: &str, status: u16, body: &str) {
         self.answers
             .lock()
             .unwrap()
-            .insert(host.to_string(), body.to_string());
+            .insert(host.to_string(), (status, body.to_string()));
     }
 
     /// Every request target received so far.
@@ -907,7 +923,7 @@ impl HttpDnsServer {
     }
 }
 
-type Answers = Mutex<std::collections::HashMap<String, String>>;
+type Answers = Mutex<std::collections::HashMap<String, (u16, String)>>;
 
 /// Reads one request from `conn`, records it, and answers for its `host=`.
 fn answer_httpdns(mut conn: impl Read + Write, answers: &Answers, requests: &Mutex<Vec<String>>) {
@@ -930,15 +946,20 @@ fn answer_httpdns(mut conn: impl Read + Write, answers: &Answers, requests: &Mut
         .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("host=")))
         .unwrap_or("")
         .to_string();
-    let body = answers
+    let (status, body) = answers
         .lock()
         .unwrap()
         .get(&host)
         .cloned()
-        .unwrap_or_else(|| format!(r#"{{"host":"{host}","ips":[],"ipsv6":[],"ttl":60}}"#));
+        .unwrap_or_else(|| {
+            (
+                200,
+                format!(r#"{{"host":"{host}","ips":[],"ipsv6":[],"ttl":60}}"#),
+            )
+        });
     let _ = write!(
         conn,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = conn.flush();

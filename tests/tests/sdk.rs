@@ -544,3 +544,307 @@ async fn https_providers_are_verified() {
         "the TLS handshake failed before any request"
     );
 }
+
+/// Waits until the router answers `/gateways` with `status`.
+fn wait_router_status(f: &Fleet, status: u16) {
+    wait_until(Duration::from_secs(10), "router status", || {
+        harness::http_get(f.http, "/gateways").is_some_and(|(s, _)| s == status)
+    });
+}
+
+/// A full fleet is an answer: the client gets the router's refusal with Retry-After,
+/// not the cache file's old candidates, and `connect_with_retry` waits it out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_fleet_is_waited_out_not_replaced_by_old_candidates() {
+    let f = fleet(&[("gw-a", 100, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let path = f.dir.path().join("gateways.json");
+    Client::new(config(&f, vec![provider(&[dns.addr()])]))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    // Every node at 99 %: above max_load.
+    let node = |conns: u64, port: u16| {
+        format!(
+            r#"{{"id":"gw-a","ip":"127.0.0.1","ports":{{"tcp":{port}}},"region":"r","capacity":1000,"connections":{conns}}}"#
+        )
+    };
+    let port = {
+        let g = Client::new(config(&f, vec![provider(&[dns.addr()])]))
+            .unwrap()
+            .gateways()
+            .await
+            .unwrap();
+        g.gateways[0].port
+    };
+    f._etcd.put(&format!("{P}/nodes/gw-a"), &node(990, port));
+    wait_router_status(&f, 503);
+
+    let client = Client::new(config(&f, vec![provider(&[dns.addr()])])).unwrap();
+    let err = client.gateways().await.unwrap_err();
+    match &err {
+        Error::Refused {
+            status,
+            code,
+            retry_after,
+            ..
+        } => {
+            assert_eq!((*status, code.as_str()), (503, "no_gateways"));
+            assert_eq!(*retry_after, Some(Duration::from_secs(5)));
+        }
+        other => panic!("expected the router's refusal, got {other:?}"),
+    }
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+
+    // The fleet gets room a second later; the retry comes after Retry-After.
+    let etcd = &f._etcd;
+    let start = Instant::now();
+    let retry = client.connect_with_retry(3);
+    tokio::pin!(retry);
+    let conn = tokio::select! {
+        c = &mut retry => panic!("connected before the fleet had room: {c:?}"),
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {
+            etcd.put(&format!("{P}/nodes/gw-a"), &node(100, port));
+            retry.await.unwrap()
+        }
+    };
+    let took = start.elapsed();
+    assert_eq!(
+        conn.source,
+        Source::Router {
+            addr: f.https,
+            dns: DnsSource::HttpDns
+        }
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "waited {took:?} for a Retry-After of 5 s (plus up to 20 % jitter)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_client_gets_the_refusal_with_retry_after() {
+    let etcd = Etcd::start();
+    etcd.put(
+        &format!("{P}/nodes/gw-a"),
+        r#"{"id":"gw-a","ip":"127.0.0.1","ports":{"tcp":7000},"region":"r","capacity":1000,"connections":1}"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("rate CA");
+    let (cert, key) = ca.write_leaf(dir.path(), &["localhost"]);
+    let (_router, https) = RouterProc::start_tls(
+        &etcd,
+        "[rate_limit]\nper_ip_per_sec = 1\nburst = 1",
+        &cert,
+        &key,
+    );
+    let mut c = Config::new("localhost");
+    c.router_port = https.port();
+    trust(&mut c, &ca);
+    c.dns
+        .bootstrap
+        .insert("localhost".into(), vec!["127.0.0.1".parse().unwrap()]);
+    c.dns.local_fallback = false;
+    c.cache_file = Some(dir.path().join("gateways.json"));
+    let mut refused = None;
+    for _ in 0..5 {
+        match Client::new(c.clone()).unwrap().gateways().await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    match refused.expect("a client over the limit is refused") {
+        Error::Refused {
+            status: 429,
+            code,
+            retry_after: Some(after),
+            ..
+        } => {
+            assert_eq!(code, "rate_limited");
+            assert!(after >= Duration::from_secs(1), "{after:?}");
+        }
+        other => panic!("expected a 429 refusal, got {other:?}"),
+    }
+}
+
+/// Each failure names its cause and keeps it as its source.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_their_cause() {
+    let f = fleet(&[("gw-a", 1, true)]);
+    let base = |domain: &str| {
+        let mut c = Config::new(domain);
+        c.router_port = f.https.port();
+        c.dns
+            .bootstrap
+            .insert(domain.into(), vec!["127.0.0.1".parse().unwrap()]);
+        c.dns.local_fallback = false;
+        c
+    };
+    let first = |e: &Error| {
+        let f = &e.failures()[0];
+        (f.kind.clone(), std::error::Error::source(f).is_some())
+    };
+    // An unknown CA: not trusted.
+    let e = Client::new(base("localhost"))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NoCandidates { .. }), "{e}");
+    let (kind, has_source) = first(&e);
+    assert!(
+        matches!(&kind, httpdns_client::FailureKind::Tls(m) if m.contains("UnknownIssuer") || m.contains("unknown issuer")),
+        "{kind:?}"
+    );
+    assert!(has_source, "the TLS error is kept as the source");
+    // A name the certificate does not carry.
+    let mut c = base("wrong-name.test");
+    trust(&mut c, &f.ca);
+    let e = Client::new(c).unwrap().gateways().await.unwrap_err();
+    let (kind, _) = first(&e);
+    assert!(
+        matches!(&kind, httpdns_client::FailureKind::Tls(m) if m.contains("not valid for name")),
+        "{kind:?}"
+    );
+    // A refused port.
+    let mut c = base("localhost");
+    trust(&mut c, &f.ca);
+    c.router_port = free_port();
+    let e = Client::new(c).unwrap().gateways().await.unwrap_err();
+    assert_eq!(first(&e).0, httpdns_client::FailureKind::Refused, "{e}");
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    // A provider that times out, and one that says why it refuses.
+    let (_hole, hole) = blackhole();
+    let dns = HttpDnsServer::start();
+    dns.answer_status("svc.test", 403, r#"{"code":"InvalidSignature"}"#);
+    let mut c = Config::new("svc.test");
+    c.dns.providers = vec![provider(&[hole]), provider(&[dns.addr()])];
+    c.dns.local_fallback = false;
+    c.dns.attempt_timeout = Duration::from_millis(300);
+    let e = Client::new(c)
+        .unwrap()
+        .dns()
+        .resolve("svc.test")
+        .await
+        .unwrap_err();
+    let kinds: Vec<_> = e.failures().iter().map(|f| f.kind.clone()).collect();
+    assert!(
+        kinds.contains(&httpdns_client::FailureKind::TimedOut),
+        "{e}"
+    );
+    assert!(
+        kinds.iter().any(|k| matches!(k, httpdns_client::FailureKind::Status { status: 403, body } if body.contains("InvalidSignature"))),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("timed out") && e.to_string().contains("InvalidSignature"),
+        "{e}"
+    );
+}
+
+/// An HTTPS provider on an IPv6 address without a TLS name, asked for both families.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ipv6_https_provider_is_asked_for_both_families() {
+    let ca = TestCa::new("v6 CA");
+    let (cert, key) = ca.leaf(&["::1"]);
+    let dns = HttpDnsServer::start_tls_on("::1", &cert, &key);
+    assert!(dns.addr().is_ipv6());
+    dns.answer("router.test", &["192.0.2.1"], &["2001:db8::1"], 60);
+    let mut c = Config::new("router.test");
+    c.dns.providers = vec![provider(&[dns.addr()]).with_https(None)];
+    c.dns.local_fallback = false;
+    c.dns.ipv6 = Ipv6Mode::Always;
+    trust(&mut c, &ca);
+    let r = Client::new(c)
+        .unwrap()
+        .dns()
+        .resolve("router.test")
+        .await
+        .unwrap();
+    assert_eq!(r.source, DnsSource::HttpDns);
+    let ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["192.0.2.1", "2001:db8::1"]);
+    assert_eq!(dns.requests(), ["/100000/d?host=router.test&query=4,6"]);
+    // An IP literal is not resolved, and says so.
+    let lit = Client::new(Config::new("router.test"))
+        .unwrap()
+        .dns()
+        .resolve("::1")
+        .await
+        .unwrap();
+    assert_eq!(lit.source, DnsSource::Literal);
+}
+
+/// A cold start with the router and every HTTPDNS address blackholed and a good cache
+/// file: the whole call, resolution included, ends within 1.5 s.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_start_with_everything_blackholed_uses_the_cache_file_within_1_5_s() {
+    let f = fleet(&[("gw-a", 5, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let path = f.dir.path().join("gateways.json");
+    Client::new(config(&f, vec![provider(&[dns.addr()])]))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    let (_h1, p1) = blackhole();
+    let (_h2, p2) = blackhole();
+    let (_h3, router_hole) = blackhole();
+    let mut c = config(&f, vec![provider(&[p1, p2])]);
+    c.router_port = router_hole.port();
+    c.dns.local_fallback = true; // "localhost" resolves locally: to the blackholed port
+    let start = Instant::now();
+    let g = Client::new(c).unwrap().gateways().await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(g.source, Source::CacheFile);
+    assert!(took <= Duration::from_millis(1500), "{took:?}");
+}
+
+/// Enterprise and user-installed CAs: a CA in the platform's store (here the bundle
+/// `SSL_CERT_FILE` names, as on a Linux host) is trusted without `extra_roots`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_platform_trust_store_is_used() {
+    let f = fleet(&[("gw-a", 1, true)]);
+    let bundle = f.dir.path().join("system-ca.pem");
+    std::fs::write(&bundle, f.ca.pem()).unwrap();
+    // Each test runs in its own process (nextest): this changes only this one.
+    std::env::set_var("SSL_CERT_FILE", &bundle);
+    let mut c = Config::new("localhost");
+    c.router_port = f.https.port();
+    c.dns
+        .bootstrap
+        .insert("localhost".into(), vec!["127.0.0.1".parse().unwrap()]);
+    c.dns.local_fallback = false;
+    assert!(c.extra_roots.is_empty());
+    let g = Client::new(c).unwrap().gateways().await.unwrap();
+    assert!(matches!(g.source, Source::Router { .. }), "{:?}", g.source);
+}
+
+/// Concurrent calls for one host share one lookup.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_lookups_of_one_host_ask_the_provider_once() {
+    let dns = HttpDnsServer::start();
+    dns.answer("svc.test", &["192.0.2.1"], &[], 60);
+    let mut c = Config::new("router.test");
+    c.dns.providers = vec![provider(&[dns.addr()])];
+    c.dns.ipv6 = Ipv6Mode::Never;
+    let client = Client::new(c).unwrap();
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let dns = client.dns().clone();
+            tokio::spawn(async move { dns.resolve("svc.test").await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().ips[0].to_string(), "192.0.2.1");
+    }
+    assert_eq!(dns.requests().len(), 1, "{:?}", dns.requests());
+}
