@@ -19,6 +19,7 @@ if [ "$want_test" = 1 ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v unbound >/dev/null 2>&1 || missing+=(unbound)
 fi
 [ "${#missing[@]}" -eq 0 ] && exit 0
 

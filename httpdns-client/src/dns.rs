@@ -420,9 +420,9 @@ pub(crate) fn platform_tls(
     Ok(config)
 }
 
-type Attempt = Pin<
-    Box<dyn Future<Output = Result<(Vec<IpAddr>, Option<Duration>, DnsSource), Failure>> + Send>,
->;
+/// What one source answers: addresses, TTL, which source.
+type Found = Result<(Vec<IpAddr>, Option<Duration>, DnsSource), Failure>;
+type Attempt = Pin<Box<dyn Future<Output = Found> + Send>>;
 
 impl HttpDns {
     /// A resolver; `extra_roots` (PEM or DER certificates) are trusted for HTTPS
@@ -697,8 +697,7 @@ impl HttpDns {
             ));
         }
         let mut pending = self.attempts(host).into_iter();
-        let mut running: JoinSet<Result<(Vec<IpAddr>, Option<Duration>, DnsSource), Failure>> =
-            JoinSet::new();
+        let mut running: JoinSet<Found> = JoinSet::new();
         if let Some((_, a)) = pending.next() {
             running.spawn(a);
         }

@@ -848,3 +848,99 @@ async fn concurrent_lookups_of_one_host_ask_the_provider_once() {
     }
     assert_eq!(dns.requests().len(), 1, "{:?}", dns.requests());
 }
+
+/// A real DNS-over-HTTPS server this project did not write: Debian's `unbound` with an
+/// `https-port`, serving a local zone over loopback with a test certificate.
+fn unbound(dir: &std::path::Path, ca: &TestCa) -> (harness::Proc, SocketAddr) {
+    assert!(
+        harness::which("unbound").is_some(),
+        "unbound is needed: apt-get install unbound (scripts/deps.sh --test installs it)"
+    );
+    let (cert, key) = ca.write_leaf(dir, &["doh.test"]);
+    let (dns_port, doh_port) = (free_port(), free_port());
+    let conf = dir.join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server:
+  interface: 127.0.0.1@{dns_port}
+  interface: 127.0.0.1@{doh_port}
+  https-port: {doh_port}
+  http-endpoint: "/dns-query"
+  tls-service-key: "{key}"
+  tls-service-pem: "{cert}"
+  username: ""
+  chroot: ""
+  directory: "{dir}"
+  pidfile: "{dir}/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  do-daemonize: no
+  do-ip6: no
+  verbosity: 1
+  module-config: "iterator"
+  access-control: 127.0.0.0/8 allow
+  local-zone: "router.test." static
+  local-data: "router.test. 120 IN A 192.0.2.10"
+  local-data: "router.test. 120 IN A 192.0.2.11"
+  local-data: "router.test. 120 IN AAAA 2001:db8::10"
+remote-control:
+  control-enable: no
+"#,
+            key = key.display(),
+            cert = cert.display(),
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap().to_string();
+    let proc = harness::Proc::external("unbound", &["-d", "-c", &conf]);
+    let addr: SocketAddr = format!("127.0.0.1:{doh_port}").parse().unwrap();
+    wait_until(Duration::from_secs(15), "unbound listening", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    (proc, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_over_https_against_unbound_by_get_and_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("doh CA");
+    let (server, addr) = unbound(dir.path(), &ca);
+    for post in [false, true] {
+        let mut c = Config::new("router.test");
+        c.dns.providers =
+            vec![Provider::doh(vec![addr], Some("doh.test".into())).with_doh("/dns-query", post)];
+        c.dns.local_fallback = false;
+        c.dns.ipv6 = Ipv6Mode::Always;
+        trust(&mut c, &ca);
+        let r = Client::new(c)
+            .unwrap()
+            .dns()
+            .resolve("router.test")
+            .await
+            .unwrap_or_else(|e| panic!("post={post}: {e}\n{}", server.output()));
+        assert_eq!(r.source, DnsSource::HttpDns);
+        let ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ips,
+            ["192.0.2.10", "192.0.2.11", "2001:db8::10"],
+            "post={post}"
+        );
+    }
+    // A name the zone does not have is a failure naming the DNS answer.
+    let mut c = Config::new("other.test");
+    c.dns.providers = vec![Provider::doh(vec![addr], Some("doh.test".into()))];
+    c.dns.local_fallback = false;
+    trust(&mut c, &ca);
+    let e = Client::new(c)
+        .unwrap()
+        .dns()
+        .resolve("nothing.router.test")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("DNS") || e.to_string().contains("no A"),
+        "{e}"
+    );
+}
