@@ -763,7 +763,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// version, the router it was saved for, and every candidate are checked. Public for
 /// tools and for fuzzing.
 pub fn parse_cache_file(bytes: &[u8], domain: &str) -> Result<RouterAnswer, String> {
-    parse_cache_file_at(bytes, domain, None, Duration::MAX, u64::MAX).map(|(a, _)| a)
+    parse_cache_file_at(bytes, domain, None, None).map(|(a, _)| a)
 }
 
 fn now_ms() -> u64 {
@@ -773,14 +773,14 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// [`parse_cache_file`], also refusing a file for another protocol than `proto` or
-/// older than `max_age` at wall-clock `now_ms`. Returns the answer and its age.
+/// [`parse_cache_file`], also refusing a file for another protocol than `proto` or,
+/// with `age_limit = (max_age, now_ms)`, older than `max_age` at wall-clock `now_ms`.
+/// Returns the answer and its age.
 fn parse_cache_file_at(
     bytes: &[u8],
     domain: &str,
     proto: Option<Proto>,
-    max_age: Duration,
-    now_ms: u64,
+    age_limit: Option<(Duration, u64)>,
 ) -> Result<(RouterAnswer, Duration), String> {
     let f: CacheFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if f.version != 1 || f.router_domain != domain {
@@ -792,13 +792,16 @@ fn parse_cache_file_at(
             return Err(format!("saved for another protocol than {}", p.as_str()));
         }
     }
-    let age = Duration::from_millis(now_ms.saturating_sub(f.saved_ms));
-    if now_ms != u64::MAX && age > max_age {
-        return Err(format!(
-            "{} s old, older than {} s",
-            age.as_secs(),
-            max_age.as_secs()
-        ));
+    let mut age = Duration::ZERO;
+    if let Some((max_age, now_ms)) = age_limit {
+        age = Duration::from_millis(now_ms.saturating_sub(f.saved_ms));
+        if age > max_age {
+            return Err(format!(
+                "{} s old, older than {} s",
+                age.as_secs(),
+                max_age.as_secs()
+            ));
+        }
     }
     Ok((f.answer, age))
 }
@@ -816,7 +819,7 @@ fn read_cache(
         }
         Err(e) => return Err(format!("cache file {}: {e}", path.display())),
     };
-    match parse_cache_file_at(&bytes, domain, Some(proto), max_age, now_ms()) {
+    match parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))) {
         Ok((answer, _)) => Ok(answer),
         Err(e) if !e.contains("JSON") && (e.contains("old") || e.contains("protocol")) => {
             warn!(path = %path.display(), reason = %e, "gateway cache file not used");

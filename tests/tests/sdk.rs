@@ -921,7 +921,10 @@ async fn dns_over_https_against_unbound_by_get_and_post() {
             .await
             .unwrap_or_else(|e| panic!("post={post}: {e}\n{}", server.output()));
         assert_eq!(r.source, DnsSource::HttpDns);
-        let ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
+        // unbound rotates the order of an RRset between answers; IPv4 comes first.
+        assert!(r.ips[2].is_ipv6(), "{:?}", r.ips);
+        let mut ips: Vec<String> = r.ips.iter().map(ToString::to_string).collect();
+        ips.sort();
         assert_eq!(
             ips,
             ["192.0.2.10", "192.0.2.11", "2001:db8::10"],
@@ -943,4 +946,71 @@ async fn dns_over_https_against_unbound_by_get_and_post() {
         e.to_string().contains("DNS") || e.to_string().contains("no A"),
         "{e}"
     );
+}
+
+/// A provider's TTL is clamped: 1 s is kept for `min_ttl` (10 s by default), so a
+/// provider cannot make the SDK ask on every call.
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_ttls_are_clamped() {
+    let dns = HttpDnsServer::start();
+    dns.answer("svc.test", &["192.0.2.1"], &[], 1);
+    let mut c = Config::new("router.test");
+    c.dns.providers = vec![provider(&[dns.addr()])];
+    c.dns.ipv6 = Ipv6Mode::Never;
+    let client = Client::new(c).unwrap();
+    client.dns().resolve("svc.test").await.unwrap();
+    // Past the provider's 1 s: still fresh, nothing asked again.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = client.dns().resolve("svc.test").await.unwrap();
+    assert!(!r.stale);
+    assert_eq!(dns.requests().len(), 1, "{:?}", dns.requests());
+}
+
+/// The cache file is for when no router can be reached, and only while it is young
+/// enough and for the protocol asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_cache_file_or_one_for_another_protocol_is_not_used() {
+    let f = fleet(&[("gw-a", 5, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 60);
+    let path = f.dir.path().join("gateways.json");
+    Client::new(config(&f, vec![provider(&[dns.addr()])]))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    let unreachable = |max_age: Duration, proto: httpdns_client::Proto| {
+        let mut c = config(&f, vec![provider(&[dns.addr()])]);
+        c.router_port = free_port();
+        c.cache_max_age = max_age;
+        c.proto = proto;
+        c
+    };
+    let week = Duration::from_secs(7 * 86400);
+    let g = Client::new(unreachable(week, httpdns_client::Proto::Tcp))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap();
+    assert_eq!(g.source, Source::CacheFile, "young enough, same protocol");
+    wait_until(Duration::from_secs(5), "the file ages", || {
+        std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_millis(50)))
+    });
+    for (c, why) in [
+        (
+            unreachable(Duration::from_millis(10), httpdns_client::Proto::Tcp),
+            "old",
+        ),
+        (
+            unreachable(week, httpdns_client::Proto::Ws),
+            "another protocol",
+        ),
+    ] {
+        let e = Client::new(c).unwrap().gateways().await.unwrap_err();
+        assert!(matches!(e, Error::NoCandidates { .. }), "{e}");
+        assert!(e.to_string().contains(why), "{why}: {e}");
+    }
 }
