@@ -421,7 +421,10 @@ impl Client {
                     );
                     self.fallback(start + c.deadline)
                         .await
-                        .map_err(|fallbacks| Error::NoCandidates { routers, fallbacks })
+                        .map_err(|fallbacks| Error::NoCandidates {
+                            routers: routers.into(),
+                            fallbacks: fallbacks.into(),
+                        })
                 }
             }
         })
@@ -461,7 +464,7 @@ impl Client {
             .resolve_by(&c.router_domain, budget_end)
             .await
             .map_err(|e| match e {
-                Error::Resolve { failures, .. } => RouterOutcome::Unreachable(failures),
+                Error::Resolve { failures, .. } => RouterOutcome::Unreachable(failures.0),
                 other => RouterOutcome::Unreachable(vec![Failure::new(
                     c.router_domain.clone(),
                     FailureKind::Other(other.to_string()),

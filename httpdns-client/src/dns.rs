@@ -759,7 +759,7 @@ impl HttpDns {
         }
         Err(Error::Resolve {
             host: host.to_string(),
-            failures,
+            failures: failures.into(),
         })
     }
 

@@ -17,12 +17,14 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// No source (HTTPDNS, local DNS, bootstrap IPs) produced an address for `host`.
-    #[error("could not resolve {host}: {}", list(.failures))]
+    #[error("could not resolve {host}: {failures}")]
     Resolve {
         /// The host name.
         host: String,
-        /// What each source said, in the order they failed.
-        failures: Vec<Failure>,
+        /// What each source said, in the order they failed (the first is the
+        /// error's `source()`).
+        #[source]
+        failures: Failures,
     },
     /// A router answered and refused: the fleet is full (503 `no_gateways`) or this
     /// client asks too often (429 `rate_limited`). The router is healthy; ask it again
@@ -43,12 +45,14 @@ pub enum Error {
     },
     /// No router could be reached and no fallback (cache file, fallback domain) had
     /// candidates.
-    #[error("no gateway candidates: routers: {}; fallbacks: {}", list(.routers), list(.fallbacks))]
+    #[error("no gateway candidates: routers: {routers}; fallbacks: {fallbacks}")]
     NoCandidates {
-        /// Why each router (or the router's name) failed.
-        routers: Vec<Failure>,
+        /// Why each router (or the router's name) failed (the first is the error's
+        /// `source()`).
+        #[source]
+        routers: Failures,
         /// Why each fallback failed.
-        fallbacks: Vec<Failure>,
+        fallbacks: Failures,
     },
     /// The call's overall deadline passed.
     #[error("no candidates within {0:?}")]
@@ -105,15 +109,44 @@ fn retry(after: &Option<Duration>) -> String {
         .unwrap_or_default()
 }
 
-fn list(failures: &[Failure]) -> String {
-    if failures.is_empty() {
-        return "-".into();
+/// Several failures, in order; as an error, its source is the first.
+#[derive(Debug, Default)]
+pub struct Failures(pub Vec<Failure>);
+
+impl std::fmt::Display for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, failure) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{failure}")?;
+        }
+        Ok(())
     }
-    failures
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+}
+
+impl std::error::Error for Failures {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .first()
+            .map(|f| f as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl std::ops::Deref for Failures {
+    type Target = [Failure];
+    fn deref(&self) -> &[Failure] {
+        &self.0
+    }
+}
+
+impl From<Vec<Failure>> for Failures {
+    fn from(v: Vec<Failure>) -> Failures {
+        Failures(v)
+    }
 }
 
 fn summarize(attempts: &[(SocketAddr, String)]) -> String {

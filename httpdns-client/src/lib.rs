@@ -55,4 +55,4 @@ pub use client::{
 pub use dns::{
     DnsConfig, DnsSource, HttpDns, HttpDnsResolver, Ipv6Mode, Provider, ProviderKind, Resolved,
 };
-pub use error::{Error, Failure, FailureKind};
+pub use error::{Error, Failure, FailureKind, Failures};

@@ -703,6 +703,14 @@ async fn errors_name_their_cause() {
         "{kind:?}"
     );
     assert!(has_source, "the TLS error is kept as the source");
+    // The error's own source chain leads down to it: failures, failure, request, ...
+    let mut chain = Vec::new();
+    let mut next = std::error::Error::source(&e);
+    while let Some(cause) = next {
+        chain.push(cause.to_string());
+        next = cause.source();
+    }
+    assert!(chain.len() >= 3, "{chain:?}");
     // A name the certificate does not carry.
     let mut c = base("wrong-name.test");
     trust(&mut c, &f.ca);
