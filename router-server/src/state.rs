@@ -369,13 +369,21 @@ pub async fn run_updater(
 /// changed: a scrape never sees a half-filled family.
 #[derive(Debug, Default)]
 struct NodeCounts {
-    /// Per region, per class of [`NodeCounts::CLASSES`].
-    counts: HashMap<Arc<str>, [i64; 3], foldhash::fast::RandomState>,
+    /// Per region.
+    counts: HashMap<Arc<str>, RegionCounts, foldhash::fast::RandomState>,
     /// Per hook state, in the order of [`HookState::ALL`].
     hooks: [i64; 5],
-    /// Per region, connections and capacity of its serving, healthy nodes.
-    load: HashMap<Arc<str>, (i64, i64), foldhash::fast::RandomState>,
     changed: bool,
+}
+
+/// One region's counts.
+#[derive(Debug, Default)]
+struct RegionCounts {
+    /// Nodes per class of [`NodeCounts::CLASSES`].
+    nodes: [i64; 3],
+    /// Connections and capacity of its serving, healthy nodes.
+    connections: i64,
+    capacity: i64,
 }
 
 impl NodeCounts {
@@ -403,15 +411,14 @@ impl NodeCounts {
     }
 
     fn add(&mut self, r: &NodeRecord, n: i64) {
-        let by_class = match self.counts.get_mut(r.region.as_str()) {
+        let region = match self.counts.get_mut(r.region.as_str()) {
             Some(c) => c,
             None => self.counts.entry(Arc::from(r.region.as_str())).or_default(),
         };
-        by_class[NodeCounts::class(r)] += n;
+        region.nodes[NodeCounts::class(r)] += n;
         if NodeCounts::class(r) == 0 {
-            let load = self.load.entry(Arc::from(r.region.as_str())).or_default();
-            load.0 += n * r.connections as i64;
-            load.1 += n * r.capacity as i64;
+            region.connections += n * r.connections as i64;
+            region.capacity += n * r.capacity as i64;
         }
         if let Some(h) = &r.hook {
             let i = HookState::ALL
@@ -433,8 +440,8 @@ impl NodeCounts {
             self.add(old, -1);
             self.add(new, 1);
         } else if old.connections != new.connections && NodeCounts::class(new) == 0 {
-            if let Some(load) = self.load.get_mut(new.region.as_str()) {
-                load.0 += new.connections as i64 - old.connections as i64;
+            if let Some(region) = self.counts.get_mut(new.region.as_str()) {
+                region.connections += new.connections as i64 - old.connections as i64;
                 self.changed = true;
             }
         }
@@ -442,10 +449,10 @@ impl NodeCounts {
 
     /// Per region: connections and capacity of its serving, healthy nodes.
     fn region_loads(&self) -> Vec<(String, i64, i64)> {
-        self.load
+        self.counts
             .iter()
-            .filter(|(_, (_, cap))| *cap > 0)
-            .map(|(r, (c, cap))| (r.to_string(), *c, *cap))
+            .filter(|(_, c)| c.capacity > 0)
+            .map(|(r, c)| (r.to_string(), c.connections, c.capacity))
             .collect()
     }
 
@@ -454,15 +461,14 @@ impl NodeCounts {
     }
 
     fn take_changed(&mut self) -> bool {
-        self.counts.retain(|_, n| n.iter().any(|&c| c != 0));
-        self.load.retain(|_, (_, cap)| *cap != 0);
+        self.counts.retain(|_, c| c.nodes.iter().any(|&n| n != 0));
         std::mem::take(&mut self.changed)
     }
 
     fn labelled(&self) -> HashMap<NodeLabels, i64> {
         let mut out = HashMap::new();
-        for (region, by_class) in &self.counts {
-            for (class, &n) in NodeCounts::CLASSES.iter().zip(by_class) {
+        for (region, counts) in &self.counts {
+            for (class, &n) in NodeCounts::CLASSES.iter().zip(&counts.nodes) {
                 if n != 0 {
                     let labels = NodeLabels {
                         region: region.to_string(),
