@@ -81,6 +81,18 @@ fn config(f: &Fleet, providers: Vec<Provider>) -> Config {
     c
 }
 
+/// A first run with the router fills the cache file; returns its path.
+async fn fill_cache_file(f: &Fleet, dns: &HttpDnsServer) -> std::path::PathBuf {
+    let path = f.dir.path().join("gateways.json");
+    Client::new(config(f, vec![provider(&[dns.addr()])]))
+        .unwrap()
+        .gateways()
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    path
+}
+
 /// A port that accepts TCP (the kernel completes the handshake) but never answers.
 fn blackhole() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -197,14 +209,7 @@ async fn dead_or_blackholed_router_falls_back_to_the_cache_file_within_budget() 
     let f = fleet(&[("gw-a", 5, true), ("gw-b", 9, true)]);
     let dns = HttpDnsServer::start();
     dns.answer("localhost", &["127.0.0.1"], &[], 60);
-    let path = f.dir.path().join("gateways.json");
-    // A first run with a router fills the cache file.
-    Client::new(config(&f, vec![provider(&[dns.addr()])]))
-        .unwrap()
-        .gateways()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    fill_cache_file(&f, &dns).await;
 
     let (_hole, hole) = blackhole();
     for (what, port) in [("refusing", free_port()), ("blackholed", hole.port())] {
@@ -559,13 +564,7 @@ async fn a_full_fleet_is_waited_out_not_replaced_by_old_candidates() {
     let f = fleet(&[("gw-a", 100, true)]);
     let dns = HttpDnsServer::start();
     dns.answer("localhost", &["127.0.0.1"], &[], 60);
-    let path = f.dir.path().join("gateways.json");
-    Client::new(config(&f, vec![provider(&[dns.addr()])]))
-        .unwrap()
-        .gateways()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    fill_cache_file(&f, &dns).await;
     // Every node at 99 %: above max_load.
     let node = |conns: u64, port: u16| {
         format!(
@@ -796,13 +795,7 @@ async fn a_cold_start_with_everything_blackholed_uses_the_cache_file_within_1_5_
     let f = fleet(&[("gw-a", 5, true)]);
     let dns = HttpDnsServer::start();
     dns.answer("localhost", &["127.0.0.1"], &[], 60);
-    let path = f.dir.path().join("gateways.json");
-    Client::new(config(&f, vec![provider(&[dns.addr()])]))
-        .unwrap()
-        .gateways()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    fill_cache_file(&f, &dns).await;
     let (_h1, p1) = blackhole();
     let (_h2, p2) = blackhole();
     let (_h3, router_hole) = blackhole();
@@ -981,13 +974,7 @@ async fn an_old_cache_file_or_one_for_another_protocol_is_not_used() {
     let f = fleet(&[("gw-a", 5, true)]);
     let dns = HttpDnsServer::start();
     dns.answer("localhost", &["127.0.0.1"], &[], 60);
-    let path = f.dir.path().join("gateways.json");
-    Client::new(config(&f, vec![provider(&[dns.addr()])]))
-        .unwrap()
-        .gateways()
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(5), "cache file", || path.exists());
+    let path = fill_cache_file(&f, &dns).await;
     let unreachable = |max_age: Duration, proto: httpdns_client::Proto| {
         let mut c = config(&f, vec![provider(&[dns.addr()])]);
         c.router_port = free_port();
