@@ -639,6 +639,15 @@ pub fn has_sample(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
+/// Runs `router-server ctl --etcd ENDPOINTS ARGS...`; returns the exit code and output.
+pub fn router_ctl(etcd: &Etcd, args: &[&str]) -> (i32, String) {
+    let e = etcd.endpoints();
+    let mut all = vec!["ctl", "--etcd", &e];
+    all.extend_from_slice(args);
+    let (status, out) = run("router-server", &all, Duration::from_secs(30));
+    (status.code().unwrap_or(-1), out)
+}
+
 /// A GET returning the status and the body parsed as JSON (`Value::Null` when not JSON).
 pub fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
     let (code, body) = http_get(addr, path)?;

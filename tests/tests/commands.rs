@@ -5,18 +5,12 @@
 
 use std::time::Duration;
 
-use harness::{free_port, has_sample, run, wait_until, Etcd, HookServer, Proc, RouterProc};
+use harness::{
+    free_port, has_sample, router_ctl as ctl, wait_until, Etcd, HookServer, Proc, RouterProc,
+};
 use serde_json::Value;
 
 const P: &str = "/gateway-router/v1";
-
-fn ctl(etcd: &Etcd, args: &[&str]) -> (i32, String) {
-    let e = etcd.endpoints();
-    let mut all = vec!["ctl", "--etcd", &e];
-    all.extend_from_slice(args);
-    let (status, out) = run("router-server", &all, Duration::from_secs(30));
-    (status.code().unwrap_or(-1), out)
-}
 
 fn record(etcd: &Etcd, id: &str) -> Option<Value> {
     etcd.get(&format!("{P}/nodes/{id}"))

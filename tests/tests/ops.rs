@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, run, wait_until, Etcd, HookServer, Proc, RouterProc};
+use harness::{free_port, router_ctl as ctl, run, wait_until, Etcd, HookServer, Proc, RouterProc};
 use serde_json::Value;
 
 const P: &str = "/gateway-router/v1";
@@ -46,14 +46,6 @@ impl Gw {
     fn set(&self, n: u64) {
         std::fs::write(&self.conns, n.to_string()).unwrap();
     }
-}
-
-fn ctl(etcd: &Etcd, args: &[&str]) -> (i32, String) {
-    let e = etcd.endpoints();
-    let mut all = vec!["ctl", "--etcd", &e];
-    all.extend_from_slice(args);
-    let (status, out) = run("router-server", &all, Duration::from_secs(30));
-    (status.code().unwrap_or(-1), out)
 }
 
 fn record(etcd: &Etcd, id: &str) -> Value {
