@@ -1,20 +1,51 @@
-# Sourced by the registry benchmarks: a scratch directory and process list cleaned up on
-# exit, `free_port`, and a stock etcd (Debian's defaults) on free loopback ports, whose
-# URL is left in `etcd_url`.
+# Sourced by every scripts/bench-*.sh: a scratch directory and the processes the
+# script starts, all stopped when it ends, whether it succeeds, fails or is
+# interrupted (Ctrl-C, SIGTERM); `spawn`, `listen_addr`, `free_port`, `median`, and a
+# stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`.
+#
+# Start every process through `spawn` (or add its pid to `pids` in this shell, never
+# inside a command substitution, whose variables do not reach this shell).
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  trap - EXIT INT TERM
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# spawn NAME CMD...: CMD in the background, its output in $work/NAME.out and .err.
+spawn() {
+  local name=$1; shift
+  "$@" > "$work/$name.out" 2> "$work/$name.err" &
+  pids+=($!)
+}
+# listen_addr NAME: waits (up to 30 s) for NAME's "listening on ADDR" line; prints ADDR.
+listen_addr() {
+  for _ in $(seq 1 600); do
+    grep -q "listening on" "$work/$1.out" 2>/dev/null && break
+    sleep 0.05
+  done
+  grep -o "listening on .*" "$work/$1.out" | awk '{print $3}'
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 start_etcd() {
   local cport pport
   cport=$(free_port); pport=$(free_port)
-  etcd --name bench --data-dir "$work/etcd" \
+  spawn etcd etcd --name bench --data-dir "$work/etcd" \
     --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "bench=http://127.0.0.1:$pport" > "$work/etcd.log" 2>&1 &
-  pids+=($!)
+    --initial-cluster "bench=http://127.0.0.1:$pport"
   etcd_url="http://127.0.0.1:$cport"
   for _ in $(seq 1 200); do curl -sf "$etcd_url/health" | grep -q true && break; sleep 0.05; done
 }

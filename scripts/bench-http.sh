@@ -17,25 +17,12 @@ command -v wrk >/dev/null 2>&1 || {
 scripts/deps.sh
 cargo build --quiet --release -p router-server --example bench_router --example static_server --example bare_static_server
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+. scripts/bench-common.sh
 
-start() { # name, command...
-  local name=$1; shift
-  "$@" > "$work/$name.out" 2>"$work/$name.err" &
-  pids+=($!)
-  for _ in $(seq 1 600); do
-    grep -q "listening on" "$work/$name.out" 2>/dev/null && break
-    sleep 0.05
-  done
-  grep -o "listening on .*" "$work/$name.out" | awk '{print $3}'
-}
-
-router=$(start router target/release/examples/bench_router 1000 127.0.0.1:0)
-static=$(start static target/release/examples/static_server 127.0.0.1:0)
-bare=$(start bare target/release/examples/bare_static_server 127.0.0.1:0)
+spawn router target/release/examples/bench_router 1000 127.0.0.1:0
+spawn static target/release/examples/static_server 127.0.0.1:0
+spawn bare target/release/examples/bare_static_server 127.0.0.1:0
+router=$(listen_addr router); static=$(listen_addr static); bare=$(listen_addr bare)
 [ -n "$router" ] && [ -n "$static" ] && [ -n "$bare" ] || { cat "$work"/*.err; exit 1; }
 # Same answer size, so both push the same bytes.
 echo "answer sizes: router $(curl -s "http://$router/gateways" | wc -c) B, static $(curl -s "http://$static/gateways" | wc -c) B, bare $(curl -s "http://$bare/gateways" | wc -c) B"
@@ -49,7 +36,6 @@ run_wrk() { # addr -> "rps p99_ms"
   echo "$rps $p99"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 : > "$work/router.res"; : > "$work/static.res"; : > "$work/bare.res"
 for i in $(seq 1 "$rounds"); do

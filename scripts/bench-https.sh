@@ -23,18 +23,14 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 scripts/deps.sh
 cargo build --quiet --release -p router-server --example bench_router
 
-work=$(mktemp -d)
+. scripts/bench-common.sh
 chmod 755 "$work"  # nginx workers run as another user
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 
 # One certificate for both: ECDSA P-256, as a modern deployment would use.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=router.test" -addext "subjectAltName=DNS:router.test,IP:127.0.0.1" \
   -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 rport=$(free_port)
 target/release/examples/bench_router 1000 "127.0.0.1:$rport" "$work/cert.pem" "$work/key.pem" \
@@ -101,7 +97,6 @@ run_ab() { # port pid -> "req/s server_cpu_us_per_request"
   done
   echo "$rps $(( (after - before) * 1000000 / hz / requests ))"
 }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 : > "$work/r.res"; : > "$work/n.res"
 for i in $(seq 1 "$rounds"); do

@@ -42,6 +42,7 @@ phase() { # rate [quiet]
   r0=$(ticks "$router_pid"); t0=$(date +%s.%N)
   target/release/examples/registry_load "$etcd_url" "$nodes" "$1" "$secs" $target > "$work/load.out" &
   local lp=$!
+  pids+=($lp)
   while kill -0 "$lp" 2>/dev/null; do
     local r; r=$(rss_kb "$router_pid"); [ "$r" -gt "$peak" ] && peak=$r
     sleep 0.5

@@ -57,7 +57,7 @@ done
 echo "$n connections open on port $gport ($(grep -c . /proc/net/tcp) lines in /proc/net/tcp)"
 
 hz=$(getconf CLK_TCK)
-measure() { # label env...
+measure() { # label env... -> sets m_cores, m_note (runs in this shell, so `pids` sees the agent)
   local label=$1; shift
   env "$@" target/release/gateway-agent --etcd "$etcd_url" --id "gw-$label" --ip 127.0.0.1 \
     --region r --capacity 1000000 --port "tcp=$gport" --load "tcp-port:$gport" > "$work/$label.log" 2>&1 &
@@ -72,9 +72,10 @@ measure() { # label env...
   local cores
   cores=$(echo "scale=4; ($(awk '{print $14 + $15}' "/proc/$pid/stat") - $r0) / $hz / ($(date +%s.%N) - $t0)" | bc)
   kill "$pid"
-  local slow
-  slow=$(grep -o 'sample_ms=[0-9]* interval_ms=[0-9]*' "$work/$label.log" | head -1)
-  echo "$cores ${slow:-sample_ms<2.5}"
+  wait "$pid" 2>/dev/null || true
+  m_cores=$cores
+  m_note=$(grep -o 'sample_ms=[0-9]* interval_ms=[0-9]*' "$work/$label.log" | head -1)
+  m_note=${m_note:-sample_ms<2.5}
 }
 # The floor: the same kernel filter run by iproute2's `ss` (what operators use), timed
 # per count: the kernel builds one message per matching socket, whoever asks.
@@ -93,8 +94,8 @@ print(f"{runs[2]:.0f} ms per count ({lines} sockets)")
 PY
 )
 echo "ss -Htn state established '( sport = :$gport )': median $ss_ms"
-read -r nl nls < <(measure netlink AGENT_TCP_COUNT=auto)
-read -r pr prs < <(measure proc AGENT_TCP_COUNT=proc)
+measure netlink AGENT_TCP_COUNT=auto; nl=$m_cores; nls=$m_note
+measure proc AGENT_TCP_COUNT=proc; pr=$m_cores; prs=$m_note
 printf '\nagent CPU counting %s connections (default interval 250 ms, stretched to keep\n' "$n"
 printf 'counting under 1 %% of a core), over %s s\n' "$secs"
 printf '%-28s %8s cores (goal < 0.01); %s\n' "netlink sock_diag" "$nl" "$nls" "/proc/net/tcp (fallback)" "$pr" "$prs"
