@@ -12,7 +12,11 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, FakeRelativeClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 
 use super::client::{client_ip, rate_key, RegionTable};
 use super::error::ApiError;
@@ -33,12 +37,42 @@ pub struct Api(Arc<ApiInner>);
 pub struct ApiInner {
     /// Shared state.
     pub state: Arc<AppState>,
-    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    limiter: Option<Limiter>,
     /// Prefix lengths that group clients into one rate-limit budget (IPv4, IPv6).
     limit_prefix: (u8, u8),
     regions: RegionTable,
     /// `/gateways`' own series, resolved once.
     pub(crate) hot_metrics: HotMetrics,
+}
+
+/// The per-client limiter, on a clock that tests can drive.
+type Limiter =
+    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>;
+
+/// The rate limiter's time source: the monotonic clock, or a fake one that a test
+/// advances by hand, so a test of the limit holds at any machine speed.
+#[derive(Debug, Clone)]
+pub enum LimiterClock {
+    /// Monotonic time since the router started.
+    Real(std::time::Instant),
+    /// Time that moves only when the test advances it.
+    Fake(FakeRelativeClock),
+}
+
+impl Default for LimiterClock {
+    fn default() -> Self {
+        LimiterClock::Real(std::time::Instant::now())
+    }
+}
+
+impl Clock for LimiterClock {
+    type Instant = Nanos;
+    fn now(&self) -> Nanos {
+        match self {
+            LimiterClock::Real(start) => Nanos::from(start.elapsed()),
+            LimiterClock::Fake(fake) => fake.now(),
+        }
+    }
 }
 
 /// The series the busiest route updates on every request, taken from their families
@@ -58,10 +92,19 @@ impl std::ops::Deref for Api {
 impl Api {
     /// Builds the API over `state`; spawn [`Api::housekeeping`] alongside.
     pub fn new(state: Arc<AppState>) -> Api {
+        Api::with_limiter_clock(state, LimiterClock::default())
+    }
+
+    /// [`Api::new`] with the rate limiter on `clock` (tests pass a fake one).
+    pub fn with_limiter_clock(state: Arc<AppState>, clock: LimiterClock) -> Api {
         let rl = &state.config.rate_limit;
         let limiter = NonZeroU32::new(rl.per_ip_per_sec).map(|rate| {
             let burst = NonZeroU32::new(rl.burst).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            RateLimiter::new(
+                Quota::per_second(rate).allow_burst(burst),
+                DefaultKeyedStateStore::default(),
+                clock,
+            )
         });
         let regions = RegionTable::new(&state.config.regions);
         let limit_prefix = (rl.ipv4_prefix_len, rl.ipv6_prefix_len);
@@ -106,8 +149,7 @@ impl Api {
             return Ok(());
         };
         if let Err(not_until) = limiter.check_key(&rate_key(ip, self.limit_prefix)) {
-            use governor::clock::{Clock, DefaultClock};
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(limiter.clock().now());
             self.state.metrics.rate_limited.inc();
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -23,6 +23,6 @@ pub mod server;
 
 pub use client::{client_ip, rate_key, RegionTable};
 pub use error::ApiError;
-pub use gateways::{Api, Gateways};
+pub use gateways::{Api, Gateways, LimiterClock};
 pub use params::{parse_params, GatewaysParams};
 pub use routes::{app, app_with, router, router_with, App, HotRoute};
