@@ -77,6 +77,10 @@ pub struct AgentConfig {
     pub health_interval: Duration,
     /// Who receives migrate signals.
     pub hook: Option<Arc<dyn Hook>>,
+    /// On shutdown, how long the record stays marked `draining` before the lease is
+    /// revoked: time for every router to see the mark and stop answering the node
+    /// while it still runs (default 500 ms; routers follow etcd within tens of ms).
+    pub leave_grace: Duration,
 }
 
 impl AgentConfig {
@@ -92,6 +96,7 @@ impl AgentConfig {
             health: None,
             health_interval: Duration::from_secs(1),
             hook: None,
+            leave_grace: Duration::from_millis(500),
         }
     }
 }
@@ -203,6 +208,12 @@ impl Agent {
 
     fn record(&self, d: &Dynamic) -> NodeRecord {
         let n = &self.config.node;
+        let now = now_ms();
+        let sampled = self
+            .handle
+            .sampled_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(now);
         NodeRecord {
             id: n.id.clone(),
             ip: n.ip,
@@ -216,12 +227,10 @@ impl Agent {
             isp: n.isp.clone(),
             state: d.state,
             healthy: d.healthy,
-            updated_ms: Some(now_ms()),
-            sampled_ms: Some(
-                self.handle
-                    .sampled_ms
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
+            updated_ms: Some(now),
+            sampled_ms: Some(sampled),
+            // Both times are this host's: the age is right whatever its clock's offset.
+            sample_age_ms: Some(now.saturating_sub(sampled)),
             applied_command: d.applied_command.clone(),
             hook: d.hook.clone(),
             labels: n.labels.clone(),
@@ -467,6 +476,14 @@ impl Agent {
         tasks.cancel();
         tracker.close();
         hooks.close();
+        // A planned departure, said before anything else: `draining` takes the node
+        // out of every answer while it still runs, and routers count a node that left
+        // draining as planned (a rolling restart is not a crash: it never trips their
+        // protect threshold, nor is the node served again while they hold).
+        let marked = match lease {
+            Some(id) => self.mark_leaving(&node_key, id, &d).await,
+            None => None,
+        };
         // The hook worker ends once the signal due is delivered (or replaced), or when
         // the grace is over.
         let pending = |d: &Dynamic| {
@@ -525,6 +542,10 @@ impl Agent {
             }
         }
         if let Some(id) = lease {
+            // Every router has had the grace to see the `draining` mark.
+            if let Some(at) = marked {
+                tokio::time::sleep_until(at + self.config.leave_grace).await;
+            }
             match tokio::time::timeout(Duration::from_secs(2), self.kv.revoke(id)).await {
                 Ok(Ok(())) => {
                     info!(node_id = %self.config.node.id, "lease revoked, node deregistered")
@@ -535,6 +556,28 @@ impl Agent {
                 Err(_) => {
                     warn!(node_id = %self.config.node.id, "lease revoke timed out; the key expires with its TTL")
                 }
+            }
+        }
+    }
+
+    /// Writes the record as `draining` under `lease`; returns when, if it was written.
+    async fn mark_leaving(&self, node_key: &str, lease: LeaseId, d: &Dynamic) -> Option<Instant> {
+        let mut leaving = d.clone();
+        leaving.state = NodeState::Draining;
+        let value = self.record(&leaving).to_json();
+        let put = self.kv.put(node_key, value, Some(lease));
+        match tokio::time::timeout(Duration::from_secs(2), put).await {
+            Ok(Ok(_)) => {
+                info!(node_id = %self.config.node.id, grace_ms = self.config.leave_grace.as_millis() as u64, "marked draining before leaving");
+                Some(Instant::now())
+            }
+            Ok(Err(e)) => {
+                warn!(node_id = %self.config.node.id, error = %e, "could not mark the node draining before leaving");
+                None
+            }
+            Err(_) => {
+                warn!(node_id = %self.config.node.id, "marking the node draining before leaving timed out");
+                None
             }
         }
     }

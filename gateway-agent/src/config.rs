@@ -83,6 +83,11 @@ pub struct Cli {
     #[arg(long, env = "AGENT_REPORT_MAX_INTERVAL_SECS", value_name = "SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub report_max_interval_secs: u64,
+    /// On SIGTERM, milliseconds the record stays marked `draining` before the lease is
+    /// revoked, so every router stops answering the node while it still runs.
+    #[arg(long, env = "AGENT_LEAVE_GRACE_MS", value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub leave_grace_ms: u64,
     /// Milliseconds between two samples of the load source.
     #[arg(long, env = "AGENT_SAMPLE_INTERVAL_MS", value_name = "MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -193,6 +198,7 @@ impl Cli {
         }
         config.load = Some(self.load);
         config.sample_interval = Duration::from_millis(self.sample_interval_ms);
+        config.leave_grace = Duration::from_millis(self.leave_grace_ms);
         config.health = self.health;
         config.health_interval = Duration::from_millis(self.health_interval_ms);
         config.hook = self

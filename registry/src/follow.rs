@@ -33,6 +33,11 @@ pub struct NodeView {
     pub nodes: OrdMap<Arc<str>, Arc<NodeRecord>>,
     /// Keys whose values are invalid, with the reason.
     pub invalid: OrdMap<Arc<str>, String>,
+    /// The last record of each node the watch saw deleted (until it comes back), the
+    /// most recent few thousand. A reader comparing two views learns from it how a
+    /// node left: an agent that marks its record `draining` just before it revokes
+    /// its lease has left as planned, even when both events fall between the views.
+    pub departed: OrdMap<Arc<str>, Arc<NodeRecord>>,
     /// The store revision the view reflects.
     pub revision: i64,
     /// True once a full listing has been loaded.
@@ -63,7 +68,17 @@ struct Follower {
     view: NodeView,
     /// Keys already logged as invalid, so a bad value is logged once, not per resync.
     logged_invalid: HashSet<Arc<str>>,
+    /// The departures in `view.departed`, oldest first, numbered; an id may leave
+    /// again later, and only its last departure's number is in `departed_seq`.
+    departed_order: std::collections::VecDeque<(u64, Arc<str>)>,
+    departed_seq: std::collections::HashMap<Arc<str>, u64>,
+    departures: u64,
+    /// The most nodes seen at once: `departed` keeps at least that many.
+    peak_nodes: usize,
 }
+
+/// The fewest departures [`NodeView::departed`] remembers.
+const DEPARTED_KEPT: usize = 4096;
 
 impl Follower {
     /// The id part of a key (the whole key when it is not below the prefix).
@@ -82,7 +97,11 @@ impl Follower {
                 let id: Arc<str> = Arc::from(id);
                 self.view.invalid.remove(&id);
                 self.logged_invalid.remove(&id);
+                if self.view.departed.remove(&id).is_some() {
+                    self.departed_seq.remove(&id);
+                }
                 self.view.nodes.insert(id, Arc::new(record));
+                self.peak_nodes = self.peak_nodes.max(self.view.nodes.len());
             }
             Err(e) => {
                 let id: Arc<str> = Arc::from(self.id_of(key));
@@ -98,7 +117,22 @@ impl Follower {
 
     fn apply_delete(&mut self, key: &str) {
         let id = self.id_of(key);
-        self.view.nodes.remove(id);
+        if let Some((id, last)) = self.view.nodes.remove_with_key(id) {
+            self.departures += 1;
+            self.view.departed.insert(id.clone(), last);
+            self.departed_seq.insert(id.clone(), self.departures);
+            self.departed_order.push_back((self.departures, id));
+            while self.departed_order.len() > DEPARTED_KEPT.max(self.peak_nodes) {
+                let Some((seq, old)) = self.departed_order.pop_front() else {
+                    break;
+                };
+                // Only an id's last departure forgets it.
+                if self.departed_seq.get(&old) == Some(&seq) {
+                    self.departed_seq.remove(&old);
+                    self.view.departed.remove(&old);
+                }
+            }
+        }
         self.view.invalid.remove(id);
         self.logged_invalid.remove(id);
     }
@@ -106,6 +140,10 @@ impl Follower {
     fn load(&mut self, kvs: &[KeyValue], revision: i64) {
         self.view.nodes.clear();
         self.view.invalid.clear();
+        // A listing says nothing of how nodes left: forget what the watch saw.
+        self.view.departed.clear();
+        self.departed_order.clear();
+        self.departed_seq.clear();
         let before: HashSet<Arc<str>> = std::mem::take(&mut self.logged_invalid);
         for kv in kvs {
             let id = self.id_of(&kv.key);
@@ -134,6 +172,10 @@ async fn run(
         nodes_prefix: prefix.clone(),
         view: NodeView::default(),
         logged_invalid: HashSet::new(),
+        departed_order: Default::default(),
+        departed_seq: Default::default(),
+        departures: 0,
+        peak_nodes: 0,
     };
     let mut backoff = Backoff::for_store();
     // Since when the registry has been out of reach, for the "reconnected" line.

@@ -257,6 +257,13 @@ pub struct NodeRecord {
     /// router keeps counting the clients it sent after that moment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled_ms: Option<u64>,
+    /// How long before this write `connections` was counted, in milliseconds of the
+    /// agent's own clock (an extension). Unlike `sampled_ms` it needs no agreement
+    /// between the agent's clock and the router's: a router places the sample at its
+    /// own receive time minus this age, so a gateway host whose clock is off does not
+    /// undo the herd accounting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_age_ms: Option<u64>,
     /// Id of the last command the agent applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_command: Option<String>,
@@ -295,6 +302,7 @@ impl NodeRecord {
             healthy: true,
             updated_ms: None,
             sampled_ms: None,
+            sample_age_ms: None,
             applied_command: None,
             hook: None,
             labels: BTreeMap::new(),
@@ -746,6 +754,7 @@ mod tests {
                     healthy,
                     updated_ms: None,
                     sampled_ms: None,
+                    sample_age_ms: None,
                     applied_command: None,
                     hook: None,
                     labels: BTreeMap::new(),

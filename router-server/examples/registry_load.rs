@@ -17,6 +17,7 @@ fn record(i: usize, conns: u64) -> NodeRecord {
     NodeRecord {
         updated_ms: Some(registry::now_ms()),
         sampled_ms: Some(registry::now_ms()),
+        sample_age_ms: Some(0),
         ..NodeRecord::new(
             format!("gw-{i:05}"),
             "192.0.2.1".parse().expect("literal"),

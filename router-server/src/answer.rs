@@ -201,7 +201,7 @@ mod tests {
                 region: region.clone(), capacity: 1000, connections: *conns,
                 ipv6: (i % 2 == 0).then(|| "2001:db8::2".parse().unwrap()),
                 domain: domain.clone(), zone: None, isp: None, state: NodeState::Serving, healthy: true,
-                updated_ms: None, sampled_ms: None, applied_command: None, hook: None, labels: Default::default(),
+                updated_ms: None, sampled_ms: None, sample_age_ms: None, applied_command: None, hook: None, labels: Default::default(),
             })).collect();
             let proto = Proto::ALL[proto];
             let json: Vec<NodeJson> = records.iter().map(|r| NodeJson::of(r)).collect();

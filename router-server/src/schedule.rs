@@ -18,7 +18,7 @@
 //! cannot beat the worst kept one. Without a burst that is `count` + 1 nodes whatever
 //! the fleet size; during a burst, the nodes whose projected loads have been levelled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -36,8 +36,9 @@ pub struct NodeEntry {
     pub record: Arc<NodeRecord>,
     /// This router's answers naming this node first, by time slot; kept across reports.
     pub assigned: Arc<HerdCounter>,
-    /// Wall-clock ms at which the reported count was sampled (or, for a report
-    /// without `sampled_ms`, received): later answers are not in it.
+    /// When the reported count was sampled, on this router's clock: the report's
+    /// receipt minus its `sample_age_ms` (for an agent that sends no age, its
+    /// `sampled_ms`, never later than the receipt). Later answers are not in it.
     pub sampled_ms: u64,
     /// Rank among equally loaded nodes (a per-router random order).
     pub tie: u64,
@@ -50,6 +51,9 @@ pub struct NodeEntry {
     reported_load: f64,
     /// The reported connections, inline for the same reason.
     connections: u64,
+    /// Gone from the registry without a drain and served only because protect holds
+    /// it: offered after every live candidate (the node may well be dead).
+    pub held: bool,
 }
 
 impl NodeEntry {
@@ -84,7 +88,12 @@ impl NodeEntry {
     fn new(record: Arc<NodeRecord>, prev: Option<&NodeEntry>, tie: u64, received: u64) -> Self {
         NodeEntry {
             assigned: prev.map(|e| e.assigned.clone()).unwrap_or_default(),
-            sampled_ms: record.sampled_ms.unwrap_or(received),
+            sampled_ms: match (record.sample_age_ms, record.sampled_ms) {
+                (Some(age), _) => received.saturating_sub(age),
+                // An older agent: its own clock's time, which cannot be in the future.
+                (None, Some(at)) => at.min(received),
+                (None, None) => received,
+            },
             tie,
             json: Arc::new(NodeJson::of(&record)),
             inv_capacity: 1.0 / record.capacity as f64,
@@ -93,12 +102,19 @@ impl NodeEntry {
             reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
             connections: record.connections,
             record,
+            held: false,
         }
     }
 
-    /// Serving and healthy: the node is in the indexes of the protocols it has ports for.
-    fn indexed(&self) -> bool {
+    /// Serving and healthy.
+    fn eligible(&self) -> bool {
         self.record.state == NodeState::Serving && self.record.healthy
+    }
+
+    /// Eligible and live: the node is in the indexes of the protocols it has ports for.
+    /// (Held nodes are kept apart, in [`Snapshot::held`].)
+    fn indexed(&self) -> bool {
+        self.eligible() && !self.held
     }
 }
 
@@ -115,6 +131,10 @@ pub struct Snapshot {
     /// few nanoseconds (names come from the registry, whose writers are trusted).
     by_region: HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>,
     all: ByProto,
+    /// Eligible nodes held by protect (gone from the registry without a drain), by
+    /// reported load: offered only when the live nodes cannot fill an answer. Empty
+    /// but during a protect hold.
+    held: Vec<u32>,
     /// Registry revision this snapshot reflects.
     pub revision: i64,
     /// True while answers come from an older set (registry unreachable or protect).
@@ -145,11 +165,43 @@ impl Snapshot {
         seed: u64,
     ) -> Snapshot {
         let received = registry::now_ms();
+        Snapshot::build_holding(records, [], previous, revision, stale, seed, received)
+    }
+
+    /// [`Snapshot::build_seeded`] with `held`: the last records of nodes that left the
+    /// registry without a drain, which protect keeps serving. They are ranked after
+    /// every live node: a mass departure is more often a crash than a lost session,
+    /// so a client must reach a live gateway first whenever one can take it.
+    /// `received` is when the reports arrived (this router's wall-clock ms), on which
+    /// their sample ages are anchored.
+    pub fn build_holding(
+        records: impl IntoIterator<Item = Arc<NodeRecord>>,
+        held: impl IntoIterator<Item = Arc<NodeRecord>>,
+        previous: Option<&Snapshot>,
+        revision: i64,
+        stale: bool,
+        seed: u64,
+        received: u64,
+    ) -> Snapshot {
         // Records by id (the registry's map yields them sorted already), matched with
         // the previous snapshot's nodes (sorted by id too) in one merge: no hashing.
         let mut records: Vec<Arc<NodeRecord>> = records.into_iter().collect();
+        // Held nodes join the list, marked; a live record of the same id wins.
+        let mut held_ids: HashSet<String> = HashSet::new();
+        let held: Vec<Arc<NodeRecord>> = held.into_iter().collect();
+        if !held.is_empty() {
+            let extra: Vec<Arc<NodeRecord>> = {
+                let live: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+                held.into_iter()
+                    .filter(|r| !live.contains(r.id.as_str()))
+                    .collect()
+            };
+            held_ids.extend(extra.iter().map(|r| r.id.clone()));
+            records.extend(extra);
+        }
         if !records.windows(2).all(|w| w[0].id < w[1].id) {
-            records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            // Stable: of two records with one id, the first (the live one) is kept.
+            records.sort_by(|a, b| a.id.cmp(&b.id));
             records.dedup_by(|a, b| a.id == b.id);
         }
         let mut old = previous
@@ -186,9 +238,14 @@ impl Snapshot {
                     sampled_ms: e.sampled_ms,
                     tie,
                     json: e.json.clone(),
+                    held: false,
                 },
                 previous => NodeEntry::new(record, previous, tie, received),
             });
+            if !held_ids.is_empty() {
+                let e = nodes.last_mut().expect("just pushed");
+                e.held = held_ids.contains(&e.record.id);
+            }
         }
         if seed == 0 {
             // Ties by id: the index order.
@@ -227,10 +284,15 @@ impl Snapshot {
         for lists in by_region.values_mut().chain([&mut all]) {
             lists.0.iter_mut().for_each(&mut by_load);
         }
+        let mut held: Vec<u32> = (0..nodes.len() as u32)
+            .filter(|&i| nodes[i as usize].held && nodes[i as usize].eligible())
+            .collect();
+        by_load(&mut held);
         Snapshot {
             nodes: Vector::from(nodes),
             by_region,
             all,
+            held,
             revision,
             stale,
         }
@@ -249,13 +311,28 @@ impl Snapshot {
         revision: i64,
         stale: bool,
     ) -> Option<Snapshot> {
-        let received = registry::now_ms();
+        self.patch_at(reports, revision, stale, registry::now_ms())
+    }
+
+    /// [`Snapshot::patch`] with the reports received at `received` (this router's
+    /// wall-clock ms), on which their sample ages are anchored.
+    pub fn patch_at<'a>(
+        &self,
+        reports: impl IntoIterator<Item = &'a Arc<NodeRecord>>,
+        revision: i64,
+        stale: bool,
+        received: u64,
+    ) -> Option<Snapshot> {
         let mut next = self.clone();
         for record in reports {
             let i = next.position(&record.id)?;
             let old = next.nodes[i].clone();
             if Arc::ptr_eq(&old.record, record) || *old.record == **record {
                 continue;
+            }
+            if old.held {
+                // A held node reported again: it is back, which takes a full build.
+                return None;
             }
             let entry = NodeEntry::new(record.clone(), Some(&old), old.tie, received);
             next.unindex(i as u32, &old);
@@ -420,10 +497,67 @@ pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Chosen {
             &mut out,
         );
     }
+    if out.len() < want && !snap.held.is_empty() {
+        held_fill(snap, query, rules, want, tiers, &mut out);
+    }
     if let Some(first) = out.first() {
         rules.herd.record(&snap.nodes[first.index].assigned);
     }
     out
+}
+
+/// Fills the rest of an answer from the nodes protect holds, after every live
+/// candidate: by region tier (the client's region, its fallbacks in order, any other),
+/// then least loaded. A held node may be dead; it is only worth a try when no live
+/// node can take the client.
+fn held_fill(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    tiers: Tiers<'_>,
+    out: &mut Chosen,
+) {
+    let tier = |region: &str| -> usize {
+        if tiers.first == Some(region) {
+            return 0;
+        }
+        tiers
+            .fallbacks
+            .iter()
+            .position(|f| f == region)
+            .map_or(usize::MAX, |k| k + 1)
+    };
+    let mut found: Vec<(usize, Candidate)> = Vec::new();
+    for &i in &snap.held {
+        let i = i as usize;
+        let e = &snap.nodes[i];
+        let load = e.projected_load(&rules.herd);
+        if load >= rules.max_load {
+            continue;
+        }
+        let r = &e.record;
+        let (Some(ip), Some(port)) = (r.addr_for(query.family), r.ports.get(query.proto)) else {
+            continue;
+        };
+        found.push((
+            tier(&r.region),
+            Candidate {
+                index: i,
+                ip,
+                port,
+                load,
+                tie: e.tie,
+            },
+        ));
+    }
+    found.sort_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then(a.load.total_cmp(&b.load))
+            .then((a.tie, a.index).cmp(&(b.tie, b.index)))
+    });
+    let room = want - out.len();
+    out.extend(found.into_iter().take(room).map(|(_, c)| c));
 }
 
 /// The regions a query tries before "any region": its own, then its fallbacks.
@@ -703,18 +837,17 @@ mod tests {
         let total = pending(&s1, 0) + pending(&s1, 1);
         assert_eq!(total, 10);
         let now_ms = h.now_ms;
-        let report = |conns: u64, sampled_ms: u64| {
+        // A report of b counted `age` ms before it was received at `received`.
+        let report = |conns: u64, age: u64| {
             let mut r = node("b", "r", conns, 100);
-            r.sampled_ms = Some(sampled_ms);
+            r.sample_age_ms = Some(age);
             Arc::new(r)
         };
+        let at = |records: Vec<Arc<NodeRecord>>, prev: &Snapshot, received: u64| {
+            Snapshot::build_holding(records, [], Some(prev), 2, false, 0, received)
+        };
         // b counted before the answers: they all still count on top of its report.
-        let s2 = Snapshot::build(
-            vec![a.clone(), report(1, now_ms - 60_000)],
-            Some(&s1),
-            2,
-            false,
-        );
+        let s2 = at(vec![a.clone(), report(1, 120_000)], &s1, now_ms + 60_000);
         assert!(Arc::ptr_eq(&s1.nodes[1].assigned, &s2.nodes[1].assigned));
         assert_eq!(
             pending(&s2, 1),
@@ -722,15 +855,70 @@ mod tests {
             "sampled before the answers"
         );
         // b counted after them: its report includes them.
-        let s3 = Snapshot::build(
-            vec![a.clone(), report(5, now_ms + 1_000)],
-            Some(&s2),
-            3,
-            false,
-        );
+        let s3 = at(vec![a.clone(), report(5, 1_000)], &s2, now_ms + 2_000);
         assert_eq!(pending(&s3, 1), 0, "sampled after the answers");
         assert!(Arc::ptr_eq(&s1.nodes[0].assigned, &s3.nodes[0].assigned));
         assert_eq!(pending(&s3, 0), pending(&s1, 0), "a did not report");
+    }
+
+    /// The sample is placed on this router's clock: an agent whose wall clock runs
+    /// ahead (its `sampled_ms` in this router's future) or behind changes nothing,
+    /// since the router anchors the sample's age on its own receive time.
+    #[test]
+    fn an_agent_clock_off_by_seconds_does_not_hide_answers() {
+        let a = Arc::new(node("a", "r", 0, 100));
+        let b = Arc::new(node("b", "r", 0, 100));
+        let s1 = Snapshot::build(vec![a.clone(), b.clone()], None, 1, false);
+        let rules = rules_now();
+        for _ in 0..10 {
+            select(&s1, &q(None, 1), rules);
+        }
+        let h = rules.herd;
+        let pending =
+            |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].sampled_ms);
+        let before = pending(&s1, 0) + pending(&s1, 1);
+        assert_eq!(before, 10);
+        let now_ms = h.now_ms;
+        for skew in [-5_000i64, -1_000, 500, 1_000, 5_000] {
+            // Both reports counted 600 ms before the answers were given, on clocks
+            // off by `skew`, and received 100 ms after the answers.
+            let report = |id: &str| {
+                let mut r = node(id, "r", 0, 100);
+                let agent_now = (now_ms as i64 + 100 + skew) as u64;
+                r.updated_ms = Some(agent_now);
+                r.sampled_ms = Some(agent_now - 700);
+                r.sample_age_ms = Some(700);
+                Arc::new(r)
+            };
+            let s2 = Snapshot::build_holding(
+                vec![report("a"), report("b")],
+                [],
+                Some(&s1),
+                2,
+                false,
+                0,
+                now_ms + 100,
+            );
+            assert_eq!(
+                pending(&s2, 0) + pending(&s2, 1),
+                before,
+                "skew {skew} ms: the answers came after the samples"
+            );
+        }
+        // An agent that sends no age: its `sampled_ms` is trusted, but never later
+        // than the receipt.
+        let mut old = node("b", "r", 0, 100);
+        old.sampled_ms = Some(now_ms + 3_600_000);
+        let s3 = Snapshot::build_holding(
+            vec![a.clone(), Arc::new(old)],
+            [],
+            Some(&s1),
+            3,
+            false,
+            0,
+            now_ms + 100,
+        );
+        assert_eq!(s3.nodes[1].sampled_ms, now_ms + 100);
     }
 
     /// Answers that never became connections stop counting after the window: three

@@ -258,6 +258,10 @@ pub async fn run_updater(
             r = views.changed() => { if r.is_err() { return } false }
             _ = sleep_until_opt(deadline) => true,
         };
+        // When the reports arrived: their sample ages count back from here. (What
+        // arrives during the wait below is placed a little early, which counts a few
+        // answers twice rather than none.)
+        let received = registry::now_ms();
         // Coalesce: wait out the rest of the interval; whatever arrives meanwhile is
         // folded into this build.
         if let Some(t) = last_build {
@@ -280,7 +284,12 @@ pub async fn run_updater(
                 let mut arrived = Vec::new();
                 for d in prev.nodes.diff(&view.nodes) {
                     match d {
-                        imbl::ordmap::DiffItem::Remove(_, r) => left.push(r.clone()),
+                        // How it left: its last record the watch saw (a `draining`
+                        // mark just before the lease's revocation may fall between
+                        // the two views), else its record in the previous view.
+                        imbl::ordmap::DiffItem::Remove(id, r) => {
+                            left.push(view.departed.get(id).unwrap_or(r).clone())
+                        }
                         imbl::ordmap::DiffItem::Add(id, _) => arrived.push(id.clone()),
                         imbl::ordmap::DiffItem::Update { old, new } => {
                             updated.push((old.1.clone(), new.1.clone()))
@@ -300,7 +309,12 @@ pub async fn run_updater(
         // snapshot; arrivals, departures and protect holds rebuild it.
         let patched = match (&previous_snap, verdict) {
             (Some(prev), Verdict::Follow) if patchable && !membership_changed => prev
-                .patch(updated.iter().map(|(_, new)| new), view.revision, stale)
+                .patch_at(
+                    updated.iter().map(|(_, new)| new),
+                    view.revision,
+                    stale,
+                    received,
+                )
                 .inspect(|_| {
                     for (old, new) in &updated {
                         counts.replace(old, new);
@@ -309,22 +323,20 @@ pub async fn run_updater(
             _ => None,
         };
         let snap = patched.unwrap_or_else(|| {
-            let members: Vec<Arc<NodeRecord>> = match verdict {
-                Verdict::Follow => view.nodes.values().cloned().collect(),
-                // The registry's nodes, and the ones that left without a drain.
-                Verdict::Hold => view
-                    .nodes
-                    .values()
-                    .chain(protect.missing())
-                    .cloned()
-                    .collect(),
+            // While holding, the nodes that left without a drain are served too, after
+            // every live one.
+            let held: Vec<Arc<NodeRecord>> = match verdict {
+                Verdict::Follow => Vec::new(),
+                Verdict::Hold => protect.missing().cloned().collect(),
             };
-            let snap = Snapshot::build_seeded(
-                members,
+            let snap = Snapshot::build_holding(
+                view.nodes.values().cloned(),
+                held,
                 previous_snap.as_deref(),
                 view.revision,
                 stale,
                 state.tie_seed,
+                received,
             );
             counts = NodeCounts::of(snap.nodes.iter().map(|e| &*e.record));
             snap

@@ -12,7 +12,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 fn record(id: &str) -> Vec<u8> {
-    // Large capacity: the test's own polling is counted against nodes (herd safety).
+    loaded(id, 1)
+}
+
+/// A node with `connections` of its 1,000,000 capacity (large: the test's own polling
+/// is counted against nodes, herd safety).
+fn loaded(id: &str, connections: u64) -> Vec<u8> {
     NodeRecord::new(
         id,
         "192.0.2.1".parse().unwrap(),
@@ -23,7 +28,7 @@ fn record(id: &str) -> Vec<u8> {
         },
         "r",
         1_000_000,
-        1,
+        connections,
     )
     .to_json()
 }
@@ -51,6 +56,15 @@ fn count(v: &Value) -> usize {
     v["gateways"].as_array().unwrap().len()
 }
 
+fn ids(v: &Value) -> Vec<String> {
+    v["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mass_removal_is_held_then_released() {
     let kv = MemoryKv::new();
@@ -58,10 +72,12 @@ async fn mass_removal_is_held_then_released() {
     let keep = kv.grant(Duration::from_secs(600)).await.unwrap();
     let doomed = kv.grant(Duration::from_secs(600)).await.unwrap();
     for i in 0..10 {
-        let lease = if i < 4 { keep } else { doomed };
+        // The nodes that survive are busier (30 %) than the ones about to vanish
+        // (almost empty): held nodes must still come after every live one.
+        let (lease, conns) = if i < 4 { (keep, 300_000) } else { (doomed, 1) };
         kv.put(
             &layout.node_key(&format!("n{i}")),
-            record(&format!("n{i}")),
+            loaded(&format!("n{i}"), conns),
             Some(lease),
         )
         .await
@@ -101,6 +117,27 @@ async fn mass_removal_is_held_then_released() {
     kv.revoke(doomed).await.unwrap();
     let held = wait_for(&base, "stale", |v| v["stale"] == true).await;
     assert_eq!(count(&held), 10, "previous set kept");
+    let order = ids(&held);
+    let mut live: Vec<String> = order[..4].to_vec();
+    live.sort();
+    assert_eq!(
+        live,
+        ["n0", "n1", "n2", "n3"],
+        "every live node before any held one, though the held are less loaded: {order:?}"
+    );
+    // Asked for fewer than the live nodes: only live ones.
+    let three: Value = reqwest::get(format!("{base}/gateways?count=3"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ids(&three)
+            .iter()
+            .all(|id| ["n0", "n1", "n2", "n3"].contains(&id.as_str())),
+        "{three}"
+    );
     let metrics = reqwest::get(format!("{base}/metrics"))
         .await
         .unwrap()
