@@ -2,16 +2,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+pub use crate::cache_file::parse_cache_file;
+use crate::cache_file::{now_ms, read_cache, write_atomically, CacheFile};
+pub use crate::connect::race;
 use crate::dns::{DnsConfig, DnsSource, HttpDns};
 use crate::error::{Failure, FailureKind};
 use crate::Error;
@@ -223,7 +226,7 @@ pub struct RouterAnswer {
 }
 
 impl RouterAnswer {
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.gateways.is_empty() {
             return Err("no gateways in the answer".into());
         }
@@ -293,14 +296,6 @@ pub struct Connection {
     pub heartbeat: Duration,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct CacheFile {
-    version: u32,
-    router_domain: String,
-    saved_ms: u64,
-    answer: RouterAnswer,
-}
-
 /// Why no router gave candidates.
 enum RouterOutcome {
     /// A live router refused (overload, rate limit): ask it again later; no fallback.
@@ -325,15 +320,18 @@ struct ErrorDetail {
 /// The SDK's entry point. Cheap to clone; share one per app.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 #[derive(Debug)]
-struct Inner {
-    config: Config,
+pub(crate) struct Inner {
+    pub(crate) config: Config,
     dns: Arc<HttpDns>,
     routers: Mutex<HashMap<SocketAddr, reqwest::Client>>,
-    current: Mutex<Option<Arc<Gateways>>>,
+    pub(crate) current: Mutex<Option<Arc<Gateways>>>,
+    /// True once this client has connected: a later `connect()` is a reconnect, which
+    /// asks a router again instead of reusing the answer of the first connection.
+    pub(crate) connected: AtomicBool,
     /// TLS trusting the platform's store plus `extra_roots`.
     tls: rustls::ClientConfig,
     /// This client's starting point among the router's addresses, so that clients
@@ -341,7 +339,20 @@ struct Inner {
     spread: usize,
     /// The backoff of the last answer obtained, kept after the answer itself is
     /// dropped (a failed round drops it), so retries follow the router's settings.
-    backoff: Mutex<BackoffParams>,
+    pub(crate) backoff: Mutex<BackoffParams>,
+}
+
+/// Which answer a call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The last answer while its TTL lasts (`gateways()`, a first connection).
+    Cached,
+    /// A router's answer; the last one only when no router can be reached (a
+    /// reconnect after a lost connection).
+    Fresh,
+    /// A router's answer, never the last one (a migration): when no router can be
+    /// reached, the cache file and the fallback domain, as for a cold start.
+    FreshOnly,
 }
 
 impl Client {
@@ -374,6 +385,7 @@ impl Client {
                 dns,
                 routers: Mutex::new(HashMap::new()),
                 current: Mutex::new(None),
+                connected: AtomicBool::new(false),
                 backoff: Mutex::new(BackoffParams::default()),
             }),
         })
@@ -403,9 +415,26 @@ impl Client {
     /// asks too often, and old candidates would defeat the router's protection. The
     /// whole call, name resolution included, ends within `deadline`.
     pub async fn gateways(&self) -> Result<Arc<Gateways>, Error> {
-        if let Some(g) = self.inner.current.lock().expect("current").as_ref() {
-            if g.expires > Instant::now() {
-                return Ok(g.clone());
+        self.candidates(Want::Cached, None).await
+    }
+
+    /// Candidates as `want` allows, without the gateway `avoid` (the one a migration
+    /// leaves: never offered again, whatever the source).
+    pub(crate) async fn candidates(
+        &self,
+        want: Want,
+        avoid: Option<&Gateway>,
+    ) -> Result<Arc<Gateways>, Error> {
+        let last = self
+            .inner
+            .current
+            .lock()
+            .expect("current")
+            .clone()
+            .filter(|g| g.expires > Instant::now());
+        if want == Want::Cached {
+            if let Some(g) = last {
+                return without(g, avoid);
             }
         }
         let c = &self.inner.config;
@@ -415,6 +444,13 @@ impl Client {
                 Ok(g) => Ok(g),
                 Err(RouterOutcome::Refused(e)) => Err(e),
                 Err(RouterOutcome::Unreachable(routers)) => {
+                    if let (Want::Fresh, Some(g)) = (want, &last) {
+                        warn!(
+                            failures = routers.len(),
+                            "no router answered; reconnecting with the last answer"
+                        );
+                        return Ok((**g).clone());
+                    }
                     warn!(
                         failures = routers.len(),
                         "no router answered; using fallbacks"
@@ -433,7 +469,7 @@ impl Client {
         let fresh = Arc::new(fresh);
         *self.inner.backoff.lock().expect("backoff") = fresh.backoff;
         *self.inner.current.lock().expect("current") = Some(fresh.clone());
-        Ok(fresh)
+        without(fresh, avoid)
     }
 
     /// The router's addresses in the order this client tries them: IPv6 and IPv4
@@ -681,61 +717,24 @@ impl Client {
         }
         Err(why)
     }
+}
 
-    /// Gets candidates and connects to the first that answers, happy-eyeballs style.
-    /// When every candidate fails the cached answer is dropped, so the next call asks
-    /// a router again.
-    pub async fn connect(&self) -> Result<Connection, Error> {
-        let g = self.gateways().await?;
-        let addrs: Vec<SocketAddr> = g.gateways.iter().map(Gateway::addr).collect();
-        let c = &self.inner.config;
-        match race(&addrs, c.connect_delay, c.connect_timeout).await {
-            Ok((stream, i)) => Ok(Connection {
-                stream,
-                gateway: g.gateways[i].clone(),
-                source: g.source,
-                heartbeat: g.heartbeat,
-            }),
-            Err(attempts) => {
-                let mut current = self.inner.current.lock().expect("current");
-                if current.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &g)) {
-                    *current = None;
-                }
-                Err(Error::Connect { attempts })
-            }
-        }
+/// `g` without the gateway `avoid` (by id or by address): the one a client leaves.
+fn without(g: Arc<Gateways>, avoid: Option<&Gateway>) -> Result<Arc<Gateways>, Error> {
+    let Some(left) = avoid else { return Ok(g) };
+    let is_left = |c: &Gateway| c.id == left.id || c.addr() == left.addr();
+    if !g.gateways.iter().any(is_left) {
+        return Ok(g);
     }
-
-    /// [`Client::connect`] in rounds, sleeping between them with the router's backoff
-    /// (plus jitter), up to `rounds` rounds.
-    pub async fn connect_with_retry(&self, rounds: u32) -> Result<Connection, Error> {
-        let mut delays = Vec::new();
-        for round in 0..rounds.max(1) {
-            match self.connect().await {
-                Ok(c) => return Ok(c),
-                Err(e) if !e.is_retryable() || round + 1 == rounds.max(1) => {
-                    return Err(Error::GaveUp {
-                        attempts: round + 1,
-                        delays,
-                        last: Box::new(e),
-                    })
-                }
-                Err(e) => {
-                    let params = *self.inner.backoff.lock().expect("backoff");
-                    // A router's Retry-After (spread by up to a fifth, so refused
-                    // clients do not come back in one wave), else the router's backoff.
-                    let delay = match e.retry_after() {
-                        Some(after) => after.mul_f64(1.0 + 0.2 * rand::random::<f64>()),
-                        None => params.delay(round, rand::random::<f64>()),
-                    };
-                    debug!(round, delay_ms = delay.as_millis() as u64, error = %e, "no gateway reachable; backing off");
-                    delays.push(delay);
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-        unreachable!("the loop returns on its last round")
+    let mut rest = (*g).clone();
+    rest.gateways.retain(|c| !is_left(c));
+    if rest.gateways.is_empty() {
+        return Err(Error::NoOtherGateway {
+            left: left.id.clone(),
+            from: rest.source,
+        });
     }
+    Ok(Arc::new(rest))
 }
 
 fn to_gateways(a: RouterAnswer, source: Source, ttl: Duration) -> Gateways {
@@ -749,143 +748,6 @@ fn to_gateways(a: RouterAnswer, source: Source, ttl: Duration) -> Gateways {
         stale: a.stale || !matches!(source, Source::Router { .. }),
         source,
         expires: Instant::now() + ttl,
-    }
-}
-
-/// Writes `bytes` to `path` so a reader sees the old or the new file, never a part.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-/// Reads a gateway cache file's bytes as the SDK does when no router answers: the
-/// version, the router it was saved for, and every candidate are checked. Public for
-/// tools and for fuzzing.
-pub fn parse_cache_file(bytes: &[u8], domain: &str) -> Result<RouterAnswer, String> {
-    parse_cache_file_at(bytes, domain, None, None).map(|(a, _)| a)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// [`parse_cache_file`], also refusing a file for another protocol than `proto` or,
-/// with `age_limit = (max_age, now_ms)`, older than `max_age` at wall-clock `now_ms`.
-/// Returns the answer and its age.
-fn parse_cache_file_at(
-    bytes: &[u8],
-    domain: &str,
-    proto: Option<Proto>,
-    age_limit: Option<(Duration, u64)>,
-) -> Result<(RouterAnswer, Duration), String> {
-    let f: CacheFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if f.version != 1 || f.router_domain != domain {
-        return Err("written by another version or for another router".into());
-    }
-    f.answer.validate()?;
-    if let Some(p) = proto {
-        if f.answer.gateways.iter().any(|g| g.proto != p) {
-            return Err(format!("saved for another protocol than {}", p.as_str()));
-        }
-    }
-    let mut age = Duration::ZERO;
-    if let Some((max_age, now_ms)) = age_limit {
-        age = Duration::from_millis(now_ms.saturating_sub(f.saved_ms));
-        if age > max_age {
-            return Err(format!(
-                "{} s old, older than {} s",
-                age.as_secs(),
-                max_age.as_secs()
-            ));
-        }
-    }
-    Ok((f.answer, age))
-}
-
-fn read_cache(
-    path: &Path,
-    domain: &str,
-    proto: Proto,
-    max_age: Duration,
-) -> Result<RouterAnswer, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("no cache file yet".into())
-        }
-        Err(e) => return Err(format!("cache file {}: {e}", path.display())),
-    };
-    match parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))) {
-        Ok((answer, _)) => Ok(answer),
-        Err(e) if !e.contains("JSON") && (e.contains("old") || e.contains("protocol")) => {
-            warn!(path = %path.display(), reason = %e, "gateway cache file not used");
-            Err(e)
-        }
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "gateway cache file is corrupt; ignoring it (rewritten on the next good answer)");
-            Err(format!("cache file corrupt: {e}"))
-        }
-    }
-}
-
-/// Happy eyeballs over `addrs` in order: the next attempt starts after `delay` or as
-/// soon as the previous one fails; the first success wins and the rest are dropped.
-pub async fn race(
-    addrs: &[SocketAddr],
-    delay: Duration,
-    timeout: Duration,
-) -> Result<(TcpStream, usize), Vec<(SocketAddr, String)>> {
-    let mut set: JoinSet<(usize, std::io::Result<TcpStream>)> = JoinSet::new();
-    let mut failures = Vec::new();
-    let mut next = 0;
-    let spawn = |set: &mut JoinSet<_>, i: usize| {
-        let addr = addrs[i];
-        set.spawn(async move {
-            let r = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(r) => r,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )),
-            };
-            (i, r)
-        });
-    };
-    if addrs.is_empty() {
-        return Err(failures);
-    }
-    spawn(&mut set, 0);
-    next += 1;
-    loop {
-        let stagger = tokio::time::sleep(delay);
-        tokio::select! {
-            joined = set.join_next() => match joined {
-                Some(Ok((i, Ok(stream)))) => return Ok((stream, i)),
-                Some(Ok((i, Err(e)))) => {
-                    debug!(addr = %addrs[i], error = %e, "candidate failed");
-                    failures.push((addrs[i], e.to_string()));
-                    if next < addrs.len() {
-                        spawn(&mut set, next);
-                        next += 1;
-                    } else if set.is_empty() {
-                        return Err(failures);
-                    }
-                }
-                Some(Err(join)) => failures.push((addrs[0], join.to_string())),
-                None => return Err(failures),
-            },
-            _ = stagger, if next < addrs.len() => {
-                spawn(&mut set, next);
-                next += 1;
-            }
-        }
     }
 }
 
@@ -906,87 +768,6 @@ mod tests {
         assert_eq!(p.nominal(10), Duration::from_secs(5), "capped");
         assert_eq!(p.delay(1, 0.0), Duration::from_millis(1600));
         assert_eq!(p.delay(1, 1.0), Duration::from_millis(2400));
-    }
-
-    #[tokio::test]
-    async fn happy_eyeballs_skips_dead_candidates() {
-        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let addrs = [dead, live.local_addr().unwrap()];
-        let (_s, i) = race(&addrs, Duration::from_millis(250), Duration::from_secs(2))
-            .await
-            .unwrap();
-        assert_eq!(i, 1);
-        let failures = race(
-            &[dead, dead],
-            Duration::from_millis(10),
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(failures.len(), 2);
-    }
-
-    #[test]
-    fn corrupt_cache_files_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateways.json");
-        std::fs::write(&path, b"{ truncated").unwrap();
-        let week = Duration::from_secs(7 * 86400);
-        assert!(read_cache(&path, "r.example", Proto::Tcp, week)
-            .unwrap_err()
-            .contains("corrupt"));
-        let good = CacheFile {
-            version: 1,
-            router_domain: "r.example".into(),
-            saved_ms: 1,
-            answer: RouterAnswer {
-                gateways: vec![Gateway {
-                    id: "g".into(),
-                    ip: "192.0.2.1".parse().unwrap(),
-                    port: 1,
-                    proto: Proto::Tcp,
-                    region: "r".into(),
-                    domain: None,
-                    load: 0.1,
-                }],
-                region: None,
-                ttl_secs: 300,
-                heartbeat_secs: 240,
-                backoff: BackoffParams::default(),
-                revision: 1,
-                stale: false,
-            },
-        };
-        write_atomically(&path, &serde_json::to_vec(&good).unwrap()).unwrap();
-        assert!(
-            read_cache(&path, "r.example", Proto::Tcp, week).is_err(),
-            "saved at 1 ms after the epoch: too old"
-        );
-        let good = CacheFile {
-            saved_ms: now_ms() - 3_600_000,
-            ..good
-        };
-        write_atomically(&path, &serde_json::to_vec(&good).unwrap()).unwrap();
-        assert_eq!(
-            read_cache(&path, "r.example", Proto::Tcp, week).unwrap(),
-            good.answer
-        );
-        assert!(
-            read_cache(&path, "r.example", Proto::Tcp, Duration::from_secs(60)).is_err(),
-            "an hour old, the limit a minute"
-        );
-        assert!(
-            read_cache(&path, "r.example", Proto::Ws, week).is_err(),
-            "saved for tcp, asked for ws"
-        );
-        assert!(
-            read_cache(&path, "other.example", Proto::Tcp, week).is_err(),
-            "another router's cache is not used"
-        );
     }
 
     #[test]

@@ -54,6 +54,18 @@ pub enum Error {
         /// Why each fallback failed.
         fallbacks: Failures,
     },
+    /// A migration found no candidate but the gateway it leaves (every source is
+    /// filtered: the router's answer, the cache file, the fallback domain). Back off
+    /// and try again: the fleet may have room elsewhere later.
+    #[error(
+        "no gateway other than {left} (the one being left) among the candidates from {from:?}"
+    )]
+    NoOtherGateway {
+        /// The id of the gateway being left.
+        left: String,
+        /// Where the candidates came from.
+        from: crate::client::Source,
+    },
     /// The call's overall deadline passed.
     #[error("no candidates within {0:?}")]
     Deadline(Duration),

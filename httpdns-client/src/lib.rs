@@ -45,7 +45,9 @@
 //! * [`error`]: [`Error`], typed, each keeping its causes ([`Failure`],
 //!   [`FailureKind`]: refused, timed out, TLS, HTTP status with the body).
 
+mod cache_file;
 pub mod client;
+mod connect;
 pub mod dns;
 pub mod error;
 
