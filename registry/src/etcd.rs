@@ -47,6 +47,10 @@ pub struct EtcdOptions {
     pub keep_alive: Duration,
     /// How long a ping may go unanswered before the connection is declared dead.
     pub keep_alive_timeout: Duration,
+    /// Keys per page of a listing. A listing is read in pages at one revision (as
+    /// Kubernetes' reflector does), so no answer comes near the client's 4 MB message
+    /// limit; a page that still would is asked again at half the size.
+    pub list_page: i64,
 }
 
 impl Default for EtcdOptions {
@@ -57,6 +61,7 @@ impl Default for EtcdOptions {
             list_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
+            list_page: 1000,
         }
     }
 }
@@ -122,6 +127,19 @@ pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(eps)
+}
+
+/// The end of the key range of `prefix` (etcd's convention: the prefix with its last
+/// byte below 0xff incremented, the rest dropped; all keys from it when there is none).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Classifies an etcd error by its gRPC status code.
@@ -344,19 +362,73 @@ impl Kv for EtcdKv {
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing, KvError> {
+        // Pages of `limit` keys from `from` to the end of the prefix's range, all at the
+        // revision of the first page: one consistent listing, no answer too large.
         let t = self.inner.opts.list_timeout;
-        let (resp, _) = self
-            .call("list", t, |mut c| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
-                    .map_err(map_err)
-            })
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(Listing {
-            kvs: resp.kvs().iter().filter_map(to_kv).collect(),
-            revision,
-        })
+        let end = prefix_end(prefix.as_bytes());
+        let mut from: Vec<u8> = prefix.as_bytes().to_vec();
+        let mut limit = self.inner.opts.list_page.max(1);
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        let started = std::time::Instant::now();
+        loop {
+            let page = self
+                .call("list", t, |mut c| {
+                    let (from, end) = (from.clone(), end.clone());
+                    async move {
+                        let opts = GetOptions::new()
+                            .with_range(end)
+                            .with_limit(limit)
+                            .with_revision(revision);
+                        c.get(from, Some(opts)).await.map_err(map_err)
+                    }
+                })
+                .await;
+            let resp = match page {
+                Ok((resp, _)) => resp,
+                // The client refuses an answer over its message limit: the same page,
+                // smaller (a fleet of large records).
+                Err(KvError::Rejected(m))
+                    if m.contains("message length too large") && limit > 1 =>
+                {
+                    limit = (limit / 2).max(1);
+                    warn!(
+                        limit,
+                        "etcd listing page too large for one message; asking for smaller pages"
+                    );
+                    continue;
+                }
+                Err(KvError::Rejected(m)) if m.contains("compacted") => {
+                    return Err(KvError::Compacted {
+                        requested: revision,
+                        compact_revision: 0,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            let got = resp.kvs();
+            kvs.extend(got.iter().filter_map(to_kv));
+            match got.last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        if kvs.len() > self.inner.opts.list_page as usize {
+            info!(
+                keys = kvs.len(),
+                revision,
+                ms = started.elapsed().as_millis() as u64,
+                "listed {prefix} in pages"
+            );
+        }
+        Ok(Listing { kvs, revision })
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64, KvError> {

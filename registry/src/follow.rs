@@ -195,6 +195,10 @@ async fn run(
             KvError::Compacted { .. } | KvError::WatchCancelled(_) => {
                 info!(error = %err, "registry watch ended, resyncing");
             }
+            // etcd answered, and said no (permission, a bad request): not an outage.
+            KvError::Rejected(_) => {
+                warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registry refused the request")
+            }
             _ => {
                 warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "registry unreachable")
             }

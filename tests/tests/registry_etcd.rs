@@ -133,3 +133,62 @@ async fn follower_marks_outages_and_resyncs_cleanly() {
     assert!(v.resyncs >= 2);
     cancel.cancel();
 }
+
+/// A fleet whose records add up to more than the client's 4 MB message limit: a
+/// listing in one answer was refused ("decoded message length too large"), so a
+/// router never became ready and `ctl nodes` failed. Listed in pages, it loads; a
+/// router starts and `ctl nodes` lists every node.
+#[test]
+fn a_registry_over_4_mb_is_listed_in_pages() {
+    let etcd = Etcd::start();
+    const NODES: usize = 2_600;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let total = rt.block_on(async {
+        let kv = Arc::new(connect(&etcd).await);
+        let layout = Layout::default();
+        // About 2 KB each (labels, as a real fleet carries): 5 MB in all.
+        let pad = "x".repeat(1900);
+        let mut total = 0;
+        let mut writes = futures::stream::iter((0..NODES).map(|i| {
+            let (kv, key) = (kv.clone(), layout.node_key(&format!("big-{i:05}")));
+            let value = format!(
+                r#"{{"id":"big-{i:05}","ip":"192.0.2.1","ports":{{"tcp":8000}},"region":"r{}","capacity":1000,"connections":{},"labels":{{"pad":"{pad}"}}}}"#,
+                i % 4,
+                i % 900
+            );
+            total += value.len();
+            async move { kv.put(&key, value.into_bytes(), None).await.unwrap() }
+        }))
+        .buffer_unordered(32);
+        while writes.next().await.is_some() {}
+        drop(writes);
+        // The store lists it whole, in one revision.
+        let listing = kv.list(&layout.nodes_prefix()).await.unwrap();
+        assert_eq!(listing.kvs.len(), NODES);
+        assert!(listing.kvs.windows(2).all(|w| w[0].key < w[1].key));
+        total
+    });
+    assert!(total > 4_500_000, "the records add up to {total} bytes");
+
+    let r = harness::RouterProc::start(&etcd, "", &[]);
+    let out = r.proc.output();
+    assert!(out.contains(&format!("loaded {NODES} nodes")), "{out}");
+    let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
+    let served: i64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("router_nodes{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
+    assert_eq!(served, NODES as i64, "{metrics}");
+
+    let (code, table) = harness::router_ctl(&etcd, &["nodes"]);
+    assert_eq!(code, 0, "{table}");
+    for i in [0, 1, NODES / 2, NODES - 1] {
+        assert!(table.contains(&format!("big-{i:05}")), "big-{i:05} missing");
+    }
+    assert_eq!(
+        table.lines().filter(|l| l.contains("big-")).count(),
+        NODES,
+        "every node listed once"
+    );
+}
