@@ -45,17 +45,43 @@ impl Gateway {
 /// All at once: the whole storm lands between two reports, on the routers' own counts.
 #[test]
 fn a_burst_of_real_clients_lands_by_capacity_across_two_routers() {
-    storm(Duration::ZERO);
+    storm(Duration::ZERO, None);
 }
 
 /// Over a couple of seconds: reports arrive in the middle of it, each counted at a
 /// moment the routers must place among their own answers.
 #[test]
 fn a_paced_storm_lands_by_capacity_across_reports() {
-    storm(Duration::from_millis(25));
+    storm(Duration::from_millis(25), None);
 }
 
-fn storm(pause: Duration) {
+/// The same with every gateway host's clock a second ahead of the routers' (broken
+/// NTP, through libfaketime): the routers must not take their own answers for ones the
+/// agents' counts already include.
+#[test]
+fn a_paced_storm_holds_with_agent_clocks_a_second_ahead() {
+    storm(Duration::from_millis(25), Some("+1s"));
+}
+
+/// And a second behind.
+#[test]
+fn a_paced_storm_holds_with_agent_clocks_a_second_behind() {
+    storm(Duration::from_millis(25), Some("-1s"));
+}
+
+/// `faketime -f OFFSET`, as the wrapper of a process whose wall clock is off.
+fn clock_off(offset: &str) -> Vec<String> {
+    let faketime = harness::which("faketime").unwrap_or_else(|| {
+        panic!("faketime is missing: apt-get install faketime (scripts/deps.sh --test does)")
+    });
+    vec![
+        faketime.to_string_lossy().into_owned(),
+        "-f".into(),
+        offset.into(),
+    ]
+}
+
+fn storm(pause: Duration, agent_clock: Option<&str>) {
     // Thousands of sockets, both ends in this process.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let etcd = Etcd::start();
@@ -71,7 +97,7 @@ fn storm(pause: Duration) {
             let (cap, port) = (g.capacity.to_string(), g.port.to_string());
             let tcp = format!("tcp={port}");
             let load = format!("tcp-port:{port}");
-            Proc::spawn(
+            Proc::spawn_full(
                 "gateway-agent",
                 &[
                     "--etcd",
@@ -89,6 +115,9 @@ fn storm(pause: Duration) {
                     "--load",
                     &load,
                 ],
+                &[],
+                false,
+                agent_clock.map(clock_off),
             )
         })
         .collect();
