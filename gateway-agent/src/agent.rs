@@ -396,7 +396,12 @@ impl Agent {
                         Err(e) => {
                             let delay = register_backoff.next_delay();
                             next_register = Instant::now() + delay;
-                            warn!(node_id = %self.config.node.id, error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
+                            if matches!(e, KvError::Rejected(_)) {
+                                // etcd answered no: a permission or credentials problem.
+                                warn!(node_id = %self.config.node.id, key = %node_key, error = %e, retry_in_ms = delay.as_millis() as u64, "registration refused by etcd (permission?) for {node_key}");
+                            } else {
+                                warn!(node_id = %self.config.node.id, error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
+                            }
                         }
                     }
                     continue;
@@ -467,6 +472,9 @@ impl Agent {
                         lease = None;
                         next_register = Instant::now();
                         self.status.send_modify(|s| s.lease = None);
+                    }
+                    Err(e @ KvError::Rejected(_)) => {
+                        warn!(key = %node_key, error = %e, "report refused by etcd (permission?) for {node_key}")
                     }
                     Err(e) => debug!(error = %e, "report failed, will retry"),
                 }
@@ -859,13 +867,10 @@ async fn watch_command(
     let mut backoff = Backoff::for_store();
     loop {
         let attempt = async {
-            let listing = kv.list(&key).await?;
-            let current = listing
-                .kvs
-                .into_iter()
-                .find(|e| e.key == key)
-                .map(|e| e.value);
-            let mut stream = kv.watch(&key, listing.revision + 1).await?;
+            // This key alone: an agent may read its own commands and no one else's.
+            let (current, revision) = kv.get_exact(&key).await?;
+            let current = current.map(|e| e.value);
+            let mut stream = kv.watch_key(&key, revision + 1).await?;
             if tx.send(current).await.is_err() {
                 return Ok(());
             }

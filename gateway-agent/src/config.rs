@@ -15,14 +15,19 @@ use crate::load::LoadSource;
 use crate::report::ReportPolicy;
 use crate::{AgentConfig, NodeSpec};
 
+registry::etcd_security_flags!(AgentEtcdFlags, "AGENT");
+
 /// Registers a gateway node in etcd under a lease, reports its connections and
 /// health, and executes drain / migrate commands.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "gateway-agent", version)]
 pub struct Cli {
-    /// etcd endpoints, comma-separated (http://HOST:PORT).
+    /// etcd endpoints, comma-separated (http://HOST:PORT, or https:// for TLS).
     #[arg(long, env = "AGENT_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]
     pub etcd: Vec<String>,
+    /// TLS and credentials for etcd.
+    #[command(flatten)]
+    pub etcd_security: AgentEtcdFlags,
     /// Node id, [A-Za-z0-9._-]{1,64}.
     #[arg(long, env = "AGENT_ID", value_parser = parse_id)]
     pub id: String,

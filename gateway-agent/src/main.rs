@@ -18,12 +18,30 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let endpoints = cli.endpoints();
+    let security = cli.etcd_security.security();
+    if let Err(e) = security.check(&endpoints) {
+        registry::cli::exit_invalid(e);
+    }
     let config = match cli.into_config(reqwest::Client::new()) {
         Ok(c) => c,
         Err(e) => registry::cli::exit_invalid(e),
     };
     tracing::info!(etcd = %endpoints.join(","), prefix = %config.layout.prefix(), node_id = %config.node.id, "agent starting");
-    let kv = EtcdKv::connect(&endpoints, &EtcdOptions::default()).await?;
+    let opts = EtcdOptions {
+        security,
+        ..EtcdOptions::default()
+    };
+    let kv = EtcdKv::connect(&endpoints, &opts)
+        .await
+        .unwrap_or_else(|e| {
+            registry::cli::exit_invalid(format!("etcd {}: {e}", endpoints.join(",")))
+        });
+    // A wrong CA, an expired certificate or a wrong password: one line now, not a
+    // retry loop. (An etcd that is down is waited for.)
+    let own = config.layout.node_key(&config.node.id);
+    if let Err(e) = kv.check_access(&own).await {
+        registry::cli::exit_invalid(format!("etcd {}: {e}", endpoints.join(",")));
+    }
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
     let (agent, _handle) = Agent::new(Arc::new(kv), config);

@@ -32,6 +32,7 @@ use futures::StreamExt;
 use tracing::{info, warn};
 
 use crate::kv::{KeyValue, Kv, KvError, KvEvent, LeaseId, Listing, WatchBatch, WatchStream};
+use crate::security::{chain, is_tls_refusal, EtcdSecurity};
 
 /// Timeouts for talking to etcd.
 #[derive(Debug, Clone)]
@@ -51,6 +52,8 @@ pub struct EtcdOptions {
     /// Kubernetes' reflector does), so no answer comes near the client's 4 MB message
     /// limit; a page that still would is asked again at half the size.
     pub list_page: i64,
+    /// TLS and credentials.
+    pub security: EtcdSecurity,
 }
 
 impl Default for EtcdOptions {
@@ -62,6 +65,7 @@ impl Default for EtcdOptions {
             keep_alive: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
             list_page: 1000,
+            security: EtcdSecurity::default(),
         }
     }
 }
@@ -75,8 +79,10 @@ struct Keeper {
 
 struct Inner {
     endpoints: Vec<String>,
-    /// One client (one channel) per endpoint, in the order given.
-    clients: Vec<Client>,
+    /// One client (one channel) per endpoint, in the order given, made on first use:
+    /// with a user, making one authenticates, which needs that endpoint up.
+    clients: Vec<tokio::sync::OnceCell<Client>>,
+    options: ConnectOptions,
     /// The endpoint calls go to first: the last one that answered.
     current: AtomicUsize,
     /// Per endpoint: did its last call succeed? A long call (a listing) goes to an
@@ -160,14 +166,28 @@ fn map_err(e: etcd_client::Error) -> KvError {
                 | Code::OutOfRange
                 | Code::AlreadyExists
                 | Code::Unimplemented => KvError::Rejected(format!("{:?}: {msg}", status.code())),
-                code => KvError::Unavailable(format!("{code:?}: {msg}")),
+                code => {
+                    let why = chain(&status);
+                    if is_tls_refusal(&why) {
+                        KvError::Rejected(format!("TLS: {why}"))
+                    } else {
+                        KvError::Unavailable(format!("{code:?}: {msg}"))
+                    }
+                }
             }
         }
         E::InvalidArgs(m) => KvError::Rejected(m),
         // The client's own verdict on a keep-alive answer with TTL 0 (not a gRPC
         // status): the lease is gone.
         E::LeaseKeepAliveError(_) => KvError::LeaseNotFound(0),
-        other => KvError::Unavailable(other.to_string()),
+        other => {
+            let why = chain(&other);
+            if is_tls_refusal(&why) {
+                KvError::Rejected(format!("TLS: {why}"))
+            } else {
+                KvError::Unavailable(why)
+            }
+        }
     }
 }
 
@@ -208,33 +228,71 @@ impl EtcdKv {
     /// Connects to `endpoints`; channels are lazy, so this succeeds while etcd is down
     /// and calls fail with [`KvError::Unavailable`] until it is back.
     pub async fn connect(endpoints: &[String], opts: &EtcdOptions) -> Result<EtcdKv, KvError> {
-        let options = ConnectOptions::new()
+        if endpoints.is_empty() {
+            return Err(KvError::Rejected("no etcd endpoint given".into()));
+        }
+        let loaded = opts.security.load(endpoints).map_err(KvError::Rejected)?;
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout)
             .with_timeout(opts.list_timeout)
             .with_keep_alive(opts.keep_alive, opts.keep_alive_timeout)
             .with_keep_alive_while_idle(false)
             .with_require_leader(true);
-        if endpoints.is_empty() {
-            return Err(KvError::Rejected("no etcd endpoint given".into()));
+        if let Some(tls) = loaded.tls {
+            options = options.with_tls(tls);
         }
-        let mut clients = Vec::with_capacity(endpoints.len());
-        for ep in endpoints {
-            clients.push(
-                Client::connect([ep.as_str()], Some(options.clone()))
-                    .await
-                    .map_err(map_err)?,
-            );
+        if let Some((user, password)) = loaded.user {
+            // etcd's tokens expire (`--auth-token-ttl`): a call that finds its token
+            // stale authenticates again and is retried, once.
+            options = options
+                .with_user(user, password)
+                .with_auto_token_refresh(true);
         }
         Ok(EtcdKv {
             inner: Arc::new(Inner {
                 endpoints: endpoints.to_vec(),
-                clients,
+                clients: endpoints
+                    .iter()
+                    .map(|_| tokio::sync::OnceCell::new())
+                    .collect(),
+                options,
                 current: AtomicUsize::new(0),
                 answering: endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
                 opts: opts.clone(),
                 keepers: tokio::sync::Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Checks that etcd takes this client's certificates and credentials by reading
+    /// `key`: `Err(Rejected)` names a configuration problem (a wrong CA, an expired
+    /// certificate, a wrong password, no permission), for one line at start. An etcd
+    /// that cannot be reached is not an error here: it may come back.
+    pub async fn check_access(&self, key: &str) -> Result<(), KvError> {
+        // etcd refuses a client certificate after the TLS 1.3 handshake has completed
+        // on the client's side, so the refusal may first show as a cancelled or reset
+        // call: look again for a few seconds before calling it an outage.
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            match self.get(key).await {
+                Ok(_) => return Ok(()),
+                Err(KvError::Rejected(m)) => {
+                    return Err(KvError::Rejected(format!("reading {key}: {m}")))
+                }
+                // Down (refused, silent): it may come back; not a configuration error.
+                Err(KvError::Unavailable(m))
+                    if m.contains("refused")
+                        || m.contains("no answer")
+                        || std::time::Instant::now() >= until =>
+                {
+                    return Ok(())
+                }
+                Err(KvError::Unavailable(_)) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The endpoints, in the order given.
@@ -263,8 +321,34 @@ impl EtcdKv {
             let i = (first + attempt) % n;
             let endpoint = &inner.endpoints[i];
             let short = inner.opts.request_timeout;
+            let client = match tokio::time::timeout(short.max(Duration::from_secs(2)), async {
+                inner.clients[i]
+                    .get_or_try_init(|| async {
+                        Client::connect([endpoint.as_str()], Some(inner.options.clone())).await
+                    })
+                    .await
+                    .cloned()
+                    .map_err(map_err)
+            })
+            .await
+            {
+                Ok(Ok(c)) => c,
+                // A wrong password or certificate: the same everywhere.
+                Ok(Err(e @ KvError::Rejected(_))) => return Err(e),
+                Ok(Err(e)) => {
+                    last = Some(KvError::Unavailable(format!("{endpoint}: {e}")));
+                    continue;
+                }
+                Err(_) => {
+                    last = Some(KvError::Unavailable(format!(
+                        "{endpoint}: no connection within {} ms",
+                        short.max(Duration::from_secs(2)).as_millis()
+                    )));
+                    continue;
+                }
+            };
             if deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
-                let mut c = inner.clients[i].clone();
+                let mut c = client.clone();
                 let probe = tokio::time::timeout(short, async move { c.status().await }).await;
                 if !matches!(probe, Ok(Ok(_))) {
                     if n > 1 {
@@ -277,7 +361,7 @@ impl EtcdKv {
                     continue;
                 }
             }
-            let result = tokio::time::timeout(deadline, f(inner.clients[i].clone())).await;
+            let result = tokio::time::timeout(deadline, f(client)).await;
             let answered = !matches!(result, Err(_) | Ok(Err(KvError::Unavailable(_))));
             inner.answering[i].store(answered, Ordering::Relaxed);
             let err = match result {
@@ -518,8 +602,38 @@ impl Kv for EtcdKv {
         Ok(())
     }
 
+    async fn get_exact(&self, key: &str) -> Result<(Option<KeyValue>, i64), KvError> {
+        let t = self.inner.opts.request_timeout;
+        let (resp, _) = self
+            .call("get", t, |mut c| async move {
+                c.get(key, None).await.map_err(map_err)
+            })
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((resp.kvs().first().and_then(to_kv), revision))
+    }
+
+    async fn watch_key(&self, key: &str, start_revision: i64) -> Result<WatchStream, KvError> {
+        self.watch_range(key, false, start_revision).await
+    }
+
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, KvError> {
-        let mut opts = WatchOptions::new().with_prefix().with_progress_notify();
+        self.watch_range(prefix, true, start_revision).await
+    }
+}
+
+impl EtcdKv {
+    /// Watches `key` (with `prefix`, every key below it) from `start_revision`.
+    async fn watch_range(
+        &self,
+        prefix: &str,
+        is_prefix: bool,
+        start_revision: i64,
+    ) -> Result<WatchStream, KvError> {
+        let mut opts = WatchOptions::new().with_progress_notify();
+        if is_prefix {
+            opts = opts.with_prefix();
+        }
         if start_revision > 0 {
             opts = opts.with_start_revision(start_revision);
         }

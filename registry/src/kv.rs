@@ -100,4 +100,15 @@ pub trait Kv: Send + Sync + 'static {
     async fn revoke(&self, lease: LeaseId) -> Result<(), KvError>;
     /// Watches `prefix` from `start_revision` (inclusive).
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, KvError>;
+    /// The value at exactly `key`, and the store's revision (to watch from the next).
+    /// Reads that one key, so a client allowed only that key may call it.
+    async fn get_exact(&self, key: &str) -> Result<(Option<KeyValue>, i64), KvError> {
+        let l = self.list(key).await?;
+        Ok((l.kvs.into_iter().find(|e| e.key == key), l.revision))
+    }
+    /// Watches exactly `key` from `start_revision` (inclusive); like [`Kv::get_exact`],
+    /// needs permission on that key alone.
+    async fn watch_key(&self, key: &str, start_revision: i64) -> Result<WatchStream, KvError> {
+        self.watch(key, start_revision).await
+    }
 }

@@ -28,6 +28,7 @@ pub mod keys;
 pub mod kv;
 pub mod memory;
 pub mod record;
+pub mod security;
 
 pub use imbl;
 pub use keys::{Layout, DEFAULT_PREFIX};

@@ -59,6 +59,8 @@ impl Cli {
     }
 }
 
+registry::etcd_security_flags!(RouterEtcdFlags, "ROUTER");
+
 /// An admin token: refused when empty or blank, whether it comes from the flag or the
 /// variable, because a blank token would be a door anyone could open.
 fn parse_token(s: &str) -> Result<String, String> {
@@ -103,6 +105,9 @@ pub struct ServeArgs {
     /// Key prefix in etcd.
     #[arg(long, env = "ROUTER_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub prefix: String,
+    /// TLS and credentials for etcd.
+    #[command(flatten)]
+    pub etcd_security: RouterEtcdFlags,
     /// TOML configuration file.
     #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -179,6 +184,9 @@ pub struct CtlArgs {
     /// Key prefix in etcd.
     #[arg(long, env = "ROUTER_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub prefix: String,
+    /// TLS and credentials for etcd.
+    #[command(flatten)]
+    pub etcd_security: RouterEtcdFlags,
     /// The operation.
     #[command(subcommand)]
     pub op: CtlOp,

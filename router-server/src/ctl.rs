@@ -16,11 +16,22 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(4);
 pub async fn run(args: CtlArgs) -> i32 {
     let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
     let layout = Layout::new(&args.prefix);
-    let opts = EtcdOptions::default();
+    let security = args.etcd_security.security();
+    if let Err(e) = security.check(&endpoints) {
+        registry::cli::exit_invalid(e);
+    }
+    let opts = EtcdOptions {
+        security,
+        ..EtcdOptions::default()
+    };
     let kv = match EtcdKv::connect(&endpoints, &opts).await {
         Ok(kv) => kv,
         Err(e) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),
     };
+    // A wrong CA, an expired certificate, a wrong password: named as such.
+    if let Err(e) = kv.check_access(&layout.nodes_prefix()).await {
+        return fail(&format!("etcd at {} refused this client: {e}", args.etcd));
+    }
     // The client retries on its own; an operator wants a verdict in seconds.
     match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
         Ok(Ok(_)) => {}

@@ -81,10 +81,26 @@ async fn serve(args: ServeArgs) -> i32 {
     };
     let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
     tracing::info!(etcd = %args.etcd, prefix = %args.prefix, "router starting");
-    let kv = match EtcdKv::connect(&endpoints, &EtcdOptions::default()).await {
-        Ok(kv) => kv,
-        Err(e) => return report(Err(anyhow::anyhow!("etcd {}: {e}", args.etcd))),
+    let security = args.etcd_security.security();
+    if let Err(e) = security.check(&endpoints) {
+        registry::cli::exit_invalid(e);
+    }
+    let opts = EtcdOptions {
+        security,
+        ..EtcdOptions::default()
     };
+    let kv = match EtcdKv::connect(&endpoints, &opts).await {
+        Ok(kv) => kv,
+        Err(e) => registry::cli::exit_invalid(format!("etcd {}: {e}", args.etcd)),
+    };
+    // A wrong CA, an expired certificate or a wrong password: one line now, not a
+    // retry loop. (An etcd that is down is waited for: the router serves once it is.)
+    if let Err(e) = kv
+        .check_access(&Layout::new(&args.prefix).nodes_prefix())
+        .await
+    {
+        registry::cli::exit_invalid(format!("etcd {}: {e}", args.etcd));
+    }
     let opts = ServeOptions {
         config,
         layout: Layout::new(&args.prefix),

@@ -72,6 +72,21 @@ struct Member {
 pub struct Etcd {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    /// With TLS on its client port: the files etcd and `etcdctl` use.
+    tls: Option<EtcdTls>,
+}
+
+/// The TLS material of a secure etcd: its CA, its server certificate, and a client
+/// certificate whose common name is `root` (what `etcdctl` here authenticates with).
+pub struct EtcdTls {
+    /// The CA that signed every certificate here.
+    pub ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    /// `root`'s client certificate and key.
+    pub root_cert: PathBuf,
+    /// `root`'s key.
+    pub root_key: PathBuf,
 }
 
 impl Etcd {
@@ -92,12 +107,76 @@ impl Etcd {
                 child: None,
             })
             .collect();
-        let mut etcd = Etcd { members, dir };
+        let mut etcd = Etcd {
+            members,
+            dir,
+            tls: None,
+        };
         for i in 0..n {
             etcd.spawn(i);
         }
         etcd.wait_healthy();
         etcd
+    }
+
+    /// Starts a single-member etcd as production runs it: TLS on the client port with
+    /// certificates from `ca` (`--cert-file`, `--key-file`, `--trusted-ca-file`),
+    /// client certificates required (`--client-cert-auth`), and authentication enabled
+    /// (`etcdctl auth enable`, with `root` authenticated by its certificate's common
+    /// name). `extra` flags go to etcd (e.g. `--auth-token-ttl 5`).
+    pub fn secure(ca: &TestCa, extra: &[&str]) -> Etcd {
+        require_tool("etcd");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = {
+            let d = dir.path();
+            let write = |name: &str, text: &str| {
+                let p = d.join(name);
+                std::fs::write(&p, text).expect("write pem");
+                p
+            };
+            let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+            let (rcert, rkey) = ca.client_leaf("root", false);
+            EtcdTls {
+                ca: write("etcd-ca.pem", &ca.pem()),
+                server_cert: write("etcd-server.pem", &cert),
+                server_key: write("etcd-server-key.pem", &key),
+                root_cert: write("etcd-root.pem", &rcert),
+                root_key: write("etcd-root-key.pem", &rkey),
+            }
+        };
+        let mut etcd = Etcd {
+            members: vec![Member {
+                name: "m0".into(),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            }],
+            dir,
+            tls: Some(files),
+        };
+        etcd.spawn_with(0, extra);
+        etcd.wait_healthy();
+        etcd.ctl(&["user", "add", "root", "--no-password"]);
+        etcd.ctl(&["auth", "enable"]);
+        etcd
+    }
+
+    /// The TLS files, for a secure etcd.
+    pub fn tls(&self) -> &EtcdTls {
+        self.tls.as_ref().expect("a secure etcd")
+    }
+
+    /// A scratch directory that lives as long as this etcd.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     fn initial_cluster(&self) -> String {
@@ -109,7 +188,12 @@ impl Etcd {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let cluster = self.initial_cluster();
+        let scheme = self.scheme();
         let m = &self.members[i];
         let data = self.dir.path().join(&m.name);
         let log = std::fs::OpenOptions::new()
@@ -117,9 +201,20 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))
             .expect("etcd log file");
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.args(extra);
+        let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
             .args([
@@ -149,6 +244,12 @@ impl Etcd {
     }
 
     fn wait_healthy(&self) {
+        if self.tls.is_some() {
+            wait_until(Duration::from_secs(20), "etcd to become healthy", || {
+                self.ctl_raw(&["endpoint", "health"]).status.success()
+            });
+            return;
+        }
         for m in &self.members {
             let addr: SocketAddr = format!("127.0.0.1:{}", m.client_port).parse().unwrap();
             wait_until(Duration::from_secs(20), "etcd to become healthy", || {
@@ -158,11 +259,12 @@ impl Etcd {
         }
     }
 
-    /// `http://127.0.0.1:PORT[,...]` for `--etcd`.
+    /// `http://127.0.0.1:PORT[,...]` (`https://` for a secure etcd) for `--etcd`.
     pub fn endpoints(&self) -> String {
+        let scheme = self.scheme();
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -245,8 +347,16 @@ impl Etcd {
     /// Runs `etcdctl`, returning its output whatever the status.
     pub fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
         require_tool("etcdctl");
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = Command::new("etcdctl");
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.root_cert)
+                .arg("--key")
+                .arg(&t.root_key);
+        }
+        cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(self.endpoints())
             .args(args)
@@ -692,6 +802,23 @@ impl TestCa {
                 .expect("leaf params");
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate whose common name is `cn` (etcd's user, with
+    /// `--client-cert-auth`): (cert PEM, key PEM). `expired`: valid only in 2020.
+    pub fn client_leaf(&self, cn: &str, expired: bool) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        }
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign client");
         (cert.pem(), key.serialize_pem())
     }
 

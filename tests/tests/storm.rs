@@ -60,24 +60,31 @@ fn a_paced_storm_lands_by_capacity_across_reports() {
 /// agents' counts already include.
 #[test]
 fn a_paced_storm_holds_with_agent_clocks_a_second_ahead() {
-    storm(Duration::from_millis(25), Some("+1s"));
+    storm(Duration::from_millis(25), Some("+1"));
 }
 
 /// And a second behind.
 #[test]
 fn a_paced_storm_holds_with_agent_clocks_a_second_behind() {
-    storm(Duration::from_millis(25), Some("-1s"));
+    storm(Duration::from_millis(25), Some("-1"));
 }
 
-/// `faketime -f OFFSET`, as the wrapper of a process whose wall clock is off.
-fn clock_off(offset: &str) -> Vec<String> {
-    let faketime = harness::which("faketime").unwrap_or_else(|| {
-        panic!("faketime is missing: apt-get install faketime (scripts/deps.sh --test does)")
+/// The environment that puts a process's clocks `offset` seconds off (libfaketime,
+/// from Debian's `faketime`; set on the process itself rather than through the
+/// `faketime` wrapper, which would stand between the test and the process it stops).
+fn clock_off(offset: &str) -> Vec<(&'static str, String)> {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .unwrap_or_else(|| {
+        panic!("libfaketime is missing: apt-get install faketime (scripts/deps.sh --test does)")
     });
     vec![
-        faketime.to_string_lossy().into_owned(),
-        "-f".into(),
-        offset.into(),
+        ("LD_PRELOAD", lib.to_string()),
+        ("FAKETIME", offset.to_string()),
     ]
 }
 
@@ -90,6 +97,8 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
         .map(Gateway::start)
         .collect();
     let endpoints = etcd.endpoints();
+    let env = agent_clock.map(clock_off).unwrap_or_default();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let _agents: Vec<Proc> = gateways
         .iter()
         .enumerate()
@@ -115,9 +124,9 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
                     "--load",
                     &load,
                 ],
-                &[],
+                &env,
                 false,
-                agent_clock.map(clock_off),
+                None,
             )
         })
         .collect();

@@ -1,0 +1,300 @@
+//! TLS and credentials for etcd, as etcdctl takes them: `--etcd-cacert`,
+//! `--etcd-cert`, `--etcd-key`, `--etcd-user` and `--etcd-password-file` (a password
+//! is never a flag value: flag values show in `ps`).
+//!
+//! The rules are checked before anything connects, so a mistake is one line at start:
+//! TLS material needs `https://` endpoints (an `http://` endpoint with TLS flags is
+//! refused), a certificate needs its key, a user needs a password file, and every
+//! file must be readable and of the right kind.
+
+use std::path::{Path, PathBuf};
+
+use etcd_client::{Certificate, Identity, TlsOptions};
+
+/// How to authenticate to etcd and check its certificates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdSecurity {
+    /// CA bundle (PEM) that signed etcd's server certificates; without it, an
+    /// `https://` endpoint is checked against the system's roots.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for etcd's `--client-cert-auth`; with auth enabled
+    /// and no password, its common name is the etcd user.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// etcd user (password authentication; tokens are refreshed when they expire).
+    pub user: Option<String>,
+    /// File holding the user's password (its first line).
+    pub password_file: Option<PathBuf>,
+}
+
+/// TLS and credentials read from their files, ready for the client.
+#[derive(Debug, Clone)]
+pub(crate) struct Loaded {
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) user: Option<(String, String)>,
+}
+
+impl EtcdSecurity {
+    /// True when any TLS flag is set.
+    pub fn wants_tls(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// Checks the flags against the `endpoints` and reads every file once; the error
+    /// names the flag and the problem, for one line at start.
+    pub fn check(&self, endpoints: &[String]) -> Result<(), String> {
+        self.load(endpoints).map(|_| ())
+    }
+
+    pub(crate) fn load(&self, endpoints: &[String]) -> Result<Loaded, String> {
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https > 0 && https < endpoints.len() {
+            return Err(format!(
+                "etcd endpoints mix https:// and http:// ({}); use one scheme",
+                endpoints.join(",")
+            ));
+        }
+        if self.wants_tls() && https == 0 {
+            return Err(format!(
+                "--etcd-cacert, --etcd-cert and --etcd-key need https:// endpoints; --etcd is {}",
+                endpoints.join(",")
+            ));
+        }
+        let tls = if https > 0 {
+            let mut tls = TlsOptions::new();
+            tls = match &self.cacert {
+                Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem(
+                    "--etcd-cacert",
+                    ca,
+                    "CERTIFICATE",
+                )?)),
+                None => tls.with_native_roots(),
+            };
+            match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => {
+                    let cert = read_pem("--etcd-cert", cert, "CERTIFICATE")?;
+                    let key = read_pem("--etcd-key", key, "PRIVATE KEY")?;
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                (Some(_), None) => return Err("--etcd-cert needs --etcd-key".into()),
+                (None, Some(_)) => return Err("--etcd-key needs --etcd-cert".into()),
+                (None, None) => {}
+            }
+            Some(tls)
+        } else {
+            None
+        };
+        let user = match (&self.user, &self.password_file) {
+            (Some(user), Some(file)) => {
+                if user.is_empty() || user.contains(char::is_whitespace) {
+                    return Err(format!("--etcd-user {user:?} is not a user name"));
+                }
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    format!("--etcd-password-file {}: {e}", file.display())
+                })?;
+                let password = text.lines().next().unwrap_or("").to_string();
+                if password.is_empty() {
+                    return Err(format!(
+                        "--etcd-password-file {}: the file is empty",
+                        file.display()
+                    ));
+                }
+                Some((user.clone(), password))
+            }
+            (Some(_), None) => {
+                return Err("--etcd-user needs --etcd-password-file (a password is never a flag value: flags show in ps)".into())
+            }
+            (None, Some(_)) => return Err("--etcd-password-file needs --etcd-user".into()),
+            (None, None) => None,
+        };
+        Ok(Loaded { tls, user })
+    }
+}
+
+/// Reads a PEM file that must hold a `kind` block (`CERTIFICATE`, `... PRIVATE KEY`).
+fn read_pem(flag: &str, path: &Path, kind: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let found = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{kind}-----")));
+    if !found {
+        return Err(format!(
+            "{flag} {}: no PEM {kind} in the file",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The whole cause chain of an error, `: `-joined (a TLS failure hides under
+/// "transport error").
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// True when `message` (a cause chain) is a failed certificate check, on our side or
+/// etcd's: a configuration problem, not an outage.
+pub(crate) fn is_tls_refusal(message: &str) -> bool {
+    message.contains("invalid peer certificate")
+        || message.contains("received fatal alert")
+        || message.contains("certificate required")
+}
+
+/// The flags of [`EtcdSecurity`] for a binary whose variables start with `$env`
+/// (`AGENT`, `ROUTER`): `--etcd-cacert` reads `{ENV}_ETCD_CACERT`, and so on.
+#[macro_export]
+macro_rules! etcd_security_flags {
+    ($name:ident, $env:literal) => {
+        /// TLS and credentials for etcd, as etcdctl takes them.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct $name {
+            /// CA bundle (PEM) that signed etcd's certificates; needs https:// endpoints (default: the system's roots).
+            #[arg(long = "etcd-cacert", env = concat!($env, "_ETCD_CACERT"), value_name = "FILE")]
+            pub etcd_cacert: Option<std::path::PathBuf>,
+            /// Client certificate (PEM) for etcd's --client-cert-auth.
+            #[arg(long = "etcd-cert", env = concat!($env, "_ETCD_CERT"), value_name = "FILE")]
+            pub etcd_cert: Option<std::path::PathBuf>,
+            /// The client certificate's private key (PEM).
+            #[arg(long = "etcd-key", env = concat!($env, "_ETCD_KEY"), value_name = "FILE")]
+            pub etcd_key: Option<std::path::PathBuf>,
+            /// etcd user (with --etcd-password-file).
+            #[arg(long = "etcd-user", env = concat!($env, "_ETCD_USER"), value_name = "NAME")]
+            pub etcd_user: Option<String>,
+            /// File holding the etcd user's password (never a flag value: flags show in ps).
+            #[arg(long = "etcd-password-file", env = concat!($env, "_ETCD_PASSWORD_FILE"), value_name = "FILE")]
+            pub etcd_password_file: Option<std::path::PathBuf>,
+        }
+
+        impl $name {
+            /// The security settings these flags give.
+            pub fn security(&self) -> $crate::security::EtcdSecurity {
+                $crate::security::EtcdSecurity {
+                    cacert: self.etcd_cacert.clone(),
+                    cert: self.etcd_cert.clone(),
+                    key: self.etcd_key.clone(),
+                    user: self.etcd_user.clone(),
+                    password_file: self.etcd_password_file.clone(),
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn mistakes_are_named_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pem = file(
+            d,
+            "ca.pem",
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        );
+        let key = file(
+            d,
+            "key.pem",
+            "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+        );
+        let junk = file(d, "junk.pem", "hello\n");
+        let pw = file(d, "pw", "s3cret\nignored\n");
+        let empty = file(d, "empty", "");
+        let http = ["http://127.0.0.1:2379".to_string()];
+        let https = ["https://127.0.0.1:2379".to_string()];
+        let err = |s: EtcdSecurity, eps: &[String]| s.check(eps).unwrap_err();
+
+        let tls = EtcdSecurity {
+            cacert: Some(pem.clone()),
+            ..Default::default()
+        };
+        assert!(err(tls.clone(), &http).contains("need https:// endpoints"));
+        assert!(tls.check(&https).is_ok());
+        let mixed = ["https://a:1".to_string(), "http://b:2".to_string()];
+        assert!(err(EtcdSecurity::default(), &mixed).contains("mix"));
+        assert!(err(
+            EtcdSecurity {
+                cert: Some(pem.clone()),
+                ..Default::default()
+            },
+            &https
+        )
+        .contains("--etcd-cert needs --etcd-key"));
+        assert!(err(
+            EtcdSecurity {
+                cacert: Some(junk.clone()),
+                ..Default::default()
+            },
+            &https
+        )
+        .contains("no PEM CERTIFICATE"));
+        assert!(err(
+            EtcdSecurity {
+                cacert: Some(d.join("missing.pem")),
+                ..Default::default()
+            },
+            &https
+        )
+        .contains("missing.pem"));
+        assert!(err(
+            EtcdSecurity {
+                cert: Some(pem.clone()),
+                key: Some(pem.clone()),
+                ..Default::default()
+            },
+            &https
+        )
+        .contains("no PEM PRIVATE KEY"));
+        assert!(EtcdSecurity {
+            cert: Some(pem.clone()),
+            key: Some(key),
+            ..Default::default()
+        }
+        .check(&https)
+        .is_ok());
+
+        let user = |pw: Option<PathBuf>| EtcdSecurity {
+            user: Some("gw-a".into()),
+            password_file: pw,
+            ..Default::default()
+        };
+        assert!(err(user(None), &http).contains("needs --etcd-password-file"));
+        assert!(err(user(Some(empty)), &http).contains("empty"));
+        let loaded = user(Some(pw)).load(&http).unwrap();
+        assert_eq!(loaded.user, Some(("gw-a".into(), "s3cret".into())));
+        assert!(loaded.tls.is_none());
+    }
+
+    #[test]
+    fn certificate_refusals_are_told_from_outages() {
+        assert!(is_tls_refusal(
+            "transport error: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(is_tls_refusal(
+            "transport error: received fatal alert: CertificateExpired"
+        ));
+        assert!(!is_tls_refusal("transport error: connection refused"));
+    }
+}
