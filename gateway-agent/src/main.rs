@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use gateway_agent::config::Cli;
 use gateway_agent::Agent;
-use registry::etcd::{EtcdKv, EtcdOptions};
+use registry::etcd::connect_at_start;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -27,21 +27,12 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => registry::cli::exit_invalid(e),
     };
     tracing::info!(etcd = %endpoints.join(","), prefix = %config.layout.prefix(), node_id = %config.node.id, "agent starting");
-    let opts = EtcdOptions {
-        security,
-        ..EtcdOptions::default()
-    };
-    let kv = EtcdKv::connect(&endpoints, &opts)
-        .await
-        .unwrap_or_else(|e| {
-            registry::cli::exit_invalid(format!("etcd {}: {e}", endpoints.join(",")))
-        });
     // A wrong CA, an expired certificate or a wrong password: one line now, not a
     // retry loop. (An etcd that is down is waited for.)
     let own = config.layout.node_key(&config.node.id);
-    if let Err(e) = kv.check_access(&own).await {
-        registry::cli::exit_invalid(format!("etcd {}: {e}", endpoints.join(",")));
-    }
+    let kv = connect_at_start(&endpoints, security, &own)
+        .await
+        .unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
     let (agent, _handle) = Agent::new(Arc::new(kv), config);

@@ -107,6 +107,29 @@ impl std::fmt::Debug for EtcdKv {
     }
 }
 
+/// What a binary does at start: checks `security` against `endpoints`, connects, and
+/// reads `key` to see that etcd takes these credentials (an etcd that is down is not
+/// an error: it may come back). The error is the one line to print before exiting.
+pub async fn connect_at_start(
+    endpoints: &[String],
+    security: EtcdSecurity,
+    key: &str,
+) -> Result<EtcdKv, String> {
+    security.check(endpoints)?;
+    let spec = endpoints.join(",");
+    let opts = EtcdOptions {
+        security,
+        ..EtcdOptions::default()
+    };
+    let kv = EtcdKv::connect(endpoints, &opts)
+        .await
+        .map_err(|e| format!("etcd {spec}: {e}"))?;
+    kv.check_access(key)
+        .await
+        .map_err(|e| format!("etcd {spec}: {e}"))?;
+    Ok(kv)
+}
+
 /// Splits `URL[,URL...]` into endpoints, checking each looks like `http://host:port`.
 pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
     let eps: Vec<String> = spec

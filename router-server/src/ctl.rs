@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use registry::etcd::{EtcdKv, EtcdOptions};
+use registry::etcd::connect_at_start;
 use registry::{CommandAction, Kv, Layout, NodeRecord};
 use tokio::time::Instant;
 
@@ -20,18 +20,11 @@ pub async fn run(args: CtlArgs) -> i32 {
     if let Err(e) = security.check(&endpoints) {
         registry::cli::exit_invalid(e);
     }
-    let opts = EtcdOptions {
-        security,
-        ..EtcdOptions::default()
-    };
-    let kv = match EtcdKv::connect(&endpoints, &opts).await {
-        Ok(kv) => kv,
-        Err(e) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),
-    };
     // A wrong CA, an expired certificate, a wrong password: named as such.
-    if let Err(e) = kv.check_access(&layout.nodes_prefix()).await {
-        return fail(&format!("etcd at {} refused this client: {e}", args.etcd));
-    }
+    let kv = match connect_at_start(&endpoints, security, &layout.nodes_prefix()).await {
+        Ok(kv) => kv,
+        Err(e) => return fail(&e),
+    };
     // The client retries on its own; an operator wants a verdict in seconds.
     match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
         Ok(Ok(_)) => {}

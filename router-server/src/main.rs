@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use registry::etcd::{EtcdKv, EtcdOptions};
+use registry::etcd::connect_at_start;
 use registry::Layout;
 use router_server::config::{Cli, Command, FileConfig, ServeArgs};
 use router_server::tls::TlsFiles;
@@ -81,26 +81,15 @@ async fn serve(args: ServeArgs) -> i32 {
     };
     let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
     tracing::info!(etcd = %args.etcd, prefix = %args.prefix, "router starting");
-    let security = args.etcd_security.security();
-    if let Err(e) = security.check(&endpoints) {
-        registry::cli::exit_invalid(e);
-    }
-    let opts = EtcdOptions {
-        security,
-        ..EtcdOptions::default()
-    };
-    let kv = match EtcdKv::connect(&endpoints, &opts).await {
-        Ok(kv) => kv,
-        Err(e) => registry::cli::exit_invalid(format!("etcd {}: {e}", args.etcd)),
-    };
     // A wrong CA, an expired certificate or a wrong password: one line now, not a
     // retry loop. (An etcd that is down is waited for: the router serves once it is.)
-    if let Err(e) = kv
-        .check_access(&Layout::new(&args.prefix).nodes_prefix())
-        .await
-    {
-        registry::cli::exit_invalid(format!("etcd {}: {e}", args.etcd));
-    }
+    let kv = connect_at_start(
+        &endpoints,
+        args.etcd_security.security(),
+        &Layout::new(&args.prefix).nodes_prefix(),
+    )
+    .await
+    .unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let opts = ServeOptions {
         config,
         layout: Layout::new(&args.prefix),
