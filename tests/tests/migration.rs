@@ -87,6 +87,12 @@ impl Plane {
         c.dns.providers = vec![Provider::alibaba("100000", vec![self.dns.addr()])];
         c.dns.ipv6 = Ipv6Mode::Never;
         c.cache_file = Some(self.dir.path().join(format!("gateways-{n}.json")));
+        // What is tested is which answer is used, not how fast a router answers: a
+        // loaded machine must not turn a slow answer into "no router reachable" (which
+        // rightly falls back to the last answer).
+        c.router_attempt_timeout = Duration::from_secs(10);
+        c.router_budget = Duration::from_secs(20);
+        c.deadline = Duration::from_secs(30);
         Client::new(c).unwrap()
     }
 }
