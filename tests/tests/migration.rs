@@ -140,8 +140,14 @@ async fn a_drained_gateway_s_clients_migrate_and_reconnect_elsewhere() {
         "{:?}",
         moved.source
     );
-    // The other app's connection is lost (gw-a closes it): a plain reconnect asks the
-    // router again instead of reusing its first answer.
+    // The other app's connection is lost (gw-a closes it) once the drain has reached
+    // the router: a plain reconnect asks the router again instead of reusing its
+    // first answer, which still lists gw-a first (and whose TTL has not run out).
+    wait_until(
+        Duration::from_secs(10),
+        "the router stops offering gw-a",
+        || !harness::gateway_ids(&p.router.answer("/gateways?count=10")).contains(&a.id),
+    );
     drop(dropped);
     let again = other.connect().await.unwrap();
     assert_ne!(again.gateway.id, a.id, "reconnected to the drained gateway");
