@@ -35,7 +35,8 @@ start_router() {
   ready_s=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 
-# Measures the router's CPU (cores) and peak RSS while `registry_load` runs at RATE.
+# Measures the router's CPU (cores) and peak RSS while `registry_load` runs at RATE;
+# leaves "cores rss_mb rest" in `result` (it runs in this shell, so `pids` sees the load).
 phase() { # rate [quiet]
   local t0 r0 peak=0 out target="127.0.0.1:$rport"
   [ "${2:-}" = quiet ] && target=""
@@ -52,16 +53,16 @@ phase() { # rate [quiet]
   cores=$(echo "scale=4; ($(ticks "$router_pid") - $r0) / $hz / ($(date +%s.%N) - $t0)" | bc)
   local builds
   builds=$(curl -s "http://127.0.0.1:$rport/metrics" | awk '/^router_snapshot_build(s_total|_seconds_total) / {printf "%s ", $2}')
-  echo "$cores $((peak / 1024)) $(cat "$work/load.out") snapshot_builds/seconds_total $builds"
+  result="$cores $((peak / 1024)) $(cat "$work/load.out") snapshot_builds/seconds_total $builds"
 }
 
 start_router
 echo "router ready with $nodes nodes in ${ready_s} s (goal < 2 s)"
-read -r q333 qrss333 qrest333 < <(phase 333 quiet)
+phase 333 quiet; read -r q333 qrss333 qrest333 <<<"$result"
 echo "333 updates/s for ${secs}s, following alone: router CPU ${q333} cores (goal <= 0.05), peak RSS ${qrss333} MB; $qrest333"
-read -r c333 rss333 rest333 < <(phase 333)
+phase 333; read -r c333 rss333 rest333 <<<"$result"
 echo "333 updates/s for ${secs}s, with requests: router CPU ${c333} cores, peak RSS ${rss333} MB; $rest333"
-read -r c2k rss2k rest2k < <(phase 2000)
+phase 2000; read -r c2k rss2k rest2k <<<"$result"
 echo "2000 updates/s for ${secs}s: router CPU ${c2k} cores (goal <= 0.25), peak RSS ${rss2k} MB (goal <= 100); $rest2k"
 echo "(goals: update -> visible p99 <= 100 ms, zero non-200 answers)"
-grep -c "registry unreachable" "$work/router.log" | xargs echo "router 'registry unreachable' lines:"
+echo "router 'registry unreachable' lines: $(grep -c "registry unreachable" "$work/router.log" || true)"
