@@ -820,18 +820,24 @@ mod tests {
         assert_eq!(total, 5000);
     }
 
-    /// A new report does not zero the count: answers after its sample still count,
-    /// answers before it are in it. An unchanged report keeps everything.
-    #[test]
-    fn a_new_report_keeps_the_answers_it_does_not_include() {
+    /// Two empty nodes `a` and `b` and ten answers given between them now: node `a`,
+    /// the snapshot, and the herd view of the moment.
+    fn ten_answers() -> (Arc<NodeRecord>, Snapshot, HerdView) {
         let a = Arc::new(node("a", "r", 0, 100));
         let b = Arc::new(node("b", "r", 0, 100));
-        let s1 = Snapshot::build(vec![a.clone(), b.clone()], None, 1, false);
+        let s1 = Snapshot::build(vec![a.clone(), b], None, 1, false);
         let rules = rules_now();
         for _ in 0..10 {
             select(&s1, &q(None, 1), rules);
         }
-        let h = rules.herd;
+        (a, s1, rules.herd)
+    }
+
+    /// A new report does not zero the count: answers after its sample still count,
+    /// answers before it are in it. An unchanged report keeps everything.
+    #[test]
+    fn a_new_report_keeps_the_answers_it_does_not_include() {
+        let (a, s1, h) = ten_answers();
         let pending =
             |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].sampled_ms);
         let total = pending(&s1, 0) + pending(&s1, 1);
@@ -866,14 +872,7 @@ mod tests {
     /// since the router anchors the sample's age on its own receive time.
     #[test]
     fn an_agent_clock_off_by_seconds_does_not_hide_answers() {
-        let a = Arc::new(node("a", "r", 0, 100));
-        let b = Arc::new(node("b", "r", 0, 100));
-        let s1 = Snapshot::build(vec![a.clone(), b.clone()], None, 1, false);
-        let rules = rules_now();
-        for _ in 0..10 {
-            select(&s1, &q(None, 1), rules);
-        }
-        let h = rules.herd;
+        let (a, s1, h) = ten_answers();
         let pending =
             |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].sampled_ms);
         let before = pending(&s1, 0) + pending(&s1, 1);
