@@ -20,7 +20,25 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1.
+///
+/// It is drawn at random from below the kernel's ephemeral range, so that the
+/// thousands of outgoing connections other tests open at the same time can never take
+/// it between this call and the bind of whoever asked for it (an etcd member, say).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = lo + (h.finish() % u64::from(hi - lo)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -98,25 +116,38 @@ impl Etcd {
     /// Starts an `n`-member cluster and waits until every member is healthy.
     pub fn cluster(n: usize) -> Etcd {
         require_tool("etcd");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                child: None,
-            })
-            .collect();
-        let mut etcd = Etcd {
-            members,
-            dir,
-            tls: None,
-        };
-        for i in 0..n {
-            etcd.spawn(i);
+        // A port taken between `free_port` and etcd's bind (by another test's process)
+        // makes a member exit; such a start is tried again on other ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    name: format!("m{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                })
+                .collect();
+            let mut etcd = Etcd {
+                members,
+                dir,
+                tls: None,
+            };
+            for i in 0..n {
+                etcd.spawn(i);
+            }
+            match etcd.try_wait_healthy() {
+                Ok(()) => return etcd,
+                Err(e) => {
+                    last = e;
+                    if !last.contains("address already in use") {
+                        break;
+                    }
+                }
+            }
         }
-        etcd.wait_healthy();
-        etcd
+        panic!("{last}");
     }
 
     /// Starts a single-member etcd as production runs it: TLS on the client port with
@@ -244,19 +275,53 @@ impl Etcd {
     }
 
     fn wait_healthy(&self) {
-        if self.tls.is_some() {
-            wait_until(Duration::from_secs(20), "etcd to become healthy", || {
-                self.ctl_raw(&["endpoint", "health"]).status.success()
-            });
-            return;
+        if let Err(e) = self.try_wait_healthy() {
+            panic!("{e}");
         }
-        for m in &self.members {
+    }
+
+    /// Waits up to 20 s for every member to be healthy; on failure, says which member
+    /// is not and ends with the tail of each member's log.
+    fn try_wait_healthy(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let healthy = |m: &Member| {
+            if self.tls.is_some() {
+                return self.ctl_raw(&["endpoint", "health"]).status.success();
+            }
             let addr: SocketAddr = format!("127.0.0.1:{}", m.client_port).parse().unwrap();
-            wait_until(Duration::from_secs(20), "etcd to become healthy", || {
-                http_get(addr, "/health")
-                    .is_some_and(|(code, body)| code == 200 && body.contains("true"))
-            });
+            http_get(addr, "/health")
+                .is_some_and(|(code, body)| code == 200 && body.contains("true"))
+        };
+        for m in &self.members {
+            while !healthy(m) {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "timed out after 20s waiting for etcd member {} (client port {}, peer port {}) to become healthy\n{}",
+                        m.name,
+                        m.client_port,
+                        m.peer_port,
+                        self.log_tails()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
+        Ok(())
+    }
+
+    /// The last lines of every member's log.
+    fn log_tails(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name)))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+                format!("--- {} log (last lines) ---\n{tail}", m.name)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `http://127.0.0.1:PORT[,...]` (`https://` for a secure etcd) for `--etcd`.
