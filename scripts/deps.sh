@@ -99,6 +99,19 @@ check_venv() {
   python3 -m venv "$scratch/venv" >/dev/null 2>&1 && [ -x "$scratch/venv/bin/pip" ]
 }
 check_curl() { command -v curl >/dev/null 2>&1 && curl --version >/dev/null 2>&1; }
+# Network namespaces joined by a bridge (the partition tests): one namespace is made,
+# given a bridge and a veth pair, and removed again.
+check_netns() {
+  command -v ip >/dev/null 2>&1 || return 1
+  local ns="deps-check-$$" ok=1
+  ip netns add "$ns" >/dev/null 2>&1 || return 1
+  ip -n "$ns" link add br0 type bridge >/dev/null 2>&1 \
+    && ip -n "$ns" link add v0 type veth peer name v1 >/dev/null 2>&1 \
+    && ip -n "$ns" link set v0 master br0 >/dev/null 2>&1 \
+    && ip netns exec "$ns" true >/dev/null 2>&1 && ok=0
+  ip netns del "$ns" >/dev/null 2>&1
+  return $ok
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- what each capability needs ------------------------------------------------------
@@ -115,6 +128,7 @@ if [ "$want_test" = 1 ]; then
     "systemd-analyze verify|check_systemd_analyze|systemd"
     "unbound with DNS-over-HTTPS|check_unbound|unbound"
     "faketime|check_faketime|faketime"
+    "network namespaces (ip netns, bridges, veth)|check_netns|iproute2"
   )
 fi
 

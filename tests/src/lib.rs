@@ -12,6 +12,8 @@
 //! * [`http_get`] / [`HookServer`]: tiny std-only HTTP helpers for probing and for
 //!   receiving the agent's hook POSTs.
 
+pub mod netns;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

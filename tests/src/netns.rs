@@ -1,0 +1,384 @@
+//! A network of namespaces for partition tests: etcd members that can be cut off from
+//! each other while their client ports still answer, and clients that can be cut off
+//! from every member.
+//!
+//! ```text
+//!            hub namespace: bridge "brp" (peer traffic), bridge "brc" (client traffic)
+//!   m0 ns:  p0 10.77.1.1 ─ brp        c0 10.77.2.1 ─ brc
+//!   m1 ns:  p0 10.77.1.2 ─ brp        c0 10.77.2.2 ─ brc
+//!   m2 ns:  p0 10.77.1.3 ─ brp        c0 10.77.2.3 ─ brc
+//!   client: c0 10.77.2.100 ─ brc      (routers, ctl, etcdctl and curl run here)
+//!   gw:     c0 10.77.2.101 ─ brc      (gateway agents run here)
+//! ```
+//!
+//! Every address exists only inside these namespaces. Because each lab's namespaces
+//! are its own, etcd's standard ports (2379, 2380) cannot collide with anything.
+//!
+//! A cut takes a link off its bridge: packets are silently dropped, as in a real
+//! partition (no refusal, no unreachable error), and the link itself stays up.
+//! Namespaces, and every process started in them, are removed on drop.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::{require_tool, wait_until};
+
+const CLIENT_PORT: u16 = 2379;
+const PEER_PORT: u16 = 2380;
+
+/// A lab network with an etcd cluster in it; see the module documentation.
+pub struct Lab {
+    tag: String,
+    members: Vec<Option<Child>>,
+    dir: tempfile::TempDir,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    /// Builds the network and starts an `n`-member etcd cluster in it (etcd's default
+    /// timing), waiting until every member is healthy.
+    pub fn new(n: usize) -> Lab {
+        require_tool("ip");
+        require_tool("etcd");
+        require_tool("etcdctl");
+        require_tool("curl");
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "gl{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            tag,
+            members: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let hub = lab.ns("hub");
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        for br in ["brp", "brc"] {
+            ip(&["-n", &hub, "link", "add", br, "type", "bridge"]);
+            ip(&["-n", &hub, "link", "set", br, "up"]);
+        }
+        let mut lab = lab;
+        for i in 0..n {
+            let ns = lab.ns(&format!("m{i}"));
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            lab.attach(
+                &ns,
+                &format!("m{i}p"),
+                "p0",
+                "brp",
+                &format!("10.77.1.{}", i + 1),
+            );
+            lab.attach(
+                &ns,
+                &format!("m{i}c"),
+                "c0",
+                "brc",
+                &format!("10.77.2.{}", i + 1),
+            );
+        }
+        let client = lab.ns("client");
+        ip(&["netns", "add", &client]);
+        ip(&["-n", &client, "link", "set", "lo", "up"]);
+        lab.attach(&client, "clc", "c0", "brc", "10.77.2.100");
+        let gw = lab.ns("gw");
+        ip(&["netns", "add", &gw]);
+        ip(&["-n", &gw, "link", "set", "lo", "up"]);
+        lab.attach(&gw, "gwc", "c0", "brc", "10.77.2.101");
+        let cluster = (0..n)
+            .map(|i| format!("m{i}=http://10.77.1.{}:{PEER_PORT}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        for i in 0..n {
+            let child = lab.spawn_member(i, &cluster);
+            lab.members.push(Some(child));
+        }
+        for i in 0..n {
+            wait_until(Duration::from_secs(30), "etcd member healthy", || {
+                lab.ctl_on(&[i], &["endpoint", "health", "--command-timeout=500ms"])
+                    .status
+                    .success()
+            });
+        }
+        lab
+    }
+
+    fn ns(&self, what: &str) -> String {
+        format!("{}-{what}", self.tag)
+    }
+
+    /// A veth pair from namespace `ns` (named `inner`, with `addr`/24) to the hub's
+    /// bridge `bridge` (named `outer` there).
+    fn attach(&self, ns: &str, outer: &str, inner: &str, bridge: &str, addr: &str) {
+        let hub = self.ns("hub");
+        ip(&[
+            "-n", &hub, "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns,
+        ]);
+        ip(&["-n", &hub, "link", "set", outer, "master", bridge, "up"]);
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inner]);
+        ip(&["-n", ns, "link", "set", inner, "up"]);
+    }
+
+    fn spawn_member(&self, i: usize, cluster: &str) -> Child {
+        let name = format!("m{i}");
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(&name), "etcd", "--name", &name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&name))
+            .args([
+                "--listen-client-urls",
+                &self.endpoint(i),
+                "--advertise-client-urls",
+                &self.endpoint(i),
+                "--listen-peer-urls",
+                &format!("http://10.77.1.{}:{PEER_PORT}", i + 1),
+                "--initial-advertise-peer-urls",
+                &format!("http://10.77.1.{}:{PEER_PORT}", i + 1),
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &self.tag,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn etcd in its namespace")
+    }
+
+    /// Member `i`'s client URL.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("http://10.77.2.{}:{CLIENT_PORT}", i + 1)
+    }
+
+    /// Every member's client URL, member 0 first, for `--etcd`.
+    pub fn endpoints(&self) -> String {
+        (0..self.members.len())
+            .map(|i| self.endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The wrapper that runs a program in the client namespace (for `Proc::spawn_full`).
+    pub fn in_client(&self) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.ns("client"),
+        ]
+    }
+
+    /// The wrapper that runs a program in the gateways' namespace, which
+    /// [`Lab::cut_client`] leaves connected.
+    pub fn in_gateways(&self) -> Vec<String> {
+        vec!["ip".into(), "netns".into(), "exec".into(), self.ns("gw")]
+    }
+
+    /// Runs `program args` in the client namespace.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns("client"), program])
+            .args(args)
+            .output()
+            .expect("run in the client namespace")
+    }
+
+    /// `etcdctl` from the client namespace against members `on`.
+    pub fn ctl_on(&self, on: &[usize], args: &[&str]) -> Output {
+        let eps = on
+            .iter()
+            .map(|&i| self.endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut full = vec!["--endpoints", &eps];
+        full.extend_from_slice(args);
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns("client"), "etcdctl"])
+            .args(&full)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("run etcdctl")
+    }
+
+    /// The value at `key` as members `on` agree on it (a linearizable read, which a
+    /// member without quorum cannot serve).
+    pub fn get_on(&self, on: &[usize], key: &str) -> Option<String> {
+        let out = self.ctl_on(
+            on,
+            &["get", key, "--print-value-only", "--command-timeout=400ms"],
+        );
+        let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !v.is_empty()).then_some(v)
+    }
+
+    /// The member each of `on` reports as leader (by index), if they agree on one.
+    pub fn leader_seen_by(&self, on: &[usize]) -> Option<usize> {
+        let out = self.ctl_on(
+            on,
+            &[
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+                "--command-timeout=300ms",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let statuses = v.as_array()?;
+        if statuses.len() != on.len() {
+            return None;
+        }
+        let ids: Vec<(u64, u64)> = statuses
+            .iter()
+            .map(|s| {
+                (
+                    s["Status"]["header"]["member_id"].as_u64().unwrap_or(0),
+                    s["Status"]["leader"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        let leader = ids[0].1;
+        if leader == 0 || ids.iter().any(|&(_, l)| l != leader) {
+            return None;
+        }
+        self.member_ids().iter().position(|&id| id == leader)
+    }
+
+    /// The raft id of every member, by index.
+    pub fn member_ids(&self) -> Vec<u64> {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        let out = self.ctl_on(&all, &["endpoint", "status", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+        (0..self.members.len())
+            .map(|i| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|s| s["Endpoint"].as_str() == Some(self.endpoint(i).as_str()))
+                    .and_then(|s| s["Status"]["header"]["member_id"].as_u64())
+                    .expect("every member's id")
+            })
+            .collect()
+    }
+
+    /// Makes member `i` the leader (`etcdctl move-leader`), and waits until all agree.
+    pub fn make_leader(&self, i: usize) {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        wait_until(Duration::from_secs(20), "a leader", || {
+            self.leader_seen_by(&all).is_some()
+        });
+        let current = self.leader_seen_by(&all).unwrap();
+        if current != i {
+            let id = format!("{:x}", self.member_ids()[i]);
+            let out = self.ctl_on(&[current], &["move-leader", &id]);
+            assert!(
+                out.status.success(),
+                "move-leader: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        wait_until(Duration::from_secs(20), "the chosen leader", || {
+            self.leader_seen_by(&all) == Some(i)
+        });
+    }
+
+    /// Cuts member `i` off from its peers; its client port stays reachable.
+    pub fn cut_peers(&self, i: usize) {
+        ip(&[
+            "-n",
+            &self.ns("hub"),
+            "link",
+            "set",
+            &format!("m{i}p"),
+            "nomaster",
+        ]);
+    }
+
+    /// Joins member `i` to its peers again.
+    pub fn heal_peers(&self, i: usize) {
+        ip(&[
+            "-n",
+            &self.ns("hub"),
+            "link",
+            "set",
+            &format!("m{i}p"),
+            "master",
+            "brp",
+        ]);
+    }
+
+    /// Cuts the client namespace off from every member (the gateways' namespace stays).
+    pub fn cut_client(&self) {
+        ip(&["-n", &self.ns("hub"), "link", "set", "clc", "nomaster"]);
+    }
+
+    /// Joins the client namespace to the members again.
+    pub fn heal_client(&self) {
+        ip(&["-n", &self.ns("hub"), "link", "set", "clc", "master", "brc"]);
+    }
+
+    /// `GET url` from the client namespace (with curl): the status and body.
+    pub fn http_get(&self, url: &str) -> Option<(u16, String)> {
+        let out = self.run("curl", &["-s", "-m", "2", "-w", "\n%{http_code}", url]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        Some((
+            code.trim().parse().ok().filter(|&c| c > 0)?,
+            body.to_string(),
+        ))
+    }
+
+    /// A scratch directory that lives as long as the lab.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The last lines of each member's log.
+    pub fn logs(&self) -> String {
+        (0..self.members.len())
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("m{i}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                format!(
+                    "--- m{i} ---\n{}",
+                    lines[lines.len().saturating_sub(6)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.members.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting a namespace also deletes its links (and their veth peers).
+        let mut names = vec![self.ns("client"), self.ns("gw"), self.ns("hub")];
+        names.extend((0..self.members.len()).map(|i| self.ns(&format!("m{i}"))));
+        for ns in names {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+}
