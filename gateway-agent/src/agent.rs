@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use registry::backoff::Backoff;
 use registry::kv::KvEvent;
+use registry::lease::{Lease, Renewal};
 use registry::{
     now_ms, Applied, Command, CommandAction, HookState, HookStatus, Kv, KvError, Layout, LeaseId,
     NodeRecord, NodeState, Ports,
@@ -293,7 +294,6 @@ impl Agent {
 
         let node_key = self.config.layout.node_key(&self.config.node.id);
         let ttl = self.config.ttl;
-        let keepalive_every = ttl / 3;
         let mut d = Dynamic {
             connections: *self.connections.borrow(),
             healthy: *self.healthy.borrow(),
@@ -330,11 +330,7 @@ impl Agent {
         let mut applied_written = applied.clone();
         let mut next_applied_write = Instant::now();
 
-        let mut lease: Option<LeaseId> = None;
-        let mut last_ok = Instant::now();
-        let mut next_keepalive = Instant::now();
-        let mut next_register = Instant::now();
-        let mut register_backoff = Backoff::for_store();
+        let mut lease = Lease::new(ttl);
         let mut last_written: Option<(Dynamic, Instant)> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -370,77 +366,57 @@ impl Agent {
             }
             d.connections = *self.connections.borrow_and_update();
             d.healthy = *self.healthy.borrow_and_update();
-            let now = Instant::now();
 
-            match lease {
-                None if now >= next_register => {
-                    let Some(result) = or_cancel(&cancel, self.register(&node_key, &d)).await
-                    else {
-                        break;
-                    };
-                    match result {
-                        Ok(id) => {
-                            lease = Some(id);
-                            last_ok = Instant::now();
-                            next_keepalive = last_ok + keepalive_every;
-                            last_written = Some((d.clone(), last_ok));
-                            register_backoff.reset();
-                            self.status.send_modify(|s| {
-                                s.registrations += 1;
-                                s.writes += 1;
-                                s.lease = Some(id);
-                                s.written = Some(d.clone());
-                            });
-                            info!(node_id = %self.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered");
-                        }
-                        Err(e) => {
-                            let delay = register_backoff.next_delay();
-                            next_register = Instant::now() + delay;
-                            if matches!(e, KvError::Rejected(_)) {
-                                // etcd answered no: a permission or credentials problem.
-                                warn!(node_id = %self.config.node.id, key = %node_key, error = %e, retry_in_ms = delay.as_millis() as u64, "registration refused by etcd (permission?) for {node_key}");
-                            } else {
-                                warn!(node_id = %self.config.node.id, error = %e, retry_in_ms = delay.as_millis() as u64, "registration failed");
-                            }
-                        }
-                    }
+            if lease.id().is_none() {
+                if !lease.grant_due() {
                     continue;
                 }
-                None => continue,
-                Some(id) if now >= next_keepalive => {
-                    let Some(result) = or_cancel(&cancel, self.kv.keep_alive(id)).await else {
-                        break;
-                    };
-                    match result {
-                        Ok(_) => {
-                            last_ok = Instant::now();
-                            next_keepalive = last_ok + keepalive_every;
-                        }
-                        Err(KvError::LeaseNotFound(_)) => {
-                            warn!(node_id = %self.config.node.id, "lease expired, registering again");
-                            lease = None;
-                            next_register = Instant::now();
-                            self.status.send_modify(|s| s.lease = None);
-                            continue;
-                        }
-                        Err(e) => {
-                            if last_ok.elapsed() >= ttl {
-                                // etcd has surely expired it; a fresh lease is needed.
-                                warn!(node_id = %self.config.node.id, error = %e, "keep-alive failing past the TTL, lease presumed lost");
-                                lease = None;
-                                next_register = Instant::now();
-                                self.status.send_modify(|s| s.lease = None);
-                                continue;
-                            }
-                            debug!(error = %e, "keep-alive failed, retrying");
-                            next_keepalive = Instant::now() + Duration::from_millis(500);
+                let value = self.record(&d).to_json();
+                let Some(result) =
+                    or_cancel(&cancel, lease.register(&*self.kv, &node_key, value)).await
+                else {
+                    break;
+                };
+                match result {
+                    Ok(id) => {
+                        last_written = Some((d.clone(), Instant::now()));
+                        self.status.send_modify(|s| {
+                            s.registrations += 1;
+                            s.writes += 1;
+                            s.lease = Some(id);
+                            s.written = Some(d.clone());
+                        });
+                        info!(node_id = %self.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered");
+                    }
+                    Err(e) => {
+                        let retry_in_ms = lease
+                            .next_grant()
+                            .saturating_duration_since(Instant::now())
+                            .as_millis() as u64;
+                        if matches!(e, KvError::Rejected(_)) {
+                            // etcd answered no: a permission or credentials problem.
+                            warn!(node_id = %self.config.node.id, key = %node_key, error = %e, retry_in_ms, "registration refused by etcd (permission?) for {node_key}");
+                        } else {
+                            warn!(node_id = %self.config.node.id, error = %e, retry_in_ms, "registration failed");
                         }
                     }
                 }
-                Some(_) => {}
+                continue;
+            }
+            let Some(renewal) = or_cancel(&cancel, lease.renew(&*self.kv)).await else {
+                break;
+            };
+            match renewal {
+                Renewal::NotDue | Renewal::Renewed => {}
+                Renewal::Lost(why) => {
+                    warn!(node_id = %self.config.node.id, "lease lost ({why}), registering again");
+                    self.status.send_modify(|s| s.lease = None);
+                    continue;
+                }
+                Renewal::Failed(e) => debug!(error = %e, "keep-alive failed, retrying"),
             }
 
-            let Some(id) = lease else { continue };
+            let Some(id) = lease.id() else { continue };
             let last = last_written.as_ref().map(|(w, at)| (w, *at));
             if self
                 .config
@@ -469,8 +445,7 @@ impl Agent {
                     }
                     Err(KvError::LeaseNotFound(_)) => {
                         warn!(node_id = %self.config.node.id, "lease expired, registering again");
-                        lease = None;
-                        next_register = Instant::now();
+                        lease.lost();
                         self.status.send_modify(|s| s.lease = None);
                     }
                     Err(e @ KvError::Rejected(_)) => {
@@ -488,7 +463,7 @@ impl Agent {
         // out of every answer while it still runs, and routers count a node that left
         // draining as planned (a rolling restart is not a crash: it never trips their
         // protect threshold, nor is the node served again while they hold).
-        let marked = match lease {
+        let marked = match lease.id() {
             Some(id) => self.mark_leaving(&node_key, id, &d).await,
             None => None,
         };
@@ -549,20 +524,17 @@ impl Agent {
                 }
             }
         }
-        if let Some(id) = lease {
+        if lease.id().is_some() {
             // Every router has had the grace to see the `draining` mark.
             if let Some(at) = marked {
                 tokio::time::sleep_until(at + self.config.leave_grace).await;
             }
-            match tokio::time::timeout(Duration::from_secs(2), self.kv.revoke(id)).await {
-                Ok(Ok(())) => {
+            match lease.revoke(&*self.kv, Duration::from_secs(2)).await {
+                Ok(()) => {
                     info!(node_id = %self.config.node.id, "lease revoked, node deregistered")
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     warn!(node_id = %self.config.node.id, error = %e, "lease revoke failed; the key expires with its TTL")
-                }
-                Err(_) => {
-                    warn!(node_id = %self.config.node.id, "lease revoke timed out; the key expires with its TTL")
                 }
             }
         }
@@ -628,22 +600,6 @@ impl Agent {
                 Err(_) => warn!("reading what this node applied before timed out; retrying"),
             }
             tokio::time::sleep(backoff.next_delay()).await;
-        }
-    }
-
-    async fn register(&self, node_key: &str, d: &Dynamic) -> Result<LeaseId, KvError> {
-        let id = self.kv.grant(self.config.ttl).await?;
-        match self
-            .kv
-            .put(node_key, self.record(d).to_json(), Some(id))
-            .await
-        {
-            Ok(_) => Ok(id),
-            Err(e) => {
-                // Do not leave an orphan lease behind; it would expire anyway.
-                let _ = self.kv.revoke(id).await;
-                Err(e)
-            }
         }
     }
 }

@@ -12,6 +12,8 @@
 //! * [`etcd`]: the same trait over a real etcd cluster (`etcd-client`).
 //! * [`follow`]: list + watch + resync loop that turns a store into a stream of
 //!   [`follow::NodeView`] snapshots; the router reads those.
+//! * [`lease`]: one key kept alive under a lease (the agent's record, a router's
+//!   registration): grant, renew on schedule, presume lost, revoke.
 //! * [`backoff`]: jittered exponential backoff shared by every retry loop.
 //! * [`cli`]: the binaries' shared command-line convention (one line, exit 2).
 //!
@@ -26,6 +28,7 @@ pub mod etcd;
 pub mod follow;
 pub mod keys;
 pub mod kv;
+pub mod lease;
 pub mod memory;
 pub mod record;
 pub mod security;

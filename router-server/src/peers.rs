@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use registry::backoff::Backoff;
-use registry::{Kv, KvError, Layout, LeaseId};
+use registry::lease::{Lease, Renewal};
+use registry::{Kv, KvError, Layout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -55,31 +56,32 @@ pub async fn run(kv: Arc<dyn Kv>, layout: Layout, state: Arc<AppState>, cancel: 
     let key = layout.router_key(&id);
     let prefix = layout.routers_prefix();
     let value = serde_json::json!({"id": id, "started_ms": registry::now_ms()}).to_string();
-    let mut lease: Option<LeaseId> = None;
+    let mut lease = Lease::renewed_every(TTL, EVERY);
     let mut backoff = Backoff::for_store();
     let mut failing = false;
     loop {
         let result = async {
-            let l = match lease {
-                Some(l) => {
-                    kv.keep_alive(l).await?;
-                    l
+            if lease.grant_due() {
+                let l = lease
+                    .register(&*kv, &key, value.clone().into_bytes())
+                    .await?;
+                info!(router_id = %id, lease = format_args!("{l:x}"), "registered under {prefix}");
+            } else {
+                match lease.renew(&*kv).await {
+                    Renewal::NotDue | Renewal::Renewed => {}
+                    Renewal::Lost(why) => {
+                        return Err(KvError::Unavailable(format!("registration lost: {why}")))
+                    }
+                    Renewal::Failed(e) => return Err(e),
                 }
-                None => {
-                    let l = kv.grant(TTL).await?;
-                    lease = Some(l);
-                    kv.put(&key, value.clone().into_bytes(), Some(l)).await?;
-                    info!(router_id = %id, "registered under {prefix}");
-                    l
-                }
-            };
+            }
             let live = kv.list(&prefix).await?.kvs.len().max(1) as u64;
-            Ok::<_, KvError>((l, live))
+            Ok::<_, KvError>(live)
         };
         let wait = tokio::select! {
             _ = cancel.cancelled() => break,
             r = result => match r {
-                Ok((_, live)) => {
+                Ok(live) => {
                     if failing {
                         info!("router count readable again");
                         failing = false;
@@ -94,7 +96,7 @@ pub async fn run(kv: Arc<dyn Kv>, layout: Layout, state: Arc<AppState>, cancel: 
                 }
                 Err(e) => {
                     if matches!(e, KvError::LeaseNotFound(_)) {
-                        lease = None;
+                        lease.lost();
                     }
                     if !failing {
                         warn!(error = %e, "cannot count the live routers; keeping the last count");
@@ -111,10 +113,10 @@ pub async fn run(kv: Arc<dyn Kv>, layout: Layout, state: Arc<AppState>, cancel: 
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    if let Some(l) = lease {
-        match tokio::time::timeout(Duration::from_secs(2), kv.revoke(l)).await {
-            Ok(Ok(())) => info!(router_id = %id, "router deregistered"),
-            _ => debug!("router registration left to expire"),
-        }
+    let held = lease.id().is_some();
+    match lease.revoke(&*kv, Duration::from_secs(2)).await {
+        Ok(()) if held => info!(router_id = %id, "router deregistered"),
+        Ok(()) => {}
+        Err(e) => debug!(error = %e, "router registration left to expire"),
     }
 }
