@@ -77,12 +77,24 @@ struct Keeper {
     stream: LeaseKeepAliveStream,
 }
 
-struct Inner {
-    endpoints: Vec<String>,
+/// The connect options made from the security files, and the clients made with them.
+struct Channels {
     /// One client (one channel) per endpoint, in the order given, made on first use:
     /// with a user, making one authenticates, which needs that endpoint up.
     clients: Vec<tokio::sync::OnceCell<Client>>,
     options: ConnectOptions,
+    /// What the security files looked like when these options were made.
+    stamp: Vec<FileStamp>,
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    /// Replaced when a certificate, key, CA or password file changes: calls from then on
+    /// connect with the new files (established connections keep going until they
+    /// end, as TLS needs the files only at the handshake).
+    channels: std::sync::RwLock<Arc<Channels>>,
+    /// When the security files were last looked at.
+    checked: std::sync::Mutex<std::time::Instant>,
     /// The endpoint calls go to first: the last one that answered.
     current: AtomicUsize,
     /// Per endpoint: did its last call succeed? A long call (a listing) goes to an
@@ -247,38 +259,109 @@ async fn renew(k: &mut Keeper, lease: LeaseId, deadline: Duration) -> Result<Dur
     Ok(Duration::from_secs(resp.ttl() as u64))
 }
 
+/// How often the security files are looked at for a change.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A file's modification time, size and inode (`None` when it cannot be read): a
+/// rename over it, as certificate tools do, changes the inode.
+type FileStamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(security: &EtcdSecurity) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    security
+        .files()
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        })
+        .collect()
+}
+
+/// Connect options from `opts`' security files.
+fn connect_options(opts: &EtcdOptions, endpoints: &[String]) -> Result<ConnectOptions, String> {
+    let loaded = opts.security.load(endpoints)?;
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(opts.connect_timeout)
+        .with_timeout(opts.list_timeout)
+        .with_keep_alive(opts.keep_alive, opts.keep_alive_timeout)
+        .with_keep_alive_while_idle(false)
+        .with_require_leader(true);
+    if let Some(tls) = loaded.tls {
+        options = options.with_tls(tls);
+    }
+    if let Some((user, password)) = loaded.user {
+        // etcd's tokens expire (`--auth-token-ttl`): a call that finds its token
+        // stale authenticates again and is retried, once.
+        options = options
+            .with_user(user, password)
+            .with_auto_token_refresh(true);
+    }
+    Ok(options)
+}
+
 impl EtcdKv {
+    /// The channels to use now; at most every [`RELOAD_CHECK`], first looks whether a
+    /// security file changed and, if so, loads it for every call from now on. A file
+    /// that does not load (half written, say) is logged and the old files stay in use.
+    fn channels(&self) -> Arc<Channels> {
+        let inner = &self.inner;
+        let current = inner.channels.read().expect("channels lock").clone();
+        if inner.opts.security.files().is_empty() {
+            return current;
+        }
+        {
+            let mut checked = inner.checked.lock().expect("reload clock");
+            if checked.elapsed() < RELOAD_CHECK {
+                return current;
+            }
+            *checked = std::time::Instant::now();
+        }
+        let now = stamp(&inner.opts.security);
+        if now == current.stamp {
+            return current;
+        }
+        match connect_options(&inner.opts, &inner.endpoints) {
+            Ok(options) => {
+                info!("etcd TLS or credential files changed; new connections use them");
+                let fresh = Arc::new(Channels {
+                    clients: inner
+                        .endpoints
+                        .iter()
+                        .map(|_| tokio::sync::OnceCell::new())
+                        .collect(),
+                    options,
+                    stamp: now,
+                });
+                *inner.channels.write().expect("channels lock") = fresh.clone();
+                fresh
+            }
+            Err(e) => {
+                warn!(error = %e, "etcd TLS or credential files changed but do not load; keeping the previous ones");
+                current
+            }
+        }
+    }
+
     /// Connects to `endpoints`; channels are lazy, so this succeeds while etcd is down
     /// and calls fail with [`KvError::Unavailable`] until it is back.
     pub async fn connect(endpoints: &[String], opts: &EtcdOptions) -> Result<EtcdKv, KvError> {
         if endpoints.is_empty() {
             return Err(KvError::Rejected("no etcd endpoint given".into()));
         }
-        let loaded = opts.security.load(endpoints).map_err(KvError::Rejected)?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(opts.connect_timeout)
-            .with_timeout(opts.list_timeout)
-            .with_keep_alive(opts.keep_alive, opts.keep_alive_timeout)
-            .with_keep_alive_while_idle(false)
-            .with_require_leader(true);
-        if let Some(tls) = loaded.tls {
-            options = options.with_tls(tls);
-        }
-        if let Some((user, password)) = loaded.user {
-            // etcd's tokens expire (`--auth-token-ttl`): a call that finds its token
-            // stale authenticates again and is retried, once.
-            options = options
-                .with_user(user, password)
-                .with_auto_token_refresh(true);
-        }
+        let options = connect_options(opts, endpoints).map_err(KvError::Rejected)?;
         Ok(EtcdKv {
             inner: Arc::new(Inner {
                 endpoints: endpoints.to_vec(),
-                clients: endpoints
-                    .iter()
-                    .map(|_| tokio::sync::OnceCell::new())
-                    .collect(),
-                options,
+                channels: std::sync::RwLock::new(Arc::new(Channels {
+                    clients: endpoints
+                        .iter()
+                        .map(|_| tokio::sync::OnceCell::new())
+                        .collect(),
+                    options,
+                    stamp: stamp(&opts.security),
+                })),
+                checked: std::sync::Mutex::new(std::time::Instant::now()),
                 current: AtomicUsize::new(0),
                 answering: endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
                 opts: opts.clone(),
@@ -318,6 +401,22 @@ impl EtcdKv {
         }
     }
 
+    /// Runs `f` (an etcd call outside the [`Kv`] trait, e.g. the auth API) with the same
+    /// endpoint failover and deadline as the trait's small requests.
+    pub async fn with_client<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, KvError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let t = self.inner.opts.request_timeout;
+        self.call(what, t, |c| {
+            let fut = f(c);
+            async move { fut.await.map_err(map_err) }
+        })
+        .await
+        .map(|(v, _)| v)
+    }
+
     /// The endpoints, in the order given.
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
@@ -337,7 +436,8 @@ impl EtcdKv {
         Fut: Future<Output = Result<T, KvError>>,
     {
         let inner = &self.inner;
-        let n = inner.clients.len();
+        let channels = self.channels();
+        let n = channels.clients.len();
         let first = inner.current.load(Ordering::Relaxed) % n;
         let mut last = None;
         for attempt in 0..n {
@@ -345,9 +445,9 @@ impl EtcdKv {
             let endpoint = &inner.endpoints[i];
             let short = inner.opts.request_timeout;
             let client = match tokio::time::timeout(short.max(Duration::from_secs(2)), async {
-                inner.clients[i]
+                channels.clients[i]
                     .get_or_try_init(|| async {
-                        Client::connect([endpoint.as_str()], Some(inner.options.clone())).await
+                        Client::connect([endpoint.as_str()], Some(channels.options.clone())).await
                     })
                     .await
                     .cloned()

@@ -14,6 +14,7 @@
 //!   [`follow::NodeView`] snapshots; the router reads those.
 //! * [`lease`]: one key kept alive under a lease (the agent's record, a router's
 //!   registration): grant, renew on schedule, presume lost, revoke.
+//! * [`access`]: least-privilege roles and users for the key layout (`ctl auth`).
 //! * [`backoff`]: jittered exponential backoff shared by every retry loop.
 //! * [`cli`]: the binaries' shared command-line convention (one line, exit 2).
 //!
@@ -22,6 +23,7 @@
 //! failure (compaction, cancellation, lost connection) ends in a fresh list, so a
 //! follower never keeps a node the store no longer has.
 
+pub mod access;
 pub mod backoff;
 pub mod cli;
 pub mod etcd;

@@ -36,6 +36,15 @@ pub(crate) struct Loaded {
 }
 
 impl EtcdSecurity {
+    /// The files read at connect time (CA, certificate, key, password), to watch.
+    pub fn files(&self) -> Vec<&std::path::Path> {
+        [&self.cacert, &self.cert, &self.key, &self.password_file]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path())
+            .collect()
+    }
+
     /// True when any TLS flag is set.
     pub fn wants_tls(&self) -> bool {
         self.cacert.is_some() || self.cert.is_some() || self.key.is_some()

@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let server = tokio::spawn(run(
         kv,
         ServeOptions {
+            router_id: None,
             config,
             layout,
             admin_token: None,

@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// TLS and credentials for etcd.
     #[command(flatten)]
     pub etcd_security: RouterEtcdFlags,
+    /// This router's id: its key `P/routers/{ID}`, and its etcd user under `ctl auth`
+    /// (which may write that key alone). Default: host name, process id and a random
+    /// part.
+    #[arg(long, env = "ROUTER_ID", value_name = "ID", value_parser = parse_principal)]
+    pub router_id: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -230,6 +235,12 @@ pub enum CtlOp {
         /// Node id.
         id: String,
     },
+    /// Least-privilege roles and users in etcd for routers, agents and operators.
+    Auth {
+        /// `plan` or `apply`.
+        #[command(subcommand)]
+        op: AuthOp,
+    },
     /// Even out load inside each region by migrating clients off hot nodes.
     Rebalance {
         /// Print the plan without issuing commands.
@@ -239,6 +250,51 @@ pub enum CtlOp {
         #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
+}
+
+/// `ctl auth` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuthOp {
+    /// Print the roles and users for these principals, and what etcd lacks of them.
+    Plan(AuthWho),
+    /// Create what etcd lacks (idempotent: nothing existing is changed or removed).
+    Apply {
+        /// Who gets access.
+        #[command(flatten)]
+        who: AuthWho,
+        /// Give each new user a random password, written to DIR/USER.password (mode
+        /// 0600). Without it, users have no password: etcd authenticates them by the
+        /// common name of their client certificate.
+        #[arg(long, env = "ROUTER_CTL_PASSWORD_DIR", value_name = "DIR")]
+        password_dir: Option<PathBuf>,
+    },
+}
+
+/// The principals of `ctl auth`.
+#[derive(Debug, Clone, Args)]
+pub struct AuthWho {
+    /// Router ids (`serve --router-id`): read the prefix, write their own registration.
+    #[arg(long, value_name = "ID[,ID...]", value_delimiter = ',', value_parser = parse_principal)]
+    pub routers: Vec<String>,
+    /// Node ids: each agent reads and writes its record and applied command, and reads
+    /// its commands.
+    #[arg(long, value_name = "ID[,ID...]", value_delimiter = ',', value_parser = parse_principal)]
+    pub agents: Vec<String>,
+    /// Also every node registered now (its record or its applied command).
+    #[arg(long)]
+    pub registered: bool,
+    /// Operators' user names: read the prefix, write commands.
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',', value_parser = parse_principal)]
+    pub operators: Vec<String>,
+    /// Routers serve the admin API (and `/ops` buttons), so they write commands too.
+    #[arg(long)]
+    pub router_admin: bool,
+}
+
+fn parse_principal(s: &str) -> Result<String, String> {
+    registry::record::validate_id(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The TOML file. Every key is optional; see `docs/config.md` for each default.

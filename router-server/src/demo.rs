@@ -181,6 +181,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         config.regions = demo_config().regions;
     }
     let opts = ServeOptions {
+        router_id: None,
         config,
         layout,
         admin_token: token,

@@ -55,6 +55,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Serves the main listener over HTTPS.
     pub tls: Option<TlsFiles>,
+    /// This router's id under `P/routers/` (generated when `None`).
+    pub router_id: Option<String>,
 }
 
 /// The sockets to serve on, bound by the caller (tests bind port 0).
@@ -91,6 +93,7 @@ pub async fn run(
         background.clone(),
     ));
     tasks.spawn(peers::run(
+        opts.router_id.clone().unwrap_or_else(peers::router_id),
         kv.clone(),
         opts.layout.clone(),
         state.clone(),

@@ -91,6 +91,7 @@ async fn serve(args: ServeArgs) -> i32 {
     .await
     .unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let opts = ServeOptions {
+        router_id: args.router_id.clone(),
         config,
         layout: Layout::new(&args.prefix),
         admin_token: args.admin_token,

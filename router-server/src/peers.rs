@@ -51,8 +51,13 @@ pub fn router_id() -> String {
 
 /// Registers this router and keeps `state.routers` up to date until `cancel`, then
 /// revokes the registration.
-pub async fn run(kv: Arc<dyn Kv>, layout: Layout, state: Arc<AppState>, cancel: CancellationToken) {
-    let id = router_id();
+pub async fn run(
+    id: String,
+    kv: Arc<dyn Kv>,
+    layout: Layout,
+    state: Arc<AppState>,
+    cancel: CancellationToken,
+) {
     let key = layout.router_key(&id);
     let prefix = layout.routers_prefix();
     let value = serde_json::json!({"id": id, "started_ms": registry::now_ms()}).to_string();

@@ -91,6 +91,7 @@ async fn mass_removal_is_held_then_released() {
     let server = tokio::spawn(run(
         kv.clone(),
         ServeOptions {
+            router_id: None,
             config,
             layout: layout.clone(),
             admin_token: None,

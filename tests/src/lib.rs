@@ -889,6 +889,19 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A client certificate for `cn` that expires `valid` from now: (cert PEM, key PEM).
+    pub fn client_leaf_for(&self, cn: &str, valid: Duration) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_after = (std::time::SystemTime::now() + valid).into();
+        let key = rcgen::KeyPair::generate().expect("client key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign client");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// Writes a leaf's cert and key to `dir` atomically (write + rename, as certbot
     /// does); returns the two paths.
     pub fn write_leaf(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {

@@ -53,63 +53,104 @@ fn client_cert(ca: &TestCa, dir: &Path, cn: &str, expired: bool) -> (PathBuf, Pa
     )
 }
 
-/// Roles for the key layout, as an operator would create them with etcdctl: a router
-/// reads the prefix and writes its own registration; agent `id` reads and writes its
-/// record and its applied-commands key and reads its commands.
-fn grant(etcd: &Etcd, agent: &str, password: &str) {
-    for args in [
-        vec!["role", "add", "router"],
-        vec![
-            "role",
-            "grant-permission",
-            "router",
-            "read",
-            &format!("{P}/"),
-            "--prefix",
-        ],
-        vec![
-            "role",
-            "grant-permission",
-            "router",
-            "readwrite",
-            &format!("{P}/routers/"),
-            "--prefix",
-        ],
-        vec!["user", "add", "router", "--no-password"],
-        vec!["user", "grant-role", "router", "router"],
-    ] {
-        etcd.ctl(&args);
+/// `router-server ctl auth OP WHO...` as root (its client certificate); new users'
+/// passwords go to `passwords_dir(etcd)`. Returns the output; the command must succeed.
+fn auth(etcd: &Etcd, op: &str, who: &[&str]) -> String {
+    let t = etcd.tls();
+    let dir = passwords_dir(etcd);
+    let mut args = vec![
+        "--etcd-cacert",
+        t.ca.to_str().unwrap(),
+        "--etcd-cert",
+        t.root_cert.to_str().unwrap(),
+        "--etcd-key",
+        t.root_key.to_str().unwrap(),
+        "auth",
+        op,
+    ];
+    args.extend_from_slice(who);
+    if op == "apply" {
+        args.extend(["--password-dir", dir.to_str().unwrap()]);
     }
-    let role = format!("agent-{agent}");
-    let user = format!("{agent}:{password}");
-    for args in [
-        vec!["role", "add", &role],
-        vec![
-            "role",
-            "grant-permission",
-            &role,
-            "readwrite",
-            &format!("{P}/nodes/{agent}"),
-        ],
-        vec![
-            "role",
-            "grant-permission",
-            &role,
-            "readwrite",
-            &format!("{P}/applied/{agent}"),
-        ],
-        vec![
-            "role",
-            "grant-permission",
-            &role,
-            "read",
-            &format!("{P}/commands/{agent}"),
-        ],
-        vec!["user", "add", &user],
-        vec!["user", "grant-role", agent, &role],
+    let (code, out) = router_ctl(etcd, &args);
+    assert_eq!(code, 0, "ctl auth {op}: {out}");
+    out
+}
+
+fn passwords_dir(etcd: &Etcd) -> PathBuf {
+    etcd.dir().join("passwords")
+}
+
+/// The password file `ctl auth apply` wrote for `user`.
+fn password_file(etcd: &Etcd, user: &str) -> PathBuf {
+    passwords_dir(etcd).join(format!("{user}.password"))
+}
+
+/// `ctl auth plan` writes nothing; `apply` creates each principal's role and user
+/// (passwords in files only their owner reads); a second `apply` has nothing to do.
+#[test]
+fn ctl_auth_plans_then_applies_least_privilege_once() {
+    let ca = TestCa::new("etcd test CA");
+    let etcd = Etcd::secure(&ca, &[]);
+    let who = [
+        "--routers",
+        "r1",
+        "--agents",
+        "gw-a,gw-b",
+        "--operators",
+        "alice",
+    ];
+    let plan = auth(&etcd, "plan", &who);
+    for line in [
+        &format!("role gateway-router-r1: read {P}/ --prefix; readwrite {P}/routers/r1"),
+        &format!("role gateway-agent-gw-a: readwrite {P}/nodes/gw-a; readwrite {P}/applied/gw-a; read {P}/commands/gw-a"),
+        &format!("role gateway-operator: read {P}/ --prefix; write {P}/commands/ --prefix"),
+        &"user gw-b -> gateway-agent-gw-b".to_string(),
+        &"etcdctl role add gateway-agent-gw-b".to_string(),
+        &"etcdctl user grant-role alice gateway-operator".to_string(),
     ] {
-        etcd.ctl(&args);
+        assert!(plan.contains(line), "{line:?} missing from:\n{plan}");
     }
+    assert_eq!(
+        etcd.ctl(&["role", "list"]).trim(),
+        "root",
+        "plan wrote nothing"
+    );
+
+    let applied = auth(&etcd, "apply", &who);
+    assert!(
+        applied.contains("done: user add gw-a (password in"),
+        "{applied}"
+    );
+    let roles = etcd.ctl(&["role", "list"]);
+    for r in [
+        "gateway-router-r1",
+        "gateway-agent-gw-a",
+        "gateway-agent-gw-b",
+        "gateway-operator",
+    ] {
+        assert!(roles.lines().any(|l| l == r), "{r} missing: {roles}");
+    }
+    let perms = etcd.ctl(&["role", "get", "gateway-agent-gw-b"]);
+    assert!(perms.contains(&format!("{P}/nodes/gw-b")), "{perms}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(password_file(&etcd, "gw-a"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let again = auth(&etcd, "apply", &who);
+    assert!(again.contains("nothing to do"), "{again}");
+    // A principal added later: only its own steps.
+    let more = auth(&etcd, "apply", &["--agents", "gw-a,gw-c"]);
+    assert!(more.contains("done: role add gateway-agent-gw-c"), "{more}");
+    assert!(
+        !more
+            .lines()
+            .any(|l| l.contains("done:") && l.contains("gw-a")),
+        "{more}"
+    );
 }
 
 #[test]
@@ -117,13 +158,24 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
     let ca = TestCa::new("etcd test CA");
     let etcd = Etcd::secure(&ca, &[]);
     let dir = etcd.dir().to_path_buf();
-    grant(&etcd, "gw-a", "agent-secret");
+    auth(
+        &etcd,
+        "apply",
+        &[
+            "--routers",
+            "r1",
+            "--agents",
+            "gw-a",
+            "--operators",
+            "alice",
+        ],
+    );
     let t = etcd.tls();
     let cacert = t.ca.to_str().unwrap().to_string();
 
     // The agent: a certificate for TLS, a user and a password file for etcd.
     let (acert, akey) = client_cert(&ca, &dir, "gw-a-host", false);
-    let pw = write(&dir, "gw-a.password", "agent-secret\n");
+    let pw = password_file(&etcd, "gw-a");
     let hook = HookServer::start();
     let flags: Vec<String> = [
         "--port",
@@ -152,8 +204,8 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
         etcd.keys(&format!("{P}/nodes/")).len() == 1
     });
 
-    // The router: authenticated by its certificate's common name alone.
-    let (rcert, rkey) = client_cert(&ca, &dir, "router", false);
+    // The router: authenticated by its certificate's common name (its id) alone.
+    let (rcert, rkey) = client_cert(&ca, &dir, "r1", false);
     let r = RouterProc::start(
         &etcd,
         "",
@@ -164,25 +216,28 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
             rcert.to_str().unwrap(),
             "--etcd-key",
             rkey.to_str().unwrap(),
+            "--router-id",
+            "r1",
         ],
     );
     wait_until(Duration::from_secs(10), "router answers gw-a", || {
         gateway_ids(&r.answer("/gateways")) == ["gw-a"]
     });
     assert_eq!(
-        etcd.keys(&format!("{P}/routers/")).len(),
-        1,
+        etcd.keys(&format!("{P}/routers/")),
+        [format!("{P}/routers/r1")],
         "the router registered itself"
     );
 
-    // The operator drains it with ctl (root's certificate); the hook hears it.
+    // The operator drains it with ctl (alice's certificate); the hook hears it.
+    let (ocert, okey) = client_cert(&ca, &dir, "alice", false);
     let root = [
         "--etcd-cacert",
         &cacert,
         "--etcd-cert",
-        t.root_cert.to_str().unwrap(),
+        ocert.to_str().unwrap(),
         "--etcd-key",
-        t.root_key.to_str().unwrap(),
+        okey.to_str().unwrap(),
     ];
     let mut args: Vec<&str> = root.to_vec();
     args.extend(["drain", "gw-a"]);
@@ -263,7 +318,125 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
         kv.put(&format!("{P}/nodes/gw-a"), b"{}".to_vec(), None)
             .await
             .expect("its own key");
+        // The router writes its own registration only; the operator writes commands
+        // only: neither can steer clients by writing a node's record.
+        let by_cert = |cert: &Path, key: &Path| EtcdOptions {
+            security: EtcdSecurity {
+                cacert: Some(t.ca.clone()),
+                cert: Some(cert.to_path_buf()),
+                key: Some(key.to_path_buf()),
+                user: None,
+                password_file: None,
+            },
+            ..EtcdOptions::default()
+        };
+        for (who, opts, refused, allowed) in [
+            (
+                "router r1",
+                by_cert(&rcert, &rkey),
+                format!("{P}/routers/r2"),
+                format!("{P}/routers/r1"),
+            ),
+            (
+                "router r1",
+                by_cert(&rcert, &rkey),
+                format!("{P}/nodes/gw-a"),
+                format!("{P}/routers/r1"),
+            ),
+            (
+                "operator alice",
+                by_cert(&ocert, &okey),
+                format!("{P}/nodes/gw-a"),
+                format!("{P}/commands/gw-a"),
+            ),
+        ] {
+            let kv = EtcdKv::connect(&etcd.endpoint_list(), &opts).await.unwrap();
+            let r = kv.put(&refused, b"{}".to_vec(), None).await;
+            assert!(
+                matches!(&r, Err(KvError::Rejected(m)) if m.contains("PermissionDenied")),
+                "{who} writing {refused}: {r:?}"
+            );
+            kv.put(&allowed, b"{}".to_vec(), None)
+                .await
+                .unwrap_or_else(|e| panic!("{who} writing {allowed}: {e}"));
+        }
     });
+}
+
+/// Writes `text` to `path` as certificate tools do: a new file renamed over the old.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A client certificate about to expire is replaced on disk; the agent picks up the
+/// new one without a restart, so when its connection to etcd is made again after the
+/// old certificate expired (etcd restarts here), it still reports.
+#[test]
+fn a_rotated_client_certificate_is_used_without_a_restart() {
+    let ca = TestCa::new("etcd test CA");
+    let mut etcd = Etcd::secure(&ca, &[]);
+    let dir = etcd.dir().to_path_buf();
+    auth(&etcd, "apply", &["--agents", "gw-r"]);
+    let valid = Duration::from_secs(6);
+    let expires = std::time::SystemTime::now() + valid;
+    let (cert, key) = ca.client_leaf_for("gw-r", valid);
+    let (cert_path, key_path) = (dir.join("gw-r.pem"), dir.join("gw-r-key.pem"));
+    replace(&cert_path, &cert);
+    replace(&key_path, &key);
+    let load = dir.join("load");
+    std::fs::write(&load, "100").unwrap();
+    let load_src = format!("file:{}", load.display());
+    let mut agent = Proc::agent(
+        &etcd,
+        "gw-r",
+        "r",
+        &[
+            "--port",
+            "tcp=7000",
+            "--load",
+            &load_src,
+            "--etcd-cacert",
+            etcd.tls().ca.to_str().unwrap(),
+            "--etcd-cert",
+            cert_path.to_str().unwrap(),
+            "--etcd-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let node = format!("{P}/nodes/gw-r");
+    let reports = |etcd: &Etcd, n: u32| {
+        etcd.get(&node)
+            .is_some_and(|v| v.contains(&format!("\"connections\":{n}")))
+    };
+    wait_until(Duration::from_secs(15), "registered", || {
+        reports(&etcd, 100)
+    });
+
+    // The rotation: a new certificate (same name, a year's validity) over the old.
+    let (cert, key) = ca.client_leaf_for("gw-r", Duration::from_secs(365 * 86400));
+    replace(&key_path, &key);
+    replace(&cert_path, &cert);
+    agent.wait_for_output(
+        "etcd TLS or credential files changed",
+        Duration::from_secs(15),
+    );
+    // Once the old certificate has expired, every connection is made again.
+    wait_until(
+        Duration::from_secs(30),
+        "the old certificate to expire",
+        || std::time::SystemTime::now() > expires + Duration::from_secs(1),
+    );
+    etcd.stop();
+    etcd.start_again();
+    std::fs::write(&load, "200").unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "a report over a new connection",
+        || reports(&etcd, 200),
+    );
+    assert!(agent.is_running(), "{}", agent.output());
 }
 
 /// etcd's simple tokens expire after `--auth-token-ttl` idle seconds; the client
@@ -274,9 +447,9 @@ fn expiring_auth_tokens_cost_no_failed_write() {
     let ca = TestCa::new("etcd test CA");
     let etcd = Etcd::secure(&ca, &["--auth-token-ttl", "5"]);
     let dir = etcd.dir().to_path_buf();
-    grant(&etcd, "gw-t", "token-secret");
+    auth(&etcd, "apply", &["--agents", "gw-t"]);
     let (cert, key) = client_cert(&ca, &dir, "gw-t-host", false);
-    let pw = write(&dir, "pw", "token-secret\n");
+    let pw = password_file(&etcd, "gw-t");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (writes, failed) = rt.block_on(async {
         let opts = EtcdOptions {
@@ -320,13 +493,13 @@ fn bad_credentials_fail_at_start_with_one_line() {
     let ca = TestCa::new("etcd test CA");
     let etcd = Etcd::secure(&ca, &[]);
     let dir = etcd.dir().to_path_buf();
-    grant(&etcd, "gw-c", "right");
+    auth(&etcd, "apply", &["--agents", "gw-c"]);
     let t = etcd.tls();
     let other_ca = write(&dir, "other-ca.pem", &TestCa::new("another CA").pem());
     let (good_cert, good_key) = client_cert(&ca, &dir, "gw-c-host", false);
     let (old_cert, old_key) = client_cert(&ca, &dir, "old", true);
     let wrong = write(&dir, "wrong.pw", "wrong\n");
-    let right = write(&dir, "right.pw", "right\n");
+    let right = password_file(&etcd, "gw-c");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (

@@ -7,6 +7,8 @@ use registry::{CommandAction, Kv, Layout, NodeRecord};
 use tokio::time::Instant;
 
 use crate::config::{CtlArgs, CtlOp};
+
+mod auth;
 use crate::ops::{self, OpsError, PlanStep};
 
 /// How long `ctl` waits for etcd to answer at all before giving up.
@@ -36,6 +38,9 @@ pub async fn run(args: CtlArgs) -> i32 {
                 REACH_TIMEOUT.as_secs()
             ))
         }
+    }
+    if let CtlOp::Auth { op } = args.op {
+        return auth::run(&kv, &layout, op).await;
     }
     match execute(&kv, &layout, args.op).await {
         Ok(()) => 0,
@@ -95,6 +100,7 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
             println!("serve issued to {id} (command {})", cmd.id);
             Ok(())
         }
+        CtlOp::Auth { .. } => unreachable!("ctl auth runs before execute"),
         CtlOp::Rebalance { dry_run, json } => {
             let (plan, issued) =
                 ops::rebalance(kv, layout, ops::DEFAULT_TOLERANCE, dry_run).await?;
