@@ -411,8 +411,36 @@ impl Etcd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `etcdctl` with `input` on its standard input; panics when it fails.
+    pub fn ctl_input(&self, args: &[&str], input: &str) -> String {
+        let mut cmd = self.ctl_command(args);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run etcdctl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().expect("etcdctl output");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs `etcdctl`, returning its output whatever the status.
     pub fn ctl_raw(&self, args: &[&str]) -> std::process::Output {
+        self.ctl_command(args).output().expect("run etcdctl")
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> Command {
         require_tool("etcdctl");
         let mut cmd = Command::new("etcdctl");
         if let Some(t) = &self.tls {
@@ -426,9 +454,8 @@ impl Etcd {
         cmd.env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(self.endpoints())
-            .args(args)
-            .output()
-            .expect("run etcdctl")
+            .args(args);
+        cmd
     }
 
     /// The value at `key`, if any.

@@ -439,6 +439,83 @@ fn a_rotated_client_certificate_is_used_without_a_restart() {
     assert!(agent.is_running(), "{}", agent.output());
 }
 
+/// A password changed in etcd, then in the agent's password file: the agent
+/// authenticates with the new one without a restart, and its node never leaves.
+#[test]
+fn a_rotated_password_is_used_without_a_restart() {
+    let ca = TestCa::new("etcd test CA");
+    let etcd = Etcd::secure(&ca, &[]);
+    let dir = etcd.dir().to_path_buf();
+    auth(&etcd, "apply", &["--agents", "gw-p"]);
+    let pw = dir.join("agent.password");
+    replace(
+        &pw,
+        &std::fs::read_to_string(password_file(&etcd, "gw-p")).unwrap(),
+    );
+    let (cert, key) = client_cert(&ca, &dir, "gw-p-host", false);
+    let load = dir.join("load");
+    std::fs::write(&load, "100").unwrap();
+    let load_src = format!("file:{}", load.display());
+    let mut agent = Proc::agent(
+        &etcd,
+        "gw-p",
+        "r",
+        &[
+            "--port",
+            "tcp=7000",
+            "--load",
+            &load_src,
+            "--etcd-cacert",
+            etcd.tls().ca.to_str().unwrap(),
+            "--etcd-cert",
+            cert.to_str().unwrap(),
+            "--etcd-key",
+            key.to_str().unwrap(),
+            "--etcd-user",
+            "gw-p",
+            "--etcd-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    let node = format!("{P}/nodes/gw-p");
+    let reports = |n: u32| {
+        etcd.get(&node)
+            .is_some_and(|v| v.contains(&format!("\"connections\":{n}")))
+    };
+    wait_until(Duration::from_secs(15), "registered", || reports(100));
+    let lease = || etcd.ctl(&["get", &node, "-w", "fields"]);
+    let lease_line = |out: String| {
+        out.lines()
+            .find(|l| l.starts_with("\"Lease\""))
+            .map(str::to_string)
+    };
+    let before = lease_line(lease());
+
+    // The runbook: change it in etcd, then in the file.
+    etcd.ctl_input(
+        &["user", "passwd", "gw-p", "--interactive=false"],
+        "rotated-password\n",
+    );
+    replace(&pw, "rotated-password\n");
+    agent.wait_for_output(
+        "etcd TLS or credential files changed",
+        Duration::from_secs(15),
+    );
+    std::fs::write(&load, "200").unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "a report with the new password",
+        || reports(200),
+    );
+    assert_eq!(lease_line(lease()), before, "the node kept its lease");
+    assert!(agent.is_running());
+    assert!(
+        !agent.output().contains("registering again"),
+        "{}",
+        agent.output()
+    );
+}
+
 /// etcd's simple tokens expire after `--auth-token-ttl` idle seconds; the client
 /// authenticates again before the call goes through. Over 60 s with idle gaps longer
 /// than the TTL, not one write fails.
