@@ -39,13 +39,42 @@ listen_addr() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-start_etcd() {
-  local cport pport
+start_etcd() { # [tls]: also an https:// listener that requires client certificates
+  local cport pport sport name=bench${1:-}
   cport=$(free_port); pport=$(free_port)
-  spawn etcd etcd --name bench --data-dir "$work/etcd" \
-    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+  local listen="http://127.0.0.1:$cport" tlsargs=()
+  if [ "${1:-}" = tls ]; then
+    make_certs
+    sport=$(free_port)
+    listen="$listen,https://127.0.0.1:$sport"
+    tlsargs=(--cert-file "$work/pki/server.pem" --key-file "$work/pki/server-key.pem"
+      --trusted-ca-file "$work/pki/ca.pem" --client-cert-auth)
+    etcd_tls_url="https://127.0.0.1:$sport"
+  fi
+  spawn "etcd$name" etcd --name "$name" --data-dir "$work/etcd$name" "${tlsargs[@]}" \
+    --listen-client-urls "$listen" --advertise-client-urls "http://127.0.0.1:$cport" \
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-    --initial-cluster "bench=http://127.0.0.1:$pport"
+    --initial-cluster "$name=http://127.0.0.1:$pport"
   etcd_url="http://127.0.0.1:$cport"
   for _ in $(seq 1 200); do curl -sf "$etcd_url/health" | grep -q true && break; sleep 0.05; done
+}
+
+# A CA, a server certificate for 127.0.0.1 and a client certificate (CN=root) in
+# $work/pki, with openssl.
+make_certs() {
+  local d="$work/pki"
+  [ -f "$d/ca.pem" ] && return
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$d/ca-key.pem" -out "$d/ca.pem" 2>/dev/null
+  local leaf
+  for leaf in server client; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+      -subj "/CN=$([ $leaf = server ] && echo localhost || echo root)" \
+      -keyout "$d/$leaf-key.pem" -out "$d/$leaf.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=%s\n' \
+      "$([ $leaf = server ] && echo serverAuth || echo clientAuth)" > "$d/$leaf.ext"
+    openssl x509 -req -in "$d/$leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" \
+      -CAcreateserial -days 2 -extfile "$d/$leaf.ext" -out "$d/$leaf.pem" 2>/dev/null
+  done
 }

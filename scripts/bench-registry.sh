@@ -6,7 +6,9 @@
 #   2. 333 updates/s (10,000 agents at the 30 s report floor): the router's CPU following
 #      them alone, then with a request loop and a visibility probe asking meanwhile;
 #   3. 2,000 updates/s: CPU, peak RSS, update -> visible in /gateways (p50 / p99), and
-#      non-200 answers of a request loop running meanwhile.
+#      non-200 answers of a request loop running meanwhile;
+#   4. the same 2,000 updates/s with the router following etcd over TLS with a client
+#      certificate (etcd's --client-cert-auth): its CPU beside plain HTTP's.
 #
 #   scripts/bench-registry.sh [NODES] [SECS]
 set -euo pipefail
@@ -23,12 +25,13 @@ hz=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-start_router() {
+start_router() { # [ETCD-URL SECURITY-FLAGS...]
   rport=$(free_port)
   printf '[rate_limit]\nper_ip_per_sec = 0\n' > "$work/router.toml"
-  local t0; t0=$(date +%s.%N)
-  target/release/router-server --etcd "$etcd_url" --listen "127.0.0.1:$rport" \
-    --config "$work/router.toml" > "$work/router.log" 2>&1 &
+  local t0 url=${1:-$etcd_url}; t0=$(date +%s.%N)
+  [ $# -gt 0 ] && shift
+  target/release/router-server --etcd "$url" --listen "127.0.0.1:$rport" \
+    --config "$work/router.toml" "$@" > "$work/router.log" 2>&1 &
   router_pid=$!
   pids+=($router_pid)
   until curl -sf "http://127.0.0.1:$rport/readyz" >/dev/null 2>&1; do sleep 0.01; done
@@ -66,3 +69,15 @@ phase 2000; read -r c2k rss2k rest2k <<<"$result"
 echo "2000 updates/s for ${secs}s: router CPU ${c2k} cores (goal <= 0.25), peak RSS ${rss2k} MB (goal <= 100); $rest2k"
 echo "(goals: update -> visible p99 <= 100 ms, zero non-200 answers)"
 echo "router 'registry unreachable' lines: $(grep -c "registry unreachable" "$work/router.log" || true)"
+
+# 4. The same over TLS: a second etcd with an https:// listener requiring client
+# certificates (the load still writes over http://), a router following it over TLS.
+kill "$router_pid" 2>/dev/null || true; wait "$router_pid" 2>/dev/null || true
+plain_url=$etcd_url
+start_etcd tls
+target/release/examples/registry_load "$etcd_url" "$nodes" 0 0
+start_router "$etcd_tls_url" --etcd-cacert "$work/pki/ca.pem" \
+  --etcd-cert "$work/pki/client.pem" --etcd-key "$work/pki/client-key.pem"
+phase 2000; read -r ctls rsstls resttls <<<"$result"
+echo "2000 updates/s for ${secs}s over TLS: router CPU ${ctls} cores, peak RSS ${rsstls} MB; $resttls"
+echo "TLS / plain router CPU at 2000 updates/s: $(echo "scale=3; $ctls / $c2k" | bc) (${ctls} vs ${c2k} cores; plain etcd $plain_url)"

@@ -99,6 +99,12 @@ check_venv() {
   python3 -m venv "$scratch/venv" >/dev/null 2>&1 && [ -x "$scratch/venv/bin/pip" ]
 }
 check_curl() { command -v curl >/dev/null 2>&1 && curl --version >/dev/null 2>&1; }
+# openssl makes a certificate (the benchmarks' TLS etcd).
+check_openssl() {
+  command -v openssl >/dev/null 2>&1 || return 1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=x \
+    -keyout "$scratch/k.pem" -out "$scratch/c.pem" >/dev/null 2>&1
+}
 # Network namespaces joined by a bridge (the partition tests): one namespace is made,
 # given a bridge and a veth pair, and removed again.
 check_netns() {
@@ -129,6 +135,7 @@ if [ "$want_test" = 1 ]; then
     "unbound with DNS-over-HTTPS|check_unbound|unbound"
     "faketime|check_faketime|faketime"
     "network namespaces (ip netns, bridges, veth)|check_netns|iproute2"
+    "openssl|check_openssl|openssl"
   )
 fi
 
