@@ -235,6 +235,7 @@ impl Agent {
             applied_command: d.applied_command.clone(),
             hook: d.hook.clone(),
             labels: n.labels.clone(),
+            dc: None,
         }
     }
 

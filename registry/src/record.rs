@@ -274,6 +274,10 @@ pub struct NodeRecord {
     /// Free-form labels (`version`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The data centre (registry) the record was read from: set by a router that
+    /// follows several registries, never read from or written to etcd.
+    #[serde(skip)]
+    pub dc: Option<std::sync::Arc<str>>,
 }
 
 impl NodeRecord {
@@ -306,6 +310,7 @@ impl NodeRecord {
             applied_command: None,
             hook: None,
             labels: BTreeMap::new(),
+            dc: None,
         }
     }
 
@@ -758,6 +763,7 @@ mod tests {
                     applied_command: None,
                     hook: None,
                     labels: BTreeMap::new(),
+                    dc: None,
                 },
             )
     }

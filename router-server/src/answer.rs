@@ -26,6 +26,10 @@ impl NodeJson {
     pub fn of(r: &NodeRecord) -> NodeJson {
         let quote = |s: &str| serde_json::to_string(s).expect("a string always serializes");
         let mut tail = format!(",\"region\":{}", quote(&r.region));
+        if let Some(dc) = &r.dc {
+            tail.push_str(",\"dc\":");
+            tail.push_str(&quote(dc));
+        }
         if let Some(d) = &r.domain {
             tail.push_str(",\"domain\":");
             tail.push_str(&quote(d));
@@ -201,7 +205,7 @@ mod tests {
                 region: region.clone(), capacity: 1000, connections: *conns,
                 ipv6: (i % 2 == 0).then(|| "2001:db8::2".parse().unwrap()),
                 domain: domain.clone(), zone: None, isp: None, state: NodeState::Serving, healthy: true,
-                updated_ms: None, sampled_ms: None, sample_age_ms: None, applied_command: None, hook: None, labels: Default::default(),
+                updated_ms: None, sampled_ms: None, sample_age_ms: None, applied_command: None, hook: None, labels: Default::default(), dc: None,
             })).collect();
             let proto = Proto::ALL[proto];
             let json: Vec<NodeJson> = records.iter().map(|r| NodeJson::of(r)).collect();

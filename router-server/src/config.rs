@@ -88,6 +88,16 @@ fn parse_etcd(s: &str) -> Result<String, String> {
     registry::etcd::parse_endpoints(s).map(|v| v.join(","))
 }
 
+fn parse_registry(s: &str) -> Result<(String, String), String> {
+    let (name, urls) = s
+        .trim()
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=URL[,URL...]"))?;
+    let name = name.trim();
+    registry::record::validate_id(name).map_err(|e| format!("registry name {name:?}: {e}"))?;
+    Ok((name.to_string(), parse_etcd(urls)?))
+}
+
 fn parse_prefix(s: &str) -> Result<String, String> {
     registry::keys::validate_prefix(s)?;
     Ok(s.to_string())
@@ -96,9 +106,16 @@ fn parse_prefix(s: &str) -> Result<String, String> {
 /// Flags of `router-server serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "ROUTER_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]
-    pub etcd: String,
+    /// etcd endpoints, comma-separated: the one registry, named `default` (or use
+    /// --registry, or `[[registries]]` in the config file).
+    #[arg(long, env = "ROUTER_ETCD", value_name = "URL[,URL...]", value_parser = parse_etcd)]
+    pub etcd: Option<String>,
+    /// A registry to follow, one per data centre: `NAME=URL[,URL...]`; repeat it for
+    /// several. The first is this router's own DC. In the environment:
+    /// `NAME=URL[,URL]; NAME=...`.
+    #[arg(long = "registry", env = "ROUTER_REGISTRIES", value_name = "NAME=URL[,URL...]",
+          value_delimiter = ';', value_parser = parse_registry)]
+    pub registries: Vec<(String, String)>,
     /// Address to listen on (HTTPS when --tls-cert is given, plain HTTP otherwise).
     #[arg(long, env = "ROUTER_LISTEN", value_name = "ADDR", required = true)]
     pub listen: SocketAddr,
@@ -334,6 +351,35 @@ pub struct FileConfig {
     pub http: HttpConfig,
     /// Certificate reloading.
     pub tls: TlsConfig,
+    /// A registry the router cannot reach for this long has its nodes offered only
+    /// after every node of a live registry (and dropped after `protect_max_secs`).
+    pub registry_stale_secs: u64,
+    /// The registries to follow, one per data centre (`[[registries]]`).
+    pub registries: Vec<RegistryConfig>,
+}
+
+/// One `[[registries]]` entry: a data centre's etcd.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// The DC's name, in answers as each gateway's `dc`.
+    pub name: String,
+    /// Endpoints, comma-separated.
+    pub etcd: String,
+    /// Key prefix (default: `--prefix`).
+    pub prefix: Option<String>,
+    /// This router's own DC (else the first registry is).
+    pub local: bool,
+    /// `--etcd-cacert` for this registry.
+    pub cacert: Option<std::path::PathBuf>,
+    /// `--etcd-cert` for this registry.
+    pub cert: Option<std::path::PathBuf>,
+    /// `--etcd-key` for this registry.
+    pub key: Option<std::path::PathBuf>,
+    /// `--etcd-user` for this registry.
+    pub user: Option<String>,
+    /// `--etcd-password-file` for this registry.
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 /// The `[backoff]` table, sent to clients as-is.
@@ -434,6 +480,8 @@ impl Default for FileConfig {
             rate_limit: RateLimitConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
+            registry_stale_secs: 10,
+            registries: Vec::new(),
         }
     }
 }
@@ -543,6 +591,38 @@ impl FileConfig {
         check(self.protect_window_secs >= 1, "protect_window_secs", || {
             "must be at least 1".into()
         })?;
+        check(self.registry_stale_secs >= 1, "registry_stale_secs", || {
+            "must be at least 1".into()
+        })?;
+        let mut names = std::collections::HashSet::new();
+        for r in &self.registries {
+            check(
+                registry::record::validate_id(&r.name).is_ok(),
+                "registries.name",
+                || format!("{:?} is not a name ([A-Za-z0-9._-], 1-64)", r.name),
+            )?;
+            check(names.insert(r.name.as_str()), "registries.name", || {
+                format!("{:?} appears twice", r.name)
+            })?;
+            check(parse_etcd(&r.etcd).is_ok(), "registries.etcd", || {
+                format!(
+                    "{:?} of registry {}: {}",
+                    r.etcd,
+                    r.name,
+                    parse_etcd(&r.etcd).unwrap_err()
+                )
+            })?;
+            if let Some(p) = &r.prefix {
+                check(parse_prefix(p).is_ok(), "registries.prefix", || {
+                    format!("{p:?} of registry {}", r.name)
+                })?;
+            }
+        }
+        check(
+            self.registries.iter().filter(|r| r.local).count() <= 1,
+            "registries.local",
+            || "more than one registry is local".into(),
+        )?;
         check(
             (1..=15).contains(&self.herd_window_secs),
             "herd_window_secs",

@@ -3,8 +3,9 @@
 //! # Layout
 //!
 //! * [`config`]: command line and the TOML file, validated in one step.
-//! * [`state`]: shared state, and the updater task that turns registry views
-//!   (from [`registry::follow`]) into snapshots, applying the protect threshold.
+//! * [`membership`]: the registries followed (one per data centre), each view judged
+//!   by its protect threshold, merged into one snapshot. [`state`]: the handles every
+//!   handler shares.
 //! * [`schedule`]: the immutable, indexed [`schedule::Snapshot`] and the pure
 //!   selection function (eligibility, region order, herd-safe least load).
 //! * [`answer`]: the JSON a client receives, serialized in pieces once and assembled
@@ -16,7 +17,7 @@
 //! * [`metrics`]: Prometheus metrics. [`tls`]: rustls config and hot reload.
 //! * [`demo`]: the real router on the in-memory registry with simulated gateways.
 //!
-//! Data flows: etcd → `follow` (list + watch) → `state::run_updater` → `ArcSwap` →
+//! Data flows: each etcd → `follow` (list + watch) → `membership::run_updater` → `ArcSwap` →
 //! request handlers, which never take a lock on the request path.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod ctl;
 pub mod demo;
 pub mod herd;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod ops;
 pub mod peers;
@@ -76,27 +78,64 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let registry = membership::Registry::single(kv, opts.layout.clone());
+    run_registries(vec![registry], opts, listeners, shutdown).await
+}
+
+/// [`run`], following several registries (one per data centre). The local one (else
+/// the first) is where commands of the admin API go.
+pub async fn run_registries(
+    registries: Vec<membership::Registry>,
+    opts: ServeOptions,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(!registries.is_empty(), "no registry to follow");
+    let local = registries.iter().position(|r| r.local).unwrap_or(0);
+    let kv = registries[local].kv.clone();
+    let layout = registries[local].layout.clone();
     // One tree: background work stops with `shutdown`, and is joined before returning.
     let background = shutdown.child_token();
     let tasks = TaskTracker::new();
-    let state = Arc::new(state::AppState::new(opts.config.clone()).with_layout(&opts.layout));
-    let (views, follower) =
-        registry::follow::follow(kv.clone(), opts.layout.clone(), background.clone());
-    tasks.spawn(async move {
-        if let Err(e) = follower.await {
-            warn!(error = %e, "registry follower ended abnormally");
-        }
-    });
-    tasks.spawn(state::spawn_updater(
+    let state = Arc::new(state::AppState::new(opts.config.clone()).with_layout(&layout));
+    let router_id = opts.router_id.clone().unwrap_or_else(peers::router_id);
+    let counts: Arc<[std::sync::atomic::AtomicU64]> = registries
+        .iter()
+        .map(|_| std::sync::atomic::AtomicU64::new(1))
+        .collect();
+    let mut inputs = Vec::new();
+    for (i, r) in registries.iter().enumerate() {
+        let (views, follower) =
+            registry::follow::follow(r.kv.clone(), r.layout.clone(), background.clone());
+        let name = r.name.clone();
+        tasks.spawn(async move {
+            if let Err(e) = follower.await {
+                warn!(registry = %name, error = %e, "registry follower ended abnormally");
+            }
+        });
+        inputs.push(membership::Input {
+            name: r.name.clone(),
+            local: i == local,
+            nodes_prefix: r.layout.nodes_prefix(),
+            views,
+        });
+        // Registered in every registry it follows: each one's router count covers
+        // every router that may send clients to its nodes.
+        tasks.spawn(peers::run(
+            router_id.clone(),
+            r.kv.clone(),
+            r.layout.clone(),
+            state.clone(),
+            peers::Slot {
+                counts: counts.clone(),
+                index: i,
+            },
+            background.clone(),
+        ));
+    }
+    tasks.spawn(membership::spawn_updater(
         state.clone(),
-        views,
-        background.clone(),
-    ));
-    tasks.spawn(peers::run(
-        opts.router_id.clone().unwrap_or_else(peers::router_id),
-        kv.clone(),
-        opts.layout.clone(),
-        state.clone(),
+        inputs,
         background.clone(),
     ));
     let api = http::Api::new(state.clone());

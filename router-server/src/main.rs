@@ -79,27 +79,91 @@ async fn serve(args: ServeArgs) -> i32 {
         Ok(l) => l,
         Err(e) => registry::cli::exit_invalid(format!("cannot listen on --http-listen: {e}")),
     };
-    let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
-    tracing::info!(etcd = %args.etcd, prefix = %args.prefix, "router starting");
-    // A wrong CA, an expired certificate or a wrong password: one line now, not a
-    // retry loop. (An etcd that is down is waited for: the router serves once it is.)
-    let kv = connect_at_start(
-        &endpoints,
-        args.etcd_security.security(),
-        &Layout::new(&args.prefix).nodes_prefix(),
-    )
-    .await
-    .unwrap_or_else(|e| registry::cli::exit_invalid(e));
+    // The registries: `--etcd` (named `default`), each `--registry`, then the
+    // file's `[[registries]]`; the first, or the one marked local, is this router's DC.
+    struct Wanted {
+        name: String,
+        endpoints: String,
+        prefix: String,
+        security: registry::security::EtcdSecurity,
+        local: bool,
+    }
+    let flags_security = args.etcd_security.security();
+    let mut wanted: Vec<Wanted> = Vec::new();
+    if let Some(etcd) = &args.etcd {
+        wanted.push(Wanted {
+            name: "default".into(),
+            endpoints: etcd.clone(),
+            prefix: args.prefix.clone(),
+            security: flags_security.clone(),
+            local: false,
+        });
+    }
+    for (name, etcd) in &args.registries {
+        wanted.push(Wanted {
+            name: name.clone(),
+            endpoints: etcd.clone(),
+            prefix: args.prefix.clone(),
+            security: flags_security.clone(),
+            local: false,
+        });
+    }
+    for r in &config.registries {
+        wanted.push(Wanted {
+            name: r.name.clone(),
+            endpoints: r.etcd.clone(),
+            prefix: r.prefix.clone().unwrap_or_else(|| args.prefix.clone()),
+            security: registry::security::EtcdSecurity {
+                cacert: r.cacert.clone(),
+                cert: r.cert.clone(),
+                key: r.key.clone(),
+                user: r.user.clone(),
+                password_file: r.password_file.clone(),
+            },
+            local: r.local,
+        });
+    }
+    if wanted.is_empty() {
+        registry::cli::exit_invalid(
+            "no registry to follow: give --etcd URL, --registry NAME=URL or [[registries]] in the config file",
+        );
+    }
+    let mut names = std::collections::HashSet::new();
+    for w in &wanted {
+        if !names.insert(w.name.clone()) {
+            registry::cli::exit_invalid(format!("registry {:?} is given twice", w.name));
+        }
+    }
+    let local = wanted.iter().position(|w| w.local).unwrap_or(0);
+    let mut registries = Vec::new();
+    for (i, w) in wanted.into_iter().enumerate() {
+        let endpoints: Vec<String> = w.endpoints.split(',').map(str::to_string).collect();
+        let layout = Layout::new(&w.prefix);
+        tracing::info!(registry = %w.name, etcd = %w.endpoints, prefix = %w.prefix, local = i == local, "following registry");
+        // A wrong CA, an expired certificate or a wrong password: one line now, not a
+        // retry loop. (An etcd that is down is waited for: the router serves once its
+        // own registry is loaded.)
+        let kv = connect_at_start(&endpoints, w.security, &layout.nodes_prefix())
+            .await
+            .unwrap_or_else(|e| registry::cli::exit_invalid(format!("registry {}: {e}", w.name)));
+        registries.push(router_server::membership::Registry {
+            name: std::sync::Arc::from(w.name.as_str()),
+            kv: Arc::new(kv),
+            layout,
+            local: i == local,
+        });
+    }
+    let layout = registries[local].layout.clone();
     let opts = ServeOptions {
         router_id: args.router_id.clone(),
         config,
-        layout: Layout::new(&args.prefix),
+        layout,
         admin_token: args.admin_token,
         tls,
     };
     report(
-        router_server::run(
-            Arc::new(kv),
+        router_server::run_registries(
+            registries,
             opts,
             Listeners { main, plain },
             shutdown_token(),

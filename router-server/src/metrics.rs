@@ -35,6 +35,13 @@ pub struct NodeLabels {
     pub state: String,
 }
 
+/// Labels of the per-registry gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    /// The registry's (DC's) name.
+    pub registry: String,
+}
+
 /// Labels of the per-region gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabels {
@@ -192,6 +199,12 @@ pub struct Metrics {
     pub connections_max: Gauge,
     /// Connections the server closed or refused, by reason.
     pub connections_closed: Family<ConnLabels, Counter>,
+    /// Per registry: 1 while its watch is live.
+    pub registry_up: Family<RegistryLabels, Gauge>,
+    /// Per registry: its valid node records.
+    pub registry_nodes: Family<RegistryLabels, Gauge>,
+    /// Per registry: 1 while its nodes are demoted (out of reach), 2 once dropped.
+    pub registry_demoted: Family<RegistryLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -221,6 +234,9 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_max: Gauge::default(),
             connections_closed: Family::default(),
+            registry_up: Family::default(),
+            registry_nodes: Family::default(),
+            registry_demoted: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -333,6 +349,21 @@ impl Default for Metrics {
             "Client connections the server closed or refused, by reason",
             m.connections_closed.clone(),
         );
+        registry.register(
+            "registry_up",
+            "1 while the registry's (DC's) watch is live",
+            m.registry_up.clone(),
+        );
+        registry.register(
+            "registry_nodes",
+            "Valid node records in the registry (DC)",
+            m.registry_nodes.clone(),
+        );
+        registry.register(
+            "registry_demoted",
+            "1 while the registry (DC) is out of reach and its nodes are offered last, 2 once they are dropped",
+            m.registry_demoted.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -368,6 +399,24 @@ impl Metrics {
                     state: state.as_str(),
                 })
                 .set(*n);
+        }
+    }
+
+    /// Each registry's health.
+    pub fn set_registries(&self, statuses: &[crate::membership::RegistryStatus]) {
+        for st in statuses {
+            let labels = RegistryLabels {
+                registry: st.name.clone(),
+            };
+            self.registry_up
+                .get_or_create(&labels)
+                .set(st.connected as i64);
+            self.registry_nodes
+                .get_or_create(&labels)
+                .set(st.nodes as i64);
+            self.registry_demoted
+                .get_or_create(&labels)
+                .set(if st.dropped { 2 } else { st.demoted as i64 });
         }
     }
 

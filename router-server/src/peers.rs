@@ -49,13 +49,23 @@ pub fn router_id() -> String {
     )
 }
 
-/// Registers this router and keeps `state.routers` up to date until `cancel`, then
-/// revokes the registration.
+/// Where one registry's router count goes: `counts[index]`. A router following several
+/// registries scales its answers by the largest count.
+pub struct Slot {
+    /// One count per registry followed.
+    pub counts: Arc<[std::sync::atomic::AtomicU64]>,
+    /// This registry's.
+    pub index: usize,
+}
+
+/// Registers this router in one registry and keeps `state.routers` up to date until
+/// `cancel`, then revokes the registration.
 pub async fn run(
     id: String,
     kv: Arc<dyn Kv>,
     layout: Layout,
     state: Arc<AppState>,
+    slot: Slot,
     cancel: CancellationToken,
 ) {
     let key = layout.router_key(&id);
@@ -91,6 +101,13 @@ pub async fn run(
                         info!("router count readable again");
                         failing = false;
                     }
+                    slot.counts[slot.index].store(live, Ordering::Relaxed);
+                    let live = slot
+                        .counts
+                        .iter()
+                        .map(|c| c.load(Ordering::Relaxed))
+                        .max()
+                        .unwrap_or(live);
                     let before = state.routers.swap(live, Ordering::Relaxed);
                     if before != live {
                         info!(live, "live routers: herd counts are scaled by {live}");

@@ -289,7 +289,10 @@ fn gateways(
         let entries = chosen
             .iter()
             .map(|c| (snap.nodes[c.index].json.entry(params.proto, c.ip), c.load));
-        render_answer(&mut t.buf, entries, region, tail, snap.revision, snap.stale);
+        // An answer naming a node protect holds, or one of a registry out of reach, is
+        // stale however fresh the rest is.
+        let stale = snap.stale || chosen.iter().any(|c| snap.nodes[c.index].held);
+        render_answer(&mut t.buf, entries, region, tail, snap.revision, stale);
         Ok(Bytes::copy_from_slice(&t.buf))
     })?;
     let mut resp = Response::new(Body::from(body));
