@@ -97,7 +97,7 @@ pub async fn run_registries(
     // One tree: background work stops with `shutdown`, and is joined before returning.
     let background = shutdown.child_token();
     let tasks = TaskTracker::new();
-    let state = Arc::new(state::AppState::new(opts.config.clone()).with_layout(&layout));
+    let state = Arc::new(state::AppState::new(opts.config.clone()));
     let router_id = opts.router_id.clone().unwrap_or_else(peers::router_id);
     let counts: Arc<[std::sync::atomic::AtomicU64]> = registries
         .iter()
@@ -143,7 +143,7 @@ pub async fn run_registries(
     let admin = opts
         .admin_token
         .as_ref()
-        .map(|token| admin::router(state.clone(), kv.clone(), opts.layout.clone(), token));
+        .map(|token| admin::router(state.clone(), kv.clone(), layout.clone(), token));
     let app = http::routes::app(api, admin);
     let result = serve(app, state, listeners, opts.tls.as_ref(), shutdown, &tasks).await;
     background.cancel();

@@ -32,13 +32,11 @@ pub struct AppState {
     pub routers: std::sync::atomic::AtomicU64,
     /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`).
     pub tie_seed: u64,
-    /// The registry's invalid keys with their reasons, as of the last view (for the
-    /// fleet page).
+    /// Every registry's invalid keys (prefixed `NAME:` when there are several) and
+    /// duplicate node ids, with the reasons, as of the last view (for the fleet page).
     pub invalid: std::sync::Mutex<imbl::OrdMap<Arc<str>, String>>,
     /// True while the protect threshold holds departed nodes.
     pub protecting: std::sync::atomic::AtomicBool,
-    /// `P/nodes/`, to name invalid records by their keys.
-    pub nodes_prefix: String,
     /// Each registry's health, in the order they are configured.
     pub registries: std::sync::Mutex<Vec<RegistryStatus>>,
 }
@@ -56,16 +54,7 @@ impl AppState {
             tie_seed: rand::random::<u64>() | 1,
             invalid: std::sync::Mutex::new(imbl::OrdMap::new()),
             protecting: std::sync::atomic::AtomicBool::new(false),
-            nodes_prefix: registry::Layout::default().nodes_prefix(),
             registries: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The same state for a registry under `layout`'s prefix.
-    pub fn with_layout(self, layout: &registry::Layout) -> AppState {
-        AppState {
-            nodes_prefix: layout.nodes_prefix(),
-            ..self
         }
     }
 

@@ -961,6 +961,39 @@ impl RouterProc {
         RouterProc::start_with(etcd, config, extra, None)
     }
 
+    /// Starts `router-server` following several registries (`--registry NAME=URLS` for
+    /// each, the first being its own DC), and waits until it is ready.
+    pub fn start_registries(
+        registries: &[(&str, &Etcd)],
+        config: &str,
+        extra: &[&str],
+    ) -> RouterProc {
+        let file = tempfile::NamedTempFile::new().expect("config file");
+        let limit = if config.contains("[rate_limit]") {
+            ""
+        } else {
+            "\n[rate_limit]\nper_ip_per_sec = 0\n"
+        };
+        std::fs::write(file.path(), format!("{config}{limit}")).expect("write config");
+        let specs: Vec<String> = registries
+            .iter()
+            .map(|(name, etcd)| format!("{name}={}", etcd.endpoints()))
+            .collect();
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.path().to_str().unwrap(),
+        ];
+        for spec in &specs {
+            args.extend(["--registry", spec.as_str()]);
+        }
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn_full("router-server", &args, &[], false, None);
+        let addr = proc.wait_for_addr("serving HTTP", Duration::from_secs(20));
+        RouterProc::ready(proc, addr, file)
+    }
+
     /// [`RouterProc::start`] through `wrapper` (e.g. `prlimit --nofile=256:256`).
     pub fn start_with(
         etcd: &Etcd,

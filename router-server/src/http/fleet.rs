@@ -98,8 +98,10 @@ pub struct RouterStatus {
     pub max_load: f64,
     /// The admin API is mounted (the page offers actions only then).
     pub admin: bool,
-    /// Invalid records in the registry.
+    /// Invalid records in the registries (and node ids found in two of them).
     pub invalid: Vec<Invalid>,
+    /// Each registry (data centre) followed, the router's own first.
+    pub registries: Vec<crate::membership::RegistryStatus>,
     /// Counters since start, for rates: `/gateways` answered, refused by the rate
     /// limit (429), with no eligible gateway (503).
     pub gateways_ok: u64,
@@ -201,7 +203,7 @@ pub fn fleet(api: &Api, admin: bool) -> Fleet {
         .expect("invalid lock")
         .iter()
         .map(|(id, reason)| Invalid {
-            key: format!("{}{id}", state.nodes_prefix),
+            key: id.to_string(),
             reason: reason.clone(),
         })
         .collect();
@@ -223,6 +225,7 @@ pub fn fleet(api: &Api, admin: bool) -> Fleet {
             max_load,
             admin,
             invalid,
+            registries: state.registries.lock().expect("registries lock").clone(),
             gateways_ok: m
                 .requests
                 .get_or_create(&RequestLabels {

@@ -309,25 +309,20 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             m.replace_node_counts(counts.labelled(), &counts.region_loads());
             m.set_hook_counts(&counts.hook_counts());
         }
-        // Invalid records of every registry (named by registry when there are several),
-        // and the duplicates.
-        let invalid = if several || !duplicates.is_empty() {
-            let mut all = duplicates.clone();
-            for mem in &members {
-                let Some(view) = &mem.previous else { continue };
-                for (k, why) in view.invalid.iter() {
-                    let key = if several {
-                        Arc::from(format!("{}:{k}", mem.input.name))
-                    } else {
-                        k.clone()
-                    };
-                    all.insert(key, why.clone());
-                }
+        // Invalid records of every registry by key (named by registry when there are
+        // several), and the duplicates.
+        let mut invalid = duplicates.clone();
+        for mem in &members {
+            let Some(view) = &mem.previous else { continue };
+            for (id, why) in view.invalid.iter() {
+                let key = if several {
+                    format!("{}:{}{id}", mem.input.name, mem.input.nodes_prefix)
+                } else {
+                    format!("{}{id}", mem.input.nodes_prefix)
+                };
+                invalid.insert(Arc::from(key), why.clone());
             }
-            all
-        } else {
-            local_view.invalid.clone()
-        };
+        }
         m.invalid_records.set(invalid.len() as i64);
         *state.invalid.lock().expect("invalid lock") = invalid;
         for mem in members.iter_mut() {
