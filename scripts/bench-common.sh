@@ -39,7 +39,7 @@ listen_addr() {
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-start_etcd() { # [tls]: also an https:// listener that requires client certificates
+start_etcd() { # [tls | NAME]: tls adds an https:// listener requiring client certificates
   local cport pport sport name=bench${1:-}
   cport=$(free_port); pport=$(free_port)
   local listen="http://127.0.0.1:$cport" tlsargs=()

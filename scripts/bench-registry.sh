@@ -8,7 +8,9 @@
 #   3. 2,000 updates/s: CPU, peak RSS, update -> visible in /gateways (p50 / p99), and
 #      non-200 answers of a request loop running meanwhile;
 #   4. the same 2,000 updates/s with the router following etcd over TLS with a client
-#      certificate (etcd's --client-cert-auth): its CPU beside plain HTTP's.
+#      certificate (etcd's --client-cert-auth): its CPU beside plain HTTP's;
+#   5. two data centres: a router following two registries of NODES nodes each, at
+#      2,000 updates/s in one of them, beside the one-registry router of phase 3.
 #
 #   scripts/bench-registry.sh [NODES] [SECS]
 set -euo pipefail
@@ -81,3 +83,23 @@ start_router "$etcd_tls_url" --etcd-cacert "$work/pki/ca.pem" \
 phase 2000; read -r ctls rsstls resttls <<<"$result"
 echo "2000 updates/s for ${secs}s over TLS: router CPU ${ctls} cores, peak RSS ${rsstls} MB; $resttls"
 echo "TLS / plain router CPU at 2000 updates/s: $(echo "scale=3; $ctls / $c2k" | bc) (${ctls} vs ${c2k} cores; plain etcd $plain_url)"
+
+# 5. Two DCs: the plain etcd of phases 1-3 and a second one with a fleet of its own,
+# followed by one router (its own DC first); 2,000 updates/s in the first.
+kill "$router_pid" 2>/dev/null || true; wait "$router_pid" 2>/dev/null || true
+start_etcd dc2
+second_url=$etcd_url
+REGISTRY_LOAD_ID_PREFIX=dc2 target/release/examples/registry_load "$second_url" "$nodes" 0 0
+etcd_url=$plain_url
+rport=$(free_port)
+t0=$(date +%s.%N)
+target/release/router-server --registry "a=$plain_url" --registry "b=$second_url" \
+  --listen "127.0.0.1:$rport" --config "$work/router.toml" > "$work/router.log" 2>&1 &
+router_pid=$!
+pids+=($router_pid)
+until curl -sf "http://127.0.0.1:$rport/gateways?count=1" >/dev/null 2>&1 \
+  && [ "$(curl -s "http://127.0.0.1:$rport/ops/fleet.json" | grep -o '"nodes":[0-9]*' | grep -c ":$nodes\|:$((nodes + 1))")" -ge 2 ]; do sleep 0.05; done
+echo "router following two registries of $nodes nodes ready in $(echo "$(date +%s.%N) - $t0" | bc) s"
+phase 2000; read -r c2dc rss2dc rest2dc <<<"$result"
+echo "2000 updates/s for ${secs}s in one of two registries: router CPU ${c2dc} cores, peak RSS ${rss2dc} MB; $rest2dc"
+echo "two registries / one: CPU $(echo "scale=3; $c2dc / $c2k" | bc) (${c2dc} vs ${c2k} cores), peak RSS ${rss2dc} vs ${rss2k} MB"

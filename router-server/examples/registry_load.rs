@@ -13,13 +13,20 @@ use std::time::{Duration, Instant};
 use registry::etcd::{EtcdKv, EtcdOptions};
 use registry::{Kv, Layout, NodeRecord, Ports};
 
+/// Node ids are `{ID_PREFIX}-{i}`: `gw` unless `REGISTRY_LOAD_ID_PREFIX` says otherwise
+/// (a second registry's fleet, say).
+fn id_prefix() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| std::env::var("REGISTRY_LOAD_ID_PREFIX").unwrap_or_else(|_| "gw".into()))
+}
+
 fn record(i: usize, conns: u64) -> NodeRecord {
     NodeRecord {
         updated_ms: Some(registry::now_ms()),
         sampled_ms: Some(registry::now_ms()),
         sample_age_ms: Some(0),
         ..NodeRecord::new(
-            format!("gw-{i:05}"),
+            format!("{}-{i:05}", id_prefix()),
             "192.0.2.1".parse().expect("literal"),
             Ports {
                 tcp: Some(8000),

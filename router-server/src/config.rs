@@ -200,9 +200,15 @@ pub struct DemoArgs {
 /// Flags of `router-server ctl`.
 #[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
-    /// etcd endpoints, comma-separated.
-    #[arg(long, env = "ROUTER_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]
-    pub etcd: String,
+    /// etcd endpoints, comma-separated (one registry; or use --registry).
+    #[arg(long, env = "ROUTER_ETCD", value_name = "URL[,URL...]", value_parser = parse_etcd)]
+    pub etcd: Option<String>,
+    /// A data centre's registry, `NAME=URL[,URL...]`, repeatable (as `serve` takes
+    /// it): `nodes` shows every one with a DC column, a command goes to the registry
+    /// holding the node, `rebalance` and `auth` run in each.
+    #[arg(long = "registry", env = "ROUTER_REGISTRIES", value_name = "NAME=URL[,URL...]",
+          value_delimiter = ';', value_parser = parse_registry)]
+    pub registries: Vec<(String, String)>,
     /// Key prefix in etcd.
     #[arg(long, env = "ROUTER_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub prefix: String,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{gateway_ids, router_ctl, wait_until, Etcd, Proc, RouterProc};
+use harness::{gateway_ids, wait_until, Etcd, Proc, RouterProc};
 
 /// Each region falls back to the other DC's; a registry out of reach for 3 s is demoted.
 const CONFIG: &str = r#"
@@ -92,10 +92,37 @@ fn clients_stay_in_their_dc_and_fall_back_to_the_other_when_it_is_drained() {
     let b = dcs.rb.answer("/gateways?region=b-r&count=4");
     let got = placed(&b);
     assert!(in_dc(&got[..2], "b") && in_dc(&got[2..], "a"), "{b}");
-    // Every DC-A gateway of the region drains: its clients go to DC B.
+    // ctl over both DCs: one table with a DC column.
+    let (specs_a, specs_b) = (
+        format!("a={}", dcs.a.endpoints()),
+        format!("b={}", dcs.b.endpoints()),
+    );
+    let both = ["ctl", "--registry", &specs_a, "--registry", &specs_b];
+    let (status, table) = harness::run(
+        "router-server",
+        &[&both[..], &["nodes"]].concat(),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "{table}");
+    let rows: Vec<&str> = table.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert!(rows[0].starts_with("DC "), "{table}");
+    for (dc, id) in [("a", "gw-a1"), ("b", "gw-b2")] {
+        assert!(
+            rows.iter()
+                .any(|r| r.split_whitespace().take(2).eq([dc, id])),
+            "{dc} {id}: {table}"
+        );
+    }
+    // Every DC-A gateway of the region drains (each command goes to the DC holding the
+    // node): its clients go to DC B.
     for id in ["gw-a1", "gw-a2"] {
-        let (code, out) = router_ctl(&dcs.a, &["drain", id]);
-        assert_eq!(code, 0, "{out}");
+        let (status, out) = harness::run(
+            "router-server",
+            &[&both[..], &["drain", id]].concat(),
+            Duration::from_secs(30),
+        );
+        assert!(status.success(), "{out}");
+        assert!(out.contains(&format!("{id} is in registry a")), "{out}");
     }
     for r in [&dcs.ra, &dcs.rb] {
         wait_until(Duration::from_secs(15), "a-r clients sent to DC B", || {

@@ -14,42 +14,182 @@ use crate::ops::{self, OpsError, PlanStep};
 /// How long `ctl` waits for etcd to answer at all before giving up.
 const REACH_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// One registry `ctl` talks to.
+struct Target {
+    name: String,
+    spec: String,
+    kv: registry::etcd::EtcdKv,
+}
+
 /// Runs one `ctl` operation; returns the process exit status.
 pub async fn run(args: CtlArgs) -> i32 {
-    let endpoints: Vec<String> = args.etcd.split(',').map(str::to_string).collect();
     let layout = Layout::new(&args.prefix);
     let security = args.etcd_security.security();
-    if let Err(e) = security.check(&endpoints) {
-        registry::cli::exit_invalid(e);
+    let mut wanted: Vec<(String, String)> = args
+        .etcd
+        .iter()
+        .map(|e| ("default".to_string(), e.clone()))
+        .collect();
+    wanted.extend(args.registries.iter().cloned());
+    if wanted.is_empty() {
+        registry::cli::exit_invalid("give --etcd URL[,URL...] or --registry NAME=URL[,URL...]");
     }
-    // A wrong CA, an expired certificate, a wrong password: named as such.
-    let kv = match connect_at_start(&endpoints, security, &layout.nodes_prefix()).await {
-        Ok(kv) => kv,
-        Err(e) => return fail(&e),
+    let mut targets = Vec::new();
+    for (name, spec) in wanted {
+        if targets.iter().any(|t: &Target| t.name == name) {
+            registry::cli::exit_invalid(format!("registry {name:?} is given twice"));
+        }
+        let endpoints: Vec<String> = spec.split(',').map(str::to_string).collect();
+        if let Err(e) = security.check(&endpoints) {
+            registry::cli::exit_invalid(e);
+        }
+        // A wrong CA, an expired certificate, a wrong password: named as such.
+        let kv = match connect_at_start(&endpoints, security.clone(), &layout.nodes_prefix()).await
+        {
+            Ok(kv) => kv,
+            Err(e) => return fail(&e),
+        };
+        // The client retries on its own; an operator wants a verdict in seconds.
+        match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return fail(&format!("cannot reach etcd at {spec}: {e}")),
+            Err(_) => {
+                return fail(&format!(
+                    "cannot reach etcd at {spec} (no answer within {}s)",
+                    REACH_TIMEOUT.as_secs()
+                ))
+            }
+        }
+        targets.push(Target { name, spec, kv });
+    }
+    let several = targets.len() > 1;
+    let op = args.op;
+    let result = match op {
+        CtlOp::Auth { op } => {
+            for t in &targets {
+                if several {
+                    println!("== registry {} ==", t.name);
+                }
+                let code = auth::run(&t.kv, &layout, op.clone()).await;
+                if code != 0 {
+                    return code;
+                }
+            }
+            return 0;
+        }
+        op if !several => execute(&targets[0].kv, &layout, op)
+            .await
+            .map_err(|e| (0, e)),
+        CtlOp::Nodes { json } => nodes_by_dc(&targets, &layout, json).await,
+        CtlOp::Rebalance { dry_run, json } => {
+            let mut r = Ok(());
+            for (i, t) in targets.iter().enumerate() {
+                println!("== registry {} ==", t.name);
+                r = execute(&t.kv, &layout, CtlOp::Rebalance { dry_run, json })
+                    .await
+                    .map_err(|e| (i, e));
+                if r.is_err() {
+                    break;
+                }
+            }
+            r
+        }
+        op => {
+            // A command goes to the registry that holds the node.
+            let id = match &op {
+                CtlOp::Drain { id, .. } | CtlOp::Migrate { id, .. } | CtlOp::Serve { id } => {
+                    id.clone()
+                }
+                _ => unreachable!("nodes, rebalance and auth are handled above"),
+            };
+            let mut holders = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                match t.kv.get(&layout.node_key(&id)).await {
+                    Ok(Some(_)) => holders.push(i),
+                    Ok(None) => {}
+                    Err(e) => return fail(&format!("registry {} ({}): {e}", t.name, t.spec)),
+                }
+            }
+            match holders.as_slice() {
+                [] => Err((0, OpsError::UnknownNode(id))),
+                [i] => {
+                    println!("{id} is in registry {}", targets[*i].name);
+                    execute(&targets[*i].kv, &layout, op)
+                        .await
+                        .map_err(|e| (*i, e))
+                }
+                many => {
+                    let names: Vec<&str> = many.iter().map(|&i| targets[i].name.as_str()).collect();
+                    return fail(&format!(
+                        "node {id} is in registries {}: give only the one to address with --registry",
+                        names.join(" and ")
+                    ));
+                }
+            }
+        }
     };
-    // The client retries on its own; an operator wants a verdict in seconds.
-    match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return fail(&format!("cannot reach etcd at {}: {e}", args.etcd)),
-        Err(_) => {
-            return fail(&format!(
-                "cannot reach etcd at {} (no answer within {}s)",
-                args.etcd,
-                REACH_TIMEOUT.as_secs()
-            ))
+    match result {
+        Ok(()) => 0,
+        Err((i, OpsError::Registry(e))) => fail(&format!(
+            "etcd at {} is unreachable or refused the request: {e}",
+            targets[i].spec
+        )),
+        Err((_, e)) => fail(&e.to_string()),
+    }
+}
+
+/// `ctl nodes` over several registries: one table with a DC column.
+async fn nodes_by_dc(
+    targets: &[Target],
+    layout: &Layout,
+    json: bool,
+) -> Result<(), (usize, OpsError)> {
+    let mut all = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let (nodes, invalid) = ops::list_nodes(&t.kv, layout)
+            .await
+            .map_err(|e| (i, OpsError::Registry(e)))?;
+        all.push((t.name.as_str(), nodes, invalid));
+    }
+    if json {
+        let out: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(name, nodes, invalid)| {
+                serde_json::json!({
+                    "registry": name,
+                    "nodes": nodes,
+                    "invalid": invalid.iter().map(|(k, r)| serde_json::json!({"key": k, "reason": r})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "registries": out })).expect("json")
+        );
+        return Ok(());
+    }
+    let width = all
+        .iter()
+        .map(|(n, _, _)| n.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let now = registry::now_ms();
+    for (k, (name, nodes, _)) in all.iter().enumerate() {
+        for (j, line) in nodes_table(nodes, now).lines().enumerate() {
+            match (j, k) {
+                (0, 0) => println!("{:<width$} {line}", "DC"),
+                (0, _) => {}
+                _ => println!("{name:<width$} {line}"),
+            }
         }
     }
-    if let CtlOp::Auth { op } = args.op {
-        return auth::run(&kv, &layout, op).await;
+    for (name, _, invalid) in &all {
+        for (key, reason) in invalid {
+            println!("invalid record {name}:{key}: {reason}");
+        }
     }
-    match execute(&kv, &layout, args.op).await {
-        Ok(()) => 0,
-        Err(OpsError::Registry(e)) => fail(&format!(
-            "etcd at {} is unreachable or refused the request: {e}",
-            args.etcd
-        )),
-        Err(e) => fail(&e.to_string()),
-    }
+    Ok(())
 }
 
 fn fail(msg: &str) -> i32 {
