@@ -127,6 +127,7 @@ mod tests {
                     proto: Proto::Tcp,
                     region: "r".into(),
                     domain: None,
+                    dc: None,
                     load: 0.1,
                 }],
                 region: None,

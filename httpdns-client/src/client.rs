@@ -153,6 +153,10 @@ pub struct Gateway {
     /// The node's DNS name (WebSocket / TLS callers use it as Host / SNI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The data centre holding the node, as the router names it (routers that follow
+    /// several DCs; `None` from older routers and fallbacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dc: Option<String>,
     /// Load as the router estimates it.
     pub load: f64,
 }
@@ -684,6 +688,7 @@ impl Client {
                             proto: c.proto,
                             region: String::new(),
                             domain: Some(domain.clone()),
+                            dc: None,
                             load: 0.0,
                         })
                         .collect();

@@ -961,9 +961,11 @@ impl RouterProc {
         RouterProc::start_with(etcd, config, extra, None)
     }
 
-    /// Starts `router-server` following several registries (`--registry NAME=URLS` for
-    /// each, the first being its own DC), and waits until it is ready.
+    /// Starts `router-server` on `listen` (e.g. `127.0.0.1:0`) following several
+    /// registries (`--registry NAME=URLS` for each, the first being its own DC), and
+    /// waits until it is ready.
     pub fn start_registries(
+        listen: &str,
         registries: &[(&str, &Etcd)],
         config: &str,
         extra: &[&str],
@@ -981,7 +983,7 @@ impl RouterProc {
             .collect();
         let mut args = vec![
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--config",
             file.path().to_str().unwrap(),
         ];

@@ -18,7 +18,7 @@ registry_stale_secs = 3
 struct Dcs {
     a: Etcd,
     b: Etcd,
-    _agents: Vec<Proc>,
+    agents: Vec<Proc>,
     /// DC A's router (follows a, then b).
     ra: RouterProc,
     /// DC B's router (follows b, then a).
@@ -37,6 +37,12 @@ fn agent(etcd: &Etcd, id: &str, region: &str) -> Proc {
 /// Two DCs with gateways `gw-a1`, `gw-a2` (region `a-r`) and `gw-b1`, `gw-b2` (`b-r`),
 /// once both routers answer all four.
 fn two_dcs() -> Dcs {
+    two_dcs_on("127.0.0.1:0", "127.0.0.1:0", "")
+}
+
+/// [`two_dcs`] with the routers on `listen_a` and `listen_b`, and `extra` config.
+fn two_dcs_on(listen_a: &str, listen_b: &str, extra: &str) -> Dcs {
+    let config = format!("{extra}\n{CONFIG}");
     let a = Etcd::start();
     let b = Etcd::cluster(3);
     let agents = vec![
@@ -45,8 +51,8 @@ fn two_dcs() -> Dcs {
         agent(&b, "gw-b1", "b-r"),
         agent(&b, "gw-b2", "b-r"),
     ];
-    let ra = RouterProc::start_registries(&[("a", &a), ("b", &b)], CONFIG, &[]);
-    let rb = RouterProc::start_registries(&[("b", &b), ("a", &a)], CONFIG, &[]);
+    let ra = RouterProc::start_registries(listen_a, &[("a", &a), ("b", &b)], &config, &[]);
+    let rb = RouterProc::start_registries(listen_b, &[("b", &b), ("a", &a)], &config, &[]);
     for r in [&ra, &rb] {
         wait_until(Duration::from_secs(30), "both DCs' gateways", || {
             r.ids("/gateways?count=10").len() == 4
@@ -55,7 +61,7 @@ fn two_dcs() -> Dcs {
     Dcs {
         a,
         b,
-        _agents: agents,
+        agents,
         ra,
         rb,
     }
@@ -214,8 +220,8 @@ fn a_node_id_in_two_dcs_is_reported_by_both_routers() {
         agent(&b, "gw-dup", "b-r"),
         agent(&b, "gw-b1", "b-r"),
     ];
-    let ra = RouterProc::start_registries(&[("a", &a), ("b", &b)], CONFIG, &[]);
-    let rb = RouterProc::start_registries(&[("b", &b), ("a", &a)], CONFIG, &[]);
+    let ra = RouterProc::start_registries("127.0.0.1:0", &[("a", &a), ("b", &b)], CONFIG, &[]);
+    let rb = RouterProc::start_registries("127.0.0.1:0", &[("b", &b), ("a", &a)], CONFIG, &[]);
     for (r, own) in [(&ra, "a"), (&rb, "b")] {
         wait_until(Duration::from_secs(30), "the duplicate reported", || {
             let (_, fleet) = harness::get_json(r.addr, "/ops/fleet.json").unwrap();
@@ -238,4 +244,82 @@ fn a_node_id_in_two_dcs_is_reported_by_both_routers() {
         let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
         assert!(metrics.contains("router_invalid_records 1"), "{metrics}");
     }
+}
+
+/// All of DC B fails at once: its etcd, its gateways and its router. A DC-B client whose
+/// SDK knows both DCs' routers (DC B's first) gets DC A's gateways, while DC A's own
+/// clients lose no request.
+#[test]
+fn a_whole_dc_fails_and_its_clients_get_the_other_dc() {
+    use httpdns_client::{Client, Config, Ipv6Mode, Provider};
+    // Both routers on one port, at two loopback addresses: what the SDK's HTTPDNS
+    // answer for the router's domain lists.
+    let port = harness::free_port();
+    let (la, lb) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    let mut dcs = two_dcs_on(&la, &lb, "ttl_secs = 1");
+    let dns = harness::HttpDnsServer::start();
+    dns.answer("routers.test", &["127.0.0.2", "127.0.0.1"], &[], 60);
+    let mut c = Config::new("routers.test");
+    c.router_port = port;
+    c.router_https = false;
+    c.region = Some("b-r".into());
+    c.count = 2;
+    c.dns.providers = vec![Provider::alibaba("100000", vec![dns.addr()])];
+    c.dns.ipv6 = Ipv6Mode::Never;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = Client::new(c).unwrap();
+    let first = |client: &Client| -> Option<(String, String)> {
+        let g = rt.block_on(client.gateways()).ok()?;
+        g.gateways
+            .first()
+            .map(|g| (g.id.clone(), g.dc.clone().unwrap_or_default()))
+    };
+    let before = first(&client).expect("an answer");
+    assert_eq!(before.1, "b", "{before:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (asked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, asked, failed) = (stop.clone(), asked.clone(), failed.clone());
+        let addr = dcs.ra.addr;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                asked.fetch_add(1, Ordering::Relaxed);
+                if !matches!(
+                    harness::get_json(addr, "/gateways?region=a-r"),
+                    Some((200, _))
+                ) {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // DC B goes dark: etcd, gateways, router.
+    dcs.b.stop();
+    for a in dcs.agents.iter().skip(2) {
+        a.signal("KILL");
+    }
+    dcs.rb.proc.signal("KILL");
+    let failed_at = Instant::now();
+    let moved = wait_until(
+        Duration::from_secs(30),
+        "DC B's client sent to DC A",
+        || first(&client).is_some_and(|(id, dc)| dc == "a" && id.starts_with("gw-a")),
+    );
+    println!("whole DC B down: its client's first candidate is in DC A after {moved:?}");
+    assert!(
+        failed_at.elapsed() <= Duration::from_secs(15),
+        "{:?}",
+        failed_at.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (asked, failed) = (
+        asked.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    println!("DC A's clients meanwhile: {asked} requests, {failed} failed");
+    assert!(asked > 20);
+    assert_eq!(failed, 0, "of {asked}");
 }
