@@ -23,12 +23,79 @@ use crate::metrics::RequestLabels;
 use crate::ops::{self, OpsError};
 use crate::state::AppState;
 
+/// A registry (data centre) the admin API can address with `?registry=NAME`.
+#[derive(Clone)]
+pub struct Target {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its store.
+    pub kv: Arc<dyn Kv>,
+    /// Its key layout.
+    pub layout: Layout,
+}
+
 #[derive(Clone)]
 struct Admin {
     state: Arc<AppState>,
-    kv: Arc<dyn Kv>,
-    layout: Layout,
+    /// Every registry followed; `local` is the router's own.
+    targets: Arc<[Target]>,
+    local: usize,
     token: Arc<[u8]>,
+}
+
+impl Admin {
+    /// The registry `?registry=NAME` names, if the query names one.
+    fn named(&self, raw: Option<&str>) -> Result<Option<usize>, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
+        let Some((_, name)) = pairs.iter().find(|(k, _)| k == "registry") else {
+            return Ok(None);
+        };
+        match self.targets.iter().position(|t| &*t.name == name.as_str()) {
+            Some(i) => Ok(Some(i)),
+            None => Err(ApiError::invalid(format!(
+                "registry: {name:?} is not followed by this router (it follows {})",
+                self.targets
+                    .iter()
+                    .map(|t| &*t.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Where a command for node `id` goes: the registry named, else the one holding
+    /// the node (with several registries), else the only one.
+    async fn holder(&self, raw: Option<&str>, id: &str) -> Result<usize, ApiError> {
+        if let Some(i) = self.named(raw)? {
+            return Ok(i);
+        }
+        if self.targets.len() == 1 {
+            return Ok(0);
+        }
+        let mut found = Vec::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.kv
+                .get(&t.layout.node_key(id))
+                .await
+                .map_err(OpsError::from)?
+                .is_some()
+            {
+                found.push(i);
+            }
+        }
+        match found.as_slice() {
+            [] => Err(OpsError::UnknownNode(id.to_string()).into()),
+            [i] => Ok(*i),
+            many => Err(ApiError::invalid(format!(
+                "node {id} is in registries {}: say which with ?registry=NAME",
+                many.iter()
+                    .map(|&i| &*self.targets[i].name)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ))),
+        }
+    }
 }
 
 impl From<OpsError> for ApiError {
@@ -50,12 +117,13 @@ impl From<OpsError> for ApiError {
     }
 }
 
-/// The admin routes, wrapped in token authentication and audit logging.
-pub fn router(state: Arc<AppState>, kv: Arc<dyn Kv>, layout: Layout, token: &str) -> Router {
+/// The admin routes over `targets` (`local` the router's own registry), wrapped in
+/// token authentication and audit logging. Paths take `?registry=NAME`.
+pub fn router(state: Arc<AppState>, targets: Vec<Target>, local: usize, token: &str) -> Router {
     let admin = Admin {
         state,
-        kv,
-        layout,
+        targets: targets.into(),
+        local,
         token: Arc::from(token.as_bytes()),
     };
     Router::new()
@@ -128,22 +196,34 @@ async fn authorize(
     resp
 }
 
-async fn nodes(State(admin): State<Admin>) -> Result<Response, ApiError> {
-    let (mut nodes, invalid) = ops::list_nodes(&*admin.kv, &admin.layout)
-        .await
-        .map_err(OpsError::from)?;
-    ops::sort_for_display(&mut nodes);
+async fn nodes(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let which: Vec<usize> = match admin.named(raw.as_deref())? {
+        Some(i) => vec![i],
+        None => (0..admin.targets.len()).collect(),
+    };
+    let mut nodes = Vec::new();
+    let mut invalid = Vec::new();
+    for i in which {
+        let t = &admin.targets[i];
+        let (n, bad) = ops::list_nodes(&*t.kv, &t.layout)
+            .await
+            .map_err(OpsError::from)?;
+        nodes.extend(n.into_iter().map(|r| (t.name.clone(), r)));
+        invalid.extend(bad.into_iter().map(|(k, r)| (t.name.clone(), k, r)));
+    }
+    nodes.sort_by(|(da, a), (db, b)| ops::display_order(a, b).then_with(|| da.cmp(db)));
     let snap = admin.state.snapshot.load_full();
     let now = registry::now_ms();
     let out: Vec<_> = nodes
         .iter()
-        .map(|n| {
+        .map(|(dc, n)| {
             let herd = admin.state.herd_view();
             let assigned = snap
                 .as_ref()
                 .and_then(|s| s.get(&n.id))
                 .map(|e| herd.pending(&e.assigned, e.sampled_ms));
             json!({
+                "registry": &**dc,
                 "record": n,
                 "load": n.load(),
                 "report_age_ms": n.updated_ms.map(|u| now.saturating_sub(u)),
@@ -153,32 +233,42 @@ async fn nodes(State(admin): State<Admin>) -> Result<Response, ApiError> {
         .collect();
     let invalid: Vec<_> = invalid
         .into_iter()
-        .map(|(key, reason)| json!({"key": key, "reason": reason}))
+        .map(|(dc, key, reason)| json!({"registry": &*dc, "key": key, "reason": reason}))
         .collect();
     Ok(Json(json!({"nodes": out, "invalid": invalid})).into_response())
 }
 
 async fn command(
     admin: &Admin,
+    raw: Option<&str>,
     id: &str,
     action: CommandAction,
     percent: Option<i64>,
 ) -> Result<Response, ApiError> {
-    let cmd = ops::issue(&*admin.kv, &admin.layout, id, action, percent).await?;
-    info!(node_id = %id, command = %cmd.id, action = action.as_str(), percent = cmd.percent, "command issued");
+    let t = &admin.targets[admin.holder(raw, id).await?];
+    let cmd = ops::issue(&*t.kv, &t.layout, id, action, percent).await?;
+    info!(node_id = %id, registry = %t.name, command = %cmd.id, action = action.as_str(), percent = cmd.percent, "command issued");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"node": id, "command": cmd})),
+        Json(json!({"node": id, "registry": &*t.name, "command": cmd})),
     )
         .into_response())
 }
 
-async fn drain(State(admin): State<Admin>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    command(&admin, &id, CommandAction::Drain, None).await
+async fn drain(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    command(&admin, raw.as_deref(), &id, CommandAction::Drain, None).await
 }
 
-async fn serve(State(admin): State<Admin>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    command(&admin, &id, CommandAction::Serve, None).await
+async fn serve(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    command(&admin, raw.as_deref(), &id, CommandAction::Serve, None).await
 }
 
 #[derive(Deserialize)]
@@ -189,6 +279,7 @@ struct MigrateBody {
 async fn migrate(
     State(admin): State<Admin>,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let parsed: MigrateBody = serde_json::from_slice(&body)
@@ -196,7 +287,14 @@ async fn migrate(
     let percent = parsed.percent.as_i64().ok_or_else(|| {
         ApiError::invalid(format!("percent: {} is not an integer", parsed.percent))
     })?;
-    command(&admin, &id, CommandAction::Migrate, Some(percent)).await
+    command(
+        &admin,
+        raw.as_deref(),
+        &id,
+        CommandAction::Migrate,
+        Some(percent),
+    )
+    .await
 }
 
 /// `?dry_run=true|false&tolerance=0.05`, parsed with the contract's error shape.
@@ -238,14 +336,17 @@ async fn rebalance(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (dry_run, tolerance) = rebalance_params(raw.as_deref())?;
-    let (plan, issued) = ops::rebalance(&*admin.kv, &admin.layout, tolerance, dry_run).await?;
+    // Pools are per region, and regions per DC: one registry at a time, the router's
+    // own unless named.
+    let t = &admin.targets[admin.named(raw.as_deref())?.unwrap_or(admin.local)];
+    let (plan, issued) = ops::rebalance(&*t.kv, &t.layout, tolerance, dry_run).await?;
     let issued: Vec<_> = issued
         .iter()
         .inspect(|(node, cmd)| info!(node_id = %node, command = %cmd.id, percent = cmd.percent, "rebalance migrate issued"))
         .map(|(node, cmd)| json!({"node": node, "command": cmd}))
         .collect();
     Ok(Json(
-        json!({"dry_run": dry_run, "tolerance": tolerance, "plan": plan.steps,
+        json!({"registry": &*t.name, "dry_run": dry_run, "tolerance": tolerance, "plan": plan.steps,
                    "pending": plan.pending, "issued": issued}),
     )
     .into_response())

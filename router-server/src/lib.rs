@@ -92,8 +92,6 @@ pub async fn run_registries(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!registries.is_empty(), "no registry to follow");
     let local = registries.iter().position(|r| r.local).unwrap_or(0);
-    let kv = registries[local].kv.clone();
-    let layout = registries[local].layout.clone();
     // One tree: background work stops with `shutdown`, and is joined before returning.
     let background = shutdown.child_token();
     let tasks = TaskTracker::new();
@@ -140,10 +138,17 @@ pub async fn run_registries(
     ));
     let api = http::Api::new(state.clone());
     tasks.spawn(api.clone().housekeeping(background.clone()));
-    let admin = opts
-        .admin_token
-        .as_ref()
-        .map(|token| admin::router(state.clone(), kv.clone(), layout.clone(), token));
+    let admin = opts.admin_token.as_ref().map(|token| {
+        let targets = registries
+            .iter()
+            .map(|r| admin::Target {
+                name: r.name.clone(),
+                kv: r.kv.clone(),
+                layout: r.layout.clone(),
+            })
+            .collect();
+        admin::router(state.clone(), targets, local, token)
+    });
     let app = http::routes::app(api, admin);
     let result = serve(app, state, listeners, opts.tls.as_ref(), shutdown, &tasks).await;
     background.cancel();

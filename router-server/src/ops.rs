@@ -95,12 +95,15 @@ pub async fn list_nodes(
 
 /// Region, then load (highest first), then id.
 pub fn sort_for_display(nodes: &mut [NodeRecord]) {
-    nodes.sort_by(|a, b| {
-        a.region
-            .cmp(&b.region)
-            .then(b.load().total_cmp(&a.load()))
-            .then(a.id.cmp(&b.id))
-    });
+    nodes.sort_by(display_order);
+}
+
+/// The order of [`sort_for_display`]: by region, then most loaded first, then id.
+pub fn display_order(a: &NodeRecord, b: &NodeRecord) -> std::cmp::Ordering {
+    a.region
+        .cmp(&b.region)
+        .then(b.load().total_cmp(&a.load()))
+        .then(a.id.cmp(&b.id))
 }
 
 /// One step of a rebalance plan.

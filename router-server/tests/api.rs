@@ -432,7 +432,12 @@ async fn metrics_name_what_the_router_sees() {
 
 fn admin_app(kv: Arc<MemoryKv>) -> Router {
     let state = Arc::new(AppState::new(FileConfig::default()));
-    let admin = router_server::admin::router(state.clone(), kv, Layout::default(), "s3cret");
+    let target = router_server::admin::Target {
+        name: "default".into(),
+        kv,
+        layout: Layout::default(),
+    };
+    let admin = router_server::admin::router(state.clone(), vec![target], 0, "s3cret");
     router(Api::new(state), Some(admin)).layer(MockConnectInfo(
         "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
     ))

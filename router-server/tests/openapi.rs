@@ -150,7 +150,12 @@ async fn app(ready: bool) -> Router {
             false,
         ))));
     }
-    let admin = router_server::admin::router(state.clone(), kv, layout, "t");
+    let target = router_server::admin::Target {
+        name: "default".into(),
+        kv,
+        layout,
+    };
+    let admin = router_server::admin::router(state.clone(), vec![target], 0, "t");
     router(Api::new(state), Some(admin)).layer(MockConnectInfo(
         "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
     ))

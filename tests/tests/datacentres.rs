@@ -55,7 +55,7 @@ fn two_dcs_on(listen_a: &str, listen_b: &str, extra: &str) -> Dcs {
     let rb = RouterProc::start_registries(listen_b, &[("b", &b), ("a", &a)], &config, &[]);
     for r in [&ra, &rb] {
         wait_until(Duration::from_secs(30), "both DCs' gateways", || {
-            r.ids("/gateways?count=10").len() == 4
+            ids_now(r, "/gateways?count=10").len() == 4
         });
     }
     Dcs {
@@ -80,6 +80,14 @@ fn placed(body: &serde_json::Value) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The ids `r` answers for `path`, none while it has no eligible gateway.
+fn ids_now(r: &RouterProc, path: &str) -> Vec<String> {
+    match harness::get_json(r.addr, path) {
+        Some((200, body)) => gateway_ids(&body),
+        _ => Vec::new(),
+    }
 }
 
 fn in_dc(answer: &[(String, String)], dc: &str) -> bool {
@@ -220,7 +228,12 @@ fn a_node_id_in_two_dcs_is_reported_by_both_routers() {
         agent(&b, "gw-dup", "b-r"),
         agent(&b, "gw-b1", "b-r"),
     ];
-    let ra = RouterProc::start_registries("127.0.0.1:0", &[("a", &a), ("b", &b)], CONFIG, &[]);
+    let ra = RouterProc::start_registries(
+        "127.0.0.1:0",
+        &[("a", &a), ("b", &b)],
+        CONFIG,
+        &["--admin-token", "t0ken"],
+    );
     let rb = RouterProc::start_registries("127.0.0.1:0", &[("b", &b), ("a", &a)], CONFIG, &[]);
     for (r, own) in [(&ra, "a"), (&rb, "b")] {
         wait_until(Duration::from_secs(30), "the duplicate reported", || {
@@ -322,4 +335,95 @@ fn a_whole_dc_fails_and_its_clients_get_the_other_dc() {
     println!("DC A's clients meanwhile: {asked} requests, {failed} failed");
     assert!(asked > 20);
     assert_eq!(failed, 0, "of {asked}");
+}
+
+/// The admin API of a router following two DCs: `?registry=` addresses one; without
+/// it a command goes to the DC holding the node, and an id in both is refused.
+#[test]
+fn the_admin_api_addresses_each_dc() {
+    let a = Etcd::start();
+    let b = Etcd::start();
+    let _agents = [
+        agent(&a, "gw-dup", "a-r"),
+        agent(&b, "gw-dup", "b-r"),
+        agent(&b, "gw-b1", "b-r"),
+    ];
+    let r = RouterProc::start_registries(
+        "127.0.0.1:0",
+        &[("a", &a), ("b", &b)],
+        CONFIG,
+        &["--admin-token", "t0ken"],
+    );
+    wait_until(Duration::from_secs(30), "both DCs' nodes", || {
+        ids_now(&r, "/gateways?count=10").len() == 2
+    });
+    let call = |method: &str, path: &str| -> (u16, serde_json::Value) {
+        let (code, body) = harness::http_request(r.addr, method, path, Some("t0ken"), "").unwrap();
+        (code, serde_json::from_str(&body).unwrap_or_default())
+    };
+    let (code, nodes) = call("GET", "/admin/nodes");
+    assert_eq!(code, 200, "{nodes}");
+    let mut seen: Vec<(String, String)> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["registry"].as_str().unwrap().to_string(),
+                n["record"]["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("a", "gw-dup"), ("b", "gw-b1"), ("b", "gw-dup")]
+            .map(|(r, i)| (r.to_string(), i.to_string()))
+    );
+    let (code, only_b) = call("GET", "/admin/nodes?registry=b");
+    assert_eq!(
+        (code, only_b["nodes"].as_array().unwrap().len()),
+        (200, 2),
+        "{only_b}"
+    );
+    // Without ?registry the DC holding the node; an id in both DCs must be named.
+    let (code, issued) = call("POST", "/admin/nodes/gw-b1/drain");
+    assert_eq!(
+        (code, issued["registry"].as_str()),
+        (202, Some("b")),
+        "{issued}"
+    );
+    let (code, refused) = call("POST", "/admin/nodes/gw-dup/drain");
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused.to_string().contains("registries a and b"),
+        "{refused}"
+    );
+    let (code, unknown) = call("POST", "/admin/nodes/gw-dup/drain?registry=zz");
+    assert_eq!(code, 400, "{unknown}");
+    assert_eq!(
+        a.keys("/gateway-router/v1/commands/"),
+        Vec::<String>::new(),
+        "nothing written in DC A"
+    );
+    let (code, issued) = call("POST", "/admin/nodes/gw-dup/drain?registry=a");
+    assert_eq!(
+        (code, issued["registry"].as_str()),
+        (202, Some("a")),
+        "{issued}"
+    );
+    assert_eq!(
+        a.keys("/gateway-router/v1/commands/"),
+        ["/gateway-router/v1/commands/gw-dup"]
+    );
+    assert_eq!(
+        b.keys("/gateway-router/v1/commands/"),
+        ["/gateway-router/v1/commands/gw-b1"]
+    );
+    let (code, plan) = call("POST", "/admin/rebalance?dry_run=true&registry=b");
+    assert_eq!(
+        (code, plan["registry"].as_str()),
+        (200, Some("b")),
+        "{plan}"
+    );
 }
