@@ -116,6 +116,10 @@ check_netns() {
     && ip -n "$ns" link set v0 master br0 >/dev/null 2>&1 \
     && ip netns exec "$ns" true >/dev/null 2>&1 && ok=0
   ip netns del "$ns" >/dev/null 2>&1
+  # `ip netns add` bind-mounts /run/netns once; leave no mount behind.
+  if mountpoint -q /run/netns 2>/dev/null && [ -z "$(ls -A /run/netns 2>/dev/null)" ]; then
+    umount /run/netns 2>/dev/null || true
+  fi
   return $ok
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -6,6 +6,16 @@ cd "$(dirname "$0")/.."
 
 scripts/deps.sh --test
 
+# The partition tests' `ip netns add` bind-mounts /run/netns onto itself (iproute2
+# does so once per machine). Once no namespace is left, undo it, so a machine (or a
+# chroot, which cannot be unmounted while it stays) is left as it was found.
+release_netns() {
+  if mountpoint -q /run/netns 2>/dev/null && [ -z "$(ls -A /run/netns 2>/dev/null)" ]; then
+    umount /run/netns 2>/dev/null || true
+  fi
+}
+trap release_netns EXIT
+
 # End-to-end tests spawn the binaries; build them before the tests start.
 cargo build --workspace --bins --quiet
 if cargo nextest --version >/dev/null 2>&1; then
