@@ -427,3 +427,38 @@ fn the_admin_api_addresses_each_dc() {
         "{plan}"
     );
 }
+
+/// Every gateway of DC B crashes while its etcd stays up: DC B's protect threshold
+/// holds them (offered after every live node, in answers marked stale). DC A's router
+/// answers its own clients as before; DC B's router, whose own DC holds, marks every
+/// answer stale.
+#[test]
+fn a_dc_whose_gateways_all_crash_is_held_by_its_own_protect() {
+    let dcs = two_dcs();
+    for a in dcs.agents.iter().skip(2) {
+        a.signal("KILL");
+    }
+    for (r, own_dc_holds) in [(&dcs.ra, false), (&dcs.rb, true)] {
+        wait_until(Duration::from_secs(30), "DC B's nodes held", || {
+            let (_, fleet) = harness::get_json(r.addr, "/ops/fleet.json").unwrap();
+            fleet["router"]["registries"]
+                .as_array()
+                .is_some_and(|regs| {
+                    regs.iter()
+                        .any(|g| g["name"] == "b" && g["protecting"] == true && g["nodes"] == 0)
+                })
+        });
+        let body = r.answer("/gateways?region=b-r&count=4");
+        let got = placed(&body);
+        assert!(
+            got.len() == 4 && in_dc(&got[..2], "a") && in_dc(&got[2..], "b"),
+            "live DC A first, then DC B's held nodes: {body}"
+        );
+        assert_eq!(body["stale"], true, "{body}");
+        let a = r.answer("/gateways?region=a-r&count=2");
+        assert!(in_dc(&placed(&a), "a"), "{a}");
+        assert_eq!(a["stale"], own_dc_holds, "{a}");
+    }
+    let (_, m) = harness::http_get(dcs.ra.addr, "/metrics").unwrap();
+    assert!(m.contains("router_protect_active 1"), "{m}");
+}
