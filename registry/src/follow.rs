@@ -15,6 +15,7 @@ use std::collections::HashSet;
 
 use imbl::OrdMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
@@ -177,7 +178,10 @@ async fn run(
         departures: 0,
         peak_nodes: 0,
     };
-    let mut backoff = Backoff::for_store();
+    // Retries at most 2 s apart (about 2.4 s with jitter): a router is current again
+    // within a few seconds of its registry coming back (after a partition heals), and
+    // a failed attempt costs one connection attempt.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2), 2.0, 0.2);
     // Since when the registry has been out of reach, for the "reconnected" line.
     let mut lost_at: Option<tokio::time::Instant> = None;
     loop {

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!            hub namespace: bridge "brp" (peer traffic), bridge "brc" (client traffic)
+//!            (addresses of lab 0 below; lab k uses 10.77.{10k+1}.x and 10.77.{10k+2}.x)
 //!   m0 ns:  p0 10.77.1.1 ─ brp        c0 10.77.2.1 ─ brc
 //!   m1 ns:  p0 10.77.1.2 ─ brp        c0 10.77.2.2 ─ brc
 //!   m2 ns:  p0 10.77.1.3 ─ brp        c0 10.77.2.3 ─ brc
@@ -31,6 +32,8 @@ const PEER_PORT: u16 = 2380;
 /// A lab network with an etcd cluster in it; see the module documentation.
 pub struct Lab {
     tag: String,
+    /// Which `10.77.x` addresses this lab uses (several labs can be joined).
+    net: u8,
     members: Vec<Option<Child>>,
     dir: tempfile::TempDir,
 }
@@ -49,6 +52,13 @@ impl Lab {
     /// Builds the network and starts an `n`-member etcd cluster in it (etcd's default
     /// timing), waiting until every member is healthy.
     pub fn new(n: usize) -> Lab {
+        Lab::on_net(n, 0)
+    }
+
+    /// [`Lab::new`] on addresses of its own (`net` 0-9), so that it can be joined to
+    /// another lab ([`Lab::join`]): peers on `10.77.{10 net + 1}.x` (a /24), clients on
+    /// `10.77.{10 net + 2}.x` (in one /16 with every joined lab's clients).
+    pub fn on_net(n: usize, net: u8) -> Lab {
         require_tool("ip");
         require_tool("etcd");
         require_tool("etcdctl");
@@ -61,6 +71,7 @@ impl Lab {
         );
         let lab = Lab {
             tag,
+            net,
             members: Vec::new(),
             dir: tempfile::tempdir().expect("temp dir"),
         };
@@ -76,31 +87,19 @@ impl Lab {
             let ns = lab.ns(&format!("m{i}"));
             ip(&["netns", "add", &ns]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            lab.attach(
-                &ns,
-                &format!("m{i}p"),
-                "p0",
-                "brp",
-                &format!("10.77.1.{}", i + 1),
-            );
-            lab.attach(
-                &ns,
-                &format!("m{i}c"),
-                "c0",
-                "brc",
-                &format!("10.77.2.{}", i + 1),
-            );
+            lab.attach(&ns, &format!("m{i}p"), "p0", "brp", &lab.peer_ip(i));
+            lab.attach(&ns, &format!("m{i}c"), "c0", "brc", &lab.client_ip(i + 1));
         }
         let client = lab.ns("client");
         ip(&["netns", "add", &client]);
         ip(&["-n", &client, "link", "set", "lo", "up"]);
-        lab.attach(&client, "clc", "c0", "brc", "10.77.2.100");
+        lab.attach(&client, "clc", "c0", "brc", &lab.client_ip(100));
         let gw = lab.ns("gw");
         ip(&["netns", "add", &gw]);
         ip(&["-n", &gw, "link", "set", "lo", "up"]);
-        lab.attach(&gw, "gwc", "c0", "brc", "10.77.2.101");
+        lab.attach(&gw, "gwc", "c0", "brc", &lab.client_ip(101));
         let cluster = (0..n)
-            .map(|i| format!("m{i}=http://10.77.1.{}:{PEER_PORT}", i + 1))
+            .map(|i| format!("m{i}=http://{}:{PEER_PORT}", lab.peer_ip(i)))
             .collect::<Vec<_>>()
             .join(",");
         for i in 0..n {
@@ -117,6 +116,42 @@ impl Lab {
         lab
     }
 
+    fn peer_ip(&self, i: usize) -> String {
+        format!("10.77.{}.{}", self.net * 10 + 1, i + 1)
+    }
+
+    /// The address of host `k` on the client bridge (members are 1.., the client
+    /// namespace 100, the gateways' 101).
+    fn client_ip(&self, k: usize) -> String {
+        format!("10.77.{}.{k}", self.net * 10 + 2)
+    }
+
+    /// The gateways' namespace's address, for an agent's `--ip`.
+    pub fn gateway_ip(&self) -> String {
+        self.client_ip(101)
+    }
+
+    /// Joins this lab's client bridge to `other`'s (labs on different nets): their
+    /// clients and members reach each other until [`Lab::cut_join`].
+    pub fn join(&self, other: &Lab) {
+        let (a, b) = (self.ns("hub"), other.ns("hub"));
+        ip(&[
+            "-n", &a, "link", "add", "xj", "type", "veth", "peer", "name", "xj", "netns", &b,
+        ]);
+        ip(&["-n", &a, "link", "set", "xj", "master", "brc", "up"]);
+        ip(&["-n", &b, "link", "set", "xj", "master", "brc", "up"]);
+    }
+
+    /// Cuts the join made by [`Lab::join`] on this side: packets are dropped.
+    pub fn cut_join(&self) {
+        ip(&["-n", &self.ns("hub"), "link", "set", "xj", "nomaster"]);
+    }
+
+    /// Restores the join.
+    pub fn heal_join(&self) {
+        ip(&["-n", &self.ns("hub"), "link", "set", "xj", "master", "brc"]);
+    }
+
     fn ns(&self, what: &str) -> String {
         format!("{}-{what}", self.tag)
     }
@@ -129,7 +164,18 @@ impl Lab {
             "-n", &hub, "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns,
         ]);
         ip(&["-n", &hub, "link", "set", outer, "master", bridge, "up"]);
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inner]);
+        // Client bridges of joined labs form one network (a /16); peer bridges never
+        // join (a /24 each, which also keeps peer traffic on its own link).
+        let len = if bridge == "brc" { 16 } else { 24 };
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/{len}"),
+            "dev",
+            inner,
+        ]);
         ip(&["-n", ns, "link", "set", inner, "up"]);
     }
 
@@ -146,9 +192,9 @@ impl Lab {
                 "--advertise-client-urls",
                 &self.endpoint(i),
                 "--listen-peer-urls",
-                &format!("http://10.77.1.{}:{PEER_PORT}", i + 1),
+                &format!("http://{}:{PEER_PORT}", self.peer_ip(i)),
                 "--initial-advertise-peer-urls",
-                &format!("http://10.77.1.{}:{PEER_PORT}", i + 1),
+                &format!("http://{}:{PEER_PORT}", self.peer_ip(i)),
                 "--initial-cluster",
                 cluster,
                 "--initial-cluster-state",
@@ -165,7 +211,7 @@ impl Lab {
 
     /// Member `i`'s client URL.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://10.77.2.{}:{CLIENT_PORT}", i + 1)
+        format!("http://{}:{CLIENT_PORT}", self.client_ip(i + 1))
     }
 
     /// Every member's client URL, member 0 first, for `--etcd`.

@@ -11,8 +11,14 @@ const P: &str = "/gateway-router/v1";
 
 /// Starts an agent for `id` in the lab's gateways' namespace, its load read from `load`.
 fn agent(lab: &Lab, id: &str, load: &std::path::Path) -> Proc {
+    agent_in(lab, id, "r", load)
+}
+
+/// [`agent`] in `region`.
+fn agent_in(lab: &Lab, id: &str, region: &str, load: &std::path::Path) -> Proc {
     let endpoints = lab.endpoints();
     let load = format!("file:{}", load.display());
+    let ip = lab.gateway_ip();
     Proc::spawn_full(
         "gateway-agent",
         &[
@@ -21,9 +27,9 @@ fn agent(lab: &Lab, id: &str, load: &std::path::Path) -> Proc {
             "--id",
             id,
             "--ip",
-            "10.77.2.101",
+            &ip,
             "--region",
-            "r",
+            region,
             "--capacity",
             "1000",
             "--port",
@@ -210,4 +216,133 @@ fn a_router_cut_off_from_every_member_answers_stale_and_keeps_serving() {
     wait_until(Duration::from_secs(60), "current again", || {
         answer()["stale"] == false
     });
+}
+
+/// A router in `lab`'s client namespace following `registries` (its own first).
+fn router_in(lab: &Lab, registries: &[(&str, &Lab)], config: &str) -> (Proc, String) {
+    let file = lab.dir().join("router.toml");
+    std::fs::write(
+        &file,
+        format!("{config}\n[rate_limit]\nper_ip_per_sec = 0\n"),
+    )
+    .unwrap();
+    let specs: Vec<String> = registries
+        .iter()
+        .map(|(name, l)| format!("{name}={}", l.endpoints()))
+        .collect();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().unwrap(),
+    ];
+    for s in &specs {
+        args.extend(["--registry", s.as_str()]);
+    }
+    let p = Proc::spawn_full("router-server", &args, &[], false, Some(lab.in_client()));
+    let addr = p.wait_for_addr("serving HTTP", Duration::from_secs(30));
+    (p, format!("http://{addr}"))
+}
+
+/// Two DCs, each a lab of its own (etcd, a router, a gateway), joined by one link. The
+/// link is cut: each side keeps serving its own DC, the other DC's nodes are demoted.
+/// It heals: every node is fresh again within a few seconds.
+#[test]
+fn a_partition_between_two_dcs() {
+    let a = Lab::on_net(1, 0);
+    let b = Lab::on_net(1, 1);
+    a.join(&b);
+    let (la, lb) = (a.dir().join("load"), b.dir().join("load"));
+    std::fs::write(&la, "10").unwrap();
+    std::fs::write(&lb, "10").unwrap();
+    let _ga = agent_in(&a, "gw-a1", "a-r", &la);
+    let _gb = agent_in(&b, "gw-b1", "b-r", &lb);
+    let config =
+        "registry_stale_secs = 3\n[regions.fallbacks]\n\"a-r\" = [\"b-r\"]\n\"b-r\" = [\"a-r\"]\n";
+    let (_ra, ua) = router_in(&a, &[("a", &a), ("b", &b)], config);
+    let (_rb, ub) = router_in(&b, &[("b", &b), ("a", &a)], config);
+    // What a router in `lab` at `url` answers a client of `region`: (id, dc) pairs and
+    // the stale flag.
+    let ask_n =
+        |lab: &Lab, url: &str, region: &str, n: u8| -> Option<(Vec<(String, String)>, bool)> {
+            let (code, body) =
+                lab.http_get(&format!("{url}/gateways?region={region}&count={n}"))?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200).then(|| {
+                let got = v["gateways"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| {
+                        (
+                            g["id"].as_str().unwrap().into(),
+                            g["dc"].as_str().unwrap().into(),
+                        )
+                    })
+                    .collect();
+                (got, v["stale"] == true)
+            })
+        };
+    let ask = |lab: &Lab, url: &str, region: &str| ask_n(lab, url, region, 2);
+    let pair = |id: &str, dc: &str| (id.to_string(), dc.to_string());
+    let own_first = |lab: &Lab, url: &str, own: &str, other: &str| {
+        ask(lab, url, &format!("{own}-r")).is_some_and(|(got, stale)| {
+            got == [
+                pair(&format!("gw-{own}1"), own),
+                pair(&format!("gw-{other}1"), other),
+            ] && !stale
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "both routers answer both DCs",
+        || own_first(&a, &ua, "a", "b") && own_first(&b, &ub, "b", "a"),
+    );
+
+    a.cut_join();
+    let cut = Instant::now();
+    // The other DC's clients, asking this side: this DC's node first, the other's
+    // (demoted) after it, flagged stale.
+    let demoted = |lab: &Lab, url: &str, own: &str, other: &str| {
+        ask(lab, url, &format!("{other}-r")).is_some_and(|(got, stale)| {
+            got == [
+                pair(&format!("gw-{own}1"), own),
+                pair(&format!("gw-{other}1"), other),
+            ] && stale
+        })
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "each side demotes the other DC",
+        || demoted(&a, &ua, "a", "b") && demoted(&b, &ub, "b", "a"),
+    );
+    println!(
+        "DCs partitioned: each side demoted the other after {:?}",
+        cut.elapsed()
+    );
+    // Each side still serves its own DC, fresh (an answer that goes on to name the
+    // other DC's demoted node is stale).
+    for (lab, url, own) in [(&a, &ua, "a"), (&b, &ub, "b")] {
+        let got = ask_n(lab, url, &format!("{own}-r"), 1);
+        assert_eq!(
+            got,
+            Some((vec![pair(&format!("gw-{own}1"), own)], false)),
+            "{own}"
+        );
+    }
+
+    a.heal_join();
+    let healed = Instant::now();
+    wait_until(Duration::from_secs(30), "every node fresh again", || {
+        [(&a, &ua, "a", "b"), (&b, &ub, "b", "a")]
+            .iter()
+            .all(|(lab, url, own, other)| {
+                ask(lab, url, &format!("{other}-r")).is_some_and(|(got, stale)| {
+                    got.first() == Some(&pair(&format!("gw-{other}1"), other)) && !stale
+                })
+            })
+    });
+    let fresh = healed.elapsed();
+    println!("healed: every node fresh again after {fresh:?}");
+    assert!(fresh <= Duration::from_secs(3), "{fresh:?}");
 }
