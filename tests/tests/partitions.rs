@@ -336,7 +336,7 @@ fn a_partition_between_two_dcs() {
     wait_until(Duration::from_secs(30), "every node fresh again", || {
         [(&a, &ua, "a", "b"), (&b, &ub, "b", "a")]
             .iter()
-            .all(|(lab, url, own, other)| {
+            .all(|(lab, url, _own, other)| {
                 ask(lab, url, &format!("{other}-r")).is_some_and(|(got, stale)| {
                     got.first() == Some(&pair(&format!("gw-{other}1"), other)) && !stale
                 })
