@@ -378,7 +378,8 @@ impl EtcdKv {
         // etcd refuses a client certificate after the TLS 1.3 handshake has completed
         // on the client's side, so the refusal may first show as a cancelled or reset
         // call: look again for a few seconds before calling it an outage.
-        let until = std::time::Instant::now() + Duration::from_secs(3);
+        // (Up to 10 s: on a loaded machine the refusal can take a few attempts.)
+        let until = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             match self.get(key).await {
                 Ok(_) => return Ok(()),
@@ -389,6 +390,8 @@ impl EtcdKv {
                 Err(KvError::Unavailable(m))
                     if m.contains("refused")
                         || m.contains("no answer")
+                        || m.contains("no connection")
+                        || m.contains("tcp connect error")
                         || std::time::Instant::now() >= until =>
                 {
                     return Ok(())

@@ -462,3 +462,46 @@ fn a_dc_whose_gateways_all_crash_is_held_by_its_own_protect() {
     let (_, m) = harness::http_get(dcs.ra.addr, "/metrics").unwrap();
     assert!(m.contains("router_protect_active 1"), "{m}");
 }
+
+/// A router whose remote DC's etcd is down from the start is ready and serves its own
+/// DC; its own DC's etcd being down keeps it unready.
+#[test]
+fn readiness_follows_the_router_s_own_dc_only() {
+    let a = Etcd::start();
+    let mut b = Etcd::start();
+    let _agent = agent(&a, "gw-a1", "a-r");
+    b.stop();
+    let r = RouterProc::start_registries("127.0.0.1:0", &[("a", &a), ("b", &b)], CONFIG, &[]);
+    wait_until(Duration::from_secs(30), "gw-a1 served", || {
+        ids_now(&r, "/gateways?count=10") == ["gw-a1"]
+    });
+    let (_, fleet) = harness::get_json(r.addr, "/ops/fleet.json").unwrap();
+    let regs = &fleet["router"]["registries"];
+    assert_eq!(
+        (regs[1]["name"].as_str(), regs[1]["loaded"].as_bool()),
+        (Some("b"), Some(false)),
+        "{regs}"
+    );
+    // The other way round: its own DC down, a router does not become ready.
+    let mut p = Proc::spawn(
+        "router-server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            &format!("b={}", b.endpoints()),
+            "--registry",
+            &format!("a={}", a.endpoints()),
+        ],
+    );
+    let addr = p.wait_for_addr("serving HTTP", Duration::from_secs(20));
+    // Long enough for DC A's registry to load.
+    wait_until(Duration::from_secs(20), "DC A loaded", || {
+        harness::get_json(addr, "/ops/fleet.json")
+            .is_some_and(|(_, f)| f["router"]["registries"][1]["loaded"] == true)
+    });
+    let (code, _) = harness::http_get(addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "not ready without its own DC");
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(20));
+}

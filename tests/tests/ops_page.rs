@@ -180,6 +180,22 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
         "document.getElementById('status').dataset.connected === 'true'",
     )
     .await;
+    // The data centres: the one registry, named `default`, connected; regions carry it.
+    until(
+        &c,
+        10,
+        "the registry's row",
+        "document.querySelector('#dc-list tr[data-registry=\"default\"] td[data-state=\"connected\"]') !== null",
+    )
+    .await;
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelector('section[data-region=\"cn-sh\"]').dataset.dc"
+        )
+        .await,
+        "default"
+    );
     // Read-only without a token: no action anywhere.
     assert_eq!(
         eval(

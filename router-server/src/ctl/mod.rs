@@ -189,6 +189,19 @@ async fn nodes_by_dc(
             println!("invalid record {name}:{key}: {reason}");
         }
     }
+    // A node id in two registries: routers serve the first one's.
+    let mut seen: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (name, nodes, _) in &all {
+        for n in nodes {
+            seen.entry(n.id.as_str()).or_default().push(name);
+        }
+    }
+    for (id, names) in seen.iter().filter(|(_, names)| names.len() > 1) {
+        println!(
+            "duplicate node id {id} in registries {} (routers serve the first they follow)",
+            names.join(" and ")
+        );
+    }
     Ok(())
 }
 

@@ -134,6 +134,8 @@ pub struct Region {
 pub struct Node {
     /// Node id.
     pub id: String,
+    /// The data centre (registry) holding it.
+    pub dc: Option<String>,
     /// `serving`, `draining`, `unhealthy` or `overloaded` (projected load at or above
     /// `max_load`): the colour of its bar.
     pub state: &'static str,
@@ -181,6 +183,7 @@ pub fn fleet(api: &Api, admin: bool) -> Fleet {
             };
             regions.entry(&r.region).or_default().push(Node {
                 id: r.id.clone(),
+                dc: r.dc.as_deref().map(str::to_string),
                 state: node_state,
                 connections: r.connections,
                 capacity: r.capacity,

@@ -214,8 +214,12 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             };
             m.previous = Some(view);
         }
-        // Nothing to serve before the router's own registry is loaded.
+        // Nothing to serve before the router's own registry is loaded; its health
+        // (and the other registries') is shown meanwhile.
         let Some(local_view) = members[local].previous.clone() else {
+            let statuses = statuses(&members, local, now);
+            state.metrics.set_registries(&statuses);
+            *state.registries.lock().expect("registries lock") = statuses;
             continue;
         };
         let holding = members.iter().any(|m| m.verdict == Verdict::Hold);
@@ -344,24 +348,7 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         if local_view.connected {
             *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
-        let statuses: Vec<RegistryStatus> = members
-            .iter()
-            .map(|mem| {
-                let view = mem.previous.as_deref();
-                RegistryStatus {
-                    name: mem.input.name.to_string(),
-                    local: std::ptr::eq(mem, &members[local]),
-                    loaded: view.is_some(),
-                    connected: view.is_some_and(|v| v.connected),
-                    revision: view.map_or(0, |v| v.revision),
-                    nodes: view.map_or(0, |v| v.nodes.len()),
-                    unreachable_secs: mem.unreachable_since.map(|t| (now - t).as_secs()),
-                    demoted: mem.demoted,
-                    dropped: mem.dropped,
-                    protecting: mem.verdict == Verdict::Hold,
-                }
-            })
-            .collect();
+        let statuses = statuses(&members, local, now);
         m.set_registries(&statuses);
         *state.registries.lock().expect("registries lock") = statuses;
         drop(previous_snap);
@@ -370,6 +357,29 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             .inc_by(cpu_start.elapsed().as_secs_f64());
         last_build = Some(Instant::now());
     }
+}
+
+/// Each registry's health as of `now`.
+fn statuses(members: &[Member], local: usize, now: Instant) -> Vec<RegistryStatus> {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, mem)| {
+            let view = mem.previous.as_deref();
+            RegistryStatus {
+                name: mem.input.name.to_string(),
+                local: i == local,
+                loaded: view.is_some(),
+                connected: view.is_some_and(|v| v.connected),
+                revision: view.map_or(0, |v| v.revision),
+                nodes: view.map_or(0, |v| v.nodes.len()),
+                unreachable_secs: mem.unreachable_since.map(|t| (now - t).as_secs()),
+                demoted: mem.demoted,
+                dropped: mem.dropped,
+                protecting: mem.verdict == Verdict::Hold,
+            }
+        })
+        .collect()
 }
 
 /// Runs [`run_updater`] on a thread of its own (a single-threaded runtime on the

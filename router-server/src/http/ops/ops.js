@@ -66,6 +66,19 @@ function renderRouter(f) {
   box.replaceChildren(...items.map(([k, v, alarm]) =>
     el("span", { class: "item" + (alarm ? " alarm" : "") }, k + ": ", el("b", {}, v))));
 
+  document.getElementById("dc-list").replaceChildren(...r.registries.map(g => {
+    const state = !g.loaded ? "LOADING" : g.dropped ? "DROPPED (out of reach)"
+      : g.demoted ? "DEMOTED (out of reach " + g.unreachable_secs + "s)"
+      : !g.connected ? "unreachable " + g.unreachable_secs + "s"
+      : g.protecting ? "PROTECT ALARM" : "connected";
+    const bad = !g.connected || g.demoted || g.dropped || g.protecting;
+    return el("tr", { class: bad ? "alarm" : "", "data-registry": g.name },
+      el("td", {}, el("b", {}, g.name), g.local ? " (this router's own)" : ""),
+      el("td", { "data-state": state }, state),
+      el("td", {}, String(g.nodes)),
+      el("td", {}, String(g.revision)));
+  }));
+
   const inv = document.getElementById("invalid");
   inv.hidden = r.invalid.length === 0;
   document.getElementById("invalid-list").replaceChildren(
@@ -99,7 +112,7 @@ function nodeRow(n, maxLoad) {
     const percent = el("input", { type: "number", min: 1, max: 100, value: 20, "data-percent": n.id });
     const act = (action, body) => el("button", {
       type: "button", "data-action": action, "data-node": n.id,
-      onclick: () => command(n.id, action, body ? { percent: Number(percent.value) } : null),
+      onclick: () => command(n.id, n.dc, action, body ? { percent: Number(percent.value) } : null),
     }, action);
     row.append(el("td", { class: "actions" },
       n.state === "draining" ? act("serve") : act("drain"), act("migrate", true), percent, "%"));
@@ -114,14 +127,20 @@ function renderRegions(f) {
     ? document.activeElement.dataset.percent : undefined;
   const values = {};
   for (const i of main.querySelectorAll("input[data-percent]")) values[i.dataset.percent] = i.value;
-  main.replaceChildren(...f.regions.map(r => {
+  // Regions grouped by data centre: by the DC of their nodes, then by name.
+  const dcOf = r => [...new Set(r.nodes.map(n => n.dc || ""))].sort().join(", ");
+  const regions = [...f.regions].sort((a, b) =>
+    dcOf(a).localeCompare(dcOf(b)) || a.region.localeCompare(b.region));
+  main.replaceChildren(...regions.map(r => {
     const conns = r.nodes.filter(n => n.state !== "draining" && n.state !== "unhealthy");
     const cap = conns.reduce((a, n) => a + n.capacity, 0);
     const mean = cap ? conns.reduce((a, n) => a + n.connections, 0) / cap : 0;
     const head = el("tr", {}, ...["node", "state", "connections / capacity", "", "projected", "ports", "report age", "hook"]
       .map(h => el("th", {}, h)));
-    return el("section", { class: "region", "data-region": r.region },
-      el("h2", {}, r.region, el("span", { class: "mean" }, r.nodes.length + " nodes, mean load " + pct(mean))),
+    const dc = dcOf(r);
+    return el("section", { class: "region", "data-region": r.region, "data-dc": dc },
+      el("h2", {}, (dc ? dc + " · " : "") + r.region,
+        el("span", { class: "mean" }, r.nodes.length + " nodes, mean load " + pct(mean))),
       el("table", {}, el("thead", {}, head), el("tbody", {}, ...r.nodes.map(n => nodeRow(n, f.router.max_load)))));
   }));
   for (const i of main.querySelectorAll("input[data-percent]")) {
@@ -130,9 +149,10 @@ function renderRegions(f) {
   }
 }
 
-async function command(node, action, body) {
+async function command(node, dc, action, body) {
   const out = document.getElementById("action-result");
-  const res = await fetch("/admin/nodes/" + encodeURIComponent(node) + "/" + action, {
+  const where = dc ? "?registry=" + encodeURIComponent(dc) : "";
+  const res = await fetch("/admin/nodes/" + encodeURIComponent(node) + "/" + action + where, {
     method: "POST",
     headers: Object.assign({ "Authorization": "Bearer " + token() },
       body ? { "Content-Type": "application/json" } : {}),
