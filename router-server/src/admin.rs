@@ -53,14 +53,18 @@ impl Admin {
         };
         match self.targets.iter().position(|t| &*t.name == name.as_str()) {
             Some(i) => Ok(Some(i)),
-            None => Err(ApiError::invalid(format!(
-                "registry: {name:?} is not followed by this router (it follows {})",
-                self.targets
-                    .iter()
-                    .map(|t| &*t.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_registry",
+                format!(
+                    "registry {name:?} is not followed by this router (it follows {})",
+                    self.targets
+                        .iter()
+                        .map(|t| &*t.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
         }
     }
 

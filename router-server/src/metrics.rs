@@ -33,6 +33,8 @@ pub struct NodeLabels {
     pub region: String,
     /// `serving`, `draining` or `unhealthy`.
     pub state: String,
+    /// The registry (data centre) holding the nodes.
+    pub registry: String,
 }
 
 /// Labels of the per-registry gauges.

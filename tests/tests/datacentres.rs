@@ -400,7 +400,11 @@ fn the_admin_api_addresses_each_dc() {
         "{refused}"
     );
     let (code, unknown) = call("POST", "/admin/nodes/gw-dup/drain?registry=zz");
-    assert_eq!(code, 400, "{unknown}");
+    assert_eq!(
+        (code, unknown["error"]["code"].as_str()),
+        (404, Some("unknown_registry")),
+        "{unknown}"
+    );
     assert_eq!(
         a.keys("/gateway-router/v1/commands/"),
         Vec::<String>::new(),

@@ -145,7 +145,9 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
                 // Through the metrics: a poll of /gateways would count as answers.
                 harness::http_get(r.addr, "/metrics").is_some_and(|(_, m)| {
                     m.contains("router_routers_live 2")
-                        && m.contains("router_nodes{region=\"r\",state=\"serving\"} 5")
+                        && m.contains(
+                            "router_nodes{region=\"r\",state=\"serving\",registry=\"default\"} 5",
+                        )
                 })
             },
         );

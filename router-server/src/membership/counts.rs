@@ -14,10 +14,18 @@ use crate::metrics::NodeLabels;
 #[derive(Debug, Default)]
 pub(crate) struct NodeCounts {
     /// Per region.
-    counts: HashMap<Arc<str>, RegionCounts, foldhash::fast::RandomState>,
+    /// Per registry (data centre), per region.
+    counts: HashMap<Arc<str>, Regions, foldhash::fast::RandomState>,
     /// Per hook state, in the order of [`HookState::ALL`].
     hooks: [i64; 5],
     changed: bool,
+}
+
+type Regions = HashMap<Arc<str>, RegionCounts, foldhash::fast::RandomState>;
+
+/// The registry a record was read from (`default` for one followed alone).
+fn dc(r: &NodeRecord) -> &str {
+    r.dc.as_deref().unwrap_or("default")
 }
 
 /// One region's counts.
@@ -55,9 +63,13 @@ impl NodeCounts {
     }
 
     fn add(&mut self, r: &NodeRecord, n: i64) {
-        let region = match self.counts.get_mut(r.region.as_str()) {
+        let regions = match self.counts.get_mut(dc(r)) {
+            Some(m) => m,
+            None => self.counts.entry(Arc::from(dc(r))).or_default(),
+        };
+        let region = match regions.get_mut(r.region.as_str()) {
             Some(c) => c,
-            None => self.counts.entry(Arc::from(r.region.as_str())).or_default(),
+            None => regions.entry(Arc::from(r.region.as_str())).or_default(),
         };
         region.nodes[NodeCounts::class(r)] += n;
         if NodeCounts::class(r) == 0 {
@@ -77,6 +89,7 @@ impl NodeCounts {
     pub(crate) fn replace(&mut self, old: &NodeRecord, new: &NodeRecord) {
         let hook = |r: &NodeRecord| r.hook.as_ref().map(|h| h.state);
         if old.region != new.region
+            || old.dc != new.dc
             || NodeCounts::class(old) != NodeCounts::class(new)
             || hook(old) != hook(new)
             || old.capacity != new.capacity
@@ -84,7 +97,11 @@ impl NodeCounts {
             self.add(old, -1);
             self.add(new, 1);
         } else if old.connections != new.connections && NodeCounts::class(new) == 0 {
-            if let Some(region) = self.counts.get_mut(new.region.as_str()) {
+            if let Some(region) = self
+                .counts
+                .get_mut(dc(new))
+                .and_then(|m| m.get_mut(new.region.as_str()))
+            {
                 region.connections += new.connections as i64 - old.connections as i64;
                 self.changed = true;
             }
@@ -93,10 +110,16 @@ impl NodeCounts {
 
     /// Per region: connections and capacity of its serving, healthy nodes.
     pub(crate) fn region_loads(&self) -> Vec<(String, i64, i64)> {
-        self.counts
-            .iter()
-            .filter(|(_, c)| c.capacity > 0)
-            .map(|(r, c)| (r.to_string(), c.connections, c.capacity))
+        let mut by_region: HashMap<&str, (i64, i64)> = HashMap::new();
+        for (r, c) in self.counts.values().flat_map(|m| m.iter()) {
+            let e = by_region.entry(r).or_default();
+            e.0 += c.connections;
+            e.1 += c.capacity;
+        }
+        by_region
+            .into_iter()
+            .filter(|(_, (_, cap))| *cap > 0)
+            .map(|(r, (conns, cap))| (r.to_string(), conns, cap))
             .collect()
     }
 
@@ -105,18 +128,26 @@ impl NodeCounts {
     }
 
     pub(crate) fn take_changed(&mut self) -> bool {
-        self.counts.retain(|_, c| c.nodes.iter().any(|&n| n != 0));
+        for m in self.counts.values_mut() {
+            m.retain(|_, c| c.nodes.iter().any(|&n| n != 0));
+        }
+        self.counts.retain(|_, m| !m.is_empty());
         std::mem::take(&mut self.changed)
     }
 
     pub(crate) fn labelled(&self) -> HashMap<NodeLabels, i64> {
         let mut out = HashMap::new();
-        for (region, counts) in &self.counts {
+        let all = self
+            .counts
+            .iter()
+            .flat_map(|(dc, m)| m.iter().map(move |(region, c)| (dc, region, c)));
+        for (dc, region, counts) in all {
             for (class, &n) in NodeCounts::CLASSES.iter().zip(&counts.nodes) {
                 if n != 0 {
                     let labels = NodeLabels {
                         region: region.to_string(),
                         state: class.to_string(),
+                        registry: dc.to_string(),
                     };
                     out.insert(labels, n);
                 }
