@@ -106,6 +106,14 @@ fn clients_stay_in_their_dc_and_fall_back_to_the_other_when_it_is_drained() {
     let b = dcs.rb.answer("/gateways?region=b-r&count=4");
     let got = placed(&b);
     assert!(in_dc(&got[..2], "b") && in_dc(&got[2..], "a"), "{b}");
+    // Both routers registered in both DCs: each DC's router count covers them.
+    for etcd in [&dcs.a, &dcs.b] {
+        wait_until(
+            Duration::from_secs(10),
+            "two routers in each registry",
+            || etcd.keys("/gateway-router/v1/routers/").len() == 2,
+        );
+    }
     // ctl over both DCs: one table with a DC column.
     let (specs_a, specs_b) = (
         format!("a={}", dcs.a.endpoints()),
