@@ -227,15 +227,26 @@ fn a_dc_whose_etcd_dies_is_demoted_and_the_other_dc_is_unaffected() {
     assert_eq!(regs[1]["demoted"], false, "{regs}");
 }
 
-#[test]
-fn a_node_id_in_two_dcs_is_reported_by_both_routers() {
+/// Two single-member DCs: `gw-dup` registered in both (regions `a-r` and `b-r`),
+/// `gw-b1` in DC B; returns once the three records are in etcd.
+fn duplicate_dcs() -> (Etcd, Etcd, [Proc; 3]) {
     let a = Etcd::start();
     let b = Etcd::start();
-    let _agents = [
+    let agents = [
         agent(&a, "gw-dup", "a-r"),
         agent(&b, "gw-dup", "b-r"),
         agent(&b, "gw-b1", "b-r"),
     ];
+    wait_until(Duration::from_secs(30), "the three records", || {
+        a.keys("/gateway-router/v1/nodes/").len() == 1
+            && b.keys("/gateway-router/v1/nodes/").len() == 2
+    });
+    (a, b, agents)
+}
+
+#[test]
+fn a_node_id_in_two_dcs_is_reported_by_both_routers() {
+    let (a, b, _agents) = duplicate_dcs();
     let ra = RouterProc::start_registries(
         "127.0.0.1:0",
         &[("a", &a), ("b", &b)],
@@ -349,13 +360,7 @@ fn a_whole_dc_fails_and_its_clients_get_the_other_dc() {
 /// it a command goes to the DC holding the node, and an id in both is refused.
 #[test]
 fn the_admin_api_addresses_each_dc() {
-    let a = Etcd::start();
-    let b = Etcd::start();
-    let _agents = [
-        agent(&a, "gw-dup", "a-r"),
-        agent(&b, "gw-dup", "b-r"),
-        agent(&b, "gw-b1", "b-r"),
-    ];
+    let (a, b, _agents) = duplicate_dcs();
     let r = RouterProc::start_registries(
         "127.0.0.1:0",
         &[("a", &a), ("b", &b)],

@@ -370,6 +370,34 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// An agent for `id` over TLS with the client certificate `cert` / `key` (plus `extra`
+/// flags), reporting the count in `load` (100 to start with).
+fn agent_with_load(
+    etcd: &Etcd,
+    id: &str,
+    load: &Path,
+    cert: &Path,
+    key: &Path,
+    extra: &[&str],
+) -> Proc {
+    std::fs::write(load, "100").unwrap();
+    let load_src = format!("file:{}", load.display());
+    let mut flags = vec![
+        "--port",
+        "tcp=7000",
+        "--load",
+        &load_src,
+        "--etcd-cacert",
+        etcd.tls().ca.to_str().unwrap(),
+        "--etcd-cert",
+        cert.to_str().unwrap(),
+        "--etcd-key",
+        key.to_str().unwrap(),
+    ];
+    flags.extend_from_slice(extra);
+    Proc::agent(etcd, id, "r", &flags)
+}
+
 /// A client certificate about to expire is replaced on disk; the agent picks up the
 /// new one without a restart, so when its connection to etcd is made again after the
 /// old certificate expired (etcd restarts here), it still reports.
@@ -386,25 +414,7 @@ fn a_rotated_client_certificate_is_used_without_a_restart() {
     replace(&cert_path, &cert);
     replace(&key_path, &key);
     let load = dir.join("load");
-    std::fs::write(&load, "100").unwrap();
-    let load_src = format!("file:{}", load.display());
-    let mut agent = Proc::agent(
-        &etcd,
-        "gw-r",
-        "r",
-        &[
-            "--port",
-            "tcp=7000",
-            "--load",
-            &load_src,
-            "--etcd-cacert",
-            etcd.tls().ca.to_str().unwrap(),
-            "--etcd-cert",
-            cert_path.to_str().unwrap(),
-            "--etcd-key",
-            key_path.to_str().unwrap(),
-        ],
-    );
+    let mut agent = agent_with_load(&etcd, "gw-r", &load, &cert_path, &key_path, &[]);
     let node = format!("{P}/nodes/gw-r");
     let reports = |etcd: &Etcd, n: u32| {
         etcd.get(&node)
@@ -454,23 +464,13 @@ fn a_rotated_password_is_used_without_a_restart() {
     );
     let (cert, key) = client_cert(&ca, &dir, "gw-p-host", false);
     let load = dir.join("load");
-    std::fs::write(&load, "100").unwrap();
-    let load_src = format!("file:{}", load.display());
-    let mut agent = Proc::agent(
+    let mut agent = agent_with_load(
         &etcd,
         "gw-p",
-        "r",
+        &load,
+        &cert,
+        &key,
         &[
-            "--port",
-            "tcp=7000",
-            "--load",
-            &load_src,
-            "--etcd-cacert",
-            etcd.tls().ca.to_str().unwrap(),
-            "--etcd-cert",
-            cert.to_str().unwrap(),
-            "--etcd-key",
-            key.to_str().unwrap(),
             "--etcd-user",
             "gw-p",
             "--etcd-password-file",
