@@ -522,3 +522,34 @@ fn readiness_follows_the_router_s_own_dc_only() {
     p.signal("TERM");
     p.wait_exit(Duration::from_secs(20));
 }
+
+/// A DC out of reach for `protect_max_secs` is dropped: its nodes are no longer offered.
+#[test]
+fn a_dc_out_of_reach_past_protect_max_secs_is_dropped() {
+    let a = Etcd::start();
+    let mut b = Etcd::start();
+    let _agents = [agent(&a, "gw-a1", "a-r"), agent(&b, "gw-b1", "b-r")];
+    let config = format!("protect_max_secs = 4\n{}", CONFIG.replace("= 3", "= 1"));
+    let r = RouterProc::start_registries("127.0.0.1:0", &[("a", &a), ("b", &b)], &config, &[]);
+    wait_until(Duration::from_secs(30), "both DCs' nodes", || {
+        ids_now(&r, "/gateways?region=b-r&count=2") == ["gw-b1", "gw-a1"]
+    });
+    b.stop();
+    let died = Instant::now();
+    wait_until(Duration::from_secs(30), "DC B demoted", || {
+        ids_now(&r, "/gateways?region=b-r&count=2") == ["gw-a1", "gw-b1"]
+    });
+    wait_until(Duration::from_secs(30), "DC B dropped", || {
+        ids_now(&r, "/gateways?region=b-r&count=2") == ["gw-a1"]
+    });
+    assert!(
+        died.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        died.elapsed()
+    );
+    let (_, m) = harness::http_get(r.addr, "/metrics").unwrap();
+    assert!(
+        m.contains("router_registry_demoted{registry=\"b\"} 2"),
+        "{m}"
+    );
+}
