@@ -18,6 +18,9 @@ use super::RegistryStatus;
 use crate::schedule::Snapshot;
 use crate::state::AppState;
 
+/// Invalid records (or duplicate ids) by key, with the reason.
+type Invalid = imbl::OrdMap<Arc<str>, String>;
+
 /// One registry's views, as the updater takes them.
 pub struct Input {
     /// The registry's (DC's) name.
@@ -118,7 +121,10 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
     let mut owner: HashMap<Arc<str>, usize> = HashMap::new();
     let mut counts = NodeCounts::default();
     // Ids served from one registry and found in another, as of the last build.
-    let mut duplicates: imbl::OrdMap<Arc<str>, String> = imbl::OrdMap::new();
+    let mut duplicates: Invalid = imbl::OrdMap::new();
+    // The invalid maps (each registry's, and the duplicates) the published list was
+    // made from.
+    let mut invalid_shown: Option<(Vec<Option<Invalid>>, Invalid)> = None;
     loop {
         let deadline = members
             .iter()
@@ -314,21 +320,37 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             m.set_hook_counts(&counts.hook_counts());
         }
         // Invalid records of every registry by key (named by registry when there are
-        // several), and the duplicates.
-        let mut invalid = duplicates.clone();
-        for mem in &members {
-            let Some(view) = &mem.previous else { continue };
-            for (id, why) in view.invalid.iter() {
-                let key = if several {
-                    format!("{}:{}{id}", mem.input.name, mem.input.nodes_prefix)
-                } else {
-                    format!("{}{id}", mem.input.nodes_prefix)
-                };
-                invalid.insert(Arc::from(key), why.clone());
+        // several), and the duplicates: listed again only when one of those changed,
+        // not for every report.
+        let sources: Vec<Option<Invalid>> = members
+            .iter()
+            .map(|mem| mem.previous.as_ref().map(|v| v.invalid.clone()))
+            .collect();
+        let unchanged = invalid_shown.as_ref().is_some_and(|(shown, dups)| {
+            dups.ptr_eq(&duplicates)
+                && shown.iter().zip(&sources).all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => a.ptr_eq(b),
+                    (None, None) => true,
+                    _ => false,
+                })
+        });
+        if !unchanged {
+            let mut invalid = duplicates.clone();
+            for mem in &members {
+                let Some(view) = &mem.previous else { continue };
+                for (id, why) in view.invalid.iter() {
+                    let key = if several {
+                        format!("{}:{}{id}", mem.input.name, mem.input.nodes_prefix)
+                    } else {
+                        format!("{}{id}", mem.input.nodes_prefix)
+                    };
+                    invalid.insert(Arc::from(key), why.clone());
+                }
             }
+            m.invalid_records.set(invalid.len() as i64);
+            *state.invalid.lock().expect("invalid lock") = invalid;
+            invalid_shown = Some((sources, duplicates.clone()));
         }
-        m.invalid_records.set(invalid.len() as i64);
-        *state.invalid.lock().expect("invalid lock") = invalid;
         for mem in members.iter_mut() {
             if let Some(view) = &mem.previous {
                 m.invalid_seen
