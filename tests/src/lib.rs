@@ -930,28 +930,33 @@ impl TestCa {
     /// A client certificate whose common name is `cn` (etcd's user, with
     /// `--client-cert-auth`): (cert PEM, key PEM). `expired`: valid only in 2020.
     pub fn client_leaf(&self, cn: &str, expired: bool) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
-        }
-        let key = rcgen::KeyPair::generate().expect("client key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign client");
-        (cert.pem(), key.serialize_pem())
+        self.client_signed(cn, |params| {
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+            }
+        })
     }
 
     /// A client certificate for `cn` that expires `valid` from now: (cert PEM, key PEM).
     pub fn client_leaf_for(&self, cn: &str, valid: Duration) -> (String, String) {
+        self.client_signed(cn, |params| {
+            params.not_after = (std::time::SystemTime::now() + valid).into();
+        })
+    }
+
+    /// A client certificate for `cn`, its parameters adjusted by `adjust`.
+    fn client_signed(
+        &self,
+        cn: &str,
+        adjust: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (String, String) {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_after = (std::time::SystemTime::now() + valid).into();
+        adjust(&mut params);
         let key = rcgen::KeyPair::generate().expect("client key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign client");
         (cert.pem(), key.serialize_pem())
@@ -998,13 +1003,7 @@ impl RouterProc {
         config: &str,
         extra: &[&str],
     ) -> RouterProc {
-        let file = tempfile::NamedTempFile::new().expect("config file");
-        let limit = if config.contains("[rate_limit]") {
-            ""
-        } else {
-            "\n[rate_limit]\nper_ip_per_sec = 0\n"
-        };
-        std::fs::write(file.path(), format!("{config}{limit}")).expect("write config");
+        let file = router_config(config);
         let specs: Vec<String> = registries
             .iter()
             .map(|(name, etcd)| format!("{name}={}", etcd.endpoints()))
@@ -1083,20 +1082,26 @@ impl RouterProc {
     }
 }
 
-fn spawn_router(
-    etcd: &Etcd,
-    config: &str,
-    extra: &[&str],
-    wrapper: Option<Vec<String>>,
-) -> (Proc, tempfile::NamedTempFile) {
+/// A router's config file holding `config`; tests send bursts from one address, so the
+/// rate limit is off unless `config` sets one.
+fn router_config(config: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().expect("config file");
-    // Tests send bursts from one address: no rate limit unless the test sets one.
     let limit = if config.contains("[rate_limit]") {
         ""
     } else {
         "\n[rate_limit]\nper_ip_per_sec = 0\n"
     };
     std::fs::write(file.path(), format!("{config}{limit}")).expect("write config");
+    file
+}
+
+fn spawn_router(
+    etcd: &Etcd,
+    config: &str,
+    extra: &[&str],
+    wrapper: Option<Vec<String>>,
+) -> (Proc, tempfile::NamedTempFile) {
+    let file = router_config(config);
     let endpoints = etcd.endpoints();
     let mut args = vec![
         "--etcd",

@@ -144,12 +144,12 @@ impl Lab {
 
     /// Cuts the join made by [`Lab::join`] on this side: packets are dropped.
     pub fn cut_join(&self) {
-        ip(&["-n", &self.ns("hub"), "link", "set", "xj", "nomaster"]);
+        self.bridge("xj", None);
     }
 
     /// Restores the join.
     pub fn heal_join(&self) {
-        ip(&["-n", &self.ns("hub"), "link", "set", "xj", "master", "brc"]);
+        self.bridge("xj", Some("brc"));
     }
 
     fn ns(&self, what: &str) -> String {
@@ -348,37 +348,31 @@ impl Lab {
 
     /// Cuts member `i` off from its peers; its client port stays reachable.
     pub fn cut_peers(&self, i: usize) {
-        ip(&[
-            "-n",
-            &self.ns("hub"),
-            "link",
-            "set",
-            &format!("m{i}p"),
-            "nomaster",
-        ]);
+        self.bridge(&format!("m{i}p"), None);
     }
 
     /// Joins member `i` to its peers again.
     pub fn heal_peers(&self, i: usize) {
-        ip(&[
-            "-n",
-            &self.ns("hub"),
-            "link",
-            "set",
-            &format!("m{i}p"),
-            "master",
-            "brp",
-        ]);
+        self.bridge(&format!("m{i}p"), Some("brp"));
+    }
+
+    /// Puts hub link `link` on `bridge`, or takes it off any (a silent cut).
+    fn bridge(&self, link: &str, bridge: Option<&str>) {
+        let hub = self.ns("hub");
+        match bridge {
+            Some(b) => ip(&["-n", &hub, "link", "set", link, "master", b]),
+            None => ip(&["-n", &hub, "link", "set", link, "nomaster"]),
+        }
     }
 
     /// Cuts the client namespace off from every member (the gateways' namespace stays).
     pub fn cut_client(&self) {
-        ip(&["-n", &self.ns("hub"), "link", "set", "clc", "nomaster"]);
+        self.bridge("clc", None);
     }
 
     /// Joins the client namespace to the members again.
     pub fn heal_client(&self) {
-        ip(&["-n", &self.ns("hub"), "link", "set", "clc", "master", "brc"]);
+        self.bridge("clc", Some("brc"));
     }
 
     /// `GET url` from the client namespace (with curl): the status and body.

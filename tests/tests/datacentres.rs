@@ -67,6 +67,57 @@ fn two_dcs_on(listen_a: &str, listen_b: &str, extra: &str) -> Dcs {
     }
 }
 
+/// Clients asking a router `path` every 5 ms on a thread, counting the answers that are
+/// not a 200 whose body passes `ok`.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    asked: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Clients {
+    fn start(
+        addr: std::net::SocketAddr,
+        path: &'static str,
+        ok: fn(&serde_json::Value) -> bool,
+    ) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (asked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, asked, failed) = (stop.clone(), asked.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    asked.fetch_add(1, Ordering::Relaxed);
+                    match harness::get_json(addr, path) {
+                        Some((200, body)) if ok(&body) => {}
+                        _ => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Clients {
+            stop,
+            asked,
+            failed,
+            thread,
+        }
+    }
+
+    /// Stops them: (requests, failures).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        (
+            self.asked.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The `(id, dc)` of each gateway of an answer.
 fn placed(body: &serde_json::Value) -> Vec<(String, String)> {
     body["gateways"]
@@ -159,24 +210,9 @@ fn clients_stay_in_their_dc_and_fall_back_to_the_other_when_it_is_drained() {
 fn a_dc_whose_etcd_dies_is_demoted_and_the_other_dc_is_unaffected() {
     let mut dcs = two_dcs();
     // DC A's clients, asking all along.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (asked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, asked, failed) = (stop.clone(), asked.clone(), failed.clone());
-        let addr = dcs.ra.addr;
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                asked.fetch_add(1, Ordering::Relaxed);
-                match harness::get_json(addr, "/gateways?region=a-r&count=2") {
-                    Some((200, body)) if placed(&body).iter().all(|(_, d)| d == "a") => {}
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let clients = Clients::start(dcs.ra.addr, "/gateways?region=a-r&count=2", |body| {
+        placed(body).iter().all(|(_, d)| d == "a")
+    });
     // DC B's etcd dies (every member); its gateways stay up.
     dcs.b.stop();
     let died = Instant::now();
@@ -205,12 +241,7 @@ fn a_dc_whose_etcd_dies_is_demoted_and_the_other_dc_is_unaffected() {
     // DC A's answers were never touched.
     let a = dcs.ra.answer("/gateways?region=a-r&count=2");
     assert_eq!(a["stale"], false, "{a}");
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let (asked, failed) = (
-        asked.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
+    let (asked, failed) = clients.finish();
     println!("DC A's clients meanwhile: {asked} requests, {failed} not answered by DC A");
     assert!(asked > 20, "{asked} requests");
     assert_eq!(failed, 0, "of {asked}");
@@ -309,24 +340,7 @@ fn a_whole_dc_fails_and_its_clients_get_the_other_dc() {
     let before = first(&client).expect("an answer");
     assert_eq!(before.1, "b", "{before:?}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (asked, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, asked, failed) = (stop.clone(), asked.clone(), failed.clone());
-        let addr = dcs.ra.addr;
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                asked.fetch_add(1, Ordering::Relaxed);
-                if !matches!(
-                    harness::get_json(addr, "/gateways?region=a-r"),
-                    Some((200, _))
-                ) {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let clients = Clients::start(dcs.ra.addr, "/gateways?region=a-r", |_| true);
     // DC B goes dark: etcd, gateways, router.
     dcs.b.stop();
     for a in dcs.agents.iter().skip(2) {
@@ -345,12 +359,7 @@ fn a_whole_dc_fails_and_its_clients_get_the_other_dc() {
         "{:?}",
         failed_at.elapsed()
     );
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let (asked, failed) = (
-        asked.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
+    let (asked, failed) = clients.finish();
     println!("DC A's clients meanwhile: {asked} requests, {failed} failed");
     assert!(asked > 20);
     assert_eq!(failed, 0, "of {asked}");
