@@ -91,7 +91,16 @@ impl Default for HerdCounter {
 impl HerdCounter {
     /// Counts one answer given at wall-clock `now_ms`.
     pub fn add_at(&self, now_ms: u64) {
-        let before = self.total.fetch_add(1, Ordering::Relaxed);
+        self.add_n_at(now_ms, 1);
+    }
+
+    /// Counts `n` clients at once at wall-clock `now_ms` (a DNS answer, which a
+    /// resolver hands to many clients, counts by its weight).
+    pub fn add_n_at(&self, now_ms: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let before = self.total.fetch_add(n, Ordering::Relaxed);
         let fine = now_ms / FINE_MS;
         let word = &self.fine[fine as usize % FINE_SLOTS];
         let cur = word.load(Ordering::Relaxed);
@@ -104,7 +113,7 @@ impl HerdCounter {
                 Ordering::Relaxed,
             );
         }
-        self.add(slot_of(now_ms));
+        self.add(slot_of(now_ms), n);
     }
 
     /// Answers given at or after wall-clock `from_ms` (which must be within the last
@@ -125,20 +134,20 @@ impl HerdCounter {
         0
     }
 
-    /// Counts one answer in (coarse) slot `now`.
-    fn add(&self, now: u64) {
+    /// Counts `n` answers in (coarse) slot `now`.
+    fn add(&self, now: u64, n: u64) {
         let word = &self.slots[now as usize % SLOTS];
         let tag = now & TAG_MASK;
         let mut cur = word.load(Ordering::Relaxed);
         loop {
             if cur >> COUNT_BITS == tag {
-                word.fetch_add(1, Ordering::Relaxed);
+                word.fetch_add(n, Ordering::Relaxed);
                 return;
             }
-            // The word still holds an older lap: start this slot at one.
+            // The word still holds an older lap: start this slot at `n`.
             match word.compare_exchange_weak(
                 cur,
-                (tag << COUNT_BITS) | 1,
+                (tag << COUNT_BITS) | n.min(COUNT_MASK),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -218,6 +227,11 @@ impl HerdView {
     pub fn record(&self, counter: &HerdCounter) {
         counter.add_at(self.now_ms);
     }
+
+    /// Records `n` clients now (an answer of weight `n`).
+    pub fn record_n(&self, counter: &HerdCounter, n: u64) {
+        counter.add_n_at(self.now_ms, n);
+    }
 }
 
 #[cfg(test)]
@@ -284,11 +298,11 @@ mod tests {
     #[test]
     fn a_lap_of_the_ring_does_not_resurrect_old_counts() {
         let c = HerdCounter::default();
-        c.add(5);
-        c.add(5);
+        c.add(5, 1);
+        c.add(5, 1);
         let later = 5 + SLOTS as u64;
         assert_eq!(c.since(later, later), 0, "same word, older lap");
-        c.add(later);
+        c.add(later, 1);
         assert_eq!(c.since(later, later), 1);
         assert_eq!(
             c.since(0, later),

@@ -406,6 +406,11 @@ impl Snapshot {
         }
     }
 
+    /// The regions that have nodes, in no particular order.
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        self.by_region.keys().map(|r| &**r)
+    }
+
     /// Live nodes (valid records), whatever their state.
     pub fn live(&self) -> usize {
         self.nodes.len()
@@ -417,7 +422,7 @@ impl Snapshot {
 pub struct Query<'a> {
     /// Protocol the client speaks.
     pub proto: Proto,
-    /// Candidates wanted (1-10).
+    /// Candidates wanted (1 to [`MAX_COUNT`]; `/gateways` allows 1-10).
     pub count: usize,
     /// The client's region, if known.
     pub region: Option<&'a str>,
@@ -454,10 +459,24 @@ pub struct Rules<'a> {
     pub herd: HerdView,
 }
 
+/// The most candidates one answer can hold (`/gateways` allows 10; a DNS answer more).
+pub const MAX_COUNT: usize = 64;
+
 /// Up to `query.count` distinct eligible nodes, best first, and counts one client
 /// against the first of them.
 pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Chosen {
-    let want = query.count.clamp(1, 10);
+    select_weighted(snap, query, rules, 1)
+}
+
+/// [`select`], counting `weight` clients against the first candidate: a DNS answer
+/// reaches every client behind the resolver that asked.
+pub fn select_weighted(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    weight: u64,
+) -> Chosen {
+    let want = query.count.clamp(1, MAX_COUNT);
     let mut out = Chosen::new();
     let tiers = Tiers {
         first: query.region,
@@ -501,7 +520,9 @@ pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Chosen {
         held_fill(snap, query, rules, want, tiers, &mut out);
     }
     if let Some(first) = out.first() {
-        rules.herd.record(&snap.nodes[first.index].assigned);
+        rules
+            .herd
+            .record_n(&snap.nodes[first.index].assigned, weight);
     }
     out
 }
