@@ -86,6 +86,15 @@ check_unbound() {
     > "$scratch/unbound.conf"
   unbound-checkconf "$scratch/unbound.conf" >/dev/null 2>&1
 }
+# dig runs (the DNS tests ask the router with it); kdig speaks DNS over HTTPS.
+check_dig() {
+  command -v dig >/dev/null 2>&1 || return 1
+  dig -v 2>&1 | grep -q '^DiG 9'
+}
+check_kdig() {
+  command -v kdig >/dev/null 2>&1 || return 1
+  kdig --version 2>&1 | grep -q 'Knot DNS' && kdig --help 2>&1 | grep -q 'https'
+}
 # faketime shifts a process's wall clock (the herd-accounting skew tests).
 check_faketime() {
   command -v faketime >/dev/null 2>&1 || return 1
@@ -137,6 +146,8 @@ if [ "$want_test" = 1 ]; then
     "headless chromium and chromedriver|check_chromium|chromium chromium-driver"
     "systemd-analyze verify|check_systemd_analyze|systemd"
     "unbound with DNS-over-HTTPS|check_unbound|unbound"
+    "dig|check_dig|bind9-dnsutils"
+    "kdig with DNS-over-HTTPS|check_kdig|knot-dnsutils"
     "faketime|check_faketime|faketime"
     "network namespaces (ip netns, bridges, veth)|check_netns|iproute2"
     "openssl|check_openssl|openssl"

@@ -67,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         kv,
         ServeOptions {
             router_id: None,
+            public_addrs: Vec::new(),
             config,
             layout,
             admin_token: None,

@@ -130,6 +130,16 @@ pub struct ServeArgs {
     /// part.
     #[arg(long, env = "ROUTER_ID", value_name = "ID", value_parser = parse_principal)]
     pub router_id: Option<String>,
+    /// An address clients reach this router at (repeatable; in the environment,
+    /// comma-separated). Published in its registration: the routers' domain in DNS
+    /// and HTTPDNS (`httpdns.router_domain`) answers the live routers' addresses.
+    #[arg(
+        long = "public-addr",
+        env = "ROUTER_PUBLIC_ADDRS",
+        value_name = "IP",
+        value_delimiter = ','
+    )]
+    pub public_addrs: Vec<IpAddr>,
     /// TOML configuration file.
     #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -362,6 +372,10 @@ pub struct FileConfig {
     pub registry_stale_secs: u64,
     /// The registries to follow, one per data centre (`[[registries]]`).
     pub registries: Vec<RegistryConfig>,
+    /// `[dns]`: the gateway zone over DNS and DNS over HTTPS.
+    pub dns: crate::dns::config::DnsConfig,
+    /// `[httpdns]`: the Alibaba-style HTTPDNS endpoint.
+    pub httpdns: crate::dns::config::HttpDnsConfig,
 }
 
 /// One `[[registries]]` entry: a data centre's etcd.
@@ -488,6 +502,8 @@ impl Default for FileConfig {
             tls: TlsConfig::default(),
             registry_stale_secs: 10,
             registries: Vec::new(),
+            dns: Default::default(),
+            httpdns: Default::default(),
         }
     }
 }
@@ -581,6 +597,8 @@ impl FileConfig {
 
     /// Every rule a value must follow, with a message naming the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.dns.validate()?;
+        self.httpdns.validate()?;
         check(
             self.max_load > 0.0 && self.max_load <= 1.0,
             "max_load",

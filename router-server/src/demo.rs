@@ -182,6 +182,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
     }
     let opts = ServeOptions {
         router_id: None,
+        public_addrs: Vec::new(),
         config,
         layout,
         admin_token: token,

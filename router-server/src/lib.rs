@@ -14,6 +14,8 @@
 //!   its parameters, the client's address and region, errors.
 //! * [`admin`]: the token-protected admin API; [`ops`]: commands and rebalance plans it
 //!   shares with [`ctl`], the operator's command line.
+//! * [`dns`]: the gateway zone over DNS (UDP, TCP), DNS over HTTPS, and the
+//!   Alibaba-style HTTPDNS answer, from the same snapshot.
 //! * [`metrics`]: Prometheus metrics. [`tls`]: rustls config and hot reload.
 //! * [`demo`]: the real router on the in-memory registry with simulated gateways.
 //!
@@ -25,6 +27,7 @@ pub mod answer;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod dns;
 pub mod herd;
 pub mod http;
 pub mod membership;
@@ -59,6 +62,9 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// This router's id under `P/routers/` (generated when `None`).
     pub router_id: Option<String>,
+    /// Addresses clients reach this router at, published in its `P/routers/{id}`
+    /// registration (the routers' domain in DNS and HTTPDNS answers them).
+    pub public_addrs: Vec<std::net::IpAddr>,
 }
 
 /// The sockets to serve on, bound by the caller (tests bind port 0).
@@ -127,6 +133,7 @@ pub async fn run_registries(
             peers::Slot {
                 counts: counts.clone(),
                 index: i,
+                public_addrs: opts.public_addrs.clone(),
             },
             background.clone(),
         ));
@@ -136,6 +143,19 @@ pub async fn run_registries(
         inputs,
         background.clone(),
     ));
+    if let Some(listen) = opts.config.dns.listen {
+        let sockets = dns::server::DnsSockets::bind(
+            listen,
+            std::thread::available_parallelism().map_or(1, usize::from),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot serve DNS on {listen}: {e}"))?;
+        dns::server::spawn(
+            Arc::new(dns::Dns::new(state.clone())),
+            sockets,
+            background.clone(),
+            &tasks,
+        );
+    }
     let api = http::Api::new(state.clone());
     tasks.spawn(api.clone().housekeeping(background.clone()));
     let admin = opts.admin_token.as_ref().map(|token| {

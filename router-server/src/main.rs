@@ -157,6 +157,7 @@ async fn serve(args: ServeArgs) -> i32 {
     let layout = registries[local].layout.clone();
     let opts = ServeOptions {
         router_id: args.router_id.clone(),
+        public_addrs: args.public_addrs.clone(),
         config,
         layout,
         admin_token: args.admin_token,

@@ -44,6 +44,25 @@ pub struct RegistryLabels {
     pub registry: String,
 }
 
+/// Labels of the DNS query counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    /// `udp`, `tcp` or `https`.
+    pub transport: &'static str,
+    /// `A`, `AAAA`, `SOA`, `NS`, `ANY`, `other`; `malformed` for packets that do not
+    /// parse, `response` for responses sent to the server.
+    pub qtype: &'static str,
+    /// The response code answered, or `dropped`.
+    pub rcode: &'static str,
+}
+
+/// Labels of the DNS rate-limit counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsRrlLabels {
+    /// `drop` (nothing sent) or `slip` (sent truncated and empty).
+    pub action: &'static str,
+}
+
 /// Labels of the per-region gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabels {
@@ -207,6 +226,12 @@ pub struct Metrics {
     pub registry_nodes: Family<RegistryLabels, Gauge>,
     /// Per registry: 1 while its nodes are demoted (out of reach), 2 once dropped.
     pub registry_demoted: Family<RegistryLabels, Gauge>,
+    /// DNS queries by transport, type and response code.
+    pub dns_queries: Family<DnsLabels, Counter>,
+    /// DNS answers held back by the response-rate limit.
+    pub dns_rrl: Family<DnsRrlLabels, Counter>,
+    /// The same DNS counts as totals, for the fleet page.
+    pub dns_totals: crate::dns::stats::DnsTotals,
 }
 
 impl Default for Metrics {
@@ -239,6 +264,9 @@ impl Default for Metrics {
             registry_up: Family::default(),
             registry_nodes: Family::default(),
             registry_demoted: Family::default(),
+            dns_queries: Family::default(),
+            dns_rrl: Family::default(),
+            dns_totals: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -365,6 +393,16 @@ impl Default for Metrics {
             "registry_demoted",
             "1 while the registry (DC) is out of reach and its nodes are offered last, 2 once they are dropped",
             m.registry_demoted.clone(),
+        );
+        registry.register(
+            "dns_queries",
+            "DNS queries by transport, query type and response code",
+            m.dns_queries.clone(),
+        );
+        registry.register(
+            "dns_rrl",
+            "DNS answers over the response-rate limit, dropped or sent truncated",
+            m.dns_rrl.clone(),
         );
         Metrics { registry, ..m }
     }

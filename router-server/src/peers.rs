@@ -49,6 +49,19 @@ pub fn router_id() -> String {
     )
 }
 
+/// The `public_addrs` of a router's registration; none when the value is not one
+/// (written by an older router, or by someone else).
+pub fn public_addrs(value: &[u8]) -> Vec<std::net::IpAddr> {
+    #[derive(serde::Deserialize)]
+    struct Registration {
+        #[serde(default)]
+        public_addrs: Vec<std::net::IpAddr>,
+    }
+    serde_json::from_slice::<Registration>(value)
+        .map(|r| r.public_addrs)
+        .unwrap_or_default()
+}
+
 /// Where one registry's router count goes: `counts[index]`. A router following several
 /// registries scales its answers by the largest count.
 pub struct Slot {
@@ -56,6 +69,8 @@ pub struct Slot {
     pub counts: Arc<[std::sync::atomic::AtomicU64]>,
     /// This registry's.
     pub index: usize,
+    /// This router's public addresses, published in its registration.
+    pub public_addrs: Vec<std::net::IpAddr>,
 }
 
 /// Registers this router in one registry and keeps `state.routers` up to date until
@@ -70,7 +85,11 @@ pub async fn run(
 ) {
     let key = layout.router_key(&id);
     let prefix = layout.routers_prefix();
-    let value = serde_json::json!({"id": id, "started_ms": registry::now_ms()}).to_string();
+    let mut value = serde_json::json!({"id": id, "started_ms": registry::now_ms()});
+    if !slot.public_addrs.is_empty() {
+        value["public_addrs"] = serde_json::json!(slot.public_addrs);
+    }
+    let value = value.to_string();
     let mut lease = Lease::renewed_every(TTL, EVERY);
     let mut backoff = Backoff::for_store();
     let mut failing = false;
@@ -90,13 +109,24 @@ pub async fn run(
                     Renewal::Failed(e) => return Err(e),
                 }
             }
-            let live = kv.list(&prefix).await?.kvs.len().max(1) as u64;
-            Ok::<_, KvError>(live)
+            let listed = kv.list(&prefix).await?.kvs;
+            let addrs: Vec<std::net::IpAddr> = listed
+                .iter()
+                .flat_map(|kv| public_addrs(&kv.value))
+                .collect();
+            Ok::<_, KvError>((listed.len().max(1) as u64, addrs))
         };
         let wait = tokio::select! {
             _ = cancel.cancelled() => break,
             r = result => match r {
-                Ok(live) => {
+                Ok((live, addrs)) => {
+                    {
+                        let mut all = state.router_addrs.lock().expect("router_addrs lock");
+                        if all.len() <= slot.index {
+                            all.resize(slot.index + 1, Vec::new());
+                        }
+                        all[slot.index] = addrs;
+                    }
                     if failing {
                         info!("router count readable again");
                         failing = false;

@@ -39,6 +39,9 @@ pub struct AppState {
     pub protecting: std::sync::atomic::AtomicBool,
     /// Each registry's health, in the order they are configured.
     pub registries: std::sync::Mutex<Vec<RegistryStatus>>,
+    /// Per registry followed, the public addresses its live routers publish
+    /// (`--public-addr`), for the routers' own domain in DNS and HTTPDNS.
+    pub router_addrs: std::sync::Mutex<Vec<Vec<std::net::IpAddr>>>,
 }
 
 impl AppState {
@@ -55,6 +58,7 @@ impl AppState {
             invalid: std::sync::Mutex::new(imbl::OrdMap::new()),
             protecting: std::sync::atomic::AtomicBool::new(false),
             registries: std::sync::Mutex::new(Vec::new()),
+            router_addrs: std::sync::Mutex::new(Vec::new()),
         }
     }
 

@@ -92,6 +92,7 @@ async fn mass_removal_is_held_then_released() {
         kv.clone(),
         ServeOptions {
             router_id: None,
+            public_addrs: Vec::new(),
             config,
             layout: layout.clone(),
             admin_token: None,

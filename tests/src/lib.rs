@@ -1052,7 +1052,13 @@ impl RouterProc {
             "--tls-key",
             key,
         ];
-        let (proc, file) = spawn_router(etcd, config, &extra, None);
+        RouterProc::start_tls_args(etcd, config, &extra)
+    }
+
+    /// [`RouterProc::start_tls`] with the flags given whole: `--tls-cert`, `--tls-key`
+    /// and `--http-listen` among them.
+    pub fn start_tls_args(etcd: &Etcd, config: &str, extra: &[&str]) -> (RouterProc, SocketAddr) {
+        let (proc, file) = spawn_router(etcd, config, extra, None);
         let https = proc.wait_for_addr("serving HTTPS", Duration::from_secs(20));
         let addr = proc.wait_for_addr("serving HTTP ", Duration::from_secs(20));
         (RouterProc::ready(proc, addr, file), https)

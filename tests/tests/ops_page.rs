@@ -112,8 +112,15 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     wait_until(Duration::from_secs(15), "agents registered", || {
         etcd.keys(&format!("{P}/nodes/")).len() == 5
     });
-    let router = RouterProc::start(&etcd, "", &["--admin-token", TOKEN]);
+    let router = RouterProc::start(
+        &etcd,
+        "[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"gw.example.test\"\n",
+        &["--admin-token", TOKEN],
+    );
     let base = format!("http://{}", router.addr);
+    let dns = router
+        .proc
+        .wait_for_addr("answering DNS", Duration::from_secs(10));
 
     let (_driver, webdriver) = chromedriver();
     let c = browser(&webdriver).await;
@@ -195,6 +202,34 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
         )
         .await,
         "default"
+    );
+    // DNS: the zone's answers by response code, counted as dig asks.
+    for name in ["cn-sh.gw.example.test", "nowhere.gw.example.test"] {
+        let out = std::process::Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &dns.port().to_string(),
+                name,
+                "A",
+                "+tries=1",
+            ])
+            .output()
+            .expect("dig (apt-get install bind9-dnsutils; scripts/deps.sh --test installs it)");
+        assert!(out.status.success());
+    }
+    until(
+        &c,
+        10,
+        "the DNS answers",
+        "!document.getElementById('dns').hidden \
+         && document.querySelector('#dns-list tr[data-dns=\"NOERROR\"] td[data-total=\"1\"]') !== null \
+         && document.querySelector('#dns-list tr[data-dns=\"NXDOMAIN\"] td[data-total=\"1\"]') !== null",
+    )
+    .await;
+    assert_eq!(
+        eval(&c, "document.getElementById('dns-zone').textContent").await,
+        "gw.example.test"
     );
     // Read-only without a token: no action anywhere.
     assert_eq!(
@@ -288,6 +323,7 @@ fn without_an_admin_token_the_page_is_read_only() {
     let (status, fleet) = harness::get_json(router.addr, "/ops/fleet.json").unwrap();
     assert_eq!(status, 200);
     assert_eq!(fleet["router"]["admin"], false, "{fleet}");
+    assert!(fleet["router"]["dns"].is_null(), "no zone, no DNS: {fleet}");
     let (status, _) = harness::http_get(router.addr, "/ops").unwrap();
     assert_eq!(status, 200);
     let out = std::process::Command::new("curl")

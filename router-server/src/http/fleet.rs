@@ -109,6 +109,8 @@ pub struct RouterStatus {
     pub rate_limited: u64,
     /// See `gateways_ok`.
     pub no_gateways: u64,
+    /// The DNS zone served and its query counts, when DNS is on.
+    pub dns: Option<crate::dns::stats::DnsStatus>,
 }
 
 /// An invalid registry value.
@@ -238,6 +240,11 @@ pub fn fleet(api: &Api, admin: bool) -> Fleet {
                 .get(),
             rate_limited: m.rate_limited.get(),
             no_gateways: m.no_gateways.get(),
+            dns: state
+                .config
+                .dns
+                .enabled()
+                .then(|| m.dns_totals.status(&state.config.dns.zone)),
         },
         regions: regions
             .into_iter()

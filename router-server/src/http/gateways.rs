@@ -131,6 +131,11 @@ impl Api {
         }))
     }
 
+    /// The region of a client at `ip`, by the configured CIDR map (else the default).
+    pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
+        self.regions.lookup(ip)
+    }
+
     /// Forgets idle clients of the rate limiter now and then, bounding its memory.
     pub async fn housekeeping(self, cancel: tokio_util::sync::CancellationToken) {
         let Some(limiter) = &self.limiter else { return };

@@ -74,7 +74,7 @@ async fn not_found() -> ApiError {
 }
 
 /// Every route the server has, as static labels for metrics.
-const ROUTES: [&str; 9] = [
+const ROUTES: [&str; 15] = [
     "/gateways",
     "/healthz",
     "/readyz",
@@ -84,6 +84,12 @@ const ROUTES: [&str; 9] = [
     "/admin/nodes/{id}/migrate",
     "/admin/nodes/{id}/serve",
     "/admin/rebalance",
+    "/dns-query",
+    "/resolve",
+    "/d",
+    "/sign_d",
+    "/{account}/d",
+    "/{account}/sign_d",
 ];
 
 /// The static label of a matched route (`unmatched` for the fallback).
@@ -258,6 +264,10 @@ pub fn router_with(
         .route("/metrics", get(metrics))
         .with_state(api.clone());
     app = app.merge(super::fleet::routes(admin.is_some()).with_state(api.clone()));
+    if cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty() {
+        let dns = std::sync::Arc::new(crate::dns::Dns::new(api.state.clone()));
+        app = app.merge(crate::dns::http::routes(dns));
+    }
     if let Some(admin) = admin {
         app = app.merge(admin);
     }

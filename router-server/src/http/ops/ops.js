@@ -79,6 +79,8 @@ function renderRouter(f) {
       el("td", {}, String(g.revision)));
   }));
 
+  renderDns(r.dns);
+
   const inv = document.getElementById("invalid");
   inv.hidden = r.invalid.length === 0;
   document.getElementById("invalid-list").replaceChildren(
@@ -90,6 +92,29 @@ function renderRouter(f) {
   document.getElementById("token-clear").hidden = !has;
   document.getElementById("token").hidden = has;
   document.getElementById("token-save").hidden = has;
+}
+
+// DNS answers by response code, and the rate limit's drops, with their rates since
+// the last poll.
+let lastDns = null;
+function renderDns(d) {
+  const box = document.getElementById("dns");
+  box.hidden = !d;
+  if (!d) return;
+  document.getElementById("dns-zone").textContent = d.zone;
+  const rows = Object.entries(d.by_rcode).map(([k, v]) => [k, v]);
+  rows.push(["RRL dropped", d.rrl_dropped], ["RRL truncated", d.rrl_slipped]);
+  const now = performance.now();
+  const rate = (k, v) => {
+    if (!lastDns || !(k in lastDns.v)) return "-";
+    return ((v - lastDns.v[k]) / ((now - lastDns.t) / 1000)).toFixed(1);
+  };
+  document.getElementById("dns-list").replaceChildren(...rows.map(([k, v]) => {
+    const bad = k !== "NOERROR" && k !== "NXDOMAIN" && v > 0;
+    return el("tr", { class: bad ? "alarm" : "", "data-dns": k },
+      el("td", {}, k), el("td", {}, rate(k, v)), el("td", { "data-total": String(v) }, String(v)));
+  }));
+  lastDns = { t: now, v: Object.fromEntries(rows) };
 }
 
 function nodeRow(n, maxLoad) {

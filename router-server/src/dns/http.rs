@@ -1,0 +1,381 @@
+//! The zone over HTTPS, on the router's own listeners:
+//!
+//! * `/dns-query`: DNS over HTTPS (RFC 8484), `GET ?dns=` (base64url) and `POST`
+//!   (`application/dns-message`);
+//! * `/resolve?name=&type=`: the JSON form Google and Cloudflare serve
+//!   (`application/dns-json`);
+//! * `/d?host=` and `/sign_d?host=&t=&s=` (also under `/{account}/`): the Alibaba
+//!   HTTPDNS answer, `{"host","ips","ipsv6","ttl","origin_ttl"}`, for the gateway zone
+//!   and for the routers' own domain.
+//!
+//! A request over HTTPS comes from one client (a browser, an app), so its answer counts
+//! one client in the herd accounting, not `dns.weight`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, RecordType};
+use md5::{Digest, Md5};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{config::parse_domain, qtype_label_of, rcode_label, Dns, Transport};
+use crate::http::{client_ip, ApiError};
+
+/// The routes, over `dns`.
+pub fn routes(dns: Arc<Dns>) -> Router {
+    Router::new()
+        .route("/dns-query", get(doh_get).post(doh_post))
+        .route("/resolve", get(resolve))
+        .route("/d", get(httpdns))
+        .route("/sign_d", get(httpdns_signed))
+        .route("/{account}/d", get(httpdns))
+        .route("/{account}/sign_d", get(httpdns_signed))
+        .with_state(dns)
+}
+
+const DNS_MESSAGE: &str = "application/dns-message";
+
+fn bad_request(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, msg)
+}
+
+/// The client's address: the peer, or the address a trusted proxy forwarded.
+fn client(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    client_ip(peer.ip().to_canonical(), headers, &dns.state().config)
+}
+
+fn dns_off() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "this router serves no DNS zone (dns.zone)",
+    )
+}
+
+async fn doh_get(
+    State(dns): State<Arc<Dns>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(b64) = q.get("dns") else {
+        return Err(bad_request(
+            "invalid_parameter",
+            "dns: missing (a base64url DNS message)",
+        ));
+    };
+    let packet = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .map_err(|e| bad_request("invalid_parameter", format!("dns: not base64url: {e}")))?;
+    doh(&dns, &packet, client(&dns, peer, &headers))
+}
+
+async fn doh_post(
+    State(dns): State<Arc<Dns>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.eq_ignore_ascii_case(DNS_MESSAGE) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the body must be {DNS_MESSAGE}, not {ct:?}"),
+        ));
+    }
+    doh(&dns, &body, client(&dns, peer, &headers))
+}
+
+fn doh(dns: &Dns, packet: &[u8], client: IpAddr) -> Result<Response, ApiError> {
+    if dns.zone().is_none() {
+        return Err(dns_off());
+    }
+    if packet.len() > u16::MAX as usize {
+        return Err(bad_request("invalid_parameter", "dns: over 65535 bytes"));
+    }
+    let Some(answer) = dns.handle(packet, client, Transport::Https) else {
+        return Err(bad_request(
+            "invalid_parameter",
+            "dns: not a DNS query message",
+        ));
+    };
+    // RFC 8484 §5.1: cacheable for the smallest TTL of the answer.
+    let ttl = hickory_proto::op::Message::from_vec(&answer)
+        .ok()
+        .and_then(|m| {
+            m.answers()
+                .iter()
+                .chain(m.name_servers())
+                .map(|r| r.ttl())
+                .min()
+        })
+        .unwrap_or(0);
+    let mut resp = answer.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&format!("max-age={ttl}")).expect("a number is a valid header"),
+    );
+    Ok(resp)
+}
+
+/// A query name from a parameter: absolute, ASCII, no longer than DNS allows.
+fn query_name(raw: &str, key: &str) -> Result<Name, ApiError> {
+    let n = raw.trim_end_matches('.');
+    if n.is_empty() || n.len() > 253 || !n.is_ascii() {
+        return Err(bad_request(
+            "invalid_parameter",
+            format!("{key}: {raw:?} is not a domain name"),
+        ));
+    }
+    Name::from_ascii(format!("{n}.")).map_err(|e| {
+        bad_request(
+            "invalid_parameter",
+            format!("{key}: {raw:?} is not a domain name: {e}"),
+        )
+    })
+}
+
+async fn resolve(
+    State(dns): State<Arc<Dns>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if dns.zone().is_none() {
+        return Err(dns_off());
+    }
+    let name = query_name(
+        q.get("name")
+            .ok_or_else(|| bad_request("invalid_parameter", "name: missing"))?,
+        "name",
+    )?;
+    let qtype = match q.get("type").map(String::as_str) {
+        None | Some("") => RecordType::A,
+        Some(t) => match t.parse::<u16>() {
+            Ok(n) => RecordType::from(n),
+            Err(_) => RecordType::from_str(&t.to_ascii_uppercase()).map_err(|_| {
+                bad_request(
+                    "invalid_parameter",
+                    format!("type: {t:?} is not a record type"),
+                )
+            })?,
+        },
+    };
+    let subnet = match q.get("edns_client_subnet").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            ipnet::IpNet::from_str(s)
+                .map(|n| n.addr())
+                .or_else(|_| IpAddr::from_str(s))
+                .map_err(|_| {
+                    bad_request(
+                        "invalid_parameter",
+                        format!("edns_client_subnet: {s:?} is not an address or subnet"),
+                    )
+                })?,
+        ),
+    };
+    let found = dns.lookup(&name, qtype, client(&dns, peer, &headers), subnet, 1);
+    dns.count(
+        Transport::Https,
+        qtype_label_of(qtype),
+        Some(rcode_label(found.rcode)),
+    );
+    let records = |rs: &[hickory_proto::rr::Record]| -> Vec<serde_json::Value> {
+        rs.iter()
+            .map(|r| {
+                json!({
+                    "name": r.name().to_ascii(),
+                    "type": u16::from(r.record_type()),
+                    "TTL": r.ttl(),
+                    "data": r.data().to_string(),
+                })
+            })
+            .collect()
+    };
+    let mut body = json!({
+        "Status": u16::from(found.rcode),
+        "TC": false,
+        "RD": true,
+        "RA": false,
+        "AD": false,
+        "CD": false,
+        "Question": [{"name": name.to_ascii(), "type": u16::from(qtype)}],
+    });
+    if !found.answers.is_empty() {
+        body["Answer"] = records(&found.answers).into();
+    }
+    if !found.authority.is_empty() {
+        body["Authority"] = records(&found.authority).into();
+    }
+    let ttl = found.min_ttl().unwrap_or(0);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/dns-json".to_string()),
+            (header::CACHE_CONTROL, format!("max-age={ttl}")),
+        ],
+        body.to_string(),
+    )
+        .into_response())
+}
+
+async fn httpdns(
+    State(dns): State<Arc<Dns>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let cfg = &dns.state().config.httpdns;
+    if cfg.signed_only {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signature_required",
+            "this router answers signed requests only (/sign_d)",
+        ));
+    }
+    httpdns_answer(&dns, peer, &headers, &q)
+}
+
+async fn httpdns_signed(
+    State(dns): State<Arc<Dns>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let Some(secret) = dns
+        .state()
+        .config
+        .httpdns
+        .secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "signed requests are not configured (httpdns.secret)",
+        ));
+    };
+    let host = q.get("host").map(String::as_str).unwrap_or("");
+    let t = q
+        .get("t")
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| bad_request("invalid_parameter", "t: missing or not an integer"))?;
+    let s = q
+        .get("s")
+        .ok_or_else(|| bad_request("invalid_parameter", "s: missing"))?;
+    if t < registry::now_ms() / 1000 {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signature_expired",
+            format!("t {t} has passed"),
+        ));
+    }
+    let want = hex(&Md5::digest(format!("{host}-{secret}-{t}").as_bytes()));
+    if !bool::from(want.as_bytes().ct_eq(s.to_ascii_lowercase().as_bytes())) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_signature",
+            "s is not md5(host-secret-t)",
+        ));
+    }
+    httpdns_answer(&dns, peer, &headers, &q)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Alibaba-style answer for `host`: the routers for the router domain, gateways
+/// for a name of the zone, nothing for any other name.
+fn httpdns_answer(
+    dns: &Dns,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let raw = q
+        .get("host")
+        .ok_or_else(|| bad_request("invalid_parameter", "host: missing"))?;
+    let host = parse_domain(raw).map_err(|e| bad_request("invalid_host", format!("host: {e}")))?;
+    let (want4, want6) = match q.get("query").map(String::as_str) {
+        None | Some("") | Some("4") => (true, false),
+        Some("6") => (false, true),
+        Some("4,6") | Some("6,4") => (true, true),
+        Some(other) => {
+            return Err(bad_request(
+                "invalid_parameter",
+                format!("query: {other:?} is not 4, 6 or 4,6"),
+            ))
+        }
+    };
+    let client = match q.get("ip").filter(|s| !s.is_empty()) {
+        None => client(dns, peer, headers),
+        Some(ip) => IpAddr::from_str(ip).map_err(|_| {
+            bad_request("invalid_parameter", format!("ip: {ip:?} is not an address"))
+        })?,
+    };
+    let cfg = &dns.state().config;
+    let (mut ips, mut ipsv6, ttl) = (Vec::new(), Vec::new(), cfg.httpdns.router_ttl);
+    let ttl = if !cfg.httpdns.router_domain.is_empty() && host == cfg.httpdns.router_domain {
+        for ip in dns.router_addrs() {
+            match ip {
+                IpAddr::V4(_) if want4 => ips.push(ip.to_string()),
+                IpAddr::V6(_) if want6 => ipsv6.push(ip.to_string()),
+                _ => {}
+            }
+        }
+        ttl
+    } else {
+        let name = query_name(&host, "host")?;
+        let mut rcode = "NOERROR";
+        for (want, qtype, out) in [
+            (want4, RecordType::A, &mut ips),
+            (want6, RecordType::AAAA, &mut ipsv6),
+        ] {
+            if !want {
+                continue;
+            }
+            let found = dns.lookup(&name, qtype, client, None, 1);
+            if found.rcode != ResponseCode::NoError {
+                rcode = rcode_label(found.rcode);
+            }
+            for r in &found.answers {
+                if let Some(ip) = r.data().ip_addr() {
+                    out.push(ip.to_string());
+                }
+            }
+        }
+        dns.count(Transport::Https, "httpdns", Some(rcode));
+        cfg.dns.ttl
+    };
+    let mut body = json!({"host": host, "ips": ips, "ttl": ttl, "origin_ttl": ttl});
+    if want6 {
+        body["ipsv6"] = ipsv6.into();
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response())
+}

@@ -1,0 +1,201 @@
+//! DNS over UDP and TCP on `dns.listen`.
+//!
+//! UDP: one socket per core on the same port (`SO_REUSEPORT`), each read by its own
+//! task that answers in place, so no query waits behind another core's. TCP: RFC 1035
+//! length-prefixed messages, several per connection, closed after `dns.tcp_idle_ms`
+//! of silence; at most `dns.tcp_max_connections` at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::{Dns, Transport};
+
+/// The bound DNS sockets.
+pub struct DnsSockets {
+    udp: Vec<UdpSocket>,
+    tcp: TcpListener,
+}
+
+impl DnsSockets {
+    /// Binds UDP (`sockets` of them, sharing the port) and TCP on `addr`. Port 0 picks
+    /// one port for both.
+    pub fn bind(addr: SocketAddr, sockets: usize) -> io::Result<DnsSockets> {
+        // With port 0, the port UDP got may be taken for TCP: try a few.
+        let tries = if addr.port() == 0 { 20 } else { 1 };
+        let mut last = None;
+        for _ in 0..tries {
+            match DnsSockets::bind_once(addr, sockets) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    fn bind_once(addr: SocketAddr, sockets: usize) -> io::Result<DnsSockets> {
+        let first = udp_socket(addr)?;
+        let addr = first.local_addr()?;
+        let mut udp = vec![first];
+        for _ in 1..sockets.max(1) {
+            udp.push(udp_socket(addr)?);
+        }
+        let tcp = std::net::TcpListener::bind(addr)?;
+        tcp.set_nonblocking(true)?;
+        Ok(DnsSockets {
+            udp: udp
+                .into_iter()
+                .map(UdpSocket::from_std)
+                .collect::<io::Result<_>>()?,
+            tcp: TcpListener::from_std(tcp)?,
+        })
+    }
+
+    /// The address served.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        // `[::]` serves IPv4 too, as the HTTP listener does.
+        let _ = s.set_only_v6(false);
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Serves `sockets` until `cancel`; the tasks run on `tasks`.
+pub fn spawn(dns: Arc<Dns>, sockets: DnsSockets, cancel: CancellationToken, tasks: &TaskTracker) {
+    if let Ok(addr) = sockets.local_addr() {
+        info!(%addr, udp_sockets = sockets.udp.len(), "answering DNS over UDP and TCP");
+    }
+    for socket in sockets.udp {
+        tasks.spawn(serve_udp(dns.clone(), socket, cancel.clone()));
+    }
+    tasks.spawn(serve_tcp(dns.clone(), sockets.tcp, cancel.clone()));
+    if dns.rrl().is_some() {
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                if let Some(rrl) = dns.rrl() {
+                    rrl.forget_idle();
+                }
+            }
+        });
+    }
+}
+
+async fn serve_udp(dns: Arc<Dns>, socket: UdpSocket, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (len, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here; they concern nobody else.
+                    debug!(error = %e, "DNS UDP receive failed");
+                    continue;
+                }
+            },
+        };
+        if peer.port() == 0 {
+            continue;
+        }
+        let Some(answer) = dns.handle(&buf[..len], peer.ip().to_canonical(), Transport::Udp) else {
+            continue;
+        };
+        if let Err(e) = socket.send_to(&answer, peer).await {
+            debug!(error = %e, %peer, "DNS UDP answer not sent");
+        }
+    }
+}
+
+async fn serve_tcp(dns: Arc<Dns>, listener: TcpListener, cancel: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        dns.state().config.dns.tcp_max_connections,
+    ));
+    let idle = Duration::from_millis(dns.state().config.dns.tcp_idle_ms);
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "DNS TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let dns = dns.clone();
+        let cancel = cancel.clone();
+        connections.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = serve_connection(&dns, stream, peer, idle) => {
+                    if let Err(e) = r {
+                        debug!(error = %e, %peer, "DNS TCP connection ended");
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Answers one TCP connection's queries in order until it closes or idles.
+async fn serve_connection(
+    dns: &Dns,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    idle: Duration,
+) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(r) => r?,
+        };
+        let len = u16::from_be_bytes(len) as usize;
+        buf.resize(len, 0);
+        tokio::time::timeout(idle, stream.read_exact(&mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message not sent in time"))??;
+        let Some(answer) = dns.handle(&buf, peer.ip().to_canonical(), Transport::Tcp) else {
+            // Not a query: nothing sensible can follow on this stream.
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(answer.len() + 2);
+        out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+        out.extend_from_slice(&answer);
+        stream.write_all(&out).await?;
+    }
+}

@@ -1,0 +1,113 @@
+//! Totals of DNS queries by type and response code, for the fleet page (`/ops`), which
+//! reads them without walking the metrics families.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Query types as counted (see [`super::qtype_label_of`]), plus what is not a query.
+pub const QTYPES: [&str; 9] = [
+    "A",
+    "AAAA",
+    "SOA",
+    "NS",
+    "ANY",
+    "other",
+    "httpdns",
+    "malformed",
+    "response",
+];
+/// Response codes as counted (see [`super::rcode_label`]), plus `dropped`.
+pub const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other", "dropped",
+];
+
+/// Running totals since start.
+#[derive(Debug, Default)]
+pub struct DnsTotals {
+    by_qtype: [AtomicU64; QTYPES.len()],
+    by_rcode: [AtomicU64; RCODES.len()],
+    rrl_dropped: AtomicU64,
+    rrl_slipped: AtomicU64,
+}
+
+/// What the fleet page shows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DnsStatus {
+    /// The zone served.
+    pub zone: String,
+    /// Queries by type, since start (types never seen are left out).
+    pub by_type: BTreeMap<&'static str, u64>,
+    /// Queries by response code, since start (`dropped`: nothing was sent).
+    pub by_rcode: BTreeMap<&'static str, u64>,
+    /// Answers the response-rate limit dropped.
+    pub rrl_dropped: u64,
+    /// Answers the response-rate limit sent truncated.
+    pub rrl_slipped: u64,
+}
+
+impl DnsTotals {
+    /// Counts one query.
+    pub fn add(&self, qtype: &str, rcode: &str) {
+        if let Some(i) = QTYPES.iter().position(|t| *t == qtype) {
+            self.by_qtype[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(i) = RCODES.iter().position(|c| *c == rcode) {
+            self.by_rcode[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one answer held back by the rate limit (`slip`: sent truncated).
+    pub fn rrl(&self, slip: bool) {
+        let c = if slip {
+            &self.rrl_slipped
+        } else {
+            &self.rrl_dropped
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The totals now, for `zone`.
+    pub fn status(&self, zone: &str) -> DnsStatus {
+        let pick = |names: &[&'static str], counts: &[AtomicU64]| {
+            names
+                .iter()
+                .zip(counts)
+                .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
+                .filter(|(_, c)| *c > 0)
+                .collect()
+        };
+        DnsStatus {
+            zone: zone.to_string(),
+            by_type: pick(&QTYPES, &self.by_qtype),
+            by_rcode: pick(&RCODES, &self.by_rcode),
+            rrl_dropped: self.rrl_dropped.load(Ordering::Relaxed),
+            rrl_slipped: self.rrl_slipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_by_type_and_code() {
+        let t = DnsTotals::default();
+        t.add("A", "NOERROR");
+        t.add("A", "NXDOMAIN");
+        t.add("malformed", "FORMERR");
+        t.add("bogus", "bogus");
+        t.rrl(true);
+        t.rrl(false);
+        t.rrl(false);
+        let s = t.status("gw.example.com");
+        assert_eq!(s.by_type, BTreeMap::from([("A", 2), ("malformed", 1)]));
+        assert_eq!(
+            s.by_rcode,
+            BTreeMap::from([("NOERROR", 1), ("NXDOMAIN", 1), ("FORMERR", 1)])
+        );
+        assert_eq!((s.rrl_dropped, s.rrl_slipped), (2, 1));
+    }
+}
