@@ -36,10 +36,11 @@ pub struct NodeEntry {
     pub record: Arc<NodeRecord>,
     /// This router's answers naming this node first, by time slot; kept across reports.
     pub assigned: Arc<HerdCounter>,
-    /// When the reported count was sampled, on this router's clock: the report's
-    /// receipt minus its `sample_age_ms` (for an agent that sends no age, its
-    /// `sampled_ms`, never later than the receipt). Later answers are not in it.
+    /// When the reported count was sampled, on this router's clock (see
+    /// [`sample_time`]). Later answers are not in it.
     pub sampled_ms: u64,
+    /// The least delivery offset of this node's reports (see [`sample_time`]).
+    delivery: Option<Delivery>,
     /// Rank among equally loaded nodes (a per-router random order).
     pub tie: u64,
     /// The node's answer fields, JSON-escaped once per report instead of per answer.
@@ -86,14 +87,11 @@ fn rank_key(e: &NodeEntry, i: u32) -> (u64, u64, u32) {
 impl NodeEntry {
     /// The entry for a new report; `prev` is the same node's entry before it.
     fn new(record: Arc<NodeRecord>, prev: Option<&NodeEntry>, tie: u64, received: u64) -> Self {
+        let (sampled_ms, delivery) = sample_time(&record, prev.and_then(|e| e.delivery), received);
         NodeEntry {
             assigned: prev.map(|e| e.assigned.clone()).unwrap_or_default(),
-            sampled_ms: match (record.sample_age_ms, record.sampled_ms) {
-                (Some(age), _) => received.saturating_sub(age),
-                // An older agent: its own clock's time, which cannot be in the future.
-                (None, Some(at)) => at.min(received),
-                (None, None) => received,
-            },
+            sampled_ms,
+            delivery,
             tie,
             json: Arc::new(NodeJson::of(&record)),
             inv_capacity: 1.0 / record.capacity as f64,
@@ -115,6 +113,72 @@ impl NodeEntry {
     /// (Held nodes are kept apart, in [`Snapshot::held`].)
     fn indexed(&self) -> bool {
         self.eligible() && !self.held
+    }
+}
+
+/// The least `received − updated_ms` of a node's reports: the agent's clock offset plus
+/// the fastest delivery seen (etcd's commit, the watch, this router's batching).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delivery {
+    least_ms: i64,
+    /// When it was seen (router clock).
+    at: u64,
+}
+
+/// A delivery minimum ages by this much per second, so a drifting clock is followed.
+const DELIVERY_AGING_MS_PER_SEC: u64 = 1;
+/// A report this much slower than the minimum means the agent's clock jumped (or the
+/// agent restarted on another host): the minimum starts again.
+const DELIVERY_RESET_MS: i64 = 2_000;
+
+/// When a report's count was sampled, on this router's clock, and the node's delivery
+/// minimum after it.
+///
+/// A report carries `sampled_ms` and `updated_ms` on the agent's clock, which may be off
+/// by seconds. `received − updated_ms` is that offset plus how long this report took to
+/// arrive; its least value over the node's reports is the offset plus the fastest
+/// delivery. The sample time is `sampled_ms` plus that least value: right to within the
+/// fastest delivery, whatever the clock offset, and not moved later by a report that
+/// was slow to arrive (etcd under load), which would hide the answers given meanwhile.
+/// An agent that sends only `sample_age_ms`: receipt minus age. One that sends only
+/// `sampled_ms`: trusted, but never later than the receipt.
+fn sample_time(
+    record: &NodeRecord,
+    prev: Option<Delivery>,
+    received: u64,
+) -> (u64, Option<Delivery>) {
+    match (record.updated_ms, record.sampled_ms, record.sample_age_ms) {
+        (Some(written), Some(sampled), _) if sampled <= written => {
+            let d = received as i64 - written as i64;
+            let least = match prev {
+                Some(p) => {
+                    let aged = p.least_ms.saturating_add(
+                        (received.saturating_sub(p.at) / 1000 * DELIVERY_AGING_MS_PER_SEC) as i64,
+                    );
+                    if d <= aged || d - aged > DELIVERY_RESET_MS {
+                        Delivery {
+                            least_ms: d,
+                            at: received,
+                        }
+                    } else {
+                        // Kept as it was seen: it goes on ageing from then.
+                        p
+                    }
+                }
+                None => Delivery {
+                    least_ms: d,
+                    at: received,
+                },
+            };
+            let offset = least.least_ms.saturating_add(
+                (received.saturating_sub(least.at) / 1000 * DELIVERY_AGING_MS_PER_SEC) as i64,
+            );
+            let at = (sampled as i64).saturating_add(offset).max(0) as u64;
+            (at.min(received), Some(least))
+        }
+        (_, _, Some(age)) => (received.saturating_sub(age), None),
+        (_, Some(at), None) => (at.min(received), None),
+        _ => (received, None),
     }
 }
 
@@ -236,6 +300,7 @@ impl Snapshot {
                     record,
                     assigned: e.assigned.clone(),
                     sampled_ms: e.sampled_ms,
+                    delivery: e.delivery,
                     tie,
                     json: e.json.clone(),
                     held: false,
@@ -891,6 +956,53 @@ mod tests {
     /// The sample is placed on this router's clock: an agent whose wall clock runs
     /// ahead (its `sampled_ms` in this router's future) or behind changes nothing,
     /// since the router anchors the sample's age on its own receive time.
+    #[test]
+    fn a_slow_delivery_does_not_hide_the_answers_given_meanwhile() {
+        const T0: u64 = 1_800_000_000_000;
+        // The agent's clock is a second ahead; each report is written 10 ms after its
+        // count and arrives `latency` ms later.
+        let report = |skew: i64, sampled: u64, latency: u64| {
+            let agent = |t: u64| (t as i64 + skew) as u64;
+            let mut r = node("a", "r", 0, 100);
+            r.sampled_ms = Some(agent(sampled));
+            r.updated_ms = Some(agent(sampled + 10));
+            r.sample_age_ms = Some(10);
+            (Arc::new(r), sampled + 10 + latency)
+        };
+        let (r1, rx1) = report(1_000, T0, 5);
+        let s1 = Snapshot::build_holding(vec![r1], [], None, 1, false, 0, rx1);
+        assert_eq!(s1.nodes[0].sampled_ms, T0 + 5, "late by its delivery, 5 ms");
+        // Ten answers, 10 ms after the next count is taken; that report then takes
+        // 400 ms to arrive (etcd under load).
+        for k in 0..10 {
+            s1.nodes[0].assigned.add_at(T0 + 2_000 + k * 20);
+        }
+        let (r2, rx2) = report(1_000, T0 + 1_990, 400);
+        let s2 = Snapshot::build_holding(vec![r2], [], Some(&s1), 2, false, 0, rx2);
+        let e = &s2.nodes[0];
+        // The fastest delivery (5 ms), aged 1 ms for each of the 2 s since.
+        assert_eq!(
+            e.sampled_ms,
+            T0 + 1_990 + 5 + 2,
+            "late by the fastest delivery seen"
+        );
+        let h = HerdView::at(rx2, 20, 1);
+        assert_eq!(
+            h.pending(&e.assigned, e.sampled_ms),
+            10,
+            "the answers given while the report travelled are not in it"
+        );
+        // The minimum ages by 1 ms a second, following a drifting clock.
+        let (r3, rx3) = report(1_000, T0 + 61_990, 400);
+        let s3 = Snapshot::build_holding(vec![r3], [], Some(&s2), 3, false, 0, rx3);
+        assert_eq!(s3.nodes[0].sampled_ms, T0 + 61_990 + 5 + (rx3 - rx1) / 1000);
+        // The agent's clock jumps 4 s back (or the node moved host): the minimum starts
+        // again rather than placing samples seconds early.
+        let (r4, rx4) = report(-3_000, T0 + 70_000, 20);
+        let s4 = Snapshot::build_holding(vec![r4], [], Some(&s3), 4, false, 0, rx4);
+        assert_eq!(s4.nodes[0].sampled_ms, T0 + 70_000 + 20);
+    }
+
     #[test]
     fn an_agent_clock_off_by_seconds_does_not_hide_answers() {
         let (a, s1, h) = ten_answers();

@@ -84,11 +84,13 @@ fn config(f: &Fleet, providers: Vec<Provider>) -> Config {
 /// A first run with the router fills the cache file; returns its path.
 async fn fill_cache_file(f: &Fleet, dns: &HttpDnsServer) -> std::path::PathBuf {
     let path = f.dir.path().join("gateways.json");
-    Client::new(config(f, vec![provider(&[dns.addr()])]))
-        .unwrap()
-        .gateways()
-        .await
-        .unwrap();
+    // Set-up, not what is tested: generous deadlines, so a loaded machine's slow
+    // handshake does not stop it.
+    let mut c = config(f, vec![provider(&[dns.addr()])]);
+    c.router_attempt_timeout = Duration::from_secs(10);
+    c.router_budget = Duration::from_secs(20);
+    c.deadline = Duration::from_secs(30);
+    Client::new(c).unwrap().gateways().await.unwrap();
     wait_until(Duration::from_secs(5), "cache file", || path.exists());
     path
 }
