@@ -14,7 +14,7 @@ fi
 cargo build --quiet -p router-server --bin router-server
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-printf '[rate_limit]\nper_ip_per_sec = 0\n' > "$work/router.toml"
+printf '[rate_limit]\nper_ip_per_sec = 0\n[dns]\nzone = "gw.demo.test"\n[httpdns]\nrouter_domain = "router.demo.test"\nsecret = "schemathesis-secret"\n' > "$work/router.toml"
 token=schemathesis-token
 target/debug/router-server demo --listen 127.0.0.1:0 --nodes 8 --admin-token "$token" \
   --config "$work/router.toml" > "$work/demo.out" 2> "$work/demo.err" &
@@ -29,7 +29,8 @@ done
 # `not_a_server_error` is excluded because 503 `no_gateways` / `not_ready` are the
 # contract's answers (the demo has no IPv6 nodes, for one). Any undocumented status,
 # a 500 included, still fails `status_code_conformance`.
-"$venv/bin/schemathesis" run openapi.yaml --url "$url" \
+SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=scripts \
+"$venv/bin/schemathesis" --config-file scripts/schemathesis.toml run openapi.yaml --url "$url" \
   --header "Authorization: Bearer $token" \
   --checks all --exclude-checks not_a_server_error --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" \
   --seed 1 --request-timeout 10 --warnings off

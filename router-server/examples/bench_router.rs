@@ -5,6 +5,10 @@
 //! prints `listening on ADDR` once ready. Loopback clients are in region r0 (one tenth
 //! of the fleet) with fallback r1; the rate limiter is on, with a budget the load
 //! generator never exhausts (its cost is measured, its refusals are not).
+//!
+//! With `BENCH_DNS_LISTEN=ADDR` it also answers the zone `gw.bench.test` over UDP and
+//! TCP there (response-rate limit off, as for the load generator's single address),
+//! and every node gets an address of its own (`10.x.y.z`).
 
 use std::time::Duration;
 
@@ -27,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    let dns = std::env::var("BENCH_DNS_LISTEN").ok();
     let kv = MemoryKv::new();
     let layout = Layout::default();
     for i in 0..nodes {
@@ -35,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
             updated_ms: Some(registry::now_ms()),
             ..NodeRecord::new(
                 format!("gw-{i:05}"),
-                "192.0.2.1".parse()?,
+                match dns {
+                    Some(_) => std::net::Ipv4Addr::from(0x0a00_0000 | (i as u32 + 1)).into(),
+                    None => "192.0.2.1".parse()?,
+                },
                 Ports {
                     tcp: Some(8000),
                     ws: Some(8080),
@@ -48,10 +56,13 @@ async fn main() -> anyhow::Result<()> {
         };
         kv.put(&layout.node_key(&r.id), r.to_json(), None).await?;
     }
-    let config = FileConfig::parse(
-        "[rate_limit]\nper_ip_per_sec = 100000000\nburst = 100000000\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
-    )
-    .map_err(anyhow::Error::msg)?;
+    let mut text = "[rate_limit]\nper_ip_per_sec = 100000000\nburst = 100000000\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n".to_string();
+    if let Some(listen) = &dns {
+        text.push_str(&format!(
+            "[dns]\nlisten = \"{listen}\"\nzone = \"gw.bench.test\"\nrrl_per_sec = 0\n"
+        ));
+    }
+    let config = FileConfig::parse(&text).map_err(anyhow::Error::msg)?;
     let listener = std::net::TcpListener::bind(&addr)?;
     let local = listener.local_addr()?;
     let plain = match &tls {

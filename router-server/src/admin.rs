@@ -311,7 +311,7 @@ fn rebalance_params(raw: Option<&str>) -> Result<(bool, f64), ApiError> {
             "dry_run" => {
                 dry_run = match v.as_str() {
                     "false" | "0" => false,
-                    "true" | "1" | "" => true,
+                    "true" | "1" => true,
                     other => {
                         return Err(ApiError::invalid(format!(
                             "dry_run: {other:?} is not true or false"
@@ -387,5 +387,23 @@ mod tests {
         assert!(!token_matches(b"s3cre", b"s3cret"));
         assert!(!token_matches(b"", b""));
         assert!(!token_matches(b"x", b""));
+    }
+
+    #[test]
+    fn rebalance_flags_must_say_what_they_mean() {
+        assert!(rebalance_params(Some("dry_run=true")).unwrap().0);
+        assert_eq!(
+            rebalance_params(None).unwrap(),
+            (false, ops::DEFAULT_TOLERANCE)
+        );
+        for bad in [
+            "dry_run=",
+            "dry_run",
+            "dry_run=yes",
+            "tolerance=2",
+            "tolerance=",
+        ] {
+            assert!(rebalance_params(Some(bad)).is_err(), "{bad} accepted");
+        }
     }
 }

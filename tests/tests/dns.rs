@@ -49,14 +49,15 @@ const REGIONS: &str = r#"
 "127.0.0.0/8" = "local"
 "#;
 
-/// Two eu nodes, three us nodes (the busiest over half full), and the config's `dns`
+/// Two eu nodes, three us nodes (the busiest over half full), no two equally loaded
+/// (ties go by each router's own random order), and the config's `dns`
 /// keys besides the listener and zone.
 fn zone_with(dns: &str, extra_config: &str, flags: &[&str]) -> Zone {
     let etcd = Etcd::start();
     put_node(&etcd, "eu-1", "192.0.2.1", "eu", 100, 9000, "");
     put_node(&etcd, "eu-2", "192.0.2.2", "eu", 300, 9000, "");
     put_node(&etcd, "us-1", "198.51.100.1", "us", 200, 9000, "");
-    put_node(&etcd, "us-2", "198.51.100.2", "us", 100, 9000, "");
+    put_node(&etcd, "us-2", "198.51.100.2", "us", 150, 9000, "");
     put_node(&etcd, "us-3", "198.51.100.3", "us", 700, 9000, "");
     zone_on(etcd, dns, extra_config, flags)
 }

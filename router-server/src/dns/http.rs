@@ -75,8 +75,15 @@ async fn doh_get(
             "dns: missing (a base64url DNS message)",
         ));
     };
-    let packet = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(b64.trim_end_matches('='))
+    // RFC 8484 says no padding; be lenient about it and about unused trailing bits.
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let packet = engine
+        .decode(b64)
         .map_err(|e| bad_request("invalid_parameter", format!("dns: not base64url: {e}")))?;
     doh(&dns, &packet, client(&dns, peer, &headers))
 }
@@ -167,7 +174,7 @@ async fn resolve(
         "name",
     )?;
     let qtype = match q.get("type").map(String::as_str) {
-        None | Some("") => RecordType::A,
+        None => RecordType::A,
         Some(t) => match t.parse::<u16>() {
             Ok(n) => RecordType::from(n),
             Err(_) => RecordType::from_str(&t.to_ascii_uppercase()).map_err(|_| {
@@ -178,7 +185,7 @@ async fn resolve(
             })?,
         },
     };
-    let subnet = match q.get("edns_client_subnet").filter(|s| !s.is_empty()) {
+    let subnet = match q.get("edns_client_subnet") {
         None => None,
         Some(s) => Some(
             ipnet::IpNet::from_str(s)
@@ -316,7 +323,7 @@ fn httpdns_answer(
         .ok_or_else(|| bad_request("invalid_parameter", "host: missing"))?;
     let host = parse_domain(raw).map_err(|e| bad_request("invalid_host", format!("host: {e}")))?;
     let (want4, want6) = match q.get("query").map(String::as_str) {
-        None | Some("") | Some("4") => (true, false),
+        None | Some("4") => (true, false),
         Some("6") => (false, true),
         Some("4,6") | Some("6,4") => (true, true),
         Some(other) => {
@@ -326,7 +333,7 @@ fn httpdns_answer(
             ))
         }
     };
-    let client = match q.get("ip").filter(|s| !s.is_empty()) {
+    let client = match q.get("ip") {
         None => client(dns, peer, headers),
         Some(ip) => IpAddr::from_str(ip).map_err(|_| {
             bad_request("invalid_parameter", format!("ip: {ip:?} is not an address"))

@@ -246,7 +246,11 @@ impl Dns {
                 match self.region_named(region.as_deref(), client, subnet) {
                     Some(region) => {
                         let proto = proto.unwrap_or(self.cfg.proto);
-                        for ip in self.gateways(region.as_deref(), proto, family, weight) {
+                        let mut ips = self.gateways(region.as_deref(), proto, family, weight);
+                        // An RRset holds no duplicates (gateways may share an address).
+                        let mut seen = std::collections::HashSet::with_capacity(ips.len());
+                        ips.retain(|ip| seen.insert(*ip));
+                        for ip in ips {
                             found.answers.push(address(name, ttl, ip));
                         }
                     }

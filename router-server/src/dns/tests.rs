@@ -459,3 +459,19 @@ proptest! {
         let _ = dns.handle(&packet, RESOLVER, Transport::Tcp);
     }
 }
+
+#[test]
+fn gateways_sharing_an_address_answer_it_once() {
+    let nodes = vec![
+        node("a", "192.0.2.1", "eu", 100),
+        node("b", "192.0.2.1", "eu", 200),
+        node("c", "192.0.2.3", "eu", 300),
+    ];
+    let dns = dns_with(config(|c| c.dns.count = 3), nodes);
+    let m = ask(
+        &dns,
+        &query("eu.gw.example.com.", RecordType::A),
+        Transport::Udp,
+    );
+    assert_eq!(addrs(&m), ["192.0.2.1", "192.0.2.3"]);
+}
