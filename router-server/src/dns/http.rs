@@ -115,23 +115,13 @@ fn doh(dns: &Dns, packet: &[u8], client: IpAddr) -> Result<Response, ApiError> {
     if packet.len() > u16::MAX as usize {
         return Err(bad_request("invalid_parameter", "dns: over 65535 bytes"));
     }
-    let Some(answer) = dns.handle(packet, client, Transport::Https) else {
+    let Some((answer, ttl)) = dns.handle_ttl(packet, client, Transport::Https) else {
         return Err(bad_request(
             "invalid_parameter",
             "dns: not a DNS query message",
         ));
     };
     // RFC 8484 §5.1: cacheable for the smallest TTL of the answer.
-    let ttl = hickory_proto::op::Message::from_vec(&answer)
-        .ok()
-        .and_then(|m| {
-            m.answers()
-                .iter()
-                .chain(m.name_servers())
-                .map(|r| r.ttl())
-                .min()
-        })
-        .unwrap_or(0);
     let mut resp = answer.into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));

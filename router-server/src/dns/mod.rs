@@ -107,7 +107,12 @@ pub struct Dns {
     /// Region names of the configuration (CIDR map, fallbacks, default).
     configured_regions: Vec<String>,
     rrl: Option<rrl::Rrl>,
+    /// `router_dns_queries_total` series by (transport, type, code), taken from the
+    /// family once each, so a query does no map lookup under a lock.
+    series: Box<[std::sync::OnceLock<prometheus_client::metrics::counter::Counter>]>,
 }
+
+const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Https];
 
 /// The largest UDP answer sent to a client that advertises more.
 const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -164,6 +169,9 @@ impl Dns {
             nameservers,
             hostmaster,
             configured_regions,
+            series: (0..TRANSPORTS.len() * stats::QTYPES.len() * stats::RCODES.len())
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         }
     }
 
@@ -201,7 +209,8 @@ impl Dns {
         let Some(zone) = &self.zone else {
             return Found::refused();
         };
-        let target = zone.classify(&name.to_ascii());
+        let labels: smallvec::SmallVec<[&[u8]; 8]> = name.iter().collect();
+        let target = zone.classify_labels(labels.iter().copied());
         let ttl = self.cfg.ttl;
         let mut found = Found {
             rcode: ResponseCode::NoError,
@@ -382,6 +391,18 @@ impl Dns {
     /// One DNS message in, the answer out; `None` when nothing should be sent (a
     /// response, a packet too short to answer, or a drop of the rate limit).
     pub fn handle(&self, packet: &[u8], client: IpAddr, transport: Transport) -> Option<Vec<u8>> {
+        self.handle_ttl(packet, client, transport)
+            .map(|(bytes, _)| bytes)
+    }
+
+    /// [`Dns::handle`], with the smallest TTL of the answer (0 when it holds no record):
+    /// how long an HTTP cache may keep it.
+    pub fn handle_ttl(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+    ) -> Option<(Vec<u8>, u32)> {
         let verdict = match (transport, &self.rrl) {
             (Transport::Udp, Some(rrl)) => rrl.check(client),
             _ => rrl::Verdict::Answer,
@@ -397,7 +418,7 @@ impl Dns {
             Err(_) => {
                 let reply = form_error(packet);
                 self.count(transport, "malformed", reply.as_ref().map(|_| "FORMERR"));
-                return reply;
+                return reply.map(|b| (b, 0));
             }
         };
         if request.message_type() != MessageType::Query {
@@ -430,7 +451,7 @@ impl Dns {
             m.dns_totals.rrl(true);
             reply.add_queries(request.queries().iter().cloned());
             reply.set_truncated(true);
-            return reply.to_vec().ok();
+            return reply.to_vec().ok().map(|b| (b, 0));
         }
         if request.op_code() != OpCode::Query {
             reply.set_response_code(ResponseCode::NotImp);
@@ -462,6 +483,13 @@ impl Dns {
                     .add_name_servers(found.authority);
             }
         }
+        let ttl = reply
+            .answers()
+            .iter()
+            .chain(reply.name_servers())
+            .map(Record::ttl)
+            .min()
+            .unwrap_or(0);
         let mut bytes = reply.to_vec().ok()?;
         if transport == Transport::Udp {
             let limit =
@@ -479,18 +507,28 @@ impl Dns {
             qtype_label,
             Some(rcode_label(reply.response_code())),
         );
-        Some(bytes)
+        Some((bytes, ttl))
     }
 
     /// Counts one query in the metrics (`rcode` `None`: nothing was sent).
     pub fn count(&self, transport: Transport, qtype: &'static str, rcode: Option<&'static str>) {
         let m = &self.state.metrics;
-        m.dns_totals.add(qtype, rcode.unwrap_or("dropped"));
-        m.dns_queries
-            .get_or_create(&DnsLabels {
-                transport: transport.as_str(),
-                qtype,
-                rcode: rcode.unwrap_or("dropped"),
+        let rcode = rcode.unwrap_or("dropped");
+        let (Some(q), Some(r)) = (stats::qtype_index(qtype), stats::rcode_index(rcode)) else {
+            return;
+        };
+        m.dns_totals.add_at(q, r);
+        let t = TRANSPORTS.iter().position(|x| *x == transport).unwrap_or(0);
+        let i = (t * stats::QTYPES.len() + q) * stats::RCODES.len() + r;
+        self.series[i]
+            .get_or_init(|| {
+                m.dns_queries
+                    .get_or_create(&DnsLabels {
+                        transport: transport.as_str(),
+                        qtype,
+                        rcode,
+                    })
+                    .clone()
             })
             .inc();
     }

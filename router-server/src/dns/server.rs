@@ -69,6 +69,9 @@ impl DnsSockets {
 fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
+    // Room for a burst while the task is busy (best effort: the kernel caps it).
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
     if addr.is_ipv6() {
         // `[::]` serves IPv4 too, as the HTTP listener does.
         let _ = s.set_only_v6(false);

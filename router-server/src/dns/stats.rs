@@ -23,6 +23,16 @@ pub const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other", "dropped",
 ];
 
+/// The index of a query-type label in [`QTYPES`].
+pub fn qtype_index(qtype: &str) -> Option<usize> {
+    QTYPES.iter().position(|t| *t == qtype)
+}
+
+/// The index of a response-code label in [`RCODES`].
+pub fn rcode_index(rcode: &str) -> Option<usize> {
+    RCODES.iter().position(|c| *c == rcode)
+}
+
 /// Running totals since start.
 #[derive(Debug, Default)]
 pub struct DnsTotals {
@@ -50,12 +60,15 @@ pub struct DnsStatus {
 impl DnsTotals {
     /// Counts one query.
     pub fn add(&self, qtype: &str, rcode: &str) {
-        if let Some(i) = QTYPES.iter().position(|t| *t == qtype) {
-            self.by_qtype[i].fetch_add(1, Ordering::Relaxed);
+        if let (Some(q), Some(r)) = (qtype_index(qtype), rcode_index(rcode)) {
+            self.add_at(q, r);
         }
-        if let Some(i) = RCODES.iter().position(|c| *c == rcode) {
-            self.by_rcode[i].fetch_add(1, Ordering::Relaxed);
-        }
+    }
+
+    /// Counts one query of type `QTYPES[q]` answered `RCODES[r]`.
+    pub fn add_at(&self, q: usize, r: usize) {
+        self.by_qtype[q].fetch_add(1, Ordering::Relaxed);
+        self.by_rcode[r].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one answer held back by the rate limit (`slip`: sent truncated).

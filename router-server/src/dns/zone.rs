@@ -27,11 +27,20 @@ pub enum Target {
     NameServer,
 }
 
-/// The zone: its apex and in-zone name-server names, lower-cased, without the final dot.
+/// The zone: its apex and in-zone name-server names, lower-cased, as labels.
 #[derive(Debug, Clone)]
 pub struct Zone {
     apex: String,
-    nameservers: Vec<String>,
+    apex_labels: Vec<Box<[u8]>>,
+    nameservers: Vec<Vec<Box<[u8]>>>,
+}
+
+fn labels_of(name: &str) -> Vec<Box<[u8]>> {
+    name.trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_ascii_lowercase().into_bytes().into_boxed_slice())
+        .collect()
 }
 
 impl Zone {
@@ -39,10 +48,8 @@ impl Zone {
     pub fn new(apex: &str, nameservers: &[String]) -> Zone {
         Zone {
             apex: apex.trim_end_matches('.').to_ascii_lowercase(),
-            nameservers: nameservers
-                .iter()
-                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
-                .collect(),
+            apex_labels: labels_of(apex),
+            nameservers: nameservers.iter().map(|n| labels_of(n)).collect(),
         }
     }
 
@@ -54,52 +61,63 @@ impl Zone {
     /// The meaning of `name` (any case, with or without the final dot).
     pub fn classify(&self, name: &str) -> Target {
         let name = name.strip_suffix('.').unwrap_or(name);
-        if name.eq_ignore_ascii_case(&self.apex) {
+        if name.is_empty() {
+            return Target::Outside;
+        }
+        self.classify_labels(name.split('.').map(str::as_bytes))
+    }
+
+    /// The meaning of a name given by its labels, first to last (no root label); what
+    /// a DNS query carries, read without copying.
+    pub fn classify_labels<'a>(
+        &self,
+        labels: impl DoubleEndedIterator<Item = &'a [u8]> + Clone,
+    ) -> Target {
+        let mut rest = labels.clone();
+        for apex in self.apex_labels.iter().rev() {
+            match rest.next_back() {
+                Some(l) if l.eq_ignore_ascii_case(apex) => {}
+                _ => return Target::Outside,
+            }
+        }
+        let sub: smallvec::SmallVec<[&[u8]; 4]> = rest.collect();
+        if sub.is_empty() {
             return Target::Gateways {
                 region: None,
                 proto: None,
             };
         }
-        let Some(sub) = strip_suffix_nocase(name, &self.apex)
-            .and_then(|s| s.strip_suffix('.'))
-            .filter(|s| !s.is_empty())
-        else {
-            return Target::Outside;
-        };
-        if self
-            .nameservers
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
-        {
-            return Target::NameServer;
-        }
-        let mut labels = sub.rsplit('.');
-        let region = labels.next().unwrap_or_default();
-        let proto = labels.next();
-        if labels.next().is_some() || region.is_empty() {
+        if sub.iter().any(|l| l.is_empty()) {
             return Target::Missing;
         }
-        let proto = match proto {
-            None => None,
-            Some(p) => match Proto::ALL
-                .into_iter()
-                .find(|x| x.as_str().eq_ignore_ascii_case(p))
-            {
-                Some(p) => Some(p),
-                None => return Target::Missing,
-            },
+        let whole: smallvec::SmallVec<[&[u8]; 8]> = labels.collect();
+        if self.nameservers.iter().any(|ns| {
+            ns.len() == whole.len()
+                && ns
+                    .iter()
+                    .zip(&whole)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
+        }) {
+            return Target::NameServer;
+        }
+        let (proto, region) = match sub.as_slice() {
+            [region] => (None, *region),
+            [proto, region] => {
+                match Proto::ALL
+                    .into_iter()
+                    .find(|x| x.as_str().as_bytes().eq_ignore_ascii_case(proto))
+                {
+                    Some(p) => (Some(p), *region),
+                    None => return Target::Missing,
+                }
+            }
+            _ => return Target::Missing,
         };
         Target::Gateways {
-            region: Some(region.to_string()),
+            region: Some(String::from_utf8_lossy(region).into_owned()),
             proto,
         }
     }
-}
-
-/// `name` without `suffix`, compared without case.
-fn strip_suffix_nocase<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
-    let cut = name.len().checked_sub(suffix.len())?;
-    (name.is_char_boundary(cut) && name[cut..].eq_ignore_ascii_case(suffix)).then(|| &name[..cut])
 }
 
 #[cfg(test)]
@@ -129,7 +147,8 @@ mod tests {
         assert_eq!(z.classify("xgw.example.com."), Target::Outside);
         assert_eq!(z.classify("example.com."), Target::Outside);
         assert_eq!(z.classify("."), Target::Outside);
-        assert_eq!(z.classify(".gw.example.com."), Target::Outside);
+        assert_eq!(z.classify(".gw.example.com."), Target::Missing);
+        assert_eq!(z.classify("gw.example.com.."), Target::Outside);
         assert_eq!(z.classify("é.gw.example.com."), gw(Some("é"), None));
     }
 }
