@@ -27,7 +27,7 @@ fn dns() -> &'static Dns {
                 if i % 2 == 0 { "eu" } else { "us" },
                 i * 50
             );
-            Arc::new(gateway_registry::NodeRecord::parse(&format!("n{i}"), json.as_bytes()).unwrap())
+            Arc::new(registry::NodeRecord::parse(&format!("n{i}"), json.as_bytes()).unwrap())
         });
         state
             .snapshot
