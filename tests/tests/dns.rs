@@ -32,6 +32,19 @@ fn put_node(etcd: &Etcd, id: &str, ip: &str, region: &str, conns: u64, port: u16
     );
 }
 
+/// Marks the least loaded us node, `us-2`, draining, as its agent would.
+fn drain_us_2(etcd: &Etcd) {
+    put_node(
+        etcd,
+        "us-2",
+        "198.51.100.2",
+        "us",
+        150,
+        9000,
+        r#","state":"draining""#,
+    );
+}
+
 /// A router serving the zone over UDP/TCP and HTTPS (and plain HTTP), with its CA.
 struct Zone {
     etcd: Etcd,
@@ -231,15 +244,7 @@ fn dig_gets_load_aware_answers_over_udp_and_tcp() {
         assert!(out.contains("ANSWER: 0"), "{out}");
     }
     // A drained node leaves the answers at once.
-    put_node(
-        &z.etcd,
-        "us-2",
-        "198.51.100.2",
-        "us",
-        100,
-        9000,
-        r#","state":"draining""#,
-    );
+    drain_us_2(&z.etcd);
     wait_until(
         Duration::from_secs(10),
         "the drained node leaves DNS",
@@ -515,15 +520,7 @@ fn unbound_in_front_gets_load_aware_answers_and_drops_a_drained_node_within_the_
     assert!(flags(&out).contains("ra"), "unbound recursed: {out}");
     // Drain the least loaded: it must leave unbound's answers within TTL + 1 s.
     let drained = Instant::now();
-    put_node(
-        &z.etcd,
-        "us-2",
-        "198.51.100.2",
-        "us",
-        100,
-        9000,
-        r#","state":"draining""#,
-    );
+    drain_us_2(&z.etcd);
     let took = wait_until(
         Duration::from_secs(30),
         "the drained node leaves unbound's answers",
