@@ -81,19 +81,28 @@ check_systemd_analyze() {
 # nghttp2 build.
 check_unbound() {
   command -v unbound >/dev/null 2>&1 && command -v unbound-checkconf >/dev/null 2>&1 || return 1
-  unbound -V 2>/dev/null | grep -q nghttp2 || return 1
+  local version
+  version=$(unbound -V 2>/dev/null) || return 1
+  grep -q nghttp2 <<<"$version" || return 1
   printf 'server:\n  interface: 127.0.0.1\n  port: 5353\n  https-port: 8443\n  username: ""\n  chroot: ""\n' \
     > "$scratch/unbound.conf"
   unbound-checkconf "$scratch/unbound.conf" >/dev/null 2>&1
 }
 # dig runs (the DNS tests ask the router with it); kdig speaks DNS over HTTPS.
+# (Output is read whole before it is searched: `grep -q` stops at the first match, the
+# tool then dies of SIGPIPE, and pipefail would call the check failed.)
 check_dig() {
   command -v dig >/dev/null 2>&1 || return 1
-  dig -v 2>&1 | grep -q '^DiG 9'
+  local out
+  out=$(dig -v 2>&1) || return 1
+  grep -q '^DiG 9' <<<"$out"
 }
 check_kdig() {
   command -v kdig >/dev/null 2>&1 || return 1
-  kdig --version 2>&1 | grep -q 'Knot DNS' && kdig --help 2>&1 | grep -q 'https'
+  local version help
+  version=$(kdig --version 2>&1) || return 1
+  help=$(kdig --help 2>&1) || return 1
+  grep -q 'Knot DNS' <<<"$version" && grep -q 'https' <<<"$help"
 }
 # faketime shifts a process's wall clock (the herd-accounting skew tests).
 check_faketime() {
