@@ -33,7 +33,6 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use registry::record::IpFamily;
 use registry::Proto;
 
-use crate::http::RegionTable;
 use crate::metrics::DnsLabels;
 use crate::schedule::{select_weighted, Query as Wanted, Rules};
 use crate::state::AppState;
@@ -103,7 +102,6 @@ pub struct Dns {
     apex: Option<Name>,
     nameservers: Vec<Name>,
     hostmaster: Option<Name>,
-    regions: RegionTable,
     /// Region names of the configuration (CIDR map, fallbacks, default).
     configured_regions: Vec<String>,
     rrl: Option<rrl::Rrl>,
@@ -160,7 +158,6 @@ impl Dns {
             (None, None, Vec::new(), None)
         };
         Dns {
-            regions: RegionTable::new(regions_cfg),
             rrl: rrl::Rrl::with_clock(&cfg, clock),
             state,
             cfg,
@@ -188,11 +185,6 @@ impl Dns {
     /// The response-rate limiter, when on.
     pub fn rrl(&self) -> Option<&rrl::Rrl> {
         self.rrl.as_ref()
-    }
-
-    /// The region a client at `ip` belongs to.
-    pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
-        self.regions.lookup(ip)
     }
 
     /// Answers `name`/`qtype` for a client: `client` is the asker's address (the
@@ -293,7 +285,7 @@ impl Dns {
     ) -> Option<Option<String>> {
         let Some(label) = named else {
             let ip = subnet.unwrap_or(client);
-            return Some(self.regions.lookup(ip).map(str::to_string));
+            return Some(self.state.regions.lookup(ip).map(str::to_string));
         };
         if let Some(r) = self
             .configured_regions
@@ -446,6 +438,8 @@ impl Dns {
             reply.set_edns(edns);
         }
         let qtype_label;
+        // The smallest TTL of what is answered (0 when no record is).
+        let mut ttl = 0;
         if verdict == rrl::Verdict::Slip {
             m.dns_rrl.get_or_create(&rrl_label("slip")).inc();
             m.dns_totals.rrl(true);
@@ -476,6 +470,7 @@ impl Dns {
                     _ => self.cfg.weight,
                 };
                 let found = self.lookup(q.name(), q.query_type(), client, subnet, weight);
+                ttl = found.min_ttl().unwrap_or(0);
                 reply
                     .set_response_code(found.rcode)
                     .set_authoritative(found.authoritative)
@@ -483,13 +478,6 @@ impl Dns {
                     .add_name_servers(found.authority);
             }
         }
-        let ttl = reply
-            .answers()
-            .iter()
-            .chain(reply.name_servers())
-            .map(Record::ttl)
-            .min()
-            .unwrap_or(0);
         let mut bytes = reply.to_vec().ok()?;
         if transport == Transport::Udp {
             let limit =

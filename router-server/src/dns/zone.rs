@@ -30,7 +30,6 @@ pub enum Target {
 /// The zone: its apex and in-zone name-server names, lower-cased, as labels.
 #[derive(Debug, Clone)]
 pub struct Zone {
-    apex: String,
     apex_labels: Vec<Box<[u8]>>,
     nameservers: Vec<Vec<Box<[u8]>>>,
 }
@@ -47,15 +46,9 @@ impl Zone {
     /// The zone at `apex`, whose name servers are `nameservers` (validated names).
     pub fn new(apex: &str, nameservers: &[String]) -> Zone {
         Zone {
-            apex: apex.trim_end_matches('.').to_ascii_lowercase(),
             apex_labels: labels_of(apex),
             nameservers: nameservers.iter().map(|n| labels_of(n)).collect(),
         }
-    }
-
-    /// The apex, lower-cased, without the final dot.
-    pub fn apex(&self) -> &str {
-        &self.apex
     }
 
     /// The meaning of `name` (any case, with or without the final dot).

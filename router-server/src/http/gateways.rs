@@ -18,7 +18,7 @@ use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::client::{client_ip, rate_key, RegionTable};
+use super::client::{client_ip, rate_key};
 use super::error::ApiError;
 use super::params::parse_params;
 use crate::answer::render_answer;
@@ -40,7 +40,6 @@ pub struct ApiInner {
     limiter: Option<Limiter>,
     /// Prefix lengths that group clients into one rate-limit budget (IPv4, IPv6).
     limit_prefix: (u8, u8),
-    regions: RegionTable,
     /// `/gateways`' own series, resolved once.
     pub(crate) hot_metrics: HotMetrics,
 }
@@ -106,7 +105,6 @@ impl Api {
                 clock,
             )
         });
-        let regions = RegionTable::new(&state.config.regions);
         let limit_prefix = (rl.ipv4_prefix_len, rl.ipv6_prefix_len);
         let m = &state.metrics;
         let hot_metrics = HotMetrics {
@@ -127,13 +125,7 @@ impl Api {
             state,
             limiter,
             limit_prefix,
-            regions,
         }))
-    }
-
-    /// The region of a client at `ip`, by the configured CIDR map (else the default).
-    pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
-        self.regions.lookup(ip)
     }
 
     /// Forgets idle clients of the rate limiter now and then, bounding its memory.
@@ -249,7 +241,10 @@ fn gateways(
     let ip = client_ip(peer.ip().to_canonical(), headers, cfg);
     api.check_rate(ip)?;
     let params = parse_params(uri.query())?;
-    let region = params.region.as_deref().or_else(|| api.regions.lookup(ip));
+    let region = params
+        .region
+        .as_deref()
+        .or_else(|| api.state.regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
