@@ -473,7 +473,10 @@ impl EtcdKv {
                     continue;
                 }
             };
-            if deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
+            // An endpoint not known to answer is probed first, so a dead member costs
+            // `short` rather than the whole deadline before the next is tried. With one
+            // endpoint there is no next: the call itself gets the whole deadline.
+            if n > 1 && deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
                 let mut c = client.clone();
                 let probe = tokio::time::timeout(short, async move { c.status().await }).await;
                 if !matches!(probe, Ok(Ok(_))) {
