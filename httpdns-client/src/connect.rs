@@ -1,5 +1,6 @@
-//! Connecting: happy eyeballs over the candidates, reconnects, migrations, and the
-//! retry loop with the router's backoff.
+//! Connecting: happy eyeballs over the candidates (the TLS handshake included for
+//! [`Client::connect_tls`]), reconnects, migrations, and the retry loop with the
+//! router's backoff.
 //!
 //! # When an app calls what
 //!
@@ -15,6 +16,11 @@
 //!   router, the cache file, the fallback domain). Spreading the reconnects over time
 //!   is the gateway's job (it signals its clients over a window under `percent`); on
 //!   failure back off with the router's parameters (`migrate_with_retry`).
+//! * **`connect_tls()` / `migrate_tls()`** for gateways that speak TLS (WSS, TLS over
+//!   TCP): the candidate's IP is dialled, the handshake names the gateway's `domain`
+//!   (SNI) and its certificate is checked against that name, with the trust the
+//!   router queries use (the platform's store plus `extra_roots`). A handshake that
+//!   fails or stalls counts as a failed candidate and the next one is raced.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,12 +28,47 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tracing::debug;
 
-use crate::client::{Client, Connection, Gateway, Gateways, Want};
+use crate::client::{Client, Gateway, Gateways, Source, Want};
+use crate::error::{Failure, FailureKind};
+use crate::race::{staggered, Attempt};
 use crate::Error;
+
+/// A connected gateway: the stream (a [`TcpStream`] from [`Client::connect`], a TLS
+/// stream from [`Client::connect_tls`]) and what came with the candidate.
+#[derive(Debug)]
+pub struct Connection<S = TcpStream> {
+    /// The connected stream.
+    pub stream: S,
+    /// The candidate reached.
+    pub gateway: Gateway,
+    /// Where the candidate list came from.
+    pub source: Source,
+    /// Heartbeat interval to use on this connection.
+    pub heartbeat: Duration,
+}
+
+/// A gateway connection over TLS.
+pub type TlsConnection = Connection<TlsStream<TcpStream>>;
+
+impl TlsConnection {
+    /// The ALPN protocol the gateway chose, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.stream.get_ref().1.alpn_protocol()
+    }
+}
+
+/// How a candidate is dialled.
+#[derive(Clone)]
+enum Dial {
+    Tcp,
+    Tls(TlsConnector),
+}
 
 impl Client {
     /// Gets candidates and connects to the first that answers, happy-eyeballs style.
@@ -36,13 +77,32 @@ impl Client {
     /// the last answer only when no router can be reached. When every candidate fails
     /// the last answer is dropped, so the next call asks a router again.
     pub async fn connect(&self) -> Result<Connection, Error> {
-        let want = if self.inner.connected.load(Ordering::Relaxed) {
+        let g = self.candidates(self.reconnect_want(), None).await?;
+        self.connect_to(g, Dial::Tcp).await
+    }
+
+    /// [`Client::connect`] over TLS: each candidate's IP is dialled with SNI set to
+    /// its `domain` from the router's answer, and the certificate must be valid for
+    /// that name under the platform's trust store plus `extra_roots`. ALPN offers
+    /// `tls_alpn`. A candidate without a domain is refused
+    /// ([`FailureKind::Unavailable`]); one whose handshake fails is a failed candidate
+    /// ([`FailureKind::Tls`], the `rustls` error as its source) and one that stalls
+    /// past `connect_delay` has the next one raced beside it.
+    pub async fn connect_tls(&self) -> Result<TlsConnection, Error> {
+        let g = self.candidates(self.reconnect_want(), None).await?;
+        self.connect_to(g, self.tls_dial()).await
+    }
+
+    fn reconnect_want(&self) -> Want {
+        if self.inner.connected.load(Ordering::Relaxed) {
             Want::Fresh
         } else {
             Want::Cached
-        };
-        let g = self.candidates(want, None).await?;
-        self.connect_to(g).await
+        }
+    }
+
+    fn tls_dial(&self) -> Dial {
+        Dial::Tls(TlsConnector::from(self.inner.gateway_tls.clone()))
     }
 
     /// Moves off the gateway of `from`: after its migration signal, or when it closed
@@ -50,20 +110,39 @@ impl Client {
     /// connects to the best candidate other than `from`'s gateway; that gateway is
     /// never picked, from the router's answer, the cache file or the fallback domain
     /// alike ([`Error::NoOtherGateway`] when nothing else is offered).
-    pub async fn migrate(&self, from: &Connection) -> Result<Connection, Error> {
+    pub async fn migrate<S>(&self, from: &Connection<S>) -> Result<Connection, Error> {
         self.migrate_from(&from.gateway).await
     }
 
     /// [`Client::migrate`] by the gateway being left (the connection may be gone).
     pub async fn migrate_from(&self, left: &Gateway) -> Result<Connection, Error> {
         let g = self.candidates(Want::FreshOnly, Some(left)).await?;
-        self.connect_to(g).await
+        self.connect_to(g, Dial::Tcp).await
     }
 
-    async fn connect_to(&self, g: Arc<Gateways>) -> Result<Connection, Error> {
-        let addrs: Vec<SocketAddr> = g.gateways.iter().map(Gateway::addr).collect();
+    /// [`Client::migrate`] to a TLS connection (see [`Client::connect_tls`]).
+    pub async fn migrate_tls<S>(&self, from: &Connection<S>) -> Result<TlsConnection, Error> {
+        self.migrate_tls_from(&from.gateway).await
+    }
+
+    /// [`Client::migrate_tls`] by the gateway being left.
+    pub async fn migrate_tls_from(&self, left: &Gateway) -> Result<TlsConnection, Error> {
+        let g = self.candidates(Want::FreshOnly, Some(left)).await?;
+        self.connect_to(g, self.tls_dial()).await
+    }
+
+    async fn connect_to<S>(&self, g: Arc<Gateways>, dial: Dial) -> Result<Connection<S>, Error>
+    where
+        S: Send + 'static,
+        Dial: Dialer<S>,
+    {
         let c = &self.inner.config;
-        match race(&addrs, c.connect_delay, c.connect_timeout).await {
+        let attempts: Vec<Attempt<S, Failure>> = g
+            .gateways
+            .iter()
+            .map(|gw| dial.dial(gw, c.connect_timeout))
+            .collect();
+        match staggered(attempts, c.connect_delay, None).await {
             Ok((stream, i)) => {
                 self.inner.connected.store(true, Ordering::Relaxed);
                 Ok(Connection {
@@ -73,17 +152,24 @@ impl Client {
                     heartbeat: g.heartbeat,
                 })
             }
-            Err(attempts) => {
+            Err(lost) => {
                 let mut current = self.inner.current.lock().expect("current");
                 if current.as_ref().is_some_and(|cur| {
                     cur.gateways
                         .iter()
                         .map(Gateway::addr)
-                        .eq(addrs.iter().copied())
+                        .eq(g.gateways.iter().map(Gateway::addr))
                 }) {
                     *current = None;
                 }
-                Err(Error::Connect { attempts })
+                let attempts = lost
+                    .failures
+                    .into_iter()
+                    .map(|(_, f)| f)
+                    .collect::<Vec<_>>();
+                Err(Error::Connect {
+                    attempts: attempts.into(),
+                })
             }
         }
     }
@@ -94,24 +180,36 @@ impl Client {
         self.with_retry(rounds, || self.connect()).await
     }
 
+    /// [`Client::connect_tls`] in rounds, with the router's backoff between them.
+    pub async fn connect_tls_with_retry(&self, rounds: u32) -> Result<TlsConnection, Error> {
+        self.with_retry(rounds, || self.connect_tls()).await
+    }
+
     /// [`Client::migrate`] in rounds, with the router's backoff between them.
-    pub async fn migrate_with_retry(
+    pub async fn migrate_with_retry<S>(
         &self,
-        from: &Connection,
+        from: &Connection<S>,
         rounds: u32,
     ) -> Result<Connection, Error> {
         let left = from.gateway.clone();
         self.with_retry(rounds, || self.migrate_from(&left)).await
     }
 
-    async fn with_retry<'a, F, Fut>(
-        &'a self,
+    /// [`Client::migrate_tls`] in rounds, with the router's backoff between them.
+    pub async fn migrate_tls_with_retry<S>(
+        &self,
+        from: &Connection<S>,
         rounds: u32,
-        mut round_fn: F,
-    ) -> Result<Connection, Error>
+    ) -> Result<TlsConnection, Error> {
+        let left = from.gateway.clone();
+        self.with_retry(rounds, || self.migrate_tls_from(&left))
+            .await
+    }
+
+    async fn with_retry<'a, T, F, Fut>(&'a self, rounds: u32, mut round_fn: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<Connection, Error>> + 'a,
+        Fut: Future<Output = Result<T, Error>> + 'a,
     {
         let mut delays = Vec::new();
         for round in 0..rounds.max(1) {
@@ -142,6 +240,109 @@ impl Client {
     }
 }
 
+/// Dialling one candidate into a stream of type `S`.
+trait Dialer<S> {
+    fn dial(&self, gw: &Gateway, timeout: Duration) -> Attempt<S, Failure>;
+}
+
+impl Dialer<TcpStream> for Dial {
+    fn dial(&self, gw: &Gateway, timeout: Duration) -> Attempt<TcpStream, Failure> {
+        let addr = gw.addr();
+        let target = target(gw);
+        Box::pin(async move { tcp(addr, timeout, &target).await })
+    }
+}
+
+impl Dialer<TlsStream<TcpStream>> for Dial {
+    fn dial(&self, gw: &Gateway, timeout: Duration) -> Attempt<TlsStream<TcpStream>, Failure> {
+        let Dial::Tls(connector) = self.clone() else {
+            unreachable!("TLS streams are dialled with a TLS connector")
+        };
+        let addr = gw.addr();
+        let target = target(gw);
+        let name = match &gw.domain {
+            None => Err(Failure::new(
+                target.clone(),
+                FailureKind::Unavailable(
+                    "no domain in the router's answer: TLS needs the name to send (SNI) and to check the certificate against".into(),
+                ),
+            )),
+            Some(d) => ServerName::try_from(d.clone()).map_err(|e| {
+                Failure::new(
+                    target.clone(),
+                    FailureKind::Unavailable(format!("domain {d:?} is not a TLS server name: {e}")),
+                )
+            }),
+        };
+        Box::pin(async move {
+            let name = name?;
+            let start = tokio::time::Instant::now();
+            let tcp = tcp(addr, timeout, &target).await?;
+            let left = timeout.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, connector.connect(name, tcp)).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(e)) => Err(handshake_failure(&target, e)),
+                Err(_) => Err(Failure::new(
+                    target,
+                    FailureKind::Tls("handshake timed out".into()),
+                )),
+            }
+        })
+    }
+}
+
+/// How failures name a candidate.
+fn target(gw: &Gateway) -> String {
+    format!("gateway {} {}", gw.id, gw.addr())
+}
+
+async fn tcp(addr: SocketAddr, timeout: Duration, target: &str) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => FailureKind::Refused,
+                std::io::ErrorKind::TimedOut => FailureKind::TimedOut,
+                _ => FailureKind::Other(e.to_string()),
+            };
+            Err(Failure {
+                target: target.to_string(),
+                kind,
+                source: Some(Box::new(e)),
+            })
+        }
+        Err(_) => Err(Failure::new(target, FailureKind::TimedOut)),
+    }
+}
+
+/// A failed handshake: the `rustls` error, when there is one, becomes the kind and the
+/// source (an `io::Error`'s own `source()` would skip it).
+fn handshake_failure(target: &str, e: std::io::Error) -> Failure {
+    if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+        let inner = e.into_inner().expect("checked above");
+        return Failure {
+            target: target.to_string(),
+            kind: FailureKind::Tls(inner.to_string()),
+            source: Some(inner),
+        };
+    }
+    let kind = match e.kind() {
+        // The peer closed or reset during the handshake: it does not speak TLS here.
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            FailureKind::Tls(format!("handshake cut: {e}"))
+        }
+        _ => FailureKind::Other(e.to_string()),
+    };
+    Failure {
+        target: target.to_string(),
+        kind,
+        source: Some(Box::new(e)),
+    }
+}
+
 /// Happy eyeballs over `addrs` in order: the next attempt starts after `delay` or as
 /// soon as the previous one fails; the first success wins and the rest are dropped.
 pub async fn race(
@@ -149,51 +350,21 @@ pub async fn race(
     delay: Duration,
     timeout: Duration,
 ) -> Result<(TcpStream, usize), Vec<(SocketAddr, String)>> {
-    let mut set: JoinSet<(usize, std::io::Result<TcpStream>)> = JoinSet::new();
-    let mut failures = Vec::new();
-    let mut next = 0;
-    let spawn = |set: &mut JoinSet<_>, i: usize| {
-        let addr = addrs[i];
-        set.spawn(async move {
-            let r = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(r) => r,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )),
-            };
-            (i, r)
-        });
-    };
-    if addrs.is_empty() {
-        return Err(failures);
-    }
-    spawn(&mut set, 0);
-    next += 1;
-    loop {
-        let stagger = tokio::time::sleep(delay);
-        tokio::select! {
-            joined = set.join_next() => match joined {
-                Some(Ok((i, Ok(stream)))) => return Ok((stream, i)),
-                Some(Ok((i, Err(e)))) => {
-                    debug!(addr = %addrs[i], error = %e, "candidate failed");
-                    failures.push((addrs[i], e.to_string()));
-                    if next < addrs.len() {
-                        spawn(&mut set, next);
-                        next += 1;
-                    } else if set.is_empty() {
-                        return Err(failures);
-                    }
-                }
-                Some(Err(join)) => failures.push((addrs[0], join.to_string())),
-                None => return Err(failures),
-            },
-            _ = stagger, if next < addrs.len() => {
-                spawn(&mut set, next);
-                next += 1;
-            }
-        }
-    }
+    let attempts: Vec<Attempt<TcpStream, Failure>> = addrs
+        .iter()
+        .map(|&addr| -> Attempt<TcpStream, Failure> {
+            Box::pin(async move { tcp(addr, timeout, &addr.to_string()).await })
+        })
+        .collect();
+    staggered(attempts, delay, None).await.map_err(|lost| {
+        lost.failures
+            .into_iter()
+            .map(|(i, f)| {
+                debug!(addr = %addrs[i], error = %f, "candidate failed");
+                (addrs[i], f.kind.to_string())
+            })
+            .collect()
+    })
 }
 
 #[cfg(test)]

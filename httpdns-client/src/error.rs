@@ -69,11 +69,13 @@ pub enum Error {
     /// The call's overall deadline passed.
     #[error("no candidates within {0:?}")]
     Deadline(Duration),
-    /// Every candidate refused or timed out.
-    #[error("could not connect to any of {} candidates: {}", .attempts.len(), summarize(.attempts))]
+    /// Every candidate refused, timed out or failed its TLS handshake.
+    #[error("could not connect to any of {} candidates: {attempts}", .attempts.len())]
     Connect {
-        /// Each address tried and why it failed.
-        attempts: Vec<(SocketAddr, String)>,
+        /// Each candidate tried and why it failed (the first is the error's
+        /// `source()`; a TLS failure's own source is the `rustls` error).
+        #[source]
+        attempts: Failures,
     },
     /// The connect-with-retry loop used up its attempts.
     #[error("gave up after {attempts} rounds: {last}")]
@@ -110,6 +112,7 @@ impl Error {
             Error::Resolve { failures, .. } => failures,
             Error::NoCandidates { routers, .. } if !routers.is_empty() => routers,
             Error::NoCandidates { fallbacks, .. } => fallbacks,
+            Error::Connect { attempts } => attempts,
             _ => &[],
         }
     }
@@ -159,14 +162,6 @@ impl From<Vec<Failure>> for Failures {
     fn from(v: Vec<Failure>) -> Failures {
         Failures(v)
     }
-}
-
-fn summarize(attempts: &[(SocketAddr, String)]) -> String {
-    attempts
-        .iter()
-        .map(|(a, e)| format!("{a}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// One thing that failed: which (`target`: a provider, a router, local DNS, the cache

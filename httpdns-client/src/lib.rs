@@ -26,34 +26,48 @@
 //!
 //! # Layout
 //!
-//! * [`dns`]: [`HttpDns`], the resolver. HTTPDNS providers (Alibaba-style, optionally
-//!   signed; Tencent DNSPod; DNS-over-HTTPS), local DNS and bootstrap IPs, raced with a
-//!   short stagger within the caller's deadline; IPv6 asked for when the host has it; a
-//!   bounded per-host cache with clamped TTLs and one lookup in flight per host, that
-//!   can serve an expired answer while it refreshes in the background;
-//!   [`HttpDnsResolver`] for any `reqwest` client. HTTPS trusts the platform's store
-//!   (`rustls-platform-verifier`) plus `extra_roots`.
-//! * [`client`]: [`Client`]. `gateways()` asks a router (its address from `dns`, IPv6
-//!   and IPv4 interleaved, each client starting at its own address; its domain as Host
-//!   / TLS name) within a time budget that counts resolution too. A router that
-//!   refuses (503 `no_gateways`, 429) is an answer: [`Error::Refused`] with
-//!   `Retry-After`. Only when no router can be reached: the last good answer in a cache
-//!   file (written atomically; bounded age, same protocol), then a fallback gateway
-//!   domain. `connect()` races the candidates happy-eyeballs style;
-//!   `connect_with_retry()` waits `Retry-After` or backs off with the router's
-//!   parameters. Every answer says where it came from ([`Source`], [`DnsSource`]).
+//! * [`dns`]: [`HttpDns`], the resolver. HTTPDNS providers (`dns::providers`:
+//!   Alibaba-style, optionally signed; Tencent DNSPod; DNS-over-HTTPS), local DNS and
+//!   bootstrap IPs, raced with a short stagger within the caller's deadline; IPv6
+//!   asked for when the host has it; a bounded per-host cache (`dns::cache`) with
+//!   clamped TTLs and one lookup in flight per host, that can serve an expired answer
+//!   while it refreshes in the background, and keeps HTTPDNS answers on disk
+//!   (`DnsConfig::answers_file`) so a cold start skips HTTPDNS; [`HttpDnsResolver`]
+//!   for any `reqwest` client.
+//! * [`client`]: [`Client`], [`Config`]. `gateways()` asks a router (the `router`
+//!   module: its address from `dns`, IPv6 and IPv4 interleaved, each client starting
+//!   at its own address; its domain as Host / TLS name) within a time budget that
+//!   counts resolution too. A router that refuses (503 `no_gateways`, 429) is an
+//!   answer: [`Error::Refused`] with `Retry-After`. Only when no router can be
+//!   reached: the last good answer in a cache file (written atomically; bounded age,
+//!   same protocol), then a fallback gateway domain. The router's domain is
+//!   pre-resolved when the client is built.
+//! * Connecting: `connect()` races the candidates happy-eyeballs style;
+//!   `connect_tls()` does the same with the TLS handshake inside the race (SNI and
+//!   certificate name: the gateway's `domain`); `migrate()` leaves a gateway for
+//!   another; the `*_with_retry` variants wait `Retry-After` or back off with the
+//!   router's parameters. Every answer says where it came from ([`Source`],
+//!   [`DnsSource`]). One staggered race (the `race` module) serves resolution and
+//!   connecting alike.
+//! * Trust: HTTPS to providers, routers and gateways trusts the platform's store
+//!   (`rustls-platform-verifier`) plus `Config::extra_roots`.
 //! * [`error`]: [`Error`], typed, each keeping its causes ([`Failure`],
 //!   [`FailureKind`]: refused, timed out, TLS, HTTP status with the body).
 
 mod cache_file;
 pub mod client;
+mod config;
 mod connect;
 pub mod dns;
 pub mod error;
+mod race;
+mod router;
+mod trust;
 
 pub use client::{
     BackoffParams, Client, Config, Connection, Gateway, Gateways, Proto, RouterAnswer, Source,
 };
+pub use connect::TlsConnection;
 pub use dns::{
     DnsConfig, DnsSource, HttpDns, HttpDnsResolver, Ipv6Mode, Provider, ProviderKind, Resolved,
 };

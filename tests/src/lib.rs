@@ -1238,6 +1238,19 @@ impl HttpDnsServer {
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// The requests that asked for `host` (a client also pre-resolves its router's
+    /// domain when it starts).
+    pub fn requests_for(&self, host: &str) -> Vec<String> {
+        let param = format!("host={host}");
+        self.requests()
+            .into_iter()
+            .filter(|r| {
+                r.split(['?', '&'])
+                    .any(|kv| kv == param || kv == format!("dn={host}"))
+            })
+            .collect()
+    }
 }
 
 type Answers = Mutex<std::collections::HashMap<String, (u16, String)>>;

@@ -421,7 +421,11 @@ async fn any_reqwest_client_resolves_through_httpdns() {
     dns.answer("router.internal.test", &["127.0.0.1"], &[], 60);
     let client = Client::new(config(&f, vec![provider(&[dns.addr()])])).unwrap();
     client.prefetch(&["router.internal.test"]).await;
-    assert_eq!(dns.requests().len(), 1, "pre-resolved");
+    assert_eq!(
+        dns.requests_for("router.internal.test").len(),
+        1,
+        "pre-resolved"
+    );
     let http = reqwest::Client::builder()
         .dns_resolver(Arc::new(HttpDnsResolver::new(client.dns().clone())))
         .no_proxy()
@@ -430,7 +434,11 @@ async fn any_reqwest_client_resolves_through_httpdns() {
     let url = format!("http://router.internal.test:{}/healthz", f.http.port());
     let resp = http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(dns.requests().len(), 1, "served from the resolver's cache");
+    assert_eq!(
+        dns.requests_for("router.internal.test").len(),
+        1,
+        "served from the resolver's cache"
+    );
     // Local-DNS fallback for names the provider does not know.
     let resp = http
         .get(format!("http://localhost:{}/healthz", f.http.port()))
@@ -811,6 +819,92 @@ async fn a_cold_start_with_everything_blackholed_uses_the_cache_file_within_1_5_
     assert!(took <= Duration::from_millis(1500), "{took:?}");
 }
 
+/// True when something connected to the blackhole `l` (the kernel queued it).
+fn knocked(l: &TcpListener) -> bool {
+    l.set_nonblocking(true).unwrap();
+    l.accept().is_ok()
+}
+
+/// HTTPDNS answers kept on disk: a cold start with every HTTPDNS address blackholed and
+/// a fresh saved answer reaches the router with no HTTPDNS request. The same start
+/// without the saved answer waits for HTTPDNS, then uses its bootstrap IPs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cold_start_with_a_saved_httpdns_answer_asks_no_provider() {
+    let f = fleet(&[("gw-a", 5, true)]);
+    let dns = HttpDnsServer::start();
+    dns.answer("localhost", &["127.0.0.1"], &[], 600);
+    let answers = f.dir.path().join("httpdns.json");
+    let mut c = config(&f, vec![provider(&[dns.addr()])]);
+    c.dns.answers_file = Some(answers.clone());
+    let first = Client::new(c).unwrap().gateways().await.unwrap();
+    assert_eq!(
+        first.source,
+        Source::Router {
+            addr: f.https,
+            dns: DnsSource::HttpDns
+        }
+    );
+    wait_until(Duration::from_secs(10), "answers file", || answers.exists());
+
+    let start_with = |saved: bool| {
+        let (h1, p1) = blackhole();
+        let (h2, p2) = blackhole();
+        let mut c = config(&f, vec![provider(&[p1, p2])]);
+        c.dns.local_fallback = false;
+        c.dns
+            .bootstrap
+            .insert("localhost".into(), vec!["127.0.0.1".parse().unwrap()]);
+        c.dns.answers_file = Some(if saved {
+            answers.clone()
+        } else {
+            f.dir.path().join("none.json")
+        });
+        c.prefetch_router = false;
+        // The router's answer or nothing: no cache file to fall back on, and time
+        // enough for a loaded machine's handshake.
+        c.cache_file = None;
+        c.router_attempt_timeout = Duration::from_secs(10);
+        c.router_budget = Duration::from_secs(20);
+        c.deadline = Duration::from_secs(30);
+        (Client::new(c).unwrap(), [h1, h2])
+    };
+    let (client, holes) = start_with(true);
+    let t = Instant::now();
+    let g = client.gateways().await.unwrap();
+    let with_saved = t.elapsed();
+    assert_eq!(
+        g.source,
+        Source::Router {
+            addr: f.https,
+            dns: DnsSource::HttpDns
+        },
+        "the saved HTTPDNS answer found the router"
+    );
+    assert!(
+        !holes.iter().any(knocked),
+        "no HTTPDNS request with a fresh saved answer"
+    );
+
+    let (client, holes) = start_with(false);
+    let t = Instant::now();
+    let g = client.gateways().await.unwrap();
+    let without = t.elapsed();
+    assert_eq!(
+        g.source,
+        Source::Router {
+            addr: f.https,
+            dns: DnsSource::Bootstrap
+        }
+    );
+    assert!(
+        holes.iter().all(knocked),
+        "both HTTPDNS addresses were tried"
+    );
+    println!(
+        "cold start to the router's answer: saved HTTPDNS answer {with_saved:?}, none {without:?}"
+    );
+}
+
 /// Enterprise and user-installed CAs: a CA in the platform's store (here the bundle
 /// `SSL_CERT_FILE` names, as on a Linux host) is trusted without `extra_roots`.
 #[tokio::test(flavor = "multi_thread")]
@@ -849,7 +943,12 @@ async fn concurrent_lookups_of_one_host_ask_the_provider_once() {
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap().ips[0].to_string(), "192.0.2.1");
     }
-    assert_eq!(dns.requests().len(), 1, "{:?}", dns.requests());
+    assert_eq!(
+        dns.requests_for("svc.test").len(),
+        1,
+        "{:?}",
+        dns.requests()
+    );
 }
 
 /// A real DNS-over-HTTPS server this project did not write: Debian's `unbound` with an
@@ -966,7 +1065,12 @@ async fn provider_ttls_are_clamped() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let r = client.dns().resolve("svc.test").await.unwrap();
     assert!(!r.stale);
-    assert_eq!(dns.requests().len(), 1, "{:?}", dns.requests());
+    assert_eq!(
+        dns.requests_for("svc.test").len(),
+        1,
+        "{:?}",
+        dns.requests()
+    );
 }
 
 /// The cache file is for when no router can be reached, and only while it is young

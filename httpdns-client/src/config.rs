@@ -1,0 +1,136 @@
+//! The client's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dns::DnsConfig;
+use crate::Error;
+
+/// A protocol a client speaks to gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// Raw TCP.
+    Tcp,
+    /// WebSocket.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+impl Proto {
+    /// Its name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Ws => "ws",
+            Proto::Wss => "wss",
+        }
+    }
+}
+
+/// Everything the client needs; [`Config::new`] gives the defaults, then set what
+/// differs (new settings arrive with defaults, so this never breaks a build).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The router's domain: resolved through HTTPDNS, and the Host / TLS name.
+    pub router_domain: String,
+    /// The router's port (443).
+    pub router_port: u16,
+    /// HTTPS to the router (true). Plain HTTP only for development.
+    pub router_https: bool,
+    /// Protocol to ask candidates for.
+    pub proto: Proto,
+    /// Candidates to ask for (1-10, default 3).
+    pub count: u8,
+    /// The client's region, when it knows better than the router's address lookup.
+    pub region: Option<String>,
+    /// Only candidates reachable over IPv4 (4) or IPv6 (6).
+    pub ip_version: Option<u8>,
+    /// Resolver settings (HTTPDNS providers, bootstrap IPs, serve-stale).
+    pub dns: DnsConfig,
+    /// Deadline of one router request.
+    pub router_attempt_timeout: Duration,
+    /// Time from the start of a call (name resolution included) after which no router
+    /// is asked any more and the fallbacks are used.
+    pub router_budget: Duration,
+    /// Deadline of a whole [`crate::Client::gateways`] call: resolution, routers, fallbacks.
+    pub deadline: Duration,
+    /// How many router addresses one call tries.
+    pub max_routers: usize,
+    /// Where the last good answer is kept across restarts.
+    pub cache_file: Option<PathBuf>,
+    /// A cache file older than this is not used.
+    pub cache_max_age: Duration,
+    /// Last resort: a domain whose addresses are gateways (resolved via HTTPDNS, then
+    /// local DNS), on `fallback_port`.
+    pub fallback_domain: Option<String>,
+    /// Port of the fallback domain's gateways.
+    pub fallback_port: u16,
+    /// How long a fallback answer is reused before the router is asked again.
+    pub fallback_ttl: Duration,
+    /// Happy eyeballs: start the next candidate after this long without success.
+    pub connect_delay: Duration,
+    /// Deadline of one attempt at a candidate: the TCP connect, and for
+    /// [`crate::Client::connect_tls`] the TLS handshake too.
+    pub connect_timeout: Duration,
+    /// ALPN protocols offered to gateways by [`crate::Client::connect_tls`] (none by
+    /// default; `http/1.1` for a WebSocket over TLS, say).
+    pub tls_alpn: Vec<Vec<u8>>,
+    /// Resolve the router's domain as soon as the client is built (in a Tokio
+    /// runtime), so the first call does not wait for HTTPDNS (true).
+    pub prefetch_router: bool,
+    /// Roots trusted for the router and HTTPS providers besides the platform's store
+    /// (system, enterprise and user-installed CAs): a private CA, say.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl Config {
+    /// Defaults for `router_domain`.
+    pub fn new(router_domain: impl Into<String>) -> Config {
+        Config {
+            router_domain: router_domain.into(),
+            router_port: 443,
+            router_https: true,
+            proto: Proto::Tcp,
+            count: 3,
+            region: None,
+            ip_version: None,
+            dns: DnsConfig::default(),
+            router_attempt_timeout: Duration::from_millis(700),
+            router_budget: Duration::from_millis(1000),
+            deadline: Duration::from_millis(1400),
+            max_routers: 3,
+            cache_file: None,
+            cache_max_age: Duration::from_secs(7 * 24 * 3600),
+            fallback_domain: None,
+            fallback_port: 443,
+            fallback_ttl: Duration::from_secs(30),
+            connect_delay: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(3),
+            tls_alpn: Vec::new(),
+            prefetch_router: true,
+            extra_roots: Vec::new(),
+        }
+    }
+
+    /// Trusts the certificates of a PEM bundle (besides the platform's store).
+    pub fn add_roots_pem(&mut self, pem: &[u8]) -> Result<(), Error> {
+        use rustls::pki_types::pem::PemObject;
+        let mut n = 0;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Config(format!("extra root: {e}")))?;
+            self.extra_roots.push(cert);
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::Config(
+                "extra root: no certificate in the PEM".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,312 @@
+//! The resolver's per-host cache: a bounded in-memory map whose entries outlive their
+//! TTL by the stale window, and the answers file that keeps HTTPDNS answers across
+//! restarts (written atomically; read once, at the first lookup).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::DnsSource;
+use crate::cache_file::{now_ms, write_atomically};
+
+/// One host's answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) ips: Vec<IpAddr>,
+    pub(crate) source: DnsSource,
+    /// Fresh until then.
+    pub(crate) expires: Instant,
+    /// Servable (stale) until then.
+    pub(crate) stale_until: Instant,
+    /// Wall clock when the answer was obtained, and its TTL: what the answers file keeps.
+    pub(crate) got_ms: u64,
+    pub(crate) ttl: Duration,
+}
+
+impl Entry {
+    /// An answer obtained now, fresh for `ttl` and servable `max_stale` longer.
+    pub(crate) fn new(
+        ips: Vec<IpAddr>,
+        source: DnsSource,
+        ttl: Duration,
+        max_stale: Duration,
+    ) -> Entry {
+        let now = Instant::now();
+        Entry {
+            ips,
+            source,
+            expires: now + ttl,
+            stale_until: now + ttl + max_stale,
+            got_ms: now_ms(),
+            ttl,
+        }
+    }
+}
+
+/// The answers file's format (`version` 1).
+#[derive(Debug, Serialize, Deserialize)]
+struct AnswersFile {
+    version: u32,
+    answers: Vec<Saved>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    host: String,
+    ips: Vec<IpAddr>,
+    saved_ms: u64,
+    ttl_secs: u64,
+}
+
+/// The cache, with its optional file.
+pub(crate) struct Cache {
+    map: moka::future::Cache<String, Entry>,
+    file: Option<PathBuf>,
+    max_stale: Duration,
+    /// The file is read once, by the first lookup.
+    loaded: tokio::sync::OnceCell<()>,
+    /// One writer at a time; each writes the cache as it is when it runs.
+    writing: Arc<Mutex<()>>,
+}
+
+impl Cache {
+    pub(crate) fn new(
+        max_entries: u64,
+        max_ttl: Duration,
+        max_stale: Duration,
+        file: Option<PathBuf>,
+    ) -> Cache {
+        Cache {
+            map: moka::future::Cache::builder()
+                .max_capacity(max_entries.max(1))
+                .time_to_live(max_ttl + max_stale)
+                .build(),
+            file,
+            max_stale,
+            loaded: tokio::sync::OnceCell::new(),
+            writing: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The entry for `host`, reading the answers file first when this is the first call.
+    pub(crate) async fn get(&self, host: &str) -> Option<Entry> {
+        self.loaded
+            .get_or_init(|| async {
+                if let Some(path) = &self.file {
+                    for (host, entry) in read_answers(path, now_ms(), self.max_stale) {
+                        self.map.insert(host, entry).await;
+                    }
+                }
+            })
+            .await;
+        self.map.get(host).await
+    }
+
+    /// Keeps `entry` for `host`; an HTTPDNS answer is written to the answers file too.
+    pub(crate) async fn insert(&self, host: &str, entry: Entry) {
+        let persist = entry.source == DnsSource::HttpDns;
+        self.map.insert(host.to_string(), entry).await;
+        if persist {
+            self.save();
+        }
+    }
+
+    pub(crate) async fn invalidate(&self, host: &str) {
+        self.map.invalidate(host).await;
+    }
+
+    /// Drops every answer, the file's too (the network changed: what the providers
+    /// answered may not hold on the new one).
+    pub(crate) fn clear(&self) {
+        self.map.invalidate_all();
+        if let Some(path) = &self.file {
+            let _guard = self.writing.lock().expect("answers writer");
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "could not remove the HTTPDNS answers file")
+                }
+            }
+        }
+    }
+
+    /// Writes the HTTPDNS answers, off the caller's path.
+    fn save(&self) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let map = self.map.clone();
+        let writing = self.writing.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = writing.lock().expect("answers writer");
+            let answers = map
+                .iter()
+                .filter(|(_, e)| e.source == DnsSource::HttpDns)
+                .map(|(host, e)| Saved {
+                    host: host.to_string(),
+                    ips: e.ips,
+                    saved_ms: e.got_ms,
+                    ttl_secs: e.ttl.as_secs(),
+                })
+                .collect();
+            let file = AnswersFile {
+                version: 1,
+                answers,
+            };
+            let bytes = serde_json::to_vec(&file).expect("answers serialize");
+            if let Err(e) = write_atomically(&path, &bytes) {
+                warn!(path = %path.display(), error = %e, "could not write the HTTPDNS answers file");
+            }
+        });
+    }
+}
+
+/// The usable answers of the file at `path` as entries: fresh for what remains of
+/// their TTL, stale for what remains of TTL plus `max_stale`. A missing, corrupt or
+/// foreign file gives nothing (logged); entries that are not IP literals cannot parse.
+fn read_answers(path: &Path, now_ms: u64, max_stale: Duration) -> Vec<(String, Entry)> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "HTTPDNS answers file unreadable; ignored");
+            return Vec::new();
+        }
+    };
+    let file: AnswersFile = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "HTTPDNS answers file is corrupt; ignored (rewritten on the next answer)");
+            return Vec::new();
+        }
+    };
+    if file.version != 1 {
+        warn!(path = %path.display(), version = file.version, "HTTPDNS answers file of another version; ignored");
+        return Vec::new();
+    }
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for s in file.answers {
+        let ttl = Duration::from_secs(s.ttl_secs);
+        // A file from the future (the clock was set back) counts as just written.
+        let age = Duration::from_millis(now_ms.saturating_sub(s.saved_ms));
+        let ips: Vec<IpAddr> = s
+            .ips
+            .into_iter()
+            .filter(|ip| super::providers::usable(*ip))
+            .collect();
+        if ips.is_empty() || s.host.is_empty() || age > ttl + max_stale {
+            debug!(host = %s.host, age_s = age.as_secs(), "saved HTTPDNS answer not used");
+            continue;
+        }
+        let fresh_for = ttl.saturating_sub(age);
+        out.push((
+            s.host,
+            Entry {
+                ips,
+                source: DnsSource::HttpDns,
+                expires: now + fresh_for,
+                stale_until: now + (ttl + max_stale - age),
+                got_ms: s.saved_ms,
+                ttl,
+            },
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(host: &str, age_s: u64, ttl_s: u64, now: u64) -> Saved {
+        Saved {
+            host: host.into(),
+            ips: vec!["192.0.2.1".parse().unwrap()],
+            saved_ms: now - age_s * 1000,
+            ttl_secs: ttl_s,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saved_answers_are_fresh_stale_or_dropped_by_their_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("answers.json");
+        let now = 10_000_000_000;
+        let file = AnswersFile {
+            version: 1,
+            answers: vec![
+                saved("fresh.example", 10, 60, now),
+                saved("stale.example", 100, 60, now),
+                saved("old.example", 200, 60, now),
+            ],
+        };
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let got = read_answers(&path, now, Duration::from_secs(100));
+        let t = Instant::now();
+        let by: std::collections::HashMap<_, _> = got.into_iter().collect();
+        assert_eq!(
+            by.len(),
+            2,
+            "160 s > 60 s TTL + 100 s stale window: dropped"
+        );
+        assert_eq!(by["fresh.example"].expires, t + Duration::from_secs(50));
+        assert_eq!(by["stale.example"].expires, t, "expired");
+        assert_eq!(
+            by["stale.example"].stale_until,
+            t + Duration::from_secs(60),
+            "servable for what remains of TTL + stale window"
+        );
+        for bad in [&b"{ trunc"[..], br#"{"version":2,"answers":[]}"#, b""] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(read_answers(&path, now, Duration::from_secs(100)).is_empty());
+        }
+        assert!(read_answers(&dir.path().join("none"), now, Duration::ZERO).is_empty());
+    }
+
+    #[tokio::test]
+    async fn httpdns_answers_are_written_and_read_back_by_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("answers.json");
+        let ttl = Duration::from_secs(60);
+        let day = Duration::from_secs(86400);
+        let c = Cache::new(10, ttl, day, Some(path.clone()));
+        assert!(c.get("x").await.is_none());
+        let ips = vec!["192.0.2.9".parse().unwrap()];
+        c.insert(
+            "r.example",
+            Entry::new(ips.clone(), DnsSource::HttpDns, ttl, day),
+        )
+        .await;
+        c.insert(
+            "local.example",
+            Entry::new(ips.clone(), DnsSource::LocalDns, ttl, day),
+        )
+        .await;
+        // Written off the caller's path: wait for the file (renamed in whole).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !path.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "answers file never written"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let next = Cache::new(10, ttl, day, Some(path.clone()));
+        let e = next.get("r.example").await.expect("read back");
+        assert_eq!(e.ips, ips);
+        assert!(e.expires > Instant::now(), "fresh");
+        assert!(
+            next.get("local.example").await.is_none(),
+            "local DNS answers are not kept"
+        );
+        next.clear();
+        assert!(!path.exists(), "cleared with the network change");
+    }
+}

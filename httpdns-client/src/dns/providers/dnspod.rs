@@ -1,0 +1,51 @@
+//! Tencent DNSPod's HTTPDNS: `GET /d?dn=H&ttl=1`, answered `IP;IP;...,TTL` in plain
+//! text.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{esc, usable};
+
+/// The path and query of a DNSPod request for `host`.
+pub fn request_path(host: &str) -> String {
+    format!("/d?dn={}&ttl=1", esc(host))
+}
+
+/// Parses DNSPod's plain-text answer: `IP;IP;...,TTL` (an empty body: no record).
+pub fn parse_dnspod(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
+    let text = std::str::from_utf8(body).map_err(|_| "answer is not text".to_string())?;
+    let text = text.trim();
+    let (list, ttl) = match text.rsplit_once(',') {
+        Some((l, t)) => (l, t.trim().parse::<u64>().ok()),
+        None => (text, None),
+    };
+    let ips: Vec<IpAddr> = list
+        .split(';')
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .filter(|ip| usable(*ip))
+        .collect();
+    if ips.is_empty() {
+        return Err(format!(
+            "answer holds no usable IP address: {:?}",
+            text.chars().take(100).collect::<String>()
+        ));
+    }
+    Ok((ips, ttl.filter(|t| *t > 0).map(Duration::from_secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_answers_parse() {
+        let (ips, ttl) = parse_dnspod(b"192.0.2.1;192.0.2.2,600").unwrap();
+        assert_eq!(ips.len(), 2);
+        assert_eq!(ttl, Some(Duration::from_secs(600)));
+        assert_eq!(parse_dnspod(b"192.0.2.1").unwrap().1, None);
+        for bad in [&b""[..], b"evil.example,60", b"<html>", b"0.0.0.0,60"] {
+            assert!(parse_dnspod(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(request_path("h.example"), "/d?dn=h.example&ttl=1");
+    }
+}

@@ -1,0 +1,103 @@
+//! The providers' wire formats, one file each, and the request to one provider
+//! address.
+//!
+//! * [`alibaba`]: `GET /{account}/d?host=H` answers `{"host","ips","ipsv6","ttl"}`;
+//!   signed: `GET /{account}/sign_d?host=H&t=EXPIRY&s=S` with
+//!   `S = md5("{host}-{secret}-{EXPIRY}")`. `&query=4,6` asks for IPv6 addresses too.
+//! * [`dnspod`]: Tencent DNSPod's `GET /d?dn=H&ttl=1`, answered `IP;IP,TTL` in plain
+//!   text.
+//! * [`doh`]: DNS-over-HTTPS (RFC 8484), `application/dns-message` by GET (`?dns=`
+//!   base64url) or POST, A and AAAA queries.
+//!
+//! Only IP literals are accepted from an answer: anything else is logged and dropped,
+//! and an answer left with no address is a failure (a hijacked or broken provider).
+
+pub mod alibaba;
+pub mod dnspod;
+pub mod doh;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::config::{Provider, ProviderKind};
+use crate::error::{Failure, FailureKind};
+
+/// Addresses (IPv4 first) and the TTL the provider gave, if any.
+pub(crate) type Answer = (Vec<IpAddr>, Option<Duration>);
+
+/// One request to one provider address.
+pub(crate) struct Ask<'a> {
+    /// The HTTP client for that address (HTTPS pinned to the provider's name).
+    pub(crate) client: &'a reqwest::Client,
+    /// `http://addr` or `https://name:port`.
+    pub(crate) base: &'a str,
+    /// The name looked up.
+    pub(crate) host: &'a str,
+    /// Wall-clock seconds, for signatures.
+    pub(crate) now_unix: u64,
+    /// Validity of a signature.
+    pub(crate) sign_ttl: Duration,
+    /// Ask for IPv6 addresses too.
+    pub(crate) ipv6: bool,
+    /// How failures name the provider address.
+    pub(crate) target: &'a str,
+}
+
+impl Ask<'_> {
+    pub(crate) fn malformed(&self, why: String) -> Failure {
+        Failure::new(self.target, FailureKind::Malformed(why))
+    }
+
+    /// Asks `p` for the host.
+    pub(crate) async fn run(&self, p: &Provider) -> Result<Answer, Failure> {
+        match &p.kind {
+            ProviderKind::Doh { path, post } => doh::ask(self, path, *post).await,
+            ProviderKind::DnsPod => {
+                let path = dnspod::request_path(self.host);
+                let body =
+                    send(self.client.get(format!("{}{path}", self.base)), self.target).await?;
+                dnspod::parse_dnspod(&body).map_err(|e| self.malformed(e))
+            }
+            ProviderKind::Alibaba => {
+                let path =
+                    alibaba::request_path(p, self.host, self.now_unix, self.sign_ttl, self.ipv6);
+                let body =
+                    send(self.client.get(format!("{}{path}", self.base)), self.target).await?;
+                alibaba::parse_answer(self.host, &body).map_err(|e| self.malformed(e))
+            }
+        }
+    }
+}
+
+/// An address a provider may give: not `0.0.0.0`, `::` or multicast.
+pub(crate) fn usable(ip: IpAddr) -> bool {
+    !ip.is_unspecified() && !ip.is_multicast()
+}
+
+/// Percent-encodes a query value.
+pub(crate) fn esc(v: &str) -> String {
+    reqwest::Url::parse_with_params("x:/", [("v", v)])
+        .map(|u| u.query().unwrap_or("v=")[2..].to_string())
+        .unwrap_or_default()
+}
+
+/// Sends a request; a non-2xx answer is a failure that keeps the body's start (a
+/// provider's `InvalidSignature` or `SignatureExpired`).
+pub(crate) async fn send(req: reqwest::RequestBuilder, target: &str) -> Result<Vec<u8>, Failure> {
+    let resp = req.send().await.map_err(|e| Failure::request(target, e))?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::request(target, e))?;
+    if !status.is_success() {
+        return Err(Failure::new(
+            target,
+            FailureKind::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            },
+        ));
+    }
+    Ok(body.to_vec())
+}
