@@ -12,6 +12,7 @@
 //! * [`http_get`] / [`HookServer`]: tiny std-only HTTP helpers for probing and for
 //!   receiving the agent's hook POSTs.
 
+pub mod gateway;
 pub mod netns;
 
 use std::io::{Read, Write};

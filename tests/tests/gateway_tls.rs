@@ -4,91 +4,17 @@
 //! without a domain.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use harness::gateway::{GatewayServer, Serve};
 use harness::{Etcd, RouterProc, TestCa};
 use httpdns_client::{Client, Config, Error, FailureKind, Ipv6Mode};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const P: &str = "/gateway-router/v1";
 
-/// What a TLS gateway serves.
-enum Serve {
-    /// A certificate for these names; ALPN protocols it accepts.
-    Tls(Vec<&'static str>, Vec<&'static [u8]>),
-    /// Accepts TCP and never answers the ClientHello.
-    Stall,
-}
-
-/// A gateway on loopback; records the SNI names its clients sent.
-struct Gateway {
-    addr: SocketAddr,
-    sni: Arc<Mutex<Vec<Option<String>>>>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-async fn gateway(ca: &TestCa, serve: Serve) -> Gateway {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let sni = Arc::new(Mutex::new(Vec::new()));
-    let config = match &serve {
-        Serve::Tls(names, alpn) => {
-            let (cert, key) = ca.leaf(names);
-            let certs = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            Some(Arc::new(c))
-        }
-        Serve::Stall => None,
-    };
-    let seen = sni.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let config = config.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let Some(config) = config else {
-                    // Hold the socket open, say nothing.
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    drop(tcp);
-                    return;
-                };
-                let acceptor =
-                    tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-                let Ok(start) = acceptor.await else { return };
-                seen.lock()
-                    .unwrap()
-                    .push(start.client_hello().server_name().map(str::to_string));
-                if let Ok(mut tls) = start.into_stream(config).await {
-                    // An echo of one line: the client proves the stream works.
-                    let mut buf = [0u8; 64];
-                    if let Ok(n) = tls.read(&mut buf).await {
-                        let _ = tls.write_all(&buf[..n]).await;
-                    }
-                }
-            });
-        }
-    });
-    Gateway {
-        addr,
-        sni,
-        _task: task,
-    }
+fn gateway(ca: &TestCa, serve: Serve) -> GatewayServer {
+    GatewayServer::start(ca, serve)
 }
 
 struct Fleet {
@@ -143,7 +69,13 @@ fn client(f: &Fleet, alpn: &[&[u8]]) -> Client {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_is_reached_by_ip_with_its_name_as_sni_and_certificate_name() {
     let ca = TestCa::new("gateway CA");
-    let gw = gateway(&ca, Serve::Tls(vec!["gw-a.test"], vec![b"x-im/1"])).await;
+    let gw = gateway(
+        &ca,
+        Serve::Tls {
+            names: vec!["gw-a.test".into()],
+            alpn: vec![b"x-im/1".to_vec()],
+        },
+    );
     let f = fleet(ca, &[("gw-a", 10, gw.addr, Some("gw-a.test"))]);
     let c = client(&f, &[b"x-im/2", b"x-im/1"]);
     let mut conn = c.connect_tls().await.unwrap();
@@ -153,22 +85,23 @@ async fn a_gateway_is_reached_by_ip_with_its_name_as_sni_and_certificate_name() 
         gw.addr,
         "dialled by IP"
     );
-    assert_eq!(
-        gw.sni.lock().unwrap().as_slice(),
-        [Some("gw-a.test".to_string())],
-        "the gateway's domain is sent as SNI"
-    );
     assert_eq!(conn.alpn(), Some(&b"x-im/1"[..]), "ALPN offered and agreed");
     conn.stream.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
     conn.stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
+    // The gateway echoes only after its side of the handshake, SNI recorded.
+    assert_eq!(
+        gw.sni().as_slice(),
+        [Some("gw-a.test".to_string())],
+        "the gateway's domain is sent as SNI"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_for_another_name_fails_with_its_tls_cause() {
     let ca = TestCa::new("gateway CA");
-    let gw = gateway(&ca, Serve::Tls(vec!["other.test"], vec![])).await;
+    let gw = gateway(&ca, Serve::tls(&["other.test"]));
     let f = fleet(ca, &[("gw-a", 10, gw.addr, Some("gw-a.test"))]);
     let e = client(&f, &[]).connect_tls().await.unwrap_err();
     let Error::Connect { attempts } = &e else {
@@ -190,7 +123,7 @@ async fn a_certificate_for_another_name_fails_with_its_tls_cause() {
 
     // A certificate from a CA the client does not trust fails the same way.
     let stranger = TestCa::new("someone else's CA");
-    let gw = gateway(&stranger, Serve::Tls(vec!["gw-a.test"], vec![])).await;
+    let gw = gateway(&stranger, Serve::tls(&["gw-a.test"]));
     let g = fleet(
         TestCa::new("trusted CA"),
         &[("gw-a", 10, gw.addr, Some("gw-a.test"))],
@@ -205,8 +138,8 @@ async fn a_certificate_for_another_name_fails_with_its_tls_cause() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_handshake_on_the_first_candidate_is_raced_past() {
     let ca = TestCa::new("gateway CA");
-    let stall = gateway(&ca, Serve::Stall).await;
-    let good = gateway(&ca, Serve::Tls(vec!["gw-b.test"], vec![])).await;
+    let stall = gateway(&ca, Serve::Stall);
+    let good = gateway(&ca, Serve::tls(&["gw-b.test"]));
     let f = fleet(
         ca,
         &[
@@ -231,8 +164,8 @@ async fn a_stalled_handshake_on_the_first_candidate_is_raced_past() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_without_a_domain_is_refused_for_tls_and_the_next_is_used() {
     let ca = TestCa::new("gateway CA");
-    let bare = gateway(&ca, Serve::Tls(vec!["127.0.0.1"], vec![])).await;
-    let named = gateway(&ca, Serve::Tls(vec!["gw-b.test"], vec![])).await;
+    let bare = gateway(&ca, Serve::tls(&["127.0.0.1"]));
+    let named = gateway(&ca, Serve::tls(&["gw-b.test"]));
     let f = fleet(
         ca,
         &[
@@ -243,7 +176,7 @@ async fn a_gateway_without_a_domain_is_refused_for_tls_and_the_next_is_used() {
     let c = client(&f, &[]);
     let conn = c.connect_tls().await.unwrap();
     assert_eq!(conn.gateway.id, "gw-b");
-    assert!(bare.sni.lock().unwrap().is_empty(), "never dialled for TLS");
+    assert!(bare.sni().is_empty(), "never dialled for TLS");
 
     let g = fleet(TestCa::new("gateway CA"), &[("gw-a", 10, bare.addr, None)]);
     let e = client(&g, &[]).connect_tls().await.unwrap_err();
