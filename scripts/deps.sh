@@ -140,6 +140,19 @@ check_netns() {
   fi
   return $ok
 }
+# The Kotlin bindings' test: a JDK, JNA (as Android apps load native code), and
+# kotlinc with its kotlinx-coroutines (the generated suspend functions need it).
+check_java() { java -version >/dev/null 2>&1 && javac -version >/dev/null 2>&1; }
+check_jna() { [ -s /usr/share/java/jna.jar ]; }
+kotlin_version=2.4.20
+check_kotlinc() {
+  local k
+  k=$(command -v kotlinc 2>/dev/null) || return 1
+  [ -s "$(dirname "$(readlink -f "$k")")/../lib/kotlinx-coroutines-core-jvm.jar" ] || return 1
+  local v
+  v=$(kotlinc -version 2>&1) || return 1
+  [[ "$v" == *"kotlinc-jvm"* ]]
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- what each capability needs ------------------------------------------------------
@@ -160,6 +173,8 @@ if [ "$want_test" = 1 ]; then
     "faketime|check_faketime|faketime"
     "network namespaces (ip netns, bridges, veth)|check_netns|iproute2"
     "openssl|check_openssl|openssl"
+    "java and javac|check_java|default-jdk-headless"
+    "JNA|check_jna|libjna-java"
   )
 fi
 
@@ -173,15 +188,15 @@ for entry in "${checks[@]}"; do
     packages+=("${more[@]}")
   fi
 done
-[ "${#failing[@]}" -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+install_debian() {
 
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "error: these do not work here: $(for e in "${failing[@]}"; do printf '%s; ' "${e%%|*}"; done)" >&2
   echo "install them with your package manager (Debian names: ${packages[*]})" >&2
   exit 1
 fi
-sudo=""
-[ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "installing ${packages[*]} ..." >&2
 $sudo apt-get update -qq
 # --reinstall repairs a package that is there but broken (a file removed by hand).
@@ -196,4 +211,19 @@ done
 if [ "${#bad[@]}" -gt 0 ]; then
   printf 'error: still not working after the install: %s\n' "${bad[@]}" >&2
   exit 1
+fi
+}
+[ "${#failing[@]}" -eq 0 ] || install_debian
+
+# kotlinc comes from the npm registry (Debian has no Kotlin compiler).
+if [ "$want_test" = 1 ] && ! check_kotlinc; then
+  command -v npm >/dev/null 2>&1 || { echo "error: npm is needed to install kotlinc (kotlin-compiler)" >&2; exit 1; }
+  echo "installing kotlin-compiler@$kotlin_version from npm ..." >&2
+  npm install -g --silent "kotlin-compiler@$kotlin_version" >/dev/null
+  # The package links only kotlinc-js; the JVM compiler is in its bin/ beside it.
+  kdir="$(npm root -g)/kotlin-compiler/bin"
+  chmod +x "$kdir/kotlinc" "$kdir/kotlinc-jvm" "$kdir/kotlin" 2>/dev/null || true
+  $sudo ln -sf "$kdir/kotlinc" /usr/local/bin/kotlinc
+  hash -r
+  check_kotlinc || { echo "error: still not working after the install: kotlinc (npm kotlin-compiler@$kotlin_version)" >&2; exit 1; }
 fi

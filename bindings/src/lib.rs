@@ -1,0 +1,777 @@
+//! The SDK for apps: [`httpdns_client`] behind a foreign-function interface that uniffi
+//! turns into Kotlin (Android), Swift (iOS) and Python. `scripts/bindings.sh` builds
+//! the library and generates the sources; `bindings/tests/` drives them on the JVM and
+//! in Python against the real router.
+//!
+//! * [`GatewayClient`]: built from an [`SdkConfig`]; `gateways()`, `connect()`,
+//!   `connect_tls()`, `migrate()`, their `*_with_retry` forms, `prefetch()`,
+//!   `network_changed()`, and `lookup()` (the router's resolver for an app's own HTTP
+//!   client: OkHttp's `Dns` is three lines over it).
+//! * [`GatewayConnection`]: the connected gateway; the app reads and writes through it
+//!   (plain or TLS), or takes the socket's file descriptor (plain only) for its own
+//!   I/O.
+//! * [`SdkError`]: the error's kind as the variant, with its message, its cause chain
+//!   (outermost first) and the router's `Retry-After`.
+//!
+//! Async calls are suspend functions in Kotlin, `async` in Swift and awaitables in
+//! Python. They run on one Tokio runtime the library owns (two worker threads), so the
+//! app needs none.
+//!
+//! # The migration flow
+//!
+//! A gateway that drains or sheds `percent` % of its clients sends them its migration
+//! signal, spread over a window (that spreading is the gateway's job). On the signal,
+//! and when a gateway closes the connection on purpose, the app calls
+//! `migrate(conn)` (or `migrate_with_retry`): a fresh router answer, never the gateway
+//! being left. On failure it backs off with the router's parameters, as the
+//! `*_with_retry` calls do. After a connection is simply lost, `connect()` again: it
+//! asks a router afresh and uses the last answer only when no router can be reached.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use httpdns_client as sdk;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+
+uniffi::setup_scaffolding!("gateway_sdk");
+
+/// The library's runtime: the SDK's requests, timers and background refreshes run
+/// here, whatever thread or event loop the app calls from.
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gateway-sdk")
+            .enable_all()
+            .build()
+            .expect("the SDK's runtime starts")
+    })
+}
+
+/// Runs `f` on the library's runtime and waits for it from any executor.
+async fn on_rt<T, F>(f: F) -> Result<T, SdkError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, SdkError>> + Send + 'static,
+{
+    rt().spawn(f).await.map_err(|e| SdkError::Internal {
+        detail: format!("SDK task failed: {e}"),
+        causes: Vec::new(),
+        retry_after_ms: None,
+    })?
+}
+
+/// What an HTTPDNS provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ProviderKind {
+    /// Alibaba-style `/{account}/d?host=` (signed with `secret` when set).
+    Alibaba,
+    /// Tencent DNSPod's `/d?dn=`.
+    DnsPod,
+    /// DNS over HTTPS (RFC 8484).
+    Doh,
+}
+
+/// One HTTPDNS service.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ProviderConfig {
+    /// The protocol.
+    pub kind: ProviderKind,
+    /// Provider addresses, `IP:port` (`[v6]:port`).
+    pub addrs: Vec<String>,
+    /// Account id (Alibaba-style).
+    #[uniffi(default = "")]
+    pub account: String,
+    /// Secret for signed requests (Alibaba-style).
+    #[uniffi(default = None)]
+    pub secret: Option<String>,
+    /// HTTPS to the provider (always for DoH).
+    #[uniffi(default = false)]
+    pub https: bool,
+    /// The name the provider's certificate carries (the IP when absent).
+    #[uniffi(default = None)]
+    pub tls_name: Option<String>,
+    /// DoH: the query path.
+    #[uniffi(default = "/dns-query")]
+    pub doh_path: String,
+    /// DoH: POST instead of GET.
+    #[uniffi(default = false)]
+    pub doh_post: bool,
+}
+
+/// The protocol asked of gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Proto {
+    /// Raw TCP (or TLS over TCP with `connect_tls`).
+    Tcp,
+    /// WebSocket.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
+}
+
+/// The client's settings; every field but the router's domain has a default.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SdkConfig {
+    /// The router's domain: resolved through HTTPDNS; the Host and TLS name.
+    pub router_domain: String,
+    /// The router's port.
+    #[uniffi(default = 443)]
+    pub router_port: u16,
+    /// HTTPS to the router (plain HTTP for development only).
+    #[uniffi(default = true)]
+    pub router_https: bool,
+    /// Protocol to ask gateways for (TCP when absent).
+    #[uniffi(default = None)]
+    pub proto: Option<Proto>,
+    /// Candidates to ask for (1-10).
+    #[uniffi(default = 3)]
+    pub count: u8,
+    /// The client's region, when it knows better than the router.
+    #[uniffi(default = None)]
+    pub region: Option<String>,
+    /// HTTPDNS services, raced in order.
+    #[uniffi(default = [])]
+    pub providers: Vec<ProviderConfig>,
+    /// Last-resort addresses per host name.
+    #[uniffi(default)]
+    pub bootstrap: HashMap<String, Vec<String>>,
+    /// Fall back to the system resolver when HTTPDNS fails.
+    #[uniffi(default = true)]
+    pub local_fallback: bool,
+    /// Ask for IPv6 addresses: `None` when the device has an IPv6 route.
+    #[uniffi(default = None)]
+    pub ipv6: Option<bool>,
+    /// The last good router answer, kept for cold starts without a router (a path in
+    /// the app's files directory).
+    #[uniffi(default = None)]
+    pub cache_file: Option<String>,
+    /// HTTPDNS answers kept across restarts.
+    #[uniffi(default = None)]
+    pub answers_file: Option<String>,
+    /// Last resort: a domain whose addresses are gateways, on `fallback_port`.
+    #[uniffi(default = None)]
+    pub fallback_domain: Option<String>,
+    /// Port of the fallback domain's gateways.
+    #[uniffi(default = 443)]
+    pub fallback_port: u16,
+    /// CA certificates (PEM) trusted besides the platform's store.
+    #[uniffi(default = None)]
+    pub extra_roots_pem: Option<String>,
+    /// ALPN protocols offered to gateways by `connect_tls`.
+    #[uniffi(default = [])]
+    pub tls_alpn: Vec<String>,
+    /// Deadline of one router request, ms.
+    #[uniffi(default = 700)]
+    pub router_attempt_timeout_ms: u64,
+    /// Time after which no router is asked any more and the fallbacks are used, ms.
+    #[uniffi(default = 1000)]
+    pub router_budget_ms: u64,
+    /// Deadline of a whole `gateways()` call, ms.
+    #[uniffi(default = 1400)]
+    pub deadline_ms: u64,
+    /// Happy eyeballs: start the next candidate after this long, ms.
+    #[uniffi(default = 250)]
+    pub connect_delay_ms: u64,
+    /// Deadline of one candidate (TCP and TLS handshake), ms.
+    #[uniffi(default = 3000)]
+    pub connect_timeout_ms: u64,
+}
+
+fn config_error(detail: String) -> SdkError {
+    SdkError::Config {
+        detail,
+        causes: Vec::new(),
+        retry_after_ms: None,
+    }
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, SdkError> {
+    s.parse()
+        .map_err(|_| config_error(format!("{s:?} is not an IP:port address")))
+}
+
+impl SdkConfig {
+    fn to_sdk(&self) -> Result<sdk::Config, SdkError> {
+        let mut c = sdk::Config::new(self.router_domain.clone());
+        c.router_port = self.router_port;
+        c.router_https = self.router_https;
+        c.proto = match self.proto.unwrap_or(Proto::Tcp) {
+            Proto::Tcp => sdk::Proto::Tcp,
+            Proto::Ws => sdk::Proto::Ws,
+            Proto::Wss => sdk::Proto::Wss,
+        };
+        c.count = self.count;
+        c.region = self.region.clone();
+        for p in &self.providers {
+            let addrs = p
+                .addrs
+                .iter()
+                .map(|a| socket_addr(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut provider = match p.kind {
+                ProviderKind::Alibaba => sdk::Provider::alibaba(p.account.clone(), addrs),
+                ProviderKind::DnsPod => sdk::Provider::dnspod(addrs),
+                ProviderKind::Doh => sdk::Provider::doh(addrs, p.tls_name.clone())
+                    .with_doh(p.doh_path.clone(), p.doh_post),
+            };
+            if let Some(s) = &p.secret {
+                provider = provider.with_secret(s.clone());
+            }
+            if p.https && p.kind != ProviderKind::Doh {
+                provider = provider.with_https(p.tls_name.clone());
+            }
+            c.dns.providers.push(provider);
+        }
+        for (host, ips) in &self.bootstrap {
+            let ips = ips
+                .iter()
+                .map(|ip| {
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| config_error(format!("bootstrap {ip:?} is not an IP")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            c.dns.bootstrap.insert(host.clone(), ips);
+        }
+        c.dns.local_fallback = self.local_fallback;
+        c.dns.ipv6 = match self.ipv6 {
+            None => sdk::Ipv6Mode::Auto,
+            Some(true) => sdk::Ipv6Mode::Always,
+            Some(false) => sdk::Ipv6Mode::Never,
+        };
+        c.dns.answers_file = self.answers_file.as_ref().map(Into::into);
+        c.cache_file = self.cache_file.as_ref().map(Into::into);
+        c.fallback_domain = self.fallback_domain.clone();
+        c.fallback_port = self.fallback_port;
+        if let Some(pem) = &self.extra_roots_pem {
+            c.add_roots_pem(pem.as_bytes()).map_err(SdkError::from)?;
+        }
+        c.tls_alpn = self
+            .tls_alpn
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        c.router_attempt_timeout = Duration::from_millis(self.router_attempt_timeout_ms);
+        c.router_budget = Duration::from_millis(self.router_budget_ms);
+        c.deadline = Duration::from_millis(self.deadline_ms);
+        c.connect_delay = Duration::from_millis(self.connect_delay_ms);
+        c.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        Ok(c)
+    }
+}
+
+/// Everything a call can fail with; the variant is the kind. Each carries the message,
+/// the cause chain (outermost first: the failure, then what it wraps, down to the TLS
+/// or socket error) and, for a refusal, the router's `Retry-After`.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum SdkError {
+    /// The configuration is unusable; retrying cannot help.
+    #[error("{detail}")]
+    Config {
+        /// What is wrong.
+        detail: String,
+        /// Causes, outermost first.
+        causes: Vec<String>,
+        /// Not set.
+        retry_after_ms: Option<u64>,
+    },
+    /// A router answered and refused (the fleet is full, or this client asks too
+    /// often): wait `retry_after_ms`, do not fall back to old candidates.
+    #[error("{detail}")]
+    Refused {
+        /// The router's message.
+        detail: String,
+        /// Causes, outermost first.
+        causes: Vec<String>,
+        /// The router's `Retry-After`, ms.
+        retry_after_ms: Option<u64>,
+    },
+    /// No router, cache file or fallback domain gave candidates (or the name did not
+    /// resolve, or the deadline passed).
+    #[error("{detail}")]
+    Unreachable {
+        /// What failed.
+        detail: String,
+        /// Causes, outermost first.
+        causes: Vec<String>,
+        /// Not set.
+        retry_after_ms: Option<u64>,
+    },
+    /// A migration found no gateway but the one being left.
+    #[error("{detail}")]
+    NoOtherGateway {
+        /// What failed.
+        detail: String,
+        /// Causes, outermost first.
+        causes: Vec<String>,
+        /// Not set.
+        retry_after_ms: Option<u64>,
+    },
+    /// Every candidate refused, timed out or failed its TLS handshake.
+    #[error("{detail}")]
+    Connect {
+        /// What failed.
+        detail: String,
+        /// Causes, outermost first: a TLS failure ends with the TLS error.
+        causes: Vec<String>,
+        /// Not set.
+        retry_after_ms: Option<u64>,
+    },
+    /// Reading or writing a connection failed, or it was used after `shutdown()`.
+    #[error("{detail}")]
+    Io {
+        /// What failed.
+        detail: String,
+        /// Causes, outermost first.
+        causes: Vec<String>,
+        /// Not set.
+        retry_after_ms: Option<u64>,
+    },
+    /// The SDK itself failed (a task panicked).
+    #[error("{detail}")]
+    Internal {
+        /// What failed.
+        detail: String,
+        /// Causes, outermost first.
+        causes: Vec<String>,
+        /// Not set.
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// The source chain of `e`, outermost first, without `e` itself.
+fn causes(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push(s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+impl From<sdk::Error> for SdkError {
+    fn from(e: sdk::Error) -> SdkError {
+        let detail = e.to_string();
+        let causes = causes(&e);
+        let retry_after_ms = e.retry_after().map(|d| d.as_millis() as u64);
+        let inner = match &e {
+            sdk::Error::GaveUp { last, .. } => last.as_ref(),
+            other => other,
+        };
+        match inner {
+            sdk::Error::Config(_) => SdkError::Config {
+                detail,
+                causes,
+                retry_after_ms,
+            },
+            sdk::Error::Refused { .. } => SdkError::Refused {
+                detail,
+                causes,
+                retry_after_ms,
+            },
+            sdk::Error::NoOtherGateway { .. } => SdkError::NoOtherGateway {
+                detail,
+                causes,
+                retry_after_ms,
+            },
+            sdk::Error::Connect { .. } => SdkError::Connect {
+                detail,
+                causes,
+                retry_after_ms,
+            },
+            _ => SdkError::Unreachable {
+                detail,
+                causes,
+                retry_after_ms,
+            },
+        }
+    }
+}
+
+fn io_error(what: &str, e: std::io::Error) -> SdkError {
+    SdkError::Io {
+        detail: format!("{what}: {e}"),
+        causes: causes(&e),
+        retry_after_ms: None,
+    }
+}
+
+/// One candidate gateway.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct GatewayInfo {
+    /// Node id.
+    pub id: String,
+    /// Address.
+    pub ip: String,
+    /// Port for the protocol asked.
+    pub port: u16,
+    /// The node's region.
+    pub region: String,
+    /// The node's DNS name (the TLS name).
+    pub domain: Option<String>,
+    /// The data centre, when the router says.
+    pub dc: Option<String>,
+    /// Load as the router estimates it.
+    pub load: f64,
+}
+
+impl From<&sdk::Gateway> for GatewayInfo {
+    fn from(g: &sdk::Gateway) -> GatewayInfo {
+        GatewayInfo {
+            id: g.id.clone(),
+            ip: g.ip.to_string(),
+            port: g.port,
+            region: g.region.clone(),
+            domain: g.domain.clone(),
+            dc: g.dc.clone(),
+            load: g.load,
+        }
+    }
+}
+
+/// Candidates and what came with them.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct GatewaysInfo {
+    /// Candidates, best first.
+    pub gateways: Vec<GatewayInfo>,
+    /// The region the router used.
+    pub region: Option<String>,
+    /// How long the answer may be reused, ms.
+    pub ttl_ms: u64,
+    /// Heartbeat interval for the connection, ms.
+    pub heartbeat_ms: u64,
+    /// Where it came from: `router`, `cache_file` or `fallback_domain`.
+    pub source: String,
+    /// An old snapshot, or a fallback.
+    pub stale: bool,
+}
+
+fn source_name(s: &sdk::Source) -> String {
+    match s {
+        sdk::Source::Router { .. } => "router",
+        sdk::Source::CacheFile => "cache_file",
+        sdk::Source::FallbackDomain { .. } => "fallback_domain",
+        _ => "other",
+    }
+    .to_string()
+}
+
+/// The SDK's entry point: one per app.
+#[derive(uniffi::Object)]
+pub struct GatewayClient {
+    client: sdk::Client,
+}
+
+#[uniffi::export]
+impl GatewayClient {
+    /// A client; checks the configuration, and starts resolving the router's domain.
+    #[uniffi::constructor]
+    pub fn new(config: SdkConfig) -> Result<Arc<GatewayClient>, SdkError> {
+        let c = config.to_sdk()?;
+        // Inside the runtime, so the router's domain is pre-resolved at once.
+        let _in_rt = rt().enter();
+        Ok(Arc::new(GatewayClient {
+            client: sdk::Client::new(c)?,
+        }))
+    }
+
+    /// Candidates (the last answer while its TTL lasts).
+    pub async fn gateways(&self) -> Result<GatewaysInfo, SdkError> {
+        let client = self.client.clone();
+        on_rt(async move {
+            let g = client.gateways().await?;
+            Ok(GatewaysInfo {
+                gateways: g.gateways.iter().map(GatewayInfo::from).collect(),
+                region: g.region.clone(),
+                ttl_ms: g.ttl.as_millis() as u64,
+                heartbeat_ms: g.heartbeat.as_millis() as u64,
+                source: source_name(&g.source),
+                stale: g.stale,
+            })
+        })
+        .await
+    }
+
+    /// Connects over TCP to the first candidate that answers.
+    pub async fn connect(&self) -> Result<Arc<GatewayConnection>, SdkError> {
+        let client = self.client.clone();
+        on_rt(async move { Ok(GatewayConnection::tcp(client.connect().await?)) }).await
+    }
+
+    /// [`GatewayClient::connect`] in up to `rounds` rounds, waiting the router's
+    /// `Retry-After` or backoff between them.
+    pub async fn connect_with_retry(
+        &self,
+        rounds: u32,
+    ) -> Result<Arc<GatewayConnection>, SdkError> {
+        let client = self.client.clone();
+        on_rt(async move {
+            Ok(GatewayConnection::tcp(
+                client.connect_with_retry(rounds).await?,
+            ))
+        })
+        .await
+    }
+
+    /// Connects over TLS: the gateway's IP, its domain as SNI and certificate name.
+    pub async fn connect_tls(&self) -> Result<Arc<GatewayConnection>, SdkError> {
+        let client = self.client.clone();
+        on_rt(async move { Ok(GatewayConnection::tls(client.connect_tls().await?)) }).await
+    }
+
+    /// [`GatewayClient::connect_tls`] in up to `rounds` rounds.
+    pub async fn connect_tls_with_retry(
+        &self,
+        rounds: u32,
+    ) -> Result<Arc<GatewayConnection>, SdkError> {
+        let client = self.client.clone();
+        on_rt(async move {
+            Ok(GatewayConnection::tls(
+                client.connect_tls_with_retry(rounds).await?,
+            ))
+        })
+        .await
+    }
+
+    /// Leaves `from`'s gateway (after its migration signal, or when it closed the
+    /// connection): a fresh router answer, never that gateway. The new connection is
+    /// TLS when `from` was.
+    pub async fn migrate(
+        &self,
+        from: Arc<GatewayConnection>,
+        rounds: u32,
+    ) -> Result<Arc<GatewayConnection>, SdkError> {
+        let client = self.client.clone();
+        on_rt(async move {
+            let left = from.gateway.clone();
+            let conn = if from.is_tls {
+                GatewayConnection::tls(
+                    client
+                        .migrate_tls_with_retry(&conn_ref(&left), rounds)
+                        .await?,
+                )
+            } else {
+                GatewayConnection::tcp(client.migrate_with_retry(&conn_ref(&left), rounds).await?)
+            };
+            Ok(conn)
+        })
+        .await
+    }
+
+    /// Resolves `hosts` ahead of need.
+    pub async fn prefetch(&self, hosts: Vec<String>) {
+        let client = self.client.clone();
+        let _ = on_rt(async move {
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            client.prefetch(&hosts).await;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Call when the network changes (Wi-Fi, cellular, VPN): cached addresses and
+    /// candidates are dropped.
+    pub fn network_changed(&self) {
+        self.client.network_changed();
+    }
+
+    /// The addresses of `host` through HTTPDNS (local DNS, bootstrap IPs as
+    /// fallbacks), as IP literals. Blocking: for an HTTP client's resolver hook, such
+    /// as OkHttp's `Dns.lookup`, called on its own threads.
+    pub fn lookup(&self, host: String) -> Result<Vec<String>, SdkError> {
+        let dns = self.client.dns().clone();
+        rt().block_on(async move {
+            let r = dns.resolve(&host).await?;
+            Ok(r.ips.iter().map(IpAddr::to_string).collect())
+        })
+    }
+}
+
+/// A stand-in connection naming the gateway being left (a migration needs only that).
+fn conn_ref(left: &sdk::Gateway) -> sdk::Connection<()> {
+    sdk::Connection {
+        stream: (),
+        gateway: left.clone(),
+        source: sdk::Source::CacheFile,
+        heartbeat: Duration::ZERO,
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// The two halves of a stream, each usable while the other is busy.
+enum Halves {
+    Tcp(ReadHalf<TcpStream>, WriteHalf<TcpStream>),
+    Tls(ReadHalf<Tls>, WriteHalf<Tls>),
+}
+
+/// A connected gateway. Read and write it (concurrently is fine), or take its file
+/// descriptor (plain TCP only) and do the I/O in the app.
+#[derive(uniffi::Object)]
+pub struct GatewayConnection {
+    gateway: sdk::Gateway,
+    heartbeat: Duration,
+    alpn: Option<String>,
+    is_tls: bool,
+    reader: tokio::sync::Mutex<Option<Reader>>,
+    writer: tokio::sync::Mutex<Option<Writer>>,
+}
+
+enum Reader {
+    Tcp(ReadHalf<TcpStream>),
+    Tls(ReadHalf<Tls>),
+}
+
+enum Writer {
+    Tcp(WriteHalf<TcpStream>),
+    Tls(WriteHalf<Tls>),
+}
+
+impl GatewayConnection {
+    fn tcp(c: sdk::Connection) -> Arc<GatewayConnection> {
+        let (r, w) = tokio::io::split(c.stream);
+        GatewayConnection::new(c.gateway, c.heartbeat, None, Halves::Tcp(r, w))
+    }
+
+    fn tls(c: sdk::TlsConnection) -> Arc<GatewayConnection> {
+        let alpn = c.alpn().map(|p| String::from_utf8_lossy(p).into_owned());
+        let (r, w) = tokio::io::split(c.stream);
+        GatewayConnection::new(c.gateway, c.heartbeat, alpn, Halves::Tls(r, w))
+    }
+
+    fn new(
+        gateway: sdk::Gateway,
+        heartbeat: Duration,
+        alpn: Option<String>,
+        halves: Halves,
+    ) -> Arc<GatewayConnection> {
+        let (is_tls, reader, writer) = match halves {
+            Halves::Tcp(r, w) => (false, Reader::Tcp(r), Writer::Tcp(w)),
+            Halves::Tls(r, w) => (true, Reader::Tls(r), Writer::Tls(w)),
+        };
+        Arc::new(GatewayConnection {
+            gateway,
+            heartbeat,
+            alpn,
+            is_tls,
+            reader: tokio::sync::Mutex::new(Some(reader)),
+            writer: tokio::sync::Mutex::new(Some(writer)),
+        })
+    }
+}
+
+fn closed() -> SdkError {
+    SdkError::Io {
+        detail: "the connection is closed".into(),
+        causes: Vec::new(),
+        retry_after_ms: None,
+    }
+}
+
+#[uniffi::export]
+impl GatewayConnection {
+    /// The gateway reached.
+    pub fn gateway(&self) -> GatewayInfo {
+        GatewayInfo::from(&self.gateway)
+    }
+
+    /// The heartbeat interval the router set, ms.
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.heartbeat.as_millis() as u64
+    }
+
+    /// True for a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        self.is_tls
+    }
+
+    /// The ALPN protocol the gateway chose (TLS only).
+    pub fn alpn(&self) -> Option<String> {
+        self.alpn.clone()
+    }
+
+    /// Up to `max` bytes; empty when the gateway closed the connection.
+    pub async fn read(self: Arc<Self>, max: u32) -> Result<Vec<u8>, SdkError> {
+        on_rt(async move {
+            let mut guard = self.reader.lock().await;
+            let mut buf = vec![0u8; max.clamp(1, 1 << 20) as usize];
+            let n = match guard.as_mut().ok_or_else(closed)? {
+                Reader::Tcp(r) => r.read(&mut buf).await,
+                Reader::Tls(r) => r.read(&mut buf).await,
+            }
+            .map_err(|e| io_error("read", e))?;
+            buf.truncate(n);
+            Ok(buf)
+        })
+        .await
+    }
+
+    /// Writes all of `data`.
+    pub async fn write(self: Arc<Self>, data: Vec<u8>) -> Result<(), SdkError> {
+        on_rt(async move {
+            let mut guard = self.writer.lock().await;
+            match guard.as_mut().ok_or_else(closed)? {
+                Writer::Tcp(w) => w.write_all(&data).await,
+                Writer::Tls(w) => w.write_all(&data).await,
+            }
+            .map_err(|e| io_error("write", e))
+        })
+        .await
+    }
+
+    /// Closes the connection (a TLS close_notify first). Named `shutdown`, not
+    /// `close`, which Kotlin's `AutoCloseable` takes for freeing the object.
+    pub async fn shutdown(self: Arc<Self>) {
+        let _ = on_rt(async move {
+            if let Some(mut w) = self.writer.lock().await.take() {
+                let _ = match &mut w {
+                    Writer::Tcp(w) => w.shutdown().await,
+                    Writer::Tls(w) => w.shutdown().await,
+                };
+            }
+            self.reader.lock().await.take();
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Hands the socket to the app: its file descriptor, in blocking mode, which the
+    /// app now owns and must close. Plain TCP only (a TLS session lives in this
+    /// library); the connection object is shut down afterwards.
+    pub fn take_fd(&self) -> Result<i32, SdkError> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::IntoRawFd;
+            if self.is_tls {
+                return Err(SdkError::Io {
+                    detail: "a TLS connection has no file descriptor to give: read and write it through this object".into(),
+                    causes: Vec::new(),
+                    retry_after_ms: None,
+                });
+            }
+            let reader = self.reader.blocking_lock().take().ok_or_else(closed)?;
+            let writer = self.writer.blocking_lock().take().ok_or_else(closed)?;
+            let (Reader::Tcp(r), Writer::Tcp(w)) = (reader, writer) else {
+                return Err(closed());
+            };
+            let std = r
+                .unsplit(w)
+                .into_std()
+                .map_err(|e| io_error("take_fd", e))?;
+            std.set_nonblocking(false)
+                .map_err(|e| io_error("take_fd", e))?;
+            Ok(std.into_raw_fd())
+        }
+        #[cfg(not(unix))]
+        Err(SdkError::Io {
+            detail: "file descriptors exist on Unix only".into(),
+            causes: Vec::new(),
+            retry_after_ms: None,
+        })
+    }
+}
