@@ -144,6 +144,7 @@ check_netns() {
 # kotlinc with its kotlinx-coroutines (the generated suspend functions need it).
 check_java() { java -version >/dev/null 2>&1 && javac -version >/dev/null 2>&1; }
 check_jna() { [ -s /usr/share/java/jna.jar ]; }
+check_npm() { npm --version >/dev/null 2>&1; }
 kotlin_version=2.4.20
 check_kotlinc() {
   local k
@@ -175,6 +176,7 @@ if [ "$want_test" = 1 ]; then
     "openssl|check_openssl|openssl"
     "java and javac|check_java|default-jdk-headless"
     "JNA|check_jna|libjna-java"
+    "npm (for kotlinc)|check_npm|npm"
   )
 fi
 
