@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod ops;
 pub mod peers;
 pub mod schedule;
+pub mod sim;
 pub mod state;
 pub mod tls;
 

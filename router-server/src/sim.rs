@@ -1,0 +1,650 @@
+//! A reconnect-storm simulator that runs the router's own code under a virtual clock:
+//! [`Snapshot`] (built and patched from reports, as the follower does),
+//! [`select_weighted`] and the herd accounting ([`HerdView`], the nodes' counters), for
+//! `K` routers each with its own view, seed and lag.
+//!
+//! What is modelled, one virtual millisecond at a time:
+//!
+//! * **Agents** sample their gateway's connections every `sample_interval_ms` (each at
+//!   its own phase), stamp `sampled_ms`/`updated_ms` on their own clock (off by up to
+//!   `agent_skew_ms`), and write a record when [`ReportPolicy`] (the agent's own:
+//!   `--report-min-change`, `--report-min-interval-ms`, the heartbeat floor) says so.
+//! * **etcd** delivers each write to every router after `etcd_delay_ms` (a range); each
+//!   router adds its own `router_lag_ms` (a stale view).
+//! * **Clients** arrive along a [`Curve`], each at a random router, in a random region;
+//!   each takes the first candidate and connects `connect_delay_ms` later, except a
+//!   fraction `never_connect` that never does.
+//!
+//! It reports max/mean of load per region over time and at the end, and how often and
+//! how far a node went above `max_load`.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_agent::report::{Dynamic, ReportPolicy};
+use registry::{NodeRecord, NodeState, Ports, Proto};
+
+use crate::herd::{HerdView, SLOT_MS};
+use crate::schedule::{select_weighted, Query, Rules, Snapshot};
+
+/// How clients arrive over `duration_ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Curve {
+    /// Evenly.
+    Uniform,
+    /// All within the first `ms`.
+    Burst {
+        /// The burst's length.
+        ms: u64,
+    },
+    /// A rate growing linearly from zero.
+    Ramp,
+    /// A data centre fails at the start: its region's clients (region 0, whose
+    /// gateways are gone) arrive in the first `ms` and are answered from the other
+    /// regions; the others arrive evenly.
+    Failover {
+        /// How fast the failed region's clients come back.
+        ms: u64,
+    },
+}
+
+impl Curve {
+    /// Share of arrivals by `t` in `[0, 1]`, for a client of the whole population.
+    fn cdf(self, t: f64) -> f64 {
+        let t = t.clamp(0.0, 1.0);
+        match self {
+            Curve::Uniform | Curve::Failover { .. } => t,
+            Curve::Burst { .. } => t,
+            Curve::Ramp => t * t,
+        }
+    }
+}
+
+/// The simulation's parameters.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Clients arriving.
+    pub clients: u64,
+    /// Over this long.
+    pub duration_ms: u64,
+    /// After the last arrival, time for connects and reports to settle.
+    pub tail_ms: u64,
+    /// How they arrive.
+    pub curve: Curve,
+    /// Routers behind the balancer.
+    pub routers: usize,
+    /// Gateways' capacities (their count is the fleet size).
+    pub capacities: Vec<u64>,
+    /// Regions the gateways and clients are spread over (round robin).
+    pub regions: usize,
+    /// Connections each gateway holds at the start, as a fraction of its capacity.
+    pub initial_load: f64,
+    /// etcd's delivery delay of a write to a router, ms, uniform in the range.
+    pub etcd_delay_ms: (u64, u64),
+    /// Each router's extra lag, ms (its view is this much staler).
+    pub router_lag_ms: Vec<u64>,
+    /// Agents' clocks are off by a uniform amount in `-agent_skew_ms..=agent_skew_ms`.
+    pub agent_skew_ms: i64,
+    /// Agents sample their gateway this often.
+    pub sample_interval_ms: u64,
+    /// When agents write.
+    pub policy: ReportPolicy,
+    /// A client connects this long after its answer, ms, uniform in the range.
+    pub connect_delay_ms: (u64, u64),
+    /// Share of answered clients that never connect.
+    pub never_connect: f64,
+    /// Candidates per answer.
+    pub count: usize,
+    /// The routers' `max_load`.
+    pub max_load: f64,
+    /// The routers' herd window.
+    pub herd_window_ms: u64,
+    /// Report max/mean every this many ms.
+    pub report_every_ms: u64,
+    /// Randomness.
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// `gateways` of equal capacity sized so that the storm brings the fleet to
+    /// `demand` of its capacity (the initial load included).
+    pub fn sized(clients: u64, gateways: usize, demand: f64, initial_load: f64) -> SimConfig {
+        let per = (clients as f64 / ((demand - initial_load).max(0.01) * gateways as f64))
+            .ceil()
+            .max(1.0) as u64;
+        SimConfig {
+            clients,
+            duration_ms: 30_000,
+            tail_ms: 3_000,
+            curve: Curve::Uniform,
+            routers: 16,
+            capacities: vec![per; gateways],
+            regions: 4,
+            initial_load,
+            etcd_delay_ms: (5, 50),
+            router_lag_ms: Vec::new(),
+            agent_skew_ms: 0,
+            sample_interval_ms: 250,
+            policy: ReportPolicy::default(),
+            connect_delay_ms: (100, 500),
+            never_connect: 0.02,
+            count: 3,
+            max_load: 0.95,
+            herd_window_ms: 5_000,
+            report_every_ms: 5_000,
+            seed: 1,
+        }
+    }
+}
+
+/// Max/mean per region at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Virtual ms since the start.
+    pub at_ms: u64,
+    /// Max/mean of load over each region's gateways (regions without gateways: 0).
+    pub max_mean: Vec<f64>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Max/mean per region at the end (after the tail).
+    pub max_mean: Vec<f64>,
+    /// The worst region's max/mean at the end.
+    pub worst_max_mean: f64,
+    /// Max/mean of the whole fleet at the end.
+    pub fleet_max_mean: f64,
+    /// Over time.
+    pub samples: Vec<Sample>,
+    /// Connections that landed on a node already at or above `max_load` of capacity.
+    pub over_max_load: u64,
+    /// The highest load any node reached.
+    pub peak_load: f64,
+    /// Answers given.
+    pub answers: u64,
+    /// Clients that got no candidate.
+    pub refused: u64,
+    /// Answers naming a node that was not eligible in the answering router's view
+    /// (must stay 0).
+    pub ineligible_named: u64,
+    /// Reports written by agents.
+    pub reports: u64,
+    /// A negative herd count seen (must stay false).
+    pub negative_herd: bool,
+    /// Per client, in arrival order, the answering router and the node id first named
+    /// (kept when `record_answers` was asked).
+    pub answers_log: Vec<(usize, usize)>,
+    /// Connections per gateway at the end.
+    pub final_connections: Vec<u64>,
+}
+
+/// SplitMix64: small, seedable, good enough for a simulation.
+#[derive(Debug, Clone)]
+struct SimRng(u64);
+
+impl SimRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn range(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        lo + self.below(hi.saturating_sub(lo) + 1)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Virtual wall clock: ms since the epoch at the simulation's start.
+const EPOCH_MS: u64 = 1_800_000_000_000;
+
+struct Agent {
+    capacity: u64,
+    region: usize,
+    phase: u64,
+    skew: i64,
+    last: Option<(Dynamic, u64)>,
+    gone: bool,
+}
+
+struct Router {
+    snap: Snapshot,
+    lag: u64,
+    /// Deliveries due: (virtual ms, record).
+    inbox: VecDeque<(u64, Arc<NodeRecord>)>,
+    revision: i64,
+}
+
+fn region_name(r: usize) -> String {
+    format!("r{r}")
+}
+
+fn record(id: usize, a: &Agent, connections: u64, stamp: Option<(u64, u64)>) -> NodeRecord {
+    let mut r = NodeRecord::new(
+        format!("gw-{id:06}"),
+        IpAddr::V4(Ipv4Addr::new(
+            10,
+            (id >> 16) as u8,
+            (id >> 8) as u8,
+            id as u8,
+        )),
+        Ports {
+            tcp: Some(9000),
+            ws: None,
+            wss: None,
+        },
+        region_name(a.region),
+        a.capacity,
+        connections,
+    );
+    if let Some((sampled, updated)) = stamp {
+        r.sampled_ms = Some(sampled);
+        r.updated_ms = Some(updated);
+    }
+    r
+}
+
+/// Runs a storm. `record_answers` keeps every answer's (router, node) in the outcome.
+pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
+    let mut rng = SimRng(c.seed);
+    let regions = c.regions.max(1);
+    let failed_region = matches!(c.curve, Curve::Failover { .. }).then_some(0usize);
+    let mut agents: Vec<Agent> = c
+        .capacities
+        .iter()
+        .enumerate()
+        .map(|(i, &capacity)| Agent {
+            capacity: capacity.max(1),
+            region: i % regions,
+            phase: rng.below(c.sample_interval_ms.max(1)),
+            skew: if c.agent_skew_ms > 0 {
+                rng.below(2 * c.agent_skew_ms as u64 + 1) as i64 - c.agent_skew_ms
+            } else {
+                0
+            },
+            last: None,
+            gone: false,
+        })
+        .collect();
+    for a in &mut agents {
+        a.gone = Some(a.region) == failed_region;
+    }
+    // Initial connections: around `initial_load`, ±50 %.
+    let mut conns: Vec<u64> = agents
+        .iter()
+        .map(|a| {
+            let f = c.initial_load * (0.5 + rng.unit());
+            (f * a.capacity as f64) as u64
+        })
+        .collect();
+    // Every router starts from a view of the initial reports, sampled just before t=0.
+    let initial: Vec<Arc<NodeRecord>> = agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| !a.gone)
+        .map(|(i, a)| {
+            let t = (EPOCH_MS as i64 - 1 + a.skew) as u64;
+            Arc::new(record(i, a, conns[i], Some((t, t))))
+        })
+        .collect();
+    for (i, a) in agents.iter_mut().enumerate() {
+        if !a.gone {
+            a.last = Some((dynamic(conns[i]), 0));
+        }
+    }
+    let mut routers: Vec<Router> = (0..c.routers.max(1))
+        .map(|k| Router {
+            snap: Snapshot::build_holding(
+                initial.iter().cloned(),
+                [],
+                None,
+                1,
+                false,
+                k as u64 + 1,
+                EPOCH_MS,
+            ),
+            lag: c.router_lag_ms.get(k).copied().unwrap_or(0),
+            inbox: VecDeque::new(),
+            revision: 1,
+        })
+        .collect();
+    let window_slots = c.herd_window_ms.div_ceil(SLOT_MS);
+    let base = tokio::time::Instant::now();
+    let at = |ms: u64| base + Duration::from_millis(ms);
+    // Pending connects, by the ms they land: a wheel over the longest delay.
+    let horizon = (c.connect_delay_ms.1 + 2) as usize;
+    let mut wheel: Vec<Vec<u32>> = vec![Vec::new(); horizon];
+    let mut out = Outcome::default();
+    let end = c.duration_ms + c.tail_ms;
+    let region_names: Vec<String> = (0..regions).map(region_name).collect();
+    let arrivals_before = |ms: u64, total: u64, span: u64, curve: Curve| -> u64 {
+        if span == 0 {
+            return if ms > 0 { total } else { 0 };
+        }
+        (total as f64 * curve.cdf(ms as f64 / span as f64)).round() as u64
+    };
+    // The failed region's clients (a share 1/regions) come back within `ms`.
+    let (failed_clients, span_failed) = match c.curve {
+        Curve::Failover { ms } => (c.clients / regions as u64, ms),
+        _ => (0, 0),
+    };
+    let others = c.clients - failed_clients;
+    let span = match c.curve {
+        Curve::Burst { ms } => ms,
+        _ => c.duration_ms,
+    };
+    for ms in 0..end {
+        let now_abs = EPOCH_MS + ms;
+        // 1. etcd delivers to the routers.
+        for r in &mut routers {
+            let mut due: Vec<Arc<NodeRecord>> = Vec::new();
+            while r.inbox.front().is_some_and(|(t, _)| *t <= ms) {
+                due.push(r.inbox.pop_front().expect("peeked").1);
+            }
+            if !due.is_empty() {
+                r.revision += 1;
+                r.snap = r
+                    .snap
+                    .patch_at(due.iter(), r.revision, false, now_abs)
+                    .expect("reports of known nodes");
+            }
+        }
+        // 2. Connects land.
+        for g in std::mem::take(&mut wheel[ms as usize % horizon]) {
+            let g = g as usize;
+            if conns[g] as f64 >= c.max_load * agents[g].capacity as f64 {
+                out.over_max_load += 1;
+            }
+            conns[g] += 1;
+            out.peak_load = out
+                .peak_load
+                .max(conns[g] as f64 / agents[g].capacity as f64);
+        }
+        // 3. Agents sample and maybe write.
+        let interval = c.sample_interval_ms.max(1);
+        for (i, a) in agents.iter_mut().enumerate() {
+            if a.gone || ms % interval != a.phase {
+                continue;
+            }
+            let current = dynamic(conns[i]);
+            let last = a.last.as_ref().map(|(d, t)| (d, at(*t)));
+            if !c.policy.should_write(last, &current, a.capacity, at(ms)) {
+                continue;
+            }
+            let stamp = (now_abs as i64 + a.skew) as u64;
+            let rec = Arc::new(record(i, a, conns[i], Some((stamp, stamp + 1))));
+            let delay = rng.range(c.etcd_delay_ms);
+            for r in &mut routers {
+                let t = ms + delay + r.lag;
+                // Deliveries stay in order per router (etcd's watch is ordered).
+                let t = r.inbox.back().map_or(t, |(last, _)| t.max(*last));
+                r.inbox.push_back((t, rec.clone()));
+            }
+            a.last = Some((current, ms));
+            out.reports += 1;
+        }
+        // 4. Clients arrive and are answered.
+        let mut arriving = arrivals_before(ms + 1, others, span, c.curve)
+            - arrivals_before(ms, others, span, c.curve);
+        let failed_now = arrivals_before(ms + 1, failed_clients, span_failed, c.curve)
+            - arrivals_before(ms, failed_clients, span_failed, c.curve);
+        arriving += failed_now;
+        for k in 0..arriving {
+            let region = if k < failed_now {
+                failed_region.unwrap_or(0)
+            } else {
+                // The others are spread over the regions that still have gateways.
+                loop {
+                    let r = rng.below(regions as u64) as usize;
+                    if Some(r) != failed_region || regions == 1 {
+                        break r;
+                    }
+                }
+            };
+            let k_router = rng.below(routers.len() as u64) as usize;
+            let router = &routers[k_router];
+            let herd = HerdView::at(now_abs, window_slots, routers.len() as u64);
+            let query = Query {
+                proto: Proto::Tcp,
+                count: c.count,
+                region: Some(&region_names[region]),
+                family: None,
+            };
+            let rules = Rules {
+                max_load: c.max_load,
+                fallbacks: &[],
+                herd,
+            };
+            let chosen = select_weighted(&router.snap, &query, rules, 1);
+            out.answers += 1;
+            for cand in &chosen {
+                let e = &router.snap.nodes[cand.index];
+                if e.record.state != NodeState::Serving || !e.record.healthy {
+                    out.ineligible_named += 1;
+                }
+            }
+            let Some(first) = chosen.first() else {
+                out.refused += 1;
+                continue;
+            };
+            let id = &router.snap.nodes[first.index].record.id;
+            let g: usize = id[3..].parse().expect("simulated ids");
+            if record_answers {
+                out.answers_log.push((k_router, g));
+            }
+            if rng.unit() < c.never_connect {
+                continue;
+            }
+            let delay = rng.range(c.connect_delay_ms).max(1);
+            wheel[(ms + delay) as usize % horizon].push(g as u32);
+        }
+        if c.report_every_ms > 0 && (ms + 1) % c.report_every_ms == 0 {
+            out.samples.push(Sample {
+                at_ms: ms + 1,
+                max_mean: per_region(&agents, &conns, regions),
+            });
+        }
+    }
+    // Herd counts are unsigned; a projected load below the reported one would mean a
+    // count went negative.
+    for r in &routers {
+        let herd = HerdView::at(EPOCH_MS + end, window_slots, routers.len() as u64);
+        for e in r.snap.nodes.iter() {
+            if e.projected_load(&herd) + 1e-12
+                < e.record.connections as f64 / e.record.capacity as f64
+            {
+                out.negative_herd = true;
+            }
+        }
+    }
+    out.max_mean = per_region(&agents, &conns, regions);
+    out.worst_max_mean = out.max_mean.iter().cloned().fold(0.0, f64::max);
+    out.fleet_max_mean = max_mean(
+        agents
+            .iter()
+            .zip(&conns)
+            .filter(|(a, _)| !a.gone)
+            .map(|(a, &n)| n as f64 / a.capacity as f64),
+    );
+    out.final_connections = conns;
+    out
+}
+
+fn dynamic(connections: u64) -> Dynamic {
+    Dynamic {
+        connections,
+        healthy: true,
+        state: NodeState::Serving,
+        applied_command: None,
+        hook: None,
+    }
+}
+
+fn max_mean(loads: impl Iterator<Item = f64>) -> f64 {
+    let (mut max, mut sum, mut n) = (0.0f64, 0.0, 0usize);
+    for l in loads {
+        max = max.max(l);
+        sum += l;
+        n += 1;
+    }
+    if n == 0 || sum == 0.0 {
+        0.0
+    } else {
+        max / (sum / n as f64)
+    }
+}
+
+fn per_region(agents: &[Agent], conns: &[u64], regions: usize) -> Vec<f64> {
+    (0..regions)
+        .map(|r| {
+            max_mean(
+                agents
+                    .iter()
+                    .zip(conns)
+                    .filter(|(a, _)| a.region == r && !a.gone)
+                    .map(|(a, &n)| n as f64 / a.capacity as f64),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn small() -> SimConfig {
+        let mut c = SimConfig::sized(20_000, 40, 0.7, 0.1);
+        c.duration_ms = 3_000;
+        c.tail_ms = 1_000;
+        c.routers = 3;
+        c.regions = 2;
+        c
+    }
+
+    /// A short storm, as CI runs it: 200,000 clients over 5 s, 8 routers, 200
+    /// gateways in 4 regions.
+    #[test]
+    fn a_short_storm_lands_evenly() {
+        let mut c = SimConfig::sized(200_000, 200, 0.7, 0.2);
+        c.duration_ms = 5_000;
+        c.routers = 8;
+        let o = run(&c, false);
+        assert_eq!(o.ineligible_named, 0);
+        assert!(!o.negative_herd);
+        assert_eq!(o.refused, 0);
+        assert!(o.worst_max_mean <= 1.05, "max/mean {:?}", o.max_mean);
+        assert_eq!(o.over_max_load, 0, "peak load {}", o.peak_load);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// Whatever the lags, skews and curves: no answer names an ineligible node,
+        /// herd counts never go negative, everyone is answered while there is room.
+        #[test]
+        fn invariants_hold(seed in 1u64..1_000, skew in 0i64..2_000, lag in 0u64..3_000,
+                           curve in 0usize..4, routers in 1usize..5) {
+            let mut c = small();
+            c.seed = seed;
+            c.agent_skew_ms = skew;
+            c.routers = routers;
+            c.router_lag_ms = vec![lag; routers];
+            c.curve = [Curve::Uniform, Curve::Ramp, Curve::Burst { ms: 500 }, Curve::Failover { ms: 1_000 }][curve];
+            let o = run(&c, false);
+            prop_assert_eq!(o.ineligible_named, 0);
+            prop_assert!(!o.negative_herd);
+            prop_assert_eq!(o.answers, c.clients);
+        }
+
+        /// With no lag, one router and every client connecting at once, the simulated
+        /// landing equals a direct replay of the selection on one snapshot and one
+        /// counter: the simulator adds nothing of its own to what the router decides.
+        #[test]
+        fn with_zero_lag_the_balance_is_a_direct_replay_of_the_selection(seed in 1u64..1_000) {
+            let mut c = small();
+            c.seed = seed;
+            c.routers = 1;
+            c.clients = 3_000;
+            c.never_connect = 0.0;
+            c.connect_delay_ms = (1, 1);
+            // Reports never arrive: the router decides on its own counts alone.
+            c.router_lag_ms = vec![1_000_000];
+            let o = run(&c, true);
+            // The replay: one snapshot of the initial reports, each answer counted.
+            let mut rng = SimRng(c.seed);
+            let initial_conns = replay_initial(&c, &mut rng);
+            let snap = Snapshot::build_holding(
+                initial_conns.iter().cloned(), [], None, 1, false, 1, EPOCH_MS);
+            let mut landed = vec![0u64; c.capacities.len()];
+            for &(_, g) in &o.answers_log {
+                landed[g] += 1;
+            }
+            let mut replay = vec![0u64; c.capacities.len()];
+            let names: Vec<String> = (0..c.regions).map(region_name).collect();
+            for (k, &(_, g)) in o.answers_log.iter().enumerate() {
+                let region = &names[g % c.regions];
+                let ms = answer_ms(&c, k);
+                let herd = HerdView::at(EPOCH_MS + ms, c.herd_window_ms.div_ceil(SLOT_MS), 1);
+                let q = Query { proto: Proto::Tcp, count: c.count, region: Some(region), family: None };
+                let chosen = select_weighted(&snap, &q, Rules { max_load: c.max_load, fallbacks: &[], herd }, 1);
+                let id = &snap.nodes[chosen[0].index].record.id;
+                replay[id[3..].parse::<usize>().unwrap()] += 1;
+            }
+            prop_assert_eq!(landed, replay);
+        }
+    }
+
+    /// The initial records as [`run`] draws them (same draws, same order).
+    fn replay_initial(c: &SimConfig, rng: &mut SimRng) -> Vec<Arc<NodeRecord>> {
+        let regions = c.regions.max(1);
+        let agents: Vec<Agent> = c
+            .capacities
+            .iter()
+            .enumerate()
+            .map(|(i, &capacity)| Agent {
+                capacity,
+                region: i % regions,
+                phase: rng.below(c.sample_interval_ms.max(1)),
+                skew: if c.agent_skew_ms > 0 {
+                    rng.below(2 * c.agent_skew_ms as u64 + 1) as i64 - c.agent_skew_ms
+                } else {
+                    0
+                },
+                last: None,
+                gone: false,
+            })
+            .collect();
+        agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let conns = (c.initial_load * (0.5 + rng.unit()) * a.capacity as f64) as u64;
+                let t = EPOCH_MS - 1;
+                Arc::new(record(i, a, conns, Some((t, t))))
+            })
+            .collect()
+    }
+
+    /// The ms at which the `k`-th client arrives under a uniform curve.
+    fn answer_ms(c: &SimConfig, k: usize) -> u64 {
+        let mut ms = 0;
+        while (c.clients as f64 * ((ms + 1) as f64 / c.duration_ms as f64)).round() as usize <= k {
+            ms += 1;
+        }
+        ms
+    }
+}
