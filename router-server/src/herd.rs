@@ -76,6 +76,10 @@ pub struct HerdCounter {
     total: AtomicU64,
     /// Per fine slot: `total` before the slot's first answer.
     fine: [AtomicU64; FINE_SLOTS],
+    /// The fine slot of the latest answer, plus one (0: none yet). A node not
+    /// answered since its sample is read in one load instead of a walk over the fine
+    /// slots since (the common case for the nodes a burst has levelled).
+    last_fine: AtomicU64,
 }
 
 impl Default for HerdCounter {
@@ -84,6 +88,7 @@ impl Default for HerdCounter {
             slots: std::array::from_fn(|_| AtomicU64::new(0)),
             total: AtomicU64::new(0),
             fine: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_fine: AtomicU64::new(0),
         }
     }
 }
@@ -102,6 +107,7 @@ impl HerdCounter {
         }
         let before = self.total.fetch_add(n, Ordering::Relaxed);
         let fine = now_ms / FINE_MS;
+        self.last_fine.fetch_max(fine + 1, Ordering::Relaxed);
         let word = &self.fine[fine as usize % FINE_SLOTS];
         let cur = word.load(Ordering::Relaxed);
         if unpack(cur, fine).is_none() {
@@ -119,8 +125,12 @@ impl HerdCounter {
     /// Answers given at or after wall-clock `from_ms` (which must be within the last
     /// [`FINE_SPAN_MS`] of `now_ms`), to [`FINE_MS`].
     pub fn since_ms(&self, from_ms: u64, now_ms: u64) -> u64 {
-        let total = self.total.load(Ordering::Relaxed);
         let (first, last) = (from_ms / FINE_MS, now_ms / FINE_MS);
+        // No answer in or after the first fine slot: nothing to walk.
+        if self.last_fine.load(Ordering::Relaxed) <= first {
+            return 0;
+        }
+        let total = self.total.load(Ordering::Relaxed);
         // The first fine slot at or after `from_ms` that saw an answer: every answer
         // since came after its start.
         for k in first..=last.min(first + FINE_SLOTS as u64 - 1) {
@@ -177,6 +187,7 @@ impl HerdCounter {
         for s in self.slots.iter().chain(&self.fine) {
             s.store(0, Ordering::Relaxed);
         }
+        self.last_fine.store(0, Ordering::Relaxed);
         self.total.store(0, Ordering::Relaxed);
     }
 }

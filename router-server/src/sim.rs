@@ -85,6 +85,9 @@ pub struct SimConfig {
     pub etcd_delay_ms: (u64, u64),
     /// Each router's extra lag, ms (its view is this much staler).
     pub router_lag_ms: Vec<u64>,
+    /// A router applies what etcd delivered every this many ms (a watch response and
+    /// the snapshot patch after it), not per report.
+    pub router_batch_ms: u64,
     /// Agents' clocks are off by a uniform amount in `-agent_skew_ms..=agent_skew_ms`.
     pub agent_skew_ms: i64,
     /// Agents sample their gateway this often.
@@ -125,6 +128,7 @@ impl SimConfig {
             initial_load,
             etcd_delay_ms: (5, 50),
             router_lag_ms: Vec::new(),
+            router_batch_ms: 10,
             agent_skew_ms: 0,
             sample_interval_ms: 250,
             policy: ReportPolicy::default(),
@@ -348,8 +352,11 @@ pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
     };
     for ms in 0..end {
         let now_abs = EPOCH_MS + ms;
-        // 1. etcd delivers to the routers.
-        for r in &mut routers {
+        // 1. etcd delivers to the routers, which apply it in batches.
+        for r in routers
+            .iter_mut()
+            .filter(|_| ms % c.router_batch_ms.max(1) == 0)
+        {
             let mut due: Vec<Arc<NodeRecord>> = Vec::new();
             while r.inbox.front().is_some_and(|(t, _)| *t <= ms) {
                 due.push(r.inbox.pop_front().expect("peeked").1);
