@@ -261,12 +261,11 @@ fn record(id: usize, a: &Agent, connections: u64, stamp: Option<(u64, u64)>) -> 
     r
 }
 
-/// Runs a storm. `record_answers` keeps every answer's (router, node) in the outcome.
-pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
-    let mut rng = SimRng(c.seed);
+/// The agents and their initial connections (around `initial_load`, ±50 %), as drawn
+/// from `rng`.
+fn fleet(c: &SimConfig, rng: &mut SimRng) -> (Vec<Agent>, Vec<u64>) {
     let regions = c.regions.max(1);
-    let failed_region = matches!(c.curve, Curve::Failover { .. }).then_some(0usize);
-    let mut agents: Vec<Agent> = c
+    let agents: Vec<Agent> = c
         .capacities
         .iter()
         .enumerate()
@@ -283,17 +282,22 @@ pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
             gone: false,
         })
         .collect();
+    let conns = agents
+        .iter()
+        .map(|a| (c.initial_load * (0.5 + rng.unit()) * a.capacity as f64) as u64)
+        .collect();
+    (agents, conns)
+}
+
+/// Runs a storm. `record_answers` keeps every answer's (router, node) in the outcome.
+pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
+    let mut rng = SimRng(c.seed);
+    let regions = c.regions.max(1);
+    let failed_region = matches!(c.curve, Curve::Failover { .. }).then_some(0usize);
+    let (mut agents, mut conns) = fleet(c, &mut rng);
     for a in &mut agents {
         a.gone = Some(a.region) == failed_region;
     }
-    // Initial connections: around `initial_load`, ±50 %.
-    let mut conns: Vec<u64> = agents
-        .iter()
-        .map(|a| {
-            let f = c.initial_load * (0.5 + rng.unit());
-            (f * a.capacity as f64) as u64
-        })
-        .collect();
     // Every router starts from a view of the initial reports, sampled just before t=0.
     let initial: Vec<Arc<NodeRecord>> = agents
         .iter()
@@ -617,32 +621,11 @@ mod tests {
 
     /// The initial records as [`run`] draws them (same draws, same order).
     fn replay_initial(c: &SimConfig, rng: &mut SimRng) -> Vec<Arc<NodeRecord>> {
-        let regions = c.regions.max(1);
-        let agents: Vec<Agent> = c
-            .capacities
-            .iter()
-            .enumerate()
-            .map(|(i, &capacity)| Agent {
-                capacity,
-                region: i % regions,
-                phase: rng.below(c.sample_interval_ms.max(1)),
-                skew: if c.agent_skew_ms > 0 {
-                    rng.below(2 * c.agent_skew_ms as u64 + 1) as i64 - c.agent_skew_ms
-                } else {
-                    0
-                },
-                last: None,
-                gone: false,
-            })
-            .collect();
+        let (agents, conns) = fleet(c, rng);
         agents
             .iter()
             .enumerate()
-            .map(|(i, a)| {
-                let conns = (c.initial_load * (0.5 + rng.unit()) * a.capacity as f64) as u64;
-                let t = EPOCH_MS - 1;
-                Arc::new(record(i, a, conns, Some((t, t))))
-            })
+            .map(|(i, a)| Arc::new(record(i, a, conns[i], Some((EPOCH_MS - 1, EPOCH_MS - 1)))))
             .collect()
     }
 
