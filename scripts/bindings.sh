@@ -35,7 +35,11 @@ if grep -rnw --include='*.rs' unsafe bindings/src; then
   exit 1
 fi
 
-cargo build --quiet "${flags[@]}" -p gateway-sdk-bindings --lib
+# A debug build shares one feature set with the generator (uniffi compiled once); the
+# release library is built without the generator's code.
+lib_features=(--features bindgen)
+[ "$profile" = sdk ] && lib_features=()
+cargo build --quiet "${flags[@]}" "${lib_features[@]}" -p gateway-sdk-bindings --lib
 mkdir -p "$out"
 # A copy: a concurrent build may replace target/'s file while it is read.
 # (The generator reads the library's metadata; it is built once, in debug.)

@@ -18,6 +18,8 @@ trap release_netns EXIT
 
 # End-to-end tests spawn the binaries; build them before the tests start.
 cargo build --workspace --bins --quiet
+# The bindings' generator, which tests/tests/bindings.rs runs (scripts/bindings.sh).
+cargo build --quiet -p gateway-sdk-bindings --features bindgen
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else
