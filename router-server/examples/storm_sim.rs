@@ -69,6 +69,9 @@ struct Args {
     report_min_interval_ms: u64,
     #[arg(long, default_value_t = 5_000)]
     report_every_ms: u64,
+    /// The routers' herd window (`herd_window_secs`), ms.
+    #[arg(long, default_value_t = 5_000)]
+    herd_window_ms: u64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -103,6 +106,7 @@ fn main() {
     c.policy.min_change = a.report_min_change;
     c.policy.min_interval = std::time::Duration::from_millis(a.report_min_interval_ms);
     c.report_every_ms = a.report_every_ms;
+    c.herd_window_ms = a.herd_window_ms;
     c.seed = a.seed;
     let cap: u64 = c.capacities.iter().sum();
     println!(
