@@ -548,15 +548,11 @@ impl GatewayClient {
     ) -> Result<Arc<GatewayConnection>, SdkError> {
         let client = self.client.clone();
         on_rt(async move {
-            let left = from.gateway.clone();
+            let left = &from.gateway;
             let conn = if from.is_tls {
-                GatewayConnection::tls(
-                    client
-                        .migrate_tls_with_retry(&conn_ref(&left), rounds)
-                        .await?,
-                )
+                GatewayConnection::tls(client.migrate_tls_from_with_retry(left, rounds).await?)
             } else {
-                GatewayConnection::tcp(client.migrate_with_retry(&conn_ref(&left), rounds).await?)
+                GatewayConnection::tcp(client.migrate_from_with_retry(left, rounds).await?)
             };
             Ok(conn)
         })
@@ -592,23 +588,7 @@ impl GatewayClient {
     }
 }
 
-/// A stand-in connection naming the gateway being left (a migration needs only that).
-fn conn_ref(left: &sdk::Gateway) -> sdk::Connection<()> {
-    sdk::Connection {
-        stream: (),
-        gateway: left.clone(),
-        source: sdk::Source::CacheFile,
-        heartbeat: Duration::ZERO,
-    }
-}
-
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-/// The two halves of a stream, each usable while the other is busy.
-enum Halves {
-    Tcp(ReadHalf<TcpStream>, WriteHalf<TcpStream>),
-    Tls(ReadHalf<Tls>, WriteHalf<Tls>),
-}
 
 /// A connected gateway. Read and write it (concurrently is fine), or take its file
 /// descriptor (plain TCP only) and do the I/O in the app.
@@ -635,25 +615,23 @@ enum Writer {
 impl GatewayConnection {
     fn tcp(c: sdk::Connection) -> Arc<GatewayConnection> {
         let (r, w) = tokio::io::split(c.stream);
-        GatewayConnection::new(c.gateway, c.heartbeat, None, Halves::Tcp(r, w))
+        GatewayConnection::new(c.gateway, c.heartbeat, None, Reader::Tcp(r), Writer::Tcp(w))
     }
 
     fn tls(c: sdk::TlsConnection) -> Arc<GatewayConnection> {
         let alpn = c.alpn().map(|p| String::from_utf8_lossy(p).into_owned());
         let (r, w) = tokio::io::split(c.stream);
-        GatewayConnection::new(c.gateway, c.heartbeat, alpn, Halves::Tls(r, w))
+        GatewayConnection::new(c.gateway, c.heartbeat, alpn, Reader::Tls(r), Writer::Tls(w))
     }
 
     fn new(
         gateway: sdk::Gateway,
         heartbeat: Duration,
         alpn: Option<String>,
-        halves: Halves,
+        reader: Reader,
+        writer: Writer,
     ) -> Arc<GatewayConnection> {
-        let (is_tls, reader, writer) = match halves {
-            Halves::Tcp(r, w) => (false, Reader::Tcp(r), Writer::Tcp(w)),
-            Halves::Tls(r, w) => (true, Reader::Tls(r), Writer::Tls(w)),
-        };
+        let is_tls = matches!(reader, Reader::Tls(_));
         Arc::new(GatewayConnection {
             gateway,
             heartbeat,

@@ -63,13 +63,6 @@ impl TlsConnection {
     }
 }
 
-/// How a candidate is dialled.
-#[derive(Clone)]
-enum Dial {
-    Tcp,
-    Tls(TlsConnector),
-}
-
 impl Client {
     /// Gets candidates and connects to the first that answers, happy-eyeballs style.
     /// The first connection may use the last answer while its TTL lasts; a later one
@@ -78,7 +71,7 @@ impl Client {
     /// the last answer is dropped, so the next call asks a router again.
     pub async fn connect(&self) -> Result<Connection, Error> {
         let g = self.candidates(self.reconnect_want(), None).await?;
-        self.connect_to(g, Dial::Tcp).await
+        self.connect_to(g, dial_tcp).await
     }
 
     /// [`Client::connect`] over TLS: each candidate's IP is dialled with SNI set to
@@ -101,8 +94,9 @@ impl Client {
         }
     }
 
-    fn tls_dial(&self) -> Dial {
-        Dial::Tls(TlsConnector::from(self.inner.gateway_tls.clone()))
+    fn tls_dial(&self) -> impl Fn(&Gateway, Duration) -> Attempt<TlsStream<TcpStream>, Failure> {
+        let connector = TlsConnector::from(self.inner.gateway_tls.clone());
+        move |gw, timeout| dial_tls(&connector, gw, timeout)
     }
 
     /// Moves off the gateway of `from`: after its migration signal, or when it closed
@@ -117,7 +111,7 @@ impl Client {
     /// [`Client::migrate`] by the gateway being left (the connection may be gone).
     pub async fn migrate_from(&self, left: &Gateway) -> Result<Connection, Error> {
         let g = self.candidates(Want::FreshOnly, Some(left)).await?;
-        self.connect_to(g, Dial::Tcp).await
+        self.connect_to(g, dial_tcp).await
     }
 
     /// [`Client::migrate`] to a TLS connection (see [`Client::connect_tls`]).
@@ -131,16 +125,16 @@ impl Client {
         self.connect_to(g, self.tls_dial()).await
     }
 
-    async fn connect_to<S>(&self, g: Arc<Gateways>, dial: Dial) -> Result<Connection<S>, Error>
+    async fn connect_to<S, D>(&self, g: Arc<Gateways>, dial: D) -> Result<Connection<S>, Error>
     where
         S: Send + 'static,
-        Dial: Dialer<S>,
+        D: Fn(&Gateway, Duration) -> Attempt<S, Failure>,
     {
         let c = &self.inner.config;
         let attempts: Vec<Attempt<S, Failure>> = g
             .gateways
             .iter()
-            .map(|gw| dial.dial(gw, c.connect_timeout))
+            .map(|gw| dial(gw, c.connect_timeout))
             .collect();
         match staggered(attempts, c.connect_delay, None).await {
             Ok((stream, i)) => {
@@ -191,8 +185,16 @@ impl Client {
         from: &Connection<S>,
         rounds: u32,
     ) -> Result<Connection, Error> {
-        let left = from.gateway.clone();
-        self.with_retry(rounds, || self.migrate_from(&left)).await
+        self.migrate_from_with_retry(&from.gateway, rounds).await
+    }
+
+    /// [`Client::migrate_with_retry`] by the gateway being left.
+    pub async fn migrate_from_with_retry(
+        &self,
+        left: &Gateway,
+        rounds: u32,
+    ) -> Result<Connection, Error> {
+        self.with_retry(rounds, || self.migrate_from(left)).await
     }
 
     /// [`Client::migrate_tls`] in rounds, with the router's backoff between them.
@@ -201,8 +203,17 @@ impl Client {
         from: &Connection<S>,
         rounds: u32,
     ) -> Result<TlsConnection, Error> {
-        let left = from.gateway.clone();
-        self.with_retry(rounds, || self.migrate_tls_from(&left))
+        self.migrate_tls_from_with_retry(&from.gateway, rounds)
+            .await
+    }
+
+    /// [`Client::migrate_tls_with_retry`] by the gateway being left.
+    pub async fn migrate_tls_from_with_retry(
+        &self,
+        left: &Gateway,
+        rounds: u32,
+    ) -> Result<TlsConnection, Error> {
+        self.with_retry(rounds, || self.migrate_tls_from(left))
             .await
     }
 
@@ -240,55 +251,51 @@ impl Client {
     }
 }
 
-/// Dialling one candidate into a stream of type `S`.
-trait Dialer<S> {
-    fn dial(&self, gw: &Gateway, timeout: Duration) -> Attempt<S, Failure>;
+/// Dials one candidate over TCP.
+fn dial_tcp(gw: &Gateway, timeout: Duration) -> Attempt<TcpStream, Failure> {
+    let addr = gw.addr();
+    let target = target(gw);
+    Box::pin(async move { tcp(addr, timeout, &target).await })
 }
 
-impl Dialer<TcpStream> for Dial {
-    fn dial(&self, gw: &Gateway, timeout: Duration) -> Attempt<TcpStream, Failure> {
-        let addr = gw.addr();
-        let target = target(gw);
-        Box::pin(async move { tcp(addr, timeout, &target).await })
-    }
-}
-
-impl Dialer<TlsStream<TcpStream>> for Dial {
-    fn dial(&self, gw: &Gateway, timeout: Duration) -> Attempt<TlsStream<TcpStream>, Failure> {
-        let Dial::Tls(connector) = self.clone() else {
-            unreachable!("TLS streams are dialled with a TLS connector")
-        };
-        let addr = gw.addr();
-        let target = target(gw);
-        let name = match &gw.domain {
-            None => Err(Failure::new(
+/// Dials one candidate over TLS: its IP, its domain as SNI and certificate name; the
+/// handshake counts within `timeout`.
+fn dial_tls(
+    connector: &TlsConnector,
+    gw: &Gateway,
+    timeout: Duration,
+) -> Attempt<TlsStream<TcpStream>, Failure> {
+    let connector = connector.clone();
+    let addr = gw.addr();
+    let target = target(gw);
+    let name = match &gw.domain {
+        None => Err(Failure::new(
+            target.clone(),
+            FailureKind::Unavailable(
+                "no domain in the router's answer: TLS needs the name to send (SNI) and to check the certificate against".into(),
+            ),
+        )),
+        Some(d) => ServerName::try_from(d.clone()).map_err(|e| {
+            Failure::new(
                 target.clone(),
-                FailureKind::Unavailable(
-                    "no domain in the router's answer: TLS needs the name to send (SNI) and to check the certificate against".into(),
-                ),
+                FailureKind::Unavailable(format!("domain {d:?} is not a TLS server name: {e}")),
+            )
+        }),
+    };
+    Box::pin(async move {
+        let name = name?;
+        let start = tokio::time::Instant::now();
+        let tcp = tcp(addr, timeout, &target).await?;
+        let left = timeout.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(handshake_failure(&target, e)),
+            Err(_) => Err(Failure::new(
+                target,
+                FailureKind::Tls("handshake timed out".into()),
             )),
-            Some(d) => ServerName::try_from(d.clone()).map_err(|e| {
-                Failure::new(
-                    target.clone(),
-                    FailureKind::Unavailable(format!("domain {d:?} is not a TLS server name: {e}")),
-                )
-            }),
-        };
-        Box::pin(async move {
-            let name = name?;
-            let start = tokio::time::Instant::now();
-            let tcp = tcp(addr, timeout, &target).await?;
-            let left = timeout.saturating_sub(start.elapsed());
-            match tokio::time::timeout(left, connector.connect(name, tcp)).await {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(e)) => Err(handshake_failure(&target, e)),
-                Err(_) => Err(Failure::new(
-                    target,
-                    FailureKind::Tls("handshake timed out".into()),
-                )),
-            }
-        })
-    }
+        }
+    })
 }
 
 /// How failures name a candidate.

@@ -55,8 +55,8 @@ impl Curve {
     fn cdf(self, t: f64) -> f64 {
         let t = t.clamp(0.0, 1.0);
         match self {
-            Curve::Uniform | Curve::Failover { .. } => t,
-            Curve::Burst { .. } => t,
+            // A burst is uniform over its own, shorter span.
+            Curve::Uniform | Curve::Failover { .. } | Curve::Burst { .. } => t,
             Curve::Ramp => t * t,
         }
     }

@@ -13,10 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const P: &str = "/gateway-router/v1";
 
-fn gateway(ca: &TestCa, serve: Serve) -> GatewayServer {
-    GatewayServer::start(ca, serve)
-}
-
 struct Fleet {
     _etcd: Etcd,
     router: RouterProc,
@@ -69,7 +65,7 @@ fn client(f: &Fleet, alpn: &[&[u8]]) -> Client {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_is_reached_by_ip_with_its_name_as_sni_and_certificate_name() {
     let ca = TestCa::new("gateway CA");
-    let gw = gateway(
+    let gw = GatewayServer::start(
         &ca,
         Serve::Tls {
             names: vec!["gw-a.test".into()],
@@ -101,7 +97,7 @@ async fn a_gateway_is_reached_by_ip_with_its_name_as_sni_and_certificate_name() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_certificate_for_another_name_fails_with_its_tls_cause() {
     let ca = TestCa::new("gateway CA");
-    let gw = gateway(&ca, Serve::tls(&["other.test"]));
+    let gw = GatewayServer::start(&ca, Serve::tls(&["other.test"]));
     let f = fleet(ca, &[("gw-a", 10, gw.addr, Some("gw-a.test"))]);
     let e = client(&f, &[]).connect_tls().await.unwrap_err();
     let Error::Connect { attempts } = &e else {
@@ -123,7 +119,7 @@ async fn a_certificate_for_another_name_fails_with_its_tls_cause() {
 
     // A certificate from a CA the client does not trust fails the same way.
     let stranger = TestCa::new("someone else's CA");
-    let gw = gateway(&stranger, Serve::tls(&["gw-a.test"]));
+    let gw = GatewayServer::start(&stranger, Serve::tls(&["gw-a.test"]));
     let g = fleet(
         TestCa::new("trusted CA"),
         &[("gw-a", 10, gw.addr, Some("gw-a.test"))],
@@ -138,8 +134,8 @@ async fn a_certificate_for_another_name_fails_with_its_tls_cause() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_handshake_on_the_first_candidate_is_raced_past() {
     let ca = TestCa::new("gateway CA");
-    let stall = gateway(&ca, Serve::Stall);
-    let good = gateway(&ca, Serve::tls(&["gw-b.test"]));
+    let stall = GatewayServer::start(&ca, Serve::Stall);
+    let good = GatewayServer::start(&ca, Serve::tls(&["gw-b.test"]));
     let f = fleet(
         ca,
         &[
@@ -164,8 +160,8 @@ async fn a_stalled_handshake_on_the_first_candidate_is_raced_past() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_without_a_domain_is_refused_for_tls_and_the_next_is_used() {
     let ca = TestCa::new("gateway CA");
-    let bare = gateway(&ca, Serve::tls(&["127.0.0.1"]));
-    let named = gateway(&ca, Serve::tls(&["gw-b.test"]));
+    let bare = GatewayServer::start(&ca, Serve::tls(&["127.0.0.1"]));
+    let named = GatewayServer::start(&ca, Serve::tls(&["gw-b.test"]));
     let f = fleet(
         ca,
         &[
