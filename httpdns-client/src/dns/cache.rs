@@ -2,6 +2,7 @@
 //! TTL by the stale window, and the answers file that keeps HTTPDNS answers across
 //! restarts (written atomically; read once, at the first lookup).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -65,65 +66,96 @@ struct Saved {
 
 /// The cache, with its optional file.
 pub(crate) struct Cache {
-    map: moka::future::Cache<String, Entry>,
+    /// Host → answer. A plain map under a lock: an app resolves a handful of hosts, and
+    /// no lock is held across an await.
+    map: Arc<Mutex<HashMap<String, Entry>>>,
+    max_entries: usize,
     file: Option<PathBuf>,
     max_stale: Duration,
     /// The file is read once, by the first lookup.
-    loaded: tokio::sync::OnceCell<()>,
+    loaded: std::sync::Once,
     /// One writer at a time; each writes the cache as it is when it runs.
     writing: Arc<Mutex<()>>,
 }
 
 impl Cache {
-    pub(crate) fn new(
-        max_entries: u64,
-        max_ttl: Duration,
-        max_stale: Duration,
-        file: Option<PathBuf>,
-    ) -> Cache {
+    pub(crate) fn new(max_entries: u64, max_stale: Duration, file: Option<PathBuf>) -> Cache {
         Cache {
-            map: moka::future::Cache::builder()
-                .max_capacity(max_entries.max(1))
-                .time_to_live(max_ttl + max_stale)
-                .build(),
+            map: Arc::default(),
+            max_entries: usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX),
             file,
             max_stale,
-            loaded: tokio::sync::OnceCell::new(),
+            loaded: std::sync::Once::new(),
             writing: Arc::new(Mutex::new(())),
         }
     }
 
-    /// The entry for `host`, reading the answers file first when this is the first call.
-    pub(crate) async fn get(&self, host: &str) -> Option<Entry> {
-        self.loaded
-            .get_or_init(|| async {
-                if let Some(path) = &self.file {
-                    for (host, entry) in read_answers(path, now_ms(), self.max_stale) {
-                        self.map.insert(host, entry).await;
-                    }
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock leaves a map that is still whole.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry for `host` while it is servable (fresh or stale), reading the answers
+    /// file first when this is the first call.
+    pub(crate) fn get(&self, host: &str) -> Option<Entry> {
+        self.loaded.call_once(|| {
+            if let Some(path) = &self.file {
+                let read = read_answers(path, now_ms(), self.max_stale);
+                let mut map = self.map();
+                for (host, entry) in read {
+                    map.entry(host).or_insert(entry);
                 }
-            })
-            .await;
-        self.map.get(host).await
+            }
+        });
+        let now = Instant::now();
+        let mut map = self.map();
+        match map.get(host) {
+            Some(e) if e.stale_until >= now => Some(e.clone()),
+            Some(_) => {
+                map.remove(host);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Keeps `entry` for `host`; an HTTPDNS answer is written to the answers file too.
-    pub(crate) async fn insert(&self, host: &str, entry: Entry) {
+    /// Past `max_entries` hosts, answers no longer servable go first, then the one
+    /// closest to its end.
+    pub(crate) fn insert(&self, host: &str, entry: Entry) {
         let persist = entry.source == DnsSource::HttpDns;
-        self.map.insert(host.to_string(), entry).await;
+        {
+            let mut map = self.map();
+            map.insert(host.to_string(), entry);
+            if map.len() > self.max_entries {
+                let now = Instant::now();
+                map.retain(|h, e| h == host || e.stale_until >= now);
+            }
+            while map.len() > self.max_entries {
+                let Some(oldest) = map
+                    .iter()
+                    .filter(|(h, _)| *h != host)
+                    .min_by_key(|(_, e)| e.stale_until)
+                    .map(|(h, _)| h.clone())
+                else {
+                    break;
+                };
+                map.remove(&oldest);
+            }
+        }
         if persist {
             self.save();
         }
     }
 
-    pub(crate) async fn invalidate(&self, host: &str) {
-        self.map.invalidate(host).await;
+    pub(crate) fn invalidate(&self, host: &str) {
+        self.map().remove(host);
     }
 
     /// Drops every answer, the file's too (the network changed: what the providers
     /// answered may not hold on the new one).
     pub(crate) fn clear(&self) {
-        self.map.invalidate_all();
+        self.map().clear();
         if let Some(path) = &self.file {
             let _guard = self.writing.lock().expect("answers writer");
             match std::fs::remove_file(path) {
@@ -146,11 +178,13 @@ impl Cache {
         tokio::task::spawn_blocking(move || {
             let _guard = writing.lock().expect("answers writer");
             let answers = map
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .filter(|(_, e)| e.source == DnsSource::HttpDns)
                 .map(|(host, e)| Saved {
-                    host: host.to_string(),
-                    ips: e.ips,
+                    host: host.clone(),
+                    ips: e.ips.clone(),
                     saved_ms: e.got_ms,
                     ttl_secs: e.ttl.as_secs(),
                 })
@@ -270,25 +304,52 @@ mod tests {
         assert!(read_answers(&dir.path().join("none"), now, Duration::ZERO).is_empty());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_map_holds_max_entries_dropping_the_unservable_then_the_nearest_end() {
+        let c = Cache::new(2, Duration::from_secs(10), None);
+        let ip = vec!["192.0.2.1".parse().unwrap()];
+        let entry = |ttl_s| {
+            Entry::new(
+                ip.clone(),
+                DnsSource::LocalDns,
+                Duration::from_secs(ttl_s),
+                Duration::from_secs(10),
+            )
+        };
+        c.insert("short", entry(5));
+        c.insert("long", entry(500));
+        assert!(c.get("short").is_some() && c.get("long").is_some());
+        // Full: the answer closest to its end makes room.
+        c.insert("new", entry(50));
+        assert!(c.get("short").is_none(), "nearest end dropped");
+        assert!(c.get("long").is_some() && c.get("new").is_some());
+        // Past TTL plus the stale window an answer is gone, and leaves room first.
+        // (`long` now ends sooner than `third`, but `new` is dropped.)
+        tokio::time::advance(Duration::from_secs(61)).await;
+        c.insert("third", entry(1000));
+        assert!(c.get("long").is_some() && c.get("third").is_some());
+        assert!(c.get("new").is_none(), "past its stale window");
+        c.invalidate("long");
+        assert!(c.get("long").is_none());
+    }
+
     #[tokio::test]
     async fn httpdns_answers_are_written_and_read_back_by_the_next_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("answers.json");
         let ttl = Duration::from_secs(60);
         let day = Duration::from_secs(86400);
-        let c = Cache::new(10, ttl, day, Some(path.clone()));
-        assert!(c.get("x").await.is_none());
+        let c = Cache::new(10, day, Some(path.clone()));
+        assert!(c.get("x").is_none());
         let ips = vec!["192.0.2.9".parse().unwrap()];
         c.insert(
             "r.example",
             Entry::new(ips.clone(), DnsSource::HttpDns, ttl, day),
-        )
-        .await;
+        );
         c.insert(
             "local.example",
             Entry::new(ips.clone(), DnsSource::LocalDns, ttl, day),
-        )
-        .await;
+        );
         // Written off the caller's path: wait for the file (renamed in whole).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !path.exists() {
@@ -298,12 +359,12 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let next = Cache::new(10, ttl, day, Some(path.clone()));
-        let e = next.get("r.example").await.expect("read back");
+        let next = Cache::new(10, day, Some(path.clone()));
+        let e = next.get("r.example").expect("read back");
         assert_eq!(e.ips, ips);
         assert!(e.expires > Instant::now(), "fresh");
         assert!(
-            next.get("local.example").await.is_none(),
+            next.get("local.example").is_none(),
             "local DNS answers are not kept"
         );
         next.clear();

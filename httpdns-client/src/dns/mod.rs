@@ -129,7 +129,6 @@ impl HttpDns {
             .map_err(|e| Error::Config(e.to_string()))?;
         let cache = Cache::new(
             config.max_entries,
-            config.max_ttl,
             config.max_stale,
             config.answers_file.clone(),
         );
@@ -209,7 +208,7 @@ impl HttpDns {
             });
         }
         let now = Instant::now();
-        if let Some(e) = self.cache.get(host).await {
+        if let Some(e) = self.cache.get(host) {
             if e.expires > now {
                 return Ok(Resolved {
                     ips: e.ips,
@@ -225,7 +224,7 @@ impl HttpDns {
                     stale: true,
                 });
             }
-            self.cache.invalidate(host).await;
+            self.cache.invalidate(host);
         }
         // One lookup in flight per host: later callers wait for it, then find its
         // answer in the cache (or, when it failed, look up themselves).
@@ -238,16 +237,11 @@ impl HttpDns {
             .clone();
         let result = {
             let _turn = gate.lock().await;
-            match self
-                .cache
-                .get(host)
-                .await
-                .filter(|e| e.expires > Instant::now())
-            {
+            match self.cache.get(host).filter(|e| e.expires > Instant::now()) {
                 Some(e) => Ok(e),
                 None => match self.lookup(host, deadline).await {
                     Ok(e) => {
-                        self.cache.insert(host, e.clone()).await;
+                        self.cache.insert(host, e.clone());
                         Ok(e)
                     }
                     Err(e) => Err(e),
@@ -282,7 +276,7 @@ impl HttpDns {
         tokio::spawn(async move {
             let deadline = Instant::now() + me.config.attempt_timeout * 4;
             match me.lookup(&host, deadline).await {
-                Ok(entry) => me.cache.insert(&host, entry).await,
+                Ok(entry) => me.cache.insert(&host, entry),
                 Err(e) => {
                     debug!(host = %host, error = %e, "background refresh failed; keeping the stale answer")
                 }
@@ -423,7 +417,7 @@ impl HttpDns {
     #[cfg(test)]
     async fn store(&self, host: &str, ips: Vec<IpAddr>, ttl: Duration, source: DnsSource) {
         let entry = Entry::new(ips, source, ttl, self.config.max_stale);
-        self.cache.insert(host, entry).await;
+        self.cache.insert(host, entry);
     }
 
     fn client_for(
