@@ -3,6 +3,9 @@
 //! tables of 10 to 100,000 networks, trie against a scan.
 //!
 //! Selection is timed with nodes reporting after every 1,000 answers (see [`answers`]).
+//! "burst" times it mid-burst, when no report comes: every node of the region levelled
+//! by the herd counts (see [`burst`]), answered through the herd-adjusted order
+//! ("order", as the router does) and by the scan alone ("scan", as it did before).
 //!
 //! Nodes spread over 10 regions; each request asks for 3 candidates in the client's
 //! region (one tenth of the fleet) with one fallback region, as a client with a known
@@ -22,7 +25,7 @@ use registry::{NodeRecord, Ports, Proto};
 use router_server::config::RegionsConfig;
 use router_server::herd::HerdView;
 use router_server::http::RegionTable;
-use router_server::schedule::{select, Query, Rules, Snapshot};
+use router_server::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
 
 fn fleet(n: usize) -> Snapshot {
     let records = (0..n).map(|i| {
@@ -65,6 +68,72 @@ fn answers(b: &mut Bencher<'_>, snap: &Snapshot, query: &Query<'_>, rules: Rules
         }
         total
     })
+}
+
+/// A fleet of `n` nodes in 10 regions, every node at the same reported load (what a
+/// burst levels: the reports say nothing new while it lasts).
+fn levelled(n: usize) -> Snapshot {
+    let records = (0..n).map(|i| {
+        Arc::new(NodeRecord::new(
+            format!("gw-{i:06}"),
+            "192.0.2.1".parse().unwrap(),
+            Ports {
+                tcp: Some(8000),
+                ws: None,
+                wss: None,
+            },
+            format!("r{}", i % 10),
+            1_000_000,
+            500_000,
+        ))
+    });
+    Snapshot::build_seeded(records, None, 1, false, 7)
+}
+
+/// Microseconds between two answers on the burst's virtual clock: one router
+/// answering 100,000 requests a second into one region.
+const BURST_STEP_US: u64 = 10;
+
+/// Times selection in a burst with no report: the clock (virtual) moves 10 µs per
+/// answer, so the herd counts' slots turn and the window drops old answers as they
+/// would at 100,000 answers a second, and the order's keys are computed again each
+/// slot (that cost is in the figure). The region is levelled for 6 s first.
+fn burst(c: &mut Criterion) {
+    let fallbacks = vec!["r1".to_string()];
+    let query = Query {
+        proto: Proto::Tcp,
+        count: 3,
+        region: Some("r0"),
+        family: None,
+    };
+    let mut group = c.benchmark_group("burst");
+    for n in [100usize, 1_000, 10_000, 100_000] {
+        let snap = levelled(n);
+        let mut clock_us = registry::now_ms() * 1000;
+        let answer = |budget: usize, clock_us: &mut u64| {
+            *clock_us += BURST_STEP_US;
+            let rules = Rules {
+                max_load: 0.95,
+                fallbacks: &fallbacks,
+                herd: HerdView::at(*clock_us / 1000, 20, 1),
+            };
+            black_box(select_budgeted(&snap, &query, rules, 1, budget))
+        };
+        for _ in 0..6_000_000 / BURST_STEP_US {
+            answer(SCAN_BUDGET, &mut clock_us);
+        }
+        for (name, budget) in [("order", SCAN_BUDGET), ("scan", usize::MAX)] {
+            if name == "scan" && n > 10_000 {
+                // A scan of 10,000 nodes per answer: minutes of benchmark for a figure
+                // the 10,000-node fleet already gives the trend of.
+                continue;
+            }
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| answer(budget, &mut clock_us))
+            });
+        }
+    }
+    group.finish();
 }
 
 fn bench(c: &mut Criterion) {
@@ -175,5 +244,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, burst);
 criterion_main!(benches);

@@ -272,6 +272,28 @@ impl HerdView {
         own.saturating_mul(self.scale)
     }
 
+    /// A lower bound of [`HerdView::pending`] from now to the end of the current slot.
+    /// Within a slot the window's start does not move, so the count after a sample
+    /// only grows, with one exception: a recent sample whose count moves from fine to
+    /// coarse slots, which may then start later (at the window) than the fine count
+    /// did. The bound is the lesser of the two then.
+    pub fn pending_floor(&self, counter: &HerdCounter, sampled_ms: u64) -> u64 {
+        self.pending_and_floor(counter, sampled_ms).1
+    }
+
+    /// [`HerdView::pending`] and [`HerdView::pending_floor`] in one read.
+    pub fn pending_and_floor(&self, counter: &HerdCounter, sampled_ms: u64) -> (u64, u64) {
+        let now = self.pending(counter, sampled_ms);
+        let fine_now = sampled_ms + FINE_SPAN_MS > self.now_ms;
+        let fine_at_end = sampled_ms + FINE_SPAN_MS > (self.now + 1) * SLOT_MS - 1;
+        if fine_now && !fine_at_end {
+            let coarse = counter.since(slot_of(sampled_ms).max(self.oldest), self.now);
+            (now, now.min(coarse.saturating_mul(self.scale)))
+        } else {
+            (now, now)
+        }
+    }
+
     /// Records an answer now.
     pub fn record(&self, counter: &HerdCounter) {
         counter.add_at(self.now_ms);
@@ -342,6 +364,42 @@ mod tests {
         c.add_at(T0 + 900);
         let v = HerdView::at(T0 + 901, 20, 1);
         assert_eq!(v.pending(&c, T0 + 500), 1);
+    }
+
+    /// The floor is below what `pending` reads at any later moment of the slot, and
+    /// equal to it now but for a sample about to leave the fine span.
+    #[test]
+    fn the_floor_holds_until_the_slot_ends() {
+        let c = HerdCounter::default();
+        // A window of 2 slots; answers every 7 ms over 3 s.
+        let start = T0 - T0 % SLOT_MS;
+        for t in (start..start + 3000).step_by(7) {
+            c.add_at(t);
+        }
+        let end = start + 3000;
+        let mut exact_now = 0;
+        let mut checked = 0;
+        for sampled in (start..end).step_by(13) {
+            for now in (end - 2 * SLOT_MS..end).step_by(11) {
+                let v = HerdView::at(now, 2, 3);
+                let floor = v.pending_floor(&c, sampled);
+                assert!(floor <= v.pending(&c, sampled), "floor above now");
+                let slot_end = (v.now + 1) * SLOT_MS;
+                for later in (now..slot_end.min(end)).step_by(3) {
+                    let w = HerdView::at(later, 2, 3);
+                    assert!(
+                        floor <= w.pending(&c, sampled),
+                        "sampled {sampled}, now {now}, later {later}"
+                    );
+                    checked += 1;
+                }
+                if floor == v.pending(&c, sampled) {
+                    exact_now += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+        assert!(exact_now > 0);
     }
 
     #[test]

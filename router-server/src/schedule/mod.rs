@@ -16,7 +16,11 @@
 //! nodes that can serve it, least reported load first, keeping the best `count`, and
 //! stops as soon as the next node's reported load (a lower bound of its projected load)
 //! cannot beat the worst kept one. Without a burst that is `count` + 1 nodes whatever
-//! the fleet size; during a burst, the nodes whose projected loads have been levelled.
+//! the fleet size. During a burst it would be every node whose projected load has been
+//! levelled: past [`SCAN_BUDGET`] nodes the request walks the index's herd-adjusted
+//! [`order`] instead, which reads about `count` nodes at any fleet size.
+
+mod order;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -28,6 +32,7 @@ use registry::{NodeRecord, NodeState, Proto};
 
 use crate::answer::NodeJson;
 use crate::herd::{HerdCounter, HerdView};
+use order::{Order, Walker};
 
 /// One node as the router serves it.
 #[derive(Debug, Clone)]
@@ -65,16 +70,34 @@ impl NodeEntry {
             .saturating_add(herd.pending(&self.assigned, self.sampled_ms));
         conns as f64 * self.inv_capacity
     }
+
+    /// The projected load, and a lower bound of it until the herd counts' slot ends
+    /// (see [`HerdView::pending_floor`]), computed the same way.
+    fn loads(&self, herd: &HerdView) -> (f64, f64) {
+        let (pending, floor) = herd.pending_and_floor(&self.assigned, self.sampled_ms);
+        let load = |p: u64| self.connections.saturating_add(p) as f64 * self.inv_capacity;
+        (load(pending), load(floor))
+    }
 }
 
 /// Node indexes (into [`Snapshot::nodes`]) that can serve one protocol, per protocol,
-/// sorted by reported load, then index.
+/// sorted by reported load, then index; and each list's herd-adjusted [`Order`].
 #[derive(Debug, Clone, Default)]
-struct ByProto([Vec<u32>; 3]);
+struct ByProto([Vec<u32>; 3], [Arc<Order>; 3]);
+
+/// One index: its list, sorted by reported load, and its herd-adjusted order.
+#[derive(Clone, Copy)]
+struct Index<'a> {
+    list: &'a [u32],
+    order: &'a Order,
+}
 
 impl ByProto {
-    fn get(&self, proto: Proto) -> &[u32] {
-        &self.0[proto as usize]
+    fn get(&self, proto: Proto) -> Index<'_> {
+        Index {
+            list: &self.0[proto as usize],
+            order: &self.1[proto as usize],
+        }
     }
 }
 
@@ -203,6 +226,9 @@ pub struct Snapshot {
     pub revision: i64,
     /// True while answers come from an older set (registry unreachable or protect).
     pub stale: bool,
+    /// Which snapshot this is: the herd-adjusted orders serve the snapshot that owns
+    /// them (see [`order`]).
+    generation: u64,
 }
 
 impl Snapshot {
@@ -360,6 +386,7 @@ impl Snapshot {
             held,
             revision,
             stale,
+            generation: order::next_generation(),
         }
     }
 
@@ -389,6 +416,15 @@ impl Snapshot {
         received: u64,
     ) -> Option<Snapshot> {
         let mut next = self.clone();
+        next.generation = order::next_generation();
+        // The orders go to the new snapshot, which updates them below; this one scans.
+        for lists in next.by_region.values_mut().chain([&mut next.all]) {
+            for order in &mut lists.1 {
+                if !order.hand_over(self.generation, next.generation) {
+                    *order = Arc::new(Order::owned_by(next.generation));
+                }
+            }
+        }
         for record in reports {
             let i = next.position(&record.id)?;
             let old = next.nodes[i].clone();
@@ -434,6 +470,7 @@ impl Snapshot {
                 if old.record.ports.get(proto).is_none() {
                     continue;
                 }
+                list.1[proto as usize].remove(i, old.tie);
                 let list = &mut list.0[proto as usize];
                 if let Ok(at) =
                     list.binary_search_by(|&j| rank_key(&nodes[j as usize], j).cmp(&key))
@@ -464,6 +501,7 @@ impl Snapshot {
                 if e.record.ports.get(proto).is_none() {
                     continue;
                 }
+                list.1[proto as usize].insert(e, i);
                 let list = &mut list.0[proto as usize];
                 let at = list.partition_point(|&j| rank_key(&nodes[j as usize], j) < key);
                 list.insert(at, i);
@@ -541,6 +579,18 @@ pub fn select_weighted(
     rules: Rules<'_>,
     weight: u64,
 ) -> Chosen {
+    select_budgeted(snap, query, rules, weight, SCAN_BUDGET)
+}
+
+/// [`select_weighted`], walking the herd-adjusted order after `budget` nodes of a scan
+/// (benchmarks and tests compare the two ways).
+pub fn select_budgeted(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    weight: u64,
+    budget: usize,
+) -> Chosen {
     let want = query.count.clamp(1, MAX_COUNT);
     let mut out = Chosen::new();
     let tiers = Tiers {
@@ -567,6 +617,7 @@ pub fn select_weighted(
                 want,
                 None,
                 &mut out,
+                budget,
             );
         }
     }
@@ -579,6 +630,7 @@ pub fn select_weighted(
             want,
             Some(tiers),
             &mut out,
+            budget,
         );
     }
     if out.len() < want && !snap.held.is_empty() {
@@ -671,49 +723,116 @@ impl Tiers<'_> {
     }
 }
 
-/// Appends the best of `indexes` (excluding the regions of `skip` and nodes already
+/// Nodes a request reads in reported-load order before it walks the index's
+/// herd-adjusted order instead. A quiet request reads `count` + 1.
+pub const SCAN_BUDGET: usize = 32;
+
+/// Appends the best of `index` (excluding the regions of `skip` and nodes already
 /// chosen) to `out`, up to `want` in total, least loaded first.
+#[allow(clippy::too_many_arguments)]
 fn best_of(
     snap: &Snapshot,
-    indexes: &[u32],
+    index: Index<'_>,
     query: &Query<'_>,
     rules: Rules<'_>,
     want: usize,
     skip: Option<Tiers<'_>>,
     out: &mut Chosen,
+    budget: usize,
 ) {
-    let start = out.len();
-    let room = want - start;
-    for &i in indexes {
-        let i = i as usize;
-        let e = &snap.nodes[i];
-        // `indexes` is sorted by reported load (then id), and the reported load never
-        // exceeds the projected one: once a node's reported load cannot beat the worst
-        // kept candidate (or reaches `max_load`), no later node can either.
-        if e.reported_load >= rules.max_load {
-            break;
+    let mut keep = Keep {
+        snap,
+        query,
+        rules,
+        skip,
+        start: out.len(),
+        room: want - out.len(),
+        out,
+    };
+    // Mid-burst (a scan of this index ran past its budget lately), the order at once.
+    if budget == usize::MAX || !index.order.levelled(&rules.herd) {
+        if keep.scan(index.list, budget) {
+            return;
         }
-        let full = out.len() - start == room;
-        if full && !beats(e.reported_load, e.tie, i, &out[out.len() - 1]) {
-            break;
+        // A levelled burst: the reported loads no longer tell where to stop.
+        index.order.mark_levelled(&rules.herd);
+        keep.out.truncate(keep.start);
+    }
+    if !index.order.walk(snap, index.list, &rules.herd, &mut keep) {
+        keep.out.truncate(keep.start);
+        keep.scan(index.list, usize::MAX);
+    }
+}
+
+/// The candidates one index adds to an answer: `out[start..]`, at most `room` of them.
+struct Keep<'a, 'q> {
+    snap: &'a Snapshot,
+    query: &'a Query<'q>,
+    rules: Rules<'a>,
+    skip: Option<Tiers<'a>>,
+    start: usize,
+    room: usize,
+    out: &'a mut Chosen,
+}
+
+impl Walker for Keep<'_, '_> {
+    fn done(&self, key: f64, tie: u64, i: u32) -> bool {
+        key >= self.rules.max_load || !self.may_beat(key, tie, i as usize)
+    }
+
+    fn visit(&mut self, i: u32, load: f64) {
+        self.consider(i as usize, load);
+    }
+}
+
+impl Keep<'_, '_> {
+    /// Whether a node at `load` (or any load above it) could still be kept.
+    fn may_beat(&self, load: f64, tie: u64, i: usize) -> bool {
+        let full = self.out.len() - self.start == self.room;
+        !full || beats(load, tie, i, &self.out[self.out.len() - 1])
+    }
+
+    /// Walks `list` by reported load. False when it read `budget` nodes and could not
+    /// stop yet.
+    fn scan(&mut self, list: &[u32], budget: usize) -> bool {
+        for (n, &i) in list.iter().enumerate() {
+            let i = i as usize;
+            let e = &self.snap.nodes[i];
+            // `list` is sorted by reported load (then tie rank), and the reported load
+            // never exceeds the projected one: once a node's reported load cannot beat
+            // the worst kept candidate (or reaches `max_load`), no later node can either.
+            if e.reported_load >= self.rules.max_load || !self.may_beat(e.reported_load, e.tie, i) {
+                return true;
+            }
+            if n == budget {
+                return false;
+            }
+            // The herd counter is only read for contenders.
+            let load = e.projected_load(&self.rules.herd);
+            self.consider(i, load);
         }
-        // The herd counter is only read for contenders.
-        let load = e.projected_load(&rules.herd);
-        if load >= rules.max_load || (full && !beats(load, e.tie, i, &out[out.len() - 1])) {
-            continue;
+        true
+    }
+
+    /// Keeps node `i` at projected `load` if it serves the query and ranks among the
+    /// best so far.
+    fn consider(&mut self, i: usize, load: f64) {
+        let e = &self.snap.nodes[i];
+        if load >= self.rules.max_load || !self.may_beat(load, e.tie, i) {
+            return;
         }
         let r = &e.record;
-        if skip.is_some_and(|t| t.contains(&r.region)) {
-            continue;
+        if self.skip.is_some_and(|t| t.contains(&r.region)) {
+            return;
         }
-        if out[..start].iter().any(|c| c.index == i) {
-            continue;
+        if self.out[..self.start].iter().any(|c| c.index == i) {
+            return;
         }
-        let Some(ip) = r.addr_for(query.family) else {
-            continue;
+        let Some(ip) = r.addr_for(self.query.family) else {
+            return;
         };
-        let Some(port) = r.ports.get(query.proto) else {
-            continue;
+        let Some(port) = r.ports.get(self.query.proto) else {
+            return;
         };
         let cand = Candidate {
             index: i,
@@ -723,11 +842,12 @@ fn best_of(
             tie: e.tie,
         };
         // Insertion into the kept tail, ordered by load then tie rank.
-        let pos = start + out[start..].partition_point(|c| !beats(load, e.tie, i, c));
-        if out.len() - start == room {
-            out.pop();
+        let start = self.start;
+        let pos = start + self.out[start..].partition_point(|c| !beats(load, e.tie, i, c));
+        if self.out.len() - start == self.room {
+            self.out.pop();
         }
-        out.insert(pos, cand);
+        self.out.insert(pos, cand);
     }
 }
 
@@ -1185,6 +1305,48 @@ mod tests {
             .collect()
     }
 
+    /// Mid-burst, with every node of the region levelled and no report coming, an
+    /// answer reads about `count` + 1 nodes whatever the region's size (a scan read
+    /// them all).
+    #[test]
+    fn a_levelled_burst_reads_the_same_few_nodes_at_any_size() {
+        let mut per_answer = Vec::new();
+        for n in [100usize, 1_000, 10_000] {
+            let records =
+                (0..n).map(|i| Arc::new(node(&format!("gw-{i:06}"), "r0", 500_000, 1_000_000)));
+            let snap = Snapshot::build_seeded(records, None, 1, false, 7);
+            let q = q(Some("r0"), 3);
+            // Microseconds, after the reports' receipt.
+            let mut t = (registry::now_ms() + 1_000) * 1000;
+            let (walks, visits) = (
+                order::WALKS.with(|w| w.get()),
+                order::VISITS.with(|w| w.get()),
+            );
+            let answers = 20_000u64;
+            for _ in 0..answers {
+                // 20,000 answers a second: the herd counts' slots turn four times.
+                t += 50;
+                let rules = Rules {
+                    max_load: 0.95,
+                    fallbacks: &[],
+                    herd: HerdView::at(t / 1000, 20, 1),
+                };
+                assert_eq!(select(&snap, &q, rules).len(), 3);
+            }
+            let walked = order::WALKS.with(|w| w.get()) - walks;
+            let read = order::VISITS.with(|w| w.get()) - visits;
+            assert!(
+                walked + u64::try_from(SCAN_BUDGET).unwrap() >= answers,
+                "answered by walks: {walked}"
+            );
+            per_answer.push(read as f64 / answers as f64);
+        }
+        assert!(
+            per_answer.iter().all(|&v| v <= 5.0),
+            "nodes read per answer: {per_answer:?}"
+        );
+    }
+
     proptest! {
         /// The sorted walk with early stop chooses exactly what a full scan would,
         /// herd counters included.
@@ -1257,6 +1419,63 @@ mod tests {
             }
             prop_assert_eq!((patched.revision, patched.stale), (2, true));
             prop_assert!(base.patch([&Arc::new(node("not-there", "a", 1, 10))], 3, false).is_none());
+        }
+
+        /// A burst answered through the herd-adjusted orders (no scan at all) chooses
+        /// what a full scan would, answer after answer, while reports patch the
+        /// snapshot and time crosses slots and the window.
+        #[test]
+        fn the_herd_adjusted_order_equals_a_full_scan(
+            fleet in arb_fleet(),
+            steps in proptest::collection::vec((0u8..10, 0usize..40, 0usize..40, 0u64..400), 1..80),
+            routers in 1u64..4, count in 1usize..=4, ties in any::<bool>(),
+        ) {
+            let regions = ["a", "b", "c", "d", "zz"];
+            let mut ids = std::collections::HashSet::new();
+            let fleet: Vec<Arc<NodeRecord>> = fleet.into_iter()
+                .filter(|n| ids.insert(n.id.clone()))
+                .map(|mut n| {
+                    if ties {
+                        n.capacity = 8 + n.capacity % 2 * 8;
+                        n.connections %= 4;
+                    }
+                    Arc::new(n)
+                })
+                .collect();
+            prop_assume!(!fleet.is_empty());
+            let mut now = 1_800_000_000_000u64;
+            let mut s = Snapshot::build_holding(fleet.iter().cloned(), [], None, 1, false, 0, now);
+            let fallbacks = vec!["b".to_string()];
+            let walks = order::WALKS.with(|w| w.get());
+            let mut selects = 0;
+            for (kind, a, b, ms) in steps {
+                now += ms;
+                let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd: HerdView::at(now, 8, routers) };
+                match kind {
+                    // A report: node `a` with `b`'s load, sampled a little earlier.
+                    0 => {
+                        let (a, b) = (&fleet[a % fleet.len()], &fleet[b % fleet.len()]);
+                        let r = Arc::new(NodeRecord {
+                            id: a.id.clone(),
+                            region: a.region.clone(),
+                            sampled_ms: Some(now - ms / 2),
+                            updated_ms: Some(now),
+                            ..(**b).clone()
+                        });
+                        s = s.patch_at([&r], 2, false, now).expect("known id");
+                    }
+                    _ => {
+                        let query = Query { proto: Proto::ALL[a % 3], count, region: Some(regions[b % 5]), family: None };
+                        let expected = reference(&s, &query, rules);
+                        let got: Vec<usize> = select_budgeted(&s, &query, rules, 1, 0).iter().map(|c| c.index).collect();
+                        // Something to choose: a walk answered (budget 0 allows no scan).
+                        selects += u64::from(!expected.is_empty());
+                        prop_assert_eq!(got, expected, "at +{}", now % 100_000);
+                    }
+                }
+            }
+            let walked = order::WALKS.with(|w| w.get()) - walks;
+            prop_assert!(walked >= selects, "{} walks for {} selections", walked, selects);
         }
 
         #[test]
