@@ -5,6 +5,11 @@
 # server is measured too, for what the framework alone costs. Rounds rotate between the
 # servers; medians are reported, with the ratios.
 #
+# Mid-burst: the same router with every node at one reported load and no report
+# coming (BENCH_LEVELLED=1), at 100, 1,000 and 10,000 nodes (10 regions; wrk -t1 -c32
+# on one). Each answer moves a node in the herd-adjusted order; the goal is the same
+# req/s at any fleet size, within 10 % (10,000 nodes / 100 nodes >= 0.9).
+#
 #   scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,13 +27,23 @@ cargo build --quiet --release -p router-server --example bench_router --example 
 spawn router target/release/examples/bench_router 1000 127.0.0.1:0
 spawn static target/release/examples/static_server 127.0.0.1:0
 spawn bare target/release/examples/bare_static_server 127.0.0.1:0
+export BENCH_LEVELLED=1
+spawn burst100 target/release/examples/bench_router 100 127.0.0.1:0
+spawn burst1000 target/release/examples/bench_router 1000 127.0.0.1:0
+spawn burst10000 target/release/examples/bench_router 10000 127.0.0.1:0
+unset BENCH_LEVELLED
 router=$(listen_addr router); static=$(listen_addr static); bare=$(listen_addr bare)
 [ -n "$router" ] && [ -n "$static" ] && [ -n "$bare" ] || { cat "$work"/*.err; exit 1; }
+declare -A burst
+for n in 100 1000 10000; do
+  burst[$n]=$(listen_addr "burst$n")
+  [ -n "${burst[$n]}" ] || { cat "$work"/*.err; exit 1; }
+done
 # Same answer size, so both push the same bytes.
 echo "answer sizes: router $(curl -s "http://$router/gateways" | wc -c) B, static $(curl -s "http://$static/gateways" | wc -c) B, bare $(curl -s "http://$bare/gateways" | wc -c) B"
 
-run_wrk() { # addr -> "rps p99_ms"
-  wrk -t2 -c"$conns" -d"${secs}s" --latency "http://$1/gateways" > "$work/wrk.txt"
+run_wrk() { # addr [threads connections] -> "rps p99_ms"
+  wrk -t"${2:-2}" -c"${3:-$conns}" -d"${secs}s" --latency "http://$1/gateways" > "$work/wrk.txt"
   local rps p99
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.txt")
@@ -38,11 +53,14 @@ run_wrk() { # addr -> "rps p99_ms"
 
 
 : > "$work/router.res"; : > "$work/static.res"; : > "$work/bare.res"
+for n in 100 1000 10000; do : > "$work/burst$n.res"; done
 for i in $(seq 1 "$rounds"); do
   run_wrk "$router" >> "$work/router.res"
   run_wrk "$static" >> "$work/static.res"
   run_wrk "$bare" >> "$work/bare.res"
   echo "round $i: router $(tail -1 "$work/router.res")  static $(tail -1 "$work/static.res")  bare $(tail -1 "$work/bare.res")  (req/s p99_ms)"
+  for n in 100 1000 10000; do run_wrk "${burst[$n]}" 1 32 >> "$work/burst$n.res"; done
+  echo "round $i mid-burst: 100 nodes $(tail -1 "$work/burst100.res")  1,000 $(tail -1 "$work/burst1000.res")  10,000 $(tail -1 "$work/burst10000.res")"
 done
 col() { awk -v c="$2" '{print $c}' "$work/$1.res" | median; }
 r_rps=$(col router 1); s_rps=$(col static 1); b_rps=$(col bare 1)
@@ -52,3 +70,9 @@ printf '%-34s %12.0f %12.3f\n' "static, same stack (baseline)" "$s_rps" "$(col s
 printf '%-34s %12.0f %12.3f\n' "static, bare axum" "$b_rps" "$(col bare 2)"
 awk -v r="$r_rps" -v s="$s_rps" 'BEGIN {printf "throughput ratio router/same-stack static: %.3f (target >= 0.9)\n", r/s}'
 awk -v r="$r_rps" -v b="$b_rps" 'BEGIN {printf "throughput ratio router/bare axum static:  %.3f\n", r/b}'
+
+printf '\n%-34s %12s %12s\n' "mid-burst, levelled ($rounds x ${secs}s, -t1 -c32)" "req/s" "p99 ms"
+for n in 100 1000 10000; do
+  printf '%-34s %12.0f %12.3f\n' "router ($n nodes)" "$(col "burst$n" 1)" "$(col "burst$n" 2)"
+done
+awk -v a="$(col burst10000 1)" -v b="$(col burst100 1)" 'BEGIN {printf "mid-burst ratio 10,000 / 100 nodes: %.3f (target >= 0.9)\n", a/b}'

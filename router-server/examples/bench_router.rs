@@ -9,6 +9,10 @@
 //! With `BENCH_DNS_LISTEN=ADDR` it also answers the zone `gw.bench.test` over UDP and
 //! TCP there (response-rate limit off, as for the load generator's single address),
 //! and every node gets an address of its own (`10.x.y.z`).
+//!
+//! With `BENCH_LEVELLED=1` every node reports the same load (half of a capacity of
+//! 1,000,000) and no report follows: the moment in a storm between the agents'
+//! samples, when the herd counts level the region and each answer changes the order.
 
 use std::time::Duration;
 
@@ -32,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let dns = std::env::var("BENCH_DNS_LISTEN").ok();
+    let levelled = std::env::var("BENCH_LEVELLED").is_ok_and(|v| v == "1");
     let kv = MemoryKv::new();
     let layout = Layout::default();
     for i in 0..nodes {
@@ -50,8 +55,12 @@ async fn main() -> anyhow::Result<()> {
                     wss: None,
                 },
                 format!("r{}", i % 10),
-                1_000_000_000,
-                (i as u64 * 7919) % 900_000_000,
+                if levelled { 1_000_000 } else { 1_000_000_000 },
+                if levelled {
+                    500_000
+                } else {
+                    (i as u64 * 7919) % 900_000_000
+                },
             )
         };
         kv.put(&layout.node_key(&r.id), r.to_json(), None).await?;
