@@ -343,3 +343,157 @@ fn without_an_admin_token_the_page_is_read_only() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
+
+/// At 5,000 nodes the page polls region lines, not the fleet: a region with problem
+/// nodes comes first and says what they are, a region's nodes appear when its line is
+/// clicked (problem nodes first), the search finds a node in a closed region, and each
+/// poll stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable() {
+    use registry::etcd::{EtcdKv, EtcdOptions};
+    use registry::kv::Kv;
+    let etcd = Etcd::start();
+    let kv = EtcdKv::connect(&etcd.endpoint_list(), &EtcdOptions::default())
+        .await
+        .unwrap();
+    let nodes = 5_000;
+    let record = |i: usize| {
+        let region = format!("region-{:02}", i % 10);
+        // In region-07: one node draining, one full (over max_load).
+        let (state, conns) = match i {
+            7 => ("draining", 100),
+            17 => ("serving", 999),
+            _ => ("serving", (i as u64 * 37) % 800),
+        };
+        format!(
+            r#"{{"id":"gw-{i:05}","ip":"10.0.{}.{}","ports":{{"tcp":7000}},"region":"{region}","state":"{state}","capacity":1000,"connections":{conns}}}"#,
+            i / 250,
+            i % 250 + 1
+        )
+    };
+    for chunk in (0..nodes).collect::<Vec<_>>().chunks(250) {
+        let puts = chunk.iter().map(|&i| {
+            let kv = &kv;
+            let value = record(i).into_bytes();
+            async move { kv.put(&format!("{P}/nodes/gw-{i:05}"), value, None).await }
+        });
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
+    }
+    let router = RouterProc::start(&etcd, "", &[]);
+    let base = format!("http://{}", router.addr);
+    wait_until(Duration::from_secs(30), "every node followed", || {
+        harness::get_json(router.addr, "/ops/summary.json")
+            .is_some_and(|(_, s)| s["nodes"] == nodes)
+    });
+
+    // What a poll costs: region lines only, against the whole fleet.
+    let size = |path: &str| {
+        let (status, body) = harness::http_get(router.addr, path).unwrap();
+        assert_eq!(status, 200, "{path}");
+        body.len()
+    };
+    let (summary, fleet) = (size("/ops/summary.json"), size("/ops/fleet.json"));
+    assert!(
+        summary * 50 < fleet,
+        "a summary poll is {summary} B, the fleet {fleet} B"
+    );
+    let opened = size("/ops/summary.json?open=region-03");
+    assert!(
+        opened < 100_000,
+        "one region opened: {opened} B (100 nodes listed)"
+    );
+    let (status, _) = harness::http_get(router.addr, "/ops/summary.json?limit=0").unwrap();
+    assert_eq!(status, 400, "limit out of range");
+
+    let (_driver, webdriver) = chromedriver();
+    let c = browser(&webdriver).await;
+    c.goto(&format!("{base}/ops")).await.unwrap();
+    until(
+        &c,
+        20,
+        "ten region lines, no node listed",
+        "document.querySelectorAll('section[data-region]').length === 10 \
+         && document.querySelectorAll('tr[data-node]').length === 0",
+    )
+    .await;
+    // Problem first: region-07's line leads and counts its two problem nodes.
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelector('section[data-region]').dataset.region"
+        )
+        .await,
+        "region-07"
+    );
+    let counts = eval(
+        &c,
+        "document.querySelector('section[data-region=\"region-07\"] .counts').textContent",
+    )
+    .await;
+    let counts = counts.as_str().unwrap();
+    assert!(
+        counts.contains("1 overloaded")
+            && counts.contains("1 draining")
+            && counts.contains("498 serving"),
+        "{counts}"
+    );
+
+    // Drill down: a click lists the region's nodes, the full and the draining first.
+    c.find(Locator::Css("h2[data-toggle='region-07']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        20,
+        "region-07's nodes",
+        "document.querySelectorAll('section[data-region=\"region-07\"] tr[data-node]').length === 100",
+    )
+    .await;
+    let mut first = Vec::new();
+    for k in 1..=2 {
+        let nth = format!(
+            "document.querySelector('section[data-region=\"region-07\"] tbody tr:nth-child({k})').dataset.node"
+        );
+        first.push(eval(&c, &nth).await);
+    }
+    assert_eq!(first, [json!("gw-00017"), json!("gw-00007")]);
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelector('section[data-region=\"region-07\"] .more').dataset.more"
+        )
+        .await,
+        "400"
+    );
+
+    // Search: a node of a closed region, by id.
+    c.find(Locator::Id("search"))
+        .await
+        .unwrap()
+        .send_keys("gw-04321")
+        .await
+        .unwrap();
+    until(
+        &c,
+        20,
+        "the search's one match",
+        "!document.getElementById('found').hidden \
+         && document.querySelectorAll('#found tr[data-node]').length === 1 \
+         && document.querySelector('#found tr[data-node]').dataset.node === 'gw-04321'",
+    )
+    .await;
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelector('section[data-region=\"region-01\"]').dataset.open"
+        )
+        .await,
+        "false"
+    );
+    c.close().await.unwrap();
+}

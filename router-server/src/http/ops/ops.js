@@ -1,12 +1,17 @@
-// The fleet page: polls /ops/fleet.json every second and redraws in place. Registry
-// values are written as text (textContent), never parsed as markup. Actions call the
-// admin API with the token kept in this tab's session storage.
+// The fleet page: polls /ops/summary.json every second and redraws in place: one line
+// per region, problem regions first; the nodes only of the regions opened (a click on
+// the region's line) and of the search, problem nodes first. A small fleet comes with
+// every region open. Registry values are written as text (textContent), never parsed
+// as markup. Actions call the admin API with the token kept in this tab's session
+// storage.
 "use strict";
 
 const POLL_MS = 1000;
 const TOKEN_KEY = "gateway-router-admin-token";
 let last = null; // previous poll's counters, for rates
 let adminAvailable = false;
+const opened = new Set(); // regions whose nodes are listed
+let search = "";
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -145,6 +150,20 @@ function nodeRow(n, maxLoad) {
   return row;
 }
 
+function nodeTable(list, maxLoad) {
+  const head = el("tr", {}, ...["node", "state", "connections / capacity", "", "projected", "ports", "report age", "hook"]
+    .map(h => el("th", {}, h)));
+  const parts = [el("table", {}, el("thead", {}, head), el("tbody", {}, ...list.nodes.map(n => nodeRow(n, maxLoad))))];
+  if (list.more > 0) parts.push(el("p", { class: "more", "data-more": String(list.more) },
+    list.more + " more (search to narrow)"));
+  return parts;
+}
+
+function countsText(r) {
+  const order = ["overloaded", "unhealthy", "draining", "serving"];
+  return order.filter(k => r.counts[k]).map(k => r.counts[k] + " " + k).join(", ");
+}
+
 function renderRegions(f) {
   const main = document.getElementById("regions");
   // Keep a focused input (migrate percent) across redraws.
@@ -152,21 +171,38 @@ function renderRegions(f) {
     ? document.activeElement.dataset.percent : undefined;
   const values = {};
   for (const i of main.querySelectorAll("input[data-percent]")) values[i.dataset.percent] = i.value;
-  // Regions grouped by data centre: by the DC of their nodes, then by name.
-  const dcOf = r => [...new Set(r.nodes.map(n => n.dc || ""))].sort().join(", ");
-  const regions = [...f.regions].sort((a, b) =>
-    dcOf(a).localeCompare(dcOf(b)) || a.region.localeCompare(b.region));
-  main.replaceChildren(...regions.map(r => {
-    const conns = r.nodes.filter(n => n.state !== "draining" && n.state !== "unhealthy");
-    const cap = conns.reduce((a, n) => a + n.capacity, 0);
-    const mean = cap ? conns.reduce((a, n) => a + n.connections, 0) / cap : 0;
-    const head = el("tr", {}, ...["node", "state", "connections / capacity", "", "projected", "ports", "report age", "hook"]
-      .map(h => el("th", {}, h)));
-    const dc = dcOf(r);
-    return el("section", { class: "region", "data-region": r.region, "data-dc": dc },
-      el("h2", {}, (dc ? dc + " · " : "") + r.region,
-        el("span", { class: "mean" }, r.nodes.length + " nodes, mean load " + pct(mean))),
-      el("table", {}, el("thead", {}, head), el("tbody", {}, ...r.nodes.map(n => nodeRow(n, f.router.max_load)))));
+  const found = document.getElementById("found");
+  found.hidden = !f.found;
+  if (f.found) {
+    document.getElementById("found-count").textContent =
+      String(f.found.nodes.length + f.found.more) + " nodes match";
+    document.getElementById("found-list").replaceChildren(...nodeTable(f.found, f.router.max_load));
+  }
+  // Problem regions first (the router's order).
+  main.replaceChildren(...f.regions.map(r => {
+    const dc = r.dcs.join(", ");
+    const total = Object.values(r.counts).reduce((a, b) => a + b, 0);
+    const open = !!r.nodes;
+    const title = el("h2", {},
+      f.all_open ? "" : el("span", { class: "toggle" }, open ? "▾ " : "▸ "),
+      (dc ? dc + " · " : "") + r.region,
+      el("span", { class: "mean" }, total + " nodes, mean load " + pct(r.mean_load)
+        + ", highest projected " + pct(r.max_projected)),
+      el("span", { class: "counts" + (r.problems ? " alarm" : ""), "data-problems": String(r.problems) },
+        countsText(r)));
+    if (!f.all_open) {
+      title.tabIndex = 0;
+      title.setAttribute("role", "button");
+      title.dataset.toggle = r.region;
+      const toggle = () => {
+        if (opened.has(r.region)) opened.delete(r.region); else opened.add(r.region);
+        poll();
+      };
+      title.onclick = toggle;
+      title.onkeydown = ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); toggle(); } };
+    }
+    return el("section", { class: "region" + (r.problems ? " troubled" : ""), "data-region": r.region, "data-dc": dc,
+      "data-open": String(open) }, title, ...(open ? nodeTable(r.nodes, f.router.max_load) : []));
   }));
   for (const i of main.querySelectorAll("input[data-percent]")) {
     if (values[i.dataset.percent] !== undefined) i.value = values[i.dataset.percent];
@@ -201,8 +237,12 @@ async function command(node, dc, action, body) {
 
 async function poll() {
   try {
-    const res = await fetch("/ops/fleet.json", { cache: "no-store" });
+    const q = new URLSearchParams();
+    for (const r of opened) q.append("open", r);
+    if (search) q.set("q", search);
+    const res = await fetch("/ops/summary.json?" + q, { cache: "no-store" });
     const f = await res.json();
+    document.body.dataset.nodes = String(f.nodes);
     renderRouter(f);
     renderRegions(f);
     document.body.dataset.revision = String(f.router.revision);
@@ -220,6 +260,12 @@ document.getElementById("token-form").addEventListener("submit", ev => {
   if (t) sessionStorage.setItem(TOKEN_KEY, t);
   document.getElementById("token").value = "";
   poll();
+});
+let searchTimer = null;
+document.getElementById("search").addEventListener("input", ev => {
+  search = ev.target.value.trim();
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(poll, 200);
 });
 document.getElementById("token-clear").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
