@@ -39,7 +39,9 @@ fi
 # release library is built without the generator's code.
 lib_features=(--features bindgen)
 [ "$profile" = sdk ] && lib_features=()
-cargo build --quiet "${flags[@]}" "${lib_features[@]}" -p gateway-sdk-bindings --lib
+# Built with its symbols: the generator reads uniffi's metadata from the symbol table;
+# the copy apps ship is stripped below.
+CARGO_PROFILE_SDK_STRIP=false cargo build --quiet "${flags[@]}" "${lib_features[@]}" -p gateway-sdk-bindings --lib
 mkdir -p "$out"
 # A copy: a concurrent build may replace target/'s file while it is read.
 # (The generator reads the library's metadata; it is built once, in debug.)
