@@ -1,7 +1,8 @@
 # Sourced by every scripts/bench-*.sh: a scratch directory and the processes the
 # script starts, all stopped when it ends, whether it succeeds, fails or is
 # interrupted (Ctrl-C, SIGTERM); `spawn`, `listen_addr`, `free_port`, `median`, and a
-# stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`.
+# stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`
+# and its pid in `etcd_pid`.
 #
 # Start every process through `spawn` (or add its pid to `pids` in this shell, never
 # inside a command substitution, whose variables do not reach this shell).
@@ -56,6 +57,7 @@ start_etcd() { # [tls | NAME]: tls adds an https:// listener requiring client ce
     --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
     --initial-cluster "$name=http://127.0.0.1:$pport"
   etcd_url="http://127.0.0.1:$cport"
+  etcd_pid=${pids[-1]}
   for _ in $(seq 1 200); do curl -sf "$etcd_url/health" | grep -q true && break; sleep 0.05; done
 }
 

@@ -3,8 +3,10 @@
 # following 10,000 nodes while their records change at a steady rate.
 #
 #   1. restart: a router started with 10,000 nodes present, until /readyz is 200;
-#   2. 333 updates/s (10,000 agents at the 30 s report floor): the router's CPU following
-#      them alone, then with a request loop and a visibility probe asking meanwhile;
+#   2. the report floor, NODES / 30 updates/s (every agent at the 30 s floor: 333/s at
+#      10,000 nodes, 3,333/s at 100,000): the router's CPU following them alone, then
+#      with a request loop and a visibility probe asking meanwhile; etcd's own CPU
+#      meanwhile and its database size after;
 #   3. 2,000 updates/s: CPU, peak RSS, update -> visible in /gateways (p50 / p99), and
 #      non-200 answers of a request loop running meanwhile;
 #   4. the same 2,000 updates/s with the router following etcd over TLS with a client
@@ -43,9 +45,9 @@ start_router() { # [ETCD-URL SECURITY-FLAGS...]
 # Measures the router's CPU (cores) and peak RSS while `registry_load` runs at RATE;
 # leaves "cores rss_mb rest" in `result` (it runs in this shell, so `pids` sees the load).
 phase() { # rate [quiet]
-  local t0 r0 peak=0 out target="127.0.0.1:$rport"
+  local t0 r0 e0 peak=0 out target="127.0.0.1:$rport"
   [ "${2:-}" = quiet ] && target=""
-  r0=$(ticks "$router_pid"); t0=$(date +%s.%N)
+  r0=$(ticks "$router_pid"); e0=$(ticks "$etcd_pid"); t0=$(date +%s.%N)
   target/release/examples/registry_load "$etcd_url" "$nodes" "$1" "$secs" $target > "$work/load.out" &
   local lp=$!
   pids+=($lp)
@@ -54,8 +56,10 @@ phase() { # rate [quiet]
     sleep 0.5
   done
   wait "$lp"
-  local cores
-  cores=$(echo "scale=4; ($(ticks "$router_pid") - $r0) / $hz / ($(date +%s.%N) - $t0)" | bc)
+  local cores dt
+  dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  cores=$(echo "scale=4; ($(ticks "$router_pid") - $r0) / $hz / $dt" | bc)
+  etcd_cores=$(echo "scale=4; ($(ticks "$etcd_pid") - $e0) / $hz / $dt" | bc)
   local builds
   builds=$(curl -s "http://127.0.0.1:$rport/metrics" | awk '/^router_snapshot_build(s_total|_seconds_total) / {printf "%s ", $2}')
   result="$cores $((peak / 1024)) $(cat "$work/load.out") snapshot_builds/seconds_total $builds"
@@ -63,12 +67,15 @@ phase() { # rate [quiet]
 
 start_router
 echo "router ready with $nodes nodes in ${ready_s} s (goal < 2 s)"
-phase 333 quiet; read -r q333 qrss333 qrest333 <<<"$result"
-echo "333 updates/s for ${secs}s, following alone: router CPU ${q333} cores (goal <= 0.05), peak RSS ${qrss333} MB; $qrest333"
-phase 333; read -r c333 rss333 rest333 <<<"$result"
-echo "333 updates/s for ${secs}s, with requests: router CPU ${c333} cores, peak RSS ${rss333} MB; $rest333"
+floor=$((nodes / 30))
+db_mb() { curl -s "$etcd_url/metrics" | awk '/^etcd_mvcc_db_total_size_in_bytes / {printf "%.1f", $2 / 1048576}'; }
+phase "$floor" quiet; read -r q333 qrss333 qrest333 <<<"$result"
+echo "$floor updates/s (the 30 s report floor) for ${secs}s, following alone: router CPU ${q333} cores (goal <= 0.05 at 10,000 nodes, 0.5 at 100,000), peak RSS ${qrss333} MB; etcd CPU ${etcd_cores} cores; $qrest333"
+phase "$floor"; read -r c333 rss333 rest333 <<<"$result"
+echo "$floor updates/s for ${secs}s, with requests: router CPU ${c333} cores, peak RSS ${rss333} MB; etcd CPU ${etcd_cores} cores; $rest333"
+echo "etcd database after the floor phases: $(db_mb) MB (Debian's defaults: no auto-compaction)"
 phase 2000; read -r c2k rss2k rest2k <<<"$result"
-echo "2000 updates/s for ${secs}s: router CPU ${c2k} cores (goal <= 0.25), peak RSS ${rss2k} MB (goal <= 100); $rest2k"
+echo "2000 updates/s for ${secs}s: router CPU ${c2k} cores (goal <= 0.25), peak RSS ${rss2k} MB (goal <= 100); etcd CPU ${etcd_cores} cores; $rest2k"
 echo "(goals: update -> visible p99 <= 100 ms, zero non-200 answers)"
 echo "router 'registry unreachable' lines: $(grep -c "registry unreachable" "$work/router.log" || true)"
 
