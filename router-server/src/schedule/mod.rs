@@ -229,9 +229,6 @@ pub struct Snapshot {
     /// Which snapshot this is: the herd-adjusted orders serve the snapshot that owns
     /// them (see [`order`]).
     generation: u64,
-    /// Each node's index key but for its index (reported load bits, tie rank), flat: a
-    /// patch compares against these instead of following the persistent vector.
-    rank: Vec<(u64, u64)>,
 }
 
 impl Snapshot {
@@ -382,12 +379,7 @@ impl Snapshot {
             .filter(|&i| nodes[i as usize].held && nodes[i as usize].eligible())
             .collect();
         by_load(&mut held);
-        let rank = nodes
-            .iter()
-            .map(|e| (e.reported_load.to_bits(), e.tie))
-            .collect();
         Snapshot {
-            rank,
             nodes: Vector::from(nodes),
             by_region,
             all,
@@ -433,8 +425,6 @@ impl Snapshot {
                 }
             }
         }
-        // Each changed node with its entry before the patch.
-        let mut changed: Vec<(u32, NodeEntry)> = Vec::new();
         for record in reports {
             let i = next.position(&record.id)?;
             let old = next.nodes[i].clone();
@@ -446,12 +436,9 @@ impl Snapshot {
                 return None;
             }
             let entry = NodeEntry::new(record.clone(), Some(&old), old.tie, received);
-            next.rank[i] = (entry.reported_load.to_bits(), entry.tie);
+            next.unindex(i as u32, &old);
             next.nodes.set(i, entry);
-            changed.push((i as u32, old));
-        }
-        if !changed.is_empty() {
-            next.reindex(&changed);
+            next.reindex(i as u32);
         }
         next.revision = revision;
         next.stale = stale;
@@ -470,82 +457,55 @@ impl Snapshot {
         self.position(id).map(|i| &self.nodes[i])
     }
 
-    /// Moves the `changed` nodes (each with its entry before the patch) within the
-    /// sorted indexes, to where their current entries belong: each index they were or
-    /// are in is merged once, in one pass, however many of its nodes changed.
-    fn reindex(&mut self, changed: &[(u32, NodeEntry)]) {
-        let Snapshot {
-            nodes,
-            rank,
-            by_region,
-            all,
-            ..
-        } = self;
-        let mut moved: Vec<u32> = changed.iter().map(|(i, _)| *i).collect();
-        moved.sort_unstable();
-        moved.dedup();
-        // The indexes touched: (region, or None for "any region"; protocol).
-        let mut touched: Vec<(Option<&str>, Proto)> = Vec::new();
-        let now = moved.iter().map(|&i| &nodes[i as usize]);
-        for e in changed.iter().map(|(_, old)| old).chain(now) {
-            if !e.indexed() {
-                continue;
-            }
+    /// Removes node `i`, as `old` describes it, from the indexes it is in.
+    fn unindex(&mut self, i: u32, old: &NodeEntry) {
+        if !old.indexed() {
+            return;
+        }
+        let key = rank_key(old, i);
+        let nodes = &self.nodes;
+        let region = self.by_region.get_mut(old.record.region.as_str());
+        for list in [region, Some(&mut self.all)].into_iter().flatten() {
             for proto in Proto::ALL {
-                if e.record.ports.get(proto).is_some() {
-                    touched.push((Some(e.record.region.as_str()), proto));
-                    touched.push((None, proto));
+                if old.record.ports.get(proto).is_none() {
+                    continue;
+                }
+                list.1[proto as usize].remove(i, old.tie);
+                let list = &mut list.0[proto as usize];
+                if let Ok(at) =
+                    list.binary_search_by(|&j| rank_key(&nodes[j as usize], j).cmp(&key))
+                {
+                    list.remove(at);
                 }
             }
         }
-        touched.sort_unstable();
-        touched.dedup();
-        for (region, proto) in touched {
-            let lists = match region {
-                None => &mut *all,
-                Some(r) => match by_region.get_mut(r) {
-                    Some(lists) => lists,
-                    None => by_region.entry(Arc::from(r)).or_default(),
-                },
-            };
-            let order = &lists.1[proto as usize];
-            let list = &mut lists.0[proto as usize];
-            // The changed nodes that belong in this index now, by key.
-            let mut added: Vec<(u64, u64, u32)> = moved
-                .iter()
-                .filter(|&&i| {
-                    let e = &nodes[i as usize];
-                    e.indexed()
-                        && region.is_none_or(|r| e.record.region == r)
-                        && e.record.ports.get(proto).is_some()
-                })
-                .map(|&i| (rank[i as usize].0, rank[i as usize].1, i))
-                .collect();
-            added.sort_unstable();
-            for &i in &moved {
-                order.remove(i, nodes[i as usize].tie);
-            }
-            for &(_, _, i) in &added {
-                order.insert(&nodes[i as usize], i);
-            }
-            let mut merged = Vec::with_capacity(list.len() + added.len());
-            let mut next = added.iter().peekable();
-            for &j in list.iter() {
-                if moved.binary_search(&j).is_ok() {
+    }
+
+    /// Adds node `i` to the indexes its current entry belongs in.
+    fn reindex(&mut self, i: u32) {
+        let e = &self.nodes[i as usize];
+        if !e.indexed() {
+            return;
+        }
+        let key = rank_key(e, i);
+        let region = match self.by_region.get_mut(e.record.region.as_str()) {
+            Some(lists) => lists,
+            None => self
+                .by_region
+                .entry(Arc::from(e.record.region.as_str()))
+                .or_default(),
+        };
+        let nodes = &self.nodes;
+        for list in [region, &mut self.all] {
+            for proto in Proto::ALL {
+                if e.record.ports.get(proto).is_none() {
                     continue;
                 }
-                let key = (rank[j as usize].0, rank[j as usize].1, j);
-                while let Some(&&a) = next.peek() {
-                    if a >= key {
-                        break;
-                    }
-                    merged.push(a.2);
-                    next.next();
-                }
-                merged.push(j);
+                list.1[proto as usize].insert(e, i);
+                let list = &mut list.0[proto as usize];
+                let at = list.partition_point(|&j| rank_key(&nodes[j as usize], j) < key);
+                list.insert(at, i);
             }
-            merged.extend(next.map(|a| a.2));
-            *list = merged;
         }
     }
 
@@ -1448,7 +1408,6 @@ mod tests {
                 prop_assert_eq!(p.reported_load.to_bits(), b.reported_load.to_bits());
             }
             prop_assert_eq!(&patched.all.0, &built.all.0);
-            prop_assert_eq!(&patched.rank, &built.rank);
             for (region, lists) in &built.by_region {
                 prop_assert_eq!(&patched.by_region.get(region).map(|l| &l.0), &Some(&lists.0), "region {}", region);
             }
