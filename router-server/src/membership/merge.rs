@@ -153,8 +153,9 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         // arrives during the wait below is placed a little early, which counts a few
         // answers twice rather than none.)
         let received = registry::now_ms();
-        // Coalesce: wait out the rest of the interval; whatever arrives meanwhile is
-        // folded into this build.
+        // Coalesce: wait out the rest of the interval since the last build started
+        // (a build that took longer than the interval is followed at once); whatever
+        // arrives meanwhile is folded into this build.
         if let Some(t) = last_build {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -162,6 +163,7 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             }
         }
         let now = Instant::now();
+        let started = now;
         let cpu_start = std::time::Instant::now();
         let mut updated: Vec<(usize, Arc<NodeRecord>, Arc<NodeRecord>)> = Vec::new();
         let mut membership_changed = false;
@@ -377,7 +379,7 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         m.snapshot_builds.inc();
         m.snapshot_build_seconds
             .inc_by(cpu_start.elapsed().as_secs_f64());
-        last_build = Some(Instant::now());
+        last_build = Some(started);
     }
 }
 
