@@ -173,13 +173,20 @@ fn a_registry_over_4_mb_is_listed_in_pages() {
     let r = harness::RouterProc::start(&etcd, "", &[]);
     let out = r.proc.output();
     assert!(out.contains(&format!("loaded {NODES} nodes")), "{out}");
-    let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
-    let served: i64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("router_nodes{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-        .sum();
-    assert_eq!(served, NODES as i64, "{metrics}");
+    // The gauges follow the served snapshot (readiness) a moment later.
+    let served = || {
+        let (_, metrics) = harness::http_get(r.addr, "/metrics").unwrap();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("router_nodes{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .sum::<i64>()
+    };
+    harness::wait_until(
+        Duration::from_secs(30),
+        "router_nodes counts every node",
+        || served() == NODES as i64,
+    );
 
     let (code, table) = harness::router_ctl(&etcd, &["nodes"]);
     assert_eq!(code, 0, "{table}");
