@@ -150,7 +150,7 @@ pub struct Region {
 }
 
 /// One node as the page shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Node {
     /// Node id.
     pub id: String,
@@ -197,8 +197,13 @@ fn page_state(e: &NodeEntry, herd: &crate::herd::HerdView, max_load: f64) -> (&'
 
 /// One node as the page shows it, at `herd`.
 fn node(e: &NodeEntry, herd: &crate::herd::HerdView, max_load: f64, now: u64) -> Node {
+    let (state, projected) = page_state(e, herd, max_load);
+    line(e, state, projected, now)
+}
+
+/// One node as the page shows it, in page state `node_state` at `projected` load.
+fn line(e: &NodeEntry, node_state: &'static str, projected: f64, now: u64) -> Node {
     let r = &e.record;
-    let (node_state, projected) = page_state(e, herd, max_load);
     Node {
         id: r.id.clone(),
         dc: r.dc.as_deref().map(str::to_string),
@@ -440,8 +445,11 @@ pub fn summary(api: &Api, admin: bool, want: &SummaryQuery) -> Summary {
     if let Some(s) = &snap {
         for e in s.nodes.iter() {
             let r = &e.record;
-            let acc = regions.entry(&r.region).or_default();
-            let open = all_open || want.open.iter().any(|o| *o == r.region);
+            // An opened region collects its nodes from its first one on.
+            let acc = regions.entry(&r.region).or_insert_with(|| Acc {
+                nodes: (all_open || want.open.iter().any(|o| *o == r.region)).then(Vec::new),
+                ..Acc::default()
+            });
             let matched = want.q.as_ref().is_some_and(|q| {
                 r.id.to_lowercase().contains(q.as_str()) || r.ip.to_string().contains(q.as_str())
             });
@@ -457,17 +465,17 @@ pub fn summary(api: &Api, admin: bool, want: &SummaryQuery) -> Summary {
                 acc.cap += r.capacity;
                 acc.max_projected = acc.max_projected.max(projected);
             }
-            // The full line is built only for the nodes listed.
-            if matched {
-                found
-                    .as_mut()
-                    .expect("q given")
-                    .push(node(e, &herd, max_load, now));
-            }
-            if open {
-                acc.nodes
-                    .get_or_insert_with(Vec::new)
-                    .push(node(e, &herd, max_load, now));
+            // The full line is built only for the nodes listed, once.
+            if matched || acc.nodes.is_some() {
+                let n = line(e, page_state, projected, now);
+                match (&mut found, &mut acc.nodes) {
+                    (Some(found), Some(nodes)) if matched => {
+                        found.push(n.clone());
+                        nodes.push(n);
+                    }
+                    (_, Some(nodes)) => nodes.push(n),
+                    (found, None) => found.as_mut().expect("q given").push(n),
+                }
             }
         }
     }
@@ -480,7 +488,6 @@ pub fn summary(api: &Api, admin: bool, want: &SummaryQuery) -> Summary {
                 .filter(|(s, _)| **s != "serving")
                 .map(|(_, n)| n)
                 .sum();
-            let open = all_open || want.open.iter().any(|o| o == region);
             RegionSummary {
                 region: region.to_string(),
                 dcs: acc.dcs.into_iter().collect(),
@@ -492,7 +499,7 @@ pub fn summary(api: &Api, admin: bool, want: &SummaryQuery) -> Summary {
                     acc.conns as f64 / acc.cap as f64
                 },
                 max_projected: acc.max_projected,
-                nodes: open.then(|| list(acc.nodes.unwrap_or_default(), want.limit)),
+                nodes: acc.nodes.map(|n| list(n, want.limit)),
             }
         })
         .collect();
