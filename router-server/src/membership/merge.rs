@@ -163,7 +163,6 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             }
         }
         let now = Instant::now();
-        let started = now;
         let cpu_start = std::time::Instant::now();
         let mut updated: Vec<(usize, Arc<NodeRecord>, Arc<NodeRecord>)> = Vec::new();
         let mut membership_changed = false;
@@ -379,7 +378,8 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         m.snapshot_builds.inc();
         m.snapshot_build_seconds
             .inc_by(cpu_start.elapsed().as_secs_f64());
-        last_build = Some(started);
+        // When this build started: the interval counts from it.
+        last_build = Some(now);
     }
 }
 
