@@ -1,7 +1,6 @@
 //! The client: candidates from a router, with fallbacks (the cache file, the fallback
 //! domain), and which answer a call may use.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -16,6 +15,7 @@ pub use crate::config::{Config, Proto};
 pub use crate::connect::{race, Connection};
 use crate::dns::{DnsSource, HttpDns};
 use crate::error::{Failure, FailureKind};
+use crate::http::Http;
 use crate::router::RouterOutcome;
 pub use crate::router::{BackoffParams, Gateway, RouterAnswer};
 use crate::Error;
@@ -72,13 +72,12 @@ pub struct Client {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) dns: Arc<HttpDns>,
-    pub(crate) routers: Mutex<HashMap<SocketAddr, reqwest::Client>>,
+    /// Requests to routers.
+    pub(crate) http: Http,
     pub(crate) current: Mutex<Option<Arc<Gateways>>>,
     /// True once this client has connected: a later `connect()` is a reconnect, which
     /// asks a router again instead of reusing the answer of the first connection.
     pub(crate) connected: AtomicBool,
-    /// TLS trusting the platform's store plus `extra_roots`.
-    pub(crate) tls: rustls::ClientConfig,
     /// The same trust for gateways, offering `tls_alpn`.
     pub(crate) gateway_tls: Arc<rustls::ClientConfig>,
     /// This client's starting point among the router's addresses, so that clients
@@ -126,14 +125,14 @@ impl Client {
         let tls = crate::trust::platform_tls(&config.extra_roots)?;
         let mut gateway_tls = tls.clone();
         gateway_tls.alpn_protocols = config.tls_alpn.clone();
+        let http = Http::new(tls, config.router_attempt_timeout);
         let client = Client {
             inner: Arc::new(Inner {
-                tls,
                 gateway_tls: Arc::new(gateway_tls),
                 spread: rand::random::<u32>() as usize,
                 config,
                 dns,
-                routers: Mutex::new(HashMap::new()),
+                http,
                 current: Mutex::new(None),
                 connected: AtomicBool::new(false),
                 backoff: Mutex::new(BackoffParams::default()),
@@ -152,7 +151,7 @@ impl Client {
     }
 
     /// The resolver, for pre-resolution or for other reqwest clients
-    /// (see [`crate::HttpDnsResolver`]).
+    /// (see `HttpDnsResolver`, feature `reqwest`).
     pub fn dns(&self) -> &Arc<HttpDns> {
         &self.inner.dns
     }
@@ -160,6 +159,7 @@ impl Client {
     /// Forget cached addresses and candidates: call it when the network changes.
     pub fn network_changed(&self) {
         self.inner.dns.clear();
+        self.inner.http.close_idle();
         *self.inner.current.lock().expect("current") = None;
     }
 

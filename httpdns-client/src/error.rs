@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything the SDK can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -188,12 +188,13 @@ impl Failure {
         }
     }
 
-    /// A failed HTTP request, classified by its cause.
-    pub fn request(target: impl Into<String>, e: reqwest::Error) -> Failure {
+    /// A failure caused by `e`, classified by the causes in its chain.
+    pub fn caused(target: impl Into<String>, e: impl Into<BoxError>) -> Failure {
+        let e = e.into();
         Failure {
             target: target.into(),
-            kind: FailureKind::of(&e),
-            source: Some(Box::new(e)),
+            kind: FailureKind::of(&*e),
+            source: Some(e),
         }
     }
 }
@@ -232,14 +233,12 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    /// Classifies a request error by the cause in its source chain (an `io::Error`'s
-    /// own `source()` skips the error it wraps, so those are followed explicitly).
-    pub fn of(e: &reqwest::Error) -> FailureKind {
-        if e.is_timeout() {
-            return FailureKind::TimedOut;
-        }
+    /// Classifies an error by the causes in its chain, itself included (an
+    /// `io::Error`'s own `source()` skips the error it wraps, so those are followed
+    /// explicitly).
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> FailureKind {
         let mut chain: Vec<&(dyn std::error::Error + 'static)> = Vec::new();
-        let mut next = std::error::Error::source(e);
+        let mut next = Some(e);
         while let Some(s) = next {
             chain.push(s);
             next = match s
@@ -253,6 +252,15 @@ impl FailureKind {
         if let Some(tls) = chain.iter().find_map(|s| s.downcast_ref::<rustls::Error>()) {
             return FailureKind::Tls(tls.to_string());
         }
+        if chain
+            .iter()
+            .any(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            return FailureKind::Malformed(format!(
+                "an answer over {} bytes",
+                crate::http::MAX_BODY
+            ));
+        }
         for s in &chain {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 match io.kind() {
@@ -262,11 +270,6 @@ impl FailureKind {
                 }
             }
         }
-        FailureKind::Other(
-            chain
-                .last()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string()),
-        )
+        FailureKind::Other(chain.last().map(|s| s.to_string()).unwrap_or_default())
     }
 }

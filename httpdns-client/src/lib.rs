@@ -32,8 +32,11 @@
 //!   asked for when the host has it; a bounded per-host cache (`dns::cache`) with
 //!   clamped TTLs and one lookup in flight per host, that can serve an expired answer
 //!   while it refreshes in the background, and keeps HTTPDNS answers on disk
-//!   (`DnsConfig::answers_file`) so a cold start skips HTTPDNS; [`HttpDnsResolver`]
-//!   for any `reqwest` client.
+//!   (`DnsConfig::answers_file`) so a cold start skips HTTPDNS; `HttpDnsResolver`
+//!   for any `reqwest` client (feature `reqwest`).
+//! * The SDK's own requests (routers, HTTPS providers) go through one small HTTP
+//!   client on hyper (the `http` module): HTTP/1.1, HTTP/2 by ALPN with feature
+//!   `http2`, connections kept per address and name.
 //! * [`client`]: [`Client`], [`Config`]. `gateways()` asks a router (the `router`
 //!   module: its address from `dns`, IPv6 and IPv4 interleaved, each client starting
 //!   at its own address; its domain as Host / TLS name) within a time budget that
@@ -60,6 +63,7 @@ mod config;
 mod connect;
 pub mod dns;
 pub mod error;
+mod http;
 mod race;
 mod router;
 mod trust;
@@ -68,7 +72,7 @@ pub use client::{
     BackoffParams, Client, Config, Connection, Gateway, Gateways, Proto, RouterAnswer, Source,
 };
 pub use connect::TlsConnection;
-pub use dns::{
-    DnsConfig, DnsSource, HttpDns, HttpDnsResolver, Ipv6Mode, Provider, ProviderKind, Resolved,
-};
+#[cfg(feature = "reqwest")]
+pub use dns::HttpDnsResolver;
+pub use dns::{DnsConfig, DnsSource, HttpDns, Ipv6Mode, Provider, ProviderKind, Resolved};
 pub use error::{Error, Failure, FailureKind, Failures};

@@ -12,6 +12,7 @@ use tracing::info;
 use crate::client::{to_gateways, Client, Gateways, Source};
 use crate::config::Proto;
 use crate::error::{Failure, FailureKind};
+use crate::http::{Endpoint, Request};
 use crate::Error;
 
 /// One candidate gateway.
@@ -228,11 +229,13 @@ impl Client {
         let target = format!("router {addr}");
         let unreachable =
             |kind| RouterOutcome::Unreachable(vec![Failure::new(target.clone(), kind)]);
-        let client = self
-            .router_client(addr)
-            .map_err(|e| RouterOutcome::Unreachable(vec![e]))?;
-        let scheme = if c.router_https { "https" } else { "http" };
-        let base = format!("{scheme}://{}:{}/gateways", c.router_domain, c.router_port);
+        // Host header and TLS name are the router's domain; the address is the one
+        // HTTPDNS gave, so a hijacked local resolver is never consulted.
+        let endpoint = Endpoint {
+            addr,
+            name: c.router_domain.clone(),
+            https: c.router_https,
+        };
         let mut params: Vec<(&str, String)> = vec![
             ("proto", c.proto.as_str().to_string()),
             ("count", c.count.to_string()),
@@ -243,41 +246,38 @@ impl Client {
         if let Some(v) = c.ip_version {
             params.push(("ip_version", v.to_string()));
         }
-        let url = reqwest::Url::parse_with_params(&base, &params)
-            .map_err(|e| unreachable(FailureKind::Other(format!("bad URL: {e}"))))?;
-        let resp =
-            client.get(url).send().await.map_err(|e| {
-                RouterOutcome::Unreachable(vec![Failure::request(target.clone(), e)])
-            })?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = resp
-            .bytes()
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&params)
+            .finish();
+        let resp = self
+            .inner
+            .http
+            .send(
+                &endpoint,
+                &Request::get(format!("/gateways?{query}")),
+                &target,
+            )
             .await
-            .map_err(|e| RouterOutcome::Unreachable(vec![Failure::request(target.clone(), e)]))?;
-        if !status.is_success() {
+            .map_err(|f| RouterOutcome::Unreachable(vec![f]))?;
+        let (status, retry_after, body) = (resp.status, resp.retry_after, resp.body);
+        if !(200..300).contains(&status) {
             let detail = serde_json::from_slice::<ErrorBody>(&body)
                 .ok()
                 .map(|b| b.error);
             let code = detail.as_ref().map(|d| d.code.as_str()).unwrap_or("");
             // A live router that says the fleet is full or this client asks too often:
             // the answer stands. One not ready yet (or failing): try the next.
-            if status.as_u16() == 429 || (status.as_u16() == 503 && code == "no_gateways") {
+            if status == 429 || (status == 503 && code == "no_gateways") {
                 return Err(RouterOutcome::Refused(Error::Refused {
                     addr,
-                    status: status.as_u16(),
+                    status,
                     code: code.to_string(),
                     message: detail.map(|d| d.message).unwrap_or_default(),
                     retry_after,
                 }));
             }
             return Err(unreachable(FailureKind::Status {
-                status: status.as_u16(),
+                status,
                 body: String::from_utf8_lossy(&body).chars().take(200).collect(),
             }));
         }
@@ -287,25 +287,6 @@ impl Client {
             .validate()
             .map_err(|e| unreachable(FailureKind::Malformed(e)))?;
         Ok(answer)
-    }
-
-    fn router_client(&self, addr: SocketAddr) -> Result<reqwest::Client, Failure> {
-        let c = &self.inner.config;
-        let mut clients = self.inner.routers.lock().expect("router clients");
-        if let Some(client) = clients.get(&addr) {
-            return Ok(client.clone());
-        }
-        // Host header and TLS name are the router's domain; the address is the one
-        // HTTPDNS gave, so a hijacked local resolver is never consulted.
-        let client = reqwest::Client::builder()
-            .resolve(&c.router_domain, addr)
-            .connect_timeout(c.router_attempt_timeout)
-            .no_proxy()
-            .use_preconfigured_tls(self.inner.tls.clone())
-            .build()
-            .map_err(|e| Failure::request(format!("router {addr}"), e))?;
-        clients.insert(addr, client.clone());
-        Ok(client)
     }
 }
 

@@ -1,6 +1,6 @@
 //! HTTPDNS resolution with local-DNS and bootstrap fallbacks, a bounded per-host TTL
-//! cache with one lookup in flight per host, serve-stale with background refresh, and a
-//! `reqwest::dns::Resolve` implementation.
+//! cache with one lookup in flight per host, serve-stale with background refresh, and
+//! (feature `reqwest`) a `reqwest::dns::Resolve` implementation.
 //!
 //! Layout: [`config`] (providers, bounds), [`providers`] (the wire formats, one file
 //! each), [`cache`] (the per-host cache and the answers file kept across restarts),
@@ -12,16 +12,18 @@
 pub mod cache;
 pub mod config;
 pub mod providers;
+#[cfg(feature = "reqwest")]
 pub mod resolver;
 
 pub use config::{DnsConfig, Ipv6Mode, Provider, ProviderKind};
 pub use providers::alibaba::{parse_answer, request_path, sign};
 pub use providers::dnspod::parse_dnspod;
 pub use providers::doh::{dns_query, parse_dns_message};
+#[cfg(feature = "reqwest")]
 pub use resolver::HttpDnsResolver;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +33,7 @@ use tracing::{debug, warn};
 use self::cache::{Cache, Entry};
 use self::providers::Ask;
 use crate::error::{Failure, FailureKind};
+use crate::http::{Endpoint, Http};
 use crate::race::{staggered, Attempt};
 use crate::Error;
 
@@ -62,15 +65,13 @@ pub struct Resolved {
 /// The HTTPDNS resolver. Share it behind an `Arc`.
 pub struct HttpDns {
     config: DnsConfig,
-    http: reqwest::Client,
-    /// Per-provider-address HTTPS clients (certificate name pinned to `tls_name`).
-    tls_clients: Mutex<HashMap<SocketAddr, reqwest::Client>>,
+    /// Requests to providers (HTTPS with the platform's trust plus extra roots).
+    http: Arc<Http>,
     /// Bounded; an entry outlives its TTL by `max_stale` for serve-stale.
     cache: Cache,
     refreshing: Mutex<HashSet<String>>,
     /// Per host, the turn to look it up (see [`HttpDns::resolve_by`]).
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tls: rustls::ClientConfig,
     ipv6: std::sync::atomic::AtomicBool,
 }
 
@@ -121,12 +122,10 @@ impl HttpDns {
         if config.min_ttl > config.max_ttl {
             return Err(Error::Config("min_ttl is above max_ttl".into()));
         }
-        let http = reqwest::Client::builder()
-            .timeout(config.attempt_timeout)
-            .connect_timeout(config.attempt_timeout)
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let http = Arc::new(Http::new(
+            crate::trust::platform_tls(&extra_roots)?,
+            config.attempt_timeout,
+        ));
         let cache = Cache::new(
             config.max_entries,
             config.max_stale,
@@ -138,10 +137,8 @@ impl HttpDns {
             Ipv6Mode::Auto => has_ipv6_route(),
         };
         Ok(HttpDns {
-            tls: crate::trust::platform_tls(&extra_roots)?,
             config,
             http,
-            tls_clients: Mutex::new(HashMap::new()),
             cache,
             refreshing: Mutex::new(HashSet::new()),
             inflight: Mutex::new(HashMap::new()),
@@ -153,6 +150,7 @@ impl HttpDns {
     /// network changes: new Wi-Fi, VPN, cellular).
     pub fn clear(&self) {
         self.cache.clear();
+        self.http.close_idle();
         if self.config.ipv6 == Ipv6Mode::Auto {
             self.ipv6
                 .store(has_ipv6_route(), std::sync::atomic::Ordering::Relaxed);
@@ -296,20 +294,22 @@ impl HttpDns {
         for p in &self.config.providers {
             for addr in &p.addrs {
                 let target = format!("HTTPDNS {addr}");
-                let (client, base) = match self.client_for(p, *addr) {
-                    Ok(c) => c,
-                    Err(f) => {
-                        out.push((target, Box::pin(std::future::ready(Err(f)))));
-                        continue;
-                    }
+                let endpoint = Endpoint {
+                    addr: *addr,
+                    name: match &p.tls_name {
+                        Some(n) if p.https => n.clone(),
+                        _ => addr.ip().to_string(),
+                    },
+                    https: p.https,
                 };
                 let (p, host, t) = (p.clone(), host.to_string(), target.clone());
+                let http = self.http.clone();
                 let sign_ttl = self.config.sign_ttl;
                 let timeout = self.config.attempt_timeout;
                 let fut = async move {
                     let ask = Ask {
-                        client: &client,
-                        base: &base,
+                        http: &http,
+                        endpoint: &endpoint,
                         host: &host,
                         now_unix,
                         sign_ttl,
@@ -418,43 +418,6 @@ impl HttpDns {
     async fn store(&self, host: &str, ips: Vec<IpAddr>, ttl: Duration, source: DnsSource) {
         let entry = Entry::new(ips, source, ttl, self.config.max_stale);
         self.cache.insert(host, entry);
-    }
-
-    fn client_for(
-        &self,
-        p: &Provider,
-        addr: SocketAddr,
-    ) -> Result<(reqwest::Client, String), Failure> {
-        if !p.https {
-            return Ok((self.http.clone(), format!("http://{addr}")));
-        }
-        // An IPv6 literal goes in brackets in a URL.
-        let name = match &p.tls_name {
-            Some(n) => n.clone(),
-            None => addr.ip().to_string(),
-        };
-        let host = match addr.ip() {
-            IpAddr::V6(_) if p.tls_name.is_none() => format!("[{name}]"),
-            _ => name.clone(),
-        };
-        let base = format!("https://{host}:{}", addr.port());
-        let mut clients = self.tls_clients.lock().expect("tls clients");
-        if let Some(c) = clients.get(&addr) {
-            return Ok((c.clone(), base));
-        }
-        let mut b = reqwest::Client::builder()
-            .timeout(self.config.attempt_timeout)
-            .connect_timeout(self.config.attempt_timeout)
-            .no_proxy()
-            .use_preconfigured_tls(self.tls.clone());
-        if p.tls_name.is_some() {
-            b = b.resolve(&name, addr);
-        }
-        let c = b
-            .build()
-            .map_err(|e| Failure::request(format!("HTTPDNS {addr}"), e))?;
-        clients.insert(addr, c.clone());
-        Ok((c, base))
     }
 }
 

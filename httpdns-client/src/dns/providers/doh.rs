@@ -4,8 +4,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{send, usable, Answer, Ask};
+use super::{usable, Answer, Ask};
 use crate::error::Failure;
+use crate::http::Request;
+
+/// RFC 8484's media type, for the query and the answer.
+const DNS_MESSAGE: &str = "application/dns-message";
 
 /// A DNS query message for `host` and `rtype` (id 0, recursion desired), as RFC 8484
 /// recommends for cacheable GETs.
@@ -54,16 +58,21 @@ pub(crate) async fn ask(a: &Ask<'_>, path: &str, post: bool) -> Result<Answer, F
     for &v6 in families {
         let msg = dns_query(a.host, v6).map_err(|e| a.malformed(e))?;
         let req = if post {
-            a.client
-                .post(format!("{}{path}", a.base))
-                .header("content-type", "application/dns-message")
-                .body(msg)
+            Request {
+                path: path.to_string(),
+                accept: Some(DNS_MESSAGE),
+                post: Some((DNS_MESSAGE, msg)),
+            }
         } else {
             use base64::Engine;
             let q = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&msg);
-            a.client.get(format!("{}{path}?dns={q}", a.base))
+            Request {
+                path: format!("{path}?dns={q}"),
+                accept: Some(DNS_MESSAGE),
+                post: None,
+            }
         };
-        let body = send(req.header("accept", "application/dns-message"), a.target).await?;
+        let body = a.send(&req).await?;
         match parse_dns_message(&body) {
             Ok((found, t)) => {
                 ips.extend(found);

@@ -20,17 +20,20 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::config::{Provider, ProviderKind};
+use bytes::Bytes;
+
 use crate::error::{Failure, FailureKind};
+use crate::http::{Endpoint, Http, Request};
 
 /// Addresses (IPv4 first) and the TTL the provider gave, if any.
 pub(crate) type Answer = (Vec<IpAddr>, Option<Duration>);
 
 /// One request to one provider address.
 pub(crate) struct Ask<'a> {
-    /// The HTTP client for that address (HTTPS pinned to the provider's name).
-    pub(crate) client: &'a reqwest::Client,
-    /// `http://addr` or `https://name:port`.
-    pub(crate) base: &'a str,
+    /// The SDK's HTTP client.
+    pub(crate) http: &'a Http,
+    /// The provider's address, and the name its certificate carries.
+    pub(crate) endpoint: &'a Endpoint,
     /// The name looked up.
     pub(crate) host: &'a str,
     /// Wall-clock seconds, for signatures.
@@ -54,15 +57,13 @@ impl Ask<'_> {
             ProviderKind::Doh { path, post } => doh::ask(self, path, *post).await,
             ProviderKind::DnsPod => {
                 let path = dnspod::request_path(self.host);
-                let body =
-                    send(self.client.get(format!("{}{path}", self.base)), self.target).await?;
+                let body = self.send(&Request::get(path)).await?;
                 dnspod::parse_dnspod(&body).map_err(|e| self.malformed(e))
             }
             ProviderKind::Alibaba => {
                 let path =
                     alibaba::request_path(p, self.host, self.now_unix, self.sign_ttl, self.ipv6);
-                let body =
-                    send(self.client.get(format!("{}{path}", self.base)), self.target).await?;
+                let body = self.send(&Request::get(path)).await?;
                 alibaba::parse_answer(self.host, &body).map_err(|e| self.malformed(e))
             }
         }
@@ -76,28 +77,26 @@ pub(crate) fn usable(ip: IpAddr) -> bool {
 
 /// Percent-encodes a query value.
 pub(crate) fn esc(v: &str) -> String {
-    reqwest::Url::parse_with_params("x:/", [("v", v)])
-        .map(|u| u.query().unwrap_or("v=")[2..].to_string())
-        .unwrap_or_default()
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
-/// Sends a request; a non-2xx answer is a failure that keeps the body's start (a
-/// provider's `InvalidSignature` or `SignatureExpired`).
-pub(crate) async fn send(req: reqwest::RequestBuilder, target: &str) -> Result<Vec<u8>, Failure> {
-    let resp = req.send().await.map_err(|e| Failure::request(target, e))?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| Failure::request(target, e))?;
-    if !status.is_success() {
-        return Err(Failure::new(
-            target,
-            FailureKind::Status {
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).chars().take(200).collect(),
-            },
-        ));
+impl Ask<'_> {
+    /// Sends a request; a non-2xx answer is a failure that keeps the body's start (a
+    /// provider's `InvalidSignature` or `SignatureExpired`).
+    pub(crate) async fn send(&self, req: &Request) -> Result<Bytes, Failure> {
+        let resp = self.http.send(self.endpoint, req, self.target).await?;
+        if !(200..300).contains(&resp.status) {
+            return Err(Failure::new(
+                self.target,
+                FailureKind::Status {
+                    status: resp.status,
+                    body: String::from_utf8_lossy(&resp.body)
+                        .chars()
+                        .take(200)
+                        .collect(),
+                },
+            ));
+        }
+        Ok(resp.body)
     }
-    Ok(body.to_vec())
 }
