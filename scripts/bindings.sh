@@ -51,6 +51,19 @@ IFS=, read -ra langs <<<"$languages"
 for l in "${langs[@]}"; do lang_flags+=(-l "$l"); done
 cargo run --quiet -p gateway-sdk-bindings --features bindgen --bin uniffi-bindgen -- \
   generate "$out/libgateway_sdk.so" "${lang_flags[@]}" -o "$out" --no-format >/dev/null
+# Python ends a thread that calls into the interpreter while it finalizes, by
+# unwinding it; a library thread caught waking an awaitable then would abort the
+# process. The module waits for those calls at exit, before finalization
+# (bindings/src/runtime.rs).
+if [[ ",$languages," == *,python,* ]]; then
+  cat >>"$out/gateway_sdk.py" <<'PY'
+
+# Added by scripts/bindings.sh: at exit, before the interpreter finalizes, wait for the
+# library's threads to leave Python (see `settle`).
+import atexit as _uniffi_atexit
+_uniffi_atexit.register(settle, 5000)
+PY
+fi
 echo "generated ${languages} bindings and libgateway_sdk.so in $out"
 
 if [ "$profile" = sdk ]; then

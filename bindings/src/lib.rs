@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use httpdns_client as sdk;
@@ -38,32 +38,10 @@ use tokio::net::TcpStream;
 
 uniffi::setup_scaffolding!("gateway_sdk");
 
-/// The library's runtime: the SDK's requests, timers and background refreshes run
-/// here, whatever thread or event loop the app calls from.
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("gateway-sdk")
-            .enable_all()
-            .build()
-            .expect("the SDK's runtime starts")
-    })
-}
+mod runtime;
 
-/// Runs `f` on the library's runtime and waits for it from any executor.
-async fn on_rt<T, F>(f: F) -> Result<T, SdkError>
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = Result<T, SdkError>> + Send + 'static,
-{
-    rt().spawn(f).await.map_err(|e| SdkError::Internal {
-        detail: format!("SDK task failed: {e}"),
-        causes: Vec::new(),
-        retry_after_ms: None,
-    })?
-}
+pub use runtime::settle;
+use runtime::{on_rt, rt};
 
 /// What an HTTPDNS provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]

@@ -135,6 +135,20 @@ fn python_bindings_through_the_real_router() {
     run(cmd, &w, "the Python test");
 }
 
+/// A library thread still inside Python when the interpreter starts finalizing: the
+/// interpreter would unwind it through the library and the process would abort
+/// (SIGABRT, "exception not rethrown"). The module waits for such threads at exit.
+#[test]
+fn python_exits_cleanly_while_a_library_thread_is_inside_python() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = generate(&dir.path().join("gen"), "python");
+    let w = world(dir.path());
+    let mut cmd = Command::new("python3");
+    cmd.arg(workspace().join("bindings/tests/python/test_exit.py"))
+        .env("PYTHONPATH", &lib);
+    run(cmd, &w, "the Python exit test");
+}
+
 #[test]
 fn kotlin_bindings_on_the_jvm_through_the_real_router() {
     let kotlinc = harness::which("kotlinc").unwrap_or_else(|| {

@@ -1,0 +1,71 @@
+"""The process exits cleanly while a library thread is still inside Python.
+
+A library thread wakes an awaitable by calling into Python (uniffi's continuation
+callback). If the interpreter starts finalizing while such a thread is still inside
+Python, the interpreter ends that thread by unwinding it through the library's frames,
+and the process aborts. The module waits for those threads at exit (`settle`).
+
+To make that moment certain: the event loop holds the waking thread inside Python for
+half a second after it has scheduled the result, while the main thread goes straight on
+to exit; and garbage collected during finalization (a reference cycle, which the
+interpreter collects after it has started finalizing) keeps the interpreter finalizing,
+the GIL released, for three seconds.
+
+Run by tests/tests/bindings.rs with the same environment as test_sdk.py.
+"""
+
+import asyncio
+import os
+import threading
+import time
+
+import gateway_sdk as sdk
+
+woken_from_library = 0
+
+
+class SlowWakeLoop(asyncio.SelectorEventLoop):
+    def call_soon_threadsafe(self, *args, **kw):
+        global woken_from_library
+        handle = super().call_soon_threadsafe(*args, **kw)
+        if threading.current_thread() is not threading.main_thread():
+            woken_from_library += 1
+            time.sleep(0.5)
+        return handle
+
+
+class SlowFinalization:
+    # Bound at definition: module globals may be gone when this runs.
+    def __del__(self, sleep=time.sleep):
+        sleep(3.0)
+
+
+async def main():
+    with open(os.environ["SDK_CA_PEM"]) as f:
+        ca = f.read()
+    client = sdk.GatewayClient(sdk.SdkConfig(
+        router_domain="router.test",
+        router_port=int(os.environ["SDK_ROUTER_PORT"]),
+        router_https=False,
+        bootstrap={"router.test": ["127.0.0.1"]},
+        local_fallback=False,
+        ipv6=False,
+        extra_roots_pem=ca,
+        router_attempt_timeout_ms=10_000,
+        router_budget_ms=20_000,
+        deadline_ms=30_000,
+    ))
+    g = await client.gateways()
+    assert g.source == "router", g.source
+    assert woken_from_library >= 1, "the answer never woke the loop from a library thread"
+    print(f"python bindings: ok (woken {woken_from_library} time(s) from a library thread)")
+
+
+loop = SlowWakeLoop()
+loop.run_until_complete(main())
+loop.close()
+
+# Left for the collection the interpreter runs while it finalizes.
+garbage = SlowFinalization()
+garbage.cycle = garbage
+del garbage
