@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tracing::debug;
 
 use crate::error::{BoxError, Failure, FailureKind};
@@ -209,8 +210,9 @@ impl Http {
     async fn dial_now(&self, ep: &Endpoint) -> Result<Sender, BoxError> {
         let tcp = TcpStream::connect(ep.addr).await?;
         tcp.set_nodelay(true)?;
+        // One stream type for both, so hyper's connection is compiled once.
         if !ep.https {
-            return Ok(Sender::H1(http1(TokioIo::new(tcp)).await?));
+            return Ok(Sender::H1(http1(TokioIo::new(Either::Left(tcp))).await?));
         }
         let name = rustls::pki_types::ServerName::try_from(ep.name.clone())?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
@@ -230,7 +232,7 @@ impl Http {
             });
             return Ok(Sender::H2(sender));
         }
-        Ok(Sender::H1(http1(TokioIo::new(tls)).await?))
+        Ok(Sender::H1(http1(TokioIo::new(Either::Right(tls))).await?))
     }
 }
 
@@ -241,13 +243,13 @@ fn closed_before_answer(e: &(dyn std::error::Error + 'static)) -> bool {
         .is_some_and(|e| e.is_canceled() || e.is_closed() || e.is_incomplete_message())
 }
 
+/// A connection's stream: plain or TLS.
+type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// The HTTP/1.1 handshake on `io`; the connection is driven by a task of its own.
-async fn http1<T>(
-    io: T,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
+async fn http1(
+    io: TokioIo<Stream>,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, hyper::Error> {
     let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
