@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}; shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(node_record command query_string httpdns_answer cache_file dns_query)
+[ "${#targets[@]}" -gt 0 ] || targets=(node_record command query_string httpdns_answer cache_file dns_query doh_answer)
 
 scripts/deps.sh
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --quiet --locked cargo-fuzz
