@@ -124,15 +124,20 @@ fn run(mut cmd: Command, w: &World, what: &str) {
     );
 }
 
-#[test]
-fn python_bindings_through_the_real_router() {
+/// Runs `bindings/tests/python/{script}` with the generated module against the world.
+fn python(script: &str) {
     let dir = tempfile::tempdir().unwrap();
     let lib = generate(&dir.path().join("gen"), "python");
     let w = world(dir.path());
     let mut cmd = Command::new("python3");
-    cmd.arg(workspace().join("bindings/tests/python/test_sdk.py"))
+    cmd.arg(workspace().join("bindings/tests/python").join(script))
         .env("PYTHONPATH", &lib);
-    run(cmd, &w, "the Python test");
+    run(cmd, &w, script);
+}
+
+#[test]
+fn python_bindings_through_the_real_router() {
+    python("test_sdk.py");
 }
 
 /// A library thread still inside Python when the interpreter starts finalizing: the
@@ -140,13 +145,7 @@ fn python_bindings_through_the_real_router() {
 /// (SIGABRT, "exception not rethrown"). The module waits for such threads at exit.
 #[test]
 fn python_exits_cleanly_while_a_library_thread_is_inside_python() {
-    let dir = tempfile::tempdir().unwrap();
-    let lib = generate(&dir.path().join("gen"), "python");
-    let w = world(dir.path());
-    let mut cmd = Command::new("python3");
-    cmd.arg(workspace().join("bindings/tests/python/test_exit.py"))
-        .env("PYTHONPATH", &lib);
-    run(cmd, &w, "the Python exit test");
+    python("test_exit.py");
 }
 
 #[test]

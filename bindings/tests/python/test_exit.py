@@ -15,11 +15,11 @@ Run by tests/tests/bindings.rs with the same environment as test_sdk.py.
 """
 
 import asyncio
-import os
 import threading
 import time
 
 import gateway_sdk as sdk
+from sdk_world import config
 
 woken_from_library = 0
 
@@ -41,20 +41,7 @@ class SlowFinalization:
 
 
 async def main():
-    with open(os.environ["SDK_CA_PEM"]) as f:
-        ca = f.read()
-    client = sdk.GatewayClient(sdk.SdkConfig(
-        router_domain="router.test",
-        router_port=int(os.environ["SDK_ROUTER_PORT"]),
-        router_https=False,
-        bootstrap={"router.test": ["127.0.0.1"]},
-        local_fallback=False,
-        ipv6=False,
-        extra_roots_pem=ca,
-        router_attempt_timeout_ms=10_000,
-        router_budget_ms=20_000,
-        deadline_ms=30_000,
-    ))
+    client = sdk.GatewayClient(config("SDK_ROUTER_PORT"))
     conn = await client.connect()
     # The read is awaited (its continuation stored) before the write sends what the
     # echo gateway returns, so the read's result always wakes the loop from a library
