@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use gateway_agent::config::Cli;
 use gateway_agent::Agent;
-use registry::etcd::connect_at_start;
+use registry::etcd::{connect_at_start, EtcdOptions};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -30,9 +30,16 @@ async fn main() -> anyhow::Result<()> {
     // A wrong CA, an expired certificate or a wrong password: one line now, not a
     // retry loop. (An etcd that is down is waited for.)
     let own = config.layout.node_key(&config.node.id);
-    let kv = connect_at_start(&endpoints, security, &own)
-        .await
-        .unwrap_or_else(|e| registry::cli::exit_invalid(e));
+    let kv = connect_at_start(
+        &endpoints,
+        EtcdOptions {
+            security,
+            ..EtcdOptions::default()
+        },
+        &own,
+    )
+    .await
+    .unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
     let (agent, _handle) = Agent::new(Arc::new(kv), config);

@@ -57,7 +57,21 @@ pub struct EtcdOptions {
     pub list_page: i64,
     /// TLS and credentials.
     pub security: EtcdSecurity,
+    /// How long a call keeps trying while every endpoint fails and at least one member
+    /// is up and talking (a cluster between leaders: it answers "no leader", or cannot
+    /// serve the call). It passes over the endpoints again, [`RETRY_PAUSE`] apart, the
+    /// talking ones first, until one succeeds or this has passed. A cluster none of
+    /// whose members talks (refused, silent) fails after one pass, and a refusal (a
+    /// wrong password, no permission) at once. Zero (the default) is one pass: the
+    /// agent and the router retry in their own loops. `ctl` waits out an election
+    /// this way, so a command issued at a cut lands once the majority has a leader. A
+    /// call sent again is the same request: a command written twice is one command
+    /// (agents apply a command id once).
+    pub retry_for: Duration,
 }
+
+/// The pause between passes over the endpoints within [`EtcdOptions::retry_for`].
+pub const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Default for EtcdOptions {
     fn default() -> Self {
@@ -69,6 +83,7 @@ impl Default for EtcdOptions {
             keep_alive_timeout: Duration::from_secs(5),
             list_page: 10_000,
             security: EtcdSecurity::default(),
+            retry_for: Duration::ZERO,
         }
     }
 }
@@ -122,20 +137,16 @@ impl std::fmt::Debug for EtcdKv {
     }
 }
 
-/// What a binary does at start: checks `security` against `endpoints`, connects, and
-/// reads `key` to see that etcd takes these credentials (an etcd that is down is not
-/// an error: it may come back). The error is the one line to print before exiting.
+/// What a binary does at start: checks `opts.security` against `endpoints`, connects,
+/// and reads `key` to see that etcd takes these credentials (an etcd that is down is
+/// not an error: it may come back). The error is the one line to print before exiting.
 pub async fn connect_at_start(
     endpoints: &[String],
-    security: EtcdSecurity,
+    opts: EtcdOptions,
     key: &str,
 ) -> Result<EtcdKv, String> {
-    security.check(endpoints)?;
+    opts.security.check(endpoints)?;
     let spec = endpoints.join(",");
-    let opts = EtcdOptions {
-        security,
-        ..EtcdOptions::default()
-    };
     let kv = EtcdKv::connect(endpoints, &opts)
         .await
         .map_err(|e| format!("etcd {spec}: {e}"))?;
@@ -445,78 +456,142 @@ impl EtcdKv {
         let channels = self.channels();
         let n = channels.clients.len();
         let first = inner.current.load(Ordering::Relaxed) % n;
-        let mut last = None;
-        for attempt in 0..n {
-            let i = (first + attempt) % n;
-            let endpoint = &inner.endpoints[i];
-            let short = inner.opts.request_timeout;
-            let client = match tokio::time::timeout(short.max(Duration::from_secs(2)), async {
-                channels.clients[i]
-                    .get_or_try_init(|| async {
-                        Client::connect([endpoint.as_str()], Some(channels.options.clone())).await
-                    })
-                    .await
-                    .cloned()
-                    .map_err(map_err)
-            })
-            .await
-            {
-                Ok(Ok(c)) => c,
-                // A wrong password or certificate: the same everywhere.
-                Ok(Err(e @ KvError::Rejected(_))) => return Err(e),
-                Ok(Err(e)) => {
-                    last = Some(KvError::Unavailable(format!("{endpoint}: {e}")));
-                    continue;
+        let until = tokio::time::Instant::now() + inner.opts.retry_for;
+        let mut order: Vec<usize> = (0..n).map(|a| (first + a) % n).collect();
+        loop {
+            let mut answered = Vec::new();
+            let mut silent = Vec::new();
+            let mut last = None;
+            for &i in &order {
+                match self.call_one(&channels, i, first, what, deadline, &f).await {
+                    Attempt::Done(r) => return r,
+                    Attempt::Failed { error, answered: a } => {
+                        if a {
+                            answered.push(i)
+                        } else {
+                            silent.push(i)
+                        }
+                        last = Some(error);
+                    }
                 }
-                Err(_) => {
-                    last = Some(KvError::Unavailable(format!(
+            }
+            let last = last.unwrap_or_else(|| KvError::Unavailable("no endpoint".into()));
+            if answered.is_empty() || tokio::time::Instant::now() + RETRY_PAUSE >= until {
+                return Err(last);
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+            answered.extend(silent);
+            order = answered;
+        }
+    }
+
+    /// One attempt of [`EtcdKv::call`] on endpoint `i`.
+    async fn call_one<T, F, Fut>(
+        &self,
+        channels: &Channels,
+        i: usize,
+        first: usize,
+        what: &'static str,
+        deadline: Duration,
+        f: &F,
+    ) -> Attempt<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, KvError>>,
+    {
+        let inner = &self.inner;
+        let n = channels.clients.len();
+        let endpoint = &inner.endpoints[i];
+        let short = inner.opts.request_timeout;
+        let failed = |error, answered| Attempt::Failed { error, answered };
+        let client = match tokio::time::timeout(short.max(Duration::from_secs(2)), async {
+            channels.clients[i]
+                .get_or_try_init(|| async {
+                    Client::connect([endpoint.as_str()], Some(channels.options.clone())).await
+                })
+                .await
+                .cloned()
+                .map_err(map_err)
+        })
+        .await
+        {
+            Ok(Ok(c)) => c,
+            // A wrong password or certificate: the same everywhere.
+            Ok(Err(e @ KvError::Rejected(_))) => return Attempt::Done(Err(e)),
+            Ok(Err(e)) => {
+                return failed(KvError::Unavailable(format!("{endpoint}: {e}")), false);
+            }
+            Err(_) => {
+                return failed(
+                    KvError::Unavailable(format!(
                         "{endpoint}: no connection within {} ms",
                         short.max(Duration::from_secs(2)).as_millis()
-                    )));
-                    continue;
-                }
-            };
-            // An endpoint not known to answer is probed first, so a dead member costs
-            // `short` rather than the whole deadline before the next is tried. With one
-            // endpoint there is no next: the call itself gets the whole deadline.
-            if n > 1 && deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
-                let mut c = client.clone();
-                let probe = tokio::time::timeout(short, async move { c.status().await }).await;
-                if !matches!(probe, Ok(Ok(_))) {
-                    if n > 1 {
-                        warn!(%endpoint, call = what, "etcd endpoint does not answer; trying the next");
-                    }
-                    last = Some(KvError::Unavailable(format!(
+                    )),
+                    false,
+                );
+            }
+        };
+        // An endpoint not known to answer is probed first, so a dead member costs
+        // `short` rather than the whole deadline before the next is tried. With one
+        // endpoint there is no next: the call itself gets the whole deadline.
+        if n > 1 && deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
+            let mut c = client.clone();
+            let probe = tokio::time::timeout(short, async move { c.status().await }).await;
+            if !matches!(probe, Ok(Ok(_))) {
+                warn!(%endpoint, call = what, "etcd endpoint does not answer; trying the next");
+                return failed(
+                    KvError::Unavailable(format!(
                         "{endpoint}: no answer within {} ms",
                         short.as_millis()
-                    )));
-                    continue;
-                }
+                    )),
+                    false,
+                );
             }
-            let result = tokio::time::timeout(deadline, f(client)).await;
-            let answered = !matches!(result, Err(_) | Ok(Err(KvError::Unavailable(_))));
-            inner.answering[i].store(answered, Ordering::Relaxed);
-            let err = match result {
-                Ok(Ok(v)) => {
-                    if i != first {
-                        inner.current.store(i, Ordering::Relaxed);
-                        info!(from = %inner.endpoints[first], to = %endpoint, "etcd: switched endpoint");
-                    }
-                    return Ok((v, i));
-                }
-                Ok(Err(e @ KvError::Unavailable(_))) => e,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    KvError::Unavailable(format!("no answer within {} ms", deadline.as_millis()))
-                }
-            };
-            if n > 1 {
-                warn!(%endpoint, call = what, error = %err, "etcd endpoint failed; trying the next");
-            }
-            last = Some(KvError::Unavailable(format!("{endpoint}: {err}")));
         }
-        Err(last.unwrap_or_else(|| KvError::Unavailable("no endpoint".into())))
+        let result = tokio::time::timeout(deadline, f(client.clone())).await;
+        let ok = !matches!(result, Err(_) | Ok(Err(KvError::Unavailable(_))));
+        inner.answering[i].store(ok, Ordering::Relaxed);
+        let err = match result {
+            Ok(Ok(v)) => {
+                if i != first {
+                    inner.current.store(i, Ordering::Relaxed);
+                    info!(from = %inner.endpoints[first], to = %endpoint, "etcd: switched endpoint");
+                }
+                return Attempt::Done(Ok((v, i)));
+            }
+            Ok(Err(e @ KvError::Unavailable(_))) => e,
+            Ok(Err(e)) => return Attempt::Done(Err(e)),
+            Err(_) => KvError::Unavailable(format!("no answer within {} ms", deadline.as_millis())),
+        };
+        if n > 1 {
+            warn!(%endpoint, call = what, error = %err, "etcd endpoint failed; trying the next");
+        }
+        // Worth asking again (and first) only if the member is up and talking: "no
+        // leader", or a call its leader could not serve. Asked only of a call that may
+        // try again: a refusing or silent member is not waited for.
+        let answered = !inner.opts.retry_for.is_zero() && answers(&client, short).await;
+        failed(KvError::Unavailable(format!("{endpoint}: {err}")), answered)
     }
+}
+
+/// Whether the member behind `client` answers at all within `within`: its status, or
+/// an error etcd itself sent (such as "no leader"), as against a refused, broken or
+/// silent connection, whose errors carry the transport's error as their source.
+async fn answers(client: &Client, within: Duration) -> bool {
+    let mut c = client.clone();
+    match tokio::time::timeout(within, async move { c.status().await }).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) => std::error::Error::source(&s).is_none(),
+        _ => false,
+    }
+}
+
+/// What one attempt of a call on one endpoint came to.
+enum Attempt<T> {
+    /// A result to return: success, or a refusal no other endpoint would change.
+    Done(Result<(T, usize), KvError>),
+    /// The endpoint's failure; `answered` when the member is up and talking.
+    Failed { error: KvError, answered: bool },
 }
 
 fn to_kv(kv: &etcd_client::KeyValue) -> Option<KeyValue> {

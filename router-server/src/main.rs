@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use registry::etcd::connect_at_start;
+use registry::etcd::{connect_at_start, EtcdOptions};
 use registry::Layout;
 use router_server::config::{Cli, Command, FileConfig, ServeArgs};
 use router_server::tls::TlsFiles;
@@ -144,9 +144,16 @@ async fn serve(args: ServeArgs) -> i32 {
         // A wrong CA, an expired certificate or a wrong password: one line now, not a
         // retry loop. (An etcd that is down is waited for: the router serves once its
         // own registry is loaded.)
-        let kv = connect_at_start(&endpoints, w.security, &layout.nodes_prefix())
-            .await
-            .unwrap_or_else(|e| registry::cli::exit_invalid(format!("registry {}: {e}", w.name)));
+        let kv = connect_at_start(
+            &endpoints,
+            EtcdOptions {
+                security: w.security,
+                ..EtcdOptions::default()
+            },
+            &layout.nodes_prefix(),
+        )
+        .await
+        .unwrap_or_else(|e| registry::cli::exit_invalid(format!("registry {}: {e}", w.name)));
         registries.push(router_server::membership::Registry {
             name: std::sync::Arc::from(w.name.as_str()),
             kv: Arc::new(kv),

@@ -105,12 +105,18 @@ fn first_member_cut_off(leader: bool) {
         if reported.is_none() && v.contains("\"connections\":200") {
             reported = Some(Instant::now());
         }
+        let ctl_ended = ctl.is_finished();
         if drained.is_none()
             && lab
                 .get_on(&majority, &format!("{P}/commands/gw-p"))
                 .is_some()
         {
             drained = Some(Instant::now());
+        }
+        // A `ctl` that has ended has written its command or failed: say which.
+        if ctl_ended && drained.is_none() {
+            let (ok, took, out) = ctl.join().unwrap();
+            panic!("ctl drain ended (success {ok}, after {took:?}) without its command on the majority:\n{out}");
         }
     }
     let (ok, ctl_took, ctl_out) = ctl.join().unwrap();

@@ -1,5 +1,5 @@
 //! The registry's etcd store and follower against a real etcd: leases, watch
-//! compaction, and resync after an outage.
+//! compaction, resync after an outage, and calls that wait out an election.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,4 +198,106 @@ fn a_registry_over_4_mb_is_listed_in_pages() {
         NODES,
         "every node listed once"
     );
+}
+
+/// The log lines the calls on this thread write, to see what a call tried.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+/// With `retry_for`, a put sent while the cluster has no leader (two of three members
+/// down: the third answers "no leader", the others refuse) passes over the endpoints
+/// again until a leader is elected, and then lands; with the default, it fails after
+/// one pass. (`ctl` issues its commands this way.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_patient_call_waits_out_an_election_and_lands() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let mut etcd = Etcd::cluster(3);
+    let eps = etcd.endpoint_list();
+    let impatient = EtcdKv::connect(&eps, &EtcdOptions::default())
+        .await
+        .unwrap();
+    let member_0 = EtcdKv::connect(&eps[..1], &EtcdOptions::default())
+        .await
+        .unwrap();
+    let patient = EtcdKv::connect(
+        &eps,
+        &EtcdOptions {
+            retry_for: Duration::from_secs(300),
+            ..EtcdOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    patient.put("/t/before", b"1".to_vec(), None).await.unwrap();
+
+    etcd.stop_member(1);
+    etcd.stop_member(2);
+    // Member 0 notices it has lost its peers: it answers, without a leader.
+    let start = std::time::Instant::now();
+    loop {
+        match member_0.put("/t/k", b"x".to_vec(), None).await {
+            Err(KvError::Unavailable(m)) if m.contains("no leader") => break,
+            other => assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "member 0 never lost its leader: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // One pass, and the verdict: unavailable.
+    assert!(
+        matches!(
+            impatient.put("/t/k", b"x".to_vec(), None).await,
+            Err(KvError::Unavailable(_))
+        ),
+        "a put landed without a leader"
+    );
+
+    // Per pass, member 0's "no leader" is logged (the others refuse the connection).
+    let failed_before = lines.count("etcd endpoint failed");
+    let put = tokio::spawn(async move { patient.put("/t/k", b"patient".to_vec(), None).await });
+    let start = std::time::Instant::now();
+    while lines.count("etcd endpoint failed") < failed_before + 2 {
+        assert!(
+            !put.is_finished(),
+            "the call gave up after one pass: {:?}",
+            put.await.unwrap()
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "no second pass");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    etcd.start_again();
+    let rev = tokio::time::timeout(Duration::from_secs(120), put)
+        .await
+        .expect("the call ends once a leader is elected")
+        .unwrap()
+        .expect("the put lands");
+    assert!(rev > 0);
+    assert_eq!(etcd.get("/t/k").as_deref(), Some("patient"));
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use registry::etcd::connect_at_start;
+use registry::etcd::{connect_at_start, EtcdOptions};
 use registry::{CommandAction, Kv, Layout, NodeRecord};
 use tokio::time::Instant;
 
@@ -11,8 +11,15 @@ use crate::config::{CtlArgs, CtlOp};
 mod auth;
 use crate::ops::{self, OpsError, PlanStep};
 
-/// How long `ctl` waits for etcd to answer at all before giving up.
-const REACH_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long each of `ctl`'s calls keeps trying while no etcd member can answer it (a
+/// cluster electing a leader after its leader was cut off, say): an election takes
+/// one to two election timeouts, 1 s each by default, so a command issued at a cut
+/// lands once the majority has a leader rather than failing.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long `ctl` waits for etcd to answer at all before giving up: [`PATIENCE`] and
+/// one last attempt.
+const REACH_TIMEOUT: Duration = Duration::from_secs(7);
 
 /// One registry `ctl` talks to.
 struct Target {
@@ -44,8 +51,12 @@ pub async fn run(args: CtlArgs) -> i32 {
             registry::cli::exit_invalid(e);
         }
         // A wrong CA, an expired certificate, a wrong password: named as such.
-        let kv = match connect_at_start(&endpoints, security.clone(), &layout.nodes_prefix()).await
-        {
+        let opts = EtcdOptions {
+            security: security.clone(),
+            retry_for: PATIENCE,
+            ..EtcdOptions::default()
+        };
+        let kv = match connect_at_start(&endpoints, opts, &layout.nodes_prefix()).await {
             Ok(kv) => kv,
             Err(e) => return fail(&e),
         };
