@@ -28,8 +28,6 @@ fn chromedriver() -> (Proc, String) {
 }
 
 async fn browser(webdriver: &str) -> Client {
-    // fantoccini's connector uses rustls; this process has no provider chosen yet.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -39,8 +37,8 @@ async fn browser(webdriver: &str) -> Client {
                      "--disable-dev-shm-usage", "--window-size=1400,900"],
         }),
     );
-    ClientBuilder::rustls()
-        .expect("rustls connector")
+    // chromedriver listens on loopback over plain HTTP.
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(webdriver)
         .await
