@@ -534,19 +534,19 @@ impl EtcdKv {
         // An endpoint not known to answer is probed first, so a dead member costs
         // `short` rather than the whole deadline before the next is tried. With one
         // endpoint there is no next: the call itself gets the whole deadline.
-        if n > 1 && deadline > short && !inner.answering[i].load(Ordering::Relaxed) {
-            let mut c = client.clone();
-            let probe = tokio::time::timeout(short, async move { c.status().await }).await;
-            if !matches!(probe, Ok(Ok(_))) {
-                warn!(%endpoint, call = what, "etcd endpoint does not answer; trying the next");
-                return failed(
-                    KvError::Unavailable(format!(
-                        "{endpoint}: no answer within {} ms",
-                        short.as_millis()
-                    )),
-                    false,
-                );
-            }
+        if n > 1
+            && deadline > short
+            && !inner.answering[i].load(Ordering::Relaxed)
+            && probe(&client, short).await != Probe::Serving
+        {
+            warn!(%endpoint, call = what, "etcd endpoint does not answer; trying the next");
+            return failed(
+                KvError::Unavailable(format!(
+                    "{endpoint}: no answer within {} ms",
+                    short.as_millis()
+                )),
+                false,
+            );
         }
         let result = tokio::time::timeout(deadline, f(client.clone())).await;
         let ok = !matches!(result, Err(_) | Ok(Err(KvError::Unavailable(_))));
@@ -569,20 +569,34 @@ impl EtcdKv {
         // Worth asking again (and first) only if the member is up and talking: "no
         // leader", or a call its leader could not serve. Asked only of a call that may
         // try again: a refusing or silent member is not waited for.
-        let answered = !inner.opts.retry_for.is_zero() && answers(&client, short).await;
+        let answered =
+            !inner.opts.retry_for.is_zero() && probe(&client, short).await != Probe::Silent;
         failed(KvError::Unavailable(format!("{endpoint}: {err}")), answered)
     }
 }
 
-/// Whether the member behind `client` answers at all within `within`: its status, or
-/// an error etcd itself sent (such as "no leader"), as against a refused, broken or
-/// silent connection, whose errors carry the transport's error as their source.
-async fn answers(client: &Client, within: Duration) -> bool {
+/// What a member's status call says about it.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// It answered its status.
+    Serving,
+    /// It is up and talking, but refused with an error etcd itself sent (such as "no
+    /// leader").
+    Talking,
+    /// Refused, broken or silent: no answer within the time given, or an error that
+    /// carries the transport's error as its source.
+    Silent,
+}
+
+/// Asks the member behind `client` for its status, within `within`.
+async fn probe(client: &Client, within: Duration) -> Probe {
     let mut c = client.clone();
     match tokio::time::timeout(within, async move { c.status().await }).await {
-        Ok(Ok(_)) => true,
-        Ok(Err(etcd_client::Error::GRpcStatus(s))) => std::error::Error::source(&s).is_none(),
-        _ => false,
+        Ok(Ok(_)) => Probe::Serving,
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) if std::error::Error::source(&s).is_none() => {
+            Probe::Talking
+        }
+        _ => Probe::Silent,
     }
 }
 
