@@ -2,7 +2,10 @@
 //! immutable [`Snapshot`].
 //!
 //! * **Eligible**: serving, healthy, has the requested port and address family, and a
-//!   projected load below `max_load`.
+//!   *reported* load below `max_load`. Nodes whose projected load (below) is also below
+//!   it come first; the others only after them ([`overflow_fill`]): the projected load
+//!   is an estimate made from answers, which an asker gets for free, so it may reorder
+//!   candidates but never empties an answer. Only reported load refuses.
 //! * **Region order**: the client's region, then its fallbacks in order, then any.
 //! * **Least loaded first, herd-safe**: the load used is the *projected* load, the
 //!   reported connections plus the clients the routers sent since the report's sample
@@ -633,6 +636,9 @@ pub fn select_budgeted(
             budget,
         );
     }
+    if out.len() < want {
+        overflow_fill(snap, query, rules, want, tiers, &mut out);
+    }
     if out.len() < want && !snap.held.is_empty() {
         held_fill(snap, query, rules, want, tiers, &mut out);
     }
@@ -642,6 +648,81 @@ pub fn select_budgeted(
             .record_n(&snap.nodes[first.index].assigned, weight);
     }
     out
+}
+
+/// Nodes per index that [`overflow_fill`] considers, least reported load first.
+pub const OVERFLOW_SCAN: usize = 64;
+
+/// Fills the rest of an answer from live nodes whose *reported* load leaves room but
+/// whose projected load does not: the herd count is an estimate of clients that have
+/// not connected yet (and some never will: an answer costs an asker nothing), so it
+/// may put a node last, never out of the answer. Only reported load refuses.
+///
+/// By region tier (the client's region, its fallbacks in order, any other), then
+/// projected load; each index is read up to [`OVERFLOW_SCAN`] nodes by reported load,
+/// so the cost stays bounded while a region is projected full.
+fn overflow_fill(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    tiers: Tiers<'_>,
+    out: &mut Chosen,
+) {
+    let mut found: Vec<(usize, Candidate)> = Vec::new();
+    let mut tier_of_index = |tier: usize, index: Index<'_>, skip: Option<Tiers<'_>>| {
+        for &i in index.list.iter().take(OVERFLOW_SCAN) {
+            let i = i as usize;
+            let e = &snap.nodes[i];
+            if e.reported_load >= rules.max_load {
+                break;
+            }
+            let r = &e.record;
+            if skip.is_some_and(|t| t.contains(&r.region))
+                || out.iter().any(|c| c.index == i)
+                || found.iter().any(|(_, c)| c.index == i)
+            {
+                continue;
+            }
+            let (Some(ip), Some(port)) = (r.addr_for(query.family), r.ports.get(query.proto))
+            else {
+                continue;
+            };
+            let load = e.projected_load(&rules.herd);
+            found.push((
+                tier,
+                Candidate {
+                    index: i,
+                    ip,
+                    port,
+                    load,
+                    tie: e.tie,
+                },
+            ));
+        }
+    };
+    let ordered = query
+        .region
+        .into_iter()
+        .chain(rules.fallbacks.iter().map(String::as_str));
+    let mut tier = 0;
+    for (k, region) in ordered.enumerate() {
+        if tiers.seen_before(k, region) {
+            continue;
+        }
+        if let Some(idx) = snap.by_region.get(region) {
+            tier_of_index(tier, idx.get(query.proto), None);
+        }
+        tier += 1;
+    }
+    tier_of_index(tier, snap.all.get(query.proto), Some(tiers));
+    found.sort_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then(a.load.total_cmp(&b.load))
+            .then((a.tie, a.index).cmp(&(b.tie, b.index)))
+    });
+    let room = want - out.len();
+    out.extend(found.into_iter().take(room).map(|(_, c)| c));
 }
 
 /// Fills the rest of an answer from the nodes protect holds, after every live
@@ -1189,7 +1270,7 @@ mod tests {
             ..rules_now()
         };
         let mut answered = 0;
-        while !select(&s, &q(None, 1), polled).is_empty() {
+        while select(&s, &q(None, 1), polled)[0].load < 0.95 {
             answered += 1;
         }
         assert!(answered >= 280, "{answered}");
@@ -1198,7 +1279,51 @@ mod tests {
             herd: HerdView::at(h.now_ms + 6_000, 20, 1),
             ..rules_now()
         };
-        assert_eq!(select(&s, &q(None, 3), later).len(), 3);
+        let again = select(&s, &q(None, 3), later);
+        assert_eq!(again.len(), 3);
+        assert!(again.iter().all(|c| c.load < 0.1), "{again:?}");
+    }
+
+    /// Answers alone never make the router refuse: a region that phantom askers have
+    /// filled on paper is still answered in full, after every node the estimate leaves
+    /// room on, the least projected first. Only reported load empties an answer.
+    #[test]
+    fn projected_load_reorders_but_never_refuses() {
+        let s = snap(vec![
+            node("a1", "a", 200, 1000),
+            node("a2", "a", 100, 1000),
+            node("b1", "b", 0, 1000),
+            node("full", "a", 960, 1000),
+        ]);
+        let fallbacks = vec!["b".to_string()];
+        let rules = Rules {
+            fallbacks: &fallbacks,
+            ..rules_now()
+        };
+        // 1,800 phantom answers: beyond region a's 1,600 free slots, so the last go to
+        // the fallback.
+        for _ in 0..1800 {
+            select(&s, &q(Some("a"), 1), rules);
+        }
+        let a1 = s.get("a1").unwrap().projected_load(&rules.herd);
+        let a2 = s.get("a2").unwrap().projected_load(&rules.herd);
+        assert!(a1 >= 0.95 && a2 >= 0.95, "{a1} {a2}");
+        // b1 took the overflow once region a was projected full.
+        let got = select(&s, &q(Some("a"), 3), rules);
+        let names = ids(&s, &got);
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(
+            names[0], "b1",
+            "the node with projected room first: {names:?}"
+        );
+        assert!(
+            !names.contains(&"full".to_string()),
+            "reported load at max_load still refuses: {names:?}"
+        );
+        assert!(got[1].load <= got[2].load, "least projected first: {got:?}");
+        // Nothing with reported room: only then is the answer empty.
+        let full = snap(vec![node("f", "a", 960, 1000)]);
+        assert!(select(&full, &q(Some("a"), 3), rules_now()).is_empty());
     }
 
     /// Two routers behind a balancer: each scales its own answers by the live count,
@@ -1281,27 +1406,35 @@ mod tests {
                 order.push(f);
             }
         }
-        let mut eligible: Vec<(usize, f64, usize)> = (0..s.nodes.len())
+        // (projected full, tier, projected load, index): nodes the estimate puts at or
+        // above max_load come after every other, but still come.
+        let mut eligible: Vec<(bool, usize, f64, usize)> = (0..s.nodes.len())
             .filter_map(|i| {
                 let e = &s.nodes[i];
                 let r = &e.record;
                 let ok = r.state == NodeState::Serving
                     && r.healthy
-                    && e.projected_load(&rules.herd) < rules.max_load
+                    && r.load() < rules.max_load
                     && r.ports.get(query.proto).is_some()
                     && r.addr_for(query.family).is_some();
                 let tier = order
                     .iter()
                     .position(|t| *t == r.region)
                     .unwrap_or(order.len());
-                ok.then(|| (tier, e.projected_load(&rules.herd), i))
+                let load = e.projected_load(&rules.herd);
+                ok.then(|| (load >= rules.max_load, tier, load, i))
             })
             .collect();
-        eligible.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+        eligible.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.total_cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
         eligible
             .into_iter()
             .take(query.count)
-            .map(|(_, _, i)| i)
+            .map(|(_, _, _, i)| i)
             .collect()
     }
 
