@@ -24,7 +24,7 @@ use ipnet::{IpNet, Ipv4Net};
 use registry::{NodeRecord, Ports, Proto};
 use router_server::config::RegionsConfig;
 use router_server::herd::HerdView;
-use router_server::http::RegionTable;
+use router_server::identity::RegionTable;
 use router_server::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
 
 fn fleet(n: usize) -> Snapshot {

@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! * [`config`]: command line and the TOML file, validated in one step.
+//!   [`identity`]: who a client is (address behind trusted proxies, region, network).
+//!   [`clock`]: the limiters' time source, which tests drive.
 //! * [`membership`]: the registries followed (one per data centre), each view judged
 //!   by its protect threshold, merged into one snapshot. [`state`]: the handles every
 //!   handler shares.
@@ -11,7 +13,7 @@
 //! * [`answer`]: the JSON a client receives, serialized in pieces once and assembled
 //!   per request.
 //! * [`http`]: the edge — the server that owns connections, the routes, `/gateways`,
-//!   its parameters, the client's address and region, errors.
+//!   its parameters, errors.
 //! * [`admin`]: the token-protected admin API; [`ops`]: commands and rebalance plans it
 //!   shares with [`ctl`], the operator's command line.
 //! * [`dns`]: the gateway zone over DNS (UDP, TCP), DNS over HTTPS, and the
@@ -24,12 +26,14 @@
 
 pub mod admin;
 pub mod answer;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod dns;
 pub mod herd;
 pub mod http;
+pub mod identity;
 pub mod membership;
 pub mod metrics;
 pub mod ops;

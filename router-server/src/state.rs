@@ -40,7 +40,7 @@ pub struct AppState {
     /// Each registry's health, in the order they are configured.
     pub registries: std::sync::Mutex<Vec<RegistryStatus>>,
     /// The client-region table (`[regions] cidrs`), built once for `/gateways` and DNS.
-    pub regions: crate::http::RegionTable,
+    pub regions: crate::identity::RegionTable,
     /// Per registry followed, the public addresses its live routers publish
     /// (`--public-addr`), for the routers' own domain in DNS and HTTPDNS.
     pub router_addrs: std::sync::Mutex<Vec<Vec<std::net::IpAddr>>>,
@@ -49,7 +49,7 @@ pub struct AppState {
 impl AppState {
     /// Fresh state with no snapshot.
     pub fn new(config: FileConfig) -> AppState {
-        let regions = crate::http::RegionTable::new(&config.regions);
+        let regions = crate::identity::RegionTable::new(&config.regions);
         AppState {
             answer_tail: crate::answer::answer_tail(&config),
             snapshot: Arc::new(ArcSwapOption::empty()),

@@ -30,7 +30,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::{config::parse_domain, qtype_label_of, rcode_label, Dns, Transport};
-use crate::http::{client_ip, ApiError};
+use crate::http::ApiError;
+use crate::identity::client_ip;
 
 /// The routes, over `dns`.
 pub fn routes(dns: Arc<Dns>) -> Router {

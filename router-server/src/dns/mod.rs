@@ -118,11 +118,11 @@ const MAX_UDP_PAYLOAD: u16 = 1232;
 impl Dns {
     /// The DNS side of the router whose state is `state`.
     pub fn new(state: Arc<AppState>) -> Dns {
-        Dns::with_limiter_clock(state, crate::http::LimiterClock::default())
+        Dns::with_limiter_clock(state, crate::clock::LimiterClock::default())
     }
 
     /// [`Dns::new`] with the response-rate limit on `clock` (tests pass a fake one).
-    pub fn with_limiter_clock(state: Arc<AppState>, clock: crate::http::LimiterClock) -> Dns {
+    pub fn with_limiter_clock(state: Arc<AppState>, clock: crate::clock::LimiterClock) -> Dns {
         let cfg = state.config.dns.clone();
         let regions_cfg = &state.config.regions;
         let mut configured_regions: Vec<String> = regions_cfg

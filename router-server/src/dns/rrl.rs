@@ -13,7 +13,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::config::DnsConfig;
-use crate::http::{rate_key, LimiterClock};
+use crate::clock::LimiterClock;
+use crate::identity::network_key;
 
 /// What to do with one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,7 @@ impl Rrl {
     pub fn check(&self, client: IpAddr) -> Verdict {
         if self
             .limiter
-            .check_key(&rate_key(client, self.prefixes))
+            .check_key(&network_key(client, self.prefixes))
             .is_ok()
         {
             return Verdict::Answer;

@@ -374,7 +374,7 @@ fn the_rate_limit_applies_to_udp_only() {
     let state = Arc::new(AppState::new(cfg));
     let snap = Snapshot::build(fleet().into_iter().map(Arc::new), None, 42, false);
     state.snapshot.store(Some(Arc::new(snap)));
-    let dns = Dns::with_limiter_clock(state, crate::http::LimiterClock::Fake(clock.clone()));
+    let dns = Dns::with_limiter_clock(state, crate::clock::LimiterClock::Fake(clock.clone()));
     let packet = query("gw.example.com.", RecordType::A).to_vec().unwrap();
     let udp = |dns: &Dns| dns.handle(&packet, RESOLVER, Transport::Udp).is_some();
     assert_eq!([udp(&dns), udp(&dns), udp(&dns)], [true, true, false]);

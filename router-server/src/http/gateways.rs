@@ -12,16 +12,17 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, FakeRelativeClock};
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::client::{client_ip, rate_key};
 use super::error::ApiError;
 use super::params::parse_params;
 use crate::answer::render_answer;
+use crate::clock::LimiterClock;
+use crate::identity::{client_ip, network_key};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::schedule::{select, Query, Rules, Snapshot};
 use crate::state::AppState;
@@ -47,32 +48,6 @@ pub struct ApiInner {
 /// The per-client limiter, on a clock that tests can drive.
 type Limiter =
     RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>;
-
-/// The rate limiter's time source: the monotonic clock, or a fake one that a test
-/// advances by hand, so a test of the limit holds at any machine speed.
-#[derive(Debug, Clone)]
-pub enum LimiterClock {
-    /// Monotonic time since the router started.
-    Real(std::time::Instant),
-    /// Time that moves only when the test advances it.
-    Fake(FakeRelativeClock),
-}
-
-impl Default for LimiterClock {
-    fn default() -> Self {
-        LimiterClock::Real(std::time::Instant::now())
-    }
-}
-
-impl Clock for LimiterClock {
-    type Instant = Nanos;
-    fn now(&self) -> Nanos {
-        match self {
-            LimiterClock::Real(start) => Nanos::from(start.elapsed()),
-            LimiterClock::Fake(fake) => fake.now(),
-        }
-    }
-}
 
 /// The series the busiest route updates on every request, taken from their families
 /// once, so a request does no map lookup under a lock.
@@ -145,7 +120,7 @@ impl Api {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if let Err(not_until) = limiter.check_key(&rate_key(ip, self.limit_prefix)) {
+        if let Err(not_until) = limiter.check_key(&network_key(ip, self.limit_prefix)) {
             let wait = not_until.wait_time_from(limiter.clock().now());
             self.state.metrics.rate_limited.inc();
             return Err(ApiError::new(

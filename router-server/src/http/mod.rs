@@ -5,14 +5,12 @@
 //! * [`routes`]: the application's routes and the edge middleware.
 //! * [`gateways`]: `GET /gateways` and the [`Api`] it shares.
 //! * [`fleet`]: the fleet page (`/ops`) and the JSON it polls.
-//! * [`params`]: its query string. [`client`]: the client's address, region and
-//!   rate-limit key. [`error`]: the contract's error answer, also given to the
+//! * [`params`]: its query string. [`error`]: the contract's error answer, also given to the
 //!   errors the HTTP parser writes by itself (`raw_errors`).
 //!
 //! The answer's JSON lives in [`crate::answer`]; nothing here depends on
 //! [`crate::state`] but for reading it.
 
-pub mod client;
 pub mod error;
 pub mod fleet;
 pub mod gateways;
@@ -21,8 +19,7 @@ mod raw_errors;
 pub mod routes;
 pub mod server;
 
-pub use client::{client_ip, rate_key, RegionTable};
 pub use error::ApiError;
-pub use gateways::{Api, Gateways, LimiterClock};
+pub use gateways::{Api, Gateways};
 pub use params::{parse_params, GatewaysParams};
 pub use routes::{app, app_with, router, router_with, App, HotRoute};

@@ -1,5 +1,6 @@
-//! Who the client is: its address (behind trusted proxies), its region, its
-//! rate-limit key.
+//! Who the client is: its address (behind trusted proxies), its region, its network
+//! (the key every per-client budget is charged to). The bottom of the router's layers:
+//! the edges (HTTP, DNS) ask it, the guards and the herd budgets key by it.
 
 use std::net::IpAddr;
 
@@ -65,8 +66,9 @@ impl RegionTable {
     }
 }
 
-/// The rate-limit key of `ip`: its network of `v4` / `v6` leading bits.
-pub fn rate_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
+/// The network of `ip`: its `v4` / `v6` leading bits, the rest zeroed (IPv4-mapped
+/// IPv6 addresses count as IPv4). Every per-client budget is keyed by it.
+pub fn network_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(a) => {
             let mask = u32::MAX
@@ -90,7 +92,7 @@ mod tests {
 
     #[test]
     fn rate_keys_group_networks() {
-        let key = |ip: &str, p| rate_key(ip.parse().unwrap(), p).to_string();
+        let key = |ip: &str, p| network_key(ip.parse().unwrap(), p).to_string();
         assert_eq!(key("203.0.113.77", (32, 64)), "203.0.113.77");
         assert_eq!(key("203.0.113.77", (24, 64)), "203.0.113.0");
         assert_eq!(key("203.0.113.77", (0, 64)), "0.0.0.0");
