@@ -30,6 +30,7 @@
 
 pub mod access;
 pub mod backoff;
+pub mod blocklist;
 pub mod binding;
 pub mod cli;
 pub mod etcd;

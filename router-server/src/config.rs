@@ -363,6 +363,8 @@ pub struct FileConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Per-client-IP rate limit.
     pub rate_limit: RateLimitConfig,
+    /// `[edge]`: block and allow lists, per-network herd budgets, automatic blocks.
+    pub edge: EdgeConfig,
     /// HTTP limits, timeouts, CORS.
     pub http: HttpConfig,
     /// Certificate reloading.
@@ -444,6 +446,50 @@ pub struct RateLimitConfig {
     pub ipv6_prefix_len: u8,
 }
 
+/// The `[edge]` table: what one client network may cost the router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Client networks refused on every route (HTTP 403 `blocked`, DNS REFUSED),
+    /// beside the dynamic list in etcd (`P/blocklist/`).
+    pub block: Vec<IpNet>,
+    /// Trusted client networks (a carrier's NAT, a monitoring host): exempt from the
+    /// per-client request budget, the herd budget and automatic blocks. A block entry
+    /// still refuses them.
+    pub allow: Vec<IpNet>,
+    /// Leading bits that make one client network for the herd budget (IPv4).
+    pub network_prefix_v4: u8,
+    /// The same for IPv6 (56: a subscriber's delegated prefix).
+    pub network_prefix_v6: u8,
+    /// Clients one network's answers may add to the herd counts per
+    /// `herd_window_secs`, at this router (each answer counts as many clients as there
+    /// are live routers, since that is what it adds to the estimate); answers beyond
+    /// it are still given, but not counted. 0: no bound.
+    pub herd_budget: u32,
+    /// A network refused by the request budget more than this many times a minute is
+    /// blocked by the router itself for `auto_block_secs` (0: never).
+    pub auto_block_refusals_per_min: u32,
+    /// How long an automatic block lasts.
+    pub auto_block_secs: u64,
+    /// The most networks blocked automatically at once (the rest are only limited).
+    pub auto_block_max: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            block: Vec::new(),
+            allow: Vec::new(),
+            network_prefix_v4: 24,
+            network_prefix_v6: 56,
+            herd_budget: 100,
+            auto_block_refusals_per_min: 6000,
+            auto_block_secs: 600,
+            auto_block_max: 10_000,
+        }
+    }
+}
+
 /// The `[http]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -498,6 +544,7 @@ impl Default for FileConfig {
             regions: RegionsConfig::default(),
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitConfig::default(),
+            edge: EdgeConfig::default(),
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             registry_stale_secs: 10,
@@ -694,6 +741,30 @@ impl FileConfig {
             "rate_limit.burst",
             || "must be at least 1 when the limit is on".into(),
         )?;
+        let e = &self.edge;
+        check(e.network_prefix_v4 <= 32, "edge.network_prefix_v4", || {
+            format!("{} is not 0-32", e.network_prefix_v4)
+        })?;
+        check(e.network_prefix_v6 <= 128, "edge.network_prefix_v6", || {
+            format!("{} is not 0-128", e.network_prefix_v6)
+        })?;
+        check(
+            e.auto_block_refusals_per_min == 0 || e.auto_block_secs >= 1,
+            "edge.auto_block_secs",
+            || "must be at least 1 when automatic blocks are on".into(),
+        )?;
+        for net in &e.block {
+            let entry = registry::blocklist::BlockEntry {
+                cidr: *net,
+                reason: "config".into(),
+                expires_ms: 0,
+                by: String::new(),
+                at_ms: 0,
+            };
+            check(entry.validate().is_ok(), "edge.block", || {
+                format!("{net} is wider than a block entry may be (/8, /16 for IPv6)")
+            })?;
+        }
         let h = &self.http;
         check(
             h.request_timeout_ms >= 10,

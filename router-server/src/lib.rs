@@ -31,6 +31,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod dns;
+pub mod guard;
 pub mod herd;
 pub mod http;
 pub mod identity;
@@ -113,7 +114,17 @@ pub async fn run_registries(
         .map(|_| std::sync::atomic::AtomicU64::new(1))
         .collect();
     let mut inputs = Vec::new();
+    let mut blocklists = Vec::new();
     for (i, r) in registries.iter().enumerate() {
+        let (view, follower) = registry::follow_map::follow_map(
+            r.kv.clone(),
+            r.layout.blocklist_prefix(),
+            background.clone(),
+        );
+        blocklists.push(view);
+        tasks.spawn(async move {
+            let _ = follower.await;
+        });
         let (views, follower) =
             registry::follow::follow(r.kv.clone(), r.layout.clone(), background.clone());
         let name = r.name.clone();
@@ -143,6 +154,11 @@ pub async fn run_registries(
             background.clone(),
         ));
     }
+    tasks.spawn(guard::follow::run(
+        state.guard.clone(),
+        blocklists,
+        background.clone(),
+    ));
     tasks.spawn(membership::spawn_updater(
         state.clone(),
         inputs,

@@ -206,6 +206,15 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Answers with no eligible gateway.
     pub no_gateways: Counter,
+    /// Requests and DNS queries refused because the client's network is blocked.
+    pub blocked: Counter,
+    /// Networks the router blocked by itself for exceeding their budget again and again.
+    pub auto_blocks: Counter,
+    /// Block-list entries in force (static, from etcd, automatic).
+    pub blocklist_entries: Gauge,
+    /// Answers not counted in the herd accounting because their client network had
+    /// used its share of the window (`edge.herd_budget`).
+    pub herd_uncounted: Counter,
     /// Admin actions by outcome.
     pub admin_actions: Family<RequestLabels, Counter>,
     /// Live routers sharing the registry (herd counts are scaled by it).
@@ -254,6 +263,10 @@ impl Default for Metrics {
             protect_engaged: Counter::default(),
             rate_limited: Counter::default(),
             no_gateways: Counter::default(),
+            blocked: Counter::default(),
+            auto_blocks: Counter::default(),
+            blocklist_entries: Gauge::default(),
+            herd_uncounted: Counter::default(),
             admin_actions: Family::default(),
             routers_live: Gauge::default(),
             snapshot_builds: Counter::default(),
@@ -343,6 +356,26 @@ impl Default for Metrics {
             "no_gateways",
             "Answers with no eligible gateway",
             m.no_gateways.clone(),
+        );
+        registry.register(
+            "blocked",
+            "Requests and DNS queries refused because the client's network is blocked",
+            m.blocked.clone(),
+        );
+        registry.register(
+            "auto_blocks",
+            "Client networks blocked automatically for exceeding their budget repeatedly",
+            m.auto_blocks.clone(),
+        );
+        registry.register(
+            "blocklist_entries",
+            "Block-list entries in force (static, from etcd, automatic)",
+            m.blocklist_entries.clone(),
+        );
+        registry.register(
+            "herd_uncounted",
+            "Answers left out of the herd accounting: their client network had used its share",
+            m.herd_uncounted.clone(),
         );
         registry.register(
             "admin_actions",

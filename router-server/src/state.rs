@@ -41,6 +41,8 @@ pub struct AppState {
     pub registries: std::sync::Mutex<Vec<RegistryStatus>>,
     /// The client-region table (`[regions] cidrs`), built once for `/gateways` and DNS.
     pub regions: crate::identity::RegionTable,
+    /// What one client network may cost: block and allow lists, budgets.
+    pub guard: Arc<crate::guard::Guard>,
     /// Per registry followed, the public addresses its live routers publish
     /// (`--public-addr`), for the routers' own domain in DNS and HTTPDNS.
     pub router_addrs: std::sync::Mutex<Vec<Vec<std::net::IpAddr>>>,
@@ -49,12 +51,20 @@ pub struct AppState {
 impl AppState {
     /// Fresh state with no snapshot.
     pub fn new(config: FileConfig) -> AppState {
+        AppState::with_clock(config, crate::clock::LimiterClock::default())
+    }
+
+    /// [`AppState::new`], with the per-client limiters on `clock` (tests drive it).
+    pub fn with_clock(config: FileConfig, clock: crate::clock::LimiterClock) -> AppState {
         let regions = crate::identity::RegionTable::new(&config.regions);
+        let metrics = Metrics::default();
+        let guard = Arc::new(crate::guard::Guard::new(&config, clock, &metrics));
         AppState {
+            guard,
             answer_tail: crate::answer::answer_tail(&config),
             snapshot: Arc::new(ArcSwapOption::empty()),
             config,
-            metrics: Metrics::default(),
+            metrics,
             last_sync: std::sync::Mutex::new(None),
             routers: std::sync::atomic::AtomicU64::new(1),
             tie_seed: rand::random::<u64>() | 1,

@@ -41,7 +41,16 @@ fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
 
 /// Router state serving `nodes` (revision 7), or not ready when `None`.
 fn state_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>) -> Arc<AppState> {
-    let state = Arc::new(AppState::new(config));
+    state_on(config, nodes, LimiterClock::default())
+}
+
+/// [`state_with`], the per-client limiters on `clock`.
+fn state_on(
+    config: FileConfig,
+    nodes: Option<Vec<NodeRecord>>,
+    clock: LimiterClock,
+) -> Arc<AppState> {
+    let state = Arc::new(AppState::with_clock(config, clock));
     if let Some(nodes) = nodes {
         let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 7, false);
         state.snapshot.store(Some(Arc::new(snap)));
@@ -254,12 +263,8 @@ async fn the_default_limit_lets_a_nat_storm_through() {
         ..node("big", "cn-sh", 0)
     };
     let clock = FakeRelativeClock::default();
-    let state = state_with(cfg, Some(vec![big]));
-    let app = router(
-        Api::with_limiter_clock(state.clone(), LimiterClock::Fake(clock.clone())),
-        None,
-    )
-    .layer(MockConnectInfo(
+    let state = state_on(cfg, Some(vec![big]), LimiterClock::Fake(clock.clone()));
+    let app = router(Api::new(state.clone()), None).layer(MockConnectInfo(
         "10.0.0.1:5000".parse::<SocketAddr>().unwrap(),
     ));
     for i in 0..10_000 {

@@ -30,6 +30,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::{config::parse_domain, qtype_label_of, rcode_label, Dns, Transport};
+use crate::guard::Pass;
 use crate::http::ApiError;
 use crate::identity::client_ip;
 
@@ -51,9 +52,12 @@ fn bad_request(code: &'static str, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, msg)
 }
 
-/// The client's address: the peer, or the address a trusted proxy forwarded.
-fn client(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    client_ip(peer.ip().to_canonical(), headers, &dns.state().config)
+/// The client: its address (the peer, or the address a trusted proxy forwarded), let
+/// through by the guard (block list, request budget) before any other work.
+fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pass), ApiError> {
+    let ip = client_ip(peer.ip().to_canonical(), headers, &dns.state().config);
+    let pass = dns.state().guard.check(ip).map_err(ApiError::refused)?;
+    Ok((ip, pass))
 }
 
 fn dns_off() -> ApiError {
@@ -70,6 +74,7 @@ async fn doh_get(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let (ip, pass) = asker(&dns, peer, &headers)?;
     let Some(b64) = q.get("dns") else {
         return Err(bad_request(
             "invalid_parameter",
@@ -86,7 +91,7 @@ async fn doh_get(
     let packet = engine
         .decode(b64)
         .map_err(|e| bad_request("invalid_parameter", format!("dns: not base64url: {e}")))?;
-    doh(&dns, &packet, client(&dns, peer, &headers))
+    doh(&dns, &packet, ip, pass)
 }
 
 async fn doh_post(
@@ -95,6 +100,7 @@ async fn doh_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let (ip, pass) = asker(&dns, peer, &headers)?;
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -106,17 +112,18 @@ async fn doh_post(
             format!("the body must be {DNS_MESSAGE}, not {ct:?}"),
         ));
     }
-    doh(&dns, &body, client(&dns, peer, &headers))
+    doh(&dns, &body, ip, pass)
 }
 
-fn doh(dns: &Dns, packet: &[u8], client: IpAddr) -> Result<Response, ApiError> {
+fn doh(dns: &Dns, packet: &[u8], client: IpAddr, pass: Pass) -> Result<Response, ApiError> {
     if dns.zone().is_none() {
         return Err(dns_off());
     }
     if packet.len() > u16::MAX as usize {
         return Err(bad_request("invalid_parameter", "dns: over 65535 bytes"));
     }
-    let Some((answer, ttl)) = dns.handle_ttl(packet, client, Transport::Https) else {
+    let Some((answer, ttl)) = dns.handle_checked(packet, client, Transport::Https, Some(pass))
+    else {
         return Err(bad_request(
             "invalid_parameter",
             "dns: not a DNS query message",
@@ -156,6 +163,7 @@ async fn resolve(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let (ip, pass) = asker(&dns, peer, &headers)?;
     if dns.zone().is_none() {
         return Err(dns_off());
     }
@@ -190,7 +198,8 @@ async fn resolve(
                 })?,
         ),
     };
-    let found = dns.lookup(&name, qtype, client(&dns, peer, &headers), subnet, 1);
+    let weight = dns.herd_weight(ip, pass, 1);
+    let found = dns.lookup(&name, qtype, ip, subnet, weight);
     dns.count(
         Transport::Https,
         qtype_label_of(qtype),
@@ -240,6 +249,7 @@ async fn httpdns(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let asked = asker(&dns, peer, &headers)?;
     let cfg = &dns.state().config.httpdns;
     if cfg.signed_only {
         return Err(ApiError::new(
@@ -248,7 +258,7 @@ async fn httpdns(
             "this router answers signed requests only (/sign_d)",
         ));
     }
-    httpdns_answer(&dns, peer, &headers, &q)
+    httpdns_answer(&dns, asked, &q)
 }
 
 async fn httpdns_signed(
@@ -257,6 +267,7 @@ async fn httpdns_signed(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let asked = asker(&dns, peer, &headers)?;
     let Some(secret) = dns
         .state()
         .config
@@ -294,7 +305,7 @@ async fn httpdns_signed(
             "s is not md5(host-secret-t)",
         ));
     }
-    httpdns_answer(&dns, peer, &headers, &q)
+    httpdns_answer(&dns, asked, &q)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -303,10 +314,12 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The Alibaba-style answer for `host`: the routers for the router domain, gateways
 /// for a name of the zone, nothing for any other name.
+///
+/// `ip=` names the client whose region is wanted (a server resolving for its
+/// clients); the herd count is charged to whoever asked.
 fn httpdns_answer(
     dns: &Dns,
-    peer: SocketAddr,
-    headers: &HeaderMap,
+    (asker, pass): (IpAddr, Pass),
     q: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let raw = q
@@ -325,7 +338,7 @@ fn httpdns_answer(
         }
     };
     let client = match q.get("ip") {
-        None => client(dns, peer, headers),
+        None => asker,
         Some(ip) => IpAddr::from_str(ip).map_err(|_| {
             bad_request("invalid_parameter", format!("ip: {ip:?} is not an address"))
         })?,
@@ -351,7 +364,7 @@ fn httpdns_answer(
             if !want {
                 continue;
             }
-            let found = dns.lookup(&name, qtype, client, None, 1);
+            let found = dns.lookup(&name, qtype, client, None, dns.herd_weight(asker, pass, 1));
             if found.rcode != ResponseCode::NoError {
                 rcode = rcode_label(found.rcode);
             }

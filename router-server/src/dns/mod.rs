@@ -33,6 +33,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use registry::record::IpFamily;
 use registry::Proto;
 
+use crate::guard::Pass;
 use crate::metrics::DnsLabels;
 use crate::schedule::{select_weighted, Query as Wanted, Rules};
 use crate::state::AppState;
@@ -395,6 +396,40 @@ impl Dns {
         client: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, u32)> {
+        let guard = &self.state.guard;
+        let pass = match transport {
+            // Anyone can forge a UDP source: the block list only, no budget (response-
+            // rate limiting is UDP's budget).
+            Transport::Udp => match guard.blocked(client) {
+                Some(_) => None,
+                None => Some(Pass {
+                    exempt: guard.lists().allowed(client),
+                }),
+            },
+            _ => guard.check(client).ok(),
+        };
+        self.handle_checked(packet, client, transport, pass)
+    }
+
+    /// The clients an answer to `client` counts in the herd accounting: the
+    /// transport's weight, within its network's share (see [`crate::herd::budget`]).
+    pub fn herd_weight(&self, client: IpAddr, pass: Pass, weight: u64) -> u64 {
+        let routers = self
+            .state
+            .routers
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.state.guard.herd_weight(client, pass, weight, routers)
+    }
+
+    /// [`Dns::handle_ttl`] for a client the guard already judged: `pass` is `None`
+    /// when it refused it (the answer is then REFUSED, before any other work).
+    pub fn handle_checked(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        pass: Option<Pass>,
+    ) -> Option<(Vec<u8>, u32)> {
         let verdict = match (transport, &self.rrl) {
             (Transport::Udp, Some(rrl)) => rrl.check(client),
             _ => rrl::Verdict::Answer,
@@ -437,6 +472,12 @@ impl Dns {
             }
             reply.set_edns(edns);
         }
+        let Some(pass) = pass else {
+            reply.add_queries(request.queries().iter().take(1).cloned());
+            reply.set_response_code(ResponseCode::Refused);
+            self.count(transport, "other", Some("REFUSED"));
+            return reply.to_vec().ok().map(|b| (b, 0));
+        };
         let qtype_label;
         // The smallest TTL of what is answered (0 when no record is).
         let mut ttl = 0;
@@ -469,6 +510,7 @@ impl Dns {
                     Transport::Https => 1,
                     _ => self.cfg.weight,
                 };
+                let weight = self.herd_weight(client, pass, weight);
                 let found = self.lookup(q.name(), q.query_type(), client, subnet, weight);
                 ttl = found.min_ttl().unwrap_or(0);
                 reply

@@ -27,6 +27,10 @@
 //!   of them sent. Ties between equally loaded nodes are broken by a per-router random
 //!   order (see `Snapshot::build_seeded`), so the routers' first answers of a storm go to
 //!   different nodes instead of all to the one with the smallest id.
+//! * **One network's share** is bounded ([`budget`]): answers are free to ask for, so
+//!   what one client network adds to the estimate per window is capped.
+
+pub mod budget;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

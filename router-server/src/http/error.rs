@@ -35,6 +35,24 @@ impl ApiError {
         }
     }
 
+    /// The answer to a client the guard turns away: 403 `blocked` or 429
+    /// `rate_limited` with Retry-After.
+    pub fn refused(r: crate::guard::Refusal) -> ApiError {
+        match r {
+            crate::guard::Refusal::Blocked(reason) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "blocked",
+                format!("requests from this network are refused ({reason})"),
+            ),
+            crate::guard::Refusal::Limited(secs) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this address",
+            )
+            .retry_after(secs),
+        }
+    }
+
     pub(crate) fn retry_after(mut self, secs: u64) -> ApiError {
         self.retry_after = Some(secs.max(1));
         self

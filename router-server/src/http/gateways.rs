@@ -1,8 +1,7 @@
-//! `GET /gateways`: the shared [`Api`] (state, rate limiter, region table) and the
+//! `GET /gateways`: the shared [`Api`] (state and the route's metric series) and the
 //! ready-future service that answers from the current snapshot.
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,22 +11,16 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
 
 use super::error::ApiError;
 use super::params::parse_params;
 use crate::answer::render_answer;
-use crate::clock::LimiterClock;
-use crate::identity::{client_ip, network_key};
+use crate::identity::client_ip;
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::schedule::{select, Query, Rules, Snapshot};
+use crate::schedule::{select_weighted, Query, Rules, Snapshot};
 use crate::state::AppState;
 
-/// Everything the router serves, with the per-IP limiter.
+/// Everything the router serves.
 #[derive(Clone)]
 ///
 /// One `Arc`: handlers clone it per request, and a single refcount is cheaper to share
@@ -38,16 +31,9 @@ pub struct Api(Arc<ApiInner>);
 pub struct ApiInner {
     /// Shared state.
     pub state: Arc<AppState>,
-    limiter: Option<Limiter>,
-    /// Prefix lengths that group clients into one rate-limit budget (IPv4, IPv6).
-    limit_prefix: (u8, u8),
     /// `/gateways`' own series, resolved once.
     pub(crate) hot_metrics: HotMetrics,
 }
-
-/// The per-client limiter, on a clock that tests can drive.
-type Limiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>;
 
 /// The series the busiest route updates on every request, taken from their families
 /// once, so a request does no map lookup under a lock.
@@ -66,21 +52,6 @@ impl std::ops::Deref for Api {
 impl Api {
     /// Builds the API over `state`; spawn [`Api::housekeeping`] alongside.
     pub fn new(state: Arc<AppState>) -> Api {
-        Api::with_limiter_clock(state, LimiterClock::default())
-    }
-
-    /// [`Api::new`] with the rate limiter on `clock` (tests pass a fake one).
-    pub fn with_limiter_clock(state: Arc<AppState>, clock: LimiterClock) -> Api {
-        let rl = &state.config.rate_limit;
-        let limiter = NonZeroU32::new(rl.per_ip_per_sec).map(|rate| {
-            let burst = NonZeroU32::new(rl.burst).unwrap_or(rate);
-            RateLimiter::new(
-                Quota::per_second(rate).allow_burst(burst),
-                DefaultKeyedStateStore::default(),
-                clock,
-            )
-        });
-        let limit_prefix = (rl.ipv4_prefix_len, rl.ipv6_prefix_len);
         let m = &state.metrics;
         let hot_metrics = HotMetrics {
             ok: m
@@ -95,42 +66,18 @@ impl Api {
                 .get_or_create(&RouteLabels { route: "/gateways" })
                 .clone(),
         };
-        Api(Arc::new(ApiInner {
-            hot_metrics,
-            state,
-            limiter,
-            limit_prefix,
-        }))
+        Api(Arc::new(ApiInner { hot_metrics, state }))
     }
 
-    /// Forgets idle clients of the rate limiter now and then, bounding its memory.
+    /// Forgets idle client networks of the limiters now and then, bounding their memory.
     pub async fn housekeeping(self, cancel: tokio_util::sync::CancellationToken) {
-        let Some(limiter) = &self.limiter else { return };
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             }
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            self.state.guard.retain_recent();
         }
-    }
-
-    fn check_rate(&self, ip: IpAddr) -> Result<(), ApiError> {
-        let Some(limiter) = &self.limiter else {
-            return Ok(());
-        };
-        if let Err(not_until) = limiter.check_key(&network_key(ip, self.limit_prefix)) {
-            let wait = not_until.wait_time_from(limiter.clock().now());
-            self.state.metrics.rate_limited.inc();
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests from this address",
-            )
-            .retry_after(wait.as_secs_f64().ceil() as u64));
-        }
-        Ok(())
     }
 }
 
@@ -214,7 +161,8 @@ fn gateways(
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
     let ip = client_ip(peer.ip().to_canonical(), headers, cfg);
-    api.check_rate(ip)?;
+    let guard = &api.state.guard;
+    let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;
     let region = params
         .region
@@ -249,7 +197,8 @@ fn gateways(
             max_load: cfg.max_load,
             fallbacks,
         };
-        let chosen = select(snap, &query, rules);
+        let routers = rules.herd.scale;
+        let chosen = select_weighted(snap, &query, rules, guard.herd_weight(ip, pass, 1, routers));
         if chosen.is_empty() {
             api.state.metrics.no_gateways.inc();
             return Err(ApiError::new(
