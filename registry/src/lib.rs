@@ -12,6 +12,9 @@
 //! * [`etcd`]: the same trait over a real etcd cluster (`etcd-client`).
 //! * [`follow`]: list + watch + resync loop that turns a store into a stream of
 //!   [`follow::NodeView`] snapshots; the router reads those.
+//! * [`follow_map`]: the same loop for any prefix, publishing raw values
+//!   ([`follow_map::MapView`]); operator keys (bindings, block list) are followed
+//!   through it.
 //! * [`lease`]: one key kept alive under a lease (the agent's record, a router's
 //!   registration): grant, renew on schedule, presume lost, revoke.
 //! * [`access`]: least-privilege roles and users for the key layout (`ctl auth`).
@@ -28,6 +31,7 @@ pub mod backoff;
 pub mod cli;
 pub mod etcd;
 pub mod follow;
+pub mod follow_map;
 pub mod keys;
 pub mod kv;
 pub mod lease;
