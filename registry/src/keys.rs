@@ -1,4 +1,4 @@
-//! Key layout: `P/nodes/{id}` and `P/commands/{id}` under a configurable prefix.
+//! Key layout: `P/nodes/{id}`, `P/commands/{id}` and the rest, under a configurable prefix.
 
 use crate::record::{validate_id, RecordError};
 
@@ -73,6 +73,27 @@ impl Layout {
         format!("{}/applied/{id}", self.prefix)
     }
 
+    /// `P/bindings/`: operator-owned limits on what each node's record may claim (an
+    /// extension of the contract's layout, see [`crate::binding`]).
+    pub fn bindings_prefix(&self) -> String {
+        format!("{}/bindings/", self.prefix)
+    }
+
+    /// `P/bindings/{id}`.
+    pub fn binding_key(&self, id: &str) -> String {
+        format!("{}/bindings/{id}", self.prefix)
+    }
+
+    /// `P/blocklist/`: client networks the routers refuse, written by operators.
+    pub fn blocklist_prefix(&self) -> String {
+        format!("{}/blocklist/", self.prefix)
+    }
+
+    /// `P/blocklist/{key}`.
+    pub fn blocklist_key(&self, key: &str) -> String {
+        format!("{}/blocklist/{key}", self.prefix)
+    }
+
     /// The node id of a key below [`Layout::nodes_prefix`], if it is a valid id.
     pub fn node_id<'a>(&self, key: &'a str) -> Result<&'a str, RecordError> {
         let id = key
@@ -110,6 +131,10 @@ mod tests {
         let l = Layout::new("/gw/");
         assert_eq!(l.node_key("a"), "/gw/nodes/a");
         assert_eq!(l.command_key("a"), "/gw/commands/a");
+        assert_eq!(l.binding_key("a"), "/gw/bindings/a");
+        assert!(l.binding_key("a").starts_with(&l.bindings_prefix()));
+        assert_eq!(l.blocklist_key("k"), "/gw/blocklist/k");
+        assert!(l.blocklist_key("k").starts_with(&l.blocklist_prefix()));
         assert_eq!(l.node_id("/gw/nodes/a.b-c_1").unwrap(), "a.b-c_1");
         assert!(l.node_id("/gw/nodes/a/b").is_err());
         assert!(l.node_id("/other/nodes/a").is_err());

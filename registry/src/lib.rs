@@ -4,6 +4,8 @@
 //!
 //! * [`record`]: [`NodeRecord`] and [`Command`], the JSON values stored in etcd, with
 //!   the contract's validation (required fields, defaults, unknown fields ignored).
+//! * [`binding`]: [`binding::Binding`], the operator's limits on what a node's record
+//!   may claim (`P/bindings/{id}`), and the check of a record against them.
 //! * [`keys`]: the key layout under a prefix (`P/nodes/{id}`, `P/commands/{id}`).
 //! * [`kv`]: the [`Kv`] trait — get, put under a lease, leases, prefix watch — that
 //!   both stores implement, so everything above it is written once.
@@ -28,6 +30,7 @@
 
 pub mod access;
 pub mod backoff;
+pub mod binding;
 pub mod cli;
 pub mod etcd;
 pub mod follow;

@@ -56,6 +56,30 @@ pub fn validate_id(id: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// Checks a DNS host name: at most 253 bytes, dot-separated labels of 1-63 letters,
+/// digits and hyphens, no label starting or ending with a hyphen. A trailing dot (the
+/// root) is not accepted: names in records and bindings are written without it.
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("length {} is not 1-253", name.len()));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("label {label:?} is not 1-63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!("character {c:?} is not a letter, digit or hyphen"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with a hyphen"));
+        }
+    }
+    Ok(())
+}
+
 /// A client-facing protocol a gateway can listen on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
