@@ -372,6 +372,9 @@ pub struct FileConfig {
     pub registry_stale_secs: u64,
     /// The registries to follow, one per data centre (`[[registries]]`).
     pub registries: Vec<RegistryConfig>,
+    /// A node without a binding (`P/bindings/{id}`) is invalid: every node must be
+    /// bound by an operator before the router answers it.
+    pub require_bindings: bool,
     /// `[dns]`: the gateway zone over DNS and DNS over HTTPS.
     pub dns: crate::dns::config::DnsConfig,
     /// `[httpdns]`: the Alibaba-style HTTPDNS endpoint.
@@ -502,6 +505,7 @@ impl Default for FileConfig {
             tls: TlsConfig::default(),
             registry_stale_secs: 10,
             registries: Vec::new(),
+            require_bindings: false,
             dns: Default::default(),
             httpdns: Default::default(),
         }
@@ -773,6 +777,7 @@ mod tests {
         let cfg = FileConfig::parse(
             r#"
             max_load = 0.9
+            require_bindings = true
             trusted_proxies = ["10.0.0.0/8", "::1/128"]
             [regions]
             default = "cn-sh"
@@ -790,6 +795,8 @@ mod tests {
         assert_eq!(cfg.regions.fallbacks["cn-sh"], vec!["cn-hz", "cn-bj"]);
         assert!(cfg.is_trusted_proxy("10.1.2.3".parse().unwrap()));
         assert!(!cfg.is_trusted_proxy("11.1.2.3".parse().unwrap()));
+        assert!(cfg.require_bindings);
+        assert!(!FileConfig::default().require_bindings);
     }
 
     #[test]
@@ -814,6 +821,7 @@ mod tests {
             ("[http]\nmax_header_bytes = 100", "http.max_header_bytes"),
             ("unknown_key = 1", "unknown_key"),
             ("max_load = \"high\"", "max_load"),
+            ("require_bindings = \"yes\"", "require_bindings"),
         ] {
             let e = FileConfig::parse(text).expect_err(text);
             assert!(e.contains(key), "{text}: {e}");
