@@ -57,6 +57,28 @@ pub struct NodeSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+impl NodeSpec {
+    /// Checks the spec as routers will check the records made from it (names, sizes,
+    /// the domain), so a bad value fails at start instead of making every report
+    /// invalid.
+    pub fn validate(&self) -> Result<(), registry::RecordError> {
+        let mut r = NodeRecord::new(
+            self.id.clone(),
+            self.ip,
+            self.ports,
+            self.region.clone(),
+            self.capacity,
+            0,
+        );
+        r.ipv6 = self.ipv6;
+        r.domain = self.domain.clone();
+        r.zone = self.zone.clone();
+        r.isp = self.isp.clone();
+        r.labels = self.labels.clone();
+        r.validate()
+    }
+}
+
 /// Everything the agent needs to run.
 #[derive(Clone)]
 pub struct AgentConfig {

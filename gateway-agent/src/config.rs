@@ -188,6 +188,17 @@ impl Cli {
             isp: self.isp,
             labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
         };
+        // The record's own rules (names, sizes, the domain), named by flag.
+        node.validate().map_err(|e| match &e {
+            registry::RecordError::Invalid { field, .. } => {
+                let flag = match *field {
+                    "labels" => "label",
+                    f => f,
+                };
+                format!("--{flag}: {e}")
+            }
+            _ => e.to_string(),
+        })?;
         let mut config = AgentConfig::new(node);
         config.layout = Layout::new(&self.prefix);
         config.ttl = Duration::from_secs(self.ttl);
@@ -258,6 +269,20 @@ mod tests {
             let e = parse(args).expect_err(needle);
             assert!(e.contains(needle), "{e}");
             assert!(!e.contains('\n'));
+        }
+        for (args, needle) in [
+            (&["--zone", "cn sh"][..], "--zone"),
+            (&["--zone", &"z".repeat(65)], "--zone"),
+            (&["--isp", "c\u{1b}"], "--isp"),
+            (&["--domain", "evil..example.com"], "--domain"),
+            (&["--label", &format!("k={}", "v".repeat(257))], "--label"),
+        ] {
+            let e = parse(args)
+                .unwrap()
+                .into_config(reqwest::Client::new())
+                .err()
+                .expect(needle);
+            assert!(e.starts_with(needle), "{e}");
         }
         let dup = parse(&["--port", "tcp=9000"])
             .unwrap()

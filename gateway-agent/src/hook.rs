@@ -200,7 +200,11 @@ pub(crate) async fn deliver_latest(
                         st.state = HookState::Retrying;
                         st.since_ms = now_ms();
                     }
-                    st.error = Some(e);
+                    // Bounded and printable: routers refuse a record with more.
+                    st.error = Some(registry::record::clip_text(
+                        &e,
+                        registry::record::MAX_HOOK_ERROR,
+                    ));
                     let _ = status.send(st.clone());
                     tokio::select! {
                         _ = stop.cancelled() => return,

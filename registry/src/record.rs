@@ -56,6 +56,65 @@ pub fn validate_id(id: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// The longest region, zone or ISP name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+/// The longest command id (and so `applied_command` and a hook's `command`), in bytes.
+pub const MAX_COMMAND_ID: usize = 128;
+/// The most labels a record carries.
+pub const MAX_LABELS: usize = 32;
+/// The longest label key, in bytes.
+pub const MAX_LABEL_KEY: usize = 64;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_VALUE: usize = 256;
+/// The longest hook error message, in bytes.
+pub const MAX_HOOK_ERROR: usize = 512;
+
+/// Checks a region, zone or ISP name: 1-64 bytes of [`is_name_char`].
+fn validate_name(field: &'static str, name: &str) -> Result<(), RecordError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            field,
+            format!("length {} is not 1-{MAX_NAME_LEN}", name.len()),
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !is_name_char(*c)) {
+        return Err(invalid(
+            field,
+            format!("character {c:?} is not one of A-Z a-z 0-9 . _ -"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a free-form string: at most `max` bytes, no control characters (they would
+/// reach logs, terminals and pages).
+fn validate_text(field: &'static str, s: &str, min: usize, max: usize) -> Result<(), RecordError> {
+    if s.len() < min || s.len() > max {
+        return Err(invalid(
+            field,
+            format!("length {} is not {min}-{max}", s.len()),
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(invalid(field, format!("control character {c:?}")));
+    }
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, control characters
+/// replaced by spaces: how an agent fits an error message into its record.
+pub fn clip_text(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Checks a DNS host name: at most 253 bytes, dot-separated labels of 1-63 letters,
 /// digits and hyphens, no label starting or ending with a hyphen. A trailing dot (the
 /// root) is not accepted: names in records and bindings are written without it.
@@ -361,11 +420,37 @@ impl NodeRecord {
     pub fn validate(&self) -> Result<(), RecordError> {
         validate_id(&self.id)?;
         self.ports.validate()?;
-        if self.region.trim().is_empty() {
-            return Err(invalid("region", "must not be empty"));
-        }
+        validate_name("region", &self.region)?;
         if self.capacity == 0 {
             return Err(invalid("capacity", "must be greater than 0"));
+        }
+        if let Some(zone) = &self.zone {
+            validate_name("zone", zone)?;
+        }
+        if let Some(isp) = &self.isp {
+            validate_name("isp", isp)?;
+        }
+        if let Some(domain) = &self.domain {
+            validate_host_name(domain).map_err(|e| invalid("domain", e))?;
+        }
+        if let Some(c) = &self.applied_command {
+            validate_text("applied_command", c, 1, MAX_COMMAND_ID)?;
+        }
+        if let Some(hook) = &self.hook {
+            validate_text("hook", &hook.command, 1, MAX_COMMAND_ID)?;
+            if let Some(e) = &hook.error {
+                validate_text("hook", e, 0, MAX_HOOK_ERROR)?;
+            }
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(invalid(
+                "labels",
+                format!("{} labels, at most {MAX_LABELS}", self.labels.len()),
+            ));
+        }
+        for (k, v) in &self.labels {
+            validate_text("labels", k, 1, MAX_LABEL_KEY)?;
+            validate_text("labels", v, 0, MAX_LABEL_VALUE)?;
         }
         Ok(())
     }
@@ -712,6 +797,75 @@ mod tests {
                 "{field}: {msg}"
             );
         }
+        let long_name = "r".repeat(65);
+        let long_domain = format!("{}.example.com", ["a"; 125].join("."));
+        let bad_optional = [
+            (format!(r#""region":"{long_name}""#), "region"),
+            (r#""region":"cn sh""#.to_string(), "region"),
+            (r#""region":"r","zone":"\u001b[31m""#.to_string(), "zone"),
+            (format!(r#""region":"r","isp":"{long_name}""#), "isp"),
+            (r#""region":"r","isp":"""#.to_string(), "isp"),
+            (r#""region":"r","domain":"evil..com""#.to_string(), "domain"),
+            (r#""region":"r","domain":"a_b.com""#.to_string(), "domain"),
+            (r#""region":"r","domain":"-a.com""#.to_string(), "domain"),
+            (
+                format!(r#""region":"r","domain":"{long_domain}""#),
+                "domain",
+            ),
+            (
+                format!(r#""region":"r","applied_command":"{}""#, "c".repeat(129)),
+                "applied_command",
+            ),
+            (
+                format!(r#""region":"r","labels":{{"k":"{}"}}"#, "v".repeat(257)),
+                "labels",
+            ),
+            (
+                format!(r#""region":"r","labels":{{"{}":"v"}}"#, "k".repeat(65)),
+                "labels",
+            ),
+            (
+                r#""region":"r","labels":{"k":"\u001b]0;x\u0007"}"#.to_string(),
+                "labels",
+            ),
+            (
+                format!(
+                    r#""region":"r","labels":{{{}}}"#,
+                    (0..33)
+                        .map(|i| format!(r#""k{i}":"v""#))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                "labels",
+            ),
+            (
+                format!(
+                    r#""region":"r","hook":{{"command":"c","percent":5,"state":"retrying","since_ms":1,"error":"{}"}}"#,
+                    "e".repeat(513)
+                ),
+                "hook",
+            ),
+        ];
+        for (body, field) in bad_optional {
+            let v = format!(
+                r#"{{"id":"a","ip":"10.0.0.1","ports":{{"tcp":1}},"capacity":5,"connections":1,{body}}}"#
+            );
+            let e = reject("a", &v);
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        let d = format!("{}.example.com", ["a"; 120].join("."));
+        let at_limits = format!(
+            r#"{{"id":"a","ip":"10.0.0.1","ports":{{"tcp":1}},"capacity":5,"connections":1,
+                "region":"{r}","zone":"{r}","isp":"{r}","domain":"{d}","applied_command":"{c}",
+                "labels":{{"{k}":"{v}"}}}}"#,
+            r = "r".repeat(64),
+            c = "c".repeat(128),
+            k = "k".repeat(64),
+            v = "v".repeat(256),
+        );
+        NodeRecord::parse("a", at_limits.as_bytes()).expect("values at the limits pass");
+        assert_eq!(clip_text("ab\u{1b}cd", 4), "ab c");
+        assert_eq!(clip_text("aé", 2), "a");
         for bad_id in ["", "a/b", "a b", &"x".repeat(65)] {
             assert!(validate_id(bad_id).is_err(), "{bad_id:?}");
         }

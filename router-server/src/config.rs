@@ -274,6 +274,46 @@ pub enum CtlOp {
         #[command(subcommand)]
         op: AuthOp,
     },
+    /// Bind what a node's record may claim (`P/bindings/{ID}`): routers refuse a
+    /// record outside its binding. Each flag left out leaves that claim unbound.
+    Bind {
+        /// Node id.
+        #[arg(value_parser = parse_principal)]
+        id: String,
+        /// An address range the record's ip and ipv6 must fall in (CIDR, or one
+        /// address), repeatable.
+        #[arg(long = "ip", env = "ROUTER_CTL_BIND_IPS", value_name = "CIDR",
+              value_delimiter = ',', value_parser = parse_bind_cidr)]
+        ips: Vec<IpNet>,
+        /// A region the record may name, repeatable.
+        #[arg(long = "region", env = "ROUTER_CTL_BIND_REGIONS", value_name = "R",
+              value_delimiter = ',', value_parser = parse_bind_name)]
+        regions: Vec<String>,
+        /// An ISP the record may name, repeatable (a record naming none passes).
+        #[arg(long = "isp", env = "ROUTER_CTL_BIND_ISPS", value_name = "I",
+              value_delimiter = ',', value_parser = parse_bind_name)]
+        isps: Vec<String>,
+        /// The largest capacity the record may claim.
+        #[arg(long, env = "ROUTER_CTL_BIND_MAX_CAPACITY", value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_capacity: Option<u64>,
+        /// A domain the record's domain must be or fall under (`.gw.example.com`;
+        /// the leading dot is optional), repeatable.
+        #[arg(long = "domain-suffix", env = "ROUTER_CTL_BIND_DOMAIN_SUFFIXES", value_name = "S",
+              value_delimiter = ',', value_parser = parse_bind_suffix)]
+        domain_suffixes: Vec<String>,
+        /// Delete the node's binding instead.
+        #[arg(long, env = "ROUTER_CTL_BIND_REMOVE",
+              value_parser = clap::builder::BoolishValueParser::new(),
+              conflicts_with_all = ["ips", "regions", "isps", "max_capacity", "domain_suffixes"])]
+        remove: bool,
+    },
+    /// Table of the node bindings.
+    Bindings {
+        /// Print JSON instead of a table.
+        #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        json: bool,
+    },
     /// Even out load inside each region by migrating clients off hot nodes.
     Rebalance {
         /// Print the plan without issuing commands.
@@ -330,6 +370,33 @@ fn parse_principal(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `ctl bind --ip`: a CIDR, or one address (a /32 or /128).
+fn parse_bind_cidr(s: &str) -> Result<IpNet, String> {
+    match s.parse::<IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => registry::binding::parse_cidr(s),
+    }
+}
+
+/// `ctl bind --region` / `--isp`: a name as node records carry it.
+fn parse_bind_name(s: &str) -> Result<String, String> {
+    let max = registry::record::MAX_NAME_LEN;
+    if s.is_empty() || s.len() > max {
+        return Err(format!("{s:?} is not 1-{max} characters"));
+    }
+    if let Some(c) = s.chars().find(|c| !registry::record::is_name_char(*c)) {
+        return Err(format!(
+            "{s:?}: character {c:?} is not one of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// `ctl bind --domain-suffix`: a host name, with or without its leading dot.
+fn parse_bind_suffix(s: &str) -> Result<String, String> {
+    registry::binding::normalize_suffix(s)
+}
+
 /// The TOML file. Every key is optional; see `docs/config.md` for each default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -374,6 +441,9 @@ pub struct FileConfig {
     pub registry_stale_secs: u64,
     /// The registries to follow, one per data centre (`[[registries]]`).
     pub registries: Vec<RegistryConfig>,
+    /// A node without a binding (`P/bindings/{id}`) is invalid: every node must be
+    /// bound by an operator before the router answers it.
+    pub require_bindings: bool,
     /// `[dns]`: the gateway zone over DNS and DNS over HTTPS.
     pub dns: crate::dns::config::DnsConfig,
     /// `[httpdns]`: the Alibaba-style HTTPDNS endpoint.
@@ -549,6 +619,7 @@ impl Default for FileConfig {
             tls: TlsConfig::default(),
             registry_stale_secs: 10,
             registries: Vec::new(),
+            require_bindings: false,
             dns: Default::default(),
             httpdns: Default::default(),
         }
@@ -844,6 +915,7 @@ mod tests {
         let cfg = FileConfig::parse(
             r#"
             max_load = 0.9
+            require_bindings = true
             trusted_proxies = ["10.0.0.0/8", "::1/128"]
             [regions]
             default = "cn-sh"
@@ -861,6 +933,8 @@ mod tests {
         assert_eq!(cfg.regions.fallbacks["cn-sh"], vec!["cn-hz", "cn-bj"]);
         assert!(cfg.is_trusted_proxy("10.1.2.3".parse().unwrap()));
         assert!(!cfg.is_trusted_proxy("11.1.2.3".parse().unwrap()));
+        assert!(cfg.require_bindings);
+        assert!(!FileConfig::default().require_bindings);
     }
 
     #[test]
@@ -885,10 +959,72 @@ mod tests {
             ("[http]\nmax_header_bytes = 100", "http.max_header_bytes"),
             ("unknown_key = 1", "unknown_key"),
             ("max_load = \"high\"", "max_load"),
+            ("require_bindings = \"yes\"", "require_bindings"),
         ] {
             let e = FileConfig::parse(text).expect_err(text);
             assert!(e.contains(key), "{text}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn ctl_bind_flags() {
+        let bind = |extra: &[&str]| {
+            let mut args = vec![
+                "router-server",
+                "ctl",
+                "--etcd",
+                "http://127.0.0.1:2379",
+                "bind",
+            ];
+            args.extend_from_slice(extra);
+            Cli::parse_args(args)
+        };
+        let cli = bind(&[
+            "gw-1",
+            "--ip",
+            "203.0.113.0/28",
+            "--ip",
+            "2001:db8::1",
+            "--region",
+            "cn-sh",
+            "--max-capacity",
+            "1000",
+            "--domain-suffix",
+            "gw.example.com",
+        ])
+        .unwrap();
+        let Command::Ctl(CtlArgs {
+            op:
+                CtlOp::Bind {
+                    ips,
+                    domain_suffixes,
+                    max_capacity,
+                    remove,
+                    ..
+                },
+            ..
+        }) = cli.command
+        else {
+            panic!("not a bind");
+        };
+        assert_eq!(ips[1].to_string(), "2001:db8::1/128");
+        assert_eq!(domain_suffixes, [".gw.example.com"]);
+        assert_eq!(max_capacity, Some(1000));
+        assert!(!remove);
+        for (args, needle) in [
+            (&["a/b"][..], "ID"),
+            (&["gw-1", "--ip", "203.0.113.0/33"], "--ip"),
+            (&["gw-1", "--ip", "nope"], "--ip"),
+            (&["gw-1", "--region", "cn sh"], "--region"),
+            (&["gw-1", "--isp", ""], "--isp"),
+            (&["gw-1", "--max-capacity", "0"], "--max-capacity"),
+            (&["gw-1", "--domain-suffix", "a..b"], "--domain-suffix"),
+            (&["gw-1", "--remove", "--region", "cn-sh"], "--remove"),
+        ] {
+            let e = bind(args).expect_err(needle).render().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        assert!(bind(&["gw-1", "--remove"]).is_ok());
     }
 }

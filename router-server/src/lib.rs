@@ -125,8 +125,14 @@ pub async fn run_registries(
         tasks.spawn(async move {
             let _ = follower.await;
         });
-        let (views, follower) =
-            registry::follow::follow(r.kv.clone(), r.layout.clone(), background.clone());
+        let (views, follower) = registry::follow::follow_with(
+            r.kv.clone(),
+            r.layout.clone(),
+            registry::follow::FollowOptions {
+                require_bindings: opts.config.require_bindings,
+            },
+            background.clone(),
+        );
         let name = r.name.clone();
         tasks.spawn(async move {
             if let Err(e) = follower.await {

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::config::{CtlArgs, CtlOp};
 
 mod auth;
+mod bind;
 use crate::ops::{self, OpsError, PlanStep};
 
 /// How long each of `ctl`'s calls keeps trying while no etcd member can answer it (a
@@ -88,6 +89,9 @@ pub async fn run(args: CtlArgs) -> i32 {
             }
             return 0;
         }
+        op @ (CtlOp::Bind { .. } | CtlOp::Bindings { .. }) => {
+            return bind::run(&targets, &layout, op).await
+        }
         op if !several => execute(&targets[0].kv, &layout, op)
             .await
             .map_err(|e| (0, e)),
@@ -111,7 +115,7 @@ pub async fn run(args: CtlArgs) -> i32 {
                 CtlOp::Drain { id, .. } | CtlOp::Migrate { id, .. } | CtlOp::Serve { id } => {
                     id.clone()
                 }
-                _ => unreachable!("nodes, rebalance and auth are handled above"),
+                _ => unreachable!("nodes, rebalance, bind and auth are handled above"),
             };
             let mut holders = Vec::new();
             for (i, t) in targets.iter().enumerate() {
@@ -197,7 +201,7 @@ async fn nodes_by_dc(
     }
     for (name, _, invalid) in &all {
         for (key, reason) in invalid {
-            println!("invalid record {name}:{key}: {reason}");
+            println!("invalid record {}:{}: {}", esc(name), esc(key), esc(reason));
         }
     }
     // A node id in two registries: routers serve the first one's.
@@ -209,11 +213,32 @@ async fn nodes_by_dc(
     }
     for (id, names) in seen.iter().filter(|(_, names)| names.len() > 1) {
         println!(
-            "duplicate node id {id} in registries {} (routers serve the first they follow)",
-            names.join(" and ")
+            "duplicate node id {} in registries {} (routers serve the first they follow)",
+            esc(id),
+            esc(&names.join(" and "))
         );
     }
     Ok(())
+}
+
+/// `s` with its control characters written as escapes (`\x1b`, `\u{9b}`): what `ctl`
+/// prints came from etcd, where an agent (or anyone with write access) may have put
+/// terminal escapes that would otherwise act on the operator's terminal.
+pub fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn fail(msg: &str) -> i32 {
@@ -234,7 +259,7 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
             } else {
                 print!("{}", nodes_table(&nodes, registry::now_ms()));
                 for (key, reason) in invalid {
-                    println!("invalid record {key}: {reason}");
+                    println!("invalid record {}: {}", esc(&key), esc(&reason));
                 }
             }
             Ok(())
@@ -264,7 +289,9 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
             println!("serve issued to {id} (command {})", cmd.id);
             Ok(())
         }
-        CtlOp::Auth { .. } => unreachable!("ctl auth runs before execute"),
+        CtlOp::Auth { .. } | CtlOp::Bind { .. } | CtlOp::Bindings { .. } => {
+            unreachable!("ctl auth, bind and bindings run before execute")
+        }
         CtlOp::Rebalance { dry_run, json } => {
             let (plan, issued) =
                 ops::rebalance(kv, layout, ops::DEFAULT_TOLERANCE, dry_run).await?;
@@ -362,15 +389,15 @@ pub fn nodes_table(nodes: &[NodeRecord], now_ms: u64) -> String {
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{:<24} {:<10} {:<9} {:<9} {:>21} {:>5.1}% {:>6} {:<24} {}\n",
-            n.id,
-            n.region,
+            esc(&n.id),
+            esc(&n.region),
             n.state.as_str(),
             if n.healthy { "healthy" } else { "UNHEALTHY" },
             format!("{}/{}", n.connections, n.capacity),
             n.load() * 100.0,
             age,
-            n.applied_command.as_deref().unwrap_or("-"),
-            hook_cell(n, now_ms),
+            esc(n.applied_command.as_deref().unwrap_or("-")),
+            esc(&hook_cell(n, now_ms)),
         ));
     }
     out
@@ -427,4 +454,33 @@ pub fn plan_table(plan: &[PlanStep]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printed_values_escape_control_characters() {
+        assert_eq!(esc("cn-sh"), "cn-sh");
+        assert_eq!(esc("a\u{1b}[31mb\u{7}"), "a\\x1b[31mb\\x07");
+        assert_eq!(esc("\u{9b}2J"), "\\u{9b}2J");
+        // A record written before records were bounded, or by hand: the table
+        // still shows it without letting it act on the terminal.
+        let mut n = NodeRecord::new(
+            "gw-1",
+            "203.0.113.10".parse().unwrap(),
+            registry::Ports {
+                tcp: Some(1),
+                ..Default::default()
+            },
+            "\u{1b}]0;owned\u{7}",
+            10,
+            1,
+        );
+        n.applied_command = Some("c\u{1b}".into());
+        let t = nodes_table(&[n], 0);
+        assert!(!t.contains('\u{1b}') && !t.contains('\u{7}'), "{t:?}");
+        assert!(t.contains("\\x1b]0;owned\\x07"), "{t}");
+    }
 }
