@@ -76,6 +76,10 @@ pub struct Cli {
     /// URL the agent POSTs migrate signals to.
     #[arg(long, env = "AGENT_HOOK", value_parser = parse_url)]
     pub hook: Option<String>,
+    /// Keep the routers' block list (`P/blocklist/`) in this file for the gateway, one
+    /// network per line, replaced atomically on every change.
+    #[arg(long, env = "AGENT_BLOCKLIST_FILE", value_name = "PATH")]
+    pub blocklist_file: Option<std::path::PathBuf>,
     /// Report a connection change at once when it is at least this fraction of capacity.
     #[arg(long, env = "AGENT_REPORT_MIN_CHANGE", value_name = "RATIO", default_value_t = 0.01,
           value_parser = parse_ratio)]

@@ -16,6 +16,7 @@
 //! through [`AgentHandle::set_connections`]; the binary does the same from flags.
 
 pub mod agent;
+pub mod blocklist;
 pub mod config;
 pub mod health;
 pub mod hook;

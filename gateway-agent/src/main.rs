@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     if let Err(e) = security.check(&endpoints) {
         registry::cli::exit_invalid(e);
     }
+    let blocklist_file = cli.blocklist_file.clone();
     let config = match cli.into_config(reqwest::Client::new()) {
         Ok(c) => c,
         Err(e) => registry::cli::exit_invalid(e),
@@ -42,8 +43,21 @@ async fn main() -> anyhow::Result<()> {
     .unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let cancel = CancellationToken::new();
     tokio::spawn(shutdown_on_signal(cancel.clone()));
-    let (agent, _handle) = Agent::new(Arc::new(kv), config);
-    agent.run(cancel).await;
+    let kv: Arc<dyn registry::Kv> = Arc::new(kv);
+    let blocklist = blocklist_file.map(|path| {
+        tokio::spawn(gateway_agent::blocklist::run(
+            kv.clone(),
+            config.layout.clone(),
+            path,
+            cancel.clone(),
+        ))
+    });
+    let (agent, _handle) = Agent::new(kv, config);
+    agent.run(cancel.clone()).await;
+    if let Some(task) = blocklist {
+        cancel.cancel();
+        let _ = task.await;
+    }
     Ok(())
 }
 

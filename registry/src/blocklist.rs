@@ -130,7 +130,10 @@ mod tests {
         )
         .unwrap();
         assert!(e.covers("198.51.100.200".parse().unwrap()));
-        assert!(e.covers("::ffff:198.51.100.1".parse().unwrap()), "IPv4-mapped");
+        assert!(
+            e.covers("::ffff:198.51.100.1".parse().unwrap()),
+            "IPv4-mapped"
+        );
         assert!(!e.covers("198.51.101.1".parse().unwrap()));
         assert_eq!(BlockEntry::key_for(&e.cidr), "198.51.100.0_24");
         assert!(e.in_force(4) && !e.in_force(5));
@@ -141,7 +144,10 @@ mod tests {
             (r#"{"cidr": "0.0.0.0/0", "reason": "all"}"#, "cidr"),
             (r#"{"cidr": "::/8", "reason": "all"}"#, "cidr"),
             (r#"{"cidr": "10.0.0.0/8", "reason": " "}"#, "reason"),
-            (r#"{"cidr": "10.0.0.0/8", "reason": "a\u001b[2Jb"}"#, "reason"),
+            (
+                r#"{"cidr": "10.0.0.0/8", "reason": "a\u001b[2Jb"}"#,
+                "reason",
+            ),
         ] {
             match BlockEntry::parse(bad.as_bytes()) {
                 Err(RecordError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad}"),
@@ -156,7 +162,10 @@ mod tests {
             BlockEntry::parse(br#"{"cidr": "10.0.0.0/8", "reason": "x", "extra": 1}"#),
             Err(RecordError::Json(_))
         ));
-        let long = format!(r#"{{"cidr": "10.0.0.0/8", "reason": "{}"}}"#, "x".repeat(300));
+        let long = format!(
+            r#"{{"cidr": "10.0.0.0/8", "reason": "{}"}}"#,
+            "x".repeat(300)
+        );
         assert!(BlockEntry::parse(long.as_bytes()).is_err());
     }
 }

@@ -30,8 +30,8 @@
 
 pub mod access;
 pub mod backoff;
-pub mod blocklist;
 pub mod binding;
+pub mod blocklist;
 pub mod cli;
 pub mod etcd;
 pub mod follow;

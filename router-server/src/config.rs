@@ -314,6 +314,32 @@ pub enum CtlOp {
         #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
+    /// Refuse a client network on every router (`P/blocklist/`): HTTP 403 `blocked`,
+    /// DNS REFUSED, within a second.
+    Block {
+        /// The network (CIDR, or one address); no wider than /8 (IPv6: /16).
+        #[arg(value_parser = parse_bind_cidr)]
+        cidr: IpNet,
+        /// Why, for whoever reads the list.
+        #[arg(long, env = "ROUTER_CTL_BLOCK_REASON")]
+        reason: String,
+        /// How long the entry holds (`90s`, `30m`, `1h`, `7d`); without it, until
+        /// `ctl unblock`.
+        #[arg(long, env = "ROUTER_CTL_BLOCK_TTL", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Take a network off the block list.
+    Unblock {
+        /// The network, as it was blocked.
+        #[arg(value_parser = parse_bind_cidr)]
+        cidr: IpNet,
+    },
+    /// Table of the block list.
+    Blocks {
+        /// Print JSON instead of a table.
+        #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        json: bool,
+    },
     /// Even out load inside each region by migrating clients off hot nodes.
     Rebalance {
         /// Print the plan without issuing commands.

@@ -1090,7 +1090,9 @@ impl RouterProc {
 }
 
 /// A router's config file holding `config`; tests send bursts from one address, so the
-/// rate limit is off unless `config` sets one.
+/// rate limit is off unless `config` sets one, and so is the per-network herd budget
+/// (a storm from one loopback address stands for many networks) unless `config` has an
+/// `[edge]` table.
 fn router_config(config: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().expect("config file");
     let limit = if config.contains("[rate_limit]") {
@@ -1098,7 +1100,12 @@ fn router_config(config: &str) -> tempfile::NamedTempFile {
     } else {
         "\n[rate_limit]\nper_ip_per_sec = 0\n"
     };
-    std::fs::write(file.path(), format!("{config}{limit}")).expect("write config");
+    let edge = if config.contains("[edge]") {
+        ""
+    } else {
+        "\n[edge]\nherd_budget = 0\n"
+    };
+    std::fs::write(file.path(), format!("{config}{limit}{edge}")).expect("write config");
     file
 }
 

@@ -10,6 +10,7 @@ use crate::config::{CtlArgs, CtlOp};
 
 mod auth;
 mod bind;
+mod block;
 use crate::ops::{self, OpsError, PlanStep};
 
 /// How long each of `ctl`'s calls keeps trying while no etcd member can answer it (a
@@ -75,6 +76,15 @@ pub async fn run(args: CtlArgs) -> i32 {
         targets.push(Target { name, spec, kv });
     }
     let several = targets.len() > 1;
+    // Who is acting, for what ctl writes down (block entries): the etcd user when
+    // there is one, else the login name.
+    let operator = args
+        .etcd_security
+        .etcd_user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "ctl".into());
     let op = args.op;
     let result = match op {
         CtlOp::Auth { op } => {
@@ -91,6 +101,9 @@ pub async fn run(args: CtlArgs) -> i32 {
         }
         op @ (CtlOp::Bind { .. } | CtlOp::Bindings { .. }) => {
             return bind::run(&targets, &layout, op).await
+        }
+        op @ (CtlOp::Block { .. } | CtlOp::Unblock { .. } | CtlOp::Blocks { .. }) => {
+            return block::run(&targets, &layout, op, &operator).await
         }
         op if !several => execute(&targets[0].kv, &layout, op)
             .await
@@ -289,7 +302,12 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
             println!("serve issued to {id} (command {})", cmd.id);
             Ok(())
         }
-        CtlOp::Auth { .. } | CtlOp::Bind { .. } | CtlOp::Bindings { .. } => {
+        CtlOp::Auth { .. }
+        | CtlOp::Bind { .. }
+        | CtlOp::Bindings { .. }
+        | CtlOp::Block { .. }
+        | CtlOp::Unblock { .. }
+        | CtlOp::Blocks { .. } => {
             unreachable!("ctl auth, bind and bindings run before execute")
         }
         CtlOp::Rebalance { dry_run, json } => {
