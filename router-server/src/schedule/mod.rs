@@ -1422,7 +1422,7 @@ mod tests {
                     .position(|t| *t == r.region)
                     .unwrap_or(order.len());
                 let load = e.projected_load(&rules.herd);
-                ok.then(|| (load >= rules.max_load, tier, load, i))
+                ok.then_some((load >= rules.max_load, tier, load, i))
             })
             .collect();
         eligible.sort_by(|a, b| {
