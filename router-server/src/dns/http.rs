@@ -32,15 +32,23 @@ use subtle::ConstantTimeEq;
 use super::{config::parse_domain, qtype_label_of, rcode_label, Dns, Transport};
 use crate::http::{client_ip, ApiError};
 
+/// The largest `/dns-query` body: a DNS message is at most 65,535 bytes (RFC 8484
+/// §6 and the 16-bit length of DNS over TCP), so more is refused unread (413).
+pub const MAX_DNS_MESSAGE: usize = u16::MAX as usize;
+
 /// The routes, over `dns`.
 pub fn routes(dns: Arc<Dns>) -> Router {
+    let doh = crate::http::routes::limit_body(
+        Router::new().route("/dns-query", get(doh_get).post(doh_post)),
+        MAX_DNS_MESSAGE,
+    );
     Router::new()
-        .route("/dns-query", get(doh_get).post(doh_post))
         .route("/resolve", get(resolve))
         .route("/d", get(httpdns))
         .route("/sign_d", get(httpdns_signed))
         .route("/{account}/d", get(httpdns))
         .route("/{account}/sign_d", get(httpdns_signed))
+        .merge(doh)
         .with_state(dns)
 }
 

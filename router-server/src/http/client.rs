@@ -83,6 +83,14 @@ pub fn rate_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
     }
 }
 
+/// The network a client's connections are counted under (the per-network connection
+/// caps of HTTP and DNS over TCP): its /24 (IPv4) or /56 (IPv6), the share one
+/// subscriber or one small site is given. One function, so the rule can change in one
+/// place.
+pub fn connection_network(ip: IpAddr) -> IpAddr {
+    rate_key(ip, (24, 56))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +113,16 @@ mod tests {
             "203.0.113.77",
             "IPv4-mapped"
         );
+    }
+
+    #[test]
+    fn connection_networks_are_slash_24_and_slash_56() {
+        let net = |ip: &str| connection_network(ip.parse().unwrap()).to_string();
+        assert_eq!(net("127.0.0.1"), net("127.0.0.2"));
+        assert_ne!(net("127.0.0.1"), net("127.0.1.1"));
+        assert_eq!(net("2001:db8:0:ff::1"), "2001:db8::");
+        assert_ne!(net("2001:db8:0:100::1"), "2001:db8::");
+        assert_eq!(net("::ffff:198.51.100.9"), "198.51.100.0");
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod raw_errors;
 pub mod routes;
 pub mod server;
 
-pub use client::{client_ip, rate_key, RegionTable};
+pub use client::{client_ip, connection_network, rate_key, RegionTable};
 pub use error::ApiError;
 pub use gateways::{Api, Gateways, LimiterClock};
 pub use params::{parse_params, GatewaysParams};

@@ -1,8 +1,15 @@
-//! The application: routes, the edge middleware (URI limit, metrics), health,
-//! readiness, metrics and CORS.
+//! The application: routes, the edge middleware (URI limit, body limit, metrics),
+//! health, readiness, metrics and CORS.
+//!
+//! Request bodies: every route takes at most [`MAX_BODY_BYTES`] (the admin API's JSON
+//! is small), `/dns-query` at most [`crate::dns::http::MAX_DNS_MESSAGE`]. A declared
+//! `Content-Length` above the limit is answered 413 `payload_too_large` before any
+//! byte of the body is read; a chunked body is cut where it crosses the limit. How
+//! long a body may take to arrive is the server's business ([`super::server`]).
 
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -10,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, get_service};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 use tracing::warn;
 
 use std::net::SocketAddr;
@@ -69,6 +77,21 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The largest request body any route takes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `DefaultBodyLimit` for the extractors and `RequestBodyLimitLayer` for everything
+/// else at `max` bytes: a declared length above it is refused at once (413), a longer
+/// chunked body is cut. The 413 gets the contract's body in [`edge`].
+pub(crate) fn limit_body<S>(router: Router<S>, max: usize) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .route_layer(DefaultBodyLimit::max(max))
+        .route_layer(RequestBodyLimitLayer::new(max))
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
@@ -109,12 +132,27 @@ async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
         .unwrap_or(0);
     let route = route_label(req.extensions().get::<MatchedPath>());
     let start = std::time::Instant::now();
-    let resp = match uri_too_long(len, max) {
+    let mut resp = match uri_too_long(len, max) {
         Some(e) => e.into_response(),
         None => next.run(req).await,
     };
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&resp) {
+        // The body limit's own answer (plain text): the contract's shape instead.
+        resp = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over this route's limit ({route})"),
+        )
+        .into_response();
+    }
     record(&api, route, resp.status(), start);
     resp
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
 }
 
 /// 414 `uri_too_long` when a request URI of `len` bytes is over `max`.
@@ -271,8 +309,7 @@ pub fn router_with(
     if let Some(admin) = admin {
         app = app.merge(admin);
     }
-    let mut app = app
-        .fallback(not_found)
+    let mut app = limit_body(app.fallback(not_found), MAX_BODY_BYTES)
         // After routing, so the matched route is known for the metrics labels.
         .route_layer(middleware::from_fn_with_state(api.clone(), edge));
     if !cfg.http.cors_origins.is_empty() {
