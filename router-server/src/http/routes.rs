@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, get_service};
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
 use tracing::warn;
 
 use std::net::SocketAddr;
@@ -80,16 +79,38 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
 /// The largest request body any route takes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// `DefaultBodyLimit` for the extractors and `RequestBodyLimitLayer` for everything
-/// else at `max` bytes: a declared length above it is refused at once (413), a longer
-/// chunked body is cut. The 413 gets the contract's body in [`edge`].
+/// Bodies of at most `max` bytes on `router`'s routes: a declared `Content-Length`
+/// above it is answered 413 before a byte of the body is read; a longer chunked body
+/// is cut by the extractors' `DefaultBodyLimit` (their 413 gets the contract's body
+/// in [`edge`]).
+///
+/// Not tower-http's `RequestBodyLimitLayer`: its cut of a chunked body reaches axum's
+/// extractors as an unknown body error (400), not as a length limit (413).
 pub(crate) fn limit_body<S>(router: Router<S>, max: usize) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     router
         .route_layer(DefaultBodyLimit::max(max))
-        .route_layer(RequestBodyLimitLayer::new(max))
+        .route_layer(middleware::from_fn_with_state(max, declared_length))
+}
+
+/// Refuses a request whose declared body is over `max` bytes, without reading it.
+async fn declared_length(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is {len} bytes; the limit is {max}"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn not_found() -> ApiError {
