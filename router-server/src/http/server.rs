@@ -1111,3 +1111,55 @@ mod tests {
         assert_eq!(open.networks[&ip("203.0.113.0")], 1);
     }
 }
+
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
+        let cfg = FileConfig::parse("[http]\nrequest_timeout_ms = 100\nstall_timeout_ms = 400\n")
+            .unwrap();
+        let state = Arc::new(AppState::new(cfg.clone()));
+        let app = App {
+            router: axum::Router::new().route("/stuck", get(std::future::pending::<&'static str>)),
+            hot: None,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move {
+                let endpoints = vec![Endpoint {
+                    listener,
+                    tls: None,
+                }];
+                serve_endpoints(app, endpoints, &cfg.http, state, shutdown).await
+            }
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let start = std::time::Instant::now();
+        s.write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("dropped, not left hanging")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
+        let text = state.metrics.render();
+        assert!(
+            text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
+            "{text}"
+        );
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}
