@@ -29,14 +29,14 @@
 //!   its network's share is closed at accept (`per_network_cap`) and no other network
 //!   notices. The peer is the TCP peer, before any `X-Forwarded-For`: behind a load
 //!   balancer, list the balancers in `connection_cap_exempt` (or set the cap to 0).
-//!
-//! Each closing is logged (table events at most once a second) and counted
-//! (`router_connections_closed_by_server{reason}`), so neither a flood of silent
-//! sockets nor a crowd of slow requests can stop service without a trace.
 //! * **One shutdown tree**: every connection task is tracked. On shutdown the listeners
 //!   stop; for `shutdown_keepalive_ms` requests arriving on open keep-alive connections
 //!   are still answered, with `Connection: close`; then idle connections close, busy
 //!   ones finish their request, and anything left at the grace deadline is cut.
+//!
+//! Each closing is logged (table events at most once a second) and counted
+//! (`router_connections_closed_by_server{reason}`), so neither a flood of silent
+//! sockets nor a crowd of slow requests can stop service without a trace.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
