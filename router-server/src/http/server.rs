@@ -1162,4 +1162,71 @@ mod serve_tests {
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_closed() {
+        let cfg = FileConfig::parse("[http]\nbody_timeout_ms = 300\n").unwrap();
+        let state = Arc::new(AppState::new(cfg.clone()));
+        let app = App {
+            router: axum::Router::new().route(
+                "/echo",
+                axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+            ),
+            hot: None,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move {
+                let endpoints = vec![Endpoint {
+                    listener,
+                    tls: None,
+                }];
+                serve_endpoints(app, endpoints, &cfg.http, state, shutdown).await
+            }
+        });
+        // h2c with prior knowledge; two streams, each sending part of its body.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let start = std::time::Instant::now();
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            let req = Request::post("http://x/echo").body(()).unwrap();
+            let (resp, mut send) = client.send_request(req, false).unwrap();
+            send.send_data(Bytes::from_static(b"partial"), false)
+                .unwrap();
+            pending.push((resp, send));
+        }
+        for (resp, _send) in pending {
+            let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+                .await
+                .expect("answered at the deadline")
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+        }
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        // The connection goes too (GOAWAY, then close).
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the connection is closed")
+            .unwrap()
+            .ok();
+        let text = state.metrics.render();
+        assert!(
+            text.contains("router_connections_closed_by_server_total{reason=\"body_timeout\"} 2"),
+            "{text}"
+        );
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
 }
