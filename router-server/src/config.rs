@@ -576,8 +576,8 @@ impl Default for EdgeConfig {
         EdgeConfig {
             block: Vec::new(),
             allow: Vec::new(),
-            network_prefix_v4: 24,
-            network_prefix_v6: 56,
+            network_prefix_v4: crate::identity::NETWORK_PREFIX.0,
+            network_prefix_v6: crate::identity::NETWORK_PREFIX.1,
             herd_budget: 100,
             auto_block_refusals_per_min: 6000,
             auto_block_secs: 600,
@@ -614,6 +614,20 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// HTTP/2: most concurrent streams per connection.
     pub h2_max_concurrent_streams: u32,
+    /// A request's body must have arrived whole this long after its head; else the
+    /// request is answered 408 `request_timeout` and the connection closed.
+    pub body_timeout_ms: u64,
+    /// A connection answering a request that neither reads nor writes a byte for this
+    /// long is closed (a handler's own deadline, `request_timeout_ms`, comes first: a
+    /// smaller value is raised to it).
+    pub stall_timeout_ms: u64,
+    /// Connections open at once from one client network (its /24 or /56, by TCP
+    /// peer); beyond it a new one from that network is closed at accept. 0 turns the
+    /// cap off.
+    pub max_connections_per_network: usize,
+    /// Peers exempt from `max_connections_per_network`: the load balancers in front
+    /// of the router, whose connections carry many clients.
+    pub connection_cap_exempt: Vec<IpNet>,
 }
 
 /// The `[tls]` table.
@@ -693,6 +707,10 @@ impl Default for HttpConfig {
             idle_timeout_secs: 60,
             max_connections: 0,
             h2_max_concurrent_streams: 100,
+            body_timeout_ms: 5000,
+            stall_timeout_ms: 10_000,
+            max_connections_per_network: 256,
+            connection_cap_exempt: Vec::new(),
         }
     }
 }
@@ -872,6 +890,8 @@ impl FileConfig {
             (h.first_byte_timeout_ms, "http.first_byte_timeout_ms"),
             (h.tls_handshake_timeout_ms, "http.tls_handshake_timeout_ms"),
             (h.idle_timeout_secs, "http.idle_timeout_secs"),
+            (h.body_timeout_ms, "http.body_timeout_ms"),
+            (h.stall_timeout_ms, "http.stall_timeout_ms"),
             (
                 h.h2_max_concurrent_streams as u64,
                 "http.h2_max_concurrent_streams",
@@ -983,6 +1003,12 @@ mod tests {
             ("trusted_proxies = [\"nope\"]", "trusted_proxies"),
             ("[http]\ncors_origins = [\"ftp://x\"]", "http.cors_origins"),
             ("[http]\nmax_header_bytes = 100", "http.max_header_bytes"),
+            ("[http]\nbody_timeout_ms = 0", "http.body_timeout_ms"),
+            ("[http]\nstall_timeout_ms = 0", "http.stall_timeout_ms"),
+            (
+                "[http]\nconnection_cap_exempt = [\"lb\"]",
+                "connection_cap_exempt",
+            ),
             ("unknown_key = 1", "unknown_key"),
             ("max_load = \"high\"", "max_load"),
             ("require_bindings = \"yes\"", "require_bindings"),

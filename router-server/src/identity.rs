@@ -66,6 +66,10 @@ impl RegionTable {
     }
 }
 
+/// One client network by default: a /24 (IPv4) or a /56 (IPv6), what one subscriber or
+/// one small site is given.
+pub const NETWORK_PREFIX: (u8, u8) = (24, 56);
+
 /// The network of `ip`: its `v4` / `v6` leading bits, the rest zeroed (IPv4-mapped
 /// IPv6 addresses count as IPv4). Every per-client budget is keyed by it.
 pub fn network_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
@@ -85,13 +89,21 @@ pub fn network_key(ip: IpAddr, (v4, v6): (u8, u8)) -> IpAddr {
     }
 }
 
+/// The network a client's connections are counted under (the per-network connection
+/// caps of HTTP and DNS over TCP): its /24 (IPv4) or /56 (IPv6), the share one
+/// subscriber or one small site is given. One function, so the rule can change in one
+/// place.
+pub fn connection_network(ip: IpAddr) -> IpAddr {
+    network_key(ip, NETWORK_PREFIX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     #[test]
-    fn rate_keys_group_networks() {
+    fn network_keys_group_addresses() {
         let key = |ip: &str, p| network_key(ip.parse().unwrap(), p).to_string();
         assert_eq!(key("203.0.113.77", (32, 64)), "203.0.113.77");
         assert_eq!(key("203.0.113.77", (24, 64)), "203.0.113.0");
@@ -107,6 +119,16 @@ mod tests {
             "203.0.113.77",
             "IPv4-mapped"
         );
+    }
+
+    #[test]
+    fn connection_networks_are_slash_24_and_slash_56() {
+        let net = |ip: &str| connection_network(ip.parse().unwrap()).to_string();
+        assert_eq!(net("127.0.0.1"), net("127.0.0.2"));
+        assert_ne!(net("127.0.0.1"), net("127.0.1.1"));
+        assert_eq!(net("2001:db8:0:ff::1"), "2001:db8::");
+        assert_ne!(net("2001:db8:0:100::1"), "2001:db8::");
+        assert_eq!(net("::ffff:198.51.100.9"), "198.51.100.0");
     }
 
     #[test]

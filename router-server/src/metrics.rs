@@ -63,6 +63,14 @@ pub struct DnsRrlLabels {
     pub action: &'static str,
 }
 
+/// Labels of the DNS-over-TCP connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsTcpLabels {
+    /// Why the server closed or refused a connection: `per_network_cap`, `shed_idle`,
+    /// `refused_full`, `write_timeout`.
+    pub reason: &'static str,
+}
+
 /// Labels of the per-region gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegionLabels {
@@ -81,7 +89,8 @@ pub struct HookLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
     /// Why the server closed a connection: `first_byte_timeout`, `tls_handshake`,
-    /// `head_timeout`, `idle_timeout`, `shed_silent`, `shed_idle`, `refused_full`.
+    /// `head_timeout`, `idle_timeout`, `body_timeout`, `stalled`, `shed_silent`,
+    /// `shed_idle`, `shed_overdue`, `refused_full`, `per_network_cap`.
     pub reason: &'static str,
 }
 
@@ -239,6 +248,8 @@ pub struct Metrics {
     pub dns_queries: Family<DnsLabels, Counter>,
     /// DNS answers held back by the response-rate limit.
     pub dns_rrl: Family<DnsRrlLabels, Counter>,
+    /// DNS-over-TCP connections the server closed or refused, by reason.
+    pub dns_tcp_closed: Family<DnsTcpLabels, Counter>,
     /// The same DNS counts as totals, for the fleet page.
     pub dns_totals: crate::dns::stats::DnsTotals,
 }
@@ -279,6 +290,7 @@ impl Default for Metrics {
             registry_demoted: Family::default(),
             dns_queries: Family::default(),
             dns_rrl: Family::default(),
+            dns_tcp_closed: Family::default(),
             dns_totals: Default::default(),
             registry: Registry::default(),
         };
@@ -436,6 +448,11 @@ impl Default for Metrics {
             "dns_rrl",
             "DNS answers over the response-rate limit, dropped or sent truncated",
             m.dns_rrl.clone(),
+        );
+        registry.register(
+            "dns_tcp_closed_by_server",
+            "DNS-over-TCP connections the server closed or refused, by reason",
+            m.dns_tcp_closed.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -872,6 +872,47 @@ pub fn has_sample(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
+/// The value of the sample whose line starts with `series` (name and labels) in the
+/// metrics text `text`, or 0 when it is not there yet.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .find_map(|rest| rest.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8 is
+/// local: a client from another network without leaving the machine), with a
+/// receive buffer of `recv_buffer` bytes when given (a client slow to read).
+pub fn connect_from(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    recv_buffer: Option<usize>,
+) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n)?;
+    }
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    Ok(sock.into())
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
 /// Runs `router-server ctl --etcd ENDPOINTS ARGS...`; returns the exit code and output.
 pub fn router_ctl(etcd: &Etcd, args: &[&str]) -> (i32, String) {
     let e = etcd.endpoints();

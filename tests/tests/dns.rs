@@ -737,3 +737,90 @@ fn the_response_rate_limit_holds_a_flood_from_one_network() {
     assert!(m.contains(r#"router_dns_rrl_total{action="drop"}"#), "{m}");
     assert!(m.contains(r#"router_dns_rrl_total{action="slip"}"#), "{m}");
 }
+
+/// The value of `router_dns_tcp_closed_by_server_total{reason}` now.
+fn dns_tcp_closed(z: &Zone, reason: &str) -> f64 {
+    let m = http_get(z.router.addr, "/metrics").unwrap().1;
+    harness::sample(
+        &m,
+        &format!("router_dns_tcp_closed_by_server_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+#[test]
+fn one_network_cannot_hold_every_dns_tcp_connection() {
+    let z = zone_with(
+        "tcp_max_per_network = 4\ntcp_max_connections = 6\ntcp_idle_ms = 60000",
+        "",
+        &[],
+    );
+    let local = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    // 127.0.0.0/24 opens ten and holds them: four are kept, six closed at accept.
+    let held: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| std::net::TcpStream::connect(z.dns).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(5), "six refused by network", || {
+        dns_tcp_closed(&z, "per_network_cap") >= 6.0
+    });
+    // 127.0.2.0/24 takes four: at the cap of six, the longest idle make room.
+    let other: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| harness::connect_from(local("127.0.2.1"), z.dns, None).unwrap())
+        .collect();
+    wait_until(Duration::from_secs(5), "two idle ones shed", || {
+        dns_tcp_closed(&z, "shed_idle") >= 2.0
+    });
+    // A client of a third network is still answered over TCP.
+    for _ in 0..3 {
+        let out = dig(
+            z.dns,
+            &format!("eu.{ZONE}"),
+            "A",
+            &["+short", "+tcp", "-b", "127.0.1.2"],
+        );
+        assert_eq!(short(&out).len(), 3, "{out}");
+    }
+    assert_eq!(dns_tcp_closed(&z, "refused_full"), 0.0);
+    drop((held, other));
+}
+
+#[test]
+fn a_dns_tcp_client_that_never_reads_is_closed() {
+    const WRITE_TIMEOUT: Duration = Duration::from_millis(1000);
+    let z = zone_with(
+        &format!("tcp_write_timeout_ms = {}", WRITE_TIMEOUT.as_millis()),
+        "",
+        &[],
+    );
+    // A small receive window, so the router's answers back up soon.
+    let mut s = harness::connect_from("127.0.0.1".parse().unwrap(), z.dns, Some(4096)).unwrap();
+    let q = query(9, &format!("eu.{ZONE}."));
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    // Whole frames back to back; a partial write resumes where it stopped.
+    let frames = frame.repeat(64);
+    let mut at = 0;
+    s.set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let start = Instant::now();
+    let closed_after = loop {
+        if start.elapsed() > WRITE_TIMEOUT + Duration::from_secs(20) {
+            break None;
+        }
+        match s.write(&frames[at..]) {
+            Ok(n) => at = (at + n) % frames.len(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break Some(start.elapsed()),
+        }
+    };
+    let took = closed_after.expect("a client that never reads is closed");
+    assert!(took >= WRITE_TIMEOUT, "closed after {took:?}");
+    assert_eq!(dns_tcp_closed(&z, "write_timeout"), 1.0);
+    // Others are answered as before (the SOA: the flood's answers have filled every
+    // gateway in the herd accounting, so A records would say nothing).
+    let soa = dig(z.dns, ZONE, "SOA", &["+short", "+tcp"]);
+    assert_eq!(short(&soa).len(), 1, "{soa}");
+}

@@ -40,8 +40,15 @@ pub struct DnsConfig {
     pub rrl_ipv6_prefix_len: u8,
     /// A DNS-over-TCP connection idle this long is closed.
     pub tcp_idle_ms: u64,
-    /// DNS-over-TCP connections open at once; more wait to be accepted.
+    /// DNS-over-TCP connections open at once; when reached, the connection idle the
+    /// longest is closed to make room (when none is idle, the newcomer is refused).
     pub tcp_max_connections: usize,
+    /// DNS-over-TCP connections open at once from one client network (its /24 or
+    /// /56); beyond it a new one from that network is closed at accept. 0: no cap.
+    pub tcp_max_per_network: usize,
+    /// An answer a DNS-over-TCP client has not taken within this long closes its
+    /// connection (a client that sends queries and never reads).
+    pub tcp_write_timeout_ms: u64,
 }
 
 impl Default for DnsConfig {
@@ -62,6 +69,8 @@ impl Default for DnsConfig {
             rrl_ipv6_prefix_len: 56,
             tcp_idle_ms: 5000,
             tcp_max_connections: 1000,
+            tcp_max_per_network: 16,
+            tcp_write_timeout_ms: 2000,
         }
     }
 }
@@ -180,6 +189,9 @@ impl DnsConfig {
         if self.tcp_max_connections == 0 {
             return err("tcp_max_connections", "must be above 0".into());
         }
+        if self.tcp_write_timeout_ms == 0 {
+            return err("tcp_write_timeout_ms", "must be above 0".into());
+        }
         Ok(())
     }
 }
@@ -270,6 +282,13 @@ mod tests {
                     ..on()
                 },
                 "dns.tcp_idle_ms",
+            ),
+            (
+                DnsConfig {
+                    tcp_write_timeout_ms: 0,
+                    ..on()
+                },
+                "dns.tcp_write_timeout_ms",
             ),
         ];
         for (cfg, key) in cases {

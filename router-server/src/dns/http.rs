@@ -34,15 +34,23 @@ use crate::guard::Pass;
 use crate::http::ApiError;
 use crate::identity::client_ip;
 
+/// The largest `/dns-query` body: a DNS message is at most 65,535 bytes (RFC 8484
+/// §6 and the 16-bit length of DNS over TCP), so more is refused unread (413).
+pub const MAX_DNS_MESSAGE: usize = u16::MAX as usize;
+
 /// The routes, over `dns`.
 pub fn routes(dns: Arc<Dns>) -> Router {
+    let doh = crate::http::routes::limit_body(
+        Router::new().route("/dns-query", get(doh_get).post(doh_post)),
+        MAX_DNS_MESSAGE,
+    );
     Router::new()
-        .route("/dns-query", get(doh_get).post(doh_post))
         .route("/resolve", get(resolve))
         .route("/d", get(httpdns))
         .route("/sign_d", get(httpdns_signed))
         .route("/{account}/d", get(httpdns))
         .route("/{account}/sign_d", get(httpdns_signed))
+        .merge(doh)
         .with_state(dns)
 }
 

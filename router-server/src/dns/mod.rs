@@ -6,6 +6,7 @@
 //!   chosen by [`crate::schedule::select_weighted`], under the same rules as
 //!   `/gateways`, and each answer counts `dns.weight` clients in the herd accounting.
 //! * [`server`]: UDP and TCP sockets. [`rrl`]: response-rate limiting on UDP.
+//!   [`tcp_conns`]: the caps on DNS-over-TCP connections.
 //! * [`stats`]: totals for the fleet page; the metrics are `router_dns_*`.
 //! * [`http`]: DNS over HTTPS (RFC 8484), the JSON form (`/resolve`) and the
 //!   Alibaba-style HTTPDNS answer (`/d`, `/sign_d`).
@@ -20,6 +21,7 @@ pub mod http;
 pub mod rrl;
 pub mod server;
 pub mod stats;
+pub mod tcp_conns;
 pub mod zone;
 
 use std::net::IpAddr;

@@ -3,7 +3,11 @@
 //! UDP: one socket per core on the same port (`SO_REUSEPORT`), each read by its own
 //! task that answers in place, so no query waits behind another core's. TCP: RFC 1035
 //! length-prefixed messages, several per connection, closed after `dns.tcp_idle_ms`
-//! of silence; at most `dns.tcp_max_connections` at once.
+//! of silence, or when an answer is not taken within `dns.tcp_write_timeout_ms` (a
+//! client that sends and never reads); at most `dns.tcp_max_connections` at once and
+//! `dns.tcp_max_per_network` per client network, shared as [`super::tcp_conns`] says.
+//! Every connection the server closes or refuses is counted in
+//! `router_dns_tcp_closed_by_server_total{reason}`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::tcp_conns::{TcpConn, TcpConns};
 use super::{Dns, Transport};
+use crate::metrics::DnsTcpLabels;
 
 /// The bound DNS sockets.
 pub struct DnsSockets {
@@ -132,16 +138,18 @@ async fn serve_udp(dns: Arc<Dns>, socket: UdpSocket, cancel: CancellationToken) 
 }
 
 async fn serve_tcp(dns: Arc<Dns>, listener: TcpListener, cancel: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        dns.state().config.dns.tcp_max_connections,
+    let cfg = &dns.state().config.dns;
+    let table = Arc::new(TcpConns::new(
+        cfg.tcp_max_connections,
+        cfg.tcp_max_per_network,
     ));
-    let idle = Duration::from_millis(dns.state().config.dns.tcp_idle_ms);
+    let limits = TcpLimits {
+        idle: Duration::from_millis(cfg.tcp_idle_ms),
+        write: Duration::from_millis(cfg.tcp_write_timeout_ms),
+    };
     let connections = TaskTracker::new();
+    let mut last_full_log: Option<tokio::time::Instant> = None;
     loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-        };
         let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             r = listener.accept() => match r {
@@ -153,43 +161,84 @@ async fn serve_tcp(dns: Arc<Dns>, listener: TcpListener, cancel: CancellationTok
                 }
             },
         };
+        let (id, conn) = match table.admit(peer.ip().to_canonical()) {
+            Ok((id, conn, shed)) => {
+                if let Some(reason) = shed {
+                    count_closed(&dns, reason);
+                }
+                (id, conn)
+            }
+            Err(reason) => {
+                count_closed(&dns, reason);
+                if last_full_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_full_log = Some(tokio::time::Instant::now());
+                    warn!(%peer, reason, open = table.len(), "DNS TCP connection refused");
+                }
+                drop(stream);
+                continue;
+            }
+        };
         let dns = dns.clone();
         let cancel = cancel.clone();
+        let table = table.clone();
         connections.spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = serve_connection(&dns, stream, peer, idle) => {
+                _ = conn.close.cancelled() => {}
+                r = serve_connection(&dns, stream, peer, &table, &conn, limits) => {
                     if let Err(e) = r {
                         debug!(error = %e, %peer, "DNS TCP connection ended");
                     }
                 }
             }
-            drop(permit);
+            table.remove(id);
         });
     }
     connections.close();
     connections.wait().await;
 }
 
-/// Answers one TCP connection's queries in order until it closes or idles.
+/// How long a DNS-over-TCP client may take.
+#[derive(Debug, Clone, Copy)]
+struct TcpLimits {
+    /// To send its next query (and each query whole).
+    idle: Duration,
+    /// To take an answer.
+    write: Duration,
+}
+
+fn count_closed(dns: &Dns, reason: &'static str) {
+    dns.state()
+        .metrics
+        .dns_tcp_closed
+        .get_or_create(&DnsTcpLabels { reason })
+        .inc();
+}
+
+/// Answers one TCP connection's queries in order until it closes, idles or does not
+/// take its answers.
 async fn serve_connection(
     dns: &Dns,
     mut stream: TcpStream,
     peer: SocketAddr,
-    idle: Duration,
+    table: &TcpConns,
+    conn: &TcpConn,
+    limits: TcpLimits,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+        table.set_idle(conn, true);
+        match tokio::time::timeout(limits.idle, stream.read_exact(&mut len)).await {
             Err(_) => return Ok(()),
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(r) => r?,
         };
+        table.set_idle(conn, false);
         let len = u16::from_be_bytes(len) as usize;
         buf.resize(len, 0);
-        tokio::time::timeout(idle, stream.read_exact(&mut buf))
+        tokio::time::timeout(limits.idle, stream.read_exact(&mut buf))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "message not sent in time"))??;
         let Some(answer) = dns.handle(&buf, peer.ip().to_canonical(), Transport::Tcp) else {
@@ -199,6 +248,15 @@ async fn serve_connection(
         let mut out = Vec::with_capacity(answer.len() + 2);
         out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
         out.extend_from_slice(&answer);
-        stream.write_all(&out).await?;
+        if tokio::time::timeout(limits.write, stream.write_all(&out))
+            .await
+            .is_err()
+        {
+            count_closed(dns, "write_timeout");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not take its answer in time",
+            ));
+        }
     }
 }

@@ -1,8 +1,15 @@
-//! The application: routes, the edge middleware (URI limit, metrics), health,
-//! readiness, metrics and CORS.
+//! The application: routes, the edge middleware (URI limit, body limit, metrics),
+//! health, readiness, metrics and CORS.
+//!
+//! Request bodies: every route takes at most [`MAX_BODY_BYTES`] (the admin API's JSON
+//! is small), `/dns-query` at most [`crate::dns::http::MAX_DNS_MESSAGE`]. A declared
+//! `Content-Length` above the limit is answered 413 `payload_too_large` before any
+//! byte of the body is read; a chunked body is cut where it crosses the limit. How
+//! long a body may take to arrive is the server's business ([`super::server`]).
 
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -69,6 +76,43 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The largest request body any route takes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Bodies of at most `max` bytes on `router`'s routes: a declared `Content-Length`
+/// above it is answered 413 before a byte of the body is read; a longer chunked body
+/// is cut by the extractors' `DefaultBodyLimit` (their 413 gets the contract's body
+/// in [`edge`]).
+///
+/// Not tower-http's `RequestBodyLimitLayer`: its cut of a chunked body reaches axum's
+/// extractors as an unknown body error (400), not as a length limit (413).
+pub(crate) fn limit_body<S>(router: Router<S>, max: usize) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .route_layer(DefaultBodyLimit::max(max))
+        .route_layer(middleware::from_fn_with_state(max, declared_length))
+}
+
+/// Refuses a request whose declared body is over `max` bytes, without reading it.
+async fn declared_length(State(max): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is {len} bytes; the limit is {max}"),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
@@ -109,12 +153,27 @@ async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
         .unwrap_or(0);
     let route = route_label(req.extensions().get::<MatchedPath>());
     let start = std::time::Instant::now();
-    let resp = match uri_too_long(len, max) {
+    let mut resp = match uri_too_long(len, max) {
         Some(e) => e.into_response(),
         None => next.run(req).await,
     };
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&resp) {
+        // The body limit's own answer (plain text): the contract's shape instead.
+        resp = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over this route's limit ({route})"),
+        )
+        .into_response();
+    }
     record(&api, route, resp.status(), start);
     resp
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
 }
 
 /// 414 `uri_too_long` when a request URI of `len` bytes is over `max`.
@@ -271,8 +330,7 @@ pub fn router_with(
     if let Some(admin) = admin {
         app = app.merge(admin);
     }
-    let mut app = app
-        .fallback(not_found)
+    let mut app = limit_body(app.fallback(not_found), MAX_BODY_BYTES)
         // After routing, so the matched route is known for the metrics labels.
         .route_layer(middleware::from_fn_with_state(api.clone(), edge));
     if !cfg.http.cors_origins.is_empty() {

@@ -8,34 +8,59 @@
 //!   first request head within `request_timeout_ms`; after that, a keep-alive connection
 //!   idle for `idle_timeout_secs` is closed. The same holds for HTTP/1 and HTTP/2
 //!   (HTTP/2 also gets explicit stream and header-list limits).
-//! * **A connection cap below the open-file limit**: when it is reached, the oldest
-//!   connection that has not spoken yet is closed to make room, then the oldest idle
-//!   keep-alive connection (nginx reuses idle keep-alive connections the same way);
-//!   only when every connection is busy is the new one refused. Each is logged and
-//!   counted (`router_connections_closed_by_server{reason}`), so a flood of silent
-//!   sockets can no longer stop service without a trace.
+//! * **Deadlines after the head**: a request's body must have arrived whole within
+//!   `body_timeout_ms` of its head, or the request is answered 408 `request_timeout`
+//!   and the connection closed (`body_timeout`); a connection answering a request that
+//!   reads and writes nothing for `stall_timeout_ms` is dropped (`stalled`). Bodies
+//!   are bounded by the routes (64 KiB; `/dns-query` 65,535 bytes: [`super::routes`]).
+//! * **A connection cap below the open-file limit**, busy connections included. When
+//!   it is reached, the table closes, to make room, the first of:
+//!   1. the connection silent (no byte yet) the longest (`shed_silent`);
+//!   2. the keep-alive connection idle the longest (`shed_idle`; nginx reuses idle
+//!      keep-alive connections the same way);
+//!   3. the connection busy the longest, if it has been busy beyond the request
+//!      deadline, `max(request_timeout_ms, body_timeout_ms)` (`shed_overdue`): a
+//!      request that old is a client holding the slot, not one being served.
+//!
+//!   Only when every connection is busy within the deadline is the new one refused
+//!   (`refused_full`).
+//! * **A cap per client network** (`max_connections_per_network`): a network is the
+//!   TCP peer's /24 or /56 ([`crate::identity::connection_network`]); a connection beyond
+//!   its network's share is closed at accept (`per_network_cap`) and no other network
+//!   notices. The peer is the TCP peer, before any `X-Forwarded-For`: behind a load
+//!   balancer, list the balancers in `connection_cap_exempt` (or set the cap to 0).
 //! * **One shutdown tree**: every connection task is tracked. On shutdown the listeners
 //!   stop; for `shutdown_keepalive_ms` requests arriving on open keep-alive connections
 //!   are still answered, with `Connection: close`; then idle connections close, busy
 //!   ones finish their request, and anything left at the grace deadline is cut.
+//!
+//! Each closing is logged (table events at most once a second) and counted
+//! (`router_connections_closed_by_server{reason}`), so neither a flood of silent
+//! sockets nor a crowd of slow requests can stop service without a trace.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Method, Request, Response, Version};
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use axum::response::IntoResponse;
 use futures::future::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +71,7 @@ use super::error::ApiError;
 use super::raw_errors::ErrorBodies;
 use super::routes::App;
 use crate::config::HttpConfig;
+use crate::identity::connection_network;
 use crate::metrics::{ConnLabels, Metrics};
 use crate::state::AppState;
 use crate::tls::LiveTlsConfig;
@@ -116,8 +142,14 @@ struct Slot {
     served: AtomicU64,
     /// Milliseconds since the table's epoch of the last change of phase.
     since_ms: AtomicU64,
+    /// Milliseconds since the table's epoch of the last byte read or written.
+    progress_ms: AtomicU64,
+    /// The client network it counts against (`None`: not counted).
+    network: Option<IpAddr>,
     /// Fired to close the connection (shed, or shutdown).
     close: CancellationToken,
+    /// Told when the connection turns busy, so its timer watches for a stall.
+    busy: Notify,
     /// Why it was closed by the table, for the metric.
     shed_reason: Mutex<Option<&'static str>>,
 }
@@ -132,18 +164,99 @@ impl Slot {
     }
 }
 
-/// Every open connection, for the cap and for shutdown.
+/// Why the table refused a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Every connection is busy within the request deadline.
+    Full,
+    /// The client's network holds its share already.
+    NetworkCap,
+}
+
+/// How the table shares its room: the caps and who is exempt.
+struct TableRules {
+    /// Connections open at once.
+    cap: usize,
+    /// Connections open at once per client network; 0: no cap.
+    per_network: usize,
+    /// Peers not counted per network (load balancers).
+    exempt: Vec<IpNet>,
+    /// A connection busy longer than this may be shed for room.
+    overdue_ms: u64,
+}
+
+/// The open connections and how many each client network holds.
+#[derive(Default)]
+struct Open {
+    slots: HashMap<u64, Arc<Slot>>,
+    networks: HashMap<IpAddr, usize>,
+}
+
+impl Open {
+    /// Forgets `id`, if it is still here, and its network's share.
+    fn remove(&mut self, id: u64) -> Option<Arc<Slot>> {
+        let slot = self.slots.remove(&id)?;
+        if let Some(net) = slot.network {
+            if let Some(n) = self.networks.get_mut(&net) {
+                *n -= 1;
+                if *n == 0 {
+                    self.networks.remove(&net);
+                }
+            }
+        }
+        Some(slot)
+    }
+}
+
+/// Every open connection, for the caps and for shutdown.
 struct ConnTable {
     epoch: Instant,
-    cap: usize,
-    slots: Mutex<HashMap<u64, Arc<Slot>>>,
+    rules: TableRules,
+    open: Mutex<Open>,
     next_id: AtomicU64,
     /// When "connection cap reached" was last logged (ms since epoch), to log it at
     /// most once a second under a flood.
     last_full_log_ms: AtomicU64,
+    /// The same for "per-network connection cap reached".
+    last_network_log_ms: AtomicU64,
+}
+
+/// The connection to close for room, and why: the longest-silent, else the
+/// longest-idle, else the longest-busy if it is busy beyond `overdue_ms`.
+fn pick_victim(
+    slots: &HashMap<u64, Arc<Slot>>,
+    now_ms: u64,
+    overdue_ms: u64,
+) -> Option<(u64, &'static str)> {
+    slots
+        .iter()
+        .filter(|(_, s)| {
+            s.phase() != Phase::Busy
+                || now_ms.saturating_sub(s.since_ms.load(Ordering::Relaxed)) > overdue_ms
+        })
+        .min_by_key(|(_, s)| (s.phase(), s.since_ms.load(Ordering::Relaxed)))
+        .map(|(id, s)| {
+            let reason = match s.phase() {
+                Phase::Silent => "shed_silent",
+                Phase::Idle => "shed_idle",
+                Phase::Busy => "shed_overdue",
+            };
+            (*id, reason)
+        })
 }
 
 impl ConnTable {
+    fn new(epoch: Instant, rules: TableRules) -> ConnTable {
+        ConnTable {
+            epoch,
+            rules,
+            open: Mutex::new(Open::default()),
+            next_id: AtomicU64::new(0),
+            last_full_log_ms: AtomicU64::new(NEVER_LOGGED),
+            last_network_log_ms: AtomicU64::new(NEVER_LOGGED),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -153,78 +266,114 @@ impl ConnTable {
         slot.since_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Registers a new connection, first making room if the cap is reached. `None`
-    /// when every connection is busy: the caller refuses the new one.
-    fn admit(&self, metrics: &Metrics) -> Option<(u64, Arc<Slot>)> {
-        let mut slots = self.slots.lock().expect("connection table lock");
-        if slots.len() >= self.cap {
-            // The longest-silent connection, else the longest-idle one.
-            let victim = slots
-                .iter()
-                .filter(|(_, s)| s.phase() != Phase::Busy)
-                .min_by_key(|(_, s)| (s.phase(), s.since_ms.load(Ordering::Relaxed)))
-                .map(|(id, s)| (*id, s.clone()));
-            let reason = match &victim {
-                Some((_, s)) if s.phase() == Phase::Silent => "shed_silent",
-                Some(_) => "shed_idle",
-                None => "refused_full",
-            };
-            self.log_full(slots.len(), reason);
+    /// The network `peer` counts against, if it is counted at all.
+    fn network_of(&self, peer: IpAddr) -> Option<IpAddr> {
+        let peer = peer.to_canonical();
+        (self.rules.per_network > 0 && !self.rules.exempt.iter().any(|n| n.contains(&peer)))
+            .then(|| connection_network(peer))
+    }
+
+    /// Registers a new connection from `peer`, first making room if the cap is
+    /// reached (the module docs give the order); refused when its network holds its
+    /// share or nothing may be shed. Every refusal and shedding is counted.
+    fn admit(&self, peer: IpAddr, metrics: &Metrics) -> Result<(u64, Arc<Slot>), Refused> {
+        self.admit_at(self.now_ms(), peer, metrics)
+    }
+
+    fn admit_at(
+        &self,
+        now: u64,
+        peer: IpAddr,
+        metrics: &Metrics,
+    ) -> Result<(u64, Arc<Slot>), Refused> {
+        let count = |reason| {
             metrics
                 .connections_closed
                 .get_or_create(&ConnLabels { reason })
                 .inc();
-            let (id, slot) = victim?;
+        };
+        let mut open = self.open.lock().expect("connection table lock");
+        let network = self.network_of(peer);
+        if let Some(net) = network {
+            let held = open.networks.get(&net).copied().unwrap_or(0);
+            if held >= self.rules.per_network {
+                count("per_network_cap");
+                if self.may_log(&self.last_network_log_ms, now) {
+                    warn!(
+                        network = %net,
+                        held,
+                        cap = self.rules.per_network,
+                        "per-network connection cap reached (http.max_connections_per_network)"
+                    );
+                }
+                return Err(Refused::NetworkCap);
+            }
+        }
+        if open.slots.len() >= self.rules.cap {
+            let victim = pick_victim(&open.slots, now, self.rules.overdue_ms);
+            let reason = victim.map_or("refused_full", |(_, r)| r);
+            if self.may_log(&self.last_full_log_ms, now) {
+                warn!(
+                    open = open.slots.len(),
+                    cap = self.rules.cap,
+                    action = reason,
+                    "connection cap reached (http.max_connections / open-file limit)"
+                );
+            }
+            count(reason);
+            let (id, _) = victim.ok_or(Refused::Full)?;
+            let slot = open.remove(id).expect("the victim is in the table");
             *slot.shed_reason.lock().expect("shed reason lock") = Some(reason);
             slot.close.cancel();
-            slots.remove(&id);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             phase: AtomicU8::new(Phase::Silent as u8),
             in_flight: AtomicU64::new(0),
             served: AtomicU64::new(0),
-            since_ms: AtomicU64::new(self.now_ms()),
+            since_ms: AtomicU64::new(now),
+            progress_ms: AtomicU64::new(now),
+            network,
             close: CancellationToken::new(),
+            busy: Notify::new(),
             shed_reason: Mutex::new(None),
         });
-        slots.insert(id, slot.clone());
-        metrics.connections_open.set(slots.len() as i64);
-        Some((id, slot))
+        open.slots.insert(id, slot.clone());
+        if let Some(net) = network {
+            *open.networks.entry(net).or_default() += 1;
+        }
+        metrics.connections_open.set(open.slots.len() as i64);
+        Ok((id, slot))
     }
 
-    fn log_full(&self, open: usize, action: &'static str) {
-        let now = self.now_ms();
-        let last = self.last_full_log_ms.load(Ordering::Relaxed);
-        // `NEVER_LOGGED`: the first time is logged even within the first second.
-        if (last == NEVER_LOGGED || now.saturating_sub(last) >= 1000)
-            && self
-                .last_full_log_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+    /// True at most once a second per `last` (and the first time).
+    fn may_log(&self, last: &AtomicU64, now: u64) -> bool {
+        let seen = last.load(Ordering::Relaxed);
+        (seen == NEVER_LOGGED || now.saturating_sub(seen) >= 1000)
+            && last
+                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
-        {
-            warn!(
-                open,
-                cap = self.cap,
-                action,
-                "connection cap reached (http.max_connections / open-file limit)"
-            );
-        }
     }
 
     fn remove(&self, id: u64, metrics: &Metrics) {
-        let mut slots = self.slots.lock().expect("connection table lock");
-        slots.remove(&id);
-        metrics.connections_open.set(slots.len() as i64);
+        let mut open = self.open.lock().expect("connection table lock");
+        open.remove(id);
+        metrics.connections_open.set(open.slots.len() as i64);
     }
 
     fn len(&self) -> usize {
-        self.slots.lock().expect("connection table lock").len()
+        self.open.lock().expect("connection table lock").slots.len()
     }
 
     /// Closes every connection that is not answering a request now.
     fn close_all(&self) {
-        for slot in self.slots.lock().expect("connection table lock").values() {
+        for slot in self
+            .open
+            .lock()
+            .expect("connection table lock")
+            .slots
+            .values()
+        {
             slot.close.cancel();
         }
     }
@@ -237,6 +386,8 @@ pub struct EdgeLimits {
     tls_handshake: Duration,
     head: Duration,
     idle: Duration,
+    body: Duration,
+    stall: Duration,
     keepalive_window: Duration,
     grace: Duration,
 }
@@ -249,6 +400,9 @@ impl EdgeLimits {
             tls_handshake: Duration::from_millis(h.tls_handshake_timeout_ms),
             head: Duration::from_millis(h.request_timeout_ms),
             idle: Duration::from_secs(h.idle_timeout_secs),
+            body: Duration::from_millis(h.body_timeout_ms),
+            // A handler may wait on etcd for its own deadline without a byte moving.
+            stall: Duration::from_millis(h.stall_timeout_ms.max(h.request_timeout_ms)),
             keepalive_window: Duration::from_millis(h.shutdown_keepalive_ms),
             grace: Duration::from_secs(h.shutdown_grace_secs),
         }
@@ -293,14 +447,23 @@ pub async fn serve_endpoints(
 ) -> anyhow::Result<()> {
     let cap = connection_cap(http.max_connections, raise_nofile_limit());
     state.metrics.connections_max.set(cap as i64);
-    let table = Arc::new(ConnTable {
-        epoch: Instant::now(),
-        cap,
-        slots: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(0),
-        last_full_log_ms: AtomicU64::new(NEVER_LOGGED),
-    });
+    let table = Arc::new(ConnTable::new(
+        Instant::now(),
+        TableRules {
+            cap,
+            per_network: http.max_connections_per_network,
+            exempt: http.connection_cap_exempt.clone(),
+            overdue_ms: http.request_timeout_ms.max(http.body_timeout_ms),
+        },
+    ));
     let limits = EdgeLimits::new(http);
+    let body_timeouts = state
+        .metrics
+        .connections_closed
+        .get_or_create(&ConnLabels {
+            reason: "body_timeout",
+        })
+        .clone();
     let draining = Arc::new(AtomicBool::new(false));
     let builder = Arc::new(protocol_builder(http));
     // Cut: the grace is over; whatever still runs is dropped.
@@ -323,6 +486,7 @@ pub async fn serve_endpoints(
             shutdown: shutdown.clone(),
             cut: cut.clone(),
             tls: ep.tls,
+            body_timeouts: body_timeouts.clone(),
         };
         listeners.push(tokio::spawn(accept_loop(listener, ctx, conns.clone())));
     }
@@ -372,6 +536,8 @@ struct Ctx {
     shutdown: CancellationToken,
     cut: CancellationToken,
     tls: Option<LiveTlsConfig>,
+    /// `router_connections_closed_by_server{reason="body_timeout"}`, resolved once.
+    body_timeouts: Counter,
 }
 
 impl Clone for Ctx {
@@ -386,6 +552,7 @@ impl Clone for Ctx {
             shutdown: self.shutdown.clone(),
             cut: self.cut.clone(),
             tls: self.tls.clone(),
+            body_timeouts: self.body_timeouts.clone(),
         }
     }
 }
@@ -414,7 +581,8 @@ async fn accept_loop(listener: TcpListener, ctx: Ctx, conns: TaskTracker) {
                 }
             },
         };
-        let Some((id, slot)) = ctx.table.admit(&ctx.state.metrics) else {
+        let Ok((id, slot)) = ctx.table.admit(peer.ip(), &ctx.state.metrics) else {
+            // Closed at once: no byte read, nothing written.
             drop(stream);
             continue;
         };
@@ -476,6 +644,13 @@ where
         peer,
         slot: slot.clone(),
         table: ctx.table.clone(),
+        body_timeout: ctx.limits.body,
+        body_timeouts: ctx.body_timeouts.clone(),
+    };
+    let io = Progress {
+        inner: io,
+        slot: slot.clone(),
+        epoch: ctx.table.epoch,
     };
     let conn = ctx.builder.serve_connection(
         TokioIo::new(ErrorBodies::new(io)),
@@ -495,11 +670,18 @@ where
         tokio::select! {
             _ = conn.as_mut() => return,
             _ = slot.close.cancelled(), if closing.is_none() => {
+                if *slot.shed_reason.lock().expect("shed reason lock") == Some("shed_overdue") {
+                    // Its request is the problem: nothing in it is worth finishing.
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
                 timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
             }
             _ = ctx.cut.cancelled() => return,
+            _ = slot.busy.notified(), if closing.is_none() => {
+                timer.as_mut().reset(Instant::now() + ctx.limits.stall);
+            }
             _ = timer.as_mut() => {
                 let now = Instant::now();
                 if closing.is_some() {
@@ -518,8 +700,22 @@ where
                         + Duration::from_millis(slot.since_ms.load(Ordering::Relaxed));
                     (ctx.limits.idle, since, "idle_timeout")
                 };
-                if slot.phase() != Phase::Idle {
-                    // Busy: look again once a full idle period could have passed.
+                if slot.phase() == Phase::Busy {
+                    // Busy: closed once no byte has moved for the stall limit. Its
+                    // request is stuck, so the connection is dropped, not drained.
+                    let last = slot
+                        .progress_ms
+                        .load(Ordering::Relaxed)
+                        .max(slot.since_ms.load(Ordering::Relaxed));
+                    let stalled_at =
+                        ctx.table.epoch + Duration::from_millis(last) + ctx.limits.stall;
+                    if now >= stalled_at {
+                        ctx.count_close("stalled");
+                        return;
+                    }
+                    timer.as_mut().reset(stalled_at);
+                } else if slot.phase() != Phase::Idle {
+                    // Silent cannot last past the first byte; look again later.
                     timer.as_mut().reset(now + ctx.limits.idle);
                 } else if now >= since + limit {
                     ctx.count_close(reason);
@@ -535,8 +731,9 @@ where
 }
 
 /// The application as one connection sees it: records the peer address for
-/// `ConnectInfo`, keeps the connection's phase, refuses an HTTP/1.1 request without
-/// `Host`, and marks answers `Connection: close` once the server is shutting down.
+/// `ConnectInfo`, keeps the connection's phase, puts the body deadline on each
+/// request, refuses an HTTP/1.1 request without `Host`, and marks answers
+/// `Connection: close` once the server is shutting down.
 #[derive(Clone)]
 struct ConnService {
     app: App,
@@ -544,6 +741,8 @@ struct ConnService {
     peer: SocketAddr,
     slot: Arc<Slot>,
     table: Arc<ConnTable>,
+    body_timeout: Duration,
+    body_timeouts: Counter,
 }
 
 /// Keeps a request counted as in flight until its answer is produced.
@@ -561,6 +760,131 @@ impl Drop for InFlight {
     }
 }
 
+/// A request body that had not arrived whole by its deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0} ms of its head")]
+pub struct BodyTimeout(u64);
+
+/// A request body with a deadline: past it, reading fails with [`BodyTimeout`] and
+/// `expired` is set, so the answer becomes 408 whatever the handler made of the error.
+struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    expired: Arc<AtomicBool>,
+    /// The whole body has arrived: the deadline no longer matters.
+    done: bool,
+}
+
+impl hyper::body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if !self.done && self.deadline.as_mut().poll(cx).is_ready() {
+            self.expired.store(true, Ordering::Relaxed);
+            let ms = self.limit.as_millis() as u64;
+            return Poll::Ready(Some(Err(BodyTimeout(ms).into())));
+        }
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.done = true;
+        }
+        Poll::Ready(frame.map(|f| f.map_err(axum::BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's bytes, noting when the last one moved (for the stall limit).
+struct Progress<I> {
+    inner: I,
+    slot: Arc<Slot>,
+    epoch: Instant,
+}
+
+impl<I> Progress<I> {
+    fn moved(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.slot.progress_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Progress<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Progress<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// 408 `request_timeout`: the body did not arrive in time.
+fn body_timeout_answer(limit: Duration) -> Response<Body> {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body did not arrive within {} ms",
+            limit.as_millis()
+        ),
+    )
+    .into_response()
+}
+
 impl ConnService {
     fn call(
         &self,
@@ -568,7 +892,8 @@ impl ConnService {
     ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
     {
         if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.slot.phase.store(Phase::Busy as u8, Ordering::Relaxed);
+            self.table.set_phase(&self.slot, Phase::Busy);
+            self.slot.busy.notify_one();
         }
         let guard = InFlight {
             slot: self.slot.clone(),
@@ -579,6 +904,7 @@ impl ConnService {
             && req.uri().authority().is_none()
             && !req.headers().contains_key(header::HOST);
         let draining = self.draining.clone();
+        let expired = Arc::new(AtomicBool::new(false));
         let answer = if no_host {
             Either::Left(std::future::ready(
                 ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response(),
@@ -593,18 +919,47 @@ impl ConnService {
                     )))
                 }
                 _ => {
-                    let mut req = req.map(Body::new);
+                    let mut req = if req.body().is_end_stream() {
+                        req.map(Body::new)
+                    } else {
+                        let limit = self.body_timeout;
+                        let expired = expired.clone();
+                        req.map(|inner| {
+                            Body::new(TimedBody {
+                                inner,
+                                deadline: Box::pin(tokio::time::sleep(limit)),
+                                limit,
+                                expired,
+                                done: false,
+                            })
+                        })
+                    };
                     req.extensions_mut().insert(ConnectInfo(self.peer));
                     Either::Right(self.app.router.clone().oneshot(req))
                 }
             }
         };
+        let (slot, limit, timeouts) = (
+            self.slot.clone(),
+            self.body_timeout,
+            self.body_timeouts.clone(),
+        );
         async move {
             let mut resp = match answer {
                 Either::Left(ready) => ready.await,
                 Either::Right(routed) => routed.await.unwrap_or_else(|e| match e {}),
             };
-            if http1 && draining.load(Ordering::Relaxed) {
+            if expired.load(Ordering::Relaxed) {
+                // Whatever the handler answered to the failed read, the client hears
+                // why, and the connection goes: the rest of its body is not wanted.
+                resp = body_timeout_answer(limit);
+                if http1 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                timeouts.inc();
+                slot.close.cancel();
+            } else if http1 && draining.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -628,40 +983,64 @@ mod tests {
         assert_eq!(connection_cap(5, None), 5);
     }
 
-    fn table(cap: usize) -> ConnTable {
-        ConnTable {
-            epoch: Instant::now(),
-            cap,
-            slots: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            last_full_log_ms: AtomicU64::new(NEVER_LOGGED),
-        }
+    fn table(cap: usize, per_network: usize, exempt: &[&str]) -> ConnTable {
+        ConnTable::new(
+            Instant::now(),
+            TableRules {
+                cap,
+                per_network,
+                exempt: exempt.iter().map(|n| n.parse().unwrap()).collect(),
+                overdue_ms: 5000,
+            },
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn closed(m: &Metrics, reason: &'static str) -> u64 {
+        m.connections_closed
+            .get_or_create(&ConnLabels { reason })
+            .get()
     }
 
     #[test]
-    fn a_full_table_sheds_silent_then_idle_and_never_busy() {
+    fn a_full_table_sheds_silent_then_idle_then_overdue_busy() {
         let m = Metrics::default();
-        let t = table(3);
-        let (_, busy) = t.admit(&m).unwrap();
-        t.set_phase(&busy, Phase::Busy);
-        let (_, idle) = t.admit(&m).unwrap();
-        t.set_phase(&idle, Phase::Idle);
-        let (_, silent) = t.admit(&m).unwrap();
-        let (_, fourth) = t.admit(&m).expect("room made");
+        let t = table(3, 0, &[]);
+        let a = ip("203.0.113.1");
+        let set = |s: &Slot, phase, since| {
+            s.phase.store(phase as u8, Ordering::Relaxed);
+            s.since_ms.store(since, Ordering::Relaxed);
+        };
+        let (_, busy) = t.admit_at(0, a, &m).unwrap();
+        set(&busy, Phase::Busy, 100);
+        let (_, idle) = t.admit_at(0, a, &m).unwrap();
+        set(&idle, Phase::Idle, 50);
+        let (_, silent) = t.admit_at(200, a, &m).unwrap();
+        let (_, fourth) = t.admit_at(300, a, &m).expect("room made");
         assert!(silent.close.is_cancelled(), "the silent one goes first");
         assert!(!idle.close.is_cancelled() && !busy.close.is_cancelled());
-        t.set_phase(&fourth, Phase::Busy);
-        t.admit(&m).expect("room made");
+        set(&fourth, Phase::Busy, 300);
+        let (_, fifth) = t.admit_at(400, a, &m).expect("room made");
         assert!(idle.close.is_cancelled(), "then the idle one");
-        t.set_phase(&busy, Phase::Busy);
-        let slots: Vec<_> = t.slots.lock().unwrap().values().cloned().collect();
-        for s in &slots {
-            t.set_phase(s, Phase::Busy);
-        }
-        assert!(t.admit(&m).is_none(), "all busy: refused");
+        set(&fifth, Phase::Busy, 400);
+        // All busy, none beyond the 5 s request deadline: the newcomer is refused.
+        assert_eq!(t.admit_at(5000, a, &m).err(), Some(Refused::Full));
         assert!(!busy.close.is_cancelled());
+        // Past it, the one busy the longest makes room, and only that one.
+        t.admit_at(5200, a, &m).expect("room made");
+        assert!(busy.close.is_cancelled(), "busy since 100: overdue at 5200");
+        assert!(!fourth.close.is_cancelled() && !fifth.close.is_cancelled());
+        assert_eq!(
+            *busy.shed_reason.lock().unwrap(),
+            Some("shed_overdue"),
+            "its task drops it at once"
+        );
+        assert_eq!(t.len(), 3);
         let text = m.render();
-        for reason in ["shed_silent", "shed_idle", "refused_full"] {
+        for reason in ["shed_silent", "shed_idle", "shed_overdue", "refused_full"] {
             assert!(
                 text.contains(&format!(
                     "router_connections_closed_by_server_total{{reason=\"{reason}\"}} 1"
@@ -669,5 +1048,185 @@ mod tests {
                 "{reason}: {text}"
             );
         }
+    }
+
+    #[test]
+    fn a_network_at_its_share_is_refused_and_no_other_notices() {
+        let m = Metrics::default();
+        let t = table(100, 2, &["192.0.2.0/28"]);
+        let (first, _) = t.admit(ip("198.51.100.1"), &m).unwrap();
+        t.admit(ip("198.51.100.200"), &m).unwrap();
+        // The same /24, from another address: refused; counted.
+        assert_eq!(
+            t.admit(ip("198.51.100.7"), &m).err(),
+            Some(Refused::NetworkCap)
+        );
+        assert_eq!(closed(&m, "per_network_cap"), 1);
+        // Another /24, and IPv6 by /56, are untouched.
+        t.admit(ip("198.51.101.1"), &m).unwrap();
+        t.admit(ip("2001:db8:0:1::1"), &m).unwrap();
+        t.admit(ip("2001:db8:0:2::1"), &m).unwrap();
+        assert_eq!(
+            t.admit(ip("2001:db8:0:ff::9"), &m).err(),
+            Some(Refused::NetworkCap),
+            "one /56"
+        );
+        assert_eq!(
+            t.admit(ip("::ffff:198.51.100.9"), &m).err(),
+            Some(Refused::NetworkCap),
+            "IPv4-mapped counts as IPv4"
+        );
+        // A closed connection gives its network's share back.
+        t.remove(first, &m);
+        t.admit(ip("198.51.100.9"), &m)
+            .expect("a share is free again");
+        // Exempt peers (a load balancer) are not counted; loopback is not exempt.
+        for _ in 0..5 {
+            t.admit(ip("192.0.2.3"), &m).expect("exempt");
+        }
+        t.admit(ip("127.0.0.1"), &m).unwrap();
+        t.admit(ip("127.0.0.2"), &m).unwrap();
+        assert!(t.admit(ip("127.0.0.3"), &m).is_err(), "loopback is counted");
+        // Off: no share at all.
+        let off = table(100, 0, &[]);
+        for _ in 0..10 {
+            off.admit(ip("198.51.100.1"), &m).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_shed_connection_gives_its_networks_share_back_once() {
+        let m = Metrics::default();
+        let t = table(2, 2, &[]);
+        let (a_id, a) = t.admit_at(0, ip("198.51.100.1"), &m).unwrap();
+        t.admit_at(10, ip("198.51.100.2"), &m).unwrap();
+        // Full: the oldest silent one (network A's) makes room for network B.
+        t.admit_at(20, ip("203.0.113.1"), &m).unwrap();
+        assert!(a.close.is_cancelled());
+        // Its task ends later and removes it again: nothing changes twice.
+        t.remove(a_id, &m);
+        let open = t.open.lock().unwrap();
+        assert_eq!(open.slots.len(), 2);
+        assert_eq!(open.networks[&ip("198.51.100.0")], 1);
+        assert_eq!(open.networks[&ip("203.0.113.0")], 1);
+    }
+}
+
+#[cfg(test)]
+mod serve_tests {
+    use super::*;
+    use crate::config::FileConfig;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
+        let cfg = FileConfig::parse("[http]\nrequest_timeout_ms = 100\nstall_timeout_ms = 400\n")
+            .unwrap();
+        let state = Arc::new(AppState::new(cfg.clone()));
+        let app = App {
+            router: axum::Router::new().route("/stuck", get(std::future::pending::<&'static str>)),
+            hot: None,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move {
+                let endpoints = vec![Endpoint {
+                    listener,
+                    tls: None,
+                }];
+                serve_endpoints(app, endpoints, &cfg.http, state, shutdown).await
+            }
+        });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let start = std::time::Instant::now();
+        s.write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("dropped, not left hanging")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
+        let text = state.metrics.render();
+        assert!(
+            text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
+            "{text}"
+        );
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_closed() {
+        let cfg = FileConfig::parse("[http]\nbody_timeout_ms = 300\n").unwrap();
+        let state = Arc::new(AppState::new(cfg.clone()));
+        let app = App {
+            router: axum::Router::new().route(
+                "/echo",
+                axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
+            ),
+            hot: None,
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn({
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            async move {
+                let endpoints = vec![Endpoint {
+                    listener,
+                    tls: None,
+                }];
+                serve_endpoints(app, endpoints, &cfg.http, state, shutdown).await
+            }
+        });
+        // h2c with prior knowledge; two streams, each sending part of its body.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let start = std::time::Instant::now();
+        let mut pending = Vec::new();
+        for _ in 0..2 {
+            let req = Request::post("http://x/echo").body(()).unwrap();
+            let (resp, mut send) = client.send_request(req, false).unwrap();
+            send.send_data(Bytes::from_static(b"partial"), false)
+                .unwrap();
+            pending.push((resp, send));
+        }
+        for (resp, _send) in pending {
+            let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+                .await
+                .expect("answered at the deadline")
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+            let mut body = resp.into_body();
+            let mut text = Vec::new();
+            while let Some(chunk) = body.data().await {
+                text.extend_from_slice(&chunk.unwrap());
+            }
+            let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+            assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+        }
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        // The connection goes too (GOAWAY, then close).
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the connection is closed")
+            .unwrap()
+            .ok();
+        let text = state.metrics.render();
+        assert!(
+            text.contains("router_connections_closed_by_server_total{reason=\"body_timeout\"} 2"),
+            "{text}"
+        );
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }
