@@ -96,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
         Listeners {
             main: listener,
             plain,
+            admin: None,
         },
         shutdown.clone(),
     ));

@@ -168,6 +168,11 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// An internal listener (plain HTTP) for operators: when given, `/metrics`, `/ops`,
+    /// `/ops/*.json` and the admin API are served only here (404 on --listen and
+    /// --http-listen); `/healthz` and `/readyz` are served on every listener.
+    #[arg(long, env = "ROUTER_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// With TLS: also serve plain HTTP here (for a TLS-terminating balancer).
     #[arg(
         long,

@@ -194,6 +194,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         Listeners {
             main: listener,
             plain: None,
+            admin: None,
         },
         shutdown,
     )

@@ -79,6 +79,14 @@ async fn serve(args: ServeArgs) -> i32 {
         Ok(l) => l,
         Err(e) => registry::cli::exit_invalid(format!("cannot listen on --http-listen: {e}")),
     };
+    let admin = match args
+        .admin_listen
+        .map(std::net::TcpListener::bind)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => registry::cli::exit_invalid(format!("cannot listen on --admin-listen: {e}")),
+    };
     // The registries: `--etcd` (named `default`), each `--registry`, then the
     // file's `[[registries]]`; the first, or the one marked local, is this router's DC.
     struct Wanted {
@@ -174,7 +182,7 @@ async fn serve(args: ServeArgs) -> i32 {
         router_server::run_registries(
             registries,
             opts,
-            Listeners { main, plain },
+            Listeners { main, plain, admin },
             shutdown_token(),
         )
         .await,

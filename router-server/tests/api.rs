@@ -506,3 +506,60 @@ async fn admin_rejections_write_nothing() {
     assert_eq!(cmd.percent, Some(30));
     assert_eq!(body["command"]["id"], cmd.id.as_str());
 }
+
+/// With an admin listener, the public application answers clients and health only:
+/// the operator's routes are 404 `not_found` there, and served on the operator's one,
+/// which answers no client route.
+#[tokio::test]
+async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
+    let state = state_with(FileConfig::default(), Some(fleet()));
+    let peer = MockConnectInfo("127.0.0.1:9".parse::<SocketAddr>().unwrap());
+    let api = Api::new(state);
+    let public = router_server::http::routes::public_app(api.clone())
+        .router
+        .layer(peer);
+    let operator = router_server::http::routes::operator_app(api, None)
+        .router
+        .layer(peer);
+    for path in [
+        "/ops",
+        "/ops/ops.js",
+        "/ops/fleet.json",
+        "/ops/summary.json",
+        "/metrics",
+        "/admin/nodes",
+    ] {
+        let (status, _, body) = get(&public, path).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{path} on the public listener"
+        );
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    for path in ["/gateways", "/healthz", "/readyz"] {
+        let (status, _, body) = get(&public, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    for path in [
+        "/ops",
+        "/ops/fleet.json",
+        "/ops/summary.json",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+    ] {
+        let (status, _, body) = get(&operator, path).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{path} on the admin listener: {body}"
+        );
+    }
+    let (status, _, _) = get(&operator, "/gateways").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no client route on the admin listener"
+    );
+}

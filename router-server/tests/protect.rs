@@ -101,6 +101,7 @@ async fn mass_removal_is_held_then_released() {
         Listeners {
             main: listener,
             plain: None,
+            admin: None,
         },
         shutdown.clone(),
     ));
