@@ -124,6 +124,32 @@ impl EtcdSecurity {
     }
 }
 
+/// Checks that `path`, a secret (a private key, a password, a token file), is not
+/// readable by group or others; the error names the mode and the fix. It follows
+/// symbolic links, as reading does: what matters is the file the secret is read from.
+pub fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets group or others read this secret; run `chmod 600 {}`",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the secret file `path` after [`check_private`]; the error is its problem,
+/// for the caller to put after the flag and the file.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    check_private(path)?;
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
+}
+
 /// Reads a PEM file that must hold a `kind` block (`CERTIFICATE`, `... PRIVATE KEY`).
 fn read_pem(flag: &str, path: &Path, kind: &str) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;

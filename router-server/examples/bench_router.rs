@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             public_addrs: Vec::new(),
             config,
             layout,
-            admin_token: None,
+            admin_tokens: Default::default(),
             tls,
         },
         Listeners {

@@ -57,8 +57,8 @@ pub struct ServeOptions {
     pub config: FileConfig,
     /// Key layout.
     pub layout: Layout,
-    /// Enables the admin API.
-    pub admin_token: Option<String>,
+    /// The admin API's tokens; none leaves the admin API off.
+    pub admin_tokens: admin::Tokens,
     /// Serves the main listener over HTTPS.
     pub tls: Option<TlsFiles>,
     /// This router's id under `P/routers/` (generated when `None`).
@@ -163,7 +163,7 @@ pub async fn run_registries(
     }
     let api = http::Api::new(state.clone());
     tasks.spawn(api.clone().housekeeping(background.clone()));
-    let admin = opts.admin_token.as_ref().map(|token| {
+    let admin = (!opts.admin_tokens.is_empty()).then(|| {
         let targets = registries
             .iter()
             .map(|r| admin::Target {
@@ -172,7 +172,7 @@ pub async fn run_registries(
                 layout: r.layout.clone(),
             })
             .collect();
-        admin::router(state.clone(), targets, local, token)
+        admin::router(state.clone(), targets, local, opts.admin_tokens.clone())
     });
     let (app, operator) = if listeners.admin.is_some() {
         (
