@@ -820,6 +820,10 @@ mod tests {
             ("trusted_proxies = [\"nope\"]", "trusted_proxies"),
             ("[http]\ncors_origins = [\"ftp://x\"]", "http.cors_origins"),
             ("[http]\nmax_header_bytes = 100", "http.max_header_bytes"),
+            (
+                "[httpdns]\nsign_max_ahead_secs = 0",
+                "httpdns.sign_max_ahead_secs",
+            ),
             ("unknown_key = 1", "unknown_key"),
             ("max_load = \"high\"", "max_load"),
         ] {
