@@ -408,6 +408,8 @@ pub struct RegistryConfig {
     pub user: Option<String>,
     /// `--etcd-password-file` for this registry.
     pub password_file: Option<std::path::PathBuf>,
+    /// `--etcd-insecure-transport` for this registry.
+    pub insecure_transport: bool,
 }
 
 /// The `[backoff]` table, sent to clients as-is.

@@ -129,6 +129,7 @@ async fn serve(args: ServeArgs) -> i32 {
                 key: r.key.clone(),
                 user: r.user.clone(),
                 password_file: r.password_file.clone(),
+                insecure_transport: r.insecure_transport,
             },
             local: r.local,
         });
