@@ -64,8 +64,6 @@ impl TlsFiles {
     /// Loads the files into a server configuration; fails with a message naming them.
     /// The key must not be readable by group or others.
     pub async fn load(&self) -> Result<LiveTlsConfig, String> {
-        registry::security::check_private(&self.key)
-            .map_err(|e| format!("--tls-key {}: {e}", self.key.display()))?;
         let files = self.read().map_err(|e| {
             format!(
                 "cannot read TLS files {} / {}: {e}",
@@ -73,6 +71,8 @@ impl TlsFiles {
                 self.key.display()
             )
         })?;
+        registry::security::check_private(&self.key)
+            .map_err(|e| format!("--tls-key {}: {e}", self.key.display()))?;
         Ok(Arc::new(ArcSwap::from_pointee(self.parse(&files)?)))
     }
 

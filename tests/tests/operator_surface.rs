@@ -186,8 +186,8 @@ fn the_admin_listener_takes_the_operator_routes_and_throttles_guessing() {
     );
 }
 
-/// A token file others can read, a short token, a password over http://: each stops
-/// the binary at start, exit 2, with one line naming the problem.
+/// A TLS key or a token file others can read, a short token, a password over http://:
+/// each stops the binary at start, exit 2, with one line naming the problem.
 #[test]
 fn secrets_others_could_read_or_sniff_stop_the_binaries_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,8 +195,30 @@ fn secrets_others_could_read_or_sniff_stop_the_binaries_at_start() {
     let password = dir.path().join("etcd-password");
     std::fs::write(&password, "s3cret\n").unwrap();
     make_private(&password);
+    let (cert, key) = harness::TestCa::new("test CA").write_leaf(dir.path(), &["localhost"]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
     let endpoint = "http://127.0.0.1:1";
     let cases: Vec<(&str, Vec<&str>, Vec<String>)> = vec![
+        (
+            "router-server",
+            vec![
+                "--etcd",
+                endpoint,
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+            vec![
+                format!("--tls-key {}: mode 0640", key.display()),
+                format!("chmod 600 {}", key.display()),
+            ],
+        ),
         (
             "router-server",
             vec![
