@@ -79,4 +79,6 @@ make_certs() {
     openssl x509 -req -in "$d/$leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca-key.pem" \
       -CAcreateserial -days 2 -extfile "$d/$leaf.ext" -out "$d/$leaf.pem" 2>/dev/null
   done
+  # The binaries refuse private keys that group or others can read.
+  chmod 600 "$d"/*-key.pem
 }

@@ -5,7 +5,9 @@
 //! The rules are checked before anything connects, so a mistake is one line at start:
 //! TLS material needs `https://` endpoints (an `http://` endpoint with TLS flags is
 //! refused), a certificate needs its key, a user needs a password file, and every
-//! file must be readable and of the right kind.
+//! file must be readable and of the right kind. A password is not sent over `http://`
+//! unless `--etcd-insecure-transport` says so, and the private key and the password
+//! file must not be readable by group or others ([`check_private`]).
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,9 @@ pub struct EtcdSecurity {
     pub user: Option<String>,
     /// File holding the user's password (its first line).
     pub password_file: Option<PathBuf>,
+    /// Allows a user's password over `http://` endpoints, in clear (a test etcd, a
+    /// loopback one); refused without it.
+    pub insecure_transport: bool,
 }
 
 /// TLS and credentials read from their files, ready for the client.
@@ -86,6 +91,7 @@ impl EtcdSecurity {
             match (&self.cert, &self.key) {
                 (Some(cert), Some(key)) => {
                     let cert = read_pem("--etcd-cert", cert, "CERTIFICATE")?;
+                    check_private(key).map_err(|e| format!("--etcd-key {}: {e}", key.display()))?;
                     let key = read_pem("--etcd-key", key, "PRIVATE KEY")?;
                     tls = tls.identity(Identity::from_pem(cert, key));
                 }
@@ -102,7 +108,13 @@ impl EtcdSecurity {
                 if user.is_empty() || user.contains(char::is_whitespace) {
                     return Err(format!("--etcd-user {user:?} is not a user name"));
                 }
-                let text = std::fs::read_to_string(file).map_err(|e| {
+                if https == 0 && !self.insecure_transport {
+                    return Err(format!(
+                        "--etcd-user would send its password in clear to {}: use https:// endpoints, or --etcd-insecure-transport to accept that",
+                        endpoints.join(",")
+                    ));
+                }
+                let text = read_secret(file).map_err(|e| {
                     format!("--etcd-password-file {}: {e}", file.display())
                 })?;
                 let password = text.lines().next().unwrap_or("").to_string();
@@ -122,6 +134,52 @@ impl EtcdSecurity {
         };
         Ok(Loaded { tls, user })
     }
+}
+
+/// Checks that `path`, a secret (a private key, a password, a token file), is not
+/// readable by group or others; the error names the mode and the fix. It follows
+/// symbolic links, as reading does: what matters is the file the secret is read from.
+///
+/// A file in systemd's `$CREDENTIALS_DIRECTORY` passes: systemd makes it readable by
+/// the service's user alone, with an ACL where it can, and an ACL's mask shows in the
+/// group bits of the mode without granting the group anything.
+pub fn check_private(path: &Path) -> Result<(), String> {
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    check_private_in(path, credentials.as_deref())
+}
+
+/// [`check_private`] with the credentials directory given.
+fn check_private_in(path: &Path, credentials: Option<&Path>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let inside = |dir: &Path| {
+        dir.is_absolute()
+            && path.starts_with(dir)
+            && !path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+    };
+    if credentials.is_some_and(inside) {
+        return Ok(());
+    }
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "mode {mode:04o} lets group or others read this secret; run `chmod 600 {}`",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the secret file `path` after [`check_private`]; the error is its problem,
+/// for the caller to put after the flag and the file.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    check_private(path)?;
+    std::fs::read_to_string(path).map_err(|e| e.to_string())
 }
 
 /// Reads a PEM file that must hold a `kind` block (`CERTIFICATE`, `... PRIVATE KEY`).
@@ -187,6 +245,10 @@ macro_rules! etcd_security_flags {
             /// File holding the etcd user's password (never a flag value: flags show in ps).
             #[arg(long = "etcd-password-file", env = concat!($env, "_ETCD_PASSWORD_FILE"), value_name = "FILE")]
             pub etcd_password_file: Option<std::path::PathBuf>,
+            /// Allow --etcd-user over http:// endpoints, the password in clear (refused otherwise).
+            #[arg(long = "etcd-insecure-transport", env = concat!($env, "_ETCD_INSECURE_TRANSPORT"),
+                  value_parser = clap::builder::BoolishValueParser::new())]
+            pub etcd_insecure_transport: bool,
         }
 
         impl $name {
@@ -198,6 +260,7 @@ macro_rules! etcd_security_flags {
                     key: self.etcd_key.clone(),
                     user: self.etcd_user.clone(),
                     password_file: self.etcd_password_file.clone(),
+                    insecure_transport: self.etcd_insecure_transport,
                 }
             }
         }
@@ -208,10 +271,17 @@ macro_rules! etcd_security_flags {
 mod tests {
     use super::*;
 
+    /// A file only its owner reads, as secrets must be.
     fn file(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
+        chmod(&p, 0o600);
         p
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     #[test]
@@ -287,6 +357,7 @@ mod tests {
         let user = |pw: Option<PathBuf>| EtcdSecurity {
             user: Some("gw-a".into()),
             password_file: pw,
+            insecure_transport: true,
             ..Default::default()
         };
         assert!(err(user(None), &http).contains("needs --etcd-password-file"));
@@ -294,6 +365,95 @@ mod tests {
         let loaded = user(Some(pw)).load(&http).unwrap();
         assert_eq!(loaded.user, Some(("gw-a".into(), "s3cret".into())));
         assert!(loaded.tls.is_none());
+    }
+
+    #[test]
+    fn a_password_goes_over_http_only_when_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = file(dir.path(), "pw", "s3cret\n");
+        let http = [
+            "http://10.0.0.1:2379".to_string(),
+            "http://10.0.0.2:2379".to_string(),
+        ];
+        let mut s = EtcdSecurity {
+            user: Some("gw-a".into()),
+            password_file: Some(pw),
+            ..Default::default()
+        };
+        let e = s.check(&http).unwrap_err();
+        assert!(
+            e.contains("in clear to http://10.0.0.1:2379,http://10.0.0.2:2379"),
+            "{e}"
+        );
+        assert!(e.contains("--etcd-insecure-transport"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        // https:// carries it without the flag; http:// with it.
+        assert!(s.check(&["https://10.0.0.1:2379".to_string()]).is_ok());
+        s.insecure_transport = true;
+        assert!(s.check(&http).is_ok());
+    }
+
+    #[test]
+    fn secrets_readable_by_others_are_refused_certificates_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cert = file(
+            d,
+            "cert.pem",
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        );
+        chmod(&cert, 0o644);
+        let key = file(
+            d,
+            "key.pem",
+            "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+        );
+        let pw = file(d, "pw", "s3cret\n");
+        let https = ["https://127.0.0.1:2379".to_string()];
+        let s = EtcdSecurity {
+            cacert: Some(cert.clone()),
+            cert: Some(cert.clone()),
+            key: Some(key.clone()),
+            user: Some("gw-a".into()),
+            password_file: Some(pw.clone()),
+            insecure_transport: false,
+        };
+        assert!(s.check(&https).is_ok(), "0600 secrets, 0644 certificates");
+        for (path, flag, mode) in [
+            (&key, "--etcd-key", 0o644),
+            (&pw, "--etcd-password-file", 0o640),
+        ] {
+            chmod(path, mode);
+            let e = s.check(&https).unwrap_err();
+            let want = format!(
+                "{flag} {}: mode {mode:04o} lets group or others read this secret; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+            assert_eq!(e, want);
+            chmod(path, 0o400);
+            assert!(s.check(&https).is_ok(), "0400 is private too");
+        }
+        assert_eq!(check_private(&pw), Ok(()));
+        assert!(read_secret(&d.join("missing")).is_err());
+    }
+
+    #[test]
+    fn systemd_credentials_are_private_by_construction() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::create_dir(&creds).unwrap();
+        let key = file(&creds, "tls-key", "k");
+        // As systemd leaves it when it grants the service's user an ACL: mask r--.
+        chmod(&key, 0o440);
+        assert_eq!(check_private_in(&key, Some(&creds)), Ok(()));
+        assert!(check_private_in(&key, None).is_err());
+        assert!(check_private_in(&key, Some(&dir.path().join("other"))).is_err());
+        // A path climbing out of the directory is judged by its mode.
+        let outside = file(dir.path(), "secret", "s");
+        chmod(&outside, 0o644);
+        let climbing = creds.join("..").join("secret");
+        assert!(check_private_in(&climbing, Some(&creds)).is_err());
     }
 
     #[test]

@@ -90,12 +90,13 @@ async fn main() -> anyhow::Result<()> {
             public_addrs: Vec::new(),
             config,
             layout,
-            admin_token: None,
+            admin_tokens: Default::default(),
             tls,
         },
         Listeners {
             main: listener,
             plain,
+            admin: None,
         },
         shutdown.clone(),
     ));

@@ -61,10 +61,12 @@ async fn main() -> anyhow::Result<()> {
     let tasks = tokio_util::task::TaskTracker::new();
     serve(
         app,
+        None,
         state,
         Listeners {
             main: listener,
             plain: None,
+            admin: None,
         },
         None,
         never,

@@ -1,7 +1,15 @@
 //! The admin API, mounted only when a token is configured.
 //!
-//! Every request needs `Authorization: Bearer <token>`, compared in constant time.
-//! Every action is logged with who (client address), what (route, node) and result.
+//! Every request needs `Authorization: Bearer <token>`, one of the configured
+//! [`Tokens`], compared in constant time. A network that fails too often is refused
+//! (429) before its tokens are compared ([`throttle`]). Every action is logged with who
+//! (client address, the token's name), what (route, node) and result.
+
+pub mod throttle;
+pub mod tokens;
+
+pub use throttle::Throttle;
+pub use tokens::{TokenError, Tokens};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +23,7 @@ use axum::{Json, Router};
 use registry::{CommandAction, Kv, Layout};
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::http::ApiError;
 use crate::metrics::RequestLabels;
@@ -40,7 +47,8 @@ struct Admin {
     /// Every registry followed; `local` is the router's own.
     targets: Arc<[Target]>,
     local: usize,
-    token: Arc<[u8]>,
+    tokens: Tokens,
+    throttle: Arc<Throttle>,
 }
 
 impl Admin {
@@ -122,13 +130,32 @@ impl From<OpsError> for ApiError {
 }
 
 /// The admin routes over `targets` (`local` the router's own registry), wrapped in
-/// token authentication and audit logging. Paths take `?registry=NAME`.
-pub fn router(state: Arc<AppState>, targets: Vec<Target>, local: usize, token: &str) -> Router {
+/// token authentication (any of `tokens`), the failed-attempt throttle and audit
+/// logging. Paths take `?registry=NAME`.
+pub fn router(state: Arc<AppState>, targets: Vec<Target>, local: usize, tokens: Tokens) -> Router {
+    router_with_throttle(
+        state,
+        targets,
+        local,
+        tokens,
+        Throttle::new(crate::clock::LimiterClock::default()),
+    )
+}
+
+/// [`router`] with the throttle given (tests give one on a fake clock).
+pub fn router_with_throttle(
+    state: Arc<AppState>,
+    targets: Vec<Target>,
+    local: usize,
+    tokens: Tokens,
+    throttle: Throttle,
+) -> Router {
     let admin = Admin {
         state,
         targets: targets.into(),
         local,
-        token: Arc::from(token.as_bytes()),
+        tokens,
+        throttle: Arc::new(throttle),
     };
     Router::new()
         .route("/admin/nodes", get(nodes))
@@ -154,10 +181,30 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Compares in constant time. An empty configured token matches nothing: the
-/// configuration refuses one, and this check does not rely on that.
-fn token_matches(presented: &[u8], configured: &[u8]) -> bool {
-    !configured.is_empty() && !presented.is_empty() && bool::from(presented.ct_eq(configured))
+/// 401 `unauthorized`, asking for a bearer token.
+fn unauthorized() -> Response {
+    let mut r = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid admin bearer token is required",
+    )
+    .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// 429 `rate_limited`: the client's network failed the token too often.
+fn throttled(wait: std::time::Duration) -> Response {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many failed admin token attempts from this network",
+    )
+    .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+    .into_response()
 }
 
 async fn authorize(
@@ -168,34 +215,40 @@ async fn authorize(
 ) -> Response {
     let route = crate::http::routes::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
-    let ok = bearer_token(req.headers())
-        .is_some_and(|presented| token_matches(presented.as_bytes(), &admin.token));
-    let resp = if ok {
-        next.run(req).await
+    let client = crate::identity::client_ip(peer.ip(), req.headers(), &admin.state.config);
+    let m = &admin.state.metrics;
+    // A network over its failures is refused before any token it sends is compared.
+    let (resp, name) = if let Some(wait) = admin.throttle.refused(client) {
+        m.admin_throttled.inc();
+        (throttled(wait), None)
     } else {
-        let mut r = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid admin bearer token is required",
-        )
-        .into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        r
+        match bearer_token(req.headers()).and_then(|t| admin.tokens.find(t.as_bytes())) {
+            Some(name) => {
+                let span = tracing::info_span!("admin", token = %name);
+                (next.run(req).instrument(span).await, Some(name))
+            }
+            None => match admin.throttle.failed(client) {
+                Some(wait) => {
+                    m.admin_throttled.inc();
+                    (throttled(wait), None)
+                }
+                None => (unauthorized(), None),
+            },
+        }
     };
     let status = resp.status().as_u16();
-    admin
-        .state
-        .metrics
-        .admin_actions
+    m.admin_actions
         .get_or_create(&RequestLabels { route, status })
         .inc();
-    if ok {
-        info!(client = %peer, path = %path, status, "admin action");
-    } else {
-        warn!(client = %peer, path = %path, status, "admin request refused: bad or missing token");
+    match name {
+        Some(name) => info!(client = %peer, token = %name, path = %path, status, "admin action"),
+        None if status == 429 => warn!(
+            client = %peer, path = %path, status,
+            "admin request refused: too many failed token attempts from this network"
+        ),
+        None => {
+            warn!(client = %peer, path = %path, status, "admin request refused: bad or missing token")
+        }
     }
     resp
 }
@@ -379,14 +432,6 @@ mod tests {
         assert_eq!(bearer_token(&auth(Some("Bearer"))), None);
         assert_eq!(bearer_token(&auth(Some("Basic s3cret"))), None);
         assert_eq!(bearer_token(&auth(Some("s3cret"))), None);
-    }
-
-    #[test]
-    fn an_empty_token_matches_nothing() {
-        assert!(token_matches(b"s3cret", b"s3cret"));
-        assert!(!token_matches(b"s3cre", b"s3cret"));
-        assert!(!token_matches(b"", b""));
-        assert!(!token_matches(b"x", b""));
     }
 
     #[test]

@@ -61,15 +61,11 @@ impl Cli {
 
 registry::etcd_security_flags!(RouterEtcdFlags, "ROUTER");
 
-/// An admin token: refused when empty or blank, whether it comes from the flag or the
-/// variable, because a blank token would be a door anyone could open.
+/// An admin token: refused when empty, blank, not one word or shorter than 16 bytes,
+/// whether it comes from the flag or the variable (a blank token would be a door anyone
+/// could open, a short one a door anyone could guess).
 fn parse_token(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        return Err("the admin token is empty; give a secret or leave the setting out to disable the admin API".into());
-    }
-    if s.trim() != s || s.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("the admin token has spaces or control characters; it is sent in an HTTP header and must be one word".into());
-    }
+    crate::admin::tokens::check_token(s).map_err(|e| format!("the admin token {e}"))?;
     Ok(s.to_string())
 }
 
@@ -143,7 +139,8 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Enables the admin API with this bearer token.
+    /// Enables the admin API with this bearer token (at least 16 bytes; it shows in
+    /// `ps`: prefer --admin-token-file).
     #[arg(
         long,
         env = "ROUTER_ADMIN_TOKEN",
@@ -152,6 +149,12 @@ pub struct ServeArgs {
         value_parser = parse_token
     )]
     pub admin_token: Option<String>,
+    /// Enables the admin API with the tokens of this file: `name:token` lines (`#`
+    /// comments and blank lines allowed), each token at least 16 bytes; requests are
+    /// logged with the name of the token they carry. The file must not be readable by
+    /// group or others.
+    #[arg(long, env = "ROUTER_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// PEM certificate chain; serves HTTPS on --listen. Reloaded when the file changes.
     #[arg(
         long,
@@ -168,6 +171,11 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
+    /// An internal listener (plain HTTP) for operators: when given, `/metrics`, `/ops`,
+    /// `/ops/*.json` and the admin API are served only here (404 on --listen and
+    /// --http-listen); `/healthz` and `/readyz` are served on every listener.
+    #[arg(long, env = "ROUTER_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// With TLS: also serve plain HTTP here (for a TLS-terminating balancer).
     #[arg(
         long,
@@ -498,6 +506,8 @@ pub struct RegistryConfig {
     pub user: Option<String>,
     /// `--etcd-password-file` for this registry.
     pub password_file: Option<std::path::PathBuf>,
+    /// `--etcd-insecure-transport` for this registry.
+    pub insecure_transport: bool,
 }
 
 /// The `[backoff]` table, sent to clients as-is.
@@ -1008,6 +1018,10 @@ mod tests {
             (
                 "[http]\nconnection_cap_exempt = [\"lb\"]",
                 "connection_cap_exempt",
+            ),
+            (
+                "[httpdns]\nsign_max_ahead_secs = 0",
+                "httpdns.sign_max_ahead_secs",
             ),
             ("unknown_key = 1", "unknown_key"),
             ("max_load = \"high\"", "max_load"),

@@ -185,7 +185,10 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         public_addrs: Vec::new(),
         config,
         layout,
-        admin_token: token,
+        admin_tokens: match &token {
+            Some(t) => crate::admin::Tokens::flag(t).map_err(anyhow::Error::msg)?,
+            None => crate::admin::Tokens::default(),
+        },
         tls: None,
     };
     let result = run(
@@ -194,6 +197,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         Listeners {
             main: listener,
             plain: None,
+            admin: None,
         },
         shutdown,
     )

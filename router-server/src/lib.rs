@@ -62,8 +62,8 @@ pub struct ServeOptions {
     pub config: FileConfig,
     /// Key layout.
     pub layout: Layout,
-    /// Enables the admin API.
-    pub admin_token: Option<String>,
+    /// The admin API's tokens; none leaves the admin API off.
+    pub admin_tokens: admin::Tokens,
     /// Serves the main listener over HTTPS.
     pub tls: Option<TlsFiles>,
     /// This router's id under `P/routers/` (generated when `None`).
@@ -80,6 +80,10 @@ pub struct Listeners {
     pub main: std::net::TcpListener,
     /// An extra plain-HTTP listener (with TLS, for a TLS-terminating balancer).
     pub plain: Option<std::net::TcpListener>,
+    /// The internal listener (`--admin-listen`, plain HTTP): when given, `/metrics`,
+    /// `/ops`, `/ops/*.json` and the admin API are served only here, and the other
+    /// listeners answer them 404.
+    pub admin: Option<std::net::TcpListener>,
 }
 
 /// Serves until `shutdown` fires, then stops accepting, answers what was already asked
@@ -185,7 +189,7 @@ pub async fn run_registries(
     }
     let api = http::Api::new(state.clone());
     tasks.spawn(api.clone().housekeeping(background.clone()));
-    let admin = opts.admin_token.as_ref().map(|token| {
+    let admin = (!opts.admin_tokens.is_empty()).then(|| {
         let targets = registries
             .iter()
             .map(|r| admin::Target {
@@ -194,10 +198,26 @@ pub async fn run_registries(
                 layout: r.layout.clone(),
             })
             .collect();
-        admin::router(state.clone(), targets, local, token)
+        admin::router(state.clone(), targets, local, opts.admin_tokens.clone())
     });
-    let app = http::routes::app(api, admin);
-    let result = serve(app, state, listeners, opts.tls.as_ref(), shutdown, &tasks).await;
+    let (app, operator) = if listeners.admin.is_some() {
+        (
+            http::routes::public_app(api.clone()),
+            Some(http::routes::operator_app(api, admin)),
+        )
+    } else {
+        (http::routes::app(api, admin), None)
+    };
+    let result = serve(
+        app,
+        operator,
+        state,
+        listeners,
+        opts.tls.as_ref(),
+        shutdown,
+        &tasks,
+    )
+    .await;
     background.cancel();
     tasks.close();
     let grace = Duration::from_secs(opts.config.http.shutdown_grace_secs);
@@ -209,11 +229,13 @@ pub async fn run_registries(
     Ok(())
 }
 
-/// Serves `app` on the listeners (HTTPS on `main` when `tls` is given) until
-/// `shutdown`, then closes down as [`http::server`] describes. Certificate reloading
-/// runs on `tasks` and stops with `shutdown`.
+/// Serves `app` on the listeners (HTTPS on `main` when `tls` is given), and `operator`
+/// (else `app`) on the admin listener, until `shutdown`, then closes down as
+/// [`http::server`] describes. Certificate reloading runs on `tasks` and stops with
+/// `shutdown`.
 pub async fn serve(
     app: http::routes::App,
+    operator: Option<http::routes::App>,
     state: Arc<state::AppState>,
     listeners: Listeners,
     tls: Option<&TlsFiles>,
@@ -238,13 +260,25 @@ pub async fn serve(
     endpoints.push(http::server::Endpoint {
         listener: listeners.main,
         tls: live,
+        app: app.clone(),
+        label: "",
     });
     if let Some(plain) = listeners.plain {
         endpoints.push(http::server::Endpoint {
             listener: plain,
             tls: None,
+            app: app.clone(),
+            label: "",
+        });
+    }
+    if let Some(admin) = listeners.admin {
+        endpoints.push(http::server::Endpoint {
+            listener: admin,
+            tls: None,
+            app: operator.unwrap_or(app),
+            label: "admin ",
         });
     }
     let http_cfg = config.http.clone();
-    http::server::serve_endpoints(app, endpoints, &http_cfg, state, shutdown).await
+    http::server::serve_endpoints(endpoints, &http_cfg, state, shutdown).await
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use registry::etcd::{connect_at_start, EtcdOptions};
 use registry::Layout;
+use router_server::admin::{TokenError, Tokens};
 use router_server::config::{Cli, Command, FileConfig, ServeArgs};
 use router_server::tls::TlsFiles;
 use router_server::{Listeners, ServeOptions};
@@ -79,6 +80,15 @@ async fn serve(args: ServeArgs) -> i32 {
         Ok(l) => l,
         Err(e) => registry::cli::exit_invalid(format!("cannot listen on --http-listen: {e}")),
     };
+    let admin_tokens = admin_tokens(&args).unwrap_or_else(|e| registry::cli::exit_invalid(e));
+    let admin = match args
+        .admin_listen
+        .map(std::net::TcpListener::bind)
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => registry::cli::exit_invalid(format!("cannot listen on --admin-listen: {e}")),
+    };
     // The registries: `--etcd` (named `default`), each `--registry`, then the
     // file's `[[registries]]`; the first, or the one marked local, is this router's DC.
     struct Wanted {
@@ -119,6 +129,7 @@ async fn serve(args: ServeArgs) -> i32 {
                 key: r.key.clone(),
                 user: r.user.clone(),
                 password_file: r.password_file.clone(),
+                insecure_transport: r.insecure_transport,
             },
             local: r.local,
         });
@@ -167,18 +178,30 @@ async fn serve(args: ServeArgs) -> i32 {
         public_addrs: args.public_addrs.clone(),
         config,
         layout,
-        admin_token: args.admin_token,
+        admin_tokens,
         tls,
     };
     report(
         router_server::run_registries(
             registries,
             opts,
-            Listeners { main, plain },
+            Listeners { main, plain, admin },
             shutdown_token(),
         )
         .await,
     )
+}
+
+/// The admin tokens of `--admin-token` and `--admin-token-file` (none: admin API off).
+fn admin_tokens(args: &ServeArgs) -> Result<Tokens, TokenError> {
+    let flag = match &args.admin_token {
+        Some(t) => Tokens::flag(t)?,
+        None => Tokens::default(),
+    };
+    match &args.admin_token_file {
+        Some(path) => flag.and(Tokens::load(path)?),
+        None => Ok(flag),
+    }
 }
 
 /// A token cancelled by SIGTERM or SIGINT.

@@ -226,6 +226,8 @@ pub struct Metrics {
     pub herd_uncounted: Counter,
     /// Admin actions by outcome.
     pub admin_actions: Family<RequestLabels, Counter>,
+    /// Admin requests refused (429) because their network failed the token too often.
+    pub admin_throttled: Counter,
     /// Live routers sharing the registry (herd counts are scaled by it).
     pub routers_live: Gauge,
     /// Snapshots built since start.
@@ -279,6 +281,7 @@ impl Default for Metrics {
             blocklist_entries: Gauge::default(),
             herd_uncounted: Counter::default(),
             admin_actions: Family::default(),
+            admin_throttled: Counter::default(),
             routers_live: Gauge::default(),
             snapshot_builds: Counter::default(),
             snapshot_build_seconds: Counter::default(),
@@ -393,6 +396,11 @@ impl Default for Metrics {
             "admin_actions",
             "Admin API actions by route and status",
             m.admin_actions.clone(),
+        );
+        registry.register(
+            "admin_throttled",
+            "Admin requests refused (429) because their network (/24, /56) failed the token too often",
+            m.admin_throttled.clone(),
         );
         registry.register(
             "snapshot_builds",

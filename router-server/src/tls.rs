@@ -62,6 +62,7 @@ impl TlsFiles {
     }
 
     /// Loads the files into a server configuration; fails with a message naming them.
+    /// The key must not be readable by group or others.
     pub async fn load(&self) -> Result<LiveTlsConfig, String> {
         let files = self.read().map_err(|e| {
             format!(
@@ -70,6 +71,8 @@ impl TlsFiles {
                 self.key.display()
             )
         })?;
+        registry::security::check_private(&self.key)
+            .map_err(|e| format!("--tls-key {}: {e}", self.key.display()))?;
         Ok(Arc::new(ArcSwap::from_pointee(self.parse(&files)?)))
     }
 
@@ -86,6 +89,10 @@ impl TlsFiles {
             }
             let Ok(files) = self.read() else { continue };
             if current.as_ref() == Some(&files) {
+                continue;
+            }
+            if let Err(e) = registry::security::check_private(&self.key) {
+                warn!(key = %self.key.display(), error = %e, "TLS key not reloaded; keeping the current one");
                 continue;
             }
             match self.parse(&files) {

@@ -131,6 +131,8 @@ fn node(id: &str, conns: u64) -> NodeRecord {
     }
 }
 
+const TOKEN: &str = "openapi-test-token";
+
 async fn app(ready: bool) -> Router {
     let cfg = FileConfig::parse("[rate_limit]\nper_ip_per_sec = 1\nburst = 3").unwrap();
     let state = Arc::new(AppState::new(cfg));
@@ -155,7 +157,12 @@ async fn app(ready: bool) -> Router {
         kv,
         layout,
     };
-    let admin = router_server::admin::router(state.clone(), vec![target], 0, "t");
+    let admin = router_server::admin::router(
+        state.clone(),
+        vec![target],
+        0,
+        router_server::admin::Tokens::flag(TOKEN).unwrap(),
+    );
     router(Api::new(state), Some(admin)).layer(MockConnectInfo(
         "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
     ))
@@ -173,7 +180,7 @@ async fn check(
     let mut req = Request::builder()
         .method(method.clone())
         .uri(uri)
-        .header(header::AUTHORIZATION, "Bearer t");
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
     if body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
@@ -435,4 +442,46 @@ async fn documented_parameter_ranges_are_what_the_server_accepts() {
             .unwrap()
             .len()
     );
+}
+
+/// A wrong token is 401 and, from a network that has failed too often, 429 with
+/// Retry-After: both documented for every admin operation.
+#[tokio::test]
+async fn admin_refusals_are_documented() {
+    let spec = spec();
+    let app = app(true).await;
+    let mut seen = Vec::new();
+    for _ in 0..11 {
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/admin/nodes")
+                    .header(header::AUTHORIZATION, "Bearer wrong-token-wrong-token")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        seen.push(resp.status().as_u16());
+    }
+    assert_eq!(seen.first(), Some(&401));
+    assert_eq!(seen.last(), Some(&429));
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        if !path.starts_with("/admin/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            for status in ["401", "429"] {
+                let documented = resolve(&spec, &op["responses"][status]);
+                assert!(
+                    documented.is_object(),
+                    "{method} {path}: {status} not listed"
+                );
+                assert!(
+                    documented["headers"]["Retry-After"].is_object() || status == "401",
+                    "{method} {path}: 429 without Retry-After"
+                );
+            }
+        }
+    }
 }

@@ -95,12 +95,13 @@ async fn mass_removal_is_held_then_released() {
             public_addrs: Vec::new(),
             config,
             layout: layout.clone(),
-            admin_token: None,
+            admin_tokens: Default::default(),
             tls: None,
         },
         Listeners {
             main: listener,
             plain: None,
+            admin: None,
         },
         shutdown.clone(),
     ));

@@ -166,6 +166,7 @@ impl Etcd {
             let write = |name: &str, text: &str| {
                 let p = d.join(name);
                 std::fs::write(&p, text).expect("write pem");
+                make_private(&p);
                 p
             };
             let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
@@ -1013,10 +1014,18 @@ impl TestCa {
         for (path, content) in [(&key_path, key), (&cert_path, cert)] {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, content).expect("write pem");
+            make_private(&tmp);
             std::fs::rename(&tmp, path).expect("rename pem");
         }
         (cert_path, key_path)
     }
+}
+
+/// Makes `path` readable by its owner alone (mode 0600), as the binaries require of
+/// private keys, passwords and token files.
+pub fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 /// A router-server process on a free port, with its config file.

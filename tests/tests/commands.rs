@@ -185,7 +185,7 @@ fn a_hook_that_comes_up_late_gets_the_signal_once_and_the_wait_is_visible() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/hook");
     let _a = agent(&etcd, "gw-l", &url, 100);
-    let router = RouterProc::start(&etcd, "", &["--admin-token", "t0ken"]);
+    let router = RouterProc::start(&etcd, "", &["--admin-token", "t0ken-t0ken-t0ken"]);
     wait_until(Duration::from_secs(15), "registered", || {
         record(&etcd, "gw-l").is_some()
     });
@@ -212,7 +212,7 @@ fn a_hook_that_comes_up_late_gets_the_signal_once_and_the_wait_is_visible() {
         .args([
             "-s",
             "-H",
-            "Authorization: Bearer t0ken",
+            "Authorization: Bearer t0ken-t0ken-t0ken",
             &format!("http://{}/admin/nodes", router.addr),
         ])
         .output()

@@ -282,7 +282,7 @@ fn a_node_id_in_two_dcs_is_reported_by_both_routers() {
         "127.0.0.1:0",
         &[("a", &a), ("b", &b)],
         CONFIG,
-        &["--admin-token", "t0ken"],
+        &["--admin-token", "t0ken-t0ken-t0ken"],
     );
     let rb = RouterProc::start_registries("127.0.0.1:0", &[("b", &b), ("a", &a)], CONFIG, &[]);
     for (r, own) in [(&ra, "a"), (&rb, "b")] {
@@ -374,13 +374,14 @@ fn the_admin_api_addresses_each_dc() {
         "127.0.0.1:0",
         &[("a", &a), ("b", &b)],
         CONFIG,
-        &["--admin-token", "t0ken"],
+        &["--admin-token", "t0ken-t0ken-t0ken"],
     );
     wait_until(Duration::from_secs(30), "both DCs' nodes", || {
         ids_now(&r, "/gateways?count=10").len() == 2
     });
     let call = |method: &str, path: &str| -> (u16, serde_json::Value) {
-        let (code, body) = harness::http_request(r.addr, method, path, Some("t0ken"), "").unwrap();
+        let (code, body) =
+            harness::http_request(r.addr, method, path, Some("t0ken-t0ken-t0ken"), "").unwrap();
         (code, serde_json::from_str(&body).unwrap_or_default())
     };
     let (code, nodes) = call("GET", "/admin/nodes");

@@ -562,6 +562,12 @@ async fn the_sdk_finds_the_router_through_its_own_httpdns_and_gets_candidates() 
         (body["ttl"].as_u64(), body["origin_ttl"].as_u64()),
         (Some(10), Some(10))
     );
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let bad_signature = format!("/sign_d?host=router.test&t={soon}&s=00");
     for (path, code, err) in [
         ("/d", 400, "invalid_parameter"),
         ("/d?host=a..b", 400, "invalid_host"),
@@ -571,10 +577,11 @@ async fn the_sdk_finds_the_router_through_its_own_httpdns_and_gets_candidates() 
             403,
             "signature_expired",
         ),
+        (bad_signature.as_str(), 403, "invalid_signature"),
         (
             "/sign_d?host=router.test&t=99999999999&s=00",
             403,
-            "invalid_signature",
+            "signature_too_far_ahead",
         ),
     ] {
         let (c, b) = get_json(z.router.addr, path).unwrap();

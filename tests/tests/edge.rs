@@ -96,7 +96,7 @@ fn a_blank_admin_token_is_refused_at_start_from_flag_or_variable() {
 fn the_admin_api_wants_a_bearer_token_whatever_the_case_of_the_scheme() {
     let etcd = Etcd::start();
     etcd.put(&format!("{P}/nodes/gw-a"), &record("gw-a"));
-    let r = RouterProc::start(&etcd, "", &["--admin-token", "s3cret"]);
+    let r = RouterProc::start(&etcd, "", &["--admin-token", "s3cret-s3cret-s3cret"]);
     let post = |auth: Option<&str>| {
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
@@ -109,9 +109,9 @@ fn the_admin_api_wants_a_bearer_token_whatever_the_case_of_the_scheme() {
     assert!(post(None).starts_with("HTTP/1.1 401"), "{}", post(None));
     assert!(post(Some("Bearer ")).starts_with("HTTP/1.1 401"));
     assert!(post(Some("Bearer wrong")).starts_with("HTTP/1.1 401"));
-    let ok = post(Some("bearer s3cret"));
+    let ok = post(Some("bearer s3cret-s3cret-s3cret"));
     assert!(ok.starts_with("HTTP/1.1 202"), "{ok}");
-    assert!(post(Some("BEARER s3cret")).starts_with("HTTP/1.1 202"));
+    assert!(post(Some("BEARER s3cret-s3cret-s3cret")).starts_with("HTTP/1.1 202"));
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn every_subcommand_runs_from_variables_alone() {
     let all_vars = [
         ("ROUTER_ETCD", endpoints.as_str()),
         ("ROUTER_LISTEN", "127.0.0.1:0"),
-        ("ROUTER_ADMIN_TOKEN", "t0ken"),
+        ("ROUTER_ADMIN_TOKEN", "t0ken-t0ken-t0ken"),
         ("ROUTER_PREFIX", P),
         ("ROUTER_DEMO_NODES", "3"),
     ];
@@ -568,7 +568,7 @@ fn metrics_pass_promtool_after_mixed_traffic() {
     };
     let etcd = Etcd::start();
     etcd.put(&format!("{P}/nodes/gw-a"), &record("gw-a"));
-    let r = RouterProc::start(&etcd, "", &["--admin-token", "t"]);
+    let r = RouterProc::start(&etcd, "", &["--admin-token", "t-t-t-t-t-t-t-t-t-t"]);
     for path in [
         "/gateways",
         "/gateways?count=0",

@@ -221,7 +221,7 @@ fn admin_api_refuses_without_writing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let _a = Gw::start(&etcd, dir.path(), "gw-a", "r", 5);
     wait_all_registered(&etcd, 1);
-    let r = RouterProc::start(&etcd, "", &["--admin-token", "s3cret"]);
+    let r = RouterProc::start(&etcd, "", &["--admin-token", "s3cret-s3cret-s3cret"]);
     let post = |path: &str, token: Option<&str>, body: &str| -> (u16, Value) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(r.addr).unwrap();
@@ -240,7 +240,7 @@ fn admin_api_refuses_without_writing_anything() {
         Some("wrong"),
         Some("s3cre"),
         Some("S3CRET"),
-        Some("s3cret2"),
+        Some("s3cret-s3cret-s3cret2"),
     ] {
         assert_eq!(
             post("/admin/nodes/gw-a/drain", token, "").0,
@@ -249,13 +249,17 @@ fn admin_api_refuses_without_writing_anything() {
         );
         assert_eq!(post("/admin/rebalance", token, "").0, 401);
     }
-    let (code, body) = post("/admin/nodes/ghost/drain", Some("s3cret"), "");
+    let (code, body) = post("/admin/nodes/ghost/drain", Some("s3cret-s3cret-s3cret"), "");
     assert_eq!(
         (code, body["error"]["code"].as_str()),
         (404, Some("unknown_node"))
     );
     for bad in [r#"{"percent":0}"#, r#"{"percent":101}"#] {
-        let (code, body) = post("/admin/nodes/gw-a/migrate", Some("s3cret"), bad);
+        let (code, body) = post(
+            "/admin/nodes/gw-a/migrate",
+            Some("s3cret-s3cret-s3cret"),
+            bad,
+        );
         assert_eq!(
             (code, body["error"]["code"].as_str()),
             (400, Some("invalid_parameter")),
@@ -270,7 +274,7 @@ fn admin_api_refuses_without_writing_anything() {
 
     let (code, body) = post(
         "/admin/nodes/gw-a/migrate",
-        Some("s3cret"),
+        Some("s3cret-s3cret-s3cret"),
         r#"{"percent":25}"#,
     );
     assert_eq!(code, 202, "{body}");

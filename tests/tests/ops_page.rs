@@ -11,7 +11,7 @@ use harness::{free_port, wait_until, Etcd, Proc, RouterProc};
 use serde_json::{json, Value};
 
 const P: &str = "/gateway-router/v1";
-const TOKEN: &str = "s3cret-token";
+const TOKEN: &str = "s3cret-token-0123";
 
 /// chromedriver on a free loopback port, stopped with the test.
 fn chromedriver() -> (Proc, String) {

@@ -38,9 +38,11 @@ fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Writes a file only its owner reads (keys and passwords must be; certificates may).
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
+    harness::make_private(&p);
     p
 }
 
@@ -304,6 +306,7 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
                 key: Some(akey.clone()),
                 user: Some("gw-a".into()),
                 password_file: Some(pw.clone()),
+                insecure_transport: false,
             },
             ..EtcdOptions::default()
         };
@@ -327,6 +330,7 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
                 key: Some(key.to_path_buf()),
                 user: None,
                 password_file: None,
+                insecure_transport: false,
             },
             ..EtcdOptions::default()
         };
@@ -367,6 +371,7 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
 fn replace(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
+    harness::make_private(&tmp);
     std::fs::rename(&tmp, path).unwrap();
 }
 
@@ -536,6 +541,7 @@ fn expiring_auth_tokens_cost_no_failed_write() {
                 key: Some(key),
                 user: Some("gw-t".into()),
                 password_file: Some(pw),
+                insecure_transport: false,
             },
             ..EtcdOptions::default()
         };

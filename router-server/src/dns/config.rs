@@ -89,6 +89,9 @@ pub struct HttpDnsConfig {
     pub signed_only: bool,
     /// TTL of the router domain's answers, in seconds.
     pub router_ttl: u32,
+    /// `/sign_d` refuses a `t` (expiry) further ahead than this, in seconds, so a
+    /// captured signed URL replays for at most this long.
+    pub sign_max_ahead_secs: u64,
 }
 
 impl Default for HttpDnsConfig {
@@ -98,6 +101,7 @@ impl Default for HttpDnsConfig {
             secret: None,
             signed_only: false,
             router_ttl: 60,
+            sign_max_ahead_secs: 86_400,
         }
     }
 }
@@ -205,6 +209,9 @@ impl HttpDnsConfig {
         }
         if self.signed_only && self.secret.as_deref().is_none_or(str::is_empty) {
             return Err("config: httpdns.signed_only: needs httpdns.secret".into());
+        }
+        if self.sign_max_ahead_secs == 0 {
+            return Err("config: httpdns.sign_max_ahead_secs: must be at least 1".into());
         }
         if !(1..=86_400).contains(&self.router_ttl) {
             return Err(format!(

@@ -298,13 +298,8 @@ async fn httpdns_signed(
     let s = q
         .get("s")
         .ok_or_else(|| bad_request("invalid_parameter", "s: missing"))?;
-    if t < registry::now_ms() / 1000 {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "signature_expired",
-            format!("t {t} has passed"),
-        ));
-    }
+    let max_ahead = dns.state().config.httpdns.sign_max_ahead_secs;
+    check_expiry(t, registry::now_ms() / 1000, max_ahead)?;
     let want = hex(&Md5::digest(format!("{host}-{secret}-{t}").as_bytes()));
     if !bool::from(want.as_bytes().ct_eq(s.to_ascii_lowercase().as_bytes())) {
         return Err(ApiError::new(
@@ -314,6 +309,30 @@ async fn httpdns_signed(
         ));
     }
     httpdns_answer(&dns, asked, &q)
+}
+
+/// A signed request's expiry `t` (unix seconds) against `now`: passed is 403
+/// `signature_expired`; more than `max_ahead` seconds away is 403
+/// `signature_too_far_ahead`, so a captured URL replays for a bounded time.
+fn check_expiry(t: u64, now: u64, max_ahead: u64) -> Result<(), ApiError> {
+    if t < now {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signature_expired",
+            format!("t {t} has passed"),
+        ));
+    }
+    if t - now > max_ahead {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signature_too_far_ahead",
+            format!(
+                "t {t} is {} s ahead; at most {max_ahead} s (httpdns.sign_max_ahead_secs) are accepted",
+                t - now
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -397,4 +416,36 @@ fn httpdns_answer(
         body.to_string(),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_expiry_is_bounded_on_both_sides() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        assert!(check_expiry(now, now, day).is_ok(), "expires this second");
+        assert!(
+            check_expiry(now + day, now, day).is_ok(),
+            "exactly the bound"
+        );
+        let past = check_expiry(now - 1, now, day).unwrap_err();
+        assert_eq!(
+            (past.status, past.code),
+            (StatusCode::FORBIDDEN, "signature_expired")
+        );
+        let ahead = check_expiry(now + day + 1, now, day).unwrap_err();
+        assert_eq!(
+            (ahead.status, ahead.code),
+            (StatusCode::FORBIDDEN, "signature_too_far_ahead")
+        );
+        assert!(ahead.message.contains("86401 s ahead"), "{}", ahead.message);
+        let years = check_expiry(99_999_999_999, now, day).unwrap_err();
+        assert_eq!(years.code, "signature_too_far_ahead");
+        // A shorter bound is followed.
+        assert!(check_expiry(now + 61, now, 60).is_err());
+        assert!(check_expiry(now + 60, now, 60).is_ok());
+    }
 }

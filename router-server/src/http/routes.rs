@@ -315,25 +315,85 @@ pub fn router_with(
     admin: Option<Router>,
     gateways: axum::routing::MethodRouter<Api>,
 ) -> Router {
+    surface(api, Some(gateways), Some(Operator { admin }))
+}
+
+/// The operator's routes of a listener: `/metrics`, `/ops`, `/ops/*.json` and the admin
+/// API when `admin` is given.
+struct Operator {
+    admin: Option<Router>,
+}
+
+/// The application of a router with an admin listener (`--admin-listen`): the public
+/// one answers clients (`/gateways`, DNS over HTTPS, `/d`, ...), and `/healthz`,
+/// `/readyz`; the operator's routes there are 404 `not_found`, like any unknown path.
+pub fn public_app(api: Api) -> App {
+    let hot = api
+        .state
+        .config
+        .http
+        .cors_origins
+        .is_empty()
+        .then(|| HotRoute {
+            path: "/gateways",
+            api: api.clone(),
+            answer: Arc::new(answer),
+        });
+    App {
+        router: surface(api.clone(), Some(get_service(Gateways::new(api))), None),
+        hot,
+    }
+}
+
+/// The application of the admin listener: `/healthz`, `/readyz`, `/metrics`, `/ops`,
+/// `/ops/*.json` and, with a token, the admin API; nothing that answers clients.
+pub fn operator_app(api: Api, admin: Option<Router>) -> App {
+    App {
+        router: surface(api, None, Some(Operator { admin })),
+        hot: None,
+    }
+}
+
+/// One listener's routes: the client-facing ones when `gateways` is given, the
+/// operator's when `operator` is; health and readiness always; the edge middleware and
+/// the contract's 404 for the rest.
+fn surface(
+    api: Api,
+    gateways: Option<axum::routing::MethodRouter<Api>>,
+    operator: Option<Operator>,
+) -> Router {
     let cfg = &api.state.config;
     let mut app = Router::new()
-        .route("/gateways", gateways)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(api.clone());
-    app = app.merge(super::fleet::routes(admin.is_some()).with_state(api.clone()));
-    if cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty() {
-        let dns = std::sync::Arc::new(crate::dns::Dns::new(api.state.clone()));
-        app = app.merge(crate::dns::http::routes(dns));
+    let public = gateways.is_some();
+    if let Some(gateways) = gateways {
+        app = app.merge(
+            Router::new()
+                .route("/gateways", gateways)
+                .with_state(api.clone()),
+        );
+        if cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty() {
+            let dns = std::sync::Arc::new(crate::dns::Dns::new(api.state.clone()));
+            app = app.merge(crate::dns::http::routes(dns));
+        }
     }
-    if let Some(admin) = admin {
-        app = app.merge(admin);
+    if let Some(Operator { admin }) = operator {
+        app = app.merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(api.clone()),
+        );
+        app = app.merge(super::fleet::routes(admin.is_some()).with_state(api.clone()));
+        if let Some(admin) = admin {
+            app = app.merge(admin);
+        }
     }
     let mut app = limit_body(app.fallback(not_found), MAX_BODY_BYTES)
         // After routing, so the matched route is known for the metrics labels.
         .route_layer(middleware::from_fn_with_state(api.clone(), edge));
-    if !cfg.http.cors_origins.is_empty() {
+    if public && !cfg.http.cors_origins.is_empty() {
         let origins = if cfg.http.cors_origins.iter().any(|o| o == "*") {
             AllowOrigin::any()
         } else {

@@ -428,18 +428,22 @@ fn protocol_builder(h: &HttpConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// A listener and how to speak on it.
+/// A listener, how to speak on it and what it serves.
 pub struct Endpoint {
     /// The bound socket.
     pub listener: std::net::TcpListener,
     /// TLS configuration, for HTTPS.
     pub tls: Option<LiveTlsConfig>,
+    /// The routes answered here.
+    pub app: App,
+    /// Names the listener in the log line `serving {label}HTTP(S)` (`""`, `"admin "`).
+    pub label: &'static str,
 }
 
-/// Serves `app` on `endpoints` until `shutdown`, then closes down as the module says.
-/// Returns when every connection task has ended (or been cut at the grace deadline).
+/// Serves each endpoint's app on it until `shutdown`, then closes down as the module
+/// says. Returns when every connection task has ended (or been cut at the grace
+/// deadline).
 pub async fn serve_endpoints(
-    app: App,
     endpoints: Vec<Endpoint>,
     http: &HttpConfig,
     state: Arc<AppState>,
@@ -475,9 +479,9 @@ pub async fn serve_endpoints(
         let listener = TcpListener::from_std(ep.listener)?;
         let addr = listener.local_addr()?;
         let scheme = if ep.tls.is_some() { "HTTPS" } else { "HTTP" };
-        info!(%addr, cap, "serving {scheme}");
+        info!(%addr, cap, "serving {}{scheme}", ep.label);
         let ctx = Ctx {
-            app: app.clone(),
+            app: ep.app,
             draining: draining.clone(),
             table: table.clone(),
             limits: limits.clone(),
@@ -1137,8 +1141,10 @@ mod serve_tests {
                 let endpoints = vec![Endpoint {
                     listener,
                     tls: None,
+                    app,
+                    label: "",
                 }];
-                serve_endpoints(app, endpoints, &cfg.http, state, shutdown).await
+                serve_endpoints(endpoints, &cfg.http, state, shutdown).await
             }
         });
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1183,8 +1189,10 @@ mod serve_tests {
                 let endpoints = vec![Endpoint {
                     listener,
                     tls: None,
+                    app,
+                    label: "",
                 }];
-                serve_endpoints(app, endpoints, &cfg.http, state, shutdown).await
+                serve_endpoints(endpoints, &cfg.http, state, shutdown).await
             }
         });
         // h2c with prior knowledge; two streams, each sending part of its body.
