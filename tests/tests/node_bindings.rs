@@ -196,6 +196,14 @@ fn records_outside_their_binding_are_refused_until_the_binding_allows_them() {
     wait_until(Duration::from_secs(10), "us-east refused", || {
         !invalid(&r).is_empty()
     });
+    // ctl judges the records as routers do.
+    let nodes = ctl_ok(&etcd, &["nodes"]);
+    assert!(
+        nodes.contains(&format!(
+            "invalid record {key}: binding: region \"us-east\" is not one of cn-sh"
+        )),
+        "{nodes}"
+    );
     let mut relaxed = bind.to_vec();
     relaxed.extend(["--region", "us-east"]);
     let out = ctl_ok(&etcd, &relaxed);
