@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes everything the project parses from strangers, each target for SECONDS (default
-# 20): node records and commands from etcd, the /gateways query string, HTTPDNS answers,
+# 20): node records, commands and node bindings from etcd, the /gateways query string, HTTPDNS answers,
 # the SDK's cache file and DNS queries. Starts from the committed corpora (fuzz/corpus/, left
 # unchanged: new inputs go to a scratch copy) and fails on the first crash, leaving the
 # input under fuzz/artifacts/. Installs cargo-fuzz when missing. libFuzzer's coverage
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}; shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(node_record command query_string httpdns_answer cache_file dns_query doh_answer)
+[ "${#targets[@]}" -gt 0 ] || targets=(node_record command binding query_string httpdns_answer cache_file dns_query doh_answer)
 
 scripts/deps.sh
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --quiet --locked cargo-fuzz

@@ -4,8 +4,11 @@
 //! | who | role | may |
 //! |---|---|---|
 //! | router `R` | `gateway-router-R` | read `P/`; read and write `P/routers/R` (plus write `P/commands/` with `--router-admin`, for the admin API and `/ops`) |
-//! | agent of node `N` | `gateway-agent-N` | read and write `P/nodes/N` and `P/applied/N`; read `P/commands/N` |
-//! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/` |
+//! | agent of node `N` | `gateway-agent-N` | read and write `P/nodes/N` and `P/applied/N`; read `P/commands/N` and `P/blocklist/` |
+//! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/`, `P/bindings/` and `P/blocklist/` |
+//!
+//! Nobody but operators writes `P/bindings/` (what each node may claim) or
+//! `P/blocklist/`: a compromised gateway host cannot widen its own binding.
 //!
 //! Each user's name is what etcd authenticates: the common name of its client
 //! certificate under `--client-cert-auth`, or a user with a password. An agent's user
@@ -152,6 +155,7 @@ pub fn plan(layout: &Layout, who: &Principals) -> Plan {
                 perm(Access::ReadWrite, layout.node_key(a), false),
                 perm(Access::ReadWrite, layout.applied_key(a), false),
                 perm(Access::Read, layout.command_key(a), false),
+                perm(Access::Read, layout.blocklist_prefix(), true),
             ],
         });
         users.push(UserPlan {
@@ -166,6 +170,8 @@ pub fn plan(layout: &Layout, who: &Principals) -> Plan {
             perms: vec![
                 perm(Access::Read, all, true),
                 perm(Access::Write, layout.commands_prefix(), true),
+                perm(Access::Write, layout.bindings_prefix(), true),
+                perm(Access::Write, layout.blocklist_prefix(), true),
             ],
         });
         for o in operators {
@@ -372,13 +378,30 @@ mod tests {
             [
                 "readwrite /g/nodes/gw-1",
                 "readwrite /g/applied/gw-1",
-                "read /g/commands/gw-1"
+                "read /g/commands/gw-1",
+                "read /g/blocklist/ --prefix"
             ]
         );
         assert_eq!(
             text(&p.roles[3]),
-            ["read /g/ --prefix", "write /g/commands/ --prefix"]
+            [
+                "read /g/ --prefix",
+                "write /g/commands/ --prefix",
+                "write /g/bindings/ --prefix",
+                "write /g/blocklist/ --prefix"
+            ]
         );
+        // Only operators write bindings and the block list; an agent writes neither.
+        for r in &p.roles {
+            let writes = |key: &str| {
+                r.perms
+                    .iter()
+                    .any(|p| key.starts_with(&p.key) && p.access.covers(Access::Write))
+            };
+            let operator = r.name == "gateway-operator";
+            assert_eq!(writes("/g/bindings/gw-1"), operator, "{}", r.name);
+            assert_eq!(writes("/g/blocklist/k"), operator, "{}", r.name);
+        }
         let users: Vec<(&str, &str)> = p
             .users
             .iter()
@@ -410,7 +433,7 @@ mod tests {
     fn steps_add_only_what_is_missing() {
         let p = plan(&Layout::new("/g"), &who());
         let all = steps(&p, &Existing::default());
-        assert_eq!(all.len(), 4 + 2 + 3 + 3 + 2 + 4 * 2);
+        assert_eq!(all.len(), 4 + 2 + 4 + 4 + 4 + 4 * 2);
         let mut existing = Existing::default();
         existing.roles.insert(
             "gateway-agent-gw-1".into(),
@@ -429,9 +452,13 @@ mod tests {
             .map(|s| s.to_string())
             .filter(|s| s.contains("gw-1"))
             .collect();
+        // A role made before the block list existed gains its read on the next apply.
         assert_eq!(
             gw1,
-            ["role grant-permission gateway-agent-gw-1 readwrite /g/applied/gw-1"]
+            [
+                "role grant-permission gateway-agent-gw-1 readwrite /g/applied/gw-1",
+                "role grant-permission gateway-agent-gw-1 read /g/blocklist/ --prefix"
+            ]
         );
         // A read where a write is wanted is not enough.
         existing.roles.insert(

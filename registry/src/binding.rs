@@ -263,6 +263,19 @@ impl Binding {
     }
 }
 
+/// The reason given for a record refused because of `v`: routers and tools say the same.
+pub fn refusal(v: &Violation) -> String {
+    format!("binding: {v}")
+}
+
+/// The reason given for a record whose binding at `key` does not parse (`error`).
+pub fn broken_refusal(key: &str, error: &dyn fmt::Display) -> String {
+    format!("binding: {key} is broken, so the record is refused: {error}")
+}
+
+/// The reason given for a record of a node without a binding under `require_bindings`.
+pub const UNBOUND_REFUSAL: &str = "binding: none for this node and require_bindings is set";
+
 /// True when `domain` is the suffix's name or a name below it, compared on a label
 /// boundary and without regard to case: `.gw.example.com` takes `gw.example.com` and
 /// `a.gw.example.com`, never `evilgw.example.com`.

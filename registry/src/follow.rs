@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::binding::Binding;
+use crate::binding::{self, Binding};
 use crate::follow_map::{follow_map, MapView};
 use crate::keys::Layout;
 use crate::kv::{KeyValue, Kv, KvError, KvEvent};
@@ -187,15 +187,10 @@ impl Follower {
     /// Whether `record` is inside its node's binding; the reason it is not.
     fn judge(&self, id: &str, record: &NodeRecord) -> Result<(), String> {
         match self.parsed.get(id) {
-            None if self.require_bindings => {
-                Err("binding: none for this node and require_bindings is set".to_string())
-            }
+            None if self.require_bindings => Err(binding::UNBOUND_REFUSAL.to_string()),
             None => Ok(()),
-            Some(Err(e)) => Err(format!(
-                "binding: {}{id} is broken, so the record is refused: {e}",
-                self.layout.bindings_prefix()
-            )),
-            Some(Ok(b)) => b.check(record).map_err(|v| format!("binding: {v}")),
+            Some(Err(e)) => Err(binding::broken_refusal(&self.layout.binding_key(id), e)),
+            Some(Ok(b)) => b.check(record).map_err(|v| binding::refusal(&v)),
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use registry::binding::{self, Binding};
 use registry::kv::KvError;
 use registry::record::{validate_id, IpFamily};
 use registry::{
@@ -72,12 +73,30 @@ pub async fn issue(
     Ok(cmd)
 }
 
-/// Every registered node (valid records) and the invalid keys with reasons.
+/// Every registered node (valid records inside their bindings) and the invalid keys
+/// with reasons, as routers judge them (except `require_bindings`, a router's setting:
+/// an unbound node is listed as valid here).
 pub async fn list_nodes(
     kv: &dyn Kv,
     layout: &Layout,
 ) -> Result<(Vec<NodeRecord>, Vec<(String, String)>), KvError> {
     let listing = kv.list(&layout.nodes_prefix()).await?;
+    let bindings_prefix = layout.bindings_prefix();
+    let bindings: std::collections::HashMap<String, Result<Binding, String>> = kv
+        .list(&bindings_prefix)
+        .await?
+        .kvs
+        .into_iter()
+        .map(|e| {
+            let id = e
+                .key
+                .strip_prefix(&bindings_prefix)
+                .unwrap_or(&e.key)
+                .to_string();
+            let parsed = Binding::parse(&e.value).map_err(|err| err.to_string());
+            (id, parsed)
+        })
+        .collect();
     let mut nodes = Vec::new();
     let mut invalid = Vec::new();
     for e in listing.kvs {
@@ -85,7 +104,17 @@ pub async fn list_nodes(
             .node_id(&e.key)
             .and_then(|id| NodeRecord::parse(id, &e.value))
         {
-            Ok(r) => nodes.push(r),
+            Ok(r) => match bindings.get(&r.id) {
+                None => nodes.push(r),
+                Some(Ok(b)) => match b.check(&r) {
+                    Ok(()) => nodes.push(r),
+                    Err(v) => invalid.push((e.key, binding::refusal(&v))),
+                },
+                Some(Err(err)) => {
+                    let reason = binding::broken_refusal(&layout.binding_key(&r.id), err);
+                    invalid.push((e.key, reason));
+                }
+            },
             Err(err) => invalid.push((e.key, err.to_string())),
         }
     }
@@ -506,5 +535,53 @@ mod tests {
                 prop_assert!(after as f64 / n.capacity as f64 <= s.region_mean + 1e-9 + 1.0 / n.capacity as f64);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn listed_nodes_are_judged_against_their_bindings() {
+        let kv = registry::memory::MemoryKv::new();
+        let layout = Layout::new("/t");
+        for (id, cap) in [("a", 100), ("b", 100), ("c", 100), ("d", 100)] {
+            kv.put(&layout.node_key(id), node(id, "r", 1, cap).to_json(), None)
+                .await
+                .unwrap();
+        }
+        kv.put(
+            &layout.binding_key("b"),
+            br#"{"max_capacity": 10}"#.to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+        kv.put(
+            &layout.binding_key("c"),
+            br#"{"ips": ["nope"]}"#.to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+        kv.put(
+            &layout.binding_key("d"),
+            br#"{"regions": ["r"]}"#.to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+        let (nodes, invalid) = list_nodes(&*kv, &layout).await.unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "d"]);
+        assert_eq!(
+            invalid[0],
+            (
+                "/t/nodes/b".to_string(),
+                "binding: capacity 100 is above max_capacity 10".to_string()
+            )
+        );
+        assert_eq!(invalid[1].0, "/t/nodes/c");
+        assert!(
+            invalid[1].1.starts_with("binding: /t/bindings/c is broken"),
+            "{}",
+            invalid[1].1
+        );
     }
 }

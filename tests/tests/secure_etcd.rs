@@ -253,6 +253,18 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
     wait_until(Duration::from_secs(10), "gw-a out of answers", || {
         harness::get_json(r.addr, "/gateways").is_some_and(|(c, _)| c == 503)
     });
+    // The operator binds the node (only operators write P/bindings/); the router,
+    // which reads the prefix, follows it.
+    let mut args: Vec<&str> = root.to_vec();
+    args.extend(["bind", "gw-a", "--ip", "127.0.0.0/8", "--region", "r"]);
+    let (code, out) = router_ctl(&etcd, &args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("inside the binding"), "{out}");
+    let mut args: Vec<&str> = root.to_vec();
+    args.push("bindings");
+    let (code, out) = router_ctl(&etcd, &args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gw-a") && out.contains("127.0.0.0/8"), "{out}");
     let mut args: Vec<&str> = root.to_vec();
     args.push("nodes");
     let (code, table) = router_ctl(&etcd, &args);
@@ -321,6 +333,18 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
         kv.put(&format!("{P}/nodes/gw-a"), b"{}".to_vec(), None)
             .await
             .expect("its own key");
+        // Its own binding is the operator's: an agent cannot widen it. It reads the
+        // block list.
+        let bound = kv
+            .put(&format!("{P}/bindings/gw-a"), b"{}".to_vec(), None)
+            .await;
+        assert!(
+            matches!(&bound, Err(KvError::Rejected(m)) if m.contains("PermissionDenied")),
+            "an agent writing its binding: {bound:?}"
+        );
+        kv.list(&format!("{P}/blocklist/"))
+            .await
+            .expect("an agent reads the block list");
         // The router writes its own registration only; the operator writes commands
         // only: neither can steer clients by writing a node's record.
         let by_cert = |cert: &Path, key: &Path| EtcdOptions {
@@ -352,6 +376,18 @@ fn the_whole_path_under_tls_and_auth_with_least_privilege() {
                 by_cert(&ocert, &okey),
                 format!("{P}/nodes/gw-a"),
                 format!("{P}/commands/gw-a"),
+            ),
+            (
+                "operator alice",
+                by_cert(&ocert, &okey),
+                format!("{P}/applied/gw-a"),
+                format!("{P}/blocklist/k"),
+            ),
+            (
+                "router r1",
+                by_cert(&rcert, &rkey),
+                format!("{P}/bindings/gw-a"),
+                format!("{P}/routers/r1"),
             ),
         ] {
             let kv = EtcdKv::connect(&etcd.endpoint_list(), &opts).await.unwrap();
