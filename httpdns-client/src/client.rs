@@ -16,6 +16,7 @@ pub use crate::connect::{race, Connection};
 use crate::dns::{DnsSource, HttpDns};
 use crate::error::{Failure, FailureKind};
 use crate::http::Http;
+use crate::limits::later;
 use crate::router::RouterOutcome;
 pub use crate::router::{BackoffParams, Gateway, RouterAnswer};
 use crate::Error;
@@ -47,11 +48,11 @@ pub struct Gateways {
     pub gateways: Vec<Gateway>,
     /// The region the router used, if it said.
     pub region: Option<String>,
-    /// How long the router allows reuse.
+    /// How long the router allows reuse (1 s ..= 1 day, whatever the router said).
     pub ttl: Duration,
-    /// Heartbeat interval for the gateway connection.
+    /// Heartbeat interval for the gateway connection (1 s ..= 1 h).
     pub heartbeat: Duration,
-    /// Reconnect backoff.
+    /// Reconnect backoff, [clamped](BackoffParams::clamped).
     pub backoff: BackoffParams,
     /// Registry revision.
     pub revision: i64,
@@ -200,7 +201,7 @@ impl Client {
         let c = &self.inner.config;
         let start = Instant::now();
         let fresh = tokio::time::timeout(c.deadline, async {
-            match self.ask_routers(start + c.router_budget).await {
+            match self.ask_routers(later(start, c.router_budget)).await {
                 Ok(g) => Ok(g),
                 Err(RouterOutcome::Refused(e)) => Err(e),
                 Err(RouterOutcome::Unreachable(routers)) => {
@@ -215,7 +216,7 @@ impl Client {
                         failures = routers.len(),
                         "no router answered; using fallbacks"
                     );
-                    self.fallback(start + c.deadline)
+                    self.fallback(later(start, c.deadline))
                         .await
                         .map_err(|fallbacks| Error::NoCandidates {
                             routers: routers.into(),
@@ -334,16 +335,19 @@ fn without(g: Arc<Gateways>, avoid: Option<&Gateway>) -> Result<Arc<Gateways>, E
     Ok(Arc::new(rest))
 }
 
+/// `a` as the client keeps it, reused for `ttl` (at most [`crate::limits::MAX_TTL`]);
+/// the answer's times are clamped (see [`crate::limits`]) whatever its source.
 pub(crate) fn to_gateways(a: RouterAnswer, source: Source, ttl: Duration) -> Gateways {
+    let ttl = ttl.min(crate::limits::MAX_TTL);
     Gateways {
         gateways: a.gateways,
         region: a.region,
         ttl,
-        heartbeat: Duration::from_secs(a.heartbeat_secs),
-        backoff: a.backoff,
+        heartbeat: crate::limits::heartbeat_secs(a.heartbeat_secs),
+        backoff: a.backoff.clamped(),
         revision: a.revision,
         stale: a.stale || !matches!(source, Source::Router { .. }),
         source,
-        expires: Instant::now() + ttl,
+        expires: later(Instant::now(), ttl),
     }
 }

@@ -235,12 +235,7 @@ impl Client {
                 }
                 Err(e) => {
                     let params = *self.inner.backoff.lock().expect("backoff");
-                    // A router's Retry-After (spread by up to a fifth, so refused
-                    // clients do not come back in one wave), else the router's backoff.
-                    let delay = match e.retry_after() {
-                        Some(after) => after.mul_f64(1.0 + 0.2 * rand::random::<f64>()),
-                        None => params.delay(round, rand::random::<f64>()),
-                    };
+                    let delay = retry_delay(e.retry_after(), &params, round, rand::random::<f64>());
                     debug!(round, delay_ms = delay.as_millis() as u64, error = %e, "no gateway reachable; backing off");
                     delays.push(delay);
                     tokio::time::sleep(delay).await;
@@ -248,6 +243,29 @@ impl Client {
             }
         }
         unreachable!("the loop returns on its last round")
+    }
+}
+
+/// The sleep before the round after `round`: a router's `Retry-After` (at most
+/// [`crate::limits::MAX_RETRY_AFTER`], spread by up to a fifth with `unit` in [0, 1),
+/// so refused clients do not come back in one wave), else the router's backoff
+/// ([clamped](crate::BackoffParams::clamped)). At most 1 h 12 min.
+fn retry_delay(
+    retry_after: Option<Duration>,
+    params: &crate::BackoffParams,
+    round: u32,
+    unit: f64,
+) -> Duration {
+    let unit = if unit.is_nan() {
+        0.0
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
+    match retry_after {
+        Some(after) => after
+            .min(crate::limits::MAX_RETRY_AFTER)
+            .mul_f64(1.0 + 0.2 * unit),
+        None => params.delay(round, unit),
     }
 }
 
@@ -377,6 +395,43 @@ pub async fn race(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::tests::{any_backoff, any_f64};
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_huge_retry_after_is_waited_an_hour_at_most() {
+        let p = crate::BackoffParams::default();
+        let max = Some(Duration::MAX);
+        assert_eq!(retry_delay(max, &p, 0, 0.0), Duration::from_secs(3600));
+        assert_eq!(retry_delay(max, &p, 0, 1.0), Duration::from_secs(4320));
+        assert_eq!(retry_delay(max, &p, 0, f64::NAN), Duration::from_secs(3600));
+        assert_eq!(
+            retry_delay(Some(Duration::from_secs(5)), &p, 9, 0.5),
+            Duration::from_secs(5).mul_f64(1.1)
+        );
+        assert_eq!(retry_delay(None, &p, 0, 0.5), Duration::from_secs(1));
+    }
+
+    proptest! {
+        #[test]
+        fn any_retry_after_or_backoff_gives_a_bounded_sleep(
+            secs in any::<u64>(),
+            nanos in 0u32..1_000_000_000,
+            refused in any::<bool>(),
+            p in any_backoff(),
+            round in any::<u32>(),
+            unit in any_f64(),
+        ) {
+            let after = refused.then(|| Duration::new(secs, nanos));
+            let d = retry_delay(after, &p, round, unit);
+            let bound = if refused {
+                crate::limits::MAX_RETRY_AFTER.mul_f64(1.2)
+            } else {
+                crate::limits::MAX_BACKOFF * 2
+            };
+            prop_assert!(d <= bound, "{d:?}");
+        }
+    }
 
     #[tokio::test]
     async fn happy_eyeballs_skips_dead_candidates() {

@@ -64,6 +64,7 @@ mod connect;
 pub mod dns;
 pub mod error;
 mod http;
+pub mod limits;
 mod race;
 mod router;
 mod trust;
