@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     pub(crate) connected: AtomicBool,
     /// The same trust for gateways, offering `tls_alpn`.
     pub(crate) gateway_tls: Arc<rustls::ClientConfig>,
+    /// `gateway_domain_suffixes`, normalised: a TLS candidate's domain must match one
+    /// (when there are any).
+    pub(crate) domain_pins: Arc<[crate::config::DomainPin]>,
     /// This client's starting point among the router's addresses, so that clients
     /// spread over them instead of all asking the first.
     pub(crate) spread: usize,
@@ -119,6 +122,7 @@ impl Client {
         if config.ip_version.is_some_and(|v| v != 4 && v != 6) {
             return Err(Error::Config("ip_version must be 4 or 6".into()));
         }
+        let domain_pins = config.domain_pins()?.into();
         let dns = Arc::new(HttpDns::new(
             config.dns.clone(),
             config.extra_roots.clone(),
@@ -130,6 +134,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 gateway_tls: Arc::new(gateway_tls),
+                domain_pins,
                 spread: rand::random::<u32>() as usize,
                 config,
                 dns,

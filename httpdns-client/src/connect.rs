@@ -20,7 +20,8 @@
 //!   TCP): the candidate's IP is dialled, the handshake names the gateway's `domain`
 //!   (SNI) and its certificate is checked against that name, with the trust the
 //!   router queries use (the platform's store plus `extra_roots`). A handshake that
-//!   fails or stalls counts as a failed candidate and the next one is raced.
+//!   fails or stalls counts as a failed candidate and the next one is raced. With
+//!   `Config::gateway_domain_suffixes`, a domain outside them is never dialled.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::client::{Client, Gateway, Gateways, Source, Want};
+use crate::config::DomainPin;
 use crate::error::{Failure, FailureKind};
 use crate::race::{staggered, Attempt};
 use crate::Error;
@@ -78,7 +80,10 @@ impl Client {
     /// its `domain` from the router's answer, and the certificate must be valid for
     /// that name under the platform's trust store plus `extra_roots`. ALPN offers
     /// `tls_alpn`. A candidate without a domain is refused
-    /// ([`FailureKind::Unavailable`]); one whose handshake fails is a failed candidate
+    /// ([`FailureKind::Unavailable`]), and so is one whose domain lies outside
+    /// `gateway_domain_suffixes` when the app set them
+    /// ([`FailureKind::DomainNotAllowed`]): both fail at once, before any packet, and
+    /// the next candidate is tried. One whose handshake fails is a failed candidate
     /// ([`FailureKind::Tls`], the `rustls` error as its source) and one that stalls
     /// past `connect_delay` has the next one raced beside it.
     pub async fn connect_tls(&self) -> Result<TlsConnection, Error> {
@@ -96,7 +101,8 @@ impl Client {
 
     fn tls_dial(&self) -> impl Fn(&Gateway, Duration) -> Attempt<TlsStream<TcpStream>, Failure> {
         let connector = TlsConnector::from(self.inner.gateway_tls.clone());
-        move |gw, timeout| dial_tls(&connector, gw, timeout)
+        let pins = self.inner.domain_pins.clone();
+        move |gw, timeout| dial_tls(&connector, &pins, gw, timeout)
     }
 
     /// Moves off the gateway of `from`: after its migration signal, or when it closed
@@ -277,9 +283,11 @@ fn dial_tcp(gw: &Gateway, timeout: Duration) -> Attempt<TcpStream, Failure> {
 }
 
 /// Dials one candidate over TLS: its IP, its domain as SNI and certificate name; the
-/// handshake counts within `timeout`.
+/// handshake counts within `timeout`. With `pins`, a domain outside them fails at
+/// once, before any packet is sent.
 fn dial_tls(
     connector: &TlsConnector,
+    pins: &[DomainPin],
     gw: &Gateway,
     timeout: Duration,
 ) -> Attempt<TlsStream<TcpStream>, Failure> {
@@ -292,6 +300,12 @@ fn dial_tls(
             FailureKind::Unavailable(
                 "no domain in the router's answer: TLS needs the name to send (SNI) and to check the certificate against".into(),
             ),
+        )),
+        Some(d) if !pins.is_empty() && !pins.iter().any(|p| p.allows(d)) => Err(Failure::new(
+            target.clone(),
+            FailureKind::DomainNotAllowed(format!(
+                "{d:?} is outside the gateway domain suffixes the app allows"
+            )),
         )),
         Some(d) => ServerName::try_from(d.clone()).map_err(|e| {
             Failure::new(
