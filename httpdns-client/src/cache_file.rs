@@ -5,12 +5,12 @@
 //! the same way ([`write_atomically`], [`read_bounded`]).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::client::{Proto, RouterAnswer};
 use crate::limits::MAX_FILE_BYTES;
@@ -35,17 +35,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// [`write_atomically`] drawing the temporary names' random part from `draw`.
 fn write_atomically_with(path: &Path, bytes: &[u8], draw: impl FnMut() -> u64) -> io::Result<()> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} names no file", path.display()),
-        )
-    })?;
+    // A path without a file name ("/", "..") fails at the rename, and the temporary
+    // file is removed.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let (tmp, mut file) = create_private(dir, &name.to_string_lossy(), draw)?;
+    let (tmp, mut file) = create_private(dir, &name, draw)?;
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -69,64 +66,42 @@ fn create_private(
     name: &str,
     mut draw: impl FnMut() -> u64,
 ) -> io::Result<(PathBuf, File)> {
-    let mut last = None;
-    for _ in 0..8 {
+    let mut tries = 0;
+    loop {
         let tmp = dir.join(format!(".{name}.{:016x}.tmp", draw()));
         let mut open = OpenOptions::new();
         open.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
         match open.open(&tmp) {
-            Ok(f) => return Ok((tmp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                debug!(path = %tmp.display(), "temporary name taken; drawing another");
-                last = Some(e);
-            }
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 7 => tries += 1,
+            opened => return opened.map(|f| (tmp, f)),
         }
     }
-    Err(last.unwrap_or_else(|| io::Error::other("no temporary name")))
 }
 
 /// Syncs a directory, so a rename in it is on disk (Unix; elsewhere a no-op). A
-/// failure is logged: the file itself is whole either way.
+/// failure is ignored: the file itself is whole either way.
 fn sync_dir(dir: &Path) {
     #[cfg(unix)]
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        debug!(dir = %dir.display(), error = %e, "could not sync the directory");
-    }
+    let _ = File::open(dir).and_then(|d| d.sync_all());
     #[cfg(not(unix))]
     let _ = dir;
 }
 
 /// The bytes of the file at `path`, when it is a regular file of at most
-/// [`MAX_FILE_BYTES`] (1 MiB); anything else is an error, never read whole (a FIFO
-/// or `/dev/zero` planted there, a file grown without bound).
+/// [`MAX_FILE_BYTES`] (1 MiB); anything else is an error, never read (a FIFO or
+/// `/dev/zero` planted there, a file grown without bound).
 pub(crate) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
     let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    let too_big = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {MAX_FILE_BYTES} bytes"),
-        )
+    let why = if !meta.is_file() {
+        "not a regular file"
+    } else if meta.len() > MAX_FILE_BYTES {
+        "larger than 1 MiB"
+    } else {
+        return std::fs::read(path);
     };
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(too_big());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_big());
-    }
-    Ok(bytes)
+    Err(io::Error::new(io::ErrorKind::InvalidData, why))
 }
 
 /// Reads a gateway cache file's bytes as the SDK does when no router answers: the
@@ -183,23 +158,21 @@ pub(crate) fn read_cache(
     proto: Proto,
     max_age: Duration,
 ) -> Result<RouterAnswer, String> {
-    let bytes = match read_bounded(path) {
-        Ok(b) => b,
+    let parsed = match read_bounded(path) {
+        Ok(bytes) => parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("no cache file yet".into()),
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "gateway cache file not read; ignoring it");
-            return Err(format!("cache file {}: {e}", path.display()));
-        }
+        // Too large, not a regular file, unreadable: as unusable as a corrupt one.
+        Err(e) => Err(e.to_string()),
     };
-    match parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))) {
+    match parsed {
         Ok((answer, _)) => Ok(answer),
         Err(e) if !e.contains("JSON") && (e.contains("old") || e.contains("protocol")) => {
             warn!(path = %path.display(), reason = %e, "gateway cache file not used");
             Err(e)
         }
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "gateway cache file is corrupt; ignoring it (rewritten on the next good answer)");
-            Err(format!("cache file corrupt: {e}"))
+            warn!(path = %path.display(), error = %e, "gateway cache file is corrupt or unreadable; ignoring it (rewritten on the next good answer)");
+            Err(format!("cache file corrupt or unreadable: {e}"))
         }
     }
 }
@@ -378,7 +351,7 @@ mod tests {
         bytes.resize(MAX_FILE_BYTES as usize + 1, b' ');
         write_atomically(&path, &bytes).unwrap();
         let e = read_cache(&path, "r.example", Proto::Tcp, week).unwrap_err();
-        assert!(e.contains("larger than"), "{e}");
+        assert!(e.contains("larger than 1 MiB"), "{e}");
         let e = read_cache(dir.path(), "r.example", Proto::Tcp, week).unwrap_err();
         assert!(e.contains("not a regular file"), "{e}");
     }

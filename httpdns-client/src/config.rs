@@ -129,10 +129,11 @@ impl Config {
 
     /// `gateway_domain_suffixes`, checked and normalised.
     pub(crate) fn domain_pins(&self) -> Result<Vec<DomainPin>, Error> {
-        self.gateway_domain_suffixes
-            .iter()
-            .map(|s| DomainPin::parse(s))
-            .collect()
+        let mut pins = Vec::with_capacity(self.gateway_domain_suffixes.len());
+        for s in &self.gateway_domain_suffixes {
+            pins.push(DomainPin::parse(s)?);
+        }
+        Ok(pins)
     }
 
     /// Trusts the certificates of a PEM bundle (besides the platform's store).
@@ -170,24 +171,17 @@ impl DomainPin {
             .strip_suffix('.')
             .unwrap_or(trimmed)
             .to_ascii_lowercase();
-        let bad = |why: &str| {
-            Error::Config(format!(
-                "gateway domain suffix {s:?} is not a domain: {why}"
-            ))
-        };
-        if suffix.is_empty() {
-            return Err(bad("empty"));
-        }
-        if suffix.split('.').any(str::is_empty) {
-            return Err(bad("an empty label"));
-        }
-        if !suffix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        {
-            return Err(bad(
-                "only letters, digits, '-' and '.' (IDNs in their xn-- form)",
-            ));
+        let is_domain = !suffix.is_empty()
+            && suffix.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !is_domain {
+            return Err(Error::Config(format!(
+                "gateway domain suffix {s:?} is not a domain name (labels of letters, digits and '-'; IDNs in their xn-- form)"
+            )));
         }
         Ok(DomainPin { suffix, below_only })
     }
