@@ -143,6 +143,11 @@ pub struct SdkConfig {
     /// ALPN protocols offered to gateways by `connect_tls`.
     #[uniffi(default = [])]
     pub tls_alpn: Vec<String>,
+    /// Domain suffixes a gateway's domain must end with, on a label boundary, for
+    /// `connect_tls` to use it (`".gw.example.com"` allows `a.gw.example.com`, not
+    /// `evilgw.example.com`); empty: no pinning.
+    #[uniffi(default = [])]
+    pub gateway_domain_suffixes: Vec<String>,
     /// Deadline of one router request, ms.
     #[uniffi(default = 700)]
     pub router_attempt_timeout_ms: u64,
@@ -233,6 +238,7 @@ impl SdkConfig {
             .iter()
             .map(|p| p.as_bytes().to_vec())
             .collect();
+        c.gateway_domain_suffixes = self.gateway_domain_suffixes.clone();
         c.router_attempt_timeout = Duration::from_millis(self.router_attempt_timeout_ms);
         c.router_budget = Duration::from_millis(self.router_budget_ms);
         c.deadline = Duration::from_millis(self.deadline_ms);

@@ -1,14 +1,19 @@
 //! The gateway cache file: the last good router answer, kept on disk so that a cold
-//! start with no router in reach still has candidates. Written atomically; read back
-//! only for the same router, protocol and within its age limit.
+//! start with no router in reach still has candidates. Written atomically through a
+//! private temporary file; read back bounded in size, only for the same router and
+//! protocol, and within its age limit. The HTTPDNS answers file is written and read
+//! the same way ([`write_atomically`], [`read_bounded`]).
 
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::client::{Proto, RouterAnswer};
+use crate::limits::MAX_FILE_BYTES;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CacheFile {
@@ -18,14 +23,85 @@ pub(crate) struct CacheFile {
     pub(crate) answer: RouterAnswer,
 }
 
-/// Writes `bytes` to `path` so a reader sees the old or the new file, never a part.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// Writes `bytes` to `path` so a reader sees the old or the new file, never a part:
+/// a new temporary file beside it, under a name no one can guess, created exclusively
+/// (`O_EXCL`: a symlink or file planted at that name is never opened) and readable by
+/// this user only (mode 0600 on Unix), synced, renamed over `path` (which replaces a
+/// symlink there, never writes through it), then the directory synced so the rename
+/// survives a crash.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomically_with(path, bytes, rand::random::<u64>)
+}
+
+/// [`write_atomically`] drawing the temporary names' random part from `draw`.
+fn write_atomically_with(path: &Path, bytes: &[u8], draw: impl FnMut() -> u64) -> io::Result<()> {
+    // A path without a file name ("/", "..") fails at the rename, and the temporary
+    // file is removed.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (tmp, mut file) = create_private(dir, &name, draw)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+/// A new file `.{name}.{random}.tmp` in `dir`, created exclusively with mode 0600: an
+/// existing entry at a drawn name (a planted symlink included) is passed over, never
+/// opened.
+fn create_private(
+    dir: &Path,
+    name: &str,
+    mut draw: impl FnMut() -> u64,
+) -> io::Result<(PathBuf, File)> {
+    let mut tries = 0;
+    loop {
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", draw()));
+        let mut open = OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        match open.open(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 7 => tries += 1,
+            opened => return opened.map(|f| (tmp, f)),
+        }
+    }
+}
+
+/// Syncs a directory, so a rename in it is on disk (Unix; elsewhere a no-op). A
+/// failure is ignored: the file itself is whole either way.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    let _ = File::open(dir).and_then(|d| d.sync_all());
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// The bytes of the file at `path`, when it is a regular file of at most
+/// [`MAX_FILE_BYTES`] (1 MiB); anything else is an error, never read (a FIFO or
+/// `/dev/zero` planted there, a file grown without bound).
+pub(crate) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    let why = if !meta.is_file() {
+        "not a regular file"
+    } else if meta.len() > MAX_FILE_BYTES {
+        "larger than 1 MiB"
+    } else {
+        return std::fs::read(path);
+    };
+    Err(io::Error::new(io::ErrorKind::InvalidData, why))
 }
 
 /// Reads a gateway cache file's bytes as the SDK does when no router answers: the
@@ -56,8 +132,9 @@ pub(crate) fn parse_cache_file_at(
         return Err("written by another version or for another router".into());
     }
     f.answer.validate()?;
+    let answer = f.answer.clamped();
     if let Some(p) = proto {
-        if f.answer.gateways.iter().any(|g| g.proto != p) {
+        if answer.gateways.iter().any(|g| g.proto != p) {
             return Err(format!("saved for another protocol than {}", p.as_str()));
         }
     }
@@ -72,7 +149,7 @@ pub(crate) fn parse_cache_file_at(
             ));
         }
     }
-    Ok((f.answer, age))
+    Ok((answer, age))
 }
 
 pub(crate) fn read_cache(
@@ -81,22 +158,21 @@ pub(crate) fn read_cache(
     proto: Proto,
     max_age: Duration,
 ) -> Result<RouterAnswer, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("no cache file yet".into())
-        }
-        Err(e) => return Err(format!("cache file {}: {e}", path.display())),
+    let parsed = match read_bounded(path) {
+        Ok(bytes) => parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("no cache file yet".into()),
+        // Too large, not a regular file, unreadable: as unusable as a corrupt one.
+        Err(e) => Err(e.to_string()),
     };
-    match parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))) {
+    match parsed {
         Ok((answer, _)) => Ok(answer),
         Err(e) if !e.contains("JSON") && (e.contains("old") || e.contains("protocol")) => {
             warn!(path = %path.display(), reason = %e, "gateway cache file not used");
             Err(e)
         }
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "gateway cache file is corrupt; ignoring it (rewritten on the next good answer)");
-            Err(format!("cache file corrupt: {e}"))
+            warn!(path = %path.display(), error = %e, "gateway cache file is corrupt or unreadable; ignoring it (rewritten on the next good answer)");
+            Err(format!("cache file corrupt or unreadable: {e}"))
         }
     }
 }
@@ -164,5 +240,187 @@ mod tests {
             read_cache(&path, "other.example", Proto::Tcp, week).is_err(),
             "another router's cache is not used"
         );
+    }
+
+    fn answer(ttl_secs: u64, heartbeat_secs: u64, backoff: BackoffParams) -> RouterAnswer {
+        RouterAnswer {
+            gateways: vec![Gateway {
+                id: "g".into(),
+                ip: "192.0.2.1".parse().unwrap(),
+                port: 1,
+                proto: Proto::Tcp,
+                region: "r".into(),
+                domain: None,
+                dc: None,
+                load: 0.1,
+            }],
+            region: None,
+            ttl_secs,
+            heartbeat_secs,
+            backoff,
+            revision: 1,
+            stale: false,
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn cache_files_are_private_and_never_written_through_a_planted_symlink() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("gateways.json");
+
+        // The name the old code wrote through (`gateways.tmp.PID`), and the first
+        // temporary name this write will draw: both planted, neither followed.
+        symlink(
+            &victim,
+            path.with_extension(format!("tmp.{}", std::process::id())),
+        )
+        .unwrap();
+        let first = dir.path().join(format!(".gateways.json.{:016x}.tmp", 7));
+        symlink(&victim, &first).unwrap();
+        let mut draws = [7u64, 8].into_iter();
+        write_atomically_with(&path, b"one", || draws.next().unwrap()).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(
+            std::fs::symlink_metadata(&first)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the planted link is left alone"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert!(
+            !dir.path()
+                .join(format!(".gateways.json.{:016x}.tmp", 8))
+                .exists(),
+            "the temporary file was renamed"
+        );
+
+        // A symlink planted at the target itself is replaced, not written through.
+        std::fs::remove_file(&path).unwrap();
+        symlink(&victim, &path).unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+
+        // A file that was world-readable is replaced by a private one.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomically(&path, b"three").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+
+        // Every drawn name taken: an error, and nothing written anywhere.
+        let err = write_atomically_with(&path, b"four", || 7).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"three");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp") && !n.contains(&format!("{:016x}", 7)))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    #[test]
+    fn a_cache_file_too_large_or_not_a_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateways.json");
+        let week = Duration::from_secs(7 * 86400);
+        let good = CacheFile {
+            version: 1,
+            router_domain: "r.example".into(),
+            saved_ms: now_ms(),
+            answer: answer(300, 240, BackoffParams::default()),
+        };
+        let mut bytes = serde_json::to_vec(&good).unwrap();
+        write_atomically(&path, &bytes).unwrap();
+        assert!(read_cache(&path, "r.example", Proto::Tcp, week).is_ok());
+        // The same answer padded with whitespace past 1 MiB: valid JSON, not read.
+        bytes.resize(MAX_FILE_BYTES as usize + 1, b' ');
+        write_atomically(&path, &bytes).unwrap();
+        let e = read_cache(&path, "r.example", Proto::Tcp, week).unwrap_err();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+        let e = read_cache(dir.path(), "r.example", Proto::Tcp, week).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn extreme_times_in_a_cache_file_are_clamped() {
+        let file = CacheFile {
+            version: 1,
+            router_domain: "r.example".into(),
+            saved_ms: u64::MAX,
+            answer: answer(
+                u64::MAX,
+                u64::MAX,
+                BackoffParams {
+                    base_ms: u64::MAX,
+                    max_ms: u64::MAX,
+                    factor: 1e300,
+                    jitter: -1e300,
+                },
+            ),
+        };
+        let bytes = serde_json::to_vec(&file).unwrap();
+        let (a, age) = parse_cache_file_at(
+            &bytes,
+            "r.example",
+            Some(Proto::Tcp),
+            Some((Duration::MAX, u64::MAX)),
+        )
+        .unwrap();
+        assert_eq!(age, Duration::ZERO);
+        assert_eq!((a.ttl_secs, a.heartbeat_secs), (86_400, 3600));
+        assert_eq!(a.backoff.max_ms, 600_000);
+        let g = crate::client::to_gateways(a, crate::Source::CacheFile, Duration::MAX);
+        assert_eq!(g.ttl, crate::limits::MAX_TTL);
+        assert_eq!(g.heartbeat, crate::limits::MAX_HEARTBEAT);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_times_in_a_cache_file_give_bounded_gateways(
+            ttl in proptest::prelude::any::<u64>(),
+            heartbeat in proptest::prelude::any::<u64>(),
+            backoff in crate::router::tests::any_backoff(),
+            saved_ms in proptest::prelude::any::<u64>(),
+            now in proptest::prelude::any::<u64>(),
+            max_age in proptest::prelude::any::<u64>(),
+        ) {
+            let file = CacheFile {
+                version: 1,
+                router_domain: "r.example".into(),
+                saved_ms,
+                answer: answer(ttl, heartbeat, backoff),
+            };
+            // JSON has no NaN or infinity: those cannot come from a file.
+            let Ok(bytes) = serde_json::to_vec(&file) else { return Ok(()) };
+            let Ok((a, _)) = parse_cache_file_at(
+                &bytes,
+                "r.example",
+                Some(Proto::Tcp),
+                Some((Duration::from_millis(max_age), now)),
+            ) else {
+                return Ok(());
+            };
+            let g = crate::client::to_gateways(a, crate::Source::CacheFile, Duration::from_secs(ttl));
+            proptest::prop_assert!(g.ttl <= crate::limits::MAX_TTL);
+            proptest::prop_assert!(
+                (crate::limits::MIN_HEARTBEAT..=crate::limits::MAX_HEARTBEAT).contains(&g.heartbeat)
+            );
+            proptest::prop_assert!(g.backoff.delay(u32::MAX, 1.0) <= crate::limits::MAX_BACKOFF * 2);
+        }
     }
 }

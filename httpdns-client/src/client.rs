@@ -16,6 +16,7 @@ pub use crate::connect::{race, Connection};
 use crate::dns::{DnsSource, HttpDns};
 use crate::error::{Failure, FailureKind};
 use crate::http::Http;
+use crate::limits::later;
 use crate::router::RouterOutcome;
 pub use crate::router::{BackoffParams, Gateway, RouterAnswer};
 use crate::Error;
@@ -47,11 +48,11 @@ pub struct Gateways {
     pub gateways: Vec<Gateway>,
     /// The region the router used, if it said.
     pub region: Option<String>,
-    /// How long the router allows reuse.
+    /// How long the router allows reuse (1 s ..= 1 day, whatever the router said).
     pub ttl: Duration,
-    /// Heartbeat interval for the gateway connection.
+    /// Heartbeat interval for the gateway connection (1 s ..= 1 h).
     pub heartbeat: Duration,
-    /// Reconnect backoff.
+    /// Reconnect backoff, [clamped](BackoffParams::clamped).
     pub backoff: BackoffParams,
     /// Registry revision.
     pub revision: i64,
@@ -80,6 +81,9 @@ pub(crate) struct Inner {
     pub(crate) connected: AtomicBool,
     /// The same trust for gateways, offering `tls_alpn`.
     pub(crate) gateway_tls: Arc<rustls::ClientConfig>,
+    /// `gateway_domain_suffixes`, normalised: a TLS candidate's domain must match one
+    /// (when there are any).
+    pub(crate) domain_pins: Arc<[crate::config::DomainPin]>,
     /// This client's starting point among the router's addresses, so that clients
     /// spread over them instead of all asking the first.
     pub(crate) spread: usize,
@@ -118,6 +122,7 @@ impl Client {
         if config.ip_version.is_some_and(|v| v != 4 && v != 6) {
             return Err(Error::Config("ip_version must be 4 or 6".into()));
         }
+        let domain_pins = config.domain_pins()?.into();
         let dns = Arc::new(HttpDns::new(
             config.dns.clone(),
             config.extra_roots.clone(),
@@ -129,6 +134,7 @@ impl Client {
         let client = Client {
             inner: Arc::new(Inner {
                 gateway_tls: Arc::new(gateway_tls),
+                domain_pins,
                 spread: rand::random::<u32>() as usize,
                 config,
                 dns,
@@ -200,7 +206,7 @@ impl Client {
         let c = &self.inner.config;
         let start = Instant::now();
         let fresh = tokio::time::timeout(c.deadline, async {
-            match self.ask_routers(start + c.router_budget).await {
+            match self.ask_routers(later(start, c.router_budget)).await {
                 Ok(g) => Ok(g),
                 Err(RouterOutcome::Refused(e)) => Err(e),
                 Err(RouterOutcome::Unreachable(routers)) => {
@@ -215,7 +221,7 @@ impl Client {
                         failures = routers.len(),
                         "no router answered; using fallbacks"
                     );
-                    self.fallback(start + c.deadline)
+                    self.fallback(later(start, c.deadline))
                         .await
                         .map_err(|fallbacks| Error::NoCandidates {
                             routers: routers.into(),
@@ -334,16 +340,19 @@ fn without(g: Arc<Gateways>, avoid: Option<&Gateway>) -> Result<Arc<Gateways>, E
     Ok(Arc::new(rest))
 }
 
+/// `a` as the client keeps it, reused for `ttl` (at most [`crate::limits::MAX_TTL`]);
+/// the answer's times are clamped (see [`crate::limits`]) whatever its source.
 pub(crate) fn to_gateways(a: RouterAnswer, source: Source, ttl: Duration) -> Gateways {
+    let ttl = ttl.min(crate::limits::MAX_TTL);
     Gateways {
         gateways: a.gateways,
         region: a.region,
         ttl,
-        heartbeat: Duration::from_secs(a.heartbeat_secs),
-        backoff: a.backoff,
+        heartbeat: crate::limits::heartbeat_secs(a.heartbeat_secs),
+        backoff: a.backoff.clamped(),
         revision: a.revision,
         stale: a.stale || !matches!(source, Source::Router { .. }),
         source,
-        expires: Instant::now() + ttl,
+        expires: later(Instant::now(), ttl),
     }
 }

@@ -80,6 +80,15 @@ pub struct Config {
     /// ALPN protocols offered to gateways by [`crate::Client::connect_tls`] (none by
     /// default; `http/1.1` for a WebSocket over TLS, say).
     pub tls_alpn: Vec<Vec<u8>>,
+    /// Domain suffixes a gateway's `domain` must end with, on a label boundary, for
+    /// [`crate::Client::connect_tls`] to use it (empty, the default: no pinning).
+    /// `".gw.example.com"` allows `a.gw.example.com`, not `gw.example.com` itself nor
+    /// `evilgw.example.com`; `"gw.example.com"` (no leading dot) allows the domain
+    /// itself too. Case and a trailing dot do not matter. A candidate outside them is
+    /// passed over ([`crate::FailureKind::DomainNotAllowed`]) and the next one tried,
+    /// so a router that names a domain of its choosing cannot steer the TLS name the
+    /// client checks. The fallback domain must match as well.
+    pub gateway_domain_suffixes: Vec<String>,
     /// Resolve the router's domain as soon as the client is built (in a Tokio
     /// runtime), so the first call does not wait for HTTPDNS (true).
     pub prefetch_router: bool,
@@ -112,9 +121,19 @@ impl Config {
             connect_delay: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(3),
             tls_alpn: Vec::new(),
+            gateway_domain_suffixes: Vec::new(),
             prefetch_router: true,
             extra_roots: Vec::new(),
         }
+    }
+
+    /// `gateway_domain_suffixes`, checked and normalised.
+    pub(crate) fn domain_pins(&self) -> Result<Vec<DomainPin>, Error> {
+        let mut pins = Vec::with_capacity(self.gateway_domain_suffixes.len());
+        for s in &self.gateway_domain_suffixes {
+            pins.push(DomainPin::parse(s)?);
+        }
+        Ok(pins)
     }
 
     /// Trusts the certificates of a PEM bundle (besides the platform's store).
@@ -132,5 +151,89 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// One entry of `gateway_domain_suffixes`: lower-case, without its leading and
+/// trailing dots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DomainPin {
+    suffix: String,
+    /// Written with a leading dot: the domain itself is not allowed, only names below.
+    below_only: bool,
+}
+
+impl DomainPin {
+    fn parse(s: &str) -> Result<DomainPin, Error> {
+        let below_only = s.starts_with('.');
+        let trimmed = s.strip_prefix('.').unwrap_or(s);
+        let suffix = trimmed
+            .strip_suffix('.')
+            .unwrap_or(trimmed)
+            .to_ascii_lowercase();
+        let is_domain = !suffix.is_empty()
+            && suffix.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !is_domain {
+            return Err(Error::Config(format!(
+                "gateway domain suffix {s:?} is not a domain name (labels of letters, digits and '-'; IDNs in their xn-- form)"
+            )));
+        }
+        Ok(DomainPin { suffix, below_only })
+    }
+
+    /// True when `domain` ends with this suffix on a label boundary (or is it, for a
+    /// suffix written without a leading dot).
+    pub(crate) fn allows(&self, domain: &str) -> bool {
+        let d = domain
+            .strip_suffix('.')
+            .unwrap_or(domain)
+            .to_ascii_lowercase();
+        let Some(rest) = d.strip_suffix(self.suffix.as_str()) else {
+            return false;
+        };
+        if rest.is_empty() {
+            return !self.below_only;
+        }
+        rest.len() > 1 && rest.ends_with('.')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(s: &str) -> DomainPin {
+        DomainPin::parse(s).unwrap()
+    }
+
+    #[test]
+    fn suffixes_match_on_label_boundaries_only() {
+        let below = pin(".gw.example.com");
+        assert!(below.allows("a.gw.example.com"));
+        assert!(
+            below.allows("A.b.GW.example.com."),
+            "case and a trailing dot"
+        );
+        assert!(!below.allows("evilgw.example.com"));
+        assert!(
+            !below.allows("gw.example.com"),
+            "a leading dot: names below only"
+        );
+        assert!(!below.allows("a.gw.example.com.evil.test"));
+        assert!(!below.allows(".gw.example.com"));
+        assert!(!below.allows(""));
+        let itself = pin("gw.example.com.");
+        assert!(itself.allows("gw.example.com"));
+        assert!(itself.allows("a.gw.example.com"));
+        assert!(!itself.allows("evilgw.example.com"));
+        assert!(!itself.allows("xgw.example.com"));
+        for bad in ["", ".", "..x", "a..b", "a b", "*.x.com", "gw.example.com/"] {
+            assert!(DomainPin::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

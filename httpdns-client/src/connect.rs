@@ -20,7 +20,8 @@
 //!   TCP): the candidate's IP is dialled, the handshake names the gateway's `domain`
 //!   (SNI) and its certificate is checked against that name, with the trust the
 //!   router queries use (the platform's store plus `extra_roots`). A handshake that
-//!   fails or stalls counts as a failed candidate and the next one is raced.
+//!   fails or stalls counts as a failed candidate and the next one is raced. With
+//!   `Config::gateway_domain_suffixes`, a domain outside them is never dialled.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::client::{Client, Gateway, Gateways, Source, Want};
+use crate::config::DomainPin;
 use crate::error::{Failure, FailureKind};
 use crate::race::{staggered, Attempt};
 use crate::Error;
@@ -78,7 +80,10 @@ impl Client {
     /// its `domain` from the router's answer, and the certificate must be valid for
     /// that name under the platform's trust store plus `extra_roots`. ALPN offers
     /// `tls_alpn`. A candidate without a domain is refused
-    /// ([`FailureKind::Unavailable`]); one whose handshake fails is a failed candidate
+    /// ([`FailureKind::Unavailable`]), and so is one whose domain lies outside
+    /// `gateway_domain_suffixes` when the app set them
+    /// ([`FailureKind::DomainNotAllowed`]): both fail at once, before any packet, and
+    /// the next candidate is tried. One whose handshake fails is a failed candidate
     /// ([`FailureKind::Tls`], the `rustls` error as its source) and one that stalls
     /// past `connect_delay` has the next one raced beside it.
     pub async fn connect_tls(&self) -> Result<TlsConnection, Error> {
@@ -96,7 +101,8 @@ impl Client {
 
     fn tls_dial(&self) -> impl Fn(&Gateway, Duration) -> Attempt<TlsStream<TcpStream>, Failure> {
         let connector = TlsConnector::from(self.inner.gateway_tls.clone());
-        move |gw, timeout| dial_tls(&connector, gw, timeout)
+        let pins = self.inner.domain_pins.clone();
+        move |gw, timeout| dial_tls(&connector, &pins, gw, timeout)
     }
 
     /// Moves off the gateway of `from`: after its migration signal, or when it closed
@@ -235,12 +241,7 @@ impl Client {
                 }
                 Err(e) => {
                     let params = *self.inner.backoff.lock().expect("backoff");
-                    // A router's Retry-After (spread by up to a fifth, so refused
-                    // clients do not come back in one wave), else the router's backoff.
-                    let delay = match e.retry_after() {
-                        Some(after) => after.mul_f64(1.0 + 0.2 * rand::random::<f64>()),
-                        None => params.delay(round, rand::random::<f64>()),
-                    };
+                    let delay = retry_delay(e.retry_after(), &params, round, rand::random::<f64>());
                     debug!(round, delay_ms = delay.as_millis() as u64, error = %e, "no gateway reachable; backing off");
                     delays.push(delay);
                     tokio::time::sleep(delay).await;
@@ -248,6 +249,29 @@ impl Client {
             }
         }
         unreachable!("the loop returns on its last round")
+    }
+}
+
+/// The sleep before the round after `round`: a router's `Retry-After` (at most
+/// [`crate::limits::MAX_RETRY_AFTER`], spread by up to a fifth with `unit` in [0, 1),
+/// so refused clients do not come back in one wave), else the router's backoff
+/// ([clamped](crate::BackoffParams::clamped)). At most 1 h 12 min.
+fn retry_delay(
+    retry_after: Option<Duration>,
+    params: &crate::BackoffParams,
+    round: u32,
+    unit: f64,
+) -> Duration {
+    let unit = if unit.is_nan() {
+        0.0
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
+    match retry_after {
+        Some(after) => after
+            .min(crate::limits::MAX_RETRY_AFTER)
+            .mul_f64(1.0 + 0.2 * unit),
+        None => params.delay(round, unit),
     }
 }
 
@@ -259,9 +283,11 @@ fn dial_tcp(gw: &Gateway, timeout: Duration) -> Attempt<TcpStream, Failure> {
 }
 
 /// Dials one candidate over TLS: its IP, its domain as SNI and certificate name; the
-/// handshake counts within `timeout`.
+/// handshake counts within `timeout`. With `pins`, a domain outside them fails at
+/// once, before any packet is sent.
 fn dial_tls(
     connector: &TlsConnector,
+    pins: &[DomainPin],
     gw: &Gateway,
     timeout: Duration,
 ) -> Attempt<TlsStream<TcpStream>, Failure> {
@@ -274,6 +300,12 @@ fn dial_tls(
             FailureKind::Unavailable(
                 "no domain in the router's answer: TLS needs the name to send (SNI) and to check the certificate against".into(),
             ),
+        )),
+        Some(d) if !pins.is_empty() && !pins.iter().any(|p| p.allows(d)) => Err(Failure::new(
+            target.clone(),
+            FailureKind::DomainNotAllowed(format!(
+                "{d:?} is outside the gateway domain suffixes the app allows"
+            )),
         )),
         Some(d) => ServerName::try_from(d.clone()).map_err(|e| {
             Failure::new(
@@ -377,6 +409,43 @@ pub async fn race(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::tests::{any_backoff, any_f64};
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_huge_retry_after_is_waited_an_hour_at_most() {
+        let p = crate::BackoffParams::default();
+        let max = Some(Duration::MAX);
+        assert_eq!(retry_delay(max, &p, 0, 0.0), Duration::from_secs(3600));
+        assert_eq!(retry_delay(max, &p, 0, 1.0), Duration::from_secs(4320));
+        assert_eq!(retry_delay(max, &p, 0, f64::NAN), Duration::from_secs(3600));
+        assert_eq!(
+            retry_delay(Some(Duration::from_secs(5)), &p, 9, 0.5),
+            Duration::from_secs(5).mul_f64(1.1)
+        );
+        assert_eq!(retry_delay(None, &p, 0, 0.5), Duration::from_secs(1));
+    }
+
+    proptest! {
+        #[test]
+        fn any_retry_after_or_backoff_gives_a_bounded_sleep(
+            secs in any::<u64>(),
+            nanos in 0u32..1_000_000_000,
+            refused in any::<bool>(),
+            p in any_backoff(),
+            round in any::<u32>(),
+            unit in any_f64(),
+        ) {
+            let after = refused.then(|| Duration::new(secs, nanos));
+            let d = retry_delay(after, &p, round, unit);
+            let bound = if refused {
+                crate::limits::MAX_RETRY_AFTER.mul_f64(1.2)
+            } else {
+                crate::limits::MAX_BACKOFF * 2
+            };
+            prop_assert!(d <= bound, "{d:?}");
+        }
+    }
 
     #[tokio::test]
     async fn happy_eyeballs_skips_dead_candidates() {

@@ -227,6 +227,10 @@ pub enum FailureKind {
     /// Not configured, or nothing to ask.
     #[error("{0}")]
     Unavailable(String),
+    /// A gateway's domain outside `Config::gateway_domain_suffixes`: not used for TLS
+    /// (the router's answer named a domain the app does not allow).
+    #[error("domain not allowed: {0}")]
+    DomainNotAllowed(String),
     /// Anything else, as the lower layer said it.
     #[error("{0}")]
     Other(String),

@@ -84,7 +84,7 @@ impl Request {
 #[derive(Debug)]
 pub(crate) struct Response {
     pub(crate) status: u16,
-    /// `Retry-After` in seconds, when present.
+    /// `Retry-After` in seconds, when present; at most [`crate::limits::MAX_RETRY_AFTER`].
     pub(crate) retry_after: Option<Duration>,
     pub(crate) body: Bytes,
 }
@@ -311,8 +311,7 @@ async fn exchange(
         .headers()
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(crate::limits::retry_after);
     // Over the limit, the error is `LengthLimitError` (an unusable answer), and the
     // connection is dropped with the rest unread.
     let body = Limited::new(resp.into_body(), MAX_BODY)

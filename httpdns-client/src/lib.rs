@@ -42,8 +42,8 @@
 //!   at its own address; its domain as Host / TLS name) within a time budget that
 //!   counts resolution too. A router that refuses (503 `no_gateways`, 429) is an
 //!   answer: [`Error::Refused`] with `Retry-After`. Only when no router can be
-//!   reached: the last good answer in a cache file (written atomically; bounded age,
-//!   same protocol), then a fallback gateway domain. The router's domain is
+//!   reached: the last good answer in a cache file (written atomically and privately;
+//!   bounded age and size, same protocol), then a fallback gateway domain. The router's domain is
 //!   pre-resolved when the client is built.
 //! * Connecting: `connect()` races the candidates happy-eyeballs style;
 //!   `connect_tls()` does the same with the TLS handshake inside the race (SNI and
@@ -53,7 +53,27 @@
 //!   [`DnsSource`]). One staggered race (the `race` module) serves resolution and
 //!   connecting alike.
 //! * Trust: HTTPS to providers, routers and gateways trusts the platform's store
-//!   (`rustls-platform-verifier`) plus `Config::extra_roots`.
+//!   (`rustls-platform-verifier`) plus `Config::extra_roots`. With
+//!   `Config::gateway_domain_suffixes` (empty by default) the app pins the gateway
+//!   domains `connect_tls()` accepts: a candidate whose `domain` does not end with one
+//!   of them on a label boundary (`.gw.example.com` allows `a.gw.example.com`, not
+//!   `evilgw.example.com`) is passed over ([`FailureKind::DomainNotAllowed`]) and the
+//!   next one tried, so a router cannot pick the name the certificate is checked
+//!   against.
+//! * [`limits`]: what strangers send is bounded before it is used. Routers, HTTPDNS
+//!   providers and files on disk may be hostile or broken; their times are clamped
+//!   before any `Duration` or `Instant` arithmetic: `Retry-After` to 1 h (also
+//!   18446744073709551615), a router's `ttl_secs` to 1 s..1 day, `heartbeat_secs` to
+//!   1 s..1 h, the backoff to `base_ms`/`max_ms` of 1 ms..10 min, `factor` 1..10 and
+//!   `jitter` 0..1 (NaN takes the default), HTTPDNS TTLs to 1 day and `max_stale` to 7
+//!   days. A router answer holds at most the `count` candidates asked for.
+//! * Files: the cache file and the HTTPDNS answers file are written through a new
+//!   temporary file in the same directory with an unguessable name, created
+//!   exclusively (`O_EXCL`: a symlink planted there is never followed) with mode 0600,
+//!   synced, renamed over the target (a symlink at the target is replaced, not written
+//!   through), and the directory synced. They are read only when they are regular
+//!   files of at most 1 MiB; a larger, malformed or foreign file is ignored with a log
+//!   line, never a panic.
 //! * [`error`]: [`Error`], typed, each keeping its causes ([`Failure`],
 //!   [`FailureKind`]: refused, timed out, TLS, HTTP status with the body).
 
@@ -64,6 +84,7 @@ mod connect;
 pub mod dns;
 pub mod error;
 mod http;
+pub mod limits;
 mod race;
 mod router;
 mod trust;

@@ -71,17 +71,48 @@ impl Default for BackoffParams {
 }
 
 impl BackoffParams {
-    /// The un-jittered delay before retry `n` (0-based): `base * factor^n`, capped.
-    pub fn nominal(&self, n: u32) -> Duration {
-        let ms = self.base_ms as f64 * self.factor.max(1.0).powi(n.min(64) as i32);
-        Duration::from_secs_f64(ms.min(self.max_ms as f64) / 1000.0)
+    /// These parameters within the SDK's bounds (see [`crate::limits`]): `max_ms` in
+    /// 1 ms ..= 10 min, `base_ms` in 1 ms ..= `max_ms`, `factor` in 1 ..= 10 and
+    /// `jitter` in 0 ..= 1; a NaN factor or jitter takes the default. Every delay is
+    /// computed from the clamped values, whatever a router or a file said.
+    pub fn clamped(&self) -> BackoffParams {
+        let cap = crate::limits::MAX_BACKOFF.as_millis() as u64;
+        let max_ms = self.max_ms.clamp(1, cap);
+        let d = BackoffParams::default();
+        BackoffParams {
+            base_ms: self.base_ms.clamp(1, max_ms),
+            max_ms,
+            factor: if self.factor.is_nan() {
+                d.factor
+            } else {
+                self.factor.clamp(1.0, crate::limits::MAX_BACKOFF_FACTOR)
+            },
+            jitter: if self.jitter.is_nan() {
+                d.jitter
+            } else {
+                self.jitter.clamp(0.0, 1.0)
+            },
+        }
     }
 
-    /// The delay before retry `n` with jitter; `unit` in [0, 1) picks the spread.
+    /// The un-jittered delay before retry `n` (0-based): `base * factor^n`, capped at
+    /// `max` (of the [clamped](BackoffParams::clamped) parameters).
+    pub fn nominal(&self, n: u32) -> Duration {
+        let p = self.clamped();
+        let ms = p.base_ms as f64 * p.factor.powi(n.min(64) as i32);
+        Duration::from_millis(ms.min(p.max_ms as f64) as u64)
+    }
+
+    /// The delay before retry `n` with jitter; `unit` in [0, 1) picks the spread
+    /// (NaN counts as 0). At most `max * 2`, so at most 20 minutes.
     pub fn delay(&self, n: u32, unit: f64) -> Duration {
-        let j = self.jitter.clamp(0.0, 1.0);
-        self.nominal(n)
-            .mul_f64(1.0 - j + 2.0 * j * unit.clamp(0.0, 1.0))
+        let j = self.clamped().jitter;
+        let unit = if unit.is_nan() {
+            0.0
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
+        self.nominal(n).mul_f64(1.0 - j + 2.0 * j * unit)
     }
 }
 
@@ -108,6 +139,16 @@ pub struct RouterAnswer {
 }
 
 impl RouterAnswer {
+    /// This answer with `ttl_secs`, `heartbeat_secs` and `backoff` within the SDK's
+    /// bounds (see [`crate::limits`]): what a router or the cache file sends is
+    /// clamped before any time is computed from it.
+    pub fn clamped(mut self) -> RouterAnswer {
+        self.ttl_secs = crate::limits::ttl_secs(self.ttl_secs).as_secs();
+        self.heartbeat_secs = crate::limits::heartbeat_secs(self.heartbeat_secs).as_secs();
+        self.backoff = self.backoff.clamped();
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.gateways.is_empty() {
             return Err("no gateways in the answer".into());
@@ -200,7 +241,7 @@ impl Client {
                 Ok(Ok(answer)) => {
                     info!(router = %addr, candidates = answer.gateways.len(), "router answered");
                     self.persist(&answer);
-                    let ttl = Duration::from_secs(answer.ttl_secs.max(1));
+                    let ttl = crate::limits::ttl_secs(answer.ttl_secs);
                     return Ok(to_gateways(
                         answer,
                         Source::Router {
@@ -286,12 +327,16 @@ impl Client {
         answer
             .validate()
             .map_err(|e| unreachable(FailureKind::Malformed(e)))?;
+        let mut answer = answer.clamped();
+        // No more candidates than asked for: a router cannot have the client dial a
+        // list of its choosing.
+        answer.gateways.truncate(usize::from(c.count));
         Ok(answer)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
 
@@ -308,6 +353,136 @@ mod tests {
         assert_eq!(p.nominal(10), Duration::from_secs(5), "capped");
         assert_eq!(p.delay(1, 0.0), Duration::from_millis(1600));
         assert_eq!(p.delay(1, 1.0), Duration::from_millis(2400));
+    }
+
+    /// Any f64, the special values often: NaN, both infinities, zeros, extremes.
+    pub(crate) fn any_f64() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(0.0),
+            Just(-0.0),
+            Just(f64::MAX),
+            Just(f64::MIN),
+            Just(f64::MIN_POSITIVE),
+            Just(f64::EPSILON),
+            proptest::num::f64::ANY,
+        ]
+    }
+
+    pub(crate) fn any_backoff() -> impl proptest::strategy::Strategy<Value = BackoffParams> {
+        use proptest::prelude::*;
+        (any::<u64>(), any::<u64>(), any_f64(), any_f64()).prop_map(
+            |(base_ms, max_ms, factor, jitter)| BackoffParams {
+                base_ms,
+                max_ms,
+                factor,
+                jitter,
+            },
+        )
+    }
+
+    #[test]
+    fn extreme_backoff_parameters_are_clamped() {
+        let p = BackoffParams {
+            base_ms: u64::MAX,
+            max_ms: u64::MAX,
+            factor: f64::NAN,
+            jitter: f64::INFINITY,
+        }
+        .clamped();
+        assert_eq!(
+            p,
+            BackoffParams {
+                base_ms: 600_000,
+                max_ms: 600_000,
+                factor: 1.6,
+                jitter: 1.0
+            }
+        );
+        let p = BackoffParams {
+            base_ms: 0,
+            max_ms: 0,
+            factor: f64::NEG_INFINITY,
+            jitter: f64::NAN,
+        };
+        assert_eq!(
+            p.clamped(),
+            BackoffParams {
+                base_ms: 1,
+                max_ms: 1,
+                factor: 1.0,
+                jitter: 0.2
+            }
+        );
+        assert_eq!(p.nominal(u32::MAX), Duration::from_millis(1));
+        let p = BackoffParams {
+            base_ms: 5000,
+            max_ms: 1000,
+            factor: f64::INFINITY,
+            jitter: -3.0,
+        };
+        assert_eq!(p.clamped().base_ms, 1000, "base within max");
+        assert_eq!(p.clamped().factor, 10.0);
+        assert_eq!(p.delay(3, f64::NAN), Duration::from_secs(1));
+        let answer = RouterAnswer {
+            gateways: Vec::new(),
+            region: None,
+            ttl_secs: u64::MAX,
+            heartbeat_secs: 0,
+            backoff: BackoffParams::default(),
+            revision: 0,
+            stale: false,
+        }
+        .clamped();
+        assert_eq!((answer.ttl_secs, answer.heartbeat_secs), (86_400, 1));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_backoff_gives_bounded_delays(
+            p in any_backoff(),
+            n in proptest::prelude::any::<u32>(),
+            unit in any_f64(),
+        ) {
+            let c = p.clamped();
+            proptest::prop_assert!((1..=600_000).contains(&c.max_ms));
+            proptest::prop_assert!((1..=c.max_ms).contains(&c.base_ms));
+            proptest::prop_assert!((1.0..=10.0).contains(&c.factor));
+            proptest::prop_assert!((0.0..=1.0).contains(&c.jitter));
+            proptest::prop_assert_eq!(c.clamped(), c, "clamping is idempotent");
+            let nominal = p.nominal(n);
+            proptest::prop_assert!(nominal <= crate::limits::MAX_BACKOFF);
+            proptest::prop_assert!(nominal >= Duration::from_millis(1));
+            let d = p.delay(n, unit);
+            proptest::prop_assert!(d <= crate::limits::MAX_BACKOFF * 2);
+            // The sleep then taken cannot overflow the clock.
+            let now = Instant::now();
+            proptest::prop_assert!(now + d >= now);
+        }
+
+        #[test]
+        fn any_router_answer_times_are_clamped(
+            ttl in proptest::prelude::any::<u64>(),
+            heartbeat in proptest::prelude::any::<u64>(),
+            backoff in any_backoff(),
+        ) {
+            let a = RouterAnswer {
+                gateways: Vec::new(),
+                region: None,
+                ttl_secs: ttl,
+                heartbeat_secs: heartbeat,
+                backoff,
+                revision: 0,
+                stale: false,
+            }
+            .clamped();
+            proptest::prop_assert!((1..=86_400).contains(&a.ttl_secs));
+            proptest::prop_assert!((1..=3600).contains(&a.heartbeat_secs));
+            proptest::prop_assert_eq!(a.backoff, backoff.clamped());
+        }
     }
 
     #[test]

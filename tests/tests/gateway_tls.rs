@@ -1,7 +1,7 @@
 //! `Client::connect_tls` against real TLS gateways on loopback, found through the real
 //! router: the gateway's IP is dialled, its `domain` is sent (SNI) and its certificate
-//! is checked against that name; bad certificates, stalled handshakes and gateways
-//! without a domain.
+//! is checked against that name; bad certificates, stalled handshakes, gateways
+//! without a domain, and domains outside the ones the app pins.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,6 +43,10 @@ fn fleet(ca: TestCa, nodes: &[(&str, u64, SocketAddr, Option<&str>)]) -> Fleet {
 }
 
 fn client(f: &Fleet, alpn: &[&[u8]]) -> Client {
+    Client::new(config(f, alpn)).unwrap()
+}
+
+fn config(f: &Fleet, alpn: &[&[u8]]) -> Config {
     let mut c = Config::new("router.test");
     c.router_https = false;
     c.router_port = f.router.addr.port();
@@ -59,7 +63,7 @@ fn client(f: &Fleet, alpn: &[&[u8]]) -> Client {
     c.deadline = Duration::from_secs(30);
     c.connect_delay = Duration::from_millis(300);
     c.connect_timeout = Duration::from_secs(60);
-    Client::new(c).unwrap()
+    c
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,4 +186,80 @@ async fn a_gateway_without_a_domain_is_refused_for_tls_and_the_next_is_used() {
     );
     // Plain TCP to the same gateway is fine.
     assert_eq!(client(&g, &[]).connect().await.unwrap().gateway.id, "gw-a");
+}
+
+/// With `gateway_domain_suffixes`, a gateway whose domain lies outside them is passed
+/// over for TLS, never dialled, and the next candidate is used: a router cannot steer
+/// the name the client checks to one of its choosing, even one a public CA would
+/// certify. A look-alike (`a.evilgw.test` for `.gw.test`) is not on a label boundary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_domain_outside_the_pinned_suffixes_is_passed_over() {
+    let ca = TestCa::new("gateway CA");
+    let evil = GatewayServer::start(&ca, Serve::tls(&["a.evilgw.test"]));
+    let good = GatewayServer::start(&ca, Serve::tls(&["b.gw.test"]));
+    let bare = GatewayServer::start(&ca, Serve::tls(&["127.0.0.1"]));
+    let f = fleet(
+        ca,
+        &[
+            ("gw-a", 10, evil.addr, Some("a.evilgw.test")),
+            ("gw-b", 500, good.addr, Some("b.gw.test")),
+        ],
+    );
+    let pinned = |f: &Fleet| {
+        let mut c = config(f, &[]);
+        // Case and a trailing dot do not matter.
+        c.gateway_domain_suffixes = vec![".GW.test.".into()];
+        Client::new(c).unwrap()
+    };
+    let c = pinned(&f);
+    assert_eq!(
+        c.gateways().await.unwrap().gateways[0].id,
+        "gw-a",
+        "least loaded first"
+    );
+    let conn = c.connect_tls().await.unwrap();
+    assert_eq!(conn.gateway.id, "gw-b");
+    // Unpinned, the same answer leads to the look-alike (its certificate is valid
+    // for its own name): the pin is what kept the client off it.
+    let mut unpinned = client(&f, &[]).connect_tls().await.unwrap();
+    assert_eq!(unpinned.gateway.id, "gw-a");
+    // The gateway echoes only after its side of the handshake, SNI recorded: one
+    // handshake, the unpinned client's; the pinned client never dialled it.
+    unpinned.stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    unpinned.stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(evil.sni().as_slice(), [Some("a.evilgw.test".to_string())]);
+    // Plain TCP does not name the gateway: no pin applies.
+    assert_eq!(pinned(&f).connect().await.unwrap().gateway.id, "gw-a");
+
+    // Nothing allowed: each candidate is refused with its reason, the domainless one
+    // as without pinning.
+    let g = fleet(
+        TestCa::new("gateway CA"),
+        &[
+            ("gw-a", 10, evil.addr, Some("a.evilgw.test")),
+            ("gw-c", 20, bare.addr, None),
+        ],
+    );
+    let e = pinned(&g).connect_tls().await.unwrap_err();
+    let Error::Connect { attempts } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(attempts.len(), 2, "{e}");
+    assert!(
+        attempts.iter().any(|a| a.target.contains("gw-a")
+            && matches!(&a.kind, FailureKind::DomainNotAllowed(m) if m.contains("a.evilgw.test"))),
+        "{e}"
+    );
+    assert!(
+        attempts.iter().any(|a| a.target.contains("gw-c")
+            && matches!(&a.kind, FailureKind::Unavailable(m) if m.contains("no domain"))),
+        "{e}"
+    );
+    assert!(bare.sni().is_empty());
+
+    // A suffix that is no domain is a configuration error.
+    let mut c = config(&g, &[]);
+    c.gateway_domain_suffixes = vec!["gw..test".into()];
+    assert!(matches!(Client::new(c), Err(Error::Config(m)) if m.contains("gw..test")));
 }

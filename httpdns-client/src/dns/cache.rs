@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::DnsSource;
-use crate::cache_file::{now_ms, write_atomically};
+use crate::cache_file::{now_ms, read_bounded, write_atomically};
+use crate::limits::{MAX_STALE, MAX_TTL};
 
 /// One host's answer.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ impl Entry {
         max_stale: Duration,
     ) -> Entry {
         let now = Instant::now();
+        let ttl = ttl.min(MAX_TTL);
+        let max_stale = max_stale.min(MAX_STALE);
         Entry {
             ips,
             source,
@@ -84,7 +87,7 @@ impl Cache {
             map: Arc::default(),
             max_entries: usize::try_from(max_entries.max(1)).unwrap_or(usize::MAX),
             file,
-            max_stale,
+            max_stale: max_stale.min(MAX_STALE),
             loaded: std::sync::Once::new(),
             writing: Arc::new(Mutex::new(())),
         }
@@ -205,7 +208,7 @@ impl Cache {
 /// their TTL, stale for what remains of TTL plus `max_stale`. A missing, corrupt or
 /// foreign file gives nothing (logged); entries that are not IP literals cannot parse.
 fn read_answers(path: &Path, now_ms: u64, max_stale: Duration) -> Vec<(String, Entry)> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match read_bounded(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
@@ -225,9 +228,10 @@ fn read_answers(path: &Path, now_ms: u64, max_stale: Duration) -> Vec<(String, E
         return Vec::new();
     }
     let now = Instant::now();
+    let max_stale = max_stale.min(MAX_STALE);
     let mut out = Vec::new();
     for s in file.answers {
-        let ttl = Duration::from_secs(s.ttl_secs);
+        let ttl = crate::limits::dns_ttl_secs(s.ttl_secs);
         // A file from the future (the clock was set back) counts as just written.
         let age = Duration::from_millis(now_ms.saturating_sub(s.saved_ms));
         let ips: Vec<IpAddr> = s
@@ -369,5 +373,91 @@ mod tests {
         );
         next.clear();
         assert!(!path.exists(), "cleared with the network change");
+    }
+
+    #[tokio::test]
+    async fn extreme_times_in_the_answers_file_or_the_settings_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("answers.json");
+        let now = now_ms();
+        let file = AnswersFile {
+            version: 1,
+            answers: vec![
+                Saved {
+                    host: "far.example".into(),
+                    ips: vec!["192.0.2.1".parse().unwrap()],
+                    saved_ms: now,
+                    ttl_secs: u64::MAX,
+                },
+                Saved {
+                    host: "future.example".into(),
+                    ips: vec!["192.0.2.2".parse().unwrap()],
+                    saved_ms: u64::MAX,
+                    ttl_secs: u64::MAX,
+                },
+            ],
+        };
+        std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let t = Instant::now();
+        let got: HashMap<_, _> = read_answers(&path, now, Duration::MAX)
+            .into_iter()
+            .collect();
+        assert_eq!(got.len(), 2);
+        for e in got.values() {
+            assert_eq!(e.ttl, MAX_TTL);
+            assert!(e.expires <= t + MAX_TTL + Duration::from_secs(1));
+            assert!(e.stale_until <= t + MAX_TTL + MAX_STALE + Duration::from_secs(1));
+        }
+        // The app's own settings too: an entry fresh "forever" is fresh for a day.
+        let c = Cache::new(u64::MAX, Duration::MAX, None);
+        let ip = vec!["192.0.2.1".parse().unwrap()];
+        c.insert(
+            "h",
+            Entry::new(ip, DnsSource::HttpDns, Duration::MAX, Duration::MAX),
+        );
+        assert_eq!(c.get("h").unwrap().ttl, MAX_TTL);
+    }
+
+    #[test]
+    fn an_answers_file_over_the_bound_or_not_a_file_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("answers.json");
+        // A valid file padded past 1 MiB with whitespace.
+        let mut bytes = br#"{"version":1,"answers":[]}"#.to_vec();
+        bytes.resize(crate::limits::MAX_FILE_BYTES as usize + 1, b' ');
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(read_answers(&path, now_ms(), Duration::ZERO).is_empty());
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        assert!(read_answers(&dir.path().join("dir"), now_ms(), Duration::ZERO).is_empty());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_saved_times_give_bounded_entries(
+            saved_ms in proptest::prelude::any::<u64>(),
+            ttl_secs in proptest::prelude::any::<u64>(),
+            now in proptest::prelude::any::<u64>(),
+            stale_secs in proptest::prelude::any::<u64>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("answers.json");
+            let file = AnswersFile {
+                version: 1,
+                answers: vec![Saved {
+                    host: "h.example".into(),
+                    ips: vec!["192.0.2.1".parse().unwrap()],
+                    saved_ms,
+                    ttl_secs,
+                }],
+            };
+            std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+            let t = Instant::now();
+            for (_, e) in read_answers(&path, now, Duration::from_secs(stale_secs)) {
+                proptest::prop_assert!(e.ttl <= MAX_TTL);
+                proptest::prop_assert!(e.expires <= e.stale_until);
+                proptest::prop_assert!(e.stale_until <= t + MAX_TTL + MAX_STALE + Duration::from_secs(1));
+            }
+        }
     }
 }

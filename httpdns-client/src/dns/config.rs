@@ -127,12 +127,12 @@ pub struct DnsConfig {
     pub bootstrap: HashMap<String, Vec<IpAddr>>,
     /// Return an expired entry at once and refresh it in the background.
     pub serve_stale: bool,
-    /// How long an expired entry may still be served.
+    /// How long an expired entry may still be served (at most 7 days).
     pub max_stale: Duration,
     /// TTL for answers without one (local DNS).
     pub default_ttl: Duration,
-    /// Answers' TTLs are clamped to `min_ttl..=max_ttl`: a provider cannot make the
-    /// SDK ask on every call, nor keep an address for days.
+    /// Answers' TTLs are clamped to `min_ttl..=max_ttl` (and never above a day): a
+    /// provider cannot make the SDK ask on every call, nor keep an address for days.
     pub min_ttl: Duration,
     /// See `min_ttl`.
     pub max_ttl: Duration,

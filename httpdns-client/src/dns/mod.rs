@@ -182,8 +182,7 @@ impl HttpDns {
 
     /// [`HttpDns::resolve_by`] with a deadline of 4 provider timeouts.
     pub async fn resolve(self: &Arc<Self>, host: &str) -> Result<Resolved, Error> {
-        self.resolve_by(host, Instant::now() + self.config.attempt_timeout * 4)
-            .await
+        self.resolve_by(host, self.lookup_deadline()).await
     }
 
     /// Resolves `host` by `deadline`: fresh cache, else (serve-stale) the expired entry
@@ -272,7 +271,7 @@ impl HttpDns {
         let me = self.clone();
         let host = host.to_string();
         tokio::spawn(async move {
-            let deadline = Instant::now() + me.config.attempt_timeout * 4;
+            let deadline = me.lookup_deadline();
             match me.lookup(&host, deadline).await {
                 Ok(entry) => me.cache.insert(&host, entry),
                 Err(e) => {
@@ -281,6 +280,14 @@ impl HttpDns {
             }
             me.refreshing.lock().expect("refreshing").remove(&host);
         });
+    }
+
+    /// A lookup's deadline when the caller gives none: 4 provider timeouts from now.
+    fn lookup_deadline(&self) -> Instant {
+        crate::limits::later(
+            Instant::now(),
+            self.config.attempt_timeout.saturating_mul(4),
+        )
     }
 
     /// The sources, in order: each provider address, then local DNS.
@@ -326,7 +333,7 @@ impl HttpDns {
         }
         if self.config.local_fallback {
             let host = host.to_string();
-            let timeout = self.config.attempt_timeout * 2;
+            let timeout = self.config.attempt_timeout.saturating_mul(2);
             out.push((
                 "local DNS".into(),
                 Box::pin(async move {
@@ -396,7 +403,8 @@ impl HttpDns {
         if let Some((ips, ttl, source)) = found {
             let ttl = ttl
                 .unwrap_or(self.config.default_ttl)
-                .clamp(self.config.min_ttl, self.config.max_ttl);
+                .clamp(self.config.min_ttl, self.config.max_ttl)
+                .min(crate::limits::MAX_TTL);
             return Ok(Entry::new(ips, source, ttl, self.config.max_stale));
         }
         if let Some(ips) = bootstrap {

@@ -31,7 +31,7 @@ pub fn request_path(
     match (&provider.kind, &provider.secret) {
         (ProviderKind::DnsPod, _) => super::dnspod::request_path(host),
         (_, Some(secret)) => {
-            let t = now_unix + sign_ttl.as_secs();
+            let t = now_unix.saturating_add(sign_ttl.as_secs());
             format!(
                 "/{}/sign_d?host={h}&t={t}&s={}{families}",
                 provider.account,
@@ -55,7 +55,8 @@ struct Answer {
 }
 
 /// Validates a provider answer for `host`: keeps only IP literals of the right family.
-/// Returns the addresses (IPv4 first) and the TTL, or why the answer is unusable.
+/// Returns the addresses (IPv4 first) and the TTL (at most a day), or why the answer is
+/// unusable.
 pub fn parse_answer(host: &str, body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
     let a: Answer =
         serde_json::from_slice(body).map_err(|e| format!("answer is not HTTPDNS JSON: {e}"))?;
@@ -83,7 +84,10 @@ pub fn parse_answer(host: &str, body: &[u8]) -> Result<(Vec<IpAddr>, Option<Dura
     if ips.is_empty() {
         return Err("answer holds no usable IP address".into());
     }
-    Ok((ips, a.ttl.filter(|t| *t > 0).map(Duration::from_secs)))
+    Ok((
+        ips,
+        a.ttl.filter(|t| *t > 0).map(crate::limits::dns_ttl_secs),
+    ))
 }
 
 #[cfg(test)]
@@ -158,6 +162,23 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_ttl_parses_within_a_day(ttl in proptest::prelude::any::<u64>()) {
+            let body = format!(r#"{{"host":"h.example","ips":["192.0.2.1"],"ttl":{ttl}}}"#);
+            let (_, got) = parse_answer("h.example", body.as_bytes()).unwrap();
+            let want = (ttl > 0).then(|| Duration::from_secs(ttl.min(86_400)));
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn any_body_parses_or_fails_without_panicking(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok((_, Some(ttl))) = parse_answer("h.example", &body) {
+                proptest::prop_assert!(ttl <= crate::limits::MAX_TTL);
+            }
         }
     }
 }

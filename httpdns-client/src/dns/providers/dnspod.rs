@@ -11,7 +11,8 @@ pub fn request_path(host: &str) -> String {
     format!("/d?dn={}&ttl=1", esc(host))
 }
 
-/// Parses DNSPod's plain-text answer: `IP;IP;...,TTL` (an empty body: no record).
+/// Parses DNSPod's plain-text answer: `IP;IP;...,TTL` (an empty body: no record). The
+/// TTL is at most a day.
 pub fn parse_dnspod(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
     let text = std::str::from_utf8(body).map_err(|_| "answer is not text".to_string())?;
     let text = text.trim();
@@ -30,7 +31,7 @@ pub fn parse_dnspod(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), Stri
             text.chars().take(100).collect::<String>()
         ));
     }
-    Ok((ips, ttl.filter(|t| *t > 0).map(Duration::from_secs)))
+    Ok((ips, ttl.filter(|t| *t > 0).map(crate::limits::dns_ttl_secs)))
 }
 
 #[cfg(test)]
@@ -47,5 +48,21 @@ mod tests {
             assert!(parse_dnspod(bad).is_err(), "{bad:?}");
         }
         assert_eq!(request_path("h.example"), "/d?dn=h.example&ttl=1");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_ttl_parses_within_a_day(ttl in proptest::prelude::any::<u64>()) {
+            let (_, got) = parse_dnspod(format!("192.0.2.1,{ttl}").as_bytes()).unwrap();
+            let want = (ttl > 0).then(|| Duration::from_secs(ttl.min(86_400)));
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn any_text_parses_or_fails_without_panicking(text in "\\PC{0,60}") {
+            if let Ok((_, Some(ttl))) = parse_dnspod(text.as_bytes()) {
+                proptest::prop_assert!(ttl <= crate::limits::MAX_TTL);
+            }
+        }
     }
 }

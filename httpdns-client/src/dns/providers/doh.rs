@@ -41,7 +41,7 @@ pub fn dns_query(host: &str, v6: bool) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// The addresses and the smallest TTL of a DNS answer message.
+/// The addresses and the smallest TTL (at most a day) of a DNS answer message.
 pub fn parse_dns_message(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
     use hickory_proto::op::{Header, MessageType, Query, ResponseCode};
     use hickory_proto::rr::{Name, RecordType};
@@ -92,7 +92,7 @@ pub fn parse_dns_message(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>),
             ttl = Some(ttl.map_or(record_ttl, |t| t.min(record_ttl)));
         }
     }
-    Ok((ips, ttl.map(|t| Duration::from_secs(u64::from(t)))))
+    Ok((ips, ttl.map(|t| crate::limits::dns_ttl_secs(u64::from(t)))))
 }
 
 /// Asks a DoH resolver for A (and AAAA) records of the host.
@@ -158,6 +158,11 @@ mod tests {
     /// An answer as a resolver writes it (hickory's full message writer, compressed
     /// names): a CNAME chain ending in A and AAAA records.
     fn answer(code: hickory_proto::op::ResponseCode) -> Vec<u8> {
+        answer_with_ttl(code, 60)
+    }
+
+    /// [`answer`] with the A record's TTL.
+    fn answer_with_ttl(code: hickory_proto::op::ResponseCode, a_ttl: u32) -> Vec<u8> {
         use hickory_proto::op::{Message, MessageType, Query};
         use hickory_proto::rr::rdata::{A, AAAA, CNAME};
         use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -175,12 +180,12 @@ mod tests {
             ))
             .add_answer(Record::from_rdata(
                 target.clone(),
-                60,
+                a_ttl,
                 RData::A(A::new(192, 0, 2, 7)),
             ))
             .add_answer(Record::from_rdata(
                 target,
-                120,
+                a_ttl.saturating_add(60),
                 RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 7)),
             ));
         m.to_vec().unwrap()
@@ -215,5 +220,15 @@ mod tests {
         assert!(e.contains("DNS") && e.contains("Non-Existent"), "{e}");
         let q = dns_query("router.test", false).unwrap();
         assert!(parse_dns_message(&q).unwrap_err().contains("a query"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_ttl_parses_within_a_day(ttl in proptest::prelude::any::<u32>()) {
+            let (_, got) =
+                parse_dns_message(&answer_with_ttl(hickory_proto::op::ResponseCode::NoError, ttl))
+                    .unwrap();
+            proptest::prop_assert_eq!(got, Some(Duration::from_secs(u64::from(ttl).min(86_400))));
+        }
     }
 }
