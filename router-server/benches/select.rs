@@ -238,7 +238,7 @@ fn bench(c: &mut Criterion) {
                 .expect("valid prefix");
             regions.cidrs.insert(IpNet::V4(net), format!("r{}", i % 10));
         }
-        let table = RegionTable::new(&regions);
+        let table = RegionTable::new(&regions.cidrs, &regions.default);
         let probe = IpAddr::V4(Ipv4Addr::from((7u32.wrapping_mul(2_654_435_761) << 8) | 9));
         group.bench_with_input(BenchmarkId::new("trie", n), &table, |b, t| {
             b.iter(|| black_box(t.lookup(black_box(probe))))

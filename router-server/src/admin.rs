@@ -215,7 +215,11 @@ async fn authorize(
 ) -> Response {
     let route = crate::http::routes::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
-    let client = crate::identity::client_ip(peer.ip(), req.headers(), &admin.state.config);
+    let client = crate::identity::client_ip(
+        peer.ip(),
+        req.headers(),
+        &admin.state.config.trusted_proxies,
+    );
     let m = &admin.state.metrics;
     // A network over its failures is refused before any token it sends is compared.
     let (resp, name) = if let Some(wait) = admin.throttle.refused(client) {

@@ -953,7 +953,7 @@ impl FileConfig {
 
     /// True when `ip` is a trusted proxy.
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+        crate::identity::is_trusted(&self.trusted_proxies, ip)
     }
 }
 

@@ -8,12 +8,15 @@ use axum::http::HeaderMap;
 use ipnet::IpNet;
 use prefix_trie::joint::map::JointPrefixMap;
 
-use crate::config::{FileConfig, RegionsConfig};
+/// True when `ip` is inside one of the `trusted` proxy networks.
+pub fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
 
-/// The client's address: the TCP peer, or — when the peer is a trusted proxy — the
-/// right-most X-Forwarded-For entry that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &FileConfig) -> IpAddr {
-    if !cfg.is_trusted_proxy(peer) {
+/// The client's address: the TCP peer, or — when the peer is one of the `trusted`
+/// proxies — the right-most X-Forwarded-For entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if !is_trusted(trusted, peer) {
         return peer;
     }
     let hops: Vec<&str> = headers
@@ -26,7 +29,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, cfg: &FileConfig) -> IpAddr 
         .collect();
     for hop in hops.iter().rev() {
         match hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
-            Ok(ip) if cfg.is_trusted_proxy(ip) => continue,
+            Ok(ip) if is_trusted(trusted, ip) => continue,
             Ok(ip) => return ip,
             // A forged or garbled entry: nothing left of it can be believed.
             Err(_) => return peer,
@@ -43,16 +46,19 @@ pub struct RegionTable {
 }
 
 impl RegionTable {
-    /// Builds the table from the configuration.
-    pub fn new(cfg: &RegionsConfig) -> RegionTable {
-        let mut cidrs = JointPrefixMap::new();
-        for (net, region) in &cfg.cidrs {
+    /// The table of `cidrs` (network → region), `default` (empty: none) for the rest.
+    pub fn new<'a>(
+        cidrs: impl IntoIterator<Item = (&'a IpNet, &'a String)>,
+        default: &str,
+    ) -> RegionTable {
+        let mut table = JointPrefixMap::new();
+        for (net, region) in cidrs {
             // Host bits are ignored, as `IpNet::contains` ignores them.
-            cidrs.insert(net.trunc(), region.clone());
+            table.insert(net.trunc(), region.clone());
         }
         RegionTable {
-            cidrs,
-            default: (!cfg.default.is_empty()).then(|| cfg.default.clone()),
+            cidrs: table,
+            default: (!default.is_empty()).then(|| default.to_string()),
         }
     }
 
@@ -133,10 +139,7 @@ mod tests {
 
     #[test]
     fn client_ip_trusts_only_configured_proxies() {
-        let cfg = FileConfig {
-            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
-            ..FileConfig::default()
-        };
+        let cfg: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = HeaderMap::new();
         h.insert(
             "x-forwarded-for",
@@ -164,18 +167,24 @@ mod tests {
 
     #[test]
     fn region_lookup_takes_the_longest_prefix() {
-        let cfg = FileConfig::parse(
-            "[regions]\ndefault = \"d\"\ncidrs = { \"10.0.0.0/8\" = \"wide\", \"10.1.0.0/16\" = \"narrow\", \"2001:db8::/32\" = \"v6\" }",
-        )
-        .unwrap();
-        let t = RegionTable::new(&cfg.regions);
+        let cidrs: std::collections::BTreeMap<IpNet, String> = [
+            ("10.0.0.0/8", "wide"),
+            ("10.1.0.0/16", "narrow"),
+            ("2001:db8::/32", "v6"),
+        ]
+        .into_iter()
+        .map(|(n, r)| (n.parse().unwrap(), r.to_string()))
+        .collect();
+        let t = RegionTable::new(&cidrs, "d");
         let lookup = |ip: &str| t.lookup(ip.parse().unwrap());
         assert_eq!(lookup("10.1.2.3"), Some("narrow"));
         assert_eq!(lookup("10.2.2.3"), Some("wide"));
         assert_eq!(lookup("8.8.8.8"), Some("d"));
         assert_eq!(lookup("::ffff:10.1.2.3"), Some("narrow"), "IPv4-mapped");
         assert_eq!(lookup("2001:db8::1"), Some("v6"));
-        let no_default = RegionTable::new(&RegionsConfig::default());
+        let no_default = RegionTable::new(&cidrs, "");
+        assert_eq!(no_default.lookup("8.8.8.8".parse().unwrap()), None);
+        let no_default = RegionTable::new([], "");
         assert_eq!(no_default.lookup("10.1.2.3".parse().unwrap()), None);
     }
 
@@ -186,17 +195,17 @@ mod tests {
             nets in proptest::collection::vec((any::<u32>(), 0u8..=32, 0u8..4), 0..40),
             probes in proptest::collection::vec(any::<u32>(), 1..40),
         ) {
-            let mut cfg = RegionsConfig::default();
+            let mut cidrs = std::collections::BTreeMap::new();
             for (addr, len, region) in &nets {
                 // Nets near each other, so that many nest.
                 let addr = std::net::Ipv4Addr::from(addr & 0xff0f_0000);
                 let net = IpNet::from(ipnet::Ipv4Net::new(addr, *len).unwrap());
-                cfg.cidrs.insert(net, format!("r{region}"));
+                cidrs.insert(net, format!("r{region}"));
             }
-            let t = RegionTable::new(&cfg);
+            let t = RegionTable::new(&cidrs, "");
             for p in probes {
                 let ip = IpAddr::from(std::net::Ipv4Addr::from(p & 0xff0f_ffff));
-                let scan = cfg.cidrs.iter()
+                let scan = cidrs.iter()
                     .filter(|(net, _)| net.contains(&ip))
                     .max_by_key(|(net, _)| net.prefix_len())
                     .map(|(_, r)| r.as_str());

@@ -56,7 +56,8 @@ impl AppState {
 
     /// [`AppState::new`], with the per-client limiters on `clock` (tests drive it).
     pub fn with_clock(config: FileConfig, clock: crate::clock::LimiterClock) -> AppState {
-        let regions = crate::identity::RegionTable::new(&config.regions);
+        let regions =
+            crate::identity::RegionTable::new(&config.regions.cidrs, &config.regions.default);
         let metrics = Metrics::default();
         let guard = Arc::new(crate::guard::Guard::new(&config, clock, &metrics));
         AppState {

@@ -160,7 +160,7 @@ fn gateways(
     let cfg = &api.state.config;
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
-    let ip = client_ip(peer.ip().to_canonical(), headers, cfg);
+    let ip = client_ip(peer.ip().to_canonical(), headers, &cfg.trusted_proxies);
     let guard = &api.state.guard;
     let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;
