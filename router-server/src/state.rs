@@ -11,9 +11,9 @@ use registry::imbl;
 use tokio::time::Instant;
 
 use crate::config::FileConfig;
-use crate::membership::RegistryStatus;
 use crate::metrics::Metrics;
 use crate::schedule::Snapshot;
+use serde::Serialize;
 
 /// What every handler shares.
 pub struct AppState {
@@ -84,4 +84,29 @@ impl AppState {
             self.routers.load(std::sync::atomic::Ordering::Relaxed),
         )
     }
+}
+
+/// A registry's health as the router sees it (for `/ops`, `/readyz` and metrics).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryStatus {
+    /// Its name.
+    pub name: String,
+    /// The router's own DC.
+    pub local: bool,
+    /// A full listing has been loaded.
+    pub loaded: bool,
+    /// Its watch is live.
+    pub connected: bool,
+    /// The revision its view reflects.
+    pub revision: i64,
+    /// Valid node records in it.
+    pub nodes: usize,
+    /// Seconds it has been out of reach, while it is.
+    pub unreachable_secs: Option<u64>,
+    /// Out of reach for `registry_stale_secs`: its nodes are offered last.
+    pub demoted: bool,
+    /// Out of reach for `protect_max_secs`: its nodes are no longer offered.
+    pub dropped: bool,
+    /// Its protect threshold holds departed nodes.
+    pub protecting: bool,
 }

@@ -8,9 +8,6 @@ use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
 
-/// The shortest token accepted: 16 bytes (128 bits when random).
-pub const MIN_TOKEN_BYTES: usize = 16;
-
 /// The name given to the token of `--admin-token`.
 pub const FLAG_TOKEN_NAME: &str = "admin-token";
 
@@ -40,28 +37,6 @@ pub enum TokenError {
     },
 }
 
-/// What is wrong with `token`, if anything: blank, not one word, or too short.
-pub fn check_token(token: &str) -> Result<(), String> {
-    if token.trim().is_empty() {
-        return Err(
-            "is empty; give a secret or leave the setting out to disable the admin API".into(),
-        );
-    }
-    if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(
-            "has spaces or control characters; it is sent in an HTTP header and must be one word"
-                .into(),
-        );
-    }
-    if token.len() < MIN_TOKEN_BYTES {
-        return Err(format!(
-            "is {} bytes; at least {MIN_TOKEN_BYTES} are required (e.g. `openssl rand -hex 24`)",
-            token.len()
-        ));
-    }
-    Ok(())
-}
-
 /// One named token.
 #[derive(Clone)]
 struct Named {
@@ -85,7 +60,7 @@ impl fmt::Debug for Tokens {
 impl Tokens {
     /// The token of `--admin-token`, named [`FLAG_TOKEN_NAME`].
     pub fn flag(token: &str) -> Result<Tokens, TokenError> {
-        check_token(token).map_err(TokenError::Token)?;
+        crate::config::check_token(token).map_err(TokenError::Token)?;
         Ok(Tokens(Arc::from(vec![Named {
             name: Arc::from(FLAG_TOKEN_NAME),
             secret: token.as_bytes().into(),
@@ -94,7 +69,7 @@ impl Tokens {
 
     /// The tokens of a file's `text`: `name:token` lines; blank lines and lines
     /// starting with `#` are skipped. `file` names it in errors. A name is
-    /// `[A-Za-z0-9._-]` (1-64), given once; a token follows [`check_token`] and is given
+    /// `[A-Za-z0-9._-]` (1-64), given once; a token follows [`crate::config::check_token`] and is given
     /// once; at least one line is required.
     pub fn parse(text: &str, file: &str) -> Result<Tokens, TokenError> {
         let mut out: Vec<Named> = Vec::new();
@@ -114,7 +89,8 @@ impl Tokens {
             let (name, token) = (name.trim(), token.trim());
             registry::record::validate_id(name)
                 .map_err(|e| bad(format!("token name {name:?}: {e}")))?;
-            check_token(token).map_err(|e| bad(format!("the token of {name} {e}")))?;
+            crate::config::check_token(token)
+                .map_err(|e| bad(format!("the token of {name} {e}")))?;
             if out.iter().any(|t| &*t.name == name) {
                 return Err(bad(format!("the name {name} is given twice")));
             }

@@ -16,11 +16,8 @@
 //! 4,096 bytes instead of 512 (so it never sets TC for them), reads each UDP socket
 //! from one task, and logs every query at `info`.
 
-pub mod config;
-pub mod http;
 pub mod rrl;
 pub mod server;
-pub mod stats;
 pub mod tcp_conns;
 pub mod zone;
 
@@ -35,11 +32,11 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use registry::record::IpFamily;
 use registry::Proto;
 
+use crate::config::dns::{self as config, DnsConfig};
 use crate::guard::Pass;
 use crate::metrics::DnsLabels;
 use crate::schedule::{select_weighted, Query as Wanted, Rules};
 use crate::state::AppState;
-use config::DnsConfig;
 use zone::{Target, Zone};
 
 /// What carried a query: UDP answers are size-limited and rate-limited.
@@ -169,7 +166,9 @@ impl Dns {
             nameservers,
             hostmaster,
             configured_regions,
-            series: (0..TRANSPORTS.len() * stats::QTYPES.len() * stats::RCODES.len())
+            series: (0..TRANSPORTS.len()
+                * crate::metrics::dns::QTYPES.len()
+                * crate::metrics::dns::RCODES.len())
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
         }
@@ -546,12 +545,15 @@ impl Dns {
     pub fn count(&self, transport: Transport, qtype: &'static str, rcode: Option<&'static str>) {
         let m = &self.state.metrics;
         let rcode = rcode.unwrap_or("dropped");
-        let (Some(q), Some(r)) = (stats::qtype_index(qtype), stats::rcode_index(rcode)) else {
+        let (Some(q), Some(r)) = (
+            crate::metrics::dns::qtype_index(qtype),
+            crate::metrics::dns::rcode_index(rcode),
+        ) else {
             return;
         };
         m.dns_totals.add_at(q, r);
         let t = TRANSPORTS.iter().position(|x| *x == transport).unwrap_or(0);
-        let i = (t * stats::QTYPES.len() + q) * stats::RCODES.len() + r;
+        let i = (t * crate::metrics::dns::QTYPES.len() + q) * crate::metrics::dns::RCODES.len() + r;
         self.series[i]
             .get_or_init(|| {
                 m.dns_queries

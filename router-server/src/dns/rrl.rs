@@ -12,8 +12,8 @@ use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::config::DnsConfig;
 use crate::clock::LimiterClock;
+use crate::config::dns::DnsConfig;
 use crate::identity::network_key;
 
 /// What to do with one answer.

@@ -9,8 +9,8 @@ use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use proptest::prelude::*;
 use registry::{NodeRecord, NodeState, Ports};
 
-use super::config::DnsConfig;
 use super::{Dns, Transport};
+use crate::config::dns::DnsConfig;
 use crate::config::FileConfig;
 use crate::schedule::Snapshot;
 use crate::state::AppState;

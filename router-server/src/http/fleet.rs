@@ -128,7 +128,7 @@ pub struct RouterStatus {
     /// See `gateways_ok`.
     pub no_gateways: u64,
     /// The DNS zone served and its query counts, when DNS is on.
-    pub dns: Option<crate::dns::stats::DnsStatus>,
+    pub dns: Option<crate::metrics::dns::DnsStatus>,
 }
 
 /// An invalid registry value.

@@ -11,6 +11,7 @@
 //! The answer's JSON lives in [`crate::answer`]; nothing here depends on
 //! [`crate::state`] but for reading it.
 
+pub mod dns;
 pub mod error;
 pub mod fleet;
 pub mod gateways;

@@ -2,7 +2,7 @@
 //! health, readiness, metrics and CORS.
 //!
 //! Request bodies: every route takes at most [`MAX_BODY_BYTES`] (the admin API's JSON
-//! is small), `/dns-query` at most [`crate::dns::http::MAX_DNS_MESSAGE`]. A declared
+//! is small), `/dns-query` at most [`super::dns::MAX_DNS_MESSAGE`]. A declared
 //! `Content-Length` above the limit is answered 413 `payload_too_large` before any
 //! byte of the body is read; a chunked body is cut where it crosses the limit. How
 //! long a body may take to arrive is the server's business ([`super::server`]).
@@ -376,7 +376,7 @@ fn surface(
         );
         if cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty() {
             let dns = std::sync::Arc::new(crate::dns::Dns::new(api.state.clone()));
-            app = app.merge(crate::dns::http::routes(dns));
+            app = app.merge(super::dns::routes(dns));
         }
     }
     if let Some(Operator { admin }) = operator {

@@ -225,7 +225,7 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         // (and the other registries') is shown meanwhile.
         let Some(local_view) = members[local].previous.clone() else {
             let statuses = statuses(&members, local, now);
-            state.metrics.set_registries(&statuses);
+            super::publish_statuses(&state.metrics, &statuses);
             *state.registries.lock().expect("registries lock") = statuses;
             continue;
         };
@@ -372,7 +372,7 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
         let statuses = statuses(&members, local, now);
-        m.set_registries(&statuses);
+        super::publish_statuses(m, &statuses);
         *state.registries.lock().expect("registries lock") = statuses;
         drop(previous_snap);
         m.snapshot_builds.inc();

@@ -18,8 +18,8 @@ pub mod protect;
 use std::sync::Arc;
 
 use registry::{Kv, Layout};
-use serde::Serialize;
 
+pub use crate::state::RegistryStatus;
 pub use merge::{run_updater, spawn_updater, Input};
 pub use protect::{Protect, Verdict};
 
@@ -58,27 +58,24 @@ impl Registry {
     }
 }
 
-/// A registry's health as the router sees it (for `/ops`, `/readyz` and metrics).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RegistryStatus {
-    /// Its name.
-    pub name: String,
-    /// The router's own DC.
-    pub local: bool,
-    /// A full listing has been loaded.
-    pub loaded: bool,
-    /// Its watch is live.
-    pub connected: bool,
-    /// The revision its view reflects.
-    pub revision: i64,
-    /// Valid node records in it.
-    pub nodes: usize,
-    /// Seconds it has been out of reach, while it is.
-    pub unreachable_secs: Option<u64>,
-    /// Out of reach for `registry_stale_secs`: its nodes are offered last.
-    pub demoted: bool,
-    /// Out of reach for `protect_max_secs`: its nodes are no longer offered.
-    pub dropped: bool,
-    /// Its protect threshold holds departed nodes.
-    pub protecting: bool,
+/// Publishes each registry's health in the metrics (`router_registry_up`,
+/// `router_registry_nodes`, `router_registry_demoted`).
+pub fn publish_statuses(metrics: &crate::metrics::Metrics, statuses: &[RegistryStatus]) {
+    for st in statuses {
+        let labels = crate::metrics::RegistryLabels {
+            registry: st.name.clone(),
+        };
+        metrics
+            .registry_up
+            .get_or_create(&labels)
+            .set(st.connected as i64);
+        metrics
+            .registry_nodes
+            .get_or_create(&labels)
+            .set(st.nodes as i64);
+        metrics
+            .registry_demoted
+            .get_or_create(&labels)
+            .set(if st.dropped { 2 } else { st.demoted as i64 });
+    }
 }

@@ -566,7 +566,7 @@ pub struct Rules<'a> {
 }
 
 /// The most candidates one answer can hold (`/gateways` allows 10; a DNS answer more).
-pub const MAX_COUNT: usize = 64;
+pub const MAX_COUNT: usize = crate::config::MAX_CANDIDATES;
 
 /// Up to `query.count` distinct eligible nodes, best first, and counts one client
 /// against the first of them.

@@ -1,5 +1,7 @@
 //! Prometheus metrics (`prometheus-client`), rendered at `GET /metrics`.
 
+pub mod dns;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -253,7 +255,7 @@ pub struct Metrics {
     /// DNS-over-TCP connections the server closed or refused, by reason.
     pub dns_tcp_closed: Family<DnsTcpLabels, Counter>,
     /// The same DNS counts as totals, for the fleet page.
-    pub dns_totals: crate::dns::stats::DnsTotals,
+    pub dns_totals: dns::DnsTotals,
 }
 
 impl Default for Metrics {
@@ -497,24 +499,6 @@ impl Metrics {
                     state: state.as_str(),
                 })
                 .set(*n);
-        }
-    }
-
-    /// Each registry's health.
-    pub fn set_registries(&self, statuses: &[crate::membership::RegistryStatus]) {
-        for st in statuses {
-            let labels = RegistryLabels {
-                registry: st.name.clone(),
-            };
-            self.registry_up
-                .get_or_create(&labels)
-                .set(st.connected as i64);
-            self.registry_nodes
-                .get_or_create(&labels)
-                .set(st.nodes as i64);
-            self.registry_demoted
-                .get_or_create(&labels)
-                .set(if st.dropped { 2 } else { st.demoted as i64 });
         }
     }
 

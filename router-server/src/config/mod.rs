@@ -4,6 +4,8 @@
 //! configuration. [`FileConfig::validate`] is the one place that turns a bad value into
 //! a message naming the key; `main` prints it and exits 2.
 
+pub mod dns;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -61,11 +63,40 @@ impl Cli {
 
 registry::etcd_security_flags!(RouterEtcdFlags, "ROUTER");
 
+/// The shortest token accepted: 16 bytes (128 bits when random).
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// What is wrong with `token`, if anything: blank, not one word, or too short.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.trim().is_empty() {
+        return Err(
+            "is empty; give a secret or leave the setting out to disable the admin API".into(),
+        );
+    }
+    if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(
+            "has spaces or control characters; it is sent in an HTTP header and must be one word"
+                .into(),
+        );
+    }
+    if token.len() < MIN_TOKEN_BYTES {
+        return Err(format!(
+            "is {} bytes; at least {MIN_TOKEN_BYTES} are required (e.g. `openssl rand -hex 24`)",
+            token.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The most candidates one answer can hold (`/gateways` allows 10; a DNS answer more):
+/// the bound `[dns] count` is checked against, and selection's ([`crate::schedule::MAX_COUNT`]).
+pub const MAX_CANDIDATES: usize = 64;
+
 /// An admin token: refused when empty, blank, not one word or shorter than 16 bytes,
 /// whether it comes from the flag or the variable (a blank token would be a door anyone
 /// could open, a short one a door anyone could guess).
 fn parse_token(s: &str) -> Result<String, String> {
-    crate::admin::tokens::check_token(s).map_err(|e| format!("the admin token {e}"))?;
+    check_token(s).map_err(|e| format!("the admin token {e}"))?;
     Ok(s.to_string())
 }
 
@@ -479,9 +510,9 @@ pub struct FileConfig {
     /// bound by an operator before the router answers it.
     pub require_bindings: bool,
     /// `[dns]`: the gateway zone over DNS and DNS over HTTPS.
-    pub dns: crate::dns::config::DnsConfig,
+    pub dns: dns::DnsConfig,
     /// `[httpdns]`: the Alibaba-style HTTPDNS endpoint.
-    pub httpdns: crate::dns::config::HttpDnsConfig,
+    pub httpdns: dns::HttpDnsConfig,
 }
 
 /// One `[[registries]]` entry: a data centre's etcd.

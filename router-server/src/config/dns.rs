@@ -150,10 +150,10 @@ impl DnsConfig {
         if !(1..=86_400).contains(&self.ttl) {
             return err("ttl", format!("{} is not 1-86400", self.ttl));
         }
-        if !(1..=crate::schedule::MAX_COUNT).contains(&self.count) {
+        if !(1..=super::MAX_CANDIDATES).contains(&self.count) {
             return err(
                 "count",
-                format!("{} is not 1-{}", self.count, crate::schedule::MAX_COUNT),
+                format!("{} is not 1-{}", self.count, super::MAX_CANDIDATES),
             );
         }
         if !(1..=1_000_000).contains(&self.weight) {

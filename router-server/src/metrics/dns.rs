@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Query types as counted (see [`super::qtype_label_of`]), plus what is not a query.
+/// Query types as counted (see [`crate::dns::qtype_label_of`]), plus what is not a query.
 pub const QTYPES: [&str; 9] = [
     "A",
     "AAAA",
@@ -18,7 +18,7 @@ pub const QTYPES: [&str; 9] = [
     "malformed",
     "response",
 ];
-/// Response codes as counted (see [`super::rcode_label`]), plus `dropped`.
+/// Response codes as counted (see [`crate::dns::rcode_label`]), plus `dropped`.
 pub const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other", "dropped",
 ];

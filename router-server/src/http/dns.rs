@@ -29,9 +29,10 @@ use md5::{Digest, Md5};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{config::parse_domain, qtype_label_of, rcode_label, Dns, Transport};
+use super::ApiError;
+use crate::config::dns::parse_domain;
+use crate::dns::{qtype_label_of, rcode_label, Dns, Transport};
 use crate::guard::Pass;
-use crate::http::ApiError;
 use crate::identity::client_ip;
 
 /// The largest `/dns-query` body: a DNS message is at most 65,535 bytes (RFC 8484

@@ -1,0 +1,210 @@
+//! The router's layers, checked: each top-level module of `src/` belongs to one layer
+//! and may import (`crate::...`) only modules of its own layer or below, and the
+//! modules' imports form no loop. A new module must be given a layer here; an import
+//! that breaks the rule fails this test with the file that makes it.
+//!
+//! Layers, bottom to top (see ARCHITECTURE.md):
+//!
+//! 1. facts every layer may use: `clock`, `identity`, `config`, `metrics`, `tls`, `answer`
+//! 2. decisions, pure over a snapshot: `herd`, `schedule`
+//! 3. the fleet as the router believes it: `membership`, `peers`, `guard`, `state`
+//! 4. edges: `http`, `dns`, `admin`, `ops`, `ctl`
+//! 5. the binary's glue and tools: `lib` (the crate root), `demo`, `sim`
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const LAYERS: &[(&str, u8)] = &[
+    ("clock", 1),
+    ("identity", 1),
+    ("config", 1),
+    ("metrics", 1),
+    ("tls", 1),
+    ("answer", 1),
+    ("herd", 2),
+    ("schedule", 2),
+    ("membership", 3),
+    ("peers", 3),
+    ("guard", 3),
+    ("state", 3),
+    ("http", 4),
+    ("dns", 4),
+    ("admin", 4),
+    ("ops", 4),
+    ("ctl", 4),
+    ("lib", 5),
+    ("demo", 5),
+    ("sim", 5),
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The code of a file without its comments and its test module (tests may reach
+/// anywhere).
+fn code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The top-level modules each top-level module imports, with a file that does.
+fn imports(src: &Path) -> BTreeMap<String, BTreeMap<String, PathBuf>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut graph: BTreeMap<String, BTreeMap<String, PathBuf>> = BTreeMap::new();
+    for file in files {
+        let rel = file.strip_prefix(src).unwrap();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if top == "main" {
+            // The binary: a crate of its own over the library.
+            continue;
+        }
+        let text = code(&std::fs::read_to_string(&file).unwrap());
+        let deps = graph.entry(top.clone()).or_default();
+        for (i, _) in text.match_indices("crate::") {
+            let name: String = text[i + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != top && name.chars().next().unwrap().is_lowercase() {
+                deps.entry(name).or_insert_with(|| rel.to_path_buf());
+            }
+        }
+    }
+    graph
+}
+
+/// What breaks the rules in `graph`: a module without a layer, an import up a layer,
+/// a loop.
+fn problems(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<String> {
+    let layer: BTreeMap<&str, u8> = LAYERS.iter().copied().collect();
+    let mut problems = Vec::new();
+    for (module, deps) in graph {
+        let Some(&own) = layer.get(module.as_str()) else {
+            problems.push(format!(
+                "module `{module}` has no layer: add it to LAYERS in {}",
+                file!()
+            ));
+            continue;
+        };
+        for (dep, file) in deps {
+            match layer.get(dep.as_str()) {
+                Some(&l) if l > own => problems.push(format!(
+                    "{}: `{module}` (layer {own}) imports `{dep}` (layer {l})",
+                    file.display()
+                )),
+                Some(_) => {}
+                None if graph.contains_key(dep) => problems.push(format!(
+                    "module `{dep}` has no layer: add it to LAYERS in {}",
+                    file!()
+                )),
+                // Not a module (a macro or a type at the root).
+                None => {}
+            }
+        }
+    }
+    // Loops: a depth-first walk over the module graph.
+    fn visit<'a>(
+        m: &'a str,
+        graph: &'a BTreeMap<String, BTreeMap<String, PathBuf>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        loops: &mut Vec<String>,
+    ) {
+        if let Some(i) = path.iter().position(|p| *p == m) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(m);
+            loops.push(cycle.join(" -> "));
+            return;
+        }
+        if !done.insert(m) {
+            return;
+        }
+        path.push(m);
+        for dep in graph.get(m).into_iter().flat_map(|d| d.keys()) {
+            if graph.contains_key(dep) {
+                visit(dep, graph, path, done, loops);
+            }
+        }
+        path.pop();
+    }
+    let mut loops = Vec::new();
+    let mut done = BTreeSet::new();
+    for m in graph.keys() {
+        visit(m, graph, &mut Vec::new(), &mut done, &mut loops);
+    }
+    for l in loops {
+        problems.push(format!("import loop: {l}"));
+    }
+    problems
+}
+
+#[test]
+fn no_import_reaches_up_a_layer_or_closes_a_loop() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = imports(&src);
+    let problems = problems(&graph);
+    assert!(
+        problems.is_empty(),
+        "the router's layers are broken:\n{}",
+        problems.join("\n")
+    );
+    // The check sees the real graph: the edges layer 4 is built on are there.
+    assert!(graph["http"].contains_key("schedule"));
+    assert!(graph["dns"].contains_key("guard"));
+}
+
+#[test]
+fn the_check_finds_an_upward_import_and_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::write(src.join("config.rs"), "use crate::http::ApiError;\n").unwrap();
+    std::fs::create_dir(src.join("http")).unwrap();
+    std::fs::write(
+        src.join("http/mod.rs"),
+        "// crate::state in a comment does not count\nuse crate::config::FileConfig;\n#[cfg(test)]\nmod tests { use crate::sim; }\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("brand_new.rs"), "").unwrap();
+    let graph = imports(src);
+    assert_eq!(graph["config"].keys().collect::<Vec<_>>(), ["http"]);
+    assert_eq!(graph["http"].keys().collect::<Vec<_>>(), ["config"]);
+    let found = problems(&graph);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("`config` (layer 1) imports `http` (layer 4)")),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.starts_with("import loop: ")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("module `brand_new` has no layer")),
+        "{found:?}"
+    );
+}
