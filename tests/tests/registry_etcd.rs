@@ -147,12 +147,17 @@ fn a_registry_over_4_mb_is_listed_in_pages() {
         let kv = Arc::new(connect(&etcd).await);
         let layout = Layout::default();
         // About 2 KB each (labels, as a real fleet carries): 5 MB in all.
-        let pad = "x".repeat(1900);
+        // Eight labels of 237 bytes: within a record's bounds (values of 256 at most).
+        let value = "x".repeat(237);
+        let pad = (0..8)
+            .map(|k| format!(r#""pad{k}":"{value}""#))
+            .collect::<Vec<_>>()
+            .join(",");
         let mut total = 0;
         let mut writes = futures::stream::iter((0..NODES).map(|i| {
             let (kv, key) = (kv.clone(), layout.node_key(&format!("big-{i:05}")));
             let value = format!(
-                r#"{{"id":"big-{i:05}","ip":"192.0.2.1","ports":{{"tcp":8000}},"region":"r{}","capacity":1000,"connections":{},"labels":{{"pad":"{pad}"}}}}"#,
+                r#"{{"id":"big-{i:05}","ip":"192.0.2.1","ports":{{"tcp":8000}},"region":"r{}","capacity":1000,"connections":{},"labels":{{{pad}}}}}"#,
                 i % 4,
                 i % 900
             );
