@@ -10,6 +10,10 @@
 # on one). Each answer moves a node in the herd-adjusted order; the goal is the same
 # req/s at any fleet size, within 10 % (10,000 nodes / 100 nodes >= 0.9).
 #
+# BENCH_BASELINE=PATH adds another build of bench_router (an older commit's, built
+# with `cargo build --release -p router-server --example bench_router` in a checkout of
+# it) to the rotation, at 1,000 nodes, with the ratio of this build to it.
+#
 #   scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +31,14 @@ cargo build --quiet --release -p router-server --example bench_router --example 
 spawn router target/release/examples/bench_router 1000 127.0.0.1:0
 spawn static target/release/examples/static_server 127.0.0.1:0
 spawn bare target/release/examples/bare_static_server 127.0.0.1:0
+if [ -n "${BENCH_BASELINE:-}" ]; then spawn baseline "$BENCH_BASELINE" 1000 127.0.0.1:0; fi
 export BENCH_LEVELLED=1
 spawn burst100 target/release/examples/bench_router 100 127.0.0.1:0
 spawn burst1000 target/release/examples/bench_router 1000 127.0.0.1:0
 spawn burst10000 target/release/examples/bench_router 10000 127.0.0.1:0
 unset BENCH_LEVELLED
 router=$(listen_addr router); static=$(listen_addr static); bare=$(listen_addr bare)
+baseline=""; [ -z "${BENCH_BASELINE:-}" ] || baseline=$(listen_addr baseline)
 [ -n "$router" ] && [ -n "$static" ] && [ -n "$bare" ] || { cat "$work"/*.err; exit 1; }
 declare -A burst
 for n in 100 1000 10000; do
@@ -52,12 +58,16 @@ run_wrk() { # addr [threads connections] -> "rps p99_ms"
 }
 
 
-: > "$work/router.res"; : > "$work/static.res"; : > "$work/bare.res"
+: > "$work/router.res"; : > "$work/static.res"; : > "$work/bare.res"; : > "$work/baseline.res"
 for n in 100 1000 10000; do : > "$work/burst$n.res"; done
 for i in $(seq 1 "$rounds"); do
   run_wrk "$router" >> "$work/router.res"
   run_wrk "$static" >> "$work/static.res"
   run_wrk "$bare" >> "$work/bare.res"
+  if [ -n "$baseline" ]; then
+    run_wrk "$baseline" >> "$work/baseline.res"
+    echo "round $i: baseline build $(tail -1 "$work/baseline.res")"
+  fi
   echo "round $i: router $(tail -1 "$work/router.res")  static $(tail -1 "$work/static.res")  bare $(tail -1 "$work/bare.res")  (req/s p99_ms)"
   for n in 100 1000 10000; do run_wrk "${burst[$n]}" 1 32 >> "$work/burst$n.res"; done
   echo "round $i mid-burst: 100 nodes $(tail -1 "$work/burst100.res")  1,000 $(tail -1 "$work/burst1000.res")  10,000 $(tail -1 "$work/burst10000.res")"
@@ -70,6 +80,10 @@ printf '%-34s %12.0f %12.3f\n' "static, same stack (baseline)" "$s_rps" "$(col s
 printf '%-34s %12.0f %12.3f\n' "static, bare axum" "$b_rps" "$(col bare 2)"
 awk -v r="$r_rps" -v s="$s_rps" 'BEGIN {printf "throughput ratio router/same-stack static: %.3f (target >= 0.9)\n", r/s}'
 awk -v r="$r_rps" -v b="$b_rps" 'BEGIN {printf "throughput ratio router/bare axum static:  %.3f\n", r/b}'
+if [ -n "$baseline" ]; then
+  printf '%-34s %12.0f %12.3f\n' "baseline build (1,000 nodes)" "$(col baseline 1)" "$(col baseline 2)"
+  awk -v r="$r_rps" -v b="$(col baseline 1)" 'BEGIN {printf "throughput ratio this build/baseline build: %.3f\n", r/b}'
+fi
 
 printf '\n%-34s %12s %12s\n' "mid-burst, levelled ($rounds x ${secs}s, -t1 -c32)" "req/s" "p99 ms"
 for n in 100 1000 10000; do

@@ -65,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
         };
         kv.put(&layout.node_key(&r.id), r.to_json(), None).await?;
     }
-    let mut text = "[rate_limit]\nper_ip_per_sec = 100000000\nburst = 100000000\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n".to_string();
+    // The load comes from one address: the request budget and the herd budget are
+    // set high enough never to refuse or stop counting it, but both are checked on
+    // every request, as they are for real clients.
+    let mut text = "[rate_limit]\nper_ip_per_sec = 100000000\nburst = 100000000\n[edge]\nherd_budget = 4000000000\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n".to_string();
     if let Some(listen) = &dns {
         text.push_str(&format!(
             "[dns]\nlisten = \"{listen}\"\nzone = \"gw.bench.test\"\nrrl_per_sec = 0\n"
