@@ -81,4 +81,9 @@ pub struct RegistryStatus {
     pub dropped: bool,
     /// Its protect threshold holds departed nodes.
     pub protecting: bool,
+    /// How far behind etcd this router's view of it is, ms (see [`crate::lag`]);
+    /// `None` before the first heartbeat.
+    pub lag_ms: Option<u64>,
+    /// The alarms its etcd has raised (`nospace`, `corrupt`).
+    pub alarms: Vec<&'static str>,
 }
