@@ -48,6 +48,8 @@ struct Inner {
     last: Option<Duration>,
     /// Heartbeats written.
     beats: u64,
+    /// The highest revision of the key delivered so far.
+    delivered: i64,
 }
 
 impl Lag {
@@ -73,6 +75,12 @@ impl Lag {
     /// A heartbeat write returned at `at` with `revision`.
     pub fn wrote(&self, revision: i64, at: Instant) {
         let mut i = self.lock();
+        if revision <= i.delivered {
+            // The watch delivered it before the write's answer came back: etcd sends
+            // both at once, so the view is not behind at all.
+            i.last = Some(Duration::ZERO);
+            return;
+        }
         if i.pending.len() < PENDING_KEPT {
             i.pending.push_back((revision, at));
         }
@@ -82,6 +90,7 @@ impl Lag {
     /// up to it has arrived, and the latest of them measures the lag.
     pub fn seen(&self, revision: i64, at: Instant) {
         let mut i = self.lock();
+        i.delivered = i.delivered.max(revision);
         let mut latest = None;
         while i.pending.front().is_some_and(|(r, _)| *r <= revision) {
             latest = i.pending.pop_front();
@@ -338,6 +347,15 @@ mod tests {
         assert_eq!(
             lag.current(t0 + Duration::from_secs(9)),
             Some(Duration::from_millis(500))
+        );
+        // Delivered before the write's own answer came back: no lag, and nothing left
+        // waiting to grow.
+        lag.seen(20, t0 + Duration::from_secs(10));
+        lag.wrote(20, t0 + Duration::from_millis(10_002));
+        assert_eq!(lag.measured(), Some(Duration::ZERO));
+        assert_eq!(
+            lag.current(t0 + Duration::from_secs(12)),
+            Some(Duration::ZERO)
         );
     }
 }
