@@ -151,7 +151,7 @@ fn alerting_rules_pass_promtool_and_their_unit_tests() {
             .arg(deploy("prometheus/router-alerts.yml")),
     );
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     let (ok, out) = output(
         Command::new(&promtool)
             .current_dir(deploy("prometheus"))
