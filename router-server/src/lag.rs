@@ -247,8 +247,10 @@ mod tests {
     /// `max_lag_ms` (answers stale) and comes back.
     #[tokio::test]
     async fn the_heartbeat_measures_a_held_back_watch() {
-        let mut config = crate::config::FileConfig::default();
-        config.max_lag_ms = 1_000;
+        let config = crate::config::FileConfig {
+            max_lag_ms: 1_000,
+            ..Default::default()
+        };
         let state = Arc::new(AppState::new(config));
         let kv = Arc::new(TestKv::new());
         let layout = registry::Layout::new(registry::DEFAULT_PREFIX);
