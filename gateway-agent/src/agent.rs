@@ -358,6 +358,9 @@ impl Agent {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let has_hook = self.config.hook.is_some();
+        // Why writes fail, named once per change (see `crate::faults`).
+        let mut faults = crate::faults::WriteFaults::default();
+        let node_id = self.config.node.id.clone();
 
         loop {
             tokio::select! {
@@ -379,9 +382,12 @@ impl Agent {
                 if Instant::now() >= next_applied_write {
                     match or_cancel(&cancel, self.kv.put(&applied_key, a.to_json(), None)).await {
                         None => break,
-                        Some(Ok(_)) => applied_written = Some(a.clone()),
+                        Some(Ok(_)) => {
+                            applied_written = Some(a.clone());
+                            faults.succeeded(&node_id);
+                        }
                         Some(Err(e)) => {
-                            debug!(error = %e, "applied record write failed, will retry");
+                            faults.failed(&node_id, &applied_key, "applied record write", &e);
                             next_applied_write = Instant::now() + Duration::from_millis(500);
                         }
                     }
@@ -402,6 +408,7 @@ impl Agent {
                 };
                 match result {
                     Ok(id) => {
+                        faults.succeeded(&node_id);
                         last_written = Some((d.clone(), Instant::now()));
                         self.status.send_modify(|s| {
                             s.registrations += 1;
@@ -416,11 +423,8 @@ impl Agent {
                             .next_grant()
                             .saturating_duration_since(Instant::now())
                             .as_millis() as u64;
-                        if matches!(e, KvError::Rejected(_)) {
-                            // etcd answered no: a permission or credentials problem.
-                            warn!(node_id = %self.config.node.id, key = %node_key, error = %e, retry_in_ms, "registration refused by etcd (permission?) for {node_key}");
-                        } else {
-                            warn!(node_id = %self.config.node.id, error = %e, retry_in_ms, "registration failed");
+                        if !faults.failed(&node_id, &node_key, "registration", &e) {
+                            debug!(retry_in_ms, "registering again later");
                         }
                     }
                 }
@@ -436,7 +440,9 @@ impl Agent {
                     self.status.send_modify(|s| s.lease = None);
                     continue;
                 }
-                Renewal::Failed(e) => debug!(error = %e, "keep-alive failed, retrying"),
+                Renewal::Failed(e) => {
+                    faults.failed(&node_id, &node_key, "keep-alive", &e);
+                }
             }
 
             let Some(id) = lease.id() else { continue };
@@ -454,6 +460,7 @@ impl Agent {
                 };
                 match result {
                     Ok(_) => {
+                        faults.succeeded(&node_id);
                         last_written = Some((d.clone(), Instant::now()));
                         self.status.send_modify(|s| {
                             s.writes += 1;
@@ -471,10 +478,9 @@ impl Agent {
                         lease.lost();
                         self.status.send_modify(|s| s.lease = None);
                     }
-                    Err(e @ KvError::Rejected(_)) => {
-                        warn!(key = %node_key, error = %e, "report refused by etcd (permission?) for {node_key}")
+                    Err(e) => {
+                        faults.failed(&node_id, &node_key, "report", &e);
                     }
-                    Err(e) => debug!(error = %e, "report failed, will retry"),
                 }
             }
         }

@@ -18,6 +18,7 @@
 pub mod agent;
 pub mod blocklist;
 pub mod config;
+pub mod faults;
 pub mod health;
 pub mod hook;
 pub mod load;

@@ -31,7 +31,7 @@ use etcd_client::{
 use futures::StreamExt;
 use tracing::{info, warn};
 
-use crate::kv::{KeyValue, Kv, KvError, KvEvent, LeaseId, Listing, WatchBatch, WatchStream};
+use crate::kv::{Alarm, KeyValue, Kv, KvError, KvEvent, LeaseId, Listing, WatchBatch, WatchStream};
 use crate::security::{chain, is_tls_refusal, EtcdSecurity};
 
 /// Timeouts for talking to etcd.
@@ -840,6 +840,30 @@ impl Kv for EtcdKv {
 
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<WatchStream, KvError> {
         self.watch_range(prefix, true, start_revision).await
+    }
+
+    async fn alarms(&self) -> Result<Vec<Alarm>, KvError> {
+        use etcd_client::{AlarmAction, AlarmType};
+        let t = self.inner.opts.request_timeout;
+        let (resp, _) = self
+            .call("alarm", t, |mut c| async move {
+                c.alarm(AlarmAction::Get, AlarmType::None, None)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        let mut raised = Vec::new();
+        for m in resp.alarms() {
+            let alarm = match m.alarm() {
+                AlarmType::Nospace => Alarm::NoSpace,
+                AlarmType::Corrupt => Alarm::Corrupt,
+                AlarmType::None => continue,
+            };
+            if !raised.contains(&alarm) {
+                raised.push(alarm);
+            }
+        }
+        Ok(raised)
     }
 }
 

@@ -81,6 +81,105 @@ pub struct WatchBatch {
 /// A stream of watch batches; an `Err` item ends the watch and calls for a new listing.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, KvError>> + Send>>;
 
+/// Why a request to the store failed, as an operator acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// etcd is out of its space quota (alarm NOSPACE): every write is refused until
+    /// an operator compacts, defragments and disarms the alarm.
+    NoSpace,
+    /// The credentials lack the permission (or do not authenticate).
+    PermissionDenied,
+    /// The etcd cluster has no leader (lost quorum).
+    NoLeader,
+    /// The store cannot be reached.
+    Unreachable,
+    /// Anything else (a bad argument, a lease etcd no longer knows, ...).
+    Other,
+}
+
+impl Cause {
+    /// A short name for logs and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::NoSpace => "NOSPACE",
+            Cause::PermissionDenied => "permission denied",
+            Cause::NoLeader => "no leader",
+            Cause::Unreachable => "unreachable",
+            Cause::Other => "other",
+        }
+    }
+
+    /// What it means for the one who reads the log.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Cause::NoSpace => "etcd is out of its space quota (alarm NOSPACE): writes are refused until an operator compacts, defragments and disarms the alarm (docs/runbooks.md)",
+            Cause::PermissionDenied => "the registry refuses these credentials the permission",
+            Cause::NoLeader => "the etcd cluster has no leader",
+            Cause::Unreachable => "the registry cannot be reached",
+            Cause::Other => "the registry refused the request",
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl KvError {
+    /// Why the request failed, from the kind and etcd's message.
+    pub fn cause(&self) -> Cause {
+        match self {
+            KvError::Unavailable(m) | KvError::Rejected(m) | KvError::WatchCancelled(m) => {
+                let m = m.to_ascii_lowercase();
+                if m.contains("database space exceeded")
+                    || m.contains("nospace")
+                    || m.contains("resourceexhausted")
+                {
+                    Cause::NoSpace
+                } else if m.contains("permission denied")
+                    || m.contains("permissiondenied")
+                    || m.contains("unauthenticated")
+                    || m.contains("authentication failed")
+                    || m.contains("invalid auth token")
+                {
+                    Cause::PermissionDenied
+                } else if m.contains("no leader") {
+                    Cause::NoLeader
+                } else if matches!(self, KvError::Unavailable(_)) {
+                    Cause::Unreachable
+                } else {
+                    Cause::Other
+                }
+            }
+            KvError::Compacted { .. } | KvError::LeaseNotFound(_) => Cause::Other,
+        }
+    }
+}
+
+/// An alarm etcd raises on a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alarm {
+    /// Out of its space quota (`--quota-backend-bytes`): writes are refused.
+    NoSpace,
+    /// A member's data is corrupt.
+    Corrupt,
+}
+
+impl Alarm {
+    /// Every alarm, in the order they are shown.
+    pub const ALL: [Alarm; 2] = [Alarm::NoSpace, Alarm::Corrupt];
+
+    /// Its name in labels and on `/ops`: `nospace` or `corrupt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alarm::NoSpace => "nospace",
+            Alarm::Corrupt => "corrupt",
+        }
+    }
+}
+
 /// What the agent and the router need from a key-value store with leases.
 #[async_trait]
 pub trait Kv: Send + Sync + 'static {
@@ -110,5 +209,10 @@ pub trait Kv: Send + Sync + 'static {
     /// needs permission on that key alone.
     async fn watch_key(&self, key: &str, start_revision: i64) -> Result<WatchStream, KvError> {
         self.watch(key, start_revision).await
+    }
+    /// The alarms raised in the store (etcd's `alarm list`), each once whatever the
+    /// members raising it. A store without alarms (the in-memory one) has none.
+    async fn alarms(&self) -> Result<Vec<Alarm>, KvError> {
+        Ok(Vec::new())
     }
 }

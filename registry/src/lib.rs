@@ -45,7 +45,7 @@ pub mod security;
 
 pub use imbl;
 pub use keys::{Layout, DEFAULT_PREFIX};
-pub use kv::{Kv, KvError, LeaseId};
+pub use kv::{Alarm, Cause, Kv, KvError, LeaseId};
 pub use record::{
     now_ms, Applied, Command, CommandAction, HookState, HookStatus, NodeRecord, NodeState, Ports,
     Proto, RecordError,

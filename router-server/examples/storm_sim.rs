@@ -48,6 +48,9 @@ struct Args {
     /// Every router's view this much staler, ms.
     #[arg(long, default_value_t = 0)]
     lag_ms: u64,
+    /// The routers take the lag for a clock offset (as they did before measuring it).
+    #[arg(long)]
+    ignore_lag: bool,
     /// Agents' clocks off by up to this much either way, ms.
     #[arg(long, default_value_t = 0)]
     skew_ms: i64,
@@ -98,6 +101,7 @@ fn main() {
     c.regions = a.regions;
     c.initial_load = a.initial;
     c.router_lag_ms = vec![a.lag_ms; a.routers];
+    c.routers_know_lag = !a.ignore_lag;
     c.agent_skew_ms = a.skew_ms;
     c.etcd_delay_ms = (a.etcd_delay_ms[0], *a.etcd_delay_ms.last().unwrap());
     c.connect_delay_ms = (a.connect_delay_ms[0], *a.connect_delay_ms.last().unwrap());
@@ -110,8 +114,10 @@ fn main() {
     c.seed = a.seed;
     let cap: u64 = c.capacities.iter().sum();
     println!(
-        "{} clients over {} ms ({:?}), {} routers (views {} ms stale), {} gateways ({} capacity) in {} regions, start at {:.0} %, agents' clocks ±{} ms",
-        c.clients, c.duration_ms, c.curve, c.routers, a.lag_ms, c.capacities.len(), cap, c.regions,
+        "{} clients over {} ms ({:?}), {} routers (views {} ms stale{}), {} gateways ({} capacity) in {} regions, start at {:.0} %, agents' clocks ±{} ms",
+        c.clients, c.duration_ms, c.curve, c.routers, a.lag_ms,
+        if a.ignore_lag { ", taken for a clock offset" } else { "" },
+        c.capacities.len(), cap, c.regions,
         c.initial_load * 100.0, c.agent_skew_ms
     );
     let t = Instant::now();

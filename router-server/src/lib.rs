@@ -25,6 +25,7 @@
 //! request handlers, which never take a lock on the request path.
 
 pub mod admin;
+pub mod alarms;
 pub mod answer;
 pub mod clock;
 pub mod config;
@@ -35,6 +36,7 @@ pub mod guard;
 pub mod herd;
 pub mod http;
 pub mod identity;
+pub mod lag;
 pub mod membership;
 pub mod metrics;
 pub mod ops;
@@ -42,6 +44,8 @@ pub mod peers;
 pub mod schedule;
 pub mod sim;
 pub mod state;
+#[cfg(test)]
+mod testkv;
 pub mod tls;
 
 use std::sync::Arc;
@@ -119,6 +123,11 @@ pub async fn run_registries(
         .collect();
     let mut inputs = Vec::new();
     let mut blocklists = Vec::new();
+    let lags: Vec<Arc<lag::Lag>> = registries
+        .iter()
+        .map(|r| Arc::new(lag::Lag::new(r.name.clone())))
+        .collect();
+    let _ = state.lags.set(lags.clone());
     for (i, r) in registries.iter().enumerate() {
         let (view, follower) = registry::follow_map::follow_map(
             r.kv.clone(),
@@ -148,7 +157,21 @@ pub async fn run_registries(
             local: i == local,
             nodes_prefix: r.layout.nodes_prefix(),
             views,
+            lag: Some(lags[i].clone()),
         });
+        tasks.spawn(lag::follow(
+            r.kv.clone(),
+            r.layout.router_key(&router_id),
+            lags[i].clone(),
+            background.clone(),
+        ));
+        tasks.spawn(alarms::run(
+            r.name.clone(),
+            r.kv.clone(),
+            state.clone(),
+            alarms::EVERY,
+            background.clone(),
+        ));
         // Registered in every registry it follows: each one's router count covers
         // every router that may send clients to its nodes.
         tasks.spawn(peers::run(
@@ -160,10 +183,17 @@ pub async fn run_registries(
                 counts: counts.clone(),
                 index: i,
                 public_addrs: opts.public_addrs.clone(),
+                lag: lags[i].clone(),
             },
             background.clone(),
         ));
     }
+    tasks.spawn(peers::publish_lag(
+        state.clone(),
+        lags.clone(),
+        local,
+        background.clone(),
+    ));
     tasks.spawn(guard::follow::run(
         state.guard.clone(),
         blocklists,

@@ -5,6 +5,10 @@
 //! is the number of live routers, by which each router scales its own answers. A
 //! router that dies disappears with its lease; one that stops revokes it at once. While
 //! the registry is out of reach the last count stays.
+//!
+//! The registration is also the router's heartbeat: once a second (at most) its value
+//! is written again with a growing `beat`, and [`crate::lag`] times how long etcd
+//! takes to deliver each one back. A router writes no key but its own.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,8 +24,11 @@ use crate::state::AppState;
 
 /// Lease of a router's key: a router that dies stops counting after this long.
 const TTL: Duration = Duration::from_secs(10);
-/// How often the lease is renewed and the routers counted.
+/// How often the lease is renewed.
 const EVERY: Duration = Duration::from_secs(2);
+/// How often the heartbeat is written and the routers counted: one write a second
+/// per registry at most.
+const BEAT: Duration = Duration::from_secs(1);
 
 /// This router's id: host name and process id, plus a random part so two routers on
 /// one host never share one.
@@ -71,6 +78,22 @@ pub struct Slot {
     pub index: usize,
     /// This router's public addresses, published in its registration.
     pub public_addrs: Vec<std::net::IpAddr>,
+    /// This registry's lag, which the heartbeats measure.
+    pub lag: Arc<crate::lag::Lag>,
+}
+
+/// A router's registration: who it is, where clients reach it, and its heartbeat.
+fn registration(
+    id: &str,
+    started_ms: u64,
+    public_addrs: &[std::net::IpAddr],
+    beat: u64,
+) -> Vec<u8> {
+    let mut value = serde_json::json!({"id": id, "started_ms": started_ms, "beat": beat});
+    if !public_addrs.is_empty() {
+        value["public_addrs"] = serde_json::json!(public_addrs);
+    }
+    value.to_string().into_bytes()
 }
 
 /// Registers this router in one registry and keeps `state.routers` up to date until
@@ -85,21 +108,19 @@ pub async fn run(
 ) {
     let key = layout.router_key(&id);
     let prefix = layout.routers_prefix();
-    let mut value = serde_json::json!({"id": id, "started_ms": registry::now_ms()});
-    if !slot.public_addrs.is_empty() {
-        value["public_addrs"] = serde_json::json!(slot.public_addrs);
-    }
-    let value = value.to_string();
+    let started_ms = registry::now_ms();
+    let lag = slot.lag.clone();
     let mut lease = Lease::renewed_every(TTL, EVERY);
     let mut backoff = Backoff::for_store();
     let mut failing = false;
     loop {
         let result = async {
+            let value = registration(&id, started_ms, &slot.public_addrs, lag.next_beat());
             if lease.grant_due() {
-                let l = lease
-                    .register(&*kv, &key, value.clone().into_bytes())
-                    .await?;
+                let l = lease.register(&*kv, &key, value).await?;
                 info!(router_id = %id, lease = format_args!("{l:x}"), "registered under {prefix}");
+                // The registration's own revision is not known here: the next beat
+                // starts the measurement.
             } else {
                 match lease.renew(&*kv).await {
                     Renewal::NotDue | Renewal::Renewed => {}
@@ -108,6 +129,8 @@ pub async fn run(
                     }
                     Renewal::Failed(e) => return Err(e),
                 }
+                let revision = kv.put(&key, value, lease.id()).await?;
+                lag.wrote(revision, tokio::time::Instant::now());
             }
             let listed = kv.list(&prefix).await?.kvs;
             let addrs: Vec<std::net::IpAddr> = listed
@@ -144,7 +167,7 @@ pub async fn run(
                     }
                     state.metrics.routers_live.set(live as i64);
                     backoff.reset();
-                    EVERY
+                    BEAT
                 }
                 Err(e) => {
                     if matches!(e, KvError::LeaseNotFound(_)) {
@@ -170,5 +193,57 @@ pub async fn run(
         Ok(()) if held => info!(router_id = %id, "router deregistered"),
         Ok(()) => {}
         Err(e) => debug!(error = %e, "router registration left to expire"),
+    }
+}
+/// Publishes every registry's lag once a second until `cancel`: the gauge, the lag
+/// the herd window is stretched by, and whether answers are marked stale (the
+/// router's own registry past `max_lag_ms`).
+pub async fn publish_lag(
+    state: Arc<AppState>,
+    lags: Vec<Arc<crate::lag::Lag>>,
+    local: usize,
+    cancel: CancellationToken,
+) {
+    let bound = Duration::from_millis(state.config.max_lag_ms);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_lagging = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        let mut steady = Duration::ZERO;
+        for l in &lags {
+            if let Some(d) = l.current(now) {
+                state.metrics.set_registry_lag(&l.registry, d);
+            }
+            steady = steady.max(l.measured().unwrap_or_default());
+        }
+        state
+            .herd_lag_ms
+            .store(steady.as_millis() as u64, Ordering::Relaxed);
+        let lagging = lags
+            .get(local)
+            .and_then(|l| l.current(now))
+            .is_some_and(|d| d > bound);
+        state.lagging.store(lagging, Ordering::Relaxed);
+        if lagging != was_lagging {
+            let lag_ms = lags
+                .get(local)
+                .and_then(|l| l.current(now))
+                .map_or(0, |d| d.as_millis());
+            if lagging {
+                tracing::warn!(
+                    lag_ms,
+                    max_lag_ms = state.config.max_lag_ms,
+                    "this router's view is behind etcd past max_lag_ms: answers are marked stale"
+                );
+            } else {
+                tracing::info!(lag_ms, "this router's view caught up with etcd");
+            }
+            was_lagging = lagging;
+        }
     }
 }

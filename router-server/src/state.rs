@@ -46,6 +46,19 @@ pub struct AppState {
     /// Per registry followed, the public addresses its live routers publish
     /// (`--public-addr`), for the routers' own domain in DNS and HTTPDNS.
     pub router_addrs: std::sync::Mutex<Vec<Vec<std::net::IpAddr>>>,
+    /// Each registry's lag behind etcd, in the order they are configured (set once
+    /// the registries are known; see [`crate::lag`]).
+    pub lags: std::sync::OnceLock<Vec<Arc<crate::lag::Lag>>>,
+    /// The steady lag (the largest registry's last heartbeat round trip), ms: the
+    /// herd window is longer by it, since a connection shows in a report that much
+    /// later.
+    pub herd_lag_ms: std::sync::atomic::AtomicU64,
+    /// True while this router's view of its own registry is behind etcd by more than
+    /// `max_lag_ms`: answers are marked stale.
+    pub lagging: std::sync::atomic::AtomicBool,
+    /// The alarms each registry's etcd has raised, by registry name (absent: not read
+    /// yet or not readable), see [`crate::alarms`].
+    pub alarms: std::sync::Mutex<std::collections::BTreeMap<String, Vec<registry::Alarm>>>,
 }
 
 impl AppState {
@@ -73,6 +86,10 @@ impl AppState {
             protecting: std::sync::atomic::AtomicBool::new(false),
             registries: std::sync::Mutex::new(Vec::new()),
             router_addrs: std::sync::Mutex::new(Vec::new()),
+            lags: std::sync::OnceLock::new(),
+            herd_lag_ms: std::sync::atomic::AtomicU64::new(0),
+            lagging: std::sync::atomic::AtomicBool::new(false),
+            alarms: std::sync::Mutex::new(Default::default()),
             regions,
         }
     }
@@ -80,7 +97,8 @@ impl AppState {
     /// The herd counts as a request sees them now.
     pub fn herd_view(&self) -> crate::herd::HerdView {
         crate::herd::HerdView::now(
-            self.config.herd_window_secs * 1000,
+            self.config.herd_window_secs * 1000
+                + self.herd_lag_ms.load(std::sync::atomic::Ordering::Relaxed),
             self.routers.load(std::sync::atomic::Ordering::Relaxed),
         )
     }
@@ -109,4 +127,9 @@ pub struct RegistryStatus {
     pub dropped: bool,
     /// Its protect threshold holds departed nodes.
     pub protecting: bool,
+    /// How far behind etcd this router's view of it is, ms (see [`crate::lag`]);
+    /// `None` before the first heartbeat.
+    pub lag_ms: Option<u64>,
+    /// The alarms its etcd has raised (`nospace`, `corrupt`).
+    pub alarms: Vec<&'static str>,
 }

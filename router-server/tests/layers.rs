@@ -6,8 +6,10 @@
 //! Layers, bottom to top (see ARCHITECTURE.md):
 //!
 //! 1. facts every layer may use: `clock`, `identity`, `config`, `metrics`, `tls`, `answer`
+//!    (and `testkv`, the unit tests' store)
 //! 2. decisions, pure over a snapshot: `herd`, `schedule`
-//! 3. the fleet as the router believes it: `membership`, `peers`, `guard`, `state`
+//! 3. the fleet as the router believes it: `membership`, `peers`, `lag`, `alarms`, `guard`,
+//!    `state`
 //! 4. edges: `http`, `dns`, `admin`, `ops`, `ctl`
 //! 5. the binary's glue and tools: `lib` (the crate root), `demo`, `sim`
 
@@ -21,10 +23,13 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 1),
     ("tls", 1),
     ("answer", 1),
+    ("testkv", 1),
     ("herd", 2),
     ("schedule", 2),
     ("membership", 3),
     ("peers", 3),
+    ("lag", 3),
+    ("alarms", 3),
     ("guard", 3),
     ("state", 3),
     ("http", 4),

@@ -116,8 +116,19 @@ impl Etcd {
         Etcd::cluster(1)
     }
 
+    /// Starts a single-member etcd with `extra` flags (e.g. a tiny
+    /// `--quota-backend-bytes`) and waits until it is healthy.
+    pub fn start_with(extra: &[&str]) -> Etcd {
+        Etcd::cluster_with(1, extra)
+    }
+
     /// Starts an `n`-member cluster and waits until every member is healthy.
     pub fn cluster(n: usize) -> Etcd {
+        Etcd::cluster_with(n, &[])
+    }
+
+    /// [`Etcd::cluster`] with `extra` flags for every member.
+    pub fn cluster_with(n: usize, extra: &[&str]) -> Etcd {
         require_tool("etcd");
         // A port taken between `free_port` and etcd's bind (by another test's process)
         // makes a member exit; such a start is tried again on other ports.
@@ -138,7 +149,7 @@ impl Etcd {
                 tls: None,
             };
             for i in 0..n {
-                etcd.spawn(i);
+                etcd.spawn_with(i, extra);
             }
             match etcd.try_wait_healthy() {
                 Ok(()) => return etcd,

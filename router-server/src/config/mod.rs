@@ -504,6 +504,9 @@ pub struct FileConfig {
     /// A registry the router cannot reach for this long has its nodes offered only
     /// after every node of a live registry (and dropped after `protect_max_secs`).
     pub registry_stale_secs: u64,
+    /// Answers are marked `stale` while this router's view of its own registry is
+    /// further behind etcd than this (its heartbeat's round trip, `crate::lag`), ms.
+    pub max_lag_ms: u64,
     /// The registries to follow, one per data centre (`[[registries]]`).
     pub registries: Vec<RegistryConfig>,
     /// A node without a binding (`P/bindings/{id}`) is invalid: every node must be
@@ -699,6 +702,7 @@ impl Default for FileConfig {
             http: HttpConfig::default(),
             tls: TlsConfig::default(),
             registry_stale_secs: 10,
+            max_lag_ms: 2_000,
             registries: Vec::new(),
             require_bindings: false,
             dns: Default::default(),
@@ -819,6 +823,9 @@ impl FileConfig {
             "must be at least 1".into()
         })?;
         check(self.registry_stale_secs >= 1, "registry_stale_secs", || {
+            "must be at least 1".into()
+        })?;
+        check(self.max_lag_ms >= 1, "max_lag_ms", || {
             "must be at least 1".into()
         })?;
         let mut names = std::collections::HashSet::new();

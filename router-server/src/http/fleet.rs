@@ -114,6 +114,8 @@ pub struct RouterStatus {
     pub routers_live: u64,
     /// Nodes at or above this projected load get no clients.
     pub max_load: f64,
+    /// Answers are marked stale while the router's own registry's lag passes this, ms.
+    pub max_lag_ms: u64,
     /// The admin API is mounted (the page offers actions only then).
     pub admin: bool,
     /// Invalid records in the registries (and node ids found in two of them).
@@ -247,14 +249,15 @@ fn router_status(api: &Api, admin: bool, snap: Option<&crate::schedule::Snapshot
         ready: snap.is_some(),
         registry_connected: m.registry_connected.get() == 1,
         revision: snap.map(|s| s.revision).unwrap_or(0),
-        stale: snap.is_some_and(|s| s.stale),
+        stale: snap.is_some_and(|s| s.stale) || state.lagging.load(Ordering::Relaxed),
         snapshot_age_secs,
         protect_active: state.protecting.load(Ordering::Relaxed),
         routers_live: state.routers.load(Ordering::Relaxed),
         max_load,
+        max_lag_ms: state.config.max_lag_ms,
         admin,
         invalid,
-        registries: state.registries.lock().expect("registries lock").clone(),
+        registries: with_health(state),
         gateways_ok: m
             .requests
             .get_or_create(&RequestLabels {
@@ -270,6 +273,24 @@ fn router_status(api: &Api, admin: bool, snap: Option<&crate::schedule::Snapshot
             .enabled()
             .then(|| m.dns_totals.status(&state.config.dns.zone)),
     }
+}
+
+/// Each registry's status, with its lag and its etcd's alarms as of now (they change
+/// without a new view).
+fn with_health(state: &crate::state::AppState) -> Vec<crate::membership::RegistryStatus> {
+    let mut statuses = state.registries.lock().expect("registries lock").clone();
+    let now = tokio::time::Instant::now();
+    let lags = state.lags.get();
+    let alarms = state.alarms.lock().expect("alarms lock");
+    for st in &mut statuses {
+        if let Some(l) = lags.and_then(|ls| ls.iter().find(|l| *l.registry == *st.name)) {
+            st.lag_ms = l.current(now).map(|d| d.as_millis() as u64);
+        }
+        if let Some(a) = alarms.get(&st.name) {
+            st.alarms = a.iter().map(|a| a.as_str()).collect();
+        }
+    }
+    statuses
 }
 
 /// The fleet as this router serves it now.

@@ -214,8 +214,11 @@ fn gateways(
             .iter()
             .map(|c| (snap.nodes[c.index].json.entry(params.proto, c.ip), c.load));
         // An answer naming a node protect holds, or one of a registry out of reach, is
-        // stale however fresh the rest is.
-        let stale = snap.stale || chosen.iter().any(|c| snap.nodes[c.index].held);
+        // stale however fresh the rest is; so is every answer while this router's view
+        // is further behind etcd than `max_lag_ms`.
+        let stale = snap.stale
+            || api.state.lagging.load(std::sync::atomic::Ordering::Relaxed)
+            || chosen.iter().any(|c| snap.nodes[c.index].held);
         render_answer(&mut t.buf, entries, region, tail, snap.revision, stale);
         Ok(Bytes::copy_from_slice(&t.buf))
     })?;

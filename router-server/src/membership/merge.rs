@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 use super::counts::NodeCounts;
 use super::protect::{Protect, Verdict};
 use super::RegistryStatus;
-use crate::schedule::Snapshot;
+use crate::schedule::{Arrival, Snapshot};
 use crate::state::AppState;
 
 /// Invalid records (or duplicate ids) by key, with the reason.
@@ -31,6 +31,9 @@ pub struct Input {
     pub nodes_prefix: String,
     /// The follower's views.
     pub views: watch::Receiver<Arc<NodeView>>,
+    /// How far behind etcd the views are (see [`crate::lag`]): reports are placed at
+    /// the moment etcd had them. `None`: not measured, taken as none.
+    pub lag: Option<Arc<crate::lag::Lag>>,
 }
 
 /// One registry's state in the updater: its last view, its protect threshold, and how
@@ -152,7 +155,18 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         // When the reports arrived: their sample ages count back from here. (What
         // arrives during the wait below is placed a little early, which counts a few
         // answers twice rather than none.)
-        let received = registry::now_ms();
+        // Less each registry's steady lag: when etcd had them (see `schedule::Arrival`).
+        let received = Arrival {
+            at_ms: registry::now_ms(),
+            lag_ms: members
+                .iter()
+                .filter_map(|m| {
+                    let lag = m.input.lag.as_ref()?.measured()?;
+                    Some((m.input.name.clone(), lag.as_millis() as u64))
+                })
+                .collect(),
+            default_lag_ms: 0,
+        };
         // Coalesce: wait out the rest of the interval since the last build started
         // (a build that took longer than the interval is followed at once); whatever
         // arrives meanwhile is folded into this build.
@@ -248,7 +262,7 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
                     reports.iter().map(|(_, new)| new),
                     local_view.revision,
                     stale,
-                    received,
+                    received.clone(),
                 )
                 .inspect(|_| {
                     for (old, new) in &reports {
@@ -401,6 +415,8 @@ fn statuses(members: &[Member], local: usize, now: Instant) -> Vec<RegistryStatu
                 demoted: mem.demoted,
                 dropped: mem.dropped,
                 protecting: mem.verdict == Verdict::Hold,
+                lag_ms: None,
+                alarms: Vec::new(),
             }
         })
         .collect()

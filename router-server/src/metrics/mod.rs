@@ -46,6 +46,15 @@ pub struct RegistryLabels {
     pub registry: String,
 }
 
+/// Labels of the etcd alarm gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmLabels {
+    /// The registry's (DC's) name.
+    pub registry: String,
+    /// `nospace` or `corrupt`.
+    pub alarm: &'static str,
+}
+
 /// Labels of the DNS query counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DnsLabels {
@@ -248,6 +257,11 @@ pub struct Metrics {
     pub registry_nodes: Family<RegistryLabels, Gauge>,
     /// Per registry: 1 while its nodes are demoted (out of reach), 2 once dropped.
     pub registry_demoted: Family<RegistryLabels, Gauge>,
+    /// Per registry: how far behind etcd this router's view is (its heartbeat's round
+    /// trip, or the wait of one not delivered yet), seconds.
+    pub registry_lag: Family<RegistryLabels, Gauge<f64, AtomicU64>>,
+    /// Per registry and alarm: 1 while etcd has the alarm raised.
+    pub etcd_alarm: Family<AlarmLabels, Gauge>,
     /// DNS queries by transport, type and response code.
     pub dns_queries: Family<DnsLabels, Counter>,
     /// DNS answers held back by the response-rate limit.
@@ -293,6 +307,8 @@ impl Default for Metrics {
             registry_up: Family::default(),
             registry_nodes: Family::default(),
             registry_demoted: Family::default(),
+            registry_lag: Family::default(),
+            etcd_alarm: Family::default(),
             dns_queries: Family::default(),
             dns_rrl: Family::default(),
             dns_tcp_closed: Family::default(),
@@ -450,6 +466,16 @@ impl Default for Metrics {
             m.registry_demoted.clone(),
         );
         registry.register(
+            "registry_lag_seconds",
+            "How far behind etcd this router's view of the registry (DC) is: the round trip of its heartbeat through etcd, on its own clock",
+            m.registry_lag.clone(),
+        );
+        registry.register(
+            "etcd_alarm",
+            "1 while the registry's etcd has the alarm raised (nospace: out of its space quota, writes refused; corrupt: a member's data is corrupt)",
+            m.etcd_alarm.clone(),
+        );
+        registry.register(
             "dns_queries",
             "DNS queries by transport, query type and response code",
             m.dns_queries.clone(),
@@ -499,6 +525,27 @@ impl Metrics {
                     state: state.as_str(),
                 })
                 .set(*n);
+        }
+    }
+
+    /// A registry's lag.
+    pub fn set_registry_lag(&self, registry: &str, lag: std::time::Duration) {
+        self.registry_lag
+            .get_or_create(&RegistryLabels {
+                registry: registry.to_string(),
+            })
+            .set(lag.as_secs_f64());
+    }
+
+    /// A registry's etcd alarms: every known alarm is set, 0 or 1.
+    pub fn set_etcd_alarms(&self, registry: &str, raised: &[registry::Alarm]) {
+        for alarm in registry::Alarm::ALL {
+            self.etcd_alarm
+                .get_or_create(&AlarmLabels {
+                    registry: registry.to_string(),
+                    alarm: alarm.as_str(),
+                })
+                .set(raised.contains(&alarm) as i64);
         }
     }
 

@@ -208,6 +208,52 @@ fn sample_time(
     }
 }
 
+/// When reports arrived (this router's wall-clock ms), and how far behind etcd each
+/// registry's view was then (its watch lag, see `crate::lag`).
+///
+/// A report reached the router `lag` after etcd had it. Left in, a steady lag reads
+/// as a clock offset: the least `received − updated_ms` grows by it, every sample is
+/// placed that much later, and the answers given between the true sample and its
+/// late arrival are taken for counted. Subtracting the lag places a report at the
+/// moment etcd had it, which is what the delivery minimum of [`sample_time`] assumes.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// When the reports arrived.
+    pub at_ms: u64,
+    /// Each registry's lag, ms, by name (the records' `dc`).
+    pub lag_ms: Vec<(Arc<str>, u64)>,
+    /// The lag of a record whose registry is not in `lag_ms` (or that has no `dc`).
+    pub default_lag_ms: u64,
+}
+
+impl Arrival {
+    /// Reports arrived at `at_ms` over a view `lag_ms` behind etcd.
+    pub fn lagged(at_ms: u64, lag_ms: u64) -> Arrival {
+        Arrival {
+            at_ms,
+            lag_ms: Vec::new(),
+            default_lag_ms: lag_ms,
+        }
+    }
+
+    /// When etcd had `record`, on this router's clock: the arrival less its
+    /// registry's lag.
+    fn of(&self, record: &NodeRecord) -> u64 {
+        let lag = record
+            .dc
+            .as_ref()
+            .and_then(|dc| self.lag_ms.iter().find(|(n, _)| n == dc))
+            .map_or(self.default_lag_ms, |(_, l)| *l);
+        self.at_ms.saturating_sub(lag)
+    }
+}
+
+impl From<u64> for Arrival {
+    fn from(at_ms: u64) -> Arrival {
+        Arrival::lagged(at_ms, 0)
+    }
+}
+
 /// An immutable, indexed view of the fleet, swapped atomically on every change.
 ///
 /// The nodes are a persistent vector: a report patches one entry of a copy that
@@ -265,8 +311,8 @@ impl Snapshot {
     /// registry without a drain, which protect keeps serving. They are ranked after
     /// every live node: a mass departure is more often a crash than a lost session,
     /// so a client must reach a live gateway first whenever one can take it.
-    /// `received` is when the reports arrived (this router's wall-clock ms), on which
-    /// their sample ages are anchored.
+    /// `received` is when the reports arrived (this router's wall-clock ms, and the
+    /// registries' lags: see [`Arrival`]), on which their sample ages are anchored.
     pub fn build_holding(
         records: impl IntoIterator<Item = Arc<NodeRecord>>,
         held: impl IntoIterator<Item = Arc<NodeRecord>>,
@@ -274,8 +320,9 @@ impl Snapshot {
         revision: i64,
         stale: bool,
         seed: u64,
-        received: u64,
+        received: impl Into<Arrival>,
     ) -> Snapshot {
+        let received = received.into();
         // Records by id (the registry's map yields them sorted already), matched with
         // the previous snapshot's nodes (sorted by id too) in one merge: no hashing.
         let mut records: Vec<Arc<NodeRecord>> = records.into_iter().collect();
@@ -334,7 +381,10 @@ impl Snapshot {
                     json: e.json.clone(),
                     held: false,
                 },
-                previous => NodeEntry::new(record, previous, tie, received),
+                previous => {
+                    let at = received.of(&record);
+                    NodeEntry::new(record, previous, tie, at)
+                }
             });
             if !held_ids.is_empty() {
                 let e = nodes.last_mut().expect("just pushed");
@@ -410,14 +460,16 @@ impl Snapshot {
     }
 
     /// [`Snapshot::patch`] with the reports received at `received` (this router's
-    /// wall-clock ms), on which their sample ages are anchored.
+    /// wall-clock ms, and the registries' lags: see [`Arrival`]), on which their
+    /// sample ages are anchored.
     pub fn patch_at<'a>(
         &self,
         reports: impl IntoIterator<Item = &'a Arc<NodeRecord>>,
         revision: i64,
         stale: bool,
-        received: u64,
+        received: impl Into<Arrival>,
     ) -> Option<Snapshot> {
+        let received = received.into();
         let mut next = self.clone();
         next.generation = order::next_generation();
         // The orders go to the new snapshot, which updates them below; this one scans.
@@ -438,7 +490,7 @@ impl Snapshot {
                 // A held node reported again: it is back, which takes a full build.
                 return None;
             }
-            let entry = NodeEntry::new(record.clone(), Some(&old), old.tie, received);
+            let entry = NodeEntry::new(record.clone(), Some(&old), old.tie, received.of(record));
             next.unindex(i as u32, &old);
             next.nodes.set(i, entry);
             next.reindex(i as u32);

@@ -41,6 +41,10 @@ function renderRouter(f) {
   if (!r.registry_connected) problems.push("registry disconnected");
   if (r.protect_active) problems.push("PROTECT ALARM");
   if (r.stale) problems.push("answers stale");
+  for (const g of r.registries) {
+    for (const a of g.alarms) problems.push("etcd ALARM " + a.toUpperCase() + " (" + g.name + ")");
+    if (g.lag_ms !== null && g.lag_ms > r.max_lag_ms) problems.push(g.name + " view " + (g.lag_ms / 1000).toFixed(1) + "s behind etcd");
+  }
   status.textContent = problems.length ? problems.join(" · ") : "following the registry";
   status.className = problems.length ? "status bad" : "status";
   status.dataset.connected = String(r.registry_connected);
@@ -76,12 +80,16 @@ function renderRouter(f) {
       : g.demoted ? "DEMOTED (out of reach " + g.unreachable_secs + "s)"
       : !g.connected ? "unreachable " + g.unreachable_secs + "s"
       : g.protecting ? "PROTECT ALARM" : "connected";
-    const bad = !g.connected || g.demoted || g.dropped || g.protecting;
+    const lagging = g.lag_ms !== null && g.lag_ms > r.max_lag_ms;
+    const bad = !g.connected || g.demoted || g.dropped || g.protecting || g.alarms.length > 0 || lagging;
     return el("tr", { class: bad ? "alarm" : "", "data-registry": g.name },
       el("td", {}, el("b", {}, g.name), g.local ? " (this router's own)" : ""),
       el("td", { "data-state": state }, state),
       el("td", {}, String(g.nodes)),
-      el("td", {}, String(g.revision)));
+      el("td", {}, String(g.revision)),
+      el("td", { class: lagging ? "alarm" : "" }, g.lag_ms === null ? "-" : g.lag_ms + " ms"),
+      el("td", { "data-alarms": g.alarms.join(",") },
+        g.alarms.length ? g.alarms.map(a => "ALARM " + a.toUpperCase()).join(" · ") : "none"));
   }));
 
   renderDns(r.dns);

@@ -1,0 +1,187 @@
+//! etcd's faults as people see them, with a real etcd, a real agent and a real router:
+//! an etcd out of its space quota (alarm NOSPACE) is named once by the agent whose
+//! writes it refuses and shown by the router (`router_etcd_alarm`, `/ops`) until an
+//! operator frees space and disarms it; and the router's lag behind etcd is measured.
+
+use std::time::Duration;
+
+use harness::{get_json, has_sample, http_get, sample, wait_until, Etcd, Proc, RouterProc};
+
+const P: &str = "/gateway-router/v1";
+
+fn metrics(router: &RouterProc) -> String {
+    http_get(router.addr, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// The lines of the agent's output that warn about NOSPACE.
+fn nospace_warnings(agent: &Proc) -> usize {
+    agent
+        .output()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("NOSPACE"))
+        .count()
+}
+
+#[test]
+fn an_etcd_out_of_space_is_named_once_by_the_agent_and_shown_by_the_router() {
+    // 2 MiB: a few dozen writes of 100 KB fill it.
+    let etcd = Etcd::start_with(&["--quota-backend-bytes", "2097152"]);
+    let dir = tempfile::tempdir().unwrap();
+    let conns = dir.path().join("conns");
+    std::fs::write(&conns, "10").unwrap();
+    let load = format!("file:{}", conns.display());
+    // At debug for its write faults: each refused attempt shows (at debug), so the
+    // test can wait for several of them.
+    let endpoints = etcd.endpoints();
+    let agent = Proc::spawn_env(
+        "gateway-agent",
+        &[
+            "--etcd",
+            &endpoints,
+            "--id",
+            "gw-q",
+            "--ip",
+            "127.0.0.1",
+            "--region",
+            "cn-sh",
+            "--capacity",
+            "1000",
+            "--port",
+            "tcp=8000",
+            "--load",
+            &load,
+            "--report-min-change",
+            "0",
+        ],
+        &[("RUST_LOG", "info,gateway_agent::faults=debug")],
+    );
+    let router = RouterProc::start(&etcd, "", &[]);
+    wait_until(Duration::from_secs(15), "the node served", || {
+        http_get(router.addr, "/gateways?count=3")
+            .is_some_and(|(code, body)| code == 200 && body.contains("gw-q"))
+    });
+    let alarm_line =
+        |v: u8| format!("router_etcd_alarm{{registry=\"default\",alarm=\"nospace\"}} {v}");
+    wait_until(Duration::from_secs(10), "the alarm gauge at 0", || {
+        has_sample(&metrics(&router), &alarm_line(0))
+    });
+
+    // Fill etcd until it refuses: the NOSPACE alarm is raised.
+    let blob = "x".repeat(100_000);
+    let mut refused = None;
+    for i in 0..200 {
+        let out = etcd.ctl_raw(&["put", &format!("/fill/{i}"), &blob]);
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+    }
+    let refused = refused.expect("etcd refuses writes past its quota");
+    assert!(refused.contains("database space exceeded"), "{refused}");
+    assert!(etcd.ctl(&["alarm", "list"]).contains("NOSPACE"));
+
+    // The router shows it: the gauge, and /ops names it.
+    wait_until(Duration::from_secs(10), "the alarm gauge at 1", || {
+        has_sample(&metrics(&router), &alarm_line(1))
+    });
+    let (code, summary) = get_json(router.addr, "/ops/summary.json").expect("summary");
+    assert_eq!(code, 200);
+    let dc = &summary["router"]["registries"][0];
+    assert_eq!(dc["alarms"], serde_json::json!(["nospace"]), "{dc}");
+    assert!(router.proc.output().contains("etcd alarm raised"));
+
+    // The agent's reports are refused: it says why, once, however many it tries.
+    let refused_again = |agent: &Proc| {
+        agent
+            .output()
+            .lines()
+            .filter(|l| l.contains("DEBUG") && l.contains("failed again"))
+            .count()
+    };
+    std::fs::write(&conns, "20").unwrap();
+    wait_until(Duration::from_secs(10), "the agent names NOSPACE", || {
+        nospace_warnings(&agent) >= 1
+    });
+    // Each change is another report the agent tries and etcd refuses.
+    for n in [30, 40, 50, 60] {
+        let before = refused_again(&agent);
+        std::fs::write(&conns, n.to_string()).unwrap();
+        wait_until(Duration::from_secs(10), "another refused report", || {
+            refused_again(&agent) > before
+        });
+    }
+    assert_eq!(
+        nospace_warnings(&agent),
+        1,
+        "one warning per change of cause:\n{}",
+        agent.output()
+    );
+    let record = etcd.get(&format!("{P}/nodes/gw-q")).unwrap();
+    assert!(record.contains("\"connections\":10"), "{record}");
+
+    // The operator frees space (delete, compact, defragment) and disarms the alarm.
+    etcd.ctl(&["del", "/fill/", "--prefix"]);
+    let status = etcd.ctl(&["endpoint", "status", "--write-out=json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let revision = status[0]["Status"]["header"]["revision"].as_i64().unwrap();
+    etcd.ctl(&["compaction", &revision.to_string()]);
+    etcd.ctl(&["defrag"]);
+    etcd.ctl(&["alarm", "disarm"]);
+    assert!(!etcd.ctl(&["alarm", "list"]).contains("NOSPACE"));
+    wait_until(Duration::from_secs(10), "the alarm gauge back at 0", || {
+        has_sample(&metrics(&router), &alarm_line(0))
+    });
+    let (_, summary) = get_json(router.addr, "/ops/summary.json").expect("summary");
+    assert_eq!(
+        summary["router"]["registries"][0]["alarms"],
+        serde_json::json!([])
+    );
+    // The agent writes again, and says so; still one NOSPACE warning.
+    std::fs::write(&conns, "70").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the report after the disarm",
+        || {
+            etcd.get(&format!("{P}/nodes/gw-q"))
+                .is_some_and(|r| r.contains("\"connections\":70"))
+        },
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the agent says writes succeed",
+        || agent.output().contains("writes to etcd succeed again"),
+    );
+    assert_eq!(nospace_warnings(&agent), 1, "{}", agent.output());
+}
+
+#[test]
+fn the_lag_behind_a_healthy_etcd_is_measured_and_small() {
+    let etcd = Etcd::start();
+    let router = RouterProc::start(&etcd, "", &[]);
+    let series = "router_registry_lag_seconds{registry=\"default\"}";
+    wait_until(Duration::from_secs(10), "the lag gauge", || {
+        metrics(&router).lines().any(|l| l.starts_with(series))
+    });
+    // A few heartbeats: each one's round trip through etcd stays small.
+    for _ in 0..3 {
+        let lag = sample(&metrics(&router), series);
+        assert!((0.0..0.5).contains(&lag), "lag {lag} s");
+        std::thread::sleep(Duration::from_millis(1_000));
+    }
+    let (_, summary) = get_json(router.addr, "/ops/summary.json").expect("summary");
+    let dc = &summary["router"]["registries"][0];
+    let lag_ms = dc["lag_ms"].as_u64().expect("lag_ms on /ops");
+    assert!(lag_ms < 500, "{dc}");
+    assert_eq!(summary["router"]["stale"], false);
+    // The heartbeat is the registration: its fields stay, with the beat.
+    let key = etcd.keys(&format!("{P}/routers/"));
+    assert_eq!(key.len(), 1, "{key:?}");
+    let value: serde_json::Value = serde_json::from_str(&etcd.get(&key[0]).unwrap()).unwrap();
+    assert!(
+        value["id"].is_string() && value["started_ms"].is_u64(),
+        "{value}"
+    );
+    assert!(value["beat"].as_u64().unwrap() >= 2, "{value}");
+}
