@@ -80,6 +80,11 @@ pub struct Cli {
     /// network per line, replaced atomically on every change.
     #[arg(long, env = "AGENT_BLOCKLIST_FILE", value_name = "PATH")]
     pub blocklist_file: Option<std::path::PathBuf>,
+    /// Keep the lease across a restart of the agent: on SIGTERM while the gateway serves
+    /// (and no drain was asked), leave the lease in this file instead of revoking it, so
+    /// the next start takes it up and the node never leaves. SIGUSR1 stops and leaves.
+    #[arg(long, env = "AGENT_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<std::path::PathBuf>,
     /// Report a connection change at once when it is at least this fraction of capacity.
     #[arg(long, env = "AGENT_REPORT_MIN_CHANGE", value_name = "RATIO", default_value_t = 0.01,
           value_parser = parse_ratio)]
@@ -219,6 +224,7 @@ impl Cli {
         config.load = Some(self.load);
         config.sample_interval = Duration::from_millis(self.sample_interval_ms);
         config.leave_grace = Duration::from_millis(self.leave_grace_ms);
+        config.state_file = self.state_file;
         config.health = self.health;
         config.health_interval = Duration::from_millis(self.health_interval_ms);
         config.hook = self

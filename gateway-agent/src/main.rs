@@ -42,7 +42,6 @@ async fn main() -> anyhow::Result<()> {
     .await
     .unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let cancel = CancellationToken::new();
-    tokio::spawn(shutdown_on_signal(cancel.clone()));
     let kv: Arc<dyn registry::Kv> = Arc::new(kv);
     let blocklist = blocklist_file.map(|path| {
         tokio::spawn(gateway_agent::blocklist::run(
@@ -52,7 +51,8 @@ async fn main() -> anyhow::Result<()> {
             cancel.clone(),
         ))
     });
-    let (agent, _handle) = Agent::new(kv, config);
+    let (agent, handle) = Agent::new(kv, config);
+    tokio::spawn(shutdown_on_signal(cancel.clone(), handle));
     agent.run(cancel.clone()).await;
     if let Some(task) = blocklist {
         cancel.cancel();
@@ -61,12 +61,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_on_signal(cancel: CancellationToken) {
+/// SIGTERM / SIGINT stop the agent (a restart with `--state-file` while the gateway
+/// serves); SIGUSR1 stops it for good: the lease is revoked whatever the state file.
+async fn shutdown_on_signal(cancel: CancellationToken, handle: gateway_agent::AgentHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut leave = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = leave.recv() => {
+            tracing::info!("SIGUSR1: leaving for good");
+            handle.leave_on_stop();
+        }
     }
     tracing::info!("shutting down");
     cancel.cancel();
