@@ -20,7 +20,7 @@ registry::etcd_security_flags!(AgentEtcdFlags, "AGENT");
 /// Registers a gateway node in etcd under a lease, reports its connections and
 /// health, and executes drain / migrate commands.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gateway-agent", version)]
+#[command(name = "gateway-agent", version = registry::build_info!().long_version())]
 pub struct Cli {
     /// etcd endpoints, comma-separated (http://HOST:PORT, or https:// for TLS).
     #[arg(long, env = "AGENT_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]

@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
         Ok(c) => c,
         Err(e) => registry::cli::exit_invalid(e),
     };
-    tracing::info!(etcd = %endpoints.join(","), prefix = %config.layout.prefix(), node_id = %config.node.id, "agent starting");
+    let build = registry::build_info!();
+    tracing::info!(version = build.version, commit = build.commit, built = build.date, etcd = %endpoints.join(","), prefix = %config.layout.prefix(), node_id = %config.node.id, "agent starting");
     // A wrong CA, an expired certificate or a wrong password: one line now, not a
     // retry loop. (An etcd that is down is waited for.)
     let own = config.layout.node_key(&config.node.id);

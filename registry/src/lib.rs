@@ -32,6 +32,7 @@ pub mod access;
 pub mod backoff;
 pub mod binding;
 pub mod blocklist;
+pub mod build_info;
 pub mod cli;
 pub mod etcd;
 pub mod follow;

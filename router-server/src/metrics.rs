@@ -294,6 +294,16 @@ impl Default for Metrics {
             dns_totals: Default::default(),
             registry: Registry::default(),
         };
+        // What this router was built from: `router_build_info{version,commit} 1`.
+        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build
+            .get_or_create(&registry::build_info!().labels())
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version and git commit this router was built from",
+            build,
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
