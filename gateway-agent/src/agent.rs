@@ -108,6 +108,8 @@ pub struct AgentConfig {
     /// gateway serves (`--state-file`); `None` revokes on every stop. See
     /// [`crate::restart`].
     pub state_file: Option<std::path::PathBuf>,
+    /// The agent's metrics (served by [`crate::metrics::serve`] when asked to).
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl AgentConfig {
@@ -125,6 +127,7 @@ impl AgentConfig {
             hook: None,
             leave_grace: Duration::from_millis(500),
             state_file: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -153,6 +156,7 @@ pub struct AgentHandle {
     status: watch::Receiver<AgentStatus>,
     /// Set when the next stop must revoke the lease even with a state file.
     leave: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl AgentHandle {
@@ -167,6 +171,7 @@ impl AgentHandle {
     pub fn set_connections_sampled(&self, n: u64, sampled_ms: u64) {
         self.sampled_ms
             .store(sampled_ms, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.connections.set(n.min(i64::MAX as u64) as i64);
         self.connections
             .send_if_modified(|c| std::mem::replace(c, n) != n);
     }
@@ -231,6 +236,7 @@ impl Agent {
             healthy: Arc::new(health_tx),
             status: status_rx,
             leave: Arc::default(),
+            metrics: config.metrics.clone(),
         };
         let agent = Agent {
             kv,
@@ -442,8 +448,12 @@ impl Agent {
                 let Some(result) = or_cancel(&cancel, attempt).await else {
                     break;
                 };
+                let m = &self.config.metrics;
                 match result {
                     Ok(id) => {
+                        m.reported();
+                        m.registrations.inc();
+                        m.registered.set(1);
                         last_written = Some((d.clone(), Instant::now()));
                         self.status.send_modify(|s| {
                             s.registrations += 1;
@@ -466,6 +476,7 @@ impl Agent {
                         }
                     }
                     Err(e) => {
+                        m.etcd_connected.set(0);
                         let retry_in_ms = lease
                             .next_grant()
                             .saturating_duration_since(Instant::now())
@@ -483,14 +494,23 @@ impl Agent {
             let Some(renewal) = or_cancel(&cancel, lease.renew(&*self.kv)).await else {
                 break;
             };
+            let m = &self.config.metrics;
             match renewal {
-                Renewal::NotDue | Renewal::Renewed => {}
+                Renewal::NotDue => {}
+                Renewal::Renewed => {
+                    m.lease_renewals.inc();
+                    m.etcd_connected.set(1);
+                }
                 Renewal::Lost(why) => {
+                    m.registered.set(0);
                     warn!(node_id = %self.config.node.id, "lease lost ({why}), registering again");
                     self.status.send_modify(|s| s.lease = None);
                     continue;
                 }
-                Renewal::Failed(e) => debug!(error = %e, "keep-alive failed, retrying"),
+                Renewal::Failed(e) => {
+                    m.etcd_connected.set(0);
+                    debug!(error = %e, "keep-alive failed, retrying")
+                }
             }
 
             let Some(id) = lease.id() else { continue };
@@ -508,6 +528,7 @@ impl Agent {
                 };
                 match result {
                     Ok(_) => {
+                        m.reported();
                         last_written = Some((d.clone(), Instant::now()));
                         self.status.send_modify(|s| {
                             s.writes += 1;
@@ -521,6 +542,7 @@ impl Agent {
                         );
                     }
                     Err(KvError::LeaseNotFound(_)) => {
+                        m.registered.set(0);
                         warn!(node_id = %self.config.node.id, "lease expired, registering again");
                         lease.lost();
                         self.status.send_modify(|s| s.lease = None);
@@ -528,7 +550,10 @@ impl Agent {
                     Err(e @ KvError::Rejected(_)) => {
                         warn!(key = %node_key, error = %e, "report refused by etcd (permission?) for {node_key}")
                     }
-                    Err(e) => debug!(error = %e, "report failed, will retry"),
+                    Err(e) => {
+                        m.etcd_connected.set(0);
+                        debug!(error = %e, "report failed, will retry")
+                    }
                 }
             }
         }
@@ -536,6 +561,7 @@ impl Agent {
         tasks.cancel();
         tracker.close();
         hooks.close();
+        self.config.metrics.registered.set(0);
         // With a state file, a stop while the gateway serves is a restart of the agent
         // alone: the record stays under its lease for the next start to take up.
         let restart = self.stays_for_restart(lease.id(), &d, &http).await;
@@ -929,6 +955,7 @@ async fn sample_load(
                 handle.set_connections_sampled(n, sampled_ms);
             }
             Err(e) => {
+                handle.metrics.load_source_failures.inc();
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     warn!(error = %msg, "load sample failed; keeping the last count");

@@ -85,6 +85,10 @@ pub struct Cli {
     /// the next start takes it up and the node never leaves. SIGUSR1 stops and leaves.
     #[arg(long, env = "AGENT_STATE_FILE", value_name = "PATH")]
     pub state_file: Option<std::path::PathBuf>,
+    /// Serve the agent's own /metrics, /healthz and /readyz on this address (port 0: any
+    /// free port, logged as `serving metrics addr=...`). Off by default.
+    #[arg(long, env = "AGENT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Report a connection change at once when it is at least this fraction of capacity.
     #[arg(long, env = "AGENT_REPORT_MIN_CHANGE", value_name = "RATIO", default_value_t = 0.01,
           value_parser = parse_ratio)]

@@ -10,6 +10,7 @@
 //! * [`report`]: the pure policy deciding when a load change is worth a write.
 //! * [`load`]: connection-count sources (`static`, `file`, `tcp-port`, `http-json`).
 //! * [`health`]: probes (`tcp:`, `http:`) and their hysteresis.
+//! * [`metrics`]: the agent's own `/metrics`, `/healthz` and `/readyz` (`--metrics-listen`).
 //! * [`restart`]: the state file that lets a restarted agent take up its lease.
 //! * [`hook`]: how the gateway hears "move N % of your clients" (HTTP or callback).
 //!
@@ -22,6 +23,7 @@ pub mod config;
 pub mod health;
 pub mod hook;
 pub mod load;
+pub mod metrics;
 pub mod report;
 pub mod restart;
 pub mod sockdiag;

@@ -41,6 +41,7 @@ pub mod keys;
 pub mod kv;
 pub mod lease;
 pub mod memory;
+pub mod metrics_text;
 pub mod record;
 pub mod security;
 
