@@ -212,7 +212,11 @@ fn an_agent_whose_gateway_is_down_revokes_at_once() {
     gw.stop();
     a.signal("TERM");
     assert!(a.wait_exit(Duration::from_secs(10)).success());
-    assert!(etcd.get(&key).is_none(), "the lease is revoked before exit");
+    assert!(
+        etcd.get(&key).is_none(),
+        "the lease is revoked before exit:\n{}",
+        a.output()
+    );
     assert!(!state.exists(), "no lease left for a next start");
     assert!(a.output().contains("the gateway is down"), "{}", a.output());
 
@@ -263,4 +267,47 @@ fn a_state_file_whose_lease_expired_starts_with_a_new_lease() {
         .expect("a registered line");
     assert!(!line.contains(&format!("lease={old} ")), "{line}");
     assert!(!line.contains("took up"), "{line}");
+}
+
+/// A migrate applied before a restart that kept the lease is not applied again after it:
+/// the gateway hears it once.
+#[test]
+fn a_command_applied_before_a_kept_lease_restart_is_applied_once() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cmd.state");
+    let gw = Gateway::start();
+    let hook = harness::HookServer::start();
+    let url = hook.url();
+    let key = format!("{P}/nodes/cmd");
+    let mut a = agent(&etcd, "cmd", &gw, &state, &["--hook", &url]);
+    wait_until(Duration::from_secs(15), "registered", || {
+        etcd.get(&key).is_some()
+    });
+    let (code, out) = harness::router_ctl(&etcd, &["migrate", "cmd", "--percent", "30"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(10), "delivered", || {
+        hook.delivered().len() == 1
+    });
+    let applied = |etcd: &Etcd| -> serde_json::Value {
+        serde_json::from_str(&etcd.get(&key).expect("the record")).unwrap()
+    };
+    let cmd = applied(&etcd)["applied_command"].clone();
+    assert!(cmd.is_string(), "{}", applied(&etcd));
+    a.signal("TERM");
+    assert!(a.wait_exit(Duration::from_secs(10)).success());
+    let a = agent(&etcd, "cmd", &gw, &state, &["--hook", &url]);
+    a.wait_for_output(
+        "took up the lease of the previous run",
+        Duration::from_secs(15),
+    );
+    a.wait_for_output(
+        "resuming after the last applied command",
+        Duration::from_secs(5),
+    );
+    // Time for a second delivery, were there one.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(hook.delivered().len(), 1, "{:?}", hook.bodies());
+    assert_eq!(applied(&etcd)["applied_command"], cmd);
+    assert_eq!(applied(&etcd)["state"], "serving");
 }
