@@ -242,6 +242,30 @@ mod tests {
             .unwrap();
         assert_eq!(r.applied_command.as_deref(), Some("m-1"));
         assert_eq!(r.state, NodeState::Serving);
+        cancel.cancel();
+        task.await.unwrap();
+
+        // A start with another TTL: a new lease, the record moved onto it without a gap,
+        // the old lease revoked.
+        let mut shorter = config.clone();
+        shorter.ttl = Duration::from_secs(5);
+        let (handle, cancel, task) = run(shorter);
+        let second = lease_of(&handle).await;
+        assert_ne!(second, first);
+        assert!(matches!(
+            kv.keep_alive(first).await,
+            Err(registry::KvError::LeaseNotFound(_))
+        ));
+        assert!(kv.get(&key).await.unwrap().is_some());
+        cancel.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            RestartState::load(&path, &key).unwrap().unwrap().lease,
+            second
+        );
+        let (handle, cancel, task) = run(config.clone());
+        let _ = lease_of(&handle).await;
+
         // A drain, then a stop: the node leaves, and the file goes.
         kv.put(&cmd_key, br#"{"id":"d-1","action":"drain"}"#.to_vec(), None)
             .await
