@@ -104,6 +104,12 @@ pub struct AgentConfig {
     /// revoked: time for every router to see the mark and stop answering the node
     /// while it still runs (default 500 ms; routers follow etcd within tens of ms).
     pub leave_grace: Duration,
+    /// Where the agent leaves its lease for its next start when it stops while the
+    /// gateway serves (`--state-file`); `None` revokes on every stop. See
+    /// [`crate::restart`].
+    pub state_file: Option<std::path::PathBuf>,
+    /// The agent's metrics (served by [`crate::metrics::serve`] when asked to).
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl AgentConfig {
@@ -120,6 +126,8 @@ impl AgentConfig {
             health_interval: Duration::from_secs(1),
             hook: None,
             leave_grace: Duration::from_millis(500),
+            state_file: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -146,6 +154,9 @@ pub struct AgentHandle {
     sampled_ms: Arc<std::sync::atomic::AtomicU64>,
     healthy: Arc<watch::Sender<bool>>,
     status: watch::Receiver<AgentStatus>,
+    /// Set when the next stop must revoke the lease even with a state file.
+    leave: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl AgentHandle {
@@ -160,6 +171,7 @@ impl AgentHandle {
     pub fn set_connections_sampled(&self, n: u64, sampled_ms: u64) {
         self.sampled_ms
             .store(sampled_ms, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.connections.set(n.min(i64::MAX as u64) as i64);
         self.connections
             .send_if_modified(|c| std::mem::replace(c, n) != n);
     }
@@ -168,6 +180,12 @@ impl AgentHandle {
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy
             .send_if_modified(|h| std::mem::replace(h, healthy) != healthy);
+    }
+
+    /// Makes the next stop a departure: the lease is revoked even with a state file and
+    /// a gateway that serves (`SIGUSR1` to the binary).
+    pub fn leave_on_stop(&self) {
+        self.leave.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Follows the agent's status.
@@ -217,6 +235,8 @@ impl Agent {
             sampled_ms: Arc::new(std::sync::atomic::AtomicU64::new(now_ms())),
             healthy: Arc::new(health_tx),
             status: status_rx,
+            leave: Arc::default(),
+            metrics: config.metrics.clone(),
         };
         let agent = Agent {
             kv,
@@ -261,7 +281,8 @@ impl Agent {
         }
     }
 
-    /// Runs until `cancel` fires, then revokes the lease so the node vanishes at once.
+    /// Runs until `cancel` fires, then revokes the lease so the node vanishes at once
+    /// (or, with a state file and a gateway that serves, keeps it for the next start).
     /// Every line it logs carries the node's id (a `node_id` span).
     pub async fn run(self, cancel: CancellationToken) {
         let span = tracing::info_span!("agent", node_id = %self.config.node.id);
@@ -354,6 +375,19 @@ impl Agent {
         let mut next_applied_write = Instant::now();
 
         let mut lease = Lease::new(ttl);
+        // The lease the previous run left (`--state-file`), taken up instead of a grant;
+        // one of another TTL is replaced (and revoked once the record moved off it).
+        let (mut resume, mut superseded) = match self.restart_state(&node_key) {
+            Some(s) if s.ttl_secs == ttl.as_secs() => (Some(s.lease), None),
+            Some(s) => {
+                info!(
+                    lease = format_args!("{:x}", s.lease),
+                    "the previous run's lease has another TTL; granting a new one"
+                );
+                (None, Some(s.lease))
+            }
+            None => (None, None),
+        };
         let mut last_written: Option<(Dynamic, Instant)> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -401,14 +435,32 @@ impl Agent {
                     continue;
                 }
                 let value = self.record(&d).to_json();
-                let Some(result) =
-                    or_cancel(&cancel, lease.register(&*self.kv, &node_key, value)).await
-                else {
+                let taking_up = resume.is_some();
+                let attempt = async {
+                    if let Some(old) = resume {
+                        match lease.resume(&*self.kv, old, &node_key, value.clone()).await {
+                            Err(KvError::LeaseNotFound(_)) => {
+                                info!(
+                                    lease = format_args!("{old:x}"),
+                                    "the previous run's lease expired; granting a new one"
+                                );
+                                resume = None;
+                            }
+                            other => return other,
+                        }
+                    }
+                    lease.register(&*self.kv, &node_key, value).await
+                };
+                let Some(result) = or_cancel(&cancel, attempt).await else {
                     break;
                 };
+                let m = &self.config.metrics;
                 match result {
                     Ok(id) => {
                         faults.succeeded(&node_id);
+                        m.reported();
+                        m.registrations.inc();
+                        m.registered.set(1);
                         last_written = Some((d.clone(), Instant::now()));
                         self.status.send_modify(|s| {
                             s.registrations += 1;
@@ -416,9 +468,22 @@ impl Agent {
                             s.lease = Some(id);
                             s.written = Some(d.clone());
                         });
-                        info!(node_id = %self.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered");
+                        if taking_up && resume == Some(id) {
+                            info!(node_id = %self.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered: took up the lease of the previous run");
+                        } else {
+                            info!(node_id = %self.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered");
+                        }
+                        resume = None;
+                        if let Some(old) = superseded.take() {
+                            // The record lives under the new lease now; the old one holds
+                            // nothing of ours.
+                            if let Err(e) = lease_revoke(&*self.kv, old).await {
+                                debug!(error = %e, "revoking the previous run's lease failed; it expires with its TTL");
+                            }
+                        }
                     }
                     Err(e) => {
+                        m.etcd_connected.set(0);
                         let retry_in_ms = lease
                             .next_grant()
                             .saturating_duration_since(Instant::now())
@@ -433,14 +498,21 @@ impl Agent {
             let Some(renewal) = or_cancel(&cancel, lease.renew(&*self.kv)).await else {
                 break;
             };
+            let m = &self.config.metrics;
             match renewal {
-                Renewal::NotDue | Renewal::Renewed => {}
+                Renewal::NotDue => {}
+                Renewal::Renewed => {
+                    m.lease_renewals.inc();
+                    m.etcd_connected.set(1);
+                }
                 Renewal::Lost(why) => {
+                    m.registered.set(0);
                     warn!(node_id = %self.config.node.id, "lease lost ({why}), registering again");
                     self.status.send_modify(|s| s.lease = None);
                     continue;
                 }
                 Renewal::Failed(e) => {
+                    m.etcd_connected.set(0);
                     faults.failed(&node_id, &node_key, "keep-alive", &e);
                 }
             }
@@ -461,6 +533,7 @@ impl Agent {
                 match result {
                     Ok(_) => {
                         faults.succeeded(&node_id);
+                        m.reported();
                         last_written = Some((d.clone(), Instant::now()));
                         self.status.send_modify(|s| {
                             s.writes += 1;
@@ -474,11 +547,13 @@ impl Agent {
                         );
                     }
                     Err(KvError::LeaseNotFound(_)) => {
+                        m.registered.set(0);
                         warn!(node_id = %self.config.node.id, "lease expired, registering again");
                         lease.lost();
                         self.status.send_modify(|s| s.lease = None);
                     }
                     Err(e) => {
+                        m.etcd_connected.set(0);
                         faults.failed(&node_id, &node_key, "report", &e);
                     }
                 }
@@ -488,13 +563,17 @@ impl Agent {
         tasks.cancel();
         tracker.close();
         hooks.close();
+        self.config.metrics.registered.set(0);
+        // With a state file, a stop while the gateway serves is a restart of the agent
+        // alone: the record stays under its lease for the next start to take up.
+        let restart = self.stays_for_restart(lease.id(), &d, &http).await;
         // A planned departure, said before anything else: `draining` takes the node
         // out of every answer while it still runs, and routers count a node that left
         // draining as planned (a rolling restart is not a crash: it never trips their
         // protect threshold, nor is the node served again while they hold).
         let marked = match lease.id() {
-            Some(id) => self.mark_leaving(&node_key, id, &d).await,
-            None => None,
+            Some(id) if restart.is_none() => self.mark_leaving(&node_key, id, &d).await,
+            _ => None,
         };
         // The hook worker ends once the signal due is delivered (or replaced), or when
         // the grace is over.
@@ -553,6 +632,22 @@ impl Agent {
                 }
             }
         }
+        if let (Some(state), Some(path)) = (restart, &self.config.state_file) {
+            match state.save(path) {
+                Ok(()) => {
+                    info!(node_id = %self.config.node.id, lease = format_args!("{:x}", state.lease), ttl_secs = state.ttl_secs, file = %path.display(), "stopped for a restart: lease kept, the record stays until the next start takes it up or its TTL runs out")
+                }
+                Err(e) => {
+                    warn!(node_id = %self.config.node.id, error = %e, "could not keep the lease for the next start; the record stays until its TTL runs out")
+                }
+            }
+            return;
+        }
+        if let Some(path) = &self.config.state_file {
+            if let Err(e) = crate::restart::RestartState::remove(path) {
+                warn!(node_id = %self.config.node.id, error = %e, "could not remove the state file");
+            }
+        }
         if lease.id().is_some() {
             // Every router has had the grace to see the `draining` mark.
             if let Some(at) = marked {
@@ -567,6 +662,66 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The lease the previous run left in the state file for this node, if any.
+    fn restart_state(&self, node_key: &str) -> Option<crate::restart::RestartState> {
+        let path = self.config.state_file.as_ref()?;
+        match crate::restart::RestartState::load(path, node_key) {
+            Ok(Some(s)) => {
+                info!(
+                    lease = format_args!("{:x}", s.lease),
+                    stopped_ms_ago = now_ms().saturating_sub(s.stopped_ms),
+                    "found the lease of the previous run; taking it up"
+                );
+                Some(s)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "state file set aside; registering under a new lease");
+                None
+            }
+        }
+    }
+
+    /// On a stop with a state file: the record to leave for the next start when this
+    /// stop is a restart, or `None` when the node leaves. It leaves when it holds no
+    /// lease, was asked to (`leave_on_stop`, a drain command), or its gateway is down:
+    /// the health verdict is unhealthy or one last probe fails (an operator who stops
+    /// the gateway and then the agent means the node to go).
+    async fn stays_for_restart(
+        &self,
+        lease: Option<LeaseId>,
+        d: &Dynamic,
+        http: &reqwest::Client,
+    ) -> Option<crate::restart::RestartState> {
+        self.config.state_file.as_ref()?;
+        let lease = lease?;
+        let leave = |why: &str| {
+            info!(node_id = %self.config.node.id, why, "leaving: the lease is revoked");
+            None
+        };
+        if self.handle.leave.load(std::sync::atomic::Ordering::SeqCst) {
+            return leave("asked to leave on stop");
+        }
+        if d.state == NodeState::Draining {
+            return leave("the node was drained");
+        }
+        if !d.healthy {
+            return leave("the gateway is unhealthy");
+        }
+        if let Some(probe) = &self.config.health {
+            if let Err(e) = probe.check(http, Duration::from_secs(1)).await {
+                return leave(&format!("the gateway is down ({e})"));
+            }
+        }
+        Some(crate::restart::RestartState {
+            node_id: self.config.node.id.clone(),
+            node_key: self.config.layout.node_key(&self.config.node.id),
+            lease,
+            ttl_secs: self.config.ttl.as_secs(),
+            stopped_ms: now_ms(),
+        })
     }
 
     /// Writes the record as `draining` under `lease`; returns when, if it was written.
@@ -631,6 +786,13 @@ impl Agent {
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
+}
+
+/// Revokes `lease` within 2 s.
+async fn lease_revoke(kv: &dyn Kv, lease: LeaseId) -> Result<(), KvError> {
+    tokio::time::timeout(Duration::from_secs(2), kv.revoke(lease))
+        .await
+        .unwrap_or_else(|_| Err(KvError::Unavailable("revoke: no answer within 2 s".into())))
 }
 
 /// Applies a command once. A migrate or drain asks the gateway to move clients: the
@@ -795,6 +957,7 @@ async fn sample_load(
                 handle.set_connections_sampled(n, sampled_ms);
             }
             Err(e) => {
+                handle.metrics.load_source_failures.inc();
                 let msg = e.to_string();
                 if last_error.as_deref() != Some(msg.as_str()) {
                     warn!(error = %msg, "load sample failed; keeping the last count");

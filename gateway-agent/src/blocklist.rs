@@ -68,20 +68,26 @@ pub fn covers(nets: &[IpNet], ip: IpAddr) -> bool {
 
 /// Replaces `path` with `text` atomically (readable by the gateway: 0644).
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    write_atomic_mode(path, text.as_bytes(), 0o644)
+}
+
+/// Replaces `path` with `bytes` atomically, with permissions `mode`: a temporary file
+/// in the same directory, synced, renamed over `path`, and the directory synced.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let mut tmp = tempfile::Builder::new()
-        .prefix(".blocklist")
+        .prefix(".gateway-agent")
         .tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
+    tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()

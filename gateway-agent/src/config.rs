@@ -20,7 +20,7 @@ registry::etcd_security_flags!(AgentEtcdFlags, "AGENT");
 /// Registers a gateway node in etcd under a lease, reports its connections and
 /// health, and executes drain / migrate commands.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gateway-agent", version)]
+#[command(name = "gateway-agent", version = registry::build_info!().long_version())]
 pub struct Cli {
     /// etcd endpoints, comma-separated (http://HOST:PORT, or https:// for TLS).
     #[arg(long, env = "AGENT_ETCD", value_name = "URL[,URL...]", required = true, value_parser = parse_etcd)]
@@ -80,6 +80,15 @@ pub struct Cli {
     /// network per line, replaced atomically on every change.
     #[arg(long, env = "AGENT_BLOCKLIST_FILE", value_name = "PATH")]
     pub blocklist_file: Option<std::path::PathBuf>,
+    /// Keep the lease across a restart of the agent: on SIGTERM while the gateway serves
+    /// (and no drain was asked), leave the lease in this file instead of revoking it, so
+    /// the next start takes it up and the node never leaves. SIGUSR1 stops and leaves.
+    #[arg(long, env = "AGENT_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<std::path::PathBuf>,
+    /// Serve the agent's own /metrics, /healthz and /readyz on this address (port 0: any
+    /// free port, logged as `serving metrics addr=...`). Off by default.
+    #[arg(long, env = "AGENT_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Report a connection change at once when it is at least this fraction of capacity.
     #[arg(long, env = "AGENT_REPORT_MIN_CHANGE", value_name = "RATIO", default_value_t = 0.01,
           value_parser = parse_ratio)]
@@ -219,6 +228,7 @@ impl Cli {
         config.load = Some(self.load);
         config.sample_interval = Duration::from_millis(self.sample_interval_ms);
         config.leave_grace = Duration::from_millis(self.leave_grace_ms);
+        config.state_file = self.state_file;
         config.health = self.health;
         config.health_interval = Duration::from_millis(self.health_interval_ms);
         config.hook = self

@@ -10,6 +10,8 @@
 //! * [`report`]: the pure policy deciding when a load change is worth a write.
 //! * [`load`]: connection-count sources (`static`, `file`, `tcp-port`, `http-json`).
 //! * [`health`]: probes (`tcp:`, `http:`) and their hysteresis.
+//! * [`metrics`]: the agent's own `/metrics`, `/healthz` and `/readyz` (`--metrics-listen`).
+//! * [`restart`]: the state file that lets a restarted agent take up its lease.
 //! * [`hook`]: how the gateway hears "move N % of your clients" (HTTP or callback).
 //!
 //! Embedding gateways build an [`AgentConfig`], call [`Agent::new`] and feed counts
@@ -22,7 +24,9 @@ pub mod faults;
 pub mod health;
 pub mod hook;
 pub mod load;
+pub mod metrics;
 pub mod report;
+pub mod restart;
 pub mod sockdiag;
 
 pub use agent::{Agent, AgentConfig, AgentHandle, AgentStatus, NodeSpec};

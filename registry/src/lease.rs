@@ -7,6 +7,9 @@
 //! * [`Lease::register`] grants a lease of the TTL and writes the key under it. A write
 //!   that fails revokes the fresh lease at once (no orphan left to expire), and the
 //!   next grant waits for a jittered backoff ([`Lease::grant_due`]).
+//! * [`Lease::resume`] takes up a lease granted before (by the previous run of an agent
+//!   that restarted): one keep-alive on it, then the key written under it. A lease etcd
+//!   no longer knows is [`KvError::LeaseNotFound`], and the owner registers anew.
 //! * [`Lease::renew`] refreshes the lease when a renewal is due (every TTL/3 unless
 //!   set otherwise). A lease etcd no longer knows is [`Renewal::Lost`]; so is one whose
 //!   renewals kept failing for a whole TTL, since etcd has surely expired it by then.
@@ -110,7 +113,38 @@ impl Lease {
             }
             Ok(id)
         };
+        let result = attempt.await;
+        self.settle(result)
+    }
+
+    /// Takes up lease `id`, granted before and perhaps still alive, and writes `value`
+    /// at `key` under it. A lease etcd no longer knows is [`KvError::LeaseNotFound`]
+    /// (call [`Lease::register`] at once); any other failure backs off like a failed
+    /// grant. Nothing is revoked on failure: the key may still live under `id`.
+    pub async fn resume(
+        &mut self,
+        kv: &dyn Kv,
+        id: LeaseId,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<LeaseId, KvError> {
+        let attempt = async {
+            kv.keep_alive(id).await?;
+            kv.put(key, value, Some(id)).await?;
+            Ok(id)
+        };
         match attempt.await {
+            Err(KvError::LeaseNotFound(_)) => {
+                self.next_grant = Instant::now();
+                Err(KvError::LeaseNotFound(id))
+            }
+            result => self.settle(result),
+        }
+    }
+
+    /// Holds the lease of a registration that succeeded, or backs off after a failure.
+    fn settle(&mut self, result: Result<LeaseId, KvError>) -> Result<LeaseId, KvError> {
+        match result {
             Ok(id) => {
                 let now = Instant::now();
                 self.id = Some(id);
@@ -249,5 +283,40 @@ mod tests {
         kv.set_available(true);
         lease.register(&*kv, "k", b"v".to_vec()).await.unwrap();
         assert!(kv.get("k").await.unwrap().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_live_lease_is_taken_up_and_an_expired_one_is_not() {
+        let kv = MemoryKv::new();
+        let mut first = Lease::new(Duration::from_secs(3));
+        let id = first.register(&*kv, "k", b"v1".to_vec()).await.unwrap();
+        // The owner stops without revoking; a new owner takes the lease up.
+        let _ = first;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut second = Lease::new(Duration::from_secs(3));
+        assert_eq!(
+            second.resume(&*kv, id, "k", b"v2".to_vec()).await.unwrap(),
+            id
+        );
+        assert_eq!(second.id(), Some(id));
+        // Kept alive past the first TTL by the new owner.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(matches!(second.renew(&*kv).await, Renewal::Renewed));
+        }
+        assert_eq!(kv.get("k").await.unwrap().unwrap().value, b"v2");
+        // Left longer than the TTL: gone, and a new owner is told so and may grant now.
+        let _ = second;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let mut third = Lease::new(Duration::from_secs(3));
+        let e = third.resume(&*kv, id, "k", b"v3".to_vec()).await;
+        assert!(
+            matches!(e, Err(KvError::LeaseNotFound(l)) if l == id),
+            "{e:?}"
+        );
+        assert!(third.grant_due());
+        assert!(kv.get("k").await.unwrap().is_none());
+        let new = third.register(&*kv, "k", b"v3".to_vec()).await.unwrap();
+        assert_ne!(new, id);
     }
 }

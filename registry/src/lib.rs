@@ -32,6 +32,7 @@ pub mod access;
 pub mod backoff;
 pub mod binding;
 pub mod blocklist;
+pub mod build_info;
 pub mod cli;
 pub mod etcd;
 pub mod follow;
@@ -40,6 +41,7 @@ pub mod keys;
 pub mod kv;
 pub mod lease;
 pub mod memory;
+pub mod metrics_text;
 pub mod record;
 pub mod security;
 

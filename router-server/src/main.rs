@@ -146,7 +146,8 @@ async fn serve(args: ServeArgs) -> i32 {
         }
     }
     let local = wanted.iter().position(|w| w.local).unwrap_or(0);
-    tracing::info!(registries = wanted.len(), own = %wanted[local].name, listen = %args.listen, "router starting");
+    let build = registry::build_info!();
+    tracing::info!(version = %build.version, commit = %build.commit, built = %build.date, registries = wanted.len(), own = %wanted[local].name, listen = %args.listen, "router starting");
     let mut registries = Vec::new();
     for (i, w) in wanted.into_iter().enumerate() {
         let endpoints: Vec<String> = w.endpoints.split(',').map(str::to_string).collect();

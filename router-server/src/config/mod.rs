@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// puts it in. Each subcommand declares its own flags and variables, so a variable meant
 /// for one (`ROUTER_LISTEN` for `serve`) is never read, let alone required, by another.
 #[derive(Debug, Parser)]
-#[command(name = "router-server", version)]
+#[command(name = "router-server", version = registry::build_info!().long_version())]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]

@@ -50,29 +50,12 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     if let Some(t) = *api.state.last_sync.lock().expect("last_sync lock") {
         m.snapshot_age.set(t.elapsed().as_secs_f64());
     }
-    let openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    if openmetrics {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            m.render(),
-        )
-            .into_response()
+    use registry::metrics_text::{wants_openmetrics, OPENMETRICS, PROMETHEUS};
+    let accept = headers.get_all(header::ACCEPT);
+    if wants_openmetrics(accept.iter().filter_map(|v| v.to_str().ok())) {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], m.render()).into_response()
     } else {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            m.render_prometheus(),
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, PROMETHEUS)], m.render_prometheus()).into_response()
     }
 }
 

@@ -315,6 +315,16 @@ impl Default for Metrics {
             dns_totals: Default::default(),
             registry: Registry::default(),
         };
+        // What this router was built from: `router_build_info{version,commit} 1`.
+        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build
+            .get_or_create(&registry::build_info!().labels())
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with the version and git commit this router was built from",
+            build,
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -565,48 +575,7 @@ impl Metrics {
     }
 }
 
-/// Rewrites OpenMetrics text as Prometheus text: a counter family's `HELP` and `TYPE`
-/// name its samples (`x_total`, where OpenMetrics names the family `x`); `UNIT` and
-/// `EOF` lines, which the older format does not have, are left out.
-pub fn openmetrics_to_prometheus(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 256);
-    let mut pending_help: Option<&str> = None;
-    for line in text.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if line.starts_with("# HELP ") {
-            // Its name depends on the TYPE line that follows.
-            pending_help = Some(line);
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            let sample_name = if kind == "counter" && !name.ends_with("_total") {
-                format!("{name}_total")
-            } else {
-                name.to_string()
-            };
-            if let Some(help) = pending_help.take() {
-                let text = help
-                    .strip_prefix("# HELP ")
-                    .and_then(|h| h.split_once(' '))
-                    .map(|(_, t)| t)
-                    .unwrap_or("");
-                out.push_str(&format!("# HELP {sample_name} {text}\n"));
-            }
-            out.push_str(&format!("# TYPE {sample_name} {kind}\n"));
-            continue;
-        }
-        if let Some(help) = pending_help.take() {
-            out.push_str(help);
-            out.push('\n');
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
+pub use registry::metrics_text::openmetrics_to_prometheus;
 
 #[cfg(test)]
 mod tests {
