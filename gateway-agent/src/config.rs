@@ -28,6 +28,9 @@ pub struct Cli {
     /// TLS and credentials for etcd.
     #[command(flatten)]
     pub etcd_security: AgentEtcdFlags,
+    /// Logs on stderr as `text` or `json` (one object per line, with span fields).
+    #[arg(long, env = "AGENT_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: registry::cli::LogFormat,
     /// Node id, [A-Za-z0-9._-]{1,64}.
     #[arg(long, env = "AGENT_ID", value_parser = parse_id)]
     pub id: String,

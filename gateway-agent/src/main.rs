@@ -10,13 +10,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli: Cli = registry::cli::parse_or_exit();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    registry::cli::init_logging(cli.log_format, "info");
     let endpoints = cli.endpoints();
     let security = cli.etcd_security.security();
     if let Err(e) = security.check(&endpoints) {

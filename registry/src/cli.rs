@@ -1,4 +1,5 @@
-//! Command-line conventions shared by the binaries: one clear line, exit status 2.
+//! Command-line conventions shared by the binaries: one clear line, exit status 2; logs
+//! on stderr as text or JSON.
 
 /// Parses `P` from the process arguments. Help and version print as usual; any other
 /// error prints one line naming the problem and exits with status 2.
@@ -50,5 +51,39 @@ mod tests {
             super::one_line(s),
             "error: the following required arguments were not provided: --etcd <URL> --id <ID>"
         );
+    }
+}
+
+/// How a binary writes its logs (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people: `time level span{fields}: message fields`, coloured on a
+    /// terminal.
+    #[default]
+    Text,
+    /// One JSON object per line for log pipelines: `timestamp`, `level`, `target`,
+    /// the event's fields (`message` among them) at the top, and `span` / `spans` with
+    /// the fields of the spans it happened in.
+    Json,
+}
+
+/// Sets up logging on stderr in `format`; the filter is `RUST_LOG`, else `default`
+/// (`info`, `warn`, ...).
+pub fn init_logging(format: LogFormat, default: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
     }
 }

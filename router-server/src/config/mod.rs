@@ -27,6 +27,15 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// Logs on stderr as `text` or `json` (one object per line, with span fields).
+    #[arg(
+        long,
+        global = true,
+        env = "ROUTER_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: registry::cli::LogFormat,
 }
 
 /// The words that name a subcommand or ask clap for help / version.
