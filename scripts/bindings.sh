@@ -10,7 +10,7 @@
 #
 # Kotlin and Python are compiled and run by the tests (tests/tests/bindings.rs). Swift
 # is generated here but cannot be compiled on Linux; it is built on macOS with Xcode.
-# Android's .so files come from `cargo ndk` with the Android NDK (see the README).
+# Android's .so files come from `cargo ndk` with the Android NDK (see docs/sdk.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -230,7 +230,7 @@ fn systemd_units_verify_without_a_complaint() {
         ok && out.trim().is_empty(),
         "systemd-analyze verify:\n{out}"
     );
-    // The exposure systemd's own audit gives each unit (README's systemd paragraph
+    // The exposure systemd's own audit gives each unit (docs/operating.md's systemd paragraph
     // quotes it): at most 2.0, "OK". `--offline` needs systemd 250 or later.
     for unit in &units {
         let (ok, out) = output(
