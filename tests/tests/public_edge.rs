@@ -341,3 +341,45 @@ fn a_network_that_keeps_hammering_is_blocked_automatically() {
     assert_eq!(get_from("127.8.0.1", addr, "/gateways").0, 200);
     assert_eq!(metric(&router, "router_auto_blocks_total"), 1.0);
 }
+
+/// The gateway's copy of the list: an agent started with `--blocklist-file` writes the
+/// networks `ctl block` adds, and drops them when they are unblocked, replacing the
+/// file whole each time.
+#[test]
+fn the_agent_keeps_the_block_list_in_a_file_for_its_gateway() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blocked.txt");
+    let _agent = harness::Proc::agent(
+        &etcd,
+        "gw-file",
+        "r",
+        &[
+            "--port",
+            "tcp=9000",
+            "--blocklist-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let read = || std::fs::read_to_string(&file).unwrap_or_default();
+    wait_until(Duration::from_secs(20), "the file written", || {
+        read().starts_with('#')
+    });
+    let (code, out) = router_ctl(&etcd, &["block", "198.51.100.7/24", "--reason", "scraper"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(5), "the entry in the file", || {
+        read().lines().any(|l| l == "198.51.100.0/24")
+    });
+    let (code, out) = router_ctl(&etcd, &["unblock", "198.51.100.0/24"]);
+    assert_eq!(code, 0, "{out}");
+    wait_until(
+        Duration::from_secs(5),
+        "the entry gone from the file",
+        || {
+            let text = read();
+            text.starts_with('#') && !text.contains("198.51.100.0/24")
+        },
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "no temporary file left behind");
+}
