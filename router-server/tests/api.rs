@@ -631,6 +631,7 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
         "/ops",
         "/ops/ops.js",
         "/ops/fleet.json",
+        "/ops/blocks.json",
         "/ops/summary.json",
         "/metrics",
         "/admin/nodes",
@@ -650,6 +651,7 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
     for path in [
         "/ops",
         "/ops/fleet.json",
+        "/ops/blocks.json",
         "/ops/summary.json",
         "/metrics",
         "/healthz",

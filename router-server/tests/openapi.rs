@@ -272,6 +272,7 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         "/ops/ops.js",
         "/ops/ops.css",
         "/ops/fleet.json",
+        "/ops/blocks.json",
     ] {
         assert_eq!(check(&app, &spec, Method::GET, p, p, None).await, 200);
     }

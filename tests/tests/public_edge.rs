@@ -340,6 +340,18 @@ fn a_network_that_keeps_hammering_is_blocked_automatically() {
     assert_eq!(get_from("127.7.0.1", addr, "/gateways").0, 403);
     assert_eq!(get_from("127.8.0.1", addr, "/gateways").0, 200);
     assert_eq!(metric(&router, "router_auto_blocks_total"), 1.0);
+    // The router lists its own block among the lists it enforces.
+    let (code, listed) = harness::get_json(addr, "/ops/blocks.json").unwrap();
+    assert_eq!(code, 200, "{listed}");
+    let auto: Vec<&serde_json::Value> = listed["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["source"] == "auto")
+        .collect();
+    assert_eq!(auto.len(), 1, "{listed}");
+    assert_eq!(auto[0]["cidr"], "127.7.0.1/32", "{listed}");
+    assert!(auto[0]["expires_ms"].as_u64().unwrap() > 0, "{listed}");
 }
 
 /// The gateway's copy of the list: an agent started with `--blocklist-file` writes the

@@ -60,6 +60,32 @@ pub enum Refusal {
     Limited(u64),
 }
 
+/// One block in force, as `GET /ops/blocks.json` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Listed {
+    /// The network refused.
+    pub cidr: IpNet,
+    /// Where the block comes from: `config` (`[edge] block`), `etcd` (`P/blocklist/`,
+    /// `ctl block`) or `auto` (this router, for a network over its budget again and
+    /// again).
+    pub source: &'static str,
+    /// Why.
+    pub reason: String,
+    /// Who added it (empty for `config`).
+    pub by: String,
+    /// Wall-clock milliseconds when it stops counting; 0: until removed.
+    pub expires_ms: u64,
+}
+
+/// The lists in force, for operators.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Listing {
+    /// Every block in force.
+    pub blocks: Vec<Listed>,
+    /// The allow list.
+    pub allow: Vec<IpNet>,
+}
+
 /// A client let through, and what it is exempt from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -259,8 +285,54 @@ impl Guard {
         self.rebuild(&sources, now_ms);
     }
 
-    /// The automatic blocks in force, with their expiry (for the fleet page and
-    /// `ctl blocks` through the router).
+    /// Every block in force at wall-clock `now_ms`, by source (`config`, `etcd`,
+    /// `auto`), and the allow list: what `GET /ops/blocks.json` shows. The automatic
+    /// blocks are this router's own: no other router or `ctl blocks` has them.
+    pub fn listing(&self, now_ms: u64) -> Listing {
+        let s = self.sources.lock().expect("guard sources lock");
+        let mut blocks: Vec<Listed> = s
+            .block
+            .iter()
+            .map(|n| Listed {
+                cidr: n.trunc(),
+                source: "config",
+                reason: "config".into(),
+                by: String::new(),
+                expires_ms: 0,
+            })
+            .collect();
+        blocks.extend(
+            s.dynamic
+                .iter()
+                .filter(|e| e.in_force(now_ms))
+                .map(|e| Listed {
+                    cidr: e.cidr.trunc(),
+                    source: "etcd",
+                    reason: e.reason.clone(),
+                    by: e.by.clone(),
+                    expires_ms: e.expires_ms,
+                }),
+        );
+        blocks.extend(
+            s.auto
+                .iter()
+                .filter(|(_, until)| **until > now_ms)
+                .map(|(n, until)| Listed {
+                    cidr: *n,
+                    source: "auto",
+                    reason: "auto".into(),
+                    by: "this router".into(),
+                    expires_ms: *until,
+                }),
+        );
+        blocks.sort_by(|a, b| (a.source, a.cidr).cmp(&(b.source, b.cidr)));
+        Listing {
+            blocks,
+            allow: s.allow.iter().map(IpNet::trunc).collect(),
+        }
+    }
+
+    /// The automatic blocks in force, with their expiry.
     pub fn auto_blocks(&self) -> Vec<(IpNet, u64)> {
         let sources = self.sources.lock().expect("guard sources lock");
         let mut v: Vec<(IpNet, u64)> = sources.auto.iter().map(|(n, t)| (*n, *t)).collect();
@@ -349,6 +421,10 @@ mod tests {
             "{outcomes:?}"
         );
         assert_eq!(g.auto_blocks().len(), 1);
+        let listed = g.listing(registry::now_ms());
+        assert_eq!(listed.blocks.len(), 1);
+        assert_eq!(listed.blocks[0].source, "auto");
+        assert_eq!(listed.blocks[0].cidr.to_string(), "192.0.2.1/32");
         // Another address is untouched.
         assert_eq!(g.check(ip("192.0.2.2")), Ok(Pass { exempt: false }));
         // Much later (wall clock), the block expires.

@@ -52,6 +52,12 @@ pub fn routes(admin: bool) -> Router<Api> {
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
         .route(
+            "/ops/blocks.json",
+            get(|State(api): State<Api>| async move {
+                Json(api.state.guard.listing(registry::now_ms()))
+            }),
+        )
+        .route(
             "/ops/fleet.json",
             get(move |State(api): State<Api>| async move { Json(fleet(&api, admin)) }),
         )
