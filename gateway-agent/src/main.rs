@@ -67,7 +67,19 @@ async fn main() -> anyhow::Result<()> {
         ))
     });
     let (agent, handle) = Agent::new(kv, config);
-    tokio::spawn(shutdown_on_signal(cancel.clone(), handle));
+    // The handlers are registered now, not when the task first runs: a SIGTERM that
+    // arrived before a busy machine ran it would kill the agent with its lease alive
+    // and no graceful stop.
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let leave = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+    tokio::spawn(shutdown_on_signal(
+        cancel.clone(),
+        handle,
+        [term, int],
+        leave,
+    ));
     agent.run(cancel.clone()).await;
     cancel.cancel();
     if let Some(task) = blocklist {
@@ -82,13 +94,15 @@ async fn main() -> anyhow::Result<()> {
 
 /// SIGTERM / SIGINT stop the agent (a restart with `--state-file` while the gateway
 /// serves); SIGUSR1 stops it for good: the lease is revoked whatever the state file.
-async fn shutdown_on_signal(cancel: CancellationToken, handle: gateway_agent::AgentHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut leave = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+async fn shutdown_on_signal(
+    cancel: CancellationToken,
+    handle: gateway_agent::AgentHandle,
+    [mut term, mut int]: [tokio::signal::unix::Signal; 2],
+    mut leave: tokio::signal::unix::Signal,
+) {
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = leave.recv() => {
             tracing::info!("SIGUSR1: leaving for good");
             handle.leave_on_stop();

@@ -200,14 +200,18 @@ fn admin_tokens(args: &ServeArgs) -> Result<Tokens, TokenError> {
 
 /// A token cancelled by SIGTERM or SIGINT.
 fn shutdown_token() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let t = token.clone();
+    // Registered here, before anything else runs: from a task of its own, a SIGTERM
+    // arriving before a busy machine first ran that task would kill the process with
+    // no graceful stop.
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
         }
         t.cancel();
     });
