@@ -221,8 +221,13 @@ async fn authorize(
         &admin.state.config.trusted_proxies,
     );
     let m = &admin.state.metrics;
+    // A trusted network (`[edge] allow`: the operators' own) is not throttled.
+    let throttled_here = !admin.state.guard.lists().allowed(client);
     // A network over its failures is refused before any token it sends is compared.
-    let (resp, name) = if let Some(wait) = admin.throttle.refused(client) {
+    let refused = throttled_here
+        .then(|| admin.throttle.refused(client))
+        .flatten();
+    let (resp, name) = if let Some(wait) = refused {
         m.admin_throttled.inc();
         (throttled(wait), None)
     } else {
@@ -231,7 +236,10 @@ async fn authorize(
                 let span = tracing::info_span!("admin", token = %name);
                 (next.run(req).instrument(span).await, Some(name))
             }
-            None => match admin.throttle.failed(client) {
+            None => match throttled_here
+                .then(|| admin.throttle.failed(client))
+                .flatten()
+            {
                 Some(wait) => {
                     m.admin_throttled.inc();
                     (throttled(wait), None)

@@ -734,3 +734,37 @@ async fn failed_admin_tokens_are_throttled_per_network() {
         "{text}"
     );
 }
+
+/// A trusted network (`[edge] allow`) is not throttled for wrong admin tokens: twenty
+/// wrong ones are all 401, and the right one is then served.
+#[tokio::test]
+async fn a_trusted_network_is_not_throttled_for_wrong_tokens() {
+    let config = FileConfig::parse("[edge]\nallow = [\"198.51.100.0/24\"]").unwrap();
+    let state = Arc::new(AppState::new(config));
+    let target = router_server::admin::Target {
+        name: "default".into(),
+        kv: MemoryKv::new(),
+        layout: Layout::default(),
+    };
+    let admin = router_server::admin::router(
+        state.clone(),
+        vec![target],
+        0,
+        router_server::admin::Tokens::flag(TOKEN).unwrap(),
+    );
+    let app = router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+        "198.51.100.7:9".parse::<SocketAddr>().unwrap(),
+    ));
+    let nodes = |token: &str| {
+        Request::get("/admin/nodes")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    for i in 0..20 {
+        let (status, _, _) = get_with(&app, nodes(&format!("guess-{i:012}"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let (status, _, body) = get_with(&app, nodes(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
