@@ -23,16 +23,16 @@ use imbl::OrdMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::binding::{self, Binding};
-use crate::follow_map::{follow_map, MapView};
+use crate::follow_map::{apply_ready, follow_map, MapView};
 use crate::keys::Layout;
-use crate::kv::{KeyValue, Kv, KvError, KvEvent};
+use crate::kv::{KeyValue, Kv, KvError};
 use crate::record::NodeRecord;
 
 /// One immutable view of the registry's nodes.
@@ -117,6 +117,18 @@ struct Follower {
 
 /// The fewest departures [`NodeView::departed`] remembers.
 const DEPARTED_KEPT: usize = 4096;
+
+impl crate::follow_map::Applies for Follower {
+    fn apply_put(&mut self, kv: &KeyValue) {
+        Follower::apply_put(self, kv);
+    }
+    fn apply_delete(&mut self, key: &str) {
+        Follower::apply_delete(self, key);
+    }
+    fn revision(&mut self) -> &mut i64 {
+        &mut self.view.revision
+    }
+}
 
 impl Follower {
     /// The id part of a key (the whole key when it is not below the prefix).
@@ -432,36 +444,12 @@ async fn sync_once(
         let Some(first) = next else {
             return KvError::Unavailable("watch ended".into());
         };
-        // Coalesce whatever else is already waiting into one published view.
-        let mut items = vec![first];
-        while let Some(Some(more)) = stream.next().now_or_never() {
-            items.push(more);
-        }
-        let mut changed = false;
-        for item in items {
-            let batch = match item {
-                Ok(b) => b,
-                Err(e) => {
-                    if changed {
-                        tx.send_replace(Arc::new(f.view.clone()));
-                    }
-                    return e;
-                }
-            };
-            for ev in &batch.events {
-                match ev {
-                    KvEvent::Put(kv) => f.apply_put(kv),
-                    KvEvent::Delete { key, .. } => f.apply_delete(key),
-                }
-                changed = true;
-            }
-            if batch.revision > f.view.revision {
-                f.view.revision = batch.revision;
-                changed = true;
-            }
-        }
+        let (changed, ended) = apply_ready(first, &mut stream, f);
         if changed {
             tx.send_replace(Arc::new(f.view.clone()));
+        }
+        if let Some(e) = ended {
+            return e;
         }
     }
 }

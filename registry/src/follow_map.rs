@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::kv::{KeyValue, Kv, KvError, KvEvent};
+use crate::kv::{KeyValue, Kv, KvError, KvEvent, WatchBatch, WatchStream};
 
 /// The most keys a follower keeps unless told otherwise.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -101,6 +101,18 @@ struct MapFollower {
     prefix: String,
     max_keys: usize,
     view: MapView,
+}
+
+impl Applies for MapFollower {
+    fn apply_put(&mut self, kv: &KeyValue) {
+        MapFollower::apply_put(self, kv);
+    }
+    fn apply_delete(&mut self, key: &str) {
+        MapFollower::apply_delete(self, key);
+    }
+    fn revision(&mut self) -> &mut i64 {
+        &mut self.view.revision
+    }
 }
 
 impl MapFollower {
@@ -203,38 +215,57 @@ async fn sync_once(
         let Some(first) = stream.next().await else {
             return KvError::Unavailable("watch ended".into());
         };
-        // Coalesce whatever else is already waiting into one published view.
-        let mut items = vec![first];
-        while let Some(Some(more)) = stream.next().now_or_never() {
-            items.push(more);
-        }
-        let mut changed = false;
-        for item in items {
-            let batch = match item {
-                Ok(b) => b,
-                Err(e) => {
-                    if changed {
-                        tx.send_replace(Arc::new(f.view.clone()));
-                    }
-                    return e;
-                }
-            };
-            for ev in &batch.events {
-                match ev {
-                    KvEvent::Put(kv) => f.apply_put(kv),
-                    KvEvent::Delete { key, .. } => f.apply_delete(key),
-                }
-                changed = true;
-            }
-            if batch.revision > f.view.revision {
-                f.view.revision = batch.revision;
-                changed = true;
-            }
-        }
+        let (changed, ended) = apply_ready(first, &mut stream, f);
         if changed {
             tx.send_replace(Arc::new(f.view.clone()));
         }
+        if let Some(e) = ended {
+            return e;
+        }
     }
+}
+
+/// What a follower does with the events its watch delivers.
+pub(crate) trait Applies {
+    /// A key was created or changed.
+    fn apply_put(&mut self, kv: &KeyValue);
+    /// A key was deleted.
+    fn apply_delete(&mut self, key: &str);
+    /// The revision its view reflects.
+    fn revision(&mut self) -> &mut i64;
+}
+
+/// Applies `first` and every batch already waiting behind it, coalesced into one
+/// change: whether the view changed, and the error that ended the watch, if one did
+/// (the batches before it are applied).
+pub(crate) fn apply_ready(
+    first: Result<WatchBatch, KvError>,
+    stream: &mut WatchStream,
+    f: &mut impl Applies,
+) -> (bool, Option<KvError>) {
+    let mut items = vec![first];
+    while let Some(Some(more)) = stream.next().now_or_never() {
+        items.push(more);
+    }
+    let mut changed = false;
+    for item in items {
+        let batch = match item {
+            Ok(b) => b,
+            Err(e) => return (changed, Some(e)),
+        };
+        for ev in &batch.events {
+            match ev {
+                KvEvent::Put(kv) => f.apply_put(kv),
+                KvEvent::Delete { key, .. } => f.apply_delete(key),
+            }
+            changed = true;
+        }
+        if batch.revision > *f.revision() {
+            *f.revision() = batch.revision;
+            changed = true;
+        }
+    }
+    (changed, None)
 }
 
 #[cfg(test)]
