@@ -222,7 +222,7 @@ async fn authorize(
     );
     let m = &admin.state.metrics;
     // A trusted network (`[edge] allow`: the operators' own) is not throttled.
-    let throttled_here = !admin.state.guard.lists().allowed(client);
+    let throttled_here = !admin.state.guard.allowed(client);
     // A network over its failures is refused before any token it sends is compared.
     let refused = throttled_here
         .then(|| admin.throttle.refused(client))

@@ -404,7 +404,7 @@ impl Dns {
             Transport::Udp => match guard.blocked(client) {
                 Some(_) => None,
                 None => Some(Pass {
-                    exempt: guard.lists().allowed(client),
+                    exempt: guard.allowed(client),
                 }),
             },
             _ => guard.check(client).ok(),

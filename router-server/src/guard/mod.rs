@@ -187,6 +187,12 @@ impl Guard {
         self.lists.load_full()
     }
 
+    /// True when `ip` is on the allow list (one atomic load, no refcount: the DNS
+    /// path asks it for every UDP query).
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.lists.load().allowed(ip)
+    }
+
     /// The reason `ip` is blocked, if it is (the only check for sources that can be
     /// spoofed: UDP).
     pub fn blocked(&self, ip: IpAddr) -> Option<Arc<str>> {
