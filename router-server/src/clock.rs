@@ -30,3 +30,12 @@ impl Clock for LimiterClock {
         }
     }
 }
+
+/// A limiter keyed by client network, on [`LimiterClock`]: every per-network budget of
+/// the router (requests, herd counts, DNS response rate, failed admin tokens) is one.
+pub type KeyedLimiter = governor::RateLimiter<
+    std::net::IpAddr,
+    governor::state::keyed::DefaultKeyedStateStore<std::net::IpAddr>,
+    LimiterClock,
+    governor::middleware::NoOpMiddleware<Nanos>,
+>;

@@ -9,7 +9,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
@@ -26,8 +25,7 @@ pub const FAILURE_REFILL: Duration = Duration::from_secs(6);
 /// Networks remembered before idle ones are forgotten.
 const TABLE_TIDY_AT: usize = 4096;
 
-type Limiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>;
+use crate::clock::KeyedLimiter as Limiter;
 
 /// Failed attempts by network, and the networks refused until a moment.
 pub struct Throttle {

@@ -7,8 +7,6 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
@@ -29,8 +27,7 @@ pub enum Verdict {
 
 /// The per-network budgets.
 pub struct Rrl {
-    limiter:
-        RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>,
+    limiter: crate::clock::KeyedLimiter,
     prefixes: (u8, u8),
     slip: u64,
     over: AtomicU64,

@@ -31,8 +31,6 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
@@ -47,9 +45,7 @@ use crate::identity::network_key;
 use crate::metrics::Metrics;
 pub use lists::Lists;
 
-/// A keyed limiter on the clock tests drive.
-type Limiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>;
+use crate::clock::KeyedLimiter as Limiter;
 
 /// Why a client is turned away.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,16 +14,13 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::clock::LimiterClock;
 use crate::identity::network_key;
 
-type Limiter =
-    RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, LimiterClock, NoOpMiddleware<Nanos>>;
+use crate::clock::KeyedLimiter as Limiter;
 
 /// The budgets of every client network.
 pub struct HerdBudget {
