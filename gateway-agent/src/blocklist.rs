@@ -51,12 +51,13 @@ pub fn render(view: &MapView, now_ms: u64) -> (String, Option<u64>) {
 }
 
 /// The networks of a block-list file (what a gateway reads); a line that is not a
-/// network is skipped.
+/// network (or is an IPv4-mapped one, which no client matches) is skipped.
 pub fn parse(text: &str) -> Vec<IpNet> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|l| l.parse().ok())
+        .filter(|n| registry::net::check_canonical(n).is_ok())
         .collect()
 }
 

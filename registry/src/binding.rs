@@ -148,8 +148,11 @@ fn names(
 
 /// Parses one address range: a CIDR (`203.0.113.0/28`, `2001:db8::/64`).
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>()
-        .map_err(|_| format!("{s:?} is not a CIDR range such as 203.0.113.0/28 or 2001:db8::/64"))
+    let net = s.parse::<IpNet>().map_err(|_| {
+        format!("{s:?} is not a CIDR range such as 203.0.113.0/28 or 2001:db8::/64")
+    })?;
+    crate::net::check_canonical(&net)?;
+    Ok(net)
 }
 
 /// Normalises a domain suffix: lower-case, one leading dot, a valid host name after it.

@@ -88,6 +88,7 @@ impl BlockEntry {
                 format!("/{len} is wider than the widest allowed (/{min})"),
             ));
         }
+        crate::net::check_canonical(&self.cidr).map_err(|e| invalid("cidr", e))?;
         if self.reason.trim().is_empty() {
             return Err(invalid("reason", "must not be empty"));
         }
@@ -143,6 +144,7 @@ mod tests {
         for (bad, field) in [
             (r#"{"cidr": "0.0.0.0/0", "reason": "all"}"#, "cidr"),
             (r#"{"cidr": "::/8", "reason": "all"}"#, "cidr"),
+            (r#"{"cidr": "::ffff:10.0.0.0/104", "reason": "x"}"#, "cidr"),
             (r#"{"cidr": "10.0.0.0/8", "reason": " "}"#, "reason"),
             (
                 r#"{"cidr": "10.0.0.0/8", "reason": "a\u001b[2Jb"}"#,

@@ -22,6 +22,7 @@
 //! * [`access`]: least-privilege roles and users for the key layout (`ctl auth`).
 //! * [`backoff`]: jittered exponential backoff shared by every retry loop.
 //! * [`cli`]: the binaries' shared command-line convention (one line, exit 2).
+//! * [`net`]: client networks as written in lists and bindings (IPv4 as IPv4).
 //!
 //! Data flows one way: agents `put` records under their lease; `follow` lists the node
 //! prefix, watches from the next revision, and publishes immutable views. Any watch
@@ -42,6 +43,7 @@ pub mod kv;
 pub mod lease;
 pub mod memory;
 pub mod metrics_text;
+pub mod net;
 pub mod record;
 pub mod security;
 

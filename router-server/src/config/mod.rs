@@ -933,9 +933,24 @@ impl FileConfig {
                 by: String::new(),
                 at_ms: 0,
             };
-            check(entry.validate().is_ok(), "edge.block", || {
-                format!("{net} is wider than a block entry may be (/8, /16 for IPv6)")
-            })?;
+            entry
+                .validate()
+                .map_err(|err| format!("config: edge.block: {err}"))?;
+        }
+        let lists: [(&str, Vec<&IpNet>); 4] = [
+            ("trusted_proxies", self.trusted_proxies.iter().collect()),
+            ("regions.cidrs", self.regions.cidrs.keys().collect()),
+            ("edge.allow", e.allow.iter().collect()),
+            (
+                "http.connection_cap_exempt",
+                self.http.connection_cap_exempt.iter().collect(),
+            ),
+        ];
+        for (key, nets) in lists {
+            for net in nets {
+                registry::net::check_canonical(net)
+                    .map_err(|err| format!("config: {key}: {err}"))?;
+            }
         }
         let h = &self.http;
         check(
@@ -1058,6 +1073,12 @@ mod tests {
                 "10.0.0.0/33",
             ),
             ("trusted_proxies = [\"nope\"]", "trusted_proxies"),
+            (
+                "trusted_proxies = [\"::ffff:10.0.0.0/104\"]",
+                "write it as 10.0.0.0/8",
+            ),
+            ("[edge]\nallow = [\"::ffff:192.0.2.1/128\"]", "edge.allow"),
+            ("[edge]\nblock = [\"0.0.0.0/4\"]", "edge.block"),
             ("[http]\ncors_origins = [\"ftp://x\"]", "http.cors_origins"),
             ("[http]\nmax_header_bytes = 100", "http.max_header_bytes"),
             ("[http]\nbody_timeout_ms = 0", "http.body_timeout_ms"),
