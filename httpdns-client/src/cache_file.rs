@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::client::{Proto, RouterAnswer};
 use crate::limits::MAX_FILE_BYTES;
+use crate::router::AnswerExt;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CacheFile {
@@ -181,6 +182,7 @@ pub(crate) fn read_cache(
 mod tests {
     use super::*;
     use crate::client::{BackoffParams, Gateway};
+    use crate::router::BackoffExt;
 
     #[test]
     fn corrupt_cache_files_are_ignored() {

@@ -18,7 +18,7 @@ use crate::error::{Failure, FailureKind};
 use crate::http::Http;
 use crate::limits::later;
 use crate::router::RouterOutcome;
-pub use crate::router::{BackoffParams, Gateway, RouterAnswer};
+pub use crate::router::{BackoffExt, BackoffParams, Gateway, RouterAnswer};
 use crate::Error;
 
 /// Where an answer came from.

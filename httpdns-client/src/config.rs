@@ -3,33 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::dns::DnsConfig;
 use crate::Error;
 
-/// A protocol a client speaks to gateways.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// Raw TCP.
-    Tcp,
-    /// WebSocket.
-    Ws,
-    /// WebSocket over TLS.
-    Wss,
-}
-
-impl Proto {
-    /// Its name in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Ws => "ws",
-            Proto::Wss => "wss",
-        }
-    }
-}
+pub use gateway_api::Proto;
 
 /// Everything the client needs; [`Config::new`] gives the defaults, then set what
 /// differs (new settings arrive with defaults, so this never breaks a build).

@@ -39,6 +39,7 @@ use crate::client::{Client, Gateway, Gateways, Source, Want};
 use crate::config::DomainPin;
 use crate::error::{Failure, FailureKind};
 use crate::race::{staggered, Attempt};
+use crate::router::BackoffExt;
 use crate::Error;
 
 /// A connected gateway: the stream (a [`TcpStream`] from [`Client::connect`], a TLS

@@ -90,7 +90,8 @@ mod router;
 mod trust;
 
 pub use client::{
-    BackoffParams, Client, Config, Connection, Gateway, Gateways, Proto, RouterAnswer, Source,
+    BackoffExt, BackoffParams, Client, Config, Connection, Gateway, Gateways, Proto, RouterAnswer,
+    Source,
 };
 pub use connect::TlsConnection;
 #[cfg(feature = "reqwest")]

@@ -1,81 +1,41 @@
-//! Asking routers: the answer's wire format ([`RouterAnswer`], [`Gateway`],
-//! [`BackoffParams`]), the order a client tries the router's addresses in, one request
+//! Asking routers: what the SDK checks in the answer's wire format (the
+//! `gateway-api` crate's [`RouterAnswer`], [`Gateway`], [`BackoffParams`]), the order a client tries the router's addresses in, one request
 //! to one router, and what a refusal means.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use gateway_api::{ErrorBody, ErrorCode};
 use tokio::time::Instant;
 use tracing::info;
 
 use crate::client::{to_gateways, Client, Gateways, Source};
-use crate::config::Proto;
 use crate::error::{Failure, FailureKind};
 use crate::http::{Endpoint, Request};
 use crate::Error;
 
-/// One candidate gateway.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gateway {
-    /// Node id.
-    pub id: String,
-    /// Address to connect to.
-    pub ip: IpAddr,
-    /// Port for the protocol asked.
-    pub port: u16,
-    /// That protocol.
-    pub proto: Proto,
-    /// The node's region.
-    pub region: String,
-    /// The node's DNS name (WebSocket / TLS callers use it as Host / SNI).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    /// The data centre holding the node, as the router names it (routers that follow
-    /// several DCs; `None` from older routers and fallbacks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dc: Option<String>,
-    /// Load as the router estimates it.
-    pub load: f64,
-}
+pub use gateway_api::{Backoff as BackoffParams, Gateway, GatewaysAnswer as RouterAnswer};
 
-impl Gateway {
-    /// The socket address to dial.
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, self.port)
-    }
-}
-
-/// Reconnect backoff as the router configures it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct BackoffParams {
-    /// First delay.
-    pub base_ms: u64,
-    /// Largest delay.
-    pub max_ms: u64,
-    /// Growth per attempt.
-    pub factor: f64,
-    /// ± fraction of random spread.
-    pub jitter: f64,
-}
-
-impl Default for BackoffParams {
-    fn default() -> Self {
-        BackoffParams {
-            base_ms: 1000,
-            max_ms: 60_000,
-            factor: 1.6,
-            jitter: 0.2,
-        }
-    }
-}
-
-impl BackoffParams {
+/// Delays from a router's backoff, always computed from the
+/// [clamped](BackoffExt::clamped) parameters.
+pub trait BackoffExt {
     /// These parameters within the SDK's bounds (see [`crate::limits`]): `max_ms` in
     /// 1 ms ..= 10 min, `base_ms` in 1 ms ..= `max_ms`, `factor` in 1 ..= 10 and
     /// `jitter` in 0 ..= 1; a NaN factor or jitter takes the default. Every delay is
     /// computed from the clamped values, whatever a router or a file said.
-    pub fn clamped(&self) -> BackoffParams {
+    fn clamped(&self) -> BackoffParams;
+
+    /// The un-jittered delay before retry `n` (0-based): `base * factor^n`, capped at
+    /// `max` (of the clamped parameters).
+    fn nominal(&self, n: u32) -> Duration;
+
+    /// The delay before retry `n` with jitter; `unit` in [0, 1) picks the spread
+    /// (NaN counts as 0). At most `max * 2`, so at most 20 minutes.
+    fn delay(&self, n: u32, unit: f64) -> Duration;
+}
+
+impl BackoffExt for BackoffParams {
+    fn clamped(&self) -> BackoffParams {
         let cap = crate::limits::MAX_BACKOFF.as_millis() as u64;
         let max_ms = self.max_ms.clamp(1, cap);
         let d = BackoffParams::default();
@@ -95,17 +55,13 @@ impl BackoffParams {
         }
     }
 
-    /// The un-jittered delay before retry `n` (0-based): `base * factor^n`, capped at
-    /// `max` (of the [clamped](BackoffParams::clamped) parameters).
-    pub fn nominal(&self, n: u32) -> Duration {
+    fn nominal(&self, n: u32) -> Duration {
         let p = self.clamped();
         let ms = p.base_ms as f64 * p.factor.powi(n.min(64) as i32);
         Duration::from_millis(ms.min(p.max_ms as f64) as u64)
     }
 
-    /// The delay before retry `n` with jitter; `unit` in [0, 1) picks the spread
-    /// (NaN counts as 0). At most `max * 2`, so at most 20 minutes.
-    pub fn delay(&self, n: u32, unit: f64) -> Duration {
+    fn delay(&self, n: u32, unit: f64) -> Duration {
         let j = self.clamped().jitter;
         let unit = if unit.is_nan() {
             0.0
@@ -116,40 +72,26 @@ impl BackoffParams {
     }
 }
 
-/// The router's answer, as it arrives and as the cache file keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RouterAnswer {
-    /// Candidates, best first.
-    pub gateways: Vec<Gateway>,
-    /// The region the router used.
-    #[serde(default)]
-    pub region: Option<String>,
-    /// How long the answer may be reused.
-    pub ttl_secs: u64,
-    /// Heartbeat interval for the gateway connection.
-    pub heartbeat_secs: u64,
-    /// Reconnect backoff.
-    pub backoff: BackoffParams,
-    /// Registry revision.
-    #[serde(default)]
-    pub revision: i64,
-    /// True when the router answered from an old snapshot.
-    #[serde(default)]
-    pub stale: bool,
-}
-
-impl RouterAnswer {
+/// What the SDK checks and bounds in a router's answer, wherever it came from.
+pub(crate) trait AnswerExt: Sized {
     /// This answer with `ttl_secs`, `heartbeat_secs` and `backoff` within the SDK's
     /// bounds (see [`crate::limits`]): what a router or the cache file sends is
     /// clamped before any time is computed from it.
-    pub fn clamped(mut self) -> RouterAnswer {
+    fn clamped(self) -> Self;
+
+    /// At least one candidate, each with a usable address.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl AnswerExt for RouterAnswer {
+    fn clamped(mut self) -> RouterAnswer {
         self.ttl_secs = crate::limits::ttl_secs(self.ttl_secs).as_secs();
         self.heartbeat_secs = crate::limits::heartbeat_secs(self.heartbeat_secs).as_secs();
         self.backoff = self.backoff.clamped();
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.gateways.is_empty() {
             return Err("no gateways in the answer".into());
         }
@@ -170,19 +112,6 @@ pub(crate) enum RouterOutcome {
     Refused(Error),
     /// None could be reached or gave a usable answer: the fallbacks apply.
     Unreachable(Vec<Failure>),
-}
-
-/// The contract's error body.
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    #[serde(default)]
-    message: String,
 }
 
 impl Client {
@@ -306,9 +235,11 @@ impl Client {
                 .ok()
                 .map(|b| b.error);
             let code = detail.as_ref().map(|d| d.code.as_str()).unwrap_or("");
+            let no_gateways =
+                detail.as_ref().and_then(|d| d.known_code()) == Some(ErrorCode::NoGateways);
             // A live router that says the fleet is full or this client asks too often:
             // the answer stands. One not ready yet (or failing): try the next.
-            if status == 429 || (status == 503 && code == "no_gateways") {
+            if status == 429 || (status == 503 && no_gateways) {
                 return Err(RouterOutcome::Refused(Error::Refused {
                     addr,
                     status,

@@ -6,9 +6,7 @@
 //! reason a person can act on.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -139,51 +137,7 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A client-facing protocol a gateway can listen on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// Raw TCP.
-    Tcp,
-    /// WebSocket over plain TCP.
-    Ws,
-    /// WebSocket over TLS.
-    Wss,
-}
-
-impl Proto {
-    /// Every protocol, in the contract's order.
-    pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Ws, Proto::Wss];
-
-    /// The name used in JSON, flags and query strings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Ws => "ws",
-            Proto::Wss => "wss",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Proto {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tcp" => Ok(Proto::Tcp),
-            "ws" => Ok(Proto::Ws),
-            "wss" => Ok(Proto::Wss),
-            other => Err(format!(
-                "unknown protocol {other:?} (expected tcp, ws or wss)"
-            )),
-        }
-    }
-}
+pub use gateway_api::Proto;
 
 /// The ports a node listens on; at least one is set.
 ///
