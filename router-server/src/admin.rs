@@ -11,6 +11,7 @@ pub mod tokens;
 pub use throttle::Throttle;
 pub use tokens::{TokenError, Tokens};
 
+use gateway_api::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -63,7 +64,7 @@ impl Admin {
             Some(i) => Ok(Some(i)),
             None => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                "unknown_registry",
+                ErrorCode::UnknownRegistry,
                 format!(
                     "registry {name:?} is not followed by this router (it follows {})",
                     self.targets
@@ -115,14 +116,16 @@ impl From<OpsError> for ApiError {
         match e {
             OpsError::BadId(_) | OpsError::BadPercent(_) => ApiError::invalid(e.to_string()),
             OpsError::UnknownNode(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "unknown_node", e.to_string())
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::UnknownNode, e.to_string())
             }
-            OpsError::GaveUp(_) => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", e.to_string())
-            }
+            OpsError::GaveUp(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Timeout,
+                e.to_string(),
+            ),
             OpsError::Registry(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "registry_unavailable",
+                ErrorCode::RegistryUnavailable,
                 e.to_string(),
             ),
         }
@@ -185,7 +188,7 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
 fn unauthorized() -> Response {
     let mut r = ApiError::new(
         StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "a valid admin bearer token is required",
     )
     .into_response();
@@ -200,7 +203,7 @@ fn unauthorized() -> Response {
 fn throttled(wait: std::time::Duration) -> Response {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
+        ErrorCode::RateLimited,
         "too many failed admin token attempts from this network",
     )
     .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)

@@ -159,53 +159,27 @@ fn write_load(out: &mut Vec<u8>, load: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BackoffConfig;
+    use gateway_api::{Backoff, Gateway, GatewaysAnswer};
     use proptest::prelude::*;
     use registry::{NodeState, Ports};
-    use serde::Serialize;
     use std::sync::Arc;
-
-    /// One candidate, as serde would write it: the reference for [`render_answer`].
-    #[derive(Serialize)]
-    struct GatewayOut<'a> {
-        id: &'a str,
-        ip: IpAddr,
-        port: u16,
-        proto: Proto,
-        region: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        domain: Option<&'a str>,
-        load: f64,
-    }
-
-    /// A whole answer, as serde would write it.
-    #[derive(Serialize)]
-    struct GatewaysOut<'a> {
-        gateways: Vec<GatewayOut<'a>>,
-        region: Option<&'a str>,
-        ttl_secs: u64,
-        heartbeat_secs: u64,
-        backoff: &'a BackoffConfig,
-        revision: i64,
-        stale: bool,
-    }
 
     proptest! {
         /// The hand-assembled answer is exactly what serde would write.
         #[test]
         fn rendered_answer_equals_serde(
-            nodes in proptest::collection::vec(("[a-z0-9._-]{1,12}", "\\PC{0,12}", proptest::option::of("\\PC{0,20}"), 0u64..2000, any::<bool>()), 1..6),
+            nodes in proptest::collection::vec(("[a-z0-9._-]{1,12}", "\\PC{0,12}", proptest::option::of("\\PC{0,20}"), 0u64..2000, any::<bool>(), proptest::option::of("[a-z0-9-]{1,8}")), 1..6),
             region in proptest::option::of(prop_oneof!["[a-zA-Z0-9._-]{1,10}", "\\PC{0,10}"]),
             revision in any::<i64>(), stale in any::<bool>(), proto in 0usize..3,
         ) {
-            let records: Vec<Arc<NodeRecord>> = nodes.iter().enumerate().map(|(i, (id, region, domain, conns, v6))| Arc::new(NodeRecord {
+            let records: Vec<Arc<NodeRecord>> = nodes.iter().enumerate().map(|(i, (id, region, domain, conns, v6, dc))| Arc::new(NodeRecord {
                 id: format!("{id}{i}"),
                 ip: if *v6 { "2001:db8::1".parse().unwrap() } else { "192.0.2.1".parse().unwrap() },
                 ports: Ports { tcp: Some(1), ws: Some(2), wss: Some(3) },
                 region: region.clone(), capacity: 1000, connections: *conns,
                 ipv6: (i % 2 == 0).then(|| "2001:db8::2".parse().unwrap()),
                 domain: domain.clone(), zone: None, isp: None, state: NodeState::Serving, healthy: true,
-                updated_ms: None, sampled_ms: None, sample_age_ms: None, applied_command: None, hook: None, labels: Default::default(), dc: None,
+                updated_ms: None, sampled_ms: None, sample_age_ms: None, applied_command: None, hook: None, labels: Default::default(), dc: dc.as_deref().map(Into::into),
             })).collect();
             let proto = Proto::ALL[proto];
             let json: Vec<NodeJson> = records.iter().map(|r| NodeJson::of(r)).collect();
@@ -219,14 +193,15 @@ mod tests {
             let mut rendered = Vec::new();
             let entries = chosen.iter().map(|&(i, ip, load)| (json[i].entry(proto, ip), load));
             render_answer(&mut rendered, entries, region.as_deref(), &answer_tail(&cfg), revision, stale);
-            let expected = GatewaysOut {
+            let b = &cfg.backoff;
+            let expected = GatewaysAnswer {
                 gateways: chosen.iter().map(|&(i, ip, load)| {
                     let r = &records[i];
-                    GatewayOut { id: &r.id, ip, port: r.ports.get(proto).unwrap(), proto, region: &r.region,
-                                 domain: r.domain.as_deref(), load: rounded_load(load) }
+                    Gateway { id: r.id.clone(), ip, port: r.ports.get(proto).unwrap(), proto, region: r.region.clone(),
+                              dc: r.dc.as_deref().map(Into::into), domain: r.domain.clone(), load: rounded_load(load) }
                 }).collect(),
-                region: region.as_deref(), ttl_secs: cfg.ttl_secs, heartbeat_secs: cfg.heartbeat_secs,
-                backoff: &cfg.backoff, revision, stale,
+                region: region.clone(), ttl_secs: cfg.ttl_secs, heartbeat_secs: cfg.heartbeat_secs,
+                backoff: Backoff { base_ms: b.base_ms, max_ms: b.max_ms, factor: b.factor, jitter: b.jitter }, revision, stale,
             };
             prop_assert_eq!(String::from_utf8(rendered).unwrap(), serde_json::to_string(&expected).unwrap());
         }

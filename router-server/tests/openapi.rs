@@ -486,3 +486,71 @@ async fn admin_refusals_are_documented() {
         }
     }
 }
+
+/// The property names of a serialised value, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("an object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+/// The documented properties of schema `name`, sorted.
+fn documented(spec: &Value, name: &str) -> Vec<String> {
+    keys(&spec["components"]["schemas"][name]["properties"])
+}
+
+/// The `gateway-api` crate, which the router writes and the SDK reads, is what the
+/// document describes: every error code, and every field of the answer.
+#[test]
+fn the_api_crate_and_the_document_agree() {
+    let spec = spec();
+    let codes: Vec<&str> = spec["components"]["schemas"]["Error"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the error codes are listed")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let ours: Vec<&str> = gateway_api::ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(codes, ours);
+    let gateway = gateway_api::Gateway {
+        id: "gw".into(),
+        ip: "192.0.2.1".parse().unwrap(),
+        port: 1,
+        proto: gateway_api::Proto::Tcp,
+        region: "r".into(),
+        dc: Some("dc".into()),
+        domain: Some("gw.example".into()),
+        load: 0.5,
+    };
+    let answer = gateway_api::GatewaysAnswer {
+        gateways: vec![gateway],
+        region: None,
+        ttl_secs: 1,
+        heartbeat_secs: 1,
+        backoff: gateway_api::Backoff::default(),
+        revision: 1,
+        stale: false,
+    };
+    let v = serde_json::to_value(&answer).unwrap();
+    assert_eq!(keys(&v), documented(&spec, "Gateways"));
+    assert_eq!(keys(&v["gateways"][0]), documented(&spec, "Gateway"));
+    assert_eq!(keys(&v["backoff"]), documented(&spec, "Backoff"));
+    let schema = &spec["components"]["schemas"]["Gateways"];
+    validate(&spec, schema, &v, "answer").unwrap();
+    let err = serde_json::to_value(gateway_api::ErrorBody::new(
+        gateway_api::ErrorCode::NoGateways,
+        "m",
+    ))
+    .unwrap();
+    validate(
+        &spec,
+        &spec["components"]["schemas"]["Error"],
+        &err,
+        "error",
+    )
+    .unwrap();
+}

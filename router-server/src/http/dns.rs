@@ -11,6 +11,7 @@
 //! A request over HTTPS comes from one client (a browser, an app), so its answer counts
 //! one client in the herd accounting, not `dns.weight`.
 
+use gateway_api::ErrorCode;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -57,7 +58,7 @@ pub fn routes(dns: Arc<Dns>) -> Router {
 
 const DNS_MESSAGE: &str = "application/dns-message";
 
-fn bad_request(code: &'static str, msg: impl Into<String>) -> ApiError {
+fn bad_request(code: ErrorCode, msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, msg)
 }
 
@@ -76,7 +77,7 @@ fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pa
 fn dns_off() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         "this router serves no DNS zone (dns.zone)",
     )
 }
@@ -90,7 +91,7 @@ async fn doh_get(
     let (ip, pass) = asker(&dns, peer, &headers)?;
     let Some(b64) = q.get("dns") else {
         return Err(bad_request(
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             "dns: missing (a base64url DNS message)",
         ));
     };
@@ -101,9 +102,12 @@ async fn doh_get(
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let packet = engine
-        .decode(b64)
-        .map_err(|e| bad_request("invalid_parameter", format!("dns: not base64url: {e}")))?;
+    let packet = engine.decode(b64).map_err(|e| {
+        bad_request(
+            ErrorCode::InvalidParameter,
+            format!("dns: not base64url: {e}"),
+        )
+    })?;
     doh(&dns, &packet, ip, pass)
 }
 
@@ -121,7 +125,7 @@ async fn doh_post(
     if !ct.eq_ignore_ascii_case(DNS_MESSAGE) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("the body must be {DNS_MESSAGE}, not {ct:?}"),
         ));
     }
@@ -133,12 +137,15 @@ fn doh(dns: &Dns, packet: &[u8], client: IpAddr, pass: Pass) -> Result<Response,
         return Err(dns_off());
     }
     if packet.len() > u16::MAX as usize {
-        return Err(bad_request("invalid_parameter", "dns: over 65535 bytes"));
+        return Err(bad_request(
+            ErrorCode::InvalidParameter,
+            "dns: over 65535 bytes",
+        ));
     }
     let Some((answer, ttl)) = dns.handle_checked(packet, client, Transport::Https, Some(pass))
     else {
         return Err(bad_request(
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             "dns: not a DNS query message",
         ));
     };
@@ -158,13 +165,13 @@ fn query_name(raw: &str, key: &str) -> Result<Name, ApiError> {
     let n = raw.trim_end_matches('.');
     if n.is_empty() || n.len() > 253 || !n.is_ascii() {
         return Err(bad_request(
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             format!("{key}: {raw:?} is not a domain name"),
         ));
     }
     Name::from_ascii(format!("{n}.")).map_err(|e| {
         bad_request(
-            "invalid_parameter",
+            ErrorCode::InvalidParameter,
             format!("{key}: {raw:?} is not a domain name: {e}"),
         )
     })
@@ -182,7 +189,7 @@ async fn resolve(
     }
     let name = query_name(
         q.get("name")
-            .ok_or_else(|| bad_request("invalid_parameter", "name: missing"))?,
+            .ok_or_else(|| bad_request(ErrorCode::InvalidParameter, "name: missing"))?,
         "name",
     )?;
     let qtype = match q.get("type").map(String::as_str) {
@@ -191,7 +198,7 @@ async fn resolve(
             Ok(n) => RecordType::from(n),
             Err(_) => RecordType::from_str(&t.to_ascii_uppercase()).map_err(|_| {
                 bad_request(
-                    "invalid_parameter",
+                    ErrorCode::InvalidParameter,
                     format!("type: {t:?} is not a record type"),
                 )
             })?,
@@ -205,7 +212,7 @@ async fn resolve(
                 .or_else(|_| IpAddr::from_str(s))
                 .map_err(|_| {
                     bad_request(
-                        "invalid_parameter",
+                        ErrorCode::InvalidParameter,
                         format!("edns_client_subnet: {s:?} is not an address or subnet"),
                     )
                 })?,
@@ -267,7 +274,7 @@ async fn httpdns(
     if cfg.signed_only {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "signature_required",
+            ErrorCode::SignatureRequired,
             "this router answers signed requests only (/sign_d)",
         ));
     }
@@ -291,7 +298,7 @@ async fn httpdns_signed(
     else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "signed requests are not configured (httpdns.secret)",
         ));
     };
@@ -299,17 +306,17 @@ async fn httpdns_signed(
     let t = q
         .get("t")
         .and_then(|t| t.parse::<u64>().ok())
-        .ok_or_else(|| bad_request("invalid_parameter", "t: missing or not an integer"))?;
+        .ok_or_else(|| bad_request(ErrorCode::InvalidParameter, "t: missing or not an integer"))?;
     let s = q
         .get("s")
-        .ok_or_else(|| bad_request("invalid_parameter", "s: missing"))?;
+        .ok_or_else(|| bad_request(ErrorCode::InvalidParameter, "s: missing"))?;
     let max_ahead = dns.state().config.httpdns.sign_max_ahead_secs;
     check_expiry(t, registry::now_ms() / 1000, max_ahead)?;
     let want = hex(&Md5::digest(format!("{host}-{secret}-{t}").as_bytes()));
     if !bool::from(want.as_bytes().ct_eq(s.to_ascii_lowercase().as_bytes())) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "invalid_signature",
+            ErrorCode::InvalidSignature,
             "s is not md5(host-secret-t)",
         ));
     }
@@ -323,14 +330,14 @@ fn check_expiry(t: u64, now: u64, max_ahead: u64) -> Result<(), ApiError> {
     if t < now {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "signature_expired",
+            ErrorCode::SignatureExpired,
             format!("t {t} has passed"),
         ));
     }
     if t - now > max_ahead {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "signature_too_far_ahead",
+            ErrorCode::SignatureTooFarAhead,
             format!(
                 "t {t} is {} s ahead; at most {max_ahead} s (httpdns.sign_max_ahead_secs) are accepted",
                 t - now
@@ -356,15 +363,16 @@ fn httpdns_answer(
 ) -> Result<Response, ApiError> {
     let raw = q
         .get("host")
-        .ok_or_else(|| bad_request("invalid_parameter", "host: missing"))?;
-    let host = parse_domain(raw).map_err(|e| bad_request("invalid_host", format!("host: {e}")))?;
+        .ok_or_else(|| bad_request(ErrorCode::InvalidParameter, "host: missing"))?;
+    let host =
+        parse_domain(raw).map_err(|e| bad_request(ErrorCode::InvalidHost, format!("host: {e}")))?;
     let (want4, want6) = match q.get("query").map(String::as_str) {
         None | Some("4") => (true, false),
         Some("6") => (false, true),
         Some("4,6") | Some("6,4") => (true, true),
         Some(other) => {
             return Err(bad_request(
-                "invalid_parameter",
+                ErrorCode::InvalidParameter,
                 format!("query: {other:?} is not 4, 6 or 4,6"),
             ))
         }
@@ -372,7 +380,10 @@ fn httpdns_answer(
     let client = match q.get("ip") {
         None => asker,
         Some(ip) => IpAddr::from_str(ip).map_err(|_| {
-            bad_request("invalid_parameter", format!("ip: {ip:?} is not an address"))
+            bad_request(
+                ErrorCode::InvalidParameter,
+                format!("ip: {ip:?} is not an address"),
+            )
         })?,
     };
     let cfg = &dns.state().config;
@@ -439,16 +450,16 @@ mod tests {
         let past = check_expiry(now - 1, now, day).unwrap_err();
         assert_eq!(
             (past.status, past.code),
-            (StatusCode::FORBIDDEN, "signature_expired")
+            (StatusCode::FORBIDDEN, ErrorCode::SignatureExpired)
         );
         let ahead = check_expiry(now + day + 1, now, day).unwrap_err();
         assert_eq!(
             (ahead.status, ahead.code),
-            (StatusCode::FORBIDDEN, "signature_too_far_ahead")
+            (StatusCode::FORBIDDEN, ErrorCode::SignatureTooFarAhead)
         );
         assert!(ahead.message.contains("86401 s ahead"), "{}", ahead.message);
         let years = check_expiry(99_999_999_999, now, day).unwrap_err();
-        assert_eq!(years.code, "signature_too_far_ahead");
+        assert_eq!(years.code, ErrorCode::SignatureTooFarAhead);
         // A shorter bound is followed.
         assert!(check_expiry(now + 61, now, 60).is_err());
         assert!(check_expiry(now + 60, now, 60).is_ok());

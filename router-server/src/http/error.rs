@@ -1,15 +1,16 @@
-//! The contract's error answer: `{"error": {"code", "message"}}`.
+//! The contract's error answer, `{"error": {"code", "message"}}` (`gateway_api::ErrorBody`),
+//! as an axum response.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use gateway_api::{ErrorBody, ErrorCode};
 
 /// An error answer: `{"error": {"code", "message"}}` with a status and maybe Retry-After.
 #[derive(Debug)]
 pub struct ApiError {
     pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
+    pub(crate) code: ErrorCode,
     pub(crate) message: String,
     retry_after: Option<u64>,
 }
@@ -19,14 +20,14 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            code: "invalid_parameter",
+            code: ErrorCode::InvalidParameter,
             message: message.into(),
             retry_after: None,
         }
     }
 
     /// Any status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -41,12 +42,12 @@ impl ApiError {
         match r {
             crate::guard::Refusal::Blocked(reason) => ApiError::new(
                 StatusCode::FORBIDDEN,
-                "blocked",
+                ErrorCode::Blocked,
                 format!("requests from this network are refused ({reason})"),
             ),
             crate::guard::Refusal::Limited(secs) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "too many requests from this address",
             )
             .retry_after(secs),
@@ -59,25 +60,9 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: &self.message,
-            },
-        });
+        let body = Json(ErrorBody::new(self.code, self.message));
         let mut resp = (self.status, body).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

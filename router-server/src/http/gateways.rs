@@ -1,6 +1,7 @@
 //! `GET /gateways`: the shared [`Api`] (state and the route's metric series) and the
 //! ready-future service that answers from the current snapshot.
 
+use gateway_api::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +112,7 @@ impl tower::Service<Request> for Gateways {
             Some(peer) => answer(&self.0, peer, req.uri(), req.headers()),
             None => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "the server does not know the client's address",
             )
             .into_response(),
@@ -187,7 +188,7 @@ fn gateways(
         let Some(snap) = cache.load().as_deref() else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
+                ErrorCode::NotReady,
                 "the registry has not been loaded yet",
             )
             .retry_after(1));
@@ -203,7 +204,7 @@ fn gateways(
             api.state.metrics.no_gateways.inc();
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no_gateways",
+                ErrorCode::NoGateways,
                 "no eligible gateway for this request",
             )
             .retry_after(5));

@@ -1,5 +1,6 @@
 //! JSON bodies for the errors the HTTP parser writes by itself.
 
+use gateway_api::{ErrorBody, ErrorCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Gives the errors hyper writes by itself (a malformed or oversized request head: 400,
@@ -43,16 +44,19 @@ fn json_error_for(head: &[u8]) -> Option<Vec<u8>> {
     let status: u16 = status_line.get(9..12)?.parse().ok()?;
     let reason = status_line.get(13..).unwrap_or("").trim();
     let code = match status {
-        431 => "header_too_large",
-        408 => "timeout",
-        413 => "payload_too_large",
-        414 => "uri_too_long",
-        505 => "http_version_not_supported",
-        501 => "not_implemented",
-        _ => "bad_request",
+        431 => ErrorCode::HeaderTooLarge,
+        408 => ErrorCode::Timeout,
+        413 => ErrorCode::PayloadTooLarge,
+        414 => ErrorCode::UriTooLong,
+        505 => ErrorCode::HttpVersionNotSupported,
+        501 => ErrorCode::NotImplemented,
+        _ => ErrorCode::BadRequest,
     };
-    let body = serde_json::json!({"error": {"code": code, "message": format!("{reason}: the request could not be read")}})
-        .to_string();
+    let body = serde_json::to_string(&ErrorBody::new(
+        code,
+        format!("{reason}: the request could not be read"),
+    ))
+    .expect("an error body serializes");
     let mut out = Vec::with_capacity(head.len() + body.len() + 64);
     for line in text.trim_end().split("\r\n") {
         if line.to_ascii_lowercase().starts_with("content-length:") {

@@ -7,6 +7,7 @@
 //! byte of the body is read; a chunked body is cut where it crosses the limit. How
 //! long a body may take to arrive is the server's business ([`super::server`]).
 
+use gateway_api::ErrorCode;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -37,7 +38,7 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
         Some(_) => Ok("ready\n"),
         None => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "the registry has not been loaded yet",
         )),
     }
@@ -88,7 +89,7 @@ async fn declared_length(State(max): State<usize>, req: Request, next: Next) -> 
     match declared {
         Some(len) if len > max as u64 => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body is {len} bytes; the limit is {max}"),
         )
         .into_response(),
@@ -97,7 +98,7 @@ async fn declared_length(State(max): State<usize>, req: Request, next: Next) -> 
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
 }
 
 /// Every route the server has, as static labels for metrics.
@@ -144,7 +145,7 @@ async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
         // The body limit's own answer (plain text): the contract's shape instead.
         resp = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body is over this route's limit ({route})"),
         )
         .into_response();
@@ -165,7 +166,7 @@ fn uri_too_long(len: usize, max: usize) -> Option<ApiError> {
         warn!(len, max, "request URI too long");
         ApiError::new(
             StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             format!("request URI is {len} bytes; the limit is {max}"),
         )
     })
@@ -278,7 +279,7 @@ pub(crate) async fn deadline(State(limit): State<Duration>, req: Request, next: 
         Ok(resp) => resp,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
+            ErrorCode::Timeout,
             format!("request took longer than {} ms", limit.as_millis()),
         )
         .into_response(),

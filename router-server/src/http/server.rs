@@ -38,6 +38,7 @@
 //! (`router_connections_closed_by_server{reason}`), so neither a flood of silent
 //! sockets nor a crowd of slow requests can stop service without a trace.
 
+use gateway_api::ErrorCode;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -880,7 +881,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Progress<I> {
 fn body_timeout_answer(limit: Duration) -> Response<Body> {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
+        ErrorCode::RequestTimeout,
         format!(
             "the request body did not arrive within {} ms",
             limit.as_millis()
