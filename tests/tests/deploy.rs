@@ -148,6 +148,24 @@ fn grafana_dashboard_is_valid_and_uses_only_exported_metrics() {
     }
 }
 
+/// Every `runbook: docs/runbooks.md#anchor` of `rules` names a heading of the runbook.
+fn runbook_anchors_exist(rules: &str) {
+    let book = std::fs::read_to_string(deploy("../docs/runbooks.md")).unwrap();
+    let anchors: BTreeSet<String> = book
+        .lines()
+        .filter_map(|l| l.strip_prefix("### ").or_else(|| l.strip_prefix("## ")))
+        .map(|h| h.trim().to_ascii_lowercase().replace(' ', "-"))
+        .collect();
+    let mut seen = 0;
+    for line in rules.lines() {
+        if let Some(anchor) = line.trim().strip_prefix("runbook: docs/runbooks.md#") {
+            assert!(anchors.contains(anchor), "no runbook heading for #{anchor}");
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "the rules name no runbook");
+}
+
 #[test]
 fn alerting_rules_pass_promtool_and_their_unit_tests() {
     let promtool = tool("promtool", "prometheus");
@@ -157,7 +175,7 @@ fn alerting_rules_pass_promtool_and_their_unit_tests() {
             .arg(deploy("prometheus/router-alerts.yml")),
     );
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
     let (ok, out) = output(
         Command::new(&promtool)
             .current_dir(deploy("prometheus"))
@@ -166,6 +184,7 @@ fn alerting_rules_pass_promtool_and_their_unit_tests() {
     assert!(ok, "{out}");
     // Every metric the rules read is one the router exports.
     let rules = std::fs::read_to_string(deploy("prometheus/router-alerts.yml")).unwrap();
+    runbook_anchors_exist(&rules);
     let exported = exported_metrics();
     for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
         for name in metric_names(line) {
