@@ -11,23 +11,24 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::backoff::Backoff;
-use registry::kv::KvEvent;
 use registry::lease::{Lease, Renewal};
-use registry::{
-    now_ms, Applied, Command, CommandAction, HookState, HookStatus, Kv, KvError, Layout, LeaseId,
-    NodeRecord, NodeState, Ports,
-};
+use registry::{now_ms, HookState, Kv, KvError, Layout, LeaseId, NodeRecord, NodeState, Ports};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::health::{HealthProbe, Hysteresis};
+use crate::health::HealthProbe;
 use crate::hook::{deliver_latest, Hook, MigrateSignal};
 use crate::load::LoadSource;
 use crate::report::{Dynamic, ReportPolicy};
+
+mod commands;
+mod samplers;
+
+use commands::{apply_command, take_hook_status, watch_command};
+use samplers::{probe_health, sample_load};
 
 /// On shutdown, how long pending migrate signals and the agent's tasks may take.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -745,47 +746,6 @@ impl Agent {
             }
         }
     }
-
-    /// What the node applied before: `P/applied/{id}`, or for a node last run by an
-    /// agent that did not write it, a previous record still alive. Retried until etcd
-    /// answers: applying commands without knowing this could apply one twice.
-    async fn previous(&self, node_key: &str, applied_key: &str) -> Option<Applied> {
-        let mut backoff = Backoff::for_store();
-        loop {
-            let attempt = async {
-                if let Some(kv) = self.kv.get(applied_key).await? {
-                    match Applied::parse(&kv.value) {
-                        Ok(a) => return Ok(Some(a)),
-                        Err(e) => {
-                            warn!(key = applied_key, error = %e, "unreadable applied record ignored")
-                        }
-                    }
-                }
-                let prev = self.kv.get(node_key).await?;
-                Ok::<_, KvError>(prev.and_then(|kv| {
-                    let prev = NodeRecord::parse(&self.config.node.id, &kv.value).ok()?;
-                    Some(Applied {
-                        command: prev.applied_command?,
-                        action: match prev.state {
-                            NodeState::Draining => CommandAction::Drain,
-                            NodeState::Serving => CommandAction::Serve,
-                        },
-                        state: prev.state,
-                        applied_ms: prev.updated_ms.unwrap_or(0),
-                        hook: prev.hook,
-                    })
-                }))
-            };
-            match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-                Ok(Ok(a)) => return a,
-                Ok(Err(e)) => {
-                    warn!(error = %e, "cannot read what this node applied before; retrying")
-                }
-                Err(_) => warn!("reading what this node applied before timed out; retrying"),
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-    }
 }
 
 /// Revokes `lease` within 2 s.
@@ -793,266 +753,6 @@ async fn lease_revoke(kv: &dyn Kv, lease: LeaseId) -> Result<(), KvError> {
     tokio::time::timeout(Duration::from_secs(2), kv.revoke(lease))
         .await
         .unwrap_or_else(|_| Err(KvError::Unavailable("revoke: no answer within 2 s".into())))
-}
-
-/// Applies a command once. A migrate or drain asks the gateway to move clients: the
-/// hook worker gets the signal, replacing any signal still undelivered (superseded).
-/// Returns the new applied record, or `None` when nothing was applied.
-fn apply_command(
-    key: &str,
-    value: Option<Vec<u8>>,
-    d: &mut Dynamic,
-    has_hook: bool,
-    signals: &watch::Sender<Option<MigrateSignal>>,
-) -> Option<Applied> {
-    let Some(bytes) = value else {
-        debug!(key, "command deleted");
-        return None;
-    };
-    let cmd = match Command::parse(&bytes) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(key, error = %e, "malformed command ignored");
-            return None;
-        }
-    };
-    if d.applied_command.as_deref() == Some(cmd.id.as_str()) {
-        info!(command = %cmd.id, "command already applied; not applied again");
-        return None;
-    }
-    match cmd.action {
-        CommandAction::Drain => d.state = NodeState::Draining,
-        CommandAction::Serve => d.state = NodeState::Serving,
-        CommandAction::Migrate => {}
-    }
-    d.applied_command = Some(cmd.id.clone());
-    let percent = cmd.move_percent();
-    info!(command = %cmd.id, action = cmd.action.as_str(), percent, state = d.state.as_str(), "command applied");
-    if percent > 0 {
-        let status = |state| HookStatus {
-            command: cmd.id.clone(),
-            percent,
-            state,
-            since_ms: now_ms(),
-            attempts: 0,
-            error: None,
-        };
-        if has_hook {
-            d.hook = Some(status(HookState::Delivering));
-            signals.send_replace(Some(MigrateSignal {
-                action: "migrate",
-                percent,
-                command: cmd.id.clone(),
-            }));
-        } else {
-            info!(command = %cmd.id, "no hook configured; the gateway is not told to move clients");
-            d.hook = Some(status(HookState::NoHook));
-        }
-    } else {
-        // A serve replaces an undelivered signal too; the worker reports it superseded.
-        signals.send_replace(None);
-    }
-    Some(Applied {
-        command: cmd.id,
-        action: cmd.action,
-        state: d.state,
-        applied_ms: now_ms(),
-        hook: d.hook.clone(),
-    })
-}
-
-/// Takes a status from the hook worker. A status of a command other than the one
-/// `d.hook` follows is stale (its successor was applied meanwhile) and dropped.
-fn take_hook_status(d: &mut Dynamic, applied: &mut Option<Applied>, st: HookStatus) {
-    if d.hook.as_ref().is_some_and(|h| h.command != st.command) {
-        return;
-    }
-    d.hook = Some(st);
-    if let Some(a) = applied.as_mut() {
-        a.hook = d.hook.clone();
-    }
-}
-
-async fn sample_load(
-    source: LoadSource,
-    every: Duration,
-    handle: AgentHandle,
-    http: reqwest::Client,
-    cancel: CancellationToken,
-) {
-    let mut last_error: Option<String> = None;
-    // `tcp-port:` counts through netlink sock_diag where the kernel allows it (the
-    // kernel filters by port); `/proc/net/tcp` is read only where netlink is refused.
-    let proc_only = std::env::var("AGENT_TCP_COUNT").is_ok_and(|v| v == "proc");
-    let mut diag = match &source {
-        LoadSource::TcpPort(_) if proc_only => None,
-        LoadSource::TcpPort(_) => match crate::sockdiag::SockDiag::open() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                warn!(error = %e, "netlink sock_diag refused; counting sockets from /proc/net/tcp");
-                None
-            }
-        },
-        _ => None,
-    };
-    // Counting sockets costs time in proportion to them (a hundred thousand take tens
-    // of milliseconds even filtered by the kernel): the next sample waits at least
-    // SAMPLE_DUTY times as long as this one took, so counting never takes more than
-    // 1 % of a core; at the default interval that stretches beyond ~2.5 ms a sample.
-    const SAMPLE_DUTY: u32 = 100;
-    let mut wait = every;
-    loop {
-        let sampled_ms = now_ms();
-        // The time counting itself takes (not the wait for a blocking thread on a busy
-        // host, which costs no CPU of ours).
-        let mut spent = std::time::Duration::ZERO;
-        let started = std::time::Instant::now();
-        let result = match (diag.take(), &source) {
-            (Some(mut d), LoadSource::TcpPort(port)) => {
-                let port = *port;
-                let joined = tokio::task::spawn_blocking(move || {
-                    let t = std::time::Instant::now();
-                    let n = d.count_established(port);
-                    (d, n, t.elapsed())
-                })
-                .await;
-                match joined {
-                    Ok((d, Ok(n), took)) => {
-                        diag = Some(d);
-                        spent = took;
-                        Ok(n)
-                    }
-                    Ok((_, Err(e), _)) => {
-                        warn!(error = %e, "netlink sock_diag failed; counting sockets from /proc/net/tcp from now on");
-                        source.sample(&http).await
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "socket count task failed; counting from /proc/net/tcp from now on");
-                        source.sample(&http).await
-                    }
-                }
-            }
-            _ => {
-                let n = source.sample(&http).await;
-                spent = started.elapsed();
-                n
-            }
-        };
-        if matches!(source, LoadSource::TcpPort(_)) {
-            let next = every.max(spent * SAMPLE_DUTY);
-            if next > every && wait == every {
-                info!(
-                    sample_ms = spent.as_millis() as u64,
-                    interval_ms = next.as_millis() as u64,
-                    "counting sockets is slow at this size; sampling less often to stay under 1 % of a core"
-                );
-            }
-            wait = next;
-        }
-        match result {
-            Ok(n) => {
-                if last_error.take().is_some() {
-                    info!("load source readable again");
-                }
-                handle.set_connections_sampled(n, sampled_ms);
-            }
-            Err(e) => {
-                handle.metrics.load_source_failures.inc();
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!(error = %msg, "load sample failed; keeping the last count");
-                    last_error = Some(msg);
-                }
-            }
-        }
-        if matches!(source, LoadSource::Static(_)) {
-            return;
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-async fn probe_health(
-    probe: HealthProbe,
-    every: Duration,
-    handle: AgentHandle,
-    http: reqwest::Client,
-    cancel: CancellationToken,
-) {
-    let mut h = Hysteresis::default();
-    let timeout = every.clamp(Duration::from_millis(200), Duration::from_secs(2));
-    loop {
-        let result = probe.check(&http, timeout).await;
-        let before = h.healthy();
-        let verdict = h.observe(result.is_ok());
-        if before != Some(verdict) {
-            match &result {
-                Ok(()) => info!(healthy = verdict, "health changed"),
-                Err(e) => warn!(healthy = verdict, error = %e, "health changed"),
-            }
-        }
-        handle.set_healthy(verdict);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-    }
-}
-
-/// Follows one command key; sends `Some(value)` for each write and `None` for deletes.
-/// After any failure it lists again, so the current command is always re-sent; the
-/// run loop applies each id once.
-async fn watch_command(
-    kv: Arc<dyn Kv>,
-    key: String,
-    tx: mpsc::Sender<Option<Vec<u8>>>,
-    cancel: CancellationToken,
-) {
-    use futures::StreamExt;
-    let mut backoff = Backoff::for_store();
-    loop {
-        let attempt = async {
-            // This key alone: an agent may read its own commands and no one else's.
-            let (current, revision) = kv.get_exact(&key).await?;
-            let current = current.map(|e| e.value);
-            let mut stream = kv.watch_key(&key, revision + 1).await?;
-            if tx.send(current).await.is_err() {
-                return Ok(());
-            }
-            backoff.reset();
-            while let Some(batch) = stream.next().await {
-                for ev in batch?.events {
-                    let msg = match ev {
-                        KvEvent::Put(e) if e.key == key => Some(e.value),
-                        KvEvent::Delete { key: k, .. } if k == key => None,
-                        _ => continue,
-                    };
-                    if tx.send(msg).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-            Err(KvError::Unavailable("command watch ended".into()))
-        };
-        let result: Result<(), KvError> = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = attempt => r,
-        };
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                let delay = backoff.next_delay();
-                debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "command watch interrupted");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

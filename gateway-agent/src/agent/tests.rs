@@ -4,6 +4,7 @@
 use super::*;
 use crate::hook::FnHook;
 use registry::memory::MemoryKv;
+use registry::Applied;
 use std::sync::Mutex;
 
 fn spec() -> NodeSpec {
