@@ -191,3 +191,29 @@ pub(super) fn take_hook_status(d: &mut Dynamic, applied: &mut Option<Applied>, s
         a.hook = d.hook.clone();
     }
 }
+
+/// Takes up the command the node applied before this start: its state, its id and its
+/// hook status; a migrate signal the previous run did not finish delivering goes on.
+pub(super) fn resume_applied(
+    a: &Applied,
+    d: &mut Dynamic,
+    signals: &watch::Sender<Option<MigrateSignal>>,
+) {
+    d.state = a.state;
+    d.applied_command = Some(a.command.clone());
+    d.hook = a.hook.clone();
+    info!(command = %a.command, state = d.state.as_str(), hook = a.hook.as_ref().map(|h| h.state.as_str()), "resuming after the last applied command");
+    // A delivery the previous run did not finish goes on.
+    if let Some(h) = a
+        .hook
+        .as_ref()
+        .filter(|h| matches!(h.state, HookState::Delivering | HookState::Retrying))
+    {
+        info!(command = %h.command, percent = h.percent, "resuming an undelivered migrate signal");
+        signals.send_replace(Some(MigrateSignal {
+            action: "migrate",
+            percent: h.percent,
+            command: h.command.clone(),
+        }));
+    }
+}

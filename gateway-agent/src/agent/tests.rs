@@ -1,11 +1,17 @@
 //! Tests of the whole agent on the in-memory store: the embedded API, the report
 //! policy's spacing, re-registration, and the hook's retries across restarts.
 
-use super::*;
-use crate::hook::FnHook;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use registry::memory::MemoryKv;
-use registry::Applied;
-use std::sync::Mutex;
+use registry::{Applied, HookState, Kv, Layout, NodeRecord, Ports};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Agent, AgentConfig, NodeSpec};
+use crate::hook::{FnHook, MigrateSignal};
 
 fn spec() -> NodeSpec {
     let mut ports = Ports::default();
