@@ -1,17 +1,16 @@
-//! The agent: what it is configured with, the handle an embedding gateway drives it
-//! through, and [`Agent::run`], whose loop (lease, record writes, keep-alive, commands,
-//! shutdown) lives in `run.rs`.
+//! The agent: its configuration, the handle an embedding gateway drives it through, and
+//! [`Agent::run`], a `RunState` loop (`run.rs`) that reports under a lease (`lease.rs`),
+//! applies commands (`commands.rs`) and on stop leaves or keeps the lease (`shutdown.rs`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use registry::{now_ms, Kv, Layout, LeaseId, NodeRecord, NodeState, Ports};
+use registry::{now_ms, Kv, Layout, LeaseId, NodeRecord, Ports};
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::Instrument;
 
 use crate::health::HealthProbe;
 use crate::hook::Hook;
@@ -19,8 +18,10 @@ use crate::load::LoadSource;
 use crate::report::{Dynamic, ReportPolicy};
 
 mod commands;
+mod lease;
 mod run;
 mod samplers;
+mod shutdown;
 
 /// The parts of the record that do not change while the agent runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -274,88 +275,6 @@ impl Agent {
         };
         while run.step().await.is_some() {}
         run.shutdown().await;
-    }
-
-    /// The lease the previous run left in the state file for this node, if any.
-    fn restart_state(&self, node_key: &str) -> Option<crate::restart::RestartState> {
-        let path = self.config.state_file.as_ref()?;
-        match crate::restart::RestartState::load(path, node_key) {
-            Ok(Some(s)) => {
-                info!(
-                    lease = format_args!("{:x}", s.lease),
-                    stopped_ms_ago = now_ms().saturating_sub(s.stopped_ms),
-                    "found the lease of the previous run; taking it up"
-                );
-                Some(s)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                warn!(error = %e, "state file set aside; registering under a new lease");
-                None
-            }
-        }
-    }
-
-    /// On a stop with a state file: the record to leave for the next start when this
-    /// stop is a restart, or `None` when the node leaves. It leaves when it holds no
-    /// lease, was asked to (`leave_on_stop`, a drain command), or its gateway is down:
-    /// the health verdict is unhealthy or one last probe fails (an operator who stops
-    /// the gateway and then the agent means the node to go).
-    async fn stays_for_restart(
-        &self,
-        lease: Option<LeaseId>,
-        d: &Dynamic,
-        http: &reqwest::Client,
-    ) -> Option<crate::restart::RestartState> {
-        self.config.state_file.as_ref()?;
-        let lease = lease?;
-        let leave = |why: &str| {
-            info!(node_id = %self.config.node.id, why, "leaving: the lease is revoked");
-            None
-        };
-        if self.handle.leave.load(std::sync::atomic::Ordering::SeqCst) {
-            return leave("asked to leave on stop");
-        }
-        if d.state == NodeState::Draining {
-            return leave("the node was drained");
-        }
-        if !d.healthy {
-            return leave("the gateway is unhealthy");
-        }
-        if let Some(probe) = &self.config.health {
-            if let Err(e) = probe.check(http, Duration::from_secs(1)).await {
-                return leave(&format!("the gateway is down ({e})"));
-            }
-        }
-        Some(crate::restart::RestartState {
-            node_id: self.config.node.id.clone(),
-            node_key: self.config.layout.node_key(&self.config.node.id),
-            lease,
-            ttl_secs: self.config.ttl.as_secs(),
-            stopped_ms: now_ms(),
-        })
-    }
-
-    /// Writes the record as `draining` under `lease`; returns when, if it was written.
-    async fn mark_leaving(&self, node_key: &str, lease: LeaseId, d: &Dynamic) -> Option<Instant> {
-        let mut leaving = d.clone();
-        leaving.state = NodeState::Draining;
-        let value = self.record(&leaving).to_json();
-        let put = self.kv.put(node_key, value, Some(lease));
-        match tokio::time::timeout(Duration::from_secs(2), put).await {
-            Ok(Ok(_)) => {
-                info!(node_id = %self.config.node.id, grace_ms = self.config.leave_grace.as_millis() as u64, "marked draining before leaving");
-                Some(Instant::now())
-            }
-            Ok(Err(e)) => {
-                warn!(node_id = %self.config.node.id, error = %e, "could not mark the node draining before leaving");
-                None
-            }
-            Err(_) => {
-                warn!(node_id = %self.config.node.id, "marking the node draining before leaving timed out");
-                None
-            }
-        }
     }
 }
 
