@@ -263,11 +263,14 @@ impl RunState {
             Ok(()) = self.agent.connections.changed() => {}
             Ok(()) = self.agent.healthy.changed() => {}
             Some(value) = self.links.commands.recv() => {
-                if let Some(a) = apply_command(&self.keys.command, value, &mut self.d, self.has_hook, &self.links.signals) {
+                let (key, signals) = (&self.keys.command, &self.links.signals);
+                if let Some(a) = apply_command(key, value, &mut self.d, self.has_hook, signals) {
                     self.applied = Some(a);
                 }
             }
-            Some(st) = self.links.hook_status.recv() => take_hook_status(&mut self.d, &mut self.applied, st),
+            Some(st) = self.links.hook_status.recv() => {
+                take_hook_status(&mut self.d, &mut self.applied, st);
+            }
         }
         Some(())
     }
