@@ -117,6 +117,12 @@ impl RestartState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Agent, AgentConfig, AgentHandle, NodeSpec};
+    use registry::memory::MemoryKv;
+    use registry::{Kv, NodeState, Ports};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
 
     fn state() -> RestartState {
         RestartState {
@@ -163,136 +169,184 @@ mod tests {
         assert!(e.to_string().contains("not a restart record"), "{e}");
     }
 
+    /// An agent for node `gw-r` on the in-memory store, with a state file.
+    struct Restarts {
+        kv: Arc<MemoryKv>,
+        config: AgentConfig,
+        path: PathBuf,
+        key: String,
+        cmd_key: String,
+        _dir: tempfile::TempDir,
+    }
+
+    /// One run of the agent.
+    struct Running {
+        handle: AgentHandle,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Restarts {
+        fn new() -> Restarts {
+            let mut ports = Ports::default();
+            ports.set(registry::Proto::Tcp, 8000);
+            let spec = NodeSpec {
+                id: "gw-r".into(),
+                ip: "10.0.0.1".parse().unwrap(),
+                ports,
+                region: "r".into(),
+                capacity: 100,
+                ipv6: None,
+                domain: None,
+                zone: None,
+                isp: None,
+                labels: Default::default(),
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("agent.state");
+            let kv = MemoryKv::new();
+            let mut config = AgentConfig::new(spec);
+            config.state_file = Some(path.clone());
+            let key = config.layout.node_key("gw-r");
+            let cmd_key = config.layout.command_key("gw-r");
+            Restarts {
+                kv,
+                config,
+                path,
+                key,
+                cmd_key,
+                _dir: dir,
+            }
+        }
+
+        fn run(&self, config: AgentConfig) -> Running {
+            let (agent, handle) = Agent::new(self.kv.clone(), config);
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(agent.run(cancel.clone()));
+            Running {
+                handle,
+                cancel,
+                task,
+            }
+        }
+
+        async fn command(&self, json: &[u8]) {
+            self.kv
+                .put(&self.cmd_key, json.to_vec(), None)
+                .await
+                .unwrap();
+        }
+
+        async fn record(&self) -> Option<registry::NodeRecord> {
+            let kv = self.kv.get(&self.key).await.unwrap()?;
+            Some(registry::NodeRecord::parse("gw-r", &kv.value).unwrap())
+        }
+
+        async fn present(&self) -> bool {
+            self.kv.get(&self.key).await.unwrap().is_some()
+        }
+
+        fn kept(&self) -> Option<RestartState> {
+            RestartState::load(&self.path, &self.key).unwrap()
+        }
+    }
+
+    impl Running {
+        async fn lease(&self) -> LeaseId {
+            let mut st = self.handle.status();
+            let s = st.wait_for(|s| s.lease.is_some()).await.unwrap();
+            s.lease.unwrap()
+        }
+
+        async fn written(&self, what: impl Fn(&crate::report::Dynamic) -> bool) {
+            let mut st = self.handle.status();
+            st.wait_for(|s| s.written.as_ref().is_some_and(&what))
+                .await
+                .unwrap();
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
     /// The whole agent on the in-memory store: a stop with a state file while the
     /// gateway serves keeps the record, the next start takes the same lease up and
     /// does not apply the last command again; a stop after a drain revokes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_agent_restart_keeps_the_lease_and_a_drained_stop_revokes() {
-        use crate::{Agent, AgentConfig, NodeSpec};
-        use registry::memory::MemoryKv;
-        use registry::{Kv, NodeState, Ports};
-        use std::time::Duration;
-        use tokio_util::sync::CancellationToken;
+        let r = Restarts::new();
+        let first = a_stop_while_serving_keeps_the_lease(&r).await;
+        the_next_start_takes_the_lease_up(&r, first).await;
+        another_ttl_moves_the_record_to_a_new_lease(&r, first).await;
+        a_drained_stop_revokes(&r).await;
+        a_stop_asked_to_leave_revokes(&r).await;
+    }
 
-        let mut ports = Ports::default();
-        ports.set(registry::Proto::Tcp, 8000);
-        let spec = NodeSpec {
-            id: "gw-r".into(),
-            ip: "10.0.0.1".parse().unwrap(),
-            ports,
-            region: "r".into(),
-            capacity: 100,
-            ipv6: None,
-            domain: None,
-            zone: None,
-            isp: None,
-            labels: Default::default(),
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.state");
-        let kv = MemoryKv::new();
-        let mut config = AgentConfig::new(spec);
-        config.state_file = Some(path.clone());
-        let key = config.layout.node_key("gw-r");
-        let cmd_key = config.layout.command_key("gw-r");
-
-        let run = |config: AgentConfig| {
-            let (agent, handle) = Agent::new(kv.clone(), config);
-            let cancel = CancellationToken::new();
-            let task = tokio::spawn(agent.run(cancel.clone()));
-            (handle, cancel, task)
-        };
-        let lease_of = |handle: &crate::AgentHandle| {
-            let mut st = handle.status();
-            async move {
-                let s = st.wait_for(|s| s.lease.is_some()).await.unwrap();
-                s.lease.unwrap()
-            }
-        };
-
-        let (handle, cancel, task) = run(config.clone());
-        let first = lease_of(&handle).await;
-        kv.put(
-            &cmd_key,
-            br#"{"id":"m-1","action":"migrate","percent":10}"#.to_vec(),
-            None,
-        )
-        .await
-        .unwrap();
-        let mut st = handle.status();
-        st.wait_for(|s| {
-            s.written
-                .as_ref()
-                .is_some_and(|w| w.applied_command.as_deref() == Some("m-1"))
-        })
-        .await
-        .unwrap();
-        cancel.cancel();
-        task.await.unwrap();
-        assert!(kv.get(&key).await.unwrap().is_some(), "the record stays");
-        let kept = RestartState::load(&path, &key).unwrap().unwrap();
+    /// Returns the lease kept for the next start.
+    async fn a_stop_while_serving_keeps_the_lease(r: &Restarts) -> LeaseId {
+        let run = r.run(r.config.clone());
+        let first = run.lease().await;
+        r.command(br#"{"id":"m-1","action":"migrate","percent":10}"#)
+            .await;
+        run.written(|w| w.applied_command.as_deref() == Some("m-1"))
+            .await;
+        run.stop().await;
+        assert!(r.present().await, "the record stays");
+        let kept = r.kept().unwrap();
         assert_eq!((kept.lease, kept.ttl_secs), (first, 10));
+        first
+    }
 
-        // The next start takes the same lease up; m-1 is known as applied.
-        let (handle, cancel, task) = run(config.clone());
-        assert_eq!(lease_of(&handle).await, first);
-        assert_eq!(handle.status().borrow().registrations, 1);
+    /// The next start takes the same lease up; m-1 is known as applied.
+    async fn the_next_start_takes_the_lease_up(r: &Restarts, first: LeaseId) {
+        let run = r.run(r.config.clone());
+        assert_eq!(run.lease().await, first);
+        assert_eq!(run.handle.status().borrow().registrations, 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = registry::NodeRecord::parse("gw-r", &kv.get(&key).await.unwrap().unwrap().value)
-            .unwrap();
-        assert_eq!(r.applied_command.as_deref(), Some("m-1"));
-        assert_eq!(r.state, NodeState::Serving);
-        cancel.cancel();
-        task.await.unwrap();
+        let rec = r.record().await.unwrap();
+        assert_eq!(rec.applied_command.as_deref(), Some("m-1"));
+        assert_eq!(rec.state, NodeState::Serving);
+        run.stop().await;
+    }
 
-        // A start with another TTL: a new lease, the record moved onto it without a gap,
-        // the old lease revoked.
-        let mut shorter = config.clone();
+    /// A start with another TTL: a new lease, the record moved onto it without a gap,
+    /// the old lease revoked.
+    async fn another_ttl_moves_the_record_to_a_new_lease(r: &Restarts, first: LeaseId) {
+        let mut shorter = r.config.clone();
         shorter.ttl = Duration::from_secs(5);
-        let (handle, cancel, task) = run(shorter);
-        let second = lease_of(&handle).await;
+        let run = r.run(shorter);
+        let second = run.lease().await;
         assert_ne!(second, first);
         assert!(matches!(
-            kv.keep_alive(first).await,
+            r.kv.keep_alive(first).await,
             Err(registry::KvError::LeaseNotFound(_))
         ));
-        assert!(kv.get(&key).await.unwrap().is_some());
-        cancel.cancel();
-        task.await.unwrap();
-        assert_eq!(
-            RestartState::load(&path, &key).unwrap().unwrap().lease,
-            second
-        );
-        let (handle, cancel, task) = run(config.clone());
-        let _ = lease_of(&handle).await;
+        assert!(r.present().await);
+        run.stop().await;
+        assert_eq!(r.kept().unwrap().lease, second);
+    }
 
-        // A drain, then a stop: the node leaves, and the file goes.
-        kv.put(&cmd_key, br#"{"id":"d-1","action":"drain"}"#.to_vec(), None)
-            .await
-            .unwrap();
-        let mut st = handle.status();
-        st.wait_for(|s| {
-            s.written
-                .as_ref()
-                .is_some_and(|w| w.state == NodeState::Draining)
-        })
-        .await
-        .unwrap();
-        cancel.cancel();
-        task.await.unwrap();
-        assert!(kv.get(&key).await.unwrap().is_none(), "revoked");
-        assert_eq!(RestartState::load(&path, &key).unwrap(), None);
+    /// A drain, then a stop: the node leaves, and the file goes.
+    async fn a_drained_stop_revokes(r: &Restarts) {
+        let run = r.run(r.config.clone());
+        let _ = run.lease().await;
+        r.command(br#"{"id":"d-1","action":"drain"}"#).await;
+        run.written(|w| w.state == NodeState::Draining).await;
+        run.stop().await;
+        assert!(!r.present().await, "revoked");
+        assert_eq!(r.kept(), None);
+    }
 
-        // Asked to leave: revoked even though nothing else says so.
-        kv.put(&cmd_key, br#"{"id":"s-1","action":"serve"}"#.to_vec(), None)
-            .await
-            .unwrap();
-        let (handle, cancel, task) = run(config);
-        let _ = lease_of(&handle).await;
-        handle.leave_on_stop();
-        cancel.cancel();
-        task.await.unwrap();
-        assert!(kv.get(&key).await.unwrap().is_none(), "revoked on leave");
-        assert_eq!(RestartState::load(&path, &key).unwrap(), None);
+    /// Asked to leave: revoked even though nothing else says so.
+    async fn a_stop_asked_to_leave_revokes(r: &Restarts) {
+        r.command(br#"{"id":"s-1","action":"serve"}"#).await;
+        let run = r.run(r.config.clone());
+        let _ = run.lease().await;
+        run.handle.leave_on_stop();
+        run.stop().await;
+        assert!(!r.present().await, "revoked on leave");
+        assert_eq!(r.kept(), None);
     }
 }
