@@ -1,0 +1,312 @@
+//! docs/deploy.md, done as an operator does it, from the files it hands out: the
+//! certificates from `deploy/etcd/make-certs.sh` (openssl), a 3-member etcd started
+//! from `deploy/etcd/etcd.env` (TLS both ways, client certificates, quota, compaction),
+//! auth turned on by `deploy/etcd/enable-auth.sh`, least-privilege users from `ctl auth
+//! apply`, and a router and an agent configured only by `deploy/env/router.env`,
+//! `router.toml` and `agent.env`. Only addresses, ports and directories are changed, as
+//! the guide tells each host to.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use harness::{bin, free_port, gateway_ids, get_json, http_get, wait_until, which};
+
+fn deploy(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(rel)
+}
+
+/// `KEY=VALUE` lines of an environment file, comments and blank lines left out.
+fn env_file(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+/// `text` with each `(from, to)` replaced, in order.
+fn replaced(text: &str, subs: &[(String, String)]) -> String {
+    subs.iter()
+        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+}
+
+/// A process killed (and its output kept) when the test ends.
+struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    fn start(mut cmd: Command, log: PathBuf) -> Running {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Running { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tool(name: &str, package: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| {
+        panic!("{name} is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
+    })
+}
+
+fn script(path: &Path, args: &[&str]) -> String {
+    let out = Command::new("bash").arg(path).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{} {args:?}: {text}", path.display());
+    text
+}
+
+#[test]
+fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
+    tool("etcd", "etcd-server");
+    tool("etcdctl", "etcd-client");
+    tool("openssl", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_s = pki.to_str().unwrap().to_string();
+
+    // Certificates: the members' for their addresses, a client's per etcd user.
+    let made = script(
+        &deploy("etcd/make-certs.sh"),
+        &[&pki_s, "127.0.0.1", "root,r1,gw-1,alice"],
+    );
+    assert!(made.contains("member.pem"), "{made}");
+    for key in ["ca-key.pem", "member-key.pem", "r1-key.pem"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{key} is private");
+    }
+
+    // Three members from the one env file: each host changes its name and address.
+    let ports: Vec<(u16, u16, u16)> = (0..3)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
+    let mut hosts = Vec::new();
+    for (k, (client, peer, metrics)) in ports.iter().enumerate() {
+        let host = format!("10.0.1.1{}", k + 1);
+        hosts.push((format!("{host}:2379"), format!("127.0.0.1:{client}")));
+        hosts.push((format!("{host}:2380"), format!("127.0.0.1:{peer}")));
+        hosts.push((format!("{host}:2381"), format!("127.0.0.1:{metrics}")));
+    }
+    hosts.push(("/etc/etcd/pki".into(), pki_s.clone()));
+    let endpoints = ports
+        .iter()
+        .map(|(c, _, _)| format!("https://127.0.0.1:{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let member_env = env_file(&deploy("etcd/etcd.env"));
+    let mut members = Vec::new();
+    for k in 0..3 {
+        let mut cmd = Command::new(which("etcd").unwrap());
+        cmd.env_clear();
+        for (key, value) in &member_env {
+            // The guide: on each member, its own name and address.
+            let own = if key == "ETCD_INITIAL_CLUSTER" {
+                value.clone()
+            } else {
+                value
+                    .replace("etcd-1", &format!("etcd-{}", k + 1))
+                    .replace("10.0.1.11", &format!("10.0.1.1{}", k + 1))
+            };
+            let mut v = replaced(&own, &hosts);
+            if key == "ETCD_DATA_DIR" {
+                v = dir.path().join(format!("etcd-{}", k + 1)).display().to_string();
+            }
+            cmd.env(key, v);
+        }
+        members.push(Running::start(
+            cmd,
+            dir.path().join(format!("etcd-{}.log", k + 1)),
+        ));
+    }
+    let etcdctl = |args: &[&str]| {
+        Command::new(which("etcdctl").unwrap())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints, "--cacert"])
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("root.pem"))
+            .arg("--key")
+            .arg(pki.join("root-key.pem"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    wait_until(Duration::from_secs(30), "three healthy members", || {
+        let out = etcdctl(&["endpoint", "health"]);
+        out.status.success() && String::from_utf8_lossy(&out.stderr).matches("is healthy").count() == 3
+    });
+    for m in &members {
+        assert!(
+            !m.output().contains("unrecognized environment variable"),
+            "etcd.env holds a variable etcd does not know: {}",
+            m.output()
+        );
+    }
+    // The quota took effect, and Prometheus can read it without a certificate.
+    let (m0, _) = (ports[0].2, ());
+    let metrics = http_get(SocketAddr::from(([127, 0, 0, 1], m0)), "/metrics")
+        .expect("etcd's metrics port answers")
+        .1;
+    assert!(
+        metrics.contains("etcd_server_quota_backend_bytes 8.589934592e+09"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("quota")).collect::<Vec<_>>().join("\n")
+    );
+    // A client without a certificate is refused.
+    let bare = Command::new(which("etcdctl").unwrap())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoints, "--cacert"])
+        .arg(pki.join("ca.pem"))
+        .args(["get", "x", "--command-timeout=2s"])
+        .output()
+        .unwrap();
+    assert!(!bare.status.success(), "no client certificate, no access");
+
+    // Auth on, then least-privilege users for the router, the agent and an operator.
+    script(&deploy("etcd/enable-auth.sh"), &[&endpoints, &pki_s]);
+    let again = script(&deploy("etcd/enable-auth.sh"), &[&endpoints, &pki_s]);
+    assert!(again.contains("user root exists"), "{again}");
+    let root_tls = [
+        "--etcd-cacert",
+        &format!("{pki_s}/ca.pem"),
+        "--etcd-cert",
+        &format!("{pki_s}/root.pem"),
+        "--etcd-key",
+        &format!("{pki_s}/root-key.pem"),
+    ]
+    .map(String::from);
+    let passwords = dir.path().join("passwords");
+    let mut args: Vec<String> = vec!["ctl".into(), "--etcd".into(), endpoints.clone()];
+    args.extend(root_tls.iter().cloned());
+    args.extend(
+        [
+            "auth",
+            "apply",
+            "--routers",
+            "r1",
+            "--agents",
+            "gw-1",
+            "--operators",
+            "alice",
+            "--password-dir",
+            passwords.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let out = Command::new(bin("router-server")).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ctl auth apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The router and the agent, from their env files; secrets where systemd would put
+    // them (here: the pki directory and a token file).
+    let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gw_port = gateway.local_addr().unwrap().port();
+    let (listen, admin) = (free_port(), free_port());
+    let tokens = dir.path().join("admin-tokens");
+    std::fs::write(&tokens, "ops:0123456789abcdef0123456789abcdef\n").unwrap();
+    harness::make_private(&tokens);
+    let router_toml = dir.path().join("router.toml");
+    std::fs::write(
+        &router_toml,
+        std::fs::read_to_string(deploy("env/router.toml")).unwrap(),
+    )
+    .unwrap();
+    let mut subs = hosts.clone();
+    subs.extend(
+        [
+            ("/etc/gateway-router/pki".to_string(), pki_s.clone()),
+            (
+                "/run/credentials/router-server.service/etcd-key".to_string(),
+                format!("{pki_s}/r1-key.pem"),
+            ),
+            (
+                "/run/credentials/router-server.service/admin-tokens".to_string(),
+                tokens.display().to_string(),
+            ),
+            (
+                "/run/credentials/gateway-agent.service/etcd-key".to_string(),
+                format!("{pki_s}/gw-1-key.pem"),
+            ),
+            (
+                "/etc/gateway-router/router.toml".to_string(),
+                router_toml.display().to_string(),
+            ),
+            ("0.0.0.0:80".to_string(), format!("127.0.0.1:{listen}")),
+            ("10.0.2.21:8081".to_string(), format!("127.0.0.1:{admin}")),
+            ("10.0.3.31".to_string(), "127.0.0.1".to_string()),
+            ("tcp=7000".to_string(), format!("tcp={gw_port}")),
+            ("tcp-port:7000".to_string(), format!("tcp-port:{gw_port}")),
+            ("127.0.0.1:9101".to_string(), format!("127.0.0.1:{}", free_port())),
+        ]
+        .map(|(a, b)| (a, b)),
+    );
+    let service = |binary: &str, file: &str, args: &[&str]| {
+        let mut cmd = Command::new(bin(binary));
+        cmd.env_clear().args(args);
+        for (k, v) in env_file(&deploy(file)) {
+            cmd.env(k, replaced(&v, &subs));
+        }
+        Running::start(cmd, dir.path().join(format!("{binary}.log")))
+    };
+    let router = service("router-server", "env/router.env", &["serve"]);
+    let agent = service("gateway-agent", "env/agent.env", &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], listen));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match get_json(addr, "/gateways?region=cn-sh") {
+            Some((200, v)) => break v,
+            last if std::time::Instant::now() > deadline => panic!(
+                "no answer naming the agent's node: {last:?}\nrouter:\n{}\nagent:\n{}",
+                router.output(),
+                agent.output()
+            ),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert_eq!(gateway_ids(&body), ["gw-1"], "{body}\n{}", router.output());
+    assert_eq!(body["gateways"][0]["port"], gw_port);
+    // Logs are JSON, one object a line, as the env file asks.
+    let first = router.output().lines().next().unwrap_or_default().to_string();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&first).is_ok(),
+        "{first}"
+    );
+    // The admin API listens on its own address, behind the token.
+    let (status, _) = http_get(SocketAddr::from(([127, 0, 0, 1], admin)), "/admin/nodes")
+        .expect("the admin listener answers");
+    assert_eq!(status, 401, "no token, no admin API");
+}
