@@ -1,193 +1,25 @@
 //! Prometheus metrics (`prometheus-client`), rendered at `GET /metrics`.
+//!
+//! [`Metrics`] holds every metric the router updates; their names and help texts are in
+//! `register`, their label sets in `labels`, the latency histogram in `histogram`.
 
 pub mod dns;
+mod histogram;
+mod labels;
+mod register;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-/// Labels of request counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// The matched route, e.g. `/gateways` (static: no allocation per request).
-    pub route: &'static str,
-    /// HTTP status code.
-    pub status: u16,
-}
-
-/// Labels of the latency histogram.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    /// The matched route.
-    pub route: &'static str,
-}
-
-/// Labels of the node gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NodeLabels {
-    /// Region.
-    pub region: String,
-    /// `serving`, `draining` or `unhealthy`.
-    pub state: String,
-    /// The registry (data centre) holding the nodes.
-    pub registry: String,
-}
-
-/// Labels of the per-registry gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RegistryLabels {
-    /// The registry's (DC's) name.
-    pub registry: String,
-}
-
-/// Labels of the etcd alarm gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AlarmLabels {
-    /// The registry's (DC's) name.
-    pub registry: String,
-    /// `nospace` or `corrupt`.
-    pub alarm: &'static str,
-}
-
-/// Labels of the DNS query counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DnsLabels {
-    /// `udp`, `tcp` or `https`.
-    pub transport: &'static str,
-    /// `A`, `AAAA`, `SOA`, `NS`, `ANY`, `other`; `malformed` for packets that do not
-    /// parse, `response` for responses sent to the server.
-    pub qtype: &'static str,
-    /// The response code answered, or `dropped`.
-    pub rcode: &'static str,
-}
-
-/// Labels of the DNS rate-limit counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DnsRrlLabels {
-    /// `drop` (nothing sent) or `slip` (sent truncated and empty).
-    pub action: &'static str,
-}
-
-/// Labels of the DNS-over-TCP connection counter.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DnsTcpLabels {
-    /// Why the server closed or refused a connection: `per_network_cap`, `shed_idle`,
-    /// `refused_full`, `write_timeout`.
-    pub reason: &'static str,
-}
-
-/// Labels of the per-region gauges.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RegionLabels {
-    /// Region.
-    pub region: String,
-}
-
-/// Labels of the hook gauge.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HookLabels {
-    /// `delivering`, `retrying`, `delivered`, `superseded` or `no_hook`.
-    pub state: &'static str,
-}
-
-/// Labels of the connection counters.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnLabels {
-    /// Why the server closed a connection: `first_byte_timeout`, `tls_handshake`,
-    /// `head_timeout`, `idle_timeout`, `body_timeout`, `stalled`, `shed_silent`,
-    /// `shed_idle`, `shed_overdue`, `refused_full`, `per_network_cap`.
-    pub reason: &'static str,
-}
-
-/// Upper bounds of the latency buckets: 50 µs doubling to ~1.6 s.
-const LATENCY_BOUNDS: [f64; 16] = {
-    let mut b = [0.0; 16];
-    let mut i = 0;
-    let mut v = 0.00005;
-    while i < 16 {
-        b[i] = v;
-        v *= 2.0;
-        i += 1;
-    }
-    b
+pub use histogram::AtomicHistogram;
+pub use labels::{
+    AlarmLabels, ConnLabels, DnsLabels, DnsRrlLabels, DnsTcpLabels, HookLabels, NodeLabels,
+    RegionLabels, RegistryLabels, RequestLabels, RouteLabels,
 };
-
-/// A latency histogram whose `observe` is a few relaxed atomic adds.
-///
-/// prometheus-client's own `Histogram` takes a mutex per observation; on the request
-/// path of every worker thread that lock is contended and parks threads, which cost
-/// this server half its throughput in `scripts/bench-http.sh`.
-#[derive(Debug, Clone, Default)]
-pub struct AtomicHistogram {
-    inner: Arc<HistogramInner>,
-}
-
-#[derive(Debug, Default)]
-struct HistogramInner {
-    /// Per-bucket (not cumulative) counts; the last one is +Inf.
-    buckets: [AtomicU64; 17],
-    count: AtomicU64,
-    /// Sum of observations in nanoseconds.
-    sum_nanos: AtomicU64,
-}
-
-impl AtomicHistogram {
-    /// Records one duration in seconds.
-    pub fn observe(&self, secs: f64) {
-        let i = LATENCY_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BOUNDS.len());
-        let h = &self.inner;
-        h.buckets[i].fetch_add(1, Ordering::Relaxed);
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_nanos
-            .fetch_add((secs * 1e9) as u64, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
-    }
-
-    /// `(sum, count, buckets)` as the encoder takes them: each bucket's own count (the
-    /// encoder accumulates), the last bound `+Inf`, and `count` the total of the buckets
-    /// read, so `_count` equals the `+Inf` bucket even while requests are observed.
-    fn buckets(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let h = &self.inner;
-        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(&h.buckets)
-            .map(|(bound, n)| (bound, n.load(Ordering::Relaxed)))
-            .collect();
-        let count = buckets.iter().map(|(_, n)| n).sum();
-        let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, count, buckets)
-    }
-}
-
-impl TypedMetric for AtomicHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for AtomicHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let (sum, count, buckets) = self.buckets();
-        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
 
 type HistogramFamily = Family<RouteLabels, AtomicHistogram>;
 
@@ -315,191 +147,7 @@ impl Default for Metrics {
             dns_totals: Default::default(),
             registry: Registry::default(),
         };
-        // What this router was built from: `router_build_info{version,commit} 1`.
-        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-        build
-            .get_or_create(&registry::build_info!().labels())
-            .set(1);
-        registry.register(
-            "build_info",
-            "1, labelled with the version and git commit this router was built from",
-            build,
-        );
-        registry.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency by route",
-            m.latency.clone(),
-        );
-        registry.register(
-            "nodes",
-            "Gateway nodes by region and state",
-            m.nodes.clone(),
-        );
-        registry.register(
-            "region_connections",
-            "Connections of the serving, healthy nodes of a region (divide by router_region_capacity for its mean load)",
-            m.region_connections.clone(),
-        );
-        registry.register(
-            "region_capacity",
-            "Capacity of the serving, healthy nodes of a region",
-            m.region_capacity.clone(),
-        );
-        registry.register(
-            "node_hooks",
-            "Nodes by the delivery state of their last migrate signal (retrying: the gateway has not acknowledged it yet)",
-            m.hooks.clone(),
-        );
-        registry.register(
-            "invalid_records",
-            "Invalid node records currently in the registry",
-            m.invalid_records.clone(),
-        );
-        registry.register(
-            "invalid_records_seen",
-            "Invalid node record values seen since start",
-            m.invalid_seen.clone(),
-        );
-        registry.register(
-            "snapshot_revision",
-            "Registry revision of the served snapshot",
-            m.revision.clone(),
-        );
-        registry.register(
-            "snapshot_age_seconds",
-            "Seconds since the snapshot last followed the registry",
-            m.snapshot_age.clone(),
-        );
-        registry.register(
-            "registry_connected",
-            "1 while the registry watch is live",
-            m.registry_connected.clone(),
-        );
-        registry.register(
-            "protect_active",
-            "1 while the protect threshold holds back a registry update",
-            m.protect_active.clone(),
-        );
-        registry.register(
-            "protect_engaged",
-            "Times the protect threshold engaged",
-            m.protect_engaged.clone(),
-        );
-        registry.register(
-            "rate_limited",
-            "Requests refused by the per-IP rate limit",
-            m.rate_limited.clone(),
-        );
-        registry.register(
-            "no_gateways",
-            "Answers with no eligible gateway",
-            m.no_gateways.clone(),
-        );
-        registry.register(
-            "blocked",
-            "Requests and DNS queries refused because the client's network is blocked",
-            m.blocked.clone(),
-        );
-        registry.register(
-            "auto_blocks",
-            "Client networks blocked automatically for exceeding their budget repeatedly",
-            m.auto_blocks.clone(),
-        );
-        registry.register(
-            "blocklist_entries",
-            "Block-list entries in force (static, from etcd, automatic)",
-            m.blocklist_entries.clone(),
-        );
-        registry.register(
-            "herd_uncounted",
-            "Answers left out of the herd accounting: their client network had used its share",
-            m.herd_uncounted.clone(),
-        );
-        registry.register(
-            "admin_actions",
-            "Admin API actions by route and status",
-            m.admin_actions.clone(),
-        );
-        registry.register(
-            "admin_throttled",
-            "Admin requests refused (429) because their network (/24, /56) failed the token too often",
-            m.admin_throttled.clone(),
-        );
-        registry.register(
-            "snapshot_builds",
-            "Snapshots built from registry updates",
-            m.snapshot_builds.clone(),
-        );
-        registry.register(
-            "snapshot_build_seconds",
-            "Seconds spent turning registry updates into snapshots",
-            m.snapshot_build_seconds.clone(),
-        );
-        registry.register(
-            "routers_live",
-            "Live routers sharing the registry; herd counts are scaled by it",
-            m.routers_live.clone(),
-        );
-        registry.register(
-            "connections_open",
-            "Client connections open now",
-            m.connections_open.clone(),
-        );
-        registry.register(
-            "connections_max",
-            "The cap on client connections in force",
-            m.connections_max.clone(),
-        );
-        registry.register(
-            "connections_closed_by_server",
-            "Client connections the server closed or refused, by reason",
-            m.connections_closed.clone(),
-        );
-        registry.register(
-            "registry_up",
-            "1 while the registry's (DC's) watch is live",
-            m.registry_up.clone(),
-        );
-        registry.register(
-            "registry_nodes",
-            "Valid node records in the registry (DC)",
-            m.registry_nodes.clone(),
-        );
-        registry.register(
-            "registry_demoted",
-            "1 while the registry (DC) is out of reach and its nodes are offered last, 2 once they are dropped",
-            m.registry_demoted.clone(),
-        );
-        registry.register(
-            "registry_lag_seconds",
-            "How far behind etcd this router's view of the registry (DC) is: the round trip of its heartbeat through etcd, on its own clock",
-            m.registry_lag.clone(),
-        );
-        registry.register(
-            "etcd_alarm",
-            "1 while the registry's etcd has the alarm raised (nospace: out of its space quota, writes refused; corrupt: a member's data is corrupt)",
-            m.etcd_alarm.clone(),
-        );
-        registry.register(
-            "dns_queries",
-            "DNS queries by transport, query type and response code",
-            m.dns_queries.clone(),
-        );
-        registry.register(
-            "dns_rrl",
-            "DNS answers over the response-rate limit, dropped or sent truncated",
-            m.dns_rrl.clone(),
-        );
-        registry.register(
-            "dns_tcp_closed_by_server",
-            "DNS-over-TCP connections the server closed or refused, by reason",
-            m.dns_tcp_closed.clone(),
-        );
+        m.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
@@ -581,19 +229,6 @@ pub use registry::metrics_text::openmetrics_to_prometheus;
 mod tests {
     use super::*;
 
-    /// Parses `name_bucket{...le="B"} N` lines of one histogram: (bound text, count).
-    fn buckets_of(text: &str, name: &str) -> Vec<(String, u64)> {
-        let prefix = format!("{name}_bucket{{");
-        text.lines()
-            .filter(|l| l.starts_with(&prefix))
-            .map(|l| {
-                let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
-                let n = l.rsplit(' ').next().unwrap().parse().unwrap();
-                (le.to_string(), n)
-            })
-            .collect()
-    }
-
     #[test]
     fn prometheus_text_names_counter_families_by_their_samples() {
         let m = Metrics::default();
@@ -614,32 +249,5 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("# EOF"), "{text}");
-    }
-
-    #[test]
-    fn histogram_buckets_are_cumulative_once_and_end_at_inf() {
-        let m = Metrics::default();
-        let h = m.latency.get_or_create(&RouteLabels { route: "/gateways" });
-        for secs in [0.00001, 0.00001, 0.0003, 0.002, 0.5, 100.0] {
-            h.observe(secs);
-        }
-        let text = m.render();
-        let b = buckets_of(&text, "router_http_request_duration_seconds");
-        assert_eq!(b.len(), LATENCY_BOUNDS.len() + 1, "{text}");
-        assert_eq!(b[0], ("0.00005".to_string(), 2), "{text}");
-        assert!(
-            b.windows(2).all(|w| w[0].1 <= w[1].1),
-            "non-decreasing: {b:?}"
-        );
-        assert_eq!(b.last().unwrap(), &("+Inf".to_string(), 6), "{text}");
-        assert!(
-            text.contains("router_http_request_duration_seconds_count{route=\"/gateways\"} 6"),
-            "{text}"
-        );
-        let below_1s = b.iter().rev().nth(1).unwrap();
-        assert_eq!(
-            below_1s.1, 5,
-            "the 100 s observation is only in +Inf: {b:?}"
-        );
     }
 }
