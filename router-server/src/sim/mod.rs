@@ -19,16 +19,21 @@
 //! It reports max/mean of load per region over time and at the end, and how often and
 //! how far a node went above `max_load`.
 
+mod fleet;
+mod report;
+
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_agent::report::{Dynamic, ReportPolicy};
-use registry::{NodeRecord, NodeState, Ports, Proto};
+use gateway_agent::report::ReportPolicy;
+use registry::{NodeRecord, NodeState, Proto};
 
 use crate::herd::{HerdView, SLOT_MS};
 use crate::schedule::{select_weighted, Arrival, Query, Rules, Snapshot};
+use fleet::{dynamic, fleet, record, region_name, SimRng, EPOCH_MS};
+use report::{max_mean, per_region};
+pub use report::{Outcome, Sample};
 
 /// How clients arrive over `duration_ms`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,87 +154,7 @@ impl SimConfig {
     }
 }
 
-/// Max/mean per region at one moment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Virtual ms since the start.
-    pub at_ms: u64,
-    /// Max/mean of load over each region's gateways (regions without gateways: 0).
-    pub max_mean: Vec<f64>,
-}
-
-/// What a run measured.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    /// Max/mean per region at the end (after the tail).
-    pub max_mean: Vec<f64>,
-    /// The worst region's max/mean at the end.
-    pub worst_max_mean: f64,
-    /// Max/mean of the whole fleet at the end.
-    pub fleet_max_mean: f64,
-    /// Over time.
-    pub samples: Vec<Sample>,
-    /// Connections that landed on a node already at or above `max_load` of capacity.
-    pub over_max_load: u64,
-    /// The highest load any node reached.
-    pub peak_load: f64,
-    /// Answers given.
-    pub answers: u64,
-    /// Clients that got no candidate.
-    pub refused: u64,
-    /// Answers naming a node that was not eligible in the answering router's view
-    /// (must stay 0).
-    pub ineligible_named: u64,
-    /// Reports written by agents.
-    pub reports: u64,
-    /// A negative herd count seen (must stay false).
-    pub negative_herd: bool,
-    /// Per client, in arrival order, the answering router and the node id first named
-    /// (kept when `record_answers` was asked).
-    pub answers_log: Vec<(usize, usize)>,
-    /// Connections per gateway at the end.
-    pub final_connections: Vec<u64>,
-}
-
-/// SplitMix64: small, seedable, good enough for a simulation.
-#[derive(Debug, Clone)]
-struct SimRng(u64);
-
-impl SimRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn range(&mut self, (lo, hi): (u64, u64)) -> u64 {
-        lo + self.below(hi.saturating_sub(lo) + 1)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Virtual wall clock: ms since the epoch at the simulation's start.
-const EPOCH_MS: u64 = 1_800_000_000_000;
-
-struct Agent {
-    capacity: u64,
-    region: usize,
-    phase: u64,
-    skew: i64,
-    last: Option<(Dynamic, u64)>,
-    gone: bool,
-}
-
+/// One simulated router: its view of the fleet and what etcd has yet to deliver to it.
 struct Router {
     snap: Snapshot,
     lag: u64,
@@ -238,63 +163,6 @@ struct Router {
     /// Deliveries due: (virtual ms, record).
     inbox: VecDeque<(u64, Arc<NodeRecord>)>,
     revision: i64,
-}
-
-fn region_name(r: usize) -> String {
-    format!("r{r}")
-}
-
-fn record(id: usize, a: &Agent, connections: u64, stamp: Option<(u64, u64)>) -> NodeRecord {
-    let mut r = NodeRecord::new(
-        format!("gw-{id:06}"),
-        IpAddr::V4(Ipv4Addr::new(
-            10,
-            (id >> 16) as u8,
-            (id >> 8) as u8,
-            id as u8,
-        )),
-        Ports {
-            tcp: Some(9000),
-            ws: None,
-            wss: None,
-        },
-        region_name(a.region),
-        a.capacity,
-        connections,
-    );
-    if let Some((sampled, updated)) = stamp {
-        r.sampled_ms = Some(sampled);
-        r.updated_ms = Some(updated);
-    }
-    r
-}
-
-/// The agents and their initial connections (around `initial_load`, ±50 %), as drawn
-/// from `rng`.
-fn fleet(c: &SimConfig, rng: &mut SimRng) -> (Vec<Agent>, Vec<u64>) {
-    let regions = c.regions.max(1);
-    let agents: Vec<Agent> = c
-        .capacities
-        .iter()
-        .enumerate()
-        .map(|(i, &capacity)| Agent {
-            capacity: capacity.max(1),
-            region: i % regions,
-            phase: rng.below(c.sample_interval_ms.max(1)),
-            skew: if c.agent_skew_ms > 0 {
-                rng.below(2 * c.agent_skew_ms as u64 + 1) as i64 - c.agent_skew_ms
-            } else {
-                0
-            },
-            last: None,
-            gone: false,
-        })
-        .collect();
-    let conns = agents
-        .iter()
-        .map(|a| (c.initial_load * (0.5 + rng.unit()) * a.capacity as f64) as u64)
-        .collect();
-    (agents, conns)
 }
 
 /// Runs a storm. `record_answers` keeps every answer's (router, node) in the outcome.
@@ -514,44 +382,6 @@ pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
     );
     out.final_connections = conns;
     out
-}
-
-fn dynamic(connections: u64) -> Dynamic {
-    Dynamic {
-        connections,
-        healthy: true,
-        state: NodeState::Serving,
-        applied_command: None,
-        hook: None,
-    }
-}
-
-fn max_mean(loads: impl Iterator<Item = f64>) -> f64 {
-    let (mut max, mut sum, mut n) = (0.0f64, 0.0, 0usize);
-    for l in loads {
-        max = max.max(l);
-        sum += l;
-        n += 1;
-    }
-    if n == 0 || sum == 0.0 {
-        0.0
-    } else {
-        max / (sum / n as f64)
-    }
-}
-
-fn per_region(agents: &[Agent], conns: &[u64], regions: usize) -> Vec<f64> {
-    (0..regions)
-        .map(|r| {
-            max_mean(
-                agents
-                    .iter()
-                    .zip(conns)
-                    .filter(|(a, _)| a.region == r && !a.gone)
-                    .map(|(a, &n)| n as f64 / a.capacity as f64),
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]
