@@ -1,7 +1,7 @@
 //! A reconnect-storm simulator that runs the router's own code under a virtual clock:
-//! [`Snapshot`] (built and patched from reports, as the follower does),
-//! [`select_weighted`] and the herd accounting ([`HerdView`], the nodes' counters), for
-//! `K` routers each with its own view, seed and lag.
+//! [`Snapshot`](crate::schedule::Snapshot) (built and patched from reports, as the
+//! follower does), [`select_weighted`] and the herd accounting ([`HerdView`], the
+//! nodes' counters), for `K` routers each with its own view, seed and lag.
 //!
 //! What is modelled, one virtual millisecond at a time:
 //!
@@ -18,22 +18,29 @@
 //!
 //! It reports max/mean of load per region over time and at the end, and how often and
 //! how far a node went above `max_load`.
+//!
+//! Here: the parameters and the storm's loop. `fleet`: the agents and the seeded
+//! draws; `router`: the routers' views; `arrivals`: when clients come; `report`: what
+//! a run measured.
 
+mod arrivals;
 mod fleet;
 mod report;
+mod router;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_agent::report::ReportPolicy;
-use registry::{NodeRecord, NodeState, Proto};
+use registry::{NodeState, Proto};
 
 use crate::herd::{HerdView, SLOT_MS};
-use crate::schedule::{select_weighted, Arrival, Query, Rules, Snapshot};
-use fleet::{dynamic, fleet, record, region_name, SimRng, EPOCH_MS};
+use crate::schedule::{select_weighted, Query, Rules};
+use arrivals::Arrivals;
+use fleet::{dynamic, fleet, record, region_name, Agent, SimRng, EPOCH_MS};
 use report::{max_mean, per_region};
 pub use report::{Outcome, Sample};
+use router::{initial_routers, Router};
 
 /// How clients arrive over `duration_ms`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,240 +161,242 @@ impl SimConfig {
     }
 }
 
-/// One simulated router: its view of the fleet and what etcd has yet to deliver to it.
-struct Router {
-    snap: Snapshot,
-    lag: u64,
-    /// The lag this router takes into account (0 when it does not know it).
-    known_lag: u64,
-    /// Deliveries due: (virtual ms, record).
-    inbox: VecDeque<(u64, Arc<NodeRecord>)>,
-    revision: i64,
-}
-
 /// Runs a storm. `record_answers` keeps every answer's (router, node) in the outcome.
 pub fn run(c: &SimConfig, record_answers: bool) -> Outcome {
-    let mut rng = SimRng(c.seed);
-    let regions = c.regions.max(1);
-    let failed_region = matches!(c.curve, Curve::Failover { .. }).then_some(0usize);
-    let (mut agents, mut conns) = fleet(c, &mut rng);
-    for a in &mut agents {
-        a.gone = Some(a.region) == failed_region;
-    }
-    // Every router starts from a view of the initial reports, sampled just before t=0.
-    let initial: Vec<Arc<NodeRecord>> = agents
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| !a.gone)
-        .map(|(i, a)| {
-            let t = (EPOCH_MS as i64 - 1 + a.skew) as u64;
-            Arc::new(record(i, a, conns[i], Some((t, t))))
-        })
-        .collect();
-    for (i, a) in agents.iter_mut().enumerate() {
-        if !a.gone {
-            a.last = Some((dynamic(conns[i]), 0));
-        }
-    }
-    let mut routers: Vec<Router> = (0..c.routers.max(1))
-        .map(|k| Router {
-            snap: Snapshot::build_holding(
-                initial.iter().cloned(),
-                [],
-                None,
-                1,
-                false,
-                k as u64 + 1,
-                EPOCH_MS,
-            ),
-            lag: c.router_lag_ms.get(k).copied().unwrap_or(0),
-            known_lag: if c.routers_know_lag {
-                c.router_lag_ms.get(k).copied().unwrap_or(0)
-            } else {
-                0
-            },
-            inbox: VecDeque::new(),
-            revision: 1,
-        })
-        .collect();
-    let window_slots = c.herd_window_ms.div_ceil(SLOT_MS);
-    let base = tokio::time::Instant::now();
-    let at = |ms: u64| base + Duration::from_millis(ms);
-    // Pending connects, by the ms they land: a wheel over the longest delay.
-    let horizon = (c.connect_delay_ms.1 + 2) as usize;
-    let mut wheel: Vec<Vec<u32>> = vec![Vec::new(); horizon];
-    let mut out = Outcome::default();
+    let mut storm = Storm::new(c, record_answers);
     let end = c.duration_ms + c.tail_ms;
-    let region_names: Vec<String> = (0..regions).map(region_name).collect();
-    let arrivals_before = |ms: u64, total: u64, span: u64, curve: Curve| -> u64 {
-        if span == 0 {
-            return if ms > 0 { total } else { 0 };
-        }
-        (total as f64 * curve.cdf(ms as f64 / span as f64)).round() as u64
-    };
-    // The failed region's clients (a share 1/regions) come back within `ms`.
-    let (failed_clients, span_failed) = match c.curve {
-        Curve::Failover { ms } => (c.clients / regions as u64, ms),
-        _ => (0, 0),
-    };
-    let others = c.clients - failed_clients;
-    let span = match c.curve {
-        Curve::Burst { ms } => ms,
-        _ => c.duration_ms,
-    };
     for ms in 0..end {
+        storm.step(ms);
+    }
+    storm.finish(end)
+}
+
+/// A storm under way: what [`run`] keeps from one virtual millisecond to the next.
+struct Storm<'c> {
+    c: &'c SimConfig,
+    record_answers: bool,
+    rng: SimRng,
+    regions: usize,
+    region_names: Vec<String>,
+    /// The region whose gateways are gone (a failover).
+    failed_region: Option<usize>,
+    agents: Vec<Agent>,
+    /// Connections per gateway.
+    conns: Vec<u64>,
+    routers: Vec<Router>,
+    window_slots: u64,
+    /// The virtual clock's start, for the agents' report policy.
+    base: tokio::time::Instant,
+    /// Pending connects, by the ms they land: a wheel over the longest delay.
+    wheel: Vec<Vec<u32>>,
+    horizon: usize,
+    arrivals: Arrivals,
+    out: Outcome,
+}
+
+impl<'c> Storm<'c> {
+    fn new(c: &'c SimConfig, record_answers: bool) -> Storm<'c> {
+        let mut rng = SimRng(c.seed);
+        let regions = c.regions.max(1);
+        let failed_region = matches!(c.curve, Curve::Failover { .. }).then_some(0usize);
+        let (mut agents, conns) = fleet(c, &mut rng);
+        for a in &mut agents {
+            a.gone = Some(a.region) == failed_region;
+        }
+        let routers = initial_routers(c, &mut agents, &conns);
+        let window_slots = c.herd_window_ms.div_ceil(SLOT_MS);
+        let base = tokio::time::Instant::now();
+        let horizon = (c.connect_delay_ms.1 + 2) as usize;
+        Storm {
+            c,
+            record_answers,
+            rng,
+            regions,
+            region_names: (0..regions).map(region_name).collect(),
+            failed_region,
+            agents,
+            conns,
+            routers,
+            window_slots,
+            base,
+            wheel: vec![Vec::new(); horizon],
+            horizon,
+            arrivals: Arrivals::new(c, regions),
+            out: Outcome::default(),
+        }
+    }
+
+    /// Virtual ms `ms` on the agents' clock.
+    fn at(&self, ms: u64) -> tokio::time::Instant {
+        self.base + Duration::from_millis(ms)
+    }
+
+    /// One virtual millisecond.
+    fn step(&mut self, ms: u64) {
         let now_abs = EPOCH_MS + ms;
         // 1. etcd delivers to the routers, which apply it in batches.
-        for r in routers
-            .iter_mut()
-            .filter(|_| ms % c.router_batch_ms.max(1) == 0)
-        {
-            let mut due: Vec<Arc<NodeRecord>> = Vec::new();
-            while r.inbox.front().is_some_and(|(t, _)| *t <= ms) {
-                due.push(r.inbox.pop_front().expect("peeked").1);
-            }
-            if !due.is_empty() {
-                r.revision += 1;
-                r.snap = r
-                    .snap
-                    .patch_at(
-                        due.iter(),
-                        r.revision,
-                        false,
-                        Arrival::lagged(now_abs, r.known_lag),
-                    )
-                    .expect("reports of known nodes");
+        if ms % self.c.router_batch_ms.max(1) == 0 {
+            for r in &mut self.routers {
+                r.apply_due(ms, now_abs);
             }
         }
         // 2. Connects land.
-        for g in std::mem::take(&mut wheel[ms as usize % horizon]) {
-            let g = g as usize;
-            if conns[g] as f64 >= c.max_load * agents[g].capacity as f64 {
-                out.over_max_load += 1;
-            }
-            conns[g] += 1;
-            out.peak_load = out
-                .peak_load
-                .max(conns[g] as f64 / agents[g].capacity as f64);
-        }
+        self.land_connects(ms);
         // 3. Agents sample and maybe write.
-        let interval = c.sample_interval_ms.max(1);
-        for (i, a) in agents.iter_mut().enumerate() {
-            if a.gone || ms % interval != a.phase {
-                continue;
-            }
-            let current = dynamic(conns[i]);
-            let last = a.last.as_ref().map(|(d, t)| (d, at(*t)));
-            if !c.policy.should_write(last, &current, a.capacity, at(ms)) {
-                continue;
-            }
-            let stamp = (now_abs as i64 + a.skew) as u64;
-            let rec = Arc::new(record(i, a, conns[i], Some((stamp, stamp + 1))));
-            let delay = rng.range(c.etcd_delay_ms);
-            for r in &mut routers {
-                let t = ms + delay + r.lag;
-                // Deliveries stay in order per router (etcd's watch is ordered).
-                let t = r.inbox.back().map_or(t, |(last, _)| t.max(*last));
-                r.inbox.push_back((t, rec.clone()));
-            }
-            a.last = Some((current, ms));
-            out.reports += 1;
-        }
+        self.sample_agents(ms, now_abs);
         // 4. Clients arrive and are answered.
-        let mut arriving = arrivals_before(ms + 1, others, span, c.curve)
-            - arrivals_before(ms, others, span, c.curve);
-        let failed_now = arrivals_before(ms + 1, failed_clients, span_failed, c.curve)
-            - arrivals_before(ms, failed_clients, span_failed, c.curve);
-        arriving += failed_now;
+        let (arriving, failed_now) = self.arrivals.during(ms);
         for k in 0..arriving {
             let region = if k < failed_now {
-                failed_region.unwrap_or(0)
+                self.failed_region.unwrap_or(0)
             } else {
-                // The others are spread over the regions that still have gateways.
-                loop {
-                    let r = rng.below(regions as u64) as usize;
-                    if Some(r) != failed_region || regions == 1 {
-                        break r;
-                    }
-                }
+                self.live_region()
             };
-            let k_router = rng.below(routers.len() as u64) as usize;
-            let router = &routers[k_router];
-            let herd = HerdView::at(
-                now_abs,
-                window_slots + router.known_lag.div_ceil(SLOT_MS),
-                routers.len() as u64,
-            );
-            let query = Query {
-                proto: Proto::Tcp,
-                count: c.count,
-                region: Some(&region_names[region]),
-                family: None,
-            };
-            let rules = Rules {
-                max_load: c.max_load,
-                fallbacks: &[],
-                herd,
-            };
-            let chosen = select_weighted(&router.snap, &query, rules, 1);
-            out.answers += 1;
-            for cand in &chosen {
-                let e = &router.snap.nodes[cand.index];
-                if e.record.state != NodeState::Serving || !e.record.healthy {
-                    out.ineligible_named += 1;
-                }
-            }
-            let Some(first) = chosen.first() else {
-                out.refused += 1;
-                continue;
-            };
-            let id = &router.snap.nodes[first.index].record.id;
-            let g: usize = id[3..].parse().expect("simulated ids");
-            if record_answers {
-                out.answers_log.push((k_router, g));
-            }
-            if rng.unit() < c.never_connect {
-                continue;
-            }
-            let delay = rng.range(c.connect_delay_ms).max(1);
-            wheel[(ms + delay) as usize % horizon].push(g as u32);
+            self.answer(ms, now_abs, region);
         }
+        let c = self.c;
         if c.report_every_ms > 0 && (ms + 1) % c.report_every_ms == 0 {
-            out.samples.push(Sample {
+            self.out.samples.push(Sample {
                 at_ms: ms + 1,
-                max_mean: per_region(&agents, &conns, regions),
+                max_mean: per_region(&self.agents, &self.conns, self.regions),
             });
         }
     }
-    // Herd counts are unsigned; a projected load below the reported one would mean a
-    // count went negative.
-    for r in &routers {
-        let herd = HerdView::at(EPOCH_MS + end, window_slots, routers.len() as u64);
-        for e in r.snap.nodes.iter() {
-            if e.projected_load(&herd) + 1e-12
-                < e.record.connections as f64 / e.record.capacity as f64
-            {
-                out.negative_herd = true;
+
+    /// The connects due at `ms` land on their gateways.
+    fn land_connects(&mut self, ms: u64) {
+        for g in std::mem::take(&mut self.wheel[ms as usize % self.horizon]) {
+            let g = g as usize;
+            let capacity = self.agents[g].capacity as f64;
+            if self.conns[g] as f64 >= self.c.max_load * capacity {
+                self.out.over_max_load += 1;
+            }
+            self.conns[g] += 1;
+            self.out.peak_load = self.out.peak_load.max(self.conns[g] as f64 / capacity);
+        }
+    }
+
+    /// The agents whose sample falls at `ms` write a record when their policy says so;
+    /// etcd will deliver it to every router.
+    fn sample_agents(&mut self, ms: u64, now_abs: u64) {
+        let c = self.c;
+        let interval = c.sample_interval_ms.max(1);
+        let (at_ms, base) = (self.at(ms), self.base);
+        for (i, a) in self.agents.iter_mut().enumerate() {
+            if a.gone || ms % interval != a.phase {
+                continue;
+            }
+            let current = dynamic(self.conns[i]);
+            let last = a
+                .last
+                .as_ref()
+                .map(|(d, t)| (d, base + Duration::from_millis(*t)));
+            if !c.policy.should_write(last, &current, a.capacity, at_ms) {
+                continue;
+            }
+            let stamp = (now_abs as i64 + a.skew) as u64;
+            let rec = Arc::new(record(i, a, self.conns[i], Some((stamp, stamp + 1))));
+            let delay = self.rng.range(c.etcd_delay_ms);
+            for r in &mut self.routers {
+                r.deliver(ms + delay + r.lag, rec.clone());
+            }
+            a.last = Some((current, ms));
+            self.out.reports += 1;
+        }
+    }
+
+    /// A region for a client that is not the failed region's: any region that still
+    /// has gateways.
+    fn live_region(&mut self) -> usize {
+        loop {
+            let r = self.rng.below(self.regions as u64) as usize;
+            if Some(r) != self.failed_region || self.regions == 1 {
+                break r;
             }
         }
     }
-    out.max_mean = per_region(&agents, &conns, regions);
-    out.worst_max_mean = out.max_mean.iter().cloned().fold(0.0, f64::max);
-    out.fleet_max_mean = max_mean(
-        agents
-            .iter()
-            .zip(&conns)
-            .filter(|(a, _)| !a.gone)
-            .map(|(a, &n)| n as f64 / a.capacity as f64),
-    );
-    out.final_connections = conns;
-    out
+
+    /// A client of `region` arrives at a random router, takes the first candidate and
+    /// (unless it never connects) connects a little later.
+    fn answer(&mut self, ms: u64, now_abs: u64, region: usize) {
+        let c = self.c;
+        let k_router = self.rng.below(self.routers.len() as u64) as usize;
+        let router = &self.routers[k_router];
+        let herd = HerdView::at(
+            now_abs,
+            self.window_slots + router.known_lag.div_ceil(SLOT_MS),
+            self.routers.len() as u64,
+        );
+        let query = Query {
+            proto: Proto::Tcp,
+            count: c.count,
+            region: Some(&self.region_names[region]),
+            family: None,
+        };
+        let rules = Rules {
+            max_load: c.max_load,
+            fallbacks: &[],
+            herd,
+        };
+        let chosen = select_weighted(&router.snap, &query, rules, 1);
+        self.out.answers += 1;
+        for cand in &chosen {
+            let e = &router.snap.nodes[cand.index];
+            if e.record.state != NodeState::Serving || !e.record.healthy {
+                self.out.ineligible_named += 1;
+            }
+        }
+        let Some(first) = chosen.first() else {
+            self.out.refused += 1;
+            return;
+        };
+        let id = &router.snap.nodes[first.index].record.id;
+        let g: usize = id[3..].parse().expect("simulated ids");
+        if self.record_answers {
+            self.out.answers_log.push((k_router, g));
+        }
+        if self.rng.unit() < c.never_connect {
+            return;
+        }
+        let delay = self.rng.range(c.connect_delay_ms).max(1);
+        self.wheel[(ms + delay) as usize % self.horizon].push(g as u32);
+    }
+
+    /// The outcome at `end`: the herd counts checked, max/mean at the end.
+    fn finish(mut self, end: u64) -> Outcome {
+        let out = &mut self.out;
+        // Herd counts are unsigned; a projected load below the reported one would mean
+        // a count went negative.
+        for r in &self.routers {
+            let herd = HerdView::at(EPOCH_MS + end, self.window_slots, self.routers.len() as u64);
+            for e in r.snap.nodes.iter() {
+                if e.projected_load(&herd) + 1e-12
+                    < e.record.connections as f64 / e.record.capacity as f64
+                {
+                    out.negative_herd = true;
+                }
+            }
+        }
+        out.max_mean = per_region(&self.agents, &self.conns, self.regions);
+        out.worst_max_mean = out.max_mean.iter().cloned().fold(0.0, f64::max);
+        out.fleet_max_mean = max_mean(
+            self.agents
+                .iter()
+                .zip(&self.conns)
+                .filter(|(a, _)| !a.gone)
+                .map(|(a, &n)| n as f64 / a.capacity as f64),
+        );
+        out.final_connections = self.conns;
+        self.out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::Snapshot;
     use proptest::prelude::*;
+    use registry::NodeRecord;
 
     fn small() -> SimConfig {
         let mut c = SimConfig::sized(20_000, 40, 0.7, 0.1);
