@@ -116,6 +116,51 @@ pub async fn run_registries(
     let background = shutdown.child_token();
     let tasks = TaskTracker::new();
     let state = Arc::new(state::AppState::new(opts.config.clone()));
+    let followed = follow_registries(&registries, local, &opts, &state, &background, &tasks);
+    spawn_pipeline(&state, followed, local, &background, &tasks);
+    if let Some(listen) = opts.config.dns.listen {
+        spawn_dns(listen, &state, &background, &tasks)?;
+    }
+    let api = http::Api::new(state.clone());
+    tasks.spawn(api.clone().housekeeping(background.clone()));
+    let (app, operator) = apps(api, &registries, local, &opts, &state, &listeners);
+    let result = serve(
+        app,
+        operator,
+        state,
+        listeners,
+        opts.tls.as_ref(),
+        shutdown,
+        &tasks,
+    )
+    .await;
+    let grace = Duration::from_secs(opts.config.http.shutdown_grace_secs);
+    join(&background, &tasks, grace).await;
+    result?;
+    info!("stopped");
+    Ok(())
+}
+
+/// What following the registries hands to the rest of the router.
+struct Followed {
+    /// The updater's input from each registry.
+    inputs: Vec<membership::Input>,
+    /// Each registry's block list, for the guard.
+    blocklists: Vec<tokio::sync::watch::Receiver<Arc<registry::follow_map::MapView>>>,
+    /// How far behind etcd each registry's views are.
+    lags: Vec<Arc<lag::Lag>>,
+}
+
+/// Starts, for each registry, its followers (nodes and block list), its lag
+/// measurement, its alarms and this router's registration in it, on `tasks`.
+fn follow_registries(
+    registries: &[membership::Registry],
+    local: usize,
+    opts: &ServeOptions,
+    state: &Arc<state::AppState>,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Followed {
     let router_id = opts.router_id.clone().unwrap_or_else(peers::router_id);
     let counts: Arc<[std::sync::atomic::AtomicU64]> = registries
         .iter()
@@ -129,29 +174,8 @@ pub async fn run_registries(
         .collect();
     let _ = state.lags.set(lags.clone());
     for (i, r) in registries.iter().enumerate() {
-        let (view, follower) = registry::follow_map::follow_map(
-            r.kv.clone(),
-            r.layout.blocklist_prefix(),
-            background.clone(),
-        );
-        blocklists.push(view);
-        tasks.spawn(async move {
-            let _ = follower.await;
-        });
-        let (views, follower) = registry::follow::follow_with(
-            r.kv.clone(),
-            r.layout.clone(),
-            registry::follow::FollowOptions {
-                require_bindings: opts.config.require_bindings,
-            },
-            background.clone(),
-        );
-        let name = r.name.clone();
-        tasks.spawn(async move {
-            if let Err(e) = follower.await {
-                warn!(registry = %name, error = %e, "registry follower ended abnormally");
-            }
-        });
+        let (blocklist, views) = spawn_followers(r, opts, background, tasks);
+        blocklists.push(blocklist);
         inputs.push(membership::Input {
             name: r.name.clone(),
             local: i == local,
@@ -159,66 +183,150 @@ pub async fn run_registries(
             views,
             lag: Some(lags[i].clone()),
         });
-        tasks.spawn(lag::follow(
-            r.kv.clone(),
-            r.layout.router_key(&router_id),
-            lags[i].clone(),
-            background.clone(),
-        ));
-        tasks.spawn(alarms::run(
-            r.name.clone(),
-            r.kv.clone(),
-            state.clone(),
-            alarms::EVERY,
-            background.clone(),
-        ));
-        // Registered in every registry it follows: each one's router count covers
-        // every router that may send clients to its nodes.
-        tasks.spawn(peers::run(
-            router_id.clone(),
-            r.kv.clone(),
-            r.layout.clone(),
-            state.clone(),
-            peers::Slot {
-                counts: counts.clone(),
-                index: i,
-                public_addrs: opts.public_addrs.clone(),
-                lag: lags[i].clone(),
-            },
-            background.clone(),
-        ));
+        let slot = peers::Slot {
+            counts: counts.clone(),
+            index: i,
+            public_addrs: opts.public_addrs.clone(),
+            lag: lags[i].clone(),
+        };
+        spawn_registry_tasks(r, &router_id, slot, state, background, tasks);
     }
+    Followed {
+        inputs,
+        blocklists,
+        lags,
+    }
+}
+
+/// Starts `r`'s followers, its block list's and its nodes', on `tasks`; returns their
+/// views.
+fn spawn_followers(
+    r: &membership::Registry,
+    opts: &ServeOptions,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) -> (
+    tokio::sync::watch::Receiver<Arc<registry::follow_map::MapView>>,
+    tokio::sync::watch::Receiver<Arc<registry::follow::NodeView>>,
+) {
+    let (blocklist, follower) = registry::follow_map::follow_map(
+        r.kv.clone(),
+        r.layout.blocklist_prefix(),
+        background.clone(),
+    );
+    tasks.spawn(async move {
+        let _ = follower.await;
+    });
+    let (views, follower) = registry::follow::follow_with(
+        r.kv.clone(),
+        r.layout.clone(),
+        registry::follow::FollowOptions {
+            require_bindings: opts.config.require_bindings,
+        },
+        background.clone(),
+    );
+    let name = r.name.clone();
+    tasks.spawn(async move {
+        if let Err(e) = follower.await {
+            warn!(registry = %name, error = %e, "registry follower ended abnormally");
+        }
+    });
+    (blocklist, views)
+}
+
+/// Starts `r`'s lag measurement, its alarms, and this router's registration in it
+/// (`slot`), on `tasks`.
+fn spawn_registry_tasks(
+    r: &membership::Registry,
+    router_id: &str,
+    slot: peers::Slot,
+    state: &Arc<state::AppState>,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    tasks.spawn(lag::follow(
+        r.kv.clone(),
+        r.layout.router_key(router_id),
+        slot.lag.clone(),
+        background.clone(),
+    ));
+    tasks.spawn(alarms::run(
+        r.name.clone(),
+        r.kv.clone(),
+        state.clone(),
+        alarms::EVERY,
+        background.clone(),
+    ));
+    // Registered in every registry it follows: each one's router count covers every
+    // router that may send clients to its nodes.
+    tasks.spawn(peers::run(
+        router_id.to_string(),
+        r.kv.clone(),
+        r.layout.clone(),
+        state.clone(),
+        slot,
+        background.clone(),
+    ));
+}
+
+/// Starts what turns the followers' views into what requests read: the lag's
+/// publication, the guard's block lists and the snapshot updater, on `tasks`.
+fn spawn_pipeline(
+    state: &Arc<state::AppState>,
+    followed: Followed,
+    local: usize,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) {
     tasks.spawn(peers::publish_lag(
         state.clone(),
-        lags.clone(),
+        followed.lags.clone(),
         local,
         background.clone(),
     ));
     tasks.spawn(guard::follow::run(
         state.guard.clone(),
-        blocklists,
+        followed.blocklists,
         background.clone(),
     ));
     tasks.spawn(membership::spawn_updater(
         state.clone(),
-        inputs,
+        followed.inputs,
         background.clone(),
     ));
-    if let Some(listen) = opts.config.dns.listen {
-        let sockets = dns::server::DnsSockets::bind(
-            listen,
-            std::thread::available_parallelism().map_or(1, usize::from),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot serve DNS on {listen}: {e}"))?;
-        dns::server::spawn(
-            Arc::new(dns::Dns::new(state.clone())),
-            sockets,
-            background.clone(),
-            &tasks,
-        );
-    }
-    let api = http::Api::new(state.clone());
-    tasks.spawn(api.clone().housekeeping(background.clone()));
+}
+
+/// Binds the DNS sockets on `listen` and serves the zone from them, on `tasks`.
+fn spawn_dns(
+    listen: std::net::SocketAddr,
+    state: &Arc<state::AppState>,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    let sockets = dns::server::DnsSockets::bind(
+        listen,
+        std::thread::available_parallelism().map_or(1, usize::from),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot serve DNS on {listen}: {e}"))?;
+    dns::server::spawn(
+        Arc::new(dns::Dns::new(state.clone())),
+        sockets,
+        background.clone(),
+        tasks,
+    );
+    Ok(())
+}
+
+/// The public app and, with an admin listener, the operator's app (with the admin API
+/// when there are admin tokens); without one, a single app serves everything.
+fn apps(
+    api: http::Api,
+    registries: &[membership::Registry],
+    local: usize,
+    opts: &ServeOptions,
+    state: &Arc<state::AppState>,
+    listeners: &Listeners,
+) -> (http::routes::App, Option<http::routes::App>) {
     let admin = (!opts.admin_tokens.is_empty()).then(|| {
         let targets = registries
             .iter()
@@ -230,33 +338,23 @@ pub async fn run_registries(
             .collect();
         admin::router(state.clone(), targets, local, opts.admin_tokens.clone())
     });
-    let (app, operator) = if listeners.admin.is_some() {
+    if listeners.admin.is_some() {
         (
             http::routes::public_app(api.clone()),
             Some(http::routes::operator_app(api, admin)),
         )
     } else {
         (http::routes::app(api, admin), None)
-    };
-    let result = serve(
-        app,
-        operator,
-        state,
-        listeners,
-        opts.tls.as_ref(),
-        shutdown,
-        &tasks,
-    )
-    .await;
+    }
+}
+
+/// Stops the background work and waits for it, at most `grace`.
+async fn join(background: &CancellationToken, tasks: &TaskTracker, grace: Duration) {
     background.cancel();
     tasks.close();
-    let grace = Duration::from_secs(opts.config.http.shutdown_grace_secs);
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         warn!("background tasks did not stop within the grace period");
     }
-    result?;
-    info!("stopped");
-    Ok(())
 }
 
 /// Serves `app` on the listeners (HTTPS on `main` when `tls` is given), and `operator`

@@ -1,12 +1,14 @@
 //! `router-server`: parses flags, sets up logging and signals, and runs `serve`,
 //! `demo` or `ctl`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use registry::etcd::{connect_at_start, EtcdOptions};
 use registry::Layout;
 use router_server::admin::{TokenError, Tokens};
 use router_server::config::{Cli, Command, FileConfig, ServeArgs};
+use router_server::membership::Registry;
 use router_server::tls::TlsFiles;
 use router_server::{Listeners, ServeOptions};
 use tokio_util::sync::CancellationToken;
@@ -43,11 +45,51 @@ fn report(r: anyhow::Result<()>) -> i32 {
     }
 }
 
+/// `router-server serve`: reads the configuration, binds the listeners, connects to
+/// every registry, then serves until SIGTERM or SIGINT.
 async fn serve(args: ServeArgs) -> i32 {
-    let config = match &args.config {
+    let config = load_config(&args);
+    let tls = tls_files(&args).await;
+    let main = bind(args.listen, args.listen);
+    let plain = args.http_listen.map(|addr| bind(addr, "--http-listen"));
+    let admin_tokens = admin_tokens(&args).unwrap_or_else(|e| registry::cli::exit_invalid(e));
+    let admin = args.admin_listen.map(|addr| bind(addr, "--admin-listen"));
+    let wanted = wanted_registries(&args, &config);
+    let local = wanted.iter().position(|w| w.local).unwrap_or(0);
+    let build = registry::build_info!();
+    tracing::info!(version = %build.version, commit = %build.commit, built = %build.date, registries = wanted.len(), own = %wanted[local].name, listen = %args.listen, "router starting");
+    let registries = connect_registries(wanted, local).await;
+    let layout = registries[local].layout.clone();
+    let opts = ServeOptions {
+        router_id: args.router_id.clone(),
+        public_addrs: args.public_addrs.clone(),
+        config,
+        layout,
+        admin_tokens,
+        tls,
+    };
+    report(
+        router_server::run_registries(
+            registries,
+            opts,
+            Listeners { main, plain, admin },
+            shutdown_token(),
+        )
+        .await,
+    )
+}
+
+/// The configuration file given with `--config` (exit 2 when it is invalid), else the
+/// defaults.
+fn load_config(args: &ServeArgs) -> FileConfig {
+    match &args.config {
         Some(path) => FileConfig::load(path).unwrap_or_else(|e| registry::cli::exit_invalid(e)),
         None => FileConfig::default(),
-    };
+    }
+}
+
+/// The certificate and key of `--tls-cert` and `--tls-key`, loaded once to check them.
+async fn tls_files(args: &ServeArgs) -> Option<TlsFiles> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -61,36 +103,30 @@ async fn serve(args: ServeArgs) -> i32 {
             registry::cli::exit_invalid(e);
         }
     }
-    let main = match std::net::TcpListener::bind(args.listen) {
+    tls
+}
+
+/// A listener on `addr` (exit 2, naming it `what`, when it cannot be bound).
+fn bind(addr: SocketAddr, what: impl std::fmt::Display) -> std::net::TcpListener {
+    match std::net::TcpListener::bind(addr) {
         Ok(l) => l,
-        Err(e) => registry::cli::exit_invalid(format!("cannot listen on {}: {e}", args.listen)),
-    };
-    let plain = match args
-        .http_listen
-        .map(std::net::TcpListener::bind)
-        .transpose()
-    {
-        Ok(l) => l,
-        Err(e) => registry::cli::exit_invalid(format!("cannot listen on --http-listen: {e}")),
-    };
-    let admin_tokens = admin_tokens(&args).unwrap_or_else(|e| registry::cli::exit_invalid(e));
-    let admin = match args
-        .admin_listen
-        .map(std::net::TcpListener::bind)
-        .transpose()
-    {
-        Ok(l) => l,
-        Err(e) => registry::cli::exit_invalid(format!("cannot listen on --admin-listen: {e}")),
-    };
-    // The registries: `--etcd` (named `default`), each `--registry`, then the
-    // file's `[[registries]]`; the first, or the one marked local, is this router's DC.
-    struct Wanted {
-        name: String,
-        endpoints: String,
-        prefix: String,
-        security: registry::security::EtcdSecurity,
-        local: bool,
+        Err(e) => registry::cli::exit_invalid(format!("cannot listen on {what}: {e}")),
     }
+}
+
+/// A registry to follow, as the command line or the file names it.
+struct Wanted {
+    name: String,
+    endpoints: String,
+    prefix: String,
+    security: registry::security::EtcdSecurity,
+    local: bool,
+}
+
+/// The registries: `--etcd` (named `default`), each `--registry`, then the file's
+/// `[[registries]]`; the first, or the one marked local, is this router's DC. Exits
+/// (status 2) when there is none, or a name is given twice.
+fn wanted_registries(args: &ServeArgs, config: &FileConfig) -> Vec<Wanted> {
     let flags_security = args.etcd_security.security();
     let mut wanted: Vec<Wanted> = Vec::new();
     if let Some(etcd) = &args.etcd {
@@ -138,9 +174,12 @@ async fn serve(args: ServeArgs) -> i32 {
             registry::cli::exit_invalid(format!("registry {:?} is given twice", w.name));
         }
     }
-    let local = wanted.iter().position(|w| w.local).unwrap_or(0);
-    let build = registry::build_info!();
-    tracing::info!(version = %build.version, commit = %build.commit, built = %build.date, registries = wanted.len(), own = %wanted[local].name, listen = %args.listen, "router starting");
+    wanted
+}
+
+/// Connects to each registry in turn (`local`: the index of this router's own); exits
+/// (status 2) when one refuses the connection.
+async fn connect_registries(wanted: Vec<Wanted>, local: usize) -> Vec<Registry> {
     let mut registries = Vec::new();
     for (i, w) in wanted.into_iter().enumerate() {
         let endpoints: Vec<String> = w.endpoints.split(',').map(str::to_string).collect();
@@ -159,31 +198,14 @@ async fn serve(args: ServeArgs) -> i32 {
         )
         .await
         .unwrap_or_else(|e| registry::cli::exit_invalid(format!("registry {}: {e}", w.name)));
-        registries.push(router_server::membership::Registry {
+        registries.push(Registry {
             name: std::sync::Arc::from(w.name.as_str()),
             kv: Arc::new(kv),
             layout,
             local: i == local,
         });
     }
-    let layout = registries[local].layout.clone();
-    let opts = ServeOptions {
-        router_id: args.router_id.clone(),
-        public_addrs: args.public_addrs.clone(),
-        config,
-        layout,
-        admin_tokens,
-        tls,
-    };
-    report(
-        router_server::run_registries(
-            registries,
-            opts,
-            Listeners { main, plain, admin },
-            shutdown_token(),
-        )
-        .await,
-    )
+    registries
 }
 
 /// The admin tokens of `--admin-token` and `--admin-token-file` (none: admin API off).

@@ -6,7 +6,7 @@ use registry::etcd::{connect_at_start, EtcdOptions};
 use registry::{CommandAction, Kv, Layout, NodeRecord};
 use tokio::time::Instant;
 
-use crate::config::{CtlArgs, CtlOp};
+use crate::config::{AuthOp, CtlArgs, CtlOp};
 
 mod auth;
 mod bind;
@@ -33,6 +33,35 @@ struct Target {
 /// Runs one `ctl` operation; returns the process exit status.
 pub async fn run(args: CtlArgs) -> i32 {
     let layout = Layout::new(&args.prefix);
+    let targets = match connect(&args, &layout).await {
+        Ok(targets) => targets,
+        Err(code) => return code,
+    };
+    let several = targets.len() > 1;
+    let operator = operator(&args);
+    let result = match args.op {
+        CtlOp::Auth { op } => return auth_each(&targets, &layout, op).await,
+        op @ (CtlOp::Bind { .. } | CtlOp::Bindings { .. }) => {
+            return bind::run(&targets, &layout, op).await
+        }
+        op @ (CtlOp::Block { .. } | CtlOp::Unblock { .. } | CtlOp::Blocks { .. }) => {
+            return block::run(&targets, &layout, op, &operator).await
+        }
+        op if !several => execute(&targets[0].kv, &layout, op)
+            .await
+            .map_err(|e| (0, e)),
+        CtlOp::Nodes { json } => nodes_by_dc(&targets, &layout, json).await,
+        CtlOp::Rebalance { dry_run, json } => {
+            rebalance_each(&targets, &layout, dry_run, json).await
+        }
+        op => return command_to_holder(&targets, &layout, op).await,
+    };
+    exit_status(&targets, result)
+}
+
+/// Connects to every registry of `--etcd` (named `default`) and `--registry`, and
+/// checks that each answers; `Err`: the exit status (after saying why on stderr).
+async fn connect(args: &CtlArgs, layout: &Layout) -> Result<Vec<Target>, i32> {
     let security = args.etcd_security.security();
     let mut wanted: Vec<(String, String)> = args
         .etcd
@@ -60,102 +89,111 @@ pub async fn run(args: CtlArgs) -> i32 {
         };
         let kv = match connect_at_start(&endpoints, opts, &layout.nodes_prefix()).await {
             Ok(kv) => kv,
-            Err(e) => return fail(&e),
+            Err(e) => return Err(fail(&e)),
         };
-        // The client retries on its own; an operator wants a verdict in seconds.
-        match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return fail(&format!("cannot reach etcd at {spec}: {e}")),
-            Err(_) => {
-                return fail(&format!(
-                    "cannot reach etcd at {spec} (no answer within {}s)",
-                    REACH_TIMEOUT.as_secs()
-                ))
-            }
-        }
+        reach(&kv, layout, &spec).await?;
         targets.push(Target { name, spec, kv });
     }
-    let several = targets.len() > 1;
-    // Who is acting, for what ctl writes down (block entries): the etcd user when
-    // there is one, else the login name.
-    let operator = args
-        .etcd_security
+    Ok(targets)
+}
+
+/// Checks that etcd at `spec` answers within [`REACH_TIMEOUT`]; `Err`: the exit
+/// status. (The client retries on its own; an operator wants a verdict in seconds.)
+async fn reach(kv: &registry::etcd::EtcdKv, layout: &Layout, spec: &str) -> Result<(), i32> {
+    match tokio::time::timeout(REACH_TIMEOUT, kv.get(&layout.nodes_prefix())).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(fail(&format!("cannot reach etcd at {spec}: {e}"))),
+        Err(_) => Err(fail(&format!(
+            "cannot reach etcd at {spec} (no answer within {}s)",
+            REACH_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Who is acting, for what ctl writes down (block entries): the etcd user when there
+/// is one, else the login name.
+fn operator(args: &CtlArgs) -> String {
+    args.etcd_security
         .etcd_user
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .or_else(|| std::env::var("LOGNAME").ok())
-        .unwrap_or_else(|| "ctl".into());
-    let op = args.op;
-    let result = match op {
-        CtlOp::Auth { op } => {
-            for t in &targets {
-                if several {
-                    println!("== registry {} ==", t.name);
-                }
-                let code = auth::run(&t.kv, &layout, op.clone()).await;
-                if code != 0 {
-                    return code;
-                }
-            }
-            return 0;
+        .unwrap_or_else(|| "ctl".into())
+}
+
+/// `ctl auth` on each registry in turn, stopping at the first that fails; returns the
+/// exit status.
+async fn auth_each(targets: &[Target], layout: &Layout, op: AuthOp) -> i32 {
+    let several = targets.len() > 1;
+    for t in targets {
+        if several {
+            println!("== registry {} ==", t.name);
         }
-        op @ (CtlOp::Bind { .. } | CtlOp::Bindings { .. }) => {
-            return bind::run(&targets, &layout, op).await
+        let code = auth::run(&t.kv, layout, op.clone()).await;
+        if code != 0 {
+            return code;
         }
-        op @ (CtlOp::Block { .. } | CtlOp::Unblock { .. } | CtlOp::Blocks { .. }) => {
-            return block::run(&targets, &layout, op, &operator).await
-        }
-        op if !several => execute(&targets[0].kv, &layout, op)
+    }
+    0
+}
+
+/// `ctl rebalance` on each registry in turn, stopping at the first that fails.
+async fn rebalance_each(
+    targets: &[Target],
+    layout: &Layout,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), (usize, OpsError)> {
+    let mut r = Ok(());
+    for (i, t) in targets.iter().enumerate() {
+        println!("== registry {} ==", t.name);
+        r = execute(&t.kv, layout, CtlOp::Rebalance { dry_run, json })
             .await
-            .map_err(|e| (0, e)),
-        CtlOp::Nodes { json } => nodes_by_dc(&targets, &layout, json).await,
-        CtlOp::Rebalance { dry_run, json } => {
-            let mut r = Ok(());
-            for (i, t) in targets.iter().enumerate() {
-                println!("== registry {} ==", t.name);
-                r = execute(&t.kv, &layout, CtlOp::Rebalance { dry_run, json })
-                    .await
-                    .map_err(|e| (i, e));
-                if r.is_err() {
-                    break;
-                }
-            }
-            r
+            .map_err(|e| (i, e));
+        if r.is_err() {
+            break;
         }
-        op => {
-            // A command goes to the registry that holds the node.
-            let id = match &op {
-                CtlOp::Drain { id, .. } | CtlOp::Migrate { id, .. } | CtlOp::Serve { id } => {
-                    id.clone()
-                }
-                _ => unreachable!("nodes, rebalance, bind and auth are handled above"),
-            };
-            let mut holders = Vec::new();
-            for (i, t) in targets.iter().enumerate() {
-                match t.kv.get(&layout.node_key(&id)).await {
-                    Ok(Some(_)) => holders.push(i),
-                    Ok(None) => {}
-                    Err(e) => return fail(&format!("registry {} ({}): {e}", t.name, t.spec)),
-                }
-            }
-            match holders.as_slice() {
-                [] => Err((0, OpsError::UnknownNode(id))),
-                [i] => {
-                    println!("{id} is in registry {}", targets[*i].name);
-                    execute(&targets[*i].kv, &layout, op)
-                        .await
-                        .map_err(|e| (*i, e))
-                }
-                many => {
-                    let names: Vec<&str> = many.iter().map(|&i| targets[i].name.as_str()).collect();
-                    return fail(&format!(
-                        "node {id} is in registries {}: give only the one to address with --registry",
-                        names.join(" and ")
-                    ));
-                }
-            }
+    }
+    r
+}
+
+/// A command (drain, migrate, serve) sent to the one registry that holds the node;
+/// returns the exit status.
+async fn command_to_holder(targets: &[Target], layout: &Layout, op: CtlOp) -> i32 {
+    let id = match &op {
+        CtlOp::Drain { id, .. } | CtlOp::Migrate { id, .. } | CtlOp::Serve { id } => id.clone(),
+        _ => unreachable!("nodes, rebalance, bind and auth are handled above"),
+    };
+    let mut holders = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        match t.kv.get(&layout.node_key(&id)).await {
+            Ok(Some(_)) => holders.push(i),
+            Ok(None) => {}
+            Err(e) => return fail(&format!("registry {} ({}): {e}", t.name, t.spec)),
+        }
+    }
+    let result = match holders.as_slice() {
+        [] => Err((0, OpsError::UnknownNode(id))),
+        [i] => {
+            println!("{id} is in registry {}", targets[*i].name);
+            execute(&targets[*i].kv, layout, op)
+                .await
+                .map_err(|e| (*i, e))
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|&i| targets[i].name.as_str()).collect();
+            return fail(&format!(
+                "node {id} is in registries {}: give only the one to address with --registry",
+                names.join(" and ")
+            ));
         }
     };
+    exit_status(targets, result)
+}
+
+/// The exit status of an operation on `targets` (the index says which registry
+/// failed), after saying why on stderr.
+fn exit_status(targets: &[Target], result: Result<(), (usize, OpsError)>) -> i32 {
     match result {
         Ok(()) => 0,
         Err((i, OpsError::Registry(e))) => fail(&format!(

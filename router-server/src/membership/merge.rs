@@ -10,10 +10,11 @@ use registry::NodeRecord;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::error;
 
 use super::counts::NodeCounts;
-use super::protect::{Protect, Verdict};
+use super::member::{Member, Report};
+use super::protect::Verdict;
 use super::RegistryStatus;
 use crate::schedule::{Arrival, Snapshot};
 use crate::state::AppState;
@@ -34,32 +35,6 @@ pub struct Input {
     /// How far behind etcd the views are (see [`crate::lag`]): reports are placed at
     /// the moment etcd had them. `None`: not measured, taken as none.
     pub lag: Option<Arc<crate::lag::Lag>>,
-}
-
-/// One registry's state in the updater: its last view, its protect threshold, and how
-/// long it has been out of reach.
-struct Member {
-    input: Input,
-    protect: Protect,
-    previous: Option<Arc<NodeView>>,
-    verdict: Verdict,
-    /// Since when the registry cannot be reached (its follower says so).
-    unreachable_since: Option<Instant>,
-    seen_invalid: u64,
-    /// Demoted (out of reach for `registry_stale_secs`) as of the served snapshot.
-    demoted: bool,
-    /// Dropped (out of reach for `protect_max_secs`) as of the served snapshot.
-    dropped: bool,
-}
-
-impl Member {
-    fn demote_at(&self, stale: Duration) -> Option<Instant> {
-        (!self.input.local).then_some(self.unreachable_since? + stale)
-    }
-
-    fn drop_at(&self, max: Duration) -> Option<Instant> {
-        (!self.input.local).then_some(self.unreachable_since? + max)
-    }
 }
 
 /// `r` as served: tagged with the DC that holds it.
@@ -93,43 +68,124 @@ fn tagged(r: &Arc<NodeRecord>, dc: &Arc<str>) -> Arc<NodeRecord> {
 /// visible at once. Run it on its own thread ([`spawn_updater`]): a build over a large
 /// fleet takes milliseconds that request threads should not lose.
 pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: CancellationToken) {
-    let cfg = &state.config;
-    let stale_after = Duration::from_secs(cfg.registry_stale_secs);
-    let max_hold = Duration::from_secs(cfg.protect_max_secs);
-    let min_interval = Duration::from_millis(cfg.snapshot_min_interval_ms);
-    let several = inputs.len() > 1;
-    let mut members: Vec<Member> = inputs
-        .into_iter()
-        .map(|input| Member {
-            input,
-            protect: Protect::new(cfg),
-            previous: None,
-            verdict: Verdict::Follow,
-            unreachable_since: None,
-            seen_invalid: 0,
-            demoted: false,
-            dropped: false,
-        })
-        .collect();
-    if members.is_empty() {
+    let Some(updater) = Updater::new(state, inputs) else {
         error!("no registry to follow");
         return;
+    };
+    updater.run(&cancel).await
+}
+
+/// What one look at every registry found.
+struct Observed {
+    /// Reports of known nodes, which can patch the served snapshot.
+    updated: Vec<Report>,
+    /// A node arrived or left, a registry was first loaded, demoted or dropped: the
+    /// snapshot must be rebuilt.
+    membership_changed: bool,
+}
+
+/// The snapshot to serve next, and what it was decided from.
+struct Decision {
+    snap: Snapshot,
+    /// A protect threshold holds in some registry.
+    holding: bool,
+    /// The snapshot served until now, released only once everything is published (its
+    /// release counts in the build's time).
+    previous: Option<Arc<Snapshot>>,
+}
+
+/// The updater's state from one round to the next.
+struct Updater {
+    state: Arc<AppState>,
+    members: Vec<Member>,
+    /// The router's own registry (else the first).
+    local: usize,
+    stale_after: Duration,
+    max_hold: Duration,
+    min_interval: Duration,
+    /// More than one registry: invalid records are named by registry.
+    several: bool,
+    /// When the last build started.
+    last_build: Option<Instant>,
+    /// True when the served snapshot is the registries' views exactly (no hold, no
+    /// demotion change): the next reports can patch it.
+    patchable: bool,
+    /// Which registry each served node id comes from.
+    owner: HashMap<Arc<str>, usize>,
+    counts: NodeCounts,
+    /// Ids served from one registry and found in another, as of the last build.
+    duplicates: Invalid,
+    /// The invalid maps (each registry's, and the duplicates) the published list was
+    /// made from.
+    invalid_shown: Option<(Vec<Option<Invalid>>, Invalid)>,
+}
+
+impl Updater {
+    /// `None` when there is no registry to follow.
+    fn new(state: Arc<AppState>, inputs: Vec<Input>) -> Option<Updater> {
+        let cfg = &state.config;
+        let several = inputs.len() > 1;
+        let members: Vec<Member> = inputs
+            .into_iter()
+            .map(|input| Member::new(input, cfg))
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        Some(Updater {
+            local: members.iter().position(|m| m.input.local).unwrap_or(0),
+            stale_after: Duration::from_secs(cfg.registry_stale_secs),
+            max_hold: Duration::from_secs(cfg.protect_max_secs),
+            min_interval: Duration::from_millis(cfg.snapshot_min_interval_ms),
+            several,
+            members,
+            last_build: None,
+            patchable: false,
+            owner: HashMap::new(),
+            counts: NodeCounts::default(),
+            duplicates: imbl::OrdMap::new(),
+            invalid_shown: None,
+            state,
+        })
     }
-    let local = members.iter().position(|m| m.input.local).unwrap_or(0);
-    let mut last_build: Option<Instant> = None;
-    // True when the served snapshot is the registries' views exactly (no hold, no
-    // demotion change): the next reports can patch it.
-    let mut patchable = false;
-    // Which registry each served node id comes from.
-    let mut owner: HashMap<Arc<str>, usize> = HashMap::new();
-    let mut counts = NodeCounts::default();
-    // Ids served from one registry and found in another, as of the last build.
-    let mut duplicates: Invalid = imbl::OrdMap::new();
-    // The invalid maps (each registry's, and the duplicates) the published list was
-    // made from.
-    let mut invalid_shown: Option<(Vec<Option<Invalid>>, Invalid)> = None;
-    loop {
-        let deadline = members
+
+    /// Round after round: wait for news, observe every registry, decide the snapshot,
+    /// publish it. Ends with `cancel`, or when a follower is gone.
+    async fn run(mut self, cancel: &CancellationToken) {
+        loop {
+            if !self.wait_for_news(cancel).await {
+                return;
+            }
+            let received = self.arrival();
+            if !self.coalesce(cancel).await {
+                return;
+            }
+            let now = Instant::now();
+            let cpu_start = std::time::Instant::now();
+            let observed = self.observe(now);
+            // Nothing to serve before the router's own registry is loaded; its health
+            // (and the other registries') is shown meanwhile.
+            let Some(local_view) = self.members[self.local].previous.clone() else {
+                self.publish_statuses(now);
+                continue;
+            };
+            let decision = self.decide(observed, &local_view, received);
+            self.publish(decision, &local_view, now);
+            let m = &self.state.metrics;
+            m.snapshot_builds.inc();
+            m.snapshot_build_seconds
+                .inc_by(cpu_start.elapsed().as_secs_f64());
+            // When this build started: the interval counts from it.
+            self.last_build = Some(now);
+        }
+    }
+
+    /// Waits for a registry's next view, or for the next deadline (a hold ending, a
+    /// registry due for demotion or drop). False: stop (`cancel`, or a follower gone).
+    async fn wait_for_news(&mut self, cancel: &CancellationToken) -> bool {
+        let (stale_after, max_hold) = (self.stale_after, self.max_hold);
+        let deadline = self
+            .members
             .iter()
             .flat_map(|m| {
                 [
@@ -140,25 +196,27 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
             })
             .flatten()
             .min();
-        {
-            let changed = futures::future::select_all(
-                members
-                    .iter_mut()
-                    .map(|m| Box::pin(m.input.views.changed())),
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                (r, _, _) = changed => { if r.is_err() { return } }
-                _ = sleep_until_opt(deadline) => {}
-            }
+        let changed = futures::future::select_all(
+            self.members
+                .iter_mut()
+                .map(|m| Box::pin(m.input.views.changed())),
+        );
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            (r, _, _) = changed => r.is_ok(),
+            _ = sleep_until_opt(deadline) => true,
         }
-        // When the reports arrived: their sample ages count back from here. (What
-        // arrives during the wait below is placed a little early, which counts a few
-        // answers twice rather than none.)
-        // Less each registry's steady lag: when etcd had them (see `schedule::Arrival`).
-        let received = Arrival {
+    }
+
+    /// When the reports arrived: their sample ages count back from here. (What arrives
+    /// during the wait of [`Updater::coalesce`] is placed a little early, which counts
+    /// a few answers twice rather than none.) Less each registry's steady lag: when
+    /// etcd had them (see `schedule::Arrival`).
+    fn arrival(&self) -> Arrival {
+        Arrival {
             at_ms: registry::now_ms(),
-            lag_ms: members
+            lag_ms: self
+                .members
                 .iter()
                 .filter_map(|m| {
                     let lag = m.input.lag.as_ref()?.measured()?;
@@ -166,213 +224,244 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
                 })
                 .collect(),
             default_lag_ms: 0,
-        };
-        // Coalesce: wait out the rest of the interval since the last build started
-        // (a build that took longer than the interval is followed at once); whatever
-        // arrives meanwhile is folded into this build.
-        if let Some(t) = last_build {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(t + min_interval) => {}
-            }
         }
-        let now = Instant::now();
-        let cpu_start = std::time::Instant::now();
-        let mut updated: Vec<(usize, Arc<NodeRecord>, Arc<NodeRecord>)> = Vec::new();
-        let mut membership_changed = false;
-        for (i, m) in members.iter_mut().enumerate() {
-            let view = m.input.views.borrow_and_update().clone();
-            if !view.loaded {
-                continue;
-            }
-            if view.connected {
-                if m.unreachable_since.take().is_some() && m.demoted {
-                    info!(registry = %m.input.name, "registry reachable again; its nodes are served as usual");
-                }
-            } else if m.unreachable_since.is_none() {
-                m.unreachable_since = Some(now);
-            }
-            let demoted = m.demote_at(stale_after).is_some_and(|t| now >= t);
-            let dropped = m.drop_at(max_hold).is_some_and(|t| now >= t);
-            if demoted != m.demoted || dropped != m.dropped {
-                if demoted && !m.demoted {
-                    warn!(registry = %m.input.name, secs = stale_after.as_secs(), "registry out of reach: its nodes are offered only after every live one");
-                }
-                if dropped && !m.dropped {
-                    error!(registry = %m.input.name, secs = max_hold.as_secs(), "registry out of reach for protect_max_secs: its nodes are no longer offered");
-                }
-                m.demoted = demoted;
-                m.dropped = dropped;
-                membership_changed = true;
-            }
-            m.verdict = match &m.previous {
-                Some(prev) if !Arc::ptr_eq(prev, &view) => {
-                    let mut left = Vec::new();
-                    let mut arrived = Vec::new();
-                    for d in prev.nodes.diff(&view.nodes) {
-                        match d {
-                            // How it left: its last record the watch saw (a `draining`
-                            // mark just before the lease's revocation may fall between
-                            // the two views), else its record in the previous view.
-                            imbl::ordmap::DiffItem::Remove(id, r) => {
-                                left.push(view.departed.get(id).unwrap_or(r).clone())
-                            }
-                            imbl::ordmap::DiffItem::Add(id, _) => arrived.push(id.clone()),
-                            imbl::ordmap::DiffItem::Update { old, new } => {
-                                updated.push((i, old.1.clone(), new.1.clone()))
-                            }
-                        }
-                    }
-                    membership_changed |= !left.is_empty() || !arrived.is_empty();
-                    m.protect
-                        .update(now, view.nodes.len(), &left, arrived.iter().map(|a| &**a))
-                }
-                Some(_) => m.protect.judge(now),
-                None => {
-                    membership_changed = true;
-                    m.protect.update(now, view.nodes.len(), [], [])
-                }
-            };
-            m.previous = Some(view);
+    }
+
+    /// Coalesce: waits out the rest of the interval since the last build started (a
+    /// build that took longer than the interval is followed at once); whatever arrives
+    /// meanwhile is folded into this build. False: `cancel` fired.
+    async fn coalesce(&self, cancel: &CancellationToken) -> bool {
+        let Some(t) = self.last_build else {
+            return true;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep_until(t + self.min_interval) => true,
         }
-        // Nothing to serve before the router's own registry is loaded; its health
-        // (and the other registries') is shown meanwhile.
-        let Some(local_view) = members[local].previous.clone() else {
-            let statuses = statuses(&members, local, now);
-            super::publish_statuses(&state.metrics, &statuses);
-            *state.registries.lock().expect("registries lock") = statuses;
-            continue;
+    }
+
+    /// Observe: takes every registry's latest view, tracks its reachability and judges
+    /// it with its protect threshold.
+    fn observe(&mut self, now: Instant) -> Observed {
+        let mut observed = Observed {
+            updated: Vec::new(),
+            membership_changed: false,
         };
-        let holding = members.iter().any(|m| m.verdict == Verdict::Hold);
-        let stale = !local_view.connected || members[local].verdict == Verdict::Hold;
-        let previous_snap = state.snapshot.load_full();
-        let patched = match &previous_snap {
-            Some(prev) if patchable && !membership_changed && !holding => {
-                // A report from a registry that does not own the id (a duplicate) is
-                // not served.
-                let reports: Vec<(Arc<NodeRecord>, Arc<NodeRecord>)> = updated
-                    .iter()
-                    .filter(|(i, _, new)| owner.get(new.id.as_str()) == Some(i))
-                    .map(|(i, old, new)| {
-                        let dc = &members[*i].input.name;
-                        (tagged(old, dc), tagged(new, dc))
-                    })
-                    .collect();
-                prev.patch_at(
-                    reports.iter().map(|(_, new)| new),
-                    local_view.revision,
-                    stale,
-                    received.clone(),
-                )
-                .inspect(|_| {
-                    for (old, new) in &reports {
-                        counts.replace(old, new);
-                    }
-                })
-            }
-            _ => None,
-        };
-        let snap = patched.unwrap_or_else(|| {
-            owner.clear();
-            let mut live: BTreeMap<Arc<str>, Arc<NodeRecord>> = BTreeMap::new();
-            let mut held: Vec<Arc<NodeRecord>> = Vec::new();
-            duplicates = imbl::OrdMap::new();
-            for (i, m) in members.iter().enumerate() {
-                let Some(view) = &m.previous else { continue };
-                if m.dropped {
-                    continue;
-                }
-                let dc = &m.input.name;
-                for (id, r) in view.nodes.iter() {
-                    if let Some(&first) = owner.get(id) {
-                        let key = format!("{}:{}{id}", dc, m.input.nodes_prefix);
-                        duplicates.insert(
-                            Arc::from(key),
-                            format!(
-                                "duplicate node id {id}: registry {} has it too (that one is served)",
-                                members[first].input.name
-                            ),
-                        );
-                        continue;
-                    }
-                    owner.insert(id.clone(), i);
-                    if m.demoted {
-                        held.push(tagged(r, dc));
-                    } else {
-                        live.insert(id.clone(), tagged(r, dc));
-                    }
-                }
-                // While holding, the nodes that left without a drain are served too,
-                // after every live one.
-                if m.verdict == Verdict::Hold {
-                    for r in m.protect.missing() {
-                        if !owner.contains_key(r.id.as_str()) {
-                            owner.insert(Arc::from(r.id.as_str()), i);
-                            held.push(tagged(r, dc));
-                        }
-                    }
-                }
-            }
-            let snap = Snapshot::build_holding(
-                live.into_values(),
-                held,
-                previous_snap.as_deref(),
+        for (i, m) in self.members.iter_mut().enumerate() {
+            observed.membership_changed |= m.observe(
+                i,
+                now,
+                (self.stale_after, self.max_hold),
+                &mut observed.updated,
+            );
+        }
+        observed
+    }
+
+    /// Decide: the snapshot to serve, patched from the reports when only known nodes
+    /// reported (and nothing is held), else rebuilt from every registry's view.
+    fn decide(&mut self, observed: Observed, local_view: &NodeView, received: Arrival) -> Decision {
+        let holding = self.members.iter().any(|m| m.verdict == Verdict::Hold);
+        let stale = !local_view.connected || self.members[self.local].verdict == Verdict::Hold;
+        let previous = self.state.snapshot.load_full();
+        let patched = match &previous {
+            Some(prev) if self.patchable && !observed.membership_changed && !holding => self.patch(
+                prev,
+                &observed.updated,
                 local_view.revision,
                 stale,
-                state.tie_seed,
-                received,
-            );
-            counts = NodeCounts::of(snap.nodes.iter().map(|e| &*e.record));
-            snap
-        });
-        patchable = !holding;
-        let m = &state.metrics;
-        // The answers change first, then what the metrics say about them: a scrape that
-        // sees the alarm (or a new revision) is never followed by an older answer.
-        drop(state.snapshot.swap(Some(Arc::new(snap))));
-        if counts.take_changed() {
-            m.replace_node_counts(counts.labelled(), &counts.region_loads());
-            m.set_hook_counts(&counts.hook_counts());
+                received.clone(),
+            ),
+            _ => None,
+        };
+        let snap = match patched {
+            Some(snap) => snap,
+            None => self.rebuild(previous.as_deref(), local_view.revision, stale, received),
+        };
+        self.patchable = !holding;
+        Decision {
+            snap,
+            holding,
+            previous,
         }
-        // Invalid records of every registry by key (named by registry when there are
-        // several), and the duplicates: listed again only when one of those changed,
-        // not for every report.
-        let sources: Vec<Option<Invalid>> = members
+    }
+
+    /// `prev` patched with the reports of the nodes each registry owns; `None` when a
+    /// report cannot patch it.
+    fn patch(
+        &mut self,
+        prev: &Snapshot,
+        updated: &[Report],
+        revision: i64,
+        stale: bool,
+        received: Arrival,
+    ) -> Option<Snapshot> {
+        // A report from a registry that does not own the id (a duplicate) is not
+        // served.
+        let reports: Vec<(Arc<NodeRecord>, Arc<NodeRecord>)> = updated
+            .iter()
+            .filter(|(i, _, new)| self.owner.get(new.id.as_str()) == Some(i))
+            .map(|(i, old, new)| {
+                let dc = &self.members[*i].input.name;
+                (tagged(old, dc), tagged(new, dc))
+            })
+            .collect();
+        prev.patch_at(
+            reports.iter().map(|(_, new)| new),
+            revision,
+            stale,
+            received,
+        )
+        .inspect(|_| {
+            for (old, new) in &reports {
+                self.counts.replace(old, new);
+            }
+        })
+    }
+
+    /// A snapshot of every registry's view, merged: live nodes first, then the demoted
+    /// and held ones; records the owner of each id and the duplicates.
+    fn rebuild(
+        &mut self,
+        previous: Option<&Snapshot>,
+        revision: i64,
+        stale: bool,
+        received: Arrival,
+    ) -> Snapshot {
+        self.owner.clear();
+        let mut live: BTreeMap<Arc<str>, Arc<NodeRecord>> = BTreeMap::new();
+        let mut held: Vec<Arc<NodeRecord>> = Vec::new();
+        self.duplicates = imbl::OrdMap::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let Some(view) = &m.previous else { continue };
+            if m.dropped {
+                continue;
+            }
+            let dc = &m.input.name;
+            for (id, r) in view.nodes.iter() {
+                if let Some(&first) = self.owner.get(id) {
+                    let key = format!("{}:{}{id}", dc, m.input.nodes_prefix);
+                    self.duplicates.insert(
+                        Arc::from(key),
+                        format!(
+                            "duplicate node id {id}: registry {} has it too (that one is served)",
+                            self.members[first].input.name
+                        ),
+                    );
+                    continue;
+                }
+                self.owner.insert(id.clone(), i);
+                if m.demoted {
+                    held.push(tagged(r, dc));
+                } else {
+                    live.insert(id.clone(), tagged(r, dc));
+                }
+            }
+            // While holding, the nodes that left without a drain are served too, after
+            // every live one.
+            if m.verdict == Verdict::Hold {
+                for r in m.protect.missing() {
+                    if !self.owner.contains_key(r.id.as_str()) {
+                        self.owner.insert(Arc::from(r.id.as_str()), i);
+                        held.push(tagged(r, dc));
+                    }
+                }
+            }
+        }
+        let snap = Snapshot::build_holding(
+            live.into_values(),
+            held,
+            previous,
+            revision,
+            stale,
+            self.state.tie_seed,
+            received,
+        );
+        self.counts = NodeCounts::of(snap.nodes.iter().map(|e| &*e.record));
+        snap
+    }
+
+    /// Publish: the answers change first, then what the metrics say about them: a
+    /// scrape that sees the alarm (or a new revision) is never followed by an older
+    /// answer.
+    fn publish(&mut self, decision: Decision, local_view: &NodeView, now: Instant) {
+        let Decision {
+            snap,
+            holding,
+            previous,
+        } = decision;
+        self.publish_snapshot(snap);
+        self.publish_invalid();
+        self.count_invalid_seen();
+        self.publish_protection(holding, local_view);
+        self.publish_statuses(now);
+        drop(previous);
+    }
+
+    /// Serves `snap`, then updates the node-count gauges when the counts changed.
+    fn publish_snapshot(&mut self, snap: Snapshot) {
+        drop(self.state.snapshot.swap(Some(Arc::new(snap))));
+        if self.counts.take_changed() {
+            let m = &self.state.metrics;
+            m.replace_node_counts(self.counts.labelled(), &self.counts.region_loads());
+            m.set_hook_counts(&self.counts.hook_counts());
+        }
+    }
+
+    /// Invalid records of every registry by key (named by registry when there are
+    /// several), and the duplicates: listed again only when one of those changed, not
+    /// for every report.
+    fn publish_invalid(&mut self) {
+        let sources: Vec<Option<Invalid>> = self
+            .members
             .iter()
             .map(|mem| mem.previous.as_ref().map(|v| v.invalid.clone()))
             .collect();
-        let unchanged = invalid_shown.as_ref().is_some_and(|(shown, dups)| {
-            dups.ptr_eq(&duplicates)
+        let unchanged = self.invalid_shown.as_ref().is_some_and(|(shown, dups)| {
+            dups.ptr_eq(&self.duplicates)
                 && shown.iter().zip(&sources).all(|(a, b)| match (a, b) {
                     (Some(a), Some(b)) => a.ptr_eq(b),
                     (None, None) => true,
                     _ => false,
                 })
         });
-        if !unchanged {
-            let mut invalid = duplicates.clone();
-            for mem in &members {
-                let Some(view) = &mem.previous else { continue };
-                for (id, why) in view.invalid.iter() {
-                    let key = if several {
-                        format!("{}:{}{id}", mem.input.name, mem.input.nodes_prefix)
-                    } else {
-                        format!("{}{id}", mem.input.nodes_prefix)
-                    };
-                    invalid.insert(Arc::from(key), why.clone());
-                }
-            }
-            m.invalid_records.set(invalid.len() as i64);
-            *state.invalid.lock().expect("invalid lock") = invalid;
-            invalid_shown = Some((sources, duplicates.clone()));
+        if unchanged {
+            return;
         }
-        for mem in members.iter_mut() {
+        let mut invalid = self.duplicates.clone();
+        for mem in &self.members {
+            let Some(view) = &mem.previous else { continue };
+            for (id, why) in view.invalid.iter() {
+                let key = if self.several {
+                    format!("{}:{}{id}", mem.input.name, mem.input.nodes_prefix)
+                } else {
+                    format!("{}{id}", mem.input.nodes_prefix)
+                };
+                invalid.insert(Arc::from(key), why.clone());
+            }
+        }
+        self.state.metrics.invalid_records.set(invalid.len() as i64);
+        *self.state.invalid.lock().expect("invalid lock") = invalid;
+        self.invalid_shown = Some((sources, self.duplicates.clone()));
+    }
+
+    /// Counts the invalid records each registry's follower saw since the last round.
+    fn count_invalid_seen(&mut self) {
+        let m = &self.state.metrics;
+        for mem in self.members.iter_mut() {
             if let Some(view) = &mem.previous {
                 m.invalid_seen
                     .inc_by(view.invalid_seen_total.saturating_sub(mem.seen_invalid));
                 mem.seen_invalid = view.invalid_seen_total;
             }
         }
+    }
+
+    /// Whether a protect threshold holds, the local registry's revision and
+    /// connection, and when it was last in sync.
+    fn publish_protection(&self, holding: bool, local_view: &NodeView) {
+        let state = &self.state;
+        let m = &state.metrics;
         state
             .protecting
             .store(holding, std::sync::atomic::Ordering::Relaxed);
@@ -385,15 +474,13 @@ pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: Cance
         if local_view.connected {
             *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
-        let statuses = statuses(&members, local, now);
-        super::publish_statuses(m, &statuses);
-        *state.registries.lock().expect("registries lock") = statuses;
-        drop(previous_snap);
-        m.snapshot_builds.inc();
-        m.snapshot_build_seconds
-            .inc_by(cpu_start.elapsed().as_secs_f64());
-        // When this build started: the interval counts from it.
-        last_build = Some(now);
+    }
+
+    /// Each registry's health as of `now`, in the metrics and in the state.
+    fn publish_statuses(&self, now: Instant) {
+        let statuses = statuses(&self.members, self.local, now);
+        super::publish_statuses(&self.state.metrics, &statuses);
+        *self.state.registries.lock().expect("registries lock") = statuses;
     }
 }
 

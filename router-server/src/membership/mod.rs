@@ -6,12 +6,15 @@
 //! * [`merge`]: the updater: each registry's views diffed and judged, then merged
 //!   (duplicates reported, out-of-reach registries demoted), patching the served
 //!   snapshot report by report where it can.
+//! * `member`: one registry as the updater holds it (last view, verdict, reach), and
+//!   how each round observes its latest view.
 //! * [`counts`]: the node-count gauges, kept up to date report by report.
 //!
 //! [`crate::state`] holds only the handles the pipeline writes: the snapshot, the
 //! registries' health, the invalid records.
 
 pub mod counts;
+mod member;
 pub mod merge;
 pub mod protect;
 
