@@ -159,7 +159,7 @@ fn write_load(out: &mut Vec<u8>, load: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_api::{Backoff, Gateway, GatewaysAnswer};
+    use gateway_api::{Gateway, GatewaysAnswer};
     use proptest::prelude::*;
     use registry::{NodeState, Ports};
     use std::sync::Arc;
@@ -193,7 +193,6 @@ mod tests {
             let mut rendered = Vec::new();
             let entries = chosen.iter().map(|&(i, ip, load)| (json[i].entry(proto, ip), load));
             render_answer(&mut rendered, entries, region.as_deref(), &answer_tail(&cfg), revision, stale);
-            let b = &cfg.backoff;
             let expected = GatewaysAnswer {
                 gateways: chosen.iter().map(|&(i, ip, load)| {
                     let r = &records[i];
@@ -201,7 +200,7 @@ mod tests {
                               dc: r.dc.as_deref().map(Into::into), domain: r.domain.clone(), load: rounded_load(load) }
                 }).collect(),
                 region: region.clone(), ttl_secs: cfg.ttl_secs, heartbeat_secs: cfg.heartbeat_secs,
-                backoff: Backoff { base_ms: b.base_ms, max_ms: b.max_ms, factor: b.factor, jitter: b.jitter }, revision, stale,
+                backoff: cfg.backoff, revision, stale,
             };
             prop_assert_eq!(String::from_utf8(rendered).unwrap(), serde_json::to_string(&expected).unwrap());
         }

@@ -36,6 +36,7 @@ pub struct FileConfig {
     /// Heartbeat interval clients use on their gateway connection.
     pub heartbeat_secs: u64,
     /// Reconnect backoff clients use.
+    #[serde(deserialize_with = "strict_backoff")]
     pub backoff: BackoffConfig,
     /// Client region lookup and fallbacks.
     pub regions: RegionsConfig,
@@ -92,18 +93,33 @@ pub struct RegistryConfig {
     pub insecure_transport: bool,
 }
 
-/// The `[backoff]` table, sent to clients as-is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackoffConfig {
-    /// First delay.
-    pub base_ms: u64,
-    /// Largest delay.
-    pub max_ms: u64,
-    /// Growth per attempt.
-    pub factor: f64,
-    /// ± fraction of random spread.
-    pub jitter: f64,
+/// The `[backoff]` table, sent to clients as-is: `gateway_api::Backoff`, read strictly
+/// (a key it does not have is an error naming it; keys left out take the defaults).
+pub type BackoffConfig = gateway_api::Backoff;
+
+/// Reads `[backoff]` into [`BackoffConfig`]: the keys allowed are the type's own (as it
+/// serializes), so the list is not written twice.
+fn strict_backoff<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BackoffConfig, D::Error> {
+    use serde::de::Error;
+    let given = toml::Table::deserialize(d)?;
+    let toml::Value::Table(mut full) =
+        toml::Value::try_from(BackoffConfig::default()).map_err(D::Error::custom)?
+    else {
+        return Err(D::Error::custom("the backoff defaults are not a table"));
+    };
+    for (key, value) in given {
+        if !full.contains_key(&key) {
+            let known: Vec<&str> = full.keys().map(String::as_str).collect();
+            return Err(D::Error::custom(format!(
+                "unknown field `{key}`, expected one of {}",
+                known.join(", ")
+            )));
+        }
+        full.insert(key, value);
+    }
+    toml::Value::Table(full)
+        .try_into()
+        .map_err(D::Error::custom)
 }
 
 /// The `[regions]` table.
@@ -259,17 +275,6 @@ impl Default for FileConfig {
     }
 }
 
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            base_ms: 1000,
-            max_ms: 60_000,
-            factor: 1.6,
-            jitter: 0.2,
-        }
-    }
-}
-
 impl Default for RateLimitConfig {
     fn default() -> Self {
         // Sized for carrier-grade NAT: thousands of phones share one IPv4 address, and
@@ -360,6 +365,16 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(FileConfig::parse("").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn a_partial_backoff_table_keeps_the_other_defaults() {
+        let cfg = FileConfig::parse("[backoff]\nbase_ms = 500").unwrap();
+        let want = BackoffConfig {
+            base_ms: 500,
+            ..BackoffConfig::default()
+        };
+        assert_eq!(cfg.backoff, want);
     }
 
     #[test]

@@ -284,6 +284,8 @@ mod tests {
             ("ttl_secs = 0", "ttl_secs"),
             ("[backoff]\nbase_ms = 10\nmax_ms = 5", "backoff.max_ms"),
             ("[backoff]\njitter = 2", "backoff.jitter"),
+            ("[backoff]\nbogus = 1", "unknown field `bogus`"),
+            ("[backoff]\nbase_ms = \"x\"", "base_ms"),
             (
                 "[regions]\nfallbacks = { a = [\"a\"] }",
                 "regions.fallbacks",
