@@ -18,6 +18,7 @@
 //! * `httpdns`: [`HttpDnsServer`], a fake HTTPDNS provider.
 //! * `util`: [`wait_until`] polls a condition with a deadline instead of sleeping;
 //!   [`free_port`] and [`which`].
+//! * [`P`]: the registry's key prefix, as the binaries use it by default.
 //! * [`gateway`]: TCP and TLS gateways for SDK tests.
 //! * [`netns`]: a network of namespaces for partition tests.
 //!
@@ -43,3 +44,7 @@ pub use metrics::{has_sample, sample};
 pub use process::{bin, rss_kib, run, Proc};
 pub use router::{gateway_ids, router_ctl, RouterProc};
 pub use util::{free_port, wait_until, which};
+
+/// The registry's key prefix (`--prefix` left at its default), for reading and writing
+/// keys in etcd directly.
+pub const P: &str = registry::DEFAULT_PREFIX;

@@ -3,10 +3,8 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use harness::{run, wait_until, Etcd, HookServer, Proc};
+use harness::{run, wait_until, Etcd, HookServer, Proc, P as PREFIX};
 use serde_json::Value;
-
-const PREFIX: &str = "/gateway-router/v1";
 
 fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
     let mut flags = vec![

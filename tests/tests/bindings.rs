@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use harness::gateway::{GatewayServer, Serve};
-use harness::{wait_until, Etcd, RouterProc, TestCa};
+use harness::{wait_until, Etcd, RouterProc, TestCa, P};
 
-const P: &str = "/gateway-router/v1";
 const ALPN: &str = "x-im/1";
 
 fn workspace() -> PathBuf {

@@ -6,9 +6,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{connect_from, http_get, rss_kib, sample, wait_until, which, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{
+    connect_from, http_get, rss_kib, sample, wait_until, which, Etcd, Proc, RouterProc, P,
+};
 
 fn record(id: &str) -> String {
     format!(

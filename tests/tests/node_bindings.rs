@@ -3,10 +3,8 @@
 
 use std::time::Duration;
 
-use harness::{has_sample, router_ctl as ctl, wait_until, Etcd, RouterProc};
+use harness::{has_sample, router_ctl as ctl, wait_until, Etcd, RouterProc, P};
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
 
 /// A node record as an agent writes it.
 fn record(id: &str, ip: &str, region: &str, capacity: u64, domain: &str) -> String {

@@ -8,10 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::{get_json, http_request, make_private, Etcd, Proc, RouterProc};
+use harness::{get_json, http_request, make_private, Etcd, Proc, RouterProc, P};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const P: &str = "/gateway-router/v1";
 const ALICE: &str = "alice-0123456789abcdef";
 const BACKUP: &str = "backup-fedcba9876543210";
 

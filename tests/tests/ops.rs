@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, router_ctl as ctl, run, wait_until, Etcd, HookServer, Proc, RouterProc};
+use harness::{
+    free_port, router_ctl as ctl, run, wait_until, Etcd, HookServer, Proc, RouterProc, P,
+};
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
 
 /// An agent whose connection count the test controls through a file.
 struct Gw {

@@ -2,10 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use harness::{gateway_ids, get_json, run, wait_until, Etcd, Proc, RouterProc};
+use harness::{gateway_ids, get_json, run, wait_until, Etcd, Proc, RouterProc, P};
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
 
 fn agent(etcd: &Etcd, id: &str, region: &str, conns: u64) -> Proc {
     let load = format!("static:{conns}");
