@@ -14,6 +14,7 @@
 //! * `http`: [`http_get`], [`http_request`], [`get_json`] and [`connect_from`], tiny
 //!   std-only helpers for probing; [`HookServer`] receives the agent's hook POSTs.
 //! * `metrics`: [`has_sample`] and [`sample`] read a Prometheus metrics text.
+//! * `node`: [`NodeJson`] builds a node record's JSON; [`node_record`] reads one back.
 //! * `ca`: [`TestCa`], a throwaway certificate authority; [`make_private`].
 //! * `httpdns`: [`HttpDnsServer`], a fake HTTPDNS provider.
 //! * `util`: [`wait_until`] polls a condition with a deadline instead of sleeping;
@@ -32,6 +33,7 @@ mod http;
 mod httpdns;
 mod metrics;
 pub mod netns;
+mod node;
 mod process;
 mod router;
 mod util;
@@ -41,6 +43,7 @@ pub use etcd::{Etcd, EtcdTls};
 pub use http::{connect_from, get_json, http_get, http_request, HookServer};
 pub use httpdns::HttpDnsServer;
 pub use metrics::{has_sample, sample};
+pub use node::{node_record, NodeJson};
 pub use process::{bin, rss_kib, run, Proc};
 pub use router::{gateway_ids, router_ctl, RouterProc};
 pub use util::{free_port, wait_until, which};

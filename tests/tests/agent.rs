@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use harness::{run, wait_until, Etcd, HookServer, Proc, P as PREFIX};
+use harness::{node_record as record, run, wait_until, Etcd, HookServer, Proc, P as PREFIX};
 use serde_json::Value;
 
 fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
@@ -19,11 +19,6 @@ fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
     ];
     flags.extend_from_slice(extra);
     Proc::agent(etcd, id, "cn-sh", &flags)
-}
-
-fn record(etcd: &Etcd, id: &str) -> Option<Value> {
-    etcd.get(&format!("{PREFIX}/nodes/{id}"))
-        .map(|v| serde_json::from_str(&v).expect("record is JSON"))
 }
 
 fn wait_record(

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::{gateway_ids, get_json, run, wait_until, Etcd, Proc, RouterProc, P};
+use harness::{gateway_ids, get_json, run, wait_until, Etcd, NodeJson, Proc, RouterProc, P};
 use serde_json::Value;
 
 fn agent(etcd: &Etcd, id: &str, region: &str, conns: u64) -> Proc {
@@ -32,9 +32,11 @@ fn wait_registered(etcd: &Etcd, n: usize) {
 }
 
 fn record(id: &str, region: &str, conns: u64) -> String {
-    format!(
-        r#"{{"id":"{id}","ip":"192.0.2.7","ports":{{"tcp":9000}},"region":"{region}","capacity":1000,"connections":{conns},"future":"ignored"}}"#
-    )
+    NodeJson::new(id)
+        .region(region)
+        .conns(conns)
+        .with("future", "ignored")
+        .build()
 }
 
 #[test]
