@@ -24,7 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::{require_tool, wait_until};
+use crate::util::{require_tool, wait_until};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;

@@ -3,10 +3,8 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use harness::{run, wait_until, Etcd, HookServer, Proc};
+use harness::{node_record as record, run, wait_until, Etcd, HookServer, Proc, P as PREFIX};
 use serde_json::Value;
-
-const PREFIX: &str = "/gateway-router/v1";
 
 fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
     let mut flags = vec![
@@ -21,11 +19,6 @@ fn agent(etcd: &Etcd, id: &str, extra: &[&str]) -> Proc {
     ];
     flags.extend_from_slice(extra);
     Proc::agent(etcd, id, "cn-sh", &flags)
-}
-
-fn record(etcd: &Etcd, id: &str) -> Option<Value> {
-    etcd.get(&format!("{PREFIX}/nodes/{id}"))
-        .map(|v| serde_json::from_str(&v).expect("record is JSON"))
 }
 
 fn wait_record(

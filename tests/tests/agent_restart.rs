@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{gateway_ids, get_json, wait_until, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{gateway_ids, get_json, wait_until, Etcd, Proc, RouterProc, P};
 
 /// A gateway that accepts connections (and so passes a `tcp:` health probe) until
 /// stopped, when its listener closes.

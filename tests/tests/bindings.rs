@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use harness::gateway::{GatewayServer, Serve};
-use harness::{wait_until, Etcd, RouterProc, TestCa};
+use harness::{wait_until, Etcd, NodeJson, RouterProc, TestCa, P};
 
-const P: &str = "/gateway-router/v1";
 const ALPN: &str = "x-im/1";
 
 fn workspace() -> PathBuf {
@@ -42,12 +41,12 @@ struct World {
 }
 
 fn node(id: &str, conns: u64, port: u16, domain: Option<&str>) -> String {
-    let domain = domain
-        .map(|d| format!(r#","domain":"{d}""#))
-        .unwrap_or_default();
-    format!(
-        r#"{{"id":"{id}","ip":"127.0.0.1","ports":{{"tcp":{port}}},"region":"r","capacity":1000,"connections":{conns}{domain}}}"#
-    )
+    let node = NodeJson::new(id).ip("127.0.0.1").tcp(port).conns(conns);
+    match domain {
+        Some(d) => node.with("domain", d),
+        None => node,
+    }
+    .build()
 }
 
 /// Three routers, each on its own etcd: a working fleet (a plain gateway without a

@@ -6,16 +6,10 @@
 use std::time::Duration;
 
 use harness::{
-    free_port, has_sample, router_ctl as ctl, wait_until, Etcd, HookServer, Proc, RouterProc,
+    free_port, has_sample, node_record as record, router_ctl as ctl, wait_until, Etcd, HookServer,
+    Proc, RouterProc, P,
 };
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
-
-fn record(etcd: &Etcd, id: &str) -> Option<Value> {
-    etcd.get(&format!("{P}/nodes/{id}"))
-        .map(|v| serde_json::from_str(&v).unwrap())
-}
 
 fn applied(etcd: &Etcd, id: &str) -> Option<Value> {
     etcd.get(&format!("{P}/applied/{id}"))

@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{gateway_ids, get_json, has_sample, http_get, wait_until, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{gateway_ids, get_json, has_sample, http_get, wait_until, Etcd, Proc, RouterProc, P};
 
 /// One answer seen by the poller: when its request started, the ids, `stale`.
 type Seen = (Instant, Vec<String>, bool);

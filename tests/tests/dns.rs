@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, get_json, http_get, wait_until, Etcd, Proc, RouterProc, TestCa};
+use harness::{free_port, get_json, http_get, wait_until, Etcd, Proc, RouterProc, TestCa, P};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
-const P: &str = "/gateway-router/v1";
 const ZONE: &str = "gw.example.test";
 
 fn tool(name: &str, package: &str) -> PathBuf {

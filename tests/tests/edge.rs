@@ -6,14 +6,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{connect_from, http_get, rss_kib, sample, wait_until, which, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{
+    connect_from, http_get, rss_kib, sample, wait_until, which, Etcd, NodeJson, Proc, RouterProc, P,
+};
 
 fn record(id: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","ip":"192.0.2.7","ports":{{"tcp":9000}},"region":"r","capacity":1000,"connections":1}}"#
-    )
+    NodeJson::new(id).conns(1).build()
 }
 
 /// Runs `router-server` with `args` and only the given variables (none inherited).

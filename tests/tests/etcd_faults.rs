@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use harness::{get_json, has_sample, http_get, sample, wait_until, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{get_json, has_sample, http_get, sample, wait_until, Etcd, Proc, RouterProc, P};
 
 fn metrics(router: &RouterProc) -> String {
     http_get(router.addr, "/metrics")

@@ -4,9 +4,7 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use harness::{get_json, wait_until, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{get_json, wait_until, Etcd, Proc, RouterProc, P};
 
 /// A stock etcd (Debian's defaults: `--grpc-keepalive-min-time` 5 s), one agent, one
 /// router, left quiet: the router must never lose its watch nor answer stale.

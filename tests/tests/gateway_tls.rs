@@ -7,11 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use harness::gateway::{GatewayServer, Serve};
-use harness::{Etcd, RouterProc, TestCa};
+use harness::{Etcd, RouterProc, TestCa, P};
 use httpdns_client::{Client, Config, Error, FailureKind, Ipv6Mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const P: &str = "/gateway-router/v1";
 
 struct Fleet {
     _etcd: Etcd,

@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use harness::{Etcd, RouterProc, TestCa};
-
-const P: &str = "/gateway-router/v1";
+use harness::{Etcd, RouterProc, TestCa, P};
 
 fn client(ca: &TestCa, router: SocketAddr) -> reqwest::Client {
     reqwest::Client::builder()

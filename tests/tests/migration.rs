@@ -6,10 +6,10 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use harness::{router_ctl, wait_until, Etcd, HookServer, HttpDnsServer, Proc, RouterProc, TestCa};
+use harness::{
+    router_ctl, wait_until, Etcd, HookServer, HttpDnsServer, Proc, RouterProc, TestCa, P,
+};
 use httpdns_client::{Client, Config, Error, Ipv6Mode, Provider, Source};
-
-const P: &str = "/gateway-router/v1";
 
 /// A gateway: a listener that accepts (the kernel completes handshakes), its agent
 /// reporting `conns` of 1,000, and the hook where its agent sends migration signals.

@@ -3,16 +3,19 @@
 
 use std::time::Duration;
 
-use harness::{has_sample, router_ctl as ctl, wait_until, Etcd, RouterProc};
+use harness::{has_sample, router_ctl as ctl, wait_until, Etcd, NodeJson, RouterProc, P};
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
 
 /// A node record as an agent writes it.
 fn record(id: &str, ip: &str, region: &str, capacity: u64, domain: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","ip":"{ip}","ports":{{"tcp":9000}},"region":"{region}","capacity":{capacity},"connections":10,"isp":"ctcc","domain":"{domain}"}}"#
-    )
+    NodeJson::new(id)
+        .ip(ip)
+        .region(region)
+        .capacity(capacity)
+        .conns(10)
+        .with("isp", "ctcc")
+        .with("domain", domain)
+        .build()
 }
 
 /// gw-bound's honest record: inside the binding the tests give it.

@@ -8,17 +8,21 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use harness::{get_json, http_request, make_private, Etcd, Proc, RouterProc};
+use harness::{get_json, http_request, make_private, Etcd, NodeJson, Proc, RouterProc, P};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const P: &str = "/gateway-router/v1";
 const ALICE: &str = "alice-0123456789abcdef";
 const BACKUP: &str = "backup-fedcba9876543210";
 
 fn record(id: &str) -> String {
-    format!(
-        r#"{{"id":"{id}","ip":"127.0.0.1","ports":{{"tcp":7000}},"region":"r","capacity":100,"connections":0,"state":"serving","healthy":true,"updated_ms":0}}"#
-    )
+    NodeJson::new(id)
+        .ip("127.0.0.1")
+        .tcp(7000)
+        .capacity(100)
+        .with("state", "serving")
+        .with("healthy", true)
+        .with("updated_ms", 0)
+        .build()
 }
 
 /// A token file in `dir` with `mode`.

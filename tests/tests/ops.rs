@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, router_ctl as ctl, run, wait_until, Etcd, HookServer, Proc, RouterProc};
+use harness::{
+    free_port, node_record, router_ctl as ctl, run, wait_until, Etcd, HookServer, Proc, RouterProc,
+    P,
+};
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
 
 /// An agent whose connection count the test controls through a file.
 struct Gw {
@@ -49,7 +50,7 @@ impl Gw {
 }
 
 fn record(etcd: &Etcd, id: &str) -> Value {
-    serde_json::from_str(&etcd.get(&format!("{P}/nodes/{id}")).expect("record")).unwrap()
+    node_record(etcd, id).expect("record")
 }
 
 fn wait_all_registered(etcd: &Etcd, n: usize) {

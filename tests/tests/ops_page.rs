@@ -7,10 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use harness::{free_port, wait_until, Etcd, Proc, RouterProc};
+use harness::{free_port, wait_until, Etcd, Proc, RouterProc, P};
 use serde_json::{json, Value};
 
-const P: &str = "/gateway-router/v1";
 const TOKEN: &str = "s3cret-token-0123";
 
 /// chromedriver on a free loopback port, stopped with the test.

@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use harness::netns::Lab;
-use harness::{wait_until, Proc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{wait_until, Proc, P};
 
 /// Starts an agent for `id` in the lab's gateways' namespace, its load read from `load`.
 fn agent(lab: &Lab, id: &str, load: &std::path::Path) -> Proc {

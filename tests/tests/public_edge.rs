@@ -10,11 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{router_ctl, wait_until, Etcd, RouterProc};
+use harness::{router_ctl, wait_until, Etcd, RouterProc, P};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-
-const P: &str = "/gateway-router/v1";
 
 /// One keep-alive HTTP/1.1 connection from a chosen local address.
 struct Client {

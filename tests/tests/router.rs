@@ -2,10 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use harness::{gateway_ids, get_json, run, wait_until, Etcd, Proc, RouterProc};
+use harness::{gateway_ids, get_json, run, wait_until, Etcd, NodeJson, Proc, RouterProc, P};
 use serde_json::Value;
-
-const P: &str = "/gateway-router/v1";
 
 fn agent(etcd: &Etcd, id: &str, region: &str, conns: u64) -> Proc {
     let load = format!("static:{conns}");
@@ -34,9 +32,11 @@ fn wait_registered(etcd: &Etcd, n: usize) {
 }
 
 fn record(id: &str, region: &str, conns: u64) -> String {
-    format!(
-        r#"{{"id":"{id}","ip":"192.0.2.7","ports":{{"tcp":9000}},"region":"{region}","capacity":1000,"connections":{conns},"future":"ignored"}}"#
-    )
+    NodeJson::new(id)
+        .region(region)
+        .conns(conns)
+        .with("future", "ignored")
+        .build()
 }
 
 #[test]

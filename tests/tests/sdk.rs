@@ -5,12 +5,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, wait_until, Etcd, HttpDnsServer, RouterProc, TestCa};
+use harness::{free_port, wait_until, Etcd, HttpDnsServer, RouterProc, TestCa, P};
 use httpdns_client::{
     Client, Config, DnsSource, Error, HttpDnsResolver, Ipv6Mode, Provider, Source,
 };
-
-const P: &str = "/gateway-router/v1";
 
 /// etcd, gateways (live ones listen), and a router serving HTTPS and HTTP.
 struct Fleet {

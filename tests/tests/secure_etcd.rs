@@ -8,13 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::{
-    bin, gateway_ids, router_ctl, wait_until, Etcd, HookServer, Proc, RouterProc, TestCa,
+    bin, gateway_ids, router_ctl, wait_until, Etcd, HookServer, Proc, RouterProc, TestCa, P,
 };
 use registry::etcd::{EtcdKv, EtcdOptions};
 use registry::kv::{Kv, KvError};
 use registry::security::EtcdSecurity;
-
-const P: &str = "/gateway-router/v1";
 
 /// Runs `cmd` to its end, or kills it after `limit` (the output then says so).
 fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {

@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{get_json, wait_until, Etcd, Proc, RouterProc};
-
-const P: &str = "/gateway-router/v1";
+use harness::{get_json, wait_until, Etcd, Proc, RouterProc, P};
 
 /// A gateway that accepts and holds every connection.
 struct Gateway {
