@@ -27,7 +27,9 @@ fn env_file(path: &Path) -> Vec<(String, String)> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=VALUE: {l}"));
             (k.to_string(), v.to_string())
         })
         .collect()
@@ -103,7 +105,10 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
     assert!(made.contains("member.pem"), "{made}");
     for key in ["ca-key.pem", "member-key.pem", "r1-key.pem"] {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(pki.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{key} is private");
     }
 
@@ -140,7 +145,11 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
             };
             let mut v = replaced(&own, &hosts);
             if key == "ETCD_DATA_DIR" {
-                v = dir.path().join(format!("etcd-{}", k + 1)).display().to_string();
+                v = dir
+                    .path()
+                    .join(format!("etcd-{}", k + 1))
+                    .display()
+                    .to_string();
             }
             cmd.env(key, v);
         }
@@ -164,7 +173,11 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
     };
     wait_until(Duration::from_secs(30), "three healthy members", || {
         let out = etcdctl(&["endpoint", "health"]);
-        out.status.success() && String::from_utf8_lossy(&out.stderr).matches("is healthy").count() == 3
+        out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .matches("is healthy")
+                .count()
+                == 3
     });
     for m in &members {
         assert!(
@@ -181,7 +194,11 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
     assert!(
         metrics.contains("etcd_server_quota_backend_bytes 8.589934592e+09"),
         "{}",
-        metrics.lines().filter(|l| l.contains("quota")).collect::<Vec<_>>().join("\n")
+        metrics
+            .lines()
+            .filter(|l| l.contains("quota"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // A client without a certificate is refused.
     let bare = Command::new(which("etcdctl").unwrap())
@@ -224,7 +241,10 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
         ]
         .map(String::from),
     );
-    let out = Command::new(bin("router-server")).args(&args).output().unwrap();
+    let out = Command::new(bin("router-server"))
+        .args(&args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "ctl auth apply: {}",
@@ -270,7 +290,10 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
             ("10.0.3.31".to_string(), "127.0.0.1".to_string()),
             ("tcp=7000".to_string(), format!("tcp={gw_port}")),
             ("tcp-port:7000".to_string(), format!("tcp-port:{gw_port}")),
-            ("127.0.0.1:9101".to_string(), format!("127.0.0.1:{}", free_port())),
+            (
+                "127.0.0.1:9101".to_string(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
         ]
         .map(|(a, b)| (a, b)),
     );
@@ -300,7 +323,12 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
     assert_eq!(gateway_ids(&body), ["gw-1"], "{body}\n{}", router.output());
     assert_eq!(body["gateways"][0]["port"], gw_port);
     // Logs are JSON, one object a line, as the env file asks.
-    let first = router.output().lines().next().unwrap_or_default().to_string();
+    let first = router
+        .output()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         serde_json::from_str::<serde_json::Value>(&first).is_ok(),
         "{first}"
