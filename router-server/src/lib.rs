@@ -19,7 +19,9 @@
 //! * [`dns`]: the gateway zone over DNS (UDP, TCP), DNS over HTTPS, and the
 //!   Alibaba-style HTTPDNS answer, from the same snapshot.
 //! * [`metrics`]: Prometheus metrics. [`tls`]: rustls config and hot reload.
-//! * [`demo`]: the real router on the in-memory registry with simulated gateways.
+//! * [`demo`]: the real router on the in-memory registry with simulated gateways, and
+//!   [`sim`], the storm simulator: behind the default feature `tools`, the only parts
+//!   that need the agent's code (`--no-default-features` builds the router without).
 //!
 //! Data flows: each etcd → `follow` (list + watch) → `membership::run_updater` → `ArcSwap` →
 //! request handlers, which never take a lock on the request path.
@@ -30,6 +32,7 @@ pub mod answer;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod dns;
 pub mod guard;
@@ -42,6 +45,7 @@ pub mod metrics;
 pub mod ops;
 pub mod peers;
 pub mod schedule;
+#[cfg(feature = "tools")]
 pub mod sim;
 pub mod state;
 #[cfg(test)]

@@ -26,6 +26,7 @@ fn main() {
     let code = runtime.block_on(async move {
         match cli.command {
             Command::Ctl(args) => router_server::ctl::run(args).await,
+            #[cfg(feature = "tools")]
             Command::Demo(args) => {
                 report(router_server::demo::run_demo(args, shutdown_token()).await)
             }

@@ -105,6 +105,7 @@ pub enum Command {
     /// Serve GET /gateways from the registry in etcd.
     Serve(ServeArgs),
     /// Run the real router on an in-memory registry with simulated gateways.
+    #[cfg(feature = "tools")]
     Demo(DemoArgs),
     /// Operate the fleet: list nodes, drain, migrate, serve, rebalance.
     Ctl(CtlArgs),
