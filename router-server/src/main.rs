@@ -51,6 +51,9 @@ fn report(r: anyhow::Result<()>) -> i32 {
 async fn serve(args: ServeArgs) -> i32 {
     let config = load_config(&args);
     let tls = tls_files(&args).await;
+    if args.check_config {
+        return check_config(&args, &config, tls.is_some());
+    }
     let main = bind(args.listen, args.listen);
     let plain = args.http_listen.map(|addr| bind(addr, "--http-listen"));
     let admin_tokens = admin_tokens(&args).unwrap_or_else(|e| registry::cli::exit_invalid(e));
@@ -78,6 +81,56 @@ async fn serve(args: ServeArgs) -> i32 {
         )
         .await,
     )
+}
+
+/// `serve --check-config`, once the file and the TLS files have been read: the admin
+/// tokens and each registry's etcd settings (their files read once), then one line per
+/// part on stdout. Every problem has already exited 2.
+fn check_config(args: &ServeArgs, config: &FileConfig, tls: bool) -> i32 {
+    let tokens = admin_tokens(args).unwrap_or_else(|e| registry::cli::exit_invalid(e));
+    let wanted = wanted_registries(args, config);
+    for w in &wanted {
+        let endpoints: Vec<String> = w.endpoints.split(',').map(str::to_string).collect();
+        if let Err(e) = w.security.check(&endpoints) {
+            registry::cli::exit_invalid(format!("registry {}: {e}", w.name));
+        }
+    }
+    let file = args
+        .config
+        .as_ref()
+        .map_or("none (the defaults)".to_string(), |p| {
+            p.display().to_string()
+        });
+    println!("configuration ok");
+    println!("  config file: {file}");
+    println!(
+        "  listen: {}{}",
+        args.listen,
+        if tls { " (HTTPS)" } else { "" }
+    );
+    let local = wanted.iter().position(|w| w.local).unwrap_or(0);
+    for (i, w) in wanted.iter().enumerate() {
+        println!(
+            "  registry {}: {} (prefix {}){}",
+            w.name,
+            w.endpoints,
+            w.prefix,
+            if i == local {
+                ", this router's own"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "  admin API: {}",
+        match (tokens.is_empty(), args.admin_listen) {
+            (true, _) => "off".to_string(),
+            (false, Some(addr)) => format!("on {addr}, tokens {}", tokens.names().join(", ")),
+            (false, None) => format!("on {}, tokens {}", args.listen, tokens.names().join(", ")),
+        }
+    );
+    0
 }
 
 /// The configuration file given with `--config` (exit 2 when it is invalid), else the

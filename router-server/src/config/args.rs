@@ -170,6 +170,13 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Check the configuration and exit, binding nothing and connecting to nothing:
+    /// the flags and variables, the --config file, the TLS certificate and key, the
+    /// admin tokens and each registry's etcd settings and files. Prints a summary and
+    /// exits 0 when valid; prints the first problem and exits 2 otherwise. Safe to run
+    /// beside the router it checks for (before a restart or a reload).
+    #[arg(long)]
+    pub check_config: bool,
     /// Enables the admin API with this bearer token (at least 16 bytes; it shows in
     /// `ps`: prefer --admin-token-file).
     #[arg(
@@ -244,6 +251,13 @@ pub struct DemoArgs {
     /// TOML configuration file; the demo's regions apply where it sets none.
     #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Check the configuration and exit, binding nothing and connecting to nothing:
+    /// the flags and variables, the --config file, the TLS certificate and key, the
+    /// admin tokens and each registry's etcd settings and files. Prints a summary and
+    /// exits 0 when valid; prints the first problem and exits 2 otherwise. Safe to run
+    /// beside the router it checks for (before a restart or a reload).
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 pub(super) fn parse_principal(s: &str) -> Result<String, String> {
