@@ -437,7 +437,7 @@ async fn documented_parameter_ranges_are_what_the_server_accepts() {
     let backoff = &spec["components"]["schemas"]["Backoff"]["required"];
     assert_eq!(
         backoff.as_array().unwrap().len(),
-        serde_json::to_value(&defaults.backoff)
+        serde_json::to_value(defaults.backoff)
             .unwrap()
             .as_object()
             .unwrap()
