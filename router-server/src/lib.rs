@@ -116,10 +116,12 @@ pub async fn run_registries(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!registries.is_empty(), "no registry to follow");
     let local = registries.iter().position(|r| r.local).unwrap_or(0);
-    // One tree: background work stops with `shutdown`, and is joined before returning.
-    let background = shutdown.child_token();
     let tasks = TaskTracker::new();
     let state = Arc::new(state::AppState::new(opts.config.clone()));
+    // `shutdown` starts the going-away phase; serving stops after it.
+    let shutdown = going_away(&state, shutdown, &tasks);
+    // One tree: background work stops with `shutdown`, and is joined before returning.
+    let background = shutdown.child_token();
     let followed = follow_registries(&registries, local, &opts, &state, &background, &tasks);
     spawn_pipeline(&state, followed, local, &background, &tasks);
     if let Some(listen) = opts.config.dns.listen {
@@ -134,15 +136,50 @@ pub async fn run_registries(
         state,
         listeners,
         opts.tls.as_ref(),
-        shutdown,
+        shutdown.clone(),
         &tasks,
     )
     .await;
+    // Serving has ended (on shutdown, or an error): everything else stops too.
+    shutdown.cancel();
     let grace = Duration::from_secs(opts.config.http.shutdown_grace_secs);
     join(&background, &tasks, grace).await;
     result?;
     info!("stopped");
     Ok(())
+}
+
+/// The token serving stops on: cancelled `shutdown_readiness_delay_ms` after
+/// `shutdown`, a phase in which `/readyz` answers 503 "going away" while everything
+/// else is served as before, so a load balancer's health check takes this router out
+/// before its listeners close.
+fn going_away(
+    state: &Arc<state::AppState>,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> CancellationToken {
+    let serving = CancellationToken::new();
+    let delay = Duration::from_millis(state.config.http.shutdown_readiness_delay_ms);
+    let (state, stop) = (state.clone(), serving.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            // Stopped another way (an error): nothing to announce.
+            () = stop.cancelled() => return,
+        }
+        state
+            .going_away
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if !delay.is_zero() {
+            info!(
+                delay_ms = delay.as_millis() as u64,
+                "going away: /readyz answers 503; serving until the delay ends"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        stop.cancel();
+    });
+    serving
 }
 
 /// What following the registries hands to the rest of the router.

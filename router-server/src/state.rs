@@ -59,6 +59,9 @@ pub struct AppState {
     /// The alarms each registry's etcd has raised, by registry name (absent: not read
     /// yet or not readable), see [`crate::alarms`].
     pub alarms: std::sync::Mutex<std::collections::BTreeMap<String, Vec<registry::Alarm>>>,
+    /// True from SIGTERM on: `/readyz` answers 503 "going away" while everything else is
+    /// still served, for `shutdown_readiness_delay_ms`.
+    pub going_away: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
             herd_lag_ms: std::sync::atomic::AtomicU64::new(0),
             lagging: std::sync::atomic::AtomicBool::new(false),
             alarms: std::sync::Mutex::new(Default::default()),
+            going_away: std::sync::atomic::AtomicBool::new(false),
             regions,
         }
     }

@@ -138,6 +138,14 @@ fn router_config(config: &str) -> tempfile::NamedTempFile {
     } else {
         "\n[edge]\nherd_budget = 0\n"
     };
+    // A stopping router goes away at once unless the test asks for the readiness delay.
+    let config = if config.contains("shutdown_readiness_delay_ms") {
+        config.to_string()
+    } else if config.contains("[http]") {
+        config.replacen("[http]", "[http]\nshutdown_readiness_delay_ms = 0", 1)
+    } else {
+        format!("{config}\n[http]\nshutdown_readiness_delay_ms = 0\n")
+    };
     std::fs::write(file.path(), format!("{config}{limit}{edge}")).expect("write config");
     file
 }

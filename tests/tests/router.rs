@@ -161,6 +161,52 @@ fn sigterm_finishes_and_exits_zero() {
     );
 }
 
+/// On SIGTERM a router first goes away: `/readyz` answers 503 while new connections
+/// and requests are still served, for `shutdown_readiness_delay_ms`, so a balancer's
+/// health check takes it out before its listeners close; then it exits 0.
+#[test]
+fn sigterm_first_says_going_away_while_still_serving() {
+    let etcd = Etcd::start();
+    etcd.put(&format!("{P}/nodes/gw-a"), &record("gw-a", "r", 0));
+    let mut r = router(&etcd, "[http]\nshutdown_readiness_delay_ms = 3000\n");
+    wait_until(Duration::from_secs(10), "node served", || {
+        harness::http_get(r.addr, "/gateways").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(harness::http_get(r.addr, "/readyz").unwrap().0, 200);
+    r.proc.signal("TERM");
+    let mut going = String::new();
+    wait_until(
+        Duration::from_secs(5),
+        "/readyz says going away",
+        || match harness::http_get(r.addr, "/readyz") {
+            Some((503, body)) => {
+                going = body;
+                true
+            }
+            _ => false,
+        },
+    );
+    assert!(going.contains("going away"), "{going}");
+    // Still serving, on a new connection each time (http_get opens one).
+    let (status, body) = harness::http_get(r.addr, "/gateways").expect("still accepting");
+    assert_eq!(status, 200, "{body}");
+    assert!(r.proc.is_running(), "the delay has not passed");
+    assert!(
+        r.proc.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        r.proc.output()
+    );
+    assert!(
+        r.proc.output().contains("going away"),
+        "{}",
+        r.proc.output()
+    );
+    assert!(
+        harness::http_get(r.addr, "/healthz").is_none(),
+        "stopped accepting"
+    );
+}
+
 #[test]
 fn bad_flags_and_config_exit_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -206,6 +206,10 @@ pub struct HttpConfig {
     pub max_header_bytes: usize,
     /// Origins allowed by CORS (`*` for any); empty disables CORS.
     pub cors_origins: Vec<String>,
+    /// On SIGTERM, how long the router keeps serving everything while `/readyz` answers
+    /// 503 "going away", so a health-checking load balancer stops sending new
+    /// connections before the listeners close.
+    pub shutdown_readiness_delay_ms: u64,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_grace_secs: u64,
     /// On SIGTERM, how long requests arriving on open keep-alive connections are still
@@ -298,6 +302,7 @@ impl Default for HttpConfig {
             max_uri_bytes: 4096,
             max_header_bytes: 16 * 1024,
             cors_origins: Vec::new(),
+            shutdown_readiness_delay_ms: 5000,
             shutdown_grace_secs: 10,
             shutdown_keepalive_ms: 1000,
             first_byte_timeout_ms: 5000,

@@ -34,6 +34,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
+    if api
+        .state
+        .going_away
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "going away: this router is shutting down; send new connections elsewhere",
+        ));
+    }
     match api.state.snapshot.load().as_ref() {
         Some(_) => Ok("ready\n"),
         None => Err(ApiError::new(
