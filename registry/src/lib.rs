@@ -11,7 +11,9 @@
 //!   both stores implement, so everything above it is written once.
 //! * [`memory`]: an in-process store with etcd's lease and watch semantics, for the
 //!   demo and for tests.
-//! * [`etcd`]: the same trait over a real etcd cluster (`etcd-client`).
+//! * [`etcd`]: the same trait over a real etcd cluster (`etcd-client`); with
+//!   [`security`] (TLS and auth) and [`access`], behind the default feature `etcd`, so
+//!   the contract alone builds without protoc.
 //! * [`follow`]: list + watch + resync loop that turns a store into a stream of
 //!   [`follow::NodeView`] snapshots; the router reads those.
 //! * [`follow_map`]: the same loop for any prefix, publishing raw values
@@ -29,12 +31,15 @@
 //! failure (compaction, cancellation, lost connection) ends in a fresh list, so a
 //! follower never keeps a node the store no longer has.
 
+#[cfg(feature = "etcd")]
 pub mod access;
 pub mod backoff;
 pub mod binding;
 pub mod blocklist;
 pub mod build_info;
+#[cfg(feature = "etcd")]
 pub mod cli;
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod follow;
 pub mod follow_map;
@@ -45,6 +50,7 @@ pub mod memory;
 pub mod metrics_text;
 pub mod net;
 pub mod record;
+#[cfg(feature = "etcd")]
 pub mod security;
 
 pub use imbl;
