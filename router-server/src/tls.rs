@@ -28,6 +28,14 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// When the first certificate of a PEM chain (the server's own) expires, in Unix
+/// seconds; `None` when it does not parse.
+pub fn cert_expiry(cert_pem: &[u8]) -> Option<i64> {
+    let der = CertificateDer::pem_slice_iter(cert_pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// A server configuration from PEM text, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, String> {
     install_crypto_provider();
@@ -61,6 +69,11 @@ impl TlsFiles {
         })
     }
 
+    /// When the certificate now in the file expires (see [`cert_expiry`]).
+    pub fn expiry(&self) -> Option<i64> {
+        cert_expiry(&std::fs::read(&self.cert).ok()?)
+    }
+
     /// Loads the files into a server configuration; fails with a message naming them.
     /// The key must not be readable by group or others.
     pub async fn load(&self) -> Result<LiveTlsConfig, String> {
@@ -80,7 +93,14 @@ impl TlsFiles {
     /// certificate in place. New handshakes use it; open connections keep theirs. A
     /// broken renewal (half-written file, mismatched key) is logged and the current
     /// certificate stays.
-    pub async fn watch(self, config: LiveTlsConfig, every: Duration, cancel: CancellationToken) {
+    /// `reloaded` is told the new certificate's expiry (see [`cert_expiry`]).
+    pub async fn watch(
+        self,
+        config: LiveTlsConfig,
+        every: Duration,
+        cancel: CancellationToken,
+        reloaded: impl Fn(Option<i64>) + Send + 'static,
+    ) {
         let mut current = self.read().ok();
         loop {
             tokio::select! {
@@ -98,6 +118,7 @@ impl TlsFiles {
             match self.parse(&files) {
                 Ok(c) => {
                     config.store(Arc::new(c));
+                    reloaded(cert_expiry(&files.0));
                     info!(cert = %self.cert.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {

@@ -34,9 +34,18 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS names or IP literals): (cert PEM, key PEM).
     pub fn leaf(&self, names: &[&str]) -> (String, String) {
-        let params =
+        self.leaf_until(names, None)
+    }
+
+    /// [`TestCa::leaf`], expiring at `not_after` (Unix seconds) when given.
+    pub fn leaf_until(&self, names: &[&str], not_after: Option<i64>) -> (String, String) {
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");
+        if let Some(t) = not_after {
+            params.not_after =
+                (std::time::UNIX_EPOCH + std::time::Duration::from_secs(t as u64)).into();
+        }
         let key = rcgen::KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         (cert.pem(), key.serialize_pem())
@@ -80,7 +89,17 @@ impl TestCa {
     /// Writes a leaf's cert and key to `dir` atomically (write + rename, as certbot
     /// does); returns the two paths.
     pub fn write_leaf(&self, dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
-        let (cert, key) = self.leaf(names);
+        self.write_leaf_until(dir, names, None)
+    }
+
+    /// [`TestCa::write_leaf`], expiring at `not_after` (Unix seconds) when given.
+    pub fn write_leaf_until(
+        &self,
+        dir: &Path,
+        names: &[&str],
+        not_after: Option<i64>,
+    ) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.leaf_until(names, not_after);
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
         for (path, content) in [(&key_path, key), (&cert_path, cert)] {

@@ -63,7 +63,24 @@ async fn https_answers_and_hot_reloads_certificates() {
         ids(&c2, &url).await.is_err(),
         "CA 2 does not vouch for the first certificate"
     );
-    ca2.write_leaf(dir.path(), &["router.test", "127.0.0.1"]);
+    // The renewed certificate expires in 30 days; /metrics follows it.
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 30 * 86_400;
+    let expiry = |r: &RouterProc| {
+        harness::sample(
+            &harness::http_get(r.addr, "/metrics").unwrap().1,
+            "router_tls_cert_expiry_timestamp_seconds",
+        ) as i64
+    };
+    let first = expiry(&r);
+    assert!(
+        first > expires,
+        "rcgen's default validity is far ahead: {first}"
+    );
+    ca2.write_leaf_until(dir.path(), &["router.test", "127.0.0.1"], Some(expires));
     let mut ok = false;
     for _ in 0..200 {
         if ids(&c2, &url).await.is_ok() {
@@ -81,6 +98,7 @@ async fn https_answers_and_hot_reloads_certificates() {
     let fresh_c1 = client(&ca1, https);
     assert!(ids(&fresh_c1, &url).await.is_err());
     assert!(r.proc.output().contains("TLS certificate reloaded"));
+    assert_eq!(expiry(&r), expires, "the metric follows the renewal");
 
     // A broken renewal keeps the current certificate.
     std::fs::write(&cert, "not a certificate").unwrap();

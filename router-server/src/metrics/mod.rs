@@ -73,6 +73,8 @@ pub struct Metrics {
     pub admin_throttled: Counter,
     /// Live routers sharing the registry (herd counts are scaled by it).
     pub routers_live: Gauge,
+    /// When the served TLS certificate expires (Unix seconds); 0 without TLS.
+    pub tls_cert_expiry: Gauge,
     /// Snapshots built since start.
     pub snapshot_builds: Counter,
     /// Seconds spent building snapshots (judging, building, publishing) since start.
@@ -131,6 +133,7 @@ impl Default for Metrics {
             admin_actions: Family::default(),
             admin_throttled: Counter::default(),
             routers_live: Gauge::default(),
+            tls_cert_expiry: Gauge::default(),
             snapshot_builds: Counter::default(),
             snapshot_build_seconds: Counter::default(),
             connections_open: Gauge::default(),

@@ -192,6 +192,11 @@ impl Metrics {
             "Client connections the server closed or refused, by reason",
             self.connections_closed.clone(),
         );
+        registry.register(
+            "tls_cert_expiry_timestamp_seconds",
+            "When the TLS certificate served on --listen expires (Unix time; 0 without TLS); follows renewals",
+            self.tls_cert_expiry.clone(),
+        );
     }
 
     /// Per registry (data centre): its watch, nodes, demotion, lag and etcd alarms.
