@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use registry::now_ms;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::AgentHandle;
 use crate::health::{HealthProbe, Hysteresis};
@@ -20,6 +20,7 @@ pub(super) async fn sample_load(
     http: reqwest::Client,
     cancel: CancellationToken,
 ) {
+    let mut told_slow = false;
     let mut last_error: Option<String> = None;
     // `tcp-port:` counts through netlink sock_diag where the kernel allows it (the
     // kernel filters by port); `/proc/net/tcp` is read only where netlink is refused.
@@ -80,12 +81,19 @@ pub(super) async fn sample_load(
         };
         if matches!(source, LoadSource::TcpPort(_)) {
             let next = every.max(spent * SAMPLE_DUTY);
+            // Said once at info: a busy host crosses the threshold back and forth.
             if next > every && wait == every {
-                info!(
-                    sample_ms = spent.as_millis() as u64,
-                    interval_ms = next.as_millis() as u64,
-                    "counting sockets is slow at this size; sampling less often to stay under 1 % of a core"
-                );
+                let (sample_ms, interval_ms) = (spent.as_millis() as u64, next.as_millis() as u64);
+                if told_slow {
+                    debug!(sample_ms, interval_ms, "sampling less often again");
+                } else {
+                    told_slow = true;
+                    info!(
+                        sample_ms,
+                        interval_ms,
+                        "counting sockets is slow at this size; sampling less often to stay under 1 % of a core"
+                    );
+                }
             }
             wait = next;
         }
