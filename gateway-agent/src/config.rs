@@ -71,8 +71,9 @@ pub struct Cli {
           value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Connection count source: static:N | file:PATH | tcp-port:PORT | http-json:URL#/pointer.
-    #[arg(long, env = "AGENT_LOAD", default_value = "static:0")]
-    pub load: LoadSource,
+    /// Without it the node reports 0 connections (static:0), and says so at start.
+    #[arg(long, env = "AGENT_LOAD")]
+    pub load: Option<LoadSource>,
     /// Health probe: tcp:HOST:PORT | http:URL.
     #[arg(long, env = "AGENT_HEALTH")]
     pub health: Option<HealthProbe>,
@@ -228,7 +229,14 @@ impl Cli {
                 "--report-max-interval-secs is shorter than --report-min-interval-ms".into(),
             );
         }
-        config.load = Some(self.load);
+        config.load = Some(self.load.unwrap_or_else(|| {
+            tracing::warn!(
+                "no --load (AGENT_LOAD): this node reports 0 connections whatever its gateway \
+                 holds, so routers fill it first and drain --wait returns at once; give \
+                 tcp-port:PORT, file:PATH or http-json:URL#/pointer"
+            );
+            LoadSource::Static(0)
+        }));
         config.sample_interval = Duration::from_millis(self.sample_interval_ms);
         config.leave_grace = Duration::from_millis(self.leave_grace_ms);
         config.state_file = self.state_file;

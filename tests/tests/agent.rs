@@ -74,6 +74,25 @@ fn record_appears_valid_and_etcdctl_shows_it() {
     );
 }
 
+/// An agent given no load source reports 0 connections, and says so at start; one
+/// given `static:0` on purpose is not warned.
+#[test]
+fn an_agent_without_a_load_source_says_so() {
+    let etcd = Etcd::start();
+    let bare = agent(&etcd, "gw-bare", &[]);
+    let on_purpose = agent(&etcd, "gw-zero", &["--load", "static:0"]);
+    for id in ["gw-bare", "gw-zero"] {
+        let rec = wait_record(&etcd, id, "record", Duration::from_secs(10), |_| true);
+        assert_eq!(rec["connections"], 0, "{rec}");
+    }
+    bare.wait_for_output("no --load (AGENT_LOAD)", Duration::from_secs(5));
+    assert!(
+        !on_purpose.output().contains("no --load"),
+        "{}",
+        on_purpose.output()
+    );
+}
+
 #[test]
 fn file_source_changes_show_within_one_second() {
     let etcd = Etcd::start();
