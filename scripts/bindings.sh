@@ -2,7 +2,7 @@
 # Builds the SDK's native library (bindings/, uniffi) and generates its Kotlin, Swift
 # and Python sources beside it.
 #
-#   scripts/bindings.sh                         # debug build into target/bindings
+#   scripts/bindings.sh                         # debug build into target/bindings (CARGO_TARGET_DIR honoured)
 #   scripts/bindings.sh --release               # what apps ship: the `sdk` profile
 #                                               #   (size-optimised, LTO, stripped) and
 #                                               #   its size against the 3 MB goal
@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=debug
-out=target/bindings
+# Cargo's target directory, wherever CARGO_TARGET_DIR puts it.
+target=${CARGO_TARGET_DIR:-target}
+out=$target/bindings
 languages=kotlin,python,swift
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,7 +47,7 @@ CARGO_PROFILE_SDK_STRIP=false cargo build --quiet "${flags[@]}" "${lib_features[
 mkdir -p "$out"
 # A copy: a concurrent build may replace target/'s file while it is read.
 # (The generator reads the library's metadata; it is built once, in debug.)
-cp "target/$profile/libgateway_sdk.so" "$out/libgateway_sdk.so"
+cp "$target/$profile/libgateway_sdk.so" "$out/libgateway_sdk.so"
 lang_flags=()
 IFS=, read -ra langs <<<"$languages"
 for l in "${langs[@]}"; do lang_flags+=(-l "$l"); done
