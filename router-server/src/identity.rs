@@ -38,6 +38,14 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     peer
 }
 
+/// True when the request carries X-Forwarded-For from a peer that is not one of the
+/// `trusted` proxies. The header is then ignored (anyone can write it); many such
+/// requests from one peer mean a load balancer that `trusted_proxies` does not list,
+/// so that every client behind it counts as the balancer.
+pub fn forwarded_untrusted(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
+    headers.contains_key("x-forwarded-for") && !is_trusted(trusted, peer)
+}
+
 /// The client-region table: `[regions] cidrs` as a prefix trie (longest prefix wins),
 /// so a lookup costs the same for a geo-IP table of 100,000 networks as for one.
 pub struct RegionTable {

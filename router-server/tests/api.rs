@@ -346,6 +346,23 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     );
 }
 
+/// A balancer missing from `trusted_proxies` is counted: requests with X-Forwarded-For
+/// from a peer it does not list, never those from a listed one or without the header.
+#[tokio::test]
+async fn forwarded_for_from_an_unlisted_peer_is_counted() {
+    let cfg = FileConfig::parse("trusted_proxies = [\"10.0.0.0/8\"]").unwrap();
+    let counted = |state: &AppState| state.metrics.forwarded_untrusted.get();
+    let (app, state) = app_with(cfg.clone(), Some(fleet()), "198.51.100.1:1");
+    for _ in 0..3 {
+        get_with(&app, forwarded("203.0.113.9")).await;
+    }
+    get(&app, "/gateways").await;
+    assert_eq!(counted(&state), 3);
+    let (app, state) = app_with(cfg, Some(fleet()), "10.0.0.1:1");
+    get_with(&app, forwarded("203.0.113.9")).await;
+    assert_eq!(counted(&state), 0, "a listed balancer");
+}
+
 #[tokio::test]
 async fn ipv4_clients_of_a_dual_stack_listener_are_ipv4() {
     let cfg = FileConfig::parse(

@@ -65,11 +65,9 @@ fn bad_request(code: ErrorCode, msg: impl Into<String>) -> ApiError {
 /// The client: its address (the peer, or the address a trusted proxy forwarded), let
 /// through by the guard (block list, request budget) before any other work.
 fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pass), ApiError> {
-    let ip = client_ip(
-        peer.ip().to_canonical(),
-        headers,
-        &dns.state().config.trusted_proxies,
-    );
+    let peer_ip = peer.ip().to_canonical();
+    let ip = client_ip(peer_ip, headers, &dns.state().config.trusted_proxies);
+    super::forwarded::note(dns.state(), peer_ip, headers);
     let pass = dns.state().guard.check(ip).map_err(ApiError::refused)?;
     Ok((ip, pass))
 }

@@ -161,7 +161,9 @@ fn gateways(
     let cfg = &api.state.config;
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
-    let ip = client_ip(peer.ip().to_canonical(), headers, &cfg.trusted_proxies);
+    let peer_ip = peer.ip().to_canonical();
+    let ip = client_ip(peer_ip, headers, &cfg.trusted_proxies);
+    super::forwarded::note(&api.state, peer_ip, headers);
     let guard = &api.state.guard;
     let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;

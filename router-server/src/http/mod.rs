@@ -14,6 +14,7 @@
 pub mod dns;
 pub mod error;
 pub mod fleet;
+mod forwarded;
 pub mod gateways;
 pub mod params;
 mod raw_errors;

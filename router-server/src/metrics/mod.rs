@@ -67,6 +67,8 @@ pub struct Metrics {
     /// Answers not counted in the herd accounting because their client network had
     /// used its share of the window (`edge.herd_budget`).
     pub herd_uncounted: Counter,
+    /// Requests carrying X-Forwarded-For from a peer `trusted_proxies` does not list.
+    pub forwarded_untrusted: Counter,
     /// Admin actions by outcome.
     pub admin_actions: Family<RequestLabels, Counter>,
     /// Admin requests refused (429) because their network failed the token too often.
@@ -130,6 +132,7 @@ impl Default for Metrics {
             auto_blocks: Counter::default(),
             blocklist_entries: Gauge::default(),
             herd_uncounted: Counter::default(),
+            forwarded_untrusted: Counter::default(),
             admin_actions: Family::default(),
             admin_throttled: Counter::default(),
             routers_live: Gauge::default(),

@@ -140,6 +140,11 @@ impl Metrics {
             "Answers left out of the herd accounting: their client network had used its share",
             self.herd_uncounted.clone(),
         );
+        registry.register(
+            "forwarded_untrusted",
+            "Requests with X-Forwarded-For from a peer trusted_proxies does not list (the header is ignored): a load balancer missing from trusted_proxies, or a client forging it",
+            self.forwarded_untrusted.clone(),
+        );
     }
 
     /// The admin API.
