@@ -69,7 +69,11 @@ fn row(id: &str) -> String {
 }
 
 fn screenshot_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ops-page.png")
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    std::fs::create_dir_all(&target).unwrap();
+    target.join("ops-page.png")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
