@@ -20,7 +20,7 @@ use registry::{Kv, KvError, Layout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::AppState;
+use crate::state::{AppState, Peer};
 
 /// Lease of a router's key: a router that dies stops counting after this long.
 const TTL: Duration = Duration::from_secs(10);
@@ -56,17 +56,55 @@ pub fn router_id() -> String {
     )
 }
 
+/// What another router's registration says of it, as far as it can be believed: any
+/// router (or whoever holds its role) writes its own, so strings are bounded and a
+/// value that does not parse says nothing.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Registration {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    commit: String,
+    #[serde(default)]
+    public_addrs: Vec<std::net::IpAddr>,
+}
+
+/// The longest id, version or commit shown from a registration.
+const MAX_SHOWN: usize = 64;
+
+/// `s` when it is short and printable, else `"?"`.
+fn shown(s: &str) -> String {
+    if s.is_empty() || s.len() > MAX_SHOWN || s.chars().any(|c| c.is_control()) {
+        "?".into()
+    } else {
+        s.into()
+    }
+}
+
+fn parse_registration(value: &[u8]) -> Registration {
+    serde_json::from_slice(value).unwrap_or_default()
+}
+
 /// The `public_addrs` of a router's registration; none when the value is not one
 /// (written by an older router, or by someone else).
 pub fn public_addrs(value: &[u8]) -> Vec<std::net::IpAddr> {
-    #[derive(serde::Deserialize)]
-    struct Registration {
-        #[serde(default)]
-        public_addrs: Vec<std::net::IpAddr>,
+    parse_registration(value).public_addrs
+}
+
+/// The [`Peer`] a registration value describes.
+pub fn peer(value: &[u8]) -> Peer {
+    let r = parse_registration(value);
+    let version = if r.version.is_empty() {
+        "?".to_string()
+    } else {
+        format!("{} ({})", shown(&r.version), shown(&r.commit))
+    };
+    Peer {
+        id: shown(&r.id),
+        version,
     }
-    serde_json::from_slice::<Registration>(value)
-        .map(|r| r.public_addrs)
-        .unwrap_or_default()
 }
 
 /// Where one registry's router count goes: `counts[index]`. A router following several
@@ -89,7 +127,14 @@ fn registration(
     public_addrs: &[std::net::IpAddr],
     beat: u64,
 ) -> Vec<u8> {
-    let mut value = serde_json::json!({"id": id, "started_ms": started_ms, "beat": beat});
+    let build = registry::build_info!();
+    let mut value = serde_json::json!({
+        "id": id,
+        "started_ms": started_ms,
+        "beat": beat,
+        "version": build.version,
+        "commit": build.commit,
+    });
     if !public_addrs.is_empty() {
         value["public_addrs"] = serde_json::json!(public_addrs);
     }
@@ -137,18 +182,26 @@ pub async fn run(
                 .iter()
                 .flat_map(|kv| public_addrs(&kv.value))
                 .collect();
-            Ok::<_, KvError>((listed.len().max(1) as u64, addrs))
+            let peers: Vec<Peer> = listed.iter().map(|kv| peer(&kv.value)).collect();
+            Ok::<_, KvError>((listed.len().max(1) as u64, addrs, peers))
         };
         let wait = tokio::select! {
             _ = cancel.cancelled() => break,
             r = result => match r {
-                Ok((live, addrs)) => {
+                Ok((live, addrs, peers)) => {
                     {
                         let mut all = state.router_addrs.lock().expect("router_addrs lock");
                         if all.len() <= slot.index {
                             all.resize(slot.index + 1, Vec::new());
                         }
                         all[slot.index] = addrs;
+                    }
+                    {
+                        let mut all = state.router_peers.lock().expect("router_peers lock");
+                        if all.len() <= slot.index {
+                            all.resize(slot.index + 1, Vec::new());
+                        }
+                        all[slot.index] = peers;
                     }
                     if failing {
                         info!("router count readable again");

@@ -15,6 +15,15 @@ use crate::metrics::Metrics;
 use crate::schedule::Snapshot;
 use serde::Serialize;
 
+/// A live router as its registration describes it, for the fleet page.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Peer {
+    /// Its id (`?` when the registration does not say).
+    pub id: String,
+    /// Its version and commit, `VERSION (COMMIT)` (`?` for a router too old to say).
+    pub version: String,
+}
+
 /// What every handler shares.
 pub struct AppState {
     /// The served snapshot; `None` until the first full load. In an `Arc` so that
@@ -46,6 +55,8 @@ pub struct AppState {
     /// Per registry followed, the public addresses its live routers publish
     /// (`--public-addr`), for the routers' own domain in DNS and HTTPDNS.
     pub router_addrs: std::sync::Mutex<Vec<Vec<std::net::IpAddr>>>,
+    /// Per registry followed, its live routers' ids and versions (for the fleet page).
+    pub router_peers: std::sync::Mutex<Vec<Vec<Peer>>>,
     /// Each registry's lag behind etcd, in the order they are configured (set once
     /// the registries are known; see [`crate::lag`]).
     pub lags: std::sync::OnceLock<Vec<Arc<crate::lag::Lag>>>,
@@ -89,6 +100,7 @@ impl AppState {
             protecting: std::sync::atomic::AtomicBool::new(false),
             registries: std::sync::Mutex::new(Vec::new()),
             router_addrs: std::sync::Mutex::new(Vec::new()),
+            router_peers: std::sync::Mutex::new(Vec::new()),
             lags: std::sync::OnceLock::new(),
             herd_lag_ms: std::sync::atomic::AtomicU64::new(0),
             lagging: std::sync::atomic::AtomicBool::new(false),

@@ -207,6 +207,50 @@ fn sigterm_first_says_going_away_while_still_serving() {
     );
 }
 
+/// Each router publishes its version in its registration, and the fleet page lists
+/// every live router with its version (an upgrade in progress shows as two). What a
+/// registration says is bounded: a control character is shown as `?`.
+#[test]
+fn the_fleet_page_lists_each_router_with_its_version() {
+    let etcd = Etcd::start();
+    let r1 = RouterProc::start(&etcd, "", &["--router-id", "r1"]);
+    let _r2 = RouterProc::start(&etcd, "", &["--router-id", "r2"]);
+    etcd.put(
+        &format!("{P}/routers/odd"),
+        r#"{"id": "odd\u001b[2J", "version": "9.9.9", "commit": "c"}"#,
+    );
+    let (_, out) = run("router-server", &["--version"], Duration::from_secs(10));
+    // `router-server 0.1.0 (commit 1a2b3c4, built DATE)`
+    let rest = out.trim().strip_prefix("router-server ").expect(&out);
+    let (version, rest) = rest.split_once(" (commit ").expect(&out);
+    let commit = rest.split(',').next().unwrap();
+    let ours = format!("{version} ({commit})");
+    let mut routers = Value::Null;
+    wait_until(Duration::from_secs(10), "three routers listed", || {
+        routers = get_json(r1.addr, "/ops/fleet.json").unwrap().1["router"]["routers"].clone();
+        routers.as_array().is_some_and(|a| a.len() == 3)
+    });
+    let listed: Vec<(String, String)> = routers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("?".to_string(), "9.9.9 (c)".to_string()),
+            ("r1".to_string(), ours.clone()),
+            ("r2".to_string(), ours),
+        ]
+    );
+}
+
 #[test]
 fn bad_flags_and_config_exit_2_with_one_line() {
     let dir = tempfile::tempdir().unwrap();

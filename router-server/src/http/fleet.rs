@@ -118,6 +118,8 @@ pub struct RouterStatus {
     pub protect_active: bool,
     /// Live routers sharing the registry.
     pub routers_live: u64,
+    /// The live routers of every registry followed, with their versions, by id.
+    pub routers: Vec<crate::state::Peer>,
     /// Nodes at or above this projected load get no clients.
     pub max_load: f64,
     /// Answers are marked stale while the router's own registry's lag passes this, ms.
@@ -259,6 +261,13 @@ fn router_status(api: &Api, admin: bool, snap: Option<&crate::schedule::Snapshot
         snapshot_age_secs,
         protect_active: state.protecting.load(Ordering::Relaxed),
         routers_live: state.routers.load(Ordering::Relaxed),
+        routers: {
+            let all = state.router_peers.lock().expect("router_peers lock");
+            let mut peers: Vec<_> = all.iter().flatten().cloned().collect();
+            peers.sort();
+            peers.dedup();
+            peers
+        },
         max_load,
         max_lag_ms: state.config.max_lag_ms,
         admin,

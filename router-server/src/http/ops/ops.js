@@ -66,6 +66,7 @@ function renderRouter(f) {
     ["snapshot age", r.snapshot_age_secs === null ? "-" : r.snapshot_age_secs.toFixed(1) + "s"],
     ["protect", r.protect_active ? "ALARM: holding departed nodes" : "ok", r.protect_active],
     ["routers", r.routers_live],
+    ["versions", versions(r.routers), new Set(r.routers.map(p => p.version)).size > 1],
     ["/gateways", rates.ok.toFixed(1) + "/s"],
     ["429", rates.r429.toFixed(1) + "/s", rates.r429 > 0],
     ["503 no_gateways", rates.r503.toFixed(1) + "/s", rates.r503 > 0],
@@ -282,3 +283,11 @@ document.getElementById("token-clear").addEventListener("click", () => {
 
 poll();
 setInterval(poll, POLL_MS);
+
+// "0.1.0 (1a2b3c4) x3": how many live routers run each version (two or more: an
+// upgrade in progress, shown as an alarm so it is not forgotten half-way).
+function versions(routers) {
+  const count = new Map();
+  for (const p of routers) count.set(p.version, (count.get(p.version) || 0) + 1);
+  return [...count].map(([v, n]) => v + " \u00d7" + n).join(", ") || "-";
+}
