@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use registry::Proto;
 use serde::{Deserialize, Serialize};
 
+use super::error::ConfigError;
+
 /// `[dns]`: the gateway zone, served over UDP and TCP on `listen`, and over HTTPS
 /// (`/dns-query`, `/resolve`) on the router's own listeners once `zone` is set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,8 +138,8 @@ impl DnsConfig {
     }
 
     /// Every rule, with a message naming the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let err = |key: &str, msg: String| Err(format!("config: dns.{key}: {msg}"));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::invalid(format!("dns.{key}"), msg));
         if self.zone.is_empty() {
             if self.listen.is_some() {
                 return err("listen", "needs dns.zone".into());
@@ -202,21 +204,27 @@ impl DnsConfig {
 
 impl HttpDnsConfig {
     /// Every rule, with a message naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.router_domain.is_empty() {
             parse_domain(&self.router_domain)
-                .map_err(|e| format!("config: httpdns.router_domain: {e}"))?;
+                .map_err(|e| ConfigError::invalid("httpdns.router_domain", e))?;
         }
         if self.signed_only && self.secret.as_deref().is_none_or(str::is_empty) {
-            return Err("config: httpdns.signed_only: needs httpdns.secret".into());
+            return Err(ConfigError::invalid(
+                "httpdns.signed_only",
+                "needs httpdns.secret",
+            ));
         }
         if self.sign_max_ahead_secs == 0 {
-            return Err("config: httpdns.sign_max_ahead_secs: must be at least 1".into());
+            return Err(ConfigError::invalid(
+                "httpdns.sign_max_ahead_secs",
+                "must be at least 1",
+            ));
         }
         if !(1..=86_400).contains(&self.router_ttl) {
-            return Err(format!(
-                "config: httpdns.router_ttl: {} is not 1-86400",
-                self.router_ttl
+            return Err(ConfigError::invalid(
+                "httpdns.router_ttl",
+                format!("{} is not 1-86400", self.router_ttl),
             ));
         }
         Ok(())
@@ -299,13 +307,18 @@ mod tests {
             ),
         ];
         for (cfg, key) in cases {
-            let e = cfg.validate().unwrap_err();
-            assert!(e.contains(key), "{e} does not name {key}");
+            match cfg.validate().unwrap_err() {
+                ConfigError::Invalid { key: named, .. } => assert_eq!(named, key),
+                other => panic!("{other} does not name {key}"),
+            }
         }
         let h = HttpDnsConfig {
             signed_only: true,
             ..HttpDnsConfig::default()
         };
-        assert!(h.validate().unwrap_err().contains("httpdns.signed_only"));
+        assert_eq!(
+            h.validate().unwrap_err(),
+            ConfigError::invalid("httpdns.signed_only", "needs httpdns.secret")
+        );
     }
 }

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::dns;
+use super::error::ConfigError;
 
 /// The TOML file. Every key is optional; see `docs/config.md` for each default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,24 +329,29 @@ impl Default for TlsConfig {
 
 impl FileConfig {
     /// Reads and validates a TOML file.
-    pub fn load(path: &std::path::Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("config: cannot read {}: {e}", path.display()))?;
-        FileConfig::parse(&text).map_err(|e| format!("{} ({})", e, path.display()))
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        FileConfig::parse(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            error: Box::new(e),
+        })
     }
 
     /// Parses and validates TOML text.
-    pub fn parse(text: &str) -> Result<FileConfig, String> {
+    pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         let cfg: FileConfig = toml::from_str(text).map_err(|e| {
-            let msg = e.message().trim().replace('\n', " ");
+            let reason = e.message().trim().replace('\n', " ");
             // Name the line, so a wrong type points at its key.
             match e.span() {
                 Some(span) => {
-                    let line_no = text[..span.start].matches('\n').count() + 1;
-                    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-                    format!("config: line {line_no} `{line}`: {msg}")
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    let text = text.lines().nth(line - 1).unwrap_or("").trim().to_string();
+                    ConfigError::Syntax { line, text, reason }
                 }
-                None => format!("config: {msg}"),
+                None => ConfigError::Unparsed { reason },
             }
         })?;
         cfg.validate()?;

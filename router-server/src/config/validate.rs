@@ -4,6 +4,7 @@
 use ipnet::IpNet;
 
 use super::args::{parse_etcd, parse_prefix};
+use super::error::ConfigError;
 use super::file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,
@@ -13,17 +14,17 @@ use super::file::{
 /// the bound `[dns] count` is checked against, and selection's ([`crate::schedule::MAX_COUNT`]).
 pub const MAX_CANDIDATES: usize = 64;
 
-fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<(), String> {
+fn check(ok: bool, key: &str, msg: impl FnOnce() -> String) -> Result<(), ConfigError> {
     if ok {
         Ok(())
     } else {
-        Err(format!("config: {key}: {}", msg()))
+        Err(ConfigError::invalid(key, msg()))
     }
 }
 
 impl FileConfig {
     /// Every rule a value must follow, with a message naming the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.dns.validate()?;
         self.httpdns.validate()?;
         validate_protection(self)?;
@@ -41,7 +42,7 @@ impl FileConfig {
 
 /// The top-level keys that guard answers against a bad update or a stale view:
 /// `max_load`, `protect_*`, `registry_stale_secs`, `max_lag_ms`.
-fn validate_protection(cfg: &FileConfig) -> Result<(), String> {
+fn validate_protection(cfg: &FileConfig) -> Result<(), ConfigError> {
     check(
         cfg.max_load > 0.0 && cfg.max_load <= 1.0,
         "max_load",
@@ -68,7 +69,7 @@ fn validate_protection(cfg: &FileConfig) -> Result<(), String> {
 
 /// `[[registries]]`: names unique and well-formed, endpoints and prefixes that parse,
 /// at most one local.
-fn validate_registries(registries: &[RegistryConfig]) -> Result<(), String> {
+fn validate_registries(registries: &[RegistryConfig]) -> Result<(), ConfigError> {
     let mut names = std::collections::HashSet::new();
     for r in registries {
         check(
@@ -102,7 +103,7 @@ fn validate_registries(registries: &[RegistryConfig]) -> Result<(), String> {
 
 /// The top-level timings: the herd window, the snapshot interval, and what clients are
 /// told (`ttl_secs`, `heartbeat_secs`).
-fn validate_timing(cfg: &FileConfig) -> Result<(), String> {
+fn validate_timing(cfg: &FileConfig) -> Result<(), ConfigError> {
     check(
         (1..=15).contains(&cfg.herd_window_secs),
         "herd_window_secs",
@@ -122,7 +123,7 @@ fn validate_timing(cfg: &FileConfig) -> Result<(), String> {
 }
 
 /// `[backoff]`.
-fn validate_backoff(b: &BackoffConfig) -> Result<(), String> {
+fn validate_backoff(b: &BackoffConfig) -> Result<(), ConfigError> {
     check(b.base_ms >= 1, "backoff.base_ms", || {
         "must be at least 1".into()
     })?;
@@ -140,7 +141,7 @@ fn validate_backoff(b: &BackoffConfig) -> Result<(), String> {
 }
 
 /// `[regions]` (its networks' spelling: [`validate_networks`]).
-fn validate_regions(regions: &RegionsConfig) -> Result<(), String> {
+fn validate_regions(regions: &RegionsConfig) -> Result<(), ConfigError> {
     for (net, region) in &regions.cidrs {
         check(!region.trim().is_empty(), "regions.cidrs", || {
             format!("{net} maps to an empty region")
@@ -155,7 +156,7 @@ fn validate_regions(regions: &RegionsConfig) -> Result<(), String> {
 }
 
 /// `[rate_limit]`.
-fn validate_rate_limit(r: &RateLimitConfig) -> Result<(), String> {
+fn validate_rate_limit(r: &RateLimitConfig) -> Result<(), ConfigError> {
     check(
         r.per_ip_per_sec == 0 || r.burst >= 1,
         "rate_limit.burst",
@@ -175,7 +176,7 @@ fn validate_rate_limit(r: &RateLimitConfig) -> Result<(), String> {
 
 /// `[edge]`: network sizes, automatic blocks, and the static block list (each entry as
 /// the dynamic list would take it; `allow`'s spelling: [`validate_networks`]).
-fn validate_edge(e: &EdgeConfig) -> Result<(), String> {
+fn validate_edge(e: &EdgeConfig) -> Result<(), ConfigError> {
     check(e.network_prefix_v4 <= 32, "edge.network_prefix_v4", || {
         format!("{} is not 0-32", e.network_prefix_v4)
     })?;
@@ -197,14 +198,14 @@ fn validate_edge(e: &EdgeConfig) -> Result<(), String> {
         };
         entry
             .validate()
-            .map_err(|err| format!("config: edge.block: {err}"))?;
+            .map_err(|err| ConfigError::invalid("edge.block", err.to_string()))?;
     }
     Ok(())
 }
 
 /// Every list of networks, whatever its section, in canonical form (an IPv4-mapped
 /// network is refused, naming its IPv4 spelling).
-fn validate_networks(cfg: &FileConfig) -> Result<(), String> {
+fn validate_networks(cfg: &FileConfig) -> Result<(), ConfigError> {
     let lists: [(&str, Vec<&IpNet>); 4] = [
         ("trusted_proxies", cfg.trusted_proxies.iter().collect()),
         ("regions.cidrs", cfg.regions.cidrs.keys().collect()),
@@ -216,7 +217,7 @@ fn validate_networks(cfg: &FileConfig) -> Result<(), String> {
     ];
     for (key, nets) in lists {
         for net in nets {
-            registry::net::check_canonical(net).map_err(|err| format!("config: {key}: {err}"))?;
+            registry::net::check_canonical(net).map_err(|err| ConfigError::invalid(key, err))?;
         }
     }
     Ok(())
@@ -224,7 +225,7 @@ fn validate_networks(cfg: &FileConfig) -> Result<(), String> {
 
 /// `[http]`: timeouts, request sizes, CORS origins (`connection_cap_exempt`'s spelling:
 /// [`validate_networks`]).
-fn validate_http(h: &HttpConfig) -> Result<(), String> {
+fn validate_http(h: &HttpConfig) -> Result<(), ConfigError> {
     check(
         h.request_timeout_ms >= 10,
         "http.request_timeout_ms",
@@ -265,7 +266,7 @@ fn validate_http(h: &HttpConfig) -> Result<(), String> {
 }
 
 /// `[tls]`.
-fn validate_tls(t: &TlsConfig) -> Result<(), String> {
+fn validate_tls(t: &TlsConfig) -> Result<(), ConfigError> {
     check(t.reload_check_ms >= 10, "tls.reload_check_ms", || {
         "must be at least 10".into()
     })
@@ -317,7 +318,7 @@ mod tests {
             ("max_load = \"high\"", "max_load"),
             ("require_bindings = \"yes\"", "require_bindings"),
         ] {
-            let e = FileConfig::parse(text).expect_err(text);
+            let e = FileConfig::parse(text).expect_err(text).to_string();
             assert!(e.contains(key), "{text}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
