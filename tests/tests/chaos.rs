@@ -10,7 +10,8 @@
 //! Invariants, with the faults in force named when one breaks:
 //! * **no client stranded**: every round, one of the routers answers 200 with gateways;
 //! * **no answer names a node that is gone**: killed or frozen longer than its TTL plus
-//!   [`GONE_BOUND`], or drained longer than [`DRAIN_BOUND`];
+//!   [`GONE_BOUND`], or draining (its record says so) longer than [`DRAIN_BOUND`]; and
+//!   an agent applies a drain within [`APPLY_BOUND`];
 //! * **no live node lost**: a node serving undisturbed for [`SETTLE`] is in the answers
 //!   again within [`SETTLE`];
 //! * **bounded**: each router's memory and open files at the end.
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, get_json, router_ctl, Etcd, Proc, RouterProc};
+use harness::{free_port, get_json, router_ctl, Etcd, Proc, RouterProc, P};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -35,8 +36,10 @@ const TTL: Duration = Duration::from_secs(3);
 /// How long after its lease ends a gone node may still be answered: the lease's expiry
 /// reaching the routers' watch, and a watch that was failing over meanwhile.
 const GONE_BOUND: Duration = Duration::from_secs(4);
-/// How long after `ctl drain` returns a drained node may still be answered.
-const DRAIN_BOUND: Duration = Duration::from_secs(5);
+/// How long after its record says draining a drained node may still be answered.
+const DRAIN_BOUND: Duration = Duration::from_secs(2);
+/// How long an agent may take to apply a drain (command to record).
+const APPLY_BOUND: Duration = Duration::from_secs(10);
 /// A node undisturbed this long must be answered again within this long.
 const SETTLE: Duration = Duration::from_secs(8);
 const STEP: Duration = Duration::from_secs(3);
@@ -328,6 +331,20 @@ fn apply(
         Fault::Drain(k) => {
             let (code, out) = router_ctl(etcd, &["drain", &node_id(k)]);
             assert_eq!(code, 0, "ctl drain: {out}");
+            // The bound runs from when the node's record says draining: what the
+            // routers follow (the agent applies the command first, on its own time).
+            let key = format!("{P}/nodes/{}", node_id(k));
+            let deadline = Instant::now() + APPLY_BOUND;
+            while !etcd.get(&key).is_some_and(|v| v.contains("\"draining\"")) {
+                if Instant::now() > deadline {
+                    world.violation(format!(
+                        "{} not draining {APPLY_BOUND:?} after ctl drain",
+                        node_id(k)
+                    ));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             world.nodes.lock().unwrap()[k] = NodeState::Drained(Instant::now());
         }
     }
