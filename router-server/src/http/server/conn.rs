@@ -1,0 +1,174 @@
+//! Serving one connection: the first byte, TLS, then HTTP under one timer for the
+//! head, idle and stall deadlines, until it closes, is shed or the server shuts down.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::deadlines::Progress;
+use super::service::ConnService;
+use super::table::{Phase, Slot};
+use super::Ctx;
+use crate::config::HttpConfig;
+use crate::http::raw_errors::ErrorBodies;
+
+/// How long a connection asked to close may linger with nothing in flight.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// The HTTP/1 and HTTP/2 protocol settings: head size and timeout for HTTP/1; streams,
+/// header-list size, reset-flood and keep-alive limits for HTTP/2.
+pub(super) fn protocol_builder(h: &HttpConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(h.max_header_bytes.max(8192))
+        .header_read_timeout(Duration::from_millis(h.request_timeout_ms));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h.h2_max_concurrent_streams)
+        .max_header_list_size(h.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(Some(50))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    b
+}
+
+/// One connection: first byte, TLS, then HTTP until it closes, idles out, is shed or
+/// the server shuts down.
+pub(super) async fn connection(stream: TcpStream, peer: SocketAddr, slot: &Arc<Slot>, ctx: &Ctx) {
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        r = tokio::time::timeout(ctx.limits.first_byte, stream.peek(&mut probe)) => match r {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_) => return ctx.count_close("first_byte_timeout"),
+        },
+        _ = slot.close.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return,
+    }
+    ctx.table.set_phase(slot, Phase::Idle);
+    match &ctx.tls {
+        None => http(stream, peer, slot, ctx).await,
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+            let handshake = tokio::time::timeout(ctx.limits.tls_handshake, acceptor.accept(stream));
+            let stream = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return ctx.count_close("tls_handshake_timeout"),
+                },
+                _ = slot.close.cancelled() => return,
+                _ = ctx.cut.cancelled() => return,
+            };
+            http(stream, peer, slot, ctx).await
+        }
+    }
+}
+
+async fn http<I>(io: I, peer: SocketAddr, slot: &Arc<Slot>, ctx: &Ctx)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = ConnService {
+        app: ctx.app.clone(),
+        draining: ctx.draining.clone(),
+        peer,
+        slot: slot.clone(),
+        table: ctx.table.clone(),
+        body_timeout: ctx.limits.body,
+        body_timeouts: ctx.body_timeouts.clone(),
+    };
+    let io = Progress {
+        inner: io,
+        slot: slot.clone(),
+        epoch: ctx.table.epoch,
+    };
+    let conn = ctx.builder.serve_connection(
+        TokioIo::new(ErrorBodies::new(io)),
+        hyper::service::service_fn(move |r| svc.call(r)),
+    );
+    tokio::pin!(conn);
+    let opened = Instant::now();
+    // One timer per connection, set to its next deadline (not a periodic tick: a
+    // hundred thousand idle connections must not wake the runtime every second).
+    let timer = tokio::time::sleep(ctx.limits.head);
+    tokio::pin!(timer);
+    // Set once the connection is asked to close: `graceful_shutdown` lets a request in
+    // flight finish (HTTP/2 sends GOAWAY); a connection with nothing in flight that
+    // still has not closed a moment later (a peer that ignores GOAWAY) is dropped.
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = slot.close.cancelled(), if closing.is_none() => {
+                if *slot.shed_reason.lock().expect("shed reason lock") == Some("shed_overdue") {
+                    // Its request is the problem: nothing in it is worth finishing.
+                    return;
+                }
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
+                timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+            }
+            _ = ctx.cut.cancelled() => return,
+            _ = slot.busy.notified(), if closing.is_none() => {
+                timer.as_mut().reset(Instant::now() + ctx.limits.stall);
+            }
+            _ = timer.as_mut() => {
+                let now = Instant::now();
+                if closing.is_some() {
+                    if slot.in_flight.load(Ordering::Relaxed) == 0 {
+                        return;
+                    }
+                    timer.as_mut().reset(now + CLOSE_LINGER);
+                    continue;
+                }
+                // Before its first request a connection has the head deadline (this
+                // also bounds HTTP/2, whose heads hyper does not time); after, the idle one.
+                let (limit, since, reason) = if slot.served.load(Ordering::Relaxed) == 0 {
+                    (ctx.limits.head, opened, "head_timeout")
+                } else {
+                    let since = ctx.table.epoch
+                        + Duration::from_millis(slot.since_ms.load(Ordering::Relaxed));
+                    (ctx.limits.idle, since, "idle_timeout")
+                };
+                if slot.phase() == Phase::Busy {
+                    // Busy: closed once no byte has moved for the stall limit. Its
+                    // request is stuck, so the connection is dropped, not drained.
+                    let last = slot
+                        .progress_ms
+                        .load(Ordering::Relaxed)
+                        .max(slot.since_ms.load(Ordering::Relaxed));
+                    let stalled_at =
+                        ctx.table.epoch + Duration::from_millis(last) + ctx.limits.stall;
+                    if now >= stalled_at {
+                        ctx.count_close("stalled");
+                        return;
+                    }
+                    timer.as_mut().reset(stalled_at);
+                } else if slot.phase() != Phase::Idle {
+                    // Silent cannot last past the first byte; look again later.
+                    timer.as_mut().reset(now + ctx.limits.idle);
+                } else if now >= since + limit {
+                    ctx.count_close(reason);
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(now);
+                    timer.as_mut().reset(now + CLOSE_LINGER);
+                } else {
+                    timer.as_mut().reset(since + limit);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Each request on a connection: the connection's phase, the body deadline, the
+//! `Host` check, and `Connection: close` while the server shuts down.
+
+use gateway_api::ErrorCode;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use axum::response::IntoResponse;
+use futures::future::Either;
+use hyper::body::{Body as _, Incoming};
+use prometheus_client::metrics::counter::Counter;
+use tower::ServiceExt;
+
+use super::deadlines::TimedBody;
+use super::table::{ConnTable, Phase, Slot};
+use crate::http::error::ApiError;
+use crate::http::routes::App;
+
+/// The application as one connection sees it: records the peer address for
+/// `ConnectInfo`, keeps the connection's phase, puts the body deadline on each
+/// request, refuses an HTTP/1.1 request without `Host`, and marks answers
+/// `Connection: close` once the server is shutting down.
+#[derive(Clone)]
+pub(super) struct ConnService {
+    pub(super) app: App,
+    pub(super) draining: Arc<AtomicBool>,
+    pub(super) peer: SocketAddr,
+    pub(super) slot: Arc<Slot>,
+    pub(super) table: Arc<ConnTable>,
+    pub(super) body_timeout: Duration,
+    pub(super) body_timeouts: Counter,
+}
+
+/// Keeps a request counted as in flight until its answer is produced.
+struct InFlight {
+    slot: Arc<Slot>,
+    table: Arc<ConnTable>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.slot.served.fetch_add(1, Ordering::Relaxed);
+        if self.slot.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.table.set_phase(&self.slot, Phase::Idle);
+        }
+    }
+}
+
+/// 408 `request_timeout`: the body did not arrive in time.
+fn body_timeout_answer(limit: Duration) -> Response<Body> {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::RequestTimeout,
+        format!(
+            "the request body did not arrive within {} ms",
+            limit.as_millis()
+        ),
+    )
+    .into_response()
+}
+
+impl ConnService {
+    pub(super) fn call(
+        &self,
+        req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
+    {
+        if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.table.set_phase(&self.slot, Phase::Busy);
+            self.slot.busy.notify_one();
+        }
+        let guard = InFlight {
+            slot: self.slot.clone(),
+            table: self.table.clone(),
+        };
+        let http1 = req.version() <= Version::HTTP_11;
+        let no_host = req.version() == Version::HTTP_11
+            && req.uri().authority().is_none()
+            && !req.headers().contains_key(header::HOST);
+        let draining = self.draining.clone();
+        let expired = Arc::new(AtomicBool::new(false));
+        let answer = if no_host {
+            Either::Left(std::future::ready(
+                ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response(),
+            ))
+        } else {
+            match &self.app.hot {
+                Some(hot) if req.method() == Method::GET && req.uri().path() == hot.path => {
+                    Either::Left(std::future::ready(hot.call(
+                        self.peer,
+                        req.uri(),
+                        req.headers(),
+                    )))
+                }
+                _ => {
+                    let mut req = if req.body().is_end_stream() {
+                        req.map(Body::new)
+                    } else {
+                        let limit = self.body_timeout;
+                        let expired = expired.clone();
+                        req.map(|inner| {
+                            Body::new(TimedBody {
+                                inner,
+                                deadline: Box::pin(tokio::time::sleep(limit)),
+                                limit,
+                                expired,
+                                done: false,
+                            })
+                        })
+                    };
+                    req.extensions_mut().insert(ConnectInfo(self.peer));
+                    Either::Right(self.app.router.clone().oneshot(req))
+                }
+            }
+        };
+        let (slot, limit, timeouts) = (
+            self.slot.clone(),
+            self.body_timeout,
+            self.body_timeouts.clone(),
+        );
+        async move {
+            let mut resp = match answer {
+                Either::Left(ready) => ready.await,
+                Either::Right(routed) => routed.await.unwrap_or_else(|e| match e {}),
+            };
+            if expired.load(Ordering::Relaxed) {
+                // Whatever the handler answered to the failed read, the client hears
+                // why, and the connection goes: the rest of its body is not wanted.
+                resp = body_timeout_answer(limit);
+                if http1 {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                timeouts.inc();
+                slot.close.cancel();
+            } else if http1 && draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            drop(guard);
+            Ok(resp)
+        }
+    }
+}
