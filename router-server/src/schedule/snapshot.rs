@@ -192,115 +192,9 @@ impl Snapshot {
         received: impl Into<Arrival>,
     ) -> Snapshot {
         let received = received.into();
-        // Records by id (the registry's map yields them sorted already), matched with
-        // the previous snapshot's nodes (sorted by id too) in one merge: no hashing.
-        let mut records: Vec<Arc<NodeRecord>> = records.into_iter().collect();
-        // Held nodes join the list, marked; a live record of the same id wins.
-        let mut held_ids: HashSet<String> = HashSet::new();
-        let held: Vec<Arc<NodeRecord>> = held.into_iter().collect();
-        if !held.is_empty() {
-            let extra: Vec<Arc<NodeRecord>> = {
-                let live: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
-                held.into_iter()
-                    .filter(|r| !live.contains(r.id.as_str()))
-                    .collect()
-            };
-            held_ids.extend(extra.iter().map(|r| r.id.clone()));
-            records.extend(extra);
-        }
-        if !records.windows(2).all(|w| w[0].id < w[1].id) {
-            // Stable: of two records with one id, the first (the live one) is kept.
-            records.sort_by(|a, b| a.id.cmp(&b.id));
-            records.dedup_by(|a, b| a.id == b.id);
-        }
-        let mut old = previous
-            .map(|p| p.nodes.iter())
-            .into_iter()
-            .flatten()
-            .peekable();
-        let mut nodes: Vec<NodeEntry> = Vec::with_capacity(records.len());
-        for record in records {
-            // An unchanged record is the same allocation: matched without comparing ids.
-            let same = old.peek().is_some_and(|e| Arc::ptr_eq(&e.record, &record));
-            if !same {
-                while old.peek().is_some_and(|e| e.record.id < record.id) {
-                    old.next();
-                }
-            }
-            // Ids are unique: the next record starts after this one.
-            let prev = old.next_if(|e| same || e.record.id == record.id);
-            // The tie rank depends on the seed and the id only: reuse it. With seed 0
-            // ties go by index, set below once every node is in place.
-            let tie = match prev {
-                _ if seed == 0 => 0,
-                Some(e) => e.tie,
-                None => tie_key(seed, &record.id),
-            };
-            nodes.push(match prev {
-                // The same report: keep its herd counter and its serialized fields.
-                Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
-                    inv_capacity: e.inv_capacity,
-                    reported_load: e.reported_load,
-                    connections: e.connections,
-                    record,
-                    assigned: e.assigned.clone(),
-                    sampled_ms: e.sampled_ms,
-                    delivery: e.delivery,
-                    tie,
-                    json: e.json.clone(),
-                    held: false,
-                },
-                previous => {
-                    let at = received.of(&record);
-                    NodeEntry::new(record, previous, tie, at)
-                }
-            });
-            if !held_ids.is_empty() {
-                let e = nodes.last_mut().expect("just pushed");
-                e.held = held_ids.contains(&e.record.id);
-            }
-        }
-        if seed == 0 {
-            // Ties by id: the index order.
-            for (i, e) in nodes.iter_mut().enumerate() {
-                e.tie = i as u64;
-            }
-        }
-        let mut by_region: HashMap<Arc<str>, ByProto, _> = HashMap::default();
-        let mut all = ByProto::default();
-        for (i, e) in nodes.iter().enumerate() {
-            let r = &e.record;
-            if !e.indexed() {
-                continue;
-            }
-            // Looked up by name first: a key is allocated once per region, not per node.
-            let region = match by_region.get_mut(r.region.as_str()) {
-                Some(lists) => lists,
-                None => by_region.entry(Arc::from(r.region.as_str())).or_default(),
-            };
-            for proto in Proto::ALL {
-                if r.ports.get(proto).is_some() {
-                    region.0[proto as usize].push(i as u32);
-                    all.0[proto as usize].push(i as u32);
-                }
-            }
-        }
-        // Sorted on plain keys gathered once, not by following indexes into the nodes.
-        let mut keys: Vec<(u64, u64, u32)> = Vec::new();
-        let mut by_load = |list: &mut Vec<u32>| {
-            keys.clear();
-            keys.extend(list.iter().map(|&i| rank_key(&nodes[i as usize], i)));
-            keys.sort_unstable();
-            list.clear();
-            list.extend(keys.iter().map(|k| k.2));
-        };
-        for lists in by_region.values_mut().chain([&mut all]) {
-            lists.0.iter_mut().for_each(&mut by_load);
-        }
-        let mut held: Vec<u32> = (0..nodes.len() as u32)
-            .filter(|&i| nodes[i as usize].held && nodes[i as usize].eligible())
-            .collect();
-        by_load(&mut held);
+        let (records, held_ids) = by_id_with_held(records.into_iter().collect(), held);
+        let nodes = entries(records, &held_ids, previous, seed, &received);
+        let (by_region, all, held) = indexes(&nodes);
         Snapshot {
             nodes: Vector::from(nodes),
             by_region,
@@ -333,6 +227,144 @@ impl Snapshot {
     pub fn live(&self) -> usize {
         self.nodes.len()
     }
+}
+
+/// The records sorted by id, with the `held` ones whose id has no live record; and
+/// the ids of those held records.
+fn by_id_with_held(
+    mut records: Vec<Arc<NodeRecord>>,
+    held: impl IntoIterator<Item = Arc<NodeRecord>>,
+) -> (Vec<Arc<NodeRecord>>, HashSet<String>) {
+    // Held nodes join the list, marked; a live record of the same id wins.
+    let mut held_ids: HashSet<String> = HashSet::new();
+    let held: Vec<Arc<NodeRecord>> = held.into_iter().collect();
+    if !held.is_empty() {
+        let extra: Vec<Arc<NodeRecord>> = {
+            let live: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+            held.into_iter()
+                .filter(|r| !live.contains(r.id.as_str()))
+                .collect()
+        };
+        held_ids.extend(extra.iter().map(|r| r.id.clone()));
+        records.extend(extra);
+    }
+    if !records.windows(2).all(|w| w[0].id < w[1].id) {
+        // Stable: of two records with one id, the first (the live one) is kept.
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        records.dedup_by(|a, b| a.id == b.id);
+    }
+    (records, held_ids)
+}
+
+/// The entries of `records` (sorted by id), each matched with its entry in `previous`:
+/// an unchanged report keeps its entry, a new one keeps the herd counter and tie rank.
+fn entries(
+    records: Vec<Arc<NodeRecord>>,
+    held_ids: &HashSet<String>,
+    previous: Option<&Snapshot>,
+    seed: u64,
+    received: &Arrival,
+) -> Vec<NodeEntry> {
+    // Records by id (the registry's map yields them sorted already), matched with
+    // the previous snapshot's nodes (sorted by id too) in one merge: no hashing.
+    let mut old = previous
+        .map(|p| p.nodes.iter())
+        .into_iter()
+        .flatten()
+        .peekable();
+    let mut nodes: Vec<NodeEntry> = Vec::with_capacity(records.len());
+    for record in records {
+        // An unchanged record is the same allocation: matched without comparing ids.
+        let same = old.peek().is_some_and(|e| Arc::ptr_eq(&e.record, &record));
+        if !same {
+            while old.peek().is_some_and(|e| e.record.id < record.id) {
+                old.next();
+            }
+        }
+        // Ids are unique: the next record starts after this one.
+        let prev = old.next_if(|e| same || e.record.id == record.id);
+        // The tie rank depends on the seed and the id only: reuse it. With seed 0
+        // ties go by index, set below once every node is in place.
+        let tie = match prev {
+            _ if seed == 0 => 0,
+            Some(e) => e.tie,
+            None => tie_key(seed, &record.id),
+        };
+        nodes.push(match prev {
+            // The same report: keep its herd counter and its serialized fields.
+            Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
+                inv_capacity: e.inv_capacity,
+                reported_load: e.reported_load,
+                connections: e.connections,
+                record,
+                assigned: e.assigned.clone(),
+                sampled_ms: e.sampled_ms,
+                delivery: e.delivery,
+                tie,
+                json: e.json.clone(),
+                held: false,
+            },
+            previous => {
+                let at = received.of(&record);
+                NodeEntry::new(record, previous, tie, at)
+            }
+        });
+        if !held_ids.is_empty() {
+            let e = nodes.last_mut().expect("just pushed");
+            e.held = held_ids.contains(&e.record.id);
+        }
+    }
+    if seed == 0 {
+        // Ties by id: the index order.
+        for (i, e) in nodes.iter_mut().enumerate() {
+            e.tie = i as u64;
+        }
+    }
+    nodes
+}
+
+/// [`Snapshot::by_region`]'s type.
+type ByRegion = HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>;
+
+/// The indexes of `nodes`: per region and protocol, per protocol, and the held nodes,
+/// each sorted by reported load.
+fn indexes(nodes: &[NodeEntry]) -> (ByRegion, ByProto, Vec<u32>) {
+    let mut by_region: HashMap<Arc<str>, ByProto, _> = HashMap::default();
+    let mut all = ByProto::default();
+    for (i, e) in nodes.iter().enumerate() {
+        let r = &e.record;
+        if !e.indexed() {
+            continue;
+        }
+        // Looked up by name first: a key is allocated once per region, not per node.
+        let region = match by_region.get_mut(r.region.as_str()) {
+            Some(lists) => lists,
+            None => by_region.entry(Arc::from(r.region.as_str())).or_default(),
+        };
+        for proto in Proto::ALL {
+            if r.ports.get(proto).is_some() {
+                region.0[proto as usize].push(i as u32);
+                all.0[proto as usize].push(i as u32);
+            }
+        }
+    }
+    // Sorted on plain keys gathered once, not by following indexes into the nodes.
+    let mut keys: Vec<(u64, u64, u32)> = Vec::new();
+    let mut by_load = |list: &mut Vec<u32>| {
+        keys.clear();
+        keys.extend(list.iter().map(|&i| rank_key(&nodes[i as usize], i)));
+        keys.sort_unstable();
+        list.clear();
+        list.extend(keys.iter().map(|k| k.2));
+    };
+    for lists in by_region.values_mut().chain([&mut all]) {
+        lists.0.iter_mut().for_each(&mut by_load);
+    }
+    let mut held: Vec<u32> = (0..nodes.len() as u32)
+        .filter(|&i| nodes[i as usize].held && nodes[i as usize].eligible())
+        .collect();
+    by_load(&mut held);
+    (by_region, all, held)
 }
 
 /// A node's place in a router's tie order: a hash of its id under the router's seed.
