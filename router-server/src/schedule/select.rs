@@ -1,0 +1,427 @@
+//! Selection: the best candidates of a snapshot for one query, by region tier, then
+//! projected load, then the overflow the estimate alone put last, then held nodes.
+
+use std::net::IpAddr;
+
+use registry::record::IpFamily;
+use registry::Proto;
+
+use crate::herd::HerdView;
+
+use super::order::Walker;
+use super::snapshot::{Index, Snapshot};
+
+/// What a client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query<'a> {
+    /// Protocol the client speaks.
+    pub proto: Proto,
+    /// Candidates wanted (1 to [`MAX_COUNT`]; `/gateways` allows 1-10).
+    pub count: usize,
+    /// The client's region, if known.
+    pub region: Option<&'a str>,
+    /// The address family the client can reach, if restricted.
+    pub family: Option<IpFamily>,
+}
+
+/// One chosen gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Index into [`Snapshot::nodes`].
+    pub index: usize,
+    /// The address for the requested family.
+    pub ip: IpAddr,
+    /// The port for the requested protocol.
+    pub port: u16,
+    /// Projected load when chosen.
+    pub load: f64,
+    /// The node's rank among equally loaded ones.
+    pub tie: u64,
+}
+
+/// The candidates of one answer: the default three live on the stack.
+pub type Chosen = smallvec::SmallVec<[Candidate; 3]>;
+
+/// The scheduling parameters from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// Nodes at or above this projected load are skipped.
+    pub max_load: f64,
+    /// Fallback regions for the client's region.
+    pub fallbacks: &'a [String],
+    /// The herd counts as of this request.
+    pub herd: HerdView,
+}
+
+/// The most candidates one answer can hold (`/gateways` allows 10; a DNS answer more).
+pub const MAX_COUNT: usize = crate::config::MAX_CANDIDATES;
+
+/// Up to `query.count` distinct eligible nodes, best first, and counts one client
+/// against the first of them.
+pub fn select(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Chosen {
+    select_weighted(snap, query, rules, 1)
+}
+
+/// [`select`], counting `weight` clients against the first candidate: a DNS answer
+/// reaches every client behind the resolver that asked.
+pub fn select_weighted(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    weight: u64,
+) -> Chosen {
+    select_budgeted(snap, query, rules, weight, SCAN_BUDGET)
+}
+
+/// [`select_weighted`], walking the herd-adjusted order after `budget` nodes of a scan
+/// (benchmarks and tests compare the two ways).
+pub fn select_budgeted(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    weight: u64,
+    budget: usize,
+) -> Chosen {
+    let want = query.count.clamp(1, MAX_COUNT);
+    let mut out = Chosen::new();
+    let tiers = Tiers {
+        first: query.region,
+        fallbacks: rules.fallbacks,
+    };
+    let ordered = query
+        .region
+        .into_iter()
+        .chain(rules.fallbacks.iter().map(String::as_str));
+    for (k, region) in ordered.enumerate() {
+        if out.len() >= want {
+            break;
+        }
+        if tiers.seen_before(k, region) {
+            continue;
+        }
+        if let Some(idx) = snap.by_region.get(region) {
+            best_of(
+                snap,
+                idx.get(query.proto),
+                query,
+                rules,
+                want,
+                None,
+                &mut out,
+                budget,
+            );
+        }
+    }
+    if out.len() < want {
+        best_of(
+            snap,
+            snap.all.get(query.proto),
+            query,
+            rules,
+            want,
+            Some(tiers),
+            &mut out,
+            budget,
+        );
+    }
+    if out.len() < want {
+        overflow_fill(snap, query, rules, want, tiers, &mut out);
+    }
+    if out.len() < want && !snap.held.is_empty() {
+        held_fill(snap, query, rules, want, tiers, &mut out);
+    }
+    if let Some(first) = out.first() {
+        rules
+            .herd
+            .record_n(&snap.nodes[first.index].assigned, weight);
+    }
+    out
+}
+
+/// Nodes per index that [`overflow_fill`] considers, least reported load first.
+pub const OVERFLOW_SCAN: usize = 64;
+
+/// Fills the rest of an answer from live nodes whose *reported* load leaves room but
+/// whose projected load does not: the herd count is an estimate of clients that have
+/// not connected yet (and some never will: an answer costs an asker nothing), so it
+/// may put a node last, never out of the answer. Only reported load refuses.
+///
+/// By region tier (the client's region, its fallbacks in order, any other), then
+/// projected load; each index is read up to [`OVERFLOW_SCAN`] nodes by reported load,
+/// so the cost stays bounded while a region is projected full.
+fn overflow_fill(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    tiers: Tiers<'_>,
+    out: &mut Chosen,
+) {
+    let mut found: Vec<(usize, Candidate)> = Vec::new();
+    let mut tier_of_index = |tier: usize, index: Index<'_>, skip: Option<Tiers<'_>>| {
+        for &i in index.list.iter().take(OVERFLOW_SCAN) {
+            let i = i as usize;
+            let e = &snap.nodes[i];
+            if e.reported_load >= rules.max_load {
+                break;
+            }
+            let r = &e.record;
+            if skip.is_some_and(|t| t.contains(&r.region))
+                || out.iter().any(|c| c.index == i)
+                || found.iter().any(|(_, c)| c.index == i)
+            {
+                continue;
+            }
+            let (Some(ip), Some(port)) = (r.addr_for(query.family), r.ports.get(query.proto))
+            else {
+                continue;
+            };
+            let load = e.projected_load(&rules.herd);
+            found.push((
+                tier,
+                Candidate {
+                    index: i,
+                    ip,
+                    port,
+                    load,
+                    tie: e.tie,
+                },
+            ));
+        }
+    };
+    let ordered = query
+        .region
+        .into_iter()
+        .chain(rules.fallbacks.iter().map(String::as_str));
+    let mut tier = 0;
+    for (k, region) in ordered.enumerate() {
+        if tiers.seen_before(k, region) {
+            continue;
+        }
+        if let Some(idx) = snap.by_region.get(region) {
+            tier_of_index(tier, idx.get(query.proto), None);
+        }
+        tier += 1;
+    }
+    tier_of_index(tier, snap.all.get(query.proto), Some(tiers));
+    found.sort_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then(a.load.total_cmp(&b.load))
+            .then((a.tie, a.index).cmp(&(b.tie, b.index)))
+    });
+    let room = want - out.len();
+    out.extend(found.into_iter().take(room).map(|(_, c)| c));
+}
+
+/// Fills the rest of an answer from the nodes protect holds, after every live
+/// candidate: by region tier (the client's region, its fallbacks in order, any other),
+/// then least loaded. A held node may be dead; it is only worth a try when no live
+/// node can take the client.
+fn held_fill(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    tiers: Tiers<'_>,
+    out: &mut Chosen,
+) {
+    let tier = |region: &str| -> usize {
+        if tiers.first == Some(region) {
+            return 0;
+        }
+        tiers
+            .fallbacks
+            .iter()
+            .position(|f| f == region)
+            .map_or(usize::MAX, |k| k + 1)
+    };
+    let mut found: Vec<(usize, Candidate)> = Vec::new();
+    for &i in &snap.held {
+        let i = i as usize;
+        let e = &snap.nodes[i];
+        let load = e.projected_load(&rules.herd);
+        if load >= rules.max_load {
+            continue;
+        }
+        let r = &e.record;
+        let (Some(ip), Some(port)) = (r.addr_for(query.family), r.ports.get(query.proto)) else {
+            continue;
+        };
+        found.push((
+            tier(&r.region),
+            Candidate {
+                index: i,
+                ip,
+                port,
+                load,
+                tie: e.tie,
+            },
+        ));
+    }
+    found.sort_by(|(ta, a), (tb, b)| {
+        ta.cmp(tb)
+            .then(a.load.total_cmp(&b.load))
+            .then((a.tie, a.index).cmp(&(b.tie, b.index)))
+    });
+    let room = want - out.len();
+    out.extend(found.into_iter().take(room).map(|(_, c)| c));
+}
+
+/// The regions a query tries before "any region": its own, then its fallbacks.
+/// Borrowed, so a request allocates nothing to remember them.
+#[derive(Debug, Clone, Copy)]
+struct Tiers<'a> {
+    first: Option<&'a str>,
+    fallbacks: &'a [String],
+}
+
+impl Tiers<'_> {
+    fn contains(&self, region: &str) -> bool {
+        self.first == Some(region) || self.fallbacks.iter().any(|f| f == region)
+    }
+
+    /// True when the `k`-th region of the order already came up earlier in it.
+    fn seen_before(&self, k: usize, region: &str) -> bool {
+        match (self.first, k) {
+            (Some(_), 0) => false,
+            (Some(first), k) => {
+                first == region || self.fallbacks[..k - 1].iter().any(|f| f == region)
+            }
+            (None, k) => self.fallbacks[..k].iter().any(|f| f == region),
+        }
+    }
+}
+
+/// Nodes a request reads in reported-load order before it walks the index's
+/// herd-adjusted order instead. A quiet request reads `count` + 1.
+pub const SCAN_BUDGET: usize = 32;
+
+/// Appends the best of `index` (excluding the regions of `skip` and nodes already
+/// chosen) to `out`, up to `want` in total, least loaded first.
+#[allow(clippy::too_many_arguments)]
+fn best_of(
+    snap: &Snapshot,
+    index: Index<'_>,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    skip: Option<Tiers<'_>>,
+    out: &mut Chosen,
+    budget: usize,
+) {
+    let mut keep = Keep {
+        snap,
+        query,
+        rules,
+        skip,
+        start: out.len(),
+        room: want - out.len(),
+        out,
+    };
+    // Mid-burst (a scan of this index ran past its budget lately), the order at once.
+    if budget == usize::MAX || !index.order.levelled(&rules.herd) {
+        if keep.scan(index.list, budget) {
+            return;
+        }
+        // A levelled burst: the reported loads no longer tell where to stop.
+        index.order.mark_levelled(&rules.herd);
+        keep.out.truncate(keep.start);
+    }
+    if !index.order.walk(snap, index.list, &rules.herd, &mut keep) {
+        keep.out.truncate(keep.start);
+        keep.scan(index.list, usize::MAX);
+    }
+}
+
+/// The candidates one index adds to an answer: `out[start..]`, at most `room` of them.
+struct Keep<'a, 'q> {
+    snap: &'a Snapshot,
+    query: &'a Query<'q>,
+    rules: Rules<'a>,
+    skip: Option<Tiers<'a>>,
+    start: usize,
+    room: usize,
+    out: &'a mut Chosen,
+}
+
+impl Walker for Keep<'_, '_> {
+    fn done(&self, key: f64, tie: u64, i: u32) -> bool {
+        key >= self.rules.max_load || !self.may_beat(key, tie, i as usize)
+    }
+
+    fn visit(&mut self, i: u32, load: f64) {
+        self.consider(i as usize, load);
+    }
+}
+
+impl Keep<'_, '_> {
+    /// Whether a node at `load` (or any load above it) could still be kept.
+    fn may_beat(&self, load: f64, tie: u64, i: usize) -> bool {
+        let full = self.out.len() - self.start == self.room;
+        !full || beats(load, tie, i, &self.out[self.out.len() - 1])
+    }
+
+    /// Walks `list` by reported load. False when it read `budget` nodes and could not
+    /// stop yet.
+    fn scan(&mut self, list: &[u32], budget: usize) -> bool {
+        for (n, &i) in list.iter().enumerate() {
+            let i = i as usize;
+            let e = &self.snap.nodes[i];
+            // `list` is sorted by reported load (then tie rank), and the reported load
+            // never exceeds the projected one: once a node's reported load cannot beat
+            // the worst kept candidate (or reaches `max_load`), no later node can either.
+            if e.reported_load >= self.rules.max_load || !self.may_beat(e.reported_load, e.tie, i) {
+                return true;
+            }
+            if n == budget {
+                return false;
+            }
+            // The herd counter is only read for contenders.
+            let load = e.projected_load(&self.rules.herd);
+            self.consider(i, load);
+        }
+        true
+    }
+
+    /// Keeps node `i` at projected `load` if it serves the query and ranks among the
+    /// best so far.
+    fn consider(&mut self, i: usize, load: f64) {
+        let e = &self.snap.nodes[i];
+        if load >= self.rules.max_load || !self.may_beat(load, e.tie, i) {
+            return;
+        }
+        let r = &e.record;
+        if self.skip.is_some_and(|t| t.contains(&r.region)) {
+            return;
+        }
+        if self.out[..self.start].iter().any(|c| c.index == i) {
+            return;
+        }
+        let Some(ip) = r.addr_for(self.query.family) else {
+            return;
+        };
+        let Some(port) = r.ports.get(self.query.proto) else {
+            return;
+        };
+        let cand = Candidate {
+            index: i,
+            ip,
+            port,
+            load,
+            tie: e.tie,
+        };
+        // Insertion into the kept tail, ordered by load then tie rank.
+        let start = self.start;
+        let pos = start + self.out[start..].partition_point(|c| !beats(load, e.tie, i, c));
+        if self.out.len() - start == self.room {
+            self.out.pop();
+        }
+        self.out.insert(pos, cand);
+    }
+}
+
+/// True when a node at `load` with tie rank `tie` and index `i` ranks before candidate
+/// `c`: less loaded, or equally loaded and earlier in the router's tie order.
+fn beats(load: f64, tie: u64, i: usize, c: &Candidate) -> bool {
+    load < c.load || (load == c.load && (tie, i) < (c.tie, c.index))
+}
