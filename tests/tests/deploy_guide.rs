@@ -88,19 +88,28 @@ fn script(path: &Path, args: &[&str]) -> String {
     text
 }
 
-#[test]
-fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
-    tool("etcd", "etcd-server");
-    tool("etcdctl", "etcd-client");
-    tool("openssl", "openssl");
-    let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    let pki_s = pki.to_str().unwrap().to_string();
+/// `etcdctl` against `endpoints` as root (its certificate in `pki`).
+fn etcdctl(endpoints: &str, pki: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(which("etcdctl").unwrap())
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoints, "--cacert"])
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join("root.pem"))
+        .arg("--key")
+        .arg(pki.join("root-key.pem"))
+        .args(args)
+        .output()
+        .unwrap()
+}
 
+/// Step 1: the certificates, from `make-certs.sh`; keys private.
+fn certificates(pki: &Path) {
+    let pki_s = pki.to_str().unwrap();
     // Certificates: the members' for their addresses, a client's per etcd user.
     let made = script(
         &deploy("etcd/make-certs.sh"),
-        &[&pki_s, "127.0.0.1", "root,r1,gw-1,alice"],
+        &[pki_s, "127.0.0.1", "root,r1,gw-1,alice"],
     );
     assert!(made.contains("member.pem"), "{made}");
     for key in ["ca-key.pem", "member-key.pem", "r1-key.pem"] {
@@ -111,7 +120,20 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{key} is private");
     }
+}
 
+/// A cluster started from `etcd.env`.
+struct Cluster {
+    members: Vec<Running>,
+    endpoints: String,
+    /// The guide's addresses (`10.0.1.1K:PORT`, `/etc/etcd/pki`) and this test's.
+    hosts: Vec<(String, String)>,
+    /// The first member's metrics port.
+    metrics: u16,
+}
+
+/// Step 2: three members from the one env file, healthy, every variable known.
+fn start_members(dir: &Path, pki: &Path) -> Cluster {
     // Three members from the one env file: each host changes its name and address.
     let ports: Vec<(u16, u16, u16)> = (0..3)
         .map(|_| (free_port(), free_port(), free_port()))
@@ -123,7 +145,7 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
         hosts.push((format!("{host}:2380"), format!("127.0.0.1:{peer}")));
         hosts.push((format!("{host}:2381"), format!("127.0.0.1:{metrics}")));
     }
-    hosts.push(("/etc/etcd/pki".into(), pki_s.clone()));
+    hosts.push(("/etc/etcd/pki".into(), pki.display().to_string()));
     let endpoints = ports
         .iter()
         .map(|(c, _, _)| format!("https://127.0.0.1:{c}"))
@@ -145,41 +167,32 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
             };
             let mut v = replaced(&own, &hosts);
             if key == "ETCD_DATA_DIR" {
-                v = dir
-                    .path()
-                    .join(format!("etcd-{}", k + 1))
-                    .display()
-                    .to_string();
+                v = dir.join(format!("etcd-{}", k + 1)).display().to_string();
             }
             cmd.env(key, v);
         }
-        members.push(Running::start(
-            cmd,
-            dir.path().join(format!("etcd-{}.log", k + 1)),
-        ));
+        members.push(Running::start(cmd, dir.join(format!("etcd-{}.log", k + 1))));
     }
-    let etcdctl = |args: &[&str]| {
-        Command::new(which("etcdctl").unwrap())
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints, "--cacert"])
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("root.pem"))
-            .arg("--key")
-            .arg(pki.join("root-key.pem"))
-            .args(args)
-            .output()
-            .unwrap()
-    };
     wait_until(Duration::from_secs(30), "three healthy members", || {
-        let out = etcdctl(&["endpoint", "health"]);
+        let out = etcdctl(&endpoints, pki, &["endpoint", "health"]);
         out.status.success()
             && String::from_utf8_lossy(&out.stderr)
                 .matches("is healthy")
                 .count()
                 == 3
     });
-    for m in &members {
+    Cluster {
+        members,
+        endpoints,
+        hosts,
+        metrics: ports[0].2,
+    }
+}
+
+/// What the env file promises of the running cluster: no variable etcd does not know,
+/// the quota, metrics without a certificate, no access without one.
+fn check_members(c: &Cluster, pki: &Path) {
+    for m in &c.members {
         assert!(
             !m.output().contains("unrecognized environment variable"),
             "etcd.env holds a variable etcd does not know: {}",
@@ -187,7 +200,7 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
         );
     }
     // The quota took effect, and Prometheus can read it without a certificate.
-    let (m0, _) = (ports[0].2, ());
+    let m0 = c.metrics;
     let metrics = http_get(SocketAddr::from(([127, 0, 0, 1], m0)), "/metrics")
         .expect("etcd's metrics port answers")
         .1;
@@ -203,16 +216,19 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
     // A client without a certificate is refused.
     let bare = Command::new(which("etcdctl").unwrap())
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoints, "--cacert"])
+        .args(["--endpoints", &c.endpoints, "--cacert"])
         .arg(pki.join("ca.pem"))
         .args(["get", "x", "--command-timeout=2s"])
         .output()
         .unwrap();
     assert!(!bare.status.success(), "no client certificate, no access");
+}
 
+/// Step 3: auth on (twice: the script is idempotent), then least-privilege users.
+fn least_privilege(endpoints: &str, pki_s: &str, dir: &Path) {
     // Auth on, then least-privilege users for the router, the agent and an operator.
-    script(&deploy("etcd/enable-auth.sh"), &[&endpoints, &pki_s]);
-    let again = script(&deploy("etcd/enable-auth.sh"), &[&endpoints, &pki_s]);
+    script(&deploy("etcd/enable-auth.sh"), &[endpoints, pki_s]);
+    let again = script(&deploy("etcd/enable-auth.sh"), &[endpoints, pki_s]);
     assert!(again.contains("user root exists"), "{again}");
     let root_tls = [
         "--etcd-cacert",
@@ -223,8 +239,8 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
         &format!("{pki_s}/root-key.pem"),
     ]
     .map(String::from);
-    let passwords = dir.path().join("passwords");
-    let mut args: Vec<String> = vec!["ctl".into(), "--etcd".into(), endpoints.clone()];
+    let passwords = dir.join("passwords");
+    let mut args: Vec<String> = vec!["ctl".into(), "--etcd".into(), endpoints.to_string()];
     args.extend(root_tls.iter().cloned());
     args.extend(
         [
@@ -250,25 +266,30 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
         "ctl auth apply: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
 
+/// Step 4: the router and the agent from their env files, with secrets where systemd
+/// would put them (here: the pki directory and a token file). Returns them, the
+/// router's client and admin ports, and the gateway's listener.
+fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Running, Running, u16, u16, TcpListener) {
     // The router and the agent, from their env files; secrets where systemd would put
     // them (here: the pki directory and a token file).
     let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
     let gw_port = gateway.local_addr().unwrap().port();
     let (listen, admin) = (free_port(), free_port());
-    let tokens = dir.path().join("admin-tokens");
+    let tokens = dir.join("admin-tokens");
     std::fs::write(&tokens, "ops:0123456789abcdef0123456789abcdef\n").unwrap();
     harness::make_private(&tokens);
-    let router_toml = dir.path().join("router.toml");
+    let router_toml = dir.join("router.toml");
     std::fs::write(
         &router_toml,
         std::fs::read_to_string(deploy("env/router.toml")).unwrap(),
     )
     .unwrap();
-    let mut subs = hosts.clone();
+    let mut subs = c.hosts.clone();
     subs.extend(
         [
-            ("/etc/gateway-router/pki".to_string(), pki_s.clone()),
+            ("/etc/gateway-router/pki".to_string(), pki_s.to_string()),
             (
                 "/run/credentials/router-server.service/etcd-key".to_string(),
                 format!("{pki_s}/r1-key.pem"),
@@ -303,10 +324,27 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
         for (k, v) in env_file(&deploy(file)) {
             cmd.env(k, replaced(&v, &subs));
         }
-        Running::start(cmd, dir.path().join(format!("{binary}.log")))
+        Running::start(cmd, dir.join(format!("{binary}.log")))
     };
     let router = service("router-server", "env/router.env", &["serve"]);
     let agent = service("gateway-agent", "env/agent.env", &[]);
+    (router, agent, listen, admin, gateway)
+}
+
+#[test]
+fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
+    tool("etcd", "etcd-server");
+    tool("etcdctl", "etcd-client");
+    tool("openssl", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_s = pki.to_str().unwrap().to_string();
+    certificates(&pki);
+    let cluster = start_members(dir.path(), &pki);
+    check_members(&cluster, &pki);
+    least_privilege(&cluster.endpoints, &pki_s, dir.path());
+    let (router, agent, listen, admin, gateway) = services(dir.path(), &pki_s, &cluster);
+    let gw_port = gateway.local_addr().unwrap().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], listen));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let body = loop {
