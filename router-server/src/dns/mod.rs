@@ -4,9 +4,10 @@
 //! * [`zone`]: what each name under the zone means.
 //! * [`Dns`] (here): one query in, one answer out, whatever carried it (`query.rs`);
 //!   the answer to a question (`answer.rs`), with the zone's own records
-//!   (`records.rs`), counted in the metrics (`counts.rs`). Gateways are
-//!   chosen by [`crate::schedule::select_weighted`], under the same rules as
-//!   `/gateways`, and each answer counts `dns.weight` clients in the herd accounting.
+//!   (`records.rs`), EDNS and its client subnet (`edns.rs`), counted in the metrics
+//!   (`counts.rs`). Gateways are chosen by [`crate::schedule::select_weighted`], under
+//!   the same rules as `/gateways`, and each answer counts `dns.weight` clients in the
+//!   herd accounting.
 //! * [`server`]: UDP and TCP sockets. [`rrl`]: response-rate limiting on UDP.
 //!   [`tcp_conns`]: the caps on DNS-over-TCP connections.
 //! * [`stats`]: totals for the fleet page; the metrics are `router_dns_*`.
@@ -20,6 +21,7 @@
 
 mod answer;
 mod counts;
+mod edns;
 mod query;
 mod records;
 pub mod rrl;

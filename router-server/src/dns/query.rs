@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::DNSClass;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use super::counts::{qtype_label_of, rcode_label, rrl_label};
+use super::edns::{client_subnet, reply_edns, EdnsVersion, MAX_UDP_PAYLOAD};
 use super::{rrl, Dns};
 use crate::guard::Pass;
 
@@ -33,9 +33,6 @@ impl Transport {
         }
     }
 }
-
-/// The largest UDP answer sent to a client that advertises more.
-const MAX_UDP_PAYLOAD: u16 = 1232;
 
 impl Dns {
     /// One DNS message in, the answer out; `None` when nothing should be sent (a
@@ -118,16 +115,7 @@ impl Dns {
             .set_checking_disabled(request.checking_disabled());
         let request_edns = request.extensions().as_ref();
         if let Some(e) = request_edns {
-            let mut edns = Edns::new();
-            edns.set_max_payload(MAX_UDP_PAYLOAD);
-            edns.set_dnssec_ok(false);
-            if let Some(EdnsOption::Subnet(s)) = e.option(EdnsCode::Subnet) {
-                // The answer holds for the client's whole subnet as it was sent.
-                let mut scope = ClientSubnet::new(s.addr(), s.source_prefix(), 0);
-                scope.set_scope_prefix(s.source_prefix());
-                edns.options_mut().insert(EdnsOption::Subnet(scope));
-            }
-            reply.set_edns(edns);
+            reply.set_edns(reply_edns(e));
         }
         let Some(pass) = pass else {
             reply.add_queries(request.queries().iter().take(1).cloned());
@@ -158,10 +146,7 @@ impl Dns {
             if q.query_class() != DNSClass::IN {
                 reply.set_response_code(ResponseCode::Refused);
             } else {
-                let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
-                    Some(EdnsOption::Subnet(s)) if s.source_prefix() > 0 => Some(s.addr()),
-                    _ => None,
-                });
+                let subnet = client_subnet(request_edns);
                 // A resolver's answer reaches many clients; one over HTTPS, one client.
                 let weight = match transport {
                     Transport::Https => 1,
@@ -195,17 +180,6 @@ impl Dns {
             Some(rcode_label(reply.response_code())),
         );
         Some((bytes, ttl))
-    }
-}
-
-/// Whether the request asked for an EDNS version we do not speak.
-trait EdnsVersion {
-    fn edns_version_bad(&self) -> bool;
-}
-
-impl EdnsVersion for Message {
-    fn edns_version_bad(&self) -> bool {
-        self.extensions().as_ref().is_some_and(|e| e.version() > 0)
     }
 }
 
