@@ -1,0 +1,137 @@
+//! The router's own status as the fleet page shows it: readiness, the registries
+//! followed and their health, the live routers, and the counters for rates.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::http::gateways::Api;
+use crate::metrics::RequestLabels;
+
+/// The router's status as the page shows it.
+#[derive(Debug, Serialize)]
+pub struct RouterStatus {
+    /// A snapshot is loaded.
+    pub ready: bool,
+    /// The registry's watch is live.
+    pub registry_connected: bool,
+    /// The registry revision served.
+    pub revision: i64,
+    /// Answers are marked stale.
+    pub stale: bool,
+    /// Seconds since the snapshot last followed the registry.
+    pub snapshot_age_secs: Option<f64>,
+    /// The protect threshold holds departed nodes.
+    pub protect_active: bool,
+    /// Live routers sharing the registry.
+    pub routers_live: u64,
+    /// The live routers of every registry followed, with their versions, by id.
+    pub routers: Vec<crate::state::Peer>,
+    /// Nodes at or above this projected load get no clients.
+    pub max_load: f64,
+    /// Answers are marked stale while the router's own registry's lag passes this, ms.
+    pub max_lag_ms: u64,
+    /// The admin API is mounted (the page offers actions only then).
+    pub admin: bool,
+    /// Invalid records in the registries (and node ids found in two of them).
+    pub invalid: Vec<Invalid>,
+    /// Each registry (data centre) followed, the router's own first.
+    pub registries: Vec<crate::membership::RegistryStatus>,
+    /// Counters since start, for rates: `/gateways` answered, refused by the rate
+    /// limit (429), with no eligible gateway (503).
+    pub gateways_ok: u64,
+    /// See `gateways_ok`.
+    pub rate_limited: u64,
+    /// See `gateways_ok`.
+    pub no_gateways: u64,
+    /// The DNS zone served and its query counts, when DNS is on.
+    pub dns: Option<crate::metrics::dns::DnsStatus>,
+}
+
+/// An invalid registry value.
+#[derive(Debug, Serialize)]
+pub struct Invalid {
+    /// Its key.
+    pub key: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// The router's own status.
+pub(super) fn router_status(
+    api: &Api,
+    admin: bool,
+    snap: Option<&crate::schedule::Snapshot>,
+) -> RouterStatus {
+    let state = &api.state;
+    let m = &state.metrics;
+    let max_load = state.config.max_load;
+    let invalid = state
+        .invalid
+        .lock()
+        .expect("invalid lock")
+        .iter()
+        .map(|(id, reason)| Invalid {
+            key: id.to_string(),
+            reason: reason.clone(),
+        })
+        .collect();
+    let snapshot_age_secs = state
+        .last_sync
+        .lock()
+        .expect("last_sync lock")
+        .map(|t| t.elapsed().as_secs_f64());
+    RouterStatus {
+        ready: snap.is_some(),
+        registry_connected: m.registry_connected.get() == 1,
+        revision: snap.map(|s| s.revision).unwrap_or(0),
+        stale: snap.is_some_and(|s| s.stale) || state.lagging.load(Ordering::Relaxed),
+        snapshot_age_secs,
+        protect_active: state.protecting.load(Ordering::Relaxed),
+        routers_live: state.routers.load(Ordering::Relaxed),
+        routers: {
+            let all = state.router_peers.lock().expect("router_peers lock");
+            let mut peers: Vec<_> = all.iter().flatten().cloned().collect();
+            peers.sort();
+            peers.dedup();
+            peers
+        },
+        max_load,
+        max_lag_ms: state.config.max_lag_ms,
+        admin,
+        invalid,
+        registries: with_health(state),
+        gateways_ok: m
+            .requests
+            .get_or_create(&RequestLabels {
+                route: "/gateways",
+                status: 200,
+            })
+            .get(),
+        rate_limited: m.rate_limited.get(),
+        no_gateways: m.no_gateways.get(),
+        dns: state
+            .config
+            .dns
+            .enabled()
+            .then(|| m.dns_totals.status(&state.config.dns.zone)),
+    }
+}
+
+/// Each registry's status, with its lag and its etcd's alarms as of now (they change
+/// without a new view).
+fn with_health(state: &crate::state::AppState) -> Vec<crate::membership::RegistryStatus> {
+    let mut statuses = state.registries.lock().expect("registries lock").clone();
+    let now = tokio::time::Instant::now();
+    let lags = state.lags.get();
+    let alarms = state.alarms.lock().expect("alarms lock");
+    for st in &mut statuses {
+        if let Some(l) = lags.and_then(|ls| ls.iter().find(|l| *l.registry == *st.name)) {
+            st.lag_ms = l.current(now).map(|d| d.as_millis() as u64);
+        }
+        if let Some(a) = alarms.get(&st.name) {
+            st.alarms = a.iter().map(|a| a.as_str()).collect();
+        }
+    }
+    statuses
+}
