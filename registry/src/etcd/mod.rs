@@ -1,4 +1,4 @@
-//! The [`Kv`] trait over a real etcd cluster, through `etcd-client`.
+//! The [`Kv`](crate::Kv) trait over a real etcd cluster, through `etcd-client`.
 //!
 //! Built for a stock etcd and for clusters whose members come and go:
 //!
