@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::ca::{make_private, TestCa};
 use crate::http::http_get;
-use crate::util::{free_port, require_tool};
+use crate::util::{free_port, tool};
 
 /// One etcd member of a (possibly single-member) cluster.
 struct Member {
@@ -60,7 +60,7 @@ impl Etcd {
 
     /// [`Etcd::cluster`] with `extra` flags for every member.
     pub fn cluster_with(n: usize, extra: &[&str]) -> Etcd {
-        require_tool("etcd");
+        tool("etcd", "etcd-server");
         // A port taken between `free_port` and etcd's bind (by another test's process)
         // makes a member exit; such a start is tried again on other ports.
         let mut last = String::new();
@@ -101,7 +101,7 @@ impl Etcd {
     /// (`etcdctl auth enable`, with `root` authenticated by its certificate's common
     /// name). `extra` flags go to etcd (e.g. `--auth-token-ttl 5`).
     pub fn secure(ca: &TestCa, extra: &[&str]) -> Etcd {
-        require_tool("etcd");
+        tool("etcd", "etcd-server");
         let dir = tempfile::tempdir().expect("temp dir");
         let files = {
             let d = dir.path();
@@ -385,7 +385,7 @@ impl Etcd {
     }
 
     fn ctl_command(&self, args: &[&str]) -> Command {
-        require_tool("etcdctl");
+        tool("etcdctl", "etcd-client");
         let mut cmd = Command::new("etcdctl");
         if let Some(t) = &self.tls {
             cmd.arg("--cacert")

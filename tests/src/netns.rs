@@ -24,7 +24,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::util::{require_tool, wait_until};
+use crate::util::{tool, wait_until};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
@@ -59,10 +59,10 @@ impl Lab {
     /// another lab ([`Lab::join`]): peers on `10.77.{10 net + 1}.x` (a /24), clients on
     /// `10.77.{10 net + 2}.x` (in one /16 with every joined lab's clients).
     pub fn on_net(n: usize, net: u8) -> Lab {
-        require_tool("ip");
-        require_tool("etcd");
-        require_tool("etcdctl");
-        require_tool("curl");
+        tool("ip", "iproute2");
+        tool("etcd", "etcd-server");
+        tool("etcdctl", "etcd-client");
+        tool("curl", "curl");
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let tag = format!(
             "gl{}x{}",

@@ -104,7 +104,9 @@ impl Proc {
         Proc::start(cmd)
     }
 
-    fn start(mut cmd: Command) -> Proc {
+    /// Spawns `cmd` as it is (its program, arguments and environment), with the output
+    /// captured like the binaries'.
+    pub fn start(mut cmd: Command) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("output.log");
         let file = std::fs::File::create(&log).expect("log file");

@@ -55,11 +55,10 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-pub(crate) fn require_tool(name: &str) -> PathBuf {
+/// The path of `name` on PATH; a test that needs a missing tool fails, naming the
+/// Debian `package` to install.
+pub fn tool(name: &str, package: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {
-        panic!(
-            "`{name}` was not found on PATH. Install it with `apt-get install -y etcd-server etcd-client` \
-             (Debian), or run `scripts/test.sh`, which installs it."
-        )
+        panic!("`{name}` is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
     })
 }

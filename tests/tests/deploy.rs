@@ -8,19 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{bin, wait_until, Etcd, Proc, RouterProc};
+use harness::{bin, tool, wait_until, Etcd, Proc, RouterProc};
 use serde_json::Value;
 
 fn deploy(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy")
         .join(rel)
-}
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    harness::which(name).unwrap_or_else(|| {
-        panic!("{name} is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
-    })
 }
 
 /// Runs `cmd`; returns (success, stdout + stderr).

@@ -8,10 +8,10 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use harness::{bin, free_port, gateway_ids, get_json, http_get, wait_until, which};
+use harness::{bin, free_port, gateway_ids, get_json, http_get, tool, wait_until, which, Proc};
 
 fn deploy(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,42 +39,6 @@ fn env_file(path: &Path) -> Vec<(String, String)> {
 fn replaced(text: &str, subs: &[(String, String)]) -> String {
     subs.iter()
         .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
-}
-
-/// A process killed (and its output kept) when the test ends.
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Running {
-    fn start(mut cmd: Command, log: PathBuf) -> Running {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Running { child, log }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    which(name).unwrap_or_else(|| {
-        panic!("{name} is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
-    })
 }
 
 fn script(path: &Path, args: &[&str]) -> String {
@@ -124,7 +88,7 @@ fn certificates(pki: &Path) {
 
 /// A cluster started from `etcd.env`.
 struct Cluster {
-    members: Vec<Running>,
+    members: Vec<Proc>,
     endpoints: String,
     /// The guide's addresses (`10.0.1.1K:PORT`, `/etc/etcd/pki`) and this test's.
     hosts: Vec<(String, String)>,
@@ -171,7 +135,7 @@ fn start_members(dir: &Path, pki: &Path) -> Cluster {
             }
             cmd.env(key, v);
         }
-        members.push(Running::start(cmd, dir.join(format!("etcd-{}.log", k + 1))));
+        members.push(Proc::start(cmd));
     }
     wait_until(Duration::from_secs(30), "three healthy members", || {
         let out = etcdctl(&endpoints, pki, &["endpoint", "health"]);
@@ -271,7 +235,7 @@ fn least_privilege(endpoints: &str, pki_s: &str, dir: &Path) {
 /// Step 4: the router and the agent from their env files, with secrets where systemd
 /// would put them (here: the pki directory and a token file). Returns them, the
 /// router's client and admin ports, and the gateway's listener.
-fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Running, Running, u16, u16, TcpListener) {
+fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Proc, Proc, u16, u16, TcpListener) {
     // The router and the agent, from their env files; secrets where systemd would put
     // them (here: the pki directory and a token file).
     let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -324,7 +288,7 @@ fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Running, Running, u16, u16
         for (k, v) in env_file(&deploy(file)) {
             cmd.env(k, replaced(&v, &subs));
         }
-        Running::start(cmd, dir.join(format!("{binary}.log")))
+        Proc::start(cmd)
     };
     let router = service("router-server", "env/router.env", &["serve"]);
     let agent = service("gateway-agent", "env/agent.env", &[]);

@@ -4,21 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{free_port, get_json, http_get, wait_until, Etcd, Proc, RouterProc, TestCa, P};
+use harness::{free_port, get_json, http_get, tool, wait_until, Etcd, Proc, RouterProc, TestCa, P};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
 const ZONE: &str = "gw.example.test";
-
-fn tool(name: &str, package: &str) -> PathBuf {
-    harness::which(name).unwrap_or_else(|| {
-        panic!("`{name}` is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
-    })
-}
 
 /// Writes a node record: `conns` of 1,000, IPv4 `ip`, IPv6 `2001:db8::{last octet}`.
 fn put_node(etcd: &Etcd, id: &str, ip: &str, region: &str, conns: u64, port: u16, extra: &str) {
