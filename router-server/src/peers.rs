@@ -83,27 +83,24 @@ fn shown(s: &str) -> String {
     }
 }
 
-fn parse_registration(value: &[u8]) -> Registration {
-    serde_json::from_slice(value).unwrap_or_default()
-}
+impl Registration {
+    /// The registration `value` describes; empty when it does not parse (written by
+    /// an older router, or by someone else).
+    fn parse(value: &[u8]) -> Registration {
+        serde_json::from_slice(value).unwrap_or_default()
+    }
 
-/// The `public_addrs` of a router's registration; none when the value is not one
-/// (written by an older router, or by someone else).
-pub fn public_addrs(value: &[u8]) -> Vec<std::net::IpAddr> {
-    parse_registration(value).public_addrs
-}
-
-/// The [`Peer`] a registration value describes.
-pub fn peer(value: &[u8]) -> Peer {
-    let r = parse_registration(value);
-    let version = if r.version.is_empty() {
-        "?".to_string()
-    } else {
-        format!("{} ({})", shown(&r.version), shown(&r.commit))
-    };
-    Peer {
-        id: shown(&r.id),
-        version,
+    /// The [`Peer`] it describes, its strings bounded.
+    fn peer(&self) -> Peer {
+        let version = if self.version.is_empty() {
+            "?".to_string()
+        } else {
+            format!("{} ({})", shown(&self.version), shown(&self.commit))
+        };
+        Peer {
+            id: shown(&self.id),
+            version,
+        }
     }
 }
 
@@ -178,11 +175,14 @@ pub async fn run(
                 lag.wrote(revision, tokio::time::Instant::now());
             }
             let listed = kv.list(&prefix).await?.kvs;
-            let addrs: Vec<std::net::IpAddr> = listed
+            // Each registration parsed once, for both what it publishes and who it is.
+            let regs: Vec<Registration> = listed
                 .iter()
-                .flat_map(|kv| public_addrs(&kv.value))
+                .map(|kv| Registration::parse(&kv.value))
                 .collect();
-            let peers: Vec<Peer> = listed.iter().map(|kv| peer(&kv.value)).collect();
+            let peers: Vec<Peer> = regs.iter().map(Registration::peer).collect();
+            let addrs: Vec<std::net::IpAddr> =
+                regs.into_iter().flat_map(|r| r.public_addrs).collect();
             Ok::<_, KvError>((listed.len().max(1) as u64, addrs, peers))
         };
         let wait = tokio::select! {
