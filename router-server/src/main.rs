@@ -59,7 +59,7 @@ async fn serve(args: ServeArgs) -> i32 {
     let admin_tokens = admin_tokens(&args).unwrap_or_else(|e| registry::cli::exit_invalid(e));
     let admin = args.admin_listen.map(|addr| bind(addr, "--admin-listen"));
     let wanted = wanted_registries(&args, &config);
-    let local = wanted.iter().position(|w| w.local).unwrap_or(0);
+    let local = own_index(&wanted);
     let build = registry::build_info!();
     tracing::info!(version = %build.version, commit = %build.commit, built = %build.date, registries = wanted.len(), own = %wanted[local].name, listen = %args.listen, "router starting");
     let registries = connect_registries(wanted, local).await;
@@ -108,7 +108,7 @@ fn check_config(args: &ServeArgs, config: &FileConfig, tls: bool) -> i32 {
         args.listen,
         if tls { " (HTTPS)" } else { "" }
     );
-    let local = wanted.iter().position(|w| w.local).unwrap_or(0);
+    let local = own_index(&wanted);
     for (i, w) in wanted.iter().enumerate() {
         println!(
             "  registry {}: {} (prefix {}){}",
@@ -175,6 +175,12 @@ struct Wanted {
     prefix: String,
     security: registry::security::EtcdSecurity,
     local: bool,
+}
+
+/// The index of this router's own registry among `wanted`: the one marked local, else
+/// the first.
+fn own_index(wanted: &[Wanted]) -> usize {
+    wanted.iter().position(|w| w.local).unwrap_or(0)
 }
 
 /// The registries: `--etcd` (named `default`), each `--registry`, then the file's
