@@ -7,6 +7,11 @@
 //! directory, synced, renamed over the old one, the directory synced), so a gateway
 //! reading it at any moment sees a whole list. It is rewritten when the list changes and
 //! when an entry expires. Until the first full listing the file is left as it is.
+//!
+//! A gateway written in Rust reads it with [`BlockFile`]: ask [`BlockFile::refuses`]
+//! right after `accept` and close the connection when it says so. Gateways in other
+//! languages read the same format: skip `#` lines, one CIDR per line, reread when the
+//! file is replaced (its inode changes on every write).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -65,6 +70,81 @@ pub fn parse(text: &str) -> Vec<IpNet> {
 pub fn covers(nets: &[IpNet], ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
     nets.iter().any(|n| n.contains(&ip))
+}
+
+/// A gateway's copy of the block list: the networks in the file at `path`, reread when
+/// the file is replaced, looked at no more often than every `recheck` (one `stat`), so
+/// a storm of accepts costs no file reads.
+///
+/// A file that is missing or unreadable refuses nobody and keeps the last list read
+/// (the agent writes it; until it has, nothing is known to be blocked).
+pub struct BlockFile {
+    path: PathBuf,
+    recheck: Duration,
+    checked: Option<std::time::Instant>,
+    /// (inode, length, modified) of the file last read.
+    stamp: Option<(u64, u64, std::time::SystemTime)>,
+    nets: Vec<IpNet>,
+}
+
+impl BlockFile {
+    /// The list at `path`, rechecked at most every 100 ms.
+    pub fn new(path: impl Into<PathBuf>) -> BlockFile {
+        BlockFile::with_recheck(path, Duration::from_millis(100))
+    }
+
+    /// The list at `path`, rechecked at most every `recheck`.
+    pub fn with_recheck(path: impl Into<PathBuf>, recheck: Duration) -> BlockFile {
+        BlockFile {
+            path: path.into(),
+            recheck,
+            checked: None,
+            stamp: None,
+            nets: Vec::new(),
+        }
+    }
+
+    /// True when the connection from `peer` must be closed at `accept`.
+    pub fn refuses(&mut self, peer: IpAddr) -> bool {
+        self.refresh();
+        covers(&self.nets, peer)
+    }
+
+    /// The networks in force as last read.
+    pub fn networks(&self) -> &[IpNet] {
+        &self.nets
+    }
+
+    /// Rereads the file when its recheck time has come and it was replaced.
+    pub fn refresh(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .checked
+            .is_some_and(|t| now.duration_since(t) < self.recheck)
+        {
+            return;
+        }
+        self.checked = Some(now);
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            return;
+        };
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        let stamp = (
+            inode,
+            meta.len(),
+            meta.modified().ok().unwrap_or(std::time::UNIX_EPOCH),
+        );
+        if self.stamp == Some(stamp) {
+            return;
+        }
+        if let Ok(text) = std::fs::read_to_string(&self.path) {
+            self.nets = parse(&text);
+            self.stamp = Some(stamp);
+        }
+    }
 }
 
 /// Replaces `path` with `text` atomically (readable by the gateway: 0644).
@@ -173,6 +253,29 @@ mod tests {
         assert!(covers(&nets, "198.51.100.200".parse().unwrap()));
         assert!(covers(&nets, "::ffff:198.51.100.1".parse().unwrap()));
         assert!(!covers(&nets, "192.0.2.1".parse().unwrap()), "expired");
+    }
+
+    #[test]
+    fn a_gateway_rereads_the_file_when_it_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blocked.txt");
+        let mut file = BlockFile::with_recheck(&path, Duration::ZERO);
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        assert!(!file.refuses(ip), "no file yet: nobody refused");
+        write_atomic(&path, &format!("{HEADER}198.51.100.0/24\n")).unwrap();
+        assert!(file.refuses(ip));
+        assert!(file.refuses("::ffff:198.51.100.1".parse().unwrap()));
+        assert!(!file.refuses("192.0.2.1".parse().unwrap()));
+        write_atomic(&path, HEADER).unwrap();
+        assert!(!file.refuses(ip), "unblocked once the file is replaced");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!file.refuses(ip), "a missing file keeps the last list");
+        let mut slow = BlockFile::with_recheck(&path, Duration::from_secs(3600));
+        write_atomic(&path, &format!("{HEADER}198.51.100.0/24\n")).unwrap();
+        assert!(slow.refuses(ip), "the first look reads the file");
+        write_atomic(&path, HEADER).unwrap();
+        assert!(slow.refuses(ip), "not looked at again before its recheck");
+        assert_eq!(slow.networks().len(), 1);
     }
 
     #[test]
