@@ -1,7 +1,8 @@
 //! The public edge as an attacker meets it, with the real binaries: phantom askers
 //! from several networks cannot make the router refuse real clients, the block list
 //! (from `ctl block`) is followed by two routers over HTTP and DNS, and a network that
-//! keeps hammering past its budget is blocked by the router itself.
+//! keeps hammering past its budget is blocked by the router itself, and a gateway
+//! closes a blocked network's connections at `accept` from the agent's block-list file.
 //!
 //! Each "network" is a loopback address of its own /24 (127.N.0.1): the whole 127/8 is
 //! local, so a client socket bound to one of them stands for a client of that network.
@@ -95,29 +96,22 @@ fn metric(router: &RouterProc, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Phantom askers from eight networks, each within its request budget (the default
-/// one), ask for region `r` as fast as they can and never connect, while a real client
-/// keeps asking. Every one of the real client's asks is answered with three gateways:
-/// the herd estimate may reorder, never refuse, and each network adds at most its
-/// share to it.
-#[test]
-fn phantom_askers_cannot_make_the_router_refuse_real_clients() {
-    let etcd = Etcd::start();
-    fleet(&etcd);
-    // The default request budget and edge settings.
-    let router = RouterProc::start(&etcd, "[rate_limit]\n[edge]\n", &[]);
-    wait_until(Duration::from_secs(10), "four nodes served", || {
-        router.ids("/gateways?region=r&count=10").len() == 4
-    });
-    let addr = router.addr;
+/// `networks` phantom askers (one connection each from its own loopback /24) ask for
+/// region `r` as fast as they can for `secs` and never connect, while a real client
+/// asks every 20 ms. The phantoms' answers by status, and the real client's answers.
+fn phantom_storm(
+    addr: SocketAddr,
+    networks: u8,
+    secs: u64,
+) -> (std::collections::BTreeMap<u16, u64>, Vec<(u16, String)>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (phantom, real) = rt.block_on(async move {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let phantoms: Vec<_> = (1..=8)
+    rt.block_on(async move {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let phantoms: Vec<_> = (1..=networks)
             .map(|k| {
                 tokio::spawn(async move {
                     let from: IpAddr = format!("127.{k}.0.1").parse().unwrap();
@@ -152,27 +146,55 @@ fn phantom_askers_cannot_make_the_router_refuse_real_clients() {
             }
         }
         (phantom, real.await.unwrap())
+    })
+}
+
+/// Four gateways of capacity 1,000 at load 0.2 (3,200 free slots). Phantom askers, first
+/// from one network and then from eight (each a loopback /24), ask for region `r` as
+/// fast as they can and never connect, while a real client keeps asking. Every one of
+/// the real client's asks is answered with three gateways: the herd estimate may
+/// reorder, never refuse, and each network adds at most its share to it.
+#[test]
+fn phantom_askers_cannot_make_the_router_refuse_real_clients() {
+    let etcd = Etcd::start();
+    fleet(&etcd);
+    // The default request budget and edge settings.
+    let router = RouterProc::start(&etcd, "[rate_limit]\n[edge]\n", &[]);
+    wait_until(Duration::from_secs(10), "four nodes served", || {
+        router.ids("/gateways?region=r&count=10").len() == 4
     });
-    let asked: u64 = phantom.values().sum();
-    println!(
-        "phantoms: {asked} asks in 3 s from 8 networks ({:.0}/s), by status {phantom:?}; real client: {} asks",
-        asked as f64 / 3.0,
-        real.len()
-    );
-    assert!(
-        asked > 3_200,
-        "the phantoms asked for more than the free slots: {asked}"
-    );
-    let refused: Vec<&(u16, String)> = real.iter().filter(|(s, _)| *s != 200).collect();
-    assert!(refused.is_empty(), "real client refused: {refused:?}");
-    for (_, body) in &real {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["gateways"].as_array().unwrap().len(), 3, "{body}");
+    let secs = 3;
+    let mut asked_by_eight = 0;
+    for networks in [1, 8] {
+        let (phantom, real) = phantom_storm(router.addr, networks, secs);
+        let asked: u64 = phantom.values().sum();
+        let answered = phantom.get(&200).copied().unwrap_or(0);
+        let refused: Vec<&(u16, String)> = real.iter().filter(|(s, _)| *s != 200).collect();
+        println!(
+            "phantoms from {networks} network(s): {asked} asks in {secs} s ({:.0}/s, {:.0} answers/s), \
+             by status {phantom:?}; real client: {} asks, {} refused",
+            asked as f64 / secs as f64,
+            answered as f64 / secs as f64,
+            real.len(),
+            refused.len()
+        );
+        assert!(refused.is_empty(), "real client refused: {refused:?}");
+        for (_, body) in &real {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["gateways"].as_array().unwrap().len(), 3, "{body}");
+        }
+        assert_eq!(
+            phantom.get(&503),
+            None,
+            "nobody gets no_gateways: {phantom:?}"
+        );
+        if networks == 8 {
+            asked_by_eight = asked;
+        }
     }
-    assert_eq!(
-        phantom.get(&503),
-        None,
-        "nobody gets no_gateways: {phantom:?}"
+    assert!(
+        asked_by_eight > 3_200,
+        "the phantoms asked for more than the free slots: {asked_by_eight}"
     );
     assert!(
         metric(&router, "router_herd_uncounted_total") > 0.0,
@@ -352,9 +374,55 @@ fn a_network_that_keeps_hammering_is_blocked_automatically() {
     assert!(auto[0]["expires_ms"].as_u64().unwrap() > 0, "{listed}");
 }
 
+/// A gateway on loopback that refuses at `accept` what its block-list file lists (read
+/// with the agent library's `BlockFile`) and says "hello" to everyone else.
+struct FileGateway {
+    addr: SocketAddr,
+    refused: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FileGateway {
+    fn start(file: &std::path::Path) -> FileGateway {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut blocks = gateway_agent::blocklist::BlockFile::new(file);
+        let count = refused.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let peer = conn.peer_addr().unwrap().ip();
+                if blocks.refuses(peer) {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue; // dropped: closed at accept
+                }
+                let _ = std::io::Write::write_all(&mut conn, b"hello");
+            }
+        });
+        FileGateway { addr, refused }
+    }
+
+    /// What a client from `from` reads before the gateway closes: "hello", or nothing
+    /// when it was refused.
+    fn greet(&self, from: &str) -> String {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let from: std::net::IpAddr = from.parse().unwrap();
+        socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
+        socket.connect(&self.addr.into()).unwrap();
+        let mut conn: std::net::TcpStream = socket.into();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut conn, &mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
 /// The gateway's copy of the list: an agent started with `--blocklist-file` writes the
 /// networks `ctl block` adds, and drops them when they are unblocked, replacing the
-/// file whole each time.
+/// file whole each time; a gateway reading that file closes a listed network's
+/// connections at `accept` and serves it again once it is unblocked.
 #[test]
 fn the_agent_keeps_the_block_list_in_a_file_for_its_gateway() {
     let etcd = Etcd::start();
@@ -371,24 +439,49 @@ fn the_agent_keeps_the_block_list_in_a_file_for_its_gateway() {
             file.to_str().unwrap(),
         ],
     );
+    let gateway = FileGateway::start(&file);
     let read = || std::fs::read_to_string(&file).unwrap_or_default();
     wait_until(Duration::from_secs(20), "the file written", || {
         read().starts_with('#')
     });
+    assert_eq!(gateway.greet("127.0.44.1"), "hello", "nothing blocked yet");
     let (code, out) = router_ctl(&etcd, &["block", "198.51.100.7/24", "--reason", "scraper"]);
     assert_eq!(code, 0, "{out}");
-    wait_until(Duration::from_secs(5), "the entry in the file", || {
-        read().lines().any(|l| l == "198.51.100.0/24")
-    });
-    let (code, out) = router_ctl(&etcd, &["unblock", "198.51.100.0/24"]);
+    let (code, out) = router_ctl(&etcd, &["block", "127.0.44.0/24", "--reason", "scraper"]);
     assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(5), "the entries in the file", || {
+        let text = read();
+        text.lines().any(|l| l == "198.51.100.0/24") && text.lines().any(|l| l == "127.0.44.0/24")
+    });
     wait_until(
         Duration::from_secs(5),
-        "the entry gone from the file",
+        "the gateway refusing 127.0.44.1",
+        || gateway.greet("127.0.44.1").is_empty(),
+    );
+    assert_eq!(
+        gateway.greet("127.0.45.1"),
+        "hello",
+        "another network is served"
+    );
+    assert!(gateway.refused.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    for net in ["198.51.100.0/24", "127.0.44.0/24"] {
+        let (code, out) = router_ctl(&etcd, &["unblock", net]);
+        assert_eq!(code, 0, "{out}");
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the entries gone from the file",
         || {
             let text = read();
-            text.starts_with('#') && !text.contains("198.51.100.0/24")
+            text.starts_with('#')
+                && !text.contains("198.51.100.0/24")
+                && !text.contains("127.0.44.0/24")
         },
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the gateway serving 127.0.44.1 again",
+        || gateway.greet("127.0.44.1") == "hello",
     );
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "no temporary file left behind");
