@@ -119,8 +119,10 @@ pub(crate) fn end(fleet: &mut Fleet, fault: Fault) {
             up_again(fleet, k, kind);
         }
         Fault::Drain(k) => {
-            fleet.command(k, "serve", &[]);
+            // Serving from the moment the command is issued: a router may answer the
+            // node as soon as its agent applies it.
             up_again(fleet, k, kind);
+            fleet.command(k, "serve", &[]);
         }
         Fault::Migrate(..) => {}
     }
