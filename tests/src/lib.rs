@@ -27,6 +27,7 @@
 //! `harness::Etcd`, `harness::http_get` and so on.
 
 mod ca;
+pub mod clock;
 mod etcd;
 pub mod gateway;
 mod http;

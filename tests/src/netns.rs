@@ -14,6 +14,8 @@
 //!
 //! Every address exists only inside these namespaces. Because each lab's namespaces
 //! are its own, etcd's standard ports (2379, 2380) cannot collide with anything.
+//! [`Lab::attach_host`] adds one link to the test's own namespace (`10.77.{10 net +
+//! 2}.200`), for processes the test runs there to reach the members' client ports.
 //!
 //! A cut takes a link off its bridge: packets are silently dropped, as in a real
 //! partition (no refusal, no unreachable error), and the link itself stays up.
@@ -35,6 +37,9 @@ pub struct Lab {
     /// Which `10.77.x` addresses this lab uses (several labs can be joined).
     net: u8,
     members: Vec<Option<Child>>,
+    /// `--initial-cluster`, and flags every member gets, for restarts.
+    cluster: String,
+    extra: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -59,6 +64,12 @@ impl Lab {
     /// another lab ([`Lab::join`]): peers on `10.77.{10 net + 1}.x` (a /24), clients on
     /// `10.77.{10 net + 2}.x` (in one /16 with every joined lab's clients).
     pub fn on_net(n: usize, net: u8) -> Lab {
+        Lab::with_flags(n, net, &[])
+    }
+
+    /// [`Lab::on_net`] with `extra` flags for every member (e.g. a small
+    /// `--quota-backend-bytes`).
+    pub fn with_flags(n: usize, net: u8, extra: &[&str]) -> Lab {
         tool("ip", "iproute2");
         tool("etcd", "etcd-server");
         tool("etcdctl", "etcd-client");
@@ -73,6 +84,8 @@ impl Lab {
             tag,
             net,
             members: Vec::new(),
+            cluster: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tempfile::tempdir().expect("temp dir"),
         };
         let hub = lab.ns("hub");
@@ -98,22 +111,67 @@ impl Lab {
         ip(&["netns", "add", &gw]);
         ip(&["-n", &gw, "link", "set", "lo", "up"]);
         lab.attach(&gw, "gwc", "c0", "brc", &lab.client_ip(101));
-        let cluster = (0..n)
+        lab.cluster = (0..n)
             .map(|i| format!("m{i}=http://{}:{PEER_PORT}", lab.peer_ip(i)))
             .collect::<Vec<_>>()
             .join(",");
         for i in 0..n {
-            let child = lab.spawn_member(i, &cluster);
+            let child = lab.spawn_member(i);
             lab.members.push(Some(child));
         }
         for i in 0..n {
-            wait_until(Duration::from_secs(30), "etcd member healthy", || {
-                lab.ctl_on(&[i], &["endpoint", "health", "--command-timeout=500ms"])
-                    .status
-                    .success()
-            });
+            lab.wait_member_healthy(i);
         }
         lab
+    }
+
+    fn wait_member_healthy(&self, i: usize) {
+        wait_until(Duration::from_secs(30), "etcd member healthy", || {
+            self.member_healthy(i)
+        });
+    }
+
+    /// Member `i` answers `endpoint health` (it is up and its cluster has a leader).
+    pub fn member_healthy(&self, i: usize) -> bool {
+        self.ctl_on(&[i], &["endpoint", "health", "--command-timeout=500ms"])
+            .status
+            .success()
+    }
+
+    /// Stops member `i` (SIGKILL, as a crashed machine would); its data stays.
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data (after [`Lab::stop_member`]); it is
+    /// healthy once [`Lab::member_healthy`] says so.
+    pub fn start_member(&mut self, i: usize) {
+        if self.members[i].is_none() {
+            let child = self.spawn_member(i);
+            self.members[i] = Some(child);
+        }
+    }
+
+    /// Links the test's own namespace to the client bridge, as `10.77.{10 net + 2}.200`
+    /// (a /24): processes the test runs there (not in a namespace of the lab) reach
+    /// every member's client port, and [`Lab::cut_peers`] leaves that reach alone. The
+    /// link goes with the hub namespace on drop.
+    pub fn attach_host(&self) {
+        let hub = self.ns("hub");
+        let host = format!("{}h", self.tag);
+        // `netns PID`: the peer goes to this process's namespace.
+        let here = std::process::id().to_string();
+        ip(&[
+            "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &host, "netns",
+            &here,
+        ]);
+        ip(&["-n", &hub, "link", "set", "hostc", "master", "brc", "up"]);
+        let addr = format!("{}/24", self.client_ip(200));
+        ip(&["addr", "add", &addr, "dev", &host]);
+        ip(&["link", "set", &host, "up"]);
     }
 
     fn peer_ip(&self, i: usize) -> String {
@@ -179,9 +237,13 @@ impl Lab {
         ip(&["-n", ns, "link", "set", inner, "up"]);
     }
 
-    fn spawn_member(&self, i: usize, cluster: &str) -> Child {
+    fn spawn_member(&self, i: usize) -> Child {
         let name = format!("m{i}");
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
         Command::new("ip")
             .args(["netns", "exec", &self.ns(&name), "etcd", "--name", &name])
             .arg("--data-dir")
@@ -196,12 +258,13 @@ impl Lab {
                 "--initial-advertise-peer-urls",
                 &format!("http://{}:{PEER_PORT}", self.peer_ip(i)),
                 "--initial-cluster",
-                cluster,
+                &self.cluster,
                 "--initial-cluster-state",
                 "new",
                 "--initial-cluster-token",
                 &self.tag,
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
