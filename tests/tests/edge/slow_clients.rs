@@ -112,128 +112,181 @@ fn dns_query() -> Vec<u8> {
     q
 }
 
-#[test]
-fn slow_bodies_are_cut_at_their_deadline_and_cost_no_memory() {
-    let etcd = Etcd::start();
-    etcd.put(&format!("{P}/nodes/gw-a"), &record("gw-a"));
-    const BODY_TIMEOUT: Duration = Duration::from_millis(1500);
-    // Slack for a loaded machine: the deadline is checked when the body is read.
-    const SLACK: Duration = Duration::from_millis(2500);
-    let r = RouterProc::start(
-        &etcd,
-        &format!(
-            "[dns]\nzone = \"gw.example.test\"\n[http]\nbody_timeout_ms = {}\n",
-            BODY_TIMEOUT.as_millis()
-        ),
-        &[],
-    );
-    let before = rss_kib(r.proc.pid());
-    let post = |extra: &str| {
-        format!(
-            "POST /dns-query HTTP/1.1\r\nHost: x\r\nContent-Type: application/dns-message\r\n{extra}\r\n"
-        )
-    };
-    // 50 attackers, as in the report: 20 declaring 2 MB, 15 declaring a body under the
-    // 64 KiB limit and 15 chunked, each sending a few bytes every 50 ms.
-    let give_up = BODY_TIMEOUT + SLACK + Duration::from_secs(3);
-    let mut attackers = Vec::new();
-    for i in 0..50 {
-        let (head, drip, kind): (String, &'static [u8], &str) = match i % 10 {
-            0..=3 => (post("Content-Length: 2000000\r\n"), b"0123456789", "2 MB"),
-            4..=6 => (post("Content-Length: 60000\r\n"), b"0123456789", "60 KB"),
-            _ => (
-                post("Transfer-Encoding: chunked\r\n"),
-                b"a\r\n0123456789\r\n",
-                "chunked",
+const BODY_TIMEOUT: Duration = Duration::from_millis(1500);
+// Slack for a loaded machine: the deadline is checked when the body is read.
+const SLACK: Duration = Duration::from_millis(2500);
+
+/// The head of a DoH POST with `extra` header lines.
+fn post(extra: &str) -> String {
+    format!(
+        "POST /dns-query HTTP/1.1\r\nHost: x\r\nContent-Type: application/dns-message\r\n{extra}\r\n"
+    )
+}
+
+/// One slow client's kind and the thread trickling its body.
+type Attacker = (&'static str, std::thread::JoinHandle<Trickled>);
+
+/// A router with a body deadline of `BODY_TIMEOUT`, its memory before the attack and
+/// the most it used since.
+struct SlowBodies {
+    r: RouterProc,
+    before: u64,
+    peak: u64,
+    give_up: Duration,
+    _etcd: Etcd,
+}
+
+impl SlowBodies {
+    fn start() -> SlowBodies {
+        let etcd = Etcd::start();
+        etcd.put(&format!("{P}/nodes/gw-a"), &record("gw-a"));
+        let r = RouterProc::start(
+            &etcd,
+            &format!(
+                "[dns]\nzone = \"gw.example.test\"\n[http]\nbody_timeout_ms = {}\n",
+                BODY_TIMEOUT.as_millis()
             ),
-        };
-        let addr = r.addr;
-        attackers.push((
-            kind,
-            std::thread::spawn(move || trickle(addr, head, drip, give_up)),
-        ));
-    }
-    // Meanwhile a normal client is served, over GET and over DoH.
-    let mut peak = before;
-    let start = Instant::now();
-    while start.elapsed() < BODY_TIMEOUT {
-        let (code, body) = http_get(r.addr, "/gateways").expect("a real client is answered");
-        assert_eq!(code, 200, "{body}");
-        let q = dns_query();
-        let mut req = post(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n",
-            q.len()
-        ))
-        .into_bytes();
-        req.extend_from_slice(&q);
-        let resp = raw(r.addr, &req, Duration::from_secs(5));
-        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-        peak = peak.max(rss_kib(r.proc.pid()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for (kind, t) in attackers {
-        let done = t.join().unwrap();
-        eprintln!("{kind}: closed after {:?}", done.closed_after);
-        let took = done
-            .closed_after
-            .unwrap_or_else(|| panic!("{kind}: still open after {give_up:?}: {}", done.read));
-        assert!(
-            took <= BODY_TIMEOUT + SLACK,
-            "{kind}: closed after {took:?}: {}",
-            done.read
+            &[],
         );
-        if kind != "2 MB" {
-            // Cut by the deadline, not by anything sooner.
+        let before = rss_kib(r.proc.pid());
+        SlowBodies {
+            r,
+            before,
+            peak: before,
+            give_up: BODY_TIMEOUT + SLACK + Duration::from_secs(3),
+            _etcd: etcd,
+        }
+    }
+
+    /// 50 attackers, as in the report: 20 declaring 2 MB, 15 declaring a body under
+    /// the 64 KiB limit and 15 chunked, each sending a few bytes every 50 ms.
+    fn attack(&self) -> Vec<Attacker> {
+        let mut attackers = Vec::new();
+        for i in 0..50 {
+            let (head, drip, kind): (String, &'static [u8], &str) = match i % 10 {
+                0..=3 => (post("Content-Length: 2000000\r\n"), b"0123456789", "2 MB"),
+                4..=6 => (post("Content-Length: 60000\r\n"), b"0123456789", "60 KB"),
+                _ => (
+                    post("Transfer-Encoding: chunked\r\n"),
+                    b"a\r\n0123456789\r\n",
+                    "chunked",
+                ),
+            };
+            let (addr, give_up) = (self.r.addr, self.give_up);
+            attackers.push((
+                kind,
+                std::thread::spawn(move || trickle(addr, head, drip, give_up)),
+            ));
+        }
+        attackers
+    }
+
+    /// Meanwhile a normal client is served, over GET and over DoH.
+    fn a_real_client_is_served(&mut self) {
+        let r = &self.r;
+        let start = Instant::now();
+        while start.elapsed() < BODY_TIMEOUT {
+            let (code, body) = http_get(r.addr, "/gateways").expect("a real client is answered");
+            assert_eq!(code, 200, "{body}");
+            let q = dns_query();
+            let mut req = post(&format!(
+                "Content-Length: {}\r\nConnection: close\r\n",
+                q.len()
+            ))
+            .into_bytes();
+            req.extend_from_slice(&q);
+            let resp = raw(r.addr, &req, Duration::from_secs(5));
+            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+            self.peak = self.peak.max(rss_kib(r.proc.pid()));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Each attacker is closed by the deadline (plus slack), and none sooner but the
+    /// one declaring more than the limit.
+    fn attackers_are_cut_at_the_deadline(&mut self, attackers: Vec<Attacker>) {
+        let give_up = self.give_up;
+        for (kind, t) in attackers {
+            let done = t.join().unwrap();
+            eprintln!("{kind}: closed after {:?}", done.closed_after);
+            let took = done
+                .closed_after
+                .unwrap_or_else(|| panic!("{kind}: still open after {give_up:?}: {}", done.read));
             assert!(
-                took >= BODY_TIMEOUT - Duration::from_millis(200),
+                took <= BODY_TIMEOUT + SLACK,
                 "{kind}: closed after {took:?}: {}",
                 done.read
             );
+            if kind != "2 MB" {
+                // Cut by the deadline, not by anything sooner.
+                assert!(
+                    took >= BODY_TIMEOUT - Duration::from_millis(200),
+                    "{kind}: closed after {took:?}: {}",
+                    done.read
+                );
+            }
+            self.peak = self.peak.max(rss_kib(self.r.proc.pid()));
         }
-        peak = peak.max(rss_kib(r.proc.pid()));
     }
-    // One that sends part of its body and then waits (so the close is a clean one and
-    // nothing is lost to a reset) hears why it is cut off: the contract's 408.
-    let mut quiet = TcpStream::connect(r.addr).unwrap();
-    quiet
-        .write_all(format!("{}0123", post("Content-Length: 100\r\n")).as_bytes())
-        .unwrap();
-    quiet.set_read_timeout(Some(BODY_TIMEOUT + SLACK)).unwrap();
-    let mut answer = String::new();
-    assert!(
-        quiet.read_to_string(&mut answer).is_ok(),
-        "closed by the deadline: {answer}"
-    );
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(
-        answer.to_lowercase().contains("connection: close"),
-        "{answer}"
-    );
-    let body: serde_json::Value =
-        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
-    assert_eq!(body["error"]["code"], "request_timeout", "{answer}");
-    eprintln!("RSS {before} KiB before, {peak} KiB at most under attack");
-    // 50 slow clients cost the router a few MB at most (the report: 10.7 -> 28.5 MB
-    // for 200 of them; a DoH body is now 64 KiB at most).
-    assert!(
-        peak <= before + 8 * 1024,
-        "RSS grew from {before} KiB to {peak} KiB"
-    );
-    let (_, metrics) = http_get(r.addr, "/metrics").unwrap();
-    assert!(
-        sample(
-            &metrics,
-            r#"router_connections_closed_by_server_total{reason="body_timeout"}"#
-        ) >= 30.0,
-        "{metrics}"
-    );
-    assert!(
-        sample(
-            &metrics,
-            r#"router_http_requests_total{route="/dns-query",status="413"}"#
-        ) >= 20.0,
-        "{metrics}"
-    );
+
+    /// One that sends part of its body and then waits (so the close is a clean one and
+    /// nothing is lost to a reset) hears why it is cut off: the contract's 408.
+    fn a_quiet_client_hears_408(&self) {
+        let mut quiet = TcpStream::connect(self.r.addr).unwrap();
+        quiet
+            .write_all(format!("{}0123", post("Content-Length: 100\r\n")).as_bytes())
+            .unwrap();
+        quiet.set_read_timeout(Some(BODY_TIMEOUT + SLACK)).unwrap();
+        let mut answer = String::new();
+        assert!(
+            quiet.read_to_string(&mut answer).is_ok(),
+            "closed by the deadline: {answer}"
+        );
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.to_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(body["error"]["code"], "request_timeout", "{answer}");
+    }
+
+    /// 50 slow clients cost the router a few MB at most (the report: 10.7 -> 28.5 MB
+    /// for 200 of them; a DoH body is now 64 KiB at most), and its metrics count them.
+    fn memory_and_metrics(&self) {
+        let (before, peak) = (self.before, self.peak);
+        eprintln!("RSS {before} KiB before, {peak} KiB at most under attack");
+        assert!(
+            peak <= before + 8 * 1024,
+            "RSS grew from {before} KiB to {peak} KiB"
+        );
+        let (_, metrics) = http_get(self.r.addr, "/metrics").unwrap();
+        assert!(
+            sample(
+                &metrics,
+                r#"router_connections_closed_by_server_total{reason="body_timeout"}"#
+            ) >= 30.0,
+            "{metrics}"
+        );
+        assert!(
+            sample(
+                &metrics,
+                r#"router_http_requests_total{route="/dns-query",status="413"}"#
+            ) >= 20.0,
+            "{metrics}"
+        );
+    }
+}
+
+#[test]
+fn slow_bodies_are_cut_at_their_deadline_and_cost_no_memory() {
+    let mut w = SlowBodies::start();
+    let attackers = w.attack();
+    w.a_real_client_is_served();
+    w.attackers_are_cut_at_the_deadline(attackers);
+    w.a_quiet_client_hears_408();
+    w.memory_and_metrics();
 }
 
 #[test]
