@@ -2,7 +2,7 @@
 //! client port (`--cert-file`, `--key-file`, `--trusted-ca-file`), client certificates
 //! required (`--client-cert-auth`), authentication enabled, and each binary holding
 //! only the permissions its part of the key layout needs. This file holds what the
-//! concerns share: certificates, password files and `ctl auth`.
+//! concerns share: certificates, password files, `ctl auth` and etcd client options.
 
 mod bad_credentials;
 mod least_privilege;
@@ -11,6 +11,8 @@ mod rotation;
 use std::path::{Path, PathBuf};
 
 use harness::{router_ctl, Etcd, TestCa};
+use registry::etcd::EtcdOptions;
+use registry::security::EtcdSecurity;
 
 /// Writes a file only its owner reads (keys and passwords must be; certificates may).
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -60,4 +62,20 @@ fn passwords_dir(etcd: &Etcd) -> PathBuf {
 /// The password file `ctl auth apply` wrote for `user`.
 fn password_file(etcd: &Etcd, user: &str) -> PathBuf {
     passwords_dir(etcd).join(format!("{user}.password"))
+}
+
+/// Client options over TLS with `cert` / `key`, signed in as `login` (a user and its
+/// password file) when given, else by the certificate's common name alone.
+fn tls_options(etcd: &Etcd, cert: &Path, key: &Path, login: Option<(&str, &Path)>) -> EtcdOptions {
+    EtcdOptions {
+        security: EtcdSecurity {
+            cacert: Some(etcd.tls().ca.clone()),
+            cert: Some(cert.to_path_buf()),
+            key: Some(key.to_path_buf()),
+            user: login.map(|(user, _)| user.into()),
+            password_file: login.map(|(_, file)| file.to_path_buf()),
+            insecure_transport: false,
+        },
+        ..EtcdOptions::default()
+    }
 }

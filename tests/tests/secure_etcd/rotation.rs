@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::{wait_until, Etcd, Proc, TestCa, P};
-use registry::etcd::{EtcdKv, EtcdOptions};
+use registry::etcd::EtcdKv;
 use registry::kv::Kv;
-use registry::security::EtcdSecurity;
 
-use super::{auth, client_cert, password_file};
+use super::{auth, client_cert, password_file, tls_options};
 
 /// Writes `text` to `path` as certificate tools do: a new file renamed over the old.
 fn replace(path: &Path, text: &str) {
@@ -179,17 +178,7 @@ fn expiring_auth_tokens_cost_no_failed_write() {
     let pw = password_file(&etcd, "gw-t");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (writes, failed) = rt.block_on(async {
-        let opts = EtcdOptions {
-            security: EtcdSecurity {
-                cacert: Some(etcd.tls().ca.clone()),
-                cert: Some(cert),
-                key: Some(key),
-                user: Some("gw-t".into()),
-                password_file: Some(pw),
-                insecure_transport: false,
-            },
-            ..EtcdOptions::default()
-        };
+        let opts = tls_options(&etcd, &cert, &key, Some(("gw-t", &pw)));
         let kv = EtcdKv::connect(&etcd.endpoint_list(), &opts).await.unwrap();
         let node = format!("{P}/nodes/gw-t");
         let (mut writes, mut failed) = (0, Vec::new());
