@@ -1,7 +1,7 @@
 //! Bad credentials at start: a wrong CA, an expired client certificate, a wrong
 //! password, TLS flags with an http:// endpoint. Each binary stops with one line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,31 +31,34 @@ fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-/// A wrong CA, an expired client certificate, a wrong password: each binary stops at
-/// start with exit status 2 and one line naming the cause, instead of retrying forever.
-#[test]
-fn bad_credentials_fail_at_start_with_one_line() {
-    let ca = TestCa::new("etcd test CA");
-    let etcd = Etcd::secure(&ca, &[]);
-    let dir = etcd.dir().to_path_buf();
-    auth(&etcd, "apply", &["--agents", "gw-c"]);
+/// The files the cases use: gw-c's good certificate, an expired one, a CA that did not
+/// sign etcd's certificate, a wrong and the right password.
+struct Files {
+    other_ca: PathBuf,
+    good: (PathBuf, PathBuf),
+    old: (PathBuf, PathBuf),
+    wrong: PathBuf,
+    right: PathBuf,
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Each bad start: what is wrong, the flags that say it, and the cause its one line
+/// must name.
+fn cases(etcd: &Etcd, f: &Files) -> Vec<(&'static str, Vec<String>, &'static str)> {
     let t = etcd.tls();
-    let other_ca = write(&dir, "other-ca.pem", &TestCa::new("another CA").pem());
-    let (good_cert, good_key) = client_cert(&ca, &dir, "gw-c-host", false);
-    let (old_cert, old_key) = client_cert(&ca, &dir, "old", true);
-    let wrong = write(&dir, "wrong.pw", "wrong\n");
-    let right = password_file(&etcd, "gw-c");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+    vec![
         (
             "a CA that did not sign etcd's certificate",
             vec![
                 "--etcd-cacert".into(),
-                s(&other_ca),
+                s(&f.other_ca),
                 "--etcd-cert".into(),
-                s(&good_cert),
+                s(&f.good.0),
                 "--etcd-key".into(),
-                s(&good_key),
+                s(&f.good.1),
             ],
             "UnknownIssuer",
         ),
@@ -65,9 +68,9 @@ fn bad_credentials_fail_at_start_with_one_line() {
                 "--etcd-cacert".into(),
                 s(&t.ca),
                 "--etcd-cert".into(),
-                s(&old_cert),
+                s(&f.old.0),
                 "--etcd-key".into(),
-                s(&old_key),
+                s(&f.old.1),
             ],
             "TLS",
         ),
@@ -77,13 +80,13 @@ fn bad_credentials_fail_at_start_with_one_line() {
                 "--etcd-cacert".into(),
                 s(&t.ca),
                 "--etcd-cert".into(),
-                s(&good_cert),
+                s(&f.good.0),
                 "--etcd-key".into(),
-                s(&good_key),
+                s(&f.good.1),
                 "--etcd-user".into(),
                 "gw-c".into(),
                 "--etcd-password-file".into(),
-                s(&wrong),
+                s(&f.wrong),
             ],
             "authentication failed",
         ),
@@ -92,83 +95,79 @@ fn bad_credentials_fail_at_start_with_one_line() {
             vec!["--etcd-cacert".into(), s(&t.ca)],
             "need https:// endpoints",
         ),
-    ];
-    for (what, flags, cause) in &cases {
-        let endpoints = if cause.contains("https://") {
-            etcd.endpoints().replace("https://", "http://")
-        } else {
-            etcd.endpoints()
-        };
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let runs: Vec<(&str, Vec<&str>)> = vec![
-            (
-                "gateway-agent",
-                [
-                    &[
-                        "--etcd",
-                        &endpoints,
-                        "--id",
-                        "gw-c",
-                        "--ip",
-                        "127.0.0.1",
-                        "--region",
-                        "r",
-                        "--capacity",
-                        "10",
-                        "--port",
-                        "tcp=1",
-                    ][..],
-                    &flags[..],
-                ]
-                .concat(),
-            ),
-            (
-                "router-server",
-                [
-                    &["serve", "--etcd", &endpoints, "--listen", "127.0.0.1:0"][..],
-                    &flags[..],
-                ]
-                .concat(),
-            ),
-            (
-                "router-server",
-                [
-                    &["ctl", "--etcd", &endpoints][..],
-                    &flags[..],
-                    &["nodes"][..],
-                ]
-                .concat(),
-            ),
-        ];
-        for (name, args) in runs {
-            let out = output_within(
-                Command::new(bin(name)).args(&args).env("RUST_LOG", "off"),
-                Duration::from_secs(20),
-            );
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-            assert_ne!(out.status.code(), Some(0), "{name} {what}: {stderr}");
-            assert!(
-                lines.len() == 1 && lines[0].starts_with("error:") && lines[0].contains(cause),
-                "{name} with {what}: want one line naming {cause:?}, got: {stderr}"
-            );
-        }
-    }
-    // The right password works (the cases above fail for their reason alone).
+    ]
+}
+
+/// The three starts each case is tried with: the agent, the router, `ctl nodes`.
+fn runs<'a>(endpoints: &'a str, flags: &[&'a str]) -> Vec<(&'static str, Vec<&'a str>)> {
+    vec![
+        (
+            "gateway-agent",
+            [
+                &[
+                    "--etcd",
+                    endpoints,
+                    "--id",
+                    "gw-c",
+                    "--ip",
+                    "127.0.0.1",
+                    "--region",
+                    "r",
+                    "--capacity",
+                    "10",
+                    "--port",
+                    "tcp=1",
+                ][..],
+                flags,
+            ]
+            .concat(),
+        ),
+        (
+            "router-server",
+            [
+                &["serve", "--etcd", endpoints, "--listen", "127.0.0.1:0"][..],
+                flags,
+            ]
+            .concat(),
+        ),
+        (
+            "router-server",
+            [&["ctl", "--etcd", endpoints][..], flags, &["nodes"][..]].concat(),
+        ),
+    ]
+}
+
+/// `name ARGS` fails, printing one line that starts `error:` and names `cause`.
+fn fails_with_one_line(name: &str, args: &[&str], what: &str, cause: &str) {
+    let out = output_within(
+        Command::new(bin(name)).args(args).env("RUST_LOG", "off"),
+        Duration::from_secs(20),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_ne!(out.status.code(), Some(0), "{name} {what}: {stderr}");
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("error:") && lines[0].contains(cause),
+        "{name} with {what}: want one line naming {cause:?}, got: {stderr}"
+    );
+}
+
+/// The right password works (the cases fail for their reason alone).
+fn the_right_password_authenticates(etcd: &Etcd, f: &Files) {
     let out = Command::new(bin("router-server"))
         .args([
             "ctl",
             "--etcd",
             &etcd.endpoints(),
             "--etcd-cacert",
-            &s(&t.ca),
+            &s(&etcd.tls().ca),
         ])
-        .args(["--etcd-cert", &s(&good_cert), "--etcd-key", &s(&good_key)])
+        .args(["--etcd-cert", &s(&f.good.0), "--etcd-key", &s(&f.good.1)])
         .args([
             "--etcd-user",
             "gw-c",
             "--etcd-password-file",
-            &s(&right),
+            &s(&f.right),
             "nodes",
         ])
         .output()
@@ -176,4 +175,33 @@ fn bad_credentials_fail_at_start_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // gw-c may not list the prefix: permission denied, but authenticated.
     assert!(!stderr.contains("authentication failed"), "{stderr}");
+}
+
+/// A wrong CA, an expired client certificate, a wrong password: each binary stops at
+/// start with exit status 2 and one line naming the cause, instead of retrying forever.
+#[test]
+fn bad_credentials_fail_at_start_with_one_line() {
+    let ca = TestCa::new("etcd test CA");
+    let etcd = Etcd::secure(&ca, &[]);
+    let dir = etcd.dir().to_path_buf();
+    auth(&etcd, "apply", &["--agents", "gw-c"]);
+    let files = Files {
+        other_ca: write(&dir, "other-ca.pem", &TestCa::new("another CA").pem()),
+        good: client_cert(&ca, &dir, "gw-c-host", false),
+        old: client_cert(&ca, &dir, "old", true),
+        wrong: write(&dir, "wrong.pw", "wrong\n"),
+        right: password_file(&etcd, "gw-c"),
+    };
+    for (what, flags, cause) in &cases(&etcd, &files) {
+        let endpoints = if cause.contains("https://") {
+            etcd.endpoints().replace("https://", "http://")
+        } else {
+            etcd.endpoints()
+        };
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        for (name, args) in runs(&endpoints, &flags) {
+            fails_with_one_line(name, &args, what, cause);
+        }
+    }
+    the_right_password_authenticates(&etcd, &files);
 }
