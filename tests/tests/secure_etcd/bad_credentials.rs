@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use harness::{bin, Etcd, TestCa};
 
-use super::{auth, client_cert, password_file, write};
+use super::{client_cert, password_file, secure_etcd, write};
 
 /// Runs `cmd` to its end, or kills it after `limit` (the output then says so).
 fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
@@ -181,10 +181,7 @@ fn the_right_password_authenticates(etcd: &Etcd, f: &Files) {
 /// start with exit status 2 and one line naming the cause, instead of retrying forever.
 #[test]
 fn bad_credentials_fail_at_start_with_one_line() {
-    let ca = TestCa::new("etcd test CA");
-    let etcd = Etcd::secure(&ca, &[]);
-    let dir = etcd.dir().to_path_buf();
-    auth(&etcd, "apply", &["--agents", "gw-c"]);
+    let (ca, etcd, dir) = secure_etcd(&[], &["--agents", "gw-c"]);
     let files = Files {
         other_ca: write(&dir, "other-ca.pem", &TestCa::new("another CA").pem()),
         good: client_cert(&ca, &dir, "gw-c-host", false),

@@ -12,7 +12,7 @@ use harness::{
 use registry::etcd::EtcdKv;
 use registry::kv::{Kv, KvError};
 
-use super::{auth, client_cert, password_file, tls_options};
+use super::{auth, client_cert, password_file, secure_etcd, tls_options};
 
 /// `ctl auth plan` writes nothing; `apply` creates each principal's role and user
 /// (passwords in files only their owner reads); a second `apply` has nothing to do.
@@ -102,12 +102,8 @@ struct WholePath {
 
 impl WholePath {
     fn start() -> WholePath {
-        let ca = TestCa::new("etcd test CA");
-        let etcd = Etcd::secure(&ca, &[]);
-        let dir = etcd.dir().to_path_buf();
-        auth(
-            &etcd,
-            "apply",
+        let (ca, etcd, dir) = secure_etcd(
+            &[],
             &[
                 "--routers",
                 "r1",

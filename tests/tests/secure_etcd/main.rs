@@ -55,6 +55,16 @@ fn auth(etcd: &Etcd, op: &str, who: &[&str]) -> String {
     out
 }
 
+/// A secure etcd (`extra` flags) where `ctl auth apply` made the principals `who`
+/// names; with the CA that signs its certificates and its directory.
+fn secure_etcd(extra: &[&str], who: &[&str]) -> (TestCa, Etcd, PathBuf) {
+    let ca = TestCa::new("etcd test CA");
+    let etcd = Etcd::secure(&ca, extra);
+    let dir = etcd.dir().to_path_buf();
+    auth(&etcd, "apply", who);
+    (ca, etcd, dir)
+}
+
 fn passwords_dir(etcd: &Etcd) -> PathBuf {
     etcd.dir().join("passwords")
 }

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{wait_until, Etcd, Proc, TestCa, P};
+use harness::{wait_until, Etcd, Proc, P};
 use registry::etcd::EtcdKv;
 use registry::kv::Kv;
 
-use super::{auth, client_cert, password_file, tls_options};
+use super::{client_cert, password_file, secure_etcd, tls_options};
 
 /// Writes `text` to `path` as certificate tools do: a new file renamed over the old.
 fn replace(path: &Path, text: &str) {
@@ -52,10 +52,7 @@ fn agent_with_load(
 /// old certificate expired (etcd restarts here), it still reports.
 #[test]
 fn a_rotated_client_certificate_is_used_without_a_restart() {
-    let ca = TestCa::new("etcd test CA");
-    let mut etcd = Etcd::secure(&ca, &[]);
-    let dir = etcd.dir().to_path_buf();
-    auth(&etcd, "apply", &["--agents", "gw-r"]);
+    let (ca, mut etcd, dir) = secure_etcd(&[], &["--agents", "gw-r"]);
     let valid = Duration::from_secs(6);
     let expires = std::time::SystemTime::now() + valid;
     let (cert, key) = ca.client_leaf_for("gw-r", valid);
@@ -102,10 +99,7 @@ fn a_rotated_client_certificate_is_used_without_a_restart() {
 /// authenticates with the new one without a restart, and its node never leaves.
 #[test]
 fn a_rotated_password_is_used_without_a_restart() {
-    let ca = TestCa::new("etcd test CA");
-    let etcd = Etcd::secure(&ca, &[]);
-    let dir = etcd.dir().to_path_buf();
-    auth(&etcd, "apply", &["--agents", "gw-p"]);
+    let (ca, etcd, dir) = secure_etcd(&[], &["--agents", "gw-p"]);
     let pw = dir.join("agent.password");
     replace(
         &pw,
@@ -170,10 +164,7 @@ fn a_rotated_password_is_used_without_a_restart() {
 /// than the TTL, not one write fails.
 #[test]
 fn expiring_auth_tokens_cost_no_failed_write() {
-    let ca = TestCa::new("etcd test CA");
-    let etcd = Etcd::secure(&ca, &["--auth-token-ttl", "5"]);
-    let dir = etcd.dir().to_path_buf();
-    auth(&etcd, "apply", &["--agents", "gw-t"]);
+    let (ca, etcd, dir) = secure_etcd(&["--auth-token-ttl", "5"], &["--agents", "gw-t"]);
     let (cert, key) = client_cert(&ca, &dir, "gw-t-host", false);
     let pw = password_file(&etcd, "gw-t");
     let rt = tokio::runtime::Runtime::new().unwrap();
