@@ -13,13 +13,18 @@ fn metrics(router: &RouterProc) -> String {
         .unwrap_or_default()
 }
 
-/// The lines of the agent's output that warn about NOSPACE.
-fn nospace_warnings(agent: &Proc) -> usize {
+/// The lines of the agent's output at `level` that say `what`.
+fn agent_lines(agent: &Proc, level: &str, what: &str) -> usize {
     agent
         .output()
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("NOSPACE"))
+        .filter(|l| l.contains(level) && l.contains(what))
         .count()
+}
+
+/// The lines of the agent's output that warn about NOSPACE.
+fn nospace_warnings(agent: &Proc) -> usize {
+    agent_lines(agent, "WARN", "NOSPACE")
 }
 
 /// The router's alarm gauge line for NOSPACE at `v`.
@@ -29,11 +34,7 @@ fn alarm_line(v: u8) -> String {
 
 /// The agent's debug lines for a report refused again.
 fn refused_again(agent: &Proc) -> usize {
-    agent
-        .output()
-        .lines()
-        .filter(|l| l.contains("DEBUG") && l.contains("failed again"))
-        .count()
+    agent_lines(agent, "DEBUG", "failed again")
 }
 
 /// An etcd with a 2 MiB quota, an agent reporting the count in `conns`, and a router
