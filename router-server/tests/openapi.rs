@@ -231,15 +231,14 @@ async fn check(
     status
 }
 
-#[tokio::test]
-async fn every_documented_operation_and_answer_matches_the_server() {
-    let spec = spec();
-    let app = app(true).await;
+/// `/gateways`: an answer, a bad count, no node for the protocol, a URI too long, and
+/// the rate limit's refusal.
+async fn check_gateways(app: &Router, spec: &Value) {
     let g = "/gateways";
     assert_eq!(
         check(
-            &app,
-            &spec,
+            app,
+            spec,
             Method::GET,
             g,
             "/gateways?count=2&proto=tcp&region=r",
@@ -249,21 +248,25 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         200
     );
     assert_eq!(
-        check(&app, &spec, Method::GET, g, "/gateways?count=0", None).await,
+        check(app, spec, Method::GET, g, "/gateways?count=0", None).await,
         400
     );
     assert_eq!(
-        check(&app, &spec, Method::GET, g, "/gateways?proto=wss", None).await,
+        check(app, spec, Method::GET, g, "/gateways?proto=wss", None).await,
         503
     );
     let long = format!("/gateways?x={}", "y".repeat(5000));
-    assert_eq!(check(&app, &spec, Method::GET, g, &long, None).await, 414);
+    assert_eq!(check(app, spec, Method::GET, g, &long, None).await, 414);
     // The burst is 3: keep asking until refused.
     let mut last = 0;
     for _ in 0..10 {
-        last = check(&app, &spec, Method::GET, g, "/gateways", None).await;
+        last = check(app, spec, Method::GET, g, "/gateways", None).await;
     }
     assert_eq!(last, 429);
+}
+
+/// The health, metrics and fleet pages.
+async fn check_pages(app: &Router, spec: &Value) {
     for p in [
         "/healthz",
         "/readyz",
@@ -274,26 +277,22 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         "/ops/fleet.json",
         "/ops/blocks.json",
     ] {
-        assert_eq!(check(&app, &spec, Method::GET, p, p, None).await, 200);
+        assert_eq!(check(app, spec, Method::GET, p, p, None).await, 200);
     }
+}
+
+/// The admin API's node list and each node action: accepted, unknown node, bad id.
+async fn check_node_actions(app: &Router, spec: &Value) {
     assert_eq!(
-        check(
-            &app,
-            &spec,
-            Method::GET,
-            "/admin/nodes",
-            "/admin/nodes",
-            None
-        )
-        .await,
+        check(app, spec, Method::GET, "/admin/nodes", "/admin/nodes", None).await,
         200
     );
     for action in ["drain", "serve"] {
         let tpl = format!("/admin/nodes/{{id}}/{action}");
         assert_eq!(
             check(
-                &app,
-                &spec,
+                app,
+                spec,
                 Method::POST,
                 &tpl,
                 &format!("/admin/nodes/a/{action}"),
@@ -304,8 +303,8 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         );
         assert_eq!(
             check(
-                &app,
-                &spec,
+                app,
+                spec,
                 Method::POST,
                 &tpl,
                 &format!("/admin/nodes/zz/{action}"),
@@ -316,8 +315,8 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         );
         assert_eq!(
             check(
-                &app,
-                &spec,
+                app,
+                spec,
                 Method::POST,
                 &tpl,
                 &format!("/admin/nodes/a%20b/{action}"),
@@ -327,11 +326,15 @@ async fn every_documented_operation_and_answer_matches_the_server() {
             400
         );
     }
+}
+
+/// Migrations and rebalancing: accepted, and out of range.
+async fn check_migrate_and_rebalance(app: &Router, spec: &Value) {
     let m = "/admin/nodes/{id}/migrate";
     assert_eq!(
         check(
-            &app,
-            &spec,
+            app,
+            spec,
             Method::POST,
             m,
             "/admin/nodes/a/migrate",
@@ -342,8 +345,8 @@ async fn every_documented_operation_and_answer_matches_the_server() {
     );
     assert_eq!(
         check(
-            &app,
-            &spec,
+            app,
+            spec,
             Method::POST,
             m,
             "/admin/nodes/a/migrate",
@@ -355,8 +358,8 @@ async fn every_documented_operation_and_answer_matches_the_server() {
     let r = "/admin/rebalance";
     assert_eq!(
         check(
-            &app,
-            &spec,
+            app,
+            spec,
             Method::POST,
             r,
             "/admin/rebalance?dry_run=true",
@@ -367,8 +370,8 @@ async fn every_documented_operation_and_answer_matches_the_server() {
     );
     assert_eq!(
         check(
-            &app,
-            &spec,
+            app,
+            spec,
             Method::POST,
             r,
             "/admin/rebalance?tolerance=2",
@@ -378,19 +381,34 @@ async fn every_documented_operation_and_answer_matches_the_server() {
         400
     );
     assert_eq!(
-        check(&app, &spec, Method::POST, r, "/admin/rebalance", None).await,
+        check(app, spec, Method::POST, r, "/admin/rebalance", None).await,
         200
     );
+}
 
+/// A router with no snapshot yet: `/gateways` and `/readyz` answer 503.
+async fn check_not_ready(spec: &Value) {
+    let g = "/gateways";
     let not_ready = app_not_ready().await;
     assert_eq!(
-        check(&not_ready, &spec, Method::GET, g, "/gateways", None).await,
+        check(&not_ready, spec, Method::GET, g, "/gateways", None).await,
         503
     );
     assert_eq!(
-        check(&not_ready, &spec, Method::GET, "/readyz", "/readyz", None).await,
+        check(&not_ready, spec, Method::GET, "/readyz", "/readyz", None).await,
         503
     );
+}
+
+#[tokio::test]
+async fn every_documented_operation_and_answer_matches_the_server() {
+    let spec = spec();
+    let app = app(true).await;
+    check_gateways(&app, &spec).await;
+    check_pages(&app, &spec).await;
+    check_node_actions(&app, &spec).await;
+    check_migrate_and_rebalance(&app, &spec).await;
+    check_not_ready(&spec).await;
 }
 
 async fn app_not_ready() -> Router {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use registry::memory::MemoryKv;
-use registry::{Kv, Layout, NodeRecord, Ports};
+use registry::{Kv, Layout, LeaseId, NodeRecord, Ports};
 use router_server::config::FileConfig;
 use router_server::{run, Listeners, ServeOptions};
 use serde_json::Value;
@@ -69,20 +69,7 @@ fn ids(v: &Value) -> Vec<String> {
 async fn mass_removal_is_held_then_released() {
     let kv = MemoryKv::new();
     let layout = Layout::default();
-    let keep = kv.grant(Duration::from_secs(600)).await.unwrap();
-    let doomed = kv.grant(Duration::from_secs(600)).await.unwrap();
-    for i in 0..10 {
-        // The nodes that survive are busier (30 %) than the ones about to vanish
-        // (almost empty): held nodes must still come after every live one.
-        let (lease, conns) = if i < 4 { (keep, 300_000) } else { (doomed, 1) };
-        kv.put(
-            &layout.node_key(&format!("n{i}")),
-            loaded(&format!("n{i}"), conns),
-            Some(lease),
-        )
-        .await
-        .unwrap();
-    }
+    let doomed = ten_nodes(&kv, &layout).await;
     let config =
         FileConfig::parse("protect_max_secs = 2\n[rate_limit]\nper_ip_per_sec = 0").unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -105,6 +92,50 @@ async fn mass_removal_is_held_then_released() {
         },
         shutdown.clone(),
     ));
+    ready(&base).await;
+    wait_for(&base, "10 nodes", |v| count(v) == 10).await;
+
+    // One lease revocation deletes 6 of 10 keys in one batch: held back.
+    kv.revoke(doomed).await.unwrap();
+    check_held(&base).await;
+
+    // Bounded: after protect_max_secs the router follows the registry.
+    let start = std::time::Instant::now();
+    let released = wait_for(&base, "release", |v| v["stale"] == false).await;
+    assert_eq!(count(&released), 4);
+    assert!(
+        start.elapsed() <= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+
+    check_recovery(&kv, &layout, &base).await;
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// Ten nodes: four under a lease that stays, busier (30 %) than the six under a lease
+/// about to be revoked (almost empty): held nodes must still come after every live
+/// one. Returns the doomed lease.
+async fn ten_nodes(kv: &MemoryKv, layout: &Layout) -> LeaseId {
+    let keep = kv.grant(Duration::from_secs(600)).await.unwrap();
+    let doomed = kv.grant(Duration::from_secs(600)).await.unwrap();
+    for i in 0..10 {
+        let (lease, conns) = if i < 4 { (keep, 300_000) } else { (doomed, 1) };
+        kv.put(
+            &layout.node_key(&format!("n{i}")),
+            loaded(&format!("n{i}"), conns),
+            Some(lease),
+        )
+        .await
+        .unwrap();
+    }
+    doomed
+}
+
+/// Waits until `/readyz` answers 200 (up to 5 s, then goes on).
+async fn ready(base: &str) {
     for _ in 0..500 {
         if reqwest::get(format!("{base}/readyz"))
             .await
@@ -114,11 +145,12 @@ async fn mass_removal_is_held_then_released() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    wait_for(&base, "10 nodes", |v| count(v) == 10).await;
+}
 
-    // One lease revocation deletes 6 of 10 keys in one batch: held back.
-    kv.revoke(doomed).await.unwrap();
-    let held = wait_for(&base, "stale", |v| v["stale"] == true).await;
+/// The held answer: the previous set kept, every live node first, only live ones when
+/// fewer are asked for, and the protect metrics.
+async fn check_held(base: &str) {
+    let held = wait_for(base, "stale", |v| v["stale"] == true).await;
     assert_eq!(count(&held), 10, "previous set kept");
     let order = ids(&held);
     let mut live: Vec<String> = order[..4].to_vec();
@@ -156,18 +188,10 @@ async fn mass_removal_is_held_then_released() {
         metrics.contains("router_protect_engaged_total 1"),
         "{metrics}"
     );
+}
 
-    // Bounded: after protect_max_secs the router follows the registry.
-    let start = std::time::Instant::now();
-    let released = wait_for(&base, "release", |v| v["stale"] == false).await;
-    assert_eq!(count(&released), 4);
-    assert!(
-        start.elapsed() <= Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
-    );
-
-    // Recovery releases at once: 9 nodes, 5 vanish (held), then 2 come back.
+/// Recovery releases at once: 9 nodes, 5 vanish (held), then 2 come back.
+async fn check_recovery(kv: &MemoryKv, layout: &Layout, base: &str) {
     let l2 = kv.grant(Duration::from_secs(600)).await.unwrap();
     for i in 10..15 {
         kv.put(
@@ -178,9 +202,9 @@ async fn mass_removal_is_held_then_released() {
         .await
         .unwrap();
     }
-    wait_for(&base, "9 nodes", |v| count(v) == 9).await;
+    wait_for(base, "9 nodes", |v| count(v) == 9).await;
     kv.revoke(l2).await.unwrap();
-    let held = wait_for(&base, "stale again", |v| v["stale"] == true).await;
+    let held = wait_for(base, "stale again", |v| v["stale"] == true).await;
     assert_eq!(count(&held), 9);
     for i in 10..12 {
         kv.put(
@@ -191,9 +215,6 @@ async fn mass_removal_is_held_then_released() {
         .await
         .unwrap();
     }
-    let v = wait_for(&base, "recovered", |v| v["stale"] == false).await;
+    let v = wait_for(base, "recovered", |v| v["stale"] == false).await;
     assert_eq!(count(&v), 6);
-
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
 }

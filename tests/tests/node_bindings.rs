@@ -67,187 +67,229 @@ fn ctl_ok(etcd: &Etcd, args: &[&str]) -> String {
     out
 }
 
-#[test]
-fn records_outside_their_binding_are_refused_until_the_binding_allows_them() {
-    let etcd = Etcd::start();
-    for (id, ip) in [("gw-ok1", "203.0.113.20"), ("gw-ok2", "203.0.113.21")] {
-        put_node(
-            &etcd,
-            id,
-            &record(id, ip, "cn-sh", 1000, &format!("{id}.gw.example.com")),
+/// gw-bound's binding: its /28, cn-sh, two ISPs, a capacity and a domain suffix.
+const BIND: [&str; 14] = [
+    "bind",
+    "gw-bound",
+    "--ip",
+    "203.0.113.0/28",
+    "--region",
+    "cn-sh",
+    "--isp",
+    "ctcc",
+    "--isp",
+    "bgp",
+    "--max-capacity",
+    "100000",
+    "--domain-suffix",
+    ".gw.example.com",
+];
+
+/// Two honest nodes and gw-bound, bound by `BIND`, followed by a router; `key` is
+/// gw-bound's record.
+struct Bound {
+    r: RouterProc,
+    etcd: Etcd,
+    key: String,
+}
+
+impl Bound {
+    fn start() -> Bound {
+        let etcd = Etcd::start();
+        for (id, ip) in [("gw-ok1", "203.0.113.20"), ("gw-ok2", "203.0.113.21")] {
+            put_node(
+                &etcd,
+                id,
+                &record(id, ip, "cn-sh", 1000, &format!("{id}.gw.example.com")),
+            );
+        }
+        put_node(&etcd, "gw-bound", &honest());
+        let out = ctl_ok(&etcd, &BIND);
+        assert!(out.contains("inside the binding"), "{out}");
+        let stored: Value =
+            serde_json::from_str(&etcd.get(&format!("{P}/bindings/gw-bound")).unwrap()).unwrap();
+        assert_eq!(stored["ips"], serde_json::json!(["203.0.113.0/28"]));
+        assert_eq!(stored["max_capacity"], 100_000);
+
+        let r = RouterProc::start(&etcd, "", &[]);
+        wait_until(Duration::from_secs(10), "three nodes answered", || {
+            answered(&r).len() == 3
+        });
+        Bound {
+            r,
+            etcd,
+            key: format!("{P}/nodes/gw-bound"),
+        }
+    }
+
+    fn gw_bound_answered(&self) -> bool {
+        answered(&self.r).contains(&"gw-bound".to_string())
+    }
+
+    /// What a compromised agent writes into its own key: each claim outside the
+    /// binding makes the record invalid, named and counted, and never answered.
+    fn each_claim_outside_the_binding_is_refused(&self) {
+        let (etcd, r, key) = (&self.etcd, &self.r, &self.key);
+        let attacks = [
+            (
+                record(
+                    "gw-bound",
+                    "203.0.113.5",
+                    "cn-sh",
+                    1_000_000_000_000_000_000,
+                    "gw-bound.gw.example.com",
+                ),
+                "binding: capacity 1000000000000000000 is above max_capacity 100000",
+            ),
+            (
+                record(
+                    "gw-bound",
+                    "203.0.113.5",
+                    "us-east",
+                    100_000,
+                    "gw-bound.gw.example.com",
+                ),
+                "binding: region \"us-east\" is not one of cn-sh",
+            ),
+            (
+                record(
+                    "gw-bound",
+                    "198.51.100.7",
+                    "cn-sh",
+                    100_000,
+                    "gw-bound.gw.example.com",
+                ),
+                "binding: ip 198.51.100.7 is outside 203.0.113.0/28",
+            ),
+            (
+                record(
+                    "gw-bound",
+                    "203.0.113.5",
+                    "cn-sh",
+                    100_000,
+                    "login.evilgw.example.com",
+                ),
+                "binding: domain \"login.evilgw.example.com\" is not under .gw.example.com",
+            ),
+        ];
+        for (value, reason) in &attacks {
+            put_node(etcd, "gw-bound", value);
+            wait_until(Duration::from_secs(10), reason, || {
+                invalid(r).contains(&(key.clone(), reason.to_string()))
+            });
+            let ids = answered(r);
+            assert!(!ids.contains(&"gw-bound".to_string()), "{reason}: {ids:?}");
+            assert_eq!(ids.len(), 2, "the honest nodes stay: {ids:?}");
+            assert!(
+                has_sample(&metrics(r), "router_invalid_records 1"),
+                "{reason}"
+            );
+            // Its honest record again: answered again.
+            put_node(etcd, "gw-bound", &honest());
+            wait_until(Duration::from_secs(10), "gw-bound back", || {
+                self.gw_bound_answered() && invalid(r).is_empty()
+            });
+        }
+        let m = metrics(r);
+        let seen = m
+            .lines()
+            .find(|l| l.starts_with("router_invalid_records_seen"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no invalid_records_seen sample: {m}"));
+        assert!(seen >= attacks.len() as f64, "{m}");
+        assert!(
+            r.proc
+                .output()
+                .contains("node record outside its binding skipped"),
+            "{}",
+            r.proc.output()
         );
     }
-    put_node(&etcd, "gw-bound", &honest());
-    let bind = [
-        "bind",
-        "gw-bound",
-        "--ip",
-        "203.0.113.0/28",
-        "--region",
-        "cn-sh",
-        "--isp",
-        "ctcc",
-        "--isp",
-        "bgp",
-        "--max-capacity",
-        "100000",
-        "--domain-suffix",
-        ".gw.example.com",
-    ];
-    let out = ctl_ok(&etcd, &bind);
-    assert!(out.contains("inside the binding"), "{out}");
-    let stored: Value =
-        serde_json::from_str(&etcd.get(&format!("{P}/bindings/gw-bound")).unwrap()).unwrap();
-    assert_eq!(stored["ips"], serde_json::json!(["203.0.113.0/28"]));
-    assert_eq!(stored["max_capacity"], 100_000);
 
-    let r = RouterProc::start(&etcd, "", &[]);
-    wait_until(Duration::from_secs(10), "three nodes answered", || {
-        answered(&r).len() == 3
-    });
-
-    // What a compromised agent writes into its own key: each claim outside the
-    // binding makes the record invalid, named and counted, and never answered.
-    let key = format!("{P}/nodes/gw-bound");
-    let attacks = [
-        (
-            record(
-                "gw-bound",
-                "203.0.113.5",
-                "cn-sh",
-                1_000_000_000_000_000_000,
-                "gw-bound.gw.example.com",
-            ),
-            "binding: capacity 1000000000000000000 is above max_capacity 100000",
-        ),
-        (
-            record(
+    /// Relaxing the binding re-admits the record already there, with no new report.
+    fn relaxing_the_binding_readmits_the_record(&self) {
+        let (etcd, r, key) = (&self.etcd, &self.r, &self.key);
+        put_node(
+            etcd,
+            "gw-bound",
+            &record(
                 "gw-bound",
                 "203.0.113.5",
                 "us-east",
                 100_000,
                 "gw-bound.gw.example.com",
             ),
-            "binding: region \"us-east\" is not one of cn-sh",
-        ),
-        (
-            record(
-                "gw-bound",
-                "198.51.100.7",
-                "cn-sh",
-                100_000,
-                "gw-bound.gw.example.com",
-            ),
-            "binding: ip 198.51.100.7 is outside 203.0.113.0/28",
-        ),
-        (
-            record(
-                "gw-bound",
-                "203.0.113.5",
-                "cn-sh",
-                100_000,
-                "login.evilgw.example.com",
-            ),
-            "binding: domain \"login.evilgw.example.com\" is not under .gw.example.com",
-        ),
-    ];
-    for (value, reason) in &attacks {
-        put_node(&etcd, "gw-bound", value);
-        wait_until(Duration::from_secs(10), reason, || {
-            invalid(&r).contains(&(key.clone(), reason.to_string()))
-        });
-        let ids = answered(&r);
-        assert!(!ids.contains(&"gw-bound".to_string()), "{reason}: {ids:?}");
-        assert_eq!(ids.len(), 2, "the honest nodes stay: {ids:?}");
-        assert!(
-            has_sample(&metrics(&r), "router_invalid_records 1"),
-            "{reason}"
         );
-        // Its honest record again: answered again.
-        put_node(&etcd, "gw-bound", &honest());
-        wait_until(Duration::from_secs(10), "gw-bound back", || {
-            answered(&r).contains(&"gw-bound".to_string()) && invalid(&r).is_empty()
+        wait_until(Duration::from_secs(10), "us-east refused", || {
+            !invalid(r).is_empty()
         });
+        // ctl judges the records as routers do.
+        let nodes = ctl_ok(etcd, &["nodes"]);
+        assert!(
+            nodes.contains(&format!(
+                "invalid record {key}: binding: region \"us-east\" is not one of cn-sh"
+            )),
+            "{nodes}"
+        );
+        let mut relaxed = BIND.to_vec();
+        relaxed.extend(["--region", "us-east"]);
+        let out = ctl_ok(etcd, &relaxed);
+        assert!(out.contains("inside the binding"), "{out}");
+        let took = wait_until(Duration::from_secs(5), "re-admitted", || {
+            self.gw_bound_answered() && invalid(r).is_empty()
+        });
+        println!("binding relaxed to node answered: {took:?}");
     }
-    let m = metrics(&r);
-    let seen = m
-        .lines()
-        .find(|l| l.starts_with("router_invalid_records_seen"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no invalid_records_seen sample: {m}"));
-    assert!(seen >= attacks.len() as f64, "{m}");
-    assert!(
-        r.proc
-            .output()
-            .contains("node record outside its binding skipped"),
-        "{}",
-        r.proc.output()
-    );
 
-    // Relaxing the binding re-admits the record already there, with no new report.
-    put_node(
-        &etcd,
-        "gw-bound",
-        &record(
-            "gw-bound",
-            "203.0.113.5",
-            "us-east",
-            100_000,
-            "gw-bound.gw.example.com",
-        ),
-    );
-    wait_until(Duration::from_secs(10), "us-east refused", || {
-        !invalid(&r).is_empty()
-    });
-    // ctl judges the records as routers do.
-    let nodes = ctl_ok(&etcd, &["nodes"]);
-    assert!(
-        nodes.contains(&format!(
-            "invalid record {key}: binding: region \"us-east\" is not one of cn-sh"
-        )),
-        "{nodes}"
-    );
-    let mut relaxed = bind.to_vec();
-    relaxed.extend(["--region", "us-east"]);
-    let out = ctl_ok(&etcd, &relaxed);
-    assert!(out.contains("inside the binding"), "{out}");
-    let took = wait_until(Duration::from_secs(5), "re-admitted", || {
-        answered(&r).contains(&"gw-bound".to_string()) && invalid(&r).is_empty()
-    });
-    println!("binding relaxed to node answered: {took:?}");
+    /// The listing shows the binding; a tighter one refuses the record; removing it
+    /// leaves the record to the contract.
+    fn list_tighten_and_remove(&self) {
+        let etcd = &self.etcd;
+        let list = ctl_ok(etcd, &["bindings"]);
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with("gw-bound ") && l.contains("cn-sh,us-east")),
+            "{list}"
+        );
+        let json: Value = serde_json::from_str(&ctl_ok(etcd, &["bindings", "--json"])).unwrap();
+        assert_eq!(json["bindings"][0]["id"], "gw-bound", "{json}");
+        // A tighter binding refuses the record in the router's view at once.
+        let out = ctl_ok(etcd, &["bind", "gw-bound", "--max-capacity", "10"]);
+        assert!(out.contains("outside the binding"), "{out}");
+        wait_until(Duration::from_secs(5), "tightened", || {
+            !self.gw_bound_answered()
+        });
+        ctl_ok(etcd, &["bind", "gw-bound", "--remove"]);
+        wait_until(Duration::from_secs(5), "unbound and answered", || {
+            self.gw_bound_answered()
+        });
+        assert!(etcd.get(&format!("{P}/bindings/gw-bound")).is_none());
+        let (code, out) = ctl(etcd, &["bind", "gw-bound", "--remove"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("no binding"), "{out}");
+    }
 
-    // The listing shows the binding; removing it leaves the record to the contract.
-    let list = ctl_ok(&etcd, &["bindings"]);
-    assert!(
-        list.lines()
-            .any(|l| l.starts_with("gw-bound ") && l.contains("cn-sh,us-east")),
-        "{list}"
-    );
-    let json: Value = serde_json::from_str(&ctl_ok(&etcd, &["bindings", "--json"])).unwrap();
-    assert_eq!(json["bindings"][0]["id"], "gw-bound", "{json}");
-    // A tighter binding refuses the record in the router's view at once.
-    let out = ctl_ok(&etcd, &["bind", "gw-bound", "--max-capacity", "10"]);
-    assert!(out.contains("outside the binding"), "{out}");
-    wait_until(Duration::from_secs(5), "tightened", || {
-        !answered(&r).contains(&"gw-bound".to_string())
-    });
-    ctl_ok(&etcd, &["bind", "gw-bound", "--remove"]);
-    wait_until(Duration::from_secs(5), "unbound and answered", || {
-        answered(&r).contains(&"gw-bound".to_string())
-    });
-    assert!(etcd.get(&format!("{P}/bindings/gw-bound")).is_none());
-    let (code, out) = ctl(&etcd, &["bind", "gw-bound", "--remove"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("no binding"), "{out}");
+    /// A binding that does not parse refuses its node and says which key is broken.
+    fn a_broken_binding_is_named(&self) {
+        self.etcd
+            .put(&format!("{P}/bindings/gw-bound"), r#"{"ips": ["nope"]}"#);
+        wait_until(Duration::from_secs(5), "broken binding named", || {
+            invalid(&self.r).iter().any(|(k, why)| {
+                k == &self.key
+                    && why.starts_with(&format!("binding: {P}/bindings/gw-bound is broken"))
+            })
+        });
+        assert!(!self.gw_bound_answered());
+    }
+}
 
-    // A binding that does not parse refuses its node and says which key is broken.
-    etcd.put(&format!("{P}/bindings/gw-bound"), r#"{"ips": ["nope"]}"#);
-    wait_until(Duration::from_secs(5), "broken binding named", || {
-        invalid(&r).iter().any(|(k, why)| {
-            k == &key && why.starts_with(&format!("binding: {P}/bindings/gw-bound is broken"))
-        })
-    });
-    assert!(!answered(&r).contains(&"gw-bound".to_string()));
+#[test]
+fn records_outside_their_binding_are_refused_until_the_binding_allows_them() {
+    let w = Bound::start();
+    w.each_claim_outside_the_binding_is_refused();
+    w.relaxing_the_binding_readmits_the_record();
+    w.list_tighten_and_remove();
+    w.a_broken_binding_is_named();
 }
 
 #[test]

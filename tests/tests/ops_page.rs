@@ -3,7 +3,7 @@
 //! agents in a real etcd. What the page shows must match the registry, follow it
 //! without a reload, and drive the admin API only once a token is entered.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -76,67 +76,98 @@ fn screenshot_path() -> PathBuf {
     target.join("ops-page.png")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_button() {
-    let etcd = Etcd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let load = |id: &str, n: u64| {
-        let p = dir.path().join(id);
-        std::fs::write(&p, n.to_string()).unwrap();
-        p
-    };
-    let a_load = load("gw-a", 100);
-    let b_load = load("gw-b", 500);
-    let c_load = load("gw-c", 900);
-    let file = |p: &PathBuf| format!("file:{}", p.display());
-    let common = ["--port", "tcp=7000", "--report-min-change", "0"];
-    let with = |load: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = common.iter().map(|s| s.to_string()).collect();
-        v.extend(["--load".to_string(), load.to_string()]);
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
-    let spawn = |id: &str, region: &str, args: Vec<String>| {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        Proc::agent(&etcd, id, region, &refs)
-    };
-    let _a = spawn("gw-a", "cn-sh", with(&file(&a_load), &[]));
-    let _b = spawn("gw-b", "cn-sh", with(&file(&b_load), &[]));
-    let _c = spawn("gw-c", "us-west", with(&file(&c_load), &[]));
-    // Its health probe targets a port nothing listens on: unhealthy.
-    let _u = spawn(
-        "gw-u",
-        "us-west",
-        with("static:10", &["--health", "tcp:127.0.0.1:1"]),
-    );
-    etcd.put(&format!("{P}/nodes/bad-node"), "this is not json");
-    wait_until(Duration::from_secs(15), "agents registered", || {
-        etcd.keys(&format!("{P}/nodes/")).len() == 5
-    });
-    let router = RouterProc::start(
-        &etcd,
-        "[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"gw.example.test\"\n",
-        &["--admin-token", TOKEN],
-    );
+/// chromedriver and a Chromium session on the router's `/ops` page.
+async fn open_ops(router: &RouterProc) -> (Proc, Client) {
     let base = format!("http://{}", router.addr);
-    let dns = router
-        .proc
-        .wait_for_addr("answering DNS", Duration::from_secs(10));
-
-    let (_driver, webdriver) = chromedriver();
+    let (driver, webdriver) = chromedriver();
     let c = browser(&webdriver).await;
     c.goto(&format!("{base}/ops")).await.unwrap();
+    (driver, c)
+}
 
-    // What the registry holds, as the page shows it.
+/// Four agents (gw-u unhealthy) and one record that does not parse, followed by a
+/// router with a DNS zone and an admin token. Fields drop in order: router, agents,
+/// load files, etcd.
+struct SmallFleet {
+    router: RouterProc,
+    dns: std::net::SocketAddr,
+    _agents: Vec<Proc>,
+    /// gw-a's load file, which the test changes.
+    a_load: PathBuf,
+    _dir: tempfile::TempDir,
+    _etcd: Etcd,
+}
+
+impl SmallFleet {
+    fn start() -> SmallFleet {
+        let etcd = Etcd::start();
+        let dir = tempfile::tempdir().unwrap();
+        let load = |id: &str, n: u64| {
+            let p = dir.path().join(id);
+            std::fs::write(&p, n.to_string()).unwrap();
+            p
+        };
+        let a_load = load("gw-a", 100);
+        let b_load = load("gw-b", 500);
+        let c_load = load("gw-c", 900);
+        let file = |p: &PathBuf| format!("file:{}", p.display());
+        let common = ["--port", "tcp=7000", "--report-min-change", "0"];
+        let with = |load: &str, extra: &[&str]| -> Vec<String> {
+            let mut v: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+            v.extend(["--load".to_string(), load.to_string()]);
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let spawn = |id: &str, region: &str, args: Vec<String>| {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            Proc::agent(&etcd, id, region, &refs)
+        };
+        let agents = vec![
+            spawn("gw-a", "cn-sh", with(&file(&a_load), &[])),
+            spawn("gw-b", "cn-sh", with(&file(&b_load), &[])),
+            spawn("gw-c", "us-west", with(&file(&c_load), &[])),
+            // Its health probe targets a port nothing listens on: unhealthy.
+            spawn(
+                "gw-u",
+                "us-west",
+                with("static:10", &["--health", "tcp:127.0.0.1:1"]),
+            ),
+        ];
+        etcd.put(&format!("{P}/nodes/bad-node"), "this is not json");
+        wait_until(Duration::from_secs(15), "agents registered", || {
+            etcd.keys(&format!("{P}/nodes/")).len() == 5
+        });
+        let router = RouterProc::start(
+            &etcd,
+            "[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"gw.example.test\"\n",
+            &["--admin-token", TOKEN],
+        );
+        let dns = router
+            .proc
+            .wait_for_addr("answering DNS", Duration::from_secs(10));
+        SmallFleet {
+            router,
+            dns,
+            _agents: agents,
+            a_load,
+            _dir: dir,
+            _etcd: etcd,
+        }
+    }
+}
+
+/// What the registry holds, as the page shows it: nodes and their states and loads,
+/// regions, the invalid record, the data centre.
+async fn shows_the_registry(c: &Client) {
     until(
-        &c,
+        c,
         20,
         "four nodes",
         "document.querySelectorAll('tr[data-node]').length === 4",
     )
     .await;
     until(
-        &c,
+        c,
         20,
         "gw-u unhealthy",
         &format!("{}.dataset.state === 'unhealthy'", row("gw-u")),
@@ -148,7 +179,7 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
         ("gw-c", "serving", "0.9000"),
     ] {
         until(
-            &c,
+            c,
             10,
             id,
             &format!(
@@ -160,7 +191,7 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     }
     assert_eq!(
         eval(
-            &c,
+            c,
             "document.querySelector('section[data-region=\"cn-sh\"]') !== null"
         )
         .await,
@@ -168,21 +199,21 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     );
     assert_eq!(
         eval(
-            &c,
+            c,
             &format!("{}.closest('section').dataset.region", row("gw-c"))
         )
         .await,
         "us-west"
     );
     until(
-        &c,
+        c,
         10,
         "the invalid record's key",
         "document.getElementById('invalid-list').textContent.includes('/nodes/bad-node')",
     )
     .await;
     until(
-        &c,
+        c,
         10,
         "registry connected",
         "document.getElementById('status').dataset.connected === 'true'",
@@ -190,7 +221,7 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     .await;
     // The data centres: the one registry, named `default`, connected; regions carry it.
     until(
-        &c,
+        c,
         10,
         "the registry's row",
         "document.querySelector('#dc-list tr[data-registry=\"default\"] td[data-state=\"connected\"]') !== null",
@@ -198,13 +229,16 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     .await;
     assert_eq!(
         eval(
-            &c,
+            c,
             "document.querySelector('section[data-region=\"cn-sh\"]').dataset.dc"
         )
         .await,
         "default"
     );
-    // DNS: the zone's answers by response code, counted as dig asks.
+}
+
+/// DNS: the zone's answers by response code, counted as dig asks.
+async fn shows_the_dns_answers(c: &Client, dns: std::net::SocketAddr) {
     for name in ["cn-sh.gw.example.test", "nowhere.gw.example.test"] {
         let out = std::process::Command::new("dig")
             .args([
@@ -220,7 +254,7 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
         assert!(out.status.success());
     }
     until(
-        &c,
+        c,
         10,
         "the DNS answers",
         "!document.getElementById('dns').hidden \
@@ -229,26 +263,19 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     )
     .await;
     assert_eq!(
-        eval(&c, "document.getElementById('dns-zone').textContent").await,
+        eval(c, "document.getElementById('dns-zone').textContent").await,
         "gw.example.test"
     );
-    // Read-only without a token: no action anywhere.
-    assert_eq!(
-        eval(
-            &c,
-            "document.querySelectorAll('button[data-action]').length"
-        )
-        .await,
-        0
-    );
+}
 
-    // A load change moves the bar without a reload (the marker survives).
+/// A load change moves the bar without a reload (the marker survives).
+async fn follows_a_load_change(c: &Client, a_load: &Path) {
     c.execute("window.__sameDocument = 42; return 0;", vec![])
         .await
         .unwrap();
-    std::fs::write(&a_load, "700").unwrap();
+    std::fs::write(a_load, "700").unwrap();
     until(
-        &c,
+        c,
         10,
         "gw-a's bar at 70 %",
         &format!(
@@ -258,14 +285,16 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     )
     .await;
     let width = eval(
-        &c,
+        c,
         &format!("{}.querySelector('.fill').style.width", row("gw-a")),
     )
     .await;
     assert_eq!(width, "70%", "the bar is 70 % wide");
-    assert_eq!(eval(&c, "window.__sameDocument").await, 42, "no reload");
+    assert_eq!(eval(c, "window.__sameDocument").await, 42, "no reload");
+}
 
-    // The token enables the actions; drain gw-b through its button.
+/// The token enables the actions; drain gw-b through its button.
+async fn drains_through_its_button(c: &Client, router: &RouterProc) {
     c.find(Locator::Id("token"))
         .await
         .unwrap()
@@ -288,14 +317,14 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
         .unwrap();
     drain.click().await.unwrap();
     until(
-        &c,
+        c,
         10,
         "drain accepted",
         "document.getElementById('action-result').dataset.status === '202'",
     )
     .await;
     until(
-        &c,
+        c,
         15,
         "gw-b draining",
         &format!("{}.dataset.state === 'draining'", row("gw-b")),
@@ -305,10 +334,29 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     assert!(!answers.contains(&"gw-b".to_string()), "{answers:?}");
     assert!(answers.contains(&"gw-a".to_string()), "{answers:?}");
     assert_eq!(
-        eval(&c, "sessionStorage.getItem('gateway-router-admin-token')").await,
+        eval(c, "sessionStorage.getItem('gateway-router-admin-token')").await,
         TOKEN,
         "kept in the tab's session storage"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_button() {
+    let fleet = SmallFleet::start();
+    let (_driver, c) = open_ops(&fleet.router).await;
+    shows_the_registry(&c).await;
+    shows_the_dns_answers(&c, fleet.dns).await;
+    // Read-only without a token: no action anywhere.
+    assert_eq!(
+        eval(
+            &c,
+            "document.querySelectorAll('button[data-action]').length"
+        )
+        .await,
+        0
+    );
+    follows_a_load_change(&c, &fleet.a_load).await;
+    drains_through_its_button(&c, &fleet.router).await;
 
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -345,19 +393,14 @@ fn without_an_admin_token_the_page_is_read_only() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
 
-/// At 5,000 nodes the page polls region lines, not the fleet: a region with problem
-/// nodes comes first and says what they are, a region's nodes appear when its line is
-/// clicked (problem nodes first), the search finds a node in a closed region, and each
-/// poll stays small.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable() {
+/// 5,000 nodes in ten regions; region-07 holds one draining node (gw-00007) and one
+/// full one (gw-00017).
+async fn put_a_large_fleet(etcd: &Etcd, nodes: usize) {
     use registry::etcd::{EtcdKv, EtcdOptions};
     use registry::kv::Kv;
-    let etcd = Etcd::start();
     let kv = EtcdKv::connect(&etcd.endpoint_list(), &EtcdOptions::default())
         .await
         .unwrap();
-    let nodes = 5_000;
     let record = |i: usize| {
         let region = format!("region-{:02}", i % 10);
         // In region-07: one node draining, one full (over max_load).
@@ -382,14 +425,10 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
             r.unwrap();
         }
     }
-    let router = RouterProc::start(&etcd, "", &[]);
-    let base = format!("http://{}", router.addr);
-    wait_until(Duration::from_secs(30), "every node followed", || {
-        harness::get_json(router.addr, "/ops/summary.json")
-            .is_some_and(|(_, s)| s["nodes"] == nodes)
-    });
+}
 
-    // What a poll costs: region lines only, against the whole fleet.
+/// What a poll costs: region lines only, against the whole fleet.
+fn polls_stay_small(router: &RouterProc) {
     let size = |path: &str| {
         let (status, body) = harness::http_get(router.addr, path).unwrap();
         assert_eq!(status, 200, "{path}");
@@ -407,29 +446,29 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
     );
     let (status, _) = harness::http_get(router.addr, "/ops/summary.json?limit=0").unwrap();
     assert_eq!(status, 400, "limit out of range");
+}
 
-    let (_driver, webdriver) = chromedriver();
-    let c = browser(&webdriver).await;
-    c.goto(&format!("{base}/ops")).await.unwrap();
+/// Ten region lines and no node; problem first: region-07's line leads and counts its
+/// two problem nodes.
+async fn region_lines_problem_first(c: &Client) {
     until(
-        &c,
+        c,
         20,
         "ten region lines, no node listed",
         "document.querySelectorAll('section[data-region]').length === 10 \
          && document.querySelectorAll('tr[data-node]').length === 0",
     )
     .await;
-    // Problem first: region-07's line leads and counts its two problem nodes.
     assert_eq!(
         eval(
-            &c,
+            c,
             "document.querySelector('section[data-region]').dataset.region"
         )
         .await,
         "region-07"
     );
     let counts = eval(
-        &c,
+        c,
         "document.querySelector('section[data-region=\"region-07\"] .counts').textContent",
     )
     .await;
@@ -440,8 +479,10 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
             && counts.contains("498 serving"),
         "{counts}"
     );
+}
 
-    // Drill down: a click lists the region's nodes, the full and the draining first.
+/// Drill down: a click lists the region's nodes, the full and the draining first.
+async fn a_click_opens_a_region(c: &Client) {
     c.find(Locator::Css("h2[data-toggle='region-07']"))
         .await
         .unwrap()
@@ -449,7 +490,7 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
         .await
         .unwrap();
     until(
-        &c,
+        c,
         20,
         "region-07's nodes",
         "document.querySelectorAll('section[data-region=\"region-07\"] tr[data-node]').length === 100",
@@ -460,19 +501,21 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
         let nth = format!(
             "document.querySelector('section[data-region=\"region-07\"] tbody tr:nth-child({k})').dataset.node"
         );
-        first.push(eval(&c, &nth).await);
+        first.push(eval(c, &nth).await);
     }
     assert_eq!(first, [json!("gw-00017"), json!("gw-00007")]);
     assert_eq!(
         eval(
-            &c,
+            c,
             "document.querySelector('section[data-region=\"region-07\"] .more').dataset.more"
         )
         .await,
         "400"
     );
+}
 
-    // Search: a node of a closed region, by id.
+/// Search: a node of a closed region, by id.
+async fn the_search_finds_a_node_of_a_closed_region(c: &Client) {
     c.find(Locator::Id("search"))
         .await
         .unwrap()
@@ -480,7 +523,7 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
         .await
         .unwrap();
     until(
-        &c,
+        c,
         20,
         "the search's one match",
         "!document.getElementById('found').hidden \
@@ -490,11 +533,33 @@ async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable()
     .await;
     assert_eq!(
         eval(
-            &c,
+            c,
             "document.querySelector('section[data-region=\"region-01\"]').dataset.open"
         )
         .await,
         "false"
     );
+}
+
+/// At 5,000 nodes the page polls region lines, not the fleet: a region with problem
+/// nodes comes first and says what they are, a region's nodes appear when its line is
+/// clicked (problem nodes first), the search finds a node in a closed region, and each
+/// poll stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fleet_is_summarised_by_region_opened_on_demand_and_searchable() {
+    let etcd = Etcd::start();
+    let nodes = 5_000;
+    put_a_large_fleet(&etcd, nodes).await;
+    let router = RouterProc::start(&etcd, "", &[]);
+    wait_until(Duration::from_secs(30), "every node followed", || {
+        harness::get_json(router.addr, "/ops/summary.json")
+            .is_some_and(|(_, s)| s["nodes"] == nodes)
+    });
+    polls_stay_small(&router);
+
+    let (_driver, c) = open_ops(&router).await;
+    region_lines_problem_first(&c).await;
+    a_click_opens_a_region(&c).await;
+    the_search_finds_a_node_of_a_closed_region(&c).await;
     c.close().await.unwrap();
 }

@@ -86,18 +86,69 @@ fn clock_off(offset: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn storm(pause: Duration, agent_clock: Option<&str>) {
-    // Thousands of sockets, both ends in this process.
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let etcd = Etcd::start();
-    let gateways: Vec<Gateway> = [300, 400, 500, 600, 700]
-        .into_iter()
-        .map(Gateway::start)
-        .collect();
+/// Five gateways of different capacities with their agents (clocks `agent_clock`
+/// off), and two routers that see them all. Fields drop in order: routers, agents,
+/// gateways, etcd.
+struct Fleet {
+    routers: [RouterProc; 2],
+    _agents: Vec<Proc>,
+    gateways: Vec<Gateway>,
+    _etcd: Etcd,
+}
+
+impl Fleet {
+    fn start(agent_clock: Option<&str>) -> Fleet {
+        let etcd = Etcd::start();
+        let gateways: Vec<Gateway> = [300, 400, 500, 600, 700]
+            .into_iter()
+            .map(Gateway::start)
+            .collect();
+        let agents = agents(&etcd, &gateways, agent_clock);
+        wait_until(Duration::from_secs(20), "five gateways registered", || {
+            etcd.keys(&format!("{P}/nodes/")).len() == 5
+        });
+        let routers = [
+            RouterProc::start(&etcd, "", &[]),
+            RouterProc::start(&etcd, "", &[]),
+        ];
+        for r in &routers {
+            wait_until(
+                Duration::from_secs(15),
+                "each router sees 5 nodes and 2 routers",
+                || {
+                    // Through the metrics: a poll of /gateways would count as answers.
+                    harness::http_get(r.addr, "/metrics").is_some_and(|(_, m)| {
+                        m.contains("router_routers_live 2")
+                            && m.contains(
+                                "router_nodes{region=\"r\",state=\"serving\",registry=\"default\"} 5",
+                            )
+                    })
+                },
+            );
+        }
+        Fleet {
+            routers,
+            _agents: agents,
+            gateways,
+            _etcd: etcd,
+        }
+    }
+
+    /// The sockets the gateways hold now.
+    fn held(&self) -> usize {
+        self.gateways
+            .iter()
+            .map(|g| g.held.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// An agent for each gateway, counting its sockets, with clocks `agent_clock` off.
+fn agents(etcd: &Etcd, gateways: &[Gateway], agent_clock: Option<&str>) -> Vec<Proc> {
     let endpoints = etcd.endpoints();
     let env = agent_clock.map(clock_off).unwrap_or_default();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _agents: Vec<Proc> = gateways
+    gateways
         .iter()
         .enumerate()
         .map(|(i, g)| {
@@ -127,34 +178,20 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
                 None,
             )
         })
-        .collect();
-    wait_until(Duration::from_secs(20), "five gateways registered", || {
-        etcd.keys(&format!("{P}/nodes/")).len() == 5
-    });
-    let routers = [
-        RouterProc::start(&etcd, "", &[]),
-        RouterProc::start(&etcd, "", &[]),
-    ];
-    for r in &routers {
-        wait_until(
-            Duration::from_secs(15),
-            "each router sees 5 nodes and 2 routers",
-            || {
-                // Through the metrics: a poll of /gateways would count as answers.
-                harness::http_get(r.addr, "/metrics").is_some_and(|(_, m)| {
-                    m.contains("router_routers_live 2")
-                        && m.contains(
-                            "router_nodes{region=\"r\",state=\"serving\",registry=\"default\"} 5",
-                        )
-                })
-            },
-        );
-    }
-    let addrs: Vec<SocketAddr> = routers.iter().map(|r| r.addr).collect();
-    let total: u64 = gateways.iter().map(|g| g.capacity).sum();
-    // Demand at 90 % of the fleet's capacity, from 24 clients at a time, each pausing
-    // `pause` between connections.
-    let demand = (total * 9 / 10) as usize;
+        .collect()
+}
+
+/// What the clients did: the connections they hold, how many were refused, how long
+/// it took.
+struct Outcome {
+    clients: Arc<Mutex<Vec<TcpStream>>>,
+    refused: Arc<AtomicUsize>,
+    took: Duration,
+}
+
+/// `demand` clients, 24 at a time, each asking a router at random for one candidate,
+/// connecting to it, and pausing `pause` before the next.
+fn clients(addrs: Vec<SocketAddr>, demand: usize, pause: Duration) -> Outcome {
     let clients: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
     let next = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
@@ -189,15 +226,22 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
     for t in threads {
         t.join().unwrap();
     }
-    let took = start.elapsed();
+    Outcome {
+        clients,
+        refused,
+        took: start.elapsed(),
+    }
+}
+
+/// Every client accepted, fast enough, and each gateway's load near the mean and
+/// under max_load.
+fn check_loads(fleet: &Fleet, out: &Outcome) {
+    let (clients, took) = (&out.clients, out.took);
     wait_until(Duration::from_secs(10), "every client accepted", || {
-        gateways
-            .iter()
-            .map(|g| g.held.load(Ordering::Relaxed))
-            .sum::<usize>()
-            == clients.lock().unwrap().len()
+        fleet.held() == clients.lock().unwrap().len()
     });
-    let loads: Vec<f64> = gateways
+    let loads: Vec<f64> = fleet
+        .gateways
         .iter()
         .map(|g| g.held.load(Ordering::Relaxed) as f64 / g.capacity as f64)
         .collect();
@@ -206,7 +250,7 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
     println!(
         "{} clients in {took:?} ({} refused): loads {loads:.3?}, max/mean {:.3}",
         clients.lock().unwrap().len(),
-        refused.load(Ordering::Relaxed),
+        out.refused.load(Ordering::Relaxed),
         max / mean
     );
     assert!(took < Duration::from_secs(20), "the storm took {took:?}");
@@ -219,4 +263,17 @@ fn storm(pause: Duration, agent_clock: Option<&str>) {
         loads.iter().all(|l| *l <= 0.95),
         "a node above max_load: {loads:.3?}"
     );
+}
+
+fn storm(pause: Duration, agent_clock: Option<&str>) {
+    // Thousands of sockets, both ends in this process.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let fleet = Fleet::start(agent_clock);
+    let addrs: Vec<SocketAddr> = fleet.routers.iter().map(|r| r.addr).collect();
+    let total: u64 = fleet.gateways.iter().map(|g| g.capacity).sum();
+    // Demand at 90 % of the fleet's capacity, from 24 clients at a time, each pausing
+    // `pause` between connections.
+    let demand = (total * 9 / 10) as usize;
+    let out = clients(addrs, demand, pause);
+    check_loads(&fleet, &out);
 }
