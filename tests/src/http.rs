@@ -36,7 +36,26 @@ pub fn http_request(
 
 /// A minimal HTTP/1.1 GET; `None` when the connection fails.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    get_over(s, addr, path)
+}
+
+/// [`get_json`] from the local address `from` (a client of another network, see
+/// [`connect_from`]).
+pub fn get_json_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    path: &str,
+) -> Option<(u16, serde_json::Value)> {
+    let (code, body) = get_over(connect_from(from, addr, None).ok()?, addr, path)?;
+    Some((
+        code,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// `GET path` over the connection `s` to `addr`, which it closes.
+fn get_over(mut s: TcpStream, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,

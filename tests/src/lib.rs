@@ -11,7 +11,7 @@
 //!   never run stale code; [`run`] and [`rss_kib`].
 //! * `router`: [`RouterProc`], a `router-server` started with a test config and waited
 //!   on until ready; [`router_ctl`] and [`gateway_ids`].
-//! * `http`: [`http_get`], [`http_request`], [`get_json`] and [`connect_from`], tiny
+//! * `http`: [`http_get`], [`http_request`], [`get_json`], [`get_json_from`] and [`connect_from`], tiny
 //!   std-only helpers for probing; [`HookServer`] receives the agent's hook POSTs.
 //! * `metrics`: [`has_sample`] and [`sample`] read a Prometheus metrics text.
 //! * `node`: [`NodeJson`] builds a node record's JSON; [`node_record`] reads one back.
@@ -41,7 +41,7 @@ mod util;
 
 pub use ca::{make_private, TestCa};
 pub use etcd::{Etcd, EtcdTls};
-pub use http::{connect_from, get_json, http_get, http_request, HookServer};
+pub use http::{connect_from, get_json, get_json_from, http_get, http_request, HookServer};
 pub use httpdns::HttpDnsServer;
 pub use metrics::{has_sample, sample};
 pub use node::{node_record, NodeJson};

@@ -1,14 +1,16 @@
 //! A reconnect storm with real sockets: five real TCP gateways of different
 //! capacities, each with an agent counting its sockets (`--load tcp-port:`), two
 //! routers behind a "balancer" (each client picks one at random), and thousands of
-//! clients arriving within seconds, each connecting to its first candidate.
+//! clients arriving within seconds from 200 client networks, each connecting to its
+//! first candidate. The routers run the edge's defaults, so each network's share of the
+//! herd estimate is bounded as in production.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{get_json, wait_until, Etcd, Proc, RouterProc, P};
+use harness::{get_json_from, wait_until, Etcd, Proc, RouterProc, P};
 
 /// A gateway that accepts and holds every connection.
 struct Gateway {
@@ -58,32 +60,13 @@ fn a_paced_storm_lands_by_capacity_across_reports() {
 /// agents' counts already include.
 #[test]
 fn a_paced_storm_holds_with_agent_clocks_a_second_ahead() {
-    storm(Duration::from_millis(25), Some("+1"));
+    storm(Duration::from_millis(25), Some(1));
 }
 
 /// And a second behind.
 #[test]
 fn a_paced_storm_holds_with_agent_clocks_a_second_behind() {
-    storm(Duration::from_millis(25), Some("-1"));
-}
-
-/// The environment that puts a process's clocks `offset` seconds off (libfaketime,
-/// from Debian's `faketime`; set on the process itself rather than through the
-/// `faketime` wrapper, which would stand between the test and the process it stops).
-fn clock_off(offset: &str) -> Vec<(&'static str, String)> {
-    let lib = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .unwrap_or_else(|| {
-        panic!("libfaketime is missing: apt-get install faketime (scripts/deps.sh --test does)")
-    });
-    vec![
-        ("LD_PRELOAD", lib.to_string()),
-        ("FAKETIME", offset.to_string()),
-    ]
+    storm(Duration::from_millis(25), Some(-1));
 }
 
 /// Five gateways of different capacities with their agents (clocks `agent_clock`
@@ -97,7 +80,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(agent_clock: Option<&str>) -> Fleet {
+    fn start(agent_clock: Option<i64>) -> Fleet {
         let etcd = Etcd::start();
         let gateways: Vec<Gateway> = [300, 400, 500, 600, 700]
             .into_iter()
@@ -107,9 +90,11 @@ impl Fleet {
         wait_until(Duration::from_secs(20), "five gateways registered", || {
             etcd.keys(&format!("{P}/nodes/")).len() == 5
         });
+        // The edge's defaults: one client network's answers add at most `herd_budget`
+        // clients to the herd estimate; the storm comes from many networks.
         let routers = [
-            RouterProc::start(&etcd, "", &[]),
-            RouterProc::start(&etcd, "", &[]),
+            RouterProc::start(&etcd, "[edge]\n", &[]),
+            RouterProc::start(&etcd, "[edge]\n", &[]),
         ];
         for r in &routers {
             wait_until(
@@ -144,9 +129,11 @@ impl Fleet {
 }
 
 /// An agent for each gateway, counting its sockets, with clocks `agent_clock` off.
-fn agents(etcd: &Etcd, gateways: &[Gateway], agent_clock: Option<&str>) -> Vec<Proc> {
+fn agents(etcd: &Etcd, gateways: &[Gateway], agent_clock: Option<i64>) -> Vec<Proc> {
     let endpoints = etcd.endpoints();
-    let env = agent_clock.map(clock_off).unwrap_or_default();
+    let env = agent_clock
+        .map(harness::clock::clock_off)
+        .unwrap_or_default();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     gateways
         .iter()
@@ -206,12 +193,17 @@ fn clients(addrs: Vec<SocketAddr>, demand: usize, pause: Duration) -> Outcome {
             );
             std::thread::spawn(move || {
                 let mut rng = t as u64 * 0x9e37_79b9 + 1;
-                while next.fetch_add(1, Ordering::Relaxed) < demand {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= demand {
+                        break;
+                    }
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let router = addrs[(rng % 2) as usize];
-                    let Some((200, body)) = get_json(router, "/gateways?count=1") else {
+                    let from = client_network(n);
+                    let Some((200, body)) = get_json_from(from, router, "/gateways?count=1") else {
                         refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
@@ -232,6 +224,15 @@ fn clients(addrs: Vec<SocketAddr>, demand: usize, pause: Duration) -> Outcome {
         took: start.elapsed(),
     }
 }
+
+/// Client `n`'s address: one of [`NETWORKS`] loopback /24s, in turn (a storm arrives
+/// from many networks; the whole 127/8 is local).
+fn client_network(n: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 1 + (n % NETWORKS) as u8, 0, 1).into()
+}
+
+/// The client networks a storm comes from.
+const NETWORKS: usize = 200;
 
 /// Every client accepted, fast enough, and each gateway's load near the mean and
 /// under max_load.
@@ -265,7 +266,7 @@ fn check_loads(fleet: &Fleet, out: &Outcome) {
     );
 }
 
-fn storm(pause: Duration, agent_clock: Option<&str>) {
+fn storm(pause: Duration, agent_clock: Option<i64>) {
     // Thousands of sockets, both ends in this process.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let fleet = Fleet::start(agent_clock);
