@@ -121,7 +121,9 @@ pub struct Cli {
 }
 
 fn parse_etcd(s: &str) -> Result<String, String> {
-    registry::etcd::parse_endpoints(s).map(|v| v.join(","))
+    registry::etcd::parse_endpoints(s)
+        .map(|v| v.join(","))
+        .map_err(|e| e.to_string())
 }
 
 fn parse_id(s: &str) -> Result<String, String> {
@@ -137,7 +139,7 @@ fn parse_nonempty(s: &str) -> Result<String, String> {
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
-    registry::keys::validate_prefix(s)?;
+    registry::keys::validate_prefix(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 

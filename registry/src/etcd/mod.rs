@@ -35,7 +35,7 @@ use crate::kv::LeaseId;
 use crate::security::EtcdSecurity;
 use lease::Keeper;
 
-pub use connect::{connect_at_start, parse_endpoints};
+pub use connect::{connect_at_start, parse_endpoints, EndpointsError, StartError};
 
 /// Timeouts for talking to etcd.
 #[derive(Debug, Clone)]
@@ -148,6 +148,14 @@ mod tests {
                 .unwrap()
                 .len(),
             2
+        );
+        assert_eq!(
+            parse_endpoints(" , ").unwrap_err().to_string(),
+            "no etcd endpoint given"
+        );
+        assert_eq!(
+            parse_endpoints("http://h").unwrap_err().to_string(),
+            "etcd endpoint \"http://h\" is not of the form http://HOST:PORT"
         );
         assert!(parse_endpoints("").is_err());
         assert!(parse_endpoints("http://h").is_err());

@@ -119,7 +119,7 @@ impl Tokens {
         let file = path.display().to_string();
         let text = registry::security::read_secret(path).map_err(|problem| TokenError::File {
             file: file.clone(),
-            problem,
+            problem: problem.to_string(),
         })?;
         Tokens::parse(&text, &file)
     }

@@ -112,7 +112,9 @@ pub enum Command {
 }
 
 pub(super) fn parse_etcd(s: &str) -> Result<String, String> {
-    registry::etcd::parse_endpoints(s).map(|v| v.join(","))
+    registry::etcd::parse_endpoints(s)
+        .map(|v| v.join(","))
+        .map_err(|e| e.to_string())
 }
 
 pub(super) fn parse_registry(s: &str) -> Result<(String, String), String> {
@@ -126,7 +128,7 @@ pub(super) fn parse_registry(s: &str) -> Result<(String, String), String> {
 }
 
 pub(super) fn parse_prefix(s: &str) -> Result<String, String> {
-    registry::keys::validate_prefix(s)?;
+    registry::keys::validate_prefix(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 
