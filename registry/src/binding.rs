@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -71,9 +72,10 @@ pub struct Binding {
     /// ISPs the record may name (a record naming none passes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isps: Option<Vec<String>>,
-    /// The largest `capacity` the record may claim.
+    /// The largest `capacity` the record may claim (never 0: that would allow no
+    /// record, and records claim at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_capacity: Option<u64>,
+    pub max_capacity: Option<NonZeroU64>,
     /// Domains the record's `domain` must fall under, each written with a leading dot
     /// (`.gw.example.com`), lower-case.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,12 +212,14 @@ impl Binding {
             .transpose()?;
         let regions = names("regions", raw.regions)?;
         let isps = names("isps", raw.isps)?;
-        if raw.max_capacity == Some(0) {
-            return Err(invalid(
-                "max_capacity",
-                "0 allows no record (capacity must be > 0)",
-            ));
-        }
+        let max_capacity = raw
+            .max_capacity
+            .map(|max| {
+                NonZeroU64::new(max).ok_or_else(|| {
+                    invalid("max_capacity", "0 allows no record (capacity must be > 0)")
+                })
+            })
+            .transpose()?;
         let domain_suffixes = bounded_list("domain_suffixes", raw.domain_suffixes)?
             .map(|l| {
                 l.iter()
@@ -229,7 +233,7 @@ impl Binding {
             ips,
             regions,
             isps,
-            max_capacity: raw.max_capacity,
+            max_capacity,
             domain_suffixes,
         })
     }
@@ -274,10 +278,10 @@ impl Binding {
             }
         }
         if let Some(max) = self.max_capacity {
-            if record.capacity > max {
+            if record.capacity > max.get() {
                 return Err(Violation::Capacity {
                     capacity: record.capacity,
-                    max,
+                    max: max.get(),
                 });
             }
         }
@@ -462,7 +466,7 @@ mod tests {
     fn contract_example_parses_and_roundtrips() {
         let b = Binding::parse(EXAMPLE.as_bytes()).unwrap();
         assert_eq!(b.ips.as_ref().unwrap().len(), 2);
-        assert_eq!(b.max_capacity, Some(1_000_000));
+        assert_eq!(b.max_capacity, NonZeroU64::new(1_000_000));
         assert_eq!(
             b.domain_suffixes.as_deref(),
             Some(&[".gw.example.com".to_string()][..])

@@ -348,7 +348,7 @@ mod tests {
         };
         let b = w.binding().unwrap();
         assert_eq!(b.isps, None, "a flag not given leaves the claim unbound");
-        assert_eq!(b.max_capacity, Some(5));
+        assert_eq!(b.max_capacity, std::num::NonZeroU64::new(5));
         let too_many = Wanted {
             ips: vec![],
             regions: (0..65).map(|i| format!("r{i}")).collect(),
