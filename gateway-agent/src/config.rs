@@ -121,7 +121,9 @@ pub struct Cli {
 }
 
 fn parse_etcd(s: &str) -> Result<String, String> {
-    registry::etcd::parse_endpoints(s).map(|v| v.join(","))
+    registry::etcd::parse_endpoints(s)
+        .map(|v| v.join(","))
+        .map_err(|e| e.to_string())
 }
 
 fn parse_id(s: &str) -> Result<String, String> {
@@ -137,7 +139,7 @@ fn parse_nonempty(s: &str) -> Result<String, String> {
 }
 
 fn parse_prefix(s: &str) -> Result<String, String> {
-    registry::keys::validate_prefix(s)?;
+    registry::keys::validate_prefix(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 
@@ -174,6 +176,31 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Why the flags together are refused (each alone parsed): the one line the agent
+/// prints before it exits 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlagError {
+    /// `--port` given twice for one protocol.
+    #[error("--port {0}= given twice")]
+    PortTwice(Proto),
+    /// The node record the flags make breaks a rule of the contract; `flag` names it.
+    #[error("--{flag}: {source}")]
+    Record {
+        /// The flag, without its dashes (`zone`, `label`).
+        flag: &'static str,
+        /// The contract's reason.
+        #[source]
+        source: registry::RecordError,
+    },
+    /// The node record breaks a rule no single flag holds.
+    #[error(transparent)]
+    Node(registry::RecordError),
+    /// `--report-max-interval-secs` below `--report-min-interval-ms`.
+    #[error("--report-max-interval-secs is shorter than --report-min-interval-ms")]
+    ReportIntervals,
+}
+
 impl Cli {
     /// The etcd endpoints as a list.
     pub fn endpoints(&self) -> Vec<String> {
@@ -185,11 +212,11 @@ impl Cli {
     }
 
     /// Checks what single flags cannot, and builds the agent's configuration.
-    pub fn into_config(self, http: reqwest::Client) -> Result<AgentConfig, String> {
+    pub fn into_config(self, http: reqwest::Client) -> Result<AgentConfig, FlagError> {
         let mut ports = Ports::default();
         for (proto, port) in &self.ports {
             if ports.get(*proto).is_some() {
-                return Err(format!("--port {proto}= given twice"));
+                return Err(FlagError::PortTwice(*proto));
             }
             ports.set(*proto, *port);
         }
@@ -207,14 +234,14 @@ impl Cli {
         };
         // The record's own rules (names, sizes, the domain), named by flag.
         node.validate().map_err(|e| match &e {
-            registry::RecordError::Invalid { field, .. } => {
-                let flag = match *field {
+            registry::RecordError::Invalid { field, .. } => FlagError::Record {
+                flag: match *field {
                     "labels" => "label",
                     f => f,
-                };
-                format!("--{flag}: {e}")
-            }
-            _ => e.to_string(),
+                },
+                source: e,
+            },
+            _ => FlagError::Node(e),
         })?;
         let mut config = AgentConfig::new(node);
         config.layout = Layout::new(&self.prefix);
@@ -225,9 +252,7 @@ impl Cli {
             min_change: self.report_min_change,
         };
         if config.policy.max_interval < config.policy.min_interval {
-            return Err(
-                "--report-max-interval-secs is shorter than --report-min-interval-ms".into(),
-            );
+            return Err(FlagError::ReportIntervals);
         }
         config.load = Some(self.load.unwrap_or_else(|| {
             tracing::warn!(
@@ -306,12 +331,13 @@ mod tests {
                 .unwrap()
                 .into_config(reqwest::Client::new())
                 .err()
-                .expect(needle);
+                .expect(needle)
+                .to_string();
             assert!(e.starts_with(needle), "{e}");
         }
         let dup = parse(&["--port", "tcp=9000"])
             .unwrap()
             .into_config(reqwest::Client::new());
-        assert!(dup.err().unwrap().contains("twice"));
+        assert_eq!(dup.err().unwrap().to_string(), "--port tcp= given twice");
     }
 }

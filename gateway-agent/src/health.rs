@@ -1,5 +1,6 @@
 //! Health probes with hysteresis: unhealthy after 3 failures, healthy after 2 successes.
 
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,21 +37,68 @@ impl FromStr for HealthProbe {
     }
 }
 
+/// Why one probe failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// The TCP connect failed.
+    #[error("connect {addr}: {source}")]
+    Connect {
+        /// `HOST:PORT`.
+        addr: String,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connect took longer than the probe's timeout.
+    #[error("connect {addr}: timed out")]
+    ConnectTimedOut {
+        /// `HOST:PORT`.
+        addr: String,
+    },
+    /// The GET was answered, not with a 2xx.
+    #[error("GET {url}: status {status}")]
+    Status {
+        /// The URL probed.
+        url: String,
+        /// The status answered.
+        status: reqwest::StatusCode,
+    },
+    /// The GET got no answer.
+    #[error("GET {url}: {source}")]
+    Get {
+        /// The URL probed.
+        url: String,
+        /// The client's reason.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
 impl HealthProbe {
     /// Runs the probe once; `Err` says what failed.
-    pub async fn check(&self, http: &reqwest::Client, timeout: Duration) -> Result<(), String> {
+    pub async fn check(&self, http: &reqwest::Client, timeout: Duration) -> Result<(), ProbeError> {
         match self {
             HealthProbe::Tcp(addr) => {
                 match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                    Err(_) => Err(format!("connect {addr}: timed out")),
+                    Ok(Err(source)) => Err(ProbeError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(ProbeError::ConnectTimedOut { addr: addr.clone() }),
                 }
             }
             HealthProbe::Http(url) => match http.get(url).timeout(timeout).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("GET {url}: status {}", r.status())),
-                Err(e) => Err(format!("GET {url}: {e}")),
+                Ok(r) => Err(ProbeError::Status {
+                    url: url.clone(),
+                    status: r.status(),
+                }),
+                Err(source) => Err(ProbeError::Get {
+                    url: url.clone(),
+                    source,
+                }),
             },
         }
     }
@@ -62,26 +110,29 @@ pub struct Hysteresis {
     healthy: Option<bool>,
     failures: u32,
     successes: u32,
-    fail_after: u32,
-    recover_after: u32,
+    fail_after: NonZeroU32,
+    recover_after: NonZeroU32,
 }
 
 impl Default for Hysteresis {
     fn default() -> Self {
-        Hysteresis::new(3, 2)
+        Hysteresis::new(
+            NonZeroU32::new(3).expect("not zero"),
+            NonZeroU32::new(2).expect("not zero"),
+        )
     }
 }
 
 impl Hysteresis {
     /// Unhealthy after `fail_after` consecutive failures, healthy again after
     /// `recover_after` consecutive successes. The first result sets the initial state.
-    pub fn new(fail_after: u32, recover_after: u32) -> Hysteresis {
+    pub fn new(fail_after: NonZeroU32, recover_after: NonZeroU32) -> Hysteresis {
         Hysteresis {
             healthy: None,
             failures: 0,
             successes: 0,
-            fail_after: fail_after.max(1),
-            recover_after: recover_after.max(1),
+            fail_after,
+            recover_after,
         }
     }
 
@@ -101,8 +152,8 @@ impl Hysteresis {
         }
         let verdict = match self.healthy {
             None => ok,
-            Some(true) => self.failures < self.fail_after,
-            Some(false) => self.successes >= self.recover_after,
+            Some(true) => self.failures < self.fail_after.get(),
+            Some(false) => self.successes >= self.recover_after.get(),
         };
         self.healthy = Some(verdict);
         verdict

@@ -29,11 +29,54 @@ pub struct MigrateSignal {
     pub command: String,
 }
 
+/// Why a migrate signal was not delivered; the agent retries, and writes the message
+/// (clipped) into the node's record and `P/applied/{id}`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    /// The POST got no answer within its timeout.
+    #[error("POST {url}: timed out after {secs} s")]
+    TimedOut {
+        /// The hook's URL.
+        url: String,
+        /// The timeout, in seconds.
+        secs: u64,
+    },
+    /// The POST failed before an answer; `cause` names why (see [`cause`]).
+    #[error("POST {url}: {cause}")]
+    Post {
+        /// The hook's URL.
+        url: String,
+        /// Connection refused, a TLS failure, a name that does not resolve...
+        cause: String,
+    },
+    /// The gateway answered with another status than 2xx, and perhaps a body (its
+    /// first 200 characters, trimmed).
+    #[error("POST {url}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status {
+        /// The hook's URL.
+        url: String,
+        /// The status answered.
+        status: reqwest::StatusCode,
+        /// The start of the body; empty when there was none.
+        body: String,
+    },
+    /// What a gateway embedding the agent said (a [`FnHook`]'s `Err`).
+    #[error("{0}")]
+    Gateway(String),
+}
+
+impl From<String> for HookError {
+    fn from(reason: String) -> HookError {
+        HookError::Gateway(reason)
+    }
+}
+
 /// Receives migrate signals. Return `Err` with the cause to have the agent retry.
 #[async_trait]
 pub trait Hook: Send + Sync + 'static {
     /// Delivers one signal.
-    async fn migrate(&self, signal: &MigrateSignal) -> Result<(), String>;
+    async fn migrate(&self, signal: &MigrateSignal) -> Result<(), HookError>;
 }
 
 /// How long one POST may take.
@@ -55,7 +98,7 @@ impl HttpHook {
 
 #[async_trait]
 impl Hook for HttpHook {
-    async fn migrate(&self, signal: &MigrateSignal) -> Result<(), String> {
+    async fn migrate(&self, signal: &MigrateSignal) -> Result<(), HookError> {
         let resp = self
             .client
             .post(&self.url)
@@ -63,22 +106,28 @@ impl Hook for HttpHook {
             .json(signal)
             .send()
             .await
-            .map_err(|e| match cause(&e) {
-                c if e.is_timeout() => {
-                    format!("POST {}: {c} after {} s", self.url, POST_TIMEOUT.as_secs())
+            .map_err(|e| {
+                if e.is_timeout() {
+                    HookError::TimedOut {
+                        url: self.url.clone(),
+                        secs: POST_TIMEOUT.as_secs(),
+                    }
+                } else {
+                    HookError::Post {
+                        url: self.url.clone(),
+                        cause: cause(&e),
+                    }
                 }
-                c => format!("POST {}: {c}", self.url),
             })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
         }
         let body = resp.text().await.unwrap_or_default();
-        let body: String = body.trim().chars().take(200).collect();
-        Err(if body.is_empty() {
-            format!("POST {}: HTTP {status}", self.url)
-        } else {
-            format!("POST {}: HTTP {status}: {body}", self.url)
+        Err(HookError::Status {
+            url: self.url.clone(),
+            status,
+            body: body.trim().chars().take(200).collect(),
         })
     }
 }
@@ -132,8 +181,8 @@ impl<F> Hook for FnHook<F>
 where
     F: Fn(&MigrateSignal) -> Result<(), String> + Send + Sync + 'static,
 {
-    async fn migrate(&self, signal: &MigrateSignal) -> Result<(), String> {
-        (self.0)(signal)
+    async fn migrate(&self, signal: &MigrateSignal) -> Result<(), HookError> {
+        Ok((self.0)(signal)?)
     }
 }
 
@@ -202,7 +251,7 @@ pub(crate) async fn deliver_latest(
                     }
                     // Bounded and printable: routers refuse a record with more.
                     st.error = Some(registry::record::clip_text(
-                        &e,
+                        &e.to_string(),
                         registry::record::MAX_HOOK_ERROR,
                     ));
                     let _ = status.send(st.clone());

@@ -30,5 +30,5 @@ pub mod restart;
 pub mod sockdiag;
 
 pub use agent::{Agent, AgentConfig, AgentHandle, AgentStatus, NodeSpec};
-pub use hook::{FnHook, Hook, HttpHook, MigrateSignal};
+pub use hook::{FnHook, Hook, HookError, HttpHook, MigrateSignal};
 pub use report::ReportPolicy;

@@ -14,7 +14,43 @@ use tracing::warn;
 
 use crate::client::{Proto, RouterAnswer};
 use crate::limits::MAX_FILE_BYTES;
-use crate::router::AnswerExt;
+use crate::router::{AnswerExt, InvalidAnswer};
+
+/// Why the gateway cache file is not used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheFileError {
+    /// There is no file yet.
+    #[error("no cache file yet")]
+    Missing,
+    /// It cannot be read, is too large or is not a regular file.
+    #[error(transparent)]
+    Unreadable(#[from] io::Error),
+    /// It is not the JSON of a cache file; serde's reason.
+    #[error("{0}")]
+    Json(String),
+    /// It was written by another version of the SDK, or for another router.
+    #[error("written by another version or for another router")]
+    Foreign,
+    /// The answer in it gives nothing to dial.
+    #[error(transparent)]
+    Answer(#[from] InvalidAnswer),
+    /// It was saved for another protocol than the one asked for.
+    #[error("saved for another protocol than {}", .0.as_str())]
+    OtherProto(Proto),
+    /// It is older than the age limit.
+    #[error("{age_secs} s old, older than {max_secs} s")]
+    TooOld {
+        /// Its age, in seconds.
+        age_secs: u64,
+        /// The limit, in seconds.
+        max_secs: u64,
+    },
+    /// Any of the others but [`CacheFileError::Missing`], [`CacheFileError::OtherProto`]
+    /// and [`CacheFileError::TooOld`], as the client reports it.
+    #[error("cache file corrupt or unreadable: {0}")]
+    Corrupt(#[source] Box<CacheFileError>),
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CacheFile {
@@ -108,7 +144,7 @@ pub(crate) fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
 /// Reads a gateway cache file's bytes as the SDK does when no router answers: the
 /// version, the router it was saved for, and every candidate are checked. Public for
 /// tools and for fuzzing.
-pub fn parse_cache_file(bytes: &[u8], domain: &str) -> Result<RouterAnswer, String> {
+pub fn parse_cache_file(bytes: &[u8], domain: &str) -> Result<RouterAnswer, CacheFileError> {
     parse_cache_file_at(bytes, domain, None, None).map(|(a, _)| a)
 }
 
@@ -127,27 +163,27 @@ pub(crate) fn parse_cache_file_at(
     domain: &str,
     proto: Option<Proto>,
     age_limit: Option<(Duration, u64)>,
-) -> Result<(RouterAnswer, Duration), String> {
-    let f: CacheFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+) -> Result<(RouterAnswer, Duration), CacheFileError> {
+    let f: CacheFile =
+        serde_json::from_slice(bytes).map_err(|e| CacheFileError::Json(e.to_string()))?;
     if f.version != 1 || f.router_domain != domain {
-        return Err("written by another version or for another router".into());
+        return Err(CacheFileError::Foreign);
     }
     f.answer.validate()?;
     let answer = f.answer.clamped();
     if let Some(p) = proto {
         if answer.gateways.iter().any(|g| g.proto != p) {
-            return Err(format!("saved for another protocol than {}", p.as_str()));
+            return Err(CacheFileError::OtherProto(p));
         }
     }
     let mut age = Duration::ZERO;
     if let Some((max_age, now_ms)) = age_limit {
         age = Duration::from_millis(now_ms.saturating_sub(f.saved_ms));
         if age > max_age {
-            return Err(format!(
-                "{} s old, older than {} s",
-                age.as_secs(),
-                max_age.as_secs()
-            ));
+            return Err(CacheFileError::TooOld {
+                age_secs: age.as_secs(),
+                max_secs: max_age.as_secs(),
+            });
         }
     }
     Ok((answer, age))
@@ -158,22 +194,22 @@ pub(crate) fn read_cache(
     domain: &str,
     proto: Proto,
     max_age: Duration,
-) -> Result<RouterAnswer, String> {
+) -> Result<RouterAnswer, CacheFileError> {
     let parsed = match read_bounded(path) {
         Ok(bytes) => parse_cache_file_at(&bytes, domain, Some(proto), Some((max_age, now_ms()))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("no cache file yet".into()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(CacheFileError::Missing),
         // Too large, not a regular file, unreadable: as unusable as a corrupt one.
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     };
     match parsed {
         Ok((answer, _)) => Ok(answer),
-        Err(e) if !e.contains("JSON") && (e.contains("old") || e.contains("protocol")) => {
+        Err(e @ (CacheFileError::TooOld { .. } | CacheFileError::OtherProto(_))) => {
             warn!(path = %path.display(), reason = %e, "gateway cache file not used");
             Err(e)
         }
         Err(e) => {
             warn!(path = %path.display(), error = %e, "gateway cache file is corrupt or unreadable; ignoring it (rewritten on the next good answer)");
-            Err(format!("cache file corrupt or unreadable: {e}"))
+            Err(CacheFileError::Corrupt(Box::new(e)))
         }
     }
 }
@@ -192,6 +228,7 @@ mod tests {
         let week = Duration::from_secs(7 * 86400);
         assert!(read_cache(&path, "r.example", Proto::Tcp, week)
             .unwrap_err()
+            .to_string()
             .contains("corrupt"));
         let good = CacheFile {
             version: 1,
@@ -230,12 +267,15 @@ mod tests {
             read_cache(&path, "r.example", Proto::Tcp, week).unwrap(),
             good.answer
         );
-        assert!(
-            read_cache(&path, "r.example", Proto::Tcp, Duration::from_secs(60)).is_err(),
-            "an hour old, the limit a minute"
-        );
-        assert!(
-            read_cache(&path, "r.example", Proto::Ws, week).is_err(),
+        let old = read_cache(&path, "r.example", Proto::Tcp, Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(old.ends_with(" s old, older than 60 s"), "{old}");
+        assert_eq!(
+            read_cache(&path, "r.example", Proto::Ws, week)
+                .unwrap_err()
+                .to_string(),
+            "saved for another protocol than ws",
             "saved for tcp, asked for ws"
         );
         assert!(
@@ -352,9 +392,13 @@ mod tests {
         // The same answer padded with whitespace past 1 MiB: valid JSON, not read.
         bytes.resize(MAX_FILE_BYTES as usize + 1, b' ');
         write_atomically(&path, &bytes).unwrap();
-        let e = read_cache(&path, "r.example", Proto::Tcp, week).unwrap_err();
+        let e = read_cache(&path, "r.example", Proto::Tcp, week)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("larger than 1 MiB"), "{e}");
-        let e = read_cache(dir.path(), "r.example", Proto::Tcp, week).unwrap_err();
+        let e = read_cache(dir.path(), "r.example", Proto::Tcp, week)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use crate::cache_file::parse_cache_file;
 use crate::cache_file::{now_ms, read_cache, write_atomically, CacheFile};
+pub use crate::cache_file::{parse_cache_file, CacheFileError};
 pub use crate::config::{Config, Proto};
 pub use crate::connect::{race, Connection};
 use crate::dns::{DnsSource, HttpDns};
@@ -18,7 +18,7 @@ use crate::error::{Failure, FailureKind};
 use crate::http::Http;
 use crate::limits::later;
 use crate::router::RouterOutcome;
-pub use crate::router::{BackoffExt, BackoffParams, Gateway, RouterAnswer};
+pub use crate::router::{BackoffExt, BackoffParams, Gateway, InvalidAnswer, RouterAnswer};
 use crate::Error;
 
 /// Where an answer came from.
@@ -268,7 +268,7 @@ impl Client {
                 }
                 Err(e) => why.push(Failure::new(
                     format!("cache file {}", path.display()),
-                    FailureKind::Unavailable(e),
+                    FailureKind::Unavailable(e.to_string()),
                 )),
             }
         }

@@ -80,7 +80,19 @@ pub(crate) trait AnswerExt: Sized {
     fn clamped(self) -> Self;
 
     /// At least one candidate, each with a usable address.
-    fn validate(&self) -> Result<(), String>;
+    fn validate(&self) -> Result<(), InvalidAnswer>;
+}
+
+/// Why a router's answer (or the cache file's copy of one) gives nothing to dial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidAnswer {
+    /// No candidate at all.
+    #[error("no gateways in the answer")]
+    NoGateways,
+    /// A candidate with port 0 or an unspecified address; its id.
+    #[error("gateway {0} has an unusable address")]
+    UnusableAddress(String),
 }
 
 impl AnswerExt for RouterAnswer {
@@ -91,16 +103,16 @@ impl AnswerExt for RouterAnswer {
         self
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), InvalidAnswer> {
         if self.gateways.is_empty() {
-            return Err("no gateways in the answer".into());
+            return Err(InvalidAnswer::NoGateways);
         }
         if let Some(g) = self
             .gateways
             .iter()
             .find(|g| g.port == 0 || g.ip.is_unspecified())
         {
-            return Err(format!("gateway {} has an unusable address", g.id));
+            return Err(InvalidAnswer::UnusableAddress(g.id.clone()));
         }
         Ok(())
     }
@@ -257,7 +269,7 @@ impl Client {
             .map_err(|e| unreachable(FailureKind::Malformed(e.to_string())))?;
         answer
             .validate()
-            .map_err(|e| unreachable(FailureKind::Malformed(e)))?;
+            .map_err(|e| unreachable(FailureKind::Malformed(e.to_string())))?;
         let mut answer = answer.clamped();
         // No more candidates than asked for: a router cannot have the client dial a
         // list of its choosing.

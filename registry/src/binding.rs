@@ -19,11 +19,12 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::record::{is_name_char, validate_host_name, NodeRecord};
+use crate::record::{is_name_char, validate_host_name, HostNameError, NodeRecord};
 
 /// The most entries in each list of a binding.
 pub const MAX_LIST: usize = 64;
@@ -71,9 +72,10 @@ pub struct Binding {
     /// ISPs the record may name (a record naming none passes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub isps: Option<Vec<String>>,
-    /// The largest `capacity` the record may claim.
+    /// The largest `capacity` the record may claim (never 0: that would allow no
+    /// record, and records claim at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_capacity: Option<u64>,
+    pub max_capacity: Option<NonZeroU64>,
     /// Domains the record's `domain` must fall under, each written with a leading dot
     /// (`.gw.example.com`), lower-case.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,19 +148,44 @@ fn names(
     Ok(list)
 }
 
+/// Why an entry of a binding's `ips` or `domain_suffixes` (or of `ctl bind`'s
+/// `--ip` and `--domain-suffix`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// Not a CIDR range.
+    #[error("{0:?} is not a CIDR range such as 203.0.113.0/28 or 2001:db8::/64")]
+    NotCidr(String),
+    /// A range written in the IPv4-mapped form, which no client is compared with.
+    #[error(transparent)]
+    Mapped(#[from] crate::net::MappedNetwork),
+    /// Not a host name after its leading dot.
+    #[error("{suffix:?} is not a domain suffix: {source}")]
+    NotSuffix {
+        /// The suffix as written.
+        suffix: String,
+        /// What is wrong with the name.
+        #[source]
+        source: HostNameError,
+    },
+}
+
 /// Parses one address range: a CIDR (`203.0.113.0/28`, `2001:db8::/64`).
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
-    let net = s.parse::<IpNet>().map_err(|_| {
-        format!("{s:?} is not a CIDR range such as 203.0.113.0/28 or 2001:db8::/64")
-    })?;
+pub fn parse_cidr(s: &str) -> Result<IpNet, EntryError> {
+    let net = s
+        .parse::<IpNet>()
+        .map_err(|_| EntryError::NotCidr(s.to_string()))?;
     crate::net::check_canonical(&net)?;
     Ok(net)
 }
 
 /// Normalises a domain suffix: lower-case, one leading dot, a valid host name after it.
-pub fn normalize_suffix(s: &str) -> Result<String, String> {
+pub fn normalize_suffix(s: &str) -> Result<String, EntryError> {
     let bare = s.strip_prefix('.').unwrap_or(s).to_ascii_lowercase();
-    validate_host_name(&bare).map_err(|e| format!("{s:?} is not a domain suffix: {e}"))?;
+    validate_host_name(&bare).map_err(|source| EntryError::NotSuffix {
+        suffix: s.to_string(),
+        source,
+    })?;
     Ok(format!(".{bare}"))
 }
 
@@ -179,22 +206,26 @@ impl Binding {
         let ips = bounded_list("ips", raw.ips)?
             .map(|l| {
                 l.iter()
-                    .map(|s| parse_cidr(s).map_err(|e| invalid("ips", e)))
+                    .map(|s| parse_cidr(s).map_err(|e| invalid("ips", e.to_string())))
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
         let regions = names("regions", raw.regions)?;
         let isps = names("isps", raw.isps)?;
-        if raw.max_capacity == Some(0) {
-            return Err(invalid(
-                "max_capacity",
-                "0 allows no record (capacity must be > 0)",
-            ));
-        }
+        let max_capacity = raw
+            .max_capacity
+            .map(|max| {
+                NonZeroU64::new(max).ok_or_else(|| {
+                    invalid("max_capacity", "0 allows no record (capacity must be > 0)")
+                })
+            })
+            .transpose()?;
         let domain_suffixes = bounded_list("domain_suffixes", raw.domain_suffixes)?
             .map(|l| {
                 l.iter()
-                    .map(|s| normalize_suffix(s).map_err(|e| invalid("domain_suffixes", e)))
+                    .map(|s| {
+                        normalize_suffix(s).map_err(|e| invalid("domain_suffixes", e.to_string()))
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
@@ -202,7 +233,7 @@ impl Binding {
             ips,
             regions,
             isps,
-            max_capacity: raw.max_capacity,
+            max_capacity,
             domain_suffixes,
         })
     }
@@ -247,10 +278,10 @@ impl Binding {
             }
         }
         if let Some(max) = self.max_capacity {
-            if record.capacity > max {
+            if record.capacity > max.get() {
                 return Err(Violation::Capacity {
                     capacity: record.capacity,
-                    max,
+                    max: max.get(),
                 });
             }
         }
@@ -266,6 +297,29 @@ impl Binding {
     }
 }
 
+/// Why a router refuses a well-formed record because of its node's binding, or the
+/// lack of one: followers list it as the record's reason, `/ops` and tools say the
+/// same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No binding for the node, and `require_bindings` is set.
+    #[error("binding: none for this node and require_bindings is set")]
+    Unbound,
+    /// The node's binding at `key` does not parse.
+    #[error("binding: {key} is broken, so the record is refused: {error}")]
+    Broken {
+        /// The binding's key.
+        key: String,
+        /// Why it does not parse.
+        #[source]
+        error: BindingError,
+    },
+    /// The record claims something outside its binding.
+    #[error("binding: {0}")]
+    Outside(#[from] Violation),
+}
+
 /// The reason given for a record refused because of `v`: routers and tools say the same.
 pub fn refusal(v: &Violation) -> String {
     format!("binding: {v}")
@@ -276,7 +330,8 @@ pub fn broken_refusal(key: &str, error: &dyn fmt::Display) -> String {
     format!("binding: {key} is broken, so the record is refused: {error}")
 }
 
-/// The reason given for a record of a node without a binding under `require_bindings`.
+/// The reason given for a record of a node without a binding under `require_bindings`
+/// ([`Refusal::Unbound`]'s).
 pub const UNBOUND_REFUSAL: &str = "binding: none for this node and require_bindings is set";
 
 /// True when `domain` is the suffix's name or a name below it, compared on a label
@@ -411,7 +466,7 @@ mod tests {
     fn contract_example_parses_and_roundtrips() {
         let b = Binding::parse(EXAMPLE.as_bytes()).unwrap();
         assert_eq!(b.ips.as_ref().unwrap().len(), 2);
-        assert_eq!(b.max_capacity, Some(1_000_000));
+        assert_eq!(b.max_capacity, NonZeroU64::new(1_000_000));
         assert_eq!(
             b.domain_suffixes.as_deref(),
             Some(&[".gw.example.com".to_string()][..])
@@ -512,6 +567,41 @@ mod tests {
         }
         let huge = vec![b' '; MAX_VALUE_BYTES + 1];
         assert!(Binding::parse(&huge).is_err());
+    }
+
+    #[test]
+    fn refusals_and_entries_say_what_they_said_as_strings() {
+        let v = Violation::Capacity {
+            capacity: 100,
+            max: 10,
+        };
+        assert_eq!(Refusal::Outside(v.clone()).to_string(), refusal(&v));
+        assert_eq!(Refusal::Unbound.to_string(), UNBOUND_REFUSAL);
+        let error = Binding::parse(b"[]").unwrap_err();
+        assert_eq!(
+            Refusal::Broken {
+                key: "/p/bindings/a".into(),
+                error: error.clone(),
+            }
+            .to_string(),
+            broken_refusal("/p/bindings/a", &error)
+        );
+        assert_eq!(
+            parse_cidr("10.0.0.0/33").unwrap_err().to_string(),
+            "\"10.0.0.0/33\" is not a CIDR range such as 203.0.113.0/28 or 2001:db8::/64"
+        );
+        assert_eq!(
+            parse_cidr("::ffff:10.0.0.0/104").unwrap_err().to_string(),
+            "::ffff:10.0.0.0/104 is an IPv4-mapped network, which no client is compared with; write it as 10.0.0.0/8"
+        );
+        assert_eq!(
+            normalize_suffix(".a..b").unwrap_err().to_string(),
+            "\".a..b\" is not a domain suffix: label \"\" is not 1-63 characters"
+        );
+        assert_eq!(
+            normalize_suffix(".GW.Example.com").unwrap(),
+            ".gw.example.com"
+        );
     }
 
     #[test]

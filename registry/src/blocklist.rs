@@ -88,7 +88,7 @@ impl BlockEntry {
                 format!("/{len} is wider than the widest allowed (/{min})"),
             ));
         }
-        crate::net::check_canonical(&self.cidr).map_err(|e| invalid("cidr", e))?;
+        crate::net::check_canonical(&self.cidr).map_err(|e| invalid("cidr", e.to_string()))?;
         if self.reason.trim().is_empty() {
             return Err(invalid("reason", "must not be empty"));
         }

@@ -108,16 +108,25 @@ impl Layout {
     }
 }
 
+/// Why a key prefix given on a command line or in a file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// The prefix is relative.
+    #[error("prefix {0:?} must start with '/'")]
+    NotAbsolute(String),
+    /// The prefix has `//`, whitespace or a control character.
+    #[error("prefix {0:?} has an empty segment or whitespace")]
+    Malformed(String),
+}
+
 /// Validates a prefix given on a command line: absolute, no empty segments.
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+pub fn validate_prefix(prefix: &str) -> Result<(), PrefixError> {
     let trimmed = prefix.trim_end_matches('/');
     if !trimmed.starts_with('/') {
-        return Err(format!("prefix {prefix:?} must start with '/'"));
+        return Err(PrefixError::NotAbsolute(prefix.to_string()));
     }
     if trimmed.contains("//") || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "prefix {prefix:?} has an empty segment or whitespace"
-        ));
+        return Err(PrefixError::Malformed(prefix.to_string()));
     }
     Ok(())
 }
@@ -143,7 +152,13 @@ mod tests {
             "/gateway-router/v1/nodes/"
         );
         assert!(validate_prefix("/a/b").is_ok());
-        assert!(validate_prefix("a").is_err());
-        assert!(validate_prefix("/a//b").is_err());
+        assert_eq!(
+            validate_prefix("a").unwrap_err().to_string(),
+            "prefix \"a\" must start with '/'"
+        );
+        assert_eq!(
+            validate_prefix("/a//b").unwrap_err().to_string(),
+            "prefix \"/a//b\" has an empty segment or whitespace"
+        );
     }
 }

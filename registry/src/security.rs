@@ -40,6 +40,99 @@ pub(crate) struct Loaded {
     pub(crate) user: Option<(String, String)>,
 }
 
+/// Why the etcd security flags are refused: the flag, the file and what is wrong, for
+/// one line at start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecurityError {
+    /// Some endpoints are `https://`, some `http://`.
+    #[error("etcd endpoints mix https:// and http:// ({}); use one scheme", endpoints.join(","))]
+    MixedSchemes {
+        /// The endpoints given.
+        endpoints: Vec<String>,
+    },
+    /// TLS flags with `http://` endpoints.
+    #[error("--etcd-cacert, --etcd-cert and --etcd-key need https:// endpoints; --etcd is {}", endpoints.join(","))]
+    TlsWithoutHttps {
+        /// The endpoints given.
+        endpoints: Vec<String>,
+    },
+    /// A PEM file cannot be read.
+    #[error("{flag} {}: {source}", path.display())]
+    Unreadable {
+        /// The flag naming the file (`--etcd-cacert`).
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file holds no block of the kind its flag needs.
+    #[error("{flag} {}: no PEM {kind} in the file", path.display())]
+    NoPem {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The block wanted (`CERTIFICATE`, `PRIVATE KEY`).
+        kind: &'static str,
+    },
+    /// A secret file (the key, the password file) is readable by others, or unreadable.
+    #[error("{flag} {}: {source}", path.display())]
+    Secret {
+        /// The flag naming the file (`--etcd-key`, `--etcd-password-file`).
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: SecretError,
+    },
+    /// `--etcd-cert` without `--etcd-key`.
+    #[error("--etcd-cert needs --etcd-key")]
+    CertWithoutKey,
+    /// `--etcd-key` without `--etcd-cert`.
+    #[error("--etcd-key needs --etcd-cert")]
+    KeyWithoutCert,
+    /// `--etcd-user` is empty or has whitespace.
+    #[error("--etcd-user {0:?} is not a user name")]
+    BadUser(String),
+    /// A password over `http://` without `--etcd-insecure-transport`.
+    #[error("--etcd-user would send its password in clear to {}: use https:// endpoints, or --etcd-insecure-transport to accept that", endpoints.join(","))]
+    PasswordInClear {
+        /// The endpoints given.
+        endpoints: Vec<String>,
+    },
+    /// The password file's first line is empty.
+    #[error("--etcd-password-file {}: the file is empty", .0.display())]
+    EmptyPassword(PathBuf),
+    /// `--etcd-user` without `--etcd-password-file`.
+    #[error("--etcd-user needs --etcd-password-file (a password is never a flag value: flags show in ps)")]
+    UserWithoutPassword,
+    /// `--etcd-password-file` without `--etcd-user`.
+    #[error("--etcd-password-file needs --etcd-user")]
+    PasswordWithoutUser,
+}
+
+/// Why a secret file (a private key, a password, a token file) is refused; the caller
+/// puts the flag and the file before it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// Group or others may read it.
+    #[error("mode {mode:04o} lets group or others read this secret; run `chmod 600 {}`", path.display())]
+    Readable {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// It cannot be looked at or read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
 impl EtcdSecurity {
     /// The files read at connect time (CA, certificate, key, password), to watch.
     pub fn files(&self) -> Vec<&std::path::Path> {
@@ -57,26 +150,24 @@ impl EtcdSecurity {
 
     /// Checks the flags against the `endpoints` and reads every file once; the error
     /// names the flag and the problem, for one line at start.
-    pub fn check(&self, endpoints: &[String]) -> Result<(), String> {
+    pub fn check(&self, endpoints: &[String]) -> Result<(), SecurityError> {
         self.load(endpoints).map(|_| ())
     }
 
-    pub(crate) fn load(&self, endpoints: &[String]) -> Result<Loaded, String> {
+    pub(crate) fn load(&self, endpoints: &[String]) -> Result<Loaded, SecurityError> {
         let https = endpoints
             .iter()
             .filter(|e| e.starts_with("https://"))
             .count();
         if https > 0 && https < endpoints.len() {
-            return Err(format!(
-                "etcd endpoints mix https:// and http:// ({}); use one scheme",
-                endpoints.join(",")
-            ));
+            return Err(SecurityError::MixedSchemes {
+                endpoints: endpoints.to_vec(),
+            });
         }
         if self.wants_tls() && https == 0 {
-            return Err(format!(
-                "--etcd-cacert, --etcd-cert and --etcd-key need https:// endpoints; --etcd is {}",
-                endpoints.join(",")
-            ));
+            return Err(SecurityError::TlsWithoutHttps {
+                endpoints: endpoints.to_vec(),
+            });
         }
         let tls = if https > 0 {
             let mut tls = TlsOptions::new();
@@ -91,12 +182,16 @@ impl EtcdSecurity {
             match (&self.cert, &self.key) {
                 (Some(cert), Some(key)) => {
                     let cert = read_pem("--etcd-cert", cert, "CERTIFICATE")?;
-                    check_private(key).map_err(|e| format!("--etcd-key {}: {e}", key.display()))?;
+                    check_private(key).map_err(|source| SecurityError::Secret {
+                        flag: "--etcd-key",
+                        path: key.clone(),
+                        source,
+                    })?;
                     let key = read_pem("--etcd-key", key, "PRIVATE KEY")?;
                     tls = tls.identity(Identity::from_pem(cert, key));
                 }
-                (Some(_), None) => return Err("--etcd-cert needs --etcd-key".into()),
-                (None, Some(_)) => return Err("--etcd-key needs --etcd-cert".into()),
+                (Some(_), None) => return Err(SecurityError::CertWithoutKey),
+                (None, Some(_)) => return Err(SecurityError::KeyWithoutCert),
                 (None, None) => {}
             }
             Some(tls)
@@ -106,30 +201,26 @@ impl EtcdSecurity {
         let user = match (&self.user, &self.password_file) {
             (Some(user), Some(file)) => {
                 if user.is_empty() || user.contains(char::is_whitespace) {
-                    return Err(format!("--etcd-user {user:?} is not a user name"));
+                    return Err(SecurityError::BadUser(user.clone()));
                 }
                 if https == 0 && !self.insecure_transport {
-                    return Err(format!(
-                        "--etcd-user would send its password in clear to {}: use https:// endpoints, or --etcd-insecure-transport to accept that",
-                        endpoints.join(",")
-                    ));
+                    return Err(SecurityError::PasswordInClear {
+                        endpoints: endpoints.to_vec(),
+                    });
                 }
-                let text = read_secret(file).map_err(|e| {
-                    format!("--etcd-password-file {}: {e}", file.display())
+                let text = read_secret(file).map_err(|source| SecurityError::Secret {
+                    flag: "--etcd-password-file",
+                    path: file.clone(),
+                    source,
                 })?;
                 let password = text.lines().next().unwrap_or("").to_string();
                 if password.is_empty() {
-                    return Err(format!(
-                        "--etcd-password-file {}: the file is empty",
-                        file.display()
-                    ));
+                    return Err(SecurityError::EmptyPassword(file.clone()));
                 }
                 Some((user.clone(), password))
             }
-            (Some(_), None) => {
-                return Err("--etcd-user needs --etcd-password-file (a password is never a flag value: flags show in ps)".into())
-            }
-            (None, Some(_)) => return Err("--etcd-password-file needs --etcd-user".into()),
+            (Some(_), None) => return Err(SecurityError::UserWithoutPassword),
+            (None, Some(_)) => return Err(SecurityError::PasswordWithoutUser),
             (None, None) => None,
         };
         Ok(Loaded { tls, user })
@@ -143,13 +234,13 @@ impl EtcdSecurity {
 /// A file in systemd's `$CREDENTIALS_DIRECTORY` passes: systemd makes it readable by
 /// the service's user alone, with an ACL where it can, and an ACL's mask shows in the
 /// group bits of the mode without granting the group anything.
-pub fn check_private(path: &Path) -> Result<(), String> {
+pub fn check_private(path: &Path) -> Result<(), SecretError> {
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     check_private_in(path, credentials.as_deref())
 }
 
 /// [`check_private`] with the credentials directory given.
-fn check_private_in(path: &Path, credentials: Option<&Path>) -> Result<(), String> {
+fn check_private_in(path: &Path, credentials: Option<&Path>) -> Result<(), SecretError> {
     use std::os::unix::fs::PermissionsExt;
     let inside = |dir: &Path| {
         dir.is_absolute()
@@ -161,39 +252,40 @@ fn check_private_in(path: &Path, credentials: Option<&Path>) -> Result<(), Strin
     if credentials.is_some_and(inside) {
         return Ok(());
     }
-    let mode = std::fs::metadata(path)
-        .map_err(|e| e.to_string())?
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "mode {mode:04o} lets group or others read this secret; run `chmod 600 {}`",
-            path.display()
-        ));
+        return Err(SecretError::Readable {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(())
 }
 
 /// Reads the secret file `path` after [`check_private`]; the error is its problem,
 /// for the caller to put after the flag and the file.
-pub fn read_secret(path: &Path) -> Result<String, String> {
+pub fn read_secret(path: &Path) -> Result<String, SecretError> {
     check_private(path)?;
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    Ok(std::fs::read_to_string(path)?)
 }
 
 /// Reads a PEM file that must hold a `kind` block (`CERTIFICATE`, `... PRIVATE KEY`).
-fn read_pem(flag: &str, path: &Path, kind: &str) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+fn read_pem(flag: &'static str, path: &Path, kind: &'static str) -> Result<Vec<u8>, SecurityError> {
+    let bytes = std::fs::read(path).map_err(|source| SecurityError::Unreadable {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&bytes);
     let found = text
         .lines()
         .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{kind}-----")));
     if !found {
-        return Err(format!(
-            "{flag} {}: no PEM {kind} in the file",
-            path.display()
-        ));
+        return Err(SecurityError::NoPem {
+            flag,
+            path: path.to_path_buf(),
+            kind,
+        });
     }
     Ok(bytes)
 }
@@ -303,7 +395,7 @@ mod tests {
         let empty = file(d, "empty", "");
         let http = ["http://127.0.0.1:2379".to_string()];
         let https = ["https://127.0.0.1:2379".to_string()];
-        let err = |s: EtcdSecurity, eps: &[String]| s.check(eps).unwrap_err();
+        let err = |s: EtcdSecurity, eps: &[String]| s.check(eps).unwrap_err().to_string();
 
         let tls = EtcdSecurity {
             cacert: Some(pem.clone()),
@@ -368,6 +460,91 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_the_flag_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = file(dir.path(), "junk.pem", "hello\n");
+        let missing = dir.path().join("missing.pem");
+        let https = ["https://a:1".to_string()];
+        let http = ["http://a:1".to_string(), "http://b:2".to_string()];
+        let msg = |s: EtcdSecurity, eps: &[String]| s.check(eps).unwrap_err().to_string();
+        assert_eq!(
+            msg(
+                EtcdSecurity::default(),
+                &["https://a:1".into(), "http://b:2".into()]
+            ),
+            "etcd endpoints mix https:// and http:// (https://a:1,http://b:2); use one scheme"
+        );
+        assert_eq!(
+            msg(
+                EtcdSecurity {
+                    cacert: Some(junk.clone()),
+                    ..Default::default()
+                },
+                &http
+            ),
+            "--etcd-cacert, --etcd-cert and --etcd-key need https:// endpoints; --etcd is http://a:1,http://b:2"
+        );
+        assert_eq!(
+            msg(
+                EtcdSecurity {
+                    cacert: Some(junk.clone()),
+                    ..Default::default()
+                },
+                &https
+            ),
+            format!(
+                "--etcd-cacert {}: no PEM CERTIFICATE in the file",
+                junk.display()
+            )
+        );
+        assert_eq!(
+            msg(
+                EtcdSecurity {
+                    cacert: Some(missing.clone()),
+                    ..Default::default()
+                },
+                &https
+            ),
+            format!(
+                "--etcd-cacert {}: {}",
+                missing.display(),
+                std::fs::read(&missing).unwrap_err()
+            )
+        );
+        let user = |name: &str, pw: Option<PathBuf>| EtcdSecurity {
+            user: Some(name.into()),
+            password_file: pw,
+            ..Default::default()
+        };
+        assert_eq!(
+            msg(user("a b", Some(junk.clone())), &https),
+            "--etcd-user \"a b\" is not a user name"
+        );
+        assert_eq!(
+            msg(user("a", None), &https),
+            "--etcd-user needs --etcd-password-file (a password is never a flag value: flags show in ps)"
+        );
+        assert_eq!(
+            msg(
+                EtcdSecurity {
+                    password_file: Some(junk),
+                    ..Default::default()
+                },
+                &https
+            ),
+            "--etcd-password-file needs --etcd-user"
+        );
+        assert_eq!(
+            msg(user("a", Some(missing.clone())), &https),
+            format!(
+                "--etcd-password-file {}: {}",
+                missing.display(),
+                std::fs::metadata(&missing).unwrap_err()
+            )
+        );
+    }
+
+    #[test]
     fn a_password_goes_over_http_only_when_allowed() {
         let dir = tempfile::tempdir().unwrap();
         let pw = file(dir.path(), "pw", "s3cret\n");
@@ -380,7 +557,7 @@ mod tests {
             password_file: Some(pw),
             ..Default::default()
         };
-        let e = s.check(&http).unwrap_err();
+        let e = s.check(&http).unwrap_err().to_string();
         assert!(
             e.contains("in clear to http://10.0.0.1:2379,http://10.0.0.2:2379"),
             "{e}"
@@ -424,7 +601,7 @@ mod tests {
             (&pw, "--etcd-password-file", 0o640),
         ] {
             chmod(path, mode);
-            let e = s.check(&https).unwrap_err();
+            let e = s.check(&https).unwrap_err().to_string();
             let want = format!(
                 "{flag} {}: mode {mode:04o} lets group or others read this secret; run `chmod 600 {}`",
                 path.display(),
@@ -434,7 +611,7 @@ mod tests {
             chmod(path, 0o400);
             assert!(s.check(&https).is_ok(), "0400 is private too");
         }
-        assert_eq!(check_private(&pw), Ok(()));
+        assert!(check_private(&pw).is_ok());
         assert!(read_secret(&d.join("missing")).is_err());
     }
 
@@ -446,7 +623,7 @@ mod tests {
         let key = file(&creds, "tls-key", "k");
         // As systemd leaves it when it grants the service's user an ACL: mask r--.
         chmod(&key, 0o440);
-        assert_eq!(check_private_in(&key, Some(&creds)), Ok(()));
+        assert!(check_private_in(&key, Some(&creds)).is_ok());
         assert!(check_private_in(&key, None).is_err());
         assert!(check_private_in(&key, Some(&dir.path().join("other"))).is_err());
         // A path climbing out of the directory is judged by its mode.

@@ -20,6 +20,57 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Why PEM text makes no server configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertError {
+    /// The certificate chain's PEM does not parse.
+    #[error("certificate: {0}")]
+    CertPem(#[source] rustls::pki_types::pem::Error),
+    /// No certificate in the chain's file.
+    #[error("certificate: no PEM certificate found")]
+    NoCertificate,
+    /// The key's PEM does not parse, or holds no key.
+    #[error("key: {0}")]
+    KeyPem(#[source] rustls::pki_types::pem::Error),
+    /// rustls refuses the pair (a key that does not match, an unsupported key type).
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Why the TLS files are not used, naming them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsFilesError {
+    /// A file cannot be read.
+    #[error("cannot read TLS files {} / {}: {source}", files.cert.display(), files.key.display())]
+    Unreadable {
+        /// The files.
+        files: TlsFiles,
+        /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key is readable by group or others, or cannot be looked at.
+    #[error("--tls-key {}: {source}", files.key.display())]
+    Key {
+        /// The files.
+        files: TlsFiles,
+        /// What is wrong with the key file.
+        #[source]
+        source: registry::security::SecretError,
+    },
+    /// The files make no server configuration.
+    #[error("invalid TLS certificate or key ({} / {}): {source}", files.cert.display(), files.key.display())]
+    Invalid {
+        /// The files.
+        files: TlsFiles,
+        /// Why.
+        #[source]
+        source: CertError,
+    },
+}
+
 /// The server configuration in force; new handshakes read it, a renewal swaps it.
 pub type LiveTlsConfig = Arc<ArcSwap<ServerConfig>>;
 
@@ -37,19 +88,18 @@ pub fn cert_expiry(cert_pem: &[u8]) -> Option<i64> {
 }
 
 /// A server configuration from PEM text, offering HTTP/2 and HTTP/1.1 by ALPN.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, String> {
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<ServerConfig, CertError> {
     install_crypto_provider();
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
+        .map_err(CertError::CertPem)?;
     if certs.is_empty() {
-        return Err("certificate: no PEM certificate found".into());
+        return Err(CertError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(CertError::KeyPem)?;
     let mut config = ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
+        .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -59,13 +109,10 @@ impl TlsFiles {
         Ok((std::fs::read(&self.cert)?, std::fs::read(&self.key)?))
     }
 
-    fn parse(&self, files: &(Vec<u8>, Vec<u8>)) -> Result<ServerConfig, String> {
-        server_config(&files.0, &files.1).map_err(|e| {
-            format!(
-                "invalid TLS certificate or key ({} / {}): {e}",
-                self.cert.display(),
-                self.key.display()
-            )
+    fn parse(&self, files: &(Vec<u8>, Vec<u8>)) -> Result<ServerConfig, TlsFilesError> {
+        server_config(&files.0, &files.1).map_err(|source| TlsFilesError::Invalid {
+            files: self.clone(),
+            source,
         })
     }
 
@@ -76,16 +123,15 @@ impl TlsFiles {
 
     /// Loads the files into a server configuration; fails with a message naming them.
     /// The key must not be readable by group or others.
-    pub async fn load(&self) -> Result<LiveTlsConfig, String> {
-        let files = self.read().map_err(|e| {
-            format!(
-                "cannot read TLS files {} / {}: {e}",
-                self.cert.display(),
-                self.key.display()
-            )
+    pub async fn load(&self) -> Result<LiveTlsConfig, TlsFilesError> {
+        let files = self.read().map_err(|source| TlsFilesError::Unreadable {
+            files: self.clone(),
+            source,
         })?;
-        registry::security::check_private(&self.key)
-            .map_err(|e| format!("--tls-key {}: {e}", self.key.display()))?;
+        registry::security::check_private(&self.key).map_err(|source| TlsFilesError::Key {
+            files: self.clone(),
+            source,
+        })?;
         Ok(Arc::new(ArcSwap::from_pointee(self.parse(&files)?)))
     }
 

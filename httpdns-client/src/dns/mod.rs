@@ -19,6 +19,7 @@ pub use config::{DnsConfig, Ipv6Mode, Provider, ProviderKind};
 pub use providers::alibaba::{parse_answer, request_path, sign};
 pub use providers::dnspod::parse_dnspod;
 pub use providers::doh::{dns_query, parse_dns_message};
+pub use providers::AnswerError;
 #[cfg(feature = "reqwest")]
 pub use resolver::HttpDnsResolver;
 

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                 assert!(regions.contains(&r.region));
             }
             if let Some(max) = b.max_capacity {
-                assert!(r.capacity <= max);
+                assert!(r.capacity <= max.get());
             }
             if let (Some(suffixes), Some(domain)) = (&b.domain_suffixes, &r.domain) {
                 assert!(suffixes.iter().any(|s| domain_is_under(domain, s)));

@@ -13,7 +13,38 @@ use tracing::{info, warn};
 use super::errors::map_err;
 use super::{Channels, EtcdKv, EtcdOptions, FileStamp, Inner};
 use crate::kv::{Kv, KvError};
-use crate::security::EtcdSecurity;
+use crate::security::{EtcdSecurity, SecurityError};
+
+/// Why a binary cannot start with its etcd settings: the one line it prints before
+/// exiting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The TLS and credential flags are refused.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// etcd at `endpoints` refuses these credentials or this client.
+    #[error("etcd {endpoints}: {source}")]
+    Etcd {
+        /// The endpoints, comma-separated.
+        endpoints: String,
+        /// What etcd or the client said.
+        #[source]
+        source: KvError,
+    },
+}
+
+/// Why an etcd endpoint list given on a command line or in a file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointsError {
+    /// Nothing but commas and spaces.
+    #[error("no etcd endpoint given")]
+    Empty,
+    /// An endpoint that is not `http://HOST:PORT` (or `https://`).
+    #[error("etcd endpoint {0:?} is not of the form http://HOST:PORT")]
+    Malformed(String),
+}
 
 /// What a binary does at start: checks `opts.security` against `endpoints`, connects,
 /// and reads `key` to see that etcd takes these credentials (an etcd that is down is
@@ -22,20 +53,19 @@ pub async fn connect_at_start(
     endpoints: &[String],
     opts: EtcdOptions,
     key: &str,
-) -> Result<EtcdKv, String> {
+) -> Result<EtcdKv, StartError> {
     opts.security.check(endpoints)?;
-    let spec = endpoints.join(",");
-    let kv = EtcdKv::connect(endpoints, &opts)
-        .await
-        .map_err(|e| format!("etcd {spec}: {e}"))?;
-    kv.check_access(key)
-        .await
-        .map_err(|e| format!("etcd {spec}: {e}"))?;
+    let etcd = |source| StartError::Etcd {
+        endpoints: endpoints.join(","),
+        source,
+    };
+    let kv = EtcdKv::connect(endpoints, &opts).await.map_err(etcd)?;
+    kv.check_access(key).await.map_err(etcd)?;
     Ok(kv)
 }
 
 /// Splits `URL[,URL...]` into endpoints, checking each looks like `http://host:port`.
-pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
+pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, EndpointsError> {
     let eps: Vec<String> = spec
         .split(',')
         .map(str::trim)
@@ -43,7 +73,7 @@ pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
         .map(str::to_string)
         .collect();
     if eps.is_empty() {
-        return Err("no etcd endpoint given".into());
+        return Err(EndpointsError::Empty);
     }
     for e in &eps {
         let rest = e
@@ -54,9 +84,7 @@ pub fn parse_endpoints(spec: &str) -> Result<Vec<String>, String> {
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
         if !ok || rest.contains('/') {
-            return Err(format!(
-                "etcd endpoint {e:?} is not of the form http://HOST:PORT"
-            ));
+            return Err(EndpointsError::Malformed(e.clone()));
         }
     }
     Ok(eps)
@@ -77,7 +105,10 @@ fn stamp(security: &EtcdSecurity) -> Vec<FileStamp> {
 }
 
 /// Connect options from `opts`' security files.
-fn connect_options(opts: &EtcdOptions, endpoints: &[String]) -> Result<ConnectOptions, String> {
+fn connect_options(
+    opts: &EtcdOptions,
+    endpoints: &[String],
+) -> Result<ConnectOptions, SecurityError> {
     let loaded = opts.security.load(endpoints)?;
     let mut options = ConnectOptions::new()
         .with_connect_timeout(opts.connect_timeout)
@@ -147,7 +178,8 @@ impl EtcdKv {
         if endpoints.is_empty() {
             return Err(KvError::Rejected("no etcd endpoint given".into()));
         }
-        let options = connect_options(opts, endpoints).map_err(KvError::Rejected)?;
+        let options =
+            connect_options(opts, endpoints).map_err(|e| KvError::Rejected(e.to_string()))?;
         Ok(EtcdKv {
             inner: Arc::new(Inner {
                 endpoints: endpoints.to_vec(),

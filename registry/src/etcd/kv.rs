@@ -50,7 +50,7 @@ impl Kv for EtcdKv {
         let t = self.inner.opts.list_timeout;
         let end = prefix_end(prefix.as_bytes());
         let mut from: Vec<u8> = prefix.as_bytes().to_vec();
-        let mut limit = self.inner.opts.list_page.max(1);
+        let mut limit = i64::from(self.inner.opts.list_page.get());
         let mut revision = 0;
         let mut kvs = Vec::new();
         let started = std::time::Instant::now();
@@ -103,7 +103,7 @@ impl Kv for EtcdKv {
                 _ => break,
             }
         }
-        if kvs.len() > self.inner.opts.list_page as usize {
+        if kvs.len() > self.inner.opts.list_page.get() as usize {
             info!(
                 keys = kvs.len(),
                 revision,

@@ -35,7 +35,7 @@ use crate::kv::LeaseId;
 use crate::security::EtcdSecurity;
 use lease::Keeper;
 
-pub use connect::{connect_at_start, parse_endpoints};
+pub use connect::{connect_at_start, parse_endpoints, EndpointsError, StartError};
 
 /// Timeouts for talking to etcd.
 #[derive(Debug, Clone)]
@@ -57,7 +57,7 @@ pub struct EtcdOptions {
     /// listing keeps that size. 10,000 records of a typical 250-400 B fit one page.
     /// The number of pages is what a listing costs: a 100,000-node fleet is listed in
     /// 0.5-0.8 s in pages of 10,000 against 2.7-3.3 s in pages of 1,000.
-    pub list_page: i64,
+    pub list_page: std::num::NonZeroU32,
     /// TLS and credentials.
     pub security: EtcdSecurity,
     /// How long a call keeps trying while every endpoint fails and at least one member
@@ -84,7 +84,7 @@ impl Default for EtcdOptions {
             list_timeout: Duration::from_secs(15),
             keep_alive: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(5),
-            list_page: 10_000,
+            list_page: std::num::NonZeroU32::new(10_000).expect("not zero"),
             security: EtcdSecurity::default(),
             retry_for: Duration::ZERO,
         }
@@ -148,6 +148,14 @@ mod tests {
                 .unwrap()
                 .len(),
             2
+        );
+        assert_eq!(
+            parse_endpoints(" , ").unwrap_err().to_string(),
+            "no etcd endpoint given"
+        );
+        assert_eq!(
+            parse_endpoints("http://h").unwrap_err().to_string(),
+            "etcd endpoint \"http://h\" is not of the form http://HOST:PORT"
         );
         assert!(parse_endpoints("").is_err());
         assert!(parse_endpoints("http://h").is_err());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::{Follower, DEPARTED_KEPT};
-use crate::binding::{self, Binding};
+use crate::binding::{Binding, Refusal};
 use crate::follow_map::MapView;
 use crate::kv::KeyValue;
 use crate::record::NodeRecord;
@@ -77,7 +77,7 @@ impl Follower {
         &mut self,
         id: Arc<str>,
         record: Arc<NodeRecord>,
-        reason: String,
+        reason: Refusal,
         key: &str,
         revision: i64,
     ) {
@@ -86,17 +86,20 @@ impl Follower {
         if self.logged_invalid.insert(id.clone()) {
             warn!(key = %key, revision, error = %reason, "node record outside its binding skipped");
         }
-        self.view.invalid.insert(id.clone(), reason);
+        self.view.invalid.insert(id.clone(), reason.to_string());
         self.rejected.insert(id, record);
     }
 
     /// Whether `record` is inside its node's binding; the reason it is not.
-    fn judge(&self, id: &str, record: &NodeRecord) -> Result<(), String> {
+    fn judge(&self, id: &str, record: &NodeRecord) -> Result<(), Refusal> {
         match self.parsed.get(id) {
-            None if self.require_bindings => Err(binding::UNBOUND_REFUSAL.to_string()),
+            None if self.require_bindings => Err(Refusal::Unbound),
             None => Ok(()),
-            Some(Err(e)) => Err(binding::broken_refusal(&self.layout.binding_key(id), e)),
-            Some(Ok(b)) => b.check(record).map_err(|v| binding::refusal(&v)),
+            Some(Err(e)) => Err(Refusal::Broken {
+                key: self.layout.binding_key(id),
+                error: e.clone(),
+            }),
+            Some(Ok(b)) => Ok(b.check(record)?),
         }
     }
 
@@ -117,7 +120,7 @@ impl Follower {
         for id in changed {
             match self.bindings.get(&id) {
                 Some(raw) => {
-                    let parsed = Binding::parse(raw).map(Arc::new).map_err(|e| e.to_string());
+                    let parsed = Binding::parse(raw).map(Arc::new);
                     if let Err(e) = &parsed {
                         warn!(key = %self.layout.binding_key(&id), error = %e, "binding does not parse; its node's records are refused");
                     }
@@ -155,6 +158,7 @@ impl Follower {
             }
             Err(reason) => {
                 // Still outside, perhaps for another reason: the listing says which.
+                let reason = reason.to_string();
                 if self.view.invalid.get(id) != Some(&reason) {
                     self.view.invalid.insert(id.clone(), reason);
                     return true;

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::binding::Binding;
+use crate::binding::{Binding, BindingError};
 use crate::follow_map::MapView;
 use crate::keys::Layout;
 use crate::kv::Kv;
@@ -91,7 +91,7 @@ pub fn follow_with(
 }
 
 /// A node's binding as last parsed: the binding, or why its value does not parse.
-type Parsed = Result<Arc<Binding>, String>;
+type Parsed = Result<Arc<Binding>, BindingError>;
 
 struct Follower {
     layout: Layout,

@@ -87,25 +87,42 @@ pub fn clip_text(s: &str, max: usize) -> String {
     out
 }
 
+/// Why a name is not a DNS host name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostNameError {
+    /// The whole name is empty or longer than 253 bytes.
+    #[error("length {0} is not 1-253")]
+    Length(usize),
+    /// A label is empty or longer than 63 bytes.
+    #[error("label {0:?} is not 1-63 characters")]
+    LabelLength(String),
+    /// A character other than a letter, a digit or a hyphen.
+    #[error("character {0:?} is not a letter, digit or hyphen")]
+    Character(char),
+    /// A label starts or ends with a hyphen.
+    #[error("label {0:?} starts or ends with a hyphen")]
+    Hyphen(String),
+}
+
 /// Checks a DNS host name: at most 253 bytes, dot-separated labels of 1-63 letters,
 /// digits and hyphens, no label starting or ending with a hyphen. A trailing dot (the
 /// root) is not accepted: names in records and bindings are written without it.
-pub fn validate_host_name(name: &str) -> Result<(), String> {
+pub fn validate_host_name(name: &str) -> Result<(), HostNameError> {
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("length {} is not 1-253", name.len()));
+        return Err(HostNameError::Length(name.len()));
     }
     for label in name.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err(format!("label {label:?} is not 1-63 characters"));
+            return Err(HostNameError::LabelLength(label.to_string()));
         }
         if let Some(c) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
         {
-            return Err(format!("character {c:?} is not a letter, digit or hyphen"));
+            return Err(HostNameError::Character(c));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with a hyphen"));
+            return Err(HostNameError::Hyphen(label.to_string()));
         }
     }
     Ok(())

@@ -172,7 +172,7 @@ impl NodeRecord {
             validate_name("isp", isp)?;
         }
         if let Some(domain) = &self.domain {
-            validate_host_name(domain).map_err(|e| invalid("domain", e))?;
+            validate_host_name(domain).map_err(|e| invalid("domain", e.to_string()))?;
         }
         if let Some(c) = &self.applied_command {
             validate_text("applied_command", c, 1, MAX_COMMAND_ID)?;

@@ -60,7 +60,7 @@ impl fmt::Debug for Tokens {
 impl Tokens {
     /// The token of `--admin-token`, named [`FLAG_TOKEN_NAME`].
     pub fn flag(token: &str) -> Result<Tokens, TokenError> {
-        crate::config::check_token(token).map_err(TokenError::Token)?;
+        crate::config::check_token(token).map_err(|e| TokenError::Token(e.to_string()))?;
         Ok(Tokens(Arc::from(vec![Named {
             name: Arc::from(FLAG_TOKEN_NAME),
             secret: token.as_bytes().into(),
@@ -119,7 +119,7 @@ impl Tokens {
         let file = path.display().to_string();
         let text = registry::security::read_secret(path).map_err(|problem| TokenError::File {
             file: file.clone(),
-            problem,
+            problem: problem.to_string(),
         })?;
         Tokens::parse(&text, &file)
     }

@@ -69,24 +69,31 @@ registry::etcd_security_flags!(RouterEtcdFlags, "ROUTER");
 /// The shortest token accepted: 16 bytes (128 bits when random).
 pub const MIN_TOKEN_BYTES: usize = 16;
 
+/// What is wrong with an admin token; the caller names the token before it ("the
+/// admin token is empty; ...").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenProblem {
+    /// Empty or blank.
+    #[error("is empty; give a secret or leave the setting out to disable the admin API")]
+    Empty,
+    /// Spaces or control characters.
+    #[error("has spaces or control characters; it is sent in an HTTP header and must be one word")]
+    NotOneWord,
+    /// Shorter than [`MIN_TOKEN_BYTES`]; its length.
+    #[error("is {0} bytes; at least {MIN_TOKEN_BYTES} are required (e.g. `openssl rand -hex 24`)")]
+    TooShort(usize),
+}
+
 /// What is wrong with `token`, if anything: blank, not one word, or too short.
-pub fn check_token(token: &str) -> Result<(), String> {
+pub fn check_token(token: &str) -> Result<(), TokenProblem> {
     if token.trim().is_empty() {
-        return Err(
-            "is empty; give a secret or leave the setting out to disable the admin API".into(),
-        );
+        return Err(TokenProblem::Empty);
     }
     if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(
-            "has spaces or control characters; it is sent in an HTTP header and must be one word"
-                .into(),
-        );
+        return Err(TokenProblem::NotOneWord);
     }
     if token.len() < MIN_TOKEN_BYTES {
-        return Err(format!(
-            "is {} bytes; at least {MIN_TOKEN_BYTES} are required (e.g. `openssl rand -hex 24`)",
-            token.len()
-        ));
+        return Err(TokenProblem::TooShort(token.len()));
     }
     Ok(())
 }
@@ -112,7 +119,9 @@ pub enum Command {
 }
 
 pub(super) fn parse_etcd(s: &str) -> Result<String, String> {
-    registry::etcd::parse_endpoints(s).map(|v| v.join(","))
+    registry::etcd::parse_endpoints(s)
+        .map(|v| v.join(","))
+        .map_err(|e| e.to_string())
 }
 
 pub(super) fn parse_registry(s: &str) -> Result<(String, String), String> {
@@ -126,7 +135,7 @@ pub(super) fn parse_registry(s: &str) -> Result<(String, String), String> {
 }
 
 pub(super) fn parse_prefix(s: &str) -> Result<String, String> {
-    registry::keys::validate_prefix(s)?;
+    registry::keys::validate_prefix(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 

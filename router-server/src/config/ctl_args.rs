@@ -197,7 +197,7 @@ pub struct AuthWho {
 fn parse_bind_cidr(s: &str) -> Result<IpNet, String> {
     match s.parse::<IpAddr>() {
         Ok(ip) => Ok(IpNet::from(ip)),
-        Err(_) => registry::binding::parse_cidr(s),
+        Err(_) => registry::binding::parse_cidr(s).map_err(|e| e.to_string()),
     }
 }
 
@@ -217,7 +217,7 @@ fn parse_bind_name(s: &str) -> Result<String, String> {
 
 /// `ctl bind --domain-suffix`: a host name, with or without its leading dot.
 fn parse_bind_suffix(s: &str) -> Result<String, String> {
-    registry::binding::normalize_suffix(s)
+    registry::binding::normalize_suffix(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

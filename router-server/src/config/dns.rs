@@ -108,12 +108,28 @@ impl Default for HttpDnsConfig {
     }
 }
 
+/// Why a configured or asked-for name is not a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// Empty, or longer than 253 characters; the name as given.
+    #[error("{0:?} is not a domain name (1-253 characters)")]
+    Length(String),
+    /// A label that is empty, too long or has another character.
+    #[error("{name:?} is not a domain name: label {label:?} (letters, digits, '-', '_', 1-63)")]
+    Label {
+        /// The name as given.
+        name: String,
+        /// The label at fault, lower-cased.
+        label: String,
+    },
+}
+
 /// A DNS name as configured: ASCII, dot-separated labels of 1-63 characters, at most
 /// 253 in all; a trailing dot is allowed. Lower-cased, without the trailing dot.
-pub fn parse_domain(s: &str) -> Result<String, String> {
+pub fn parse_domain(s: &str) -> Result<String, DomainError> {
     let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {
-        return Err(format!("{s:?} is not a domain name (1-253 characters)"));
+        return Err(DomainError::Length(s.to_string()));
     }
     for label in name.split('.') {
         let ok = (1..=63).contains(&label.len())
@@ -123,9 +139,10 @@ pub fn parse_domain(s: &str) -> Result<String, String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!(
-                "{s:?} is not a domain name: label {label:?} (letters, digits, '-', '_', 1-63)"
-            ));
+            return Err(DomainError::Label {
+                name: s.to_string(),
+                label: label.to_string(),
+            });
         }
     }
     Ok(name)
@@ -147,7 +164,7 @@ impl DnsConfig {
             return Ok(());
         }
         if let Err(e) = parse_domain(&self.zone) {
-            return err("zone", e);
+            return err("zone", e.to_string());
         }
         if !(1..=86_400).contains(&self.ttl) {
             return err("ttl", format!("{} is not 1-86400", self.ttl));
@@ -163,12 +180,12 @@ impl DnsConfig {
         }
         for n in &self.nameservers {
             if let Err(e) = parse_domain(n) {
-                return err("nameservers", e);
+                return err("nameservers", e.to_string());
             }
         }
         if !self.hostmaster.is_empty() {
             if let Err(e) = parse_domain(&self.hostmaster) {
-                return err("hostmaster", e);
+                return err("hostmaster", e.to_string());
             }
         }
         if self.rrl_per_sec > 0 && self.rrl_burst == 0 {
@@ -207,7 +224,7 @@ impl HttpDnsConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.router_domain.is_empty() {
             parse_domain(&self.router_domain)
-                .map_err(|e| ConfigError::invalid("httpdns.router_domain", e))?;
+                .map_err(|e| ConfigError::invalid("httpdns.router_domain", e.to_string()))?;
         }
         if self.signed_only && self.secret.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::invalid(

@@ -15,7 +15,9 @@ mod error;
 mod file;
 mod validate;
 
-pub use args::{check_token, Cli, Command, DemoArgs, RouterEtcdFlags, ServeArgs, MIN_TOKEN_BYTES};
+pub use args::{
+    check_token, Cli, Command, DemoArgs, RouterEtcdFlags, ServeArgs, TokenProblem, MIN_TOKEN_BYTES,
+};
 pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp};
 pub use error::ConfigError;
 pub use file::{

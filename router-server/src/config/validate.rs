@@ -217,7 +217,8 @@ fn validate_networks(cfg: &FileConfig) -> Result<(), ConfigError> {
     ];
     for (key, nets) in lists {
         for net in nets {
-            registry::net::check_canonical(net).map_err(|err| ConfigError::invalid(key, err))?;
+            registry::net::check_canonical(net)
+                .map_err(|err| ConfigError::invalid(key, err.to_string()))?;
         }
     }
     Ok(())

@@ -10,6 +10,32 @@ use registry::{Kv, Layout};
 
 use crate::config::{AuthOp, AuthWho};
 
+/// Why `ctl auth` stops before etcd's roles are read or while it applies them.
+#[derive(Debug, thiserror::Error)]
+enum AuthError {
+    /// Listing the registered nodes failed.
+    #[error("listing {prefix}: {source}")]
+    List {
+        prefix: String,
+        #[source]
+        source: registry::KvError,
+    },
+    /// A password file cannot be created (it exists, or the directory is not writable).
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A password file cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Runs `op`; returns the exit status.
 pub(super) async fn run(kv: &EtcdKv, layout: &Layout, op: AuthOp) -> i32 {
     let (who, password_dir, apply) = match op {
@@ -18,7 +44,7 @@ pub(super) async fn run(kv: &EtcdKv, layout: &Layout, op: AuthOp) -> i32 {
     };
     let principals = match principals(kv, layout, who).await {
         Ok(p) => p,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e.to_string()),
     };
     if principals.routers.is_empty()
         && principals.agents.is_empty()
@@ -62,7 +88,7 @@ pub(super) async fn run(kv: &EtcdKv, layout: &Layout, op: AuthOp) -> i32 {
         let password = match (s, &password_dir) {
             (Step::AddUser(u), Some(dir)) => match new_password_file(dir, u) {
                 Ok(p) => Some(p),
-                Err(e) => return fail(&e),
+                Err(e) => return fail(&e.to_string()),
             },
             _ => None,
         };
@@ -86,14 +112,14 @@ pub(super) async fn run(kv: &EtcdKv, layout: &Layout, op: AuthOp) -> i32 {
 }
 
 /// The principals named, plus every registered node with `--registered`.
-async fn principals(kv: &EtcdKv, layout: &Layout, who: AuthWho) -> Result<Principals, String> {
+async fn principals(kv: &EtcdKv, layout: &Layout, who: AuthWho) -> Result<Principals, AuthError> {
     let mut agents = who.agents;
     if who.registered {
         for prefix in [layout.nodes_prefix(), layout.applied_prefix()] {
-            let listing = kv
-                .list(&prefix)
-                .await
-                .map_err(|e| format!("listing {prefix}: {e}"))?;
+            let listing = kv.list(&prefix).await.map_err(|source| AuthError::List {
+                prefix: prefix.clone(),
+                source,
+            })?;
             for e in listing.kvs {
                 if let Some(id) = e.key.strip_prefix(&prefix) {
                     if registry::record::validate_id(id).is_ok() && !agents.iter().any(|a| a == id)
@@ -130,7 +156,7 @@ fn print_plan(layout: &Layout, plan: &Plan) {
 
 /// Writes a new random password to `dir/user.password` (mode 0600, never over an
 /// existing file) and returns it.
-fn new_password_file(dir: &Path, user: &str) -> Result<String, String> {
+fn new_password_file(dir: &Path, user: &str) -> Result<String, AuthError> {
     use rand::distr::{Alphanumeric, SampleString};
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!("{user}.password"));
@@ -140,8 +166,11 @@ fn new_password_file(dir: &Path, user: &str) -> Result<String, String> {
         .create_new(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    writeln!(f, "{password}").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        .map_err(|source| AuthError::Create {
+            path: path.clone(),
+            source,
+        })?;
+    writeln!(f, "{password}").map_err(|source| AuthError::Write { path, source })?;
     Ok(password)
 }
 

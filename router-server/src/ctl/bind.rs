@@ -1,7 +1,7 @@
 //! `ctl bind` and `ctl bindings`: the operator's limits on what each node may claim.
 
 use ipnet::IpNet;
-use registry::binding::Binding;
+use registry::binding::{Binding, BindingError};
 use registry::{Kv, Layout, NodeRecord};
 use serde::Serialize;
 
@@ -19,7 +19,7 @@ struct Wanted {
 
 impl Wanted {
     /// The binding, checked as routers will read it (list lengths and the rest).
-    fn binding(&self) -> Result<Binding, String> {
+    fn binding(&self) -> Result<Binding, BindingError> {
         let mut v = serde_json::Map::new();
         let mut list = |key: &str, items: Vec<String>| {
             if !items.is_empty() {
@@ -34,7 +34,7 @@ impl Wanted {
             v.insert("max_capacity".into(), max.into());
         }
         let bytes = serde_json::to_vec(&v).expect("a JSON object serializes");
-        Binding::parse(&bytes).map_err(|e| e.to_string())
+        Binding::parse(&bytes)
     }
 }
 
@@ -348,7 +348,7 @@ mod tests {
         };
         let b = w.binding().unwrap();
         assert_eq!(b.isps, None, "a flag not given leaves the claim unbound");
-        assert_eq!(b.max_capacity, Some(5));
+        assert_eq!(b.max_capacity, std::num::NonZeroU64::new(5));
         let too_many = Wanted {
             ips: vec![],
             regions: (0..65).map(|i| format!("r{i}")).collect(),
@@ -356,6 +356,12 @@ mod tests {
             max_capacity: None,
             domain_suffixes: vec![],
         };
-        assert!(too_many.binding().unwrap_err().contains("regions"));
+        assert!(matches!(
+            too_many.binding().unwrap_err(),
+            BindingError::Invalid {
+                field: "regions",
+                ..
+            }
+        ));
     }
 }

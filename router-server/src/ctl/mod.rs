@@ -89,7 +89,7 @@ async fn connect(args: &CtlArgs, layout: &Layout) -> Result<Vec<Target>, i32> {
         };
         let kv = match connect_at_start(&endpoints, opts, &layout.nodes_prefix()).await {
             Ok(kv) => kv,
-            Err(e) => return Err(fail(&e)),
+            Err(e) => return Err(fail(&e.to_string())),
         };
         reach(&kv, layout, &spec).await?;
         targets.push(Target { name, spec, kv });

@@ -8,7 +8,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 use tracing::warn;
 
-use super::{esc, usable};
+use super::{esc, usable, AnswerError};
 use crate::dns::config::{Provider, ProviderKind};
 
 /// `md5("{host}-{secret}-{expiry}")` in lower-case hex: the `s` of a signed request.
@@ -57,12 +57,18 @@ struct Answer {
 /// Validates a provider answer for `host`: keeps only IP literals of the right family.
 /// Returns the addresses (IPv4 first) and the TTL (at most a day), or why the answer is
 /// unusable.
-pub fn parse_answer(host: &str, body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
+pub fn parse_answer(
+    host: &str,
+    body: &[u8],
+) -> Result<(Vec<IpAddr>, Option<Duration>), AnswerError> {
     let a: Answer =
-        serde_json::from_slice(body).map_err(|e| format!("answer is not HTTPDNS JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
     if let Some(h) = &a.host {
         if !h.eq_ignore_ascii_case(host) {
-            return Err(format!("answer is for {h:?}, not {host:?}"));
+            return Err(AnswerError::OtherHost {
+                got: h.clone(),
+                asked: host.to_string(),
+            });
         }
     }
     let mut ips = Vec::new();
@@ -82,7 +88,7 @@ pub fn parse_answer(host: &str, body: &[u8]) -> Result<(Vec<IpAddr>, Option<Dura
         }
     }
     if ips.is_empty() {
-        return Err("answer holds no usable IP address".into());
+        return Err(AnswerError::NoAddress);
     }
     Ok((
         ips,

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{esc, usable};
+use super::{esc, usable, AnswerError};
 
 /// The path and query of a DNSPod request for `host`.
 pub fn request_path(host: &str) -> String {
@@ -13,8 +13,8 @@ pub fn request_path(host: &str) -> String {
 
 /// Parses DNSPod's plain-text answer: `IP;IP;...,TTL` (an empty body: no record). The
 /// TTL is at most a day.
-pub fn parse_dnspod(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
-    let text = std::str::from_utf8(body).map_err(|_| "answer is not text".to_string())?;
+pub fn parse_dnspod(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), AnswerError> {
+    let text = std::str::from_utf8(body).map_err(|_| AnswerError::NotText)?;
     let text = text.trim();
     let (list, ttl) = match text.rsplit_once(',') {
         Some((l, t)) => (l, t.trim().parse::<u64>().ok()),
@@ -26,10 +26,7 @@ pub fn parse_dnspod(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), Stri
         .filter(|ip| usable(*ip))
         .collect();
     if ips.is_empty() {
-        return Err(format!(
-            "answer holds no usable IP address: {:?}",
-            text.chars().take(100).collect::<String>()
-        ));
+        return Err(AnswerError::NoAddressIn(text.chars().take(100).collect()));
     }
     Ok((ips, ttl.filter(|t| *t > 0).map(crate::limits::dns_ttl_secs)))
 }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::{usable, Answer, Ask};
+use super::{usable, Answer, AnswerError, Ask};
 use crate::error::Failure;
 use crate::http::Request;
 
@@ -18,12 +18,12 @@ const DNS_MESSAGE: &str = "application/dns-message";
 
 /// A DNS query message for `host` and `rtype` (id 0, recursion desired), as RFC 8484
 /// recommends for cacheable GETs.
-pub fn dns_query(host: &str, v6: bool) -> Result<Vec<u8>, String> {
+pub fn dns_query(host: &str, v6: bool) -> Result<Vec<u8>, AnswerError> {
     use hickory_proto::op::{Header, MessageType, OpCode, Query};
     use hickory_proto::rr::{Name, RecordType};
     use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
     // hickory's errors are not formatted: their Display reaches its IDNA code.
-    let name = Name::from_ascii(host).map_err(|_| format!("{host:?} is not a DNS name"))?;
+    let name = Name::from_ascii(host).map_err(|_| AnswerError::NotDnsName(host.to_string()))?;
     let rtype = if v6 { RecordType::AAAA } else { RecordType::A };
     let mut header = Header::new();
     header
@@ -37,30 +37,28 @@ pub fn dns_query(host: &str, v6: bool) -> Result<Vec<u8>, String> {
     header
         .emit(&mut e)
         .and_then(|()| Query::query(name, rtype).emit(&mut e))
-        .map_err(|_| format!("{host:?} does not fit a DNS query"))?;
+        .map_err(|_| AnswerError::QueryTooLarge(host.to_string()))?;
     Ok(buf)
 }
 
 /// The addresses and the smallest TTL (at most a day) of a DNS answer message.
-pub fn parse_dns_message(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
+pub fn parse_dns_message(body: &[u8]) -> Result<(Vec<IpAddr>, Option<Duration>), AnswerError> {
     use hickory_proto::op::{Header, MessageType, Query, ResponseCode};
     use hickory_proto::rr::{Name, RecordType};
     use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
     let mut d = BinDecoder::new(body);
     // hickory's errors are not formatted (their Display reaches its IDNA code): a
     // broken message is named by where it broke.
-    let bad = |at: usize| {
-        format!(
-            "not a DNS message: malformed at byte {at} of {}",
-            body.len()
-        )
+    let bad = |at: usize| AnswerError::Malformed {
+        at,
+        len: body.len(),
     };
     let header = Header::read(&mut d).map_err(|_| bad(0))?;
     if header.message_type() != MessageType::Response {
-        return Err("not a DNS message: a query, not a response".into());
+        return Err(AnswerError::NotResponse);
     }
     if header.response_code() != ResponseCode::NoError {
-        return Err(format!("DNS {}", header.response_code()));
+        return Err(AnswerError::Code(header.response_code().to_string()));
     }
     for _ in 0..header.query_count() {
         let at = d.index();
@@ -131,7 +129,7 @@ pub(crate) async fn ask(a: &Ask<'_>, path: &str, post: bool) -> Result<Answer, F
         }
     }
     if ips.is_empty() {
-        return Err(a.malformed(last_err.unwrap_or_else(|| "no A or AAAA record".into())));
+        return Err(a.malformed(last_err.unwrap_or(AnswerError::NoRecord)));
     }
     ips.sort_by_key(|ip| ip.is_ipv6());
     Ok((ips, ttl))
@@ -213,13 +211,18 @@ mod tests {
     fn a_broken_or_failed_answer_is_refused_with_its_reason() {
         let full = answer(hickory_proto::op::ResponseCode::NoError);
         for cut in [5, 20, full.len() - 3] {
-            let e = parse_dns_message(&full[..cut]).unwrap_err();
+            let e = parse_dns_message(&full[..cut]).unwrap_err().to_string();
             assert!(e.starts_with("not a DNS message"), "{cut}: {e}");
         }
-        let e = parse_dns_message(&answer(hickory_proto::op::ResponseCode::NXDomain)).unwrap_err();
+        let e = parse_dns_message(&answer(hickory_proto::op::ResponseCode::NXDomain))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("DNS") && e.contains("Non-Existent"), "{e}");
         let q = dns_query("router.test", false).unwrap();
-        assert!(parse_dns_message(&q).unwrap_err().contains("a query"));
+        assert_eq!(
+            parse_dns_message(&q).unwrap_err().to_string(),
+            "not a DNS message: a query, not a response"
+        );
     }
 
     proptest::proptest! {

@@ -25,6 +25,55 @@ use bytes::Bytes;
 use crate::error::{Failure, FailureKind};
 use crate::http::{Endpoint, Http, Request};
 
+/// Why a provider's answer cannot be used, or the query for it cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnswerError {
+    /// A DNSPod answer that is not UTF-8.
+    #[error("answer is not text")]
+    NotText,
+    /// An HTTPDNS answer that is not its JSON; serde's reason.
+    #[error("answer is not HTTPDNS JSON: {0}")]
+    NotJson(String),
+    /// An HTTPDNS answer for another name.
+    #[error("answer is for {got:?}, not {asked:?}")]
+    OtherHost {
+        /// The name in the answer.
+        got: String,
+        /// The name asked for.
+        asked: String,
+    },
+    /// An HTTPDNS answer left with no address once the unusable ones are dropped.
+    #[error("answer holds no usable IP address")]
+    NoAddress,
+    /// A DNSPod answer with no usable address; its first 100 characters.
+    #[error("answer holds no usable IP address: {0:?}")]
+    NoAddressIn(String),
+    /// A DoH query for a name that is not one.
+    #[error("{0:?} is not a DNS name")]
+    NotDnsName(String),
+    /// A DoH query that cannot be written.
+    #[error("{0:?} does not fit a DNS query")]
+    QueryTooLarge(String),
+    /// A DoH answer that breaks off or does not parse at byte `at`.
+    #[error("not a DNS message: malformed at byte {at} of {len}")]
+    Malformed {
+        /// Where it broke.
+        at: usize,
+        /// The message's length.
+        len: usize,
+    },
+    /// A DoH answer that is a query.
+    #[error("not a DNS message: a query, not a response")]
+    NotResponse,
+    /// A DoH answer with an error code (`NXDomain`, `ServFail`).
+    #[error("DNS {0}")]
+    Code(String),
+    /// DoH answers with no A or AAAA record.
+    #[error("no A or AAAA record")]
+    NoRecord,
+}
+
 /// Addresses (IPv4 first) and the TTL the provider gave, if any.
 pub(crate) type Answer = (Vec<IpAddr>, Option<Duration>);
 
@@ -47,8 +96,8 @@ pub(crate) struct Ask<'a> {
 }
 
 impl Ask<'_> {
-    pub(crate) fn malformed(&self, why: String) -> Failure {
-        Failure::new(self.target, FailureKind::Malformed(why))
+    pub(crate) fn malformed(&self, why: AnswerError) -> Failure {
+        Failure::new(self.target, FailureKind::Malformed(why.to_string()))
     }
 
     /// Asks `p` for the host.
