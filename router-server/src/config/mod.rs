@@ -12,12 +12,14 @@ mod args;
 mod ctl_args;
 pub mod dns;
 mod error;
+mod explain_args;
 mod file;
 mod validate;
 
 pub use args::{check_token, Cli, Command, DemoArgs, RouterEtcdFlags, ServeArgs, MIN_TOKEN_BYTES};
 pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp};
 pub use error::ConfigError;
+pub use explain_args::ExplainArgs;
 pub use file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,
