@@ -5,6 +5,7 @@
 //! (429) before its tokens are compared ([`throttle`]). Every action is logged with who
 //! (client address, the token's name), what (route, node) and result.
 
+mod explain;
 pub mod throttle;
 pub mod tokens;
 
@@ -166,6 +167,7 @@ pub fn router_with_throttle(
         .route("/admin/nodes/{id}/migrate", post(migrate))
         .route("/admin/nodes/{id}/serve", post(serve))
         .route("/admin/rebalance", post(rebalance))
+        .route("/admin/explain", get(explain::route))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         // Admin routes wait on etcd; bound them (the etcd client has its own deadline too).
         .route_layer(middleware::from_fn_with_state(

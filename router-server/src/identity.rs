@@ -78,6 +78,19 @@ impl RegionTable {
             .map(|(_, r)| r.as_str())
             .or(self.default.as_deref())
     }
+
+    /// The `[regions] cidrs` network `ip` falls in (the longest), and its region;
+    /// `None` when none does (then [`RegionTable::lookup`] answers the default).
+    pub fn matching(&self, ip: IpAddr) -> Option<(IpNet, &str)> {
+        self.cidrs
+            .get_lpm(&IpNet::from(ip.to_canonical()))
+            .map(|(net, r)| (net, r.as_str()))
+    }
+
+    /// The region of clients no network matches (`[regions] default`), if set.
+    pub fn default_region(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
 }
 
 /// One client network by default: a /24 (IPv4) or a /56 (IPv6), what one subscriber or
@@ -190,6 +203,13 @@ mod tests {
         assert_eq!(lookup("8.8.8.8"), Some("d"));
         assert_eq!(lookup("::ffff:10.1.2.3"), Some("narrow"), "IPv4-mapped");
         assert_eq!(lookup("2001:db8::1"), Some("v6"));
+        let net = |ip: &str| {
+            t.matching(ip.parse().unwrap())
+                .map(|(n, r)| (n.to_string(), r))
+        };
+        assert_eq!(net("10.1.2.3"), Some(("10.1.0.0/16".into(), "narrow")));
+        assert_eq!(net("8.8.8.8"), None, "the default is no network");
+        assert_eq!(t.default_region(), Some("d"));
         let no_default = RegionTable::new(&cidrs, "");
         assert_eq!(no_default.lookup("8.8.8.8".parse().unwrap()), None);
         let no_default = RegionTable::new([], "");

@@ -35,6 +35,7 @@ pub mod ctl;
 #[cfg(feature = "tools")]
 pub mod demo;
 pub mod dns;
+pub mod explain;
 pub mod guard;
 pub mod herd;
 pub mod http;

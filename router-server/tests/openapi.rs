@@ -572,3 +572,27 @@ fn the_api_crate_and_the_document_agree() {
     )
     .unwrap();
 }
+
+/// `GET /admin/explain`: its answer and its refusal as the spec describes them.
+#[tokio::test]
+async fn explain_matches_the_spec() {
+    let spec = spec();
+    let app = app(true).await;
+    let e = "/admin/explain";
+    for uri in [
+        "/admin/explain?ip=192.0.2.9",
+        "/admin/explain?ip=2001:db8::1&region=r&isp=ctcc&count=1&proto=tcp&ip_version=6",
+        "/admin/explain?ip=192.0.2.9&proto=wss",
+    ] {
+        assert_eq!(check(&app, &spec, Method::GET, e, uri, None).await, 200);
+    }
+    for uri in ["/admin/explain", "/admin/explain?ip=nope"] {
+        assert_eq!(check(&app, &spec, Method::GET, e, uri, None).await, 400);
+    }
+    let not_ready = app_not_ready().await;
+    let uri = "/admin/explain?ip=192.0.2.9";
+    assert_eq!(
+        check(&not_ready, &spec, Method::GET, e, uri, None).await,
+        200
+    );
+}

@@ -143,6 +143,9 @@ pub enum CtlOp {
         #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
+    /// Why a client address gets the gateways it gets, or none: asks a router's
+    /// admin API (--router), not etcd.
+    Explain(super::ExplainArgs),
     /// Even out load inside each region by migrating clients off hot nodes.
     Rebalance {
         /// Print the plan without issuing commands.

@@ -12,6 +12,7 @@ mod args;
 mod ctl_args;
 pub mod dns;
 mod error;
+mod explain_args;
 mod file;
 mod validate;
 
@@ -20,6 +21,7 @@ pub use args::{
 };
 pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp};
 pub use error::ConfigError;
+pub use explain_args::ExplainArgs;
 pub use file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,

@@ -11,6 +11,7 @@ use crate::config::{AuthOp, CtlArgs, CtlOp};
 mod auth;
 mod bind;
 mod block;
+mod explain;
 use crate::ops::{self, OpsError, PlanStep};
 
 /// How long each of `ctl`'s calls keeps trying while no etcd member can answer it (a
@@ -32,6 +33,9 @@ struct Target {
 
 /// Runs one `ctl` operation; returns the process exit status.
 pub async fn run(args: CtlArgs) -> i32 {
+    if let CtlOp::Explain(x) = &args.op {
+        return explain::run(x).await;
+    }
     let layout = Layout::new(&args.prefix);
     let targets = match connect(&args, &layout).await {
         Ok(targets) => targets,
@@ -345,7 +349,8 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
         | CtlOp::Bindings { .. }
         | CtlOp::Block { .. }
         | CtlOp::Unblock { .. }
-        | CtlOp::Blocks { .. } => {
+        | CtlOp::Blocks { .. }
+        | CtlOp::Explain(_) => {
             unreachable!("ctl auth, bind and bindings run before execute")
         }
         CtlOp::Rebalance { dry_run, json } => {

@@ -113,7 +113,7 @@ async fn not_found() -> ApiError {
 }
 
 /// Every route the server has, as static labels for metrics.
-const ROUTES: [&str; 15] = [
+const ROUTES: [&str; 16] = [
     "/gateways",
     "/healthz",
     "/readyz",
@@ -123,6 +123,7 @@ const ROUTES: [&str; 15] = [
     "/admin/nodes/{id}/migrate",
     "/admin/nodes/{id}/serve",
     "/admin/rebalance",
+    "/admin/explain",
     "/dns-query",
     "/resolve",
     "/d",

@@ -32,16 +32,20 @@
 //! * `patch.rs`: a snapshot patched with new reports of nodes it has;
 //! * `select.rs`: [`select()`] and its variants, the overflow and held fills;
 //! * `order.rs`: the herd-adjusted order an index is walked in during a burst;
+//! * `explain.rs`: the answer to one query without counting it, and why each other
+//!   node is not in it (for operators; no request runs it);
 //! * `tests/`: the tests by concern, and the rules written out the slow way that the
 //!   property tests compare the selection with.
 
 mod arrival;
+mod explain;
 mod order;
 mod patch;
 mod select;
 mod snapshot;
 
 pub use arrival::Arrival;
+pub use explain::{explain, Explained, Reason, Tier, Verdict};
 pub use select::{
     select, select_budgeted, select_weighted, Candidate, Chosen, Query, Rules, MAX_COUNT,
     OVERFLOW_SCAN, SCAN_BUDGET,

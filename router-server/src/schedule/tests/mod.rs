@@ -2,6 +2,7 @@
 //! the scheduling rules written out the slow way ([`reference`]).
 
 mod arrival;
+mod explain;
 mod select;
 mod snapshot;
 
