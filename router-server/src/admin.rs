@@ -223,7 +223,7 @@ async fn authorize(
         req.headers(),
         &admin.state.config.trusted_proxies,
     );
-    let m = &admin.state.metrics;
+    let m = &admin.state.metrics.admin;
     // A trusted network (`[edge] allow`: the operators' own) is not throttled.
     let throttled_here = !admin.state.guard.allowed(client);
     // A network over its failures is refused before any token it sends is compared.
@@ -231,7 +231,7 @@ async fn authorize(
         .then(|| admin.throttle.refused(client))
         .flatten();
     let (resp, name) = if let Some(wait) = refused {
-        m.admin_throttled.inc();
+        m.throttled.inc();
         (throttled(wait), None)
     } else {
         match bearer_token(req.headers()).and_then(|t| admin.tokens.find(t.as_bytes())) {
@@ -244,7 +244,7 @@ async fn authorize(
                 .flatten()
             {
                 Some(wait) => {
-                    m.admin_throttled.inc();
+                    m.throttled.inc();
                     (throttled(wait), None)
                 }
                 None => (unauthorized(), None),
@@ -252,7 +252,7 @@ async fn authorize(
         }
     };
     let status = resp.status().as_u16();
-    m.admin_actions
+    m.actions
         .get_or_create(&RequestLabels { route, status })
         .inc();
     match name {

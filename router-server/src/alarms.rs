@@ -50,7 +50,7 @@ pub async fn run(
                             _ => {}
                         }
                     }
-                    state.metrics.set_etcd_alarms(&registry, &raised);
+                    state.metrics.registries.set_etcd_alarms(&registry, &raised);
                     state
                         .alarms
                         .lock()

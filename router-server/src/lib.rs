@@ -416,7 +416,7 @@ pub async fn serve(
     let live = match tls {
         Some(files) => {
             let live = files.load().await.map_err(anyhow::Error::msg)?;
-            let expiry = state.metrics.tls_cert_expiry.clone();
+            let expiry = state.metrics.connections.tls_cert_expiry.clone();
             expiry.set(files.expiry().unwrap_or(0));
             let every = Duration::from_millis(config.tls.reload_check_ms);
             tasks.spawn(files.clone().watch(

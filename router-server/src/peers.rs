@@ -218,7 +218,7 @@ pub async fn run(
                     if before != live {
                         info!(live, "live routers: herd counts are scaled by {live}");
                     }
-                    state.metrics.routers_live.set(live as i64);
+                    state.metrics.herd.routers_live.set(live as i64);
                     backoff.reset();
                     BEAT
                 }
@@ -270,7 +270,7 @@ pub async fn publish_lag(
         let mut steady = Duration::ZERO;
         for l in &lags {
             if let Some(d) = l.current(now) {
-                state.metrics.set_registry_lag(&l.registry, d);
+                state.metrics.registries.set_lag(&l.registry, d);
             }
             steady = steady.max(l.measured().unwrap_or_default());
         }

@@ -247,7 +247,7 @@ async fn rate_limit_429_per_client_ip_with_retry_after() {
         get_with(&app, forwarded("203.0.113.2")).await.0,
         StatusCode::OK
     );
-    assert_eq!(state.metrics.rate_limited.get(), 1);
+    assert_eq!(state.metrics.edge.rate_limited.get(), 1);
 }
 
 /// A reconnect storm of 10,000 clients behind one carrier-grade NAT address passes at
@@ -282,7 +282,7 @@ async fn the_default_limit_lets_a_nat_storm_through() {
         1,
         "the next token is 1 ms away: wait 1 s"
     );
-    assert_eq!(state.metrics.rate_limited.get(), 1);
+    assert_eq!(state.metrics.edge.rate_limited.get(), 1);
     // The sustained rate: 1,000 a second, one a millisecond.
     clock.advance(std::time::Duration::from_millis(10));
     let mut ok = 0;
@@ -292,7 +292,7 @@ async fn the_default_limit_lets_a_nat_storm_through() {
         }
     }
     assert_eq!(ok, 10, "10 ms refill 10 requests");
-    assert_eq!(state.metrics.rate_limited.get(), 11);
+    assert_eq!(state.metrics.edge.rate_limited.get(), 11);
 }
 
 /// IPv6 clients are limited per /64: rotating addresses inside one buys nothing.
@@ -351,7 +351,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 #[tokio::test]
 async fn forwarded_for_from_an_unlisted_peer_is_counted() {
     let cfg = FileConfig::parse("trusted_proxies = [\"10.0.0.0/8\"]").unwrap();
-    let counted = |state: &AppState| state.metrics.forwarded_untrusted.get();
+    let counted = |state: &AppState| state.metrics.edge.forwarded_untrusted.get();
     let (app, state) = app_with(cfg.clone(), Some(fleet()), "198.51.100.1:1");
     for _ in 0..3 {
         get_with(&app, forwarded("203.0.113.9")).await;

@@ -88,10 +88,10 @@ impl Dns {
             (Transport::Udp, Some(rrl)) => rrl.check(client),
             _ => rrl::Verdict::Answer,
         };
-        let m = &self.state.metrics;
+        let m = &self.state.metrics.dns;
         if verdict == rrl::Verdict::Drop {
-            m.dns_rrl.get_or_create(&rrl_label("drop")).inc();
-            m.dns_totals.rrl(false);
+            m.rrl.get_or_create(&rrl_label("drop")).inc();
+            m.totals.rrl(false);
             return None;
         }
         let request = match Message::from_vec(packet) {
@@ -127,8 +127,8 @@ impl Dns {
         // The smallest TTL of what is answered (0 when no record is).
         let mut ttl = 0;
         if verdict == rrl::Verdict::Slip {
-            m.dns_rrl.get_or_create(&rrl_label("slip")).inc();
-            m.dns_totals.rrl(true);
+            m.rrl.get_or_create(&rrl_label("slip")).inc();
+            m.totals.rrl(true);
             reply.add_queries(request.queries().iter().cloned());
             reply.set_truncated(true);
             return reply.to_vec().ok().map(|b| (b, 0));

@@ -210,7 +210,8 @@ struct TcpLimits {
 fn count_closed(dns: &Dns, reason: &'static str) {
     dns.state()
         .metrics
-        .dns_tcp_closed
+        .dns
+        .tcp_closed
         .get_or_create(&DnsTcpLabels { reason })
         .inc();
 }

@@ -24,7 +24,7 @@ pub(crate) fn note(state: &AppState, peer: IpAddr, headers: &HeaderMap) {
     if !crate::identity::forwarded_untrusted(peer, headers, &state.config.trusted_proxies) {
         return;
     }
-    state.metrics.forwarded_untrusted.inc();
+    state.metrics.edge.forwarded_untrusted.inc();
     let now = registry::now_ms();
     let last = LAST_WARNED_MS.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= WARN_EVERY_MS

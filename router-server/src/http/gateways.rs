@@ -56,6 +56,7 @@ impl Api {
         let m = &state.metrics;
         let hot_metrics = HotMetrics {
             ok: m
+                .http
                 .requests
                 .get_or_create(&RequestLabels {
                     route: "/gateways",
@@ -63,6 +64,7 @@ impl Api {
                 })
                 .clone(),
             latency: m
+                .http
                 .latency
                 .get_or_create(&RouteLabels { route: "/gateways" })
                 .clone(),
@@ -203,7 +205,7 @@ fn gateways(
         let routers = rules.herd.scale;
         let chosen = select_weighted(snap, &query, rules, guard.herd_weight(ip, pass, 1, routers));
         if chosen.is_empty() {
-            api.state.metrics.no_gateways.inc();
+            api.state.metrics.edge.no_gateways.inc();
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::NoGateways,

@@ -60,7 +60,7 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     let m = &api.state.metrics;
     if let Some(t) = *api.state.last_sync.lock().expect("last_sync lock") {
-        m.snapshot_age.set(t.elapsed().as_secs_f64());
+        m.fleet.snapshot_age.set(t.elapsed().as_secs_f64());
     }
     use registry::metrics_text::{wants_openmetrics, OPENMETRICS, PROMETHEUS};
     let accept = headers.get_all(header::ACCEPT);
@@ -196,11 +196,13 @@ fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::
             return;
         }
     } else {
-        m.latency
+        m.http
+            .latency
             .get_or_create(&RouteLabels { route })
             .observe(secs);
     }
-    m.requests
+    m.http
+        .requests
         .get_or_create(&RequestLabels {
             route,
             status: status.as_u16(),

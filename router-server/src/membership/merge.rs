@@ -172,8 +172,9 @@ impl Updater {
             let decision = self.decide(observed, &local_view, received);
             self.publish(decision, &local_view, now);
             let m = &self.state.metrics;
-            m.snapshot_builds.inc();
-            m.snapshot_build_seconds
+            m.herd.snapshot_builds.inc();
+            m.herd
+                .snapshot_build_seconds
                 .inc_by(cpu_start.elapsed().as_secs_f64());
             // When this build started: the interval counts from it.
             self.last_build = Some(now);
@@ -403,8 +404,9 @@ impl Updater {
         drop(self.state.snapshot.swap(Some(Arc::new(snap))));
         if self.counts.take_changed() {
             let m = &self.state.metrics;
-            m.replace_node_counts(self.counts.labelled(), &self.counts.region_loads());
-            m.set_hook_counts(&self.counts.hook_counts());
+            m.fleet
+                .replace_node_counts(self.counts.labelled(), &self.counts.region_loads());
+            m.fleet.set_hook_counts(&self.counts.hook_counts());
         }
     }
 
@@ -440,7 +442,11 @@ impl Updater {
                 invalid.insert(Arc::from(key), why.clone());
             }
         }
-        self.state.metrics.invalid_records.set(invalid.len() as i64);
+        self.state
+            .metrics
+            .fleet
+            .invalid_records
+            .set(invalid.len() as i64);
         *self.state.invalid.lock().expect("invalid lock") = invalid;
         self.invalid_shown = Some((sources, self.duplicates.clone()));
     }
@@ -450,7 +456,8 @@ impl Updater {
         let m = &self.state.metrics;
         for mem in self.members.iter_mut() {
             if let Some(view) = &mem.previous {
-                m.invalid_seen
+                m.fleet
+                    .invalid_seen
                     .inc_by(view.invalid_seen_total.saturating_sub(mem.seen_invalid));
                 mem.seen_invalid = view.invalid_seen_total;
             }
@@ -461,7 +468,7 @@ impl Updater {
     /// connection, and when it was last in sync.
     fn publish_protection(&self, holding: bool, local_view: &NodeView) {
         let state = &self.state;
-        let m = &state.metrics;
+        let m = &state.metrics.fleet;
         state
             .protecting
             .store(holding, std::sync::atomic::Ordering::Relaxed);
@@ -479,7 +486,7 @@ impl Updater {
     /// Each registry's health as of `now`, in the metrics and in the state.
     fn publish_statuses(&self, now: Instant) {
         let statuses = statuses(&self.members, self.local, now);
-        super::publish_statuses(&self.state.metrics, &statuses);
+        super::publish_statuses(&self.state.metrics.registries, &statuses);
         *self.state.registries.lock().expect("registries lock") = statuses;
     }
 }

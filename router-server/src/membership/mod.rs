@@ -63,21 +63,15 @@ impl Registry {
 
 /// Publishes each registry's health in the metrics (`router_registry_up`,
 /// `router_registry_nodes`, `router_registry_demoted`).
-pub fn publish_statuses(metrics: &crate::metrics::Metrics, statuses: &[RegistryStatus]) {
+pub fn publish_statuses(metrics: &crate::metrics::RegistryMetrics, statuses: &[RegistryStatus]) {
     for st in statuses {
         let labels = crate::metrics::RegistryLabels {
             registry: st.name.clone(),
         };
+        metrics.up.get_or_create(&labels).set(st.connected as i64);
+        metrics.nodes.get_or_create(&labels).set(st.nodes as i64);
         metrics
-            .registry_up
-            .get_or_create(&labels)
-            .set(st.connected as i64);
-        metrics
-            .registry_nodes
-            .get_or_create(&labels)
-            .set(st.nodes as i64);
-        metrics
-            .registry_demoted
+            .demoted
             .get_or_create(&labels)
             .set(if st.dropped { 2 } else { st.demoted as i64 });
     }

@@ -83,7 +83,7 @@ pub(super) fn router_status(
         .map(|t| t.elapsed().as_secs_f64());
     RouterStatus {
         ready: snap.is_some(),
-        registry_connected: m.registry_connected.get() == 1,
+        registry_connected: m.fleet.registry_connected.get() == 1,
         revision: snap.map(|s| s.revision).unwrap_or(0),
         stale: snap.is_some_and(|s| s.stale) || state.lagging.load(Ordering::Relaxed),
         snapshot_age_secs,
@@ -102,19 +102,20 @@ pub(super) fn router_status(
         invalid,
         registries: with_health(state),
         gateways_ok: m
+            .http
             .requests
             .get_or_create(&RequestLabels {
                 route: "/gateways",
                 status: 200,
             })
             .get(),
-        rate_limited: m.rate_limited.get(),
-        no_gateways: m.no_gateways.get(),
+        rate_limited: m.edge.rate_limited.get(),
+        no_gateways: m.edge.no_gateways.get(),
         dns: state
             .config
             .dns
             .enabled()
-            .then(|| m.dns_totals.status(&state.config.dns.zone)),
+            .then(|| m.dns.totals.status(&state.config.dns.zone)),
     }
 }
 

@@ -97,7 +97,7 @@ pub async fn serve_endpoints(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cap = connection_cap(http.max_connections, raise_nofile_limit());
-    state.metrics.connections_max.set(cap as i64);
+    state.metrics.connections.max.set(cap as i64);
     let table = Arc::new(ConnTable::new(
         Instant::now(),
         TableRules {
@@ -110,7 +110,8 @@ pub async fn serve_endpoints(
     let limits = EdgeLimits::new(http);
     let body_timeouts = state
         .metrics
-        .connections_closed
+        .connections
+        .closed
         .get_or_create(&ConnLabels {
             reason: "body_timeout",
         })
@@ -212,7 +213,8 @@ impl Ctx {
     fn count_close(&self, reason: &'static str) {
         self.state
             .metrics
-            .connections_closed
+            .connections
+            .closed
             .get_or_create(&ConnLabels { reason })
             .inc();
     }
