@@ -225,7 +225,7 @@ async fn authorize(
     );
     let m = &admin.state.metrics.admin;
     // A trusted network (`[edge] allow`: the operators' own) is not throttled.
-    let throttled_here = !admin.state.guard.allowed(client);
+    let throttled_here = !admin.state.serving.guard.allowed(client);
     // A network over its failures is refused before any token it sends is compared.
     let refused = throttled_here
         .then(|| admin.throttle.refused(client))
@@ -284,12 +284,12 @@ async fn nodes(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Re
         invalid.extend(bad.into_iter().map(|(k, r)| (t.name.clone(), k, r)));
     }
     nodes.sort_by(|(da, a), (db, b)| ops::display_order(a, b).then_with(|| da.cmp(db)));
-    let snap = admin.state.snapshot.load_full();
+    let snap = admin.state.serving.snapshot.load_full();
     let now = registry::now_ms();
     let out: Vec<_> = nodes
         .iter()
         .map(|(dc, n)| {
-            let herd = admin.state.herd_view();
+            let herd = admin.state.serving.herd_view();
             let assigned = snap
                 .as_ref()
                 .and_then(|s| s.get(&n.id))

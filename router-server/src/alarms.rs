@@ -52,6 +52,7 @@ pub async fn run(
                     }
                     state.metrics.registries.set_etcd_alarms(&registry, &raised);
                     state
+                        .status
                         .alarms
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -114,14 +115,17 @@ mod tests {
         }
         assert_eq!(gauge("corrupt").as_deref(), Some("0"));
         assert_eq!(
-            state.alarms.lock().unwrap().get("dc1"),
+            state.status.alarms.lock().unwrap().get("dc1"),
             Some(&vec![Alarm::NoSpace])
         );
         kv.raised.lock().unwrap().clear();
         while gauge("nospace").as_deref() != Some("0") {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(state.alarms.lock().unwrap().get("dc1"), Some(&vec![]));
+        assert_eq!(
+            state.status.alarms.lock().unwrap().get("dc1"),
+            Some(&vec![])
+        );
         cancel.cancel();
         task.await.unwrap();
     }

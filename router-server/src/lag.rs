@@ -248,17 +248,18 @@ mod tests {
         })
         .await;
         wait_for("the gauge and the stale mark", || {
-            gauge(&state).is_some_and(|g| g >= 1.45) && state.lagging.load(Ordering::Relaxed)
+            gauge(&state).is_some_and(|g| g >= 1.45)
+                && state.serving.lagging.load(Ordering::Relaxed)
         })
         .await;
-        assert!(state.herd_lag_ms.load(Ordering::Relaxed) >= 1_450);
+        assert!(state.serving.herd_lag_ms.load(Ordering::Relaxed) >= 1_450);
         // Delivered at once again: the lag and the stale mark go.
         kv.set_delay(Duration::ZERO);
         wait_for("caught up", || {
             lag.measured()
                 .is_some_and(|d| d < Duration::from_millis(200))
                 && gauge(&state).is_some_and(|g| g < 0.2)
-                && !state.lagging.load(Ordering::Relaxed)
+                && !state.serving.lagging.load(Ordering::Relaxed)
         })
         .await;
         cancel.cancel();

@@ -168,6 +168,7 @@ fn going_away(
             () = stop.cancelled() => return,
         }
         state
+            .status
             .going_away
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if !delay.is_zero() {
@@ -213,7 +214,7 @@ fn follow_registries(
         .iter()
         .map(|r| Arc::new(lag::Lag::new(r.name.clone())))
         .collect();
-    let _ = state.lags.set(lags.clone());
+    let _ = state.status.lags.set(lags.clone());
     for (i, r) in registries.iter().enumerate() {
         let (blocklist, views) = spawn_followers(r, opts, background, tasks);
         blocklists.push(blocklist);
@@ -326,7 +327,7 @@ fn spawn_pipeline(
         background.clone(),
     ));
     tasks.spawn(guard::follow::run(
-        state.guard.clone(),
+        state.serving.guard.clone(),
         followed.blocklists,
         background.clone(),
     ));

@@ -138,7 +138,7 @@ fn registration(
     value.to_string().into_bytes()
 }
 
-/// Registers this router in one registry and keeps `state.routers` up to date until
+/// Registers this router in one registry and keeps `state.serving.routers` up to date until
 /// `cancel`, then revokes the registration.
 pub async fn run(
     id: String,
@@ -190,14 +190,14 @@ pub async fn run(
             r = result => match r {
                 Ok((live, addrs, peers)) => {
                     {
-                        let mut all = state.router_addrs.lock().expect("router_addrs lock");
+                        let mut all = state.serving.router_addrs.lock().expect("router_addrs lock");
                         if all.len() <= slot.index {
                             all.resize(slot.index + 1, Vec::new());
                         }
                         all[slot.index] = addrs;
                     }
                     {
-                        let mut all = state.router_peers.lock().expect("router_peers lock");
+                        let mut all = state.status.router_peers.lock().expect("router_peers lock");
                         if all.len() <= slot.index {
                             all.resize(slot.index + 1, Vec::new());
                         }
@@ -214,7 +214,7 @@ pub async fn run(
                         .map(|c| c.load(Ordering::Relaxed))
                         .max()
                         .unwrap_or(live);
-                    let before = state.routers.swap(live, Ordering::Relaxed);
+                    let before = state.serving.routers.swap(live, Ordering::Relaxed);
                     if before != live {
                         info!(live, "live routers: herd counts are scaled by {live}");
                     }
@@ -275,13 +275,14 @@ pub async fn publish_lag(
             steady = steady.max(l.measured().unwrap_or_default());
         }
         state
+            .serving
             .herd_lag_ms
             .store(steady.as_millis() as u64, Ordering::Relaxed);
         let lagging = lags
             .get(local)
             .and_then(|l| l.current(now))
             .is_some_and(|d| d > bound);
-        state.lagging.store(lagging, Ordering::Relaxed);
+        state.serving.lagging.store(lagging, Ordering::Relaxed);
         if lagging != was_lagging {
             let lag_ms = lags
                 .get(local)

@@ -53,7 +53,7 @@ fn state_on(
     let state = Arc::new(AppState::with_clock(config, clock));
     if let Some(nodes) = nodes {
         let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 7, false);
-        state.snapshot.store(Some(Arc::new(snap)));
+        state.serving.snapshot.store(Some(Arc::new(snap)));
     }
     state
 }
@@ -185,7 +185,7 @@ async fn not_ready_before_the_first_snapshot() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
-    state.snapshot.store(Some(Arc::new(Snapshot::build(
+    state.serving.snapshot.store(Some(Arc::new(Snapshot::build(
         fleet().into_iter().map(Arc::new),
         None,
         1,

@@ -145,7 +145,7 @@ async fn app(ready: bool) -> Router {
             .unwrap();
     }
     if ready {
-        state.snapshot.store(Some(Arc::new(Snapshot::build(
+        state.serving.snapshot.store(Some(Arc::new(Snapshot::build(
             nodes.into_iter().map(Arc::new),
             None,
             3,

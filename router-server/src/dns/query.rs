@@ -50,7 +50,7 @@ impl Dns {
         client: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, u32)> {
-        let guard = &self.state.guard;
+        let guard = &self.state.serving.guard;
         let pass = match transport {
             // Anyone can forge a UDP source: the block list only, no budget (response-
             // rate limiting is UDP's budget).
@@ -70,9 +70,13 @@ impl Dns {
     pub fn herd_weight(&self, client: IpAddr, pass: Pass, weight: u64) -> u64 {
         let routers = self
             .state
+            .serving
             .routers
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.state.guard.herd_weight(client, pass, weight, routers)
+        self.state
+            .serving
+            .guard
+            .herd_weight(client, pass, weight, routers)
     }
 
     /// [`Dns::handle_ttl`] for a client the guard already judged: `pass` is `None`

@@ -12,6 +12,7 @@ impl Dns {
     pub(super) fn soa(&self, owner: Name) -> Record {
         let revision = self
             .state
+            .serving
             .snapshot
             .load()
             .as_deref()

@@ -61,7 +61,7 @@ fn config(f: impl FnOnce(&mut FileConfig)) -> FileConfig {
 fn dns_with(cfg: FileConfig, nodes: Vec<NodeRecord>) -> Dns {
     let state = Arc::new(AppState::new(cfg));
     let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 42, false);
-    state.snapshot.store(Some(Arc::new(snap)));
+    state.serving.snapshot.store(Some(Arc::new(snap)));
     Dns::new(state)
 }
 
@@ -298,8 +298,8 @@ fn each_answer_counts_its_weight_in_the_herd_accounting() {
         first_two(&https, Transport::Https),
         ["192.0.2.1", "192.0.2.1"]
     );
-    let snap = https.state().snapshot.load_full().unwrap();
-    let herd = https.state().herd_view();
+    let snap = https.state().serving.snapshot.load_full().unwrap();
+    let herd = https.state().serving.herd_view();
     let pending: u64 = snap
         .nodes
         .iter()
@@ -373,7 +373,7 @@ fn the_rate_limit_applies_to_udp_only() {
     });
     let state = Arc::new(AppState::new(cfg));
     let snap = Snapshot::build(fleet().into_iter().map(Arc::new), None, 42, false);
-    state.snapshot.store(Some(Arc::new(snap)));
+    state.serving.snapshot.store(Some(Arc::new(snap)));
     let dns = Dns::with_limiter_clock(state, crate::clock::LimiterClock::Fake(clock.clone()));
     let packet = query("gw.example.com.", RecordType::A).to_vec().unwrap();
     let udp = |dns: &Dns| dns.handle(&packet, RESOLVER, Transport::Udp).is_some();
@@ -404,7 +404,7 @@ fn the_routers_own_name_servers_answer_the_live_routers() {
         config(|c| c.dns.nameservers = vec!["ns1.gw.example.com".into(), "ns.example.net".into()]),
         fleet(),
     );
-    *dns.state().router_addrs.lock().unwrap() = vec![
+    *dns.state().serving.router_addrs.lock().unwrap() = vec![
         vec![
             "203.0.113.1".parse().unwrap(),
             "2001:db8:53::1".parse().unwrap(),

@@ -68,7 +68,12 @@ fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pa
     let peer_ip = peer.ip().to_canonical();
     let ip = client_ip(peer_ip, headers, &dns.state().config.trusted_proxies);
     super::forwarded::note(dns.state(), peer_ip, headers);
-    let pass = dns.state().guard.check(ip).map_err(ApiError::refused)?;
+    let pass = dns
+        .state()
+        .serving
+        .guard
+        .check(ip)
+        .map_err(ApiError::refused)?;
     Ok((ip, pass))
 }
 

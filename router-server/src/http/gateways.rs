@@ -79,7 +79,7 @@ impl Api {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             }
-            self.state.guard.retain_recent();
+            self.state.serving.guard.retain_recent();
         }
     }
 }
@@ -166,13 +166,13 @@ fn gateways(
     let peer_ip = peer.ip().to_canonical();
     let ip = client_ip(peer_ip, headers, &cfg.trusted_proxies);
     super::forwarded::note(&api.state, peer_ip, headers);
-    let guard = &api.state.guard;
+    let guard = &api.state.serving.guard;
     let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;
     let region = params
         .region
         .as_deref()
-        .or_else(|| api.state.regions.lookup(ip));
+        .or_else(|| api.state.serving.regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
@@ -186,8 +186,8 @@ fn gateways(
     let body = PER_THREAD.with_borrow_mut(|t| {
         // One process may run several routers (tests do): the cache follows this one.
         let cache = match &mut t.snapshot {
-            Some(c) if std::ptr::eq(c.arc_swap(), &*api.state.snapshot) => c,
-            slot => slot.insert(SnapshotCache::new(api.state.snapshot.clone())),
+            Some(c) if std::ptr::eq(c.arc_swap(), &*api.state.serving.snapshot) => c,
+            slot => slot.insert(SnapshotCache::new(api.state.serving.snapshot.clone())),
         };
         let Some(snap) = cache.load().as_deref() else {
             return Err(ApiError::new(
@@ -198,7 +198,7 @@ fn gateways(
             .retry_after(1));
         };
         let rules = Rules {
-            herd: api.state.herd_view(),
+            herd: api.state.serving.herd_view(),
             max_load: cfg.max_load,
             fallbacks,
         };
@@ -214,7 +214,7 @@ fn gateways(
             .retry_after(5));
         }
         t.buf.clear();
-        let tail = &api.state.answer_tail;
+        let tail = &api.state.serving.answer_tail;
         let entries = chosen
             .iter()
             .map(|c| (snap.nodes[c.index].json.entry(params.proto, c.ip), c.load));
@@ -222,7 +222,11 @@ fn gateways(
         // stale however fresh the rest is; so is every answer while this router's view
         // is further behind etcd than `max_lag_ms`.
         let stale = snap.stale
-            || api.state.lagging.load(std::sync::atomic::Ordering::Relaxed)
+            || api
+                .state
+                .serving
+                .lagging
+                .load(std::sync::atomic::Ordering::Relaxed)
             || chosen.iter().any(|c| snap.nodes[c.index].held);
         render_answer(&mut t.buf, entries, region, tail, snap.revision, stale);
         Ok(Bytes::copy_from_slice(&t.buf))

@@ -36,6 +36,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
     if api
         .state
+        .status
         .going_away
         .load(std::sync::atomic::Ordering::Relaxed)
     {
@@ -45,7 +46,7 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
             "going away: this router is shutting down; send new connections elsewhere",
         ));
     }
-    match api.state.snapshot.load().as_ref() {
+    match api.state.serving.snapshot.load().as_ref() {
         Some(_) => Ok("ready\n"),
         None => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -59,7 +60,7 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
 /// Prometheus text format otherwise.
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
     let m = &api.state.metrics;
-    if let Some(t) = *api.state.last_sync.lock().expect("last_sync lock") {
+    if let Some(t) = *api.state.status.last_sync.lock().expect("last_sync lock") {
         m.fleet.snapshot_age.set(t.elapsed().as_secs_f64());
     }
     use registry::metrics_text::{wants_openmetrics, OPENMETRICS, PROMETHEUS};

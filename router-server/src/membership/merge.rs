@@ -264,7 +264,7 @@ impl Updater {
     fn decide(&mut self, observed: Observed, local_view: &NodeView, received: Arrival) -> Decision {
         let holding = self.members.iter().any(|m| m.verdict == Verdict::Hold);
         let stale = !local_view.connected || self.members[self.local].verdict == Verdict::Hold;
-        let previous = self.state.snapshot.load_full();
+        let previous = self.state.serving.snapshot.load_full();
         let patched = match &previous {
             Some(prev) if self.patchable && !observed.membership_changed && !holding => self.patch(
                 prev,
@@ -375,7 +375,7 @@ impl Updater {
             previous,
             revision,
             stale,
-            self.state.tie_seed,
+            self.state.serving.tie_seed,
             received,
         );
         self.counts = NodeCounts::of(snap.nodes.iter().map(|e| &*e.record));
@@ -401,7 +401,7 @@ impl Updater {
 
     /// Serves `snap`, then updates the node-count gauges when the counts changed.
     fn publish_snapshot(&mut self, snap: Snapshot) {
-        drop(self.state.snapshot.swap(Some(Arc::new(snap))));
+        drop(self.state.serving.snapshot.swap(Some(Arc::new(snap))));
         if self.counts.take_changed() {
             let m = &self.state.metrics;
             m.fleet
@@ -447,7 +447,7 @@ impl Updater {
             .fleet
             .invalid_records
             .set(invalid.len() as i64);
-        *self.state.invalid.lock().expect("invalid lock") = invalid;
+        *self.state.status.invalid.lock().expect("invalid lock") = invalid;
         self.invalid_shown = Some((sources, self.duplicates.clone()));
     }
 
@@ -470,6 +470,7 @@ impl Updater {
         let state = &self.state;
         let m = &state.metrics.fleet;
         state
+            .status
             .protecting
             .store(holding, std::sync::atomic::Ordering::Relaxed);
         m.revision.set(local_view.revision);
@@ -479,7 +480,7 @@ impl Updater {
         }
         m.protect_active.set(holding as i64);
         if local_view.connected {
-            *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
+            *state.status.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
     }
 
@@ -487,7 +488,12 @@ impl Updater {
     fn publish_statuses(&self, now: Instant) {
         let statuses = statuses(&self.members, self.local, now);
         super::publish_statuses(&self.state.metrics.registries, &statuses);
-        *self.state.registries.lock().expect("registries lock") = statuses;
+        *self
+            .state
+            .status
+            .registries
+            .lock()
+            .expect("registries lock") = statuses;
     }
 }
 

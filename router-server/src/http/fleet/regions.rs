@@ -111,8 +111,8 @@ pub(super) fn line(e: &NodeEntry, node_state: &'static str, projected: f64, now:
 /// The fleet as this router serves it now.
 pub fn fleet(api: &Api, admin: bool) -> Fleet {
     let state = &api.state;
-    let snap = state.snapshot.load_full();
-    let herd = state.herd_view();
+    let snap = state.serving.snapshot.load_full();
+    let herd = state.serving.herd_view();
     let now = registry::now_ms();
     let max_load = state.config.max_load;
     let mut regions: BTreeMap<&str, Vec<Node>> = BTreeMap::new();

@@ -67,6 +67,7 @@ pub(super) fn router_status(
     let m = &state.metrics;
     let max_load = state.config.max_load;
     let invalid = state
+        .status
         .invalid
         .lock()
         .expect("invalid lock")
@@ -77,6 +78,7 @@ pub(super) fn router_status(
         })
         .collect();
     let snapshot_age_secs = state
+        .status
         .last_sync
         .lock()
         .expect("last_sync lock")
@@ -85,12 +87,12 @@ pub(super) fn router_status(
         ready: snap.is_some(),
         registry_connected: m.fleet.registry_connected.get() == 1,
         revision: snap.map(|s| s.revision).unwrap_or(0),
-        stale: snap.is_some_and(|s| s.stale) || state.lagging.load(Ordering::Relaxed),
+        stale: snap.is_some_and(|s| s.stale) || state.serving.lagging.load(Ordering::Relaxed),
         snapshot_age_secs,
-        protect_active: state.protecting.load(Ordering::Relaxed),
-        routers_live: state.routers.load(Ordering::Relaxed),
+        protect_active: state.status.protecting.load(Ordering::Relaxed),
+        routers_live: state.serving.routers.load(Ordering::Relaxed),
         routers: {
-            let all = state.router_peers.lock().expect("router_peers lock");
+            let all = state.status.router_peers.lock().expect("router_peers lock");
             let mut peers: Vec<_> = all.iter().flatten().cloned().collect();
             peers.sort();
             peers.dedup();
@@ -122,10 +124,15 @@ pub(super) fn router_status(
 /// Each registry's status, with its lag and its etcd's alarms as of now (they change
 /// without a new view).
 fn with_health(state: &crate::state::AppState) -> Vec<crate::membership::RegistryStatus> {
-    let mut statuses = state.registries.lock().expect("registries lock").clone();
+    let mut statuses = state
+        .status
+        .registries
+        .lock()
+        .expect("registries lock")
+        .clone();
     let now = tokio::time::Instant::now();
-    let lags = state.lags.get();
-    let alarms = state.alarms.lock().expect("alarms lock");
+    let lags = state.status.lags.get();
+    let alarms = state.status.alarms.lock().expect("alarms lock");
     for st in &mut statuses {
         if let Some(l) = lags.and_then(|ls| ls.iter().find(|l| *l.registry == *st.name)) {
             st.lag_ms = l.current(now).map(|d| d.as_millis() as u64);
