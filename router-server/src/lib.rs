@@ -127,13 +127,13 @@ pub async fn run_registries(
     if let Some(listen) = opts.config.dns.listen {
         spawn_dns(listen, &state, &background, &tasks)?;
     }
-    let api = http::Api::new(state.clone());
+    let api = http::Api::new(&state);
     tasks.spawn(api.clone().housekeeping(background.clone()));
     let (app, operator) = apps(api, &registries, local, &opts, &state, &listeners);
     let result = serve(
         app,
         operator,
-        state,
+        &state,
         listeners,
         opts.tls.as_ref(),
         shutdown.clone(),
@@ -351,7 +351,11 @@ fn spawn_dns(
     )
     .map_err(|e| anyhow::anyhow!("cannot serve DNS on {listen}: {e}"))?;
     dns::server::spawn(
-        Arc::new(dns::Dns::new(state.clone())),
+        Arc::new(dns::Dns::new(
+            state.config.clone(),
+            state.serving.clone(),
+            &state.metrics,
+        )),
         sockets,
         background.clone(),
         tasks,
@@ -378,7 +382,7 @@ fn apps(
                 layout: r.layout.clone(),
             })
             .collect();
-        admin::router(state.clone(), targets, local, opts.admin_tokens.clone())
+        admin::router(state, targets, local, opts.admin_tokens.clone())
     });
     if listeners.admin.is_some() {
         (
@@ -402,11 +406,12 @@ async fn join(background: &CancellationToken, tasks: &TaskTracker, grace: Durati
 /// Serves `app` on the listeners (HTTPS on `main` when `tls` is given), and `operator`
 /// (else `app`) on the admin listener, until `shutdown`, then closes down as
 /// [`http::server`] describes. Certificate reloading runs on `tasks` and stops with
-/// `shutdown`.
+/// `shutdown`. Of the router's handles `state`, it reads the configuration and counts
+/// into the connections' metrics.
 pub async fn serve(
     app: http::routes::App,
     operator: Option<http::routes::App>,
-    state: Arc<state::AppState>,
+    state: &state::AppState,
     listeners: Listeners,
     tls: Option<&TlsFiles>,
     shutdown: CancellationToken,
@@ -454,6 +459,11 @@ pub async fn serve(
             label: "admin ",
         });
     }
-    let http_cfg = config.http.clone();
-    http::server::serve_endpoints(endpoints, &http_cfg, state, shutdown).await
+    http::server::serve_endpoints(
+        endpoints,
+        &config.http,
+        &state.metrics.connections,
+        shutdown,
+    )
+    .await
 }

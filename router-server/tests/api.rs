@@ -66,7 +66,7 @@ fn app_with(
     let state = state_with(config, nodes);
     let peer: SocketAddr = peer.parse().unwrap();
     (
-        router(Api::new(state.clone()), None).layer(MockConnectInfo(peer)),
+        router(Api::new(&state), None).layer(MockConnectInfo(peer)),
         state,
     )
 }
@@ -264,7 +264,7 @@ async fn the_default_limit_lets_a_nat_storm_through() {
     };
     let clock = FakeRelativeClock::default();
     let state = state_on(cfg, Some(vec![big]), LimiterClock::Fake(clock.clone()));
-    let app = router(Api::new(state.clone()), None).layer(MockConnectInfo(
+    let app = router(Api::new(&state), None).layer(MockConnectInfo(
         "10.0.0.1:5000".parse::<SocketAddr>().unwrap(),
     ));
     for i in 0..10_000 {
@@ -382,7 +382,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_are_ipv4() {
 async fn a_server_without_peer_addresses_answers_500_not_a_guess() {
     let state = state_with(FileConfig::default(), Some(fleet()));
     // Served without `into_make_service_with_connect_info`: a wiring mistake.
-    let app = router(Api::new(state), None);
+    let app = router(Api::new(&state), None);
     let (status, _, body) = get(&app, "/gateways").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["code"], "internal");
@@ -463,12 +463,12 @@ fn admin_app(kv: Arc<MemoryKv>) -> Router {
         layout: Layout::default(),
     };
     let admin = router_server::admin::router(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
     );
-    router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+    router(Api::new(&state), Some(admin)).layer(MockConnectInfo(
         "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
     ))
 }
@@ -637,7 +637,7 @@ async fn bodies_over_the_limit_are_refused_before_they_are_read() {
 async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
     let state = state_with(FileConfig::default(), Some(fleet()));
     let peer = MockConnectInfo("127.0.0.1:9".parse::<SocketAddr>().unwrap());
-    let api = Api::new(state);
+    let api = Api::new(&state);
     let public = router_server::http::routes::public_app(api.clone())
         .router
         .layer(peer);
@@ -703,13 +703,13 @@ async fn failed_admin_tokens_are_throttled_per_network() {
     };
     let clock = FakeRelativeClock::default();
     let admin = router_server::admin::router_with_throttle(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
         router_server::admin::Throttle::new(LimiterClock::Fake(clock.clone())),
     );
-    let app = router(Api::new(state.clone()), Some(admin));
+    let app = router(Api::new(&state), Some(admin));
     let from = |ip: &str| {
         app.clone().layer(MockConnectInfo(
             format!("{ip}:9").parse::<SocketAddr>().unwrap(),
@@ -764,12 +764,12 @@ async fn a_trusted_network_is_not_throttled_for_wrong_tokens() {
         layout: Layout::default(),
     };
     let admin = router_server::admin::router(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
     );
-    let app = router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+    let app = router(Api::new(&state), Some(admin)).layer(MockConnectInfo(
         "198.51.100.7:9".parse::<SocketAddr>().unwrap(),
     ));
     let nodes = |token: &str| {

@@ -12,7 +12,7 @@ pub(super) const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, T
 impl Dns {
     /// Counts one query in the metrics (`rcode` `None`: nothing was sent).
     pub fn count(&self, transport: Transport, qtype: &'static str, rcode: Option<&'static str>) {
-        let m = &self.state.metrics.dns;
+        let m = &self.metrics;
         let rcode = rcode.unwrap_or("dropped");
         let (Some(q), Some(r)) = (
             crate::metrics::dns::qtype_index(qtype),

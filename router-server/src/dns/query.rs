@@ -50,7 +50,7 @@ impl Dns {
         client: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, u32)> {
-        let guard = &self.state.serving.guard;
+        let guard = &self.serving.guard;
         let pass = match transport {
             // Anyone can forge a UDP source: the block list only, no budget (response-
             // rate limiting is UDP's budget).
@@ -69,12 +69,10 @@ impl Dns {
     /// transport's weight, within its network's share (see [`crate::herd::budget`]).
     pub fn herd_weight(&self, client: IpAddr, pass: Pass, weight: u64) -> u64 {
         let routers = self
-            .state
             .serving
             .routers
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.state
-            .serving
+        self.serving
             .guard
             .herd_weight(client, pass, weight, routers)
     }
@@ -92,7 +90,7 @@ impl Dns {
             (Transport::Udp, Some(rrl)) => rrl.check(client),
             _ => rrl::Verdict::Answer,
         };
-        let m = &self.state.metrics.dns;
+        let m = &self.metrics;
         if verdict == rrl::Verdict::Drop {
             m.rrl.get_or_create(&rrl_label("drop")).inc();
             m.totals.rrl(false);
