@@ -198,7 +198,7 @@ mod tests {
             max_lag_ms: 1_000,
             ..Default::default()
         };
-        let state = Arc::new(AppState::new(config));
+        let state = AppState::new(config);
         let kv = Arc::new(TestKv::new());
         let layout = registry::Layout::new(registry::DEFAULT_PREFIX);
         let lag = Arc::new(Lag::new(Arc::from("default")));
@@ -209,7 +209,7 @@ mod tests {
                 id.clone(),
                 kv.clone(),
                 layout.clone(),
-                state.clone(),
+                crate::peers::Live::of(&state),
                 crate::peers::Slot {
                     counts: Arc::new([std::sync::atomic::AtomicU64::new(1)]),
                     index: 0,
@@ -224,7 +224,14 @@ mod tests {
                 lag.clone(),
                 cancel.clone(),
             )),
-            tokio::spawn(publish(state.clone(), vec![lag.clone()], 0, cancel.clone())),
+            tokio::spawn(publish(
+                state.serving.clone(),
+                state.metrics.registries.clone(),
+                state.config.max_lag_ms,
+                vec![lag.clone()],
+                0,
+                cancel.clone(),
+            )),
         ];
         // A healthy store: measured within a couple of beats, and small.
         wait_for("a first round trip", || lag.measured().is_some()).await;

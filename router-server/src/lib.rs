@@ -117,7 +117,8 @@ pub async fn run_registries(
     anyhow::ensure!(!registries.is_empty(), "no registry to follow");
     let local = registries.iter().position(|r| r.local).unwrap_or(0);
     let tasks = TaskTracker::new();
-    let state = Arc::new(state::AppState::new(opts.config.clone()));
+    // The router's handles; each edge and task below is handed only its share.
+    let state = state::AppState::new(opts.config.clone());
     // `shutdown` starts the going-away phase; serving stops after it.
     let shutdown = going_away(&state, shutdown, &tasks);
     // One tree: background work stops with `shutdown`, and is joined before returning.
@@ -154,21 +155,20 @@ pub async fn run_registries(
 /// else is served as before, so a load balancer's health check takes this router out
 /// before its listeners close.
 fn going_away(
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> CancellationToken {
     let serving = CancellationToken::new();
     let delay = Duration::from_millis(state.config.http.shutdown_readiness_delay_ms);
-    let (state, stop) = (state.clone(), serving.clone());
+    let (status, stop) = (state.status.clone(), serving.clone());
     tasks.spawn(async move {
         tokio::select! {
             () = shutdown.cancelled() => {}
             // Stopped another way (an error): nothing to announce.
             () = stop.cancelled() => return,
         }
-        state
-            .status
+        status
             .going_away
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if !delay.is_zero() {
@@ -199,7 +199,7 @@ fn follow_registries(
     registries: &[membership::Registry],
     local: usize,
     opts: &ServeOptions,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Followed {
@@ -282,7 +282,7 @@ fn spawn_registry_tasks(
     r: &membership::Registry,
     router_id: &str,
     slot: peers::Slot,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) {
@@ -295,7 +295,8 @@ fn spawn_registry_tasks(
     tasks.spawn(alarms::run(
         r.name.clone(),
         r.kv.clone(),
-        state.clone(),
+        state.status.clone(),
+        state.metrics.registries.clone(),
         alarms::EVERY,
         background.clone(),
     ));
@@ -305,7 +306,7 @@ fn spawn_registry_tasks(
         router_id.to_string(),
         r.kv.clone(),
         r.layout.clone(),
-        state.clone(),
+        peers::Live::of(state),
         slot,
         background.clone(),
     ));
@@ -314,14 +315,16 @@ fn spawn_registry_tasks(
 /// Starts what turns the followers' views into what requests read: the lag's
 /// publication, the guard's block lists and the snapshot updater, on `tasks`.
 fn spawn_pipeline(
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     followed: Followed,
     local: usize,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) {
     tasks.spawn(peers::publish_lag(
-        state.clone(),
+        state.serving.clone(),
+        state.metrics.registries.clone(),
+        state.config.max_lag_ms,
         followed.lags.clone(),
         local,
         background.clone(),
@@ -332,7 +335,8 @@ fn spawn_pipeline(
         background.clone(),
     ));
     tasks.spawn(membership::spawn_updater(
-        state.clone(),
+        state.config.clone(),
+        membership::Outputs::of(state),
         followed.inputs,
         background.clone(),
     ));
@@ -341,7 +345,7 @@ fn spawn_pipeline(
 /// Binds the DNS sockets on `listen` and serves the zone from them, on `tasks`.
 fn spawn_dns(
     listen: std::net::SocketAddr,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
@@ -370,7 +374,7 @@ fn apps(
     registries: &[membership::Registry],
     local: usize,
     opts: &ServeOptions,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     listeners: &Listeners,
 ) -> (http::routes::App, Option<http::routes::App>) {
     let admin = (!opts.admin_tokens.is_empty()).then(|| {

@@ -40,17 +40,13 @@ fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
 }
 
 /// Router state serving `nodes` (revision 7), or not ready when `None`.
-fn state_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>) -> Arc<AppState> {
+fn state_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>) -> AppState {
     state_on(config, nodes, LimiterClock::default())
 }
 
 /// [`state_with`], the per-client limiters on `clock`.
-fn state_on(
-    config: FileConfig,
-    nodes: Option<Vec<NodeRecord>>,
-    clock: LimiterClock,
-) -> Arc<AppState> {
-    let state = Arc::new(AppState::with_clock(config, clock));
+fn state_on(config: FileConfig, nodes: Option<Vec<NodeRecord>>, clock: LimiterClock) -> AppState {
+    let state = AppState::with_clock(config, clock);
     if let Some(nodes) = nodes {
         let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 7, false);
         state.serving.snapshot.store(Some(Arc::new(snap)));
@@ -58,11 +54,7 @@ fn state_on(
     state
 }
 
-fn app_with(
-    config: FileConfig,
-    nodes: Option<Vec<NodeRecord>>,
-    peer: &str,
-) -> (Router, Arc<AppState>) {
+fn app_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>, peer: &str) -> (Router, AppState) {
     let state = state_with(config, nodes);
     let peer: SocketAddr = peer.parse().unwrap();
     (
@@ -456,7 +448,7 @@ async fn metrics_name_what_the_router_sees() {
 const TOKEN: &str = "s3cret-s3cret-s3cret";
 
 fn admin_app(kv: Arc<MemoryKv>) -> Router {
-    let state = Arc::new(AppState::new(FileConfig::default()));
+    let state = AppState::new(FileConfig::default());
     let target = router_server::admin::Target {
         name: "default".into(),
         kv,
@@ -695,7 +687,7 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
 /// `router_admin_throttled_total`.
 #[tokio::test]
 async fn failed_admin_tokens_are_throttled_per_network() {
-    let state = Arc::new(AppState::new(FileConfig::default()));
+    let state = AppState::new(FileConfig::default());
     let target = router_server::admin::Target {
         name: "default".into(),
         kv: MemoryKv::new(),
@@ -757,7 +749,7 @@ async fn failed_admin_tokens_are_throttled_per_network() {
 #[tokio::test]
 async fn a_trusted_network_is_not_throttled_for_wrong_tokens() {
     let config = FileConfig::parse("[edge]\nallow = [\"198.51.100.0/24\"]").unwrap();
-    let state = Arc::new(AppState::new(config));
+    let state = AppState::new(config);
     let target = router_server::admin::Target {
         name: "default".into(),
         kv: MemoryKv::new(),
