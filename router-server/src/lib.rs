@@ -6,8 +6,9 @@
 //!   [`identity`]: who a client is (address behind trusted proxies, region, network).
 //!   [`clock`]: the limiters' time source, which tests drive.
 //! * [`membership`]: the registries followed (one per data centre), each view judged
-//!   by its protect threshold, merged into one snapshot. [`state`]: the handles every
-//!   handler shares.
+//!   by its protect threshold, merged into one snapshot. [`state`]: the handles the
+//!   edges and tasks share ([`state::Serving`] for answers, [`state::FleetStatus`] for
+//!   the fleet page), built here once and split between them.
 //! * [`schedule`]: the immutable, indexed [`schedule::Snapshot`] and the pure
 //!   selection function (eligibility, region order, herd-safe least load).
 //! * [`answer`]: the JSON a client receives, serialized in pieces once and assembled
