@@ -32,8 +32,8 @@ async fn main() -> anyhow::Result<()> {
         "[rate_limit]\nper_ip_per_sec = 100000000\nburst = 100000000\n[regions]\ncidrs = { \"127.0.0.0/8\" = \"r0\" }\nfallbacks = { r0 = [\"r1\"] }\n",
     )
     .map_err(anyhow::Error::msg)?;
-    let state = Arc::new(AppState::new(config));
-    let api = Api::new(state.clone());
+    let state = AppState::new(config);
+    let api = Api::new(&state);
     let fixed_response = || {
         (
             [
@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     serve(
         app,
         None,
-        state,
+        &state,
         Listeners {
             main: listener,
             plain: None,

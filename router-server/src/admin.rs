@@ -27,10 +27,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn, Instrument};
 
+use crate::config::FileConfig;
 use crate::http::ApiError;
-use crate::metrics::RequestLabels;
+use crate::metrics::{AdminMetrics, RequestLabels};
 use crate::ops::{self, OpsError};
-use crate::state::AppState;
+use crate::state::{AppState, Serving};
 
 /// A registry (data centre) the admin API can address with `?registry=NAME`.
 #[derive(Clone)]
@@ -45,7 +46,13 @@ pub struct Target {
 
 #[derive(Clone)]
 struct Admin {
-    state: Arc<AppState>,
+    /// Trusted proxies, the request deadline.
+    config: Arc<FileConfig>,
+    /// The snapshot and herd counts (the node list), the guard (who is trusted).
+    serving: Arc<Serving>,
+    /// The invalid records (for `GET /admin/explain`).
+    status: Arc<crate::state::FleetStatus>,
+    metrics: AdminMetrics,
     /// Every registry followed; `local` is the router's own.
     targets: Arc<[Target]>,
     local: usize,
@@ -135,8 +142,9 @@ impl From<OpsError> for ApiError {
 
 /// The admin routes over `targets` (`local` the router's own registry), wrapped in
 /// token authentication (any of `tokens`), the failed-attempt throttle and audit
-/// logging. Paths take `?registry=NAME`.
-pub fn router(state: Arc<AppState>, targets: Vec<Target>, local: usize, tokens: Tokens) -> Router {
+/// logging. Paths take `?registry=NAME`. Of the router's handles `state`, it keeps the
+/// configuration, [`Serving`] and the admin API's metrics.
+pub fn router(state: &AppState, targets: Vec<Target>, local: usize, tokens: Tokens) -> Router {
     router_with_throttle(
         state,
         targets,
@@ -148,14 +156,17 @@ pub fn router(state: Arc<AppState>, targets: Vec<Target>, local: usize, tokens: 
 
 /// [`router`] with the throttle given (tests give one on a fake clock).
 pub fn router_with_throttle(
-    state: Arc<AppState>,
+    state: &AppState,
     targets: Vec<Target>,
     local: usize,
     tokens: Tokens,
     throttle: Throttle,
 ) -> Router {
     let admin = Admin {
-        state,
+        config: state.config.clone(),
+        serving: state.serving.clone(),
+        status: state.status.clone(),
+        metrics: state.metrics.admin.clone(),
         targets: targets.into(),
         local,
         tokens,
@@ -171,7 +182,7 @@ pub fn router_with_throttle(
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         // Admin routes wait on etcd; bound them (the etcd client has its own deadline too).
         .route_layer(middleware::from_fn_with_state(
-            admin.state.config.request_timeout(),
+            admin.config.request_timeout(),
             crate::http::routes::deadline,
         ))
         .with_state(admin)
@@ -220,20 +231,17 @@ async fn authorize(
 ) -> Response {
     let route = crate::http::routes::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
-    let client = crate::identity::client_ip(
-        peer.ip(),
-        req.headers(),
-        &admin.state.config.trusted_proxies,
-    );
-    let m = &admin.state.metrics;
+    let client =
+        crate::identity::client_ip(peer.ip(), req.headers(), &admin.config.trusted_proxies);
+    let m = &admin.metrics;
     // A trusted network (`[edge] allow`: the operators' own) is not throttled.
-    let throttled_here = !admin.state.guard.allowed(client);
+    let throttled_here = !admin.serving.guard.allowed(client);
     // A network over its failures is refused before any token it sends is compared.
     let refused = throttled_here
         .then(|| admin.throttle.refused(client))
         .flatten();
     let (resp, name) = if let Some(wait) = refused {
-        m.admin_throttled.inc();
+        m.throttled.inc();
         (throttled(wait), None)
     } else {
         match bearer_token(req.headers()).and_then(|t| admin.tokens.find(t.as_bytes())) {
@@ -246,7 +254,7 @@ async fn authorize(
                 .flatten()
             {
                 Some(wait) => {
-                    m.admin_throttled.inc();
+                    m.throttled.inc();
                     (throttled(wait), None)
                 }
                 None => (unauthorized(), None),
@@ -254,7 +262,7 @@ async fn authorize(
         }
     };
     let status = resp.status().as_u16();
-    m.admin_actions
+    m.actions
         .get_or_create(&RequestLabels { route, status })
         .inc();
     match name {
@@ -286,12 +294,12 @@ async fn nodes(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Re
         invalid.extend(bad.into_iter().map(|(k, r)| (t.name.clone(), k, r)));
     }
     nodes.sort_by(|(da, a), (db, b)| ops::display_order(a, b).then_with(|| da.cmp(db)));
-    let snap = admin.state.snapshot.load_full();
+    let snap = admin.serving.snapshot.load_full();
     let now = registry::now_ms();
     let out: Vec<_> = nodes
         .iter()
         .map(|(dc, n)| {
-            let herd = admin.state.herd_view();
+            let herd = admin.serving.herd_view();
             let assigned = snap
                 .as_ref()
                 .and_then(|s| s.get(&n.id))

@@ -13,17 +13,19 @@ use registry::{Alarm, Kv};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::AppState;
+use crate::metrics::RegistryMetrics;
+use crate::state::FleetStatus;
 
 /// How often the alarms are read.
 pub const EVERY: Duration = Duration::from_secs(3);
 
-/// Reads `kv`'s alarms every `every` until `cancel`, keeping `state` and the metrics
-/// up to date for `registry`.
+/// Reads `kv`'s alarms every `every` until `cancel`, keeping the fleet's `status` and
+/// the `metrics` up to date for `registry`.
 pub async fn run(
     registry: Arc<str>,
     kv: Arc<dyn Kv>,
-    state: Arc<AppState>,
+    status: Arc<FleetStatus>,
+    metrics: RegistryMetrics,
     every: Duration,
     cancel: CancellationToken,
 ) {
@@ -50,8 +52,8 @@ pub async fn run(
                             _ => {}
                         }
                     }
-                    state.metrics.set_etcd_alarms(&registry, &raised);
-                    state
+                    metrics.set_etcd_alarms(&registry, &raised);
+                    status
                         .alarms
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -89,14 +91,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_raised_alarm_shows_in_the_gauge_and_clears() {
-        let state = Arc::new(AppState::new(crate::config::FileConfig::default()));
+        let state = crate::state::AppState::new(crate::config::FileConfig::default());
         let kv = Arc::new(TestKv::new());
         *kv.raised.lock().unwrap() = vec![Alarm::NoSpace];
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(
             Arc::from("dc1"),
             kv.clone(),
-            state.clone(),
+            state.status.clone(),
+            state.metrics.registries.clone(),
             Duration::from_millis(10),
             cancel.clone(),
         ));
@@ -114,14 +117,17 @@ mod tests {
         }
         assert_eq!(gauge("corrupt").as_deref(), Some("0"));
         assert_eq!(
-            state.alarms.lock().unwrap().get("dc1"),
+            state.status.alarms.lock().unwrap().get("dc1"),
             Some(&vec![Alarm::NoSpace])
         );
         kv.raised.lock().unwrap().clear();
         while gauge("nospace").as_deref() != Some("0") {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(state.alarms.lock().unwrap().get("dc1"), Some(&vec![]));
+        assert_eq!(
+            state.status.alarms.lock().unwrap().get("dc1"),
+            Some(&vec![])
+        );
         cancel.cancel();
         task.await.unwrap();
     }

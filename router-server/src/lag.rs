@@ -198,7 +198,7 @@ mod tests {
             max_lag_ms: 1_000,
             ..Default::default()
         };
-        let state = Arc::new(AppState::new(config));
+        let state = AppState::new(config);
         let kv = Arc::new(TestKv::new());
         let layout = registry::Layout::new(registry::DEFAULT_PREFIX);
         let lag = Arc::new(Lag::new(Arc::from("default")));
@@ -209,7 +209,7 @@ mod tests {
                 id.clone(),
                 kv.clone(),
                 layout.clone(),
-                state.clone(),
+                crate::peers::Live::of(&state),
                 crate::peers::Slot {
                     counts: Arc::new([std::sync::atomic::AtomicU64::new(1)]),
                     index: 0,
@@ -224,7 +224,14 @@ mod tests {
                 lag.clone(),
                 cancel.clone(),
             )),
-            tokio::spawn(publish(state.clone(), vec![lag.clone()], 0, cancel.clone())),
+            tokio::spawn(publish(
+                state.serving.clone(),
+                state.metrics.registries.clone(),
+                state.config.max_lag_ms,
+                vec![lag.clone()],
+                0,
+                cancel.clone(),
+            )),
         ];
         // A healthy store: measured within a couple of beats, and small.
         wait_for("a first round trip", || lag.measured().is_some()).await;
@@ -233,6 +240,8 @@ mod tests {
             "{:?}",
             lag.measured()
         );
+        // The gauge is published once a second: its first value may come a beat later.
+        wait_for("the gauge", || gauge(&state).is_some()).await;
         assert!(
             gauge(&state).is_some_and(|g| g < 0.2),
             "{:?}",
@@ -248,17 +257,18 @@ mod tests {
         })
         .await;
         wait_for("the gauge and the stale mark", || {
-            gauge(&state).is_some_and(|g| g >= 1.45) && state.lagging.load(Ordering::Relaxed)
+            gauge(&state).is_some_and(|g| g >= 1.45)
+                && state.serving.lagging.load(Ordering::Relaxed)
         })
         .await;
-        assert!(state.herd_lag_ms.load(Ordering::Relaxed) >= 1_450);
+        assert!(state.serving.herd_lag_ms.load(Ordering::Relaxed) >= 1_450);
         // Delivered at once again: the lag and the stale mark go.
         kv.set_delay(Duration::ZERO);
         wait_for("caught up", || {
             lag.measured()
                 .is_some_and(|d| d < Duration::from_millis(200))
                 && gauge(&state).is_some_and(|g| g < 0.2)
-                && !state.lagging.load(Ordering::Relaxed)
+                && !state.serving.lagging.load(Ordering::Relaxed)
         })
         .await;
         cancel.cancel();

@@ -6,8 +6,9 @@
 //!   [`identity`]: who a client is (address behind trusted proxies, region, network).
 //!   [`clock`]: the limiters' time source, which tests drive.
 //! * [`membership`]: the registries followed (one per data centre), each view judged
-//!   by its protect threshold, merged into one snapshot. [`state`]: the handles every
-//!   handler shares.
+//!   by its protect threshold, merged into one snapshot. [`state`]: the handles the
+//!   edges and tasks share ([`state::Serving`] for answers, [`state::FleetStatus`] for
+//!   the fleet page), built here once and split between them.
 //! * [`schedule`]: the immutable, indexed [`schedule::Snapshot`] and the pure
 //!   selection function (eligibility, region order, herd-safe least load).
 //! * [`answer`]: the JSON a client receives, serialized in pieces once and assembled
@@ -118,7 +119,8 @@ pub async fn run_registries(
     anyhow::ensure!(!registries.is_empty(), "no registry to follow");
     let local = registries.iter().position(|r| r.local).unwrap_or(0);
     let tasks = TaskTracker::new();
-    let state = Arc::new(state::AppState::new(opts.config.clone()));
+    // The router's handles; each edge and task below is handed only its share.
+    let state = state::AppState::new(opts.config.clone());
     // `shutdown` starts the going-away phase; serving stops after it.
     let shutdown = going_away(&state, shutdown, &tasks);
     // One tree: background work stops with `shutdown`, and is joined before returning.
@@ -128,13 +130,13 @@ pub async fn run_registries(
     if let Some(listen) = opts.config.dns.listen {
         spawn_dns(listen, &state, &background, &tasks)?;
     }
-    let api = http::Api::new(state.clone());
+    let api = http::Api::new(&state);
     tasks.spawn(api.clone().housekeeping(background.clone()));
     let (app, operator) = apps(api, &registries, local, &opts, &state, &listeners);
     let result = serve(
         app,
         operator,
-        state,
+        &state,
         listeners,
         opts.tls.as_ref(),
         shutdown.clone(),
@@ -155,20 +157,20 @@ pub async fn run_registries(
 /// else is served as before, so a load balancer's health check takes this router out
 /// before its listeners close.
 fn going_away(
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> CancellationToken {
     let serving = CancellationToken::new();
     let delay = Duration::from_millis(state.config.http.shutdown_readiness_delay_ms);
-    let (state, stop) = (state.clone(), serving.clone());
+    let (status, stop) = (state.status.clone(), serving.clone());
     tasks.spawn(async move {
         tokio::select! {
             () = shutdown.cancelled() => {}
             // Stopped another way (an error): nothing to announce.
             () = stop.cancelled() => return,
         }
-        state
+        status
             .going_away
             .store(true, std::sync::atomic::Ordering::Relaxed);
         if !delay.is_zero() {
@@ -199,7 +201,7 @@ fn follow_registries(
     registries: &[membership::Registry],
     local: usize,
     opts: &ServeOptions,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Followed {
@@ -214,7 +216,7 @@ fn follow_registries(
         .iter()
         .map(|r| Arc::new(lag::Lag::new(r.name.clone())))
         .collect();
-    let _ = state.lags.set(lags.clone());
+    let _ = state.status.lags.set(lags.clone());
     for (i, r) in registries.iter().enumerate() {
         let (blocklist, views) = spawn_followers(r, opts, background, tasks);
         blocklists.push(blocklist);
@@ -282,7 +284,7 @@ fn spawn_registry_tasks(
     r: &membership::Registry,
     router_id: &str,
     slot: peers::Slot,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) {
@@ -295,7 +297,8 @@ fn spawn_registry_tasks(
     tasks.spawn(alarms::run(
         r.name.clone(),
         r.kv.clone(),
-        state.clone(),
+        state.status.clone(),
+        state.metrics.registries.clone(),
         alarms::EVERY,
         background.clone(),
     ));
@@ -305,7 +308,7 @@ fn spawn_registry_tasks(
         router_id.to_string(),
         r.kv.clone(),
         r.layout.clone(),
-        state.clone(),
+        peers::Live::of(state),
         slot,
         background.clone(),
     ));
@@ -314,25 +317,28 @@ fn spawn_registry_tasks(
 /// Starts what turns the followers' views into what requests read: the lag's
 /// publication, the guard's block lists and the snapshot updater, on `tasks`.
 fn spawn_pipeline(
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     followed: Followed,
     local: usize,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) {
     tasks.spawn(peers::publish_lag(
-        state.clone(),
+        state.serving.clone(),
+        state.metrics.registries.clone(),
+        state.config.max_lag_ms,
         followed.lags.clone(),
         local,
         background.clone(),
     ));
     tasks.spawn(guard::follow::run(
-        state.guard.clone(),
+        state.serving.guard.clone(),
         followed.blocklists,
         background.clone(),
     ));
     tasks.spawn(membership::spawn_updater(
-        state.clone(),
+        state.config.clone(),
+        membership::Outputs::of(state),
         followed.inputs,
         background.clone(),
     ));
@@ -341,7 +347,7 @@ fn spawn_pipeline(
 /// Binds the DNS sockets on `listen` and serves the zone from them, on `tasks`.
 fn spawn_dns(
     listen: std::net::SocketAddr,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     background: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
@@ -351,7 +357,11 @@ fn spawn_dns(
     )
     .map_err(|e| anyhow::anyhow!("cannot serve DNS on {listen}: {e}"))?;
     dns::server::spawn(
-        Arc::new(dns::Dns::new(state.clone())),
+        Arc::new(dns::Dns::new(
+            state.config.clone(),
+            state.serving.clone(),
+            &state.metrics,
+        )),
         sockets,
         background.clone(),
         tasks,
@@ -366,7 +376,7 @@ fn apps(
     registries: &[membership::Registry],
     local: usize,
     opts: &ServeOptions,
-    state: &Arc<state::AppState>,
+    state: &state::AppState,
     listeners: &Listeners,
 ) -> (http::routes::App, Option<http::routes::App>) {
     let admin = (!opts.admin_tokens.is_empty()).then(|| {
@@ -378,7 +388,7 @@ fn apps(
                 layout: r.layout.clone(),
             })
             .collect();
-        admin::router(state.clone(), targets, local, opts.admin_tokens.clone())
+        admin::router(state, targets, local, opts.admin_tokens.clone())
     });
     if listeners.admin.is_some() {
         (
@@ -402,11 +412,12 @@ async fn join(background: &CancellationToken, tasks: &TaskTracker, grace: Durati
 /// Serves `app` on the listeners (HTTPS on `main` when `tls` is given), and `operator`
 /// (else `app`) on the admin listener, until `shutdown`, then closes down as
 /// [`http::server`] describes. Certificate reloading runs on `tasks` and stops with
-/// `shutdown`.
+/// `shutdown`. Of the router's handles `state`, it reads the configuration and counts
+/// into the connections' metrics.
 pub async fn serve(
     app: http::routes::App,
     operator: Option<http::routes::App>,
-    state: Arc<state::AppState>,
+    state: &state::AppState,
     listeners: Listeners,
     tls: Option<&TlsFiles>,
     shutdown: CancellationToken,
@@ -417,7 +428,7 @@ pub async fn serve(
     let live = match tls {
         Some(files) => {
             let live = files.load().await.map_err(anyhow::Error::msg)?;
-            let expiry = state.metrics.tls_cert_expiry.clone();
+            let expiry = state.metrics.connections.tls_cert_expiry.clone();
             expiry.set(files.expiry().unwrap_or(0));
             let every = Duration::from_millis(config.tls.reload_check_ms);
             tasks.spawn(files.clone().watch(
@@ -454,6 +465,11 @@ pub async fn serve(
             label: "admin ",
         });
     }
-    let http_cfg = config.http.clone();
-    http::server::serve_endpoints(endpoints, &http_cfg, state, shutdown).await
+    http::server::serve_endpoints(
+        endpoints,
+        &config.http,
+        &state.metrics.connections,
+        shutdown,
+    )
+    .await
 }

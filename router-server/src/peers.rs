@@ -20,7 +20,10 @@ use registry::{Kv, KvError, Layout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::state::{AppState, Peer};
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::RegistryMetrics;
+use crate::state::{AppState, FleetStatus, Peer, Serving};
 
 /// Lease of a router's key: a router that dies stops counting after this long.
 const TTL: Duration = Duration::from_secs(10);
@@ -117,6 +120,61 @@ pub struct Slot {
     pub lag: Arc<crate::lag::Lag>,
 }
 
+/// Where the live routers a registration finds are published, and nothing else of the
+/// router's: their count and addresses (which answers read), their ids and versions
+/// (the fleet page), the live-routers gauge.
+#[derive(Clone)]
+pub struct Live {
+    /// The router count (herd scale) and the routers' public addresses.
+    pub serving: Arc<Serving>,
+    /// The peers' ids and versions.
+    pub status: Arc<FleetStatus>,
+    /// `router_routers_live`.
+    pub routers_live: Gauge,
+}
+
+impl Live {
+    /// The registrations' share of the router's handles.
+    pub fn of(state: &AppState) -> Live {
+        Live {
+            serving: state.serving.clone(),
+            status: state.status.clone(),
+            routers_live: state.metrics.herd.routers_live.clone(),
+        }
+    }
+
+    /// Publishes what one listing of `slot`'s registry found: `live` routers, their
+    /// public `addrs` and `peers`; the router count is the largest registry's.
+    fn publish(&self, slot: &Slot, live: u64, addrs: Vec<std::net::IpAddr>, peers: Vec<Peer>) {
+        {
+            let mut all = self.serving.router_addrs.lock().expect("router_addrs lock");
+            if all.len() <= slot.index {
+                all.resize(slot.index + 1, Vec::new());
+            }
+            all[slot.index] = addrs;
+        }
+        {
+            let mut all = self.status.router_peers.lock().expect("router_peers lock");
+            if all.len() <= slot.index {
+                all.resize(slot.index + 1, Vec::new());
+            }
+            all[slot.index] = peers;
+        }
+        slot.counts[slot.index].store(live, Ordering::Relaxed);
+        let live = slot
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(live);
+        let before = self.serving.routers.swap(live, Ordering::Relaxed);
+        if before != live {
+            info!(live, "live routers: herd counts are scaled by {live}");
+        }
+        self.routers_live.set(live as i64);
+    }
+}
+
 /// A router's registration: who it is, where clients reach it, and its heartbeat.
 fn registration(
     id: &str,
@@ -138,13 +196,13 @@ fn registration(
     value.to_string().into_bytes()
 }
 
-/// Registers this router in one registry and keeps `state.routers` up to date until
-/// `cancel`, then revokes the registration.
+/// Registers this router in one registry and keeps the live routers it finds published
+/// through `out` until `cancel`, then revokes the registration.
 pub async fn run(
     id: String,
     kv: Arc<dyn Kv>,
     layout: Layout,
-    state: Arc<AppState>,
+    out: Live,
     slot: Slot,
     cancel: CancellationToken,
 ) {
@@ -189,36 +247,11 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             r = result => match r {
                 Ok((live, addrs, peers)) => {
-                    {
-                        let mut all = state.router_addrs.lock().expect("router_addrs lock");
-                        if all.len() <= slot.index {
-                            all.resize(slot.index + 1, Vec::new());
-                        }
-                        all[slot.index] = addrs;
-                    }
-                    {
-                        let mut all = state.router_peers.lock().expect("router_peers lock");
-                        if all.len() <= slot.index {
-                            all.resize(slot.index + 1, Vec::new());
-                        }
-                        all[slot.index] = peers;
-                    }
                     if failing {
                         info!("router count readable again");
                         failing = false;
                     }
-                    slot.counts[slot.index].store(live, Ordering::Relaxed);
-                    let live = slot
-                        .counts
-                        .iter()
-                        .map(|c| c.load(Ordering::Relaxed))
-                        .max()
-                        .unwrap_or(live);
-                    let before = state.routers.swap(live, Ordering::Relaxed);
-                    if before != live {
-                        info!(live, "live routers: herd counts are scaled by {live}");
-                    }
-                    state.metrics.routers_live.set(live as i64);
+                    out.publish(&slot, live, addrs, peers);
                     backoff.reset();
                     BEAT
                 }
@@ -250,14 +283,17 @@ pub async fn run(
 }
 /// Publishes every registry's lag once a second until `cancel`: the gauge, the lag
 /// the herd window is stretched by, and whether answers are marked stale (the
-/// router's own registry past `max_lag_ms`).
+/// router's own registry past `max_lag_ms`): the gauge in `metrics`, the rest in
+/// `serving`.
 pub async fn publish_lag(
-    state: Arc<AppState>,
+    serving: Arc<Serving>,
+    metrics: RegistryMetrics,
+    max_lag_ms: u64,
     lags: Vec<Arc<crate::lag::Lag>>,
     local: usize,
     cancel: CancellationToken,
 ) {
-    let bound = Duration::from_millis(state.config.max_lag_ms);
+    let bound = Duration::from_millis(max_lag_ms);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_lagging = false;
@@ -270,18 +306,18 @@ pub async fn publish_lag(
         let mut steady = Duration::ZERO;
         for l in &lags {
             if let Some(d) = l.current(now) {
-                state.metrics.set_registry_lag(&l.registry, d);
+                metrics.set_lag(&l.registry, d);
             }
             steady = steady.max(l.measured().unwrap_or_default());
         }
-        state
+        serving
             .herd_lag_ms
             .store(steady.as_millis() as u64, Ordering::Relaxed);
         let lagging = lags
             .get(local)
             .and_then(|l| l.current(now))
             .is_some_and(|d| d > bound);
-        state.lagging.store(lagging, Ordering::Relaxed);
+        serving.lagging.store(lagging, Ordering::Relaxed);
         if lagging != was_lagging {
             let lag_ms = lags
                 .get(local)
@@ -290,7 +326,7 @@ pub async fn publish_lag(
             if lagging {
                 tracing::warn!(
                     lag_ms,
-                    max_lag_ms = state.config.max_lag_ms,
+                    max_lag_ms,
                     "this router's view is behind etcd past max_lag_ms: answers are marked stale"
                 );
             } else {

@@ -40,33 +40,25 @@ fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
 }
 
 /// Router state serving `nodes` (revision 7), or not ready when `None`.
-fn state_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>) -> Arc<AppState> {
+fn state_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>) -> AppState {
     state_on(config, nodes, LimiterClock::default())
 }
 
 /// [`state_with`], the per-client limiters on `clock`.
-fn state_on(
-    config: FileConfig,
-    nodes: Option<Vec<NodeRecord>>,
-    clock: LimiterClock,
-) -> Arc<AppState> {
-    let state = Arc::new(AppState::with_clock(config, clock));
+fn state_on(config: FileConfig, nodes: Option<Vec<NodeRecord>>, clock: LimiterClock) -> AppState {
+    let state = AppState::with_clock(config, clock);
     if let Some(nodes) = nodes {
         let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 7, false);
-        state.snapshot.store(Some(Arc::new(snap)));
+        state.serving.snapshot.store(Some(Arc::new(snap)));
     }
     state
 }
 
-fn app_with(
-    config: FileConfig,
-    nodes: Option<Vec<NodeRecord>>,
-    peer: &str,
-) -> (Router, Arc<AppState>) {
+fn app_with(config: FileConfig, nodes: Option<Vec<NodeRecord>>, peer: &str) -> (Router, AppState) {
     let state = state_with(config, nodes);
     let peer: SocketAddr = peer.parse().unwrap();
     (
-        router(Api::new(state.clone()), None).layer(MockConnectInfo(peer)),
+        router(Api::new(&state), None).layer(MockConnectInfo(peer)),
         state,
     )
 }
@@ -185,7 +177,7 @@ async fn not_ready_before_the_first_snapshot() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
-    state.snapshot.store(Some(Arc::new(Snapshot::build(
+    state.serving.snapshot.store(Some(Arc::new(Snapshot::build(
         fleet().into_iter().map(Arc::new),
         None,
         1,
@@ -247,7 +239,7 @@ async fn rate_limit_429_per_client_ip_with_retry_after() {
         get_with(&app, forwarded("203.0.113.2")).await.0,
         StatusCode::OK
     );
-    assert_eq!(state.metrics.rate_limited.get(), 1);
+    assert_eq!(state.metrics.edge.rate_limited.get(), 1);
 }
 
 /// A reconnect storm of 10,000 clients behind one carrier-grade NAT address passes at
@@ -264,7 +256,7 @@ async fn the_default_limit_lets_a_nat_storm_through() {
     };
     let clock = FakeRelativeClock::default();
     let state = state_on(cfg, Some(vec![big]), LimiterClock::Fake(clock.clone()));
-    let app = router(Api::new(state.clone()), None).layer(MockConnectInfo(
+    let app = router(Api::new(&state), None).layer(MockConnectInfo(
         "10.0.0.1:5000".parse::<SocketAddr>().unwrap(),
     ));
     for i in 0..10_000 {
@@ -282,7 +274,7 @@ async fn the_default_limit_lets_a_nat_storm_through() {
         1,
         "the next token is 1 ms away: wait 1 s"
     );
-    assert_eq!(state.metrics.rate_limited.get(), 1);
+    assert_eq!(state.metrics.edge.rate_limited.get(), 1);
     // The sustained rate: 1,000 a second, one a millisecond.
     clock.advance(std::time::Duration::from_millis(10));
     let mut ok = 0;
@@ -292,7 +284,7 @@ async fn the_default_limit_lets_a_nat_storm_through() {
         }
     }
     assert_eq!(ok, 10, "10 ms refill 10 requests");
-    assert_eq!(state.metrics.rate_limited.get(), 11);
+    assert_eq!(state.metrics.edge.rate_limited.get(), 11);
 }
 
 /// IPv6 clients are limited per /64: rotating addresses inside one buys nothing.
@@ -351,7 +343,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 #[tokio::test]
 async fn forwarded_for_from_an_unlisted_peer_is_counted() {
     let cfg = FileConfig::parse("trusted_proxies = [\"10.0.0.0/8\"]").unwrap();
-    let counted = |state: &AppState| state.metrics.forwarded_untrusted.get();
+    let counted = |state: &AppState| state.metrics.edge.forwarded_untrusted.get();
     let (app, state) = app_with(cfg.clone(), Some(fleet()), "198.51.100.1:1");
     for _ in 0..3 {
         get_with(&app, forwarded("203.0.113.9")).await;
@@ -382,7 +374,7 @@ async fn ipv4_clients_of_a_dual_stack_listener_are_ipv4() {
 async fn a_server_without_peer_addresses_answers_500_not_a_guess() {
     let state = state_with(FileConfig::default(), Some(fleet()));
     // Served without `into_make_service_with_connect_info`: a wiring mistake.
-    let app = router(Api::new(state), None);
+    let app = router(Api::new(&state), None);
     let (status, _, body) = get(&app, "/gateways").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["code"], "internal");
@@ -456,19 +448,19 @@ async fn metrics_name_what_the_router_sees() {
 const TOKEN: &str = "s3cret-s3cret-s3cret";
 
 fn admin_app(kv: Arc<MemoryKv>) -> Router {
-    let state = Arc::new(AppState::new(FileConfig::default()));
+    let state = AppState::new(FileConfig::default());
     let target = router_server::admin::Target {
         name: "default".into(),
         kv,
         layout: Layout::default(),
     };
     let admin = router_server::admin::router(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
     );
-    router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+    router(Api::new(&state), Some(admin)).layer(MockConnectInfo(
         "127.0.0.1:9".parse::<SocketAddr>().unwrap(),
     ))
 }
@@ -637,7 +629,7 @@ async fn bodies_over_the_limit_are_refused_before_they_are_read() {
 async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
     let state = state_with(FileConfig::default(), Some(fleet()));
     let peer = MockConnectInfo("127.0.0.1:9".parse::<SocketAddr>().unwrap());
-    let api = Api::new(state);
+    let api = Api::new(&state);
     let public = router_server::http::routes::public_app(api.clone())
         .router
         .layer(peer);
@@ -695,7 +687,7 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
 /// `router_admin_throttled_total`.
 #[tokio::test]
 async fn failed_admin_tokens_are_throttled_per_network() {
-    let state = Arc::new(AppState::new(FileConfig::default()));
+    let state = AppState::new(FileConfig::default());
     let target = router_server::admin::Target {
         name: "default".into(),
         kv: MemoryKv::new(),
@@ -703,13 +695,13 @@ async fn failed_admin_tokens_are_throttled_per_network() {
     };
     let clock = FakeRelativeClock::default();
     let admin = router_server::admin::router_with_throttle(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
         router_server::admin::Throttle::new(LimiterClock::Fake(clock.clone())),
     );
-    let app = router(Api::new(state.clone()), Some(admin));
+    let app = router(Api::new(&state), Some(admin));
     let from = |ip: &str| {
         app.clone().layer(MockConnectInfo(
             format!("{ip}:9").parse::<SocketAddr>().unwrap(),
@@ -757,19 +749,19 @@ async fn failed_admin_tokens_are_throttled_per_network() {
 #[tokio::test]
 async fn a_trusted_network_is_not_throttled_for_wrong_tokens() {
     let config = FileConfig::parse("[edge]\nallow = [\"198.51.100.0/24\"]").unwrap();
-    let state = Arc::new(AppState::new(config));
+    let state = AppState::new(config);
     let target = router_server::admin::Target {
         name: "default".into(),
         kv: MemoryKv::new(),
         layout: Layout::default(),
     };
     let admin = router_server::admin::router(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
     );
-    let app = router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+    let app = router(Api::new(&state), Some(admin)).layer(MockConnectInfo(
         "198.51.100.7:9".parse::<SocketAddr>().unwrap(),
     ));
     let nodes = |token: &str| {

@@ -36,12 +36,12 @@ fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
 }
 
 /// A router for `peer` with a fleet in cn-sh and cn-bj, one record listed invalid.
-fn app(peer: &str) -> (Router, Arc<AppState>) {
+fn app(peer: &str) -> (Router, AppState) {
     let cfg = FileConfig::parse(
         "[regions]\ncidrs = { \"198.51.100.0/24\" = \"cn-sh\" }\n[edge]\nblock = [\"203.0.113.0/24\"]",
     )
     .unwrap();
-    let state = Arc::new(AppState::new(cfg));
+    let state = AppState::new(cfg);
     let mut draining = node("sh-draining", "cn-sh", 0);
     draining.state = NodeState::Draining;
     let fleet = vec![
@@ -53,8 +53,8 @@ fn app(peer: &str) -> (Router, Arc<AppState>) {
         node("bj-1", "cn-bj", 0),
     ];
     let snap = Snapshot::build(fleet.into_iter().map(Arc::new), None, 9, false);
-    state.snapshot.store(Some(Arc::new(snap)));
-    state.invalid.lock().unwrap().insert(
+    state.serving.snapshot.store(Some(Arc::new(snap)));
+    state.status.invalid.lock().unwrap().insert(
         Arc::from("/gateway-router/v1/nodes/sh-evil"),
         "binding: region \"cn-bj\" is not one of cn-sh".into(),
     );
@@ -64,14 +64,14 @@ fn app(peer: &str) -> (Router, Arc<AppState>) {
         layout: Layout::default(),
     };
     let admin = router_server::admin::router(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
     );
     let peer: SocketAddr = peer.parse().unwrap();
     (
-        router(Api::new(state.clone()), Some(admin)).layer(MockConnectInfo(peer)),
+        router(Api::new(&state), Some(admin)).layer(MockConnectInfo(peer)),
         state,
     )
 }
@@ -103,8 +103,8 @@ fn ids(list: &Value) -> Vec<&str> {
 }
 
 fn pending(state: &AppState) -> u64 {
-    let snap = state.snapshot.load_full().unwrap();
-    let herd = state.herd_view();
+    let snap = state.serving.snapshot.load_full().unwrap();
+    let herd = state.serving.herd_view();
     snap.nodes
         .iter()
         .map(|e| herd.pending(&e.assigned, e.sampled_ms))

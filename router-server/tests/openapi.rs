@@ -145,7 +145,7 @@ async fn app(ready: bool) -> Router {
             .unwrap();
     }
     if ready {
-        state.snapshot.store(Some(Arc::new(Snapshot::build(
+        state.serving.snapshot.store(Some(Arc::new(Snapshot::build(
             nodes.into_iter().map(Arc::new),
             None,
             3,
@@ -158,12 +158,12 @@ async fn app(ready: bool) -> Router {
         layout,
     };
     let admin = router_server::admin::router(
-        state.clone(),
+        &state,
         vec![target],
         0,
         router_server::admin::Tokens::flag(TOKEN).unwrap(),
     );
-    router(Api::new(state), Some(admin)).layer(MockConnectInfo(
+    router(Api::new(&state), Some(admin)).layer(MockConnectInfo(
         "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
     ))
 }

@@ -20,7 +20,7 @@ fn dns() -> &'static Dns {
              [regions.cidrs]\n\"10.0.0.0/8\" = \"eu\"\n",
         )
         .unwrap();
-        let state = Arc::new(AppState::new(cfg));
+        let state = AppState::new(cfg);
         let nodes = (0..12).map(|i| {
             let json = format!(
                 r#"{{"id":"n{i}","ip":"192.0.2.{i}","ipv6":"2001:db8::{i}","ports":{{"tcp":9000,"wss":443}},"region":"{}","capacity":1000,"connections":{}}}"#,
@@ -30,9 +30,10 @@ fn dns() -> &'static Dns {
             Arc::new(registry::NodeRecord::parse(&format!("n{i}"), json.as_bytes()).unwrap())
         });
         state
+            .serving
             .snapshot
             .store(Some(Arc::new(Snapshot::build(nodes, None, 7, false))));
-        Dns::new(state)
+        Dns::new(state.config.clone(), state.serving.clone(), &state.metrics)
     })
 }
 

@@ -19,12 +19,12 @@ pub(super) async fn route(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let ask = ask(raw.as_deref())?;
-    let s = &admin.state;
+    let s = &admin.serving;
     let snapshot = s.snapshot.load_full();
-    let invalid = s.invalid.lock().expect("invalid lock").clone();
+    let invalid = admin.status.invalid.lock().expect("invalid lock").clone();
     let facts = Facts {
         snapshot: snapshot.as_deref(),
-        config: &s.config,
+        config: &admin.config,
         regions: &s.regions,
         guard: &s.guard,
         invalid: &invalid,

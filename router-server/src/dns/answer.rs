@@ -146,7 +146,7 @@ impl Dns {
     ) -> Option<Option<String>> {
         let Some(label) = named else {
             let ip = subnet.unwrap_or(client);
-            return Some(self.state.regions.lookup(ip).map(str::to_string));
+            return Some(self.serving.regions.lookup(ip).map(str::to_string));
         };
         if let Some(r) = self
             .configured_regions
@@ -155,7 +155,7 @@ impl Dns {
         {
             return Some(Some(r.clone()));
         }
-        let snap = self.state.snapshot.load();
+        let snap = self.serving.snapshot.load();
         let found = snap
             .as_deref()?
             .regions()
@@ -173,11 +173,11 @@ impl Dns {
         family: IpFamily,
         weight: u64,
     ) -> Vec<IpAddr> {
-        let snap = self.state.snapshot.load();
+        let snap = self.serving.snapshot.load();
         let Some(snap) = snap.as_deref() else {
             return Vec::new();
         };
-        let config = &self.state.config;
+        let config = &self.config;
         let fallbacks = region
             .and_then(|r| config.regions.fallbacks.get(r))
             .map(Vec::as_slice)
@@ -189,7 +189,7 @@ impl Dns {
             family: Some(family),
         };
         let rules = Rules {
-            herd: self.state.herd_view(),
+            herd: self.serving.herd_view(),
             max_load: config.max_load,
             fallbacks,
         };
@@ -202,7 +202,7 @@ impl Dns {
     /// The live routers' public addresses (`--public-addr`), this router's data centre
     /// first.
     pub fn router_addrs(&self) -> Vec<IpAddr> {
-        let all = self.state.router_addrs.lock().expect("router_addrs lock");
+        let all = self.serving.router_addrs.lock().expect("router_addrs lock");
         let mut out: Vec<IpAddr> = Vec::new();
         for ip in all.iter().flatten() {
             if !out.contains(ip) {

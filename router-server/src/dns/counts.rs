@@ -12,7 +12,7 @@ pub(super) const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, T
 impl Dns {
     /// Counts one query in the metrics (`rcode` `None`: nothing was sent).
     pub fn count(&self, transport: Transport, qtype: &'static str, rcode: Option<&'static str>) {
-        let m = &self.state.metrics;
+        let m = &self.metrics;
         let rcode = rcode.unwrap_or("dropped");
         let (Some(q), Some(r)) = (
             crate::metrics::dns::qtype_index(qtype),
@@ -20,12 +20,12 @@ impl Dns {
         ) else {
             return;
         };
-        m.dns_totals.add_at(q, r);
+        m.totals.add_at(q, r);
         let t = TRANSPORTS.iter().position(|x| *x == transport).unwrap_or(0);
         let i = (t * crate::metrics::dns::QTYPES.len() + q) * crate::metrics::dns::RCODES.len() + r;
         self.series[i]
             .get_or_init(|| {
-                m.dns_queries
+                m.queries
                     .get_or_create(&DnsLabels {
                         transport: transport.as_str(),
                         qtype,

@@ -34,7 +34,9 @@ use std::sync::Arc;
 use hickory_proto::rr::Name;
 
 use crate::config::dns::{self as config, DnsConfig};
-use crate::state::AppState;
+use crate::config::FileConfig;
+use crate::metrics::{DnsMetrics, EdgeMetrics, Metrics};
+use crate::state::Serving;
 use counts::TRANSPORTS;
 use zone::Zone;
 
@@ -44,7 +46,14 @@ pub use query::Transport;
 
 /// The DNS side of one router.
 pub struct Dns {
-    state: Arc<AppState>,
+    config: Arc<FileConfig>,
+    /// What answers read: the snapshot, regions, the guard, the herd, the routers'
+    /// addresses.
+    serving: Arc<Serving>,
+    /// The DNS side's own series.
+    metrics: DnsMetrics,
+    /// The edge's, for DNS over HTTPS (forwarded headers ignored).
+    edge: EdgeMetrics,
     cfg: DnsConfig,
     zone: Option<Zone>,
     apex: Option<Name>,
@@ -59,15 +68,26 @@ pub struct Dns {
 }
 
 impl Dns {
-    /// The DNS side of the router whose state is `state`.
-    pub fn new(state: Arc<AppState>) -> Dns {
-        Dns::with_limiter_clock(state, crate::clock::LimiterClock::default())
+    /// The DNS side of the router configured by `config`, answering from `serving`,
+    /// counting into the DNS and edge series of `metrics`.
+    pub fn new(config: Arc<FileConfig>, serving: Arc<Serving>, metrics: &Metrics) -> Dns {
+        Dns::with_limiter_clock(
+            config,
+            serving,
+            metrics,
+            crate::clock::LimiterClock::default(),
+        )
     }
 
     /// [`Dns::new`] with the response-rate limit on `clock` (tests pass a fake one).
-    pub fn with_limiter_clock(state: Arc<AppState>, clock: crate::clock::LimiterClock) -> Dns {
-        let cfg = state.config.dns.clone();
-        let regions_cfg = &state.config.regions;
+    pub fn with_limiter_clock(
+        config: Arc<FileConfig>,
+        serving: Arc<Serving>,
+        metrics: &Metrics,
+        clock: crate::clock::LimiterClock,
+    ) -> Dns {
+        let cfg = config.dns.clone();
+        let regions_cfg = &config.regions;
         let mut configured_regions: Vec<String> = regions_cfg
             .cidrs
             .values()
@@ -102,7 +122,10 @@ impl Dns {
         };
         Dns {
             rrl: rrl::Rrl::with_clock(&cfg, clock),
-            state,
+            config,
+            serving,
+            metrics: metrics.dns.clone(),
+            edge: metrics.edge.clone(),
             cfg,
             zone,
             apex,
@@ -117,9 +140,24 @@ impl Dns {
         }
     }
 
-    /// The router's state.
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
+    /// The router's configuration.
+    pub fn config(&self) -> &FileConfig {
+        &self.config
+    }
+
+    /// What answers read.
+    pub fn serving(&self) -> &Serving {
+        &self.serving
+    }
+
+    /// The DNS side's series.
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
+    }
+
+    /// The edge's series (DNS over HTTPS counts ignored forwarded headers there).
+    pub fn edge_metrics(&self) -> &EdgeMetrics {
+        &self.edge
     }
 
     /// The zone, when DNS is on.

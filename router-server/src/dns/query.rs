@@ -50,7 +50,7 @@ impl Dns {
         client: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, u32)> {
-        let guard = &self.state.guard;
+        let guard = &self.serving.guard;
         let pass = match transport {
             // Anyone can forge a UDP source: the block list only, no budget (response-
             // rate limiting is UDP's budget).
@@ -69,10 +69,12 @@ impl Dns {
     /// transport's weight, within its network's share (see [`crate::herd::budget`]).
     pub fn herd_weight(&self, client: IpAddr, pass: Pass, weight: u64) -> u64 {
         let routers = self
-            .state
+            .serving
             .routers
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.state.guard.herd_weight(client, pass, weight, routers)
+        self.serving
+            .guard
+            .herd_weight(client, pass, weight, routers)
     }
 
     /// [`Dns::handle_ttl`] for a client the guard already judged: `pass` is `None`
@@ -88,10 +90,10 @@ impl Dns {
             (Transport::Udp, Some(rrl)) => rrl.check(client),
             _ => rrl::Verdict::Answer,
         };
-        let m = &self.state.metrics;
+        let m = &self.metrics;
         if verdict == rrl::Verdict::Drop {
-            m.dns_rrl.get_or_create(&rrl_label("drop")).inc();
-            m.dns_totals.rrl(false);
+            m.rrl.get_or_create(&rrl_label("drop")).inc();
+            m.totals.rrl(false);
             return None;
         }
         let request = match Message::from_vec(packet) {
@@ -127,8 +129,8 @@ impl Dns {
         // The smallest TTL of what is answered (0 when no record is).
         let mut ttl = 0;
         if verdict == rrl::Verdict::Slip {
-            m.dns_rrl.get_or_create(&rrl_label("slip")).inc();
-            m.dns_totals.rrl(true);
+            m.rrl.get_or_create(&rrl_label("slip")).inc();
+            m.totals.rrl(true);
             reply.add_queries(request.queries().iter().cloned());
             reply.set_truncated(true);
             return reply.to_vec().ok().map(|b| (b, 0));

@@ -11,7 +11,7 @@ use super::Dns;
 impl Dns {
     pub(super) fn soa(&self, owner: Name) -> Record {
         let revision = self
-            .state
+            .serving
             .snapshot
             .load()
             .as_deref()

@@ -138,7 +138,7 @@ async fn serve_udp(dns: Arc<Dns>, socket: UdpSocket, cancel: CancellationToken) 
 }
 
 async fn serve_tcp(dns: Arc<Dns>, listener: TcpListener, cancel: CancellationToken) {
-    let cfg = &dns.state().config.dns;
+    let cfg = &dns.config().dns;
     let table = Arc::new(TcpConns::new(
         cfg.tcp_max_connections,
         cfg.tcp_max_per_network,
@@ -208,9 +208,8 @@ struct TcpLimits {
 }
 
 fn count_closed(dns: &Dns, reason: &'static str) {
-    dns.state()
-        .metrics
-        .dns_tcp_closed
+    dns.metrics()
+        .tcp_closed
         .get_or_create(&DnsTcpLabels { reason })
         .inc();
 }

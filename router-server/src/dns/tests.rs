@@ -59,10 +59,10 @@ fn config(f: impl FnOnce(&mut FileConfig)) -> FileConfig {
 
 /// A router with two nodes per region, the first of each less loaded.
 fn dns_with(cfg: FileConfig, nodes: Vec<NodeRecord>) -> Dns {
-    let state = Arc::new(AppState::new(cfg));
+    let state = AppState::new(cfg);
     let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 42, false);
-    state.snapshot.store(Some(Arc::new(snap)));
-    Dns::new(state)
+    state.serving.snapshot.store(Some(Arc::new(snap)));
+    Dns::new(state.config, state.serving, &state.metrics)
 }
 
 fn fleet() -> Vec<NodeRecord> {
@@ -298,8 +298,8 @@ fn each_answer_counts_its_weight_in_the_herd_accounting() {
         first_two(&https, Transport::Https),
         ["192.0.2.1", "192.0.2.1"]
     );
-    let snap = https.state().snapshot.load_full().unwrap();
-    let herd = https.state().herd_view();
+    let snap = https.serving().snapshot.load_full().unwrap();
+    let herd = https.serving().herd_view();
     let pending: u64 = snap
         .nodes
         .iter()
@@ -371,10 +371,15 @@ fn the_rate_limit_applies_to_udp_only() {
         c.dns.rrl_burst = 2;
         c.dns.rrl_slip = 0;
     });
-    let state = Arc::new(AppState::new(cfg));
+    let state = AppState::new(cfg);
     let snap = Snapshot::build(fleet().into_iter().map(Arc::new), None, 42, false);
-    state.snapshot.store(Some(Arc::new(snap)));
-    let dns = Dns::with_limiter_clock(state, crate::clock::LimiterClock::Fake(clock.clone()));
+    state.serving.snapshot.store(Some(Arc::new(snap)));
+    let dns = Dns::with_limiter_clock(
+        state.config.clone(),
+        state.serving.clone(),
+        &state.metrics,
+        crate::clock::LimiterClock::Fake(clock.clone()),
+    );
     let packet = query("gw.example.com.", RecordType::A).to_vec().unwrap();
     let udp = |dns: &Dns| dns.handle(&packet, RESOLVER, Transport::Udp).is_some();
     assert_eq!([udp(&dns), udp(&dns), udp(&dns)], [true, true, false]);
@@ -386,7 +391,7 @@ fn the_rate_limit_applies_to_udp_only() {
     }
     clock.advance(std::time::Duration::from_secs(1));
     assert!(udp(&dns), "refilled");
-    let m = dns.state().metrics.render();
+    let m = state.metrics.render();
     assert!(m.contains("router_dns_rrl_total{action=\"drop\"} 1"), "{m}");
     assert!(
         m.contains("router_dns_queries_total{transport=\"udp\",qtype=\"A\",rcode=\"NOERROR\"} 3"),
@@ -404,7 +409,7 @@ fn the_routers_own_name_servers_answer_the_live_routers() {
         config(|c| c.dns.nameservers = vec!["ns1.gw.example.com".into(), "ns.example.net".into()]),
         fleet(),
     );
-    *dns.state().router_addrs.lock().unwrap() = vec![
+    *dns.serving().router_addrs.lock().unwrap() = vec![
         vec![
             "203.0.113.1".parse().unwrap(),
             "2001:db8:53::1".parse().unwrap(),

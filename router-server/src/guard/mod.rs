@@ -34,15 +34,13 @@ use governor::clock::Clock;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use registry::blocklist::BlockEntry;
 
 use crate::clock::LimiterClock;
 use crate::config::FileConfig;
 use crate::herd::budget::HerdBudget;
 use crate::identity::network_key;
-use crate::metrics::Metrics;
+use crate::metrics::{EdgeMetrics, Metrics};
 pub use lists::Lists;
 
 use crate::clock::KeyedLimiter as Limiter;
@@ -103,17 +101,8 @@ pub struct Guard {
     auto_block_max: usize,
     herd: HerdBudget,
     clock: LimiterClock,
-    metrics: GuardMetrics,
-}
-
-/// The guard's series, shared with the router's registry (a counter's clone counts
-/// into the same series).
-struct GuardMetrics {
-    blocked: Counter,
-    rate_limited: Counter,
-    auto_blocks: Counter,
-    blocklist_entries: Gauge,
-    herd_uncounted: Counter,
+    /// The edge's series (a clone counts into the same series as the registry's).
+    metrics: EdgeMetrics,
 }
 
 /// What the lists are built from.
@@ -168,13 +157,7 @@ impl Guard {
                 clock.clone(),
             ),
             clock,
-            metrics: GuardMetrics {
-                blocked: metrics.blocked.clone(),
-                rate_limited: metrics.rate_limited.clone(),
-                auto_blocks: metrics.auto_blocks.clone(),
-                blocklist_entries: metrics.blocklist_entries.clone(),
-                herd_uncounted: metrics.herd_uncounted.clone(),
-            },
+            metrics: metrics.edge.clone(),
         }
     }
 

@@ -66,9 +66,9 @@ fn bad_request(code: ErrorCode, msg: impl Into<String>) -> ApiError {
 /// through by the guard (block list, request budget) before any other work.
 fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pass), ApiError> {
     let peer_ip = peer.ip().to_canonical();
-    let ip = client_ip(peer_ip, headers, &dns.state().config.trusted_proxies);
-    super::forwarded::note(dns.state(), peer_ip, headers);
-    let pass = dns.state().guard.check(ip).map_err(ApiError::refused)?;
+    let ip = client_ip(peer_ip, headers, &dns.config().trusted_proxies);
+    super::forwarded::note(dns.config(), dns.edge_metrics(), peer_ip, headers);
+    let pass = dns.serving().guard.check(ip).map_err(ApiError::refused)?;
     Ok((ip, pass))
 }
 
@@ -268,7 +268,7 @@ async fn httpdns(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let asked = asker(&dns, peer, &headers)?;
-    let cfg = &dns.state().config.httpdns;
+    let cfg = &dns.config().httpdns;
     if cfg.signed_only {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -287,8 +287,7 @@ async fn httpdns_signed(
 ) -> Result<Response, ApiError> {
     let asked = asker(&dns, peer, &headers)?;
     let Some(secret) = dns
-        .state()
-        .config
+        .config()
         .httpdns
         .secret
         .as_deref()
@@ -308,7 +307,7 @@ async fn httpdns_signed(
     let s = q
         .get("s")
         .ok_or_else(|| bad_request(ErrorCode::InvalidParameter, "s: missing"))?;
-    let max_ahead = dns.state().config.httpdns.sign_max_ahead_secs;
+    let max_ahead = dns.config().httpdns.sign_max_ahead_secs;
     check_expiry(t, registry::now_ms() / 1000, max_ahead)?;
     let want = hex(&Md5::digest(format!("{host}-{secret}-{t}").as_bytes()));
     if !bool::from(want.as_bytes().ct_eq(s.to_ascii_lowercase().as_bytes())) {
@@ -384,7 +383,7 @@ fn httpdns_answer(
             )
         })?,
     };
-    let cfg = &dns.state().config;
+    let cfg = &dns.config();
     let (mut ips, mut ipsv6, ttl) = (Vec::new(), Vec::new(), cfg.httpdns.router_ttl);
     let ttl = if !cfg.httpdns.router_domain.is_empty() && host == cfg.httpdns.router_domain {
         for ip in dns.router_addrs() {

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::http::HeaderMap;
 use tracing::warn;
 
-use crate::state::AppState;
+use crate::config::FileConfig;
+use crate::metrics::EdgeMetrics;
 
 /// Milliseconds since the epoch of the last warning (process-wide: it only spaces out
 /// log lines).
@@ -20,11 +21,11 @@ const WARN_EVERY_MS: u64 = 60_000;
 
 /// Counts, and now and then logs, a request whose X-Forwarded-For is ignored because
 /// `peer` is not a trusted proxy. Costs one header lookup when there is no such header.
-pub(crate) fn note(state: &AppState, peer: IpAddr, headers: &HeaderMap) {
-    if !crate::identity::forwarded_untrusted(peer, headers, &state.config.trusted_proxies) {
+pub(crate) fn note(config: &FileConfig, edge: &EdgeMetrics, peer: IpAddr, headers: &HeaderMap) {
+    if !crate::identity::forwarded_untrusted(peer, headers, &config.trusted_proxies) {
         return;
     }
-    state.metrics.forwarded_untrusted.inc();
+    edge.forwarded_untrusted.inc();
     let now = registry::now_ms();
     let last = LAST_WARNED_MS.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= WARN_EVERY_MS

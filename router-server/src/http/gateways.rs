@@ -1,5 +1,5 @@
-//! `GET /gateways`: the shared [`Api`] (state and the route's metric series) and the
-//! ready-future service that answers from the current snapshot.
+//! `GET /gateways`: the shared [`Api`] (the handles the HTTP edge reads and the route's
+//! metric series) and the ready-future service that answers from the current snapshot.
 
 use gateway_api::ErrorCode;
 use std::net::SocketAddr;
@@ -16,10 +16,12 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::params::parse_params;
 use crate::answer::render_answer;
+use crate::config::FileConfig;
 use crate::identity::client_ip;
+use crate::metrics::Metrics;
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::schedule::{select_weighted, Query, Rules, Snapshot};
-use crate::state::AppState;
+use crate::state::{AppState, FleetStatus, Serving};
 
 /// Everything the router serves.
 #[derive(Clone)]
@@ -28,10 +30,18 @@ use crate::state::AppState;
 /// between cores than two.
 pub struct Api(Arc<ApiInner>);
 
-/// What [`Api`] shares.
+/// What [`Api`] shares: the handles the HTTP edge reads. It serves `/metrics` and the
+/// fleet page besides the answers, so it reads all four.
 pub struct ApiInner {
-    /// Shared state.
-    pub state: Arc<AppState>,
+    /// The configuration.
+    pub config: Arc<FileConfig>,
+    /// What answers read (`/gateways`; DoH and HTTPDNS through their [`crate::dns::Dns`]).
+    pub serving: Arc<Serving>,
+    /// The fleet's status (`/readyz`, `/ops`, `/metrics`' snapshot age).
+    pub status: Arc<FleetStatus>,
+    /// Every subsystem's metrics: `/metrics` renders them, `/ops` reads a few; requests
+    /// count into `http`, answers with no gateway into `edge`.
+    pub metrics: Arc<Metrics>,
     /// `/gateways`' own series, resolved once.
     pub(crate) hot_metrics: HotMetrics,
 }
@@ -51,11 +61,12 @@ impl std::ops::Deref for Api {
 }
 
 impl Api {
-    /// Builds the API over `state`; spawn [`Api::housekeeping`] alongside.
-    pub fn new(state: Arc<AppState>) -> Api {
+    /// Builds the API over the router's handles; spawn [`Api::housekeeping`] alongside.
+    pub fn new(state: &AppState) -> Api {
         let m = &state.metrics;
         let hot_metrics = HotMetrics {
             ok: m
+                .http
                 .requests
                 .get_or_create(&RequestLabels {
                     route: "/gateways",
@@ -63,11 +74,18 @@ impl Api {
                 })
                 .clone(),
             latency: m
+                .http
                 .latency
                 .get_or_create(&RouteLabels { route: "/gateways" })
                 .clone(),
         };
-        Api(Arc::new(ApiInner { hot_metrics, state }))
+        Api(Arc::new(ApiInner {
+            hot_metrics,
+            config: state.config.clone(),
+            serving: state.serving.clone(),
+            status: state.status.clone(),
+            metrics: state.metrics.clone(),
+        }))
     }
 
     /// Forgets idle client networks of the limiters now and then, bounding their memory.
@@ -77,7 +95,7 @@ impl Api {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
             }
-            self.state.guard.retain_recent();
+            self.serving.guard.retain_recent();
         }
     }
 }
@@ -136,7 +154,7 @@ type SnapshotCache = arc_swap::Cache<Arc<ArcSwapOption<Snapshot>>, Option<Arc<Sn
 /// What each worker thread keeps between requests.
 #[derive(Default)]
 struct PerThread {
-    /// Snapshot cache, for the router (`AppState`) it was made for.
+    /// Snapshot cache, for the router (`Serving`) it was made for.
     snapshot: Option<SnapshotCache>,
     /// Where answers are written, then copied out at their exact size.
     buf: Vec<u8>,
@@ -158,19 +176,19 @@ fn gateways(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cfg = &api.state.config;
+    let cfg = &api.config;
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
     let peer_ip = peer.ip().to_canonical();
     let ip = client_ip(peer_ip, headers, &cfg.trusted_proxies);
-    super::forwarded::note(&api.state, peer_ip, headers);
-    let guard = &api.state.guard;
+    super::forwarded::note(cfg, &api.metrics.edge, peer_ip, headers);
+    let guard = &api.serving.guard;
     let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;
     let region = params
         .region
         .as_deref()
-        .or_else(|| api.state.regions.lookup(ip));
+        .or_else(|| api.serving.regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
@@ -184,8 +202,8 @@ fn gateways(
     let body = PER_THREAD.with_borrow_mut(|t| {
         // One process may run several routers (tests do): the cache follows this one.
         let cache = match &mut t.snapshot {
-            Some(c) if std::ptr::eq(c.arc_swap(), &*api.state.snapshot) => c,
-            slot => slot.insert(SnapshotCache::new(api.state.snapshot.clone())),
+            Some(c) if std::ptr::eq(c.arc_swap(), &*api.serving.snapshot) => c,
+            slot => slot.insert(SnapshotCache::new(api.serving.snapshot.clone())),
         };
         let Some(snap) = cache.load().as_deref() else {
             return Err(ApiError::new(
@@ -196,14 +214,14 @@ fn gateways(
             .retry_after(1));
         };
         let rules = Rules {
-            herd: api.state.herd_view(),
+            herd: api.serving.herd_view(),
             max_load: cfg.max_load,
             fallbacks,
         };
         let routers = rules.herd.scale;
         let chosen = select_weighted(snap, &query, rules, guard.herd_weight(ip, pass, 1, routers));
         if chosen.is_empty() {
-            api.state.metrics.no_gateways.inc();
+            api.metrics.edge.no_gateways.inc();
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::NoGateways,
@@ -212,7 +230,7 @@ fn gateways(
             .retry_after(5));
         }
         t.buf.clear();
-        let tail = &api.state.answer_tail;
+        let tail = &api.serving.answer_tail;
         let entries = chosen
             .iter()
             .map(|c| (snap.nodes[c.index].json.entry(params.proto, c.ip), c.load));
@@ -220,7 +238,10 @@ fn gateways(
         // stale however fresh the rest is; so is every answer while this router's view
         // is further behind etcd than `max_lag_ms`.
         let stale = snap.stale
-            || api.state.lagging.load(std::sync::atomic::Ordering::Relaxed)
+            || api
+                .serving
+                .lagging
+                .load(std::sync::atomic::Ordering::Relaxed)
             || chosen.iter().any(|c| snap.nodes[c.index].held);
         render_answer(&mut t.buf, entries, region, tail, snap.revision, stale);
         Ok(Bytes::copy_from_slice(&t.buf))

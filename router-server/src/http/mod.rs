@@ -8,8 +8,8 @@
 //! * [`params`]: its query string. [`error`]: the contract's error answer, also given to the
 //!   errors the HTTP parser writes by itself (`raw_errors`).
 //!
-//! The answer's JSON lives in [`crate::answer`]; nothing here depends on
-//! [`crate::state`] but for reading it.
+//! The answer's JSON lives in [`crate::answer`]; nothing here writes the handles of
+//! [`crate::state`], it only reads them.
 
 pub mod dns;
 pub mod error;

@@ -35,7 +35,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
     if api
-        .state
+        .status
         .going_away
         .load(std::sync::atomic::Ordering::Relaxed)
     {
@@ -45,7 +45,7 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
             "going away: this router is shutting down; send new connections elsewhere",
         ));
     }
-    match api.state.snapshot.load().as_ref() {
+    match api.serving.snapshot.load().as_ref() {
         Some(_) => Ok("ready\n"),
         None => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -58,9 +58,9 @@ async fn readyz(State(api): State<Api>) -> Result<&'static str, ApiError> {
 /// `GET /metrics`: OpenMetrics for scrapers that ask for it (Prometheus does), the
 /// Prometheus text format otherwise.
 async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let m = &api.state.metrics;
-    if let Some(t) = *api.state.last_sync.lock().expect("last_sync lock") {
-        m.snapshot_age.set(t.elapsed().as_secs_f64());
+    let m = &api.metrics;
+    if let Some(t) = *api.status.last_sync.lock().expect("last_sync lock") {
+        m.fleet.snapshot_age.set(t.elapsed().as_secs_f64());
     }
     use registry::metrics_text::{wants_openmetrics, OPENMETRICS, PROMETHEUS};
     let accept = headers.get_all(header::ACCEPT);
@@ -141,7 +141,7 @@ pub(crate) fn route_label(path: Option<&MatchedPath>) -> &'static str {
 /// The edge of every request: refuses over-long URIs before any work, then counts and
 /// times the request by route and status. One layer, so the hot path pays for one.
 async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let max = api.state.config.http.max_uri_bytes;
+    let max = api.config.http.max_uri_bytes;
     let len = req
         .uri()
         .path_and_query()
@@ -187,7 +187,7 @@ fn uri_too_long(len: usize, max: usize) -> Option<ApiError> {
 /// Counts and times one request (the edge middleware and the hot route alike).
 fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::Instant) {
     let secs = start.elapsed().as_secs_f64();
-    let m = &api.state.metrics;
+    let m = &api.metrics;
     if route == "/gateways" {
         // The hot route's series, resolved once: no map lookup per request.
         let hot = &api.hot_metrics;
@@ -197,11 +197,13 @@ fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::
             return;
         }
     } else {
-        m.latency
+        m.http
+            .latency
             .get_or_create(&RouteLabels { route })
             .observe(secs);
     }
-    m.requests
+    m.http
+        .requests
         .get_or_create(&RequestLabels {
             route,
             status: status.as_u16(),
@@ -230,7 +232,7 @@ impl HotRoute {
     pub fn call(&self, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
         let start = std::time::Instant::now();
         let len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
-        let resp = match uri_too_long(len, self.api.state.config.http.max_uri_bytes) {
+        let resp = match uri_too_long(len, self.api.config.http.max_uri_bytes) {
             Some(e) => e.into_response(),
             None => (self.answer)(&self.api, peer, uri, headers),
         };
@@ -267,17 +269,11 @@ pub fn app_with(
     gateways: axum::routing::MethodRouter<Api>,
     hot: Arc<HotAnswer>,
 ) -> App {
-    let hot = api
-        .state
-        .config
-        .http
-        .cors_origins
-        .is_empty()
-        .then(|| HotRoute {
-            path: "/gateways",
-            api: api.clone(),
-            answer: hot,
-        });
+    let hot = api.config.http.cors_origins.is_empty().then(|| HotRoute {
+        path: "/gateways",
+        api: api.clone(),
+        answer: hot,
+    });
     App {
         router: router_with(api, admin, gateways),
         hot,
@@ -324,17 +320,11 @@ struct Operator {
 /// one answers clients (`/gateways`, DNS over HTTPS, `/d`, ...), and `/healthz`,
 /// `/readyz`; the operator's routes there are 404 `not_found`, like any unknown path.
 pub fn public_app(api: Api) -> App {
-    let hot = api
-        .state
-        .config
-        .http
-        .cors_origins
-        .is_empty()
-        .then(|| HotRoute {
-            path: "/gateways",
-            api: api.clone(),
-            answer: Arc::new(answer),
-        });
+    let hot = api.config.http.cors_origins.is_empty().then(|| HotRoute {
+        path: "/gateways",
+        api: api.clone(),
+        answer: Arc::new(answer),
+    });
     App {
         router: surface(api.clone(), Some(get_service(Gateways::new(api))), None),
         hot,
@@ -358,7 +348,7 @@ fn surface(
     gateways: Option<axum::routing::MethodRouter<Api>>,
     operator: Option<Operator>,
 ) -> Router {
-    let cfg = &api.state.config;
+    let cfg = &api.config;
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -371,7 +361,11 @@ fn surface(
                 .with_state(api.clone()),
         );
         if cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty() {
-            let dns = std::sync::Arc::new(crate::dns::Dns::new(api.state.clone()));
+            let dns = std::sync::Arc::new(crate::dns::Dns::new(
+                api.config.clone(),
+                api.serving.clone(),
+                &api.metrics,
+            ));
             app = app.merge(super::dns::routes(dns));
         }
     }

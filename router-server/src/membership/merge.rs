@@ -15,9 +15,9 @@ use tracing::error;
 use super::counts::NodeCounts;
 use super::member::{Member, Report};
 use super::protect::Verdict;
-use super::RegistryStatus;
+use super::{Outputs, RegistryStatus};
+use crate::config::FileConfig;
 use crate::schedule::{Arrival, Snapshot};
-use crate::state::AppState;
 
 /// Invalid records (or duplicate ids) by key, with the reason.
 type Invalid = imbl::OrdMap<Arc<str>, String>;
@@ -47,8 +47,8 @@ fn tagged(r: &Arc<NodeRecord>, dc: &Arc<str>) -> Arc<NodeRecord> {
     Arc::new(t)
 }
 
-/// Follows every registry's views until `cancel`, storing each resulting snapshot in
-/// `state`.
+/// Follows every registry's views until `cancel`, serving each resulting snapshot
+/// through `out` (and the fleet's status and metrics with it), under `config`.
 ///
 /// For each registry: its follower applies watch batches to a persistent map and
 /// publishes each view (sharing everything unchanged); this loop takes the latest view,
@@ -67,8 +67,13 @@ fn tagged(r: &Arc<NodeRecord>, dc: &Arc<str>) -> Arc<NodeRecord> {
 /// `snapshot_min_interval_ms`: a burst of reports costs one build, and a lone report is
 /// visible at once. Run it on its own thread ([`spawn_updater`]): a build over a large
 /// fleet takes milliseconds that request threads should not lose.
-pub async fn run_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: CancellationToken) {
-    let Some(updater) = Updater::new(state, inputs) else {
+pub async fn run_updater(
+    config: &FileConfig,
+    out: Outputs,
+    inputs: Vec<Input>,
+    cancel: CancellationToken,
+) {
+    let Some(updater) = Updater::new(config, out, inputs) else {
         error!("no registry to follow");
         return;
     };
@@ -96,7 +101,8 @@ struct Decision {
 
 /// The updater's state from one round to the next.
 struct Updater {
-    state: Arc<AppState>,
+    /// Where it publishes.
+    out: Outputs,
     members: Vec<Member>,
     /// The router's own registry (else the first).
     local: usize,
@@ -122,8 +128,7 @@ struct Updater {
 
 impl Updater {
     /// `None` when there is no registry to follow.
-    fn new(state: Arc<AppState>, inputs: Vec<Input>) -> Option<Updater> {
-        let cfg = &state.config;
+    fn new(cfg: &FileConfig, out: Outputs, inputs: Vec<Input>) -> Option<Updater> {
         let several = inputs.len() > 1;
         let members: Vec<Member> = inputs
             .into_iter()
@@ -145,7 +150,7 @@ impl Updater {
             counts: NodeCounts::default(),
             duplicates: imbl::OrdMap::new(),
             invalid_shown: None,
-            state,
+            out,
         })
     }
 
@@ -171,7 +176,7 @@ impl Updater {
             };
             let decision = self.decide(observed, &local_view, received);
             self.publish(decision, &local_view, now);
-            let m = &self.state.metrics;
+            let m = &self.out.herd;
             m.snapshot_builds.inc();
             m.snapshot_build_seconds
                 .inc_by(cpu_start.elapsed().as_secs_f64());
@@ -263,7 +268,7 @@ impl Updater {
     fn decide(&mut self, observed: Observed, local_view: &NodeView, received: Arrival) -> Decision {
         let holding = self.members.iter().any(|m| m.verdict == Verdict::Hold);
         let stale = !local_view.connected || self.members[self.local].verdict == Verdict::Hold;
-        let previous = self.state.snapshot.load_full();
+        let previous = self.out.serving.snapshot.load_full();
         let patched = match &previous {
             Some(prev) if self.patchable && !observed.membership_changed && !holding => self.patch(
                 prev,
@@ -374,7 +379,7 @@ impl Updater {
             previous,
             revision,
             stale,
-            self.state.tie_seed,
+            self.out.serving.tie_seed,
             received,
         );
         self.counts = NodeCounts::of(snap.nodes.iter().map(|e| &*e.record));
@@ -400,9 +405,9 @@ impl Updater {
 
     /// Serves `snap`, then updates the node-count gauges when the counts changed.
     fn publish_snapshot(&mut self, snap: Snapshot) {
-        drop(self.state.snapshot.swap(Some(Arc::new(snap))));
+        drop(self.out.serving.snapshot.swap(Some(Arc::new(snap))));
         if self.counts.take_changed() {
-            let m = &self.state.metrics;
+            let m = &self.out.fleet;
             m.replace_node_counts(self.counts.labelled(), &self.counts.region_loads());
             m.set_hook_counts(&self.counts.hook_counts());
         }
@@ -440,14 +445,14 @@ impl Updater {
                 invalid.insert(Arc::from(key), why.clone());
             }
         }
-        self.state.metrics.invalid_records.set(invalid.len() as i64);
-        *self.state.invalid.lock().expect("invalid lock") = invalid;
+        self.out.fleet.invalid_records.set(invalid.len() as i64);
+        *self.out.status.invalid.lock().expect("invalid lock") = invalid;
         self.invalid_shown = Some((sources, self.duplicates.clone()));
     }
 
     /// Counts the invalid records each registry's follower saw since the last round.
     fn count_invalid_seen(&mut self) {
-        let m = &self.state.metrics;
+        let m = &self.out.fleet;
         for mem in self.members.iter_mut() {
             if let Some(view) = &mem.previous {
                 m.invalid_seen
@@ -460,9 +465,8 @@ impl Updater {
     /// Whether a protect threshold holds, the local registry's revision and
     /// connection, and when it was last in sync.
     fn publish_protection(&self, holding: bool, local_view: &NodeView) {
-        let state = &self.state;
-        let m = &state.metrics;
-        state
+        let (m, status) = (&self.out.fleet, &self.out.status);
+        status
             .protecting
             .store(holding, std::sync::atomic::Ordering::Relaxed);
         m.revision.set(local_view.revision);
@@ -472,15 +476,15 @@ impl Updater {
         }
         m.protect_active.set(holding as i64);
         if local_view.connected {
-            *state.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
+            *status.last_sync.lock().expect("last_sync lock") = Some(Instant::now());
         }
     }
 
-    /// Each registry's health as of `now`, in the metrics and in the state.
+    /// Each registry's health as of `now`, in the metrics and in the fleet's status.
     fn publish_statuses(&self, now: Instant) {
         let statuses = statuses(&self.members, self.local, now);
-        super::publish_statuses(&self.state.metrics, &statuses);
-        *self.state.registries.lock().expect("registries lock") = statuses;
+        super::publish_statuses(&self.out.registries, &statuses);
+        *self.out.status.registries.lock().expect("registries lock") = statuses;
     }
 }
 
@@ -512,13 +516,18 @@ fn statuses(members: &[Member], local: usize, now: Instant) -> Vec<RegistryStatu
 /// Runs [`run_updater`] on a thread of its own (a single-threaded runtime on the
 /// blocking pool), off the threads that answer requests; the returned future ends
 /// when it does.
-pub async fn spawn_updater(state: Arc<AppState>, inputs: Vec<Input>, cancel: CancellationToken) {
+pub async fn spawn_updater(
+    config: Arc<FileConfig>,
+    out: Outputs,
+    inputs: Vec<Input>,
+    cancel: CancellationToken,
+) {
     let handle = tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .expect("a single-threaded runtime for the snapshot updater");
-        rt.block_on(run_updater(state, inputs, cancel));
+        rt.block_on(run_updater(&config, out, inputs, cancel));
     });
     if let Err(e) = handle.await {
         tracing::error!(error = %e, "snapshot updater ended abnormally");

@@ -10,8 +10,9 @@
 //!   how each round observes its latest view.
 //! * [`counts`]: the node-count gauges, kept up to date report by report.
 //!
-//! [`crate::state`] holds only the handles the pipeline writes: the snapshot, the
-//! registries' health, the invalid records.
+//! The updater writes through [`Outputs`]: the snapshot ([`crate::state::Serving`]),
+//! the fleet's status ([`crate::state::FleetStatus`]: the registries' health, the
+//! invalid records, protect, the last sync) and its own metrics.
 
 pub mod counts;
 mod member;
@@ -21,6 +22,9 @@ pub mod protect;
 use std::sync::Arc;
 
 use registry::{Kv, Layout};
+
+use crate::metrics::{FleetMetrics, HerdMetrics, RegistryMetrics};
+use crate::state::{AppState, FleetStatus, Serving};
 
 pub use crate::state::RegistryStatus;
 pub use merge::{run_updater, spawn_updater, Input};
@@ -61,23 +65,44 @@ impl Registry {
     }
 }
 
+/// What the snapshot updater writes, and nothing else of the router's.
+pub struct Outputs {
+    /// The snapshot it serves (and the tie order it builds it with).
+    pub serving: Arc<Serving>,
+    /// The registries' health, the invalid records, protect, the last sync.
+    pub status: Arc<FleetStatus>,
+    /// Nodes, region loads, invalid records, the snapshot's revision, protect.
+    pub fleet: FleetMetrics,
+    /// Each registry's watch, nodes and demotion.
+    pub registries: RegistryMetrics,
+    /// Snapshot builds.
+    pub herd: HerdMetrics,
+}
+
+impl Outputs {
+    /// The updater's share of the router's handles.
+    pub fn of(state: &AppState) -> Outputs {
+        Outputs {
+            serving: state.serving.clone(),
+            status: state.status.clone(),
+            fleet: state.metrics.fleet.clone(),
+            registries: state.metrics.registries.clone(),
+            herd: state.metrics.herd.clone(),
+        }
+    }
+}
+
 /// Publishes each registry's health in the metrics (`router_registry_up`,
 /// `router_registry_nodes`, `router_registry_demoted`).
-pub fn publish_statuses(metrics: &crate::metrics::Metrics, statuses: &[RegistryStatus]) {
+pub fn publish_statuses(metrics: &crate::metrics::RegistryMetrics, statuses: &[RegistryStatus]) {
     for st in statuses {
         let labels = crate::metrics::RegistryLabels {
             registry: st.name.clone(),
         };
+        metrics.up.get_or_create(&labels).set(st.connected as i64);
+        metrics.nodes.get_or_create(&labels).set(st.nodes as i64);
         metrics
-            .registry_up
-            .get_or_create(&labels)
-            .set(st.connected as i64);
-        metrics
-            .registry_nodes
-            .get_or_create(&labels)
-            .set(st.nodes as i64);
-        metrics
-            .registry_demoted
+            .demoted
             .get_or_create(&labels)
             .set(if st.dropped { 2 } else { st.demoted as i64 });
     }

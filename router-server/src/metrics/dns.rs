@@ -1,10 +1,50 @@
-//! Totals of DNS queries by type and response code, for the fleet page (`/ops`), which
-//! reads them without walking the metrics families.
+//! The DNS side's metrics (`router_dns_*`), and the totals of queries by type and
+//! response code for the fleet page (`/ops`), which reads them without walking the
+//! metrics families.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use super::{DnsLabels, DnsRrlLabels, DnsTcpLabels};
+
+/// What the DNS side (`dns`, and DNS over HTTPS) counts.
+#[derive(Clone, Default)]
+pub struct DnsMetrics {
+    /// DNS queries by transport, type and response code.
+    pub queries: Family<DnsLabels, Counter>,
+    /// DNS answers held back by the response-rate limit.
+    pub rrl: Family<DnsRrlLabels, Counter>,
+    /// DNS-over-TCP connections the server closed or refused, by reason.
+    pub tcp_closed: Family<DnsTcpLabels, Counter>,
+    /// The same DNS counts as totals, for the fleet page.
+    pub totals: Arc<DnsTotals>,
+}
+
+impl DnsMetrics {
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "dns_queries",
+            "DNS queries by transport, query type and response code",
+            self.queries.clone(),
+        );
+        registry.register(
+            "dns_rrl",
+            "DNS answers over the response-rate limit, dropped or sent truncated",
+            self.rrl.clone(),
+        );
+        registry.register(
+            "dns_tcp_closed_by_server",
+            "DNS-over-TCP connections the server closed or refused, by reason",
+            self.tcp_closed.clone(),
+        );
+    }
+}
 
 /// Query types as counted (see [`crate::dns::qtype_label_of`]), plus what is not a query.
 pub const QTYPES: [&str; 9] = [

@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_once_and_end_at_inf() {
         let m = Metrics::default();
-        let h = m.latency.get_or_create(&RouteLabels { route: "/gateways" });
+        let h = m
+            .http
+            .latency
+            .get_or_create(&RouteLabels { route: "/gateways" });
         for secs in [0.00001, 0.00001, 0.0003, 0.002, 0.5, 100.0] {
             h.observe(secs);
         }

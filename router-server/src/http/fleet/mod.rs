@@ -60,7 +60,7 @@ pub fn routes(admin: bool) -> Router<Api> {
         .route(
             "/ops/blocks.json",
             get(|State(api): State<Api>| async move {
-                Json(api.state.guard.listing(registry::now_ms()))
+                Json(api.serving.guard.listing(registry::now_ms()))
             }),
         )
         .route(

@@ -110,11 +110,10 @@ pub(super) fn line(e: &NodeEntry, node_state: &'static str, projected: f64, now:
 
 /// The fleet as this router serves it now.
 pub fn fleet(api: &Api, admin: bool) -> Fleet {
-    let state = &api.state;
-    let snap = state.snapshot.load_full();
-    let herd = state.herd_view();
+    let snap = api.serving.snapshot.load_full();
+    let herd = api.serving.herd_view();
     let now = registry::now_ms();
-    let max_load = state.config.max_load;
+    let max_load = api.config.max_load;
     let mut regions: BTreeMap<&str, Vec<Node>> = BTreeMap::new();
     if let Some(s) = &snap {
         for e in s.nodes.iter() {

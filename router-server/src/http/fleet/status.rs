@@ -63,10 +63,10 @@ pub(super) fn router_status(
     admin: bool,
     snap: Option<&crate::schedule::Snapshot>,
 ) -> RouterStatus {
-    let state = &api.state;
-    let m = &state.metrics;
-    let max_load = state.config.max_load;
-    let invalid = state
+    let m = &api.metrics;
+    let max_load = api.config.max_load;
+    let invalid = api
+        .status
         .invalid
         .lock()
         .expect("invalid lock")
@@ -76,55 +76,57 @@ pub(super) fn router_status(
             reason: reason.clone(),
         })
         .collect();
-    let snapshot_age_secs = state
+    let snapshot_age_secs = api
+        .status
         .last_sync
         .lock()
         .expect("last_sync lock")
         .map(|t| t.elapsed().as_secs_f64());
     RouterStatus {
         ready: snap.is_some(),
-        registry_connected: m.registry_connected.get() == 1,
+        registry_connected: m.fleet.registry_connected.get() == 1,
         revision: snap.map(|s| s.revision).unwrap_or(0),
-        stale: snap.is_some_and(|s| s.stale) || state.lagging.load(Ordering::Relaxed),
+        stale: snap.is_some_and(|s| s.stale) || api.serving.lagging.load(Ordering::Relaxed),
         snapshot_age_secs,
-        protect_active: state.protecting.load(Ordering::Relaxed),
-        routers_live: state.routers.load(Ordering::Relaxed),
+        protect_active: api.status.protecting.load(Ordering::Relaxed),
+        routers_live: api.serving.routers.load(Ordering::Relaxed),
         routers: {
-            let all = state.router_peers.lock().expect("router_peers lock");
+            let all = api.status.router_peers.lock().expect("router_peers lock");
             let mut peers: Vec<_> = all.iter().flatten().cloned().collect();
             peers.sort();
             peers.dedup();
             peers
         },
         max_load,
-        max_lag_ms: state.config.max_lag_ms,
+        max_lag_ms: api.config.max_lag_ms,
         admin,
         invalid,
-        registries: with_health(state),
+        registries: with_health(&api.status),
         gateways_ok: m
+            .http
             .requests
             .get_or_create(&RequestLabels {
                 route: "/gateways",
                 status: 200,
             })
             .get(),
-        rate_limited: m.rate_limited.get(),
-        no_gateways: m.no_gateways.get(),
-        dns: state
+        rate_limited: m.edge.rate_limited.get(),
+        no_gateways: m.edge.no_gateways.get(),
+        dns: api
             .config
             .dns
             .enabled()
-            .then(|| m.dns_totals.status(&state.config.dns.zone)),
+            .then(|| m.dns.totals.status(&api.config.dns.zone)),
     }
 }
 
 /// Each registry's status, with its lag and its etcd's alarms as of now (they change
 /// without a new view).
-fn with_health(state: &crate::state::AppState) -> Vec<crate::membership::RegistryStatus> {
-    let mut statuses = state.registries.lock().expect("registries lock").clone();
+fn with_health(status: &crate::state::FleetStatus) -> Vec<crate::membership::RegistryStatus> {
+    let mut statuses = status.registries.lock().expect("registries lock").clone();
     let now = tokio::time::Instant::now();
-    let lags = state.lags.get();
-    let alarms = state.alarms.lock().expect("alarms lock");
+    let lags = status.lags.get();
+    let alarms = status.alarms.lock().expect("alarms lock");
     for st in &mut statuses {
         if let Some(l) = lags.and_then(|ls| ls.iter().find(|l| *l.registry == *st.name)) {
             st.lag_ms = l.current(now).map(|d| d.as_millis() as u64);

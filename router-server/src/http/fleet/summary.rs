@@ -133,11 +133,10 @@ fn list(mut nodes: Vec<Node>, limit: usize) -> NodeList {
 
 /// The fleet page's poll: region lines, and the nodes asked for.
 pub fn summary(api: &Api, admin: bool, want: &SummaryQuery) -> Summary {
-    let state = &api.state;
-    let snap = state.snapshot.load_full();
-    let herd = state.herd_view();
+    let snap = api.serving.snapshot.load_full();
+    let herd = api.serving.herd_view();
     let now = registry::now_ms();
-    let max_load = state.config.max_load;
+    let max_load = api.config.max_load;
     let total = snap.as_ref().map_or(0, |s| s.nodes.len());
     let all_open = total <= SMALL_FLEET;
     #[derive(Default)]

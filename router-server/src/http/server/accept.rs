@@ -63,7 +63,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Ctx, conns: TaskTrac
                 }
             },
         };
-        let Ok((id, slot)) = ctx.table.admit(peer.ip(), &ctx.state.metrics) else {
+        let Ok((id, slot)) = ctx.table.admit(peer.ip(), &ctx.metrics) else {
             // Closed at once: no byte read, nothing written.
             drop(stream);
             continue;
@@ -75,7 +75,7 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Ctx, conns: TaskTrac
             if let Some(reason) = *slot.shed_reason.lock().expect("shed reason lock") {
                 tracing::debug!(%peer, reason, "connection shed");
             }
-            ctx.table.remove(id, &ctx.state.metrics);
+            ctx.table.remove(id, &ctx.metrics);
         });
     }
 }

@@ -64,8 +64,7 @@ use tracing::{info, warn};
 
 use super::routes::App;
 use crate::config::HttpConfig;
-use crate::metrics::ConnLabels;
-use crate::state::AppState;
+use crate::metrics::{ConnLabels, ConnMetrics};
 use crate::tls::LiveTlsConfig;
 
 pub use accept::{connection_cap, raise_nofile_limit};
@@ -89,15 +88,17 @@ pub struct Endpoint {
 
 /// Serves each endpoint's app on it until `shutdown`, then closes down as the module
 /// says. Returns when every connection task has ended (or been cut at the grace
-/// deadline).
+/// deadline). Connections are counted in `metrics`.
 pub async fn serve_endpoints(
     endpoints: Vec<Endpoint>,
     http: &HttpConfig,
-    state: Arc<AppState>,
+    metrics: &ConnMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cap = connection_cap(http.max_connections, raise_nofile_limit());
-    state.metrics.connections_max.set(cap as i64);
+    metrics.max.set(cap as i64);
+    // One `Arc` for every connection task to share.
+    let metrics = Arc::new(metrics.clone());
     let table = Arc::new(ConnTable::new(
         Instant::now(),
         TableRules {
@@ -108,9 +109,8 @@ pub async fn serve_endpoints(
         },
     ));
     let limits = EdgeLimits::new(http);
-    let body_timeouts = state
-        .metrics
-        .connections_closed
+    let body_timeouts = metrics
+        .closed
         .get_or_create(&ConnLabels {
             reason: "body_timeout",
         })
@@ -133,7 +133,7 @@ pub async fn serve_endpoints(
             table: table.clone(),
             limits: limits.clone(),
             builder: builder.clone(),
-            state: state.clone(),
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             cut: cut.clone(),
             tls: ep.tls,
@@ -183,7 +183,8 @@ struct Ctx {
     table: Arc<ConnTable>,
     limits: EdgeLimits,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    state: Arc<AppState>,
+    /// The connections' series.
+    metrics: Arc<ConnMetrics>,
     shutdown: CancellationToken,
     cut: CancellationToken,
     tls: Option<LiveTlsConfig>,
@@ -199,7 +200,7 @@ impl Clone for Ctx {
             table: self.table.clone(),
             limits: self.limits.clone(),
             builder: self.builder.clone(),
-            state: self.state.clone(),
+            metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             cut: self.cut.clone(),
             tls: self.tls.clone(),
@@ -210,9 +211,8 @@ impl Clone for Ctx {
 
 impl Ctx {
     fn count_close(&self, reason: &'static str) {
-        self.state
-            .metrics
-            .connections_closed
+        self.metrics
+            .closed
             .get_or_create(&ConnLabels { reason })
             .inc();
     }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
     let cfg =
         FileConfig::parse("[http]\nrequest_timeout_ms = 100\nstall_timeout_ms = 400\n").unwrap();
-    let state = Arc::new(AppState::new(cfg.clone()));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let app = App {
         router: axum::Router::new().route("/stuck", get(std::future::pending::<&'static str>)),
         hot: None,
@@ -20,7 +20,7 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
-        let (state, shutdown) = (state.clone(), shutdown.clone());
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         async move {
             let endpoints = vec![Endpoint {
                 listener,
@@ -28,7 +28,7 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
                 app,
                 label: "",
             }];
-            serve_endpoints(endpoints, &cfg.http, state, shutdown).await
+            serve_endpoints(endpoints, &cfg.http, &metrics.connections, shutdown).await
         }
     });
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -44,7 +44,7 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
-    let text = state.metrics.render();
+    let text = metrics.render();
     assert!(
         text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
         "{text}"
@@ -56,7 +56,7 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
 #[tokio::test]
 async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_closed() {
     let cfg = FileConfig::parse("[http]\nbody_timeout_ms = 300\n").unwrap();
-    let state = Arc::new(AppState::new(cfg.clone()));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let app = App {
         router: axum::Router::new().route(
             "/echo",
@@ -68,7 +68,7 @@ async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_clos
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
-        let (state, shutdown) = (state.clone(), shutdown.clone());
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         async move {
             let endpoints = vec![Endpoint {
                 listener,
@@ -76,7 +76,7 @@ async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_clos
                 app,
                 label: "",
             }];
-            serve_endpoints(endpoints, &cfg.http, state, shutdown).await
+            serve_endpoints(endpoints, &cfg.http, &metrics.connections, shutdown).await
         }
     });
     // h2c with prior knowledge; two streams, each sending part of its body.
@@ -113,7 +113,7 @@ async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_clos
         .expect("the connection is closed")
         .unwrap()
         .ok();
-    let text = state.metrics.render();
+    let text = metrics.render();
     assert!(
         text.contains("router_connections_closed_by_server_total{reason=\"body_timeout\"} 2"),
         "{text}"

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::identity::connection_network;
-use crate::metrics::{ConnLabels, Metrics};
+use crate::metrics::{ConnLabels, ConnMetrics};
 
 /// `ConnTable::last_full_log_ms` before the cap was ever reached.
 const NEVER_LOGGED: u64 = u64::MAX;
@@ -176,7 +176,7 @@ impl ConnTable {
     pub(super) fn admit(
         &self,
         peer: IpAddr,
-        metrics: &Metrics,
+        metrics: &ConnMetrics,
     ) -> Result<(u64, Arc<Slot>), Refused> {
         self.admit_at(self.now_ms(), peer, metrics)
     }
@@ -185,13 +185,10 @@ impl ConnTable {
         &self,
         now: u64,
         peer: IpAddr,
-        metrics: &Metrics,
+        metrics: &ConnMetrics,
     ) -> Result<(u64, Arc<Slot>), Refused> {
         let count = |reason| {
-            metrics
-                .connections_closed
-                .get_or_create(&ConnLabels { reason })
-                .inc();
+            metrics.closed.get_or_create(&ConnLabels { reason }).inc();
         };
         let mut open = self.open.lock().expect("connection table lock");
         let network = self.network_of(peer);
@@ -243,7 +240,7 @@ impl ConnTable {
         if let Some(net) = network {
             *open.networks.entry(net).or_default() += 1;
         }
-        metrics.connections_open.set(open.slots.len() as i64);
+        metrics.open.set(open.slots.len() as i64);
         Ok((id, slot))
     }
 
@@ -256,10 +253,10 @@ impl ConnTable {
                 .is_ok()
     }
 
-    pub(super) fn remove(&self, id: u64, metrics: &Metrics) {
+    pub(super) fn remove(&self, id: u64, metrics: &ConnMetrics) {
         let mut open = self.open.lock().expect("connection table lock");
         open.remove(id);
-        metrics.connections_open.set(open.slots.len() as i64);
+        metrics.open.set(open.slots.len() as i64);
     }
 
     pub(super) fn len(&self) -> usize {

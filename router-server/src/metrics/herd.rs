@@ -1,0 +1,40 @@
+//! The herd accounting's metrics: snapshot builds, and the live routers its counts are
+//! scaled by.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Written by the snapshot updater (builds) and the router registration (`peers`: the
+/// live routers).
+#[derive(Clone, Default)]
+pub struct HerdMetrics {
+    /// Snapshots built since start.
+    pub snapshot_builds: Counter,
+    /// Seconds spent building snapshots (judging, building, publishing) since start.
+    pub snapshot_build_seconds: Counter<f64, AtomicU64>,
+    /// Live routers sharing the registry (herd counts are scaled by it).
+    pub routers_live: Gauge,
+}
+
+impl HerdMetrics {
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "snapshot_builds",
+            "Snapshots built from registry updates",
+            self.snapshot_builds.clone(),
+        );
+        registry.register(
+            "snapshot_build_seconds",
+            "Seconds spent turning registry updates into snapshots",
+            self.snapshot_build_seconds.clone(),
+        );
+        registry.register(
+            "routers_live",
+            "Live routers sharing the registry; herd counts are scaled by it",
+            self.routers_live.clone(),
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! [`Serving`]: what answering a client reads (the snapshot, the answer's constant
+//! tail, the region table, the guard, the herd's inputs, the stale mark, the routers'
+//! own addresses), for `/gateways`, DNS, DoH, `/resolve` and `/d`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+
+use crate::config::FileConfig;
+use crate::guard::Guard;
+use crate::herd::HerdView;
+use crate::identity::RegionTable;
+use crate::schedule::Snapshot;
+
+/// What every answer reads. Its writers: the snapshot updater (`membership`: the
+/// snapshot), the router registrations (`peers`: the router count, the routers'
+/// addresses), the lag's publication (`peers::publish_lag`: the herd lag, the stale
+/// mark) and the guard's followers (its lists). The rest is fixed at start.
+pub struct Serving {
+    /// The served snapshot; `None` until the first full load. In an `Arc` so that
+    /// request threads can keep a cache of it (see `http::gateways`).
+    pub snapshot: Arc<ArcSwapOption<Snapshot>>,
+    /// The constant part of every answer, serialized once (see [`crate::answer::answer_tail`]).
+    pub answer_tail: String,
+    /// The client-region table (`[regions] cidrs`), built once for `/gateways` and DNS.
+    pub regions: RegionTable,
+    /// What one client network may cost: block and allow lists, budgets.
+    pub guard: Arc<Guard>,
+    /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`),
+    /// for the snapshot's builder.
+    pub tie_seed: u64,
+    /// Live routers sharing the registry (this one included), from `P/routers/`.
+    pub routers: AtomicU64,
+    /// The steady lag (the largest registry's last heartbeat round trip), ms: the
+    /// herd window is longer by it, since a connection shows in a report that much
+    /// later.
+    pub herd_lag_ms: AtomicU64,
+    /// `herd_window_secs`, ms.
+    herd_window_ms: u64,
+    /// True while this router's view of its own registry is behind etcd by more than
+    /// `max_lag_ms`: answers are marked stale.
+    pub lagging: AtomicBool,
+    /// Per registry followed, the public addresses its live routers publish
+    /// (`--public-addr`), for the routers' own domain in DNS and HTTPDNS.
+    pub router_addrs: Mutex<Vec<Vec<IpAddr>>>,
+}
+
+impl Serving {
+    /// Nothing served yet, under `config`, with `guard`.
+    pub fn new(config: &FileConfig, guard: Arc<Guard>) -> Serving {
+        Serving {
+            snapshot: Arc::new(ArcSwapOption::empty()),
+            answer_tail: crate::answer::answer_tail(config),
+            regions: RegionTable::new(&config.regions.cidrs, &config.regions.default),
+            guard,
+            tie_seed: rand::random::<u64>() | 1,
+            routers: AtomicU64::new(1),
+            herd_lag_ms: AtomicU64::new(0),
+            herd_window_ms: config.herd_window_secs * 1000,
+            lagging: AtomicBool::new(false),
+            router_addrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The herd counts as a request sees them now.
+    pub fn herd_view(&self) -> HerdView {
+        HerdView::now(
+            self.herd_window_ms + self.herd_lag_ms.load(Ordering::Relaxed),
+            self.routers.load(Ordering::Relaxed),
+        )
+    }
+}
