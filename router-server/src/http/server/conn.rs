@@ -89,6 +89,7 @@ where
         table: ctx.table.clone(),
         body_timeout: ctx.limits.body,
         body_timeouts: ctx.body_timeouts.clone(),
+        stall_ms: ctx.limits.stall.as_millis() as u64,
     };
     let io = Progress {
         inner: io,
@@ -101,10 +102,19 @@ where
     );
     tokio::pin!(conn);
     let opened = Instant::now();
+    let epoch = ctx.table.epoch;
+    let at_ms = |at: Instant| at.saturating_duration_since(epoch).as_millis() as u64;
     // One timer per connection, set to its next deadline (not a periodic tick: a
     // hundred thousand idle connections must not wake the runtime every second).
-    let timer = tokio::time::sleep(ctx.limits.head);
+    let timer = tokio::time::sleep_until(opened + ctx.limits.head);
     tokio::pin!(timer);
+    slot.timer_ms
+        .store(at_ms(opened + ctx.limits.head), Ordering::Relaxed);
+    // Every rearming goes through here, so the slot knows when the timer fires.
+    let arm = |timer: std::pin::Pin<&mut tokio::time::Sleep>, at: Instant| {
+        slot.timer_ms.store(at_ms(at), Ordering::Relaxed);
+        timer.reset(at);
+    };
     // Set once the connection is asked to close: `graceful_shutdown` lets a request in
     // flight finish (HTTP/2 sends GOAWAY); a connection with nothing in flight that
     // still has not closed a moment later (a peer that ignores GOAWAY) is dropped.
@@ -119,11 +129,11 @@ where
                 }
                 conn.as_mut().graceful_shutdown();
                 closing = Some(Instant::now());
-                timer.as_mut().reset(Instant::now() + CLOSE_LINGER);
+                arm(timer.as_mut(), Instant::now() + CLOSE_LINGER);
             }
             _ = ctx.cut.cancelled() => return,
             _ = slot.busy.notified(), if closing.is_none() => {
-                timer.as_mut().reset(Instant::now() + ctx.limits.stall);
+                arm(timer.as_mut(), Instant::now() + ctx.limits.stall);
             }
             _ = timer.as_mut() => {
                 let now = Instant::now();
@@ -131,7 +141,7 @@ where
                     if slot.in_flight.load(Ordering::Relaxed) == 0 {
                         return;
                     }
-                    timer.as_mut().reset(now + CLOSE_LINGER);
+                    arm(timer.as_mut(), now + CLOSE_LINGER);
                     continue;
                 }
                 // Before its first request a connection has the head deadline (this
@@ -156,17 +166,17 @@ where
                         ctx.count_close("stalled");
                         return;
                     }
-                    timer.as_mut().reset(stalled_at);
+                    arm(timer.as_mut(), stalled_at);
                 } else if slot.phase() != Phase::Idle {
                     // Silent cannot last past the first byte; look again later.
-                    timer.as_mut().reset(now + ctx.limits.idle);
+                    arm(timer.as_mut(), now + ctx.limits.idle);
                 } else if now >= since + limit {
                     ctx.count_close(reason);
                     conn.as_mut().graceful_shutdown();
                     closing = Some(now);
-                    timer.as_mut().reset(now + CLOSE_LINGER);
+                    arm(timer.as_mut(), now + CLOSE_LINGER);
                 } else {
-                    timer.as_mut().reset(since + limit);
+                    arm(timer.as_mut(), since + limit);
                 }
             }
         }

@@ -7,13 +7,22 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[tokio::test]
-async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
-    let cfg =
-        FileConfig::parse("[http]\nrequest_timeout_ms = 100\nstall_timeout_ms = 400\n").unwrap();
+/// A server on loopback with `/ok` and `/stuck` (never answers), configured by `toml`;
+/// its address, metrics, shutdown token and task.
+fn stall_server(
+    toml: &str,
+) -> (
+    std::net::SocketAddr,
+    Arc<crate::metrics::Metrics>,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let cfg = FileConfig::parse(toml).unwrap();
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let app = App {
-        router: axum::Router::new().route("/stuck", get(std::future::pending::<&'static str>)),
+        router: axum::Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route("/stuck", get(std::future::pending::<&'static str>)),
         hot: None,
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -31,7 +40,12 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
             serve_endpoints(endpoints, &cfg.http, &metrics.connections, shutdown).await
         }
     });
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    (addr, metrics, shutdown, server)
+}
+
+/// Sends `GET /stuck` on `s` and waits for the server to drop the connection; how long
+/// that took.
+async fn stuck_until_dropped(s: &mut tokio::net::TcpStream) -> Duration {
     let start = std::time::Instant::now();
     s.write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -42,7 +56,53 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
         .expect("dropped, not left hanging")
         .unwrap_or(0);
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
+    let (addr, metrics, shutdown, server) =
+        stall_server("[http]\nrequest_timeout_ms = 100\nstall_timeout_ms = 400\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let took = stuck_until_dropped(&mut s).await;
+    assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
+    let text = metrics.render();
+    assert!(
+        text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
+        "{text}"
+    );
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// A kept-alive connection whose timer waits for its idle deadline, a minute away
+/// (HTTP/2: hyper's own head timeout closes an idle HTTP/1 connection first): the
+/// request that then gets stuck wakes the timer and is dropped at the stall limit.
+#[tokio::test]
+async fn a_stuck_request_on_an_idle_connection_is_dropped_at_the_stall_limit() {
+    let (addr, metrics, shutdown, server) = stall_server(
+        "[http]\nrequest_timeout_ms = 100\nidle_timeout_secs = 60\nstall_timeout_ms = 400\n",
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let (resp, _) = client
+        .send_request(Request::get("http://x/ok").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    // Past the head deadline: the timer now waits for the idle one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let (resp, _) = client
+        .send_request(Request::get("http://x/stuck").body(()).unwrap(), true)
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = resp.await;
+        let _ = conn.await;
+    })
+    .await;
     let took = start.elapsed();
+    assert!(dropped.is_ok(), "left hanging");
     assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
     let text = metrics.render();
     assert!(

@@ -45,7 +45,11 @@ pub(super) struct Slot {
     network: Option<IpAddr>,
     /// Fired to close the connection (shed, or shutdown).
     pub(super) close: CancellationToken,
-    /// Told when the connection turns busy, so its timer watches for a stall.
+    /// Milliseconds since the table's epoch when the connection's timer fires next
+    /// (kept by the connection's task).
+    pub(super) timer_ms: AtomicU64,
+    /// Told when the connection turns busy while its timer would fire later than the
+    /// stall limit, so the timer watches for a stall.
     pub(super) busy: Notify,
     /// Why it was closed by the table, for the metric.
     pub(super) shed_reason: Mutex<Option<&'static str>>,
@@ -158,9 +162,12 @@ impl ConnTable {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub(super) fn set_phase(&self, slot: &Slot, phase: Phase) {
+    /// Sets `slot`'s phase as of now; returns now (ms since the epoch).
+    pub(super) fn set_phase(&self, slot: &Slot, phase: Phase) -> u64 {
+        let now = self.now_ms();
         slot.phase.store(phase as u8, Ordering::Relaxed);
-        slot.since_ms.store(self.now_ms(), Ordering::Relaxed);
+        slot.since_ms.store(now, Ordering::Relaxed);
+        now
     }
 
     /// The network `peer` counts against, if it is counted at all.
@@ -231,6 +238,7 @@ impl ConnTable {
             served: AtomicU64::new(0),
             since_ms: AtomicU64::new(now),
             progress_ms: AtomicU64::new(now),
+            timer_ms: AtomicU64::new(u64::MAX),
             network,
             close: CancellationToken::new(),
             busy: Notify::new(),
