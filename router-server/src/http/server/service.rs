@@ -92,7 +92,9 @@ impl ConnService {
             && req.uri().authority().is_none()
             && !req.headers().contains_key(header::HOST);
         let draining = self.draining.clone();
-        let expired = Arc::new(AtomicBool::new(false));
+        // Set by a body's deadline; only a request with a body has one (the hot route
+        // allocates nothing for it).
+        let mut expired: Option<Arc<AtomicBool>> = None;
         let answer = if no_host {
             Either::Left(std::future::ready(
                 ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response(),
@@ -111,13 +113,13 @@ impl ConnService {
                         req.map(Body::new)
                     } else {
                         let limit = self.body_timeout;
-                        let expired = expired.clone();
+                        let flag = expired.insert(Arc::new(AtomicBool::new(false))).clone();
                         req.map(|inner| {
                             Body::new(TimedBody {
                                 inner,
                                 deadline: Box::pin(tokio::time::sleep(limit)),
                                 limit,
-                                expired,
+                                expired: flag,
                                 done: false,
                             })
                         })
@@ -137,7 +139,7 @@ impl ConnService {
                 Either::Left(ready) => ready.await,
                 Either::Right(routed) => routed.await.unwrap_or_else(|e| match e {}),
             };
-            if expired.load(Ordering::Relaxed) {
+            if expired.is_some_and(|e| e.load(Ordering::Relaxed)) {
                 // Whatever the handler answered to the failed read, the client hears
                 // why, and the connection goes: the rest of its body is not wanted.
                 resp = body_timeout_answer(limit);
