@@ -9,6 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use registry::DEFAULT_PREFIX;
 
 use super::ctl_args::CtlArgs;
+use super::shared_args::{
+    parse_etcd, parse_prefix, parse_principal, parse_registry, RouterEtcdFlags,
+};
 
 /// Routes long-connection clients to gateway nodes.
 ///
@@ -64,8 +67,6 @@ impl Cli {
     }
 }
 
-registry::etcd_security_flags!(RouterEtcdFlags, "ROUTER");
-
 /// The shortest token accepted: 16 bytes (128 bits when random).
 pub const MIN_TOKEN_BYTES: usize = 16;
 
@@ -116,27 +117,6 @@ pub enum Command {
     Demo(DemoArgs),
     /// Operate the fleet: list nodes, drain, migrate, serve, rebalance.
     Ctl(CtlArgs),
-}
-
-pub(super) fn parse_etcd(s: &str) -> Result<String, String> {
-    registry::etcd::parse_endpoints(s)
-        .map(|v| v.join(","))
-        .map_err(|e| e.to_string())
-}
-
-pub(super) fn parse_registry(s: &str) -> Result<(String, String), String> {
-    let (name, urls) = s
-        .trim()
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not NAME=URL[,URL...]"))?;
-    let name = name.trim();
-    registry::record::validate_id(name).map_err(|e| format!("registry name {name:?}: {e}"))?;
-    Ok((name.to_string(), parse_etcd(urls)?))
-}
-
-pub(super) fn parse_prefix(s: &str) -> Result<String, String> {
-    registry::keys::validate_prefix(s).map_err(|e| e.to_string())?;
-    Ok(s.to_string())
 }
 
 /// Flags of `router-server serve`.
@@ -267,10 +247,4 @@ pub struct DemoArgs {
     /// beside the router it checks for (before a restart or a reload).
     #[arg(long)]
     pub check_config: bool,
-}
-
-pub(super) fn parse_principal(s: &str) -> Result<String, String> {
-    registry::record::validate_id(s)
-        .map(|()| s.to_string())
-        .map_err(|e| e.to_string())
 }

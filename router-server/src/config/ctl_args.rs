@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use registry::DEFAULT_PREFIX;
 
-use super::args::{parse_etcd, parse_prefix, parse_principal, parse_registry, RouterEtcdFlags};
+use super::shared_args::{
+    parse_etcd, parse_prefix, parse_principal, parse_registry, RouterEtcdFlags,
+};
 
 /// Flags of `router-server ctl`.
 #[derive(Debug, Clone, Args)]

@@ -4,7 +4,8 @@
 //! configuration. [`FileConfig::validate`] is the one place that turns a bad value into
 //! a message naming the key; `main` prints it and exits 2.
 //!
-//! The command line is in `args` (`serve`, `demo`) and `ctl_args` (`ctl`); the file's
+//! The command line is in `args` (`serve`, `demo`) and `ctl_args` (`ctl`), what both take
+//! in `shared_args`; the file's
 //! types and defaults in `file`, its rules in `validate`, `[dns]` and `[httpdns]` in
 //! [`dns`].
 
@@ -14,11 +15,10 @@ pub mod dns;
 mod error;
 mod explain_args;
 mod file;
+mod shared_args;
 mod validate;
 
-pub use args::{
-    check_token, Cli, Command, DemoArgs, RouterEtcdFlags, ServeArgs, TokenProblem, MIN_TOKEN_BYTES,
-};
+pub use args::{check_token, Cli, Command, DemoArgs, ServeArgs, TokenProblem, MIN_TOKEN_BYTES};
 pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp};
 pub use error::ConfigError;
 pub use explain_args::ExplainArgs;
@@ -26,4 +26,5 @@ pub use file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,
 };
+pub use shared_args::RouterEtcdFlags;
 pub use validate::MAX_CANDIDATES;

@@ -3,12 +3,12 @@
 
 use ipnet::IpNet;
 
-use super::args::{parse_etcd, parse_prefix};
 use super::error::ConfigError;
 use super::file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,
 };
+use super::shared_args::{parse_etcd, parse_prefix};
 
 /// The most candidates one answer can hold (`/gateways` allows 10; a DNS answer more):
 /// the bound `[dns] count` is checked against, and selection's ([`crate::schedule::MAX_COUNT`]).
