@@ -42,7 +42,7 @@ pub const MAX_DNS_MESSAGE: usize = u16::MAX as usize;
 
 /// The routes, over `dns`.
 pub fn routes(dns: Arc<Dns>) -> Router {
-    let doh = crate::http::routes::limit_body(
+    let doh = super::body_limit::limit_body(
         Router::new().route("/dns-query", get(doh_get).post(doh_post)),
         MAX_DNS_MESSAGE,
     );

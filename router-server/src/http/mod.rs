@@ -11,6 +11,7 @@
 //! The answer's JSON lives in [`crate::answer`]; nothing here writes the handles of
 //! [`crate::state`], it only reads them.
 
+mod body_limit;
 pub mod dns;
 pub mod error;
 pub mod fleet;

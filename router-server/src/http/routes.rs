@@ -4,13 +4,13 @@
 //! Request bodies: every route takes at most [`MAX_BODY_BYTES`] (the admin API's JSON
 //! is small), `/dns-query` at most [`super::dns::MAX_DNS_MESSAGE`]. A declared
 //! `Content-Length` above the limit is answered 413 `payload_too_large` before any
-//! byte of the body is read; a chunked body is cut where it crosses the limit. How
+//! byte of the body is read; a chunked body is cut where it crosses the limit
+//! ([`super::body_limit`]). How
 //! long a body may take to arrive is the server's business ([`super::server`]).
 
 use gateway_api::ErrorCode;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use axum::http::Uri;
 
+use super::body_limit::limit_body;
 use super::error::ApiError;
 use super::gateways::{answer, Api, Gateways};
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -73,40 +74,6 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 /// The largest request body any route takes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Bodies of at most `max` bytes on `router`'s routes: a declared `Content-Length`
-/// above it is answered 413 before a byte of the body is read; a longer chunked body
-/// is cut by the extractors' `DefaultBodyLimit` (their 413 gets the contract's body
-/// in [`edge`]).
-///
-/// Not tower-http's `RequestBodyLimitLayer`: its cut of a chunked body reaches axum's
-/// extractors as an unknown body error (400), not as a length limit (413).
-pub(crate) fn limit_body<S>(router: Router<S>, max: usize) -> Router<S>
-where
-    S: Clone + Send + Sync + 'static,
-{
-    router
-        .route_layer(DefaultBodyLimit::max(max))
-        .route_layer(middleware::from_fn_with_state(max, declared_length))
-}
-
-/// Refuses a request whose declared body is over `max` bytes, without reading it.
-async fn declared_length(State(max): State<usize>, req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(len) if len > max as u64 => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is {len} bytes; the limit is {max}"),
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    }
-}
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
