@@ -7,12 +7,27 @@ use std::time::Duration;
 use registry::follow::NodeView;
 use registry::imbl;
 use registry::NodeRecord;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::merge::Input;
 use super::protect::{Protect, Verdict};
 use crate::config::FileConfig;
+
+/// One registry's views, as the updater takes them.
+pub struct Input {
+    /// The registry's (DC's) name.
+    pub name: Arc<str>,
+    /// This router's own DC.
+    pub local: bool,
+    /// `P/nodes/` of this registry, to name its invalid records.
+    pub nodes_prefix: String,
+    /// The follower's views.
+    pub views: watch::Receiver<Arc<NodeView>>,
+    /// How far behind etcd the views are (see [`crate::lag`]): reports are placed at
+    /// the moment etcd had them. `None`: not measured, taken as none.
+    pub lag: Option<Arc<crate::lag::Lag>>,
+}
 
 /// A report of a known node: the registry it came from (by index), its old record and
 /// its new one.

@@ -7,13 +7,12 @@ use std::time::Duration;
 use registry::follow::NodeView;
 use registry::imbl;
 use registry::NodeRecord;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use super::counts::NodeCounts;
-use super::member::{Member, Report};
+use super::member::{Input, Member, Report};
 use super::protect::Verdict;
 use super::{Outputs, RegistryStatus};
 use crate::config::FileConfig;
@@ -21,21 +20,6 @@ use crate::schedule::{Arrival, Snapshot};
 
 /// Invalid records (or duplicate ids) by key, with the reason.
 type Invalid = imbl::OrdMap<Arc<str>, String>;
-
-/// One registry's views, as the updater takes them.
-pub struct Input {
-    /// The registry's (DC's) name.
-    pub name: Arc<str>,
-    /// This router's own DC.
-    pub local: bool,
-    /// `P/nodes/` of this registry, to name its invalid records.
-    pub nodes_prefix: String,
-    /// The follower's views.
-    pub views: watch::Receiver<Arc<NodeView>>,
-    /// How far behind etcd the views are (see [`crate::lag`]): reports are placed at
-    /// the moment etcd had them. `None`: not measured, taken as none.
-    pub lag: Option<Arc<crate::lag::Lag>>,
-}
 
 /// `r` as served: tagged with the DC that holds it.
 fn tagged(r: &Arc<NodeRecord>, dc: &Arc<str>) -> Arc<NodeRecord> {

@@ -27,7 +27,8 @@ use crate::metrics::{FleetMetrics, HerdMetrics, RegistryMetrics};
 use crate::state::{AppState, FleetStatus, Serving};
 
 pub use crate::state::RegistryStatus;
-pub use merge::{run_updater, spawn_updater, Input};
+pub use member::Input;
+pub use merge::{run_updater, spawn_updater};
 pub use protect::{Protect, Verdict};
 
 /// One registry to follow: a data centre's etcd.
