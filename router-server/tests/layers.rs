@@ -1,7 +1,9 @@
 //! The router's layers, checked: each top-level module of `src/` belongs to one layer
 //! and may import (`crate::...`) only modules of its own layer or below, and the
-//! modules' imports form no loop. A new module must be given a layer here; an import
-//! that breaks the rule fails this test with the file that makes it.
+//! modules' imports form no loop; inside a module, its files' imports of each other
+//! (`super::name`, `crate::module::name`) form no loop either. A new module must be
+//! given a layer here; an import that breaks the rule fails this test with the file
+//! that makes it.
 //!
 //! Layers, bottom to top (see ARCHITECTURE.md):
 //!
@@ -164,6 +166,107 @@ fn problems(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<String> 
         problems.push(format!("import loop: {l}"));
     }
     problems
+}
+
+/// Loops between the files of one folder: each file (not `mod.rs`, which declares
+/// them all) against the sibling files and folders it imports through `super::NAME`
+/// or `crate::PATH::NAME`.
+fn file_loops(src: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut graph: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+    for file in &files {
+        let dir = file.parent().unwrap();
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        if name == "mod" || name == "lib" || name == "main" || dir == src {
+            continue;
+        }
+        let module_path = dir
+            .strip_prefix(src)
+            .unwrap()
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join("::");
+        let text = code(&std::fs::read_to_string(file).unwrap());
+        let own = dir.join(&name);
+        let deps = graph.entry(own.clone()).or_default();
+        for prefix in ["super::".to_string(), format!("crate::{module_path}::")] {
+            for (i, _) in text.match_indices(&prefix) {
+                if prefix == "super::" && i > 0 && text[..i].ends_with("::") {
+                    continue; // `super::super::...`, or a longer path
+                }
+                let sibling: String = text[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let target = dir.join(&sibling);
+                let exists = target.with_extension("rs").is_file() || target.is_dir();
+                if exists && target != own {
+                    deps.insert(target);
+                }
+            }
+        }
+    }
+    // Any cycle, by a depth-first walk; each is reported once, from its least file.
+    fn walk<'a>(
+        f: &'a PathBuf,
+        graph: &'a BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+        path: &mut Vec<&'a PathBuf>,
+        done: &mut BTreeSet<&'a PathBuf>,
+        found: &mut Vec<Vec<&'a PathBuf>>,
+    ) {
+        if let Some(i) = path.iter().position(|p| *p == f) {
+            found.push(path[i..].to_vec());
+            return;
+        }
+        if !done.insert(f) {
+            return;
+        }
+        path.push(f);
+        for dep in graph.get(f).into_iter().flatten() {
+            walk(dep, graph, path, done, found);
+        }
+        path.pop();
+    }
+    let mut found = Vec::new();
+    let mut done = BTreeSet::new();
+    for f in graph.keys() {
+        walk(f, &graph, &mut Vec::new(), &mut done, &mut found);
+    }
+    let show = |p: &PathBuf| p.strip_prefix(src).unwrap().display().to_string();
+    let mut loops = Vec::new();
+    for cycle in found {
+        let names: Vec<String> = cycle.iter().map(|p| show(p)).collect();
+        loops.push(format!(
+            "import loop between files: {} -> {}",
+            names.join(" -> "),
+            names[0]
+        ));
+    }
+    loops
+}
+
+#[test]
+fn the_files_of_a_module_import_each_other_in_one_direction() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let loops = file_loops(&src);
+    assert!(loops.is_empty(), "{}", loops.join("\n"));
+}
+
+#[test]
+fn the_file_check_finds_two_files_importing_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::create_dir(src.join("http")).unwrap();
+    std::fs::write(src.join("http/mod.rs"), "mod a;\nmod b;\n").unwrap();
+    std::fs::write(src.join("http/a.rs"), "use super::b::B;\n").unwrap();
+    std::fs::write(src.join("http/b.rs"), "use crate::http::a::A;\n").unwrap();
+    std::fs::write(src.join("http/c.rs"), "use super::a::A;\n").unwrap();
+    assert_eq!(
+        file_loops(src),
+        ["import loop between files: http/a -> http/b -> http/a"]
+    );
 }
 
 #[test]
