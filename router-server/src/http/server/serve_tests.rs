@@ -7,24 +7,29 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A server on loopback with `/ok` and `/stuck` (never answers), configured by `toml`;
-/// its address, metrics, shutdown token and task.
-fn stall_server(
-    toml: &str,
-) -> (
+/// What a test server gives back: its address, metrics, shutdown token and task.
+type TestServer = (
     std::net::SocketAddr,
     Arc<crate::metrics::Metrics>,
     CancellationToken,
     tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let cfg = FileConfig::parse(toml).unwrap();
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let app = App {
-        router: axum::Router::new()
+);
+
+/// A server on loopback with `/ok` and `/stuck` (never answers), configured by `toml`.
+fn stall_server(toml: &str) -> TestServer {
+    serve_app(
+        toml,
+        axum::Router::new()
             .route("/ok", get(|| async { "ok" }))
             .route("/stuck", get(std::future::pending::<&'static str>)),
-        hot: None,
-    };
+    )
+}
+
+/// A server on loopback serving `router`, configured by `toml`.
+fn serve_app(toml: &str, router: axum::Router) -> TestServer {
+    let cfg = FileConfig::parse(toml).unwrap();
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let app = App { router, hot: None };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -41,6 +46,15 @@ fn stall_server(
         }
     });
     (addr, metrics, shutdown, server)
+}
+
+/// The server counted one connection closed for a stall.
+fn assert_closed_stalled(metrics: &crate::metrics::Metrics) {
+    let text = metrics.render();
+    assert!(
+        text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
+        "{text}"
+    );
 }
 
 /// Sends `GET /stuck` on `s` and waits for the server to drop the connection; how long
@@ -66,11 +80,7 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let took = stuck_until_dropped(&mut s).await;
     assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
-    let text = metrics.render();
-    assert!(
-        text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
-        "{text}"
-    );
+    assert_closed_stalled(&metrics);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -104,41 +114,20 @@ async fn a_stuck_request_on_an_idle_connection_is_dropped_at_the_stall_limit() {
     let took = start.elapsed();
     assert!(dropped.is_ok(), "left hanging");
     assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
-    let text = metrics.render();
-    assert!(
-        text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
-        "{text}"
-    );
+    assert_closed_stalled(&metrics);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_closed() {
-    let cfg = FileConfig::parse("[http]\nbody_timeout_ms = 300\n").unwrap();
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let app = App {
-        router: axum::Router::new().route(
+    let (addr, metrics, shutdown, server) = serve_app(
+        "[http]\nbody_timeout_ms = 300\n",
+        axum::Router::new().route(
             "/echo",
             axum::routing::post(|body: Bytes| async move { body.len().to_string() }),
         ),
-        hot: None,
-    };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn({
-        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
-        async move {
-            let endpoints = vec![Endpoint {
-                listener,
-                tls: None,
-                app,
-                label: "",
-            }];
-            serve_endpoints(endpoints, &cfg.http, &metrics.connections, shutdown).await
-        }
-    });
+    );
     // h2c with prior knowledge; two streams, each sending part of its body.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
