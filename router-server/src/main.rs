@@ -212,14 +212,7 @@ fn wanted_registries(args: &ServeArgs, config: &FileConfig) -> Vec<Wanted> {
             name: r.name.clone(),
             endpoints: r.etcd.clone(),
             prefix: r.prefix.clone().unwrap_or_else(|| args.prefix.clone()),
-            security: registry::security::EtcdSecurity {
-                cacert: r.cacert.clone(),
-                cert: r.cert.clone(),
-                key: r.key.clone(),
-                user: r.user.clone(),
-                password_file: r.password_file.clone(),
-                insecure_transport: r.insecure_transport,
-            },
+            security: r.security(),
             local: r.local,
         });
     }

@@ -27,6 +27,10 @@ pub struct CtlArgs {
     /// Key prefix in etcd.
     #[arg(long, env = "ROUTER_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix)]
     pub prefix: String,
+    /// The router's configuration file (`serve --config`): its `[[registries]]` are
+    /// addressed too, each with its own etcd TLS and credentials from the file.
+    #[arg(long, env = "ROUTER_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// TLS and credentials for etcd.
     #[command(flatten)]
     pub etcd_security: RouterEtcdFlags,

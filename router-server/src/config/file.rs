@@ -94,6 +94,20 @@ pub struct RegistryConfig {
     pub insecure_transport: bool,
 }
 
+impl RegistryConfig {
+    /// Its etcd TLS and authentication, as the `--etcd-*` flags would give them.
+    pub fn security(&self) -> registry::security::EtcdSecurity {
+        registry::security::EtcdSecurity {
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            user: self.user.clone(),
+            password_file: self.password_file.clone(),
+            insecure_transport: self.insecure_transport,
+        }
+    }
+}
+
 /// The `[backoff]` table, sent to clients as-is: `gateway_api::Backoff`, read strictly
 /// (a key it does not have is an error naming it; keys left out take the defaults).
 pub type BackoffConfig = gateway_api::Backoff;

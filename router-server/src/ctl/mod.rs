@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use registry::etcd::{connect_at_start, EtcdOptions};
+use registry::security::EtcdSecurity;
 use registry::{CommandAction, Kv, Layout, NodeRecord};
 use tokio::time::Instant;
 
-use crate::config::{AuthOp, CtlArgs, CtlOp};
+use crate::config::{AuthOp, CtlArgs, CtlOp, FileConfig};
 
 mod auth;
 mod bind;
@@ -63,21 +64,47 @@ pub async fn run(args: CtlArgs) -> i32 {
     exit_status(&targets, result)
 }
 
-/// Connects to every registry of `--etcd` (named `default`) and `--registry`, and
-/// checks that each answers; `Err`: the exit status (after saying why on stderr).
-async fn connect(args: &CtlArgs, layout: &Layout) -> Result<Vec<Target>, i32> {
+/// Every registry to address: `--etcd` (named `default`) and `--registry` with the
+/// `--etcd-*` flags' credentials, then the `[[registries]]` of `--config` with their
+/// own, as `serve` follows them.
+fn wanted(args: &CtlArgs) -> Vec<(String, String, EtcdSecurity)> {
     let security = args.etcd_security.security();
-    let mut wanted: Vec<(String, String)> = args
+    let mut wanted: Vec<(String, String, EtcdSecurity)> = args
         .etcd
         .iter()
-        .map(|e| ("default".to_string(), e.clone()))
+        .map(|e| ("default".to_string(), e.clone(), security.clone()))
         .collect();
-    wanted.extend(args.registries.iter().cloned());
-    if wanted.is_empty() {
-        registry::cli::exit_invalid("give --etcd URL[,URL...] or --registry NAME=URL[,URL...]");
+    wanted.extend(
+        args.registries
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.clone(), security.clone())),
+    );
+    if let Some(path) = &args.config {
+        let config = FileConfig::load(path).unwrap_or_else(|e| registry::cli::exit_invalid(e));
+        for r in &config.registries {
+            if let Some(p) = r.prefix.as_ref().filter(|p| **p != args.prefix) {
+                registry::cli::exit_invalid(format!(
+                    "registry {:?} of {} keeps its keys under {p:?}: give ctl --prefix {p} to address it",
+                    r.name,
+                    path.display()
+                ));
+            }
+            wanted.push((r.name.clone(), r.etcd.clone(), r.security()));
+        }
     }
+    if wanted.is_empty() {
+        registry::cli::exit_invalid(
+            "give --etcd URL[,URL...], --registry NAME=URL[,URL...] or --config FILE with [[registries]]",
+        );
+    }
+    wanted
+}
+
+/// Connects to every registry [`wanted`] names, and checks that each answers; `Err`:
+/// the exit status (after saying why on stderr).
+async fn connect(args: &CtlArgs, layout: &Layout) -> Result<Vec<Target>, i32> {
     let mut targets = Vec::new();
-    for (name, spec) in wanted {
+    for (name, spec, security) in wanted(args) {
         if targets.iter().any(|t: &Target| t.name == name) {
             registry::cli::exit_invalid(format!("registry {name:?} is given twice"));
         }

@@ -6,6 +6,7 @@
 
 mod bad_credentials;
 mod least_privilege;
+mod per_registry;
 mod rotation;
 
 use std::path::{Path, PathBuf};
