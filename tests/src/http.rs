@@ -47,7 +47,11 @@ pub fn get_json_from(
     addr: SocketAddr,
     path: &str,
 ) -> Option<(u16, serde_json::Value)> {
-    let (code, body) = get_over(connect_from(from, addr, None).ok()?, addr, path)?;
+    json(get_over(connect_from(from, addr, None).ok()?, addr, path)?)
+}
+
+/// A status and body with the body parsed as JSON (`Value::Null` when not JSON).
+fn json((code, body): (u16, String)) -> Option<(u16, serde_json::Value)> {
     Some((
         code,
         serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
@@ -72,11 +76,7 @@ fn get_over(mut s: TcpStream, addr: SocketAddr, path: &str) -> Option<(u16, Stri
 
 /// A GET returning the status and the body parsed as JSON (`Value::Null` when not JSON).
 pub fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
-    let (code, body) = http_get(addr, path)?;
-    Some((
-        code,
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-    ))
+    json(http_get(addr, path)?)
 }
 
 /// Receives hook POSTs; records each body and answers 200.

@@ -405,12 +405,7 @@ impl FileGateway {
     /// What a client from `from` reads before the gateway closes: "hello", or nothing
     /// when it was refused.
     fn greet(&self, from: &str) -> String {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        let from: std::net::IpAddr = from.parse().unwrap();
-        socket.bind(&SocketAddr::new(from, 0).into()).unwrap();
-        socket.connect(&self.addr.into()).unwrap();
-        let mut conn: std::net::TcpStream = socket.into();
+        let mut conn = harness::connect_from(from.parse().unwrap(), self.addr, None).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut got = Vec::new();
