@@ -68,6 +68,14 @@ impl RunState {
         m.registrations.inc();
         m.registered.set(1);
         self.last_written = Some((self.d.clone(), Instant::now()));
+        if let Some(old) = self.superseded.take() {
+            // The record lives under the new lease now; the old one holds
+            // nothing of ours. Revoked before the status names the new lease,
+            // so whoever waits for that lease finds the old one gone.
+            if let Err(e) = lease_revoke(&*self.agent.kv, old).await {
+                debug!(error = %e, "revoking the previous run's lease failed; it expires with its TTL");
+            }
+        }
         self.agent.status.send_modify(|s| {
             s.registrations += 1;
             s.writes += 1;
@@ -81,13 +89,6 @@ impl RunState {
             info!(node_id = %self.agent.config.node.id, lease = format_args!("{id:x}"), ttl_secs = ttl.as_secs(), "registered");
         }
         self.resume = None;
-        if let Some(old) = self.superseded.take() {
-            // The record lives under the new lease now; the old one holds
-            // nothing of ours.
-            if let Err(e) = lease_revoke(&*self.agent.kv, old).await {
-                debug!(error = %e, "revoking the previous run's lease failed; it expires with its TTL");
-            }
-        }
     }
 
     /// Renews the lease when a renewal is due. `Some(false)` when the lease was lost
