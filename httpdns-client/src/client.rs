@@ -1,67 +1,27 @@
 //! The client: candidates from a router, with fallbacks (the cache file, the fallback
 //! domain), and which answer a call may use.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::cache_file::{now_ms, read_cache, write_atomically, CacheFile};
+use crate::answer::to_gateways;
+pub use crate::answer::{
+    BackoffExt, BackoffParams, Gateway, Gateways, InvalidAnswer, RouterAnswer, Source,
+};
 pub use crate::cache_file::{parse_cache_file, CacheFileError};
+use crate::cache_file::{read_cache, CacheFile};
 pub use crate::config::{Config, Proto};
 pub use crate::connect::{race, Connection};
-use crate::dns::{DnsSource, HttpDns};
+use crate::dns::HttpDns;
+use crate::error::Error;
 use crate::error::{Failure, FailureKind};
+use crate::files::{now_ms, write_atomically};
 use crate::http::Http;
 use crate::limits::later;
-use crate::router::RouterOutcome;
-pub use crate::router::{BackoffExt, BackoffParams, Gateway, InvalidAnswer, RouterAnswer};
-use crate::Error;
-
-/// Where an answer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Source {
-    /// A router, reached at `addr`, whose address came from `dns`.
-    Router {
-        /// The router address used.
-        addr: SocketAddr,
-        /// How that address was found.
-        dns: DnsSource,
-    },
-    /// The persistent cache file (no router answered).
-    CacheFile,
-    /// The fallback gateway domain, resolved through `dns`.
-    FallbackDomain {
-        /// HTTPDNS or local DNS.
-        dns: DnsSource,
-    },
-}
-
-/// Candidates and the connection settings that came with them.
-#[derive(Debug, Clone)]
-pub struct Gateways {
-    /// Candidates, best first.
-    pub gateways: Vec<Gateway>,
-    /// The region the router used, if it said.
-    pub region: Option<String>,
-    /// How long the router allows reuse (1 s ..= 1 day, whatever the router said).
-    pub ttl: Duration,
-    /// Heartbeat interval for the gateway connection (1 s ..= 1 h).
-    pub heartbeat: Duration,
-    /// Reconnect backoff, [clamped](BackoffParams::clamped).
-    pub backoff: BackoffParams,
-    /// Registry revision.
-    pub revision: i64,
-    /// The router answered from an old snapshot, or this is a fallback answer.
-    pub stale: bool,
-    /// Where it came from.
-    pub source: Source,
-    expires: Instant,
-}
+use crate::router::{RouterOutcome, Routers};
 
 /// The SDK's entry point. Cheap to clone; share one per app.
 #[derive(Debug, Clone)]
@@ -206,7 +166,11 @@ impl Client {
         let c = &self.inner.config;
         let start = Instant::now();
         let fresh = tokio::time::timeout(c.deadline, async {
-            match self.ask_routers(later(start, c.router_budget)).await {
+            let routers = self.routers();
+            match routers
+                .ask(later(start, c.router_budget), |a| self.persist(a))
+                .await
+            {
                 Ok(g) => Ok(g),
                 Err(RouterOutcome::Refused(e)) => Err(e),
                 Err(RouterOutcome::Unreachable(routers)) => {
@@ -340,19 +304,14 @@ fn without(g: Arc<Gateways>, avoid: Option<&Gateway>) -> Result<Arc<Gateways>, E
     Ok(Arc::new(rest))
 }
 
-/// `a` as the client keeps it, reused for `ttl` (at most [`crate::limits::MAX_TTL`]);
-/// the answer's times are clamped (see [`crate::limits`]) whatever its source.
-pub(crate) fn to_gateways(a: RouterAnswer, source: Source, ttl: Duration) -> Gateways {
-    let ttl = ttl.min(crate::limits::MAX_TTL);
-    Gateways {
-        gateways: a.gateways,
-        region: a.region,
-        ttl,
-        heartbeat: crate::limits::heartbeat_secs(a.heartbeat_secs),
-        backoff: a.backoff.clamped(),
-        revision: a.revision,
-        stale: a.stale || !matches!(source, Source::Router { .. }),
-        source,
-        expires: later(Instant::now(), ttl),
+impl Client {
+    /// What asking routers needs from this client.
+    pub(crate) fn routers(&self) -> Routers<'_> {
+        Routers {
+            config: &self.inner.config,
+            dns: &self.inner.dns,
+            http: &self.inner.http,
+            spread: self.inner.spread,
+        }
     }
 }

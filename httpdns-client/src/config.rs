@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dns::DnsConfig;
-use crate::Error;
+use crate::error::Error;
 
 pub use gateway_api::Proto;
 

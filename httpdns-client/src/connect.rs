@@ -35,12 +35,12 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::answer::BackoffExt;
 use crate::client::{Client, Gateway, Gateways, Source, Want};
 use crate::config::DomainPin;
+use crate::error::Error;
 use crate::error::{Failure, FailureKind};
 use crate::race::{staggered, Attempt};
-use crate::router::BackoffExt;
-use crate::Error;
 
 /// A connected gateway: the stream (a [`TcpStream`] from [`Client::connect`], a TLS
 /// stream from [`Client::connect_tls`]) and what came with the candidate.
@@ -256,10 +256,10 @@ impl Client {
 /// The sleep before the round after `round`: a router's `Retry-After` (at most
 /// [`crate::limits::MAX_RETRY_AFTER`], spread by up to a fifth with `unit` in [0, 1),
 /// so refused clients do not come back in one wave), else the router's backoff
-/// ([clamped](crate::BackoffParams::clamped)). At most 1 h 12 min.
+/// ([clamped](crate::answer::BackoffParams::clamped)). At most 1 h 12 min.
 fn retry_delay(
     retry_after: Option<Duration>,
-    params: &crate::BackoffParams,
+    params: &crate::answer::BackoffParams,
     round: u32,
     unit: f64,
 ) -> Duration {
@@ -410,12 +410,12 @@ pub async fn race(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::tests::{any_backoff, any_f64};
+    use crate::answer::tests::{any_backoff, any_f64};
     use proptest::prelude::*;
 
     #[test]
     fn a_huge_retry_after_is_waited_an_hour_at_most() {
-        let p = crate::BackoffParams::default();
+        let p = crate::answer::BackoffParams::default();
         let max = Some(Duration::MAX);
         assert_eq!(retry_delay(max, &p, 0, 0.0), Duration::from_secs(3600));
         assert_eq!(retry_delay(max, &p, 0, 1.0), Duration::from_secs(4320));

@@ -64,7 +64,7 @@ pub enum Error {
         /// The id of the gateway being left.
         left: String,
         /// Where the candidates came from.
-        from: crate::client::Source,
+        from: crate::answer::Source,
     },
     /// The call's overall deadline passed.
     #[error("no candidates within {0:?}")]
@@ -262,7 +262,7 @@ impl FailureKind {
         {
             return FailureKind::Malformed(format!(
                 "an answer over {} bytes",
-                crate::http::MAX_BODY
+                crate::limits::MAX_BODY
             ));
         }
         for s in &chain {

@@ -21,9 +21,8 @@ use tokio_util::either::Either;
 use tracing::debug;
 
 use crate::error::{BoxError, Failure, FailureKind};
+use crate::limits::MAX_BODY;
 
-/// The largest answer body read; a larger one is refused as unusable.
-pub(crate) const MAX_BODY: usize = 1 << 20;
 /// How long an idle connection is kept.
 const IDLE_FOR: Duration = Duration::from_secs(90);
 /// Idle connections kept per endpoint.

@@ -77,12 +77,14 @@
 //! * [`error`]: [`Error`], typed, each keeping its causes ([`Failure`],
 //!   [`FailureKind`]: refused, timed out, TLS, HTTP status with the body).
 
+mod answer;
 mod cache_file;
 pub mod client;
 mod config;
 mod connect;
 pub mod dns;
 pub mod error;
+mod files;
 mod http;
 pub mod limits;
 mod race;

@@ -38,6 +38,9 @@ pub const MAX_BACKOFF_FACTOR: f64 = 10.0;
 pub const MAX_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The largest cache or answers file read; a larger one is ignored.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// The largest HTTP answer body read (router or HTTPDNS); a larger one is refused as
+/// unusable.
+pub const MAX_BODY: usize = 1 << 20;
 
 /// A `Retry-After` header's value: delay-seconds, clamped to [`MAX_RETRY_AFTER`] (a
 /// number too long for a `u64` included). `None` for anything else (an HTTP date, which

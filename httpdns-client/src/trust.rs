@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::Error;
+use crate::error::Error;
 
 /// A TLS configuration trusting the platform's store (system and user-installed
 /// CAs; Android's and iOS's own on those platforms) plus `extra_roots`.

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::DnsSource;
-use crate::cache_file::{now_ms, read_bounded, write_atomically};
+use crate::answer::DnsSource;
+use crate::files::{now_ms, read_bounded, write_atomically};
 use crate::limits::{MAX_STALE, MAX_TTL};
 
 /// One host's answer.

@@ -4,7 +4,7 @@
 //!
 //! Layout: [`config`] (providers, bounds), [`providers`] (the wire formats, one file
 //! each), [`cache`] (the per-host cache and the answers file kept across restarts),
-//! [`resolver`] (a `reqwest` resolver). Sources are raced with a short stagger (each
+//! `resolver` (feature `reqwest`: a `reqwest` resolver). Sources are raced with a short stagger (each
 //! provider address, then local DNS, then bootstrap IPs), all within the caller's
 //! deadline: a blackholed provider costs one stagger, not its whole timeout
 //! (one race helper, shared with connecting).
@@ -33,24 +33,12 @@ use tracing::{debug, warn};
 
 use self::cache::{Cache, Entry};
 use self::providers::Ask;
+use crate::error::Error;
 use crate::error::{Failure, FailureKind};
 use crate::http::{Endpoint, Http};
 use crate::race::{staggered, Attempt};
-use crate::Error;
 
-/// Where an address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DnsSource {
-    /// An HTTPDNS provider (any kind).
-    HttpDns,
-    /// The system resolver.
-    LocalDns,
-    /// Configured bootstrap IPs.
-    Bootstrap,
-    /// The name was an IP literal: nothing was resolved.
-    Literal,
-}
+pub use crate::answer::DnsSource;
 
 /// A resolution result.
 #[derive(Debug, Clone, PartialEq, Eq)]
