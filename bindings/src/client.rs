@@ -1,73 +1,15 @@
-//! [`GatewayClient`], the SDK's entry point, and the records it answers with: the
-//! candidate gateways ([`GatewaysInfo`], [`GatewayInfo`]).
+//! [`GatewayClient`], the SDK's entry point.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use httpdns_client as sdk;
 
+use crate::config::SdkConfig;
+use crate::connection::GatewayConnection;
+use crate::error::SdkError;
+use crate::info::GatewaysInfo;
 use crate::runtime::{on_rt, rt};
-use crate::{GatewayConnection, SdkConfig, SdkError};
-
-/// One candidate gateway.
-#[derive(Debug, Clone, uniffi::Record)]
-pub struct GatewayInfo {
-    /// Node id.
-    pub id: String,
-    /// Address.
-    pub ip: String,
-    /// Port for the protocol asked.
-    pub port: u16,
-    /// The node's region.
-    pub region: String,
-    /// The node's DNS name (the TLS name).
-    pub domain: Option<String>,
-    /// The data centre, when the router says.
-    pub dc: Option<String>,
-    /// Load as the router estimates it.
-    pub load: f64,
-}
-
-impl From<&sdk::Gateway> for GatewayInfo {
-    fn from(g: &sdk::Gateway) -> GatewayInfo {
-        GatewayInfo {
-            id: g.id.clone(),
-            ip: g.ip.to_string(),
-            port: g.port,
-            region: g.region.clone(),
-            domain: g.domain.clone(),
-            dc: g.dc.clone(),
-            load: g.load,
-        }
-    }
-}
-
-/// Candidates and what came with them.
-#[derive(Debug, Clone, uniffi::Record)]
-pub struct GatewaysInfo {
-    /// Candidates, best first.
-    pub gateways: Vec<GatewayInfo>,
-    /// The region the router used.
-    pub region: Option<String>,
-    /// How long the answer may be reused, ms.
-    pub ttl_ms: u64,
-    /// Heartbeat interval for the connection, ms.
-    pub heartbeat_ms: u64,
-    /// Where it came from: `router`, `cache_file` or `fallback_domain`.
-    pub source: String,
-    /// An old snapshot, or a fallback.
-    pub stale: bool,
-}
-
-fn source_name(s: &sdk::Source) -> String {
-    match s {
-        sdk::Source::Router { .. } => "router",
-        sdk::Source::CacheFile => "cache_file",
-        sdk::Source::FallbackDomain { .. } => "fallback_domain",
-        _ => "other",
-    }
-    .to_string()
-}
 
 /// The SDK's entry point: one per app.
 #[derive(uniffi::Object)]
@@ -93,14 +35,7 @@ impl GatewayClient {
         let client = self.client.clone();
         on_rt(async move {
             let g = client.gateways().await?;
-            Ok(GatewaysInfo {
-                gateways: g.gateways.iter().map(GatewayInfo::from).collect(),
-                region: g.region.clone(),
-                ttl_ms: g.ttl.as_millis() as u64,
-                heartbeat_ms: g.heartbeat.as_millis() as u64,
-                source: source_name(&g.source),
-                stale: g.stale,
-            })
+            Ok(GatewaysInfo::from(&*g))
         })
         .await
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use httpdns_client as sdk;
 
-use crate::SdkError;
+use crate::error::SdkError;
 
 /// What an HTTPDNS provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]

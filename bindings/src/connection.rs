@@ -9,8 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 use crate::error::io_error;
+use crate::error::SdkError;
+use crate::info::GatewayInfo;
 use crate::runtime::on_rt;
-use crate::{GatewayInfo, SdkError};
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 

@@ -33,10 +33,12 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod info;
 mod runtime;
 
-pub use client::{GatewayClient, GatewayInfo, GatewaysInfo};
+pub use client::GatewayClient;
 pub use config::{Proto, ProviderConfig, ProviderKind, SdkConfig};
 pub use connection::GatewayConnection;
 pub use error::SdkError;
+pub use info::{GatewayInfo, GatewaysInfo};
 pub use runtime::settle;

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::SdkError;
+use crate::error::SdkError;
 
 /// The library's runtime: the SDK's requests, timers and background refreshes run
 /// here, whatever thread or event loop the app calls from.
