@@ -3,7 +3,8 @@
 //! modules' imports form no loop; inside a module, its files' imports of each other
 //! (`super::name`, `crate::module::name`) form no loop either. A new module must be
 //! given a layer here; an import that breaks the rule fails this test with the file
-//! that makes it.
+//! that makes it. The other crates of the workspace are held to the same rule for
+//! loops.
 //!
 //! Layers, bottom to top (see ARCHITECTURE.md):
 //!
@@ -69,10 +70,68 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
+/// The names the crate root re-exports and the module each comes from
+/// (`pub use module::{A, B};` in `lib.rs`), so an import through the root
+/// (`crate::A`) counts as an import of that module.
+fn root_exports(src: &Path) -> BTreeMap<String, String> {
+    let lib = code(&std::fs::read_to_string(src.join("lib.rs")).unwrap_or_default());
+    let mut out = BTreeMap::new();
+    for (i, _) in lib.match_indices("pub use ") {
+        let rest = &lib[i + "pub use ".len()..];
+        let stmt = &rest[..rest.find(';').unwrap_or(rest.len())];
+        let stmt = stmt.trim_start_matches("crate::");
+        let module: String = stmt
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let names = match stmt.find('{') {
+            Some(b) => &stmt[b + 1..],
+            None => stmt.rsplit("::").next().unwrap_or(""),
+        };
+        for name in names.split([',', '}', ' ', '\n']) {
+            let name = name.rsplit("::").next().unwrap_or("").trim();
+            if name.chars().next().is_some_and(char::is_uppercase) {
+                out.insert(name.to_string(), module.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The modules named by the path after one `crate::`: `a::B` names `a`; `{a::B, C}`
+/// names `a` and the module the root re-exports `C` from; `C` alone, that module.
+fn named_modules(after: &str, exports: &BTreeMap<String, String>) -> Vec<String> {
+    let ident = |t: &str| -> String {
+        t.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let one = |item: &str| -> Option<String> {
+        let first = ident(item);
+        if first.chars().next()?.is_lowercase() {
+            Some(first)
+        } else {
+            exports.get(&first).cloned()
+        }
+    };
+    match after.strip_prefix('{') {
+        Some(list) => list[..list.find('}').unwrap_or(list.len())]
+            .split(',')
+            .filter_map(one)
+            .collect(),
+        None => one(after).into_iter().collect(),
+    }
+}
+
 /// The top-level modules each top-level module imports, with a file that does.
+/// Imports through the crate root's re-exports count as imports of the module the
+/// name comes from; a `pub use` (a re-export that gives a name a public path) does
+/// not count.
 fn imports(src: &Path) -> BTreeMap<String, BTreeMap<String, PathBuf>> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
+    let exports = root_exports(src);
     let mut graph: BTreeMap<String, BTreeMap<String, PathBuf>> = BTreeMap::new();
     for file in files {
         let rel = file.strip_prefix(src).unwrap();
@@ -84,23 +143,62 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeMap<String, PathBuf>> {
             .to_string_lossy()
             .trim_end_matches(".rs")
             .to_string();
-        if top == "main" {
-            // The binary: a crate of its own over the library.
+        if top == "main" || top == "bin" {
+            // A binary: a crate of its own over the library.
             continue;
         }
-        let text = code(&std::fs::read_to_string(&file).unwrap());
+        let text: String = code(&std::fs::read_to_string(&file).unwrap())
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("pub use "))
+            .collect::<Vec<_>>()
+            .join("\n");
         let deps = graph.entry(top.clone()).or_default();
         for (i, _) in text.match_indices("crate::") {
-            let name: String = text[i + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if !name.is_empty() && name != top && name.chars().next().unwrap().is_lowercase() {
-                deps.entry(name).or_insert_with(|| rel.to_path_buf());
+            for name in named_modules(&text[i + "crate::".len()..], &exports) {
+                if name != top && !name.is_empty() {
+                    deps.entry(name).or_insert_with(|| rel.to_path_buf());
+                }
             }
         }
     }
     graph
+}
+
+/// Loops in a module graph: a depth-first walk, each loop named once.
+fn loops(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<String> {
+    fn visit<'a>(
+        m: &'a str,
+        graph: &'a BTreeMap<String, BTreeMap<String, PathBuf>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        loops: &mut Vec<String>,
+    ) {
+        if let Some(i) = path.iter().position(|p| *p == m) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(m);
+            loops.push(cycle.join(" -> "));
+            return;
+        }
+        if !done.insert(m) {
+            return;
+        }
+        path.push(m);
+        for dep in graph.get(m).into_iter().flat_map(|d| d.keys()) {
+            if graph.contains_key(dep) {
+                visit(dep, graph, path, done, loops);
+            }
+        }
+        path.pop();
+    }
+    let mut loops = Vec::new();
+    let mut done = BTreeSet::new();
+    for m in graph.keys() {
+        visit(m, graph, &mut Vec::new(), &mut done, &mut loops);
+    }
+    loops
+        .into_iter()
+        .map(|l| format!("import loop: {l}"))
+        .collect()
 }
 
 /// What breaks the rules in `graph`: a module without a layer, an import up a layer,
@@ -132,39 +230,7 @@ fn problems(graph: &BTreeMap<String, BTreeMap<String, PathBuf>>) -> Vec<String> 
             }
         }
     }
-    // Loops: a depth-first walk over the module graph.
-    fn visit<'a>(
-        m: &'a str,
-        graph: &'a BTreeMap<String, BTreeMap<String, PathBuf>>,
-        path: &mut Vec<&'a str>,
-        done: &mut BTreeSet<&'a str>,
-        loops: &mut Vec<String>,
-    ) {
-        if let Some(i) = path.iter().position(|p| *p == m) {
-            let mut cycle = path[i..].to_vec();
-            cycle.push(m);
-            loops.push(cycle.join(" -> "));
-            return;
-        }
-        if !done.insert(m) {
-            return;
-        }
-        path.push(m);
-        for dep in graph.get(m).into_iter().flat_map(|d| d.keys()) {
-            if graph.contains_key(dep) {
-                visit(dep, graph, path, done, loops);
-            }
-        }
-        path.pop();
-    }
-    let mut loops = Vec::new();
-    let mut done = BTreeSet::new();
-    for m in graph.keys() {
-        visit(m, graph, &mut Vec::new(), &mut done, &mut loops);
-    }
-    for l in loops {
-        problems.push(format!("import loop: {l}"));
-    }
+    problems.extend(loops(graph));
     problems
 }
 
@@ -315,5 +381,61 @@ fn the_check_finds_an_upward_import_and_a_loop() {
             .iter()
             .any(|p| p.contains("module `brand_new` has no layer")),
         "{found:?}"
+    );
+}
+
+/// The other crates have no layers table, but the same rule for loops: their
+/// top-level modules, and the files inside each module, import each other in one
+/// direction.
+#[test]
+fn the_other_crates_modules_import_each_other_in_one_direction() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    for krate in [
+        "httpdns-client",
+        "bindings",
+        "gateway-agent",
+        "registry",
+        "gateway-api",
+    ] {
+        let src = root.join(krate).join("src");
+        let graph = imports(&src);
+        assert!(
+            graph.len() > 1 || krate == "gateway-api",
+            "{krate}: {graph:?}"
+        );
+        for p in loops(&graph).into_iter().chain(file_loops(&src)) {
+            found.push(format!("{krate}: {p}"));
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn an_import_through_the_crate_root_counts_and_a_re_export_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::write(
+        src.join("lib.rs"),
+        "mod client;\nmod connection;\npub use client::{Client,\n    Info};\npub use connection::Connection;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("client.rs"),
+        "use crate::{Connection, error::E};\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("connection.rs"), "use crate::Info;\n").unwrap();
+    std::fs::write(src.join("other.rs"), "pub use crate::client::Client;\n").unwrap();
+    let graph = imports(src);
+    assert_eq!(
+        graph["client"].keys().collect::<Vec<_>>(),
+        ["connection", "error"]
+    );
+    assert_eq!(graph["connection"].keys().collect::<Vec<_>>(), ["client"]);
+    assert!(graph["other"].is_empty(), "a re-export is no import");
+    assert_eq!(
+        loops(&graph),
+        ["import loop: client -> connection -> client"]
     );
 }
