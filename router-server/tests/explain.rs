@@ -2,38 +2,25 @@
 //! every other node with its reason, the admin API's token, 400 with the contract's
 //! error body for bad input, and nothing counted.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use registry::memory::MemoryKv;
-use registry::{Layout, NodeRecord, NodeState, Ports};
+use registry::NodeState;
 use router_server::config::FileConfig;
-use router_server::http::{router, Api};
 use router_server::schedule::Snapshot;
 use router_server::state::AppState;
 use serde_json::Value;
 use tower::ServiceExt;
 
-const TOKEN: &str = "explain-test-token-0123";
+mod common;
 
-fn node(id: &str, region: &str, conns: u64) -> NodeRecord {
-    NodeRecord::new(
-        id,
-        "192.0.2.1".parse().unwrap(),
-        Ports {
-            tcp: Some(8000),
-            ..Ports::default()
-        },
-        region,
-        1000,
-        conns,
-    )
-}
+use common::node;
+
+const TOKEN: &str = "explain-test-token-0123";
 
 /// A router for `peer` with a fleet in cn-sh and cn-bj, one record listed invalid.
 fn app(peer: &str) -> (Router, AppState) {
@@ -58,20 +45,8 @@ fn app(peer: &str) -> (Router, AppState) {
         Arc::from("/gateway-router/v1/nodes/sh-evil"),
         "binding: region \"cn-bj\" is not one of cn-sh".into(),
     );
-    let target = router_server::admin::Target {
-        name: "default".into(),
-        kv: MemoryKv::new(),
-        layout: Layout::default(),
-    };
-    let admin = router_server::admin::router(
-        &state,
-        vec![target],
-        0,
-        router_server::admin::Tokens::flag(TOKEN).unwrap(),
-    );
-    let peer: SocketAddr = peer.parse().unwrap();
     (
-        router(Api::new(&state), Some(admin)).layer(MockConnectInfo(peer)),
+        common::app(&state, Some((MemoryKv::new(), TOKEN)), peer),
         state,
     )
 }

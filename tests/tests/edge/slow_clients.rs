@@ -103,13 +103,7 @@ fn trickle(addr: SocketAddr, head: String, drip: &'static [u8], give_up: Duratio
 
 /// A DNS query for `gw.example.test. A`, as DoH carries it.
 fn dns_query() -> Vec<u8> {
-    let mut q = vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in ["gw", "example", "test"] {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
+    httpdns_client::dns::dns_query("gw.example.test", false).unwrap()
 }
 
 const BODY_TIMEOUT: Duration = Duration::from_millis(1500);
