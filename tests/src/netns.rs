@@ -338,6 +338,31 @@ impl Lab {
         (out.status.success() && !v.is_empty()).then_some(v)
     }
 
+    /// The lease `key` is written under, as members `on` agree on it.
+    pub fn lease_of(&self, on: &[usize], key: &str) -> Option<i64> {
+        let out = self.ctl_on(on, &["get", key, "-w", "json", "--command-timeout=400ms"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["kvs"][0]["lease"].as_i64().filter(|l| *l != 0)
+    }
+
+    /// The seconds lease `id` has left, as members `on` see it (`None` while they
+    /// cannot answer).
+    pub fn lease_remaining(&self, on: &[usize], id: i64) -> Option<i64> {
+        let out = self.ctl_on(
+            on,
+            &[
+                "lease",
+                "timetolive",
+                &format!("{id:x}"),
+                "-w",
+                "json",
+                "--command-timeout=400ms",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["ttl"].as_i64()
+    }
+
     /// The member each of `on` reports as leader (by index), if they agree on one.
     pub fn leader_seen_by(&self, on: &[usize]) -> Option<usize> {
         let out = self.ctl_on(

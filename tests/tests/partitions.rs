@@ -42,9 +42,13 @@ fn agent_in(lab: &Lab, id: &str, region: &str, load: &std::path::Path) -> Proc {
 }
 
 /// Member 0, first in every `--etcd`, is cut off from its peers while its client port
-/// still answers. The agent's next report, and a `ctl drain` issued at the cut, both
-/// reach the majority within 2 s of the majority having a leader (at once for a cut
-/// follower, after the election for a cut leader).
+/// still answers. Every call the agent makes fails over: its next report, and a `ctl
+/// drain` issued at the cut, both reach the majority within 2 s of the majority having
+/// a leader (at once for a cut follower, after the election for a cut leader); its
+/// next lease renewal reaches the majority within 2 s of being due (or of the majority
+/// having a leader, when it fell due during the election), and the lease never
+/// lapses; the drain, once on the majority, reaches the agent through its command
+/// watch and is in its record within 2 s.
 fn first_member_cut_off(leader: bool) {
     let lab = Lab::new(3);
     lab.make_leader(if leader { 0 } else { 1 });
@@ -65,6 +69,9 @@ fn first_member_cut_off(leader: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+
+    let lease = lab.lease_of(&majority, &key).expect("the record's lease");
+    let mut renewals = Renewals::new(lab.lease_remaining(&majority, lease).unwrap());
 
     lab.cut_peers(0);
     let cut = Instant::now();
@@ -89,19 +96,38 @@ fn first_member_cut_off(leader: bool) {
     let mut writable: Option<Instant> = None;
     let mut reported: Option<Instant> = None;
     let mut drained: Option<Instant> = None;
-    while writable.is_none() || reported.is_none() || drained.is_none() {
+    let mut applied: Option<Instant> = None;
+    while writable.is_none()
+        || reported.is_none()
+        || drained.is_none()
+        || applied.is_none()
+        || !renewals.renewed_after(cut)
+    {
         assert!(
             cut.elapsed() < Duration::from_secs(60),
-            "majority writable {writable:?}, report {reported:?}, drain {drained:?}\nagent:\n{}\n{}",
+            "majority writable {writable:?}, report {reported:?}, drain {drained:?}, applied {applied:?}, renewals {:?}\nagent:\n{}\n{}",
+            renewals.seen,
             agent.output(),
             lab.logs()
         );
+        let left = lab.lease_remaining(&majority, lease);
+        assert!(
+            left.is_none_or(|l| l > 0),
+            "the lease lapsed during the partition\n{}",
+            agent.output()
+        );
+        if let Some(l) = left {
+            renewals.sample(l);
+        }
         if writable.is_none() && lab.leader_seen_by(&majority).is_some_and(|l| l != 0) {
             writable = Some(Instant::now());
         }
         let v = lab.get_on(&majority, &key).unwrap_or_default();
         if reported.is_none() && v.contains("\"connections\":200") {
             reported = Some(Instant::now());
+        }
+        if applied.is_none() && v.contains("\"draining\"") {
+            applied = Some(Instant::now());
         }
         let ctl_ended = ctl.is_finished();
         if drained.is_none()
@@ -137,13 +163,73 @@ fn first_member_cut_off(leader: bool) {
         ctl_after <= Duration::from_secs(2),
         "ctl finished {ctl_after:?} after the majority had a leader: {ctl_out}"
     );
-    // The node stayed listed all along, and the drain reached the agent.
-    wait_until(Duration::from_secs(20), "the agent drains", || {
-        lab.get_on(&majority, &key)
-            .is_some_and(|v| v.contains("\"draining\""))
-    });
+    // The command watch: the drain on the majority is in the agent's record within 2 s.
+    let watched = applied
+        .unwrap()
+        .saturating_duration_since(drained.unwrap().max(writable));
+    // The keep-alive: the first renewal after the cut, against when it was due.
+    let due = writable.max(renewals.last_before(cut) + RENEW_EVERY);
+    let renewed = renewals.first_after(cut);
+    let renewal_late = renewed.saturating_duration_since(due);
+    println!(
+        "  the drain reached the agent's record {watched:?} after it was on the majority; the first lease renewal after the cut landed {renewal_late:?} after it was due"
+    );
+    assert!(
+        watched <= Duration::from_secs(2),
+        "the drain reached the agent {watched:?} after it was on the majority\n{}",
+        agent.output()
+    );
+    // Renewal times are read from whole seconds of remaining TTL: one more second.
+    assert!(
+        renewal_late <= Duration::from_secs(3),
+        "the lease was renewed {renewal_late:?} after it was due ({:?})\n{}",
+        renewals.seen,
+        agent.output()
+    );
     agent.signal("TERM");
     agent.wait_exit(Duration::from_secs(20));
+}
+
+/// The agent's lease TTL (its default) and how often it renews.
+const TTL: Duration = Duration::from_secs(10);
+const RENEW_EVERY: Duration = Duration::from_millis(3333);
+
+/// The agent's lease renewals as the majority sees them: each reading of the
+/// remaining TTL dates the last renewal (now − (TTL − remaining), to a second).
+struct Renewals {
+    seen: Vec<Instant>,
+}
+
+impl Renewals {
+    fn new(remaining: i64) -> Renewals {
+        let mut r = Renewals { seen: Vec::new() };
+        r.sample(remaining);
+        r
+    }
+
+    fn sample(&mut self, remaining: i64) {
+        let at = Instant::now() - TTL.saturating_sub(Duration::from_secs(remaining.max(0) as u64));
+        // A later date by more than the reading's second of rounding: a renewal.
+        if self
+            .seen
+            .last()
+            .is_none_or(|l| at > *l + Duration::from_millis(1500))
+        {
+            self.seen.push(at);
+        }
+    }
+
+    fn renewed_after(&self, t: Instant) -> bool {
+        self.seen.iter().any(|r| *r > t)
+    }
+
+    fn first_after(&self, t: Instant) -> Instant {
+        *self.seen.iter().find(|r| **r > t).unwrap()
+    }
+
+    fn last_before(&self, t: Instant) -> Instant {
+        *self.seen.iter().rev().find(|r| **r <= t).unwrap()
+    }
 }
 
 #[test]

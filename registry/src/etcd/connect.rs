@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -192,7 +192,7 @@ impl EtcdKv {
                     stamp: stamp(&opts.security),
                 })),
                 checked: std::sync::Mutex::new(std::time::Instant::now()),
-                current: AtomicUsize::new(0),
+                current: tokio::sync::watch::Sender::new(0),
                 answering: endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
                 opts: opts.clone(),
                 keepers: tokio::sync::Mutex::new(HashMap::new()),

@@ -30,7 +30,7 @@ impl EtcdKv {
         let inner = &self.inner;
         let channels = self.channels();
         let n = channels.clients.len();
-        let first = inner.current.load(Ordering::Relaxed) % n;
+        let first = *inner.current.borrow() % n;
         let until = tokio::time::Instant::now() + inner.opts.retry_for;
         let mut order: Vec<usize> = (0..n).map(|a| (first + a) % n).collect();
         loop {
@@ -129,7 +129,7 @@ impl EtcdKv {
         let err = match result {
             Ok(Ok(v)) => {
                 if i != first {
-                    inner.current.store(i, Ordering::Relaxed);
+                    inner.current.send_replace(i);
                     info!(from = %inner.endpoints[first], to = %endpoint, "etcd: switched endpoint");
                 }
                 return Attempt::Done(Ok((v, i)));

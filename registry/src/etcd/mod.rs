@@ -25,7 +25,7 @@ mod lease;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,8 +109,9 @@ struct Inner {
     channels: std::sync::RwLock<Arc<Channels>>,
     /// When the security files were last looked at.
     checked: std::sync::Mutex<std::time::Instant>,
-    /// The endpoint calls go to first: the last one that answered.
-    current: AtomicUsize,
+    /// The endpoint calls go to first: the last one that answered. Watches opened on
+    /// another endpoint end when it changes (see `watch_range`).
+    current: tokio::sync::watch::Sender<usize>,
     /// Per endpoint: did its last call succeed? A long call (a listing) goes to an
     /// endpoint not known to answer only after a quick probe, so a blackholed member
     /// costs the short deadline, not the long one.

@@ -62,27 +62,45 @@ impl EtcdKv {
             opts = opts.with_start_revision(start_revision);
         }
         let t = self.inner.opts.request_timeout;
-        let (stream, _) = self
+        let (stream, at) = self
             .call("watch", t, |mut c| {
                 let opts = opts.clone();
                 async move { c.watch(prefix, Some(opts)).await.map_err(map_err) }
             })
             .await?;
+        // When the other calls move to another endpoint (this one failed them: cut off
+        // from its peers, say), the watch ends too, so its owner opens it again where
+        // the calls go. A member cut off from its peers keeps a watch open and silent
+        // for several election timeouts before etcd cancels it for want of a leader.
+        let endpoint = self.inner.endpoints[at].clone();
+        let moved = self.inner.current.subscribe();
         // Keep the request half alive inside the stream: dropping it would cancel the watch.
-        let out = futures::stream::unfold(Some(stream), move |state| async move {
-            let mut stream = state?;
-            loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => match to_batch(&resp, start_revision) {
-                        Ok(Some(batch)) => return Some((Ok(batch), Some(stream))),
-                        Ok(None) => continue,
-                        Err(e) => return Some((Err(e), None)),
-                    },
-                    Ok(None) => {
-                        let e = KvError::Unavailable("watch stream closed by etcd".into());
-                        return Some((Err(e), None));
+        let out = futures::stream::unfold(Some((stream, moved)), move |state| {
+            let endpoint = endpoint.clone();
+            async move {
+                let (mut stream, mut moved) = state?;
+                loop {
+                    let message = tokio::select! {
+                        m = stream.message() => m,
+                        _ = moved.wait_for(|c| *c != at) => {
+                            let e = KvError::Unavailable(format!(
+                                "calls moved away from {endpoint}; the watch there is given up"
+                            ));
+                            return Some((Err(e), None));
+                        }
+                    };
+                    match message {
+                        Ok(Some(resp)) => match to_batch(&resp, start_revision) {
+                            Ok(Some(batch)) => return Some((Ok(batch), Some((stream, moved)))),
+                            Ok(None) => continue,
+                            Err(e) => return Some((Err(e), None)),
+                        },
+                        Ok(None) => {
+                            let e = KvError::Unavailable("watch stream closed by etcd".into());
+                            return Some((Err(e), None));
+                        }
+                        Err(e) => return Some((Err(map_err(e)), None)),
                     }
-                    Err(e) => return Some((Err(map_err(e)), None)),
                 }
             }
         });
