@@ -443,11 +443,16 @@ pub async fn serve(
         }
         None => None,
     };
+    let proxy: Option<Arc<[ipnet::IpNet]>> = config
+        .http
+        .proxy_protocol
+        .then(|| config.trusted_proxies.as_slice().into());
     endpoints.push(http::server::Endpoint {
         listener: listeners.main,
         tls: live,
         app: app.clone(),
         label: "",
+        proxy: proxy.clone(),
     });
     if let Some(plain) = listeners.plain {
         endpoints.push(http::server::Endpoint {
@@ -455,6 +460,7 @@ pub async fn serve(
             tls: None,
             app: app.clone(),
             label: "",
+            proxy: proxy.clone(),
         });
     }
     if let Some(admin) = listeners.admin {
@@ -463,6 +469,7 @@ pub async fn serve(
             tls: None,
             app: operator.unwrap_or(app),
             label: "admin ",
+            proxy: None,
         });
     }
     http::server::serve_endpoints(

@@ -109,6 +109,13 @@ impl RouterProc {
         }
     }
 
+    /// Starts `router-server` as [`RouterProc::start`] does, without waiting for it (a
+    /// router whose public listener a plain `GET /readyz` cannot reach, say); returns
+    /// the process and its config file, which must outlive it.
+    pub fn spawn(etcd: &Etcd, config: &str, extra: &[&str]) -> (Proc, tempfile::NamedTempFile) {
+        spawn_router(etcd, config, extra, None)
+    }
+
     /// `GET path`, which must answer 200; returns the JSON body.
     pub fn answer(&self, path: &str) -> serde_json::Value {
         let (code, body) = get_json(self.addr, path).expect("router answers");

@@ -255,6 +255,11 @@ pub struct HttpConfig {
     /// Peers exempt from `max_connections_per_network`: the load balancers in front
     /// of the router, whose connections carry many clients.
     pub connection_cap_exempt: Vec<IpNet>,
+    /// The public listeners (HTTP and HTTPS, not the admin one) expect the PROXY
+    /// protocol (v1 or v2) from a TCP balancer: every connection begins with its
+    /// header, which names the client. Only `trusted_proxies` may connect (they are
+    /// exempt from `max_connections_per_network`); DNS is not affected.
+    pub proxy_protocol: bool,
 }
 
 /// The `[tls]` table.
@@ -321,6 +326,7 @@ impl Default for HttpConfig {
             shutdown_grace_secs: 10,
             shutdown_keepalive_ms: 1000,
             first_byte_timeout_ms: 5000,
+            proxy_protocol: false,
             tls_handshake_timeout_ms: 5000,
             idle_timeout_secs: 60,
             max_connections: 0,

@@ -36,6 +36,13 @@ impl FileConfig {
         validate_edge(&self.edge)?;
         validate_networks(self)?;
         validate_http(&self.http)?;
+        check(
+            !self.http.proxy_protocol || !self.trusted_proxies.is_empty(),
+            "http.proxy_protocol",
+            || {
+                "needs trusted_proxies: the balancers that send the header (no one else may connect)".into()
+            },
+        )?;
         validate_tls(&self.tls)
     }
 }

@@ -3,6 +3,7 @@
 //! concerns share; each module is one concern.
 
 mod operators;
+mod proxy_protocol;
 mod requests;
 mod slow_clients;
 

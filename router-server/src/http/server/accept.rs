@@ -63,6 +63,16 @@ pub(super) async fn accept_loop(listener: TcpListener, ctx: Ctx, conns: TaskTrac
                 }
             },
         };
+        if ctx
+            .proxy
+            .as_deref()
+            .is_some_and(|trusted| !crate::identity::is_trusted(trusted, peer.ip().to_canonical()))
+        {
+            // A PROXY header from anyone but the balancers would let a client name
+            // any address as its own.
+            ctx.count_close("proxy_untrusted");
+            continue;
+        }
         let Ok((id, slot)) = ctx.table.admit(peer.ip(), &ctx.metrics) else {
             // Closed at once: no byte read, nothing written.
             drop(stream);

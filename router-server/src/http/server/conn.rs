@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::deadlines::Progress;
+use super::proxy;
 use super::service::ConnService;
 use super::table::{Phase, Slot};
 use super::Ctx;
@@ -55,6 +56,33 @@ pub(super) async fn connection(stream: TcpStream, peer: SocketAddr, slot: &Arc<S
         _ = ctx.shutdown.cancelled() => return,
     }
     ctx.table.set_phase(slot, Phase::Idle);
+    if ctx.proxy.is_none() {
+        return tls_then_http(stream, peer, slot, ctx).await;
+    }
+    // The rest of the header within the first-byte deadline; what follows it stays
+    // in the reader's buffer for TLS or HTTP.
+    let mut stream = tokio::io::BufReader::new(stream);
+    let header = tokio::time::timeout(ctx.limits.first_byte, proxy::read_header(&mut stream));
+    let peer = tokio::select! {
+        r = header => match r {
+            Ok(Ok(client)) => client.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "PROXY header refused");
+                return ctx.count_close("proxy_header_invalid");
+            }
+            Err(_) => return ctx.count_close("proxy_header_timeout"),
+        },
+        _ = slot.close.cancelled() => return,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    tls_then_http(stream, peer, slot, ctx).await
+}
+
+/// TLS when the listener has it, then HTTP.
+async fn tls_then_http<S>(stream: S, peer: SocketAddr, slot: &Arc<Slot>, ctx: &Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match &ctx.tls {
         None => http(stream, peer, slot, ctx).await,
         Some(tls) => {

@@ -46,6 +46,7 @@
 mod accept;
 mod conn;
 mod deadlines;
+mod proxy;
 mod service;
 mod table;
 
@@ -55,6 +56,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -84,6 +86,10 @@ pub struct Endpoint {
     pub app: App,
     /// Names the listener in the log line `serving {label}HTTP(S)` (`""`, `"admin "`).
     pub label: &'static str,
+    /// With the PROXY protocol (`[http] proxy_protocol`): the peers that may send its
+    /// header (`trusted_proxies`); every connection must begin with one, and a
+    /// connection from another peer is closed at accept.
+    pub proxy: Option<Arc<[IpNet]>>,
 }
 
 /// Serves each endpoint's app on it until `shutdown`, then closes down as the module
@@ -104,7 +110,18 @@ pub async fn serve_endpoints(
         TableRules {
             cap,
             per_network: http.max_connections_per_network,
-            exempt: http.connection_cap_exempt.clone(),
+            // The balancers that send PROXY headers carry many clients each.
+            exempt: http
+                .connection_cap_exempt
+                .iter()
+                .chain(
+                    endpoints
+                        .iter()
+                        .filter_map(|e| e.proxy.as_deref())
+                        .flatten(),
+                )
+                .copied()
+                .collect(),
             overdue_ms: http.request_timeout_ms.max(http.body_timeout_ms),
         },
     ));
@@ -137,6 +154,7 @@ pub async fn serve_endpoints(
             shutdown: shutdown.clone(),
             cut: cut.clone(),
             tls: ep.tls,
+            proxy: ep.proxy,
             body_timeouts: body_timeouts.clone(),
         };
         listeners.push(tokio::spawn(accept_loop(listener, ctx, conns.clone())));
@@ -188,6 +206,8 @@ struct Ctx {
     shutdown: CancellationToken,
     cut: CancellationToken,
     tls: Option<LiveTlsConfig>,
+    /// The peers that may send a PROXY header, when this listener expects one.
+    proxy: Option<Arc<[IpNet]>>,
     /// `router_connections_closed_by_server{reason="body_timeout"}`, resolved once.
     body_timeouts: Counter,
 }
@@ -204,6 +224,7 @@ impl Clone for Ctx {
             shutdown: self.shutdown.clone(),
             cut: self.cut.clone(),
             tls: self.tls.clone(),
+            proxy: self.proxy.clone(),
             body_timeouts: self.body_timeouts.clone(),
         }
     }

@@ -41,6 +41,7 @@ fn serve_app(toml: &str, router: axum::Router) -> TestServer {
                 tls: None,
                 app,
                 label: "",
+                proxy: None,
             }];
             serve_endpoints(endpoints, &cfg.http, &metrics.connections, shutdown).await
         }
