@@ -92,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
             router_id: None,
             public_addrs: Vec::new(),
             config,
+            config_file: None,
             layout,
             admin_tokens: Default::default(),
             tls,

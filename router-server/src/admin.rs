@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn, Instrument};
 
-use crate::config::FileConfig;
+use crate::config::LiveConfig;
 use crate::http::ApiError;
 use crate::metrics::{AdminMetrics, RequestLabels};
 use crate::ops::{self, OpsError};
@@ -47,7 +47,7 @@ pub struct Target {
 #[derive(Clone)]
 struct Admin {
     /// Trusted proxies, the request deadline.
-    config: Arc<FileConfig>,
+    config: LiveConfig,
     /// The snapshot and herd counts (the node list), the guard (who is trusted).
     serving: Arc<Serving>,
     /// The invalid records (for `GET /admin/explain`).
@@ -182,7 +182,7 @@ pub fn router_with_throttle(
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         // Admin routes wait on etcd; bound them (the etcd client has its own deadline too).
         .route_layer(middleware::from_fn_with_state(
-            admin.config.request_timeout(),
+            admin.config.load().request_timeout(),
             crate::http::routes::deadline,
         ))
         .with_state(admin)
@@ -231,8 +231,11 @@ async fn authorize(
 ) -> Response {
     let route = crate::http::routes::route_label(req.extensions().get::<MatchedPath>());
     let path = req.uri().path().to_string();
-    let client =
-        crate::identity::client_ip(peer.ip(), req.headers(), &admin.config.trusted_proxies);
+    let client = crate::identity::client_ip(
+        peer.ip(),
+        req.headers(),
+        &admin.config.load().trusted_proxies,
+    );
     let m = &admin.metrics;
     // A trusted network (`[edge] allow`: the operators' own) is not throttled.
     let throttled_here = !admin.serving.guard.allowed(client);

@@ -184,6 +184,7 @@ pub async fn run_demo(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Re
         router_id: None,
         public_addrs: Vec::new(),
         config,
+        config_file: None,
         layout,
         admin_tokens: match &token {
             Some(t) => crate::admin::Tokens::flag(t).map_err(anyhow::Error::msg)?,

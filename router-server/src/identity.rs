@@ -51,6 +51,9 @@ pub fn forwarded_untrusted(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet])
 pub struct RegionTable {
     cidrs: JointPrefixMap<IpNet, String>,
     default: Option<String>,
+    /// Every region name the `[regions]` table mentions (networks, fallbacks,
+    /// default), sorted: what DNS answers by name even with no node there yet.
+    names: Vec<String>,
 }
 
 impl RegionTable {
@@ -67,7 +70,24 @@ impl RegionTable {
         RegionTable {
             cidrs: table,
             default: (!default.is_empty()).then(|| default.to_string()),
+            names: Vec::new(),
         }
+    }
+
+    /// This table, knowing `names` as regions (see [`RegionTable::named`]).
+    pub fn with_names(self, names: impl IntoIterator<Item = String>) -> RegionTable {
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort();
+        names.dedup();
+        RegionTable { names, ..self }
+    }
+
+    /// The region `label` names, compared without case, if `[regions]` mentions it.
+    pub fn named(&self, label: &str) -> Option<&str> {
+        self.names
+            .iter()
+            .find(|r| r.eq_ignore_ascii_case(label))
+            .map(String::as_str)
     }
 
     /// The region for `ip` (IPv4-mapped IPv6 addresses count as IPv4), else the default.

@@ -227,7 +227,7 @@ mod tests {
             tokio::spawn(publish(
                 state.serving.clone(),
                 state.metrics.registries.clone(),
-                state.config.max_lag_ms,
+                state.config.load().max_lag_ms,
                 vec![lag.clone()],
                 0,
                 cancel.clone(),

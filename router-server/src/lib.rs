@@ -46,6 +46,7 @@ pub mod membership;
 pub mod metrics;
 pub mod ops;
 pub mod peers;
+pub mod reload;
 pub mod schedule;
 #[cfg(feature = "tools")]
 pub mod sim;
@@ -70,6 +71,8 @@ use crate::tls::TlsFiles;
 pub struct ServeOptions {
     /// Validated configuration.
     pub config: FileConfig,
+    /// The file it was read from: SIGHUP reads it again (see [`reload`]).
+    pub config_file: Option<std::path::PathBuf>,
     /// Key layout.
     pub layout: Layout,
     /// The admin API's tokens; none leaves the admin API off.
@@ -81,6 +84,28 @@ pub struct ServeOptions {
     /// Addresses clients reach this router at, published in its `P/routers/{id}`
     /// registration (the routers' domain in DNS and HTTPDNS answers them).
     pub public_addrs: Vec<std::net::IpAddr>,
+}
+
+/// Reads `path` again on each SIGHUP until `stop` (see [`reload`]).
+async fn reload_on_sighup(
+    path: std::path::PathBuf,
+    state: state::AppState,
+    stop: CancellationToken,
+) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reloads are off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        let _ = reload::reload_file(&path, &state);
+    }
 }
 
 /// The sockets to serve on, bound by the caller (tests bind port 0).
@@ -130,6 +155,9 @@ pub async fn run_registries(
     if let Some(listen) = opts.config.dns.listen {
         spawn_dns(listen, &state, &background, &tasks)?;
     }
+    if let Some(path) = opts.config_file.clone() {
+        tasks.spawn(reload_on_sighup(path, state.clone(), background.clone()));
+    }
     let api = http::Api::new(&state);
     tasks.spawn(api.clone().housekeeping(background.clone()));
     let (app, operator) = apps(api, &registries, local, &opts, &state, &listeners);
@@ -162,7 +190,7 @@ fn going_away(
     tasks: &TaskTracker,
 ) -> CancellationToken {
     let serving = CancellationToken::new();
-    let delay = Duration::from_millis(state.config.http.shutdown_readiness_delay_ms);
+    let delay = Duration::from_millis(state.config.load().http.shutdown_readiness_delay_ms);
     let (status, stop) = (state.status.clone(), serving.clone());
     tasks.spawn(async move {
         tokio::select! {
@@ -326,7 +354,7 @@ fn spawn_pipeline(
     tasks.spawn(peers::publish_lag(
         state.serving.clone(),
         state.metrics.registries.clone(),
-        state.config.max_lag_ms,
+        state.config.load().max_lag_ms,
         followed.lags.clone(),
         local,
         background.clone(),
@@ -337,7 +365,7 @@ fn spawn_pipeline(
         background.clone(),
     ));
     tasks.spawn(membership::spawn_updater(
-        state.config.clone(),
+        state.config.load_full(),
         membership::Outputs::of(state),
         followed.inputs,
         background.clone(),
@@ -423,7 +451,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<()> {
-    let config = &state.config;
+    let config = state.config.load_full();
     let mut endpoints = Vec::new();
     let live = match tls {
         Some(files) => {

@@ -68,6 +68,7 @@ async fn serve(args: ServeArgs) -> i32 {
         router_id: args.router_id.clone(),
         public_addrs: args.public_addrs.clone(),
         config,
+        config_file: args.config.clone(),
         layout,
         admin_tokens,
         tls,

@@ -14,7 +14,7 @@
 //! 3. the fleet as the router believes it: `membership`, `peers`, `lag`, `alarms`, `guard`,
 //!    `state`, `explain`
 //! 4. edges: `http`, `dns`, `admin`, `ops`, `ctl`
-//! 5. the binary's glue and tools: `lib` (the crate root), `demo`, `sim`
+//! 5. the binary's glue and tools: `lib` (the crate root), `reload`, `demo`, `sim`
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -43,6 +43,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ctl", 4),
     ("lib", 5),
     ("demo", 5),
+    ("reload", 5),
     ("sim", 5),
 ];
 

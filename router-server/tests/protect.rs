@@ -81,6 +81,7 @@ async fn mass_removal_is_held_then_released() {
             router_id: None,
             public_addrs: Vec::new(),
             config,
+            config_file: None,
             layout: layout.clone(),
             admin_tokens: Default::default(),
             tls: None,

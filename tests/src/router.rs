@@ -116,6 +116,11 @@ impl RouterProc {
         spawn_router(etcd, config, extra, None)
     }
 
+    /// The config file this router was started with (SIGHUP reads it again).
+    pub fn config_path(&self) -> &Path {
+        self._config.path()
+    }
+
     /// `GET path`, which must answer 200; returns the JSON body.
     pub fn answer(&self, path: &str) -> serde_json::Value {
         let (code, body) = get_json(self.addr, path).expect("router answers");

@@ -22,10 +22,11 @@ pub(super) async fn route(
     let s = &admin.serving;
     let snapshot = s.snapshot.load_full();
     let invalid = admin.status.invalid.lock().expect("invalid lock").clone();
+    let (config, regions) = (admin.config.load(), s.regions.load());
     let facts = Facts {
         snapshot: snapshot.as_deref(),
-        config: &admin.config,
-        regions: &s.regions,
+        config: &config,
+        regions: &regions,
         guard: &s.guard,
         invalid: &invalid,
         herd: s.herd_view(),

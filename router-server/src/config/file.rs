@@ -270,6 +270,18 @@ pub struct TlsConfig {
     pub reload_check_ms: u64,
 }
 
+impl RegionsConfig {
+    /// Every region name the table mentions: networks', fallbacks', the default.
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.cidrs
+            .values()
+            .chain(self.fallbacks.keys())
+            .chain(self.fallbacks.values().flatten())
+            .chain((!self.default.is_empty()).then_some(&self.default))
+            .cloned()
+    }
+}
+
 impl Default for FileConfig {
     fn default() -> Self {
         FileConfig {

@@ -15,6 +15,7 @@ pub mod dns;
 mod error;
 mod explain_args;
 mod file;
+mod live;
 mod shared_args;
 mod validate;
 
@@ -26,5 +27,6 @@ pub use file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,
 };
+pub use live::LiveConfig;
 pub use shared_args::RouterEtcdFlags;
 pub use validate::MAX_CANDIDATES;

@@ -146,14 +146,10 @@ impl Dns {
     ) -> Option<Option<String>> {
         let Some(label) = named else {
             let ip = subnet.unwrap_or(client);
-            return Some(self.serving.regions.lookup(ip).map(str::to_string));
+            return Some(self.serving.regions.load().lookup(ip).map(str::to_string));
         };
-        if let Some(r) = self
-            .configured_regions
-            .iter()
-            .find(|r| r.eq_ignore_ascii_case(label))
-        {
-            return Some(Some(r.clone()));
+        if let Some(r) = self.serving.regions.load().named(label) {
+            return Some(Some(r.to_string()));
         }
         let snap = self.serving.snapshot.load();
         let found = snap
@@ -177,7 +173,7 @@ impl Dns {
         let Some(snap) = snap.as_deref() else {
             return Vec::new();
         };
-        let config = &self.config;
+        let config = self.config.load();
         let fallbacks = region
             .and_then(|r| config.regions.fallbacks.get(r))
             .map(Vec::as_slice)

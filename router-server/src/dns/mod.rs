@@ -34,7 +34,7 @@ use std::sync::Arc;
 use hickory_proto::rr::Name;
 
 use crate::config::dns::{self as config, DnsConfig};
-use crate::config::FileConfig;
+use crate::config::{FileConfig, LiveConfig};
 use crate::metrics::{DnsMetrics, EdgeMetrics, Metrics};
 use crate::state::Serving;
 use counts::TRANSPORTS;
@@ -46,7 +46,7 @@ pub use query::Transport;
 
 /// The DNS side of one router.
 pub struct Dns {
-    config: Arc<FileConfig>,
+    config: LiveConfig,
     /// What answers read: the snapshot, regions, the guard, the herd, the routers'
     /// addresses.
     serving: Arc<Serving>,
@@ -59,8 +59,6 @@ pub struct Dns {
     apex: Option<Name>,
     nameservers: Vec<Name>,
     hostmaster: Option<Name>,
-    /// Region names of the configuration (CIDR map, fallbacks, default).
-    configured_regions: Vec<String>,
     rrl: Option<rrl::Rrl>,
     /// `router_dns_queries_total` series by (transport, type, code), taken from the
     /// family once each, so a query does no map lookup under a lock.
@@ -70,7 +68,7 @@ pub struct Dns {
 impl Dns {
     /// The DNS side of the router configured by `config`, answering from `serving`,
     /// counting into the DNS and edge series of `metrics`.
-    pub fn new(config: Arc<FileConfig>, serving: Arc<Serving>, metrics: &Metrics) -> Dns {
+    pub fn new(config: LiveConfig, serving: Arc<Serving>, metrics: &Metrics) -> Dns {
         Dns::with_limiter_clock(
             config,
             serving,
@@ -81,23 +79,12 @@ impl Dns {
 
     /// [`Dns::new`] with the response-rate limit on `clock` (tests pass a fake one).
     pub fn with_limiter_clock(
-        config: Arc<FileConfig>,
+        config: LiveConfig,
         serving: Arc<Serving>,
         metrics: &Metrics,
         clock: crate::clock::LimiterClock,
     ) -> Dns {
-        let cfg = config.dns.clone();
-        let regions_cfg = &config.regions;
-        let mut configured_regions: Vec<String> = regions_cfg
-            .cidrs
-            .values()
-            .chain(regions_cfg.fallbacks.keys())
-            .chain(regions_cfg.fallbacks.values().flatten())
-            .cloned()
-            .chain((!regions_cfg.default.is_empty()).then(|| regions_cfg.default.clone()))
-            .collect();
-        configured_regions.sort();
-        configured_regions.dedup();
+        let cfg = config.load().dns.clone();
         let (zone, apex, nameservers, hostmaster) = if cfg.enabled() {
             let apex = config::parse_domain(&cfg.zone).expect("validated zone");
             let ns: Vec<String> = if cfg.nameservers.is_empty() {
@@ -131,7 +118,6 @@ impl Dns {
             apex,
             nameservers,
             hostmaster,
-            configured_regions,
             series: (0..TRANSPORTS.len()
                 * crate::metrics::dns::QTYPES.len()
                 * crate::metrics::dns::RCODES.len())
@@ -140,9 +126,9 @@ impl Dns {
         }
     }
 
-    /// The router's configuration.
-    pub fn config(&self) -> &FileConfig {
-        &self.config
+    /// The router's configuration now.
+    pub fn config(&self) -> arc_swap::Guard<Arc<FileConfig>> {
+        self.config.load()
     }
 
     /// What answers read.

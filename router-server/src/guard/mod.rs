@@ -247,6 +247,14 @@ impl Guard {
         }
     }
 
+    /// Replaces the static lists (`[edge] block` and `allow`, on a reload).
+    pub fn set_static(&self, block: Vec<IpNet>, allow: Vec<IpNet>) {
+        let mut sources = self.sources.lock().expect("guard sources lock");
+        sources.block = block;
+        sources.allow = allow;
+        self.rebuild(&sources, registry::now_ms());
+    }
+
     /// Replaces the entries followed from etcd.
     pub fn set_dynamic(&self, entries: Vec<BlockEntry>) {
         let mut sources = self.sources.lock().expect("guard sources lock");

@@ -67,7 +67,7 @@ fn bad_request(code: ErrorCode, msg: impl Into<String>) -> ApiError {
 fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pass), ApiError> {
     let peer_ip = peer.ip().to_canonical();
     let ip = client_ip(peer_ip, headers, &dns.config().trusted_proxies);
-    super::forwarded::note(dns.config(), dns.edge_metrics(), peer_ip, headers);
+    super::forwarded::note(&dns.config(), dns.edge_metrics(), peer_ip, headers);
     let pass = dns.serving().guard.check(ip).map_err(ApiError::refused)?;
     Ok((ip, pass))
 }
@@ -286,13 +286,8 @@ async fn httpdns_signed(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let asked = asker(&dns, peer, &headers)?;
-    let Some(secret) = dns
-        .config()
-        .httpdns
-        .secret
-        .as_deref()
-        .filter(|s| !s.is_empty())
-    else {
+    let config = dns.config();
+    let Some(secret) = config.httpdns.secret.as_deref().filter(|s| !s.is_empty()) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,

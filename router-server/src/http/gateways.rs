@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::params::parse_params;
 use crate::answer::render_answer;
-use crate::config::FileConfig;
+use crate::config::LiveConfig;
 use crate::identity::client_ip;
 use crate::metrics::Metrics;
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -33,8 +33,8 @@ pub struct Api(Arc<ApiInner>);
 /// What [`Api`] shares: the handles the HTTP edge reads. It serves `/metrics` and the
 /// fleet page besides the answers, so it reads all four.
 pub struct ApiInner {
-    /// The configuration.
-    pub config: Arc<FileConfig>,
+    /// The configuration in force.
+    pub config: LiveConfig,
     /// What answers read (`/gateways`; DoH and HTTPDNS through their [`crate::dns::Dns`]).
     pub serving: Arc<Serving>,
     /// The fleet's status (`/readyz`, `/ops`, `/metrics`' snapshot age).
@@ -176,19 +176,17 @@ fn gateways(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cfg = &api.config;
+    let cfg = api.config.load();
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
     let peer_ip = peer.ip().to_canonical();
     let ip = client_ip(peer_ip, headers, &cfg.trusted_proxies);
-    super::forwarded::note(cfg, &api.metrics.edge, peer_ip, headers);
+    super::forwarded::note(&cfg, &api.metrics.edge, peer_ip, headers);
     let guard = &api.serving.guard;
     let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;
-    let region = params
-        .region
-        .as_deref()
-        .or_else(|| api.serving.regions.lookup(ip));
+    let regions = api.serving.regions.load();
+    let region = params.region.as_deref().or_else(|| regions.lookup(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)

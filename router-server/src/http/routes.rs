@@ -108,7 +108,7 @@ pub(crate) fn route_label(path: Option<&MatchedPath>) -> &'static str {
 /// The edge of every request: refuses over-long URIs before any work, then counts and
 /// times the request by route and status. One layer, so the hot path pays for one.
 async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let max = api.config.http.max_uri_bytes;
+    let max = api.config.load().http.max_uri_bytes;
     let len = req
         .uri()
         .path_and_query()
@@ -199,7 +199,7 @@ impl HotRoute {
     pub fn call(&self, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
         let start = std::time::Instant::now();
         let len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
-        let resp = match uri_too_long(len, self.api.config.http.max_uri_bytes) {
+        let resp = match uri_too_long(len, self.api.config.load().http.max_uri_bytes) {
             Some(e) => e.into_response(),
             None => (self.answer)(&self.api, peer, uri, headers),
         };
@@ -236,11 +236,17 @@ pub fn app_with(
     gateways: axum::routing::MethodRouter<Api>,
     hot: Arc<HotAnswer>,
 ) -> App {
-    let hot = api.config.http.cors_origins.is_empty().then(|| HotRoute {
-        path: "/gateways",
-        api: api.clone(),
-        answer: hot,
-    });
+    let hot = api
+        .config
+        .load()
+        .http
+        .cors_origins
+        .is_empty()
+        .then(|| HotRoute {
+            path: "/gateways",
+            api: api.clone(),
+            answer: hot,
+        });
     App {
         router: router_with(api, admin, gateways),
         hot,
@@ -287,11 +293,17 @@ struct Operator {
 /// one answers clients (`/gateways`, DNS over HTTPS, `/d`, ...), and `/healthz`,
 /// `/readyz`; the operator's routes there are 404 `not_found`, like any unknown path.
 pub fn public_app(api: Api) -> App {
-    let hot = api.config.http.cors_origins.is_empty().then(|| HotRoute {
-        path: "/gateways",
-        api: api.clone(),
-        answer: Arc::new(answer),
-    });
+    let hot = api
+        .config
+        .load()
+        .http
+        .cors_origins
+        .is_empty()
+        .then(|| HotRoute {
+            path: "/gateways",
+            api: api.clone(),
+            answer: Arc::new(answer),
+        });
     App {
         router: surface(api.clone(), Some(get_service(Gateways::new(api))), None),
         hot,
@@ -315,7 +327,7 @@ fn surface(
     gateways: Option<axum::routing::MethodRouter<Api>>,
     operator: Option<Operator>,
 ) -> Router {
-    let cfg = &api.config;
+    let cfg = api.config.load();
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -86,11 +86,19 @@ pub struct HookLabels {
     pub state: &'static str,
 }
 
+/// Labels of the configuration reload counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied` or `invalid`.
+    pub result: &'static str,
+}
+
 /// Labels of the connection counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
     /// Why the server closed a connection: `first_byte_timeout`, `tls_handshake`,
     /// `head_timeout`, `idle_timeout`, `body_timeout`, `stalled`, `shed_silent`,
-    /// `shed_idle`, `shed_overdue`, `refused_full`, `per_network_cap`.
+    /// `shed_idle`, `shed_overdue`, `refused_full`, `per_network_cap`, and with the
+    /// PROXY protocol `proxy_untrusted`, `proxy_header_invalid`, `proxy_header_timeout`.
     pub reason: &'static str,
 }

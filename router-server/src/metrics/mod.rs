@@ -3,13 +3,14 @@
 //! Each subsystem owns its metrics, a struct of its own with the names and help texts
 //! beside the fields: [`HttpMetrics`], [`FleetMetrics`], [`EdgeMetrics`],
 //! [`AdminMetrics`], [`HerdMetrics`], [`ConnMetrics`], [`RegistryMetrics`],
-//! [`DnsMetrics`]. A clone of one counts into the same series, so a subsystem holds a
+//! [`DnsMetrics`], [`ConfigMetrics`]. A clone of one counts into the same series, so a subsystem holds a
 //! clone of its own and nothing else. [`Metrics`] registers them all, in `register`'s
 //! order, into the one registry `/metrics` renders (one registry with the `router`
 //! prefix: the names are exactly what they were). Their label sets are in `labels`,
 //! the latency histogram in `histogram`.
 
 mod admin;
+mod config;
 mod connections;
 mod edge;
 mod fleet;
@@ -25,6 +26,7 @@ pub mod dns;
 use prometheus_client::registry::Registry;
 
 pub use admin::AdminMetrics;
+pub use config::ConfigMetrics;
 pub use connections::ConnMetrics;
 pub use dns::DnsMetrics;
 pub use edge::EdgeMetrics;
@@ -34,7 +36,7 @@ pub use histogram::AtomicHistogram;
 pub use http::HttpMetrics;
 pub use labels::{
     AlarmLabels, ConnLabels, DnsLabels, DnsRrlLabels, DnsTcpLabels, HookLabels, NodeLabels,
-    RegionLabels, RegistryLabels, RequestLabels, RouteLabels,
+    RegionLabels, RegistryLabels, ReloadLabels, RequestLabels, RouteLabels,
 };
 pub use registries::RegistryMetrics;
 
@@ -59,6 +61,8 @@ pub struct Metrics {
     pub registries: RegistryMetrics,
     /// DNS queries, the response-rate limit, DNS-over-TCP connections.
     pub dns: DnsMetrics,
+    /// Configuration reloads.
+    pub config: ConfigMetrics,
 }
 
 impl Default for Metrics {
@@ -74,6 +78,7 @@ impl Default for Metrics {
             connections: ConnMetrics::default(),
             registries: RegistryMetrics::default(),
             dns: DnsMetrics::default(),
+            config: ConfigMetrics::default(),
         };
         m.register(&mut registry);
         Metrics { registry, ..m }
@@ -153,6 +158,10 @@ mod tests {
             &[("r".into(), 1, 10)],
         );
         m.fleet.set_hook_counts(&[(registry::HookState::ALL[0], 0)]);
+        m.config
+            .reloads
+            .get_or_create(&ReloadLabels { result: "applied" })
+            .inc();
         m.admin
             .actions
             .get_or_create(&RequestLabels { route, status: 200 })
@@ -230,6 +239,8 @@ mod tests {
             "router_dns_queries",
             "router_dns_rrl",
             "router_dns_tcp_closed_by_server",
+            "router_config_reloads",
+            "router_config_restart_needed",
         ];
         assert_eq!(families, expected);
     }

@@ -1,7 +1,7 @@
 //! What `/metrics` exports, in the order the exposition lists it: the build, then each
 //! subsystem's metrics, registered by the subsystem's own struct (names and help texts
 //! are beside the fields, in `http.rs`, `fleet.rs`, `edge.rs`, `admin.rs`, `herd.rs`,
-//! `connections.rs`, `registries.rs`, `dns.rs`).
+//! `connections.rs`, `registries.rs`, `dns.rs`, `config.rs`).
 
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -34,5 +34,6 @@ impl Metrics {
         self.connections.register(registry);
         self.registries.register(registry);
         self.dns.register(registry);
+        self.config.register(registry);
     }
 }

@@ -8,7 +8,7 @@
 //!   records, protect, each registry's health, lag and alarms, the live routers, the
 //!   last sync, going away. `/ops`, `/ops/*.json`, `/readyz` and `/metrics` read it;
 //!   no answer does.
-//! * the configuration, an `Arc<FileConfig>`, read-only;
+//! * the configuration, a [`LiveConfig`] (SIGHUP replaces its reloadable part);
 //! * the metrics, [`crate::metrics::Metrics`], each subsystem's in a struct of its own.
 //!
 //! [`AppState`] holds the four: `run` builds it and hands each edge and each task the
@@ -19,18 +19,18 @@ mod status;
 
 use std::sync::Arc;
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, LiveConfig};
 use crate::metrics::Metrics;
 
-pub use serving::Serving;
+pub use serving::{region_table, Serving};
 pub use status::{FleetStatus, Peer, RegistryStatus};
 
 /// The router's handles, built once by `run` (and by tests) and split between the
 /// edges and the tasks. Cloning it clones four `Arc`s.
 #[derive(Clone)]
 pub struct AppState {
-    /// The validated configuration.
-    pub config: Arc<FileConfig>,
+    /// The validated configuration in force.
+    pub config: LiveConfig,
     /// Every subsystem's metrics.
     pub metrics: Arc<Metrics>,
     /// What answering reads.
@@ -52,7 +52,7 @@ impl AppState {
         AppState {
             serving: Arc::new(Serving::new(&config, guard)),
             status: Arc::new(FleetStatus::default()),
-            config: Arc::new(config),
+            config: LiveConfig::new(config),
             metrics: Arc::new(metrics),
         }
     }

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, RegionsConfig};
 use crate::guard::Guard;
 use crate::herd::HerdView;
 use crate::identity::RegionTable;
@@ -24,8 +24,9 @@ pub struct Serving {
     pub snapshot: Arc<ArcSwapOption<Snapshot>>,
     /// The constant part of every answer, serialized once (see [`crate::answer::answer_tail`]).
     pub answer_tail: String,
-    /// The client-region table (`[regions] cidrs`), built once for `/gateways` and DNS.
-    pub regions: RegionTable,
+    /// The client-region table (`[regions]`), for `/gateways` and DNS; replaced when
+    /// a reload changes `[regions]`.
+    pub regions: ArcSwap<RegionTable>,
     /// What one client network may cost: block and allow lists, budgets.
     pub guard: Arc<Guard>,
     /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`),
@@ -47,13 +48,18 @@ pub struct Serving {
     pub router_addrs: Mutex<Vec<Vec<IpAddr>>>,
 }
 
+/// The region table of `[regions]`, knowing every region it names.
+pub fn region_table(regions: &RegionsConfig) -> RegionTable {
+    RegionTable::new(&regions.cidrs, &regions.default).with_names(regions.names())
+}
+
 impl Serving {
     /// Nothing served yet, under `config`, with `guard`.
     pub fn new(config: &FileConfig, guard: Arc<Guard>) -> Serving {
         Serving {
             snapshot: Arc::new(ArcSwapOption::empty()),
             answer_tail: crate::answer::answer_tail(config),
-            regions: RegionTable::new(&config.regions.cidrs, &config.regions.default),
+            regions: ArcSwap::from_pointee(region_table(&config.regions)),
             guard,
             tie_seed: rand::random::<u64>() | 1,
             routers: AtomicU64::new(1),

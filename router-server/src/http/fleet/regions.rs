@@ -113,7 +113,7 @@ pub fn fleet(api: &Api, admin: bool) -> Fleet {
     let snap = api.serving.snapshot.load_full();
     let herd = api.serving.herd_view();
     let now = registry::now_ms();
-    let max_load = api.config.max_load;
+    let max_load = api.config.load().max_load;
     let mut regions: BTreeMap<&str, Vec<Node>> = BTreeMap::new();
     if let Some(s) = &snap {
         for e in s.nodes.iter() {

@@ -64,7 +64,7 @@ pub(super) fn router_status(
     snap: Option<&crate::schedule::Snapshot>,
 ) -> RouterStatus {
     let m = &api.metrics;
-    let max_load = api.config.max_load;
+    let max_load = api.config.load().max_load;
     let invalid = api
         .status
         .invalid
@@ -98,7 +98,7 @@ pub(super) fn router_status(
             peers
         },
         max_load,
-        max_lag_ms: api.config.max_lag_ms,
+        max_lag_ms: api.config.load().max_lag_ms,
         admin,
         invalid,
         registries: with_health(&api.status),
@@ -114,9 +114,10 @@ pub(super) fn router_status(
         no_gateways: m.edge.no_gateways.get(),
         dns: api
             .config
+            .load()
             .dns
             .enabled()
-            .then(|| m.dns.totals.status(&api.config.dns.zone)),
+            .then(|| m.dns.totals.status(&api.config.load().dns.zone)),
     }
 }
 

@@ -136,7 +136,7 @@ pub fn summary(api: &Api, admin: bool, want: &SummaryQuery) -> Summary {
     let snap = api.serving.snapshot.load_full();
     let herd = api.serving.herd_view();
     let now = registry::now_ms();
-    let max_load = api.config.max_load;
+    let max_load = api.config.load().max_load;
     let total = snap.as_ref().map_or(0, |s| s.nodes.len());
     let all_open = total <= SMALL_FLEET;
     #[derive(Default)]

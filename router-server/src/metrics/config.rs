@@ -1,0 +1,35 @@
+//! The configuration file's metrics: reloads by outcome, and whether the file on disk
+//! asks for a restart.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::ReloadLabels;
+
+/// What reloading the configuration (SIGHUP, `crate::reload`) counts.
+#[derive(Clone, Default)]
+pub struct ConfigMetrics {
+    /// Reloads by result: `applied`, `invalid` (the file was refused; the running
+    /// configuration stays).
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 while the last file read differs from the configuration in force in a key that
+    /// only a restart applies.
+    pub restart_needed: Gauge,
+}
+
+impl ConfigMetrics {
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP) by result: applied, or invalid (the file was refused and the running configuration kept)",
+            self.reloads.clone(),
+        );
+        registry.register(
+            "config_restart_needed",
+            "1 while the configuration file read last differs from the one in force in a key only a restart applies",
+            self.restart_needed.clone(),
+        );
+    }
+}
