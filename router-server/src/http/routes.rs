@@ -236,8 +236,16 @@ pub fn app_with(
     gateways: axum::routing::MethodRouter<Api>,
     hot: Arc<HotAnswer>,
 ) -> App {
-    let hot = api
-        .config
+    App {
+        hot: hot_gateways(&api, hot),
+        router: router_with(api, admin, gateways),
+    }
+}
+
+/// `/gateways` served ahead of the router by `answer`, unless CORS is configured (its
+/// headers come from the router's layers).
+fn hot_gateways(api: &Api, answer: Arc<HotAnswer>) -> Option<HotRoute> {
+    api.config
         .load()
         .http
         .cors_origins
@@ -245,12 +253,8 @@ pub fn app_with(
         .then(|| HotRoute {
             path: "/gateways",
             api: api.clone(),
-            answer: hot,
-        });
-    App {
-        router: router_with(api, admin, gateways),
-        hot,
-    }
+            answer,
+        })
 }
 
 /// Answers 503 `timeout` (in the contract's error shape) when a request overruns.
@@ -293,20 +297,9 @@ struct Operator {
 /// one answers clients (`/gateways`, DNS over HTTPS, `/d`, ...), and `/healthz`,
 /// `/readyz`; the operator's routes there are 404 `not_found`, like any unknown path.
 pub fn public_app(api: Api) -> App {
-    let hot = api
-        .config
-        .load()
-        .http
-        .cors_origins
-        .is_empty()
-        .then(|| HotRoute {
-            path: "/gateways",
-            api: api.clone(),
-            answer: Arc::new(answer),
-        });
     App {
+        hot: hot_gateways(&api, Arc::new(answer)),
         router: surface(api.clone(), Some(get_service(Gateways::new(api))), None),
-        hot,
     }
 }
 
