@@ -168,6 +168,10 @@ mod tests {
             text.contains("router_config_reloads_total{result=\"invalid\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("router_config_reloads_total{result=\"applied\"} 0"),
+            "both series exist from the start: {text}"
+        );
         std::fs::write(
             &path,
             "[regions]\ncidrs = { \"198.51.100.0/24\" = \"cn-bj\" }\n",

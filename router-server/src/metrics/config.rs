@@ -21,6 +21,11 @@ pub struct ConfigMetrics {
 
 impl ConfigMetrics {
     pub(super) fn register(&self, registry: &mut Registry) {
+        // Both series from the start: a first refusal must be an increase from 0,
+        // which an alert on `increase()` sees, not a new series starting at 1.
+        for result in ["applied", "invalid"] {
+            self.reloads.get_or_create(&ReloadLabels { result });
+        }
         registry.register(
             "config_reloads",
             "Configuration reloads (SIGHUP) by result: applied, or invalid (the file was refused and the running configuration kept)",

@@ -158,10 +158,6 @@ mod tests {
             &[("r".into(), 1, 10)],
         );
         m.fleet.set_hook_counts(&[(registry::HookState::ALL[0], 0)]);
-        m.config
-            .reloads
-            .get_or_create(&ReloadLabels { result: "applied" })
-            .inc();
         m.admin
             .actions
             .get_or_create(&RequestLabels { route, status: 200 })
