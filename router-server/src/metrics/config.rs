@@ -24,7 +24,7 @@ impl ConfigMetrics {
         // Both series from the start: a first refusal must be an increase from 0,
         // which an alert on `increase()` sees, not a new series starting at 1.
         for result in ["applied", "invalid"] {
-            self.reloads.get_or_create(&ReloadLabels { result });
+            drop(self.reloads.get_or_create(&ReloadLabels { result }));
         }
         registry.register(
             "config_reloads",

@@ -4,11 +4,12 @@
 //! commands issued to the nodes.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harness::netns::Lab;
-use harness::{free_port, get_json, HookServer, Proc, P};
+use harness::{free_port, get_json, HookServer, Proc, TestCa, P};
 
 use crate::world::World;
 use crate::{node_id, AGENTS, APPLY_BOUND, MISSING_BOUND, RESTART_BOUND, ROUTERS, TTL};
@@ -28,8 +29,15 @@ pub(crate) struct Fleet {
     /// What each node's agents printed in their earlier lives.
     lives: Vec<String>,
     routers: Vec<Option<Proc>>,
-    /// Router `j` serves on `127.0.0.{j+1}`, all on one port.
+    /// Router `j` serves plain HTTP on `127.0.0.{j+1}`, all on one port (the test's
+    /// own checks)...
     pub(crate) router_port: u16,
+    /// ... and HTTPS on another (the SDK clients), with a certificate for
+    /// [`ROUTERS_NAME`] from `ca`.
+    pub(crate) https_port: u16,
+    pub(crate) ca: TestCa,
+    /// The certificate and key files, in a directory that lives as long as the fleet.
+    tls: (PathBuf, PathBuf, tempfile::TempDir),
     gateways: Vec<u16>,
     hook: HookServer,
     config: tempfile::NamedTempFile,
@@ -46,6 +54,9 @@ fn gateway() -> u16 {
     port
 }
 
+/// The routers' name, in their certificate and in the SDK clients' configuration.
+pub(crate) const ROUTERS_NAME: &str = "routers.chaos.test";
+
 /// Router `j`'s address.
 pub(crate) fn router_addr(j: usize, port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, j as u8 + 1], port))
@@ -60,6 +71,10 @@ impl Fleet {
         )
         .unwrap();
         let router_port = free_port();
+        let https_port = free_port();
+        let ca = TestCa::new("chaos CA");
+        let dir = tempfile::tempdir().expect("TLS directory");
+        let (cert, key) = ca.write_leaf(dir.path(), &[ROUTERS_NAME]);
         let world = Arc::new(World::new(
             (0..ROUTERS)
                 .map(|j| Some(router_addr(j, router_port)))
@@ -72,6 +87,9 @@ impl Fleet {
             lives: vec![String::new(); AGENTS],
             routers: (0..ROUTERS).map(|_| None).collect(),
             router_port,
+            https_port,
+            ca,
+            tls: (cert, key, dir),
             gateways: (0..AGENTS).map(|_| gateway()).collect(),
             hook: HookServer::start(),
             config,
@@ -137,13 +155,21 @@ impl Fleet {
         let started = Instant::now();
         let endpoints = self.lab.endpoints();
         let addr = router_addr(j, self.router_port);
-        let listen = addr.to_string();
+        let plain = addr.to_string();
+        let https = router_addr(j, self.https_port).to_string();
         let id = format!("r{j}");
+        let (cert, key) = (self.tls.0.to_str().unwrap(), self.tls.1.to_str().unwrap());
         let args = [
             "--etcd",
             &endpoints,
             "--listen",
-            &listen,
+            &https,
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--http-listen",
+            &plain,
             "--config",
             self.config.path().to_str().unwrap(),
             "--router-id",

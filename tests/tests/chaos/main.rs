@@ -2,7 +2,7 @@
 //! the whole time. Real parts: a 3-member etcd in network namespaces of its own
 //! (`harness::netns`, reached from the test's namespace through one link), three
 //! routers, ten agents with real TCP gateways and a hook that hears their migrate
-//! signals, an HTTP client that asks the routers in turn, and clients through the SDK
+//! signals, an HTTP client that asks the routers in turn, and clients through the SDK over HTTPS
 //! that connect to gateways and move between them on fresh answers.
 //!
 //! The schedule ([`schedule`]) kills and restarts etcd members, cuts a member or the
@@ -114,8 +114,8 @@ fn faults_on_top_of_each_other_keep_every_promise() {
             move || world::http_client(world)
         }),
         std::thread::spawn({
-            let (world, port) = (world.clone(), fleet.router_port);
-            move || sdk::sdk_clients(world, port)
+            let (world, port, ca) = (world.clone(), fleet.https_port, fleet.ca.pem());
+            move || sdk::sdk_clients(world, port, ca)
         }),
     ];
 

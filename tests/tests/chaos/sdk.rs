@@ -1,5 +1,5 @@
 //! Clients through the SDK: `httpdns_client::Client` knowing the routers by one name
-//! (bootstrap addresses, no HTTPDNS), connecting to a real gateway and moving to
+//! (bootstrap addresses, no HTTPDNS) and asking them over HTTPS (a private CA), connecting to a real gateway and moving to
 //! another one again and again, each move on a fresh answer from a router. No call may
 //! fail: at most one router is down at a time, and the SDK goes on to the next one.
 
@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 
 use httpdns_client::{Client, Config, Source};
 
-use crate::fleet::router_addr;
+use crate::fleet::{router_addr, ROUTERS_NAME};
 use crate::world::World;
 use crate::ROUTERS;
 
-const ROUTERS_NAME: &str = "routers.chaos.test";
-
-fn client(port: u16) -> Client {
+/// A client of the routers' HTTPS port, trusting `ca_pem`.
+fn client(port: u16, ca_pem: &str) -> Client {
     let mut c = Config::new(ROUTERS_NAME);
     c.router_port = port;
-    c.router_https = false;
+    c.router_https = true;
+    c.add_roots_pem(ca_pem.as_bytes()).expect("the chaos CA");
     c.count = 10;
     c.max_routers = ROUTERS;
     c.dns.providers = Vec::new();
@@ -34,13 +34,13 @@ fn client(port: u16) -> Client {
 
 /// Runs until the world stops: connect, then migrate from the gateway reached, over
 /// and over; every candidate is checked like a router's answer.
-pub(crate) fn sdk_clients(world: Arc<World>, port: u16) {
+pub(crate) fn sdk_clients(world: Arc<World>, port: u16, ca_pem: String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let sdk = client(port);
+        let sdk = client(port, &ca_pem);
         let mut conn = None;
         while !world.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
