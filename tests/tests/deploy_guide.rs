@@ -3,8 +3,10 @@
 //! from `deploy/etcd/etcd.env` (TLS both ways, client certificates, quota, compaction),
 //! auth turned on by `deploy/etcd/enable-auth.sh`, least-privilege users from `ctl auth
 //! apply`, and a router and an agent configured only by `deploy/env/router.env`,
-//! `router.toml` and `agent.env`. Only addresses, ports and directories are changed, as
-//! the guide tells each host to.
+//! `router.toml` and `agent.env`; then the second DC of step 5 (its own CA, cluster
+//! and node, the router following it through `router.toml`'s `[[registries]]` block).
+//! Only addresses, ports, directories and the second node's id are changed, as the
+//! guide tells each host to.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -68,13 +70,10 @@ fn etcdctl(endpoints: &str, pki: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// Step 1: the certificates, from `make-certs.sh`; keys private.
-fn certificates(pki: &Path) {
+fn certificates(pki: &Path, users: &str) {
     let pki_s = pki.to_str().unwrap();
     // Certificates: the members' for their addresses, a client's per etcd user.
-    let made = script(
-        &deploy("etcd/make-certs.sh"),
-        &[pki_s, "127.0.0.1", "root,r1,gw-1,alice"],
-    );
+    let made = script(&deploy("etcd/make-certs.sh"), &[pki_s, "127.0.0.1", users]);
     assert!(made.contains("member.pem"), "{made}");
     for key in ["ca-key.pem", "member-key.pem", "r1-key.pem"] {
         use std::os::unix::fs::PermissionsExt;
@@ -189,7 +188,7 @@ fn check_members(c: &Cluster, pki: &Path) {
 }
 
 /// Step 3: auth on (twice: the script is idempotent), then least-privilege users.
-fn least_privilege(endpoints: &str, pki_s: &str, dir: &Path) {
+fn least_privilege(endpoints: &str, pki_s: &str, dir: &Path, agent: &str) {
     // Auth on, then least-privilege users for the router, the agent and an operator.
     script(&deploy("etcd/enable-auth.sh"), &[endpoints, pki_s]);
     let again = script(&deploy("etcd/enable-auth.sh"), &[endpoints, pki_s]);
@@ -213,7 +212,7 @@ fn least_privilege(endpoints: &str, pki_s: &str, dir: &Path) {
             "--routers",
             "r1",
             "--agents",
-            "gw-1",
+            agent,
             "--operators",
             "alice",
             "--password-dir",
@@ -235,7 +234,12 @@ fn least_privilege(endpoints: &str, pki_s: &str, dir: &Path) {
 /// Step 4: the router and the agent from their env files, with secrets where systemd
 /// would put them (here: the pki directory and a token file). Returns them, the
 /// router's client and admin ports, and the gateway's listener.
-fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Proc, Proc, u16, u16, TcpListener) {
+fn services(
+    dir: &Path,
+    pki_s: &str,
+    c: &Cluster,
+    dc2: &SecondDc,
+) -> (Proc, Proc, u16, u16, TcpListener) {
     // The router and the agent, from their env files; secrets where systemd would put
     // them (here: the pki directory and a token file).
     let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -245,11 +249,7 @@ fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Proc, Proc, u16, u16, TcpL
     std::fs::write(&tokens, "ops:0123456789abcdef0123456789abcdef\n").unwrap();
     harness::make_private(&tokens);
     let router_toml = dir.join("router.toml");
-    std::fs::write(
-        &router_toml,
-        std::fs::read_to_string(deploy("env/router.toml")).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&router_toml, dc2.router_toml()).unwrap();
     let mut subs = c.hosts.clone();
     subs.extend(
         [
@@ -295,19 +295,93 @@ fn services(dir: &Path, pki_s: &str, c: &Cluster) -> (Proc, Proc, u16, u16, TcpL
     (router, agent, listen, admin, gateway)
 }
 
+/// DC 2 (step 5): its own CA and cluster, a node of its own, and what the routers'
+/// `router.toml` says of it.
+struct SecondDc {
+    cluster: Cluster,
+    pki: String,
+}
+
+impl SecondDc {
+    /// Steps 1 and 2 again, in `dir`, for users `root,r1,gw-101,alice`.
+    fn deploy(dir: &Path) -> SecondDc {
+        std::fs::create_dir_all(dir).unwrap();
+        let pki = dir.join("pki");
+        certificates(&pki, "root,r1,gw-101,alice");
+        let cluster = start_members(dir, &pki);
+        let pki = pki.to_str().unwrap().to_string();
+        least_privilege(&cluster.endpoints, &pki, dir, "gw-101");
+        SecondDc { cluster, pki }
+    }
+
+    /// `deploy/env/router.toml` with its `[[registries]]` block uncommented, the
+    /// guide's DC 2 addresses and paths made this test's.
+    fn router_toml(&self) -> String {
+        let text = std::fs::read_to_string(deploy("env/router.toml")).unwrap();
+        let block = text.find("#[[registries]]").expect("the DC 2 block");
+        let (head, tail) = text.split_at(block);
+        let tail: String = tail
+            .lines()
+            .map(|l| l.strip_prefix('#').unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let subs = [
+            (
+                "https://10.1.1.11:2379,https://10.1.1.12:2379,https://10.1.1.13:2379",
+                self.cluster.endpoints.clone(),
+            ),
+            (
+                "/run/credentials/router-server.service/etcd-key-dc2",
+                format!("{}/r1-key.pem", self.pki),
+            ),
+            ("/etc/gateway-router/pki-dc2", self.pki.clone()),
+        ]
+        .map(|(a, b)| (a.to_string(), b));
+        format!("{head}{}\n", replaced(&tail, &subs))
+    }
+
+    /// DC 2's agent, from `agent.env` with its id, addresses, ports and files.
+    fn agent(&self, gateway: u16) -> Proc {
+        let own = |key: &str, v: &str| -> String {
+            match key {
+                "AGENT_ID" => "gw-101".into(),
+                "AGENT_IP" => "127.0.0.1".into(),
+                "AGENT_ETCD" => self.cluster.endpoints.clone(),
+                "AGENT_ETCD_CACERT" => format!("{}/ca.pem", self.pki),
+                "AGENT_ETCD_CERT" => format!("{}/gw-101.pem", self.pki),
+                "AGENT_ETCD_KEY" => format!("{}/gw-101-key.pem", self.pki),
+                "AGENT_PORTS" => format!("tcp={gateway}"),
+                "AGENT_LOAD" => format!("tcp-port:{gateway}"),
+                "AGENT_METRICS_LISTEN" => format!("127.0.0.1:{}", free_port()),
+                _ => v.to_string(),
+            }
+        };
+        let mut cmd = Command::new(bin("gateway-agent"));
+        cmd.env_clear();
+        for (k, v) in env_file(&deploy("env/agent.env")) {
+            let value = own(&k, &v);
+            cmd.env(k, value);
+        }
+        Proc::start(cmd)
+    }
+}
+
 #[test]
-fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
+fn two_dcs_deployed_from_the_guide_serve_with_tls_auth_and_bounded_history() {
     tool("etcd", "etcd-server");
     tool("etcdctl", "etcd-client");
     tool("openssl", "openssl");
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     let pki_s = pki.to_str().unwrap().to_string();
-    certificates(&pki);
+    certificates(&pki, "root,r1,gw-1,alice");
     let cluster = start_members(dir.path(), &pki);
     check_members(&cluster, &pki);
-    least_privilege(&cluster.endpoints, &pki_s, dir.path());
-    let (router, agent, listen, admin, gateway) = services(dir.path(), &pki_s, &cluster);
+    least_privilege(&cluster.endpoints, &pki_s, dir.path(), "gw-1");
+    let dc2 = SecondDc::deploy(&dir.path().join("dc2"));
+    let (router, agent, listen, admin, gateway) = services(dir.path(), &pki_s, &cluster, &dc2);
+    let gateway2 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let agent2 = dc2.agent(gateway2.local_addr().unwrap().port());
     let gw_port = gateway.local_addr().unwrap().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], listen));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -322,8 +396,33 @@ fn a_dc_deployed_from_the_guide_serves_with_tls_auth_and_bounded_history() {
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     };
-    assert_eq!(gateway_ids(&body), ["gw-1"], "{body}\n{}", router.output());
-    assert_eq!(body["gateways"][0]["port"], gw_port);
+    // Both DCs' nodes, DC 2's from DC 2's etcd, each named with its DC.
+    let body = if gateway_ids(&body).len() == 2 {
+        body
+    } else {
+        let mut last = body;
+        wait_until(Duration::from_secs(30), "DC 2's node answered", || {
+            last = get_json(addr, "/gateways?region=cn-sh").map_or(last.clone(), |(_, b)| b);
+            gateway_ids(&last).len() == 2
+        });
+        last
+    };
+    let by_id = |id: &str| {
+        body["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not answered: {body}\n{}", router.output()))
+    };
+    let (gw1, gw101) = (by_id("gw-1"), by_id("gw-101"));
+    assert_eq!(
+        (&gw1["dc"], &gw1["port"]),
+        (&"default".into(), &gw_port.into())
+    );
+    assert_eq!(gw101["dc"], "dc2", "{body}");
+    drop(agent2);
     // Logs are JSON, one object a line, as the env file asks.
     let first = router
         .output()
