@@ -69,6 +69,48 @@ fn a_paced_storm_holds_with_agent_clocks_a_second_behind() {
     storm(Duration::from_millis(25), Some(-1));
 }
 
+/// One router SIGKILLed when half the storm has landed: its clients go on to the
+/// other (as the SDK does), which has not seen the dead router's answers and learns of
+/// them from the agents' reports alone. Nobody is lost. The survivor's estimate is
+/// its own answers scaled by the routers it believes live, which assumes an even
+/// split: after the shift a node the dead router favoured is underestimated until its
+/// agent reports, so the bound here is wider than [`EVEN`] (measured: max/mean up to
+/// 1.13, one node at 1.02 of its capacity). The same happens when a balancer stops
+/// sending to a router that stays up; see docs/benchmarks.md.
+#[test]
+fn a_paced_storm_holds_when_a_router_is_killed_halfway() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let fleet = Fleet::start(None);
+    let addrs: Vec<SocketAddr> = fleet.routers.iter().map(|r| r.addr).collect();
+    let total: u64 = fleet.gateways.iter().map(|g| g.capacity).sum();
+    let demand = (total * 9 / 10) as usize;
+    let victim = fleet.routers[0].proc.pid();
+    let kill: Halfway = Box::new(move || {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    });
+    let out = clients(addrs, demand, Duration::from_millis(25), Some(kill));
+    assert_eq!(
+        out.refused.load(Ordering::Relaxed),
+        0,
+        "a client found no router"
+    );
+    check_loads(
+        &fleet,
+        &out,
+        Bounds {
+            max_over_mean: 1.20,
+            max_load: 1.08,
+        },
+    );
+}
+
+/// What `clients` runs when half the demand has asked.
+type Halfway = Box<dyn FnOnce() + Send>;
+
 /// Five gateways of different capacities with their agents (clocks `agent_clock`
 /// off), and two routers that see them all. Fields drop in order: routers, agents,
 /// gateways, etcd.
@@ -178,18 +220,25 @@ struct Outcome {
 
 /// `demand` clients, 24 at a time, each asking a router at random for one candidate,
 /// connecting to it, and pausing `pause` before the next.
-fn clients(addrs: Vec<SocketAddr>, demand: usize, pause: Duration) -> Outcome {
+fn clients(
+    addrs: Vec<SocketAddr>,
+    demand: usize,
+    pause: Duration,
+    halfway: Option<Halfway>,
+) -> Outcome {
+    let halfway = Arc::new(Mutex::new(halfway));
     let clients: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
     let next = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..24)
         .map(|t| {
-            let (clients, next, refused, addrs) = (
+            let (clients, next, refused, addrs, halfway) = (
                 clients.clone(),
                 next.clone(),
                 refused.clone(),
                 addrs.clone(),
+                halfway.clone(),
             );
             std::thread::spawn(move || {
                 let mut rng = t as u64 * 0x9e37_79b9 + 1;
@@ -198,12 +247,20 @@ fn clients(addrs: Vec<SocketAddr>, demand: usize, pause: Duration) -> Outcome {
                     if n >= demand {
                         break;
                     }
+                    if n == demand / 2 {
+                        if let Some(f) = halfway.lock().unwrap().take() {
+                            f();
+                        }
+                    }
                     rng ^= rng << 13;
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
-                    let router = addrs[(rng % 2) as usize];
+                    let first = (rng % 2) as usize;
                     let from = client_network(n);
-                    let Some((200, body)) = get_json_from(from, router, "/gateways?count=1") else {
+                    // A router that does not answer: the other one, as the SDK does.
+                    let asked = get_json_from(from, addrs[first], "/gateways?count=1")
+                        .or_else(|| get_json_from(from, addrs[1 - first], "/gateways?count=1"));
+                    let Some((200, body)) = asked else {
                         refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
@@ -234,9 +291,22 @@ fn client_network(n: usize) -> std::net::IpAddr {
 /// The client networks a storm comes from.
 const NETWORKS: usize = 200;
 
-/// Every client accepted, fast enough, and each gateway's load near the mean and
-/// under max_load.
-fn check_loads(fleet: &Fleet, out: &Outcome) {
+/// How far a storm may land from even: max/mean of the gateways' loads, and the most
+/// any one may hold.
+struct Bounds {
+    max_over_mean: f64,
+    max_load: f64,
+}
+
+/// What the routers promise with the balancer spreading clients evenly: within 10 %
+/// of even, no node past `max_load` (0.95).
+const EVEN: Bounds = Bounds {
+    max_over_mean: 1.10,
+    max_load: 0.95,
+};
+
+/// Every client accepted, fast enough, and each gateway's load within `bounds`.
+fn check_loads(fleet: &Fleet, out: &Outcome, bounds: Bounds) {
     let (clients, took) = (&out.clients, out.took);
     wait_until(Duration::from_secs(10), "every client accepted", || {
         fleet.held() == clients.lock().unwrap().len()
@@ -256,13 +326,14 @@ fn check_loads(fleet: &Fleet, out: &Outcome) {
     );
     assert!(took < Duration::from_secs(20), "the storm took {took:?}");
     assert!(
-        max / mean <= 1.10,
+        max / mean <= bounds.max_over_mean,
         "max/mean {:.3}: {loads:.3?}",
         max / mean
     );
     assert!(
-        loads.iter().all(|l| *l <= 0.95),
-        "a node above max_load: {loads:.3?}"
+        loads.iter().all(|l| *l <= bounds.max_load),
+        "a node above {}: {loads:.3?}",
+        bounds.max_load
     );
 }
 
@@ -275,6 +346,6 @@ fn storm(pause: Duration, agent_clock: Option<i64>) {
     // Demand at 90 % of the fleet's capacity, from 24 clients at a time, each pausing
     // `pause` between connections.
     let demand = (total * 9 / 10) as usize;
-    let out = clients(addrs, demand, pause);
-    check_loads(&fleet, &out);
+    let out = clients(addrs, demand, pause, None);
+    check_loads(&fleet, &out, EVEN);
 }
