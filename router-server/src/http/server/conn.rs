@@ -62,20 +62,31 @@ pub(super) async fn connection(stream: TcpStream, peer: SocketAddr, slot: &Arc<S
     // The rest of the header within the first-byte deadline; what follows it stays
     // in the reader's buffer for TLS or HTTP.
     let mut stream = tokio::io::BufReader::new(stream);
-    let header = tokio::time::timeout(ctx.limits.first_byte, proxy::read_header(&mut stream));
-    let peer = tokio::select! {
-        r = header => match r {
-            Ok(Ok(client)) => client.unwrap_or(peer),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "PROXY header refused");
-                return ctx.count_close("proxy_header_invalid");
-            }
-            Err(_) => return ctx.count_close("proxy_header_timeout"),
-        },
-        _ = slot.close.cancelled() => return,
-        _ = ctx.shutdown.cancelled() => return,
+    let header = proxy::read_header(&mut stream);
+    let peer = match within(header, ctx.limits.first_byte, slot, &ctx.shutdown).await {
+        None => return,
+        Some(Ok(Ok(client))) => client.unwrap_or(peer),
+        Some(Ok(Err(e))) => {
+            tracing::debug!(%peer, error = %e, "PROXY header refused");
+            return ctx.count_close("proxy_header_invalid");
+        }
+        Some(Err(_)) => return ctx.count_close("proxy_header_timeout"),
     };
     tls_then_http(stream, peer, slot, ctx).await
+}
+
+/// `step` within `limit`; `None` when the connection is closed or `stop` fires first.
+async fn within<T>(
+    step: impl std::future::Future<Output = T>,
+    limit: Duration,
+    slot: &Slot,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<Result<T, tokio::time::error::Elapsed>> {
+    tokio::select! {
+        r = tokio::time::timeout(limit, step) => Some(r),
+        _ = slot.close.cancelled() => None,
+        _ = stop.cancelled() => None,
+    }
 }
 
 /// TLS when the listener has it, then HTTP.
@@ -87,18 +98,15 @@ where
         None => http(stream, peer, slot, ctx).await,
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-            let handshake = tokio::time::timeout(ctx.limits.tls_handshake, acceptor.accept(stream));
-            let stream = tokio::select! {
-                r = handshake => match r {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return ctx.count_close("tls_handshake_timeout"),
-                },
-                _ = slot.close.cancelled() => return,
-                _ = ctx.cut.cancelled() => return,
+            let handshake = acceptor.accept(stream);
+            let stream = match within(handshake, ctx.limits.tls_handshake, slot, &ctx.cut).await {
+                None => return,
+                Some(Ok(Ok(s))) => s,
+                Some(Ok(Err(e))) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Some(Err(_)) => return ctx.count_close("tls_handshake_timeout"),
             };
             http(stream, peer, slot, ctx).await
         }
