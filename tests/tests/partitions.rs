@@ -56,10 +56,9 @@ fn first_member_cut_off(leader: bool) {
     std::fs::write(&load, "100").unwrap();
     let mut agent = agent(&lab, "gw-p", &load);
     let key = format!("{P}/nodes/gw-p");
-    let majority = [1, 2];
     let start = Instant::now();
     while !lab
-        .get_on(&majority, &key)
+        .get_on(&MAJORITY, &key)
         .is_some_and(|v| v.contains("\"connections\":100"))
     {
         assert!(
@@ -70,82 +69,17 @@ fn first_member_cut_off(leader: bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let lease = lab.lease_of(&majority, &key).expect("the record's lease");
-    let mut renewals = Renewals::new(lab.lease_remaining(&majority, lease).unwrap());
-
+    let lease = lab.lease_of(&MAJORITY, &key).expect("the record's lease");
+    let renewals = Renewals::new(lab.lease_remaining(&MAJORITY, lease).unwrap());
     lab.cut_peers(0);
     let cut = Instant::now();
     std::fs::write(&load, "200").unwrap();
     // `ctl drain` at the same moment, from the same namespace.
-    let ctl = {
-        let endpoints = lab.endpoints();
-        let wrapper = lab.in_client();
-        std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut p = Proc::spawn_full(
-                "router-server",
-                &["ctl", "--etcd", &endpoints, "drain", "gw-p"],
-                &[],
-                false,
-                Some(wrapper),
-            );
-            let status = p.wait_exit(Duration::from_secs(60));
-            (status.success(), started.elapsed(), p.output())
-        })
-    };
-    let mut writable: Option<Instant> = None;
-    let mut reported: Option<Instant> = None;
-    let mut drained: Option<Instant> = None;
-    let mut applied: Option<Instant> = None;
-    while writable.is_none()
-        || reported.is_none()
-        || drained.is_none()
-        || applied.is_none()
-        || !renewals.renewed_after(cut)
-    {
-        assert!(
-            cut.elapsed() < Duration::from_secs(60),
-            "majority writable {writable:?}, report {reported:?}, drain {drained:?}, applied {applied:?}, renewals {:?}\nagent:\n{}\n{}",
-            renewals.seen,
-            agent.output(),
-            lab.logs()
-        );
-        let left = lab.lease_remaining(&majority, lease);
-        assert!(
-            left.is_none_or(|l| l > 0),
-            "the lease lapsed during the partition\n{}",
-            agent.output()
-        );
-        if let Some(l) = left {
-            renewals.sample(l);
-        }
-        if writable.is_none() && lab.leader_seen_by(&majority).is_some_and(|l| l != 0) {
-            writable = Some(Instant::now());
-        }
-        let v = lab.get_on(&majority, &key).unwrap_or_default();
-        if reported.is_none() && v.contains("\"connections\":200") {
-            reported = Some(Instant::now());
-        }
-        if applied.is_none() && v.contains("\"draining\"") {
-            applied = Some(Instant::now());
-        }
-        let ctl_ended = ctl.is_finished();
-        if drained.is_none()
-            && lab
-                .get_on(&majority, &format!("{P}/commands/gw-p"))
-                .is_some()
-        {
-            drained = Some(Instant::now());
-        }
-        // A `ctl` that has ended has written its command or failed: say which.
-        if ctl_ended && drained.is_none() {
-            let (ok, took, out) = ctl.join().unwrap();
-            panic!("ctl drain ended (success {ok}, after {took:?}) without its command on the majority:\n{out}");
-        }
-    }
+    let ctl = ctl_drain(&lab);
+    let (seen, ctl) = follow_the_cut(&lab, &agent, ctl, lease, cut, renewals);
     let (ok, ctl_took, ctl_out) = ctl.join().unwrap();
     assert!(ok, "ctl drain failed during the partition: {ctl_out}");
-    let (writable, reported) = (writable.unwrap(), reported.unwrap());
+    let (writable, reported) = (seen.writable.unwrap(), seen.reported.unwrap());
     let after = reported.saturating_duration_since(writable);
     println!(
         "member 0 ({}) cut off: majority has a leader after {:?}; the agent's report lands {:?} after the cut ({after:?} after the majority has a leader); ctl drain took {ctl_took:?}",
@@ -163,13 +97,130 @@ fn first_member_cut_off(leader: bool) {
         ctl_after <= Duration::from_secs(2),
         "ctl finished {ctl_after:?} after the majority had a leader: {ctl_out}"
     );
-    // The command watch: the drain on the majority is in the agent's record within 2 s.
-    let watched = applied
+    watch_and_keep_alive_bounds(&seen, cut, &agent);
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(20));
+}
+
+/// The members that keep a quorum when member 0 is cut off.
+const MAJORITY: [usize; 2] = [1, 2];
+
+/// `ctl drain gw-p` from the lab's client namespace, on a thread of its own.
+fn ctl_drain(lab: &Lab) -> CtlDrain {
+    let endpoints = lab.endpoints();
+    let wrapper = lab.in_client();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut p = Proc::spawn_full(
+            "router-server",
+            &["ctl", "--etcd", &endpoints, "drain", "gw-p"],
+            &[],
+            false,
+            Some(wrapper),
+        );
+        let status = p.wait_exit(Duration::from_secs(60));
+        (status.success(), started.elapsed(), p.output())
+    })
+}
+
+/// A `ctl drain` running: whether it succeeded, how long it took, what it printed.
+type CtlDrain = std::thread::JoinHandle<(bool, Duration, String)>;
+
+/// When the majority saw each thing after the cut.
+struct Seen {
+    /// The majority had a leader other than member 0.
+    writable: Option<Instant>,
+    /// The agent's record with the new load.
+    reported: Option<Instant>,
+    /// The drain command.
+    drained: Option<Instant>,
+    /// The agent's record saying draining.
+    applied: Option<Instant>,
+    renewals: Renewals,
+}
+
+/// Polls the majority until it has seen a leader, the report, the drain command, the
+/// drain applied and a lease renewal after `cut`; the lease must never lapse.
+fn follow_the_cut(
+    lab: &Lab,
+    agent: &Proc,
+    ctl: CtlDrain,
+    lease: i64,
+    cut: Instant,
+    renewals: Renewals,
+) -> (Seen, CtlDrain) {
+    let key = format!("{P}/nodes/gw-p");
+    let mut s = Seen {
+        writable: None,
+        reported: None,
+        drained: None,
+        applied: None,
+        renewals,
+    };
+    while s.writable.is_none()
+        || s.reported.is_none()
+        || s.drained.is_none()
+        || s.applied.is_none()
+        || !s.renewals.renewed_after(cut)
+    {
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "majority writable {:?}, report {:?}, drain {:?}, applied {:?}, renewals {:?}\nagent:\n{}\n{}",
+            s.writable,
+            s.reported,
+            s.drained,
+            s.applied,
+            s.renewals.seen,
+            agent.output(),
+            lab.logs()
+        );
+        let left = lab.lease_remaining(&MAJORITY, lease);
+        assert!(
+            left.is_none_or(|l| l > 0),
+            "the lease lapsed during the partition\n{}",
+            agent.output()
+        );
+        if let Some(l) = left {
+            s.renewals.sample(l);
+        }
+        let now = Some(Instant::now());
+        if s.writable.is_none() && lab.leader_seen_by(&MAJORITY).is_some_and(|l| l != 0) {
+            s.writable = now;
+        }
+        let v = lab.get_on(&MAJORITY, &key).unwrap_or_default();
+        if s.reported.is_none() && v.contains("\"connections\":200") {
+            s.reported = now;
+        }
+        if s.applied.is_none() && v.contains("\"draining\"") {
+            s.applied = now;
+        }
+        let ctl_ended = ctl.is_finished();
+        if s.drained.is_none()
+            && lab
+                .get_on(&MAJORITY, &format!("{P}/commands/gw-p"))
+                .is_some()
+        {
+            s.drained = now;
+        }
+        // A `ctl` that has ended has written its command or failed: say which.
+        if ctl_ended && s.drained.is_none() {
+            let (ok, took, out) = ctl.join().unwrap();
+            panic!("ctl drain ended (success {ok}, after {took:?}) without its command on the majority:\n{out}");
+        }
+    }
+    (s, ctl)
+}
+
+/// The command watch: the drain on the majority is in the agent's record within 2 s.
+/// The keep-alive: the first renewal after the cut lands within 2 s of when it was due.
+fn watch_and_keep_alive_bounds(seen: &Seen, cut: Instant, agent: &Proc) {
+    let writable = seen.writable.unwrap();
+    let watched = seen
+        .applied
         .unwrap()
-        .saturating_duration_since(drained.unwrap().max(writable));
-    // The keep-alive: the first renewal after the cut, against when it was due.
-    let due = writable.max(renewals.last_before(cut) + RENEW_EVERY);
-    let renewed = renewals.first_after(cut);
+        .saturating_duration_since(seen.drained.unwrap().max(writable));
+    let due = writable.max(seen.renewals.last_before(cut) + RENEW_EVERY);
+    let renewed = seen.renewals.first_after(cut);
     let renewal_late = renewed.saturating_duration_since(due);
     println!(
         "  the drain reached the agent's record {watched:?} after it was on the majority; the first lease renewal after the cut landed {renewal_late:?} after it was due"
@@ -183,11 +234,9 @@ fn first_member_cut_off(leader: bool) {
     assert!(
         renewal_late <= Duration::from_secs(3),
         "the lease was renewed {renewal_late:?} after it was due ({:?})\n{}",
-        renewals.seen,
+        seen.renewals.seen,
         agent.output()
     );
-    agent.signal("TERM");
-    agent.wait_exit(Duration::from_secs(20));
 }
 
 /// The agent's lease TTL (its default) and how often it renews.
