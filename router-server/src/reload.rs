@@ -121,10 +121,9 @@ mod tests {
         let s = state("[regions]\ncidrs = { \"198.51.100.0/24\" = \"cn-sh\" }\n");
         let ip = "198.51.100.7".parse().unwrap();
         assert_eq!(s.serving.regions.load().lookup(ip), Some("cn-sh"));
-        let new = FileConfig::parse(
-            "max_load = 0.8\n[regions]\ncidrs = { \"198.51.100.0/24\" = \"cn-bj\" }\nfallbacks = { cn-bj = [\"cn-sh\"] }\n[edge]\nblock = [\"203.0.113.0/24\"]\n[http]\nmax_uri_bytes = 3000\n",
-        )
-        .unwrap();
+        // The same file twice: once it changes things, then nothing is left to apply.
+        let file = "max_load = 0.8\n[regions]\ncidrs = { \"198.51.100.0/24\" = \"cn-bj\" }\nfallbacks = { cn-bj = [\"cn-sh\"] }\n[edge]\nblock = [\"203.0.113.0/24\"]\n[http]\nmax_uri_bytes = 3000\n";
+        let new = FileConfig::parse(file).unwrap();
         let r = apply(&s, new);
         assert_eq!(r.applied, ["regions", "edge.block/allow"]);
         assert_eq!(r.restart_needed, ["http.max_uri_bytes", "max_load"]);
@@ -140,10 +139,7 @@ mod tests {
             .blocked("203.0.113.9".parse().unwrap())
             .is_some());
         // The same file again: nothing to apply, the restart still needed.
-        let again = apply(
-            &s,
-            FileConfig::parse("max_load = 0.8\n[regions]\ncidrs = { \"198.51.100.0/24\" = \"cn-bj\" }\nfallbacks = { cn-bj = [\"cn-sh\"] }\n[edge]\nblock = [\"203.0.113.0/24\"]\n[http]\nmax_uri_bytes = 3000\n").unwrap(),
-        );
+        let again = apply(&s, FileConfig::parse(file).unwrap());
         assert!(again.applied.is_empty());
         assert_eq!(again.restart_needed.len(), 2);
     }

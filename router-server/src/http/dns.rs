@@ -66,8 +66,9 @@ fn bad_request(code: ErrorCode, msg: impl Into<String>) -> ApiError {
 /// through by the guard (block list, request budget) before any other work.
 fn asker(dns: &Dns, peer: SocketAddr, headers: &HeaderMap) -> Result<(IpAddr, Pass), ApiError> {
     let peer_ip = peer.ip().to_canonical();
-    let ip = client_ip(peer_ip, headers, &dns.config().trusted_proxies);
-    super::forwarded::note(&dns.config(), dns.edge_metrics(), peer_ip, headers);
+    let cfg = dns.config();
+    let ip = client_ip(peer_ip, headers, &cfg.trusted_proxies);
+    super::forwarded::note(&cfg, dns.edge_metrics(), peer_ip, headers);
     let pass = dns.serving().guard.check(ip).map_err(ApiError::refused)?;
     Ok((ip, pass))
 }
