@@ -212,6 +212,7 @@ mod tests {
                 crate::peers::Live::of(&state),
                 crate::peers::Slot {
                     counts: Arc::new([std::sync::atomic::AtomicU64::new(1)]),
+                    scales: Arc::new([std::sync::atomic::AtomicU64::new(crate::herd::SCALE_ONE)]),
                     index: 0,
                     public_addrs: Vec::new(),
                     lag: lag.clone(),

@@ -234,10 +234,13 @@ fn follow_registries(
     tasks: &TaskTracker,
 ) -> Followed {
     let router_id = opts.router_id.clone().unwrap_or_else(peers::router_id);
-    let counts: Arc<[std::sync::atomic::AtomicU64]> = registries
-        .iter()
-        .map(|_| std::sync::atomic::AtomicU64::new(1))
-        .collect();
+    let per_registry = |v: u64| -> Arc<[std::sync::atomic::AtomicU64]> {
+        registries
+            .iter()
+            .map(|_| std::sync::atomic::AtomicU64::new(v))
+            .collect()
+    };
+    let (counts, scales) = (per_registry(1), per_registry(herd::SCALE_ONE));
     let mut inputs = Vec::new();
     let mut blocklists = Vec::new();
     let lags: Vec<Arc<lag::Lag>> = registries
@@ -257,6 +260,7 @@ fn follow_registries(
         });
         let slot = peers::Slot {
             counts: counts.clone(),
+            scales: scales.clone(),
             index: i,
             public_addrs: opts.public_addrs.clone(),
             lag: lags[i].clone(),

@@ -1,14 +1,15 @@
 //! Routers count each other, for herd safety across a balancer (see [`crate::herd`]).
 //!
 //! Each router registers `P/routers/{id}` under a lease of its own (an extension of the
-//! contract's layout) and lists `P/routers/` every couple of seconds; the number of keys
-//! is the number of live routers, by which each router scales its own answers. A
-//! router that dies disappears with its lease; one that stops revokes it at once. While
-//! the registry is out of reach the last count stays.
+//! contract's layout) and lists `P/routers/` every second; the number of keys is the
+//! number of live routers. A router that dies disappears with its lease; one that
+//! stops revokes it at once. While the registry is out of reach the last count stays.
 //!
 //! The registration is also the router's heartbeat: once a second (at most) its value
-//! is written again with a growing `beat`, and [`crate::lag`] times how long etcd
-//! takes to deliver each one back. A router writes no key but its own.
+//! is written again with a growing `beat` and the clients its answers have counted
+//! (`answered`). [`crate::lag`] times how long etcd takes to deliver each one back, and
+//! [`crate::herd::share`] turns the listed counts into this router's share of the
+//! answers, by which it scales its own. A router writes no key but its own.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use tracing::{debug, info, warn};
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::herd::share::{Heartbeat, Shares};
+use crate::herd::SCALE_ONE;
 use crate::metrics::RegistryMetrics;
 use crate::state::{AppState, FleetStatus, Peer, Serving};
 
@@ -72,6 +75,10 @@ struct Registration {
     commit: String,
     #[serde(default)]
     public_addrs: Vec<std::net::IpAddr>,
+    #[serde(default)]
+    beat: Option<u64>,
+    #[serde(default)]
+    answered: Option<u64>,
 }
 
 /// The longest id, version or commit shown from a registration.
@@ -107,11 +114,14 @@ impl Registration {
     }
 }
 
-/// Where one registry's router count goes: `counts[index]`. A router following several
-/// registries scales its answers by the largest count.
+/// Where one registry's router count and herd scale go: `counts[index]`,
+/// `scales[index]`. A router following several registries shows the largest count and
+/// scales its answers by the largest scale.
 pub struct Slot {
     /// One count per registry followed.
     pub counts: Arc<[std::sync::atomic::AtomicU64]>,
+    /// One herd scale per registry followed, in [`SCALE_ONE`]s.
+    pub scales: Arc<[std::sync::atomic::AtomicU64]>,
     /// This registry's.
     pub index: usize,
     /// This router's public addresses, published in its registration.
@@ -131,6 +141,8 @@ pub struct Live {
     pub status: Arc<FleetStatus>,
     /// `router_routers_live`.
     pub routers_live: Gauge,
+    /// `router_herd_scale`.
+    pub herd_scale: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Live {
@@ -140,12 +152,20 @@ impl Live {
             serving: state.serving.clone(),
             status: state.status.clone(),
             routers_live: state.metrics.herd.routers_live.clone(),
+            herd_scale: state.metrics.herd.scale.clone(),
         }
     }
 
     /// Publishes what one listing of `slot`'s registry found: `live` routers, their
-    /// public `addrs` and `peers`; the router count is the largest registry's.
-    fn publish(&self, slot: &Slot, live: u64, addrs: Vec<std::net::IpAddr>, peers: Vec<Peer>) {
+    /// public `addrs` and `peers`, and this router's herd `scale`; the router count and
+    /// the scale are the largest registry's.
+    fn publish(&self, slot: &Slot, listing: Listing) {
+        let Listing {
+            live,
+            addrs,
+            peers,
+            scale,
+        } = listing;
         {
             let mut all = self.serving.router_addrs.lock().expect("router_addrs lock");
             if all.len() <= slot.index {
@@ -161,32 +181,55 @@ impl Live {
             all[slot.index] = peers;
         }
         slot.counts[slot.index].store(live, Ordering::Relaxed);
-        let live = slot
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(live);
-        let before = self.serving.routers.swap(live, Ordering::Relaxed);
-        if before != live {
-            info!(live, "live routers: herd counts are scaled by {live}");
-        }
+        let live = largest(&slot.counts).unwrap_or(live);
+        self.serving.routers.store(live, Ordering::Relaxed);
         self.routers_live.set(live as i64);
+        slot.scales[slot.index].store(scale, Ordering::Relaxed);
+        let scale = largest(&slot.scales).unwrap_or(scale);
+        let before = self.serving.herd_scale.swap(scale, Ordering::Relaxed);
+        if before / SCALE_ONE != scale / SCALE_ONE {
+            info!(
+                live,
+                scale = scale as f64 / SCALE_ONE as f64,
+                "live routers and this router's share: herd counts are scaled by {:.2}",
+                scale as f64 / SCALE_ONE as f64
+            );
+        }
+        self.herd_scale.set(scale as f64 / SCALE_ONE as f64);
     }
 }
 
-/// A router's registration: who it is, where clients reach it, and its heartbeat.
+/// The largest of `values`.
+fn largest(values: &[std::sync::atomic::AtomicU64]) -> Option<u64> {
+    values.iter().map(|c| c.load(Ordering::Relaxed)).max()
+}
+
+/// What one listing of `P/routers/` found.
+struct Listing {
+    /// Live routers.
+    live: u64,
+    /// Their public addresses.
+    addrs: Vec<std::net::IpAddr>,
+    /// Their ids and versions.
+    peers: Vec<Peer>,
+    /// This router's herd scale, in [`SCALE_ONE`]s.
+    scale: u64,
+}
+
+/// A router's registration: who it is, where clients reach it, and its heartbeat (its
+/// number and the clients its answers have counted).
 fn registration(
     id: &str,
     started_ms: u64,
     public_addrs: &[std::net::IpAddr],
-    beat: u64,
+    (beat, answered): (u64, u64),
 ) -> Vec<u8> {
     let build = registry::build_info!();
     let mut value = serde_json::json!({
         "id": id,
         "started_ms": started_ms,
         "beat": beat,
+        "answered": answered,
         "version": build.version,
         "commit": build.commit,
     });
@@ -213,9 +256,15 @@ pub async fn run(
     let mut lease = Lease::renewed_every(TTL, EVERY);
     let mut backoff = Backoff::for_store();
     let mut failing = false;
+    let mut shares = Shares::default();
     loop {
         let result = async {
-            let value = registration(&id, started_ms, &slot.public_addrs, lag.next_beat());
+            let started = tokio::time::Instant::now();
+            let heartbeat = (
+                lag.next_beat(),
+                out.serving.answered.load(Ordering::Relaxed),
+            );
+            let value = registration(&id, started_ms, &slot.public_addrs, heartbeat);
             if lease.grant_due() {
                 let l = lease.register(&*kv, &key, value).await?;
                 info!(router_id = %id, lease = format_args!("{l:x}"), "registered under {prefix}");
@@ -233,25 +282,43 @@ pub async fn run(
                 lag.wrote(revision, tokio::time::Instant::now());
             }
             let listed = kv.list(&prefix).await?.kvs;
-            // Each registration parsed once, for both what it publishes and who it is.
+            // This router's own heartbeat went and came back in time: a peer whose
+            // beat stands still is not just held up by a slow etcd.
+            let in_time = started.elapsed() < BEAT;
+            // Each registration parsed once, for what it publishes, who it is and its
+            // heartbeat.
             let regs: Vec<Registration> = listed
                 .iter()
                 .map(|kv| Registration::parse(&kv.value))
                 .collect();
+            let beats: Vec<Heartbeat<'_>> = listed
+                .iter()
+                .zip(&regs)
+                .map(|(kv, r)| Heartbeat {
+                    key: kv.key.as_bytes(),
+                    counts: r.beat.zip(r.answered),
+                })
+                .collect();
+            let scale = shares.observe(&beats, key.as_bytes(), in_time);
             let peers: Vec<Peer> = regs.iter().map(Registration::peer).collect();
             let addrs: Vec<std::net::IpAddr> =
                 regs.into_iter().flat_map(|r| r.public_addrs).collect();
-            Ok::<_, KvError>((listed.len().max(1) as u64, addrs, peers))
+            Ok::<_, KvError>(Listing {
+                live: listed.len().max(1) as u64,
+                addrs,
+                peers,
+                scale,
+            })
         };
         let wait = tokio::select! {
             _ = cancel.cancelled() => break,
             r = result => match r {
-                Ok((live, addrs, peers)) => {
+                Ok(listing) => {
                     if failing {
                         info!("router count readable again");
                         failing = false;
                     }
-                    out.publish(&slot, live, addrs, peers);
+                    out.publish(&slot, listing);
                     backoff.reset();
                     BEAT
                 }
@@ -335,4 +402,109 @@ pub async fn publish_lag(
             was_lagging = lagging;
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::AppState;
+    use crate::testkv::TestKv;
+    use std::sync::atomic::AtomicU64;
+
+    /// One router's registration task over `kv`, and its state.
+    fn router(id: &str, kv: &Arc<TestKv>) -> (AppState, tokio::task::JoinHandle<()>) {
+        let state = AppState::new(crate::config::FileConfig::default());
+        let slot = Slot {
+            counts: Arc::new([AtomicU64::new(1)]),
+            scales: Arc::new([AtomicU64::new(SCALE_ONE)]),
+            index: 0,
+            public_addrs: Vec::new(),
+            lag: Arc::new(crate::lag::Lag::new(Arc::from("default"))),
+        };
+        let task = tokio::spawn(run(
+            id.to_string(),
+            kv.clone(),
+            Layout::new(registry::DEFAULT_PREFIX),
+            Live::of(&state),
+            slot,
+            CancellationToken::new(),
+        ));
+        (state, task)
+    }
+
+    async fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Two routers answering evenly scale by 2. When the balancer stops sending to one
+    /// that stays up, the other knows within three listings; when one is killed (its
+    /// task gone, its registration left to its lease), within three too, while both
+    /// still count as live.
+    #[tokio::test(start_paused = true)]
+    async fn a_router_scales_by_its_share_of_the_answers() {
+        let kv = Arc::new(TestKv::new());
+        let (a, _a_task) = router("a", &kv);
+        let (b, b_task) = router("b", &kv);
+        let b_answers = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let traffic = {
+            let (a, b, b_answers) = (a.serving.clone(), b.serving.clone(), b_answers.clone());
+            tokio::spawn(async move {
+                loop {
+                    a.answered.fetch_add(10, Ordering::Relaxed);
+                    if b_answers.load(Ordering::Relaxed) {
+                        b.answered.fetch_add(10, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let scale = |s: &AppState| s.serving.herd_scale.load(Ordering::Relaxed);
+        let live = |s: &AppState| s.serving.routers.load(Ordering::Relaxed);
+        wait_for("an even split measured", || {
+            live(&a) == 2 && (1_900..=2_000).contains(&scale(&a))
+        })
+        .await;
+        b_answers.store(false, Ordering::Relaxed);
+        let shifted = tokio::time::Instant::now();
+        wait_for("the shift measured", || scale(&a) == SCALE_ONE).await;
+        // The first listing after may show b's beat from before, the next one part of
+        // a second of answers: the third shows none.
+        assert!(
+            shifted.elapsed() <= BEAT * 3 + Duration::from_millis(100),
+            "{:?}",
+            shifted.elapsed()
+        );
+        b_answers.store(true, Ordering::Relaxed);
+        wait_for("the even split again", || {
+            (1_900..=2_000).contains(&scale(&a))
+        })
+        .await;
+        // Killed: no revoke, the key stays.
+        b_task.abort();
+        b_answers.store(false, Ordering::Relaxed);
+        let killed = tokio::time::Instant::now();
+        wait_for("the silent router counted out", || scale(&a) == SCALE_ONE).await;
+        assert!(
+            killed.elapsed() <= BEAT * (STALE + 1) + Duration::from_millis(100),
+            "{:?}",
+            killed.elapsed()
+        );
+        assert_eq!(live(&a), 2, "its registration is still there");
+        assert!(a
+            .metrics
+            .render()
+            .lines()
+            .any(|l| l == "router_herd_scale 1.0"));
+        traffic.abort();
+    }
+
+    /// The listings in a row after which a silent router counts for nothing.
+    const STALE: u32 = crate::herd::share::STALE_LISTINGS;
 }

@@ -68,13 +68,7 @@ impl Dns {
     /// The clients an answer to `client` counts in the herd accounting: the
     /// transport's weight, within its network's share (see [`crate::herd::budget`]).
     pub fn herd_weight(&self, client: IpAddr, pass: Pass, weight: u64) -> u64 {
-        let routers = self
-            .serving
-            .routers
-            .load(std::sync::atomic::Ordering::Relaxed);
-        self.serving
-            .guard
-            .herd_weight(client, pass, weight, routers)
+        self.serving.herd_weight(client, pass, weight)
     }
 
     /// [`Dns::handle_ttl`] for a client the guard already judged: `pass` is `None`

@@ -22,15 +22,19 @@
 //!   went away). Without this, a steady node that reports every 30 s would stay
 //!   "full" of phantoms that long.
 //! * **Several routers** behind a balancer each see only their share of a storm. Each
-//!   registers itself under `P/routers/` and scales its own answers by the number of
-//!   live routers: with the balancer spreading requests evenly, that estimates what all
-//!   of them sent. Ties between equally loaded nodes are broken by a per-router random
+//!   registers itself under `P/routers/` and scales its own answers by its share of
+//!   all the routers' answers ([`share`]: the even split, the number of live routers,
+//!   unless their published answer counts say otherwise), which estimates what all of
+//!   them sent. Ties between equally loaded nodes are broken by a per-router random
 //!   order (see `Snapshot::build_seeded`), so the routers' first answers of a storm go to
 //!   different nodes instead of all to the one with the smallest id.
 //! * **One network's share** is bounded ([`budget`]): answers are free to ask for, so
 //!   what one client network adds to the estimate per window is capped.
 
 pub mod budget;
+pub mod share;
+
+pub use share::SCALE_ONE;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -244,25 +248,47 @@ pub struct HerdView {
     pub now: u64,
     /// The oldest slot still counted.
     pub oldest: u64,
-    /// Live routers (at least 1).
+    /// Clients each of this router's answers stands for, in [`SCALE_ONE`]s (at least
+    /// one): the live routers, or the share [`share::Shares`] measured.
     pub scale: u64,
 }
 
 impl HerdView {
     /// At wall-clock `now_ms`, counting `window_slots` back, scaled by `routers`.
     pub fn at(now_ms: u64, window_slots: u64, routers: u64) -> HerdView {
+        HerdView::at_scale(now_ms, window_slots, routers.saturating_mul(SCALE_ONE))
+    }
+
+    /// At wall-clock `now_ms`, counting `window_slots` back, scaled by `scale`
+    /// [`SCALE_ONE`]s.
+    pub fn at_scale(now_ms: u64, window_slots: u64, scale: u64) -> HerdView {
         let now = slot_of(now_ms);
         HerdView {
             now_ms,
             now,
             oldest: now.saturating_sub(window_slots.min(MAX_WINDOW_SLOTS)),
-            scale: routers.max(1),
+            scale: scale.max(SCALE_ONE),
         }
     }
 
     /// Now, with a window of `window_ms` and `routers` live routers.
     pub fn now(window_ms: u64, routers: u64) -> HerdView {
-        HerdView::at(registry::now_ms(), window_ms.div_ceil(SLOT_MS), routers)
+        HerdView::now_scaled(window_ms, routers.saturating_mul(SCALE_ONE))
+    }
+
+    /// Now, with a window of `window_ms`, scaled by `scale` [`SCALE_ONE`]s.
+    pub fn now_scaled(window_ms: u64, scale: u64) -> HerdView {
+        HerdView::at_scale(registry::now_ms(), window_ms.div_ceil(SLOT_MS), scale)
+    }
+
+    /// Clients one answer stands for, whole (what a network's herd budget is charged).
+    pub fn clients_per_answer(&self) -> u64 {
+        self.scale.div_ceil(SCALE_ONE)
+    }
+
+    /// This router's `own` answers scaled to all the routers'.
+    fn scaled(&self, own: u64) -> u64 {
+        own.saturating_mul(self.scale).div_ceil(SCALE_ONE)
     }
 
     /// The clients to add to a report counted at wall-clock `sampled_ms`.
@@ -273,7 +299,7 @@ impl HerdView {
         } else {
             counter.since(slot_of(sampled_ms).max(self.oldest), self.now)
         };
-        own.saturating_mul(self.scale)
+        self.scaled(own)
     }
 
     /// A lower bound of [`HerdView::pending`] from now to the end of the current slot.
@@ -292,7 +318,7 @@ impl HerdView {
         let fine_at_end = sampled_ms + FINE_SPAN_MS > (self.now + 1) * SLOT_MS - 1;
         if fine_now && !fine_at_end {
             let coarse = counter.since(slot_of(sampled_ms).max(self.oldest), self.now);
-            (now, now.min(coarse.saturating_mul(self.scale)))
+            (now, now.min(self.scaled(coarse)))
         } else {
             (now, now)
         }

@@ -216,8 +216,7 @@ fn gateways(
             max_load: cfg.max_load,
             fallbacks,
         };
-        let routers = rules.herd.scale;
-        let chosen = select_weighted(snap, &query, rules, guard.herd_weight(ip, pass, 1, routers));
+        let chosen = select_weighted(snap, &query, rules, api.serving.herd_weight(ip, pass, 1));
         if chosen.is_empty() {
             api.metrics.edge.no_gateways.inc();
             return Err(ApiError::new(

@@ -1,5 +1,5 @@
-//! The herd accounting's metrics: snapshot builds, and the live routers its counts are
-//! scaled by.
+//! The herd accounting's metrics: snapshot builds, the live routers, and what this
+//! router's answers are scaled by.
 
 use std::sync::atomic::AtomicU64;
 
@@ -15,8 +15,11 @@ pub struct HerdMetrics {
     pub snapshot_builds: Counter,
     /// Seconds spent building snapshots (judging, building, publishing) since start.
     pub snapshot_build_seconds: Counter<f64, AtomicU64>,
-    /// Live routers sharing the registry (herd counts are scaled by it).
+    /// Live routers sharing the registry.
     pub routers_live: Gauge,
+    /// Clients each of this router's answers counts for in the herd estimate: the live
+    /// routers, or this router's measured share (see `crate::herd::share`).
+    pub scale: Gauge<f64, AtomicU64>,
 }
 
 impl HerdMetrics {
@@ -33,8 +36,13 @@ impl HerdMetrics {
         );
         registry.register(
             "routers_live",
-            "Live routers sharing the registry; herd counts are scaled by it",
+            "Live routers sharing the registry",
             self.routers_live.clone(),
+        );
+        registry.register(
+            "herd_scale",
+            "Clients each of this router's answers counts for in the herd estimate: all routers' answers over its own, from their heartbeats (the live routers when not measured)",
+            self.scale.clone(),
         );
     }
 }

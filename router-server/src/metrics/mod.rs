@@ -223,6 +223,7 @@ mod tests {
             "router_snapshot_builds",
             "router_snapshot_build_seconds",
             "router_routers_live",
+            "router_herd_scale",
             "router_connections_open",
             "router_connections_max",
             "router_connections_closed_by_server",

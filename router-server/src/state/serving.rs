@@ -10,7 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::{FileConfig, RegionsConfig};
 use crate::guard::Guard;
-use crate::herd::HerdView;
+use crate::herd::{HerdView, SCALE_ONE};
 use crate::identity::RegionTable;
 use crate::schedule::Snapshot;
 
@@ -34,6 +34,13 @@ pub struct Serving {
     pub tie_seed: u64,
     /// Live routers sharing the registry (this one included), from `P/routers/`.
     pub routers: AtomicU64,
+    /// What each of this router's answers is scaled by in the herd estimate, in
+    /// [`SCALE_ONE`]s: the live routers, or this router's measured share of the
+    /// answers (see [`crate::herd::share`]).
+    pub herd_scale: AtomicU64,
+    /// The clients this router's answers have counted in the herd estimate, ever: its
+    /// heartbeat publishes it, for the other routers' shares.
+    pub answered: AtomicU64,
     /// The steady lag (the largest registry's last heartbeat round trip), ms: the
     /// herd window is longer by it, since a connection shows in a report that much
     /// later.
@@ -63,6 +70,8 @@ impl Serving {
             guard,
             tie_seed: rand::random::<u64>() | 1,
             routers: AtomicU64::new(1),
+            herd_scale: AtomicU64::new(SCALE_ONE),
+            answered: AtomicU64::new(0),
             herd_lag_ms: AtomicU64::new(0),
             herd_window_ms: config.herd_window_secs * 1000,
             lagging: AtomicBool::new(false),
@@ -72,9 +81,19 @@ impl Serving {
 
     /// The herd counts as a request sees them now.
     pub fn herd_view(&self) -> HerdView {
-        HerdView::now(
+        HerdView::now_scaled(
             self.herd_window_ms + self.herd_lag_ms.load(Ordering::Relaxed),
-            self.routers.load(Ordering::Relaxed),
+            self.herd_scale.load(Ordering::Relaxed),
         )
+    }
+
+    /// The clients an answer of `weight` to `ip` counts in the herd estimate (`weight`
+    /// within its network's share: see [`Guard::herd_weight`]), counted in
+    /// [`Serving::answered`].
+    pub fn herd_weight(&self, ip: IpAddr, pass: crate::guard::Pass, weight: u64) -> u64 {
+        let per_answer = self.herd_scale.load(Ordering::Relaxed).div_ceil(SCALE_ONE);
+        let counted = self.guard.herd_weight(ip, pass, weight, per_answer);
+        self.answered.fetch_add(counted, Ordering::Relaxed);
+        counted
     }
 }

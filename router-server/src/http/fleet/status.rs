@@ -25,6 +25,8 @@ pub struct RouterStatus {
     pub protect_active: bool,
     /// Live routers sharing the registry.
     pub routers_live: u64,
+    /// Clients each of this router's answers counts for in the herd estimate.
+    pub herd_scale: f64,
     /// The live routers of every registry followed, with their versions, by id.
     pub routers: Vec<crate::state::Peer>,
     /// Nodes at or above this projected load get no clients.
@@ -90,6 +92,8 @@ pub(super) fn router_status(
         snapshot_age_secs,
         protect_active: api.status.protecting.load(Ordering::Relaxed),
         routers_live: api.serving.routers.load(Ordering::Relaxed),
+        herd_scale: api.serving.herd_scale.load(Ordering::Relaxed) as f64
+            / crate::herd::SCALE_ONE as f64,
         routers: {
             let all = api.status.router_peers.lock().expect("router_peers lock");
             let mut peers: Vec<_> = all.iter().flatten().cloned().collect();

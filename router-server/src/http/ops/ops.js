@@ -65,7 +65,7 @@ function renderRouter(f) {
     ["revision", r.revision],
     ["snapshot age", r.snapshot_age_secs === null ? "-" : r.snapshot_age_secs.toFixed(1) + "s"],
     ["protect", r.protect_active ? "ALARM: holding departed nodes" : "ok", r.protect_active],
-    ["routers", r.routers_live],
+    ["routers", r.routers_live + " (this one's answers count " + r.herd_scale.toFixed(2) + "x)"],
     ["versions", versions(r.routers), new Set(r.routers.map(p => p.version)).size > 1],
     ["/gateways", rates.ok.toFixed(1) + "/s"],
     ["429", rates.r429.toFixed(1) + "/s", rates.r429 > 0],
