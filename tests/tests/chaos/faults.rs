@@ -16,6 +16,9 @@ const BLOB: usize = 1_000_000;
 /// Starts `fault`; false when it could not be (the reason is recorded).
 pub(crate) fn start(fleet: &mut Fleet, fault: Fault) -> bool {
     let now = Instant::now();
+    if let (Some(storm), Some(k)) = (&mut fleet.storm, fault.node()) {
+        storm.disturbed.insert(k);
+    }
     match fault {
         Fault::MemberKill(i) => {
             fleet.lab.stop_member(i);
@@ -72,6 +75,7 @@ pub(crate) fn start(fleet: &mut Fleet, fault: Fault) -> bool {
             }
             fleet.world.set(k, NodeState::Drained(Instant::now()));
         }
+        Fault::Storm => crate::storm::start(fleet),
         Fault::Migrate(k, percent) => {
             let started = Instant::now();
             if fleet
@@ -125,6 +129,7 @@ pub(crate) fn end(fleet: &mut Fleet, fault: Fault) {
             fleet.command(k, "serve", &[]);
         }
         Fault::Migrate(..) => {}
+        Fault::Storm => crate::storm::end(fleet),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,9 @@ pub(crate) struct Fleet {
     pub(crate) ca: TestCa,
     /// The certificate and key files, in a directory that lives as long as the fleet.
     tls: (PathBuf, PathBuf, tempfile::TempDir),
-    gateways: Vec<u16>,
+    pub(crate) gateways: Vec<Gateway>,
+    /// The storm under way, if any.
+    pub(crate) storm: Option<crate::storm::Storm>,
     hook: HookServer,
     config: tempfile::NamedTempFile,
     pub(crate) issued: Vec<Issued>,
@@ -46,13 +49,35 @@ pub(crate) struct Fleet {
     pub(crate) member_out: Option<usize>,
 }
 
-/// A gateway: accepts connections and closes them (the SDK only needs to connect).
-fn gateway() -> u16 {
+/// A gateway: holds each connection until its client closes it, and counts them (its
+/// agent counts the same sockets, `--load tcp-port:`).
+pub(crate) struct Gateway {
+    pub(crate) port: u16,
+    /// Connections held now.
+    pub(crate) held: Arc<AtomicUsize>,
+}
+
+fn gateway() -> Gateway {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a gateway");
     let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || for _ in listener.incoming() {});
-    port
+    let held = Arc::new(AtomicUsize::new(0));
+    let count = held.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let count = count.clone();
+            count.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || {
+                // Until the client closes (or resets) it.
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                count.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    Gateway { port, held }
 }
+
+/// Each gateway's capacity: a storm ([`crate::storm`]) fills the fleet about half.
+pub(crate) const CAPACITY: usize = 100;
 
 /// The routers' name, in their certificate and in the SDK clients' configuration.
 pub(crate) const ROUTERS_NAME: &str = "routers.chaos.test";
@@ -91,6 +116,7 @@ impl Fleet {
             ca,
             tls: (cert, key, dir),
             gateways: (0..AGENTS).map(|_| gateway()).collect(),
+            storm: None,
             hook: HookServer::start(),
             config,
             issued: Vec::new(),
@@ -113,8 +139,9 @@ impl Fleet {
         let env = offset.map(harness::clock::clock_off).unwrap_or_default();
         let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let endpoints = self.lab.endpoints();
-        let tcp = format!("tcp={}", self.gateways[k]);
-        let load = format!("static:{}", 10 * (k + 1));
+        let port = self.gateways[k].port;
+        let tcp = format!("tcp={port}");
+        let load = format!("tcp-port:{port}");
         let ttl = TTL.as_secs().to_string();
         let hook = self.hook.url();
         let args = [
@@ -127,7 +154,7 @@ impl Fleet {
             "--region",
             "r",
             "--capacity",
-            "1000",
+            &CAPACITY.to_string(),
             "--port",
             &tcp,
             "--load",
@@ -261,14 +288,20 @@ impl Fleet {
 
     /// Every command issued was applied exactly once (one `command applied` line across
     /// the agent's lives) and its migrate signal delivered exactly once.
+    /// What node `k`'s agents printed, in all their lives.
+    pub(crate) fn agent_log(&self, k: usize) -> String {
+        let mut log = self.lives[k].clone();
+        if let Some(a) = &self.agents[k] {
+            log.push_str(&a.output());
+        }
+        log
+    }
+
     pub(crate) fn check_commands(&self) {
         let deliveries = self.hook.delivered();
         for c in &self.issued {
             let node = node_id(c.node);
-            let mut log = self.lives[c.node].clone();
-            if let Some(a) = &self.agents[c.node] {
-                log.push_str(&a.output());
-            }
+            let log = self.agent_log(c.node);
             let mark = format!("command={}", c.id);
             let applied = log
                 .lines()
@@ -303,20 +336,33 @@ impl Fleet {
                     .filter_map(|(k, a)| Some((format!("agent {}", node_id(k)), a.as_ref()?))),
             );
         procs
-            .map(|(name, p)| {
+            .filter_map(|(name, p)| {
                 let pid = p.pid();
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let field = |f: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(f))
+                        .map(str::trim)
+                };
+                // A process killed and reaped leaves its pid free: another process,
+                // or a thread of this test (threads have ids from the same space, and
+                // /proc shows them too), may have it now.
+                let binary = if name.starts_with("router") {
+                    "router-server"
+                } else {
+                    "gateway-agent"
+                };
+                if field("Tgid:") != Some(&pid.to_string()) || field("Name:") != Some(binary) {
+                    return None;
+                }
+                let rss = field("VmRSS:")
+                    .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or(0);
                 let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
                     .map(|d| d.count())
                     .unwrap_or(0);
-                let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                    })
-                    .unwrap_or(0);
-                (name, rss, fds)
+                Some((name, rss, fds))
             })
             .collect()
     }

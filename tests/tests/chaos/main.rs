@@ -9,8 +9,8 @@
 //! current leader off from its peers (its client port still answering) and heals it,
 //! fills etcd past its quota (NOSPACE) and frees it, SIGKILLs and restarts routers
 //! mid-stream, freezes agents past their lease (SIGSTOP, SIGCONT), kills and restarts
-//! agents, restarts agents with their clock off (libfaketime), and issues drains,
-//! serves and migrations while the rest goes on. One etcd fault at a time (a majority
+//! agents, restarts agents with their clock off (libfaketime), issues drains, serves
+//! and migrations, and sends storms of clients while the rest goes on. One etcd fault at a time (a majority
 //! is always up and joined) and one router down at a time (the failover the product
 //! promises to survive); the rest overlap freely. What would write to etcd waits while
 //! it is full.
@@ -27,7 +27,11 @@
 //!   delivery of its signal;
 //! * **writes resume** after NOSPACE is cleared, members and routers come back within
 //!   [`RESTART_BOUND`];
-//! * **bounded**: every router's and agent's memory and open files, sampled each step.
+//! * **bounded**: every router's and agent's memory and open files, sampled each step;
+//! * **storms land evenly**: a storm ([`storm`]) of clients that connect and stay,
+//!   started on top of the other faults, leaves the nodes nothing disturbed meanwhile
+//!   within [`storm::MAX_OVER_MEAN`] of even by their real connections, none at
+//!   `max_load`.
 //!
 //! The seed and the schedule are printed first; `CHAOS_SEED=N` replays a run,
 //! `CHAOS_STEPS=N` sets its length in steps of [`STEP`] (25 by default, about two
@@ -38,6 +42,7 @@ mod faults;
 mod fleet;
 mod schedule;
 mod sdk;
+mod storm;
 mod world;
 
 use std::collections::BTreeMap;
@@ -177,6 +182,21 @@ fn faults_on_top_of_each_other_keep_every_promise() {
     }
     summary(&fleet, seed, t0.elapsed(), &worst_use);
     let violations = world.violations();
+    // The agents' own account of a node a violation names, to tell what happened.
+    for k in 0..AGENTS {
+        let id = node_id(k);
+        if violations.iter().any(|v| v.contains(&format!("{id} "))) {
+            let log = fleet.agent_log(k);
+            let notable: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("lease"))
+                .collect();
+            eprintln!(
+                "{id}'s agents, warnings and lease events (last 40):\n{}",
+                notable[notable.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
     assert!(
         violations.is_empty(),
         "chaos seed {seed}: {} violations:\n{}\nreplay with CHAOS_SEED={seed}",
@@ -237,6 +257,11 @@ fn summary(fleet: &Fleet, seed: u64, took: Duration, worst_use: &BTreeMap<String
     };
     let (rr, rf) = peak("router");
     let (ar, af) = peak("agent");
+    let (storms, worst) = figures.storms;
+    out.push_str(&format!(
+        "storms judged: {storms}, worst max/mean {worst:.3} (bound {})\n",
+        storm::MAX_OVER_MEAN
+    ));
     out.push_str(&format!(
         "peak: router {} MiB, {rf} files; agent {} MiB, {af} files\n",
         rr / 1024,

@@ -30,10 +30,13 @@ pub(crate) enum Fault {
     Drain(usize),
     /// `ctl migrate --percent N`.
     Migrate(usize, u8),
+    /// A storm of clients on top of whatever else is going on; its balance is judged
+    /// when it ends (see `crate::storm`).
+    Storm,
 }
 
 /// Every kind, in the order the summary lists them.
-pub(crate) const KINDS: [&str; 10] = [
+pub(crate) const KINDS: [&str; 11] = [
     "member-kill",
     "member-partition",
     "leader-cut",
@@ -44,6 +47,7 @@ pub(crate) const KINDS: [&str; 10] = [
     "clock-jump",
     "drain",
     "migrate",
+    "storm",
 ];
 
 const CLOCK_OFFSETS: [i64; 6] = [-600, -30, -2, 2, 30, 600];
@@ -63,6 +67,7 @@ impl Fault {
             Fault::ClockJump(..) => KINDS[7],
             Fault::Drain(_) => KINDS[8],
             Fault::Migrate(..) => KINDS[9],
+            Fault::Storm => KINDS[10],
         }
     }
 
@@ -112,6 +117,7 @@ impl Fault {
     pub(crate) fn clashes(&self, other: &Fault) -> bool {
         (self.on_etcd() && other.on_etcd())
             || matches!((self, other), (Fault::RouterKill(_), Fault::RouterKill(_)))
+            || (*self == Fault::Storm && *other == Fault::Storm)
             || (self.node().is_some() && self.node() == other.node())
             || (*other == Fault::NoSpace && self.starts_with_a_write())
     }
@@ -124,7 +130,7 @@ pub(crate) fn schedule(seed: u64, steps: usize) -> Vec<(Fault, usize)> {
     (0..steps)
         .map(|_| {
             let agent = rng.random_range(0..AGENTS);
-            let fault = match rng.random_range(0..12) {
+            let fault = match rng.random_range(0..14) {
                 0 => Fault::MemberKill(rng.random_range(0..MEMBERS)),
                 1 => Fault::MemberPartition(rng.random_range(0..MEMBERS)),
                 2 => Fault::LeaderCut,
@@ -134,6 +140,7 @@ pub(crate) fn schedule(seed: u64, steps: usize) -> Vec<(Fault, usize)> {
                 7 => Fault::AgentKill(agent),
                 8 => Fault::ClockJump(agent, CLOCK_OFFSETS[rng.random_range(0..6)]),
                 9 => Fault::Drain(agent),
+                10 | 11 => Fault::Storm,
                 _ => Fault::Migrate(agent, PERCENTS[rng.random_range(0..4)]),
             };
             (fault, rng.random_range(1..=2))

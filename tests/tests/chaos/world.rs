@@ -31,6 +31,8 @@ pub(crate) struct Figures {
     pub(crate) injected: BTreeMap<&'static str, u32>,
     /// The longest recovery seen, by kind.
     pub(crate) worst: BTreeMap<&'static str, Duration>,
+    /// Storms judged, and the worst max/mean of their steady nodes.
+    pub(crate) storms: (u32, f64),
 }
 
 /// Everything the clients check against, shared with the schedule.
@@ -41,6 +43,8 @@ pub(crate) struct World {
     pub(crate) in_force: Mutex<Vec<Fault>>,
     /// When each node was last in an answer.
     seen: Mutex<Vec<Option<Instant>>>,
+    /// When each node was last missing from a whole answer.
+    missed: Mutex<Vec<Option<Instant>>>,
     /// Nodes whose fault ended, with its kind and when: answered again is recovered.
     recovering: Mutex<Vec<(usize, &'static str, Instant)>>,
     violations: Mutex<Vec<String>>,
@@ -63,6 +67,7 @@ impl World {
             nodes: Mutex::new(vec![NodeState::Up(t0); AGENTS]),
             in_force: Mutex::new(Vec::new()),
             seen: Mutex::new(vec![None; AGENTS]),
+            missed: Mutex::new(vec![None; AGENTS]),
             recovering: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
             figures: Mutex::new(Figures::default()),
@@ -108,6 +113,17 @@ impl World {
         *worst = (*worst).max(took);
     }
 
+    /// A storm ended with its steady nodes at `ratio` max/mean.
+    pub(crate) fn storm_balance(&self, ratio: f64) {
+        let mut f = self.figures.lock().unwrap();
+        f.storms = (f.storms.0 + 1, f.storms.1.max(ratio));
+    }
+
+    /// Whether node `k` was missing from a whole answer at or after `since`.
+    pub(crate) fn missed_since(&self, k: usize, since: Instant) -> bool {
+        self.missed.lock().unwrap()[k].is_some_and(|at| at >= since)
+    }
+
     /// Node `k`'s fault of `kind` ended now: it recovers when it is answered again.
     pub(crate) fn await_answered(&self, k: usize, kind: &'static str) {
         self.recovering
@@ -131,6 +147,8 @@ impl World {
             let answered = ids.contains(&node_id(k));
             if answered {
                 seen[k] = Some(now);
+            } else if whole {
+                self.missed.lock().unwrap()[k] = Some(now);
             }
             match *state {
                 NodeState::Gone(at) if answered && now > at + TTL + GONE_BOUND => {
