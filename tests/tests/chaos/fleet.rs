@@ -30,6 +30,8 @@ pub(crate) struct Fleet {
     /// What each node's agents printed in their earlier lives.
     lives: Vec<String>,
     routers: Vec<Option<Proc>>,
+    /// What each router printed in its earlier lives.
+    router_lives: Vec<String>,
     /// Router `j` serves plain HTTP on `127.0.0.{j+1}`, all on one port (the test's
     /// own checks)...
     pub(crate) router_port: u16,
@@ -111,6 +113,7 @@ impl Fleet {
             agents: (0..AGENTS).map(|_| None).collect(),
             lives: vec![String::new(); AGENTS],
             routers: (0..ROUTERS).map(|_| None).collect(),
+            router_lives: vec![String::new(); ROUTERS],
             router_port,
             https_port,
             ca,
@@ -222,7 +225,17 @@ impl Fleet {
         self.world.routers.lock().unwrap()[j] = None;
         if let Some(r) = self.routers[j].take() {
             r.signal("KILL");
+            self.router_lives[j].push_str(&r.output());
         }
+    }
+
+    /// What router `j` printed, in all its lives.
+    pub(crate) fn router_log(&self, j: usize) -> String {
+        let mut log = self.router_lives[j].clone();
+        if let Some(r) = &self.routers[j] {
+            log.push_str(&r.output());
+        }
+        log
     }
 
     /// The members that are up and joined now.

@@ -125,6 +125,13 @@ fn faults_on_top_of_each_other_keep_every_promise() {
     ];
 
     let t0 = world.t0;
+    // To line the logs' wall-clock times up with the run's seconds.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        - t0.elapsed().as_secs_f64();
+    eprintln!("chaos t0: {wall:.1} s since the epoch (UTC)");
     let mut worst_use: BTreeMap<String, (u64, usize)> = BTreeMap::new();
     let mut active: Vec<(Fault, usize)> = Vec::new();
     for (step, &(fault, lasts)) in plan.iter().enumerate() {
@@ -182,19 +189,21 @@ fn faults_on_top_of_each_other_keep_every_promise() {
     }
     summary(&fleet, seed, t0.elapsed(), &worst_use);
     let violations = world.violations();
-    // The agents' own account of a node a violation names, to tell what happened.
+    // The agents' and routers' own account of what a violation names, to tell what
+    // happened.
+    let named = |what: &str| violations.iter().any(|v| v.contains(what));
     for k in 0..AGENTS {
         let id = node_id(k);
-        if violations.iter().any(|v| v.contains(&format!("{id} "))) {
-            let log = fleet.agent_log(k);
-            let notable: Vec<&str> = log
-                .lines()
-                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("lease"))
-                .collect();
-            eprintln!(
-                "{id}'s agents, warnings and lease events (last 40):\n{}",
-                notable[notable.len().saturating_sub(40)..].join("\n")
-            );
+        if named(&format!("{id} ")) || named(&format!("\"{id}\"")) {
+            print_notable(&format!("{id}'s agents"), &fleet.agent_log(k));
+        }
+    }
+    for j in 0..ROUTERS {
+        if named(&format!(
+            "router {}",
+            fleet::router_addr(j, fleet.router_port)
+        )) {
+            print_notable(&format!("router r{j}"), &fleet.router_log(j));
         }
     }
     assert!(
@@ -202,6 +211,23 @@ fn faults_on_top_of_each_other_keep_every_promise() {
         "chaos seed {seed}: {} violations:\n{}\nreplay with CHAOS_SEED={seed}",
         violations.len(),
         violations.join("\n")
+    );
+}
+
+/// Prints `whose` log's warnings, errors and lease and endpoint events, the last 40.
+fn print_notable(whose: &str, log: &str) {
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            ["WARN", "ERROR", "lease", "endpoint", "watch"]
+                .iter()
+                .any(|m| l.contains(m))
+        })
+        .collect();
+    eprintln!(
+        "{whose}: warnings, lease and endpoint events (last 40 of {}):\n{}",
+        notable.len(),
+        notable[notable.len().saturating_sub(40)..].join("\n")
     );
 }
 
@@ -257,9 +283,9 @@ fn summary(fleet: &Fleet, seed: u64, took: Duration, worst_use: &BTreeMap<String
     };
     let (rr, rf) = peak("router");
     let (ar, af) = peak("agent");
-    let (storms, worst) = figures.storms;
+    let ((storms, worst), (unjudged, unjudged_worst)) = (figures.storms, figures.unjudged);
     out.push_str(&format!(
-        "storms judged: {storms}, worst max/mean {worst:.3} (bound {})\n",
+        "storms judged: {storms}, worst max/mean {worst:.3} (bound {}); started before the loads were known: {unjudged}, worst {unjudged_worst:.3}\n",
         storm::MAX_OVER_MEAN
     ));
     out.push_str(&format!(

