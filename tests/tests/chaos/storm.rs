@@ -15,7 +15,7 @@
 //! know of clients that left before the reports say so.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -123,14 +123,7 @@ fn clients(t: usize, world: &World, conns: &Mutex<Vec<TcpStream>>, next: &Atomic
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let routers: Vec<SocketAddr> = world
-            .routers
-            .lock()
-            .unwrap()
-            .iter()
-            .flatten()
-            .copied()
-            .collect();
+        let routers = world.live_routers();
         let first = rng as usize % routers.len().max(1);
         let answer = (0..routers.len()).find_map(|i| {
             let addr = routers[(first + i) % routers.len()];

@@ -116,6 +116,17 @@ impl World {
         *worst = (*worst).max(took);
     }
 
+    /// The routers running now.
+    pub(crate) fn live_routers(&self) -> Vec<SocketAddr> {
+        self.routers
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     /// A storm ended with its steady nodes at `ratio` max/mean; `judged` when it
     /// started on loads the routers knew.
     pub(crate) fn storm_balance(&self, ratio: f64, judged: bool) {
@@ -206,14 +217,7 @@ pub(crate) fn http_client(world: Arc<World>) {
     let mut round = 0usize;
     while !world.stop.load(Ordering::Relaxed) {
         round += 1;
-        let routers: Vec<SocketAddr> = world
-            .routers
-            .lock()
-            .unwrap()
-            .iter()
-            .flatten()
-            .copied()
-            .collect();
+        let routers = world.live_routers();
         let now = Instant::now();
         let n = routers.len().max(1);
         let answer = (0..routers.len()).find_map(|i| {
