@@ -40,6 +40,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     get_over(s, addr, path)
 }
 
+/// Client `n`'s address when a storm comes from `networks` client networks:
+/// 127.(1 + n % networks).0.1, one /24 each, in turn (the whole 127/8 is local).
+pub fn client_network(n: usize, networks: usize) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 1 + (n % networks) as u8, 0, 1).into()
+}
+
 /// [`get_json`] from the local address `from` (a client of another network, see
 /// [`connect_from`]).
 pub fn get_json_from(

@@ -41,7 +41,9 @@ mod util;
 
 pub use ca::{make_private, TestCa};
 pub use etcd::{Etcd, EtcdTls};
-pub use http::{connect_from, get_json, get_json_from, http_get, http_request, HookServer};
+pub use http::{
+    client_network, connect_from, get_json, get_json_from, http_get, http_request, HookServer,
+};
 pub use httpdns::HttpDnsServer;
 pub use metrics::{has_sample, sample};
 pub use node::{node_record, NodeJson};

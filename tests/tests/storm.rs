@@ -280,7 +280,7 @@ fn clients(
                     rng ^= rng >> 7;
                     rng ^= rng << 17;
                     let first = (rng % 2) as usize;
-                    let from = client_network(n);
+                    let from = harness::client_network(n, NETWORKS);
                     // A router that does not answer: the other one, as the SDK does.
                     let asked = get_json_from(from, addrs[first], "/gateways?count=1")
                         .or_else(|| get_json_from(from, addrs[1 - first], "/gateways?count=1"));
@@ -304,12 +304,6 @@ fn clients(
         refused,
         took: start.elapsed(),
     }
-}
-
-/// Client `n`'s address: one of [`NETWORKS`] loopback /24s, in turn (a storm arrives
-/// from many networks; the whole 127/8 is local).
-fn client_network(n: usize) -> std::net::IpAddr {
-    std::net::Ipv4Addr::new(127, 1 + (n % NETWORKS) as u8, 0, 1).into()
 }
 
 /// The client networks a storm comes from.

@@ -281,11 +281,6 @@ impl HerdView {
         HerdView::at_scale(registry::now_ms(), window_ms.div_ceil(SLOT_MS), scale)
     }
 
-    /// Clients one answer stands for, whole (what a network's herd budget is charged).
-    pub fn clients_per_answer(&self) -> u64 {
-        self.scale.div_ceil(SCALE_ONE)
-    }
-
     /// This router's `own` answers scaled to all the routers'.
     fn scaled(&self, own: u64) -> u64 {
         own.saturating_mul(self.scale).div_ceil(SCALE_ONE)

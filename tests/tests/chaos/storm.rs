@@ -15,7 +15,7 @@
 //! know of clients that left before the reports say so.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -61,11 +61,6 @@ pub(crate) struct Storm {
     pub(crate) disturbed: BTreeSet<usize>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     threads: Vec<JoinHandle<()>>,
-}
-
-/// Client `n`'s address: one of [`NETWORKS`] loopback networks, in turn.
-fn client_network(n: usize) -> IpAddr {
-    Ipv4Addr::new(127, 1 + (n % NETWORKS) as u8, 0, 1).into()
 }
 
 /// Whether every node's record (of those nothing disturbs) says what its gateway
@@ -127,7 +122,11 @@ fn clients(t: usize, world: &World, conns: &Mutex<Vec<TcpStream>>, next: &Atomic
         let first = rng as usize % routers.len().max(1);
         let answer = (0..routers.len()).find_map(|i| {
             let addr = routers[(first + i) % routers.len()];
-            match get_json_from(client_network(n), addr, "/gateways?count=1") {
+            match get_json_from(
+                harness::client_network(n, NETWORKS),
+                addr,
+                "/gateways?count=1",
+            ) {
                 Some((200, v)) => Some(v),
                 _ => None,
             }
