@@ -443,10 +443,10 @@ mod tests {
         }
     }
 
-    /// Two routers answering evenly scale by 2. When the balancer stops sending to one
-    /// that stays up, the other knows within three listings; when one is killed (its
-    /// task gone, its registration left to its lease), within three too, while both
-    /// still count as live.
+    /// Two routers answering scale by 2. When the balancer stops sending to one that
+    /// stays up, the other knows within four listings; when one is killed (its task
+    /// gone, its registration left to its lease), within three, while both still count
+    /// as live.
     #[tokio::test(start_paused = true)]
     async fn a_router_scales_by_its_share_of_the_answers() {
         let kv = Arc::new(TestKv::new());
@@ -475,9 +475,9 @@ mod tests {
         let shifted = tokio::time::Instant::now();
         wait_for("the shift measured", || scale(&a) == SCALE_ONE).await;
         // The first listing after may show b's beat from before, the next one part of
-        // a second of answers: the third shows none.
+        // a second of answers; then two listings without an answer of b's.
         assert!(
-            shifted.elapsed() <= BEAT * 3 + Duration::from_millis(100),
+            shifted.elapsed() <= BEAT * (STALE + 2) + Duration::from_millis(100),
             "{:?}",
             shifted.elapsed()
         );

@@ -22,10 +22,10 @@
 //!   went away). Without this, a steady node that reports every 30 s would stay
 //!   "full" of phantoms that long.
 //! * **Several routers** behind a balancer each see only their share of a storm. Each
-//!   registers itself under `P/routers/` and scales its own answers by its share of
-//!   all the routers' answers ([`share`]: the even split, the number of live routers,
-//!   unless their published answer counts say otherwise), which estimates what all of
-//!   them sent. Ties between equally loaded nodes are broken by a per-router random
+//!   registers itself under `P/routers/` and scales its own answers by the live
+//!   routers that are answering ([`share`]: their heartbeats carry answer counts),
+//!   which, with the balancer spreading requests evenly, estimates what all of them
+//!   sent. Ties between equally loaded nodes are broken by a per-router random
 //!   order (see `Snapshot::build_seeded`), so the routers' first answers of a storm go to
 //!   different nodes instead of all to the one with the smallest id.
 //! * **One network's share** is bounded ([`budget`]): answers are free to ask for, so
@@ -249,7 +249,7 @@ pub struct HerdView {
     /// The oldest slot still counted.
     pub oldest: u64,
     /// Clients each of this router's answers stands for, in [`SCALE_ONE`]s (at least
-    /// one): the live routers, or the share [`share::Shares`] measured.
+    /// one): the live routers that are answering ([`share::Shares`]).
     pub scale: u64,
 }
 

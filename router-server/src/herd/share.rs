@@ -12,14 +12,20 @@
 //! against 1.004 when the survivor knows within a second.
 //!
 //! So each heartbeat carries the router's answer count, and each listing of the
-//! heartbeats gives every router's answers per beat since the listing before: the
-//! scale is the total over this router's own, between 1 and the live routers.
+//! heartbeats tells which routers answered since the listing before. The scale is the
+//! live routers less those that answered nothing for [`STALE_LISTINGS`] listings in a
+//! row (at least 1). It is not the ratio of the counts: beats are a second apart and
+//! not in phase, so in a burst shorter than a beat one router's count shows the burst
+//! while another's does not yet, and the ratio would call the first alone (the storm
+//! test of a burst overfilled so).
 //!
-//! * A router whose beat has not moved for [`STALE_LISTINGS`] listings answers
+//! * A router whose beat has stood still for [`STALE_LISTINGS`] listings answers
 //!   nothing any more (it died, or lost etcd), provided this router's own heartbeat
 //!   came back in time: with etcd slow for everyone, silence says nothing.
-//! * Whatever cannot be measured (a new router, a counter that went back, too few
-//!   answers to tell, a registration without counts) falls back to the even split.
+//! * A router whose beat moves and whose count does not (the balancer sends it
+//!   nothing) counts out the same way.
+//! * A new router, a counter that went back, or a registration without counts is
+//!   counted.
 //! * A registration is written by any router (or whoever holds its role): a liar can
 //!   move the scale only within `1..=live routers`, and claiming it answers nothing
 //!   is what a dead router does anyway.
@@ -29,12 +35,9 @@ use std::collections::HashMap;
 /// The scale's unit: `SCALE_ONE` is one client per answer.
 pub const SCALE_ONE: u64 = 1_000;
 
-/// Listings in a row without a new beat after which a router counts as answering
+/// Listings in a row without a new answer after which a router counts as answering
 /// nothing.
 pub const STALE_LISTINGS: u32 = 2;
-
-/// Fewer answers per beat than this, across all routers, tell nothing: the even split.
-pub const MIN_PER_BEAT: u64 = 20;
 
 /// One registration as a listing shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +53,10 @@ pub struct Heartbeat<'a> {
 struct Seen {
     beat: u64,
     answered: u64,
-    /// Answers per beat, as last measured (`None`: not yet).
-    rate: Option<u64>,
-    /// Listings in a row that showed the same beat.
-    stale: u32,
+    /// Listings in a row that showed no new answer of it.
+    quiet: u32,
+    /// The last of them showed its beat standing still too.
+    still: bool,
 }
 
 /// The heartbeats of one registry's routers, from one listing to the next.
@@ -65,57 +68,39 @@ pub struct Shares {
 impl Shares {
     /// One listing: every live router's heartbeat, `own` this router's key, and whether
     /// this router's own heartbeat came back in time. Returns the scale, in
-    /// [`SCALE_ONE`]s.
+    /// [`SCALE_ONE`]s: the live routers less those that answer nothing.
     pub fn observe(&mut self, listed: &[Heartbeat<'_>], own: &[u8], own_in_time: bool) -> u64 {
-        let live = listed.len().max(1) as u64;
-        let even = live * SCALE_ONE;
-        let mut known = true;
         let mut next = HashMap::with_capacity(listed.len());
+        let mut out = 0u64;
         for h in listed {
-            let seen = self.seen.get(h.key).copied();
-            let now = match (h.counts, seen) {
-                (Some((beat, answered)), Some(s)) if beat > s.beat && answered >= s.answered => {
-                    Seen {
-                        beat,
-                        answered,
-                        rate: Some((answered - s.answered) / (beat - s.beat)),
-                        stale: 0,
-                    }
-                }
-                (Some((beat, answered)), Some(s)) if beat == s.beat && answered == s.answered => {
-                    let stale = s.stale.saturating_add(1);
-                    let silent = stale >= STALE_LISTINGS && own_in_time && h.key != own;
-                    Seen {
-                        rate: if silent { Some(0) } else { s.rate },
-                        stale,
-                        ..s
-                    }
-                }
-                (Some((beat, answered)), _) => Seen {
+            let Some((beat, answered)) = h.counts else {
+                continue;
+            };
+            let now = match self.seen.get(h.key) {
+                Some(s) if beat >= s.beat && answered == s.answered => Seen {
                     beat,
                     answered,
-                    rate: None,
-                    stale: 0,
+                    quiet: s.quiet.saturating_add(1),
+                    still: beat == s.beat,
                 },
-                (None, _) => {
-                    known = false;
-                    continue;
-                }
+                // New, answering, or a counter that went back: counted.
+                _ => Seen {
+                    beat,
+                    answered,
+                    quiet: 0,
+                    still: false,
+                },
             };
-            known &= now.rate.is_some();
+            // With this router's own heartbeat late too, a beat standing still says
+            // nothing: etcd may be slow for everyone.
+            if h.key != own && now.quiet >= STALE_LISTINGS && (own_in_time || !now.still) {
+                out += 1;
+            }
             next.insert(h.key.to_vec(), now);
         }
         self.seen = next;
-        let own_rate = self.seen.get(own).and_then(|s| s.rate).unwrap_or(0);
-        let total = self
-            .seen
-            .values()
-            .filter_map(|s| s.rate)
-            .fold(0u64, u64::saturating_add);
-        if !known || own_rate == 0 || total < MIN_PER_BEAT {
-            return even;
-        }
-        (total.saturating_mul(SCALE_ONE) / own_rate).clamp(SCALE_ONE, even)
+        let live = listed.len().max(1) as u64;
+        live.saturating_sub(out).max(1) * SCALE_ONE
     }
 }
 
@@ -134,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn an_even_split_scales_by_the_live_routers_and_an_uneven_one_by_the_share() {
+    fn every_router_that_answers_counts_whatever_its_share() {
         let mut s = Shares::default();
         assert_eq!(
             s.observe(&list(&[("a", 1, 0), ("b", 7, 0)]), b"a", true),
@@ -144,18 +129,16 @@ mod tests {
             s.observe(&list(&[("a", 2, 100), ("b", 8, 100)]), b"a", true),
             2_000
         );
-        // The balancer sends b three times what it sends a.
+        // The balancer sends b three times what it sends a; a burst shows in a's
+        // count a beat before b's.
         assert_eq!(
             s.observe(&list(&[("a", 3, 200), ("b", 9, 400)]), b"a", true),
-            2_000,
-            "a's share is a quarter: 4, but never more than the live routers"
+            2_000
         );
-        let mut s = Shares::default();
-        s.observe(&list(&[("a", 1, 0), ("b", 7, 0)]), b"b", true);
         assert_eq!(
-            s.observe(&list(&[("a", 2, 100), ("b", 8, 300)]), b"b", true),
-            1_333,
-            "b answers three of four"
+            s.observe(&list(&[("a", 4, 1_200), ("b", 10, 400)]), b"a", true),
+            2_000,
+            "one listing without b's answers: it may be out of phase"
         );
     }
 
@@ -186,7 +169,7 @@ mod tests {
         );
     }
 
-    /// The balancer stops sending to b, which stays up: a knows at the next listing.
+    /// The balancer stops sending to b, which stays up: a knows after two listings.
     #[test]
     fn a_router_that_stops_answering_counts_for_nothing() {
         let mut s = Shares::default();
@@ -194,32 +177,32 @@ mod tests {
         s.observe(&list(&[("a", 2, 100), ("b", 2, 100)]), b"a", true);
         assert_eq!(
             s.observe(&list(&[("a", 3, 300), ("b", 3, 100)]), b"a", true),
+            2_000
+        );
+        assert_eq!(
+            s.observe(&list(&[("a", 4, 500), ("b", 4, 100)]), b"a", true),
             1_000
+        );
+        assert_eq!(
+            s.observe(&list(&[("a", 5, 600), ("b", 5, 101)]), b"a", true),
+            2_000,
+            "answering again"
         );
     }
 
     #[test]
-    fn what_cannot_be_measured_is_the_even_split() {
+    fn what_cannot_be_measured_counts() {
         let mut s = Shares::default();
         s.observe(&list(&[("a", 1, 0), ("b", 1, 0)]), b"a", true);
+        // A new router.
         assert_eq!(
-            s.observe(&list(&[("a", 2, 5), ("b", 2, 5)]), b"a", true),
-            2_000,
-            "too few answers"
-        );
-        // A new router: not measured until its second beat.
-        assert_eq!(
-            s.observe(
-                &list(&[("a", 3, 505), ("b", 3, 5), ("c", 1, 0)]),
-                b"a",
-                true
-            ),
+            s.observe(&list(&[("a", 2, 5), ("b", 2, 5), ("c", 1, 0)]), b"a", true),
             3_000
         );
-        // A counter that went back (or a liar): not measured.
+        // A counter that went back (or a liar).
         assert_eq!(
             s.observe(
-                &list(&[("a", 4, 1005), ("b", 4, 0), ("c", 2, 0)]),
+                &list(&[("a", 3, 505), ("b", 3, 0), ("c", 2, 7)]),
                 b"a",
                 true
             ),
@@ -229,7 +212,7 @@ mod tests {
         let listed = [
             Heartbeat {
                 key: b"a",
-                counts: Some((5, 1505)),
+                counts: Some((4, 1505)),
             },
             Heartbeat {
                 key: b"b",
@@ -237,13 +220,14 @@ mod tests {
             },
         ];
         assert_eq!(s.observe(&listed, b"a", true), 2_000);
-        // This router answering nothing: the even split (it has nothing to scale).
+        // This router answering nothing never counts itself out.
         let mut s = Shares::default();
-        s.observe(&list(&[("a", 1, 0), ("b", 1, 0)]), b"a", true);
-        assert_eq!(
-            s.observe(&list(&[("a", 2, 0), ("b", 2, 500)]), b"a", true),
-            2_000
-        );
+        for beat in 1..5 {
+            assert_eq!(
+                s.observe(&list(&[("a", beat, 0), ("b", beat, beat * 10)]), b"a", true),
+                2_000
+            );
+        }
     }
 
     /// A liar can move the scale only within 1..=live routers.
@@ -256,8 +240,9 @@ mod tests {
             2_000,
             "claiming every answer there is"
         );
+        s.observe(&list(&[("a", 3, 200), ("b", 3, u64::MAX)]), b"a", true);
         assert_eq!(
-            s.observe(&list(&[("a", 3, 200), ("b", 3, u64::MAX)]), b"a", true),
+            s.observe(&list(&[("a", 4, 300), ("b", 4, u64::MAX)]), b"a", true),
             1_000,
             "claiming none, as a dead router would"
         );

@@ -18,7 +18,7 @@ pub struct HerdMetrics {
     /// Live routers sharing the registry.
     pub routers_live: Gauge,
     /// Clients each of this router's answers counts for in the herd estimate: the live
-    /// routers, or this router's measured share (see `crate::herd::share`).
+    /// routers that are answering (see `crate::herd::share`).
     pub scale: Gauge<f64, AtomicU64>,
 }
 
@@ -41,7 +41,7 @@ impl HerdMetrics {
         );
         registry.register(
             "herd_scale",
-            "Clients each of this router's answers counts for in the herd estimate: all routers' answers over its own, from their heartbeats (the live routers when not measured)",
+            "Clients each of this router's answers counts for in the herd estimate: the live routers less those whose heartbeats show no answers for two listings",
             self.scale.clone(),
         );
     }

@@ -35,8 +35,8 @@ pub struct Serving {
     /// Live routers sharing the registry (this one included), from `P/routers/`.
     pub routers: AtomicU64,
     /// What each of this router's answers is scaled by in the herd estimate, in
-    /// [`SCALE_ONE`]s: the live routers, or this router's measured share of the
-    /// answers (see [`crate::herd::share`]).
+    /// [`SCALE_ONE`]s: the live routers that are answering (see
+    /// [`crate::herd::share`]).
     pub herd_scale: AtomicU64,
     /// The clients this router's answers have counted in the herd estimate, ever: its
     /// heartbeat publishes it, for the other routers' shares.
