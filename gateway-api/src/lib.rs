@@ -36,6 +36,10 @@ pub struct Gateway {
     /// several DCs; absent from older routers and from fallbacks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dc: Option<String>,
+    /// The ISP (carrier) the node is attached to, as its record names it (`bgp`:
+    /// multi-line); absent when the record names none, and from older routers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isp: Option<String>,
     /// The node's DNS name (WebSocket and TLS clients use it as Host and SNI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,

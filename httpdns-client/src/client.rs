@@ -251,6 +251,7 @@ impl Client {
                             region: String::new(),
                             domain: Some(domain.clone()),
                             dc: None,
+                            isp: None,
                             load: 0.0,
                         })
                         .collect();

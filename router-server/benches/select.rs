@@ -9,7 +9,9 @@
 //!
 //! Nodes spread over 10 regions; each request asks for 3 candidates in the client's
 //! region (one tenth of the fleet) with one fallback region, as a client with a known
-//! region would. "any-region" asks with no region, scanning every node.
+//! region would. "any-region" asks with no region, scanning every node. "region-isp"
+//! is "region" on a fleet whose nodes name ISPs (three carriers and `bgp` in turn),
+//! asked by a client of one carrier: its line first, then the region's others.
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
@@ -28,8 +30,14 @@ use router_server::identity::RegionTable;
 use router_server::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
 
 fn fleet(n: usize) -> Snapshot {
-    let records = (0..n).map(|i| {
-        Arc::new(NodeRecord::new(
+    Snapshot::build(records(n, false), None, 1, false)
+}
+
+/// `n` nodes in 10 regions; with `isps`, each region's nodes on three carriers and
+/// `bgp` in turn.
+fn records(n: usize, isps: bool) -> impl Iterator<Item = Arc<NodeRecord>> {
+    (0..n).map(move |i| {
+        let mut r = NodeRecord::new(
             format!("gw-{i:05}"),
             "192.0.2.1".parse().unwrap(),
             Ports {
@@ -41,9 +49,12 @@ fn fleet(n: usize) -> Snapshot {
             // Large capacity: the benchmark's own requests must not fill nodes up.
             1_000_000_000,
             (i as u64 * 7919) % 900_000_000,
-        ))
-    });
-    Snapshot::build(records, None, 1, false)
+        );
+        if isps {
+            r.isp = Some(["ctcc", "cmcc", "cucc", "bgp"][(i / 10) % 4].to_string());
+        }
+        Arc::new(r)
+    })
 }
 
 /// Times `select`, with the herd counts cleared (as if every node reported) after
@@ -104,6 +115,7 @@ fn burst(c: &mut Criterion) {
         proto: Proto::Tcp,
         count: 3,
         region: Some("r0"),
+        isp: None,
         family: None,
     };
     let mut group = c.benchmark_group("burst");
@@ -154,6 +166,7 @@ fn select_by_size(c: &mut Criterion) {
             proto: Proto::Tcp,
             count: 3,
             region: Some("r0"),
+            isp: None,
             family: None,
         };
         group.bench_with_input(BenchmarkId::new("region", n), &snap, |b, s| {
@@ -164,6 +177,7 @@ fn select_by_size(c: &mut Criterion) {
             proto: Proto::Tcp,
             count: 3,
             region: None,
+            isp: None,
             family: None,
         };
         let no_fallbacks = Rules {
@@ -173,6 +187,14 @@ fn select_by_size(c: &mut Criterion) {
         };
         group.bench_with_input(BenchmarkId::new("any-region", n), &snap, |b, s| {
             answers(b, s, &anywhere, no_fallbacks)
+        });
+        let lines = Snapshot::build(records(n, true), None, 1, false);
+        let of_isp = Query {
+            isp: Some("cmcc"),
+            ..in_region.clone()
+        };
+        group.bench_with_input(BenchmarkId::new("region-isp", n), &lines, |b, s| {
+            answers(b, s, &of_isp, rules)
         });
     }
     group.finish();

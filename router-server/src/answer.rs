@@ -12,7 +12,7 @@ use crate::config::FileConfig;
 
 /// A node's entries in a `GET /gateways` answer, serialized once per report: for each
 /// protocol it serves, everything up to the load,
-/// `{"id":…,"ip":…,"port":…,"proto":…,"region":…[,"domain":…],"load":`.
+/// `{"id":…,"ip":…,"port":…,"proto":…,"region":…[,"dc":…][,"isp":…][,"domain":…],"load":`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeJson {
     /// With the record's `ip`, by [`Proto`].
@@ -29,6 +29,10 @@ impl NodeJson {
         if let Some(dc) = &r.dc {
             tail.push_str(",\"dc\":");
             tail.push_str(&quote(dc));
+        }
+        if let Some(isp) = &r.isp {
+            tail.push_str(",\"isp\":");
+            tail.push_str(&quote(isp));
         }
         if let Some(d) = &r.domain {
             tail.push_str(",\"domain\":");
@@ -178,7 +182,7 @@ mod tests {
                 ports: Ports { tcp: Some(1), ws: Some(2), wss: Some(3) },
                 region: region.clone(), capacity: 1000, connections: *conns,
                 ipv6: (i % 2 == 0).then(|| "2001:db8::2".parse().unwrap()),
-                domain: domain.clone(), zone: None, isp: None, state: NodeState::Serving, healthy: true,
+                domain: domain.clone(), zone: None, isp: dc.as_ref().filter(|_| i % 2 == 0).map(|d| format!("i{d}")), state: NodeState::Serving, healthy: true,
                 updated_ms: None, sampled_ms: None, sample_age_ms: None, applied_command: None, hook: None, labels: Default::default(), dc: dc.as_deref().map(Into::into),
             })).collect();
             let proto = Proto::ALL[proto];
@@ -197,7 +201,7 @@ mod tests {
                 gateways: chosen.iter().map(|&(i, ip, load)| {
                     let r = &records[i];
                     Gateway { id: r.id.clone(), ip, port: r.ports.get(proto).unwrap(), proto, region: r.region.clone(),
-                              dc: r.dc.as_deref().map(Into::into), domain: r.domain.clone(), load: rounded_load(load) }
+                              dc: r.dc.as_deref().map(Into::into), isp: r.isp.clone(), domain: r.domain.clone(), load: rounded_load(load) }
                 }).collect(),
                 region: region.clone(), ttl_secs: cfg.ttl_secs, heartbeat_secs: cfg.heartbeat_secs,
                 backoff: cfg.backoff, revision, stale,

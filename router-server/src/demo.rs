@@ -40,6 +40,7 @@ pub fn demo_config() -> FileConfig {
             default: String::new(),
             cidrs,
             fallbacks,
+            ..RegionsConfig::default()
         },
         ..FileConfig::default()
     }

@@ -102,6 +102,8 @@ pub struct Answered {
     pub region: String,
     /// The registry (data centre) holding it.
     pub dc: Option<String>,
+    /// Its ISP, as its record says.
+    pub isp: Option<String>,
     /// The address and port offered.
     pub ip: IpAddr,
     /// The port for the protocol.
@@ -172,7 +174,8 @@ pub struct Explanation {
     pub region_cidr: Option<IpNet>,
     /// The region's fallbacks, in order (then any region).
     pub fallbacks: Vec<String>,
-    /// The ISP given (reported only: the selection does not use ISPs).
+    /// The client's ISP: the one given, else its network's (`[regions] isp_cidrs`,
+    /// then the ASN database); within each region its line comes first.
     pub isp: Option<String>,
     /// The protocol asked for.
     pub proto: Proto,
@@ -207,10 +210,16 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map_or(&[], Vec::as_slice);
     let guard = guard_verdict(facts.guard, ip, facts.now_ms);
+    // The ISP as `/gateways` finds it: the parameter, else the client's network's.
+    let isp = ask
+        .isp
+        .clone()
+        .or_else(|| facts.regions.isp(ip).map(str::to_string));
     let query = Query {
         proto: ask.proto,
         count: ask.count,
         region: region.as_deref(),
+        isp: isp.as_deref(),
         family: ask.family,
     };
     let rules = Rules {
@@ -243,7 +252,7 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
         region_from,
         region_cidr,
         fallbacks: fallbacks.to_vec(),
-        isp: ask.isp.clone(),
+        isp,
         proto: ask.proto,
         count: ask.count,
         ip_version: ask.family.map(|f| if f == IpFamily::V4 { 4 } else { 6 }),
@@ -325,6 +334,7 @@ fn nodes(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> (Vec<Answered>
                 id: r.id.clone(),
                 region: r.region.clone(),
                 dc: r.dc.as_deref().map(str::to_string),
+                isp: r.isp.clone(),
                 ip: c.ip,
                 port: c.port,
                 load: c.load,
@@ -404,6 +414,10 @@ fn detail(
         Reason::Held => "held (it left without a drain, or its registry is out of reach): \
              offered after every live node, and the answer was full first"
             .into(),
+        Reason::OtherIsp => format!(
+            "on ISP line {}, not the client's: the client's line and the multi-line nodes of its region come first",
+            v.entry.record.isp.as_deref().unwrap_or("-")
+        ),
         Reason::OtherRegion => format!(
             "region {} is {}: the answer was full from regions that come first",
             r.region,

@@ -1,8 +1,15 @@
-//! Who the client is: its address (behind trusted proxies), its region, its network
-//! (the key every per-client budget is charged to). The bottom of the router's layers:
-//! the edges (HTTP, DNS) ask it, the guards and the herd budgets key by it.
+//! Who the client is: its address (behind trusted proxies), its region and ISP, its
+//! network (the key every per-client budget is charged to). The bottom of the router's
+//! layers: the edges (HTTP, DNS) ask it, the guards and the herd budgets key by it.
 
+mod isp;
+
+pub use isp::{FileStamp, IspDb, IspDbError, IspDbFile, IspDbSlot, MAX_DB_BYTES};
+
+use std::collections::HashMap;
 use std::net::IpAddr;
+#[cfg(test)]
+use std::path::Path;
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -46,11 +53,19 @@ pub fn forwarded_untrusted(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet])
     headers.contains_key("x-forwarded-for") && !is_trusted(trusted, peer)
 }
 
-/// The client-region table: `[regions] cidrs` as a prefix trie (longest prefix wins),
-/// so a lookup costs the same for a geo-IP table of 100,000 networks as for one.
+/// The client-network table: `[regions] cidrs` and `isp_cidrs` as prefix tries
+/// (longest prefix wins), so a lookup costs the same for a geo-IP table of 100,000
+/// networks as for one; and the ASN database with its ASN → ISP names.
 pub struct RegionTable {
     cidrs: JointPrefixMap<IpNet, String>,
     default: Option<String>,
+    /// `[regions] isp_cidrs`.
+    isps: JointPrefixMap<IpNet, String>,
+    /// `[regions] asn_isps`: the ISP of each ASN the database may answer.
+    asn_isps: HashMap<u32, String>,
+    /// The ASN database in force (`[regions] isp_db`), shared with the task that
+    /// reloads it.
+    isp_db: Option<IspDbSlot>,
     /// Every region name the `[regions]` table mentions (networks, fallbacks,
     /// default), sorted: what DNS answers by name even with no node there yet.
     names: Vec<String>,
@@ -70,8 +85,45 @@ impl RegionTable {
         RegionTable {
             cidrs: table,
             default: (!default.is_empty()).then(|| default.to_string()),
+            isps: JointPrefixMap::new(),
+            asn_isps: HashMap::new(),
+            isp_db: None,
             names: Vec::new(),
         }
+    }
+
+    /// This table, telling clients' ISPs by `cidrs` (network → ISP) first, then by
+    /// the database in `db` (when it holds one) through `asn_isps` (ASN → ISP).
+    pub fn with_isps<'a>(
+        self,
+        cidrs: impl IntoIterator<Item = (&'a IpNet, &'a String)>,
+        asn_isps: impl IntoIterator<Item = (u32, String)>,
+        db: Option<IspDbSlot>,
+    ) -> RegionTable {
+        let mut isps = JointPrefixMap::new();
+        for (net, isp) in cidrs {
+            isps.insert(net.trunc(), isp.clone());
+        }
+        RegionTable {
+            isps,
+            asn_isps: asn_isps.into_iter().collect(),
+            isp_db: db,
+            ..self
+        }
+    }
+
+    /// The ISP of `ip`: its `isp_cidrs` network's, else the one `asn_isps` names for
+    /// its ASN in the database; `None` when neither knows it.
+    pub fn isp(&self, ip: IpAddr) -> Option<&str> {
+        let ip = ip.to_canonical();
+        if let Some((_, isp)) = self.isps.get_lpm(&IpNet::from(ip)) {
+            return Some(isp);
+        }
+        if self.asn_isps.is_empty() {
+            return None;
+        }
+        let asn = self.isp_db.as_ref()?.load().as_ref()?.asn(ip)?;
+        self.asn_isps.get(&asn).map(String::as_str)
     }
 
     /// This table, knowing `names` as regions (see [`RegionTable::named`]).
@@ -148,6 +200,36 @@ pub fn connection_network(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_clients_isp_comes_from_its_network_then_from_its_asn() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/asn-a.mmdb");
+        let slot = IspDbSlot::default();
+        slot.store(Some(std::sync::Arc::new(IspDb::open(&path).unwrap())));
+        let cidrs: Vec<(IpNet, String)> = vec![("127.20.5.0/24".parse().unwrap(), "cucc".into())];
+        let table = RegionTable::new([], "").with_isps(
+            cidrs.iter().map(|(n, i)| (n, i)),
+            [(4134, "ctcc".to_string()), (9808, "cmcc".to_string())],
+            Some(slot.clone()),
+        );
+        let isp = |ip: &str| table.isp(ip.parse().unwrap());
+        assert_eq!(isp("127.20.5.1"), Some("cucc"), "isp_cidrs first");
+        assert_eq!(isp("127.20.6.1"), Some("ctcc"), "then the ASN");
+        assert_eq!(isp("::ffff:127.21.0.9"), Some("cmcc"));
+        assert_eq!(isp("2001:db8:20::1"), Some("ctcc"));
+        assert_eq!(isp("127.22.0.1"), None, "no network, no ASN");
+        // An ASN the table does not name: no known ISP.
+        let unnamed = RegionTable::new([], "").with_isps(
+            [],
+            [(4134, "ctcc".to_string())],
+            Some(slot.clone()),
+        );
+        assert_eq!(unnamed.isp("127.21.0.1".parse().unwrap()), None);
+        // No database loaded: the networks alone.
+        slot.store(None);
+        assert_eq!(isp("127.20.6.1"), None);
+        assert_eq!(isp("127.20.5.1"), Some("cucc"));
+    }
 
     #[test]
     fn network_keys_group_addresses() {

@@ -150,6 +150,7 @@ pub async fn run_registries(
     let shutdown = going_away(&state, shutdown, &tasks);
     // One tree: background work stops with `shutdown`, and is joined before returning.
     let background = shutdown.child_token();
+    spawn_isp_db(&state, &background, &tasks)?;
     let followed = follow_registries(&registries, local, &opts, &state, &background, &tasks);
     spawn_pipeline(&state, followed, local, &background, &tasks);
     if let Some(listen) = opts.config.dns.listen {
@@ -211,6 +212,38 @@ fn going_away(
         stop.cancel();
     });
     serving
+}
+
+/// Loads the ASN database `[regions] isp_db` names (a file that cannot be read stops
+/// the start, with the reason), and keeps it current on `tasks`.
+fn spawn_isp_db(
+    state: &state::AppState,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<()> {
+    let config = state.config.load();
+    let slot = state.serving.isp_db.clone();
+    let loads = state.metrics.config.isp_db_loads.clone();
+    let count = move |applied: bool| {
+        let result = if applied { "applied" } else { "invalid" };
+        loads.get_or_create(&metrics::ReloadLabels { result }).inc();
+    };
+    if let Some(path) = &config.regions.isp_db {
+        let db =
+            identity::IspDb::open(path).map_err(|e| anyhow::anyhow!("[regions] isp_db: {e}"))?;
+        info!(path = %path.display(), r#type = db.database_type(), "ISP database loaded");
+        slot.store(Some(Arc::new(db)));
+        count(true);
+    }
+    let live = state.config.clone();
+    tasks.spawn(identity::IspDbFile::watch(
+        slot,
+        move || live.load().regions.isp_db.clone(),
+        Duration::from_millis(config.regions.isp_db_check_ms),
+        background.child_token(),
+        count,
+    ));
+    Ok(())
 }
 
 /// What following the registries hands to the rest of the router.

@@ -59,7 +59,10 @@ pub fn apply(state: &AppState, new: FileConfig) -> Reloaded {
         state
             .serving
             .regions
-            .store(std::sync::Arc::new(region_table(&next.regions)));
+            .store(std::sync::Arc::new(region_table(
+                &next.regions,
+                &state.serving.isp_db,
+            )));
         applied.push("regions");
     }
     if (&new.edge.block, &new.edge.allow) != (&old.edge.block, &old.edge.allow) {

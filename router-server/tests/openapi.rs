@@ -541,6 +541,7 @@ fn the_api_crate_and_the_document_agree() {
         proto: gateway_api::Proto::Tcp,
         region: "r".into(),
         dc: Some("dc".into()),
+        isp: Some("ctcc".into()),
         domain: Some("gw.example".into()),
         load: 0.5,
     };

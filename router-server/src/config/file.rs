@@ -137,8 +137,8 @@ fn strict_backoff<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BackoffConfi
         .map_err(D::Error::custom)
 }
 
-/// The `[regions]` table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The `[regions]` table: clients' regions and ISPs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegionsConfig {
     /// Region for clients no CIDR matches (empty: unknown, candidates from any region).
@@ -147,6 +147,30 @@ pub struct RegionsConfig {
     pub cidrs: BTreeMap<IpNet, String>,
     /// Region → fallback regions, in order.
     pub fallbacks: BTreeMap<String, Vec<String>>,
+    /// Client CIDR → ISP, as node records name ISPs; the longest matching prefix
+    /// wins, before the database.
+    pub isp_cidrs: BTreeMap<IpNet, String>,
+    /// A MaxMind-format database mapping networks to ASNs (the ASN or the ISP
+    /// edition), read again when the file changes; its ASNs are named by `asn_isps`.
+    pub isp_db: Option<std::path::PathBuf>,
+    /// ASN → ISP for the database's answers: `{ "AS9808" = "cmcc" }` (or `"9808"`).
+    pub asn_isps: BTreeMap<String, String>,
+    /// How often the database file is checked for changes, ms.
+    pub isp_db_check_ms: u64,
+}
+
+impl Default for RegionsConfig {
+    fn default() -> Self {
+        RegionsConfig {
+            default: String::new(),
+            cidrs: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
+            isp_cidrs: BTreeMap::new(),
+            isp_db: None,
+            asn_isps: BTreeMap::new(),
+            isp_db_check_ms: 5000,
+        }
+    }
 }
 
 /// The `[rate_limit]` table.
@@ -271,6 +295,13 @@ pub struct TlsConfig {
 }
 
 impl RegionsConfig {
+    /// `asn_isps` by number (validation has checked every key parses).
+    pub fn asn_isps(&self) -> impl Iterator<Item = (u32, String)> + '_ {
+        self.asn_isps
+            .iter()
+            .filter_map(|(asn, isp)| Some((parse_asn(asn)?, isp.clone())))
+    }
+
     /// Every region name the table mentions: networks', fallbacks', the default.
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
         self.cidrs
@@ -280,6 +311,18 @@ impl RegionsConfig {
             .chain((!self.default.is_empty()).then_some(&self.default))
             .cloned()
     }
+}
+
+/// An ASN as `asn_isps` keys spell it: `AS9808`, `as9808` or `9808`.
+pub(super) fn parse_asn(s: &str) -> Option<u32> {
+    let digits = s
+        .strip_prefix("AS")
+        .or_else(|| s.strip_prefix("as"))
+        .unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl Default for FileConfig {
@@ -404,6 +447,29 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isp_tables_parse_and_name_asns_by_number() {
+        let cfg = FileConfig::parse(
+            "[regions]\nisp_cidrs = { \"10.1.0.0/16\" = \"ctcc\" }\nisp_db = \"/var/lib/geo/asn.mmdb\"\nasn_isps = { AS9808 = \"cmcc\", \"4134\" = \"ctcc\", as4837 = \"cucc\" }\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let mut asns: Vec<(u32, String)> = cfg.regions.asn_isps().collect();
+        asns.sort();
+        assert_eq!(
+            asns,
+            [
+                (4134, "ctcc".into()),
+                (4837, "cucc".into()),
+                (9808, "cmcc".into())
+            ]
+        );
+        assert_eq!(cfg.regions.isp_db_check_ms, 5000);
+        assert_eq!(parse_asn("AS"), None);
+        assert_eq!(parse_asn("AS-1"), None);
+        assert_eq!(parse_asn("+5"), None);
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

@@ -159,7 +159,34 @@ fn validate_regions(regions: &RegionsConfig) -> Result<(), ConfigError> {
             format!("{region} lists itself as a fallback")
         })?;
     }
-    Ok(())
+    let isp_name = |isp: &str| {
+        !isp.is_empty() && isp.len() <= 64 && isp.chars().all(registry::record::is_name_char)
+    };
+    for (net, isp) in &regions.isp_cidrs {
+        check(isp_name(isp), "regions.isp_cidrs", || {
+            format!("{net} maps to {isp:?}, not 1-64 of A-Z a-z 0-9 - _ . (as records name ISPs)")
+        })?;
+    }
+    for (asn, isp) in &regions.asn_isps {
+        check(
+            super::file::parse_asn(asn).is_some(),
+            "regions.asn_isps",
+            || format!("{asn:?} is not an ASN (AS9808 or 9808)"),
+        )?;
+        check(isp_name(isp), "regions.asn_isps", || {
+            format!("{asn} maps to {isp:?}, not 1-64 of A-Z a-z 0-9 - _ . (as records name ISPs)")
+        })?;
+    }
+    check(
+        regions.isp_db.is_none() || !regions.asn_isps.is_empty(),
+        "regions.asn_isps",
+        || "is empty, so the ISP database would name no ISP: map its ASNs to ISPs".into(),
+    )?;
+    check(
+        regions.isp_db_check_ms >= 10,
+        "regions.isp_db_check_ms",
+        || format!("{} is below 10", regions.isp_db_check_ms),
+    )
 }
 
 /// `[rate_limit]`.
@@ -213,9 +240,10 @@ fn validate_edge(e: &EdgeConfig) -> Result<(), ConfigError> {
 /// Every list of networks, whatever its section, in canonical form (an IPv4-mapped
 /// network is refused, naming its IPv4 spelling).
 fn validate_networks(cfg: &FileConfig) -> Result<(), ConfigError> {
-    let lists: [(&str, Vec<&IpNet>); 4] = [
+    let lists: [(&str, Vec<&IpNet>); 5] = [
         ("trusted_proxies", cfg.trusted_proxies.iter().collect()),
         ("regions.cidrs", cfg.regions.cidrs.keys().collect()),
+        ("regions.isp_cidrs", cfg.regions.isp_cidrs.keys().collect()),
         ("edge.allow", cfg.edge.allow.iter().collect()),
         (
             "http.connection_cap_exempt",
@@ -303,6 +331,31 @@ mod tests {
                 "[regions]\ncidrs = { \"10.0.0.0/33\" = \"a\" }",
                 "10.0.0.0/33",
             ),
+            (
+                "[regions]\nisp_cidrs = { \"10.0.0.0/8\" = \"china mobile\" }",
+                "regions.isp_cidrs",
+            ),
+            (
+                "[regions]\nisp_cidrs = { \"::ffff:10.0.0.0/104\" = \"cmcc\" }",
+                "regions.isp_cidrs",
+            ),
+            (
+                "[regions]\nasn_isps = { \"ASx\" = \"cmcc\" }",
+                "regions.asn_isps",
+            ),
+            (
+                "[regions]\nasn_isps = { \"99999999999\" = \"cmcc\" }",
+                "regions.asn_isps",
+            ),
+            (
+                "[regions]\nasn_isps = { \"AS9808\" = \"\" }",
+                "regions.asn_isps",
+            ),
+            (
+                "[regions]\nisp_db = \"/x.mmdb\"",
+                "is empty, so the ISP database",
+            ),
+            ("[regions]\nisp_db_check_ms = 1", "regions.isp_db_check_ms"),
             ("trusted_proxies = [\"nope\"]", "trusted_proxies"),
             (
                 "trusted_proxies = [\"::ffff:10.0.0.0/104\"]",

@@ -145,7 +145,7 @@ pub(super) fn report(v: &Value) -> String {
     if v["isp"].is_string() {
         let _ = writeln!(
             w,
-            "isp       {} (reported only: the selection does not use ISPs)",
+            "isp       {} (its line first in each region)",
             s(v, "isp")
         );
     }

@@ -108,7 +108,9 @@ impl Dns {
                 match self.region_named(region.as_deref(), client, subnet) {
                     Some(region) => {
                         let proto = proto.unwrap_or(self.cfg.proto);
-                        let mut ips = self.gateways(region.as_deref(), proto, family, weight);
+                        let regions = self.serving.regions.load();
+                        let isp = regions.isp(subnet.unwrap_or(client));
+                        let mut ips = self.gateways(region.as_deref(), isp, proto, family, weight);
                         // An RRset holds no duplicates (gateways may share an address).
                         let mut seen = std::collections::HashSet::with_capacity(ips.len());
                         ips.retain(|ip| seen.insert(*ip));
@@ -160,11 +162,12 @@ impl Dns {
         found
     }
 
-    /// Up to `dns.count` gateways for `region`, least loaded first, counted in the herd
-    /// accounting as `weight` clients.
+    /// Up to `dns.count` gateways for `region` (`isp`'s line first), least loaded
+    /// first, counted in the herd accounting as `weight` clients.
     fn gateways(
         &self,
         region: Option<&str>,
+        isp: Option<&str>,
         proto: Proto,
         family: IpFamily,
         weight: u64,
@@ -182,6 +185,7 @@ impl Dns {
             proto,
             count: self.cfg.count,
             region,
+            isp,
             family: Some(family),
         };
         let rules = Rules {

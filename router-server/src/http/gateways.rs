@@ -187,6 +187,7 @@ fn gateways(
     let params = parse_params(uri.query())?;
     let regions = api.serving.regions.load();
     let region = params.region.as_deref().or_else(|| regions.lookup(ip));
+    let isp = params.isp.as_deref().or_else(|| regions.isp(ip));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
@@ -195,6 +196,7 @@ fn gateways(
         proto: params.proto,
         count: params.count,
         region,
+        isp,
         family: params.family,
     };
     let body = PER_THREAD.with_borrow_mut(|t| {

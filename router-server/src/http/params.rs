@@ -14,6 +14,9 @@ pub struct GatewaysParams {
     pub count: usize,
     /// `region`, overriding the CIDR lookup.
     pub region: Option<String>,
+    /// `isp`, overriding the lookup of the client's ISP (an app on a mobile network
+    /// knows its carrier).
+    pub isp: Option<String>,
     /// `ip_version`.
     pub family: Option<IpFamily>,
 }
@@ -25,6 +28,7 @@ pub fn parse_params(raw: Option<&str>) -> Result<GatewaysParams, ApiError> {
         proto: Proto::Tcp,
         count: 3,
         region: None,
+        isp: None,
         family: None,
     };
     if raw.is_none_or(str::is_empty) {
@@ -36,12 +40,13 @@ pub fn parse_params(raw: Option<&str>) -> Result<GatewaysParams, ApiError> {
         proto: Proto::Tcp,
         count: 3,
         region: None,
+        isp: None,
         family: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     for (k, v) in &pairs {
         let key = match k.as_str() {
-            "proto" | "count" | "region" | "ip_version" => k.as_str(),
+            "proto" | "count" | "region" | "isp" | "ip_version" => k.as_str(),
             _ => continue,
         };
         if seen.contains(&key) {
@@ -64,14 +69,18 @@ pub fn parse_params(raw: Option<&str>) -> Result<GatewaysParams, ApiError> {
                     }
                 }
             }
-            "region" => {
+            "region" | "isp" => {
                 let ok = !v.is_empty() && v.len() <= 64 && v.chars().all(is_name_char);
                 if !ok {
                     return Err(ApiError::invalid(format!(
-                        "region: {v:?} is not 1-64 of A-Z a-z 0-9 - _ ."
+                        "{key}: {v:?} is not 1-64 of A-Z a-z 0-9 - _ ."
                     )));
                 }
-                p.region = Some(v.clone());
+                *if key == "region" {
+                    &mut p.region
+                } else {
+                    &mut p.isp
+                } = Some(v.clone());
             }
             _ => {
                 p.family = Some(match v.as_str() {
@@ -96,13 +105,17 @@ mod tests {
 
     #[test]
     fn params() {
-        let p = parse_params(Some("proto=wss&count=10&region=cn-sh&ip_version=6&x=1")).unwrap();
+        let p = parse_params(Some(
+            "proto=wss&count=10&region=cn-sh&isp=cmcc&ip_version=6&x=1",
+        ))
+        .unwrap();
         assert_eq!(
             p,
             GatewaysParams {
                 proto: Proto::Wss,
                 count: 10,
                 region: Some("cn-sh".into()),
+                isp: Some("cmcc".into()),
                 family: Some(IpFamily::V6)
             }
         );
@@ -115,6 +128,9 @@ mod tests {
             "count=-1",
             "region=",
             "region=a/b",
+            "isp=",
+            "isp=a b",
+            "isp=x&isp=y",
             "ip_version=5",
             "proto=tcp&proto=ws",
         ] {

@@ -1,5 +1,5 @@
-//! The configuration file's metrics: reloads by outcome, and whether the file on disk
-//! asks for a restart.
+//! The configuration file's metrics: reloads by outcome, whether the file on disk asks
+//! for a restart, and the ISP database's loads.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +17,9 @@ pub struct ConfigMetrics {
     /// 1 while the last file read differs from the configuration in force in a key that
     /// only a restart applies.
     pub restart_needed: Gauge,
+    /// ISP database loads by result: `applied` (a new file in force), `invalid` (the
+    /// file was refused; the database in force stays).
+    pub isp_db_loads: Family<ReloadLabels, Counter>,
 }
 
 impl ConfigMetrics {
@@ -25,6 +28,7 @@ impl ConfigMetrics {
         // which an alert on `increase()` sees, not a new series starting at 1.
         for result in ["applied", "invalid"] {
             drop(self.reloads.get_or_create(&ReloadLabels { result }));
+            drop(self.isp_db_loads.get_or_create(&ReloadLabels { result }));
         }
         registry.register(
             "config_reloads",
@@ -35,6 +39,11 @@ impl ConfigMetrics {
             "config_restart_needed",
             "1 while the configuration file read last differs from the one in force in a key only a restart applies",
             self.restart_needed.clone(),
+        );
+        registry.register(
+            "isp_db_loads",
+            "ISP database ([regions] isp_db) loads by result: applied (a new file in force), or invalid (the file was refused and the database in force kept)",
+            self.isp_db_loads.clone(),
         );
     }
 }

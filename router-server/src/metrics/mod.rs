@@ -238,6 +238,7 @@ mod tests {
             "router_dns_tcp_closed_by_server",
             "router_config_reloads",
             "router_config_restart_needed",
+            "router_isp_db_loads",
         ];
         assert_eq!(families, expected);
     }

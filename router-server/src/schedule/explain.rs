@@ -17,15 +17,17 @@
 //! 5. the answer filled before the node's turn: its projected load is at `max_load`, so
 //!    `overflow_fill` offers it after every other live node ([`Reason::ProjectedFull`]);
 //!    its region comes later in the client's order, region then fallbacks then any
-//!    ([`Reason::OtherRegion`]); or better-ranked nodes of its tier filled it
-//!    ([`Reason::Outranked`]).
+//!    ([`Reason::OtherRegion`]); it is in the answer's last region but on another ISP
+//!    line than the client's ([`Reason::OtherIsp`]); or better-ranked nodes of its
+//!    tier filled it ([`Reason::Outranked`]).
 
 use serde::Serialize;
 
 use registry::NodeState;
 
+use super::entry::NodeEntry;
 use super::select::{select_budgeted, Candidate, Chosen, Query, Rules};
-use super::snapshot::{NodeEntry, Snapshot};
+use super::snapshot::Snapshot;
 
 /// Why a node is not in the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +53,9 @@ pub enum Reason {
     /// In a region the client's order (its region, its fallbacks, any other) reaches
     /// after the answer was full.
     OtherRegion,
+    /// In the answer's last region, but on another ISP line than the client's, which
+    /// comes after the client's own line (and the multi-line nodes) there.
+    OtherIsp,
     /// As eligible and in as good a region as the answer's nodes, but more loaded
     /// (or later in this router's order among equal loads).
     Outranked,
@@ -58,7 +63,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the selection applies its rules.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Draining,
         Reason::Unhealthy,
         Reason::NoPort,
@@ -67,6 +72,7 @@ impl Reason {
         Reason::ProjectedFull,
         Reason::Held,
         Reason::OtherRegion,
+        Reason::OtherIsp,
         Reason::Outranked,
     ];
 
@@ -81,6 +87,7 @@ impl Reason {
             Reason::ProjectedFull => "projected_full",
             Reason::Held => "held",
             Reason::OtherRegion => "other_region",
+            Reason::OtherIsp => "other_isp",
             Reason::Outranked => "outranked",
         }
     }
@@ -119,6 +126,9 @@ pub struct Verdict<'a> {
     pub load: f64,
     /// Where its region comes in the client's order.
     pub tier: Tier,
+    /// On another ISP line than the client's (see [`super::line::serves`]): after the
+    /// client's own line in its region.
+    pub other_isp: bool,
     /// Its place in the answer (from 0), or why it is not in it.
     pub outcome: Result<usize, Reason>,
 }
@@ -153,10 +163,11 @@ pub fn explain<'a>(snap: &'a Snapshot, query: &Query<'_>, rules: Rules<'_>) -> E
         _ if load >= rules.max_load => Pass::Overflow,
         _ => Pass::Main,
     };
+    let other_isp = |e: &NodeEntry| !super::line::serves(e.record.isp.as_deref(), query.isp);
     // The worst candidate: where a node left out had to rank to get in.
     let last = chosen.last().map(|c: &Candidate| {
         let e = &snap.nodes[c.index];
-        (pass_of(e, c.load), tier_of(&e.record.region))
+        (pass_of(e, c.load), tier_of(&e.record.region), other_isp(e))
     });
     let full = chosen.len() >= query.count.clamp(1, super::MAX_COUNT);
     let nodes = snap
@@ -166,16 +177,23 @@ pub fn explain<'a>(snap: &'a Snapshot, query: &Query<'_>, rules: Rules<'_>) -> E
         .map(|(index, entry)| {
             let load = entry.projected_load(&rules.herd);
             let tier = tier_of(&entry.record.region);
+            let other_isp = other_isp(entry);
             let outcome = match chosen.iter().position(|c| c.index == index) {
                 Some(rank) => Ok(rank),
                 None => Err(reason(entry, query, rules, load, || {
                     let pass = pass_of(entry, load);
                     match last {
-                        Some((last_pass, last_tier)) if full => {
+                        Some((last_pass, last_tier, last_other)) if full => {
                             if pass > last_pass {
                                 by_pass(pass)
                             } else if pass == last_pass && tier > last_tier {
                                 Reason::OtherRegion
+                            } else if pass == last_pass
+                                && tier == last_tier
+                                && other_isp
+                                && !last_other
+                            {
+                                Reason::OtherIsp
                             } else {
                                 Reason::Outranked
                             }
@@ -191,6 +209,7 @@ pub fn explain<'a>(snap: &'a Snapshot, query: &Query<'_>, rules: Rules<'_>) -> E
                 entry,
                 load,
                 tier,
+                other_isp,
                 outcome,
             }
         })

@@ -7,6 +7,8 @@
 //!   is an estimate made from answers, which an asker gets for free, so it may reorder
 //!   candidates but never empties an answer. Only reported load refuses.
 //! * **Region order**: the client's region, then its fallbacks in order, then any.
+//! * **Line order**: within each of those, the nodes on the client's ISP line (and the
+//!   multi-line ones) before the region's other lines (see [`line`]).
 //! * **Least loaded first, herd-safe**: the load used is the *projected* load, the
 //!   reported connections plus the clients the routers sent since the report's sample
 //!   (see [`crate::herd`]). Each answer adds one client to its first candidate, so a
@@ -27,8 +29,11 @@
 //!
 //! * `arrival.rs`: when each report's count was sampled, on this router's clock
 //!   ([`Arrival`], the agents' clock offsets, the registries' lag);
-//! * `snapshot.rs`: the [`Snapshot`], its [`NodeEntry`]s and the sorted per-region
-//!   indexes, built from the records;
+//! * `snapshot.rs`: the [`Snapshot`], built from the records;
+//! * `entry.rs`: a [`NodeEntry`], one node as a snapshot serves it;
+//! * `index.rs`: the sorted indexes, per region and every region, per ISP line and
+//!   per protocol;
+//! * `line.rs`: which nodes serve which ISP's clients;
 //! * `patch.rs`: a snapshot patched with new reports of nodes it has;
 //! * `select.rs`: [`select()`] and its variants, the overflow and held fills;
 //! * `order.rs`: the herd-adjusted order an index is walked in during a burst;
@@ -38,19 +43,23 @@
 //!   property tests compare the selection with.
 
 mod arrival;
+mod entry;
 mod explain;
+mod index;
+pub mod line;
 mod order;
 mod patch;
 mod select;
 mod snapshot;
 
 pub use arrival::Arrival;
+pub use entry::NodeEntry;
 pub use explain::{explain, Explained, Reason, Tier, Verdict};
 pub use select::{
     select, select_budgeted, select_weighted, Candidate, Chosen, Query, Rules, MAX_COUNT,
     OVERFLOW_SCAN, SCAN_BUDGET,
 };
-pub use snapshot::{NodeEntry, Snapshot};
+pub use snapshot::Snapshot;
 
 #[cfg(test)]
 mod tests;

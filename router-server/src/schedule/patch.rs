@@ -6,8 +6,10 @@ use std::sync::Arc;
 use registry::{NodeRecord, Proto};
 
 use super::arrival::Arrival;
-use super::order::{self, Order};
-use super::snapshot::{rank_key, NodeEntry, Snapshot};
+use super::entry::NodeEntry;
+use super::index::{rank_key, region_mut};
+use super::order;
+use super::snapshot::Snapshot;
 
 impl Snapshot {
     /// This snapshot with new reports of nodes it has, or `None` when one of them is
@@ -40,12 +42,8 @@ impl Snapshot {
         let mut next = self.clone();
         next.generation = order::next_generation();
         // The orders go to the new snapshot, which updates them below; this one scans.
-        for lists in next.by_region.values_mut().chain([&mut next.all]) {
-            for order in &mut lists.1 {
-                if !order.hand_over(self.generation, next.generation) {
-                    *order = Arc::new(Order::owned_by(next.generation));
-                }
-            }
+        for g in next.by_region.values_mut().chain([&mut next.all]) {
+            g.hand_over(self.generation, next.generation);
         }
         for record in reports {
             let i = next.position(&record.id)?;
@@ -60,7 +58,8 @@ impl Snapshot {
             let entry = NodeEntry::new(record.clone(), Some(&old), old.tie, received.of(record));
             next.unindex(i as u32, &old);
             next.nodes.set(i, entry);
-            next.reindex(i as u32);
+            // A node on a line its region has no index for yet: a full build makes it.
+            next.reindex(i as u32)?;
         }
         next.revision = revision;
         next.stale = stale;
@@ -74,48 +73,50 @@ impl Snapshot {
         }
         let key = rank_key(old, i);
         let nodes = &self.nodes;
-        let region = self.by_region.get_mut(old.record.region.as_str());
-        for list in [region, Some(&mut self.all)].into_iter().flatten() {
-            for proto in Proto::ALL {
-                if old.record.ports.get(proto).is_none() {
-                    continue;
-                }
-                list.1[proto as usize].remove(i, old.tie);
-                let list = &mut list.0[proto as usize];
-                if let Ok(at) =
-                    list.binary_search_by(|&j| rank_key(&nodes[j as usize], j).cmp(&key))
-                {
-                    list.remove(at);
+        let r = &old.record;
+        let region = self.by_region.get_mut(r.region.as_str());
+        for g in [region, Some(&mut self.all)].into_iter().flatten() {
+            for lists in g.memberships(r.isp.as_deref()).into_iter().flatten() {
+                for proto in Proto::ALL {
+                    if r.ports.get(proto).is_none() {
+                        continue;
+                    }
+                    lists.1[proto as usize].remove(i, old.tie);
+                    let list = &mut lists.0[proto as usize];
+                    if let Ok(at) =
+                        list.binary_search_by(|&j| rank_key(&nodes[j as usize], j).cmp(&key))
+                    {
+                        list.remove(at);
+                    }
                 }
             }
         }
     }
 
-    /// Adds node `i` to the indexes its current entry belongs in.
-    fn reindex(&mut self, i: u32) {
+    /// Adds node `i` to the indexes its current entry belongs in. `None` when its
+    /// line has no index in its region (or in all of them): a new line takes a build.
+    fn reindex(&mut self, i: u32) -> Option<()> {
         let e = &self.nodes[i as usize];
         if !e.indexed() {
-            return;
+            return Some(());
         }
         let key = rank_key(e, i);
-        let region = match self.by_region.get_mut(e.record.region.as_str()) {
-            Some(lists) => lists,
-            None => self
-                .by_region
-                .entry(Arc::from(e.record.region.as_str()))
-                .or_default(),
-        };
+        let r = &e.record;
+        let region = region_mut(&mut self.by_region, &r.region);
         let nodes = &self.nodes;
-        for list in [region, &mut self.all] {
-            for proto in Proto::ALL {
-                if e.record.ports.get(proto).is_none() {
-                    continue;
+        for g in [region, &mut self.all] {
+            for lists in g.memberships(r.isp.as_deref())? {
+                for proto in Proto::ALL {
+                    if r.ports.get(proto).is_none() {
+                        continue;
+                    }
+                    lists.1[proto as usize].insert(e, i);
+                    let list = &mut lists.0[proto as usize];
+                    let at = list.partition_point(|&j| rank_key(&nodes[j as usize], j) < key);
+                    list.insert(at, i);
                 }
-                list.1[proto as usize].insert(e, i);
-                let list = &mut list.0[proto as usize];
-                let at = list.partition_point(|&j| rank_key(&nodes[j as usize], j) < key);
-                list.insert(at, i);
             }
         }
+        Some(())
     }
 }

@@ -8,8 +8,10 @@ use registry::Proto;
 
 use crate::herd::HerdView;
 
+use super::index::{Group, Index};
+use super::line;
 use super::order::Walker;
-use super::snapshot::{Index, Snapshot};
+use super::snapshot::Snapshot;
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +22,9 @@ pub struct Query<'a> {
     pub count: usize,
     /// The client's region, if known.
     pub region: Option<&'a str>,
+    /// The client's ISP, if known: within each region, the nodes that serve it come
+    /// first (see [`super::line`]).
+    pub isp: Option<&'a str>,
     /// The address family the client can reach, if restricted.
     pub family: Option<IpFamily>,
 }
@@ -92,6 +97,25 @@ pub fn select_budgeted(
         .region
         .into_iter()
         .chain(rules.fallbacks.iter().map(String::as_str));
+    let tier = |group: &Group, skip: Option<Tiers<'_>>, out: &mut Chosen| {
+        // The client's line first, then the group's other lines.
+        let line = group.line(query.isp).into_iter();
+        for lists in line.chain([&group.all]) {
+            if out.len() >= want {
+                return;
+            }
+            best_of(
+                snap,
+                lists.get(query.proto),
+                query,
+                rules,
+                want,
+                skip,
+                out,
+                budget,
+            );
+        }
+    };
     for (k, region) in ordered.enumerate() {
         if out.len() >= want {
             break;
@@ -99,30 +123,12 @@ pub fn select_budgeted(
         if tiers.seen_before(k, region) {
             continue;
         }
-        if let Some(idx) = snap.by_region.get(region) {
-            best_of(
-                snap,
-                idx.get(query.proto),
-                query,
-                rules,
-                want,
-                None,
-                &mut out,
-                budget,
-            );
+        if let Some(group) = snap.by_region.get(region) {
+            tier(group, None, &mut out);
         }
     }
     if out.len() < want {
-        best_of(
-            snap,
-            snap.all.get(query.proto),
-            query,
-            rules,
-            want,
-            Some(tiers),
-            &mut out,
-            budget,
-        );
+        tier(&snap.all, Some(tiers), &mut out);
     }
     if out.len() < want {
         overflow_fill(snap, query, rules, want, tiers, &mut out);
@@ -146,9 +152,10 @@ pub const OVERFLOW_SCAN: usize = 64;
 /// not connected yet (and some never will: an answer costs an asker nothing), so it
 /// may put a node last, never out of the answer. Only reported load refuses.
 ///
-/// By region tier (the client's region, its fallbacks in order, any other), then
-/// projected load; each index is read up to [`OVERFLOW_SCAN`] nodes by reported load,
-/// so the cost stays bounded while a region is projected full.
+/// By region tier (the client's region, its fallbacks in order, any other), the
+/// client's line before the others in each, then projected load; each index is read
+/// up to [`OVERFLOW_SCAN`] nodes by reported load, so the cost stays bounded while a
+/// region is projected full.
 fn overflow_fill(
     snap: &Snapshot,
     query: &Query<'_>,
@@ -157,7 +164,7 @@ fn overflow_fill(
     tiers: Tiers<'_>,
     out: &mut Chosen,
 ) {
-    let mut found: Vec<(usize, Candidate)> = Vec::new();
+    let mut found: Vec<(Rank, Candidate)> = Vec::new();
     let mut tier_of_index = |tier: usize, index: Index<'_>, skip: Option<Tiers<'_>>| {
         for &i in index.list.iter().take(OVERFLOW_SCAN) {
             let i = i as usize;
@@ -178,7 +185,7 @@ fn overflow_fill(
             };
             let load = e.projected_load(&rules.herd);
             found.push((
-                tier,
+                (tier, !line::serves(r.isp.as_deref(), query.isp)),
                 Candidate {
                     index: i,
                     ip,
@@ -198,12 +205,27 @@ fn overflow_fill(
         if tiers.seen_before(k, region) {
             continue;
         }
-        if let Some(idx) = snap.by_region.get(region) {
-            tier_of_index(tier, idx.get(query.proto), None);
+        if let Some(group) = snap.by_region.get(region) {
+            for lists in group.line(query.isp).into_iter().chain([&group.all]) {
+                tier_of_index(tier, lists.get(query.proto), None);
+            }
         }
         tier += 1;
     }
-    tier_of_index(tier, snap.all.get(query.proto), Some(tiers));
+    let group = &snap.all;
+    for lists in group.line(query.isp).into_iter().chain([&group.all]) {
+        tier_of_index(tier, lists.get(query.proto), Some(tiers));
+    }
+    take_best(found, want, out);
+}
+
+/// Where a node of a fill ranks before its load: its region's tier, then whether it
+/// is on another line than the client's.
+type Rank = (usize, bool);
+
+/// Appends the best of `found` to `out`, up to `want` in all: by rank, then load, then
+/// tie rank.
+fn take_best(mut found: Vec<(Rank, Candidate)>, want: usize, out: &mut Chosen) {
     found.sort_by(|(ta, a), (tb, b)| {
         ta.cmp(tb)
             .then(a.load.total_cmp(&b.load))
@@ -215,7 +237,7 @@ fn overflow_fill(
 
 /// Fills the rest of an answer from the nodes protect holds, after every live
 /// candidate: by region tier (the client's region, its fallbacks in order, any other),
-/// then least loaded. A held node may be dead; it is only worth a try when no live
+/// the client's line first in each, then least loaded. A held node may be dead; it is only worth a try when no live
 /// node can take the client.
 fn held_fill(
     snap: &Snapshot,
@@ -235,7 +257,7 @@ fn held_fill(
             .position(|f| f == region)
             .map_or(usize::MAX, |k| k + 1)
     };
-    let mut found: Vec<(usize, Candidate)> = Vec::new();
+    let mut found: Vec<(Rank, Candidate)> = Vec::new();
     for &i in &snap.held {
         let i = i as usize;
         let e = &snap.nodes[i];
@@ -248,7 +270,7 @@ fn held_fill(
             continue;
         };
         found.push((
-            tier(&r.region),
+            (tier(&r.region), !line::serves(r.isp.as_deref(), query.isp)),
             Candidate {
                 index: i,
                 ip,
@@ -258,13 +280,7 @@ fn held_fill(
             },
         ));
     }
-    found.sort_by(|(ta, a), (tb, b)| {
-        ta.cmp(tb)
-            .then(a.load.total_cmp(&b.load))
-            .then((a.tie, a.index).cmp(&(b.tie, b.index)))
-    });
-    let room = want - out.len();
-    out.extend(found.into_iter().take(room).map(|(_, c)| c));
+    take_best(found, want, out);
 }
 
 /// The regions a query tries before "any region": its own, then its fallbacks.

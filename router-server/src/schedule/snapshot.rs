@@ -1,127 +1,16 @@
-//! The [`Snapshot`]: every node as the router serves it, and the per-region,
-//! per-protocol indexes sorted by reported load that selection walks.
+//! The [`Snapshot`]: every node as the router serves it, built from the records, with
+//! the indexes selection walks (`index.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use registry::imbl::Vector;
-use registry::{NodeRecord, NodeState, Proto};
+use registry::NodeRecord;
 
-use crate::answer::NodeJson;
-use crate::herd::{HerdCounter, HerdView};
-
-use super::arrival::{sample_time, Arrival, Delivery};
-use super::order::{self, Order};
-
-/// One node as the router serves it.
-#[derive(Debug, Clone)]
-pub struct NodeEntry {
-    /// The record as last reported.
-    pub record: Arc<NodeRecord>,
-    /// This router's answers naming this node first, by time slot; kept across reports.
-    pub assigned: Arc<HerdCounter>,
-    /// When the reported count was sampled, on this router's clock (see
-    /// [`sample_time`]). Later answers are not in it.
-    pub sampled_ms: u64,
-    /// The least delivery offset of this node's reports (see [`sample_time`]).
-    delivery: Option<Delivery>,
-    /// Rank among equally loaded nodes (a per-router random order).
-    pub tie: u64,
-    /// The node's answer fields, JSON-escaped once per report instead of per answer.
-    pub json: Arc<NodeJson>,
-    /// `1 / capacity`: the scan multiplies instead of dividing for every node.
-    inv_capacity: f64,
-    /// The reported load, inline: a lower bound of the projected load that lets the
-    /// scan reject most nodes without following a pointer.
-    pub(super) reported_load: f64,
-    /// The reported connections, inline for the same reason.
-    connections: u64,
-    /// Gone from the registry without a drain and served only because protect holds
-    /// it: offered after every live candidate (the node may well be dead).
-    pub held: bool,
-}
-
-impl NodeEntry {
-    /// `(connections + answers not in the report) / capacity`.
-    pub fn projected_load(&self, herd: &HerdView) -> f64 {
-        let conns = self
-            .connections
-            .saturating_add(herd.pending(&self.assigned, self.sampled_ms));
-        conns as f64 * self.inv_capacity
-    }
-
-    /// The projected load, and a lower bound of it until the herd counts' slot ends
-    /// (see [`HerdView::pending_floor`]), computed the same way.
-    pub(super) fn loads(&self, herd: &HerdView) -> (f64, f64) {
-        let (pending, floor) = herd.pending_and_floor(&self.assigned, self.sampled_ms);
-        let load = |p: u64| self.connections.saturating_add(p) as f64 * self.inv_capacity;
-        (load(pending), load(floor))
-    }
-}
-
-/// Node indexes (into [`Snapshot::nodes`]) that can serve one protocol, per protocol,
-/// sorted by reported load, then index; and each list's herd-adjusted [`Order`].
-#[derive(Debug, Clone, Default)]
-pub(super) struct ByProto(pub(super) [Vec<u32>; 3], pub(super) [Arc<Order>; 3]);
-
-/// One index: its list, sorted by reported load, and its herd-adjusted order.
-#[derive(Clone, Copy)]
-pub(super) struct Index<'a> {
-    pub(super) list: &'a [u32],
-    pub(super) order: &'a Order,
-}
-
-impl ByProto {
-    pub(super) fn get(&self, proto: Proto) -> Index<'_> {
-        Index {
-            list: &self.0[proto as usize],
-            order: &self.1[proto as usize],
-        }
-    }
-}
-
-/// The key an index is sorted by: reported load (a load is never negative, so its
-/// bits order as the number does), tie rank, index.
-pub(super) fn rank_key(e: &NodeEntry, i: u32) -> (u64, u64, u32) {
-    (e.reported_load.to_bits(), e.tie, i)
-}
-
-impl NodeEntry {
-    /// The entry for a new report; `prev` is the same node's entry before it.
-    pub(super) fn new(
-        record: Arc<NodeRecord>,
-        prev: Option<&NodeEntry>,
-        tie: u64,
-        received: u64,
-    ) -> Self {
-        let (sampled_ms, delivery) = sample_time(&record, prev.and_then(|e| e.delivery), received);
-        NodeEntry {
-            assigned: prev.map(|e| e.assigned.clone()).unwrap_or_default(),
-            sampled_ms,
-            delivery,
-            tie,
-            json: Arc::new(NodeJson::of(&record)),
-            inv_capacity: 1.0 / record.capacity as f64,
-            // The projected load's own formula with nothing assigned, so it is an exact
-            // lower bound (no rounding difference at ties).
-            reported_load: record.connections as f64 * (1.0 / record.capacity as f64),
-            connections: record.connections,
-            record,
-            held: false,
-        }
-    }
-
-    /// Serving and healthy.
-    fn eligible(&self) -> bool {
-        self.record.state == NodeState::Serving && self.record.healthy
-    }
-
-    /// Eligible and live: the node is in the indexes of the protocols it has ports for.
-    /// (Held nodes are kept apart, in [`Snapshot::held`].)
-    pub(super) fn indexed(&self) -> bool {
-        self.eligible() && !self.held
-    }
-}
+use super::arrival::Arrival;
+use super::entry::NodeEntry;
+use super::index::{indexes, ByRegion, Group};
+use super::order;
 
 /// An immutable, indexed view of the fleet, swapped atomically on every change.
 ///
@@ -134,8 +23,9 @@ pub struct Snapshot {
     pub nodes: Vector<NodeEntry>,
     /// Region names are looked up on every request; foldhash hashes a short name in a
     /// few nanoseconds (names come from the registry, whose writers are trusted).
-    pub(super) by_region: HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>,
-    pub(super) all: ByProto,
+    pub(super) by_region: ByRegion,
+    /// Every region's nodes.
+    pub(super) all: Group,
     /// Eligible nodes held by protect (gone from the registry without a drain), by
     /// reported load: offered only when the live nodes cannot fill an answer. Empty
     /// but during a protect hold.
@@ -292,18 +182,9 @@ fn entries(
         };
         nodes.push(match prev {
             // The same report: keep its herd counter and its serialized fields.
-            Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => NodeEntry {
-                inv_capacity: e.inv_capacity,
-                reported_load: e.reported_load,
-                connections: e.connections,
-                record,
-                assigned: e.assigned.clone(),
-                sampled_ms: e.sampled_ms,
-                delivery: e.delivery,
-                tie,
-                json: e.json.clone(),
-                held: false,
-            },
+            Some(e) if Arc::ptr_eq(&e.record, &record) || *e.record == *record => {
+                e.same_report(record, tie)
+            }
             previous => {
                 let at = received.of(&record);
                 NodeEntry::new(record, previous, tie, at)
@@ -321,50 +202,6 @@ fn entries(
         }
     }
     nodes
-}
-
-/// [`Snapshot::by_region`]'s type.
-type ByRegion = HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>;
-
-/// The indexes of `nodes`: per region and protocol, per protocol, and the held nodes,
-/// each sorted by reported load.
-fn indexes(nodes: &[NodeEntry]) -> (ByRegion, ByProto, Vec<u32>) {
-    let mut by_region: HashMap<Arc<str>, ByProto, _> = HashMap::default();
-    let mut all = ByProto::default();
-    for (i, e) in nodes.iter().enumerate() {
-        let r = &e.record;
-        if !e.indexed() {
-            continue;
-        }
-        // Looked up by name first: a key is allocated once per region, not per node.
-        let region = match by_region.get_mut(r.region.as_str()) {
-            Some(lists) => lists,
-            None => by_region.entry(Arc::from(r.region.as_str())).or_default(),
-        };
-        for proto in Proto::ALL {
-            if r.ports.get(proto).is_some() {
-                region.0[proto as usize].push(i as u32);
-                all.0[proto as usize].push(i as u32);
-            }
-        }
-    }
-    // Sorted on plain keys gathered once, not by following indexes into the nodes.
-    let mut keys: Vec<(u64, u64, u32)> = Vec::new();
-    let mut by_load = |list: &mut Vec<u32>| {
-        keys.clear();
-        keys.extend(list.iter().map(|&i| rank_key(&nodes[i as usize], i)));
-        keys.sort_unstable();
-        list.clear();
-        list.extend(keys.iter().map(|k| k.2));
-    };
-    for lists in by_region.values_mut().chain([&mut all]) {
-        lists.0.iter_mut().for_each(&mut by_load);
-    }
-    let mut held: Vec<u32> = (0..nodes.len() as u32)
-        .filter(|&i| nodes[i as usize].held && nodes[i as usize].eligible())
-        .collect();
-    by_load(&mut held);
-    (by_region, all, held)
 }
 
 /// A node's place in a router's tie order: a hash of its id under the router's seed.

@@ -338,6 +338,7 @@ impl<'c> Storm<'c> {
             live,
         );
         let query = Query {
+            isp: None,
             proto: Proto::Tcp,
             count: c.count,
             region: Some(&self.region_names[region]),

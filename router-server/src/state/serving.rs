@@ -11,7 +11,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::config::{FileConfig, RegionsConfig};
 use crate::guard::Guard;
 use crate::herd::{HerdView, SCALE_ONE};
-use crate::identity::RegionTable;
+use crate::identity::{IspDbSlot, RegionTable};
 use crate::schedule::Snapshot;
 
 /// What every answer reads. Its writers: the snapshot updater (`membership`: the
@@ -27,6 +27,9 @@ pub struct Serving {
     /// The client-region table (`[regions]`), for `/gateways` and DNS; replaced when
     /// a reload changes `[regions]`.
     pub regions: ArcSwap<RegionTable>,
+    /// The ASN database in force (`[regions] isp_db`): every version of `regions`
+    /// reads it, and a new file replaces it for all (see `identity::IspDbFile`).
+    pub isp_db: IspDbSlot,
     /// What one client network may cost: block and allow lists, budgets.
     pub guard: Arc<Guard>,
     /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`),
@@ -55,18 +58,23 @@ pub struct Serving {
     pub router_addrs: Mutex<Vec<Vec<IpAddr>>>,
 }
 
-/// The region table of `[regions]`, knowing every region it names.
-pub fn region_table(regions: &RegionsConfig) -> RegionTable {
-    RegionTable::new(&regions.cidrs, &regions.default).with_names(regions.names())
+/// The client-network table of `[regions]`, knowing every region it names, reading
+/// the ASN database in `isp_db`.
+pub fn region_table(regions: &RegionsConfig, isp_db: &IspDbSlot) -> RegionTable {
+    RegionTable::new(&regions.cidrs, &regions.default)
+        .with_names(regions.names())
+        .with_isps(&regions.isp_cidrs, regions.asn_isps(), Some(isp_db.clone()))
 }
 
 impl Serving {
     /// Nothing served yet, under `config`, with `guard`.
     pub fn new(config: &FileConfig, guard: Arc<Guard>) -> Serving {
+        let isp_db = IspDbSlot::default();
         Serving {
             snapshot: Arc::new(ArcSwapOption::empty()),
             answer_tail: crate::answer::answer_tail(config),
-            regions: ArcSwap::from_pointee(region_table(&config.regions)),
+            regions: ArcSwap::from_pointee(region_table(&config.regions, &isp_db)),
+            isp_db,
             guard,
             tie_seed: rand::random::<u64>() | 1,
             routers: AtomicU64::new(1),

@@ -187,6 +187,7 @@ proptest! {
         count in 1usize..6,
         proto in 0usize..3,
         six in any::<bool>(),
+        isp in super::arb_isp(),
     ) {
         let s = snap(fleet);
         let region = region.map(|r| ["a", "b", "c", "d"][r]);
@@ -196,6 +197,7 @@ proptest! {
             proto: Proto::ALL[proto],
             count,
             region,
+            isp,
             family: six.then_some(IpFamily::V6),
         };
         let x = explain(&s, &query, rules);
@@ -212,6 +214,10 @@ proptest! {
                 Err(Reason::NoPort) => prop_assert!(r.ports.get(query.proto).is_none()),
                 Err(Reason::NoAddress) => prop_assert!(r.addr_for(query.family).is_none()),
                 Err(Reason::Full) => prop_assert!(v.entry.reported_load >= rules.max_load),
+                Err(Reason::OtherIsp) => {
+                    prop_assert_eq!(x.chosen.len(), count);
+                    prop_assert!(!crate::schedule::line::serves(r.isp.as_deref(), query.isp), "{} is on the client's line", r.id);
+                }
                 Err(_) => prop_assert_eq!(x.chosen.len(), count, "{} left out with room", r.id),
             }
         }

@@ -38,6 +38,7 @@ fn q(region: Option<&str>, count: usize) -> Query<'_> {
         proto: Proto::Tcp,
         count,
         region,
+        isp: None,
         family: None,
     }
 }
@@ -74,38 +75,49 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
         any::<bool>(),
         0u8..8,
         any::<bool>(),
+        0usize..4,
     )
-        .prop_map(move |(region, conns, cap, draining, sick, ports, v6)| {
-            let mut n = node(
-                &format!("n{i:03}"),
-                ["a", "b", "c", "d"][region],
-                conns,
-                cap,
-            );
-            n.state = if draining {
-                NodeState::Draining
-            } else {
-                NodeState::Serving
-            };
-            n.healthy = !sick;
-            n.ports = Ports {
-                tcp: (ports & 1 != 0).then_some(1),
-                ws: (ports & 2 != 0).then_some(2),
-                wss: (ports & 4 != 0 || ports == 0).then_some(3),
-            };
-            if v6 {
-                n.ipv6 = Some("2001:db8::1".parse().unwrap());
-            }
-            n
-        })
+        .prop_map(
+            move |(region, conns, cap, draining, sick, ports, v6, isp)| {
+                let mut n = node(
+                    &format!("n{i:03}"),
+                    ["a", "b", "c", "d"][region],
+                    conns,
+                    cap,
+                );
+                n.state = if draining {
+                    NodeState::Draining
+                } else {
+                    NodeState::Serving
+                };
+                n.healthy = !sick;
+                n.ports = Ports {
+                    tcp: (ports & 1 != 0).then_some(1),
+                    ws: (ports & 2 != 0).then_some(2),
+                    wss: (ports & 4 != 0 || ports == 0).then_some(3),
+                };
+                if v6 {
+                    n.ipv6 = Some("2001:db8::1".parse().unwrap());
+                }
+                // No ISP and `bgp`: multi-line; `x` and `y`: single-line.
+                n.isp = [None, Some("bgp"), Some("x"), Some("y")][isp].map(str::to_string);
+                n
+            },
+        )
 }
 
 fn arb_fleet() -> impl Strategy<Value = Vec<NodeRecord>> {
     (0usize..40).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>())
 }
 
-/// The rules written out the slow way: every eligible node, by tier, then by
-/// projected load and id.
+/// The ISP a test client is of: none known, one with nodes of its own (`x`), one with
+/// none (`z`: only multi-line nodes serve it first).
+pub(crate) fn arb_isp() -> impl Strategy<Value = Option<&'static str>> {
+    prop_oneof![Just(None), Just(Some("x")), Just(Some("z"))]
+}
+
+/// The rules written out the slow way: every eligible node, by tier (region, then
+/// the client's ISP line before the others), then by projected load and id.
 fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     let mut order: Vec<&str> = query.region.into_iter().collect();
     for f in rules.fallbacks {
@@ -115,7 +127,7 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     }
     // (projected full, tier, projected load, index): nodes the estimate puts at or
     // above max_load come after every other, but still come.
-    let mut eligible: Vec<(bool, usize, f64, usize)> = (0..s.nodes.len())
+    let mut eligible: Vec<(bool, (usize, bool), f64, usize)> = (0..s.nodes.len())
         .filter_map(|i| {
             let e = &s.nodes[i];
             let r = &e.record;
@@ -124,10 +136,15 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
                 && r.load() < rules.max_load
                 && r.ports.get(query.proto).is_some()
                 && r.addr_for(query.family).is_some();
-            let tier = order
+            let region = order
                 .iter()
                 .position(|t| *t == r.region)
                 .unwrap_or(order.len());
+            let other_line = !match (query.isp, r.isp.as_deref()) {
+                (None, _) | (_, None | Some("bgp")) => true,
+                (Some(c), Some(n)) => c == n,
+            };
+            let tier = (region, other_line);
             let load = e.projected_load(&rules.herd);
             ok.then_some((load >= rules.max_load, tier, load, i))
         })

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use registry::record::IpFamily;
 use registry::{NodeRecord, NodeState, Ports, Proto};
 
-use super::{arb_fleet, ids, node, q, reference, rules_now, set_pending, snap};
+use super::{arb_fleet, arb_isp, ids, node, q, reference, rules_now, set_pending, snap};
 use crate::herd::HerdView;
 use crate::schedule::order;
 use crate::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
@@ -266,7 +266,8 @@ proptest! {
     fn selection_equals_full_scan(fleet in arb_fleet(), assigned in proptest::collection::vec(0u64..600, 40),
                                   region in proptest::option::of(0usize..5), count in 1usize..=10,
                                   proto in 0usize..3, fam in 0u8..3,
-                                  fallbacks in proptest::collection::vec(0usize..5, 0..3), ties in any::<bool>()) {
+                                  fallbacks in proptest::collection::vec(0usize..5, 0..3), ties in any::<bool>(),
+                                  isp in arb_isp()) {
         let regions = ["a", "b", "c", "d", "zz"];
         // Small loads on two capacities: many equal loads, so ties are decided by id.
         let fleet = fleet.into_iter().map(|mut n| {
@@ -284,7 +285,7 @@ proptest! {
         let fallbacks: Vec<String> = fallbacks.iter().map(|f| regions[*f].to_string()).collect();
         let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd };
         let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
-        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), family };
+        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family };
         let expected = reference(&s, &query, rules);
         let got: Vec<usize> = select(&s, &query, rules).iter().map(|c| c.index).collect();
         prop_assert_eq!(got, expected);
@@ -327,6 +328,8 @@ proptest! {
                     let r = Arc::new(NodeRecord {
                         id: a.id.clone(),
                         region: a.region.clone(),
+                        // A new line takes a full build (`patch` says so); reports keep it.
+                        isp: a.isp.clone(),
                         sampled_ms: Some(now - ms / 2),
                         updated_ms: Some(now),
                         ..(**b).clone()
@@ -334,7 +337,7 @@ proptest! {
                     s = s.patch_at([&r], 2, false, now).expect("known id");
                 }
                 _ => {
-                    let query = Query { proto: Proto::ALL[a % 3], count, region: Some(regions[b % 5]), family: None };
+                    let query = Query { proto: Proto::ALL[a % 3], count, region: Some(regions[b % 5]), isp: [None, Some("x"), Some("z")][(a / 3) % 3], family: None };
                     let expected = reference(&s, &query, rules);
                     let got: Vec<usize> = select_budgeted(&s, &query, rules, 1, 0).iter().map(|c| c.index).collect();
                     // Something to choose: a walk answered (budget 0 allows no scan).
@@ -350,13 +353,13 @@ proptest! {
     #[test]
     fn selection_invariants(fleet in arb_fleet(), region in proptest::option::of(0usize..5),
                             count in 1usize..=10, proto in 0usize..3, fam in 0u8..3,
-                            fallback in proptest::option::of(0usize..4)) {
+                            fallback in proptest::option::of(0usize..4), isp in arb_isp()) {
         let regions = ["a", "b", "c", "d", "zz"];
         let s = snap(fleet);
         let fallbacks: Vec<String> = fallback.map(|f| regions[f].to_string()).into_iter().collect();
         let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd: HerdView::now(5000, 1) };
         let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
-        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), family };
+        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family };
         // Loads before the call (select counts one client on the first candidate).
         let before: Vec<f64> = s.nodes.iter().map(|e| e.projected_load(&rules.herd)).collect();
         let out = select(&s, &query, rules);
@@ -375,7 +378,11 @@ proptest! {
         // Tier of each candidate never decreases; inside a tier, load never decreases.
         let mut order: Vec<&str> = query.region.into_iter().collect();
         for f in &fallbacks { if !order.contains(&f.as_str()) { order.push(f); } }
-        let tier = |i: usize| order.iter().position(|r| *r == s.nodes[i].record.region).unwrap_or(order.len());
+        let tier = |i: usize| {
+            let r = &s.nodes[i].record;
+            let region = order.iter().position(|o| *o == r.region).unwrap_or(order.len());
+            (region, !crate::schedule::line::serves(r.isp.as_deref(), isp))
+        };
         for w in out.windows(2) {
             let (t0, t1) = (tier(w[0].index), tier(w[1].index));
             prop_assert!(t0 <= t1, "region order");

@@ -6,12 +6,15 @@ use proptest::prelude::*;
 use registry::NodeRecord;
 
 use super::{arb_fleet, node};
+use crate::schedule::index::Group;
 use crate::schedule::Snapshot;
 
 proptest! {
     /// Patching a snapshot with reports gives the snapshot a full build gives:
     /// the same entries (herd counters carried over) and the same sorted indexes,
-    /// whatever changed (load, state, health, region, ports), for any seed.
+    /// every ISP line's included, whatever changed (load, state, health, region,
+    /// ports, ISP), for any seed; or no patch, when a node joins a line its region (or
+    /// the fleet) has no index for.
     #[test]
     fn patch_equals_build(fleet in arb_fleet(), changes in proptest::collection::vec((0usize..40, 0usize..40), 0..12),
                           seed in prop_oneof![Just(0u64), any::<u64>()]) {
@@ -29,8 +32,17 @@ proptest! {
             now.insert(a.id.clone(), r.clone());
             reports.push(r);
         }
-        let patched = base.patch(&reports, 2, true).expect("every id is in the snapshot");
         let built = Snapshot::build_seeded(now.values().cloned(), Some(&base), 2, true, seed);
+        let Some(patched) = base.patch(&reports, 2, true) else {
+            // Only a line new to a group refuses a patch.
+            let new_line = built.by_region.iter().map(|(r, g)| (Some(r), g)).chain([(None, &built.all)])
+                .any(|(r, g)| {
+                    let before = match r { Some(r) => base.by_region.get(r), None => Some(&base.all) };
+                    g.lines.keys().any(|isp| !before.is_some_and(|b| b.lines.contains_key(isp)))
+                });
+            prop_assert!(new_line, "a patch refused without a new line");
+            return Ok(());
+        };
         prop_assert_eq!(patched.nodes.len(), built.nodes.len());
         for (p, b) in patched.nodes.iter().zip(built.nodes.iter()) {
             prop_assert_eq!(&p.record, &b.record);
@@ -38,14 +50,31 @@ proptest! {
             prop_assert_eq!(p.tie, b.tie);
             prop_assert_eq!(p.reported_load.to_bits(), b.reported_load.to_bits());
         }
-        prop_assert_eq!(&patched.all.0, &built.all.0);
-        for (region, lists) in &built.by_region {
-            prop_assert_eq!(&patched.by_region.get(region).map(|l| &l.0), &Some(&lists.0), "region {}", region);
+        // What a client of each ISP walks, the line then the whole group, is the same.
+        let walks = |g: &Group, isp: Option<&str>| {
+            (g.line(isp).map(|l| l.0.clone()), g.all.0.clone())
+        };
+        let isps = [None, Some("x"), Some("y"), Some("z")];
+        for isp in isps {
+            let (p, b) = (walks(&patched.all, isp), walks(&built.all, isp));
+            // A line the patch emptied stays as its group's multi-line nodes: the
+            // same walk as no line at all, as the whole group follows.
+            prop_assert_eq!(&p.1, &b.1);
+            prop_assert!(p.0 == b.0 || b.0.is_none() && p.0.as_ref() == Some(&p.1), "isp {:?}", isp);
+        }
+        for (region, g) in &built.by_region {
+            let p = patched.by_region.get(region);
+            prop_assert!(p.is_some(), "region {}", region);
+            for isp in isps {
+                let (p, b) = (walks(p.unwrap(), isp), walks(g, isp));
+                prop_assert_eq!(&p.1, &b.1, "region {}", region);
+                prop_assert!(p.0 == b.0 || b.0.is_none() && p.0.as_ref() == Some(&p.1), "region {} isp {:?}", region, isp);
+            }
         }
         // A region the patch emptied keeps empty lists; no other difference.
-        for (region, lists) in &patched.by_region {
+        for (region, g) in &patched.by_region {
             if !built.by_region.contains_key(region) {
-                prop_assert!(lists.0.iter().all(Vec::is_empty), "region {}", region);
+                prop_assert!(g.all.0.iter().all(Vec::is_empty), "region {}", region);
             }
         }
         prop_assert_eq!((patched.revision, patched.stale), (2, true));
