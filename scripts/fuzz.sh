@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes everything the project parses from strangers, each target for SECONDS (default
 # 20). One fuzz crate per crate that parses outside input:
-#   registry/fuzz        node records, commands, node bindings, block-list entries (etcd)
+#   registry/fuzz        node records, commands, node bindings, block-list entries,
+#                        policies (etcd)
 #   httpdns-client/fuzz  HTTPDNS answers, DoH answers, the SDK's cache file
 #   router-server/fuzz   the /gateways query string, DNS queries
 # Starts from the committed corpora (CRATE/fuzz/corpus/TARGET, left unchanged: new
@@ -19,11 +20,12 @@ secs=${1:-20}; shift || true
 # Every target, with the crate whose fuzz directory holds it.
 declare -A crate_of=(
   [node_record]=registry [command]=registry [binding]=registry [block_entry]=registry
+  [policy]=registry
   [httpdns_answer]=httpdns-client [cache_file]=httpdns-client [doh_answer]=httpdns-client
   [query_string]=router-server [dns_query]=router-server
 )
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(node_record command binding block_entry query_string httpdns_answer cache_file dns_query doh_answer)
+[ "${#targets[@]}" -gt 0 ] || targets=(node_record command binding block_entry policy query_string httpdns_answer cache_file dns_query doh_answer)
 for t in "${targets[@]}"; do
   [ -n "${crate_of[$t]:-}" ] || { echo "unknown fuzz target $t (known: ${!crate_of[*]})"; exit 2; }
 done

@@ -5,10 +5,11 @@
 //! |---|---|---|
 //! | router `R` | `gateway-router-R` | read `P/`; read and write `P/routers/R` (plus write `P/commands/` with `--router-admin`, for the admin API and `/ops`) |
 //! | agent of node `N` | `gateway-agent-N` | read and write `P/nodes/N` and `P/applied/N`; read `P/commands/N` and `P/blocklist/` |
-//! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/`, `P/bindings/` and `P/blocklist/` |
+//! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/`, `P/bindings/`, `P/blocklist/` and `P/policy/` |
 //!
-//! Nobody but operators writes `P/bindings/` (what each node may claim) or
-//! `P/blocklist/`: a compromised gateway host cannot widen its own binding.
+//! Nobody but operators writes `P/bindings/` (what each node may claim),
+//! `P/blocklist/` or `P/policy/`: a compromised gateway host cannot widen its own
+//! binding or steer clients.
 //!
 //! Each user's name is what etcd authenticates: the common name of its client
 //! certificate under `--client-cert-auth`, or a user with a password. An agent's user
@@ -172,6 +173,7 @@ pub fn plan(layout: &Layout, who: &Principals) -> Plan {
                 perm(Access::Write, layout.commands_prefix(), true),
                 perm(Access::Write, layout.bindings_prefix(), true),
                 perm(Access::Write, layout.blocklist_prefix(), true),
+                perm(Access::Write, layout.policy_prefix(), true),
             ],
         });
         for o in operators {
@@ -388,7 +390,8 @@ mod tests {
                 "read /g/ --prefix",
                 "write /g/commands/ --prefix",
                 "write /g/bindings/ --prefix",
-                "write /g/blocklist/ --prefix"
+                "write /g/blocklist/ --prefix",
+                "write /g/policy/ --prefix"
             ]
         );
         // Only operators write bindings and the block list; an agent writes neither.
@@ -401,6 +404,7 @@ mod tests {
             let operator = r.name == "gateway-operator";
             assert_eq!(writes("/g/bindings/gw-1"), operator, "{}", r.name);
             assert_eq!(writes("/g/blocklist/k"), operator, "{}", r.name);
+            assert_eq!(writes("/g/policy/k"), operator, "{}", r.name);
         }
         let users: Vec<(&str, &str)> = p
             .users
@@ -433,7 +437,7 @@ mod tests {
     fn steps_add_only_what_is_missing() {
         let p = plan(&Layout::new("/g"), &who());
         let all = steps(&p, &Existing::default());
-        assert_eq!(all.len(), 4 + 2 + 4 + 4 + 4 + 4 * 2);
+        assert_eq!(all.len(), 4 + 2 + 4 + 4 + 5 + 4 * 2);
         let mut existing = Existing::default();
         existing.roles.insert(
             "gateway-agent-gw-1".into(),

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::record::RecordError;
+use crate::record::{invalid, RecordError};
 
 /// The longest `reason` accepted.
 pub const MAX_REASON: usize = 256;
@@ -47,13 +47,6 @@ pub struct BlockEntry {
     pub at_ms: u64,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> RecordError {
-    RecordError::Invalid {
-        field,
-        reason: reason.into(),
-    }
-}
-
 /// Checks a text field: at most `max` bytes, no control characters.
 fn text(field: &'static str, s: &str, max: usize) -> Result<(), RecordError> {
     if s.len() > max {
@@ -68,10 +61,7 @@ fn text(field: &'static str, s: &str, max: usize) -> Result<(), RecordError> {
 impl BlockEntry {
     /// Parses and validates a stored value.
     pub fn parse(value: &[u8]) -> Result<BlockEntry, RecordError> {
-        let e: BlockEntry =
-            serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))?;
-        e.validate()?;
-        Ok(e)
+        crate::record::parse_checked(value, BlockEntry::validate)
     }
 
     /// Checks the rules serde's types do not: a network no wider than

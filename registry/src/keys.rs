@@ -84,6 +84,16 @@ impl Layout {
         format!("{}/bindings/{id}", self.prefix)
     }
 
+    /// `P/policy/`: operator policy (see [`crate::policy`]), written by operators.
+    pub fn policy_prefix(&self) -> String {
+        format!("{}/policy/", self.prefix)
+    }
+
+    /// `P/policy/{name}`.
+    pub fn policy_key(&self, name: &str) -> String {
+        format!("{}/policy/{name}", self.prefix)
+    }
+
     /// `P/blocklist/`: client networks the routers refuse, written by operators.
     pub fn blocklist_prefix(&self) -> String {
         format!("{}/blocklist/", self.prefix)
@@ -143,6 +153,7 @@ mod tests {
         assert_eq!(l.binding_key("a"), "/gw/bindings/a");
         assert!(l.binding_key("a").starts_with(&l.bindings_prefix()));
         assert_eq!(l.blocklist_key("k"), "/gw/blocklist/k");
+        assert!(l.policy_key("k").starts_with(&l.policy_prefix()));
         assert!(l.blocklist_key("k").starts_with(&l.blocklist_prefix()));
         assert_eq!(l.node_id("/gw/nodes/a.b-c_1").unwrap(), "a.b-c_1");
         assert!(l.node_id("/gw/nodes/a/b").is_err());

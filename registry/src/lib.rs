@@ -49,6 +49,7 @@ pub mod lease;
 pub mod memory;
 pub mod metrics_text;
 pub mod net;
+pub mod policy;
 pub mod record;
 #[cfg(feature = "etcd")]
 pub mod security;

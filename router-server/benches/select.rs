@@ -27,7 +27,9 @@ use registry::{NodeRecord, Ports, Proto};
 use router_server::config::RegionsConfig;
 use router_server::herd::HerdView;
 use router_server::identity::RegionTable;
-use router_server::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
+use router_server::schedule::{
+    select, select_budgeted, Query, Rules, Snapshot, Steer, SCAN_BUDGET,
+};
 
 fn fleet(n: usize) -> Snapshot {
     Snapshot::build(records(n, false), None, 1, false)
@@ -117,6 +119,7 @@ fn burst(c: &mut Criterion) {
         region: Some("r0"),
         isp: None,
         family: None,
+        steer: Steer::NONE,
     };
     let mut group = c.benchmark_group("burst");
     for n in [100usize, 1_000, 10_000, 100_000] {
@@ -168,6 +171,7 @@ fn select_by_size(c: &mut Criterion) {
             region: Some("r0"),
             isp: None,
             family: None,
+            steer: Steer::NONE,
         };
         group.bench_with_input(BenchmarkId::new("region", n), &snap, |b, s| {
             answers(b, s, &in_region, rules)
@@ -179,6 +183,7 @@ fn select_by_size(c: &mut Criterion) {
             region: None,
             isp: None,
             family: None,
+            steer: Steer::NONE,
         };
         let no_fallbacks = Rules {
             max_load: 0.95,

@@ -17,7 +17,8 @@ use crate::config::FileConfig;
 use crate::guard::{Guard, Listed};
 use crate::herd::HerdView;
 use crate::identity::{network_key, RegionTable};
-use crate::schedule::{self, Query, Reason, Rules, Snapshot, Tier, Verdict};
+use crate::policy::Policies;
+use crate::schedule::{self, Query, Reason, Rules, Snapshot, Steer, Tier, Verdict};
 
 /// What to explain: a client's address and what it would ask `/gateways`.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +47,8 @@ pub struct Facts<'a> {
     pub regions: &'a RegionTable,
     /// Block and allow lists.
     pub guard: &'a Guard,
+    /// The operator policies in force.
+    pub policies: &'a Policies,
     /// Invalid records (and duplicate ids) by key, with the reason.
     pub invalid: &'a OrdMap<Arc<str>, String>,
     /// The herd counts as of now.
@@ -168,6 +171,8 @@ pub struct Explanation {
     pub guard: GuardVerdict,
     /// The client's region, if any.
     pub region: Option<String>,
+    /// The operator policy for the client's network, if one is in force.
+    pub policy: Option<String>,
     /// Where it came from.
     pub region_from: RegionFrom,
     /// The `[regions] cidrs` network that gave it.
@@ -215,7 +220,12 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
         .isp
         .clone()
         .or_else(|| facts.regions.isp(ip).map(str::to_string));
+    // The policy as the client's next answer would meet it, not counted.
+    let policy = facts
+        .policies
+        .for_network(region.as_deref(), isp.as_deref());
     let query = Query {
+        steer: policy.map_or(Steer::NONE, |p| p.peek()),
         proto: ask.proto,
         count: ask.count,
         region: region.as_deref(),
@@ -252,6 +262,7 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
         region_from,
         region_cidr,
         fallbacks: fallbacks.to_vec(),
+        policy: policy.map(|p| p.name.clone()),
         isp,
         proto: ask.proto,
         count: ask.count,
@@ -414,6 +425,15 @@ fn detail(
         Reason::Held => "held (it left without a drain, or its registry is out of reach): \
              offered after every live node, and the answer was full first"
             .into(),
+        Reason::Excluded => format!(
+            "in {}, which the policy for this client's network excludes",
+            query
+                .steer
+                .exclude
+                .iter()
+                .find(|g| g.contains(r))
+                .map_or_else(|| "-".to_string(), ToString::to_string)
+        ),
         Reason::OtherIsp => format!(
             "on ISP line {}, not the client's: the client's line and the multi-line nodes of its region come first",
             v.entry.record.isp.as_deref().unwrap_or("-")

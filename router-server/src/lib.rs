@@ -46,6 +46,7 @@ pub mod membership;
 pub mod metrics;
 pub mod ops;
 pub mod peers;
+pub mod policy;
 pub mod reload;
 pub mod schedule;
 #[cfg(feature = "tools")]
@@ -252,6 +253,11 @@ struct Followed {
     inputs: Vec<membership::Input>,
     /// Each registry's block list, for the guard.
     blocklists: Vec<tokio::sync::watch::Receiver<Arc<registry::follow_map::MapView>>>,
+    /// Each registry's policies, by the registry's name.
+    policies: Vec<(
+        Arc<str>,
+        tokio::sync::watch::Receiver<Arc<registry::follow_map::MapView>>,
+    )>,
     /// How far behind etcd each registry's views are.
     lags: Vec<Arc<lag::Lag>>,
 }
@@ -276,6 +282,7 @@ fn follow_registries(
     let (counts, scales) = (per_registry(1), per_registry(herd::SCALE_ONE));
     let mut inputs = Vec::new();
     let mut blocklists = Vec::new();
+    let mut policies = Vec::new();
     let lags: Vec<Arc<lag::Lag>> = registries
         .iter()
         .map(|r| Arc::new(lag::Lag::new(r.name.clone())))
@@ -284,6 +291,10 @@ fn follow_registries(
     for (i, r) in registries.iter().enumerate() {
         let (blocklist, views) = spawn_followers(r, opts, background, tasks);
         blocklists.push(blocklist);
+        policies.push((
+            r.name.clone(),
+            spawn_map(r, r.layout.policy_prefix(), background, tasks),
+        ));
         inputs.push(membership::Input {
             name: r.name.clone(),
             local: i == local,
@@ -303,8 +314,28 @@ fn follow_registries(
     Followed {
         inputs,
         blocklists,
+        policies,
         lags,
     }
+}
+
+/// Starts a follower of `prefix` in `r` on `tasks`, keeping at most
+/// [`policy::MAX_POLICIES`] keys; returns its view.
+fn spawn_map(
+    r: &membership::Registry,
+    prefix: String,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) -> tokio::sync::watch::Receiver<Arc<registry::follow_map::MapView>> {
+    let options = registry::follow_map::MapOptions {
+        max_keys: policy::MAX_POLICIES,
+    };
+    let (view, follower) =
+        registry::follow_map::follow_map_with(r.kv.clone(), prefix, options, background.clone());
+    tasks.spawn(async move {
+        let _ = follower.await;
+    });
+    view
 }
 
 /// Starts `r`'s followers, its block list's and its nodes', on `tasks`; returns their
@@ -399,6 +430,12 @@ fn spawn_pipeline(
     tasks.spawn(guard::follow::run(
         state.serving.guard.clone(),
         followed.blocklists,
+        background.clone(),
+    ));
+    tasks.spawn(policy::run(
+        state.serving.policies.clone(),
+        followed.policies,
+        local,
         background.clone(),
     ));
     tasks.spawn(membership::spawn_updater(

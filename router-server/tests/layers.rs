@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("lag", 3),
     ("alarms", 3),
     ("guard", 3),
+    ("policy", 3),
     ("state", 3),
     ("explain", 3),
     ("http", 4),

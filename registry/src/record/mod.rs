@@ -15,8 +15,8 @@ mod tests;
 pub use command::{Applied, Command, CommandAction, HookState, HookStatus};
 pub use gateway_api::Proto;
 pub use names::{
-    clip_text, is_name_char, validate_host_name, validate_id, HostNameError, MAX_COMMAND_ID,
-    MAX_HOOK_ERROR, MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_NAME_LEN,
+    clip_text, is_name_char, validate_host_name, validate_id, validate_name, HostNameError,
+    MAX_COMMAND_ID, MAX_HOOK_ERROR, MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_NAME_LEN,
 };
 pub use node::{IpFamily, NodeRecord, NodeState};
 pub use ports::Ports;
@@ -38,7 +38,19 @@ pub enum RecordError {
     },
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> RecordError {
+/// A stored JSON value of type `T`, checked by `validate`: what every reader of a
+/// stored value does first.
+pub fn parse_checked<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+    validate: impl FnOnce(&T) -> Result<(), RecordError>,
+) -> Result<T, RecordError> {
+    let v: T = serde_json::from_slice(value).map_err(|e| RecordError::Json(e.to_string()))?;
+    validate(&v)?;
+    Ok(v)
+}
+
+/// The error for `field` breaking a rule, with the reason.
+pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> RecordError {
     RecordError::Invalid {
         field,
         reason: reason.into(),

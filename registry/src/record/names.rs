@@ -37,7 +37,7 @@ pub const MAX_LABEL_VALUE: usize = 256;
 pub const MAX_HOOK_ERROR: usize = 512;
 
 /// Checks a region, zone or ISP name: 1-64 bytes of [`is_name_char`].
-pub(super) fn validate_name(field: &'static str, name: &str) -> Result<(), RecordError> {
+pub fn validate_name(field: &'static str, name: &str) -> Result<(), RecordError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(invalid(
             field,

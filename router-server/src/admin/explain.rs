@@ -23,7 +23,9 @@ pub(super) async fn route(
     let snapshot = s.snapshot.load_full();
     let invalid = admin.status.invalid.lock().expect("invalid lock").clone();
     let (config, regions) = (admin.config.load(), s.regions.load());
+    let policies = s.policies.load();
     let facts = Facts {
+        policies: &policies,
         snapshot: snapshot.as_deref(),
         config: &config,
         regions: &regions,

@@ -149,6 +149,13 @@ pub enum CtlOp {
         #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
+    /// Operator policy (`P/policy/`): groups excluded for a client network, shares of
+    /// its answers between groups; every router follows it within a second.
+    Policy {
+        /// `set`, `get`, `rm` or `list`.
+        #[command(subcommand)]
+        op: PolicyOp,
+    },
     /// Why a client address gets the gateways it gets, or none: asks a router's
     /// admin API (--router), not etcd.
     Explain(super::ExplainArgs),
@@ -161,6 +168,72 @@ pub enum CtlOp {
         #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
         json: bool,
     },
+}
+
+/// `ctl policy` operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PolicyOp {
+    /// Write a policy (replacing one of the same name) to every registry given.
+    Set {
+        /// The policy's name (its key under `P/policy/`).
+        #[arg(value_parser = parse_bind_name)]
+        name: String,
+        /// The clients' region.
+        #[arg(long, value_parser = parse_bind_name)]
+        region: String,
+        /// The clients' ISP; without it, the region's clients no policy of their own
+        /// ISP covers.
+        #[arg(long, value_parser = parse_bind_name)]
+        isp: Option<String>,
+        /// A group never answered to these clients: `dc:NAME` or `pool:NAME`,
+        /// repeatable.
+        #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+        exclude: Vec<registry::policy::Group>,
+        /// A group's share of the answers, `GROUP=PERCENT` (`dc:sh=70`), repeatable;
+        /// the shares add up to 100.
+        #[arg(long, value_name = "GROUP=PERCENT", value_parser = parse_ratio)]
+        ratio: Vec<registry::policy::Ratio>,
+        /// Print what the change moves (networks, nodes, shares) without writing it.
+        #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
+        dry_run: bool,
+    },
+    /// Print one policy.
+    Get {
+        /// The policy's name.
+        name: String,
+    },
+    /// Delete a policy from every registry given.
+    Rm {
+        /// The policy's name.
+        name: String,
+    },
+    /// Table of the policies.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        json: bool,
+    },
+}
+
+/// `ctl policy --exclude`: `dc:NAME` or `pool:NAME`.
+fn parse_group(s: &str) -> Result<registry::policy::Group, String> {
+    s.parse().map_err(|e: registry::RecordError| e.to_string())
+}
+
+/// `ctl policy --ratio`: `GROUP=PERCENT`.
+fn parse_ratio(s: &str) -> Result<registry::policy::Ratio, String> {
+    let (group, percent) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not GROUP=PERCENT (dc:sh=70)"))?;
+    let percent: u8 = percent
+        .parse()
+        .ok()
+        .filter(|p| (1..=100).contains(p))
+        .ok_or_else(|| format!("{percent:?} is not a percentage 1-100"))?;
+    Ok(registry::policy::Ratio {
+        to: parse_group(group)?,
+        percent,
+    })
 }
 
 /// `ctl auth` operations.

@@ -20,7 +20,7 @@ mod shared_args;
 mod validate;
 
 pub use args::{check_token, Cli, Command, DemoArgs, ServeArgs, TokenProblem, MIN_TOKEN_BYTES};
-pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp};
+pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp, PolicyOp};
 pub use error::ConfigError;
 pub use explain_args::ExplainArgs;
 pub use file::{

@@ -12,7 +12,7 @@ use registry::blocklist::BlockEntry;
 use registry::{Kv, Layout};
 use serde::Serialize;
 
-use super::{esc, fail, Target};
+use super::{delete_everywhere, esc, fail, refused, Target};
 use crate::config::CtlOp;
 
 /// Runs `ctl block`, `ctl unblock` or `ctl blocks`; returns the exit status.
@@ -23,13 +23,6 @@ pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp, by: &str
         CtlOp::Blocks { json } => list(targets, layout, json).await,
         _ => unreachable!("only block operations come here"),
     }
-}
-
-fn refused(t: &Target, e: impl std::fmt::Display) -> i32 {
-    fail(&format!(
-        "etcd at {} is unreachable or refused the request: {e}",
-        t.spec
-    ))
 }
 
 async fn block(
@@ -67,14 +60,10 @@ async fn block(
 
 async fn unblock(targets: &[Target], layout: &Layout, cidr: IpNet) -> i32 {
     let key = layout.blocklist_key(&BlockEntry::key_for(&cidr));
-    let mut removed = 0;
-    for t in targets {
-        match t.kv.delete(&key).await {
-            Ok(true) => removed += 1,
-            Ok(false) => {}
-            Err(e) => return refused(t, e),
-        }
-    }
+    let removed = match delete_everywhere(targets, &key).await {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
     if removed == 0 {
         return fail(&format!("{} is not on the block list", cidr.trunc()));
     }

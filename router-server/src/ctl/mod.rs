@@ -13,6 +13,7 @@ mod auth;
 mod bind;
 mod block;
 mod explain;
+mod policy;
 use crate::ops::{self, OpsError, PlanStep};
 
 /// How long each of `ctl`'s calls keeps trying while no etcd member can answer it (a
@@ -52,6 +53,7 @@ pub async fn run(args: CtlArgs) -> i32 {
         op @ (CtlOp::Block { .. } | CtlOp::Unblock { .. } | CtlOp::Blocks { .. }) => {
             return block::run(&targets, &layout, op, &operator).await
         }
+        CtlOp::Policy { op } => return policy::run(&targets, &layout, op, &operator).await,
         op if !several => execute(&targets[0].kv, &layout, op)
             .await
             .map_err(|e| (0, e)),
@@ -328,6 +330,28 @@ fn fail(msg: &str) -> i32 {
     1
 }
 
+/// Exit status 1 for `t`'s etcd failing a request, with the error.
+fn refused(t: &Target, e: impl std::fmt::Display) -> i32 {
+    fail(&format!(
+        "etcd at {} is unreachable or refused the request: {e}",
+        t.spec
+    ))
+}
+
+/// Deletes `key` from every registry of `targets`; the number that held it, or the
+/// exit status of the first that failed.
+async fn delete_everywhere(targets: &[Target], key: &str) -> Result<usize, i32> {
+    let mut removed = 0;
+    for t in targets {
+        match t.kv.delete(key).await {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => return Err(refused(t, e)),
+        }
+    }
+    Ok(removed)
+}
+
 async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError> {
     match op {
         CtlOp::Nodes { json } => {
@@ -377,6 +401,7 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
         | CtlOp::Block { .. }
         | CtlOp::Unblock { .. }
         | CtlOp::Blocks { .. }
+        | CtlOp::Policy { .. }
         | CtlOp::Explain(_) => {
             unreachable!("ctl auth, bind and bindings run before execute")
         }

@@ -12,7 +12,7 @@ use registry::Proto;
 use super::records::address;
 use super::zone::Target;
 use super::Dns;
-use crate::schedule::{select_weighted, Query as Wanted, Rules};
+use crate::schedule::{select_weighted, Query as Wanted, Rules, Steer};
 
 /// The answer to one question, before it is put in a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,12 +181,17 @@ impl Dns {
             .and_then(|r| config.regions.fallbacks.get(r))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
+        let policies = self.serving.policies.load();
+        let steer = policies
+            .for_network(region, isp)
+            .map_or(Steer::NONE, |p| p.steer());
         let wanted = Wanted {
             proto,
             count: self.cfg.count,
             region,
             isp,
             family: Some(family),
+            steer,
         };
         let rules = Rules {
             herd: self.serving.herd_view(),

@@ -83,8 +83,13 @@ fn world() -> World {
     }
 }
 
+/// No policy in force.
+static NO_POLICIES: std::sync::LazyLock<crate::policy::Policies> =
+    std::sync::LazyLock::new(Default::default);
+
 fn facts(w: &World) -> Facts<'_> {
     Facts {
+        policies: &NO_POLICIES,
         snapshot: Some(&w.snap),
         config: &w.config,
         regions: &w.regions,

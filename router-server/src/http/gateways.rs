@@ -20,7 +20,7 @@ use crate::config::LiveConfig;
 use crate::identity::client_ip;
 use crate::metrics::Metrics;
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::schedule::{select_weighted, Query, Rules, Snapshot};
+use crate::schedule::{select_weighted, Query, Rules, Snapshot, Steer};
 use crate::state::{AppState, FleetStatus, Serving};
 
 /// Everything the router serves.
@@ -188,6 +188,10 @@ fn gateways(
     let regions = api.serving.regions.load();
     let region = params.region.as_deref().or_else(|| regions.lookup(ip));
     let isp = params.isp.as_deref().or_else(|| regions.isp(ip));
+    let policies = api.serving.policies.load();
+    let steer = policies
+        .for_network(region, isp)
+        .map_or(Steer::NONE, |p| p.steer());
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
@@ -198,6 +202,7 @@ fn gateways(
         region,
         isp,
         family: params.family,
+        steer,
     };
     let body = PER_THREAD.with_borrow_mut(|t| {
         // One process may run several routers (tests do): the cache follows this one.

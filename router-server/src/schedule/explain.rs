@@ -9,7 +9,8 @@
 //!
 //! 1. not indexed (`NodeEntry::eligible`): [`Reason::Draining`], [`Reason::Unhealthy`];
 //! 2. no port for the protocol ([`Reason::NoPort`]) or no address of the family asked
-//!    ([`Reason::NoAddress`]): `Keep::consider`, `overflow_fill`, `held_fill`;
+//!    ([`Reason::NoAddress`]): `Keep::consider`, `overflow_fill`, `held_fill`; in a
+//!    group an operator policy excludes for the client's network ([`Reason::Excluded`]);
 //! 3. held by protect or in a demoted registry: offered after every live node
 //!    (`held_fill`, [`Reason::Held`]), refused at a projected load of `max_load`
 //!    ([`Reason::Full`]);
@@ -41,6 +42,8 @@ pub enum Reason {
     NoPort,
     /// No address of the family asked (`ip_version`).
     NoAddress,
+    /// In a group an operator policy excludes for the client's network.
+    Excluded,
     /// Reported load at or above `max_load` (a held node: its projected load).
     Full,
     /// Reported load below `max_load`, but the answers sent since its report are
@@ -63,11 +66,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the selection applies its rules.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Draining,
         Reason::Unhealthy,
         Reason::NoPort,
         Reason::NoAddress,
+        Reason::Excluded,
         Reason::Full,
         Reason::ProjectedFull,
         Reason::Held,
@@ -83,6 +87,7 @@ impl Reason {
             Reason::Unhealthy => "unhealthy",
             Reason::NoPort => "no_port",
             Reason::NoAddress => "no_address",
+            Reason::Excluded => "excluded",
             Reason::Full => "full",
             Reason::ProjectedFull => "projected_full",
             Reason::Held => "held",
@@ -244,6 +249,8 @@ fn reason(
         Reason::NoPort
     } else if r.addr_for(query.family).is_none() {
         Reason::NoAddress
+    } else if query.steer.excludes(r) {
+        Reason::Excluded
     } else if e.held && load >= rules.max_load {
         // `held_fill` refuses a held node by its projected load.
         Reason::Full

@@ -9,6 +9,8 @@
 //! * **Region order**: the client's region, then its fallbacks in order, then any.
 //! * **Line order**: within each of those, the nodes on the client's ISP line (and the
 //!   multi-line ones) before the region's other lines (see [`line`]).
+//! * **Operator policy** ([`Steer`]): groups excluded for the client's network are
+//!   never answered; with ratios, the answer's group comes first, by the rules above.
 //! * **Least loaded first, herd-safe**: the load used is the *projected* load, the
 //!   reported connections plus the clients the routers sent since the report's sample
 //!   (see [`crate::herd`]). Each answer adds one client to its first candidate, so a
@@ -37,6 +39,7 @@
 //! * `patch.rs`: a snapshot patched with new reports of nodes it has;
 //! * `select.rs`: [`select()`] and its variants, the overflow and held fills;
 //! * `order.rs`: the herd-adjusted order an index is walked in during a burst;
+//! * `steer.rs`: an operator policy as one answer applies it;
 //! * `explain.rs`: the answer to one query without counting it, and why each other
 //!   node is not in it (for operators; no request runs it);
 //! * `tests/`: the tests by concern, and the rules written out the slow way that the
@@ -51,6 +54,7 @@ mod order;
 mod patch;
 mod select;
 mod snapshot;
+mod steer;
 
 pub use arrival::Arrival;
 pub use entry::NodeEntry;
@@ -60,6 +64,7 @@ pub use select::{
     OVERFLOW_SCAN, SCAN_BUDGET,
 };
 pub use snapshot::Snapshot;
+pub use steer::Steer;
 
 #[cfg(test)]
 mod tests;

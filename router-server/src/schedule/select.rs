@@ -12,6 +12,7 @@ use super::index::{Group, Index};
 use super::line;
 use super::order::Walker;
 use super::snapshot::Snapshot;
+use super::steer::Steer;
 
 /// What a client asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +28,8 @@ pub struct Query<'a> {
     pub isp: Option<&'a str>,
     /// The address family the client can reach, if restricted.
     pub family: Option<IpFamily>,
+    /// What operator policy decides for the client's network (see [`Steer`]).
+    pub steer: Steer<'a>,
 }
 
 /// One chosen gateway.
@@ -93,6 +96,46 @@ pub fn select_budgeted(
         first: query.region,
         fallbacks: rules.fallbacks,
     };
+    // A policy's group for this answer first, in the usual order; then the rest.
+    let rest;
+    let query = match query.steer.first {
+        Some(_) => {
+            main_pass(snap, query, rules, want, budget, tiers, &mut out);
+            rest = Query {
+                steer: query.steer.rest(),
+                ..query.clone()
+            };
+            &rest
+        }
+        None => query,
+    };
+    main_pass(snap, query, rules, want, budget, tiers, &mut out);
+    if out.len() < want {
+        overflow_fill(snap, query, rules, want, tiers, &mut out);
+    }
+    if out.len() < want && !snap.held.is_empty() {
+        held_fill(snap, query, rules, want, tiers, &mut out);
+    }
+    if let Some(first) = out.first() {
+        rules
+            .herd
+            .record_n(&snap.nodes[first.index].assigned, weight);
+    }
+    out
+}
+
+/// Adds to `out`, up to `want`, the best nodes with projected room that `query`
+/// admits: by region tier (the client's region, its fallbacks, any other), the
+/// client's line first in each, then load.
+fn main_pass(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    budget: usize,
+    tiers: Tiers<'_>,
+    out: &mut Chosen,
+) {
     let ordered = query
         .region
         .into_iter()
@@ -118,30 +161,18 @@ pub fn select_budgeted(
     };
     for (k, region) in ordered.enumerate() {
         if out.len() >= want {
-            break;
+            return;
         }
         if tiers.seen_before(k, region) {
             continue;
         }
         if let Some(group) = snap.by_region.get(region) {
-            tier(group, None, &mut out);
+            tier(group, None, out);
         }
     }
     if out.len() < want {
-        tier(&snap.all, Some(tiers), &mut out);
+        tier(&snap.all, Some(tiers), out);
     }
-    if out.len() < want {
-        overflow_fill(snap, query, rules, want, tiers, &mut out);
-    }
-    if out.len() < want && !snap.held.is_empty() {
-        held_fill(snap, query, rules, want, tiers, &mut out);
-    }
-    if let Some(first) = out.first() {
-        rules
-            .herd
-            .record_n(&snap.nodes[first.index].assigned, weight);
-    }
-    out
 }
 
 /// Nodes per index that [`overflow_fill`] considers, least reported load first.
@@ -174,6 +205,7 @@ fn overflow_fill(
             }
             let r = &e.record;
             if skip.is_some_and(|t| t.contains(&r.region))
+                || !query.steer.admits(r)
                 || out.iter().any(|c| c.index == i)
                 || found.iter().any(|(_, c)| c.index == i)
             {
@@ -266,6 +298,9 @@ fn held_fill(
             continue;
         }
         let r = &e.record;
+        if !query.steer.admits(r) {
+            continue;
+        }
         let (Some(ip), Some(port)) = (r.addr_for(query.family), r.ports.get(query.proto)) else {
             continue;
         };
@@ -407,7 +442,7 @@ impl Keep<'_, '_> {
             return;
         }
         let r = &e.record;
-        if self.skip.is_some_and(|t| t.contains(&r.region)) {
+        if self.skip.is_some_and(|t| t.contains(&r.region)) || !self.query.steer.admits(r) {
             return;
         }
         if self.out[..self.start].iter().any(|c| c.index == i) {

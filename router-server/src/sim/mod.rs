@@ -339,6 +339,7 @@ impl<'c> Storm<'c> {
         );
         let query = Query {
             isp: None,
+            steer: crate::schedule::Steer::NONE,
             proto: Proto::Tcp,
             count: c.count,
             region: Some(&self.region_names[region]),

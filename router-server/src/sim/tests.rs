@@ -158,7 +158,7 @@ proptest! {
             let region = &names[g % c.regions];
             let ms = answer_ms(&c, k);
             let herd = HerdView::at(EPOCH_MS + ms, c.herd_window_ms.div_ceil(SLOT_MS), 1);
-            let q = Query { proto: Proto::Tcp, count: c.count, region: Some(region), isp: None, family: None };
+            let q = Query { proto: Proto::Tcp, count: c.count, region: Some(region), isp: None, family: None, steer: crate::schedule::Steer::NONE };
             let chosen = select_weighted(&snap, &q, Rules { max_load: c.max_load, fallbacks: &[], herd }, 1);
             let id = &snap.nodes[chosen[0].index].record.id;
             replay[id[3..].parse::<usize>().unwrap()] += 1;

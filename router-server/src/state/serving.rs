@@ -12,6 +12,7 @@ use crate::config::{FileConfig, RegionsConfig};
 use crate::guard::Guard;
 use crate::herd::{HerdView, SCALE_ONE};
 use crate::identity::{IspDbSlot, RegionTable};
+use crate::policy::Policies;
 use crate::schedule::Snapshot;
 
 /// What every answer reads. Its writers: the snapshot updater (`membership`: the
@@ -30,6 +31,8 @@ pub struct Serving {
     /// The ASN database in force (`[regions] isp_db`): every version of `regions`
     /// reads it, and a new file replaces it for all (see `identity::IspDbFile`).
     pub isp_db: IspDbSlot,
+    /// The operator policies in force, by client network (see [`crate::policy`]).
+    pub policies: Arc<ArcSwap<Policies>>,
     /// What one client network may cost: block and allow lists, budgets.
     pub guard: Arc<Guard>,
     /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`),
@@ -75,6 +78,7 @@ impl Serving {
             answer_tail: crate::answer::answer_tail(config),
             regions: ArcSwap::from_pointee(region_table(&config.regions, &isp_db)),
             isp_db,
+            policies: Arc::default(),
             guard,
             tie_seed: rand::random::<u64>() | 1,
             routers: AtomicU64::new(1),

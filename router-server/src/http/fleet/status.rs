@@ -48,6 +48,23 @@ pub struct RouterStatus {
     pub no_gateways: u64,
     /// The DNS zone served and its query counts, when DNS is on.
     pub dns: Option<crate::metrics::dns::DnsStatus>,
+    /// The operator policies in force, by name.
+    pub policies: Vec<PolicyStatus>,
+}
+
+/// One operator policy in force.
+#[derive(Debug, Serialize)]
+pub struct PolicyStatus {
+    /// Its name.
+    pub name: String,
+    /// The registry it was read from.
+    pub registry: String,
+    /// What it says.
+    #[serde(flatten)]
+    pub policy: registry::policy::Policy,
+    /// Answers steered to each ratio group since this router read it, in `ratios`'
+    /// order.
+    pub answers: Vec<u64>,
 }
 
 /// An invalid registry value.
@@ -122,6 +139,19 @@ pub(super) fn router_status(
             .dns
             .enabled()
             .then(|| m.dns.totals.status(&api.config.load().dns.zone)),
+        policies: api
+            .serving
+            .policies
+            .load()
+            .all()
+            .into_iter()
+            .map(|p| PolicyStatus {
+                name: p.name.clone(),
+                registry: p.registry.to_string(),
+                policy: p.policy.clone(),
+                answers: p.answers_by_group(),
+            })
+            .collect(),
     }
 }
 

@@ -71,6 +71,7 @@ function renderRouter(f) {
     ["429", rates.r429.toFixed(1) + "/s", rates.r429 > 0],
     ["503 no_gateways", rates.r503.toFixed(1) + "/s", rates.r503 > 0],
     ["max_load", pct(r.max_load)],
+    ["policies", policies(r.policies)],
   ];
   const box = document.getElementById("router");
   box.replaceChildren(...items.map(([k, v, alarm]) =>
@@ -286,6 +287,21 @@ setInterval(poll, POLL_MS);
 
 // "0.1.0 (1a2b3c4) x3": how many live routers run each version (two or more: an
 // upgrade in progress, shown as an alarm so it is not forgotten half-way).
+// The operator policies in force, one phrase each: whose clients, what is excluded,
+// and each share with the answers it got.
+function policies(list) {
+  if (list.length === 0) return "none";
+  return list.map(p => {
+    const who = p.region + (p.isp ? "/" + p.isp : "");
+    const parts = [];
+    if (p.exclude && p.exclude.length) parts.push("not " + p.exclude.join(", "));
+    if (p.ratios && p.ratios.length) {
+      parts.push(p.ratios.map((x, k) => x.to + " " + x.percent + "% (" + p.answers[k] + ")").join(", "));
+    }
+    return p.name + " [" + who + "]: " + parts.join("; ");
+  }).join(" · ");
+}
+
 function versions(routers) {
   const count = new Map();
   for (const p of routers) count.set(p.version, (count.get(p.version) || 0) + 1);

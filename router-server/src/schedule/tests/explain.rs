@@ -188,6 +188,7 @@ proptest! {
         proto in 0usize..3,
         six in any::<bool>(),
         isp in super::arb_isp(),
+        policy in super::arb_policy(),
     ) {
         let s = snap(fleet);
         let region = region.map(|r| ["a", "b", "c", "d"][r]);
@@ -199,6 +200,7 @@ proptest! {
             region,
             isp,
             family: six.then_some(IpFamily::V6),
+            steer: crate::schedule::Steer { exclude: &policy.0, first: policy.1.as_ref() },
         };
         let x = explain(&s, &query, rules);
         let selected = select_budgeted(&s, &query, rules, 0, SCAN_BUDGET);
@@ -213,6 +215,7 @@ proptest! {
                 Err(Reason::Unhealthy) => prop_assert!(!r.healthy),
                 Err(Reason::NoPort) => prop_assert!(r.ports.get(query.proto).is_none()),
                 Err(Reason::NoAddress) => prop_assert!(r.addr_for(query.family).is_none()),
+                Err(Reason::Excluded) => prop_assert!(query.steer.excludes(r)),
                 Err(Reason::Full) => prop_assert!(v.entry.reported_load >= rules.max_load),
                 Err(Reason::OtherIsp) => {
                     prop_assert_eq!(x.chosen.len(), count);

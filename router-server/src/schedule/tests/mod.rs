@@ -11,8 +11,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use registry::{NodeRecord, NodeState, Ports, Proto};
 
-use super::{Candidate, NodeEntry, Query, Rules, Snapshot};
+use super::{Candidate, NodeEntry, Query, Rules, Snapshot, Steer};
 use crate::herd::HerdView;
+use registry::policy::{Group, POOL_LABEL};
 
 pub(crate) fn node(id: &str, region: &str, conns: u64, cap: u64) -> NodeRecord {
     NodeRecord::new(
@@ -40,6 +41,7 @@ fn q(region: Option<&str>, count: usize) -> Query<'_> {
         region,
         isp: None,
         family: None,
+        steer: Steer::NONE,
     }
 }
 
@@ -75,10 +77,10 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
         any::<bool>(),
         0u8..8,
         any::<bool>(),
-        0usize..4,
+        (0usize..4, 0usize..2, 0usize..3),
     )
         .prop_map(
-            move |(region, conns, cap, draining, sick, ports, v6, isp)| {
+            move |(region, conns, cap, draining, sick, ports, v6, (isp, dc, pool))| {
                 let mut n = node(
                     &format!("n{i:03}"),
                     ["a", "b", "c", "d"][region],
@@ -101,6 +103,11 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
                 }
                 // No ISP and `bgp`: multi-line; `x` and `y`: single-line.
                 n.isp = [None, Some("bgp"), Some("x"), Some("y")][isp].map(str::to_string);
+                // Groups operator policy names: two DCs, two pools and no pool.
+                n.dc = Some(["d1", "d2"][dc].into());
+                if let Some(p) = [Some("p1"), Some("p2"), None][pool] {
+                    n.labels.insert(POOL_LABEL.into(), p.into());
+                }
                 n
             },
         )
@@ -116,8 +123,24 @@ pub(crate) fn arb_isp() -> impl Strategy<Value = Option<&'static str>> {
     prop_oneof![Just(None), Just(Some("x")), Just(Some("z"))]
 }
 
-/// The rules written out the slow way: every eligible node, by tier (region, then
-/// the client's ISP line before the others), then by projected load and id.
+/// A test policy's decision, owned: the groups excluded and the group first.
+pub(crate) fn arb_policy() -> impl Strategy<Value = (Vec<Group>, Option<Group>)> {
+    let group = prop_oneof![
+        Just(Group::Dc("d1".into())),
+        Just(Group::Dc("d2".into())),
+        Just(Group::Pool("p1".into())),
+        Just(Group::Pool("p2".into())),
+    ];
+    (
+        proptest::collection::vec(group.clone(), 0..2),
+        proptest::option::of(group),
+    )
+}
+
+/// The rules written out the slow way: every eligible node the policy does not
+/// exclude; nodes of the policy's first group with projected room, then the others
+/// with room, then those projected full; in each, by tier (region, then the client's
+/// ISP line before the others), then by projected load and id.
 fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     let mut order: Vec<&str> = query.region.into_iter().collect();
     for f in rules.fallbacks {
@@ -127,7 +150,7 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     }
     // (projected full, tier, projected load, index): nodes the estimate puts at or
     // above max_load come after every other, but still come.
-    let mut eligible: Vec<(bool, (usize, bool), f64, usize)> = (0..s.nodes.len())
+    let mut eligible: Vec<(u8, (usize, bool), f64, usize)> = (0..s.nodes.len())
         .filter_map(|i| {
             let e = &s.nodes[i];
             let r = &e.record;
@@ -135,7 +158,8 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
                 && r.healthy
                 && r.load() < rules.max_load
                 && r.ports.get(query.proto).is_some()
-                && r.addr_for(query.family).is_some();
+                && r.addr_for(query.family).is_some()
+                && !query.steer.excludes(r);
             let region = order
                 .iter()
                 .position(|t| *t == r.region)
@@ -146,7 +170,12 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
             };
             let tier = (region, other_line);
             let load = e.projected_load(&rules.herd);
-            ok.then_some((load >= rules.max_load, tier, load, i))
+            let class = match () {
+                _ if load >= rules.max_load => 2,
+                _ if query.steer.first.is_some_and(|g| g.contains(r)) => 0,
+                _ => 1,
+            };
+            ok.then_some((class, tier, load, i))
         })
         .collect();
     eligible.sort_by(|a, b| {

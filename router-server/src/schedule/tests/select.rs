@@ -8,10 +8,12 @@ use proptest::prelude::*;
 use registry::record::IpFamily;
 use registry::{NodeRecord, NodeState, Ports, Proto};
 
-use super::{arb_fleet, arb_isp, ids, node, q, reference, rules_now, set_pending, snap};
+use super::{
+    arb_fleet, arb_isp, arb_policy, ids, node, q, reference, rules_now, set_pending, snap,
+};
 use crate::herd::HerdView;
 use crate::schedule::order;
-use crate::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
+use crate::schedule::{select, select_budgeted, Query, Rules, Snapshot, Steer, SCAN_BUDGET};
 
 #[test]
 fn region_then_fallbacks_then_any() {
@@ -267,7 +269,7 @@ proptest! {
                                   region in proptest::option::of(0usize..5), count in 1usize..=10,
                                   proto in 0usize..3, fam in 0u8..3,
                                   fallbacks in proptest::collection::vec(0usize..5, 0..3), ties in any::<bool>(),
-                                  isp in arb_isp()) {
+                                  isp in arb_isp(), policy in arb_policy()) {
         let regions = ["a", "b", "c", "d", "zz"];
         // Small loads on two capacities: many equal loads, so ties are decided by id.
         let fleet = fleet.into_iter().map(|mut n| {
@@ -285,7 +287,8 @@ proptest! {
         let fallbacks: Vec<String> = fallbacks.iter().map(|f| regions[*f].to_string()).collect();
         let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd };
         let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
-        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family };
+        let steer = Steer { exclude: &policy.0, first: policy.1.as_ref() };
+        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family, steer };
         let expected = reference(&s, &query, rules);
         let got: Vec<usize> = select(&s, &query, rules).iter().map(|c| c.index).collect();
         prop_assert_eq!(got, expected);
@@ -299,6 +302,7 @@ proptest! {
         fleet in arb_fleet(),
         steps in proptest::collection::vec((0u8..10, 0usize..40, 0usize..40, 0u64..400), 1..80),
         routers in 1u64..4, count in 1usize..=4, ties in any::<bool>(),
+        policy in arb_policy(),
     ) {
         let regions = ["a", "b", "c", "d", "zz"];
         let mut ids = std::collections::HashSet::new();
@@ -337,7 +341,8 @@ proptest! {
                     s = s.patch_at([&r], 2, false, now).expect("known id");
                 }
                 _ => {
-                    let query = Query { proto: Proto::ALL[a % 3], count, region: Some(regions[b % 5]), isp: [None, Some("x"), Some("z")][(a / 3) % 3], family: None };
+                    let steer = Steer { exclude: &policy.0, first: policy.1.as_ref() };
+                    let query = Query { proto: Proto::ALL[a % 3], count, region: Some(regions[b % 5]), isp: [None, Some("x"), Some("z")][(a / 3) % 3], family: None, steer };
                     let expected = reference(&s, &query, rules);
                     let got: Vec<usize> = select_budgeted(&s, &query, rules, 1, 0).iter().map(|c| c.index).collect();
                     // Something to choose: a walk answered (budget 0 allows no scan).
@@ -354,12 +359,14 @@ proptest! {
     fn selection_invariants(fleet in arb_fleet(), region in proptest::option::of(0usize..5),
                             count in 1usize..=10, proto in 0usize..3, fam in 0u8..3,
                             fallback in proptest::option::of(0usize..4), isp in arb_isp()) {
+        let policy = (Vec::new(), None);
         let regions = ["a", "b", "c", "d", "zz"];
         let s = snap(fleet);
         let fallbacks: Vec<String> = fallback.map(|f| regions[f].to_string()).into_iter().collect();
         let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd: HerdView::now(5000, 1) };
         let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
-        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family };
+        let steer = Steer { exclude: &policy.0, first: policy.1.as_ref() };
+        let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family, steer };
         // Loads before the call (select counts one client on the first candidate).
         let before: Vec<f64> = s.nodes.iter().map(|e| e.projected_load(&rules.herd)).collect();
         let out = select(&s, &query, rules);
