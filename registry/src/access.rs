@@ -3,9 +3,9 @@
 //!
 //! | who | role | may |
 //! |---|---|---|
-//! | router `R` | `gateway-router-R` | read `P/`; read and write `P/routers/R` (plus write `P/commands/` with `--router-admin`, for the admin API and `/ops`) |
+//! | router `R` | `gateway-router-R` | read `P/`; read and write `P/routers/R` (plus write `P/commands/` and `P/audit/` with `--router-admin`, for the admin API and `/ops`) |
 //! | agent of node `N` | `gateway-agent-N` | read and write `P/nodes/N` and `P/applied/N`; read `P/commands/N` and `P/blocklist/` |
-//! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/`, `P/bindings/`, `P/blocklist/` and `P/policy/` |
+//! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/`, `P/bindings/`, `P/blocklist/`, `P/policy/` and `P/audit/` |
 //!
 //! Nobody but operators writes `P/bindings/` (what each node may claim),
 //! `P/blocklist/` or `P/policy/`: a compromised gateway host cannot widen its own
@@ -138,6 +138,7 @@ pub fn plan(layout: &Layout, who: &Principals) -> Plan {
         ];
         if who.router_admin {
             perms.push(perm(Access::Write, layout.commands_prefix(), true));
+            perms.push(perm(Access::Write, layout.audit_prefix(), true));
         }
         roles.push(RolePlan {
             name: role.clone(),
@@ -174,6 +175,7 @@ pub fn plan(layout: &Layout, who: &Principals) -> Plan {
                 perm(Access::Write, layout.bindings_prefix(), true),
                 perm(Access::Write, layout.blocklist_prefix(), true),
                 perm(Access::Write, layout.policy_prefix(), true),
+                perm(Access::Write, layout.audit_prefix(), true),
             ],
         });
         for o in operators {
@@ -391,7 +393,8 @@ mod tests {
                 "write /g/commands/ --prefix",
                 "write /g/bindings/ --prefix",
                 "write /g/blocklist/ --prefix",
-                "write /g/policy/ --prefix"
+                "write /g/policy/ --prefix",
+                "write /g/audit/ --prefix"
             ]
         );
         // Only operators write bindings and the block list; an agent writes neither.
@@ -427,9 +430,14 @@ mod tests {
                 ..who()
             },
         );
+        let perms: Vec<String> = admin.roles[0]
+            .perms
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
-            admin.roles[0].perms.last().unwrap().to_string(),
-            "write /g/commands/ --prefix"
+            perms[perms.len() - 2..],
+            ["write /g/commands/ --prefix", "write /g/audit/ --prefix"]
         );
     }
 
@@ -437,7 +445,7 @@ mod tests {
     fn steps_add_only_what_is_missing() {
         let p = plan(&Layout::new("/g"), &who());
         let all = steps(&p, &Existing::default());
-        assert_eq!(all.len(), 4 + 2 + 4 + 4 + 5 + 4 * 2);
+        assert_eq!(all.len(), 4 + 2 + 4 + 4 + 6 + 4 * 2);
         let mut existing = Existing::default();
         existing.roles.insert(
             "gateway-agent-gw-1".into(),

@@ -84,6 +84,17 @@ impl Layout {
         format!("{}/bindings/{id}", self.prefix)
     }
 
+    /// `P/audit/`: the audit trail (see [`crate::audit`]), written by operators and the
+    /// routers' admin API.
+    pub fn audit_prefix(&self) -> String {
+        format!("{}/audit/", self.prefix)
+    }
+
+    /// `P/audit/{suffix}`.
+    pub fn audit_key(&self, suffix: &str) -> String {
+        format!("{}/audit/{suffix}", self.prefix)
+    }
+
     /// `P/policy/`: operator policy (see [`crate::policy`]), written by operators.
     pub fn policy_prefix(&self) -> String {
         format!("{}/policy/", self.prefix)

@@ -33,6 +33,7 @@
 
 #[cfg(feature = "etcd")]
 pub mod access;
+pub mod audit;
 pub mod backoff;
 pub mod binding;
 pub mod blocklist;

@@ -21,7 +21,9 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
+use registry::audit::Author;
 use registry::{CommandAction, Kv, Layout};
 use serde::Deserialize;
 use serde_json::json;
@@ -250,6 +252,12 @@ async fn authorize(
         match bearer_token(req.headers()).and_then(|t| admin.tokens.find(t.as_bytes())) {
             Some(name) => {
                 let span = tracing::info_span!("admin", token = %name);
+                let mut req = req;
+                // Who acts, for the audit trail: the token's name.
+                req.extensions_mut().insert(Caller(Author {
+                    by: name.to_string(),
+                    via: "admin-api",
+                }));
                 (next.run(req).instrument(span).await, Some(name))
             }
             None => match throttled_here
@@ -323,15 +331,20 @@ async fn nodes(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Re
     Ok(Json(json!({"nodes": out, "invalid": invalid})).into_response())
 }
 
+/// The author of an admin request: its token's name (set by [`authorize`]).
+#[derive(Clone)]
+struct Caller(Author);
+
 async fn command(
     admin: &Admin,
+    who: &Author,
     raw: Option<&str>,
     id: &str,
     action: CommandAction,
     percent: Option<i64>,
 ) -> Result<Response, ApiError> {
     let t = &admin.targets[admin.holder(raw, id).await?];
-    let cmd = ops::issue(&*t.kv, &t.layout, id, action, percent).await?;
+    let cmd = ops::issue(&*t.kv, &t.layout, id, action, percent, who).await?;
     info!(node_id = %id, registry = %t.name, command = %cmd.id, action = action.as_str(), percent = cmd.percent, "command issued");
     Ok((
         StatusCode::ACCEPTED,
@@ -342,18 +355,36 @@ async fn command(
 
 async fn drain(
     State(admin): State<Admin>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    command(&admin, raw.as_deref(), &id, CommandAction::Drain, None).await
+    command(
+        &admin,
+        &who,
+        raw.as_deref(),
+        &id,
+        CommandAction::Drain,
+        None,
+    )
+    .await
 }
 
 async fn serve(
     State(admin): State<Admin>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    command(&admin, raw.as_deref(), &id, CommandAction::Serve, None).await
+    command(
+        &admin,
+        &who,
+        raw.as_deref(),
+        &id,
+        CommandAction::Serve,
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -363,6 +394,7 @@ struct MigrateBody {
 
 async fn migrate(
     State(admin): State<Admin>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     body: axum::body::Bytes,
@@ -374,6 +406,7 @@ async fn migrate(
     })?;
     command(
         &admin,
+        &who,
         raw.as_deref(),
         &id,
         CommandAction::Migrate,
@@ -418,13 +451,14 @@ fn rebalance_params(raw: Option<&str>) -> Result<(bool, f64), ApiError> {
 
 async fn rebalance(
     State(admin): State<Admin>,
+    Extension(Caller(who)): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let (dry_run, tolerance) = rebalance_params(raw.as_deref())?;
     // Pools are per region, and regions per DC: one registry at a time, the router's
     // own unless named.
     let t = &admin.targets[admin.named(raw.as_deref())?.unwrap_or(admin.local)];
-    let (plan, issued) = ops::rebalance(&*t.kv, &t.layout, tolerance, dry_run).await?;
+    let (plan, issued) = ops::rebalance(&*t.kv, &t.layout, tolerance, dry_run, &who).await?;
     let issued: Vec<_> = issued
         .iter()
         .inspect(|(node, cmd)| info!(node_id = %node, command = %cmd.id, percent = cmd.percent, "rebalance migrate issued"))

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use registry::audit::{self, Author};
 use registry::binding::{self, Binding};
 use registry::kv::KvError;
 use registry::record::{validate_id, IpFamily};
@@ -37,14 +38,15 @@ pub fn new_command_id() -> String {
     format!("c-{}-{:06x}", now_ms(), rand::random::<u32>() & 0xff_ffff)
 }
 
-/// Writes a command for `node` after checking the node exists. Nothing is written
-/// when a check fails.
+/// Writes a command for `node` after checking the node exists, and records it in the
+/// audit trail as `who`'s. Nothing is written when a check fails.
 pub async fn issue(
     kv: &dyn Kv,
     layout: &Layout,
     node: &str,
     action: CommandAction,
     percent: Option<i64>,
+    who: &Author,
 ) -> Result<Command, OpsError> {
     validate_id(node).map_err(|e| OpsError::BadId(e.to_string()))?;
     let percent = match (action, percent) {
@@ -68,8 +70,20 @@ pub async fn issue(
             .filter(|_| action != CommandAction::Serve)
             .map(|r| r.connections),
     };
-    kv.put(&layout.command_key(node), cmd.to_json(), None)
-        .await?;
+    let key = layout.command_key(node);
+    let before = kv.get(&key).await?.map(|kv| kv.value);
+    let after = cmd.to_json();
+    kv.put(&key, after.clone(), None).await?;
+    audit::record(
+        kv,
+        layout,
+        who,
+        action.as_str(),
+        &key,
+        before.as_deref(),
+        Some(&after),
+    )
+    .await?;
     Ok(cmd)
 }
 
@@ -348,6 +362,7 @@ pub async fn rebalance(
     layout: &Layout,
     tolerance: f64,
     dry_run: bool,
+    who: &Author,
 ) -> Result<(Plan, Vec<(String, Command)>), OpsError> {
     let (nodes, _) = list_nodes(kv, layout).await?;
     let commands = list_commands(kv, layout).await?;
@@ -361,6 +376,7 @@ pub async fn rebalance(
                 &step.node,
                 CommandAction::Migrate,
                 Some(step.percent as i64),
+                who,
             )
             .await?;
             issued.push((step.node.clone(), cmd));

@@ -156,6 +156,16 @@ pub enum CtlOp {
         #[command(subcommand)]
         op: PolicyOp,
     },
+    /// The audit trail (`P/audit/`): every change operators made through `ctl` and
+    /// the admin API, newest first, with who, when, and the value before and after.
+    Audit {
+        /// The most entries shown.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
+        /// Print JSON instead of a table.
+        #[arg(long, env = "ROUTER_CTL_JSON", value_parser = clap::builder::BoolishValueParser::new())]
+        json: bool,
+    },
     /// Why a client address gets the gateways it gets, or none: asks a router's
     /// admin API (--router), not etcd.
     Explain(super::ExplainArgs),

@@ -5,8 +5,9 @@ use registry::binding::{Binding, BindingError};
 use registry::{Kv, Layout, NodeRecord};
 use serde::Serialize;
 
-use super::{esc, fail, Target};
+use super::{change, esc, fail, Target};
 use crate::config::CtlOp;
+use registry::audit::Author;
 
 /// What `ctl bind ID` writes, before it is checked.
 struct Wanted {
@@ -39,7 +40,7 @@ impl Wanted {
 }
 
 /// Runs `ctl bind` or `ctl bindings` over the targets; returns the exit status.
-pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp) -> i32 {
+pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp, who: &Author) -> i32 {
     match op {
         CtlOp::Bindings { json } => list(targets, layout, json).await,
         CtlOp::Bind {
@@ -52,7 +53,7 @@ pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp) -> i32 {
             remove,
         } => {
             if remove {
-                return unbind(targets, layout, &id).await;
+                return unbind(targets, layout, &id, who).await;
             }
             let wanted = Wanted {
                 ips,
@@ -65,7 +66,7 @@ pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp) -> i32 {
                 Ok(b) => b,
                 Err(e) => registry::cli::exit_invalid(e),
             };
-            bind(targets, layout, &id, &binding).await
+            bind(targets, layout, &id, &binding, who).await
         }
         _ => unreachable!("only bind and bindings come here"),
     }
@@ -85,7 +86,13 @@ async fn holders(targets: &[Target], key: &str) -> Result<Vec<usize>, i32> {
 }
 
 /// Writes the binding into the registry that holds the node (or its binding).
-async fn bind(targets: &[Target], layout: &Layout, id: &str, binding: &Binding) -> i32 {
+async fn bind(
+    targets: &[Target],
+    layout: &Layout,
+    id: &str,
+    binding: &Binding,
+    who: &Author,
+) -> i32 {
     let key = layout.binding_key(id);
     let i = if targets.len() == 1 {
         0
@@ -121,11 +128,8 @@ async fn bind(targets: &[Target], layout: &Layout, id: &str, binding: &Binding) 
     };
     let t = &targets[i];
     let value = binding.to_json();
-    if let Err(e) = t.kv.put(&key, value.clone(), None).await {
-        return fail(&format!(
-            "etcd at {} is unreachable or refused the request: {e}",
-            t.spec
-        ));
+    if let Err(code) = change(t, layout, who, "bind", &key, Some(&value)).await {
+        return code;
     }
     let at = if targets.len() > 1 {
         format!(" in registry {}", t.name)
@@ -149,7 +153,7 @@ async fn bind(targets: &[Target], layout: &Layout, id: &str, binding: &Binding) 
 }
 
 /// Deletes the node's binding from the registry that holds it.
-async fn unbind(targets: &[Target], layout: &Layout, id: &str) -> i32 {
+async fn unbind(targets: &[Target], layout: &Layout, id: &str, who: &Author) -> i32 {
     let key = layout.binding_key(id);
     let found = match holders(targets, &key).await {
         Ok(h) => h,
@@ -157,19 +161,13 @@ async fn unbind(targets: &[Target], layout: &Layout, id: &str) -> i32 {
     };
     match found.as_slice() {
         [] => fail(&format!("node {id} has no binding")),
-        [i] => {
-            let t = &targets[*i];
-            match t.kv.delete(&key).await {
-                Ok(_) => {
-                    println!("binding of {id} removed");
-                    0
-                }
-                Err(e) => fail(&format!(
-                    "etcd at {} is unreachable or refused the request: {e}",
-                    t.spec
-                )),
+        [i] => match change(&targets[*i], layout, who, "unbind", &key, None).await {
+            Ok(_) => {
+                println!("binding of {id} removed");
+                0
             }
-        }
+            Err(code) => code,
+        },
         many => {
             let names: Vec<&str> = many.iter().map(|&i| targets[i].name.as_str()).collect();
             fail(&format!(

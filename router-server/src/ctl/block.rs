@@ -12,14 +12,15 @@ use registry::blocklist::BlockEntry;
 use registry::{Kv, Layout};
 use serde::Serialize;
 
-use super::{delete_everywhere, esc, fail, refused, Target};
+use super::{change, delete_everywhere, esc, fail, refused, Target};
 use crate::config::CtlOp;
+use registry::audit::Author;
 
 /// Runs `ctl block`, `ctl unblock` or `ctl blocks`; returns the exit status.
-pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp, by: &str) -> i32 {
+pub(super) async fn run(targets: &[Target], layout: &Layout, op: CtlOp, who: &Author) -> i32 {
     match op {
-        CtlOp::Block { cidr, reason, ttl } => block(targets, layout, cidr, reason, ttl, by).await,
-        CtlOp::Unblock { cidr } => unblock(targets, layout, cidr).await,
+        CtlOp::Block { cidr, reason, ttl } => block(targets, layout, cidr, reason, ttl, who).await,
+        CtlOp::Unblock { cidr } => unblock(targets, layout, cidr, who).await,
         CtlOp::Blocks { json } => list(targets, layout, json).await,
         _ => unreachable!("only block operations come here"),
     }
@@ -31,14 +32,14 @@ async fn block(
     cidr: IpNet,
     reason: String,
     ttl: Option<Duration>,
-    by: &str,
+    who: &Author,
 ) -> i32 {
     let now = registry::now_ms();
     let entry = BlockEntry {
         cidr: cidr.trunc(),
         reason,
         expires_ms: ttl.map_or(0, |t| now.saturating_add(t.as_millis() as u64)),
-        by: by.to_string(),
+        by: who.by.clone(),
         at_ms: now,
     };
     if let Err(e) = entry.validate() {
@@ -46,8 +47,8 @@ async fn block(
     }
     let key = layout.blocklist_key(&BlockEntry::key_for(&entry.cidr));
     for t in targets {
-        if let Err(e) = t.kv.put(&key, entry.to_json(), None).await {
-            return refused(t, e);
+        if let Err(code) = change(t, layout, who, "block", &key, Some(&entry.to_json())).await {
+            return code;
         }
     }
     let until = match ttl {
@@ -58,9 +59,9 @@ async fn block(
     0
 }
 
-async fn unblock(targets: &[Target], layout: &Layout, cidr: IpNet) -> i32 {
+async fn unblock(targets: &[Target], layout: &Layout, cidr: IpNet, who: &Author) -> i32 {
     let key = layout.blocklist_key(&BlockEntry::key_for(&cidr));
-    let removed = match delete_everywhere(targets, &key).await {
+    let removed = match delete_everywhere(targets, layout, who, "unblock", &key).await {
         Ok(n) => n,
         Err(code) => return code,
     };

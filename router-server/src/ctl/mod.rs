@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use registry::audit::Author;
 use registry::etcd::{connect_at_start, EtcdOptions};
 use registry::security::EtcdSecurity;
 use registry::{CommandAction, Kv, Layout, NodeRecord};
@@ -9,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::config::{AuthOp, CtlArgs, CtlOp, FileConfig};
 
+mod audit;
 mod auth;
 mod bind;
 mod block;
@@ -45,23 +47,28 @@ pub async fn run(args: CtlArgs) -> i32 {
     };
     let several = targets.len() > 1;
     let operator = operator(&args);
+    let author = Author {
+        by: operator.clone(),
+        via: "ctl",
+    };
     let result = match args.op {
         CtlOp::Auth { op } => return auth_each(&targets, &layout, op).await,
         op @ (CtlOp::Bind { .. } | CtlOp::Bindings { .. }) => {
-            return bind::run(&targets, &layout, op).await
+            return bind::run(&targets, &layout, op, &author).await
         }
         op @ (CtlOp::Block { .. } | CtlOp::Unblock { .. } | CtlOp::Blocks { .. }) => {
-            return block::run(&targets, &layout, op, &operator).await
+            return block::run(&targets, &layout, op, &author).await
         }
-        CtlOp::Policy { op } => return policy::run(&targets, &layout, op, &operator).await,
-        op if !several => execute(&targets[0].kv, &layout, op)
+        CtlOp::Policy { op } => return policy::run(&targets, &layout, op, &author).await,
+        CtlOp::Audit { limit, json } => return audit::run(&targets, &layout, limit, json).await,
+        op if !several => execute(&targets[0].kv, &layout, op, &author)
             .await
             .map_err(|e| (0, e)),
         CtlOp::Nodes { json } => nodes_by_dc(&targets, &layout, json).await,
         CtlOp::Rebalance { dry_run, json } => {
-            rebalance_each(&targets, &layout, dry_run, json).await
+            rebalance_each(&targets, &layout, dry_run, json, &author).await
         }
-        op => return command_to_holder(&targets, &layout, op).await,
+        op => return command_to_holder(&targets, &layout, op, &author).await,
     };
     exit_status(&targets, result)
 }
@@ -176,11 +183,12 @@ async fn rebalance_each(
     layout: &Layout,
     dry_run: bool,
     json: bool,
+    who: &Author,
 ) -> Result<(), (usize, OpsError)> {
     let mut r = Ok(());
     for (i, t) in targets.iter().enumerate() {
         println!("== registry {} ==", t.name);
-        r = execute(&t.kv, layout, CtlOp::Rebalance { dry_run, json })
+        r = execute(&t.kv, layout, CtlOp::Rebalance { dry_run, json }, who)
             .await
             .map_err(|e| (i, e));
         if r.is_err() {
@@ -192,7 +200,7 @@ async fn rebalance_each(
 
 /// A command (drain, migrate, serve) sent to the one registry that holds the node;
 /// returns the exit status.
-async fn command_to_holder(targets: &[Target], layout: &Layout, op: CtlOp) -> i32 {
+async fn command_to_holder(targets: &[Target], layout: &Layout, op: CtlOp, who: &Author) -> i32 {
     let id = match &op {
         CtlOp::Drain { id, .. } | CtlOp::Migrate { id, .. } | CtlOp::Serve { id } => id.clone(),
         _ => unreachable!("nodes, rebalance, bind and auth are handled above"),
@@ -209,7 +217,7 @@ async fn command_to_holder(targets: &[Target], layout: &Layout, op: CtlOp) -> i3
         [] => Err((0, OpsError::UnknownNode(id))),
         [i] => {
             println!("{id} is in registry {}", targets[*i].name);
-            execute(&targets[*i].kv, layout, op)
+            execute(&targets[*i].kv, layout, op, who)
                 .await
                 .map_err(|e| (*i, e))
         }
@@ -338,21 +346,51 @@ fn refused(t: &Target, e: impl std::fmt::Display) -> i32 {
     ))
 }
 
-/// Deletes `key` from every registry of `targets`; the number that held it, or the
-/// exit status of the first that failed.
-async fn delete_everywhere(targets: &[Target], key: &str) -> Result<usize, i32> {
+/// Puts `after` at `key` in `t` (`None`: deletes it) and records the change, with the
+/// value it replaced, in the audit trail as `who`'s `action`. Returns whether the key
+/// held a value, or the exit status of a failure.
+async fn change(
+    t: &Target,
+    layout: &Layout,
+    who: &Author,
+    action: &str,
+    key: &str,
+    after: Option<&[u8]>,
+) -> Result<bool, i32> {
+    let write = async {
+        let before = t.kv.get(key).await?.map(|kv| kv.value);
+        match after {
+            Some(v) => {
+                t.kv.put(key, v.to_vec(), None).await?;
+            }
+            None if before.is_none() => return Ok(false),
+            None => {
+                t.kv.delete(key).await?;
+            }
+        }
+        registry::audit::record(&t.kv, layout, who, action, key, before.as_deref(), after).await?;
+        Ok::<bool, registry::KvError>(before.is_some())
+    };
+    write.await.map_err(|e| refused(t, e))
+}
+
+/// Deletes `key` from every registry of `targets`, recording it as `who`'s `action`;
+/// the number that held it, or the exit status of the first that failed.
+async fn delete_everywhere(
+    targets: &[Target],
+    layout: &Layout,
+    who: &Author,
+    action: &str,
+    key: &str,
+) -> Result<usize, i32> {
     let mut removed = 0;
     for t in targets {
-        match t.kv.delete(key).await {
-            Ok(true) => removed += 1,
-            Ok(false) => {}
-            Err(e) => return Err(refused(t, e)),
-        }
+        removed += usize::from(change(t, layout, who, action, key, None).await?);
     }
     Ok(removed)
 }
 
-async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError> {
+async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp, who: &Author) -> Result<(), OpsError> {
     match op {
         CtlOp::Nodes { json } => {
             let (nodes, invalid) = ops::list_nodes(kv, layout).await?;
@@ -371,7 +409,7 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
             Ok(())
         }
         CtlOp::Drain { id, wait, timeout } => {
-            let cmd = ops::issue(kv, layout, &id, CommandAction::Drain, None).await?;
+            let cmd = ops::issue(kv, layout, &id, CommandAction::Drain, None, who).await?;
             println!("drain issued to {id} (command {})", cmd.id);
             if wait {
                 wait_drained(kv, layout, &id, &cmd.id, Duration::from_secs(timeout)).await?;
@@ -385,13 +423,14 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
                 &id,
                 CommandAction::Migrate,
                 Some(percent as i64),
+                who,
             )
             .await?;
             println!("migrate {percent}% issued to {id} (command {})", cmd.id);
             Ok(())
         }
         CtlOp::Serve { id } => {
-            let cmd = ops::issue(kv, layout, &id, CommandAction::Serve, None).await?;
+            let cmd = ops::issue(kv, layout, &id, CommandAction::Serve, None, who).await?;
             println!("serve issued to {id} (command {})", cmd.id);
             Ok(())
         }
@@ -402,12 +441,13 @@ async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp) -> Result<(), OpsError
         | CtlOp::Unblock { .. }
         | CtlOp::Blocks { .. }
         | CtlOp::Policy { .. }
+        | CtlOp::Audit { .. }
         | CtlOp::Explain(_) => {
             unreachable!("ctl auth, bind and bindings run before execute")
         }
         CtlOp::Rebalance { dry_run, json } => {
             let (plan, issued) =
-                ops::rebalance(kv, layout, ops::DEFAULT_TOLERANCE, dry_run).await?;
+                ops::rebalance(kv, layout, ops::DEFAULT_TOLERANCE, dry_run, who).await?;
             if json {
                 let out = serde_json::json!({"dry_run": dry_run, "plan": plan.steps,
                     "pending": plan.pending,

@@ -11,11 +11,12 @@ use std::collections::BTreeSet;
 use registry::policy::{Group, Policy, Ratio};
 use registry::{Kv, Layout, NodeRecord};
 
-use super::{delete_everywhere, esc, fail, refused, Target};
+use super::{change, delete_everywhere, esc, fail, refused, Target};
 use crate::config::PolicyOp;
+use registry::audit::Author;
 
 /// Runs a `ctl policy` operation; returns the exit status.
-pub(super) async fn run(targets: &[Target], layout: &Layout, op: PolicyOp, by: &str) -> i32 {
+pub(super) async fn run(targets: &[Target], layout: &Layout, op: PolicyOp, who: &Author) -> i32 {
     match op {
         PolicyOp::Set {
             name,
@@ -30,16 +31,16 @@ pub(super) async fn run(targets: &[Target], layout: &Layout, op: PolicyOp, by: &
                 isp,
                 exclude,
                 ratios: ratio,
-                by: by.to_string(),
+                by: who.by.clone(),
                 at_ms: registry::now_ms(),
             };
             if let Err(e) = policy.validate() {
                 registry::cli::exit_invalid(e.to_string());
             }
-            set(targets, layout, &name, policy, dry_run).await
+            set(targets, layout, &name, policy, dry_run, who).await
         }
         PolicyOp::Get { name } => get(targets, layout, &name).await,
-        PolicyOp::Rm { name } => rm(targets, layout, &name).await,
+        PolicyOp::Rm { name } => rm(targets, layout, &name, who).await,
         PolicyOp::List { json } => list(targets, layout, json).await,
     }
 }
@@ -52,7 +53,14 @@ async fn stored(t: &Target, key: &str) -> Result<Option<Result<Policy, String>>,
     }
 }
 
-async fn set(targets: &[Target], layout: &Layout, name: &str, new: Policy, dry_run: bool) -> i32 {
+async fn set(
+    targets: &[Target],
+    layout: &Layout,
+    name: &str,
+    new: Policy,
+    dry_run: bool,
+    who: &Author,
+) -> i32 {
     let key = layout.policy_key(name);
     let mut nodes = Vec::new();
     let mut old = None;
@@ -79,8 +87,8 @@ async fn set(targets: &[Target], layout: &Layout, name: &str, new: Policy, dry_r
         return 0;
     }
     for t in targets {
-        if let Err(e) = t.kv.put(&key, new.to_json(), None).await {
-            return refused(t, e);
+        if let Err(code) = change(t, layout, who, "policy set", &key, Some(&new.to_json())).await {
+            return code;
         }
     }
     println!("policy {name} set");
@@ -191,8 +199,9 @@ async fn get(targets: &[Target], layout: &Layout, name: &str) -> i32 {
     }
 }
 
-async fn rm(targets: &[Target], layout: &Layout, name: &str) -> i32 {
-    let removed = match delete_everywhere(targets, &layout.policy_key(name)).await {
+async fn rm(targets: &[Target], layout: &Layout, name: &str, who: &Author) -> i32 {
+    let key = layout.policy_key(name);
+    let removed = match delete_everywhere(targets, layout, who, "policy rm", &key).await {
         Ok(n) => n,
         Err(code) => return code,
     };
