@@ -129,6 +129,29 @@ pub async fn record(
     Ok(())
 }
 
+/// The newest `limit` entries of `kv`'s trail, newest first, and how many entries did
+/// not parse.
+pub async fn newest(
+    kv: &dyn Kv,
+    layout: &Layout,
+    limit: usize,
+) -> Result<(Vec<AuditEntry>, usize), KvError> {
+    let listed = kv.list(&layout.audit_prefix()).await?;
+    let mut broken = 0;
+    let mut entries: Vec<AuditEntry> = listed
+        .kvs
+        .iter()
+        .filter_map(|kv| {
+            let e = AuditEntry::parse(&kv.value).ok();
+            broken += usize::from(e.is_none());
+            e
+        })
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+    entries.truncate(limit);
+    Ok((entries, broken))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,12 +189,13 @@ mod tests {
         )
         .await
         .unwrap();
-        let listed = kv.list(&layout.audit_prefix()).await.unwrap().kvs;
-        assert_eq!(listed.len(), 2);
-        let entries: Vec<AuditEntry> = listed
-            .iter()
-            .map(|kv| AuditEntry::parse(&kv.value).unwrap())
-            .collect();
+        kv.put(&layout.audit_key("x"), b"not an entry".to_vec(), None)
+            .await
+            .unwrap();
+        let (entries, broken) = newest(kv, &layout, 10).await.unwrap();
+        assert_eq!((entries.len(), broken), (2, 1));
+        assert!(entries[0].at_ms >= entries[1].at_ms, "newest first");
+        assert_eq!(newest(kv, &layout, 1).await.unwrap().0.len(), 1);
         let set = entries.iter().find(|e| e.action == "policy set").unwrap();
         assert_eq!(set.after, Some(serde_json::json!({"a": 1})));
         assert_eq!(set.before, None);

@@ -181,6 +181,7 @@ pub fn router_with_throttle(
         .route("/admin/nodes/{id}/serve", post(serve))
         .route("/admin/rebalance", post(rebalance))
         .route("/admin/explain", get(explain::route))
+        .route("/admin/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         // Admin routes wait on etcd; bound them (the etcd client has its own deadline too).
         .route_layer(middleware::from_fn_with_state(
@@ -287,6 +288,38 @@ async fn authorize(
         }
     }
     resp
+}
+
+/// The newest entries of the audit trail of every registry followed (`?limit=N`,
+/// 1-1000, default 50), newest first: the fleet page's audit panel.
+async fn audit(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid(format!("query string: {e}")))?;
+    let limit = match pairs.iter().find(|(k, _)| k == "limit") {
+        None => 50,
+        Some((_, v)) => match v.parse::<usize>() {
+            Ok(n @ 1..=1000) => n,
+            _ => return Err(ApiError::invalid(format!("limit: {v:?} is not 1-1000"))),
+        },
+    };
+    let mut out = Vec::new();
+    for t in admin.targets.iter() {
+        let (entries, _) = registry::audit::newest(&*t.kv, &t.layout, limit)
+            .await
+            .map_err(OpsError::from)?;
+        out.extend(entries.into_iter().map(|e| (t.name.clone(), e)));
+    }
+    out.sort_by_key(|(_, e)| std::cmp::Reverse(e.at_ms));
+    out.truncate(limit);
+    let entries: Vec<_> = out
+        .iter()
+        .map(|(dc, e)| {
+            let mut v = serde_json::to_value(e).expect("an entry serializes");
+            v["registry"] = json!(&**dc);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "entries": entries })).into_response())
 }
 
 async fn nodes(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {

@@ -422,7 +422,7 @@ async fn documented_parameter_ranges_are_what_the_server_accepts() {
         .as_array()
         .unwrap();
     let names: Vec<&str> = params.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["proto", "count", "region", "ip_version"]);
+    assert_eq!(names, ["proto", "count", "region", "isp", "ip_version"]);
     let schema = |n: &str| &params.iter().find(|p| p["name"] == n).unwrap()["schema"];
     let protos: Vec<&str> = schema("proto")["enum"]
         .as_array()
@@ -440,6 +440,14 @@ async fn documented_parameter_ranges_are_what_the_server_accepts() {
         assert_eq!(ok, (min..=max).contains(&n), "count={n}");
     }
     assert_eq!(schema("count")["default"], 3);
+    // region and isp: the same name pattern, which the parser holds them to.
+    for n in ["region", "isp"] {
+        assert_eq!(schema(n)["pattern"], "^[A-Za-z0-9._-]{1,64}$");
+        for (v, ok) in [("cmcc", true), ("", false), ("a b", false), (&"x".repeat(65)[..], false)] {
+            let parsed = router_server::http::parse_params(Some(&format!("{n}={v}")));
+            assert_eq!(parsed.is_ok(), ok, "{n}={v:?}");
+        }
+    }
     assert_eq!(router_server::http::parse_params(None).unwrap().count, 3);
     for v in ["4", "6", "5"] {
         let documented = schema("ip_version")["enum"]

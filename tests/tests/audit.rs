@@ -162,6 +162,30 @@ fn every_change_names_its_author_in_the_audit_trail() {
             "{k} has no lease"
         );
     }
+    // The admin API (and the fleet page's panel) reads the same trail.
+    let (code, body) = http_request(r.addr, "GET", "/admin/audit?limit=3", Some(BOB), "").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let by: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["alice", "bob", "alice"], "{body}");
+    assert_eq!(v["entries"][1]["registry"], "default");
+    assert_eq!(
+        http_request(r.addr, "GET", "/admin/audit", None, "")
+            .unwrap()
+            .0,
+        401
+    );
+    assert_eq!(
+        http_request(r.addr, "GET", "/admin/audit?limit=0", Some(BOB), "")
+            .unwrap()
+            .0,
+        400
+    );
     // The table: newest first, one line each.
     let (code, table) = router_ctl(&etcd, &["audit", "--limit", "2"]);
     assert_eq!(code, 0, "{table}");

@@ -1,7 +1,7 @@
 //! `ctl audit`: the audit trail (`P/audit/`) of every registry given, newest first.
 
-use registry::audit::AuditEntry;
-use registry::{Kv, Layout};
+use registry::audit::{self, AuditEntry};
+use registry::Layout;
 use serde::Serialize;
 
 use super::{esc, refused, Target};
@@ -16,26 +16,22 @@ struct Listed {
 
 /// Prints the newest `limit` entries; returns the exit status.
 pub(super) async fn run(targets: &[Target], layout: &Layout, limit: u64, json: bool) -> i32 {
-    let prefix = layout.audit_prefix();
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut listed = Vec::new();
     let mut broken = 0usize;
     for t in targets {
-        let l = match t.kv.list(&prefix).await {
-            Ok(l) => l,
+        let (entries, bad) = match audit::newest(&t.kv, layout, limit).await {
+            Ok(found) => found,
             Err(e) => return refused(t, e),
         };
-        for kv in l.kvs {
-            match AuditEntry::parse(&kv.value) {
-                Ok(entry) => listed.push(Listed {
-                    registry: t.name.clone(),
-                    entry,
-                }),
-                Err(_) => broken += 1,
-            }
-        }
+        broken += bad;
+        listed.extend(entries.into_iter().map(|entry| Listed {
+            registry: t.name.clone(),
+            entry,
+        }));
     }
     listed.sort_by_key(|l| std::cmp::Reverse(l.entry.at_ms));
-    listed.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    listed.truncate(limit);
     if json {
         let out = serde_json::json!({"entries": listed, "broken": broken});
         println!("{}", serde_json::to_string_pretty(&out).expect("json"));

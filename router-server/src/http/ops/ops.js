@@ -107,6 +107,27 @@ function renderRouter(f) {
   document.getElementById("token-clear").hidden = !has;
   document.getElementById("token").hidden = has;
   document.getElementById("token-save").hidden = has;
+  renderAudit(r.admin && has);
+}
+
+// The audit trail's newest changes, from the admin API (with the token), once every
+// few polls.
+let auditPolled = 0;
+async function renderAudit(show) {
+  const box = document.getElementById("audit");
+  box.hidden = !show;
+  if (!show || (auditPolled++ % 5) !== 0) return;
+  const res = await fetch("/admin/audit?limit=20", {
+    cache: "no-store", headers: { "Authorization": "Bearer " + token() } });
+  if (!res.ok) return;
+  const body = await res.json();
+  const short = v => { const s = v === null ? "-" : JSON.stringify(v); return s.length > 60 ? s.slice(0, 60) + "…" : s; };
+  document.getElementById("audit-list").replaceChildren(...body.entries.map(e =>
+    el("tr", { "data-audit": e.action },
+      el("td", {}, age(Date.now() - e.at_ms)),
+      el("td", {}, e.by), el("td", {}, e.via), el("td", {}, e.action),
+      el("td", {}, el("code", {}, e.key)),
+      el("td", {}, short(e.before) + " → " + short(e.after)))));
 }
 
 // DNS answers by response code, and the rate limit's drops, with their rates since
