@@ -443,7 +443,12 @@ async fn documented_parameter_ranges_are_what_the_server_accepts() {
     // region and isp: the same name pattern, which the parser holds them to.
     for n in ["region", "isp"] {
         assert_eq!(schema(n)["pattern"], "^[A-Za-z0-9._-]{1,64}$");
-        for (v, ok) in [("cmcc", true), ("", false), ("a b", false), (&"x".repeat(65)[..], false)] {
+        for (v, ok) in [
+            ("cmcc", true),
+            ("", false),
+            ("a b", false),
+            (&"x".repeat(65)[..], false),
+        ] {
             let parsed = router_server::http::parse_params(Some(&format!("{n}={v}")));
             assert_eq!(parsed.is_ok(), ok, "{n}={v:?}");
         }

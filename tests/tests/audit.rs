@@ -47,32 +47,18 @@ fn every_change_names_its_author_in_the_audit_trail() {
     let tokens = token_file(dir.path());
     let r = RouterProc::start(&etcd, "", &["--admin-token-file", tokens.to_str().unwrap()]);
 
-    ctl_as(
-        &etcd,
-        "alice",
-        &[
+    for group in ["pool:cdn", "pool:other"] {
+        let set = [
             "policy",
             "set",
             "p1",
             "--region",
             "cn-sh",
             "--exclude",
-            "pool:cdn",
-        ],
-    );
-    ctl_as(
-        &etcd,
-        "alice",
-        &[
-            "policy",
-            "set",
-            "p1",
-            "--region",
-            "cn-sh",
-            "--exclude",
-            "pool:other",
-        ],
-    );
+            group,
+        ];
+        ctl_as(&etcd, "alice", &set);
+    }
     ctl_as(
         &etcd,
         "carol",
