@@ -108,13 +108,13 @@ mod tests {
 
     #[test]
     fn an_answer_reads_with_unknown_fields_and_writes_the_contract_order() {
-        let text = r#"{"gateways":[{"id":"gw-1","ip":"192.0.2.1","port":9000,"proto":"tcp","region":"cn-sh","dc":"sh","load":0.25,"isp":"cmcc"}],"region":"cn-sh","ttl_secs":300,"heartbeat_secs":30,"backoff":{"base_ms":1000,"max_ms":60000,"factor":1.6,"jitter":0.2},"revision":7,"stale":false,"later":1}"#;
+        let text = r#"{"gateways":[{"id":"gw-1","ip":"192.0.2.1","port":9000,"proto":"tcp","region":"cn-sh","dc":"sh","load":0.25,"isp":"cmcc","weight":3}],"region":"cn-sh","ttl_secs":300,"heartbeat_secs":30,"backoff":{"base_ms":1000,"max_ms":60000,"factor":1.6,"jitter":0.2},"revision":7,"stale":false,"later":1}"#;
         let a: GatewaysAnswer = serde_json::from_str(text).unwrap();
         assert_eq!(a.gateways[0].addr(), "192.0.2.1:9000".parse().unwrap());
         assert_eq!(a.backoff, Backoff::default());
         let back = serde_json::to_string(&a).unwrap();
         assert!(
-            back.starts_with(r#"{"gateways":[{"id":"gw-1","ip":"192.0.2.1","port":9000,"proto":"tcp","region":"cn-sh","dc":"sh","load":0.25}],"region":"cn-sh","ttl_secs":300"#),
+            back.starts_with(r#"{"gateways":[{"id":"gw-1","ip":"192.0.2.1","port":9000,"proto":"tcp","region":"cn-sh","dc":"sh","isp":"cmcc","load":0.25}],"region":"cn-sh","ttl_secs":300"#),
             "{back}"
         );
     }

@@ -169,7 +169,7 @@ fn alerting_rules_pass_promtool_and_their_unit_tests() {
             .arg(deploy("prometheus/router-alerts.yml")),
     );
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 16 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 17 rules found"), "{out}");
     let (ok, out) = output(
         Command::new(&promtool)
             .current_dir(deploy("prometheus"))

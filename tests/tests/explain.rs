@@ -117,7 +117,7 @@ fn ctl_explain_names_each_node_left_out() {
     assert_eq!(code, 0, "{out}{err}");
     for needle in [
         "region    cn-sh (from [regions] cidrs 198.51.100.0/24); then any region",
-        "isp       ctcc (reported only",
+        "isp       ctcc (its line first in each region)",
         "outcome   answered",
         "1. sh-1",
         "draining (1):",
