@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -85,10 +85,25 @@ async fn doh_get(
     State(dns): State<Arc<Dns>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (ip, pass) = asker(&dns, peer, &headers)?;
-    let Some(b64) = q.get("dns") else {
+    doh_get_answer(&dns, peer, &headers, query.as_deref())
+}
+
+/// `GET /dns-query?dns=` from `peer`: the router's route, and the server's hot route
+/// (see `http::routes::HotRoute`) alike. The query string is read in place.
+pub fn doh_get_answer(
+    dns: &Dns,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let (ip, pass) = asker(dns, peer, headers)?;
+    let pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
+        serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| bad_request(ErrorCode::InvalidParameter, format!("query string: {e}")))?;
+    // The last one, as a map of the parameters would keep.
+    let Some(b64) = pairs.iter().rev().find(|(k, _)| k == "dns").map(|(_, v)| v) else {
         return Err(bad_request(
             ErrorCode::InvalidParameter,
             "dns: missing (a base64url DNS message)",
@@ -101,13 +116,13 @@ async fn doh_get(
             .with_decode_allow_trailing_bits(true)
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    let packet = engine.decode(b64).map_err(|e| {
+    let packet = engine.decode(b64.as_bytes()).map_err(|e| {
         bad_request(
             ErrorCode::InvalidParameter,
             format!("dns: not base64url: {e}"),
         )
     })?;
-    doh(&dns, &packet, ip, pass)
+    doh(dns, &packet, ip, pass)
 }
 
 async fn doh_post(

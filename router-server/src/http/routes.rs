@@ -179,10 +179,11 @@ fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::
 }
 
 /// What the server answers by itself, without the framework's router: `GET` on one
-/// path, the busiest by far (`/gateways`). It does what the router's stack does for
-/// that route — URI limit, the answer, metrics — and nothing else, so a request costs
-/// what the answer costs. Only used when the stack adds nothing else to that route (no
-/// CORS); every other request, and `HEAD`, goes through the router.
+/// path, the busiest ones (`/gateways`, and `/dns-query` when the router serves a
+/// zone). It does what the router's stack does for that route — URI limit, the answer,
+/// metrics — and nothing else, so a request costs what the answer costs. Only used
+/// when the stack adds nothing else to that route (no CORS); every other request, and
+/// `HEAD`, goes through the router.
 #[derive(Clone)]
 pub struct HotRoute {
     /// The path answered.
@@ -208,24 +209,41 @@ impl HotRoute {
     }
 }
 
-/// The application as the server runs it: the router, and the route it answers
+/// The application as the server runs it: the router, and the routes it answers
 /// directly when it can.
 #[derive(Clone)]
 pub struct App {
     /// Every route.
     pub router: Router,
-    /// `GET /gateways`, answered without the router when nothing else applies to it.
-    pub hot: Option<HotRoute>,
+    /// `GET /gateways` and `GET /dns-query`, answered without the router when nothing
+    /// else applies to them.
+    pub hot: Vec<HotRoute>,
 }
 
-/// The router's application: [`router`], with `GET /gateways` as the hot route.
+impl App {
+    /// The hot route answering `GET path`, if any.
+    pub fn hot_for(&self, path: &str) -> Option<&HotRoute> {
+        self.hot.iter().find(|h| h.path == path)
+    }
+}
+
+/// The router's application: [`router`], with `GET /gateways` (and `GET /dns-query`)
+/// as hot routes.
 pub fn app(api: Api, admin: Option<Router>) -> App {
-    app_with(
-        api.clone(),
-        admin,
-        get_service(Gateways::new(api)),
-        Arc::new(answer),
-    )
+    // One DNS answerer for the hot route and the router's DNS routes.
+    let dns = dns_of(&api);
+    App {
+        hot: hot_gateways(&api, Arc::new(answer))
+            .into_iter()
+            .chain(hot_doh(&api, dns.clone()))
+            .collect(),
+        router: surface(
+            api.clone(),
+            Some(get_service(Gateways::new(api))),
+            Some(Operator { admin }),
+            dns,
+        ),
+    }
 }
 
 /// [`app`] with another `/gateways` answer, through exactly the same paths: the HTTP
@@ -237,9 +255,41 @@ pub fn app_with(
     hot: Arc<HotAnswer>,
 ) -> App {
     App {
-        hot: hot_gateways(&api, hot),
+        hot: hot_gateways(&api, hot).into_iter().collect(),
         router: router_with(api, admin, gateways),
     }
+}
+
+/// `GET /dns-query` served ahead of the router, when the router serves a zone and no
+/// CORS headers are configured.
+fn hot_doh(api: &Api, dns: Option<Arc<crate::dns::Dns>>) -> Option<HotRoute> {
+    let dns = dns?;
+    api.config
+        .load()
+        .http
+        .cors_origins
+        .is_empty()
+        .then(|| HotRoute {
+            path: "/dns-query",
+            api: api.clone(),
+            answer: Arc::new(move |_: &Api, peer, uri: &Uri, headers: &HeaderMap| {
+                super::dns::doh_get_answer(&dns, peer, headers, uri.query())
+                    .unwrap_or_else(IntoResponse::into_response)
+            }),
+        })
+}
+
+/// The DNS and HTTPDNS answerer of `api`, when the router serves a zone or a router
+/// domain.
+fn dns_of(api: &Api) -> Option<Arc<crate::dns::Dns>> {
+    let cfg = api.config.load();
+    (cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty()).then(|| {
+        Arc::new(crate::dns::Dns::new(
+            api.config.clone(),
+            api.serving.clone(),
+            &api.metrics,
+        ))
+    })
 }
 
 /// `/gateways` served ahead of the router by `answer`, unless CORS is configured (its
@@ -284,7 +334,8 @@ pub fn router_with(
     admin: Option<Router>,
     gateways: axum::routing::MethodRouter<Api>,
 ) -> Router {
-    surface(api, Some(gateways), Some(Operator { admin }))
+    let dns = dns_of(&api);
+    surface(api, Some(gateways), Some(Operator { admin }), dns)
 }
 
 /// The operator's routes of a listener: `/metrics`, `/ops`, `/ops/*.json` and the admin
@@ -297,9 +348,18 @@ struct Operator {
 /// one answers clients (`/gateways`, DNS over HTTPS, `/d`, ...), and `/healthz`,
 /// `/readyz`; the operator's routes there are 404 `not_found`, like any unknown path.
 pub fn public_app(api: Api) -> App {
+    let dns = dns_of(&api);
     App {
-        hot: hot_gateways(&api, Arc::new(answer)),
-        router: surface(api.clone(), Some(get_service(Gateways::new(api))), None),
+        hot: hot_gateways(&api, Arc::new(answer))
+            .into_iter()
+            .chain(hot_doh(&api, dns.clone()))
+            .collect(),
+        router: surface(
+            api.clone(),
+            Some(get_service(Gateways::new(api))),
+            None,
+            dns,
+        ),
     }
 }
 
@@ -307,18 +367,20 @@ pub fn public_app(api: Api) -> App {
 /// `/ops/*.json` and, with a token, the admin API; nothing that answers clients.
 pub fn operator_app(api: Api, admin: Option<Router>) -> App {
     App {
-        router: surface(api, None, Some(Operator { admin })),
-        hot: None,
+        router: surface(api, None, Some(Operator { admin }), None),
+        hot: Vec::new(),
     }
 }
 
-/// One listener's routes: the client-facing ones when `gateways` is given, the
-/// operator's when `operator` is; health and readiness always; the edge middleware and
-/// the contract's 404 for the rest.
+/// One listener's routes: the client-facing ones when `gateways` is given (with DNS
+/// over HTTPS and HTTPDNS through `dns`, when the router serves them), the operator's
+/// when `operator` is; health and readiness always; the edge middleware and the
+/// contract's 404 for the rest.
 fn surface(
     api: Api,
     gateways: Option<axum::routing::MethodRouter<Api>>,
     operator: Option<Operator>,
+    dns: Option<Arc<crate::dns::Dns>>,
 ) -> Router {
     let cfg = api.config.load();
     let mut app = Router::new()
@@ -332,12 +394,7 @@ fn surface(
                 .route("/gateways", gateways)
                 .with_state(api.clone()),
         );
-        if cfg.dns.enabled() || !cfg.httpdns.router_domain.is_empty() {
-            let dns = std::sync::Arc::new(crate::dns::Dns::new(
-                api.config.clone(),
-                api.serving.clone(),
-                &api.metrics,
-            ));
+        if let Some(dns) = dns {
             app = app.merge(super::dns::routes(dns));
         }
     }

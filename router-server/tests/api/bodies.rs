@@ -87,3 +87,57 @@ async fn bodies_over_the_limit_are_refused_before_they_are_read() {
         assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
     }
 }
+
+/// `GET /dns-query` is answered ahead of the framework's router (a hot route, as
+/// `/gateways` is) with exactly the router's answers: a query, a bad parameter, a
+/// missing one; and not ahead of it when CORS is configured.
+#[tokio::test]
+async fn the_hot_doh_route_answers_as_the_router_does() {
+    use base64::Engine;
+    let config = FileConfig::parse("[dns]\nzone = \"gw.example.test\"\n").unwrap();
+    // One node: every answer names it, so two answers can be compared byte for byte.
+    let state = state_with(config, Some(vec![node("sh-1", "cn-sh", 10)]));
+    let app = router_server::http::routes::app(Api::new(&state), None);
+    let hot = app.hot_for("/dns-query").expect("a hot DoH route");
+    let mut query = hickory_proto::op::Message::new();
+    query
+        .set_id(7)
+        .set_recursion_desired(true)
+        .add_query(hickory_proto::op::Query::query(
+            "gw.example.test.".parse().unwrap(),
+            hickory_proto::rr::RecordType::A,
+        ));
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(query.to_vec().unwrap());
+    let peer: SocketAddr = "127.0.0.1:5".parse().unwrap();
+    for uri in [
+        format!("/dns-query?dns={b64}"),
+        format!("/dns-query?x=1&dns={b64}"),
+        "/dns-query?dns=%%%".to_string(),
+        "/dns-query?dns=AAAA".to_string(),
+        "/dns-query".to_string(),
+    ] {
+        let uri: axum::http::Uri = uri.parse().unwrap();
+        let fast = hot.call(peer, &uri, &axum::http::HeaderMap::new());
+        let slow = app
+            .router
+            .clone()
+            .layer(MockConnectInfo(peer))
+            .oneshot(Request::get(uri.clone()).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(fast.status(), slow.status(), "{uri}");
+        assert_eq!(
+            fast.headers().get(header::CONTENT_TYPE),
+            slow.headers().get(header::CONTENT_TYPE),
+            "{uri}"
+        );
+        let fast = fast.into_body().collect().await.unwrap().to_bytes();
+        let slow = slow.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(fast, slow, "{uri}");
+    }
+    let cors =
+        FileConfig::parse("[dns]\nzone = \"gw.example.test\"\n[http]\ncors_origins = [\"*\"]\n")
+            .unwrap();
+    let app = router_server::http::routes::app(Api::new(&state_with(cors, None)), None);
+    assert!(app.hot_for("/dns-query").is_none() && app.hot_for("/gateways").is_none());
+}

@@ -29,7 +29,10 @@ fn stall_server(toml: &str) -> TestServer {
 fn serve_app(toml: &str, router: axum::Router) -> TestServer {
     let cfg = FileConfig::parse(toml).unwrap();
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let app = App { router, hot: None };
+    let app = App {
+        router,
+        hot: Vec::new(),
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();

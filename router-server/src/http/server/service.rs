@@ -100,14 +100,15 @@ impl ConnService {
                 ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response(),
             ))
         } else {
-            match &self.app.hot {
-                Some(hot) if req.method() == Method::GET && req.uri().path() == hot.path => {
-                    Either::Left(std::future::ready(hot.call(
-                        self.peer,
-                        req.uri(),
-                        req.headers(),
-                    )))
-                }
+            let hot = (req.method() == Method::GET)
+                .then(|| self.app.hot_for(req.uri().path()))
+                .flatten();
+            match hot {
+                Some(hot) => Either::Left(std::future::ready(hot.call(
+                    self.peer,
+                    req.uri(),
+                    req.headers(),
+                ))),
                 _ => {
                     let mut req = if req.body().is_end_stream() {
                         req.map(Body::new)
