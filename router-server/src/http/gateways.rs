@@ -44,6 +44,8 @@ pub struct ApiInner {
     pub metrics: Arc<Metrics>,
     /// `/gateways`' own series, resolved once.
     pub(crate) hot_metrics: HotMetrics,
+    /// `/dns-query`'s, resolved once too: DoH GETs are the other hot route.
+    pub(crate) doh_metrics: HotMetrics,
 }
 
 /// The series the busiest route updates on every request, taken from their families
@@ -64,23 +66,17 @@ impl Api {
     /// Builds the API over the router's handles; spawn [`Api::housekeeping`] alongside.
     pub fn new(state: &AppState) -> Api {
         let m = &state.metrics;
-        let hot_metrics = HotMetrics {
+        let hot = |route: &'static str| HotMetrics {
             ok: m
                 .http
                 .requests
-                .get_or_create(&RequestLabels {
-                    route: "/gateways",
-                    status: 200,
-                })
+                .get_or_create(&RequestLabels { route, status: 200 })
                 .clone(),
-            latency: m
-                .http
-                .latency
-                .get_or_create(&RouteLabels { route: "/gateways" })
-                .clone(),
+            latency: m.http.latency.get_or_create(&RouteLabels { route }).clone(),
         };
         Api(Arc::new(ApiInner {
-            hot_metrics,
+            hot_metrics: hot("/gateways"),
+            doh_metrics: hot("/dns-query"),
             config: state.config.clone(),
             serving: state.serving.clone(),
             status: state.status.clone(),

@@ -155,9 +155,13 @@ fn uri_too_long(len: usize, max: usize) -> Option<ApiError> {
 fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::Instant) {
     let secs = start.elapsed().as_secs_f64();
     let m = &api.metrics;
-    if route == "/gateways" {
-        // The hot route's series, resolved once: no map lookup per request.
-        let hot = &api.hot_metrics;
+    let hot = match route {
+        "/gateways" => Some(&api.hot_metrics),
+        "/dns-query" => Some(&api.doh_metrics),
+        _ => None,
+    };
+    if let Some(hot) = hot {
+        // The hot routes' series, resolved once: no map lookup per request.
         hot.latency.observe(secs);
         if status == StatusCode::OK {
             hot.ok.inc();
