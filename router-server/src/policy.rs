@@ -80,39 +80,69 @@ impl InForce {
 /// Every policy in force, by the client network it covers.
 #[derive(Debug, Default)]
 pub struct Policies {
-    /// By (region, ISP); a region's own policy under (region, `None`).
-    by_network: HashMap<(String, Option<String>), Arc<InForce>>,
+    /// By region: the region's own policy, and its ISPs' by ISP. Looked up by `&str`
+    /// on every answer, so nothing is allocated to find a policy.
+    by_region: HashMap<String, RegionPolicies>,
+    /// How many are in force.
+    count: usize,
+}
+
+/// The policies of one region.
+#[derive(Debug, Default)]
+struct RegionPolicies {
+    own: Option<Arc<InForce>>,
+    by_isp: HashMap<String, Arc<InForce>>,
 }
 
 impl Policies {
     /// The policy for clients of `region` and `isp`: the one for that ISP of the region,
     /// else the region's own.
     pub fn for_network(&self, region: Option<&str>, isp: Option<&str>) -> Option<&InForce> {
-        if self.by_network.is_empty() {
+        if self.count == 0 {
             return None;
         }
-        let region = region?.to_string();
-        if let Some(isp) = isp {
-            if let Some(p) = self
-                .by_network
-                .get(&(region.clone(), Some(isp.to_string())))
-            {
-                return Some(p);
-            }
+        let r = self.by_region.get(region?)?;
+        isp.and_then(|i| r.by_isp.get(i))
+            .or(r.own.as_ref())
+            .map(Arc::as_ref)
+    }
+
+    /// The policy covering exactly `network` (region, ISP), if any.
+    fn exact(&self, (region, isp): &(String, Option<String>)) -> Option<&Arc<InForce>> {
+        let r = self.by_region.get(region)?;
+        match isp {
+            Some(i) => r.by_isp.get(i),
+            None => r.own.as_ref(),
         }
-        self.by_network.get(&(region, None)).map(Arc::as_ref)
+    }
+
+    /// Adds `p` for `network`, which no policy covers yet.
+    fn insert(&mut self, (region, isp): (String, Option<String>), p: Arc<InForce>) {
+        let r = self.by_region.entry(region).or_default();
+        match isp {
+            Some(i) => r.by_isp.insert(i, p),
+            None => r.own.replace(p),
+        };
+        self.count += 1;
+    }
+
+    /// Every policy in force, in no order.
+    fn each(&self) -> impl Iterator<Item = &Arc<InForce>> {
+        self.by_region
+            .values()
+            .flat_map(|r| r.own.iter().chain(r.by_isp.values()))
     }
 
     /// Every policy, by name.
     pub fn all(&self) -> Vec<&InForce> {
-        let mut v: Vec<&InForce> = self.by_network.values().map(Arc::as_ref).collect();
+        let mut v: Vec<&InForce> = self.each().map(Arc::as_ref).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// True when no policy is in force.
     pub fn is_empty(&self) -> bool {
-        self.by_network.is_empty()
+        self.count == 0
     }
 }
 
@@ -141,12 +171,8 @@ fn build(
             }
         }
     }
-    let old: HashMap<&str, &Arc<InForce>> = previous
-        .by_network
-        .values()
-        .map(|p| (p.name.as_str(), p))
-        .collect();
-    let mut by_network = HashMap::new();
+    let old: HashMap<&str, &Arc<InForce>> = previous.each().map(|p| (p.name.as_str(), p)).collect();
+    let mut out = Policies::default();
     for (name, (registry, policy)) in by_name {
         let network = (policy.region.clone(), policy.isp.clone());
         let kept = old
@@ -156,8 +182,7 @@ fn build(
         let entry = kept.unwrap_or_else(|| Arc::new(InForce::new(name.into(), registry, policy)));
         // Two policies for one network: the first by name holds it; the other is
         // reported and ignored.
-        if let Some(first) = by_network.get(&network) {
-            let first: &Arc<InForce> = first;
+        if let Some(first) = out.exact(&network) {
             skipped(
                 name,
                 &[],
@@ -165,9 +190,9 @@ fn build(
             );
             continue;
         }
-        by_network.insert(network, entry);
+        out.insert(network, entry);
     }
-    Policies { by_network }
+    out
 }
 
 /// Keeps `policies` equal to what `views` (one per registry, named, the router's own
@@ -190,7 +215,7 @@ pub async fn run(
             }
         });
         if !(next.is_empty() && policies.load().is_empty()) {
-            info!(policies = next.by_network.len(), "policies in force");
+            info!(policies = next.count, "policies in force");
         }
         policies.store(Arc::new(next));
         let any = futures::future::select_all(views.iter_mut().map(|(_, v)| Box::pin(v.changed())));
