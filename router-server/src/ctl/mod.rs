@@ -16,7 +16,10 @@ mod bind;
 mod block;
 mod explain;
 mod policy;
+mod write;
+
 use crate::ops::{self, OpsError, PlanStep};
+use write::{change, delete_everywhere};
 
 /// How long each of `ctl`'s calls keeps trying while no etcd member can answer it (a
 /// cluster electing a leader after its leader was cut off, say): an election takes
@@ -344,50 +347,6 @@ fn refused(t: &Target, e: impl std::fmt::Display) -> i32 {
         "etcd at {} is unreachable or refused the request: {e}",
         t.spec
     ))
-}
-
-/// Puts `after` at `key` in `t` (`None`: deletes it) and records the change, with the
-/// value it replaced, in the audit trail as `who`'s `action`. Returns whether the key
-/// held a value, or the exit status of a failure.
-async fn change(
-    t: &Target,
-    layout: &Layout,
-    who: &Author,
-    action: &str,
-    key: &str,
-    after: Option<&[u8]>,
-) -> Result<bool, i32> {
-    let write = async {
-        let before = t.kv.get(key).await?.map(|kv| kv.value);
-        match after {
-            Some(v) => {
-                t.kv.put(key, v.to_vec(), None).await?;
-            }
-            None if before.is_none() => return Ok(false),
-            None => {
-                t.kv.delete(key).await?;
-            }
-        }
-        registry::audit::record(&t.kv, layout, who, action, key, before.as_deref(), after).await?;
-        Ok::<bool, registry::KvError>(before.is_some())
-    };
-    write.await.map_err(|e| refused(t, e))
-}
-
-/// Deletes `key` from every registry of `targets`, recording it as `who`'s `action`;
-/// the number that held it, or the exit status of the first that failed.
-async fn delete_everywhere(
-    targets: &[Target],
-    layout: &Layout,
-    who: &Author,
-    action: &str,
-    key: &str,
-) -> Result<usize, i32> {
-    let mut removed = 0;
-    for t in targets {
-        removed += usize::from(change(t, layout, who, action, key, None).await?);
-    }
-    Ok(removed)
 }
 
 async fn execute(kv: &dyn Kv, layout: &Layout, op: CtlOp, who: &Author) -> Result<(), OpsError> {

@@ -234,7 +234,12 @@ impl App {
 /// The router's application: [`router`], with `GET /gateways` (and `GET /dns-query`)
 /// as hot routes.
 pub fn app(api: Api, admin: Option<Router>) -> App {
-    // One DNS answerer for the hot route and the router's DNS routes.
+    clients_app(api, Some(Operator { admin }))
+}
+
+/// A listener answering clients, with the operator's routes when `operator` is given:
+/// the hot routes and the router, sharing one DNS answerer.
+fn clients_app(api: Api, operator: Option<Operator>) -> App {
     let dns = dns_of(&api);
     App {
         hot: hot_gateways(&api, Arc::new(answer))
@@ -244,7 +249,7 @@ pub fn app(api: Api, admin: Option<Router>) -> App {
         router: surface(
             api.clone(),
             Some(get_service(Gateways::new(api))),
-            Some(Operator { admin }),
+            operator,
             dns,
         ),
     }
@@ -268,18 +273,28 @@ pub fn app_with(
 /// CORS headers are configured.
 fn hot_doh(api: &Api, dns: Option<Arc<crate::dns::Dns>>) -> Option<HotRoute> {
     let dns = dns?;
+    hot(
+        api,
+        "/dns-query",
+        Arc::new(move |_: &Api, peer, uri: &Uri, headers: &HeaderMap| {
+            super::dns::doh_get_answer(&dns, peer, headers, uri.query())
+                .unwrap_or_else(IntoResponse::into_response)
+        }),
+    )
+}
+
+/// `path` served ahead of the router by `answer`, unless CORS is configured (its
+/// headers come from the router's layers).
+fn hot(api: &Api, path: &'static str, answer: Arc<HotAnswer>) -> Option<HotRoute> {
     api.config
         .load()
         .http
         .cors_origins
         .is_empty()
         .then(|| HotRoute {
-            path: "/dns-query",
+            path,
             api: api.clone(),
-            answer: Arc::new(move |_: &Api, peer, uri: &Uri, headers: &HeaderMap| {
-                super::dns::doh_get_answer(&dns, peer, headers, uri.query())
-                    .unwrap_or_else(IntoResponse::into_response)
-            }),
+            answer,
         })
 }
 
@@ -296,19 +311,9 @@ fn dns_of(api: &Api) -> Option<Arc<crate::dns::Dns>> {
     })
 }
 
-/// `/gateways` served ahead of the router by `answer`, unless CORS is configured (its
-/// headers come from the router's layers).
+/// `/gateways` served ahead of the router by `answer`, unless CORS is configured.
 fn hot_gateways(api: &Api, answer: Arc<HotAnswer>) -> Option<HotRoute> {
-    api.config
-        .load()
-        .http
-        .cors_origins
-        .is_empty()
-        .then(|| HotRoute {
-            path: "/gateways",
-            api: api.clone(),
-            answer,
-        })
+    hot(api, "/gateways", answer)
 }
 
 /// Answers 503 `timeout` (in the contract's error shape) when a request overruns.
@@ -352,19 +357,7 @@ struct Operator {
 /// one answers clients (`/gateways`, DNS over HTTPS, `/d`, ...), and `/healthz`,
 /// `/readyz`; the operator's routes there are 404 `not_found`, like any unknown path.
 pub fn public_app(api: Api) -> App {
-    let dns = dns_of(&api);
-    App {
-        hot: hot_gateways(&api, Arc::new(answer))
-            .into_iter()
-            .chain(hot_doh(&api, dns.clone()))
-            .collect(),
-        router: surface(
-            api.clone(),
-            Some(get_service(Gateways::new(api))),
-            None,
-            dns,
-        ),
-    }
+    clients_app(api, None)
 }
 
 /// The application of the admin listener: `/healthz`, `/readyz`, `/metrics`, `/ops`,
