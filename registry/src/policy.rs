@@ -201,22 +201,28 @@ impl Policy {
         self.exclude.iter().any(|g| g.contains(record))
     }
 
-    /// The group answer number `n` (counted from 0) goes to first: answers spread over
-    /// the groups in their shares, exactly over every 100 answers, interleaved rather
-    /// than in runs (61 is prime to 100: `61 n mod 100` visits every percent once).
-    pub fn group_for(&self, n: u64) -> Option<&Group> {
+    /// The share (its index in `ratios`) answer number `n` (counted from 0) goes to
+    /// first: answers spread over the groups in their shares, exactly over every 100
+    /// answers, interleaved rather than in runs (61 is prime to 100: `61 n mod 100`
+    /// visits every percent once).
+    pub fn share_for(&self, n: u64) -> Option<usize> {
         if self.ratios.is_empty() {
             return None;
         }
         let point = (n.wrapping_mul(61) % 100) as u32;
         let mut below = 0u32;
-        for r in &self.ratios {
+        for (k, r) in self.ratios.iter().enumerate() {
             below += u32::from(r.percent);
             if point < below {
-                return Some(&r.to);
+                return Some(k);
             }
         }
-        self.ratios.last().map(|r| &r.to)
+        Some(self.ratios.len() - 1)
+    }
+
+    /// The group answer number `n` goes to first (see [`Policy::share_for`]).
+    pub fn group_for(&self, n: u64) -> Option<&Group> {
+        self.share_for(n).map(|k| &self.ratios[k].to)
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod isp;
 
-pub use isp::{FileStamp, IspDb, IspDbError, IspDbFile, IspDbSlot, MAX_DB_BYTES};
+pub use isp::{follow_isp_db, load_isp_db, FileStamp, IspDb, IspDbError, IspDbSlot, MAX_DB_BYTES};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -65,7 +65,7 @@ pub struct RegionTable {
     asn_isps: HashMap<u32, String>,
     /// The ASN database in force (`[regions] isp_db`), shared with the task that
     /// reloads it.
-    isp_db: Option<IspDbSlot>,
+    isp_db: IspDbSlot,
     /// Every region name the `[regions]` table mentions (networks, fallbacks,
     /// default), sorted: what DNS answers by name even with no node there yet.
     names: Vec<String>,
@@ -87,18 +87,18 @@ impl RegionTable {
             default: (!default.is_empty()).then(|| default.to_string()),
             isps: JointPrefixMap::new(),
             asn_isps: HashMap::new(),
-            isp_db: None,
+            isp_db: IspDbSlot::default(),
             names: Vec::new(),
         }
     }
 
     /// This table, telling clients' ISPs by `cidrs` (network → ISP) first, then by
-    /// the database in `db` (when it holds one) through `asn_isps` (ASN → ISP).
+    /// the database `db` holds (when it holds one) through `asn_isps` (ASN → ISP).
     pub fn with_isps<'a>(
         self,
         cidrs: impl IntoIterator<Item = (&'a IpNet, &'a String)>,
         asn_isps: impl IntoIterator<Item = (u32, String)>,
-        db: Option<IspDbSlot>,
+        db: IspDbSlot,
     ) -> RegionTable {
         let mut isps = JointPrefixMap::new();
         for (net, isp) in cidrs {
@@ -122,7 +122,7 @@ impl RegionTable {
         if self.asn_isps.is_empty() {
             return None;
         }
-        let asn = self.isp_db.as_ref()?.load().as_ref()?.asn(ip)?;
+        let asn = self.isp_db.load().as_ref()?.asn(ip)?;
         self.asn_isps.get(&asn).map(String::as_str)
     }
 
@@ -210,7 +210,7 @@ mod tests {
         let table = RegionTable::new([], "").with_isps(
             cidrs.iter().map(|(n, i)| (n, i)),
             [(4134, "ctcc".to_string()), (9808, "cmcc".to_string())],
-            Some(slot.clone()),
+            slot.clone(),
         );
         let isp = |ip: &str| table.isp(ip.parse().unwrap());
         assert_eq!(isp("127.20.5.1"), Some("cucc"), "isp_cidrs first");
@@ -219,11 +219,8 @@ mod tests {
         assert_eq!(isp("2001:db8:20::1"), Some("ctcc"));
         assert_eq!(isp("127.22.0.1"), None, "no network, no ASN");
         // An ASN the table does not name: no known ISP.
-        let unnamed = RegionTable::new([], "").with_isps(
-            [],
-            [(4134, "ctcc".to_string())],
-            Some(slot.clone()),
-        );
+        let unnamed =
+            RegionTable::new([], "").with_isps([], [(4134, "ctcc".to_string())], slot.clone());
         assert_eq!(unnamed.isp("127.21.0.1".parse().unwrap()), None);
         // No database loaded: the networks alone.
         slot.store(None);

@@ -230,14 +230,11 @@ fn spawn_isp_db(
         loads.get_or_create(&metrics::ReloadLabels { result }).inc();
     };
     if let Some(path) = &config.regions.isp_db {
-        let db =
-            identity::IspDb::open(path).map_err(|e| anyhow::anyhow!("[regions] isp_db: {e}"))?;
-        info!(path = %path.display(), r#type = db.database_type(), "ISP database loaded");
-        slot.store(Some(Arc::new(db)));
+        identity::load_isp_db(&slot, path).map_err(|e| anyhow::anyhow!("[regions] isp_db: {e}"))?;
         count(true);
     }
     let live = state.config.clone();
-    tasks.spawn(identity::IspDbFile::watch(
+    tasks.spawn(identity::follow_isp_db(
         slot,
         move || live.load().regions.isp_db.clone(),
         Duration::from_millis(config.regions.isp_db_check_ms),

@@ -54,13 +54,14 @@ impl InForce {
     /// What this policy decides for the next answer, counted.
     pub fn steer(&self) -> Steer<'_> {
         let n = self.answers.fetch_add(1, Ordering::Relaxed);
-        let steer = Steer::of(&self.policy, n);
-        if let Some(first) = steer.first {
-            if let Some(k) = self.policy.ratios.iter().position(|r| &r.to == first) {
-                self.by_group[k].fetch_add(1, Ordering::Relaxed);
-            }
+        let share = self.policy.share_for(n);
+        if let Some(k) = share {
+            self.by_group[k].fetch_add(1, Ordering::Relaxed);
         }
-        steer
+        Steer {
+            exclude: &self.policy.exclude,
+            first: share.map(|k| &self.policy.ratios[k].to),
+        }
     }
 
     /// What this policy would decide for the next answer, not counted (explain).
@@ -131,6 +132,13 @@ impl Policies {
         self.by_region
             .values()
             .flat_map(|r| r.own.iter().chain(r.by_isp.values()))
+    }
+
+    /// What operator policy decides for the next answer to a client of `region` and
+    /// `isp`, counted: no policy, or the one [`Policies::for_network`] finds.
+    pub fn steer(&self, region: Option<&str>, isp: Option<&str>) -> Steer<'_> {
+        self.for_network(region, isp)
+            .map_or(Steer::NONE, InForce::steer)
     }
 
     /// Every policy, by name.

@@ -12,7 +12,7 @@ use registry::Proto;
 use super::records::address;
 use super::zone::Target;
 use super::Dns;
-use crate::schedule::{select_weighted, Query as Wanted, Rules, Steer};
+use crate::schedule::{select_weighted, Query as Wanted, Rules};
 
 /// The answer to one question, before it is put in a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,9 +182,7 @@ impl Dns {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let policies = self.serving.policies.load();
-        let steer = policies
-            .for_network(region, isp)
-            .map_or(Steer::NONE, |p| p.steer());
+        let steer = policies.steer(region, isp);
         let wanted = Wanted {
             proto,
             count: self.cfg.count,

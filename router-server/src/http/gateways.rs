@@ -20,7 +20,7 @@ use crate::config::LiveConfig;
 use crate::identity::client_ip;
 use crate::metrics::Metrics;
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::schedule::{select_weighted, Query, Rules, Snapshot, Steer};
+use crate::schedule::{select_weighted, Query, Rules, Snapshot};
 use crate::state::{AppState, FleetStatus, Serving};
 
 /// Everything the router serves.
@@ -185,9 +185,7 @@ fn gateways(
     let region = params.region.as_deref().or_else(|| regions.lookup(ip));
     let isp = params.isp.as_deref().or_else(|| regions.isp(ip));
     let policies = api.serving.policies.load();
-    let steer = policies
-        .for_network(region, isp)
-        .map_or(Steer::NONE, |p| p.steer());
+    let steer = policies.steer(region, isp);
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)

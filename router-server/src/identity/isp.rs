@@ -5,7 +5,7 @@
 //!
 //! The file is the operator's, but it is read as hostile input: at most
 //! [`MAX_DB_BYTES`], its format checked when it is opened, a lookup that fails to
-//! decode counts as no ISP. A file that changes is read again ([`IspDbFile::watch`]); a
+//! decode counts as no ISP. A file that changes is read again ([`follow_isp_db`]); a
 //! broken new file is logged and the database in force stays.
 
 use std::net::IpAddr;
@@ -166,51 +166,51 @@ impl IspDb {
 /// reload of the configuration keeps it and a new file replaces it for all.
 pub type IspDbSlot = Arc<ArcSwapOption<IspDb>>;
 
-/// The task that keeps the database in force current.
-pub struct IspDbFile;
+/// Reads the database at `path` and puts it in force in `slot` (see [`IspDb::open`]);
+/// the one in force stays when the file is refused.
+pub fn load_isp_db(slot: &IspDbSlot, path: &Path) -> Result<(), IspDbError> {
+    let db = IspDb::open(path)?;
+    info!(path = %path.display(), r#type = db.database_type(), "ISP database loaded");
+    slot.store(Some(Arc::new(db)));
+    Ok(())
+}
 
-impl IspDbFile {
-    /// Keeps `slot` loaded from the file `path` names, until `cancel`: checks the file
-    /// every `every` and reads it again when its size or modification time changed.
-    /// `path` is asked each time (the configuration in force), so a reload that names
-    /// another file is followed. `reloaded` is told each outcome (true: a new database
-    /// is in force; false: the new file was refused).
-    pub async fn watch(
-        slot: IspDbSlot,
-        path: impl Fn() -> Option<PathBuf> + Send,
-        every: Duration,
-        cancel: CancellationToken,
-        reloaded: impl Fn(bool) + Send,
-    ) {
-        // A broken file is not read again until it changes once more.
-        let mut failed: Option<FileStamp> = None;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+/// Keeps `slot` loaded from the file `path` names, until `cancel`: checks the file every
+/// `every` and reads it again ([`load_isp_db`]) when its size or modification time
+/// changed. `path` is asked each time (the configuration in force), so a reload that
+/// names another file is followed. `reloaded` is told each outcome (true: a new
+/// database is in force; false: the new file was refused).
+pub async fn follow_isp_db(
+    slot: IspDbSlot,
+    path: impl Fn() -> Option<PathBuf> + Send,
+    every: Duration,
+    cancel: CancellationToken,
+    reloaded: impl Fn(bool) + Send,
+) {
+    // A broken file is not read again until it changes once more.
+    let mut failed: Option<FileStamp> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Some(path) = path() else {
+            if slot.swap(None).is_some() {
+                info!("ISP database unloaded: [regions] isp_db is no longer set");
             }
-            let Some(path) = path() else {
-                if slot.swap(None).is_some() {
-                    info!("ISP database unloaded: [regions] isp_db is no longer set");
-                }
-                continue;
-            };
-            let now = FileStamp::of(&path).ok();
-            let current = slot.load().as_ref().map(|db| db.stamp.clone());
-            if now.is_none() || now == current || now == failed {
-                continue;
-            }
-            match IspDb::open(&path) {
-                Ok(db) => {
-                    info!(path = %path.display(), r#type = db.database_type(), "ISP database loaded");
-                    slot.store(Some(Arc::new(db)));
-                    reloaded(true);
-                }
-                Err(e) => {
-                    warn!(error = %e, "ISP database not reloaded; keeping the one in force");
-                    reloaded(false);
-                    failed = now;
-                }
+            continue;
+        };
+        let now = FileStamp::of(&path).ok();
+        let current = slot.load().as_ref().map(|db| db.stamp.clone());
+        if now.is_none() || now == current || now == failed {
+            continue;
+        }
+        match load_isp_db(&slot, &path) {
+            Ok(()) => reloaded(true),
+            Err(e) => {
+                warn!(error = %e, "ISP database not reloaded; keeping the one in force");
+                reloaded(false);
+                failed = now;
             }
         }
     }
@@ -282,7 +282,7 @@ mod tests {
         slot.store(Some(Arc::new(IspDb::open(&path).unwrap())));
         let (applied, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(IspDbFile::watch(
+        let task = tokio::spawn(follow_isp_db(
             slot.clone(),
             {
                 let path = path.clone();

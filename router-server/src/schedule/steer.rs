@@ -33,8 +33,7 @@ impl<'a> Steer<'a> {
     /// True when the node of `record` may be answered in this pass: not excluded, and
     /// in the group asked for first, while one is.
     pub fn admits(&self, record: &NodeRecord) -> bool {
-        !self.exclude.iter().any(|g| g.contains(record))
-            && self.first.is_none_or(|g| g.contains(record))
+        !self.excludes(record) && self.first.is_none_or(|g| g.contains(record))
     }
 
     /// The same exclusions, with no group first: the rest of the answer.

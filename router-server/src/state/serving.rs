@@ -29,7 +29,7 @@ pub struct Serving {
     /// a reload changes `[regions]`.
     pub regions: ArcSwap<RegionTable>,
     /// The ASN database in force (`[regions] isp_db`): every version of `regions`
-    /// reads it, and a new file replaces it for all (see `identity::IspDbFile`).
+    /// reads it, and a new file replaces it for all (see `identity::follow_isp_db`).
     pub isp_db: IspDbSlot,
     /// The operator policies in force, by client network (see [`crate::policy`]).
     pub policies: Arc<ArcSwap<Policies>>,
@@ -66,7 +66,7 @@ pub struct Serving {
 pub fn region_table(regions: &RegionsConfig, isp_db: &IspDbSlot) -> RegionTable {
     RegionTable::new(&regions.cidrs, &regions.default)
         .with_names(regions.names())
-        .with_isps(&regions.isp_cidrs, regions.asn_isps(), Some(isp_db.clone()))
+        .with_isps(&regions.isp_cidrs, regions.asn_isps(), isp_db.clone())
 }
 
 impl Serving {
