@@ -34,6 +34,9 @@ const PENDING_KEPT: usize = 16;
 pub struct Lag {
     /// The registry's name.
     pub registry: Arc<str>,
+    /// Notified each time a heartbeat write returns: the registry takes writes, so
+    /// its node follower, if it is waiting to retry after a failure, tries at once.
+    pub taken: Arc<tokio::sync::Notify>,
     inner: Mutex<Inner>,
 }
 
@@ -54,6 +57,7 @@ impl Lag {
     pub fn new(registry: Arc<str>) -> Lag {
         Lag {
             registry,
+            taken: Arc::new(tokio::sync::Notify::new()),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -71,6 +75,7 @@ impl Lag {
 
     /// A heartbeat write returned at `at` with `revision`.
     pub fn wrote(&self, revision: i64, at: Instant) {
+        self.taken.notify_waiters();
         let mut i = self.lock();
         if revision <= i.delivered {
             // The watch delivered it before the write's answer came back: etcd sends

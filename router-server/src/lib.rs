@@ -286,7 +286,7 @@ fn follow_registries(
         .collect();
     let _ = state.status.lags.set(lags.clone());
     for (i, r) in registries.iter().enumerate() {
-        let (blocklist, views) = spawn_followers(r, opts, background, tasks);
+        let (blocklist, views) = spawn_followers(r, lags[i].taken.clone(), opts, background, tasks);
         blocklists.push(blocklist);
         policies.push((
             r.name.clone(),
@@ -339,6 +339,7 @@ fn spawn_map(
 /// views.
 fn spawn_followers(
     r: &membership::Registry,
+    wake: Arc<tokio::sync::Notify>,
     opts: &ServeOptions,
     background: &CancellationToken,
     tasks: &TaskTracker,
@@ -359,6 +360,7 @@ fn spawn_followers(
         r.layout.clone(),
         registry::follow::FollowOptions {
             require_bindings: opts.config.require_bindings,
+            wake: Some(wake),
         },
         background.clone(),
     );

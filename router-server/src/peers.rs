@@ -254,7 +254,11 @@ pub async fn run(
     let started_ms = registry::now_ms();
     let lag = slot.lag.clone();
     let mut lease = Lease::renewed_every(TTL, EVERY);
-    let mut backoff = Backoff::for_store();
+    // A failing beat is tried again at most a beat later, as a working one is: its
+    // first success after an outage (the store's first leader after an election) is
+    // what wakes the node followers (see `Lag::taken`), so it must not wait out a
+    // long backoff.
+    let mut backoff = Backoff::new(Duration::from_millis(200), BEAT, 2.0, 0.2);
     let mut failing = false;
     let mut shares = Shares::default();
     loop {
@@ -268,6 +272,7 @@ pub async fn run(
             if lease.grant_due() {
                 let l = lease.register(&*kv, &key, value).await?;
                 info!(router_id = %id, lease = format_args!("{l:x}"), "registered under {prefix}");
+                lag.taken.notify_waiters();
                 // The registration's own revision is not known here: the next beat
                 // starts the measurement.
             } else {
@@ -413,13 +418,23 @@ mod tests {
 
     /// One router's registration task over `kv`, and its state.
     fn router(id: &str, kv: &Arc<TestKv>) -> (AppState, tokio::task::JoinHandle<()>) {
+        let lag = Arc::new(crate::lag::Lag::new(Arc::from("default")));
+        router_with(id, kv, lag)
+    }
+
+    /// [`router`], measuring `lag`.
+    fn router_with(
+        id: &str,
+        kv: &Arc<TestKv>,
+        lag: Arc<crate::lag::Lag>,
+    ) -> (AppState, tokio::task::JoinHandle<()>) {
         let state = AppState::new(crate::config::FileConfig::default());
         let slot = Slot {
             counts: Arc::new([AtomicU64::new(1)]),
             scales: Arc::new([AtomicU64::new(SCALE_ONE)]),
             index: 0,
             public_addrs: Vec::new(),
-            lag: Arc::new(crate::lag::Lag::new(Arc::from("default"))),
+            lag,
         };
         let task = tokio::spawn(run(
             id.to_string(),
@@ -441,6 +456,33 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// After a long outage the heartbeat is tried again within a beat (and a little
+    /// jitter), so its first success, which wakes the node followers, comes at most
+    /// that long after the store is back: after each of five outages of 20 s.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_heartbeat_tries_again_every_beat() {
+        let kv = Arc::new(TestKv::new());
+        let lag = Arc::new(crate::lag::Lag::new(Arc::from("default")));
+        let (_state, task) = router_with("r1", &kv, lag.clone());
+        let key = Layout::new(registry::DEFAULT_PREFIX).router_key("r1");
+        while kv.inner.get(&key).await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..5 {
+            kv.refusing_puts.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            kv.refusing_puts.store(false, Ordering::Relaxed);
+            let back = tokio::time::Instant::now();
+            lag.taken.notified().await;
+            let after = back.elapsed();
+            assert!(
+                after <= BEAT.mul_f64(1.2) + Duration::from_millis(1),
+                "the heartbeat came back {after:?} after the store"
+            );
+        }
+        task.abort();
     }
 
     /// Two routers answering scale by 2. When the balancer stops sending to one that

@@ -19,6 +19,9 @@ pub(crate) struct TestKv {
     pub(crate) delay: Arc<Mutex<Duration>>,
     /// The alarms raised.
     pub(crate) raised: Mutex<Vec<Alarm>>,
+    /// While set, every put fails as a store without a leader refuses it (the lease
+    /// calls still work).
+    pub(crate) refusing_puts: std::sync::atomic::AtomicBool,
 }
 
 impl TestKv {
@@ -28,6 +31,7 @@ impl TestKv {
             inner: MemoryKv::new(),
             delay: Arc::new(Mutex::new(Duration::ZERO)),
             raised: Mutex::new(Vec::new()),
+            refusing_puts: Default::default(),
         }
     }
 
@@ -46,6 +50,12 @@ impl Kv for TestKv {
         self.inner.list(prefix).await
     }
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64, KvError> {
+        if self
+            .refusing_puts
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(KvError::Unavailable("etcdserver: no leader".into()));
+        }
         self.inner.put(key, value, lease).await
     }
     async fn delete(&self, key: &str) -> Result<bool, KvError> {

@@ -61,11 +61,18 @@ pub struct NodeView {
     pub resyncs: u64,
 }
 
-/// How a follower judges records beyond the contract's own rules.
+/// How a follower judges records beyond the contract's own rules, and what tells it
+/// the store is back.
 #[derive(Debug, Clone, Default)]
 pub struct FollowOptions {
     /// A node without a binding is invalid (the router's `require_bindings`).
     pub require_bindings: bool,
+    /// Notified when the store has just taken a write of its owner's (a router's
+    /// heartbeat): a follower waiting out its backoff after a failure tries again at
+    /// once. Without it, a follower that failed through a long election (every retry
+    /// refused, the backoff grown to 2 s) would see the store's first leader only at
+    /// its next retry, up to 2.4 s later, and a drain written meanwhile with it.
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// Runs [`follow`]'s loop until `cancel` fires, with the default options (a node

@@ -75,7 +75,16 @@ pub(super) async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+            _ = woken(options.wake.as_deref()) => {}
         }
+    }
+}
+
+/// Returns when `wake` is notified; never without one.
+async fn woken(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -188,6 +188,7 @@ async fn require_bindings_refuses_unbound_nodes() {
         layout.clone(),
         FollowOptions {
             require_bindings: true,
+            ..FollowOptions::default()
         },
         cancel.clone(),
     );
@@ -200,5 +201,44 @@ async fn require_bindings_refuses_unbound_nodes() {
         .await
         .unwrap();
     wait_for(&mut rx, "bound", |v| v.nodes.contains_key("a")).await;
+    cancel.cancel();
+}
+
+/// A follower that failed through a long outage (its backoff grown to 2 s) tries again
+/// as soon as its owner's write is taken, not at its next retry.
+#[tokio::test(start_paused = true)]
+async fn a_write_taken_wakes_a_follower_waiting_out_its_backoff() {
+    let kv = MemoryKv::new();
+    let layout = Layout::new("/t");
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let cancel = CancellationToken::new();
+    let (mut rx, _task) = follow_with(
+        kv.clone(),
+        layout.clone(),
+        FollowOptions {
+            wake: Some(wake.clone()),
+            ..FollowOptions::default()
+        },
+        cancel.clone(),
+    );
+    wait_for(&mut rx, "first load", |v| v.loaded).await;
+    kv.set_available(false);
+    wait_for(&mut rx, "disconnected", |v| !v.connected).await;
+    // Long enough for the retries to back off to their longest.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    kv.set_available(true);
+    kv.put(&layout.node_key("a"), record("a", 1), None)
+        .await
+        .unwrap();
+    wake.notify_waiters();
+    let back = tokio::time::timeout(
+        Duration::from_millis(100),
+        rx.wait_for(|v| v.connected && v.nodes.contains_key("a")),
+    )
+    .await;
+    assert!(
+        back.is_ok(),
+        "the follower waited out its backoff after the wake"
+    );
     cancel.cancel();
 }
