@@ -1,7 +1,7 @@
 //! What a router and its clients exchange over HTTP, as serde types and nothing else:
 //! the `GET /gateways` answer ([`GatewaysAnswer`], [`Gateway`], [`Backoff`]), the
-//! protocols ([`Proto`]) and the error body every route shares ([`ErrorBody`],
-//! [`ErrorCode`]).
+//! protocols ([`Proto`]), the connect outcomes clients report ([`OutcomeReport`]) and
+//! the error body every route shares ([`ErrorBody`], [`ErrorCode`]).
 //!
 //! The router writes these (its hot path assembles the same bytes from pre-serialised
 //! pieces; a property test checks they equal what serde writes from these types), the
@@ -10,6 +10,7 @@
 //! without breaking older clients.
 
 mod error;
+mod outcome;
 mod proto;
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use outcome::{Outcome, OutcomeKind, OutcomeReport, MAX_OUTCOMES, MAX_REPORT_BYTES};
 pub use proto::Proto;
 
 /// One candidate gateway of a `GET /gateways` answer.
