@@ -425,6 +425,9 @@ fn detail(
         Reason::Held => "held (it left without a drain, or its registry is out of reach): \
              offered after every live node, and the answer was full first"
             .into(),
+        Reason::Demoted => "demoted for this client's network (its clients' connects to it \
+             fail): offered after every other candidate, and the answer was full first"
+            .into(),
         Reason::Excluded => format!(
             "in {}, which the policy for this client's network excludes",
             query

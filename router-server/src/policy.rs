@@ -61,6 +61,7 @@ impl InForce {
         Steer {
             exclude: &self.policy.exclude,
             first: share.map(|k| &self.policy.ratios[k].to),
+            demoted: &[],
         }
     }
 

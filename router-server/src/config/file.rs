@@ -66,6 +66,8 @@ pub struct FileConfig {
     pub dns: dns::DnsConfig,
     /// `[httpdns]`: the Alibaba-style HTTPDNS endpoint.
     pub httpdns: dns::HttpDnsConfig,
+    /// `[feedback]`: clients' connect outcomes, and the demotions they cause.
+    pub feedback: super::feedback::FeedbackConfig,
 }
 
 /// One `[[registries]]` entry: a data centre's etcd.
@@ -350,6 +352,7 @@ impl Default for FileConfig {
             require_bindings: false,
             dns: Default::default(),
             httpdns: Default::default(),
+            feedback: Default::default(),
         }
     }
 }

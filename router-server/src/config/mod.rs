@@ -7,13 +7,14 @@
 //! The command line is in `args` (`serve`, `demo`) and `ctl_args` (`ctl`), what both take
 //! in `shared_args`; the file's
 //! types and defaults in `file`, its rules in `validate`, `[dns]` and `[httpdns]` in
-//! [`dns`].
+//! [`dns`], `[feedback]` in `feedback`.
 
 mod args;
 mod ctl_args;
 pub mod dns;
 mod error;
 mod explain_args;
+mod feedback;
 mod file;
 mod live;
 mod shared_args;
@@ -23,6 +24,7 @@ pub use args::{check_token, Cli, Command, DemoArgs, ServeArgs, TokenProblem, MIN
 pub use ctl_args::{AuthOp, AuthWho, CtlArgs, CtlOp, PolicyOp};
 pub use error::ConfigError;
 pub use explain_args::ExplainArgs;
+pub use feedback::FeedbackConfig;
 pub use file::{
     BackoffConfig, EdgeConfig, FileConfig, HttpConfig, RateLimitConfig, RegionsConfig,
     RegistryConfig, TlsConfig,

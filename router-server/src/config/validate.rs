@@ -27,6 +27,7 @@ impl FileConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.dns.validate()?;
         self.httpdns.validate()?;
+        self.feedback.validate()?;
         validate_protection(self)?;
         validate_registries(&self.registries)?;
         validate_timing(self)?;

@@ -20,7 +20,9 @@
 //!    its region comes later in the client's order, region then fallbacks then any
 //!    ([`Reason::OtherRegion`]); it is in the answer's last region but on another ISP
 //!    line than the client's ([`Reason::OtherIsp`]); or better-ranked nodes of its
-//!    tier filled it ([`Reason::Outranked`]).
+//!    tier filled it ([`Reason::Outranked`]);
+//! 6. demoted for the client's network by its clients' reports, offered after every
+//!    other candidate, and the answer was full before its turn ([`Reason::Demoted`]).
 
 use serde::Serialize;
 
@@ -62,11 +64,14 @@ pub enum Reason {
     /// As eligible and in as good a region as the answer's nodes, but more loaded
     /// (or later in this router's order among equal loads).
     Outranked,
+    /// Demoted for the client's network (its clients' connects to it fail): offered
+    /// only after every other candidate, and the answer was full before its turn.
+    Demoted,
 }
 
 impl Reason {
     /// Every reason, in the order the selection applies its rules.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Draining,
         Reason::Unhealthy,
         Reason::NoPort,
@@ -78,6 +83,7 @@ impl Reason {
         Reason::OtherRegion,
         Reason::OtherIsp,
         Reason::Outranked,
+        Reason::Demoted,
     ];
 
     /// The name used in JSON.
@@ -94,6 +100,7 @@ impl Reason {
             Reason::OtherRegion => "other_region",
             Reason::OtherIsp => "other_isp",
             Reason::Outranked => "outranked",
+            Reason::Demoted => "demoted",
         }
     }
 }
@@ -256,6 +263,8 @@ fn reason(
         Reason::Full
     } else if !e.held && e.reported_load >= rules.max_load {
         Reason::Full
+    } else if query.steer.demotes(r) {
+        Reason::Demoted
     } else {
         ranked()
     }

@@ -96,11 +96,38 @@ pub fn select_budgeted(
         first: query.region,
         fallbacks: rules.fallbacks,
     };
-    // A policy's group for this answer first, in the usual order; then the rest.
+    fill(snap, query, rules, want, budget, tiers, &mut out);
+    // Nodes demoted for the client's network only when the answer is short without them.
+    if out.len() < want && !query.steer.demoted.is_empty() {
+        let last = Query {
+            steer: query.steer.with_demoted(),
+            ..query.clone()
+        };
+        fill(snap, &last, rules, want, budget, tiers, &mut out);
+    }
+    if let Some(first) = out.first() {
+        rules
+            .herd
+            .record_n(&snap.nodes[first.index].assigned, weight);
+    }
+    out
+}
+
+/// Adds to `out`, up to `want`, what `query` admits: a policy's group for this answer
+/// first, then the rest, each with projected room; then the overflow; then held nodes.
+fn fill(
+    snap: &Snapshot,
+    query: &Query<'_>,
+    rules: Rules<'_>,
+    want: usize,
+    budget: usize,
+    tiers: Tiers<'_>,
+    out: &mut Chosen,
+) {
     let rest;
     let query = match query.steer.first {
         Some(_) => {
-            main_pass(snap, query, rules, want, budget, tiers, &mut out);
+            main_pass(snap, query, rules, want, budget, tiers, out);
             rest = Query {
                 steer: query.steer.rest(),
                 ..query.clone()
@@ -109,19 +136,13 @@ pub fn select_budgeted(
         }
         None => query,
     };
-    main_pass(snap, query, rules, want, budget, tiers, &mut out);
+    main_pass(snap, query, rules, want, budget, tiers, out);
     if out.len() < want {
-        overflow_fill(snap, query, rules, want, tiers, &mut out);
+        overflow_fill(snap, query, rules, want, tiers, out);
     }
     if out.len() < want && !snap.held.is_empty() {
-        held_fill(snap, query, rules, want, tiers, &mut out);
+        held_fill(snap, query, rules, want, tiers, out);
     }
-    if let Some(first) = out.first() {
-        rules
-            .herd
-            .record_n(&snap.nodes[first.index].assigned, weight);
-    }
-    out
 }
 
 /// Adds to `out`, up to `want`, the best nodes with projected room that `query`
@@ -298,7 +319,7 @@ fn held_fill(
             continue;
         }
         let r = &e.record;
-        if !query.steer.admits(r) {
+        if !query.steer.admits(r) || out.iter().any(|c| c.index == i) {
             continue;
         }
         let (Some(ip), Some(port)) = (r.addr_for(query.family), r.ports.get(query.proto)) else {

@@ -1,6 +1,7 @@
-//! An operator policy (`registry::policy`) as the selection applies it to one answer:
-//! the groups its client is never sent to, and the group this answer's candidates
-//! come from first.
+//! What the selection is told about one client network beyond the fleet: an operator
+//! policy (`registry::policy`): the groups its client is never sent to and the group
+//! this answer's candidates come from first; and the gateways its clients' reports
+//! demoted (`crate::feedback`): answered only after every other candidate.
 
 use registry::policy::{Group, Policy};
 use registry::NodeRecord;
@@ -13,6 +14,9 @@ pub struct Steer<'a> {
     /// The group the answer's candidates come from first (the rest, if it cannot
     /// fill the answer, from anywhere else).
     pub first: Option<&'a Group>,
+    /// Nodes (by id) demoted for the client's network: left out of every pass, then
+    /// taken, in the usual order, only if the answer is not full without them.
+    pub demoted: &'a [std::sync::Arc<str>],
 }
 
 impl<'a> Steer<'a> {
@@ -20,6 +24,7 @@ impl<'a> Steer<'a> {
     pub const NONE: Steer<'static> = Steer {
         exclude: &[],
         first: None,
+        demoted: &[],
     };
 
     /// `policy`'s decision for its answer number `n` (see [`Policy::group_for`]).
@@ -27,13 +32,34 @@ impl<'a> Steer<'a> {
         Steer {
             exclude: &policy.exclude,
             first: policy.group_for(n),
+            demoted: &[],
         }
+    }
+
+    /// The same, with `demoted` demoted.
+    pub fn demoting(self, demoted: &'a [std::sync::Arc<str>]) -> Steer<'a> {
+        Steer { demoted, ..self }
     }
 
     /// True when the node of `record` may be answered in this pass: not excluded, and
     /// in the group asked for first, while one is.
     pub fn admits(&self, record: &NodeRecord) -> bool {
-        !self.excludes(record) && self.first.is_none_or(|g| g.contains(record))
+        !self.excludes(record)
+            && self.first.is_none_or(|g| g.contains(record))
+            && !self.demotes(record)
+    }
+
+    /// True when the node of `record` is demoted for this network.
+    pub fn demotes(&self, record: &NodeRecord) -> bool {
+        self.demoted.iter().any(|d| **d == *record.id)
+    }
+
+    /// The same policy with the demoted nodes admitted: the last part of an answer.
+    pub(super) fn with_demoted(self) -> Steer<'a> {
+        Steer {
+            demoted: &[],
+            ..self
+        }
     }
 
     /// The same exclusions, with no group first: the rest of the answer.

@@ -200,7 +200,7 @@ proptest! {
             region,
             isp,
             family: six.then_some(IpFamily::V6),
-            steer: crate::schedule::Steer { exclude: &policy.0, first: policy.1.as_ref() },
+            steer: super::steer_of(&policy),
         };
         let x = explain(&s, &query, rules);
         let selected = select_budgeted(&s, &query, rules, 0, SCAN_BUDGET);
@@ -216,6 +216,10 @@ proptest! {
                 Err(Reason::NoPort) => prop_assert!(r.ports.get(query.proto).is_none()),
                 Err(Reason::NoAddress) => prop_assert!(r.addr_for(query.family).is_none()),
                 Err(Reason::Excluded) => prop_assert!(query.steer.excludes(r)),
+                Err(Reason::Demoted) => {
+                    prop_assert_eq!(x.chosen.len(), count);
+                    prop_assert!(query.steer.demotes(r));
+                }
                 Err(Reason::Full) => prop_assert!(v.entry.reported_load >= rules.max_load),
                 Err(Reason::OtherIsp) => {
                     prop_assert_eq!(x.chosen.len(), count);

@@ -123,23 +123,43 @@ pub(crate) fn arb_isp() -> impl Strategy<Value = Option<&'static str>> {
     prop_oneof![Just(None), Just(Some("x")), Just(Some("z"))]
 }
 
-/// A test policy's decision, owned: the groups excluded and the group first.
-pub(crate) fn arb_policy() -> impl Strategy<Value = (Vec<Group>, Option<Group>)> {
+/// A test client network's steering, owned: the groups its policy excludes, the group
+/// first, and the nodes (of [`arb_fleet`]'s ids) demoted for it.
+pub(crate) type TestSteer = (Vec<Group>, Option<Group>, Vec<std::sync::Arc<str>>);
+
+/// A test policy's decision and demotions (see [`TestSteer`]).
+pub(crate) fn arb_policy() -> impl Strategy<Value = TestSteer> {
     let group = prop_oneof![
         Just(Group::Dc("d1".into())),
         Just(Group::Dc("d2".into())),
         Just(Group::Pool("p1".into())),
         Just(Group::Pool("p2".into())),
     ];
+    let demoted = proptest::collection::vec(0usize..12, 0..3).prop_map(|ids| {
+        ids.into_iter()
+            .map(|i| std::sync::Arc::from(format!("n{i:03}")))
+            .collect()
+    });
     (
         proptest::collection::vec(group.clone(), 0..2),
         proptest::option::of(group),
+        demoted,
     )
 }
 
+/// The [`Steer`] of a [`TestSteer`].
+pub(crate) fn steer_of(t: &TestSteer) -> Steer<'_> {
+    Steer {
+        exclude: &t.0,
+        first: t.1.as_ref(),
+        demoted: &t.2,
+    }
+}
+
 /// The rules written out the slow way: every eligible node the policy does not
-/// exclude; nodes of the policy's first group with projected room, then the others
-/// with room, then those projected full; in each, by tier (region, then the client's
+/// exclude; those not demoted for the network before those demoted; in each, nodes of
+/// the policy's first group with projected room, then the others with room, then
+/// those projected full; in each, by tier (region, then the client's
 /// ISP line before the others), then by projected load and id.
 fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     let mut order: Vec<&str> = query.region.into_iter().collect();
@@ -150,7 +170,7 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     }
     // (projected full, tier, projected load, index): nodes the estimate puts at or
     // above max_load come after every other, but still come.
-    let mut eligible: Vec<(u8, (usize, bool), f64, usize)> = (0..s.nodes.len())
+    let mut eligible: Vec<(bool, u8, (usize, bool), f64, usize)> = (0..s.nodes.len())
         .filter_map(|i| {
             let e = &s.nodes[i];
             let r = &e.record;
@@ -175,18 +195,18 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
                 _ if query.steer.first.is_some_and(|g| g.contains(r)) => 0,
                 _ => 1,
             };
-            ok.then_some((class, tier, load, i))
+            ok.then_some((query.steer.demotes(r), class, tier, load, i))
         })
         .collect();
     eligible.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.total_cmp(&b.2))
-            .then(a.3.cmp(&b.3))
+        (a.0, a.1, a.2)
+            .cmp(&(b.0, b.1, b.2))
+            .then(a.3.total_cmp(&b.3))
+            .then(a.4.cmp(&b.4))
     });
     eligible
         .into_iter()
         .take(query.count)
-        .map(|(_, _, _, i)| i)
+        .map(|(_, _, _, _, i)| i)
         .collect()
 }

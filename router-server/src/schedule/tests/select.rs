@@ -287,7 +287,7 @@ proptest! {
         let fallbacks: Vec<String> = fallbacks.iter().map(|f| regions[*f].to_string()).collect();
         let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd };
         let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
-        let steer = Steer { exclude: &policy.0, first: policy.1.as_ref() };
+        let steer = super::steer_of(&policy);
         let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family, steer };
         let expected = reference(&s, &query, rules);
         let got: Vec<usize> = select(&s, &query, rules).iter().map(|c| c.index).collect();
@@ -341,7 +341,7 @@ proptest! {
                     s = s.patch_at([&r], 2, false, now).expect("known id");
                 }
                 _ => {
-                    let steer = Steer { exclude: &policy.0, first: policy.1.as_ref() };
+                    let steer = super::steer_of(&policy);
                     let query = Query { proto: Proto::ALL[a % 3], count, region: Some(regions[b % 5]), isp: [None, Some("x"), Some("z")][(a / 3) % 3], family: None, steer };
                     let expected = reference(&s, &query, rules);
                     let got: Vec<usize> = select_budgeted(&s, &query, rules, 1, 0).iter().map(|c| c.index).collect();
@@ -359,13 +359,13 @@ proptest! {
     fn selection_invariants(fleet in arb_fleet(), region in proptest::option::of(0usize..5),
                             count in 1usize..=10, proto in 0usize..3, fam in 0u8..3,
                             fallback in proptest::option::of(0usize..4), isp in arb_isp()) {
-        let policy = (Vec::new(), None);
+        let policy: super::TestSteer = (Vec::new(), None, Vec::new());
         let regions = ["a", "b", "c", "d", "zz"];
         let s = snap(fleet);
         let fallbacks: Vec<String> = fallback.map(|f| regions[f].to_string()).into_iter().collect();
         let rules = Rules { max_load: 0.95, fallbacks: &fallbacks, herd: HerdView::now(5000, 1) };
         let family = [None, Some(IpFamily::V4), Some(IpFamily::V6)][fam as usize];
-        let steer = Steer { exclude: &policy.0, first: policy.1.as_ref() };
+        let steer = super::steer_of(&policy);
         let query = Query { proto: Proto::ALL[proto], count, region: region.map(|r| regions[r]), isp, family, steer };
         // Loads before the call (select counts one client on the first candidate).
         let before: Vec<f64> = s.nodes.iter().map(|e| e.projected_load(&rules.herd)).collect();
