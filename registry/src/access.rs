@@ -3,7 +3,7 @@
 //!
 //! | who | role | may |
 //! |---|---|---|
-//! | router `R` | `gateway-router-R` | read `P/`; read and write `P/routers/R` (plus write `P/commands/` and `P/audit/` with `--router-admin`, for the admin API and `/ops`) |
+//! | router `R` | `gateway-router-R` | read `P/`; read and write `P/routers/R` and `P/outcomes/R` (plus write `P/commands/` and `P/audit/` with `--router-admin`, for the admin API and `/ops`) |
 //! | agent of node `N` | `gateway-agent-N` | read and write `P/nodes/N` and `P/applied/N`; read `P/commands/N` and `P/blocklist/` |
 //! | operator `O` | `gateway-operator` | read `P/`; write `P/commands/`, `P/bindings/`, `P/blocklist/`, `P/policy/` and `P/audit/` |
 //!
@@ -135,6 +135,7 @@ pub fn plan(layout: &Layout, who: &Principals) -> Plan {
         let mut perms = vec![
             perm(Access::Read, all.clone(), true),
             perm(Access::ReadWrite, layout.router_key(r), false),
+            perm(Access::ReadWrite, layout.outcome_key(r), false),
         ];
         if who.router_admin {
             perms.push(perm(Access::Write, layout.commands_prefix(), true));
@@ -375,7 +376,11 @@ mod tests {
         let text = |r: &RolePlan| r.perms.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         assert_eq!(
             text(&p.roles[0]),
-            ["read /g/ --prefix", "readwrite /g/routers/r1"]
+            [
+                "read /g/ --prefix",
+                "readwrite /g/routers/r1",
+                "readwrite /g/outcomes/r1"
+            ]
         );
         assert_eq!(
             text(&p.roles[1]),
@@ -445,7 +450,7 @@ mod tests {
     fn steps_add_only_what_is_missing() {
         let p = plan(&Layout::new("/g"), &who());
         let all = steps(&p, &Existing::default());
-        assert_eq!(all.len(), 4 + 2 + 4 + 4 + 6 + 4 * 2);
+        assert_eq!(all.len(), 5 + 2 + 4 + 4 + 6 + 4 * 2);
         let mut existing = Existing::default();
         existing.roles.insert(
             "gateway-agent-gw-1".into(),

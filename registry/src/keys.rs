@@ -51,6 +51,18 @@ impl Layout {
         format!("{}/routers/{id}", self.prefix())
     }
 
+    /// `P/outcomes/`: each router's window of its clients' connect outcomes, shared
+    /// with the other routers (an extension of the contract's layout; the router's
+    /// `feedback` module writes and reads it).
+    pub fn outcomes_prefix(&self) -> String {
+        format!("{}/outcomes/", self.prefix)
+    }
+
+    /// `P/outcomes/{router id}`.
+    pub fn outcome_key(&self, router: &str) -> String {
+        format!("{}/outcomes/{router}", self.prefix)
+    }
+
     /// `P/commands/`.
     pub fn commands_prefix(&self) -> String {
         format!("{}/commands/", self.prefix)

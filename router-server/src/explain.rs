@@ -49,6 +49,8 @@ pub struct Facts<'a> {
     pub guard: &'a Guard,
     /// The operator policies in force.
     pub policies: &'a Policies,
+    /// The gateways demoted for each network by its clients' reports.
+    pub demotions: &'a crate::feedback::Demotions,
     /// Invalid records (and duplicate ids) by key, with the reason.
     pub invalid: &'a OrdMap<Arc<str>, String>,
     /// The herd counts as of now.
@@ -224,8 +226,11 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
     let policy = facts
         .policies
         .for_network(region.as_deref(), isp.as_deref());
+    let demoted = facts
+        .demotions
+        .for_network(region.as_deref(), isp.as_deref());
     let query = Query {
-        steer: policy.map_or(Steer::NONE, |p| p.peek()),
+        steer: policy.map_or(Steer::NONE, |p| p.peek()).demoting(demoted),
         proto: ask.proto,
         count: ask.count,
         region: region.as_deref(),

@@ -37,6 +37,7 @@ pub mod ctl;
 pub mod demo;
 pub mod dns;
 pub mod explain;
+pub mod feedback;
 pub mod guard;
 pub mod herd;
 pub mod http;
@@ -307,6 +308,9 @@ fn follow_registries(
             lag: lags[i].clone(),
         };
         spawn_registry_tasks(r, &router_id, slot, state, background, tasks);
+        if i == local {
+            spawn_feedback(r, &router_id, state, background, tasks);
+        }
     }
     Followed {
         inputs,
@@ -405,6 +409,28 @@ fn spawn_registry_tasks(
         r.layout.clone(),
         peers::Live::of(state),
         slot,
+        background.clone(),
+    ));
+}
+
+/// Starts the sharing and judging of clients' connect outcomes (`feedback`) in the
+/// router's own registry, on `tasks`.
+fn spawn_feedback(
+    r: &membership::Registry,
+    router_id: &str,
+    state: &state::AppState,
+    background: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let view = spawn_map(r, r.layout.outcomes_prefix(), background, tasks);
+    tasks.spawn(feedback::run(
+        r.kv.clone(),
+        r.layout.outcome_key(router_id),
+        router_id.to_string(),
+        view,
+        state.serving.feedback.clone(),
+        state.config.clone(),
+        state.metrics.feedback.clone(),
         background.clone(),
     ));
 }

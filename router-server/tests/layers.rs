@@ -12,7 +12,7 @@
 //!    (and `testkv`, the unit tests' store)
 //! 2. decisions, pure over a snapshot: `herd`, `schedule`
 //! 3. the fleet as the router believes it: `membership`, `peers`, `lag`, `alarms`, `guard`,
-//!    `state`, `explain`
+//!    `policy`, `feedback`, `state`, `explain`
 //! 4. edges: `http`, `dns`, `admin`, `ops`, `ctl`
 //! 5. the binary's glue and tools: `lib` (the crate root), `reload`, `demo`, `sim`
 
@@ -35,6 +35,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("alarms", 3),
     ("guard", 3),
     ("policy", 3),
+    ("feedback", 3),
     ("state", 3),
     ("explain", 3),
     ("http", 4),

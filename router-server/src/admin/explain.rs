@@ -24,8 +24,10 @@ pub(super) async fn route(
     let invalid = admin.status.invalid.lock().expect("invalid lock").clone();
     let (config, regions) = (admin.config.load(), s.regions.load());
     let policies = s.policies.load();
+    let demotions = s.feedback.demotions.load();
     let facts = Facts {
         policies: &policies,
+        demotions: &demotions,
         snapshot: snapshot.as_deref(),
         config: &config,
         regions: &regions,

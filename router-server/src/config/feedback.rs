@@ -58,9 +58,8 @@ impl Default for FeedbackConfig {
 impl FeedbackConfig {
     /// The section's rules, each naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key: &str, msg: String| {
-            Err(ConfigError::invalid(format!("feedback.{key}"), msg))
-        };
+        let err =
+            |key: &str, msg: String| Err(ConfigError::invalid(format!("feedback.{key}"), msg));
         if !(100..=3_600_000).contains(&self.share_ms) {
             return err("share_ms", format!("{} is not 100-3600000", self.share_ms));
         }
@@ -74,7 +73,10 @@ impl FeedbackConfig {
             return err("min_reports", "must be at least 1".into());
         }
         if !(self.demote_below > 0.0 && self.demote_below <= 1.0) {
-            return err("demote_below", format!("{} is not in (0, 1]", self.demote_below));
+            return err(
+                "demote_below",
+                format!("{} is not in (0, 1]", self.demote_below),
+            );
         }
         let least = self.window_ms + 2 * self.share_ms;
         if self.hold_ms < least {

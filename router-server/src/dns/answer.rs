@@ -182,7 +182,10 @@ impl Dns {
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let policies = self.serving.policies.load();
-        let steer = policies.steer(region, isp);
+        let demotions = self.serving.feedback.demotions.load();
+        let steer = policies
+            .steer(region, isp)
+            .demoting(demotions.for_network(region, isp));
         let wanted = Wanted {
             proto,
             count: self.cfg.count,

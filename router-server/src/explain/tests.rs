@@ -83,6 +83,9 @@ fn world() -> World {
     }
 }
 
+/// No gateway demoted.
+static NO_DEMOTIONS: std::sync::LazyLock<crate::feedback::Demotions> =
+    std::sync::LazyLock::new(Default::default);
 /// No policy in force.
 static NO_POLICIES: std::sync::LazyLock<crate::policy::Policies> =
     std::sync::LazyLock::new(Default::default);
@@ -90,6 +93,7 @@ static NO_POLICIES: std::sync::LazyLock<crate::policy::Policies> =
 fn facts(w: &World) -> Facts<'_> {
     Facts {
         policies: &NO_POLICIES,
+        demotions: &NO_DEMOTIONS,
         snapshot: Some(&w.snap),
         config: &w.config,
         regions: &w.regions,

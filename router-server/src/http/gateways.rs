@@ -185,7 +185,10 @@ fn gateways(
     let region = params.region.as_deref().or_else(|| regions.lookup(ip));
     let isp = params.isp.as_deref().or_else(|| regions.isp(ip));
     let policies = api.serving.policies.load();
-    let steer = policies.steer(region, isp);
+    let demotions = api.serving.feedback.demotions.load();
+    let steer = policies
+        .steer(region, isp)
+        .demoting(demotions.for_network(region, isp));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)

@@ -3,7 +3,8 @@
 //! * [`server`]: the accept loop and each connection's life (deadlines, the connection
 //!   cap, shutdown).
 //! * [`routes`]: the application's routes and the edge middleware.
-//! * [`gateways`]: `GET /gateways` and the [`Api`] it shares.
+//! * [`gateways`]: `GET /gateways` and the [`Api`] it shares; [`outcomes`]: `POST
+//!   /outcomes`, the connect outcomes clients report.
 //! * [`fleet`]: the fleet page (`/ops`) and the JSON it polls.
 //! * [`params`]: its query string. [`error`]: the contract's error answer, also given to the
 //!   errors the HTTP parser writes by itself (`raw_errors`).
@@ -17,6 +18,7 @@ pub mod error;
 pub mod fleet;
 mod forwarded;
 pub mod gateways;
+pub mod outcomes;
 pub mod params;
 mod raw_errors;
 pub mod routes;

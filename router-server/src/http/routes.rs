@@ -80,8 +80,9 @@ async fn not_found() -> ApiError {
 }
 
 /// Every route the server has, as static labels for metrics.
-const ROUTES: [&str; 16] = [
+const ROUTES: [&str; 17] = [
     "/gateways",
+    "/outcomes",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -391,6 +392,7 @@ fn surface(
                 .route("/gateways", gateways)
                 .with_state(api.clone()),
         );
+        app = app.merge(super::outcomes::routes(api.clone()));
         if let Some(dns) = dns {
             app = app.merge(super::dns::routes(dns));
         }

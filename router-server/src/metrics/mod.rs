@@ -13,6 +13,7 @@ mod admin;
 mod config;
 mod connections;
 mod edge;
+mod feedback;
 mod fleet;
 mod herd;
 mod histogram;
@@ -30,6 +31,7 @@ pub use config::ConfigMetrics;
 pub use connections::ConnMetrics;
 pub use dns::DnsMetrics;
 pub use edge::EdgeMetrics;
+pub use feedback::{FeedbackMetrics, NetworkLabels, OutcomeLabels};
 pub use fleet::FleetMetrics;
 pub use herd::HerdMetrics;
 pub use histogram::AtomicHistogram;
@@ -63,6 +65,8 @@ pub struct Metrics {
     pub dns: DnsMetrics,
     /// Configuration reloads.
     pub config: ConfigMetrics,
+    /// Clients' connect outcomes and the demotions they cause.
+    pub feedback: FeedbackMetrics,
 }
 
 impl Default for Metrics {
@@ -79,6 +83,7 @@ impl Default for Metrics {
             registries: RegistryMetrics::default(),
             dns: DnsMetrics::default(),
             config: ConfigMetrics::default(),
+            feedback: FeedbackMetrics::default(),
         };
         m.register(&mut registry);
         Metrics { registry, ..m }
@@ -190,6 +195,17 @@ mod tests {
             .tcp_closed
             .get_or_create(&DnsTcpLabels { reason: "x" })
             .inc();
+        m.feedback
+            .outcomes
+            .get_or_create(&OutcomeLabels { result: "accepted" })
+            .inc();
+        m.feedback
+            .demoted
+            .get_or_create(&NetworkLabels {
+                region: "r".into(),
+                isp: String::new(),
+            })
+            .set(1);
         let text = m.render();
         let families: Vec<&str> = text
             .lines()
@@ -239,6 +255,9 @@ mod tests {
             "router_config_reloads",
             "router_config_restart_needed",
             "router_isp_db_loads",
+            "router_outcomes",
+            "router_demotions",
+            "router_demoted_gateways",
         ];
         assert_eq!(families, expected);
     }

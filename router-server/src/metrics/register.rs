@@ -35,5 +35,6 @@ impl Metrics {
         self.registries.register(registry);
         self.dns.register(registry);
         self.config.register(registry);
+        self.feedback.register(registry);
     }
 }

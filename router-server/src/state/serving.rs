@@ -33,6 +33,9 @@ pub struct Serving {
     pub isp_db: IspDbSlot,
     /// The operator policies in force, by client network (see [`crate::policy`]).
     pub policies: Arc<ArcSwap<Policies>>,
+    /// Clients' connect outcomes, and the gateways demoted for each network (see
+    /// [`crate::feedback`]).
+    pub feedback: Arc<crate::feedback::Feedback>,
     /// What one client network may cost: block and allow lists, budgets.
     pub guard: Arc<Guard>,
     /// This router's order among equally loaded nodes (see `Snapshot::build_seeded`),
@@ -79,6 +82,7 @@ impl Serving {
             regions: ArcSwap::from_pointee(region_table(&config.regions, &isp_db)),
             isp_db,
             policies: Arc::default(),
+            feedback: Arc::default(),
             guard,
             tie_seed: rand::random::<u64>() | 1,
             routers: AtomicU64::new(1),

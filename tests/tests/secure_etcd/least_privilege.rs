@@ -30,7 +30,7 @@ fn ctl_auth_plans_then_applies_least_privilege_once() {
     ];
     let plan = auth(&etcd, "plan", &who);
     for line in [
-        &format!("role gateway-router-r1: read {P}/ --prefix; readwrite {P}/routers/r1"),
+        &format!("role gateway-router-r1: read {P}/ --prefix; readwrite {P}/routers/r1; readwrite {P}/outcomes/r1"),
         &format!("role gateway-agent-gw-a: readwrite {P}/nodes/gw-a; readwrite {P}/applied/gw-a; read {P}/commands/gw-a"),
         &format!("role gateway-operator: read {P}/ --prefix; write {P}/commands/ --prefix"),
         &"user gw-b -> gateway-agent-gw-b".to_string(),

@@ -50,7 +50,13 @@ pub struct RouterStatus {
     pub dns: Option<crate::metrics::dns::DnsStatus>,
     /// The operator policies in force, by name.
     pub policies: Vec<PolicyStatus>,
+    /// Gateways demoted for a client network by its clients' reports, at most
+    /// [`DEMOTED_SHOWN`].
+    pub demoted: Vec<crate::feedback::Demoted>,
 }
+
+/// The most demotions `/ops` lists.
+const DEMOTED_SHOWN: usize = 100;
 
 /// One operator policy in force.
 #[derive(Debug, Serialize)]
@@ -152,6 +158,11 @@ pub(super) fn router_status(
                 answers: p.answers_by_group(),
             })
             .collect(),
+        demoted: {
+            let mut d = api.serving.feedback.demoted(tokio::time::Instant::now());
+            d.truncate(DEMOTED_SHOWN);
+            d
+        },
     }
 }
 

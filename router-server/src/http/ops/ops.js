@@ -72,6 +72,7 @@ function renderRouter(f) {
     ["503 no_gateways", rates.r503.toFixed(1) + "/s", rates.r503 > 0],
     ["max_load", pct(r.max_load)],
     ["policies", policies(r.policies)],
+    ["demoted", demoted(r.demoted), r.demoted.length > 0],
   ];
   const box = document.getElementById("router");
   box.replaceChildren(...items.map(([k, v, alarm]) =>
@@ -306,8 +307,6 @@ document.getElementById("token-clear").addEventListener("click", () => {
 poll();
 setInterval(poll, POLL_MS);
 
-// "0.1.0 (1a2b3c4) x3": how many live routers run each version (two or more: an
-// upgrade in progress, shown as an alarm so it is not forgotten half-way).
 // The operator policies in force, one phrase each: whose clients, what is excluded,
 // and each share with the answers it got.
 function policies(list) {
@@ -323,6 +322,19 @@ function policies(list) {
   }).join(" · ");
 }
 
+// Gateways demoted for a client network, one phrase each: whose clients, which
+// gateway, what they reported, how long it lasts.
+function demoted(list) {
+  if (list.length === 0) return "none";
+  return list.map(d => {
+    const who = (d.region || "any region") + (d.isp ? "/" + d.isp : "");
+    return d.gateway + " for " + who + " (" + d.ok + " ok, " + d.failed + " failed; "
+      + Math.ceil(d.remaining_ms / 1000) + "s left)";
+  }).join(" · ");
+}
+
+// "0.1.0 (1a2b3c4) x3": how many live routers run each version (two or more: an
+// upgrade in progress, shown as an alarm so it is not forgotten half-way).
 function versions(routers) {
   const count = new Map();
   for (const p of routers) count.set(p.version, (count.get(p.version) || 0) + 1);

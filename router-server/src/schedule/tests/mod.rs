@@ -170,7 +170,9 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
     }
     // (projected full, tier, projected load, index): nodes the estimate puts at or
     // above max_load come after every other, but still come.
-    let mut eligible: Vec<(bool, u8, (usize, bool), f64, usize)> = (0..s.nodes.len())
+    // (demoted, class, tier, projected load, index).
+    type Ranked = (bool, u8, (usize, bool), f64, usize);
+    let mut eligible: Vec<Ranked> = (0..s.nodes.len())
         .filter_map(|i| {
             let e = &s.nodes[i];
             let r = &e.record;

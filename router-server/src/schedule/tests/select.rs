@@ -13,7 +13,7 @@ use super::{
 };
 use crate::herd::HerdView;
 use crate::schedule::order;
-use crate::schedule::{select, select_budgeted, Query, Rules, Snapshot, Steer, SCAN_BUDGET};
+use crate::schedule::{select, select_budgeted, Query, Rules, Snapshot, SCAN_BUDGET};
 
 #[test]
 fn region_then_fallbacks_then_any() {
