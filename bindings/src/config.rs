@@ -129,6 +129,17 @@ pub struct SdkConfig {
     /// Deadline of one candidate (TCP and TLS handshake), ms.
     #[uniffi(default = 3000)]
     pub connect_timeout_ms: u64,
+    /// Report connect outcomes (gateway ids, how each attempt ended, milliseconds; no
+    /// address, device or user) to the router asked next, in the background; false:
+    /// nothing recorded, nothing sent.
+    #[uniffi(default = true)]
+    pub report_outcomes: bool,
+    /// The share of connect calls whose outcomes are recorded (0-1).
+    #[uniffi(default = 0.25)]
+    pub report_sample: f64,
+    /// At most one outcome report per interval, ms (at most 32 outcomes wait for it).
+    #[uniffi(default = 30000)]
+    pub report_interval_ms: u64,
 }
 
 fn config_error(detail: String) -> SdkError {
@@ -210,6 +221,9 @@ impl SdkConfig {
         c.deadline = Duration::from_millis(self.deadline_ms);
         c.connect_delay = Duration::from_millis(self.connect_delay_ms);
         c.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        c.report_outcomes = self.report_outcomes;
+        c.report_sample = self.report_sample;
+        c.report_interval = Duration::from_millis(self.report_interval_ms);
         Ok(c)
     }
 }

@@ -21,6 +21,7 @@ use crate::error::{Failure, FailureKind};
 use crate::files::{now_ms, write_atomically};
 use crate::http::Http;
 use crate::limits::later;
+use crate::outcomes::Outcomes;
 use crate::router::{RouterOutcome, Routers};
 
 /// The SDK's entry point. Cheap to clone; share one per app.
@@ -50,6 +51,9 @@ pub(crate) struct Inner {
     /// The backoff of the last answer obtained, kept after the answer itself is
     /// dropped (a failed round drops it), so retries follow the router's settings.
     pub(crate) backoff: Mutex<BackoffParams>,
+    /// Connect outcomes waiting for the next router that answers (at most
+    /// `gateway_api::MAX_OUTCOMES`; newer ones are dropped while it is full).
+    pub(crate) outcomes: Outcomes,
 }
 
 /// Which answer a call may use.
@@ -102,6 +106,7 @@ impl Client {
                 current: Mutex::new(None),
                 connected: AtomicBool::new(false),
                 backoff: Mutex::new(BackoffParams::default()),
+                outcomes: Outcomes::default(),
             }),
         };
         // Pre-resolve the router's domain, so the first call finds its address ready
@@ -171,7 +176,12 @@ impl Client {
                 .ask(later(start, c.router_budget), |a| self.persist(a))
                 .await
             {
-                Ok(g) => Ok(g),
+                Ok(g) => {
+                    if let Source::Router { addr, .. } = g.source {
+                        self.report_outcomes(addr);
+                    }
+                    Ok(g)
+                }
                 Err(RouterOutcome::Refused(e)) => Err(e),
                 Err(RouterOutcome::Unreachable(routers)) => {
                     if let (Want::Fresh, Some(g)) = (want, &last) {

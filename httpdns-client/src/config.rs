@@ -72,6 +72,21 @@ pub struct Config {
     /// Roots trusted for the router and HTTPS providers besides the platform's store
     /// (system, enterprise and user-installed CAs): a private CA, say.
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Report connect outcomes to the router asked next (true). A sampled connect call
+    /// records, for each candidate of a router's answer it started dialling, the
+    /// gateway's id, how the attempt ended (connected, refused, timed out, TLS, other)
+    /// and after how many milliseconds; the next router that answers gets them
+    /// (`POST /outcomes`) in the background, never delaying the call. No address,
+    /// device or user is sent. False: nothing is recorded and nothing sent.
+    pub report_outcomes: bool,
+    /// The share of connect calls whose outcomes are recorded, drawn once per call
+    /// (0.25); clamped to 0..=1, NaN counts as 0.
+    pub report_sample: f64,
+    /// At most one report per interval (30 s): outcomes recorded meanwhile wait for
+    /// the next one. At most [`gateway_api::MAX_OUTCOMES`] (32) wait; newer ones are
+    /// dropped while the buffer is full, and a report that fails is dropped, never
+    /// sent again.
+    pub report_interval: Duration,
 }
 
 impl Config {
@@ -101,6 +116,9 @@ impl Config {
             gateway_domain_suffixes: Vec::new(),
             prefetch_router: true,
             extra_roots: Vec::new(),
+            report_outcomes: true,
+            report_sample: 0.25,
+            report_interval: Duration::from_secs(30),
         }
     }
 

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
@@ -40,6 +41,7 @@ use crate::client::{Client, Gateway, Gateways, Source, Want};
 use crate::config::DomainPin;
 use crate::error::Error;
 use crate::error::{Failure, FailureKind};
+use crate::outcomes::race_outcomes;
 use crate::race::{staggered, Attempt};
 
 /// A connected gateway: the stream (a [`TcpStream`] from [`Client::connect`], a TLS
@@ -143,12 +145,19 @@ impl Client {
             .iter()
             .map(|gw| dial(gw, c.connect_timeout))
             .collect();
-        match staggered(attempts, c.connect_delay, None).await {
-            Ok((stream, i)) => {
+        let recorded = self.records_outcomes(&g.source);
+        let raced = staggered(attempts, c.connect_delay, None).await;
+        if recorded {
+            self.inner
+                .outcomes
+                .record(race_outcomes(&g.gateways, &raced, Instant::now()));
+        }
+        match raced {
+            Ok(won) => {
                 self.inner.connected.store(true, Ordering::Relaxed);
                 Ok(Connection {
-                    stream,
-                    gateway: g.gateways[i].clone(),
+                    stream: won.value,
+                    gateway: g.gateways[won.index].clone(),
                     source: g.source,
                     heartbeat: g.heartbeat,
                 })
@@ -166,7 +175,7 @@ impl Client {
                 let attempts = lost
                     .failures
                     .into_iter()
-                    .map(|(_, f)| f)
+                    .map(|(_, f, _)| f)
                     .collect::<Vec<_>>();
                 Err(Error::Connect {
                     attempts: attempts.into(),
@@ -317,7 +326,7 @@ fn dial_tls(
     };
     Box::pin(async move {
         let name = name?;
-        let start = tokio::time::Instant::now();
+        let start = Instant::now();
         let tcp = tcp(addr, timeout, &target).await?;
         let left = timeout.saturating_sub(start.elapsed());
         match tokio::time::timeout(left, connector.connect(name, tcp)).await {
@@ -396,15 +405,16 @@ pub async fn race(
             Box::pin(async move { tcp(addr, timeout, &addr.to_string()).await })
         })
         .collect();
-    staggered(attempts, delay, None).await.map_err(|lost| {
+    let won = staggered(attempts, delay, None).await.map_err(|lost| {
         lost.failures
             .into_iter()
-            .map(|(i, f)| {
+            .map(|(i, f, _)| {
                 debug!(addr = %addrs[i], error = %f, "candidate failed");
                 (addrs[i], f.kind.to_string())
             })
-            .collect()
-    })
+            .collect::<Vec<_>>()
+    })?;
+    Ok((won.value, won.index))
 }
 
 #[cfg(test)]

@@ -77,6 +77,15 @@ impl Request {
             post: None,
         }
     }
+
+    /// A POST of `body` as JSON to `path`.
+    pub(crate) fn post_json(path: impl Into<String>, body: Vec<u8>) -> Request {
+        Request {
+            path: path.into(),
+            accept: None,
+            post: Some(("application/json", body)),
+        }
+    }
 }
 
 /// An answer, read whole.

@@ -52,6 +52,14 @@
 //!   router's parameters. Every answer says where it came from ([`Source`],
 //!   [`DnsSource`]). One staggered race (the `race` module) serves resolution and
 //!   connecting alike.
+//! * Connect outcomes (the `outcomes` module): a sampled share of connect calls
+//!   (`Config::report_sample`, 25 %) records, for each candidate of a router's answer
+//!   it started dialling, the gateway's id, how the attempt ended (connected, refused,
+//!   timed out, TLS, other) and after how many milliseconds — no address, device or
+//!   user. The next router that answers gets them (`POST /outcomes`) in the
+//!   background, at most once per `Config::report_interval` (30 s), at most 32 at a
+//!   time (newer ones are dropped while 32 wait; a failed report is dropped, never
+//!   sent again); `Config::report_outcomes = false` records and sends nothing.
 //! * Trust: HTTPS to providers, routers and gateways trusts the platform's store
 //!   (`rustls-platform-verifier`) plus `Config::extra_roots`. With
 //!   `Config::gateway_domain_suffixes` (empty by default) the app pins the gateway
@@ -87,6 +95,7 @@ pub mod error;
 mod files;
 mod http;
 pub mod limits;
+mod outcomes;
 mod race;
 mod router;
 mod trust;

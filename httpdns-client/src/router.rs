@@ -118,18 +118,23 @@ impl Routers<'_> {
         Err(RouterOutcome::Unreachable(failures))
     }
 
+    /// The router at `addr`: the Host header and TLS name are the router's domain; the
+    /// address is the one HTTPDNS gave, so a hijacked local resolver is never
+    /// consulted.
+    pub(crate) fn endpoint(&self, addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            name: self.config.router_domain.clone(),
+            https: self.config.router_https,
+        }
+    }
+
     async fn ask_router(&self, addr: SocketAddr) -> Result<RouterAnswer, RouterOutcome> {
         let c = self.config;
         let target = format!("router {addr}");
         let unreachable =
             |kind| RouterOutcome::Unreachable(vec![Failure::new(target.clone(), kind)]);
-        // Host header and TLS name are the router's domain; the address is the one
-        // HTTPDNS gave, so a hijacked local resolver is never consulted.
-        let endpoint = Endpoint {
-            addr,
-            name: c.router_domain.clone(),
-            https: c.router_https,
-        };
+        let endpoint = self.endpoint(addr);
         let mut params: Vec<(&str, String)> = vec![
             ("proto", c.proto.as_str().to_string()),
             ("count", c.count.to_string()),

@@ -371,9 +371,9 @@ impl HttpDns {
             .unwrap_or(deadline);
         let (targets, attempts): (Vec<String>, Vec<_>) = self.attempts(host).into_iter().unzip();
         let found = match staggered(attempts, self.config.stagger, Some(give_up)).await {
-            Ok((answer, _)) => Some(answer),
+            Ok(won) => Some(won.value),
             Err(lost) => {
-                for (_, f) in lost.failures {
+                for (_, f, _) in lost.failures {
                     warn!(host, failure = %f, "resolution source failed");
                     failures.push(f);
                 }
