@@ -97,6 +97,7 @@ mod http;
 pub mod limits;
 mod outcomes;
 mod race;
+mod report;
 mod router;
 mod trust;
 

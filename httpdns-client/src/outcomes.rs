@@ -4,18 +4,14 @@
 //! the next router that answers, at most once per `Config::report_interval`, in the
 //! background.
 
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use gateway_api::{Outcome, OutcomeKind, OutcomeReport, MAX_OUTCOMES, MAX_REPORT_BYTES};
 use tokio::time::Instant;
-use tracing::debug;
 
-use crate::answer::{Gateway, Source};
-use crate::client::Client;
+use crate::answer::Gateway;
 use crate::error::{Failure, FailureKind};
-use crate::http::Request;
 use crate::race::{Lost, Won};
 
 /// The longest gateway id reported: an outcome at a gateway with a longer id is not
@@ -138,7 +134,7 @@ fn outcome_kind(kind: &FailureKind) -> Option<OutcomeKind> {
 }
 
 /// `report_sample` as a probability: clamped to 0..=1, NaN as 0.
-fn sample_share(sample: f64) -> f64 {
+pub(crate) fn sample_share(sample: f64) -> f64 {
     if sample.is_nan() {
         0.0
     } else {
@@ -149,7 +145,7 @@ fn sample_share(sample: f64) -> f64 {
 /// `outcomes` as a report body of at most [`MAX_REPORT_BYTES`]: an outcome that would
 /// pass it is left out (ids are at most [`MAX_ID_BYTES`], but JSON escapes can make
 /// one six times longer).
-fn report_body(outcomes: Vec<Outcome>) -> Vec<u8> {
+pub(crate) fn report_body(outcomes: Vec<Outcome>) -> Vec<u8> {
     let mut size = r#"{"outcomes":[]}"#.len();
     let mut kept = Vec::with_capacity(outcomes.len());
     for o in outcomes {
@@ -163,53 +159,3 @@ fn report_body(outcomes: Vec<Outcome>) -> Vec<u8> {
     }
     serde_json::to_vec(&OutcomeReport { outcomes: kept }).expect("a report serializes")
 }
-
-impl Client {
-    /// Whether a connect call to candidates from `source` records its outcomes: only
-    /// a router's candidates (the cache file's and the fallback domain's ids are not
-    /// the router's), with `report_outcomes` on, for a `report_sample` share of calls.
-    pub(crate) fn records_outcomes(&self, source: &Source) -> bool {
-        let c = &self.inner.config;
-        c.report_outcomes
-            && matches!(source, Source::Router { .. })
-            && rand::random::<f64>() < sample_share(c.report_sample)
-    }
-
-    /// After the router at `addr` answered: when a report is due, the waiting outcomes
-    /// go to it (`POST /outcomes`) in the background. A report that fails is logged
-    /// and dropped, never sent again.
-    pub(crate) fn report_outcomes(&self, addr: SocketAddr) {
-        let c = &self.inner.config;
-        if !c.report_outcomes {
-            return;
-        }
-        let Some(outcomes) = self.inner.outcomes.take_due(c.report_interval) else {
-            return;
-        };
-        let n = outcomes.len();
-        let request = Request::post_json("/outcomes", report_body(outcomes));
-        let endpoint = self.routers().endpoint(addr);
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let target = format!("router {addr}");
-            let timeout = inner.config.router_attempt_timeout;
-            let sent = tokio::time::timeout(timeout, inner.http.send(&endpoint, &request, &target));
-            let failure = match sent.await {
-                Ok(Ok(r)) if (200..300).contains(&r.status) => return,
-                Ok(Ok(r)) => Failure::new(
-                    target,
-                    FailureKind::Status {
-                        status: r.status,
-                        body: String::from_utf8_lossy(&r.body).chars().take(200).collect(),
-                    },
-                ),
-                Ok(Err(f)) => f,
-                Err(_) => Failure::new(target, FailureKind::TimedOut),
-            };
-            debug!(error = %failure, dropped = n, "connect outcome report not delivered");
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests;

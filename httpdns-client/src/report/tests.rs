@@ -7,9 +7,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::*;
-use crate::answer::{BackoffParams, RouterAnswer};
+use std::time::Duration;
+
+use gateway_api::{Outcome, OutcomeKind, OutcomeReport, MAX_OUTCOMES, MAX_REPORT_BYTES};
+use tokio::time::Instant;
+
+use crate::answer::{BackoffParams, Gateway, RouterAnswer, Source};
+use crate::client::Client;
 use crate::dns::{DnsSource, Ipv6Mode};
+use crate::error::{Failure, FailureKind};
+use crate::outcomes::*;
+use crate::race::{Lost, Won};
 use crate::Config;
 
 /// A router on loopback: answers every `GET /gateways` with the same answer and
