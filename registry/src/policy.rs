@@ -5,6 +5,7 @@
 //! {"region": "cn-sh", "isp": "cmcc",
 //!  "exclude": ["pool:cdn-a"],
 //!  "ratios": [{"to": "dc:sh", "percent": 70}, {"to": "dc:hz", "percent": 30}],
+//!  "caps": [{"to": "pool:edge", "percent": 20}],
 //!  "by": "alice", "at_ms": 1763700000000}
 //! ```
 //!
@@ -13,6 +14,9 @@
 //! * `ratios`: each answer's candidates come first from one group, drawn so that the
 //!   groups get these shares of the answers ("cn-sh: 70 % sh, 30 % hz"); the rest of the
 //!   answer, if that group cannot fill it, from anywhere, as without the policy.
+//! * `caps`: a group may come first in at most this share of the answers; in the other
+//!   answers its nodes come after every other candidate (they still fill an answer
+//!   nothing else can).
 //!
 //! A group is a data centre (`dc:NAME`, the registry's name, which the router sets on
 //! every record it follows, so a host cannot claim another) or a pool (`pool:NAME`, the
@@ -124,6 +128,9 @@ pub struct Policy {
     /// Shares of the answers between groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ratios: Vec<Ratio>,
+    /// The most of the answers each of these groups may lead (1-99 %).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caps: Vec<Ratio>,
     /// Who wrote it (the etcd user, or an operator's name).
     #[serde(default)]
     pub by: String,
@@ -145,8 +152,35 @@ impl Policy {
         if let Some(isp) = &self.isp {
             validate_name("isp", isp)?;
         }
-        if self.exclude.is_empty() && self.ratios.is_empty() {
-            return Err(invalid("exclude", "a policy excludes or shares something"));
+        if self.exclude.is_empty() && self.ratios.is_empty() && self.caps.is_empty() {
+            return Err(invalid(
+                "exclude",
+                "a policy excludes, shares or caps something",
+            ));
+        }
+        if self.caps.len() > MAX_RATIOS {
+            return Err(invalid(
+                "caps",
+                format!("{} groups; at most {MAX_RATIOS}", self.caps.len()),
+            ));
+        }
+        let mut capped = std::collections::BTreeSet::new();
+        for c in &self.caps {
+            if !(1..=99).contains(&c.percent) {
+                return Err(invalid(
+                    "caps",
+                    format!("{}: {} % is not 1-99", c.to, c.percent),
+                ));
+            }
+            if !capped.insert(&c.to) {
+                return Err(invalid("caps", format!("{} is given twice", c.to)));
+            }
+            if self.exclude.contains(&c.to) || self.ratios.iter().any(|r| r.to == c.to) {
+                return Err(invalid(
+                    "caps",
+                    format!("{} is excluded or shared too", c.to),
+                ));
+            }
         }
         if self.exclude.len() > MAX_EXCLUDE {
             return Err(invalid(
@@ -220,6 +254,19 @@ impl Policy {
         Some(self.ratios.len() - 1)
     }
 
+    /// The caps (bit `k`: `caps[k]`) whose group answer number `n` holds back: a
+    /// group capped at `p` % may lead exactly `p` of every 100 answers (the same
+    /// `61 n mod 100` draw as the shares), and comes last in the others.
+    pub fn held_back(&self, n: u64) -> u8 {
+        let point = (n.wrapping_mul(61) % 100) as u8;
+        self.caps
+            .iter()
+            .take(8)
+            .enumerate()
+            .filter(|(_, c)| point >= c.percent)
+            .fold(0u8, |held, (k, _)| held | 1 << k)
+    }
+
     /// The group answer number `n` goes to first (see [`Policy::share_for`]).
     pub fn group_for(&self, n: u64) -> Option<&Group> {
         self.share_for(n).map(|k| &self.ratios[k].to)
@@ -276,6 +323,20 @@ mod tests {
         assert!(longest <= 4, "a run of {longest}");
     }
 
+    /// A group capped at p % is let lead exactly p of every 100 answers; two caps are
+    /// drawn independently of the order they are given in.
+    #[test]
+    fn a_cap_holds_its_group_back_in_the_rest_of_the_answers() {
+        let p = Policy::parse(
+            br#"{"region":"cn-sh","caps":[{"to":"pool:edge","percent":20},{"to":"dc:hz","percent":75}]}"#,
+        )
+        .unwrap();
+        let allowed = |k: u8| (0..100).filter(|&n| p.held_back(n) & (1 << k) == 0).count();
+        assert_eq!((allowed(0), allowed(1)), (20, 75));
+        assert_eq!(Policy::parse(&p.to_json()).unwrap(), p);
+        assert!(p.group_for(3).is_none());
+    }
+
     #[test]
     fn bad_policies_name_their_field() {
         for (value, field) in [
@@ -305,6 +366,18 @@ mod tests {
                 "unknown field",
             ),
             (r#"{"region":"a","exclude":["dc:a"],"by":"a\u0007"}"#, "by"),
+            (
+                r#"{"region":"a","caps":[{"to":"pool:e","percent":100}]}"#,
+                "not 1-99",
+            ),
+            (
+                r#"{"region":"a","caps":[{"to":"pool:e","percent":10},{"to":"pool:e","percent":20}]}"#,
+                "twice",
+            ),
+            (
+                r#"{"region":"a","ratios":[{"to":"pool:e","percent":100}],"caps":[{"to":"pool:e","percent":20}]}"#,
+                "shared too",
+            ),
         ] {
             let e = Policy::parse(value.as_bytes()).unwrap_err().to_string();
             assert!(e.contains(field), "{value}: {e}");

@@ -430,6 +430,9 @@ fn detail(
         Reason::Held => "held (it left without a drain, or its registry is out of reach): \
              offered after every live node, and the answer was full first"
             .into(),
+        Reason::Capped => "in a group the policy caps for this client's network, held back in \
+             this answer: offered after every other candidate, and the answer was full first"
+            .into(),
         Reason::Demoted => "demoted for this client's network (its clients' connects to it \
              fail): offered after every other candidate, and the answer was full first"
             .into(),

@@ -61,6 +61,8 @@ impl InForce {
         Steer {
             exclude: &self.policy.exclude,
             first: share.map(|k| &self.policy.ratios[k].to),
+            caps: &self.policy.caps,
+            held: self.policy.held_back(n),
             demoted: &[],
         }
     }

@@ -150,6 +150,53 @@ isp_cidrs = { "127.21.0.0/16" = "cmcc" }
     let (code, out) = router_ctl(&etcd, &["policy", "get", "no-cdn-on-cmcc"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"by\"") && out.contains("\"at_ms\""), "{out}");
+
+    // A cap instead of the split: the cdn pool (the least loaded) leads exactly 20 of
+    // every 100 answers, and comes last in the others.
+    let (code, out) = router_ctl(
+        &etcd,
+        &[
+            "policy",
+            "set",
+            "sh-split",
+            "--region",
+            "cn-sh",
+            "--cap",
+            "pool:cdn=20",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("pool:cdn: first in at most 20 % of their answers")
+            && out.contains("pool:own: no share any more"),
+        "{out}"
+    );
+    let (code, out) = router_ctl(
+        &etcd,
+        &[
+            "policy",
+            "set",
+            "sh-split",
+            "--region",
+            "cn-sh",
+            "--cap",
+            "pool:cdn=20",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_until(Duration::from_secs(5), "the cap in force", || {
+        (0..10).any(|_| ids(r, OTHER).last().map(String::as_str) == Some("cdn-1"))
+    });
+    let mut led = 0;
+    for _ in 0..100 {
+        let got = ids(r, OTHER);
+        match got[0].as_str() {
+            "cdn-1" => led += 1,
+            _ => assert_eq!(got.last().map(String::as_str), Some("cdn-1"), "{got:?}"),
+        }
+    }
+    assert_eq!(led, 20);
     let (code, out) = router_ctl(&etcd, &["policy", "rm", "no-cdn-on-cmcc"]);
     assert_eq!(code, 0, "{out}");
     for r in &routers {
@@ -186,7 +233,7 @@ fn bad_policies_are_refused_with_the_reason_and_write_nothing() {
     for (args, says) in [
         (
             &["policy", "set", "p", "--region", "cn-sh"][..],
-            "excludes or shares something",
+            "excludes, shares or caps something",
         ),
         (
             &[

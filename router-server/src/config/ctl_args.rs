@@ -203,6 +203,10 @@ pub enum PolicyOp {
         /// the shares add up to 100.
         #[arg(long, value_name = "GROUP=PERCENT", value_parser = parse_ratio)]
         ratio: Vec<registry::policy::Ratio>,
+        /// The most of the answers a group may lead, `GROUP=PERCENT` (`pool:edge=20`,
+        /// 1-99), repeatable; in the other answers its nodes come last.
+        #[arg(long, value_name = "GROUP=PERCENT", value_parser = parse_ratio)]
+        cap: Vec<registry::policy::Ratio>,
         /// Print what the change moves (networks, nodes, shares) without writing it.
         #[arg(long, value_parser = clap::builder::BoolishValueParser::new())]
         dry_run: bool,

@@ -24,6 +24,7 @@ pub(super) async fn run(targets: &[Target], layout: &Layout, op: PolicyOp, who: 
             isp,
             exclude,
             ratio,
+            cap,
             dry_run,
         } => {
             let policy = Policy {
@@ -31,6 +32,7 @@ pub(super) async fn run(targets: &[Target], layout: &Layout, op: PolicyOp, who: 
                 isp,
                 exclude,
                 ratios: ratio,
+                caps: cap,
                 by: who.by.clone(),
                 at_ms: registry::now_ms(),
             };
@@ -163,6 +165,23 @@ fn moves(name: &str, old: Option<&Policy>, new: &Policy, nodes: &[NodeRecord]) -
             ));
         }
     }
+    for Ratio { to, percent } in &new.caps {
+        let before = old
+            .and_then(|o| o.caps.iter().find(|c| &c.to == to))
+            .map_or("no cap".to_string(), |c| format!("{} %", c.percent));
+        out.push_str(&format!(
+            "  {to}: first in at most {percent} % of their answers, last in the rest (was {before}), {} nodes\n",
+            in_group(to, nodes)
+        ));
+    }
+    for c in old.map_or(&[][..], |o| &o.caps) {
+        if !new.caps.iter().any(|n| n.to == c.to) {
+            out.push_str(&format!(
+                "  {}: no cap any more (was {} %)\n",
+                c.to, c.percent
+            ));
+        }
+    }
     out
 }
 
@@ -244,7 +263,7 @@ async fn list(targets: &[Target], layout: &Layout, json: bool) -> i32 {
         return 0;
     }
     println!(
-        "{:<12} {:<20} {:<24} {:<28} RATIOS",
+        "{:<12} {:<20} {:<24} {:<28} RATIOS, CAPS (<=)",
         "DC", "NAME", "CLIENTS", "EXCLUDE"
     );
     for (dc, name, p) in &listed {
@@ -260,6 +279,7 @@ async fn list(targets: &[Target], layout: &Layout, json: bool) -> i32 {
                     .ratios
                     .iter()
                     .map(|r| format!("{}={}", r.to, r.percent))
+                    .chain(p.caps.iter().map(|c| format!("{}<={}", c.to, c.percent)))
                     .collect();
                 println!(
                     "{:<12} {:<20} {:<24} {:<28} {}",

@@ -21,8 +21,9 @@
 //!    ([`Reason::OtherRegion`]); it is in the answer's last region but on another ISP
 //!    line than the client's ([`Reason::OtherIsp`]); or better-ranked nodes of its
 //!    tier filled it ([`Reason::Outranked`]);
-//! 6. demoted for the client's network by its clients' reports, offered after every
-//!    other candidate, and the answer was full before its turn ([`Reason::Demoted`]).
+//! 6. in a group the policy caps and this answer holds back ([`Reason::Capped`]), or
+//!    demoted for the client's network by its clients' reports ([`Reason::Demoted`]):
+//!    offered after every other candidate, and the answer was full before its turn.
 
 use serde::Serialize;
 
@@ -64,6 +65,10 @@ pub enum Reason {
     /// As eligible and in as good a region as the answer's nodes, but more loaded
     /// (or later in this router's order among equal loads).
     Outranked,
+    /// In a group an operator policy caps for the client's network, held back in this
+    /// answer: offered only after every other candidate, and the answer was full
+    /// before its turn.
+    Capped,
     /// Demoted for the client's network (its clients' connects to it fail): offered
     /// only after every other candidate, and the answer was full before its turn.
     Demoted,
@@ -71,7 +76,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the selection applies its rules.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Draining,
         Reason::Unhealthy,
         Reason::NoPort,
@@ -83,6 +88,7 @@ impl Reason {
         Reason::OtherRegion,
         Reason::OtherIsp,
         Reason::Outranked,
+        Reason::Capped,
         Reason::Demoted,
     ];
 
@@ -100,6 +106,7 @@ impl Reason {
             Reason::OtherRegion => "other_region",
             Reason::OtherIsp => "other_isp",
             Reason::Outranked => "outranked",
+            Reason::Capped => "capped",
             Reason::Demoted => "demoted",
         }
     }
@@ -263,6 +270,8 @@ fn reason(
         Reason::Full
     } else if !e.held && e.reported_load >= rules.max_load {
         Reason::Full
+    } else if query.steer.holds_back(r) {
+        Reason::Capped
     } else if query.steer.demotes(r) {
         Reason::Demoted
     } else {

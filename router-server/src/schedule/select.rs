@@ -97,10 +97,11 @@ pub fn select_budgeted(
         fallbacks: rules.fallbacks,
     };
     fill(snap, query, rules, want, budget, tiers, &mut out);
-    // Nodes demoted for the client's network only when the answer is short without them.
-    if out.len() < want && !query.steer.demoted.is_empty() {
+    // Nodes held back or demoted for the client's network only when the answer is
+    // short without them.
+    if out.len() < want && query.steer.has_last() {
         let last = Query {
-            steer: query.steer.with_demoted(),
+            steer: query.steer.with_last(),
             ..query.clone()
         };
         fill(snap, &last, rules, want, budget, tiers, &mut out);

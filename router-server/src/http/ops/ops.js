@@ -318,6 +318,9 @@ function policies(list) {
     if (p.ratios && p.ratios.length) {
       parts.push(p.ratios.map((x, k) => x.to + " " + x.percent + "% (" + p.answers[k] + ")").join(", "));
     }
+    if (p.caps && p.caps.length) {
+      parts.push(p.caps.map(x => x.to + " first in at most " + x.percent + "%").join(", "));
+    }
     return p.name + " [" + who + "]: " + parts.join("; ");
   }).join(" · ");
 }

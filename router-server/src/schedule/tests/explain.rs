@@ -216,6 +216,10 @@ proptest! {
                 Err(Reason::NoPort) => prop_assert!(r.ports.get(query.proto).is_none()),
                 Err(Reason::NoAddress) => prop_assert!(r.addr_for(query.family).is_none()),
                 Err(Reason::Excluded) => prop_assert!(query.steer.excludes(r)),
+                Err(Reason::Capped) => {
+                    prop_assert_eq!(x.chosen.len(), count);
+                    prop_assert!(query.steer.holds_back(r));
+                }
                 Err(Reason::Demoted) => {
                     prop_assert_eq!(x.chosen.len(), count);
                     prop_assert!(query.steer.demotes(r));

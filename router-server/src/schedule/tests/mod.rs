@@ -124,8 +124,15 @@ pub(crate) fn arb_isp() -> impl Strategy<Value = Option<&'static str>> {
 }
 
 /// A test client network's steering, owned: the groups its policy excludes, the group
-/// first, and the nodes (of [`arb_fleet`]'s ids) demoted for it.
-pub(crate) type TestSteer = (Vec<Group>, Option<Group>, Vec<std::sync::Arc<str>>);
+/// first, the nodes (of [`arb_fleet`]'s ids) demoted for it, its caps and those held
+/// back.
+pub(crate) type TestSteer = (
+    Vec<Group>,
+    Option<Group>,
+    Vec<std::sync::Arc<str>>,
+    Vec<registry::policy::Ratio>,
+    u8,
+);
 
 /// A test policy's decision and demotions (see [`TestSteer`]).
 pub(crate) fn arb_policy() -> impl Strategy<Value = TestSteer> {
@@ -140,10 +147,16 @@ pub(crate) fn arb_policy() -> impl Strategy<Value = TestSteer> {
             .map(|i| std::sync::Arc::from(format!("n{i:03}")))
             .collect()
     });
+    let caps = proptest::collection::vec(
+        (group.clone(), 1u8..100).prop_map(|(to, percent)| registry::policy::Ratio { to, percent }),
+        0..2,
+    );
     (
         proptest::collection::vec(group.clone(), 0..2),
         proptest::option::of(group),
         demoted,
+        caps,
+        0u8..4,
     )
 }
 
@@ -153,11 +166,14 @@ pub(crate) fn steer_of(t: &TestSteer) -> Steer<'_> {
         exclude: &t.0,
         first: t.1.as_ref(),
         demoted: &t.2,
+        caps: &t.3,
+        held: t.4,
     }
 }
 
 /// The rules written out the slow way: every eligible node the policy does not
-/// exclude; those not demoted for the network before those demoted; in each, nodes of
+/// exclude; those neither held back nor demoted for the network before those that
+/// are; in each, nodes of
 /// the policy's first group with projected room, then the others with room, then
 /// those projected full; in each, by tier (region, then the client's
 /// ISP line before the others), then by projected load and id.
@@ -197,7 +213,7 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
                 _ if query.steer.first.is_some_and(|g| g.contains(r)) => 0,
                 _ => 1,
             };
-            ok.then_some((query.steer.demotes(r), class, tier, load, i))
+            ok.then_some((query.steer.last(r), class, tier, load, i))
         })
         .collect();
     eligible.sort_by(|a, b| {

@@ -359,7 +359,7 @@ proptest! {
     fn selection_invariants(fleet in arb_fleet(), region in proptest::option::of(0usize..5),
                             count in 1usize..=10, proto in 0usize..3, fam in 0u8..3,
                             fallback in proptest::option::of(0usize..4), isp in arb_isp()) {
-        let policy: super::TestSteer = (Vec::new(), None, Vec::new());
+        let policy: super::TestSteer = (Vec::new(), None, Vec::new(), Vec::new(), 0);
         let regions = ["a", "b", "c", "d", "zz"];
         let s = snap(fleet);
         let fallbacks: Vec<String> = fallback.map(|f| regions[f].to_string()).into_iter().collect();
