@@ -21,9 +21,10 @@
 //!   [`free_port`] and [`which`].
 //! * [`P`]: the registry's key prefix, as the binaries use it by default.
 //! * [`gateway`]: TCP and TLS gateways for SDK tests.
-//! * [`netns`]: a network of namespaces for partition tests.
+//! * [`netns`]: a network of namespaces for partition tests; [`isps`]: two "ISPs" in
+//!   namespaces, for what clients see.
 //!
-//! Everything but [`gateway`] and [`netns`] is re-exported here, so tests name it
+//! Everything but [`gateway`], [`netns`] and [`isps`] is re-exported here, so tests name it
 //! `harness::Etcd`, `harness::http_get` and so on.
 
 mod ca;
@@ -32,6 +33,7 @@ mod etcd;
 pub mod gateway;
 mod http;
 mod httpdns;
+pub mod isps;
 mod metrics;
 pub mod netns;
 mod node;
