@@ -34,12 +34,21 @@ fn exported_metrics() -> BTreeSet<String> {
     wait_until(Duration::from_secs(15), "node served", || {
         harness::http_get(router.addr, "/gateways").is_some_and(|(status, _)| status == 200)
     });
+    // A network's demoted gateways are exported while one is demoted: the router's
+    // only client reports that its connects to gw-1 fail.
+    let failing = r#"{"gateway":"gw-1","result":"timeout","ms":250}"#;
+    let report = format!(r#"{{"outcomes":[{}]}}"#, vec![failing; 20].join(","));
+    let (code, body) =
+        harness::http_request(router.addr, "POST", "/outcomes", None, &report).unwrap();
+    assert_eq!(code, 204, "{body}");
     // The lag is exported once the first heartbeat has made its round trip, the
-    // alarms once they have been read.
+    // alarms once they have been read, the demotion at the next judging (5 s).
     let mut text = String::new();
-    wait_until(Duration::from_secs(10), "the lag and alarm gauges", || {
+    wait_until(Duration::from_secs(15), "the lag, alarm and demotion gauges", || {
         text = harness::http_get(router.addr, "/metrics").unwrap().1;
-        text.contains("router_registry_lag_seconds{") && text.contains("router_etcd_alarm{")
+        text.contains("router_registry_lag_seconds{")
+            && text.contains("router_etcd_alarm{")
+            && text.contains("router_demoted_gateways{")
     });
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -169,7 +178,7 @@ fn alerting_rules_pass_promtool_and_their_unit_tests() {
             .arg(deploy("prometheus/router-alerts.yml")),
     );
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 17 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 18 rules found"), "{out}");
     let (ok, out) = output(
         Command::new(&promtool)
             .current_dir(deploy("prometheus"))

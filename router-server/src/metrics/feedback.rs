@@ -38,6 +38,10 @@ pub struct FeedbackMetrics {
 
 impl FeedbackMetrics {
     pub(super) fn register(&self, registry: &mut Registry) {
+        // Every result shown from the start, at 0.
+        for result in ["accepted", "unknown_gateway", "over_bound"] {
+            drop(self.outcomes.get_or_create(&OutcomeLabels { result }));
+        }
         registry.register(
             "outcomes",
             "Connect outcomes clients reported to this router, by what became of them (accepted, unknown_gateway, over_bound)",
