@@ -44,12 +44,16 @@ fn exported_metrics() -> BTreeSet<String> {
     // The lag is exported once the first heartbeat has made its round trip, the
     // alarms once they have been read, the demotion at the next judging (5 s).
     let mut text = String::new();
-    wait_until(Duration::from_secs(15), "the lag, alarm and demotion gauges", || {
-        text = harness::http_get(router.addr, "/metrics").unwrap().1;
-        text.contains("router_registry_lag_seconds{")
-            && text.contains("router_etcd_alarm{")
-            && text.contains("router_demoted_gateways{")
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the lag, alarm and demotion gauges",
+        || {
+            text = harness::http_get(router.addr, "/metrics").unwrap().1;
+            text.contains("router_registry_lag_seconds{")
+                && text.contains("router_etcd_alarm{")
+                && text.contains("router_demoted_gateways{")
+        },
+    );
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
