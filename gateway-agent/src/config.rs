@@ -63,7 +63,8 @@ pub struct Cli {
     /// Availability zone.
     #[arg(long, env = "AGENT_ZONE")]
     pub zone: Option<String>,
-    /// Carrier (ctcc, cucc, ...).
+    /// Carrier (ctcc, cucc, ...); several, comma-separated, for a node on several
+    /// lines (`ctcc,cmcc`); `bgp` for one on every line.
     #[arg(long, env = "AGENT_ISP")]
     pub isp: Option<String>,
     /// Label KEY=VALUE, repeatable.

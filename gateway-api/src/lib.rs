@@ -38,8 +38,9 @@ pub struct Gateway {
     /// several DCs; absent from older routers and from fallbacks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dc: Option<String>,
-    /// The ISP (carrier) the node is attached to, as its record names it (`bgp`:
-    /// multi-line); absent when the record names none, and from older routers.
+    /// The ISP (carrier) the node is attached to, as its record names it: one, or
+    /// several separated by commas (`ctcc,cmcc`: a node on several lines); `bgp`:
+    /// multi-line. Absent when the record names none, and from older routers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isp: Option<String>,
     /// The node's DNS name (WebSocket and TLS clients use it as Host and SNI).

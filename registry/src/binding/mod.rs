@@ -270,9 +270,11 @@ impl Binding {
             }
         }
         if let (Some(isps), Some(isp)) = (&self.isps, &record.isp) {
-            if !isps.contains(isp) {
+            // A node on several lines: each must be allowed.
+            if let Some(bad) = crate::record::isps_named(isp).find(|i| !isps.iter().any(|a| a == i))
+            {
                 return Err(Violation::Isp {
-                    isp: isp.clone(),
+                    isp: bad.to_string(),
                     allowed: isps.clone(),
                 });
             }

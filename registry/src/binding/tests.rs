@@ -51,6 +51,9 @@ fn records_inside_pass_and_each_claim_outside_is_named() {
     no_isp.domain = None;
     no_isp.ipv6 = None;
     assert_eq!(b.check(&no_isp), Ok(()), "absent optional claims pass");
+    let mut two_lines = record();
+    two_lines.isp = Some("ctcc,bgp".into());
+    assert_eq!(b.check(&two_lines), Ok(()), "each line of a list allowed");
 
     type Case = (fn(&mut NodeRecord), &'static str);
     let cases: Vec<Case> = vec![
@@ -68,6 +71,10 @@ fn records_inside_pass_and_each_claim_outside_is_named() {
         ),
         (
             |r| r.isp = Some("cucc".into()),
+            r#"isp "cucc" is not one of ctcc, bgp"#,
+        ),
+        (
+            |r| r.isp = Some("ctcc,cucc".into()),
             r#"isp "cucc" is not one of ctcc, bgp"#,
         ),
         (

@@ -15,8 +15,9 @@ mod tests;
 pub use command::{Applied, Command, CommandAction, HookState, HookStatus};
 pub use gateway_api::Proto;
 pub use names::{
-    clip_text, is_name_char, validate_host_name, validate_id, validate_name, HostNameError,
-    MAX_COMMAND_ID, MAX_HOOK_ERROR, MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_NAME_LEN,
+    clip_text, is_name_char, isps_named, validate_host_name, validate_id, validate_isps,
+    validate_name, HostNameError, ISP_SEPARATOR, MAX_COMMAND_ID, MAX_HOOK_ERROR, MAX_ISPS,
+    MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_NAME_LEN, MULTI_LINE,
 };
 pub use node::{IpFamily, NodeRecord, NodeState};
 pub use ports::Ports;

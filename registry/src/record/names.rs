@@ -53,6 +53,38 @@ pub fn validate_name(field: &'static str, name: &str) -> Result<(), RecordError>
     Ok(())
 }
 
+/// The ISP name that marks a node multi-line (BGP): it serves every ISP.
+pub const MULTI_LINE: &str = "bgp";
+/// What separates the ISPs of a node on several lines (`isp: "ctcc,cmcc"`).
+pub const ISP_SEPARATOR: char = ',';
+/// The most ISPs one record names.
+pub const MAX_ISPS: usize = 8;
+
+/// The ISPs a record's `isp` names: one, or several separated by commas.
+pub fn isps_named(isp: &str) -> impl Iterator<Item = &str> {
+    isp.split(ISP_SEPARATOR)
+}
+
+/// Checks a record's `isp`: one ISP name, or at most [`MAX_ISPS`] distinct ones
+/// separated by commas (a node on several lines).
+pub fn validate_isps(isp: &str) -> Result<(), RecordError> {
+    let mut seen = Vec::new();
+    for name in isps_named(isp) {
+        validate_name("isp", name)?;
+        if seen.contains(&name) {
+            return Err(invalid("isp", format!("{name:?} is named twice")));
+        }
+        seen.push(name);
+    }
+    if seen.len() > MAX_ISPS {
+        return Err(invalid(
+            "isp",
+            format!("{} ISPs; at most {MAX_ISPS}", seen.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a free-form string: at most `max` bytes, no control characters (they would
 /// reach logs, terminals and pages).
 pub(super) fn validate_text(

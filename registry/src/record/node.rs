@@ -169,7 +169,7 @@ impl NodeRecord {
             validate_name("zone", zone)?;
         }
         if let Some(isp) = &self.isp {
-            validate_name("isp", isp)?;
+            super::validate_isps(isp)?;
         }
         if let Some(domain) = &self.domain {
             validate_host_name(domain).map_err(|e| invalid("domain", e.to_string()))?;

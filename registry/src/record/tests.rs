@@ -142,6 +142,18 @@ fn optional_fields_out_of_range_are_named() {
         (r#""region":"r","zone":"\u001b[31m""#.to_string(), "zone"),
         (format!(r#""region":"r","isp":"{long_name}""#), "isp"),
         (r#""region":"r","isp":"""#.to_string(), "isp"),
+        (r#""region":"r","isp":"ctcc,""#.to_string(), "isp"),
+        (
+            r#""region":"r","isp":"ctcc,ctcc""#.to_string(),
+            "named twice",
+        ),
+        (
+            format!(
+                r#""region":"r","isp":"{}""#,
+                ["a", "b", "c", "d", "e", "f", "g", "h", "i"].join(",")
+            ),
+            "at most 8",
+        ),
         (r#""region":"r","domain":"evil..com""#.to_string(), "domain"),
         (r#""region":"r","domain":"a_b.com""#.to_string(), "domain"),
         (r#""region":"r","domain":"-a.com""#.to_string(), "domain"),

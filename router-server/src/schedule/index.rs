@@ -38,8 +38,8 @@ impl ByProto {
 pub(super) struct Group {
     /// Every node of the group.
     pub(super) all: ByProto,
-    /// Per ISP a single-line node of the group names: those nodes and the group's
-    /// multi-line ones. Empty while no node of the group names an ISP: every node
+    /// Per ISP a node of the group names as its line (or one of its lines): those
+    /// nodes and the group's multi-line ones. Empty while no node of the group names an ISP: every node
     /// then serves every ISP, and `all` is the only index.
     pub(super) lines: HashMap<Arc<str>, ByProto, foldhash::fast::RandomState>,
     /// The group's multi-line nodes alone, kept while `lines` is not empty: what a
@@ -62,21 +62,29 @@ impl Group {
         Some(self.lines.get(isp).unwrap_or(&self.multi))
     }
 
-    /// The group's indexes a node on `isp`'s line belongs in; `None` when the node
-    /// names an ISP the group has no index for (a patch cannot add one: a new line
+    /// The group's indexes a node whose record names `isp` belongs in; `None` when
+    /// it names an ISP the group has no index for (a patch cannot add one: a new line
     /// takes a full build).
     pub(super) fn memberships(&mut self, isp: Option<&str>) -> Option<Memberships<'_>> {
         let Group { all, lines, multi } = self;
         let mut out = Memberships::new();
         out.push(all);
-        match line::single(isp) {
-            Some(i) => out.push(lines.get_mut(i)?),
-            None if !lines.is_empty() => {
+        if line::multi_line(isp) {
+            if !lines.is_empty() {
                 out.push(multi);
                 out.extend(lines.values_mut());
             }
-            None => {}
+            return Some(out);
         }
+        if !line::lines(isp).all(|l| lines.contains_key(l)) {
+            return None;
+        }
+        out.extend(
+            lines
+                .iter_mut()
+                .filter(|(k, _)| line::lines(isp).any(|l| l == &***k))
+                .map(|(_, v)| v),
+        );
         Some(out)
     }
 
@@ -127,7 +135,7 @@ pub(super) fn indexes(nodes: &[NodeEntry]) -> (ByRegion, Group, Vec<u32>) {
     // that names an ISP makes its line, indexed or not, so that a node coming back
     // to serving (a patch) finds its line there.
     for e in nodes {
-        if let Some(isp) = line::single(e.record.isp.as_deref()) {
+        for isp in line::lines(e.record.isp.as_deref()) {
             for g in [region_mut(&mut by_region, &e.record.region), &mut all] {
                 if !g.lines.contains_key(isp) {
                     g.lines.insert(Arc::from(isp), ByProto::default());

@@ -77,7 +77,7 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
         any::<bool>(),
         0u8..8,
         any::<bool>(),
-        (0usize..4, 0usize..2, 0usize..3),
+        (0usize..6, 0usize..2, 0usize..3),
     )
         .prop_map(
             move |(region, conns, cap, draining, sick, ports, v6, (isp, dc, pool))| {
@@ -101,8 +101,17 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeRecord> {
                 if v6 {
                     n.ipv6 = Some("2001:db8::1".parse().unwrap());
                 }
-                // No ISP and `bgp`: multi-line; `x` and `y`: single-line.
-                n.isp = [None, Some("bgp"), Some("x"), Some("y")][isp].map(str::to_string);
+                // No ISP, `bgp` and a list with `bgp`: multi-line; `x` and `y`:
+                // single-line; `x,y`: on two lines.
+                n.isp = [
+                    None,
+                    Some("bgp"),
+                    Some("x"),
+                    Some("y"),
+                    Some("x,y"),
+                    Some("y,bgp"),
+                ][isp]
+                    .map(str::to_string);
                 // Groups operator policy names: two DCs, two pools and no pool.
                 n.dc = Some(["d1", "d2"][dc].into());
                 if let Some(p) = [Some("p1"), Some("p2"), None][pool] {
@@ -202,9 +211,10 @@ fn reference(s: &Snapshot, query: &Query<'_>, rules: Rules<'_>) -> Vec<usize> {
                 .iter()
                 .position(|t| *t == r.region)
                 .unwrap_or(order.len());
+            // Written out without `line`: a list of lines, `bgp` among them or alone.
             let other_line = !match (query.isp, r.isp.as_deref()) {
-                (None, _) | (_, None | Some("bgp")) => true,
-                (Some(c), Some(n)) => c == n,
+                (None, _) | (_, None) => true,
+                (Some(c), Some(n)) => n.split(',').any(|l| l == c || l == "bgp"),
             };
             let tier = (region, other_line);
             let load = e.projected_load(&rules.herd);
