@@ -16,6 +16,7 @@
 
 use std::process::Command;
 
+use crate::netns::ip;
 use crate::util::tool;
 
 /// One of the two ISPs.
@@ -31,16 +32,6 @@ pub enum Isp {
 pub struct Isps {
     tag: String,
     net: u8,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Isps {

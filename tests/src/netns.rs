@@ -43,7 +43,8 @@ pub struct Lab {
     dir: tempfile::TempDir,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip args`, which must succeed.
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),

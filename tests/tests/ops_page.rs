@@ -340,6 +340,32 @@ async fn drains_through_its_button(c: &Client, router: &RouterProc) {
     );
 }
 
+/// The drain just made is under "Recent changes" (the audit trail, read with the
+/// token); a gateway this client's network reports it cannot reach is listed as
+/// demoted for it once the router judges the reports (every 5 s by default).
+async fn lists_the_change_and_a_demotion(c: &Client, router: &RouterProc) {
+    until(
+        c,
+        15,
+        "the drain in the recent changes",
+        "document.querySelector(\"tr[data-audit='drain']\") !== null \
+         && !document.getElementById('audit').hidden",
+    )
+    .await;
+    let failing = r#"{"gateway":"gw-a","result":"timeout","ms":250}"#;
+    let report = format!(r#"{{"outcomes":[{}]}}"#, vec![failing; 20].join(","));
+    let (code, body) =
+        harness::http_request(router.addr, "POST", "/outcomes", None, &report).unwrap();
+    assert_eq!(code, 204, "{body}");
+    until(
+        c,
+        15,
+        "gw-a demoted for this network",
+        "document.getElementById('router').textContent.includes('demoted: gw-a for')",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_button() {
     let fleet = SmallFleet::start();
@@ -357,6 +383,7 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     );
     follows_a_load_change(&c, &fleet.a_load).await;
     drains_through_its_button(&c, &fleet.router).await;
+    lists_the_change_and_a_demotion(&c, &fleet.router).await;
 
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");

@@ -153,37 +153,23 @@ isp_cidrs = { "127.21.0.0/16" = "cmcc" }
 
     // A cap instead of the split: the cdn pool (the least loaded) leads exactly 20 of
     // every 100 answers, and comes last in the others.
-    let (code, out) = router_ctl(
-        &etcd,
-        &[
-            "policy",
-            "set",
-            "sh-split",
-            "--region",
-            "cn-sh",
-            "--cap",
-            "pool:cdn=20",
-            "--dry-run",
-        ],
-    );
+    let cap = [
+        "policy",
+        "set",
+        "sh-split",
+        "--region",
+        "cn-sh",
+        "--cap",
+        "pool:cdn=20",
+    ];
+    let (code, out) = router_ctl(&etcd, &[&cap[..], &["--dry-run"]].concat());
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("pool:cdn: first in at most 20 % of their answers")
             && out.contains("pool:own: no share any more"),
         "{out}"
     );
-    let (code, out) = router_ctl(
-        &etcd,
-        &[
-            "policy",
-            "set",
-            "sh-split",
-            "--region",
-            "cn-sh",
-            "--cap",
-            "pool:cdn=20",
-        ],
-    );
+    let (code, out) = router_ctl(&etcd, &cap);
     assert_eq!(code, 0, "{out}");
     wait_until(Duration::from_secs(5), "the cap in force", || {
         (0..10).any(|_| ids(r, OTHER).last().map(String::as_str) == Some("cdn-1"))
