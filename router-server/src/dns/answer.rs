@@ -8,6 +8,7 @@ use hickory_proto::rr::rdata::NS;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use registry::record::IpFamily;
 use registry::Proto;
+use smallvec::SmallVec;
 
 use super::records::address;
 use super::zone::Target;
@@ -100,20 +101,8 @@ impl Dns {
                 }
             }
             (Target::Gateways { region, proto }, RecordType::A | RecordType::AAAA) => {
-                let family = if qtype == RecordType::A {
-                    IpFamily::V4
-                } else {
-                    IpFamily::V6
-                };
-                match self.region_named(region.as_deref(), client, subnet) {
-                    Some(region) => {
-                        let proto = proto.unwrap_or(self.cfg.proto);
-                        let regions = self.serving.regions.load();
-                        let isp = regions.isp(subnet.unwrap_or(client));
-                        let mut ips = self.gateways(region.as_deref(), isp, proto, family, weight);
-                        // An RRset holds no duplicates (gateways may share an address).
-                        let mut seen = std::collections::HashSet::with_capacity(ips.len());
-                        ips.retain(|ip| seen.insert(*ip));
+                match self.gateway_addrs(region.as_deref(), *proto, qtype, client, subnet, weight) {
+                    Some(ips) => {
                         for ip in ips {
                             found.answers.push(address(name, ttl, ip));
                         }
@@ -122,15 +111,23 @@ impl Dns {
                 }
             }
             (Target::Gateways { region, .. }, _) => {
-                if region.is_some() && self.region_named(region.as_deref(), client, None).is_none()
+                if region.is_some()
+                    && self
+                        .with_region(region.as_deref(), client, None, |_| ())
+                        .is_none()
                 {
                     found.rcode = ResponseCode::NXDomain;
                 }
             }
             (Target::NameServer, _) => {}
         }
+        self.with_negative_soa(found)
+    }
+
+    /// `found`, with the zone's SOA as its authority when it answers nothing: negative
+    /// answers (NXDOMAIN, no data) carry it for negative caching.
+    pub(super) fn with_negative_soa(&self, mut found: Found) -> Found {
         if found.answers.is_empty() {
-            // Negative answers (NXDOMAIN, no data) carry the SOA for negative caching.
             if let Some(apex) = &self.apex {
                 found.authority.push(self.soa(apex.clone()));
             }
@@ -138,32 +135,59 @@ impl Dns {
         found
     }
 
-    /// The region of an answer: the one named, when the fleet or the configuration
-    /// knows it (`None` when not); else the client's, by its subnet or address.
-    fn region_named(
+    /// The addresses answered for a gateway name (the `region`'s, else the client's by
+    /// `subnet` or `client`; `proto`, else `dns.proto`), least loaded first, each once,
+    /// counted in the herd accounting as `weight` clients each. `None` when the region
+    /// named is not known (NXDOMAIN).
+    pub(super) fn gateway_addrs(
+        &self,
+        region: Option<&str>,
+        proto: Option<Proto>,
+        qtype: RecordType,
+        client: IpAddr,
+        subnet: Option<IpAddr>,
+        weight: u64,
+    ) -> Option<SmallVec<[IpAddr; 8]>> {
+        let family = if qtype == RecordType::AAAA {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        };
+        let proto = proto.unwrap_or(self.cfg.proto);
+        self.with_region(region, client, subnet, |region| {
+            let regions = self.serving.regions.load();
+            let isp = regions.isp(subnet.unwrap_or(client));
+            self.gateways(region, isp, proto, family, weight)
+        })
+    }
+
+    /// `f` of the region of an answer: the one named, when the fleet or the
+    /// configuration knows it (`None` when not); else the client's, by its subnet or
+    /// address.
+    fn with_region<R>(
         &self,
         named: Option<&str>,
         client: IpAddr,
         subnet: Option<IpAddr>,
-    ) -> Option<Option<String>> {
+        f: impl FnOnce(Option<&str>) -> R,
+    ) -> Option<R> {
+        let regions = self.serving.regions.load();
         let Some(label) = named else {
-            let ip = subnet.unwrap_or(client);
-            return Some(self.serving.regions.load().lookup(ip).map(str::to_string));
+            return Some(f(regions.lookup(subnet.unwrap_or(client))));
         };
-        if let Some(r) = self.serving.regions.load().named(label) {
-            return Some(Some(r.to_string()));
+        if let Some(r) = regions.named(label) {
+            return Some(f(Some(r)));
         }
         let snap = self.serving.snapshot.load();
         let found = snap
             .as_deref()?
             .regions()
-            .find(|r| r.eq_ignore_ascii_case(label))
-            .map(|r| Some(r.to_string()));
-        found
+            .find(|r| r.eq_ignore_ascii_case(label));
+        found.map(|r| f(Some(r)))
     }
 
-    /// Up to `dns.count` gateways for `region` (`isp`'s line first), least loaded
-    /// first, counted in the herd accounting as `weight` clients.
+    /// The addresses of up to `dns.count` gateways for `region` (`isp`'s line first),
+    /// least loaded first, each once, counted in the herd accounting as `weight` clients.
     fn gateways(
         &self,
         region: Option<&str>,
@@ -171,10 +195,11 @@ impl Dns {
         proto: Proto,
         family: IpFamily,
         weight: u64,
-    ) -> Vec<IpAddr> {
+    ) -> SmallVec<[IpAddr; 8]> {
+        let mut ips = SmallVec::new();
         let snap = self.serving.snapshot.load();
         let Some(snap) = snap.as_deref() else {
-            return Vec::new();
+            return ips;
         };
         let config = self.config.load();
         let fallbacks = region
@@ -199,10 +224,13 @@ impl Dns {
             max_load: config.max_load,
             fallbacks,
         };
-        select_weighted(snap, &wanted, rules, weight)
-            .iter()
-            .map(|c| c.ip)
-            .collect()
+        for c in select_weighted(snap, &wanted, rules, weight) {
+            // An RRset holds no duplicates (gateways may share an address).
+            if !ips.contains(&c.ip) {
+                ips.push(c.ip);
+            }
+        }
+        ips
     }
 
     /// The live routers' public addresses (`--public-addr`), this router's data centre

@@ -9,6 +9,12 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 /// The largest UDP answer sent to a client that advertises more.
 pub(super) const MAX_UDP_PAYLOAD: u16 = 1232;
 
+/// The largest UDP answer a client takes: 512 bytes, or what its EDNS offers up to
+/// ours.
+pub(super) fn udp_limit(request_edns: Option<&Edns>) -> usize {
+    request_edns.map_or(512, |e| e.max_payload().clamp(512, MAX_UDP_PAYLOAD)) as usize
+}
+
 /// The answer's EDNS to a request that has some: our payload size, and its client
 /// subnet back with the scope the answer holds for.
 pub(super) fn reply_edns(request: &Edns) -> Edns {

@@ -5,7 +5,9 @@
 //! * [`Dns`] (here): one query in, one answer out, whatever carried it (`query.rs`);
 //!   the answer to a question (`answer.rs`), with the zone's own records
 //!   (`records.rs`), EDNS and its client subnet (`edns.rs`), counted in the metrics
-//!   (`counts.rs`). Gateways are chosen by [`crate::schedule::select_weighted`], under
+//!   (`counts.rs`). The query nearly every client sends (one question for a gateway
+//!   name's addresses) is read and answered without building a message (`fast.rs`),
+//!   to the same bytes. Gateways are chosen by [`crate::schedule::select_weighted`], under
 //!   the same rules as `/gateways`, and each answer counts `dns.weight` clients in the
 //!   herd accounting.
 //! * [`server`]: UDP and TCP sockets. [`rrl`]: response-rate limiting on UDP.
@@ -22,6 +24,7 @@
 mod answer;
 mod counts;
 mod edns;
+mod fast;
 mod query;
 mod records;
 pub mod rrl;
@@ -157,5 +160,7 @@ impl Dns {
     }
 }
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod tests;

@@ -3,12 +3,14 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::DNSClass;
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use super::answer::Found;
 use super::counts::{qtype_label_of, rcode_label, rrl_label};
-use super::edns::{client_subnet, reply_edns, EdnsVersion, MAX_UDP_PAYLOAD};
+use super::edns::{client_subnet, reply_edns, udp_limit, EdnsVersion};
+use super::fast::{Fast, Question};
 use super::{rrl, Dns};
 use crate::guard::Pass;
 
@@ -80,6 +82,36 @@ impl Dns {
         transport: Transport,
         pass: Option<Pass>,
     ) -> Option<(Vec<u8>, u32)> {
+        let mut out = Vec::with_capacity(512);
+        let ttl = self.answer_into(packet, client, transport, pass, &mut out)?;
+        Some((out, ttl))
+    }
+
+    /// [`Dns::handle_checked`], the answer written into `out` (cleared first; a server
+    /// reuses it for every query): `Some(ttl)` when there is one to send.
+    pub fn answer_into(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        pass: Option<Pass>,
+        out: &mut Vec<u8>,
+    ) -> Option<u32> {
+        self.answer_with(packet, client, transport, pass, out, true)
+    }
+
+    /// [`Dns::answer_into`]; `fast` false sends every query through the full decoder
+    /// and encoder (the tests compare the two).
+    pub(super) fn answer_with(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        pass: Option<Pass>,
+        out: &mut Vec<u8>,
+        fast: bool,
+    ) -> Option<u32> {
+        out.clear();
         let verdict = match (transport, &self.rrl) {
             (Transport::Udp, Some(rrl)) => rrl.check(client),
             _ => rrl::Verdict::Answer,
@@ -90,93 +122,135 @@ impl Dns {
             m.totals.rrl(false);
             return None;
         }
+        if let (true, rrl::Verdict::Answer, Some(pass)) = (fast, verdict, pass) {
+            if let Some(q) = Question::read(packet) {
+                match self.answer_fast(&q, client, transport, pass, out) {
+                    Fast::Written(ttl) => return Some(ttl),
+                    Fast::Found(found) => {
+                        let mut reply = reply_to(&q.header, q.edns.as_ref());
+                        reply.add_query(q.query.clone());
+                        let label = qtype_label_of(q.query.query_type());
+                        return self.finish(reply, found, q.edns.as_ref(), transport, label, out);
+                    }
+                    Fast::Declined => {}
+                }
+            }
+        }
         let request = match Message::from_vec(packet) {
             Ok(r) => r,
             Err(_) => {
                 let reply = form_error(packet);
                 self.count(transport, "malformed", reply.as_ref().map(|_| "FORMERR"));
-                return reply.map(|b| (b, 0));
+                out.extend_from_slice(&reply?);
+                return Some(0);
             }
         };
         if request.message_type() != MessageType::Query {
             self.count(transport, "response", None);
             return None;
         }
-        let mut reply = Message::new();
-        reply
-            .set_id(request.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(request.op_code())
-            .set_recursion_desired(request.recursion_desired())
-            .set_checking_disabled(request.checking_disabled());
         let request_edns = request.extensions().as_ref();
-        if let Some(e) = request_edns {
-            reply.set_edns(reply_edns(e));
-        }
+        let mut reply = reply_to(request.header(), request_edns);
         let Some(pass) = pass else {
             reply.add_queries(request.queries().iter().take(1).cloned());
             reply.set_response_code(ResponseCode::Refused);
             self.count(transport, "other", Some("REFUSED"));
-            return reply.to_vec().ok().map(|b| (b, 0));
+            out.extend_from_slice(&reply.to_vec().ok()?);
+            return Some(0);
         };
-        let qtype_label;
-        // The smallest TTL of what is answered (0 when no record is).
-        let mut ttl = 0;
         if verdict == rrl::Verdict::Slip {
             m.rrl.get_or_create(&rrl_label("slip")).inc();
             m.totals.rrl(true);
             reply.add_queries(request.queries().iter().cloned());
             reply.set_truncated(true);
-            return reply.to_vec().ok().map(|b| (b, 0));
+            out.extend_from_slice(&reply.to_vec().ok()?);
+            return Some(0);
         }
-        if request.op_code() != OpCode::Query {
-            reply.set_response_code(ResponseCode::NotImp);
-            qtype_label = "other";
+        let mut found = Found {
+            rcode: ResponseCode::NoError,
+            answers: Vec::new(),
+            authority: Vec::new(),
+            authoritative: false,
+        };
+        let qtype_label = if request.op_code() != OpCode::Query {
+            found.rcode = ResponseCode::NotImp;
+            "other"
         } else if request.queries().len() != 1 || request.edns_version_bad() {
-            reply.set_response_code(ResponseCode::FormErr);
-            qtype_label = "other";
+            found.rcode = ResponseCode::FormErr;
+            "other"
         } else {
             let q: &Query = &request.queries()[0];
-            qtype_label = qtype_label_of(q.query_type());
             reply.add_query(q.clone());
             if q.query_class() != DNSClass::IN {
-                reply.set_response_code(ResponseCode::Refused);
+                found.rcode = ResponseCode::Refused;
             } else {
                 let subnet = client_subnet(request_edns);
-                // A resolver's answer reaches many clients; one over HTTPS, one client.
-                let weight = match transport {
-                    Transport::Https => 1,
-                    _ => self.cfg.weight,
-                };
-                let weight = self.herd_weight(client, pass, weight);
-                let found = self.lookup(q.name(), q.query_type(), client, subnet, weight);
-                ttl = found.min_ttl().unwrap_or(0);
-                reply
-                    .set_response_code(found.rcode)
-                    .set_authoritative(found.authoritative)
-                    .add_answers(found.answers)
-                    .add_name_servers(found.authority);
+                let weight = self.herd_weight(client, pass, self.transport_weight(transport));
+                found = self.lookup(q.name(), q.query_type(), client, subnet, weight);
             }
+            qtype_label_of(q.query_type())
+        };
+        self.finish(reply, found, request_edns, transport, qtype_label, out)
+    }
+
+    /// The clients one answer reaches before the herd budget: a resolver's answer
+    /// many (`dns.weight`); one over HTTPS, one.
+    pub(super) fn transport_weight(&self, transport: Transport) -> u64 {
+        match transport {
+            Transport::Https => 1,
+            _ => self.cfg.weight,
         }
+    }
+
+    /// Writes `reply` with `found` into `out`, cut to the client's UDP size (the TC
+    /// bit then), and counts it: `Some` of the smallest TTL answered (0 for none).
+    fn finish(
+        &self,
+        mut reply: Message,
+        found: Found,
+        request_edns: Option<&Edns>,
+        transport: Transport,
+        qtype_label: &'static str,
+        out: &mut Vec<u8>,
+    ) -> Option<u32> {
+        let ttl = found.min_ttl().unwrap_or(0);
+        reply
+            .set_response_code(found.rcode)
+            .set_authoritative(found.authoritative)
+            .add_answers(found.answers)
+            .add_name_servers(found.authority);
         let mut bytes = reply.to_vec().ok()?;
-        if transport == Transport::Udp {
-            let limit =
-                request_edns.map_or(512, |e| e.max_payload().clamp(512, MAX_UDP_PAYLOAD)) as usize;
-            if bytes.len() > limit {
-                reply.take_answers();
-                reply.take_name_servers();
-                reply.take_additionals();
-                reply.set_truncated(true);
-                bytes = reply.to_vec().ok()?;
-            }
+        if transport == Transport::Udp && bytes.len() > udp_limit(request_edns) {
+            reply.take_answers();
+            reply.take_name_servers();
+            reply.take_additionals();
+            reply.set_truncated(true);
+            bytes = reply.to_vec().ok()?;
         }
         self.count(
             transport,
             qtype_label,
             Some(rcode_label(reply.response_code())),
         );
-        Some((bytes, ttl))
+        out.extend_from_slice(&bytes);
+        Some(ttl)
     }
+}
+
+/// The reply to a request with `header` and `edns`, before its question and answer:
+/// its id, opcode and RD and CD bits, our EDNS when it spoke some.
+pub(super) fn reply_to(header: &Header, edns: Option<&Edns>) -> Message {
+    let mut reply = Message::new();
+    reply
+        .set_id(header.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(header.op_code())
+        .set_recursion_desired(header.recursion_desired())
+        .set_checking_disabled(header.checking_disabled());
+    if let Some(e) = edns {
+        reply.set_edns(reply_edns(e));
+    }
+    reply
 }
 
 /// FORMERR for a packet that does not parse, when its header does and it is a query;

@@ -15,7 +15,7 @@ use crate::config::FileConfig;
 use crate::schedule::Snapshot;
 use crate::state::AppState;
 
-fn node(id: &str, ip: &str, region: &str, conns: u64) -> NodeRecord {
+pub(super) fn node(id: &str, ip: &str, region: &str, conns: u64) -> NodeRecord {
     let mut r = NodeRecord::new(
         id,
         ip.parse().unwrap(),
@@ -36,7 +36,7 @@ fn node(id: &str, ip: &str, region: &str, conns: u64) -> NodeRecord {
     r
 }
 
-fn config(f: impl FnOnce(&mut FileConfig)) -> FileConfig {
+pub(super) fn config(f: impl FnOnce(&mut FileConfig)) -> FileConfig {
     let mut cfg = FileConfig {
         dns: DnsConfig {
             zone: "gw.example.com".into(),
@@ -58,14 +58,14 @@ fn config(f: impl FnOnce(&mut FileConfig)) -> FileConfig {
 }
 
 /// A router with two nodes per region, the first of each less loaded.
-fn dns_with(cfg: FileConfig, nodes: Vec<NodeRecord>) -> Dns {
+pub(super) fn dns_with(cfg: FileConfig, nodes: Vec<NodeRecord>) -> Dns {
     let state = AppState::new(cfg);
     let snap = Snapshot::build(nodes.into_iter().map(Arc::new), None, 42, false);
     state.serving.snapshot.store(Some(Arc::new(snap)));
     Dns::new(state.config, state.serving, &state.metrics)
 }
 
-fn fleet() -> Vec<NodeRecord> {
+pub(super) fn fleet() -> Vec<NodeRecord> {
     vec![
         node("eu-1", "192.0.2.1", "eu", 100),
         node("eu-2", "192.0.2.2", "eu", 500),
@@ -78,7 +78,7 @@ fn dns() -> Dns {
     dns_with(config(|_| {}), fleet())
 }
 
-fn query(name: &str, qtype: RecordType) -> Message {
+pub(super) fn query(name: &str, qtype: RecordType) -> Message {
     let mut m = Message::new();
     m.set_id(4321)
         .set_message_type(MessageType::Query)
@@ -99,7 +99,7 @@ fn with_subnet(mut m: Message, subnet: &str) -> Message {
     m
 }
 
-const RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 2, 0, 53));
+pub(super) const RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 2, 0, 53));
 
 fn ask(dns: &Dns, m: &Message, transport: Transport) -> Message {
     let bytes = dns
