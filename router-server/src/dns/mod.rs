@@ -10,7 +10,7 @@
 //!   to the same bytes. Gateways are chosen by [`crate::schedule::select_weighted`], under
 //!   the same rules as `/gateways`, and each answer counts `dns.weight` clients in the
 //!   herd accounting.
-//! * [`server`]: UDP and TCP sockets. [`rrl`]: response-rate limiting on UDP.
+//! * [`server`]: UDP and TCP sockets; UDP is read and answered in batches (`udp.rs`). [`rrl`]: response-rate limiting on UDP.
 //!   [`tcp_conns`]: the caps on DNS-over-TCP connections.
 //! * [`stats`]: totals for the fleet page; the metrics are `router_dns_*`.
 //! * [`http`]: DNS over HTTPS (RFC 8484), the JSON form (`/resolve`) and the
@@ -30,6 +30,7 @@ mod records;
 pub mod rrl;
 pub mod server;
 pub mod tcp_conns;
+mod udp;
 pub mod zone;
 
 use std::sync::Arc;

@@ -52,8 +52,14 @@ impl Dns {
         client: IpAddr,
         transport: Transport,
     ) -> Option<(Vec<u8>, u32)> {
+        let pass = self.pass(client, transport);
+        self.handle_checked(packet, client, transport, pass)
+    }
+
+    /// The guard's verdict on a query of `client`'s: `None` when it is refused.
+    pub fn pass(&self, client: IpAddr, transport: Transport) -> Option<Pass> {
         let guard = &self.serving.guard;
-        let pass = match transport {
+        match transport {
             // Anyone can forge a UDP source: the block list only, no budget (response-
             // rate limiting is UDP's budget).
             Transport::Udp => match guard.blocked(client) {
@@ -63,8 +69,7 @@ impl Dns {
                 }),
             },
             _ => guard.check(client).ok(),
-        };
-        self.handle_checked(packet, client, transport, pass)
+        }
     }
 
     /// The clients an answer to `client` counts in the herd accounting: the

@@ -1,7 +1,8 @@
 //! DNS over UDP and TCP on `dns.listen`.
 //!
 //! UDP: one socket per core on the same port (`SO_REUSEPORT`), each read by its own
-//! task that answers in place, so no query waits behind another core's. TCP: RFC 1035
+//! task that answers in place, a batch at a time ([`super::udp`]), so no query waits
+//! behind another core's. TCP: RFC 1035
 //! length-prefixed messages, several per connection, closed after `dns.tcp_idle_ms`
 //! of silence, or when an answer is not taken within `dns.tcp_write_timeout_ms` (a
 //! client that sends and never reads); at most `dns.tcp_max_connections` at once and
@@ -93,7 +94,7 @@ pub fn spawn(dns: Arc<Dns>, sockets: DnsSockets, cancel: CancellationToken, task
         info!(%addr, udp_sockets = sockets.udp.len(), "answering DNS over UDP and TCP");
     }
     for socket in sockets.udp {
-        tasks.spawn(serve_udp(dns.clone(), socket, cancel.clone()));
+        tasks.spawn(super::udp::serve(dns.clone(), socket, cancel.clone()));
     }
     tasks.spawn(serve_tcp(dns.clone(), sockets.tcp, cancel.clone()));
     if dns.rrl().is_some() {
@@ -108,32 +109,6 @@ pub fn spawn(dns: Arc<Dns>, sockets: DnsSockets, cancel: CancellationToken, task
                 }
             }
         });
-    }
-}
-
-async fn serve_udp(dns: Arc<Dns>, socket: UdpSocket, cancel: CancellationToken) {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (len, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // ICMP errors of earlier sends surface here; they concern nobody else.
-                    debug!(error = %e, "DNS UDP receive failed");
-                    continue;
-                }
-            },
-        };
-        if peer.port() == 0 {
-            continue;
-        }
-        let Some(answer) = dns.handle(&buf[..len], peer.ip().to_canonical(), Transport::Udp) else {
-            continue;
-        };
-        if let Err(e) = socket.send_to(&answer, peer).await {
-            debug!(error = %e, %peer, "DNS UDP answer not sent");
-        }
     }
 }
 
