@@ -1,7 +1,7 @@
 # Sourced by every scripts/bench-*.sh: a scratch directory and the processes the
 # script starts, all stopped when it ends, whether it succeeds, fails or is
-# interrupted (Ctrl-C, SIGTERM); `spawn`, `listen_addr`, `free_port`, `median`, and a
-# stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`
+# interrupted (Ctrl-C, SIGTERM); `spawn`, `listen_addr`, `free_port`, `median`,
+# `cpu_ticks` (and `hz`), and a stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`
 # and its pid in `etcd_pid`.
 #
 # Start every process through `spawn` (or add its pid to `pids` in this shell, never
@@ -38,6 +38,20 @@ listen_addr() {
   grep -o "listening on .*" "$work/$1.out" | awk '{print $3}'
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# cpu_ticks PID...: CPU time (clock ticks, user + system) of processes, every thread
+# of each and of all their descendants (NSD's server is its main process's grandchild).
+cpu_ticks() {
+  local t=0 p kids
+  for p in "$@"; do
+    # utime and stime, counted after the name, which may hold spaces ("nsd: server 1").
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+    kids=$(pgrep -P "$p" | tr '\n' ' ' || true)
+    # shellcheck disable=SC2086
+    [ -n "$kids" ] && t=$((t + $(cpu_ticks $kids)))
+  done
+  echo "$t"
+}
+hz=$(getconf CLK_TCK)
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 start_etcd() { # [tls | NAME]: tls adds an https:// listener requiring client certificates

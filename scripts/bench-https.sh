@@ -68,15 +68,6 @@ for _ in $(seq 1 200); do curl -skf "https://127.0.0.1:$nport/gateways" >/dev/nu
 echo "answer sizes: router $(curl -sk "https://127.0.0.1:$rport/gateways" | wc -c) B, nginx $(curl -sk "https://127.0.0.1:$nport/gateways" | wc -c) B"
 echo "TLS: router $(echo | openssl s_client -connect 127.0.0.1:$rport 2>/dev/null | grep -m1 -o 'TLSv1\.[0-9]*, Cipher is [A-Z0-9_-]*'), nginx $(echo | openssl s_client -connect 127.0.0.1:$nport 2>/dev/null | grep -m1 -o 'TLSv1\.[0-9]*, Cipher is [A-Z0-9_-]*')"
 
-# CPU time (clock ticks, user + system) of a process and its children's threads.
-cpu_ticks() { # pid... -> ticks
-  local t=0 p
-  for p in "$@" $(pgrep -P "$1" || true); do
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
-hz=$(getconf CLK_TCK)
 
 run_ab() { # port pid -> "req/s server_cpu_us_per_request"
   local before after
