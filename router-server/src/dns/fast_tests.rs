@@ -102,6 +102,25 @@ fn both(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
+    /// The same with one byte of each query changed: whatever a hostile packet makes
+    /// of the fast path's reading, the answer (or the silence) is the full path's.
+    #[test]
+    fn a_mangled_query_gets_the_full_paths_answer(
+        queries in prop::collection::vec(
+            (0..NAMES.len(), 0..TYPES.len(), 0u8..9, any::<u16>(), any::<usize>(), 1u8..=255),
+            1..12,
+        ),
+    ) {
+        let d = pair(2);
+        for (name, qtype, edns, id, at, x) in queries {
+            let mut p = packet(name, qtype, true, 1, edns, id);
+            let i = at % p.len();
+            p[i] ^= x;
+            let [fast, full] = both(&d, &p, RESOLVER, Transport::Udp);
+            prop_assert_eq!(&fast, &full, "{:?} byte {} ^ {:#x}", p, i, x);
+        }
+    }
+
     #[test]
     fn fast_answers_equal_the_full_encoders(
         queries in prop::collection::vec(
