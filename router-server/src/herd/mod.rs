@@ -51,8 +51,9 @@ pub const FINE_SPAN_MS: u64 = FINE_MS * (FINE_SLOTS as u64 - 1);
 /// Slots kept per node: the window can span at most `SLOTS - 1` of them (15.75 s).
 const SLOTS: usize = 64;
 
-/// Bits of a slot word holding the count; the rest holds the slot number's low bits,
-/// so a word left from an earlier lap of the ring is recognised and ignored.
+/// Bits of a slot word holding its value (the total before the slot's first answer,
+/// modulo); the rest holds the slot number's low bits, so a word left from an earlier
+/// lap of the ring is recognised and ignored.
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
@@ -75,8 +76,11 @@ fn unpack(word: u64, slot: u64) -> Option<u64> {
 /// The largest window (in slots) a counter can answer for.
 pub const MAX_WINDOW_SLOTS: u64 = SLOTS as u64 - 1;
 
-/// One node's answer counts by slot: a ring of atomic words, so recording an answer is
-/// one atomic add and reading the recent sum touches two cache lines.
+/// One node's answer counts: a running total and, per slot, the total before the
+/// slot's first answer, in two rings of atomic words (coarse [`SLOT_MS`] slots and
+/// fine [`FINE_MS`] ones). The answers since a slot are the total less that slot's
+/// start, so reading a count is two or three loads whatever the window, and recording
+/// an answer is one atomic add (plus one write for a slot's first answer).
 ///
 /// The rings (1.5 KB) are allocated by the node's first answer: a router following
 /// 100,000 nodes keeps 150 MB less for the ones it has not answered, and starts
@@ -88,27 +92,32 @@ pub struct HerdCounter {
 
 #[derive(Debug)]
 struct Rings {
-    slots: [AtomicU64; SLOTS],
     /// Answers ever.
     total: AtomicU64,
-    /// Per fine slot: `total` before the slot's first answer.
-    fine: [AtomicU64; FINE_SLOTS],
     /// The fine slot of the latest answer, plus one (0: none yet). A node not
-    /// answered since its sample is read in one load instead of a walk over the fine
-    /// slots since (the common case for the nodes a burst has levelled).
+    /// answered since a slot is read in one load instead of a walk over the slots
+    /// since (the common case for the nodes a burst has not reached).
     last_fine: AtomicU64,
+    /// Per coarse slot: `total` before the slot's first answer, tagged with the slot.
+    slots: [AtomicU64; SLOTS],
+    /// Per fine slot: the same.
+    fine: [AtomicU64; FINE_SLOTS],
 }
 
 impl Default for Rings {
     fn default() -> Self {
         Rings {
-            slots: std::array::from_fn(|_| AtomicU64::new(0)),
             total: AtomicU64::new(0),
-            fine: std::array::from_fn(|_| AtomicU64::new(0)),
             last_fine: AtomicU64::new(0),
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+            fine: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
+
+/// Fine slots per coarse slot.
+const FINE_PER_SLOT: u64 = SLOT_MS / FINE_MS;
+const _: () = assert!(SLOT_MS % FINE_MS == 0);
 
 impl HerdCounter {
     /// Counts one answer given at wall-clock `now_ms`.
@@ -135,7 +144,7 @@ impl HerdCounter {
         self.rings.get().map_or(0, |r| r.since_ms(from_ms, now_ms))
     }
 
-    /// Answers counted in slots `from..=now` (at most the ring's span).
+    /// Answers counted from slot `from` on, up to `now` (at most the ring's span back).
     pub fn since(&self, from: u64, now: u64) -> u64 {
         self.rings.get().map_or(0, |r| r.since(from, now))
     }
@@ -146,87 +155,64 @@ impl HerdCounter {
             r.clear();
         }
     }
-
-    #[cfg(test)]
-    fn add(&self, now: u64, n: u64) {
-        self.rings().add(now, n);
-    }
 }
 
 impl Rings {
     fn add_n_at(&self, now_ms: u64, n: u64) {
         let before = self.total.fetch_add(n, Ordering::Relaxed);
         let fine = now_ms / FINE_MS;
-        self.last_fine.fetch_max(fine + 1, Ordering::Relaxed);
-        let word = &self.fine[fine as usize % FINE_SLOTS];
-        let cur = word.load(Ordering::Relaxed);
-        if unpack(cur, fine).is_none() {
-            // The first answer of this fine slot (a race loses one answer at most).
-            let _ = word.compare_exchange(
-                cur,
-                pack(fine, before),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+        // Read before written: most answers do not move it, and a load leaves the
+        // cache line shared with the readers.
+        let latest = self.last_fine.load(Ordering::Relaxed);
+        let latest = if latest <= fine {
+            self.last_fine.fetch_max(fine + 1, Ordering::Relaxed)
+        } else {
+            latest
+        };
+        let coarse = fine / FINE_PER_SLOT;
+        if latest > fine + 1 {
+            // A later slot already has answers (this request read the clock before
+            // theirs): this answer counts as theirs, so that a slot's start never lies
+            // above a later slot's and a count since a slot never falls.
+            let last = latest - 1;
+            mark_late(&self.fine, fine, last, before);
+            mark_late(&self.slots, coarse, last / FINE_PER_SLOT, before);
+        } else {
+            mark_start(&self.fine, fine, before);
+            mark_start(&self.slots, coarse, before);
         }
-        self.add(slot_of(now_ms), n);
     }
 
     fn since_ms(&self, from_ms: u64, now_ms: u64) -> u64 {
         let (first, last) = (from_ms / FINE_MS, now_ms / FINE_MS);
-        // No answer in or after the first fine slot: nothing to walk.
-        if self.last_fine.load(Ordering::Relaxed) <= first {
-            return 0;
-        }
-        let total = self.total.load(Ordering::Relaxed);
-        // The first fine slot at or after `from_ms` that saw an answer: every answer
-        // since came after its start.
-        for k in first..=last.min(first + FINE_SLOTS as u64 - 1) {
-            if let Some(start) = unpack(
-                self.fine[k as usize % FINE_SLOTS].load(Ordering::Relaxed),
-                k,
-            ) {
-                return total.saturating_sub(start);
-            }
-        }
-        0
-    }
-
-    /// Counts `n` answers in (coarse) slot `now`.
-    fn add(&self, now: u64, n: u64) {
-        let word = &self.slots[now as usize % SLOTS];
-        let tag = now & TAG_MASK;
-        let mut cur = word.load(Ordering::Relaxed);
-        loop {
-            if cur >> COUNT_BITS == tag {
-                word.fetch_add(n, Ordering::Relaxed);
-                return;
-            }
-            // The word still holds an older lap: start this slot at `n`.
-            match word.compare_exchange_weak(
-                cur,
-                (tag << COUNT_BITS) | n.min(COUNT_MASK),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(actual) => cur = actual,
-            }
-        }
+        self.since_in(
+            &self.fine,
+            first,
+            last.min(first + FINE_SLOTS as u64 - 1),
+            1,
+        )
     }
 
     fn since(&self, from: u64, now: u64) -> u64 {
         let from = from.max(now.saturating_sub(MAX_WINDOW_SLOTS));
-        (from..=now)
-            .map(|s| {
-                let v = self.slots[s as usize % SLOTS].load(Ordering::Relaxed);
-                if v >> COUNT_BITS == s & TAG_MASK {
-                    v & COUNT_MASK
-                } else {
-                    0
-                }
-            })
-            .sum()
+        self.since_in(&self.slots, from, now, FINE_PER_SLOT)
+    }
+
+    /// The answers since the first slot of `ring` in `from..=to` that saw one (every
+    /// answer since came after its start); `per` fine slots make one of `ring`'s.
+    fn since_in(&self, ring: &[AtomicU64], from: u64, to: u64, per: u64) -> u64 {
+        let latest = self.last_fine.load(Ordering::Relaxed);
+        // No answer in or after the first slot: nothing to walk.
+        if latest == 0 || (latest - 1) / per < from {
+            return 0;
+        }
+        let last = to.min((latest - 1) / per);
+        match first_start(ring, from, last) {
+            // Read after the start, so it is never below it (both as kept, modulo the
+            // word's value bits).
+            Some(start) => self.total.load(Ordering::Relaxed).wrapping_sub(start) & COUNT_MASK,
+            None => 0,
+        }
     }
 
     fn clear(&self) {
@@ -235,6 +221,40 @@ impl Rings {
         }
         self.last_fine.store(0, Ordering::Relaxed);
         self.total.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The start recorded for the first slot of `ring` in `from..=to` that saw an answer.
+fn first_start(ring: &[AtomicU64], from: u64, to: u64) -> Option<u64> {
+    (from..=to).find_map(|k| unpack(ring[k as usize % ring.len()].load(Ordering::Relaxed), k))
+}
+
+/// [`mark_start`] for an answer of slot `k` recorded after one of a later slot, up to
+/// `last`: its start is at most theirs. An answer more than the ring's span late is
+/// left to the later slots (its word may hold one of them).
+fn mark_late(ring: &[AtomicU64], k: u64, last: u64, before: u64) {
+    if last - k >= ring.len() as u64 {
+        return;
+    }
+    let start = first_start(ring, k + 1, last).map_or(before, |s| s.min(before));
+    mark_start(ring, k, start);
+}
+
+/// Records that slot `k`'s answers start at `before` (the total before them): the
+/// least of the starts its answers saw, so two first answers racing keep the earlier.
+/// A word left from an earlier lap of the ring is overwritten.
+fn mark_start(ring: &[AtomicU64], k: u64, before: u64) {
+    let word = &ring[k as usize % ring.len()];
+    let mut cur = word.load(Ordering::Relaxed);
+    loop {
+        if unpack(cur, k).is_some_and(|v| v <= before) {
+            return;
+        }
+        match word.compare_exchange_weak(cur, pack(k, before), Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return,
+            Err(actual) => cur = actual,
+        }
     }
 }
 
@@ -441,14 +461,98 @@ mod tests {
         assert_eq!(HerdView::at(T0 + 1, 20, 3).pending(&c, T0 - 10), 3);
     }
 
+    /// An answer whose request read the clock before a later slot's first answer
+    /// counts as that slot's: no count since a slot falls when it lands.
+    #[test]
+    fn a_late_answer_never_lowers_a_count() {
+        let c = HerdCounter::default();
+        let base = T0 - T0 % SLOT_MS;
+        c.add_at(base + SLOT_MS);
+        let v = HerdView::at(base + SLOT_MS + 1, 20, 1);
+        assert_eq!(v.pending(&c, 0), 1);
+        assert_eq!(c.since_ms(base, base + SLOT_MS + 1), 1);
+        // A request of the slot before, recorded now.
+        c.add_at(base + 5);
+        assert_eq!(v.pending(&c, 0), 2);
+        assert_eq!(c.since(slot_of(base), v.now), 2);
+        assert_eq!(
+            c.since(slot_of(base) + 1, v.now),
+            2,
+            "counted as the later slot's"
+        );
+        assert_eq!(c.since_ms(base, base + SLOT_MS + 1), 2);
+        assert_eq!(c.since_ms(base + SLOT_MS, base + SLOT_MS + 1), 2);
+    }
+
+    /// Answers recorded from several threads at once are all counted.
+    #[test]
+    fn concurrent_answers_are_all_counted() {
+        let c = std::sync::Arc::new(HerdCounter::default());
+        let start = T0 - T0 % SLOT_MS;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for ms in 0..2_000 {
+                        c.add_at(start + ms);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let now = start + 2_000;
+        assert_eq!(HerdView::at(now, 20, 1).pending(&c, 0), 8_000);
+        // The threads' clocks interleave: an answer of an earlier moment recorded after
+        // a later one counts from the later slot, never less.
+        let since = c.since(slot_of(start) + 4, slot_of(now));
+        assert!((4 * 1_000..=8_000).contains(&since), "{since}");
+        let since = c.since_ms(now - 500, now);
+        assert!((4 * 500..=8_000).contains(&since), "{since}");
+    }
+
+    proptest::proptest! {
+        /// Answers recorded in time order: a count since a slot (coarse or fine) is
+        /// exactly the answers at or after its start within the ring's span.
+        #[test]
+        fn counts_match_a_list_of_answers(
+            gaps in proptest::collection::vec((0u64..400, 1u64..4), 1..200),
+            froms in proptest::collection::vec(0u64..20_000, 1..20),
+        ) {
+            let c = HerdCounter::default();
+            let mut at = T0;
+            let mut answers = Vec::new();
+            for (gap, n) in gaps {
+                at += gap;
+                c.add_n_at(at, n);
+                answers.push((at, n));
+            }
+            let now = at + 1;
+            for back in froms {
+                let from = now.saturating_sub(back);
+                let (s, n) = (slot_of(from), slot_of(now));
+                let oldest = s.max(n.saturating_sub(MAX_WINDOW_SLOTS));
+                let coarse: u64 = answers.iter().filter(|(t, _)| slot_of(*t) >= oldest).map(|(_, n)| n).sum();
+                proptest::prop_assert_eq!(c.since(s, n), coarse);
+                if from + FINE_SPAN_MS > now {
+                    let fine: u64 = answers.iter().filter(|(t, _)| t / FINE_MS >= from / FINE_MS).map(|(_, n)| n).sum();
+                    proptest::prop_assert_eq!(c.since_ms(from, now), fine);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_lap_of_the_ring_does_not_resurrect_old_counts() {
         let c = HerdCounter::default();
-        c.add(5, 1);
-        c.add(5, 1);
-        let later = 5 + SLOTS as u64;
+        let at = |slot: u64| T0 - T0 % SLOT_MS + slot * SLOT_MS;
+        let first = slot_of(at(0));
+        c.add_at(at(0));
+        c.add_at(at(0));
+        let later = first + SLOTS as u64;
         assert_eq!(c.since(later, later), 0, "same word, older lap");
-        c.add(later, 1);
+        c.add_at(at(SLOTS as u64));
         assert_eq!(c.since(later, later), 1);
         assert_eq!(
             c.since(0, later),
