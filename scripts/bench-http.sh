@@ -10,9 +10,15 @@
 # on one). Each answer moves a node in the herd-adjusted order; the goal is the same
 # req/s at any fleet size, within 10 % (10,000 nodes / 100 nodes >= 0.9).
 #
+# Each server's CPU time per request (user + system, every thread) is reported beside
+# its rate: on two shared cores the rates swing by 10 % between rounds, the CPU a
+# request costs much less. Mid-burst is compared with bare axum under the same load
+# (-t1 -c32).
+#
 # BENCH_BASELINE=PATH adds another build of bench_router (an older commit's, built
 # with `cargo build --release -p router-server --example bench_router` in a checkout of
-# it) to the rotation, at 1,000 nodes, with the ratio of this build to it.
+# it) to the rotation, at 1,000 nodes quiet and levelled, with the ratios of this build
+# to it.
 #
 #   scripts/bench-http.sh [ROUNDS] [SECONDS] [CONNECTIONS]
 set -euo pipefail
@@ -31,14 +37,21 @@ cargo build --quiet --release -p router-server --example bench_router --example 
 spawn router target/release/examples/bench_router 1000 127.0.0.1:0
 spawn static target/release/examples/static_server 127.0.0.1:0
 spawn bare target/release/examples/bare_static_server 127.0.0.1:0
-if [ -n "${BENCH_BASELINE:-}" ]; then spawn baseline "$BENCH_BASELINE" 1000 127.0.0.1:0; fi
+declare -A pid_of
+pid_of[router]=${pids[-3]}; pid_of[static]=${pids[-2]}; pid_of[bare]=${pids[-1]}
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  spawn baseline "$BENCH_BASELINE" 1000 127.0.0.1:0; pid_of[baseline]=${pids[-1]}
+  BENCH_LEVELLED=1 spawn baseburst "$BENCH_BASELINE" 1000 127.0.0.1:0; pid_of[baseburst]=${pids[-1]}
+fi
 export BENCH_LEVELLED=1
 spawn burst100 target/release/examples/bench_router 100 127.0.0.1:0
 spawn burst1000 target/release/examples/bench_router 1000 127.0.0.1:0
 spawn burst10000 target/release/examples/bench_router 10000 127.0.0.1:0
+pid_of[burst100]=${pids[-3]}; pid_of[burst1000]=${pids[-2]}; pid_of[burst10000]=${pids[-1]}
 unset BENCH_LEVELLED
 router=$(listen_addr router); static=$(listen_addr static); bare=$(listen_addr bare)
-baseline=""; [ -z "${BENCH_BASELINE:-}" ] || baseline=$(listen_addr baseline)
+baseline=""; baseburst=""
+[ -z "${BENCH_BASELINE:-}" ] || { baseline=$(listen_addr baseline); baseburst=$(listen_addr baseburst); }
 [ -n "$router" ] && [ -n "$static" ] && [ -n "$bare" ] || { cat "$work"/*.err; exit 1; }
 declare -A burst
 for n in 100 1000 10000; do
@@ -48,45 +61,64 @@ done
 # Same answer size, so both push the same bytes.
 echo "answer sizes: router $(curl -s "http://$router/gateways" | wc -c) B, static $(curl -s "http://$static/gateways" | wc -c) B, bare $(curl -s "http://$bare/gateways" | wc -c) B"
 
-run_wrk() { # addr [threads connections] -> "rps p99_ms"
-  wrk -t"${2:-2}" -c"${3:-$conns}" -d"${secs}s" --latency "http://$1/gateways" > "$work/wrk.txt"
-  local rps p99
+run_wrk() { # name addr [threads connections] -> "rps p99_ms cpu_us_per_request"
+  local before after rps p99 total
+  before=$(cpu_ticks "${pid_of[$1]}")
+  wrk -t"${3:-2}" -c"${4:-$conns}" -d"${secs}s" --latency "http://$2/gateways" > "$work/wrk.txt"
+  after=$(cpu_ticks "${pid_of[$1]}")
   rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
+  total=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.txt")
   if grep -q "Non-2xx" "$work/wrk.txt"; then echo "non-2xx answers:" >&2; cat "$work/wrk.txt" >&2; exit 1; fi
-  echo "$rps $p99"
+  echo "$rps $p99 $(awk -v t=$((after - before)) -v hz="$hz" -v n="$total" 'BEGIN {printf "%.3f", t / hz * 1e6 / n}')"
 }
 
 
-: > "$work/router.res"; : > "$work/static.res"; : > "$work/bare.res"; : > "$work/baseline.res"
-for n in 100 1000 10000; do : > "$work/burst$n.res"; done
+pid_of[bare1]=${pid_of[bare]}
+names=(router static bare bare1 burst100 burst1000 burst10000)
+[ -z "$baseline" ] || names+=(baseline baseburst)
+for n in "${names[@]}"; do : > "$work/$n.res"; done
 for i in $(seq 1 "$rounds"); do
-  run_wrk "$router" >> "$work/router.res"
-  run_wrk "$static" >> "$work/static.res"
-  run_wrk "$bare" >> "$work/bare.res"
+  run_wrk router "$router" >> "$work/router.res"
+  run_wrk static "$static" >> "$work/static.res"
+  run_wrk bare "$bare" >> "$work/bare.res"
   if [ -n "$baseline" ]; then
-    run_wrk "$baseline" >> "$work/baseline.res"
+    run_wrk baseline "$baseline" >> "$work/baseline.res"
     echo "round $i: baseline build $(tail -1 "$work/baseline.res")"
   fi
-  echo "round $i: router $(tail -1 "$work/router.res")  static $(tail -1 "$work/static.res")  bare $(tail -1 "$work/bare.res")  (req/s p99_ms)"
-  for n in 100 1000 10000; do run_wrk "${burst[$n]}" 1 32 >> "$work/burst$n.res"; done
-  echo "round $i mid-burst: 100 nodes $(tail -1 "$work/burst100.res")  1,000 $(tail -1 "$work/burst1000.res")  10,000 $(tail -1 "$work/burst10000.res")"
+  echo "round $i: router $(tail -1 "$work/router.res")  static $(tail -1 "$work/static.res")  bare $(tail -1 "$work/bare.res")  (req/s p99_ms cpu_us/req)"
+  for n in 100 1000 10000; do run_wrk "burst$n" "${burst[$n]}" 1 32 >> "$work/burst$n.res"; done
+  run_wrk bare1 "$bare" 1 32 >> "$work/bare1.res"
+  [ -z "$baseburst" ] || run_wrk baseburst "$baseburst" 1 32 >> "$work/baseburst.res"
+  echo "round $i mid-burst: 100 nodes $(tail -1 "$work/burst100.res")  1,000 $(tail -1 "$work/burst1000.res")  10,000 $(tail -1 "$work/burst10000.res")  bare $(tail -1 "$work/bare1.res")"
 done
 col() { awk -v c="$2" '{print $c}' "$work/$1.res" | median; }
-r_rps=$(col router 1); s_rps=$(col static 1); b_rps=$(col bare 1)
-printf '\n%-34s %12s %12s\n' "GET /gateways ($rounds x ${secs}s, c=$conns)" "req/s" "p99 ms"
-printf '%-34s %12.0f %12.3f\n' "router (1,000 nodes)" "$r_rps" "$(col router 2)"
-printf '%-34s %12.0f %12.3f\n' "static, same stack (baseline)" "$s_rps" "$(col static 2)"
-printf '%-34s %12.0f %12.3f\n' "static, bare axum" "$b_rps" "$(col bare 2)"
-awk -v r="$r_rps" -v s="$s_rps" 'BEGIN {printf "throughput ratio router/same-stack static: %.3f (target >= 0.9)\n", r/s}'
-awk -v r="$r_rps" -v b="$b_rps" 'BEGIN {printf "throughput ratio router/bare axum static:  %.3f\n", r/b}'
+row() { printf '%-34s %12.0f %12.3f %12.2f\n' "$1" "$(col "$2" 1)" "$(col "$2" 2)" "$(col "$2" 3)"; }
+ratio() { # LABEL A B: medians over the rounds of A/B's rate and of B/A's CPU per request
+  # (above 1: A does better), each round's pair measured back to back, so that a round
+  # the whole machine ran slower does not move the ratio
+  local rate cpu
+  rate=$(paste -d' ' "$work/$2.res" "$work/$3.res" | awk '{print $1 / $4}' | median)
+  cpu=$(paste -d' ' "$work/$2.res" "$work/$3.res" | awk '{print $6 / $3}' | median)
+  printf '%-46s rate %.3f, per CPU second %.3f\n' "$1" "$rate" "$cpu"
+}
+printf '\n%-34s %12s %12s %12s\n' "GET /gateways ($rounds x ${secs}s, c=$conns)" "req/s" "p99 ms" "CPU us/req"
+row "router (1,000 nodes)" router
+row "static, same stack (baseline)" static
+row "static, bare axum" bare
+ratio "router / same-stack static (target >= 0.9):" router static
+ratio "router / bare axum (target >= 0.95):" router bare
 if [ -n "$baseline" ]; then
-  printf '%-34s %12.0f %12.3f\n' "baseline build (1,000 nodes)" "$(col baseline 1)" "$(col baseline 2)"
-  awk -v r="$r_rps" -v b="$(col baseline 1)" 'BEGIN {printf "throughput ratio this build/baseline build: %.3f\n", r/b}'
+  row "baseline build (1,000 nodes)" baseline
+  ratio "this build / baseline build:" router baseline
 fi
 
-printf '\n%-34s %12s %12s\n' "mid-burst, levelled ($rounds x ${secs}s, -t1 -c32)" "req/s" "p99 ms"
-for n in 100 1000 10000; do
-  printf '%-34s %12.0f %12.3f\n' "router ($n nodes)" "$(col "burst$n" 1)" "$(col "burst$n" 2)"
-done
-awk -v a="$(col burst10000 1)" -v b="$(col burst100 1)" 'BEGIN {printf "mid-burst ratio 10,000 / 100 nodes: %.3f (target >= 0.9)\n", a/b}'
+printf '\n%-34s %12s %12s %12s\n' "mid-burst, levelled ($rounds x ${secs}s, -t1 -c32)" "req/s" "p99 ms" "CPU us/req"
+for n in 100 1000 10000; do row "router ($n nodes)" "burst$n"; done
+row "static, bare axum" bare1
+ratio "mid-burst 1,000 nodes / bare axum (>= 0.95):" burst1000 bare1
+ratio "mid-burst 10,000 / 100 nodes (>= 0.9):" burst10000 burst100
+if [ -n "$baseburst" ]; then
+  row "baseline build (1,000 nodes)" baseburst
+  ratio "mid-burst this build / baseline build:" burst1000 baseburst
+fi
