@@ -173,6 +173,12 @@ async fn serve_tcp(dns: Arc<Dns>, listener: TcpListener, cancel: CancellationTok
     connections.wait().await;
 }
 
+/// The kernel send buffer of a DNS-over-TCP connection: one largest message and its
+/// length prefix. A client that sends and never reads pins this much (the kernel
+/// doubles it) while its write timeout runs, not the megabytes the default grows to,
+/// and its answers back up within a few hundred queries however busy the machine.
+const TCP_SEND_BUFFER: usize = 65_535 + 2;
+
 /// How long a DNS-over-TCP client may take.
 #[derive(Debug, Clone, Copy)]
 struct TcpLimits {
@@ -200,6 +206,8 @@ async fn serve_connection(
     limits: TcpLimits,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    // Best effort: the kernel's default grows the buffer to megabytes.
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(TCP_SEND_BUFFER);
     let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 2];
