@@ -208,8 +208,8 @@ impl Rings {
         }
         let last = to.min((latest - 1) / per);
         match first_start(ring, from, last) {
-            // Read after the start, so it is never below it (both as kept, modulo the
-            // word's value bits).
+            // Read after the start (acquired), so it is never below it (both as kept,
+            // modulo the word's value bits).
             Some(start) => self.total.load(Ordering::Relaxed).wrapping_sub(start) & COUNT_MASK,
             None => 0,
         }
@@ -225,8 +225,11 @@ impl Rings {
 }
 
 /// The start recorded for the first slot of `ring` in `from..=to` that saw an answer.
+///
+/// Acquire, paired with [`mark_start`]'s release: the total read after a start is at
+/// least the start, on any processor (a total read below it would count 2^40 answers).
 fn first_start(ring: &[AtomicU64], from: u64, to: u64) -> Option<u64> {
-    (from..=to).find_map(|k| unpack(ring[k as usize % ring.len()].load(Ordering::Relaxed), k))
+    (from..=to).find_map(|k| unpack(ring[k as usize % ring.len()].load(Ordering::Acquire), k))
 }
 
 /// [`mark_start`] for an answer of slot `k` recorded after one of a later slot, up to
@@ -250,7 +253,8 @@ fn mark_start(ring: &[AtomicU64], k: u64, before: u64) {
         if unpack(cur, k).is_some_and(|v| v <= before) {
             return;
         }
-        match word.compare_exchange_weak(cur, pack(k, before), Ordering::Relaxed, Ordering::Relaxed)
+        // Release: the add that made `before` the total is seen by whoever reads it.
+        match word.compare_exchange_weak(cur, pack(k, before), Ordering::Release, Ordering::Relaxed)
         {
             Ok(_) => return,
             Err(actual) => cur = actual,
