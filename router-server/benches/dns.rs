@@ -18,11 +18,12 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RecordType};
-use registry::{NodeRecord, Ports};
 use router_server::config::FileConfig;
 use router_server::dns::{Dns, Transport};
 use router_server::schedule::Snapshot;
 use router_server::state::AppState;
+
+mod common;
 
 const ZONE: &str = "gw.bench.test";
 
@@ -34,19 +35,10 @@ fn dns(nodes: usize) -> Dns {
          [dns]\nlisten = \"127.0.0.1:0\"\nzone = \"{ZONE}\"\nrrl_per_sec = 0\n"
     );
     let state = AppState::new(FileConfig::parse(&text).expect("valid config"));
+    // Each node at an address of its own (10.x.y.z), as in `scripts/bench-dns.sh`.
     let records = (0..nodes).map(|i| {
-        Arc::new(NodeRecord::new(
-            format!("gw-{i:05}"),
-            std::net::Ipv4Addr::from(0x0a00_0000 | (i as u32 + 1)).into(),
-            Ports {
-                tcp: Some(8000),
-                ws: Some(8080),
-                wss: None,
-            },
-            format!("r{}", i % 10),
-            1_000_000_000,
-            (i as u64 * 7919) % 900_000_000,
-        ))
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 | (i as u32 + 1));
+        Arc::new(common::node(i, ip.into()))
     });
     let snap = Snapshot::build(records, None, 1, false);
     state.serving.snapshot.store(Some(Arc::new(snap)));

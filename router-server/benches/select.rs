@@ -31,6 +31,8 @@ use router_server::schedule::{
     select, select_budgeted, Query, Rules, Snapshot, Steer, SCAN_BUDGET,
 };
 
+mod common;
+
 fn fleet(n: usize) -> Snapshot {
     Snapshot::build(records(n, false), None, 1, false)
 }
@@ -39,19 +41,7 @@ fn fleet(n: usize) -> Snapshot {
 /// `bgp` in turn.
 fn records(n: usize, isps: bool) -> impl Iterator<Item = Arc<NodeRecord>> {
     (0..n).map(move |i| {
-        let mut r = NodeRecord::new(
-            format!("gw-{i:05}"),
-            "192.0.2.1".parse().unwrap(),
-            Ports {
-                tcp: Some(8000),
-                ws: Some(8080),
-                wss: None,
-            },
-            format!("r{}", i % 10),
-            // Large capacity: the benchmark's own requests must not fill nodes up.
-            1_000_000_000,
-            (i as u64 * 7919) % 900_000_000,
-        );
+        let mut r = common::node(i, "192.0.2.1".parse().unwrap());
         if isps {
             r.isp = Some(["ctcc", "cmcc", "cucc", "bgp"][(i / 10) % 4].to_string());
         }
