@@ -91,17 +91,22 @@ impl hyper::body::Body for TimedBody {
     }
 }
 
-/// The connection's bytes, noting when the last one moved (for the stall limit).
+/// The connection's bytes, noting when the last one moved (for the stall limit) and
+/// when an HTTP/1 head began (for the head limit).
 pub(super) struct Progress<I> {
     pub(super) inner: I,
     pub(super) slot: Arc<Slot>,
     pub(super) epoch: Instant,
+    /// The head limit, ms.
+    pub(super) head_limit_ms: u64,
 }
 
 impl<I> Progress<I> {
-    fn moved(&self) {
+    /// Notes a byte moved; returns now (ms since the epoch).
+    fn moved(&self) -> u64 {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.slot.progress_ms.store(now, Ordering::Relaxed);
+        now
     }
 }
 
@@ -114,7 +119,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Progress<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.moved();
+            let now = self.moved();
+            self.slot.bytes_in(now, self.head_limit_ms);
         }
         r
     }

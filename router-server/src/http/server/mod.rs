@@ -7,7 +7,9 @@
 //!   within `first_byte_timeout_ms`, finish TLS within `tls_handshake_timeout_ms` and its
 //!   first request head within `request_timeout_ms`; after that, a keep-alive connection
 //!   idle for `idle_timeout_secs` is closed. The same holds for HTTP/1 and HTTP/2
-//!   (HTTP/2 also gets explicit stream and header-list limits).
+//!   (HTTP/2 also gets explicit stream and header-list limits). Each later HTTP/1 head
+//!   must be whole within `request_timeout_ms` of its first byte; the connection's one
+//!   timer keeps that too, without a timer per request.
 //! * **Deadlines after the head**: a request's body must have arrived whole within
 //!   `body_timeout_ms` of its head, or the request is answered 408 `request_timeout`
 //!   and the connection closed (`body_timeout`); a connection answering a request that

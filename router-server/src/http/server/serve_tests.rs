@@ -1,4 +1,5 @@
-//! Tests that serve real connections: the stall limit and the HTTP/2 body deadline.
+//! Tests that serve real connections: the stall limit, the HTTP/1 head limit and the
+//! HTTP/2 body deadline.
 
 use super::*;
 use crate::config::FileConfig;
@@ -89,9 +90,9 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
     server.await.unwrap().unwrap();
 }
 
-/// A kept-alive connection whose timer waits for its idle deadline, a minute away
-/// (HTTP/2: hyper's own head timeout closes an idle HTTP/1 connection first): the
-/// request that then gets stuck wakes the timer and is dropped at the stall limit.
+/// A kept-alive connection whose timer waits for its idle deadline, a minute away:
+/// the request that then gets stuck wakes the timer and is dropped at the stall limit.
+/// (HTTP/2 here; HTTP/1 is the same but for its head limit, tested below.)
 #[tokio::test]
 async fn a_stuck_request_on_an_idle_connection_is_dropped_at_the_stall_limit() {
     let (addr, metrics, shutdown, server) = stall_server(
@@ -169,6 +170,71 @@ async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_clos
     let text = metrics.render();
     assert!(
         text.contains("router_connections_closed_by_server_total{reason=\"body_timeout\"} 2"),
+        "{text}"
+    );
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// Sends `GET /ok` on `s` and reads its answer whole.
+async fn get_ok(s: &mut tokio::net::TcpStream) {
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+}
+
+/// HTTP/1 heads after the first are timed by the connection: an idle keep-alive
+/// connection lives to its idle deadline, however short the head limit, but a head
+/// that has begun must be whole within the head limit of its first byte, or the
+/// connection is dropped, however steadily its bytes trickle in.
+#[tokio::test]
+async fn a_kept_alive_head_that_trickles_is_dropped_at_the_head_limit() {
+    let (addr, metrics, shutdown, server) =
+        stall_server("[http]\nrequest_timeout_ms = 300\nidle_timeout_secs = 60\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    get_ok(&mut s).await;
+    // Idle for twice the head limit: still open, and the timer has seen it used.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    get_ok(&mut s).await;
+    get_ok(&mut s).await;
+    let start = std::time::Instant::now();
+    s.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let mut drip = tokio::time::interval(Duration::from_millis(50));
+    let mut buf = [0u8; 64];
+    let dropped = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                r = rd.read(&mut buf) => {
+                    assert!(!matches!(r, Ok(n) if n > 0), "answered a partial head");
+                    return;
+                }
+                _ = drip.tick() => {
+                    if wr.write_all(b"x-drip: 1\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let took = start.elapsed();
+    assert!(dropped.is_ok(), "a trickling head was left open for 5 s");
+    assert!(took >= Duration::from_millis(290), "dropped after {took:?}");
+    let text = metrics.render();
+    assert!(
+        text.contains("router_connections_closed_by_server_total{reason=\"head_timeout\"} 1"),
         "{text}"
     );
     shutdown.cancel();

@@ -80,8 +80,12 @@ impl ConnService {
             // request would cost a scheduling round each (about a sixth of
             // `GET /gateways` throughput), so only a timer set further away is told.
             if self.slot.timer_ms.load(Ordering::Relaxed) > now + self.stall_ms {
-                self.slot.busy.notify_one();
+                self.slot.nudge.notify_one();
             }
+        }
+        // From now on its heads are timed by the connection (`Slot::bytes_in`).
+        if req.version() <= Version::HTTP_11 && !self.slot.http1.load(Ordering::Relaxed) {
+            self.slot.http1.store(true, Ordering::Relaxed);
         }
         let guard = InFlight {
             slot: self.slot.clone(),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
@@ -48,9 +48,15 @@ pub(super) struct Slot {
     /// Milliseconds since the table's epoch when the connection's timer fires next
     /// (kept by the connection's task).
     pub(super) timer_ms: AtomicU64,
-    /// Told when the connection turns busy while its timer would fire later than the
-    /// stall limit, so the timer watches for a stall.
-    pub(super) busy: Notify,
+    /// Told when the connection turns busy, or an HTTP/1 head begins, while its timer
+    /// would fire later than the limit that then applies, so the timer watches for it.
+    pub(super) nudge: Notify,
+    /// HTTP/1, between requests: milliseconds since the table's epoch when the next
+    /// request's head began to arrive ([`NO_HEAD`]: it has not). The head must be
+    /// whole within the head limit (`request_timeout_ms`) of it.
+    pub(super) head_ms: AtomicU64,
+    /// The connection speaks HTTP/1 (known from its first request).
+    pub(super) http1: AtomicBool,
     /// Why it was closed by the table, for the metric.
     pub(super) shed_reason: Mutex<Option<&'static str>>,
 }
@@ -63,7 +69,26 @@ impl Slot {
             _ => Phase::Busy,
         }
     }
+
+    /// Bytes arrived at `now` (ms since the epoch). On an HTTP/1 connection between
+    /// requests they begin the next head, which must be whole within `head_limit_ms`;
+    /// the connection's timer is nudged only when it would fire later than that, so a
+    /// connection in steady use wakes no task for it.
+    pub(super) fn bytes_in(&self, now: u64, head_limit_ms: u64) {
+        if self.http1.load(Ordering::Relaxed)
+            && self.phase() == Phase::Idle
+            && self.head_ms.load(Ordering::Relaxed) == NO_HEAD
+        {
+            self.head_ms.store(now, Ordering::Relaxed);
+            if self.timer_ms.load(Ordering::Relaxed) > now + head_limit_ms {
+                self.nudge.notify_one();
+            }
+        }
+    }
 }
+
+/// [`Slot::head_ms`] when no head has begun.
+pub(super) const NO_HEAD: u64 = u64::MAX;
 
 /// Why the table refused a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +192,7 @@ impl ConnTable {
         let now = self.now_ms();
         slot.phase.store(phase as u8, Ordering::Relaxed);
         slot.since_ms.store(now, Ordering::Relaxed);
+        slot.head_ms.store(NO_HEAD, Ordering::Relaxed);
         now
     }
 
@@ -241,7 +267,9 @@ impl ConnTable {
             timer_ms: AtomicU64::new(u64::MAX),
             network,
             close: CancellationToken::new(),
-            busy: Notify::new(),
+            nudge: Notify::new(),
+            head_ms: AtomicU64::new(NO_HEAD),
+            http1: AtomicBool::new(false),
             shed_reason: Mutex::new(None),
         });
         open.slots.insert(id, slot.clone());
