@@ -13,7 +13,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::table::Slot;
+use super::table::{Phase, Slot};
 use crate::config::HttpConfig;
 
 /// The limits of one server, from `[http]`.
@@ -102,11 +102,18 @@ pub(super) struct Progress<I> {
 }
 
 impl<I> Progress<I> {
-    /// Notes a byte moved; returns now (ms since the epoch).
-    fn moved(&self) -> u64 {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.slot.progress_ms.store(now, Ordering::Relaxed);
-        now
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Notes a byte moved. Only a busy connection's bytes are watched (the stall
+    /// limit), so only then is the clock read.
+    fn moved(&self) {
+        if self.slot.phase() == Phase::Busy {
+            self.slot
+                .progress_ms
+                .store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -119,8 +126,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Progress<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let now = self.moved();
-            self.slot.bytes_in(now, self.head_limit_ms);
+            self.moved();
+            if self.slot.awaits_head() {
+                self.slot.head_begins(self.now_ms(), self.head_limit_ms);
+            }
         }
         r
     }

@@ -83,7 +83,7 @@ impl ConnService {
                 self.slot.nudge.notify_one();
             }
         }
-        // From now on its heads are timed by the connection (`Slot::bytes_in`).
+        // From now on its heads are timed by the connection (`Slot::head_begins`).
         if req.version() <= Version::HTTP_11 && !self.slot.http1.load(Ordering::Relaxed) {
             self.slot.http1.store(true, Ordering::Relaxed);
         }

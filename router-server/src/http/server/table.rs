@@ -70,19 +70,21 @@ impl Slot {
         }
     }
 
-    /// Bytes arrived at `now` (ms since the epoch). On an HTTP/1 connection between
-    /// requests they begin the next head, which must be whole within `head_limit_ms`;
-    /// the connection's timer is nudged only when it would fire later than that, so a
-    /// connection in steady use wakes no task for it.
-    pub(super) fn bytes_in(&self, now: u64, head_limit_ms: u64) {
-        if self.http1.load(Ordering::Relaxed)
+    /// True when bytes arriving now begin the next head: an HTTP/1 connection
+    /// between requests, with no head begun.
+    pub(super) fn awaits_head(&self) -> bool {
+        self.http1.load(Ordering::Relaxed)
             && self.phase() == Phase::Idle
             && self.head_ms.load(Ordering::Relaxed) == NO_HEAD
-        {
-            self.head_ms.store(now, Ordering::Relaxed);
-            if self.timer_ms.load(Ordering::Relaxed) > now + head_limit_ms {
-                self.nudge.notify_one();
-            }
+    }
+
+    /// The next HTTP/1 head began at `now` (ms since the epoch); it must be whole
+    /// within `head_limit_ms`. The connection's timer is nudged only when it would fire
+    /// later than that, so a connection in steady use wakes no task for it.
+    pub(super) fn head_begins(&self, now: u64, head_limit_ms: u64) {
+        self.head_ms.store(now, Ordering::Relaxed);
+        if self.timer_ms.load(Ordering::Relaxed) > now + head_limit_ms {
+            self.nudge.notify_one();
         }
     }
 }
