@@ -240,3 +240,38 @@ async fn a_kept_alive_head_that_trickles_is_dropped_at_the_head_limit() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// A head pipelined behind an answered request and left half-sent, with nothing
+/// after it, holds the connection no longer than an idle one: the idle deadline
+/// closes it.
+#[tokio::test]
+async fn a_half_sent_pipelined_head_is_closed_at_the_idle_deadline() {
+    let (addr, metrics, shutdown, server) =
+        stall_server("[http]\nrequest_timeout_ms = 300\nidle_timeout_secs = 1\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    get_ok(&mut s).await;
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a half-sent head held the connection for 5 s"
+    );
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    assert!(
+        got.ends_with(b"\r\n\r\nok"),
+        "answered the half-sent head: {got:?}"
+    );
+    let text = metrics.render();
+    assert!(text.contains("reason=\"idle_timeout\"} 1"), "{text}");
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
