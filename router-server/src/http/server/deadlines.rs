@@ -13,7 +13,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::table::{Phase, Slot};
+use super::table::{since_ms, Phase, Slot};
 use crate::config::HttpConfig;
 
 /// The limits of one server, from `[http]`.
@@ -103,7 +103,7 @@ pub(super) struct Progress<I> {
 
 impl<I> Progress<I> {
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        since_ms(self.epoch)
     }
 
     /// Notes a byte moved. Only a busy connection's bytes are watched (the stall

@@ -89,6 +89,14 @@ impl Slot {
     }
 }
 
+/// Milliseconds from `epoch` to now, on std's clock: tokio's asks the runtime for a
+/// paused clock when its `test-util` feature is on (tests, and so the benchmarks'
+/// examples), a cost per request the product does not pay. No test of the server
+/// pauses time.
+pub(super) fn since_ms(epoch: Instant) -> u64 {
+    epoch.into_std().elapsed().as_millis() as u64
+}
+
 /// [`Slot::head_ms`] when no head has begun.
 pub(super) const NO_HEAD: u64 = u64::MAX;
 
@@ -186,7 +194,7 @@ impl ConnTable {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        since_ms(self.epoch)
     }
 
     /// Sets `slot`'s phase as of now; returns now (ms since the epoch).
