@@ -53,13 +53,11 @@ fn serve_app(toml: &str, router: axum::Router) -> TestServer {
     (addr, metrics, shutdown, server)
 }
 
-/// The server counted one connection closed for a stall.
-fn assert_closed_stalled(metrics: &crate::metrics::Metrics) {
+/// The server counted `n` connections closed for `reason`.
+fn assert_closed(metrics: &crate::metrics::Metrics, reason: &str, n: u64) {
     let text = metrics.render();
-    assert!(
-        text.contains("router_connections_closed_by_server_total{reason=\"stalled\"} 1"),
-        "{text}"
-    );
+    let line = format!("router_connections_closed_by_server_total{{reason=\"{reason}\"}} {n}\n");
+    assert!(text.contains(&line), "no {line:?} in {text}");
 }
 
 /// Sends `GET /stuck` on `s` and waits for the server to drop the connection; how long
@@ -85,7 +83,7 @@ async fn a_request_that_moves_no_byte_is_dropped_at_the_stall_limit() {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let took = stuck_until_dropped(&mut s).await;
     assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
-    assert_closed_stalled(&metrics);
+    assert_closed(&metrics, "stalled", 1);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -119,7 +117,7 @@ async fn a_stuck_request_on_an_idle_connection_is_dropped_at_the_stall_limit() {
     let took = start.elapsed();
     assert!(dropped.is_ok(), "left hanging");
     assert!(took >= Duration::from_millis(350), "dropped after {took:?}");
-    assert_closed_stalled(&metrics);
+    assert_closed(&metrics, "stalled", 1);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -167,11 +165,7 @@ async fn an_http2_body_past_its_deadline_is_answered_408_and_the_connection_clos
         .expect("the connection is closed")
         .unwrap()
         .ok();
-    let text = metrics.render();
-    assert!(
-        text.contains("router_connections_closed_by_server_total{reason=\"body_timeout\"} 2"),
-        "{text}"
-    );
+    assert_closed(&metrics, "body_timeout", 2);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -232,11 +226,7 @@ async fn a_kept_alive_head_that_trickles_is_dropped_at_the_head_limit() {
     let took = start.elapsed();
     assert!(dropped.is_ok(), "a trickling head was left open for 5 s");
     assert!(took >= Duration::from_millis(290), "dropped after {took:?}");
-    let text = metrics.render();
-    assert!(
-        text.contains("router_connections_closed_by_server_total{reason=\"head_timeout\"} 1"),
-        "{text}"
-    );
+    assert_closed(&metrics, "head_timeout", 1);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
@@ -270,8 +260,7 @@ async fn a_half_sent_pipelined_head_is_closed_at_the_idle_deadline() {
         got.ends_with(b"\r\n\r\nok"),
         "answered the half-sent head: {got:?}"
     );
-    let text = metrics.render();
-    assert!(text.contains("reason=\"idle_timeout\"} 1"), "{text}");
+    assert_closed(&metrics, "idle_timeout", 1);
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }

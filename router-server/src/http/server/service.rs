@@ -76,12 +76,8 @@ impl ConnService {
         if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             let now = self.table.set_phase(&self.slot, Phase::Busy);
             // The connection's timer must look at a busy connection within the stall
-            // limit. On a connection in use it already does; waking its task for every
-            // request would cost a scheduling round each (about a sixth of
-            // `GET /gateways` throughput), so only a timer set further away is told.
-            if self.slot.timer_ms.load(Ordering::Relaxed) > now + self.stall_ms {
-                self.slot.nudge.notify_one();
-            }
+            // limit; on a connection in use it already does.
+            self.slot.watch_by(now + self.stall_ms);
         }
         // From now on its heads are timed by the connection (`Slot::head_begins`).
         if req.version() <= Version::HTTP_11 && !self.slot.http1.load(Ordering::Relaxed) {
