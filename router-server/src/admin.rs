@@ -347,7 +347,7 @@ async fn nodes(State(admin): State<Admin>, RawQuery(raw): RawQuery) -> Result<Re
             let assigned = snap
                 .as_ref()
                 .and_then(|s| s.get(&n.id))
-                .map(|e| herd.pending(&e.assigned, e.sampled_ms));
+                .map(|e| e.pending(&herd));
             json!({
                 "registry": &**dc,
                 "record": n,

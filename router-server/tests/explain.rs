@@ -80,10 +80,7 @@ fn ids(list: &Value) -> Vec<&str> {
 fn pending(state: &AppState) -> u64 {
     let snap = state.serving.snapshot.load_full().unwrap();
     let herd = state.serving.herd_view();
-    snap.nodes
-        .iter()
-        .map(|e| herd.pending(&e.assigned, e.sampled_ms))
-        .sum()
+    snap.nodes.iter().map(|e| e.pending(&herd)).sum()
 }
 
 #[tokio::test]

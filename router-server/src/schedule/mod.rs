@@ -57,7 +57,7 @@ mod snapshot;
 mod steer;
 
 pub use arrival::Arrival;
-pub use entry::NodeEntry;
+pub use entry::{LoadBasis, NodeEntry};
 pub use explain::{explain, Explained, Reason, Tier, Verdict};
 pub use select::{
     select, select_budgeted, select_weighted, Candidate, Chosen, Query, Rules, MAX_COUNT,

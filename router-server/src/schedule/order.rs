@@ -19,16 +19,23 @@
 //! * at the next slot the window moves and loads may fall: the keys are computed
 //!   again, once per slot, outside the lock. Until then requests scan the index.
 //!
+//! Beside each key the order keeps what the walk reads of the node (its load basis,
+//! herd counter and record), so a walk does not look nodes up in the snapshot's
+//! persistent vector, whose index was the walk's largest cost.
+//!
 //! An order belongs to one snapshot (its generation). A patch hands it to the next
 //! snapshot, and the one patched keeps scanning: a snapshot never reads keys that
 //! another one's reports have moved.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::herd::HerdView;
+use registry::NodeRecord;
 
+use crate::herd::{HerdCounter, HerdView};
+
+use super::entry::LoadBasis;
 use super::{NodeEntry, Snapshot};
 
 /// A new snapshot's generation (0 is the empty default snapshot's).
@@ -67,10 +74,28 @@ fn view_of(herd: &HerdView) -> View {
 struct Keyed {
     view: View,
     /// (key as f64 bits, tie rank, node index): a load is never negative, so its bits
-    /// order as the number does.
-    set: BTreeSet<(u64, u64, u32)>,
+    /// order as the number does. Each with what a walk reads of the node.
+    set: BTreeMap<(u64, u64, u32), Hot>,
     /// Each node's current key, by index ([`ABSENT`] for the nodes not in the index).
     key: Vec<u64>,
+}
+
+/// What a walk reads of one node: copied from its entry when it is keyed.
+#[derive(Debug, Clone)]
+struct Hot {
+    basis: LoadBasis,
+    assigned: Arc<HerdCounter>,
+    record: Arc<NodeRecord>,
+}
+
+impl Hot {
+    fn of(e: &NodeEntry) -> Hot {
+        Hot {
+            basis: e.basis,
+            assigned: e.assigned.clone(),
+            record: e.record.clone(),
+        }
+    }
 }
 
 /// The key of a node not in the index.
@@ -79,12 +104,12 @@ const ABSENT: u64 = u64::MAX;
 impl Keyed {
     fn build(nodes: &registry::imbl::Vector<NodeEntry>, list: &[u32], herd: &HerdView) -> Keyed {
         let mut key = vec![ABSENT; nodes.len()];
-        let mut set = BTreeSet::new();
+        let mut set = BTreeMap::new();
         for &i in list {
             let e = &nodes[i as usize];
             let k = e.loads(herd).1.to_bits();
             key[i as usize] = k;
-            set.insert((k, e.tie, i));
+            set.insert((k, e.tie, i), Hot::of(e));
         }
         Keyed {
             view: view_of(herd),
@@ -93,17 +118,26 @@ impl Keyed {
         }
     }
 
-    fn remove(&mut self, i: u32, tie: u64) {
+    fn remove(&mut self, i: u32, tie: u64) -> Option<Hot> {
         let k = std::mem::replace(&mut self.key[i as usize], ABSENT);
-        if k != ABSENT {
-            self.set.remove(&(k, tie, i));
+        if k == ABSENT {
+            return None;
         }
+        self.set.remove(&(k, tie, i))
     }
 
-    fn insert(&mut self, i: u32, tie: u64, k: u64) {
+    fn insert(&mut self, i: u32, tie: u64, k: u64, hot: Hot) {
         self.remove(i, tie);
         self.key[i as usize] = k;
-        self.set.insert((k, tie, i));
+        self.set.insert((k, tie, i), hot);
+    }
+
+    /// Moves node `i`, keyed now, to key `k`.
+    fn rekey(&mut self, i: u32, tie: u64, k: u64) {
+        if let Some(hot) = self.remove(i, tie) {
+            self.key[i as usize] = k;
+            self.set.insert((k, tie, i), hot);
+        }
     }
 }
 
@@ -111,8 +145,8 @@ impl Keyed {
 pub(super) trait Walker {
     /// True when no node at `key` (or a later one) can be kept: the walk ends.
     fn done(&self, key: f64, tie: u64, i: u32) -> bool;
-    /// Node `i`, at projected `load`.
-    fn visit(&mut self, i: u32, load: f64);
+    /// Node `i` (tie rank `tie`, reporting `record`), at projected `load`.
+    fn visit(&mut self, i: u32, tie: u64, record: &NodeRecord, load: f64);
 }
 
 impl Order {
@@ -168,7 +202,7 @@ impl Order {
     /// reported load, a lower bound of its projected load at any time.
     pub(super) fn insert(&self, e: &NodeEntry, i: u32) {
         if let Some(k) = self.lock().keyed.as_mut() {
-            k.insert(i, e.tie, e.reported_load.to_bits());
+            k.insert(i, e.tie, e.reported_load.to_bits(), Hot::of(e));
         }
     }
 
@@ -216,20 +250,20 @@ impl Order {
         }
         let keyed = s.keyed.as_mut().expect("keyed above");
         let mut repairs: smallvec::SmallVec<[(u32, u64, u64); 8]> = smallvec::SmallVec::new();
-        for &(k, tie, i) in &keyed.set {
+        for (&(k, tie, i), hot) in &keyed.set {
             if walker.done(f64::from_bits(k), tie, i) {
                 break;
             }
             #[cfg(test)]
             VISITS.with(|w| w.set(w.get() + 1));
-            let (load, floor) = snap.nodes[i as usize].loads(herd);
-            walker.visit(i, load);
+            let (load, floor) = hot.basis.loads(&hot.assigned, herd);
+            walker.visit(i, tie, &hot.record, load);
             if floor.to_bits() > k {
                 repairs.push((i, tie, floor.to_bits()));
             }
         }
         for (i, tie, k) in repairs {
-            keyed.insert(i, tie, k);
+            keyed.rekey(i, tie, k);
         }
         #[cfg(test)]
         WALKS.with(|w| w.set(w.get() + 1));

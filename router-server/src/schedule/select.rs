@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use registry::record::IpFamily;
-use registry::Proto;
+use registry::{NodeRecord, Proto};
 
 use crate::herd::HerdView;
 
@@ -422,8 +422,8 @@ impl Walker for Keep<'_, '_> {
         key >= self.rules.max_load || !self.may_beat(key, tie, i as usize)
     }
 
-    fn visit(&mut self, i: u32, load: f64) {
-        self.consider(i as usize, load);
+    fn visit(&mut self, i: u32, tie: u64, record: &NodeRecord, load: f64) {
+        self.consider(i as usize, tie, record, load);
     }
 }
 
@@ -451,19 +451,17 @@ impl Keep<'_, '_> {
             }
             // The herd counter is only read for contenders.
             let load = e.projected_load(&self.rules.herd);
-            self.consider(i, load);
+            self.consider(i, e.tie, &e.record, load);
         }
         true
     }
 
-    /// Keeps node `i` at projected `load` if it serves the query and ranks among the
-    /// best so far.
-    fn consider(&mut self, i: usize, load: f64) {
-        let e = &self.snap.nodes[i];
-        if load >= self.rules.max_load || !self.may_beat(load, e.tie, i) {
+    /// Keeps node `i` (tie rank `tie`, reporting `r`) at projected `load` if it serves
+    /// the query and ranks among the best so far.
+    fn consider(&mut self, i: usize, tie: u64, r: &NodeRecord, load: f64) {
+        if load >= self.rules.max_load || !self.may_beat(load, tie, i) {
             return;
         }
-        let r = &e.record;
         if self.skip.is_some_and(|t| t.contains(&r.region)) || !self.query.steer.admits(r) {
             return;
         }
@@ -481,11 +479,11 @@ impl Keep<'_, '_> {
             ip,
             port,
             load,
-            tie: e.tie,
+            tie,
         };
         // Insertion into the kept tail, ordered by load then tie rank.
         let start = self.start;
-        let pos = start + self.out[start..].partition_point(|c| !beats(load, e.tie, i, c));
+        let pos = start + self.out[start..].partition_point(|c| !beats(load, tie, i, c));
         if self.out.len() - start == self.room {
             self.out.pop();
         }

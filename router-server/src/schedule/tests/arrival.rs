@@ -27,7 +27,8 @@ fn ten_answers() -> (Arc<NodeRecord>, Snapshot, HerdView) {
 #[test]
 fn a_new_report_keeps_the_answers_it_does_not_include() {
     let (a, s1, h) = ten_answers();
-    let pending = |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].sampled_ms);
+    let pending =
+        |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].basis.sampled_ms);
     let total = pending(&s1, 0) + pending(&s1, 1);
     assert_eq!(total, 10);
     let now_ms = h.now_ms;
@@ -73,7 +74,11 @@ fn a_slow_delivery_does_not_hide_the_answers_given_meanwhile() {
     };
     let (r1, rx1) = report(1_000, T0, 5);
     let s1 = Snapshot::build_holding(vec![r1], [], None, 1, false, 0, rx1);
-    assert_eq!(s1.nodes[0].sampled_ms, T0 + 5, "late by its delivery, 5 ms");
+    assert_eq!(
+        s1.nodes[0].basis.sampled_ms,
+        T0 + 5,
+        "late by its delivery, 5 ms"
+    );
     // Ten answers, 10 ms after the next count is taken; that report then takes
     // 400 ms to arrive (etcd under load).
     for k in 0..10 {
@@ -84,31 +89,35 @@ fn a_slow_delivery_does_not_hide_the_answers_given_meanwhile() {
     let e = &s2.nodes[0];
     // The fastest delivery (5 ms), aged 1 ms for each of the 2 s since.
     assert_eq!(
-        e.sampled_ms,
+        e.basis.sampled_ms,
         T0 + 1_990 + 5 + 2,
         "late by the fastest delivery seen"
     );
     let h = HerdView::at(rx2, 20, 1);
     assert_eq!(
-        h.pending(&e.assigned, e.sampled_ms),
+        h.pending(&e.assigned, e.basis.sampled_ms),
         10,
         "the answers given while the report travelled are not in it"
     );
     // The minimum ages by 1 ms a second, following a drifting clock.
     let (r3, rx3) = report(1_000, T0 + 61_990, 400);
     let s3 = Snapshot::build_holding(vec![r3], [], Some(&s2), 3, false, 0, rx3);
-    assert_eq!(s3.nodes[0].sampled_ms, T0 + 61_990 + 5 + (rx3 - rx1) / 1000);
+    assert_eq!(
+        s3.nodes[0].basis.sampled_ms,
+        T0 + 61_990 + 5 + (rx3 - rx1) / 1000
+    );
     // The agent's clock jumps 4 s back (or the node moved host): the minimum starts
     // again rather than placing samples seconds early.
     let (r4, rx4) = report(-3_000, T0 + 70_000, 20);
     let s4 = Snapshot::build_holding(vec![r4], [], Some(&s3), 4, false, 0, rx4);
-    assert_eq!(s4.nodes[0].sampled_ms, T0 + 70_000 + 20);
+    assert_eq!(s4.nodes[0].basis.sampled_ms, T0 + 70_000 + 20);
 }
 
 #[test]
 fn an_agent_clock_off_by_seconds_does_not_hide_answers() {
     let (a, s1, h) = ten_answers();
-    let pending = |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].sampled_ms);
+    let pending =
+        |s: &Snapshot, i: usize| h.pending(&s.nodes[i].assigned, s.nodes[i].basis.sampled_ms);
     let before = pending(&s1, 0) + pending(&s1, 1);
     assert_eq!(before, 10);
     let now_ms = h.now_ms;
@@ -151,5 +160,5 @@ fn an_agent_clock_off_by_seconds_does_not_hide_answers() {
         0,
         now_ms + 100,
     );
-    assert_eq!(s3.nodes[1].sampled_ms, now_ms + 100);
+    assert_eq!(s3.nodes[1].basis.sampled_ms, now_ms + 100);
 }

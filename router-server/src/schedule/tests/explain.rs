@@ -149,14 +149,14 @@ fn explaining_counts_no_answer() {
         explain(&s, &q(Some("a"), 1), rules);
     }
     for e in s.nodes.iter() {
-        assert_eq!(rules.herd.pending(&e.assigned, e.sampled_ms), 0);
+        assert_eq!(e.pending(&rules.herd), 0);
     }
     // A request counts: the check above would see it.
     select(&s, &q(Some("a"), 1), rules);
     assert_eq!(
         rules
             .herd
-            .pending(&s.nodes[0].assigned, s.nodes[0].sampled_ms),
+            .pending(&s.nodes[0].assigned, s.nodes[0].basis.sampled_ms),
         1
     );
 }

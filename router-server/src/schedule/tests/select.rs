@@ -261,6 +261,46 @@ fn a_levelled_burst_reads_the_same_few_nodes_at_any_size() {
     );
 }
 
+/// Mid-burst, a report reaches the walk at once: the order keeps a copy of what it
+/// reads of each node (load, counter, record), and a patch replaces it.
+#[test]
+fn a_walk_answers_with_what_the_latest_report_says() {
+    let now = 1_800_000_000_000u64;
+    let fleet = (0..8).map(|i| Arc::new(node(&format!("gw-{i}"), "r0", 500, 1_000)));
+    let s = Snapshot::build_holding(fleet, [], None, 1, false, 0, now);
+    let rules = Rules {
+        max_load: 0.95,
+        fallbacks: &[],
+        herd: HerdView::at(now, 8, 1),
+    };
+    let q = q(Some("r0"), 1);
+    let walks = order::WALKS.with(|w| w.get());
+    // Budget 0: the walk answers, and keys the order.
+    let first = select_budgeted(&s, &q, rules, 1, 0)[0].clone();
+    // The node it chose reports, within the same herd slot: a new address, and
+    // the least load of the region.
+    let record = Arc::new(NodeRecord {
+        ip: "198.51.100.7".parse().unwrap(),
+        connections: 10,
+        sampled_ms: Some(now),
+        updated_ms: Some(now),
+        ..(*s.nodes[first.index].record).clone()
+    });
+    let s = s.patch_at([&record], 2, false, now).expect("known id");
+    let again = select_budgeted(&s, &q, rules, 1, 0);
+    assert_eq!(
+        order::WALKS.with(|w| w.get()) - walks,
+        2,
+        "both answered by walks"
+    );
+    assert_eq!(
+        (again[0].index, again[0].ip, again[0].load),
+        // 10 reported, and the first answer, made in the millisecond of the sample.
+        (first.index, record.ip, 11.0 / 1_000.0),
+        "the walk read the report the patch brought"
+    );
+}
+
 proptest! {
     /// The sorted walk with early stop chooses exactly what a full scan would,
     /// herd counters included.
