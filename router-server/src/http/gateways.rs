@@ -232,9 +232,13 @@ fn gateways(
         }
         t.buf.clear();
         let tail = &api.serving.answer_tail;
-        let entries = chosen
+        // Each candidate's entry looked up once (an index into the persistent vector
+        // of nodes is a walk down its tree).
+        let nodes: smallvec::SmallVec<[_; 3]> =
+            chosen.iter().map(|c| (&snap.nodes[c.index], c)).collect();
+        let entries = nodes
             .iter()
-            .map(|c| (snap.nodes[c.index].json.entry(params.proto, c.ip), c.load));
+            .map(|(e, c)| (e.json.entry(params.proto, c.ip), c.load));
         // An answer naming a node protect holds, or one of a registry out of reach, is
         // stale however fresh the rest is; so is every answer while this router's view
         // is further behind etcd than `max_lag_ms`.
@@ -243,7 +247,7 @@ fn gateways(
                 .serving
                 .lagging
                 .load(std::sync::atomic::Ordering::Relaxed)
-            || chosen.iter().any(|c| snap.nodes[c.index].held);
+            || nodes.iter().any(|(e, _)| e.held);
         render_answer(&mut t.buf, entries, region, tail, snap.revision, stale);
         Ok(Bytes::copy_from_slice(&t.buf))
     })?;
