@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::deadlines::Progress;
 use super::proxy;
 use super::service::ConnService;
+use super::signal::{CLOSE, NUDGE};
 use super::table::{Phase, Slot, NO_HEAD};
 use super::Ctx;
 use crate::config::HttpConfig;
@@ -54,7 +55,7 @@ pub(super) async fn connection(stream: TcpStream, peer: SocketAddr, slot: &Arc<S
             Ok(_) => return,
             Err(_) => return ctx.count_close("first_byte_timeout"),
         },
-        _ = slot.close.cancelled() => return,
+        _ = slot.signal.wait(CLOSE) => return,
         _ = ctx.shutdown.cancelled() => return,
     }
     ctx.table.set_phase(slot, Phase::Idle);
@@ -86,7 +87,7 @@ async fn within<T>(
 ) -> Option<Result<T, tokio::time::error::Elapsed>> {
     tokio::select! {
         r = tokio::time::timeout(limit, step) => Some(r),
-        _ = slot.close.cancelled() => None,
+        _ = slot.signal.wait(CLOSE) => None,
         _ = stop.cancelled() => None,
     }
 }
@@ -163,7 +164,13 @@ where
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = slot.close.cancelled(), if closing.is_none() => {
+            raised = slot.signal.wait(CLOSE | NUDGE), if closing.is_none() => {
+                if raised & CLOSE == 0 {
+                    // A request or an HTTP/1 head began: the head limit is the nearer
+                    // deadline (the stall limit is never below it).
+                    arm(timer.as_mut(), Instant::now() + ctx.limits.head);
+                    continue;
+                }
                 if *slot.shed_reason.lock().expect("shed reason lock") == Some("shed_overdue") {
                     // Its request is the problem: nothing in it is worth finishing.
                     return;
@@ -172,12 +179,9 @@ where
                 closing = Some(Instant::now());
                 arm(timer.as_mut(), Instant::now() + CLOSE_LINGER);
             }
-            _ = ctx.cut.cancelled() => return,
-            _ = slot.nudge.notified(), if closing.is_none() => {
-                // A request or an HTTP/1 head began: the head limit is the nearer
-                // deadline (the stall limit is never below it).
-                arm(timer.as_mut(), Instant::now() + ctx.limits.head);
-            }
+            // The cut comes at the end of the shutdown's grace period, after every
+            // connection was asked to close: one still open is closing by then.
+            _ = ctx.cut.cancelled(), if closing.is_some() => return,
             _ = timer.as_mut() => {
                 let now = Instant::now();
                 if closing.is_some() {

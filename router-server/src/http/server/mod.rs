@@ -50,6 +50,7 @@ mod conn;
 mod deadlines;
 mod proxy;
 mod service;
+mod signal;
 mod table;
 
 use std::sync::atomic::{AtomicBool, Ordering};

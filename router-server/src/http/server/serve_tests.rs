@@ -1,5 +1,5 @@
-//! Tests that serve real connections: the stall limit, the HTTP/1 head limit and the
-//! HTTP/2 body deadline.
+//! Tests that serve real connections: the stall limit, the HTTP/1 head limit, the
+//! HTTP/2 body deadline and the cut at the end of the shutdown's grace period.
 
 use super::*;
 use crate::config::FileConfig;
@@ -263,4 +263,47 @@ async fn a_half_sent_pipelined_head_is_closed_at_the_idle_deadline() {
     assert_closed(&metrics, "idle_timeout", 1);
     shutdown.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// On shutdown, a request still being answered when the grace period ends is cut:
+/// the connection is dropped and the server returns (it was asked to close first,
+/// and the cut reaches a connection that is closing).
+#[tokio::test]
+async fn a_request_still_running_at_the_end_of_the_grace_period_is_cut() {
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (addr, _metrics, shutdown, server) = serve_app(
+        "[http]\nstall_timeout_ms = 60000\nshutdown_grace_secs = 1\nshutdown_keepalive_ms = 0\n",
+        axum::Router::new().route(
+            "/hang",
+            get({
+                let entered = entered.clone();
+                move || async move {
+                    entered.notify_one();
+                    std::future::pending::<&'static str>().await
+                }
+            }),
+        ),
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    entered.notified().await;
+    let start = std::time::Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server returns once the grace period is over")
+        .unwrap()
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "not before the grace period"
+    );
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("dropped, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
 }

@@ -149,7 +149,7 @@ impl ConnService {
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 }
                 timeouts.inc();
-                slot.close.cancel();
+                slot.close();
             } else if http1 && draining.load(Ordering::Relaxed) {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

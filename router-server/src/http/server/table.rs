@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::signal::{Signal, CLOSE, NUDGE};
 use crate::identity::connection_network;
 use crate::metrics::{ConnLabels, ConnMetrics};
 
@@ -43,14 +42,12 @@ pub(super) struct Slot {
     pub(super) progress_ms: AtomicU64,
     /// The client network it counts against (`None`: not counted).
     network: Option<IpAddr>,
-    /// Fired to close the connection (shed, or shutdown).
-    pub(super) close: CancellationToken,
+    /// The flags raised for the connection's task: close it (shed, or shutdown),
+    /// re-arm its timer.
+    pub(super) signal: Signal,
     /// Milliseconds since the table's epoch when the connection's timer fires next
     /// (kept by the connection's task).
     pub(super) timer_ms: AtomicU64,
-    /// Told when the connection turns busy, or an HTTP/1 head begins, while its timer
-    /// would fire later than the limit that then applies, so the timer watches for it.
-    pub(super) nudge: Notify,
     /// HTTP/1, between requests: milliseconds since the table's epoch when the next
     /// request's head began to arrive ([`NO_HEAD`]: it has not). The head must be
     /// whole within the head limit (`request_timeout_ms`) of it.
@@ -85,12 +82,23 @@ impl Slot {
         self.watch_by(now + head_limit_ms);
     }
 
+    /// Asks the connection's task to close it.
+    pub(super) fn close(&self) {
+        self.signal.raise(CLOSE);
+    }
+
+    /// True once the connection was asked to close.
+    #[cfg(test)]
+    pub(super) fn is_closed(&self) -> bool {
+        self.signal.is_raised(CLOSE)
+    }
+
     /// The connection's timer must fire by `at_ms` (ms since the epoch). Its task is
     /// woken to re-arm it only when it is set later: waking it for every request would
     /// cost a scheduling round each (about a sixth of `GET /gateways` throughput).
     pub(super) fn watch_by(&self, at_ms: u64) {
         if self.timer_ms.load(Ordering::Relaxed) > at_ms {
-            self.nudge.notify_one();
+            self.signal.raise(NUDGE);
         }
     }
 }
@@ -271,7 +279,7 @@ impl ConnTable {
             let (id, _) = victim.ok_or(Refused::Full)?;
             let slot = open.remove(id).expect("the victim is in the table");
             *slot.shed_reason.lock().expect("shed reason lock") = Some(reason);
-            slot.close.cancel();
+            slot.close();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
@@ -282,8 +290,7 @@ impl ConnTable {
             progress_ms: AtomicU64::new(now),
             timer_ms: AtomicU64::new(u64::MAX),
             network,
-            close: CancellationToken::new(),
-            nudge: Notify::new(),
+            signal: Signal::default(),
             head_ms: AtomicU64::new(NO_HEAD),
             http1: AtomicBool::new(false),
             shed_reason: Mutex::new(None),
@@ -324,7 +331,7 @@ impl ConnTable {
             .slots
             .values()
         {
-            slot.close.cancel();
+            slot.close();
         }
     }
 }

@@ -57,22 +57,22 @@ fn a_full_table_sheds_silent_then_idle_then_overdue_busy() {
     set(&idle, Phase::Idle, 50);
     let (_, silent) = t.admit_at(200, a, &m.connections).unwrap();
     let (_, fourth) = t.admit_at(300, a, &m.connections).expect("room made");
-    assert!(silent.close.is_cancelled(), "the silent one goes first");
-    assert!(!idle.close.is_cancelled() && !busy.close.is_cancelled());
+    assert!(silent.is_closed(), "the silent one goes first");
+    assert!(!idle.is_closed() && !busy.is_closed());
     set(&fourth, Phase::Busy, 300);
     let (_, fifth) = t.admit_at(400, a, &m.connections).expect("room made");
-    assert!(idle.close.is_cancelled(), "then the idle one");
+    assert!(idle.is_closed(), "then the idle one");
     set(&fifth, Phase::Busy, 400);
     // All busy, none beyond the 5 s request deadline: the newcomer is refused.
     assert_eq!(
         t.admit_at(5000, a, &m.connections).err(),
         Some(Refused::Full)
     );
-    assert!(!busy.close.is_cancelled());
+    assert!(!busy.is_closed());
     // Past it, the one busy the longest makes room, and only that one.
     t.admit_at(5200, a, &m.connections).expect("room made");
-    assert!(busy.close.is_cancelled(), "busy since 100: overdue at 5200");
-    assert!(!fourth.close.is_cancelled() && !fifth.close.is_cancelled());
+    assert!(busy.is_closed(), "busy since 100: overdue at 5200");
+    assert!(!fourth.is_closed() && !fifth.is_closed());
     assert_eq!(
         *busy.shed_reason.lock().unwrap(),
         Some("shed_overdue"),
@@ -145,7 +145,7 @@ fn a_shed_connection_gives_its_networks_share_back_once() {
     t.admit_at(10, ip("198.51.100.2"), &m.connections).unwrap();
     // Full: the oldest silent one (network A's) makes room for network B.
     t.admit_at(20, ip("203.0.113.1"), &m.connections).unwrap();
-    assert!(a.close.is_cancelled());
+    assert!(a.is_closed());
     // Its task ends later and removes it again: nothing changes twice.
     t.remove(a_id, &m.connections);
     let open = t.open.lock().unwrap();
