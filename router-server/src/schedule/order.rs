@@ -19,9 +19,9 @@
 //! * at the next slot the window moves and loads may fall: the keys are computed
 //!   again, once per slot, outside the lock. Until then requests scan the index.
 //!
-//! Beside each key the order keeps what the walk reads of the node (its load basis,
-//! herd counter and record), so a walk does not look nodes up in the snapshot's
-//! persistent vector, whose index was the walk's largest cost.
+//! Beside the keys the order keeps what the walk reads of each node (its load basis,
+//! herd counter and record) in a flat array, so a walk does not look nodes up in the
+//! snapshot's persistent vector, whose index was the walk's largest cost.
 //!
 //! An order belongs to one snapshot (its generation). A patch hands it to the next
 //! snapshot, and the one patched keeps scanning: a snapshot never reads keys that
@@ -73,24 +73,32 @@ fn view_of(herd: &HerdView) -> View {
 #[derive(Debug)]
 struct Keyed {
     view: View,
-    /// (key as f64 bits, tie rank, node index): a load is never negative, so its bits
-    /// order as the number does. Each with what a walk reads of the node.
-    set: BTreeMap<(u64, u64, u32), Hot>,
-    /// Each node's current key, by index ([`ABSENT`] for the nodes not in the index).
-    key: Vec<u64>,
+    /// (key as f64 bits, tie rank, node index) → the node's place in `members`: a
+    /// load is never negative, so its bits order as the number does.
+    set: BTreeMap<(u64, u64, u32), u32>,
+    /// What a walk reads of each keyed node, side by side, so the set's elements stay
+    /// small for its inserts and removals.
+    members: Vec<Member>,
+    /// Places in `members` that a removed node left (each keeps its copy until reused).
+    free: Vec<u32>,
+    /// Each node's place in `members`, by index ([`ABSENT`]: not in the index).
+    place: Vec<u32>,
 }
 
-/// What a walk reads of one node: copied from its entry when it is keyed.
+/// One keyed node: its key, and what a walk reads of it (copied from its entry when
+/// it is keyed).
 #[derive(Debug, Clone)]
-struct Hot {
+struct Member {
+    key: u64,
     basis: LoadBasis,
     assigned: Arc<HerdCounter>,
     record: Arc<NodeRecord>,
 }
 
-impl Hot {
-    fn of(e: &NodeEntry) -> Hot {
-        Hot {
+impl Member {
+    fn of(e: &NodeEntry, key: u64) -> Member {
+        Member {
+            key,
             basis: e.basis,
             assigned: e.assigned.clone(),
             record: e.record.clone(),
@@ -98,46 +106,57 @@ impl Hot {
     }
 }
 
-/// The key of a node not in the index.
-const ABSENT: u64 = u64::MAX;
+/// The place of a node not in the index.
+const ABSENT: u32 = u32::MAX;
 
 impl Keyed {
     fn build(nodes: &registry::imbl::Vector<NodeEntry>, list: &[u32], herd: &HerdView) -> Keyed {
-        let mut key = vec![ABSENT; nodes.len()];
-        let mut set = BTreeMap::new();
+        let mut keyed = Keyed {
+            view: view_of(herd),
+            set: BTreeMap::new(),
+            members: Vec::with_capacity(list.len()),
+            free: Vec::new(),
+            place: vec![ABSENT; nodes.len()],
+        };
         for &i in list {
             let e = &nodes[i as usize];
-            let k = e.loads(herd).1.to_bits();
-            key[i as usize] = k;
-            set.insert((k, e.tie, i), Hot::of(e));
+            keyed.insert(i, e, e.loads(herd).1.to_bits());
         }
-        Keyed {
-            view: view_of(herd),
-            set,
-            key,
+        keyed
+    }
+
+    fn remove(&mut self, i: u32, tie: u64) {
+        let at = std::mem::replace(&mut self.place[i as usize], ABSENT);
+        if at != ABSENT {
+            self.set.remove(&(self.members[at as usize].key, tie, i));
+            self.free.push(at);
         }
     }
 
-    fn remove(&mut self, i: u32, tie: u64) -> Option<Hot> {
-        let k = std::mem::replace(&mut self.key[i as usize], ABSENT);
-        if k == ABSENT {
-            return None;
-        }
-        self.set.remove(&(k, tie, i))
+    /// Keys node `i` (entry `e`) at `key`.
+    fn insert(&mut self, i: u32, e: &NodeEntry, key: u64) {
+        self.remove(i, e.tie);
+        let member = Member::of(e, key);
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.members[at as usize] = member;
+                at
+            }
+            None => {
+                self.members.push(member);
+                (self.members.len() - 1) as u32
+            }
+        };
+        self.place[i as usize] = at;
+        self.set.insert((key, e.tie, i), at);
     }
 
-    fn insert(&mut self, i: u32, tie: u64, k: u64, hot: Hot) {
-        self.remove(i, tie);
-        self.key[i as usize] = k;
-        self.set.insert((k, tie, i), hot);
-    }
-
-    /// Moves node `i`, keyed now, to key `k`.
-    fn rekey(&mut self, i: u32, tie: u64, k: u64) {
-        if let Some(hot) = self.remove(i, tie) {
-            self.key[i as usize] = k;
-            self.set.insert((k, tie, i), hot);
-        }
+    /// Moves node `i` (tie rank `tie`, at place `at`) to key `key`.
+    fn rekey(&mut self, i: u32, tie: u64, at: u32, key: u64) {
+        let member = &mut self.members[at as usize];
+        self.set.remove(&(member.key, tie, i));
+        member.key = key;
+        self.set.insert((key, tie, i), at);
     }
 }
 
@@ -202,7 +221,7 @@ impl Order {
     /// reported load, a lower bound of its projected load at any time.
     pub(super) fn insert(&self, e: &NodeEntry, i: u32) {
         if let Some(k) = self.lock().keyed.as_mut() {
-            k.insert(i, e.tie, e.reported_load.to_bits(), Hot::of(e));
+            k.insert(i, e, e.reported_load.to_bits());
         }
     }
 
@@ -249,21 +268,22 @@ impl Order {
             s.keyed = Some(keyed);
         }
         let keyed = s.keyed.as_mut().expect("keyed above");
-        let mut repairs: smallvec::SmallVec<[(u32, u64, u64); 8]> = smallvec::SmallVec::new();
-        for (&(k, tie, i), hot) in &keyed.set {
+        let mut repairs: smallvec::SmallVec<[(u32, u64, u32, u64); 8]> = smallvec::SmallVec::new();
+        for (&(k, tie, i), &at) in &keyed.set {
             if walker.done(f64::from_bits(k), tie, i) {
                 break;
             }
             #[cfg(test)]
             VISITS.with(|w| w.set(w.get() + 1));
-            let (load, floor) = hot.basis.loads(&hot.assigned, herd);
-            walker.visit(i, tie, &hot.record, load);
+            let m = &keyed.members[at as usize];
+            let (load, floor) = m.basis.loads(&m.assigned, herd);
+            walker.visit(i, tie, &m.record, load);
             if floor.to_bits() > k {
-                repairs.push((i, tie, floor.to_bits()));
+                repairs.push((i, tie, at, floor.to_bits()));
             }
         }
-        for (i, tie, k) in repairs {
-            keyed.rekey(i, tie, k);
+        for (i, tie, at, k) in repairs {
+            keyed.rekey(i, tie, at, k);
         }
         #[cfg(test)]
         WALKS.with(|w| w.set(w.get() + 1));
