@@ -60,6 +60,17 @@ fn assert_closed(metrics: &crate::metrics::Metrics, reason: &str, n: u64) {
     assert!(text.contains(&line), "no {line:?} in {text}");
 }
 
+/// Waits for the server to drop `s`: the next read ends the stream, with no answer,
+/// within 5 s.
+async fn assert_dropped(s: &mut tokio::net::TcpStream) {
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("dropped, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+}
+
 /// Sends `GET /stuck` on `s` and waits for the server to drop the connection; how long
 /// that took.
 async fn stuck_until_dropped(s: &mut tokio::net::TcpStream) -> Duration {
@@ -67,12 +78,7 @@ async fn stuck_until_dropped(s: &mut tokio::net::TcpStream) -> Duration {
     s.write_all(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("dropped, not left hanging")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_dropped(s).await;
     start.elapsed()
 }
 
@@ -300,10 +306,5 @@ async fn a_request_still_running_at_the_end_of_the_grace_period_is_cut() {
         start.elapsed() >= Duration::from_millis(900),
         "not before the grace period"
     );
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("dropped, not left hanging")
-        .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_dropped(&mut s).await;
 }
