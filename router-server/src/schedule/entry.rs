@@ -48,12 +48,6 @@ pub struct LoadBasis {
 }
 
 impl LoadBasis {
-    /// (Reported connections + the answers `assigned` counted since the sample) /
-    /// capacity.
-    pub(super) fn projected(&self, assigned: &HerdCounter, herd: &HerdView) -> f64 {
-        self.load(herd.pending(assigned, self.sampled_ms))
-    }
-
     /// The projected load, and a lower bound of it until the herd counts' slot ends
     /// (see [`HerdView::pending_floor`]), computed the same way.
     pub(super) fn loads(&self, assigned: &HerdCounter, herd: &HerdView) -> (f64, f64) {
@@ -71,7 +65,7 @@ impl LoadBasis {
 impl NodeEntry {
     /// `(connections + answers not in the report) / capacity`.
     pub fn projected_load(&self, herd: &HerdView) -> f64 {
-        self.basis.projected(&self.assigned, herd)
+        self.basis.load(self.pending(herd))
     }
 
     /// The clients answered this node since its report was sampled (scaled to every

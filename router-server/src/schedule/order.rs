@@ -87,7 +87,7 @@ struct Keyed {
 
 /// One keyed node: its key, and what a walk reads of it (copied from its entry when
 /// it is keyed).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Member {
     key: u64,
     basis: LoadBasis,
