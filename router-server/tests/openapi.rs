@@ -186,6 +186,7 @@ async fn check_pages(app: &Router, spec: &Value) {
         "/metrics",
         "/ops",
         "/ops/ops.js",
+        "/ops/morphdom.js",
         "/ops/ops.css",
         "/ops/fleet.json",
         "/ops/blocks.json",

@@ -293,6 +293,52 @@ async fn follows_a_load_change(c: &Client, a_load: &Path) {
     assert_eq!(eval(c, "window.__sameDocument").await, 42, "no reload");
 }
 
+/// The page redraws every second by patching what is there: the element `css` finds
+/// before a poll is still in the page after it (with rows rebuilt instead, a click
+/// whose press and release straddle a poll is lost, and a test's click finds a stale
+/// element).
+async fn survives_a_poll(c: &Client, css: &str) {
+    let mark = format!(
+        "window.__before = document.querySelector(\"{css}\"); \
+         window.__polled = document.body.dataset.polled; return 0;"
+    );
+    c.execute(&mark, vec![]).await.unwrap();
+    until(
+        c,
+        10,
+        "a poll after the element was found",
+        "document.body.dataset.polled !== window.__polled",
+    )
+    .await;
+    assert_eq!(
+        eval(
+            c,
+            &format!("window.__before === document.querySelector(\"{css}\")")
+        )
+        .await,
+        Value::Bool(true),
+        "{css}: the same element after a poll"
+    );
+}
+
+/// A migrate percentage being typed keeps its value and the focus across polls.
+async fn keeps_what_is_typed(c: &Client) {
+    let field = c
+        .find(Locator::Css("input[data-percent='gw-a']"))
+        .await
+        .unwrap();
+    field.clear().await.unwrap();
+    field.send_keys("35").await.unwrap();
+    survives_a_poll(c, "input[data-percent='gw-a']").await;
+    let typed = "document.querySelector(\"input[data-percent='gw-a']\")";
+    assert_eq!(eval(c, &format!("{typed}.value")).await, "35");
+    assert_eq!(
+        eval(c, &format!("document.activeElement === {typed}")).await,
+        Value::Bool(true),
+        "still focused"
+    );
+}
+
 /// The token enables the actions; drain gw-b through its button.
 async fn drains_through_its_button(c: &Client, router: &RouterProc) {
     c.find(Locator::Id("token"))
@@ -315,7 +361,9 @@ async fn drains_through_its_button(c: &Client, router: &RouterProc) {
         ))
         .await
         .unwrap();
+    survives_a_poll(c, "button[data-action='drain'][data-node='gw-b']").await;
     drain.click().await.unwrap();
+    keeps_what_is_typed(c).await;
     until(
         c,
         10,

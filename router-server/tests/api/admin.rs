@@ -90,6 +90,7 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
     for path in [
         "/ops",
         "/ops/ops.js",
+        "/ops/morphdom.js",
         "/ops/fleet.json",
         "/ops/blocks.json",
         "/ops/summary.json",

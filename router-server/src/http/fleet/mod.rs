@@ -1,4 +1,4 @@
-//! The fleet page: `GET /ops`, one self-contained page (its script and style are
+//! The fleet page: `GET /ops`, one self-contained page (its scripts and style are
 //! served beside it, nothing from elsewhere, so it works offline), and the JSON it
 //! polls, `GET /ops/summary.json`: the router's own status, one line per region
 //! (counts by state, load, the worst node), problem regions first, and the nodes of
@@ -37,6 +37,8 @@ pub use summary::{
 const PAGE: &str = include_str!("../ops/index.html");
 const SCRIPT: &str = include_str!("../ops/ops.js");
 const STYLE: &str = include_str!("../ops/ops.css");
+/// morphdom 2.7.8 (MIT), which redraws the page by patching the elements in place.
+const MORPHDOM: &str = include_str!("../ops/morphdom.min.js");
 
 /// Only this origin's script, style and JSON; no frames.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
@@ -52,6 +54,10 @@ pub fn routes(admin: bool) -> Router<Api> {
         .route(
             "/ops/ops.js",
             get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ops/morphdom.js",
+            get(|| async { asset(MORPHDOM, "text/javascript; charset=utf-8") }),
         )
         .route(
             "/ops/ops.css",

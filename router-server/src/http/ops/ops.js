@@ -1,5 +1,7 @@
-// The fleet page: polls /ops/summary.json every second and redraws in place: one line
-// per region, problem regions first; the nodes only of the regions opened (a click on
+// The fleet page: polls /ops/summary.json every second and redraws in place (morphdom
+// patches the elements already there, so a button under the pointer or a field being
+// typed into is the same element after a poll): one line per region, problem regions
+// first; the nodes only of the regions opened (a click on
 // the region's line) and of the search, problem nodes first. A small fleet comes with
 // every region open. Registry values are written as text (textContent), never parsed
 // as markup. Actions call the admin API with the token kept in this tab's session
@@ -17,11 +19,35 @@ function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") e.className = v;
-    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else if (k.startsWith("data-") || k === "role") e.setAttribute(k, v);
     else e[k] = v;
   }
   for (const c of children) e.append(c instanceof Node ? c : String(c));
   return e;
+}
+
+// Replaces `parent`'s children with `children` by patching: an element that is still
+// there (a region by its name, a node's row by its id, others by place) is updated,
+// not replaced. A field keeps what the operator typed into it.
+function redraw(parent, children) {
+  const next = parent.cloneNode(false);
+  next.append(...children);
+  morphdom(parent, next, {
+    childrenOnly: true,
+    getNodeKey: n => {
+      if (n.nodeType !== Node.ELEMENT_NODE) return undefined;
+      if (n.tagName === "TR" && n.dataset.node) return "node " + n.dataset.node;
+      if (n.tagName === "SECTION" && n.dataset.region) return "region " + n.dataset.region;
+      return n.id || undefined;
+    },
+    onBeforeElUpdated: (from, to) => {
+      if (from.tagName === "INPUT") to.value = from.value;
+      // The policy refuses style attributes written as markup (morphdom's way), so
+      // the bars' widths go through the style object.
+      if (from.style.cssText !== to.style.cssText) from.style.cssText = to.style.cssText;
+      return !from.isEqualNode(to);
+    },
+  });
 }
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
@@ -75,10 +101,10 @@ function renderRouter(f) {
     ["demoted", demoted(r.demoted), r.demoted.length > 0],
   ];
   const box = document.getElementById("router");
-  box.replaceChildren(...items.map(([k, v, alarm]) =>
+  redraw(box, items.map(([k, v, alarm]) =>
     el("span", { class: "item" + (alarm ? " alarm" : "") }, k + ": ", el("b", {}, v))));
 
-  document.getElementById("dc-list").replaceChildren(...r.registries.map(g => {
+  redraw(document.getElementById("dc-list"), r.registries.map(g => {
     const state = !g.loaded ? "LOADING" : g.dropped ? "DROPPED (out of reach)"
       : g.demoted ? "DEMOTED (out of reach " + g.unreachable_secs + "s)"
       : !g.connected ? "unreachable " + g.unreachable_secs + "s"
@@ -99,8 +125,8 @@ function renderRouter(f) {
 
   const inv = document.getElementById("invalid");
   inv.hidden = r.invalid.length === 0;
-  document.getElementById("invalid-list").replaceChildren(
-    ...r.invalid.map(i => el("li", {}, el("code", {}, i.key), " — " + i.reason)));
+  redraw(document.getElementById("invalid-list"),
+    r.invalid.map(i => el("li", {}, el("code", {}, i.key), " — " + i.reason)));
 
   adminAvailable = r.admin;
   document.getElementById("admin").hidden = !r.admin;
@@ -123,7 +149,7 @@ async function renderAudit(show) {
   if (!res.ok) return;
   const body = await res.json();
   const short = v => { const s = v === null ? "-" : JSON.stringify(v); return s.length > 60 ? s.slice(0, 60) + "…" : s; };
-  document.getElementById("audit-list").replaceChildren(...body.entries.map(e =>
+  redraw(document.getElementById("audit-list"), body.entries.map(e =>
     el("tr", { "data-audit": e.action },
       el("td", {}, age(Date.now() - e.at_ms)),
       el("td", {}, e.by), el("td", {}, e.via), el("td", {}, e.action),
@@ -146,7 +172,7 @@ function renderDns(d) {
     if (!lastDns || !(k in lastDns.v)) return "-";
     return ((v - lastDns.v[k]) / ((now - lastDns.t) / 1000)).toFixed(1);
   };
-  document.getElementById("dns-list").replaceChildren(...rows.map(([k, v]) => {
+  redraw(document.getElementById("dns-list"), rows.map(([k, v]) => {
     const bad = k !== "NOERROR" && k !== "NXDOMAIN" && v > 0;
     return el("tr", { class: bad ? "alarm" : "", "data-dns": k },
       el("td", {}, k), el("td", {}, rate(k, v)), el("td", { "data-total": String(v) }, String(v)));
@@ -171,13 +197,13 @@ function nodeRow(n, maxLoad) {
     el("td", {}, age(n.report_age_ms)),
     el("td", {}, n.hook || "-"));
   if (adminAvailable && token()) {
+    // The buttons act through the document's click handler (see `act`).
     const percent = el("input", { type: "number", min: 1, max: 100, value: 20, "data-percent": n.id });
-    const act = (action, body) => el("button", {
-      type: "button", "data-action": action, "data-node": n.id,
-      onclick: () => command(n.id, n.dc, action, body ? { percent: Number(percent.value) } : null),
+    const act = action => el("button", {
+      type: "button", "data-action": action, "data-node": n.id, "data-dc": n.dc || "",
     }, action);
     row.append(el("td", { class: "actions" },
-      n.state === "draining" ? act("serve") : act("drain"), act("migrate", true), percent, "%"));
+      n.state === "draining" ? act("serve") : act("drain"), act("migrate"), percent, "%"));
   }
   return row;
 }
@@ -198,48 +224,42 @@ function countsText(r) {
 
 function renderRegions(f) {
   const main = document.getElementById("regions");
-  // Keep a focused input (migrate percent) across redraws.
-  const focused = document.activeElement && document.activeElement.dataset
-    ? document.activeElement.dataset.percent : undefined;
-  const values = {};
-  for (const i of main.querySelectorAll("input[data-percent]")) values[i.dataset.percent] = i.value;
   const found = document.getElementById("found");
   found.hidden = !f.found;
   if (f.found) {
     document.getElementById("found-count").textContent =
       String(f.found.nodes.length + f.found.more) + " nodes match";
-    document.getElementById("found-list").replaceChildren(...nodeTable(f.found, f.router.max_load));
+    redraw(document.getElementById("found-list"), nodeTable(f.found, f.router.max_load));
   }
   // Problem regions first (the router's order).
-  main.replaceChildren(...f.regions.map(r => {
+  redraw(main, f.regions.map(r => {
     const dc = r.dcs.join(", ");
     const total = Object.values(r.counts).reduce((a, b) => a + b, 0);
     const open = !!r.nodes;
-    const title = el("h2", {},
+    const opener = f.all_open ? {} : { "data-toggle": r.region, tabIndex: 0, role: "button" };
+    const title = el("h2", opener,
       f.all_open ? "" : el("span", { class: "toggle" }, open ? "▾ " : "▸ "),
       (dc ? dc + " · " : "") + r.region,
       el("span", { class: "mean" }, total + " nodes, mean load " + pct(r.mean_load)
         + ", highest projected " + pct(r.max_projected)),
       el("span", { class: "counts" + (r.problems ? " alarm" : ""), "data-problems": String(r.problems) },
         countsText(r)));
-    if (!f.all_open) {
-      title.tabIndex = 0;
-      title.setAttribute("role", "button");
-      title.dataset.toggle = r.region;
-      const toggle = () => {
-        if (opened.has(r.region)) opened.delete(r.region); else opened.add(r.region);
-        poll();
-      };
-      title.onclick = toggle;
-      title.onkeydown = ev => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); toggle(); } };
-    }
     return el("section", { class: "region" + (r.problems ? " troubled" : ""), "data-region": r.region, "data-dc": dc,
       "data-open": String(open) }, title, ...(open ? nodeTable(r.nodes, f.router.max_load) : []));
   }));
-  for (const i of main.querySelectorAll("input[data-percent]")) {
-    if (values[i.dataset.percent] !== undefined) i.value = values[i.dataset.percent];
-    if (i.dataset.percent === focused) i.focus();
-  }
+}
+
+// A region's line opens or closes its node list.
+function toggle(region) {
+  if (opened.has(region)) opened.delete(region); else opened.add(region);
+  poll();
+}
+
+// A node's action button: drain / serve, or migrate the percentage in its row.
+function act(button) {
+  const { node, dc, action } = button.dataset;
+  const percent = button.closest("tr").querySelector("input[data-percent]");
+  command(node, dc, action, action === "migrate" ? { percent: Number(percent.value) } : null);
 }
 
 async function command(node, dc, action, body) {
@@ -286,6 +306,21 @@ async function poll() {
   }
 }
 
+// Buttons and region lines are handled here, on the document: a redraw patches
+// elements and carries no handlers.
+document.addEventListener("click", ev => {
+  const button = ev.target.closest("button[data-action]");
+  if (button) return act(button);
+  const line = ev.target.closest("[data-toggle]");
+  if (line) toggle(line.dataset.toggle);
+});
+document.addEventListener("keydown", ev => {
+  const line = ev.target.closest && ev.target.closest("[data-toggle]");
+  if (line && (ev.key === "Enter" || ev.key === " ")) {
+    ev.preventDefault();
+    toggle(line.dataset.toggle);
+  }
+});
 document.getElementById("token-form").addEventListener("submit", ev => {
   ev.preventDefault();
   const t = document.getElementById("token").value.trim();
