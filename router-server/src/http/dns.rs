@@ -12,12 +12,14 @@
 //! one client in the herd accounting, not `dns.weight`.
 
 use gateway_api::ErrorCode;
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -99,30 +101,52 @@ pub fn doh_get_answer(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let (ip, pass) = asker(dns, peer, headers)?;
-    let pairs: Vec<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> =
-        serde_urlencoded::from_str(query.unwrap_or(""))
-            .map_err(|e| bad_request(ErrorCode::InvalidParameter, format!("query string: {e}")))?;
-    // The last one, as a map of the parameters would keep.
-    let Some(b64) = pairs.iter().rev().find(|(k, _)| k == "dns").map(|(_, v)| v) else {
+    let Some(b64) = dns_param(query.unwrap_or(""))? else {
         return Err(bad_request(
             ErrorCode::InvalidParameter,
             "dns: missing (a base64url DNS message)",
         ));
     };
-    // RFC 8484 says no padding; be lenient about it and about unused trailing bits.
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::URL_SAFE,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_allow_trailing_bits(true)
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let packet = engine.decode(b64.as_bytes()).map_err(|e| {
+    let packet = DOH_BASE64.decode(b64.as_bytes()).map_err(|e| {
         bad_request(
             ErrorCode::InvalidParameter,
             format!("dns: not base64url: {e}"),
         )
     })?;
     doh(dns, &packet, ip, pass)
+}
+
+/// Base64url as RFC 8484 writes it (no padding), lenient about padding and about
+/// unused trailing bits.
+const DOH_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The `dns` parameter of a query string: the last one, as a map of the parameters
+/// would keep. A query with nothing encoded in it (`%`, `+`; base64url needs neither)
+/// is read in place; any other is decoded whole.
+fn dns_param(query: &str) -> Result<Option<Cow<'_, str>>, ApiError> {
+    if !query.contains(['%', '+']) {
+        return Ok(query
+            .split('&')
+            .filter_map(|pair| match pair.split_once('=') {
+                Some(("dns", v)) => Some(v),
+                None if pair == "dns" => Some(""),
+                _ => None,
+            })
+            .next_back()
+            .map(Cow::Borrowed));
+    }
+    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = serde_urlencoded::from_str(query)
+        .map_err(|e| bad_request(ErrorCode::InvalidParameter, format!("query string: {e}")))?;
+    Ok(pairs
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == "dns")
+        .map(|(_, v)| v))
 }
 
 async fn doh_post(
@@ -164,14 +188,28 @@ fn doh(dns: &Dns, packet: &[u8], client: IpAddr, pass: Pass) -> Result<Response,
         ));
     };
     // RFC 8484 §5.1: cacheable for the smallest TTL of the answer.
-    let mut resp = answer.into_response();
+    let mut resp = Response::new(Body::from(answer));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&format!("max-age={ttl}")).expect("a number is a valid header"),
-    );
+    h.insert(header::CACHE_CONTROL, max_age(ttl));
     Ok(resp)
+}
+
+/// `max-age=TTL`; the last one made on this thread is reused, as an answer's TTL is
+/// nearly always the zone's.
+fn max_age(ttl: u32) -> HeaderValue {
+    thread_local! {
+        static LAST: RefCell<Option<(u32, HeaderValue)>> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((t, v)) if *t == ttl => v.clone(),
+        _ => {
+            let v = HeaderValue::from_str(&format!("max-age={ttl}"))
+                .expect("a number is a valid header");
+            *last = Some((ttl, v.clone()));
+            v
+        }
+    })
 }
 
 /// A query name from a parameter: absolute, ASCII, no longer than DNS allows.
@@ -445,6 +483,71 @@ fn httpdns_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What the whole decoder makes of a query's `dns` parameter.
+    fn decoded(query: &str) -> Option<String> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap();
+        pairs
+            .into_iter()
+            .rev()
+            .find(|(k, _)| k == "dns")
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_dns_parameter_is_the_last_one_decoded_or_not() {
+        for (query, want) in [
+            ("dns=AAAB", Some("AAAB")),
+            ("x=1&dns=AAAB&y", Some("AAAB")),
+            ("dns=first&dns=last", Some("last")),
+            ("dns", Some("")),
+            ("dns=", Some("")),
+            ("dnsx=AAAB&xdns=C", None),
+            ("", None),
+            ("&&dns=a=b&&", Some("a=b")),
+            ("dns=AA%41B", Some("AAAB")),
+            ("dn%73=AAAB", Some("AAAB")),
+            ("dns=a+b", Some("a b")),
+        ] {
+            let got = dns_param(query).unwrap().map(Cow::into_owned);
+            assert_eq!(got.as_deref(), want, "{query:?}");
+            assert_eq!(
+                got,
+                decoded(query),
+                "{query:?}: as the whole decoder reads it"
+            );
+        }
+    }
+
+    proptest! {
+        /// Read in place or decoded, the parameter is what the whole decoder finds.
+        #[test]
+        fn the_dns_parameter_matches_the_whole_decoder(
+            pairs in prop::collection::vec(
+                (
+                    prop_oneof![Just("dns"), Just("dn%73"), Just("dns+"), Just("x"), Just("")],
+                    "[A-Za-z0-9_=%+-]{0,8}",
+                    any::<bool>(),
+                ),
+                0..5,
+            )
+        ) {
+            let query = pairs
+                .iter()
+                .map(|(k, v, with)| if *with { format!("{k}={v}") } else { k.to_string() })
+                .collect::<Vec<_>>()
+                .join("&");
+            prop_assert_eq!(dns_param(&query).unwrap().map(Cow::into_owned), decoded(&query));
+        }
+    }
+
+    #[test]
+    fn max_age_is_the_ttl_asked_for() {
+        for ttl in [10, 10, 60, 10, 0] {
+            assert_eq!(max_age(ttl), format!("max-age={ttl}").as_str());
+        }
+    }
 
     #[test]
     fn a_signed_expiry_is_bounded_on_both_sides() {
