@@ -307,8 +307,11 @@ async fn resolve(
     let ttl = found.min_ttl().unwrap_or(0);
     Ok((
         [
-            (header::CONTENT_TYPE, "application/dns-json".to_string()),
-            (header::CACHE_CONTROL, format!("max-age={ttl}")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/dns-json"),
+            ),
+            (header::CACHE_CONTROL, max_age(ttl)),
         ],
         body.to_string(),
     )

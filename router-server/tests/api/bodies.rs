@@ -126,15 +126,38 @@ async fn the_hot_doh_route_answers_as_the_router_does() {
             .await
             .unwrap();
         assert_eq!(fast.status(), slow.status(), "{uri}");
-        assert_eq!(
-            fast.headers().get(header::CONTENT_TYPE),
-            slow.headers().get(header::CONTENT_TYPE),
-            "{uri}"
-        );
+        for h in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+            assert_eq!(fast.headers().get(&h), slow.headers().get(&h), "{uri}: {h}");
+        }
+        if fast.status() == StatusCode::OK {
+            // Cacheable for the answer's TTL (the zone's 10 s), as RFC 8484 §5.1 asks.
+            assert_eq!(fast.headers()[header::CACHE_CONTROL], "max-age=10", "{uri}");
+            assert_eq!(
+                fast.headers()[header::CONTENT_TYPE],
+                "application/dns-message"
+            );
+        }
         let fast = fast.into_body().collect().await.unwrap().to_bytes();
         let slow = slow.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(fast, slow, "{uri}");
     }
+    let resolve = app
+        .router
+        .clone()
+        .layer(MockConnectInfo(peer))
+        .oneshot(
+            Request::get("/resolve?name=gw.example.test&type=A")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolve.status(), StatusCode::OK);
+    assert_eq!(resolve.headers()[header::CACHE_CONTROL], "max-age=10");
+    assert_eq!(
+        resolve.headers()[header::CONTENT_TYPE],
+        "application/dns-json"
+    );
     let cors =
         FileConfig::parse("[dns]\nzone = \"gw.example.test\"\n[http]\ncors_origins = [\"*\"]\n")
             .unwrap();
