@@ -197,13 +197,13 @@ function nodeRow(n, maxLoad) {
     el("td", {}, age(n.report_age_ms)),
     el("td", {}, n.hook || "-"));
   if (adminAvailable && token()) {
-    // The buttons act through the document's click handler (see `act`).
+    // A click on one reaches `act` through the document's handler.
     const percent = el("input", { type: "number", min: 1, max: 100, value: 20, "data-percent": n.id });
-    const act = action => el("button", {
+    const button = action => el("button", {
       type: "button", "data-action": action, "data-node": n.id, "data-dc": n.dc || "",
     }, action);
     row.append(el("td", { class: "actions" },
-      n.state === "draining" ? act("serve") : act("drain"), act("migrate"), percent, "%"));
+      n.state === "draining" ? button("serve") : button("drain"), button("migrate"), percent, "%"));
   }
   return row;
 }
