@@ -321,8 +321,10 @@ async fn survives_a_poll(c: &Client, css: &str) {
     );
 }
 
-/// A migrate percentage being typed keeps its value and the focus across polls.
-async fn keeps_what_is_typed(c: &Client) {
+/// A migrate percentage being typed keeps its value and the focus across polls, and
+/// across its row's moves: gw-b served, then drained again, through the admin API goes
+/// behind gw-a (problem nodes first, then the most loaded), then ahead of it again.
+async fn keeps_what_is_typed(c: &Client, router: &RouterProc) {
     let field = c
         .find(Locator::Css("input[data-percent='gw-a']"))
         .await
@@ -330,6 +332,29 @@ async fn keeps_what_is_typed(c: &Client) {
     field.clear().await.unwrap();
     field.send_keys("35").await.unwrap();
     survives_a_poll(c, "input[data-percent='gw-a']").await;
+    for (action, state) in [("serve", "serving"), ("drain", "draining")] {
+        let path = format!("/admin/nodes/gw-b/{action}");
+        let (code, body) =
+            harness::http_request(router.addr, "POST", &path, Some(TOKEN), "").unwrap();
+        assert_eq!(code, 202, "{action}: {body}");
+        until(
+            c,
+            15,
+            state,
+            &format!("{}.dataset.state === '{state}'", row("gw-b")),
+        )
+        .await;
+    }
+    let after = format!(
+        "{}.compareDocumentPosition({}) & Node.DOCUMENT_POSITION_FOLLOWING",
+        row("gw-b"),
+        row("gw-a")
+    );
+    assert_ne!(
+        eval(c, &after).await,
+        0,
+        "gw-a's row is behind gw-b's again"
+    );
     let typed = "document.querySelector(\"input[data-percent='gw-a']\")";
     assert_eq!(eval(c, &format!("{typed}.value")).await, "35");
     assert_eq!(
@@ -363,7 +388,6 @@ async fn drains_through_its_button(c: &Client, router: &RouterProc) {
         .unwrap();
     survives_a_poll(c, "button[data-action='drain'][data-node='gw-b']").await;
     drain.click().await.unwrap();
-    keeps_what_is_typed(c).await;
     until(
         c,
         10,
@@ -431,6 +455,7 @@ async fn the_fleet_page_shows_the_registry_follows_it_and_drains_through_its_but
     );
     follows_a_load_change(&c, &fleet.a_load).await;
     drains_through_its_button(&c, &fleet.router).await;
+    keeps_what_is_typed(&c, &fleet.router).await;
     lists_the_change_and_a_demotion(&c, &fleet.router).await;
 
     let png = c.screenshot().await.unwrap();

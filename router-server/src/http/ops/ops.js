@@ -28,8 +28,11 @@ function el(tag, attrs, ...children) {
 
 // Replaces `parent`'s children with `children` by patching: an element that is still
 // there (a region by its name, a node's row by its id, others by place) is updated,
-// not replaced. A field keeps what the operator typed into it.
+// not replaced. A field keeps what the operator typed into it, and the focus: moving
+// a row to its new place (problem nodes first) takes the focus from what it holds,
+// so it is given back.
 function redraw(parent, children) {
+  const focused = document.activeElement;
   const next = parent.cloneNode(false);
   next.append(...children);
   morphdom(parent, next, {
@@ -48,6 +51,7 @@ function redraw(parent, children) {
       return !from.isEqualNode(to);
     },
   });
+  if (focused && focused !== document.activeElement && focused.isConnected) focused.focus();
 }
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
