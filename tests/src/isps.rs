@@ -38,6 +38,7 @@ impl Isps {
     /// Builds the network, with `gateways` addresses for the test's gateways.
     pub fn new(gateways: usize) -> Isps {
         tool("ip", "iproute2");
+        crate::leftovers::sweep();
         let pid = std::process::id();
         let isps = Isps {
             tag: format!("isp{pid}"),
@@ -70,6 +71,7 @@ impl Isps {
         }
         let here = std::process::id().to_string();
         let veth = isps.veth();
+        crate::leftovers::claim(&format!("10.88.{}.", isps.net), &veth);
         ip(&[
             "-n", &hub, "link", "add", "ph", "type", "veth", "peer", "name", &veth, "netns", &here,
         ]);

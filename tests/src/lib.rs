@@ -22,7 +22,8 @@
 //! * [`P`]: the registry's key prefix, as the binaries use it by default.
 //! * [`gateway`]: TCP and TLS gateways for SDK tests.
 //! * [`netns`]: a network of namespaces for partition tests; [`isps`]: two "ISPs" in
-//!   namespaces, for what clients see.
+//!   namespaces, for what clients see. Both remove, first, what a killed test process
+//!   left of its own (`leftovers`).
 //!
 //! Everything but [`gateway`], [`netns`] and [`isps`] is re-exported here, so tests name it
 //! `harness::Etcd`, `harness::http_get` and so on.
@@ -34,6 +35,7 @@ pub mod gateway;
 mod http;
 mod httpdns;
 pub mod isps;
+mod leftovers;
 mod metrics;
 pub mod netns;
 mod node;

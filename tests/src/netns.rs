@@ -19,7 +19,8 @@
 //!
 //! A cut takes a link off its bridge: packets are silently dropped, as in a real
 //! partition (no refusal, no unreachable error), and the link itself stays up.
-//! Namespaces, and every process started in them, are removed on drop.
+//! Namespaces, and every process started in them, are removed on drop; those of a test
+//! process that was killed are removed by the next lab ([`crate::leftovers`]).
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -75,6 +76,7 @@ impl Lab {
         tool("etcd", "etcd-server");
         tool("etcdctl", "etcd-client");
         tool("curl", "curl");
+        crate::leftovers::sweep();
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let tag = format!(
             "gl{}x{}",
@@ -164,6 +166,7 @@ impl Lab {
         let hub = self.ns("hub");
         let host = format!("{}h", self.tag);
         // `netns PID`: the peer goes to this process's namespace.
+        crate::leftovers::claim(&format!("10.77.{}.", self.net * 10 + 2), &host);
         let here = std::process::id().to_string();
         ip(&[
             "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &host, "netns",

@@ -485,3 +485,69 @@ fn a_partition_between_two_dcs() {
     println!("healed: every node fresh again after {fresh:?}");
     assert!(fresh <= Duration::from_secs(3), "{fresh:?}");
 }
+
+/// A run killed mid-test runs no `Drop`: its namespaces, a process in them and its
+/// link in the host's namespace, on the subnet the next lab uses, stay. The next lab
+/// removes them (their process is gone) and its own members answer the host; before,
+/// the old link's route shadowed the new one and nothing in the lab was reachable.
+#[test]
+fn a_lab_left_by_a_killed_run_is_removed_by_the_next() {
+    const NET: u8 = 5;
+    // A process id that is gone: the killed run's.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let tag = format!("gl{}x0", gone.id());
+    let (hub, host) = (format!("{tag}-hub"), format!("{tag}h"));
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["netns", "add", &hub]);
+    let here = std::process::id().to_string();
+    ip(&[
+        "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &host, "netns", &here,
+    ]);
+    ip(&["-n", &hub, "link", "set", "hostc", "up"]);
+    let addr = format!("10.77.{}.200/24", NET * 10 + 2);
+    ip(&["addr", "add", &addr, "dev", &host]);
+    ip(&["link", "set", &host, "up"]);
+    // The orphaned etcd member, in the old lab's namespace.
+    let mut orphan = std::process::Command::new("ip")
+        .args(["netns", "exec", &hub, "sleep", "600"])
+        .spawn()
+        .unwrap();
+
+    let lab = Lab::on_net(1, NET);
+    lab.attach_host();
+    let url = format!("{}/health", lab.endpoint(0));
+    let health = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", &url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("true"),
+        "the new lab's member answers the host: {health:?}"
+    );
+    let links = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&host),
+        "the old lab's host link is gone"
+    );
+    let spaces = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&spaces.stdout).contains(&hub),
+        "the old lab's namespace is gone"
+    );
+    wait_until(Duration::from_secs(5), "the orphan killed", || {
+        orphan.try_wait().unwrap().is_some()
+    });
+}
