@@ -3,6 +3,7 @@
 
 mod arrival;
 mod explain;
+mod order;
 mod select;
 mod snapshot;
 

@@ -1,0 +1,131 @@
+//! The herd-adjusted order across requests: the keys one request computes at a new
+//! slot of the herd counts, and what another request of that slot does meanwhile.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{ids, node, q};
+use crate::herd::{HerdView, SLOT_MS};
+use crate::schedule::order;
+use crate::schedule::{select_budgeted, Rules, Snapshot};
+
+/// 1,000 levelled nodes in one region, 300 answers of a burst at `NOW` (each counts for
+/// its first node: those 300 are then the most loaded), and the keys of the order.
+struct Burst {
+    s: Arc<Snapshot>,
+    answered: std::collections::HashSet<String>,
+}
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn rules_at(ms: u64) -> Rules<'static> {
+    Rules {
+        max_load: 0.95,
+        fallbacks: &[],
+        herd: HerdView::at(ms, 8, 1),
+    }
+}
+
+impl Burst {
+    fn new() -> Burst {
+        let fleet = (0..1_000).map(|i| Arc::new(node(&format!("gw-{i:04}"), "r0", 500, 1_000)));
+        let s = Arc::new(Snapshot::build_holding(fleet, [], None, 1, false, 0, NOW));
+        let mut answered = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let c = select_budgeted(&s, &q(Some("r0"), 3), rules_at(NOW), 1, 0);
+            answered.insert(ids(&s, &c)[0].clone());
+        }
+        assert_eq!(answered.len(), 300);
+        Burst { s, answered }
+    }
+
+    /// A request at `ms` on a thread of its own, waiting up to `wait` for keys another
+    /// computes; `hold` stops it inside a build of its own until it receives.
+    /// Returns its walks and its answer.
+    fn request(
+        &self,
+        ms: u64,
+        wait: Duration,
+        hold: Option<(Sender<()>, Receiver<()>)>,
+    ) -> JoinHandle<(u64, Vec<String>)> {
+        let s = self.s.clone();
+        std::thread::spawn(move || {
+            order::WAIT.with(|w| w.set(Some(wait)));
+            if let Some((started, held)) = hold {
+                order::BUILD_HOOK.with_borrow_mut(|h| {
+                    *h = Some(Box::new(move || {
+                        started.send(()).unwrap();
+                        held.recv().unwrap();
+                    }))
+                });
+            }
+            let walks = order::WALKS.with(|w| w.get());
+            let c = select_budgeted(&s, &q(Some("r0"), 3), rules_at(ms), 1, 0);
+            (order::WALKS.with(|w| w.get()) - walks, ids(&s, &c))
+        })
+    }
+
+    /// A request at the next slot whose build is held until the sender sends.
+    fn held_build(&self) -> (Sender<()>, JoinHandle<(u64, Vec<String>)>) {
+        let (started, building) = channel();
+        let (release, held) = channel();
+        let builder = self.request(LATER, BUILD_WAIT_LONG, Some((started, held)));
+        building.recv().unwrap();
+        (release, builder)
+    }
+
+    /// True when `answer` is three of the 700 least loaded nodes.
+    fn least_loaded(&self, answer: &[String]) -> bool {
+        answer.len() == 3 && answer.iter().all(|id| !self.answered.contains(id))
+    }
+}
+
+const LATER: u64 = NOW + SLOT_MS;
+/// Longer than any test waits for anything.
+const BUILD_WAIT_LONG: Duration = Duration::from_secs(600);
+
+/// At a new slot of the herd counts, one request computes the order's keys again; a
+/// request of the same slot meanwhile waits for them and walks, instead of scanning
+/// every node of the index, and answers from the least loaded nodes.
+#[test]
+fn a_request_waits_for_the_keys_another_is_computing() {
+    let burst = Burst::new();
+    let (release, builder) = burst.held_build();
+    let waits = order::WAITS.load(Ordering::Relaxed);
+    let waiter = burst.request(LATER, BUILD_WAIT_LONG, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while order::WAITS.load(Ordering::Relaxed) == waits {
+        assert!(
+            Instant::now() < deadline && !waiter.is_finished(),
+            "the second request did not wait for the keys (it scanned)"
+        );
+        std::thread::yield_now();
+    }
+    release.send(()).unwrap();
+    let (walked, first) = builder.join().unwrap();
+    let (waited_walked, second) = waiter.join().unwrap();
+    assert_eq!((walked, waited_walked), (1, 1), "both answered by walks");
+    assert!(burst.least_loaded(&first), "{first:?}");
+    assert!(burst.least_loaded(&second), "{second:?}");
+}
+
+/// A build that takes longer than the wait: the waiting request scans the index,
+/// with the same answer, while the build is still held.
+#[test]
+fn a_request_scans_when_the_keys_take_too_long() {
+    let burst = Burst::new();
+    let (release, builder) = burst.held_build();
+    let (walked, answer) = burst
+        .request(LATER, Duration::from_millis(1), None)
+        .join()
+        .unwrap();
+    assert_eq!(walked, 0, "answered by a scan");
+    assert!(burst.least_loaded(&answer), "{answer:?}");
+    release.send(()).unwrap();
+    let (walked, answer) = builder.join().unwrap();
+    assert_eq!(walked, 1);
+    assert!(burst.least_loaded(&answer), "{answer:?}");
+}
