@@ -18,7 +18,10 @@
 //!   load, the lowest its projected load can be;
 //! * at the next slot the window moves and loads may fall: the keys are computed
 //!   again, once per slot, outside the lock. Requests of that slot wait for them (a
-//!   scan would read every node, as the build does); older requests scan the index.
+//!   scan would read every node, as the build does); older requests scan the index;
+//! * a request whose window starts a slot earlier (the window is the configured one
+//!   plus the router's measured lag) counts every answer the keys count, and walks
+//!   them; it repairs them to the keys' window, not its own.
 //!
 //! Beside the keys the order keeps what the walk reads of each node (its load basis,
 //! herd counter and record) in a flat array, so a walk does not look nodes up in the
@@ -77,6 +80,14 @@ type View = (u64, u64, u64);
 
 fn view_of(herd: &HerdView) -> View {
     (herd.now, herd.oldest, herd.scale)
+}
+
+/// True when keys computed for view `keys` are lower bounds of the loads a request of
+/// view `request` reads: the same view, or the same slot and scale over a window that
+/// starts no later (the request counts every answer the keys count). The window grows
+/// and shrinks by a slot when the router's measured lag crosses a slot's width.
+fn covers(keys: View, request: View) -> bool {
+    keys.0 == request.0 && keys.2 == request.2 && request.1 <= keys.1
 }
 
 #[derive(Debug)]
@@ -262,17 +273,12 @@ impl Order {
                 return false;
             }
             let keys = s.keyed.as_ref().map(|k| k.view);
-            if keys == Some(view) {
+            if keys.is_some_and(|k| covers(k, view)) {
                 break;
             }
-            // Keys of an older slot may be above the loads now: compute them again, once,
-            // outside the lock; a request of an older slot than the keys scans.
-            if keys.is_some_and(|k| k > view) || s.building.is_some_and(|b| b > view) {
-                return false;
-            }
-            if s.building == Some(view) {
-                // Another request is computing these keys. A scan would read every
-                // node of the index, as the build does: wait for the keys instead.
+            if let Some(b) = s.building.filter(|&b| covers(b, view)) {
+                // Another request is computing keys this one can use. A scan would read
+                // every node of the index, as the build does: wait for the keys instead.
                 if waited {
                     return false;
                 }
@@ -285,10 +291,15 @@ impl Order {
                 let wait = WAIT.with(|w| w.get()).unwrap_or(BUILD_WAIT);
                 s = self
                     .built
-                    .wait_timeout_while(s, wait, |s| s.building == Some(view))
+                    .wait_timeout_while(s, wait, |s| s.building == Some(b))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 continue;
+            }
+            // Keys of an older slot may be above the loads now: compute them again, once,
+            // outside the lock; a request of an older slot than the keys scans.
+            if keys.is_some_and(|k| k > view) || s.building.is_some_and(|b| b > view) {
+                return false;
             }
             s.building = Some(view);
             drop(s);
@@ -307,6 +318,12 @@ impl Order {
             }
         }
         let keyed = s.keyed.as_mut().expect("keyed above");
+        // A request over a longer window than the keys' repairs them to floors of the
+        // keys' window: its own may be above the loads the keys' requests see.
+        let own = (keyed.view != view).then_some(HerdView {
+            oldest: keyed.view.1,
+            ..*herd
+        });
         let mut repairs: smallvec::SmallVec<[(u32, u64, u32, u64); 8]> = smallvec::SmallVec::new();
         for (&(k, tie, i), &at) in &keyed.set {
             if walker.done(f64::from_bits(k), tie, i) {
@@ -316,6 +333,7 @@ impl Order {
             VISITS.with(|w| w.set(w.get() + 1));
             let m = &keyed.members[at as usize];
             let (load, floor) = m.basis.loads(&m.assigned, herd);
+            let floor = own.map_or(floor, |own| m.basis.loads(&m.assigned, &own).1);
             walker.visit(i, tie, &m.record, load);
             if floor.to_bits() > k {
                 repairs.push((i, tie, at, floor.to_bits()));

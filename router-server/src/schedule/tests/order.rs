@@ -129,3 +129,48 @@ fn a_request_scans_when_the_keys_take_too_long() {
     assert_eq!(walked, 1);
     assert!(burst.least_loaded(&answer), "{answer:?}");
 }
+
+/// The window is the configured one plus the router's measured lag, so it grows and
+/// shrinks by a slot when the lag crosses a slot's width. Requests over the longer
+/// window walk the keys of the shorter one (they count every answer the keys count)
+/// instead of scanning, and their repairs keep the keys right for the shorter one:
+/// every answer is the three least loaded nodes as its own window counts them (ties
+/// broken by the router's tie order).
+#[test]
+fn requests_of_a_longer_window_walk_the_keys_of_a_shorter_one() {
+    let burst = Burst::new();
+    let s = &burst.s;
+    let q = q(Some("r0"), 3);
+    // Nine slots after the burst: a window of 9 slots still counts its 300 answers, one
+    // of 8 no longer does.
+    let t = NOW + 9 * SLOT_MS;
+    let walks = order::WALKS.with(|w| w.get());
+    for k in 0..600u64 {
+        let herd = HerdView::at(t + k / 10, 8 + k % 2, 1);
+        // The rules written out: least projected load, then the tie rank, then the index.
+        let mut best: Vec<(f64, u64, usize)> = (s.nodes.iter().enumerate())
+            .map(|(i, e)| (e.projected_load(&herd), e.tie, i))
+            .collect();
+        best.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let rules = Rules {
+            herd,
+            ..rules_at(NOW)
+        };
+        let answer: Vec<(f64, u64, usize)> = select_budgeted(s, &q, rules, 1, 0)
+            .iter()
+            .map(|c| (c.load, c.tie, c.index))
+            .collect();
+        assert_eq!(answer, best[..3], "answer {k} (window {} slots)", 8 + k % 2);
+    }
+    assert_eq!(
+        order::WALKS.with(|w| w.get()) - walks,
+        600,
+        "every request walked the order"
+    );
+    let longer = HerdView::at(t, 9, 1);
+    let counted = s.nodes.iter().filter(|e| e.pending(&longer) > 0).count();
+    assert!(
+        counted >= 300,
+        "the longer window counts the burst: {counted}"
+    );
+}
