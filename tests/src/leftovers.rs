@@ -5,11 +5,17 @@
 //! next run cannot reach its own etcd.
 //!
 //! Every namespace and host link of these labs is named after its process (`gl{pid}x…`,
-//! `isp{pid}…`). [`sweep`] removes those whose process is gone, once per test process;
+//! `isp{pid}…`). [`sweep`] removes those whose process is gone, before each new lab;
 //! [`claim`] refuses, with the owner's name, a subnet that a live process's link holds.
 
-use std::process::Command;
-use std::sync::Once;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+
+use crate::netns::ip;
+
+/// Held while labs of dead processes are removed or made ([`leave_as_killed`]): tests
+/// of one process may build labs at once (`cargo test` runs them on threads).
+static LOCK: Mutex<()> = Mutex::new(());
 
 /// The process a lab name was made by: the digits after `gl` or `isp`.
 fn owner(name: &str) -> Option<u32> {
@@ -20,9 +26,13 @@ fn owner(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// True when `name` is a lab's and the process that made it is gone.
+/// True when `name` is a lab's and the process that made it is gone: no process has
+/// its id (a thread of another process may, since `/proc` lists threads too).
 fn stale(name: &str) -> bool {
-    owner(name).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    owner(name).is_some_and(|pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        !status.lines().any(|l| l == format!("Tgid:\t{pid}"))
+    })
 }
 
 fn ip_out(args: &[&str]) -> String {
@@ -46,28 +56,26 @@ fn host_links() -> Vec<(String, Vec<String>)> {
 }
 
 /// Removes the namespaces (and every process in them) and host links of labs whose
-/// process is gone. Once per test process: the labs of this process are never stale.
+/// process is gone; the labs of this process (and of any live one) stay.
 pub(crate) fn sweep() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for ns in ip_out(&["netns", "list"])
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|ns| stale(ns))
-        {
-            for pid in ip_out(&["netns", "pids", ns]).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).output();
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            eprintln!("removed namespace {ns}, left by a test process that is gone");
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for ns in ip_out(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| stale(ns))
+    {
+        for pid in ip_out(&["netns", "pids", ns]).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).output();
         }
-        let links = ip_out(&["-br", "link"]);
-        let names = links.lines().filter_map(|l| l.split(['@', ' ']).next());
-        for link in names.filter(|l| stale(l)) {
-            let _ = Command::new("ip").args(["link", "del", link]).output();
-            eprintln!("removed link {link}, left by a test process that is gone");
-        }
-    });
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        eprintln!("removed namespace {ns}, left by a test process that is gone");
+    }
+    let links = ip_out(&["-br", "link"]);
+    let names = links.lines().filter_map(|l| l.split(['@', ' ']).next());
+    for link in names.filter(|l| stale(l)) {
+        let _ = Command::new("ip").args(["link", "del", link]).output();
+        eprintln!("removed link {link}, left by a test process that is gone");
+    }
 }
 
 /// Panics, naming the holder, when a link other than `own` already has an address in
@@ -84,6 +92,45 @@ pub(crate) fn claim(subnet: &str, own: &str) {
             );
         }
     }
+}
+
+/// What a killed test process with a lab on `net` leaves ([`leave_as_killed`]).
+pub struct Leftovers {
+    /// Its hub namespace.
+    pub hub: String,
+    /// Its link in the host's namespace, holding the address the host's link of a lab
+    /// on `net` takes ([`crate::netns::Lab::attach_host`]).
+    pub link: String,
+    /// A process in the namespace, as its etcd members were.
+    pub orphan: Child,
+}
+
+/// Leaves, as a test process killed with a lab on `net` would, a namespace with a
+/// process in it and a host link on the lab's client subnet, named for a process id
+/// no process can have (above `pid_max`). For tests of [`sweep`].
+pub fn leave_as_killed(net: u8) -> Leftovers {
+    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("read pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    let tag = format!("gl{}x0", pid_max + 1);
+    let (hub, link) = (format!("{tag}-hub"), format!("{tag}h"));
+    ip(&["netns", "add", &hub]);
+    let here = std::process::id().to_string();
+    ip(&[
+        "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &link, "netns", &here,
+    ]);
+    ip(&["-n", &hub, "link", "set", "hostc", "up"]);
+    let addr = format!("10.77.{}.200/24", net * 10 + 2);
+    ip(&["addr", "add", &addr, "dev", &link]);
+    ip(&["link", "set", &link, "up"]);
+    let orphan = Command::new("ip")
+        .args(["netns", "exec", &hub, "sleep", "600"])
+        .spawn()
+        .expect("run ip netns exec");
+    Leftovers { hub, link, orphan }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use crate::leftovers::{leave_as_killed, Leftovers};
 use crate::util::{tool, wait_until};
 
 const CLIENT_PORT: u16 = 2379;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::netns::Lab;
+use harness::netns::{leave_as_killed, Lab, Leftovers};
 use harness::{wait_until, Proc, P};
 
 /// Starts an agent for `id` in the lab's gateways' namespace, its load read from `load`.
@@ -493,33 +493,11 @@ fn a_partition_between_two_dcs() {
 #[test]
 fn a_lab_left_by_a_killed_run_is_removed_by_the_next() {
     const NET: u8 = 5;
-    // A process id that is gone: the killed run's.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    gone.wait().unwrap();
-    let tag = format!("gl{}x0", gone.id());
-    let (hub, host) = (format!("{tag}-hub"), format!("{tag}h"));
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    };
-    ip(&["netns", "add", &hub]);
-    let here = std::process::id().to_string();
-    ip(&[
-        "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &host, "netns", &here,
-    ]);
-    ip(&["-n", &hub, "link", "set", "hostc", "up"]);
-    let addr = format!("10.77.{}.200/24", NET * 10 + 2);
-    ip(&["addr", "add", &addr, "dev", &host]);
-    ip(&["link", "set", &host, "up"]);
-    // The orphaned etcd member, in the old lab's namespace.
-    let mut orphan = std::process::Command::new("ip")
-        .args(["netns", "exec", &hub, "sleep", "600"])
-        .spawn()
-        .unwrap();
-
+    let Leftovers {
+        hub,
+        link: host,
+        mut orphan,
+    } = leave_as_killed(NET);
     let lab = Lab::on_net(1, NET);
     lab.attach_host();
     let url = format!("{}/health", lab.endpoint(0));
