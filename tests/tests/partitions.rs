@@ -500,31 +500,20 @@ fn a_lab_left_by_a_killed_run_is_removed_by_the_next() {
     } = leave_as_killed(NET);
     let lab = Lab::on_net(1, NET);
     lab.attach_host();
+    let out = |program: &str, args: &[&str]| {
+        let o = std::process::Command::new(program).args(args).output();
+        String::from_utf8_lossy(&o.unwrap().stdout).into_owned()
+    };
     let url = format!("{}/health", lab.endpoint(0));
-    let health = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", &url])
-        .output()
-        .unwrap();
+    let health = out("curl", &["-sS", "--max-time", "5", &url]);
     assert!(
-        String::from_utf8_lossy(&health.stdout).contains("true"),
-        "the new lab's member answers the host: {health:?}"
+        health.contains("true"),
+        "the new lab's member answers the host: {health}"
     );
-    let links = std::process::Command::new("ip")
-        .args(["-br", "link"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(&host),
-        "the old lab's host link is gone"
-    );
-    let spaces = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&spaces.stdout).contains(&hub),
-        "the old lab's namespace is gone"
-    );
+    let links = out("ip", &["-br", "link"]);
+    assert!(!links.contains(&host), "the old lab's host link is gone");
+    let spaces = out("ip", &["netns", "list"]);
+    assert!(!spaces.contains(&hub), "the old lab's namespace is gone");
     wait_until(Duration::from_secs(5), "the orphan killed", || {
         orphan.try_wait().unwrap().is_some()
     });
