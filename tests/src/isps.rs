@@ -16,7 +16,7 @@
 
 use std::process::Command;
 
-use crate::netns::ip;
+use crate::util::ip;
 use crate::util::tool;
 
 /// One of the two ISPs.

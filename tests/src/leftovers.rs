@@ -11,7 +11,7 @@
 use std::process::{Child, Command};
 use std::sync::Mutex;
 
-use crate::netns::ip;
+use crate::util::ip;
 
 /// Held while labs of dead processes are removed or made ([`leave_as_killed`]): tests
 /// of one process may build labs at once (`cargo test` runs them on threads).

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use crate::leftovers::{leave_as_killed, Leftovers};
-use crate::util::{tool, wait_until};
+use crate::util::{ip, tool, wait_until};
 
 const CLIENT_PORT: u16 = 2379;
 const PEER_PORT: u16 = 2380;
@@ -43,17 +43,6 @@ pub struct Lab {
     cluster: String,
     extra: Vec<String>,
     dir: tempfile::TempDir,
-}
-
-/// Runs `ip args`, which must succeed.
-pub(crate) fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Lab {

@@ -1,8 +1,9 @@
 //! Small helpers the rest of the harness builds on: free loopback ports, polling with
-//! a deadline instead of sleeping, and finding programs on `PATH`.
+//! a deadline instead of sleeping, finding programs on `PATH`, and running `ip`.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -61,4 +62,15 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {
         panic!("`{name}` is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
     })
+}
+
+/// Runs `ip args`, which must succeed.
+pub(crate) fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
