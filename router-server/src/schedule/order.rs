@@ -252,8 +252,9 @@ impl Order {
     /// the nodes read that were found behind their loads are repaired afterwards.
     ///
     /// False, without a walk, when the order cannot serve `snap` at `herd` now: it
-    /// belongs to another snapshot, or its keys are being computed for this slot (the
-    /// caller scans the index instead).
+    /// belongs to another snapshot, its keys are of a later slot than `herd`'s, or keys
+    /// another request is computing did not come within [`BUILD_WAIT`] (the caller
+    /// scans the index instead).
     pub(super) fn walk(
         &self,
         snap: &Snapshot,
