@@ -16,8 +16,7 @@
 
 use std::process::Command;
 
-use crate::util::ip;
-use crate::util::tool;
+use crate::util::{ip, tool};
 
 /// One of the two ISPs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,14 +8,18 @@
 //! `isp{pid}…`). [`sweep`] removes those whose process is gone, before each new lab;
 //! [`claim`] refuses, with the owner's name, a subnet that a live process's link holds.
 
-use std::process::{Child, Command};
-use std::sync::Mutex;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
-use crate::util::ip;
-
-/// Held while labs of dead processes are removed or made ([`leave_as_killed`]): tests
-/// of one process may build labs at once (`cargo test` runs them on threads).
+/// Held while labs of dead processes are removed or made
+/// ([`crate::netns::leave_as_killed`]): tests of one process may build labs at once
+/// (`cargo test` runs them on threads).
 static LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds [`LOCK`].
+pub(crate) fn hold() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The process a lab name was made by: the digits after `gl` or `isp`.
 fn owner(name: &str) -> Option<u32> {
@@ -58,7 +62,7 @@ fn host_links() -> Vec<(String, Vec<String>)> {
 /// Removes the namespaces (and every process in them) and host links of labs whose
 /// process is gone; the labs of this process (and of any live one) stay.
 pub(crate) fn sweep() {
-    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _held = hold();
     for ns in ip_out(&["netns", "list"])
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -92,45 +96,6 @@ pub(crate) fn claim(subnet: &str, own: &str) {
             );
         }
     }
-}
-
-/// What a killed test process with a lab on `net` leaves ([`leave_as_killed`]).
-pub struct Leftovers {
-    /// Its hub namespace.
-    pub hub: String,
-    /// Its link in the host's namespace, holding the address the host's link of a lab
-    /// on `net` takes ([`crate::netns::Lab::attach_host`]).
-    pub link: String,
-    /// A process in the namespace, as its etcd members were.
-    pub orphan: Child,
-}
-
-/// Leaves, as a test process killed with a lab on `net` would, a namespace with a
-/// process in it and a host link on the lab's client subnet, named for a process id
-/// no process can have (above `pid_max`). For tests of [`sweep`].
-pub fn leave_as_killed(net: u8) -> Leftovers {
-    let _held = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .expect("read pid_max")
-        .trim()
-        .parse()
-        .expect("pid_max is a number");
-    let tag = format!("gl{}x0", pid_max + 1);
-    let (hub, link) = (format!("{tag}-hub"), format!("{tag}h"));
-    ip(&["netns", "add", &hub]);
-    let here = std::process::id().to_string();
-    ip(&[
-        "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &link, "netns", &here,
-    ]);
-    ip(&["-n", &hub, "link", "set", "hostc", "up"]);
-    let addr = format!("10.77.{}.200/24", net * 10 + 2);
-    ip(&["addr", "add", &addr, "dev", &link]);
-    ip(&["link", "set", &link, "up"]);
-    let orphan = Command::new("ip")
-        .args(["netns", "exec", &hub, "sleep", "600"])
-        .spawn()
-        .expect("run ip netns exec");
-    Leftovers { hub, link, orphan }
 }
 
 #[cfg(test)]

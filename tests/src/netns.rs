@@ -27,7 +27,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use crate::leftovers::{leave_as_killed, Leftovers};
 use crate::util::{ip, tool, wait_until};
 
 const CLIENT_PORT: u16 = 2379;
@@ -153,19 +152,9 @@ impl Lab {
     /// every member's client port, and [`Lab::cut_peers`] leaves that reach alone. The
     /// link goes with the hub namespace on drop.
     pub fn attach_host(&self) {
-        let hub = self.ns("hub");
         let host = format!("{}h", self.tag);
-        // `netns PID`: the peer goes to this process's namespace.
-        crate::leftovers::claim(&format!("10.77.{}.", self.net * 10 + 2), &host);
-        let here = std::process::id().to_string();
-        ip(&[
-            "-n", &hub, "link", "add", "hostc", "type", "veth", "peer", "name", &host, "netns",
-            &here,
-        ]);
-        ip(&["-n", &hub, "link", "set", "hostc", "master", "brc", "up"]);
-        let addr = format!("{}/24", self.client_ip(200));
-        ip(&["addr", "add", &addr, "dev", &host]);
-        ip(&["link", "set", &host, "up"]);
+        crate::leftovers::claim(&client_prefix(self.net), &host);
+        link_host(&self.ns("hub"), &host, &self.client_ip(200), Some("brc"));
     }
 
     fn peer_ip(&self, i: usize) -> String {
@@ -175,7 +164,7 @@ impl Lab {
     /// The address of host `k` on the client bridge (members are 1.., the client
     /// namespace 100, the gateways' 101).
     fn client_ip(&self, k: usize) -> String {
-        format!("10.77.{}.{k}", self.net * 10 + 2)
+        format!("{}{k}", client_prefix(self.net))
     }
 
     /// The gateways' namespace's address, for an agent's `--ip`.
@@ -488,6 +477,59 @@ impl Lab {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The first three parts of lab `net`'s client addresses, with the dot.
+fn client_prefix(net: u8) -> String {
+    format!("10.77.{}.", net * 10 + 2)
+}
+
+/// A veth from `hub`'s `hostc` (on `bridge` there, if any) to `link` in the test's own
+/// namespace, with `addr`/24.
+fn link_host(hub: &str, link: &str, addr: &str, bridge: Option<&str>) {
+    // `netns PID`: the peer goes to this process's namespace.
+    let here = std::process::id().to_string();
+    ip(&[
+        "-n", hub, "link", "add", "hostc", "type", "veth", "peer", "name", link, "netns", &here,
+    ]);
+    match bridge {
+        Some(b) => ip(&["-n", hub, "link", "set", "hostc", "master", b, "up"]),
+        None => ip(&["-n", hub, "link", "set", "hostc", "up"]),
+    }
+    ip(&["addr", "add", &format!("{addr}/24"), "dev", link]);
+    ip(&["link", "set", link, "up"]);
+}
+
+/// What a killed test process with a lab on `net` leaves ([`leave_as_killed`]).
+pub struct Leftovers {
+    /// Its hub namespace.
+    pub hub: String,
+    /// Its link in the host's namespace, holding the address the host's link of a lab
+    /// on `net` takes ([`Lab::attach_host`]).
+    pub link: String,
+    /// A process in the namespace, as its etcd members were.
+    pub orphan: Child,
+}
+
+/// Leaves, as a test process killed with a lab on `net` would, a namespace with a
+/// process in it and a host link on the lab's client subnet, named for a process id
+/// no process can have (above `pid_max`). For tests of [`crate::leftovers`]'s sweep.
+pub fn leave_as_killed(net: u8) -> Leftovers {
+    let _held = crate::leftovers::hold();
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("read pid_max")
+        .trim()
+        .parse()
+        .expect("pid_max is a number");
+    let tag = format!("gl{}x0", pid_max + 1);
+    let (hub, link) = (format!("{tag}-hub"), format!("{tag}h"));
+    ip(&["netns", "add", &hub]);
+    link_host(&hub, &link, &format!("{}200", client_prefix(net)), None);
+    let orphan = Command::new("ip")
+        .args(["netns", "exec", &hub, "sleep", "600"])
+        .spawn()
+        .expect("run ip netns exec");
+    Leftovers { hub, link, orphan }
 }
 
 impl Drop for Lab {
