@@ -11,7 +11,7 @@ use std::net::IpAddr;
 #[cfg(test)]
 use std::path::Path;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 use prefix_trie::joint::map::JointPrefixMap;
 
@@ -27,7 +27,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let hops: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -45,12 +45,16 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     peer
 }
 
+/// The header, parsed once: looked up by name on every request, whose parse as a string
+/// showed in profiles.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// True when the request carries X-Forwarded-For from a peer that is not one of the
 /// `trusted` proxies. The header is then ignored (anyone can write it); many such
 /// requests from one peer mean a load balancer that `trusted_proxies` does not list,
 /// so that every client behind it counts as the balancer.
 pub fn forwarded_untrusted(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
-    headers.contains_key("x-forwarded-for") && !is_trusted(trusted, peer)
+    headers.contains_key(X_FORWARDED_FOR) && !is_trusted(trusted, peer)
 }
 
 /// The client-network table: `[regions] cidrs` and `isp_cidrs` as prefix tries

@@ -186,6 +186,12 @@ pub(super) trait Walker {
     fn done(&self, key: f64, tie: u64, i: u32) -> bool;
     /// Node `i` (tie rank `tie`, reporting `record`), at projected `load`.
     fn visit(&mut self, i: u32, tie: u64, record: &NodeRecord, load: f64);
+    /// After the walk, when it chose the answer's first candidate: that node's index
+    /// and tie rank.
+    fn first(&self) -> Option<(u32, u64)>;
+    /// The clients to count against the first candidate, taken: the caller counts them
+    /// no more.
+    fn take_uncounted(&mut self) -> u64;
 }
 
 impl Order {
@@ -249,7 +255,9 @@ impl Order {
 
     /// Walks the members of `list` (this order's index in `snap`) least key first,
     /// until `walker` is done, reading each node's projected load for it; the keys of
-    /// the nodes read that were found behind their loads are repaired afterwards.
+    /// the nodes read that were found behind their loads are repaired afterwards. When
+    /// the walk chose the answer's first candidate, it counts the answer against it
+    /// under the lock, so that no walk reads that node without it.
     ///
     /// False, without a walk, when the order cannot serve `snap` at `herd` now: it
     /// belongs to another snapshot, its keys are of a later slot than `herd`'s, or keys
@@ -342,6 +350,22 @@ impl Order {
         }
         for (i, tie, at, k) in repairs {
             keyed.rekey(i, tie, at, k);
+        }
+        // The answer's first candidate, when this walk chose it, is counted here, under
+        // the lock, and its key raised to the floor that count gives: the next walk need
+        // not read it only to find its key behind (in a levelled burst, one of the
+        // `count` + 1 nodes each walk read).
+        let first = walker.first();
+        if let Some((i, tie, at)) = first
+            .map(|(i, tie)| (i, tie, keyed.place[i as usize]))
+            .filter(|&(.., at)| at != ABSENT)
+        {
+            let m = &keyed.members[at as usize];
+            herd.record_n(&m.assigned, walker.take_uncounted());
+            let floor = m.basis.loads(&m.assigned, own.as_ref().unwrap_or(herd)).1;
+            if floor.to_bits() > m.key {
+                keyed.rekey(i, tie, at, floor.to_bits());
+            }
         }
         #[cfg(test)]
         WALKS.with(|w| w.set(w.get() + 1));

@@ -1,6 +1,7 @@
 //! Selection: the best candidates of a snapshot for one query, by region tier, then
 //! projected load, then the overflow the estimate alone put last, then held nodes.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 
 use registry::record::IpFamily;
@@ -90,45 +91,55 @@ pub fn select_budgeted(
     weight: u64,
     budget: usize,
 ) -> Chosen {
-    let want = query.count.clamp(1, MAX_COUNT);
-    let mut out = Chosen::new();
-    let tiers = Tiers {
-        first: query.region,
-        fallbacks: rules.fallbacks,
+    let fills = Fills {
+        want: query.count.clamp(1, MAX_COUNT),
+        budget,
+        tiers: Tiers {
+            first: query.region,
+            fallbacks: rules.fallbacks,
+        },
+        uncounted: Cell::new(weight),
     };
-    fill(snap, query, rules, want, budget, tiers, &mut out);
+    let mut out = Chosen::new();
+    fill(snap, query, rules, &fills, &mut out);
     // Nodes held back or demoted for the client's network only when the answer is
     // short without them.
-    if out.len() < want && query.steer.has_last() {
+    if out.len() < fills.want && query.steer.has_last() {
         let last = Query {
             steer: query.steer.with_last(),
             ..query.clone()
         };
-        fill(snap, &last, rules, want, budget, tiers, &mut out);
+        fill(snap, &last, rules, &fills, &mut out);
     }
+    // Unless the walk that chose it counted them (see [`Order::walk`]).
     if let Some(first) = out.first() {
         rules
             .herd
-            .record_n(&snap.nodes[first.index].assigned, weight);
+            .record_n(&snap.nodes[first.index].assigned, fills.uncounted.take());
     }
     out
 }
 
+/// What the fills of one answer share.
+struct Fills<'a> {
+    /// Candidates wanted.
+    want: usize,
+    /// Nodes a scan reads before the index's herd-adjusted order is walked instead.
+    budget: usize,
+    tiers: Tiers<'a>,
+    /// The clients still to count against the answer's first candidate: taken (left
+    /// 0) by whoever counts them.
+    uncounted: Cell<u64>,
+}
+
 /// Adds to `out`, up to `want`, what `query` admits: a policy's group for this answer
 /// first, then the rest, each with projected room; then the overflow; then held nodes.
-fn fill(
-    snap: &Snapshot,
-    query: &Query<'_>,
-    rules: Rules<'_>,
-    want: usize,
-    budget: usize,
-    tiers: Tiers<'_>,
-    out: &mut Chosen,
-) {
+fn fill(snap: &Snapshot, query: &Query<'_>, rules: Rules<'_>, f: &Fills<'_>, out: &mut Chosen) {
+    let (want, tiers) = (f.want, f.tiers);
     let rest;
     let query = match query.steer.first {
         Some(_) => {
-            main_pass(snap, query, rules, want, budget, tiers, out);
+            main_pass(snap, query, rules, f, out);
             rest = Query {
                 steer: query.steer.rest(),
                 ..query.clone()
@@ -137,7 +148,7 @@ fn fill(
         }
         None => query,
     };
-    main_pass(snap, query, rules, want, budget, tiers, out);
+    main_pass(snap, query, rules, f, out);
     if out.len() < want {
         overflow_fill(snap, query, rules, want, tiers, out);
     }
@@ -153,11 +164,10 @@ fn main_pass(
     snap: &Snapshot,
     query: &Query<'_>,
     rules: Rules<'_>,
-    want: usize,
-    budget: usize,
-    tiers: Tiers<'_>,
+    f: &Fills<'_>,
     out: &mut Chosen,
 ) {
+    let (want, tiers) = (f.want, f.tiers);
     let ordered = query
         .region
         .into_iter()
@@ -169,16 +179,7 @@ fn main_pass(
             if out.len() >= want {
                 return;
             }
-            best_of(
-                snap,
-                lists.get(query.proto),
-                query,
-                rules,
-                want,
-                skip,
-                out,
-                budget,
-            );
+            best_of(snap, lists.get(query.proto), query, rules, f, skip, out);
         }
     };
     for (k, region) in ordered.enumerate() {
@@ -370,25 +371,26 @@ impl Tiers<'_> {
 pub const SCAN_BUDGET: usize = 32;
 
 /// Appends the best of `index` (excluding the regions of `skip` and nodes already
-/// chosen) to `out`, up to `want` in total, least loaded first.
-#[allow(clippy::too_many_arguments)]
+/// chosen) to `out`, up to `f.want` in total, least loaded first.
 fn best_of(
     snap: &Snapshot,
     index: Index<'_>,
     query: &Query<'_>,
     rules: Rules<'_>,
-    want: usize,
+    f: &Fills<'_>,
     skip: Option<Tiers<'_>>,
     out: &mut Chosen,
-    budget: usize,
 ) {
+    let budget = f.budget;
     let mut keep = Keep {
         snap,
         query,
         rules,
         skip,
         start: out.len(),
-        room: want - out.len(),
+        room: f.want - out.len(),
+        // The first index of an answer chooses its first candidate.
+        uncounted: out.is_empty().then_some(&f.uncounted),
         out,
     };
     // Mid-burst (a scan of this index ran past its budget lately), the order at once.
@@ -414,6 +416,8 @@ struct Keep<'a, 'q> {
     skip: Option<Tiers<'a>>,
     start: usize,
     room: usize,
+    /// The answer's [`Fills::uncounted`], when this index chooses its first candidate.
+    uncounted: Option<&'a Cell<u64>>,
     out: &'a mut Chosen,
 }
 
@@ -424,6 +428,16 @@ impl Walker for Keep<'_, '_> {
 
     fn visit(&mut self, i: u32, tie: u64, record: &NodeRecord, load: f64) {
         self.consider(i as usize, tie, record, load);
+    }
+
+    fn first(&self) -> Option<(u32, u64)> {
+        self.uncounted?;
+        let first = self.out.first()?;
+        Some((first.index as u32, first.tie))
+    }
+
+    fn take_uncounted(&mut self) -> u64 {
+        self.uncounted.map_or(0, Cell::take)
     }
 }
 

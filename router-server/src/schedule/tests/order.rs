@@ -174,3 +174,54 @@ fn requests_of_a_longer_window_walk_the_keys_of_a_shorter_one() {
         "the longer window counts the burst: {counted}"
     );
 }
+
+/// Mid-burst, the walk that chose an answer's first candidate counts it (once: the
+/// caller no longer does) and raises its key at once, so the next walk reads `count`
+/// nodes, not the one just answered as well only to find its key behind. Every answer
+/// still equals the rules written out.
+#[test]
+fn a_walk_counts_its_first_candidate_and_the_next_reads_count_nodes() {
+    let burst = Burst::new();
+    let s = &burst.s;
+    let q = q(Some("r0"), 3);
+    let t = NOW + 2 * SLOT_MS;
+    let total = |herd: &HerdView| s.nodes.iter().map(|e| e.pending(herd)).sum::<u64>();
+    // The first request of the slot computes the keys.
+    select_budgeted(s, &q, rules_at(t), 1, 0);
+    let before = total(&HerdView::at(t, 8, 1));
+    let (walks, visits) = (
+        order::WALKS.with(|w| w.get()),
+        order::VISITS.with(|v| v.get()),
+    );
+    for k in 0..200u64 {
+        let herd = HerdView::at(t + k / 10, 8, 1);
+        let mut best: Vec<(f64, u64, usize)> = (s.nodes.iter().enumerate())
+            .map(|(i, e)| (e.projected_load(&herd), e.tie, i))
+            .collect();
+        best.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let rules = Rules {
+            herd,
+            ..rules_at(NOW)
+        };
+        let answer: Vec<(f64, u64, usize)> = select_budgeted(s, &q, rules, 1, 0)
+            .iter()
+            .map(|c| (c.load, c.tie, c.index))
+            .collect();
+        assert_eq!(answer, best[..3], "answer {k}");
+    }
+    assert_eq!(
+        order::WALKS.with(|w| w.get()) - walks,
+        200,
+        "every request walked"
+    );
+    assert_eq!(
+        order::VISITS.with(|v| v.get()) - visits,
+        200 * 3,
+        "each walk read the three nodes it answered, and no other"
+    );
+    assert_eq!(
+        total(&HerdView::at(t + 20, 8, 1)) - before,
+        200,
+        "each answer counted once"
+    );
+}
