@@ -1,7 +1,7 @@
 # Sourced by every scripts/bench-*.sh: a scratch directory and the processes the
 # script starts, all stopped when it ends, whether it succeeds, fails or is
-# interrupted (Ctrl-C, SIGTERM); `spawn`, `listen_addr`, `free_port`, `median`,
-# `cpu_ticks` (and `hz`), and a stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`
+# interrupted (Ctrl-C, SIGTERM); `spawn`, `listen_addr`, `free_port`, `median`, `col`,
+# `pair_median`, `cpu_ticks` (and `hz`), and a stock etcd (Debian's defaults) on free loopback ports, whose URL is left in `etcd_url`
 # and its pid in `etcd_pid`.
 #
 # Start every process through `spawn` (or add its pid to `pids` in this shell, never
@@ -53,6 +53,17 @@ cpu_ticks() {
 }
 hz=$(getconf CLK_TCK)
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# col NAME C: the median over the rounds (lines) of column C of $work/NAME.res.
+col() { awk -v c="$2" '{print $c}' "$work/$1.res" | median; }
+# pair_median A CA B CB: the median over the rounds of A's column CA over B's column CB,
+# each round's line of $work/A.res beside the same round's of $work/B.res. The pair
+# was measured back to back, so a round the whole machine ran slower (on shared cores
+# a round can run 20 % slower than the next) does not move the ratio.
+pair_median() {
+  local width
+  width=$(awk '{print NF; exit}' "$work/$1.res")
+  paste -d' ' "$work/$1.res" "$work/$3.res" | awk -v a="$2" -v b=$((width + $4)) '{print $a / $b}' | median
+}
 
 start_etcd() { # [tls | NAME]: tls adds an https:// listener requiring client certificates
   local cport pport sport name=bench${1:-}

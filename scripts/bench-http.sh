@@ -92,15 +92,10 @@ for i in $(seq 1 "$rounds"); do
   [ -z "$baseburst" ] || run_wrk baseburst "$baseburst" 1 32 >> "$work/baseburst.res"
   echo "round $i mid-burst: 100 nodes $(tail -1 "$work/burst100.res")  1,000 $(tail -1 "$work/burst1000.res")  10,000 $(tail -1 "$work/burst10000.res")  bare $(tail -1 "$work/bare1.res")"
 done
-col() { awk -v c="$2" '{print $c}' "$work/$1.res" | median; }
 row() { printf '%-34s %12.0f %12.3f %12.2f\n' "$1" "$(col "$2" 1)" "$(col "$2" 2)" "$(col "$2" 3)"; }
-ratio() { # LABEL A B: medians over the rounds of A/B's rate and of B/A's CPU per request
-  # (above 1: A does better), each round's pair measured back to back, so that a round
-  # the whole machine ran slower does not move the ratio
-  local rate cpu
-  rate=$(paste -d' ' "$work/$2.res" "$work/$3.res" | awk '{print $1 / $4}' | median)
-  cpu=$(paste -d' ' "$work/$2.res" "$work/$3.res" | awk '{print $6 / $3}' | median)
-  printf '%-46s rate %.3f, per CPU second %.3f\n' "$1" "$rate" "$cpu"
+ratio() { # LABEL A B: A/B's rate and B/A's CPU per request (above 1: A does better),
+  # medians of the rounds' pairs
+  printf '%-46s rate %.3f, per CPU second %.3f\n' "$1" "$(pair_median "$2" 1 "$3" 1)" "$(pair_median "$3" 3 "$2" 3)"
 }
 printf '\n%-34s %12s %12s %12s\n' "GET /gateways ($rounds x ${secs}s, c=$conns)" "req/s" "p99 ms" "CPU us/req"
 row "router (1,000 nodes)" router

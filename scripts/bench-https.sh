@@ -95,7 +95,6 @@ for i in $(seq 1 "$rounds"); do
   run_ab "$nport" "$nginx_pid" >> "$work/n.res"
   echo "round $i: router $(tail -1 "$work/r.res")  nginx $(tail -1 "$work/n.res")  (req/s, server CPU us/request)"
 done
-col() { awk -v c="$2" '{print $c}' "$work/$1.res" | median; }
 r=$(col r 1); n=$(col n 1); rc=$(col r 2); nc=$(col n 2)
 printf '\nHTTPS GET /gateways, new connection per request (%s x %s, c=%s; medians)\n' "$rounds" "$requests" "$conc"
 printf '%-28s %10s %18s\n' "" "req/s" "server CPU us/req"
