@@ -83,6 +83,31 @@ impl Burst {
     }
 }
 
+/// The answer to `q` at `herd` (load, tie rank and index of each candidate, walking at
+/// once), and the three nodes the rules written out put first, computed before it: least
+/// projected load, then the tie rank, then the index.
+type Ranked = Vec<(f64, u64, usize)>;
+fn answer_and_rules(
+    s: &Snapshot,
+    q: &crate::schedule::Query<'_>,
+    herd: HerdView,
+) -> (Ranked, Ranked) {
+    let mut best: Ranked = (s.nodes.iter().enumerate())
+        .map(|(i, e)| (e.projected_load(&herd), e.tie, i))
+        .collect();
+    best.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    best.truncate(3);
+    let rules = Rules {
+        herd,
+        ..rules_at(NOW)
+    };
+    let answer = select_budgeted(s, q, rules, 1, 0)
+        .iter()
+        .map(|c| (c.load, c.tie, c.index))
+        .collect();
+    (answer, best)
+}
+
 const LATER: u64 = NOW + SLOT_MS;
 /// Longer than any test waits for anything.
 const BUILD_WAIT_LONG: Duration = Duration::from_secs(600);
@@ -147,20 +172,8 @@ fn requests_of_a_longer_window_walk_the_keys_of_a_shorter_one() {
     let walks = order::WALKS.with(|w| w.get());
     for k in 0..600u64 {
         let herd = HerdView::at(t + k / 10, 8 + k % 2, 1);
-        // The rules written out: least projected load, then the tie rank, then the index.
-        let mut best: Vec<(f64, u64, usize)> = (s.nodes.iter().enumerate())
-            .map(|(i, e)| (e.projected_load(&herd), e.tie, i))
-            .collect();
-        best.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-        let rules = Rules {
-            herd,
-            ..rules_at(NOW)
-        };
-        let answer: Vec<(f64, u64, usize)> = select_budgeted(s, &q, rules, 1, 0)
-            .iter()
-            .map(|c| (c.load, c.tie, c.index))
-            .collect();
-        assert_eq!(answer, best[..3], "answer {k} (window {} slots)", 8 + k % 2);
+        let (answer, best) = answer_and_rules(s, &q, herd);
+        assert_eq!(answer, best, "answer {k} (window {} slots)", 8 + k % 2);
     }
     assert_eq!(
         order::WALKS.with(|w| w.get()) - walks,
@@ -194,20 +207,8 @@ fn a_walk_counts_its_first_candidate_and_the_next_reads_count_nodes() {
         order::VISITS.with(|v| v.get()),
     );
     for k in 0..200u64 {
-        let herd = HerdView::at(t + k / 10, 8, 1);
-        let mut best: Vec<(f64, u64, usize)> = (s.nodes.iter().enumerate())
-            .map(|(i, e)| (e.projected_load(&herd), e.tie, i))
-            .collect();
-        best.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-        let rules = Rules {
-            herd,
-            ..rules_at(NOW)
-        };
-        let answer: Vec<(f64, u64, usize)> = select_budgeted(s, &q, rules, 1, 0)
-            .iter()
-            .map(|c| (c.load, c.tie, c.index))
-            .collect();
-        assert_eq!(answer, best[..3], "answer {k}");
+        let (answer, best) = answer_and_rules(s, &q, HerdView::at(t + k / 10, 8, 1));
+        assert_eq!(answer, best, "answer {k}");
     }
     assert_eq!(
         order::WALKS.with(|w| w.get()) - walks,
