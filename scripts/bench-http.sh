@@ -40,6 +40,10 @@ spawn bare target/release/examples/bare_static_server 127.0.0.1:0
 declare -A pid_of
 pid_of[router]=${pids[-3]}; pid_of[static]=${pids[-2]}; pid_of[bare]=${pids[-1]}
 if [ -n "${BENCH_BASELINE:-}" ]; then
+  [ -x "$BENCH_BASELINE" ] || {
+    echo "BENCH_BASELINE=$BENCH_BASELINE: not an executable; give the path of another build's bench_router" >&2
+    exit 2
+  }
   spawn baseline "$BENCH_BASELINE" 1000 127.0.0.1:0; pid_of[baseline]=${pids[-1]}
   BENCH_LEVELLED=1 spawn baseburst "$BENCH_BASELINE" 1000 127.0.0.1:0; pid_of[baseburst]=${pids[-1]}
 fi
