@@ -348,18 +348,21 @@ impl Order {
                 repairs.push((i, tie, at, floor.to_bits()));
             }
         }
-        for (i, tie, at, k) in repairs {
-            keyed.rekey(i, tie, at, k);
-        }
         // The answer's first candidate, when this walk chose it, is counted here, under
-        // the lock, and its key raised to the floor that count gives: the next walk need
-        // not read it only to find its key behind (in a levelled burst, one of the
-        // `count` + 1 nodes each walk read).
-        let first = walker.first();
-        if let Some((i, tie, at)) = first
+        // the lock, and its key raised to the floor that count gives (at least the floor
+        // before it, so its repair waits for that): the next walk need not read it only
+        // to find its key behind (in a levelled burst, one of the `count` + 1 nodes each
+        // walk read).
+        let first = walker
+            .first()
             .map(|(i, tie)| (i, tie, keyed.place[i as usize]))
-            .filter(|&(.., at)| at != ABSENT)
-        {
+            .filter(|&(.., at)| at != ABSENT);
+        for (i, tie, at, k) in repairs {
+            if first.is_none_or(|(f, ..)| f != i) {
+                keyed.rekey(i, tie, at, k);
+            }
+        }
+        if let Some((i, tie, at)) = first {
             let m = &keyed.members[at as usize];
             herd.record_n(&m.assigned, walker.take_uncounted());
             let floor = m.basis.loads(&m.assigned, own.as_ref().unwrap_or(herd)).1;
