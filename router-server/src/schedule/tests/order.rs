@@ -83,10 +83,12 @@ impl Burst {
     }
 }
 
-/// The answer to `q` at `herd` (load, tie rank and index of each candidate, walking at
-/// once), and the three nodes the rules written out put first, computed before it: least
-/// projected load, then the tie rank, then the index.
+/// Candidates as load, tie rank and index.
 type Ranked = Vec<(f64, u64, usize)>;
+
+/// The answer to `q` at `herd` (walking at once), and the three nodes the rules written
+/// out put first, computed before it: least projected load, then the tie rank, then the
+/// index.
 fn answer_and_rules(
     s: &Snapshot,
     q: &crate::schedule::Query<'_>,
