@@ -11,6 +11,8 @@
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::util::stdout_of;
+
 /// Held while labs of dead processes are removed or made
 /// ([`crate::netns::leave_as_killed`]): tests of one process may build labs at once
 /// (`cargo test` runs them on threads).
@@ -35,19 +37,15 @@ fn owner(name: &str) -> Option<u32> {
 fn stale(name: &str) -> bool {
     owner(name).is_some_and(|pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        !status.lines().any(|l| l == format!("Tgid:\t{pid}"))
+        let tgid = format!("Tgid:\t{pid}");
+        !status.lines().any(|l| l == tgid)
     })
-}
-
-fn ip_out(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Links of the host's namespace that have IPv4 addresses: (name, its addresses with
 /// their prefix length).
 fn host_links() -> Vec<(String, Vec<String>)> {
-    ip_out(&["-br", "-4", "addr"])
+    stdout_of("ip", &["-br", "-4", "addr"])
         .lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
@@ -63,18 +61,18 @@ fn host_links() -> Vec<(String, Vec<String>)> {
 /// process is gone; the labs of this process (and of any live one) stay.
 pub(crate) fn sweep() {
     let _held = hold();
-    for ns in ip_out(&["netns", "list"])
+    for ns in stdout_of("ip", &["netns", "list"])
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .filter(|ns| stale(ns))
     {
-        for pid in ip_out(&["netns", "pids", ns]).split_whitespace() {
+        for pid in stdout_of("ip", &["netns", "pids", ns]).split_whitespace() {
             let _ = Command::new("kill").args(["-9", pid]).output();
         }
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
         eprintln!("removed namespace {ns}, left by a test process that is gone");
     }
-    let links = ip_out(&["-br", "link"]);
+    let links = stdout_of("ip", &["-br", "link"]);
     let names = links.lines().filter_map(|l| l.split(['@', ' ']).next());
     for link in names.filter(|l| stale(l)) {
         let _ = Command::new("ip").args(["link", "del", link]).output();

@@ -53,7 +53,7 @@ pub use metrics::{has_sample, sample};
 pub use node::{node_record, NodeJson};
 pub use process::{bin, rss_kib, run, Proc};
 pub use router::{gateway_ids, router_ctl, RouterProc};
-pub use util::{free_port, tool, wait_until, which};
+pub use util::{free_port, stdout_of, tool, wait_until, which};
 
 /// The registry's key prefix (`--prefix` left at its default), for reading and writing
 /// keys in etcd directly.

@@ -1,5 +1,5 @@
 //! Small helpers the rest of the harness builds on: free loopback ports, polling with
-//! a deadline instead of sleeping, finding programs on `PATH`, and running `ip`.
+//! a deadline instead of sleeping, finding programs on `PATH`, and running `ip` and other programs.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -62,6 +62,13 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
     which(name).unwrap_or_else(|| {
         panic!("`{name}` is needed: apt-get install {package} (scripts/deps.sh --test installs it)")
     })
+}
+
+/// What `program args`, which must run, wrote to its standard output.
+pub fn stdout_of(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output();
+    let out = out.unwrap_or_else(|e| panic!("run {program}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `ip args`, which must succeed.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use harness::netns::{leave_as_killed, Lab, Leftovers};
-use harness::{wait_until, Proc, P};
+use harness::{stdout_of, wait_until, Proc, P};
 
 /// Starts an agent for `id` in the lab's gateways' namespace, its load read from `load`.
 fn agent(lab: &Lab, id: &str, load: &std::path::Path) -> Proc {
@@ -500,19 +500,15 @@ fn a_lab_left_by_a_killed_run_is_removed_by_the_next() {
     } = leave_as_killed(NET);
     let lab = Lab::on_net(1, NET);
     lab.attach_host();
-    let out = |program: &str, args: &[&str]| {
-        let o = std::process::Command::new(program).args(args).output();
-        String::from_utf8_lossy(&o.unwrap().stdout).into_owned()
-    };
     let url = format!("{}/health", lab.endpoint(0));
-    let health = out("curl", &["-sS", "--max-time", "5", &url]);
+    let health = stdout_of("curl", &["-sS", "--max-time", "5", &url]);
     assert!(
         health.contains("true"),
         "the new lab's member answers the host: {health}"
     );
-    let links = out("ip", &["-br", "link"]);
+    let links = stdout_of("ip", &["-br", "link"]);
     assert!(!links.contains(&host), "the old lab's host link is gone");
-    let spaces = out("ip", &["netns", "list"]);
+    let spaces = stdout_of("ip", &["netns", "list"]);
     assert!(!spaces.contains(&hub), "the old lab's namespace is gone");
     wait_until(Duration::from_secs(5), "the orphan killed", || {
         orphan.try_wait().unwrap().is_some()
