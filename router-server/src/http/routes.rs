@@ -9,7 +9,7 @@
 //! long a body may take to arrive is the server's business ([`super::server`]).
 
 use gateway_api::ErrorCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -116,7 +116,7 @@ async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
         .map(|p| p.as_str().len())
         .unwrap_or(0);
     let route = route_label(req.extensions().get::<MatchedPath>());
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut resp = match uri_too_long(len, max) {
         Some(e) => e.into_response(),
         None => next.run(req).await,
@@ -130,7 +130,7 @@ async fn edge(State(api): State<Api>, req: Request, next: Next) -> Response {
         )
         .into_response();
     }
-    record(&api, route, resp.status(), start);
+    record(&api, route, resp.status(), start.elapsed());
     resp
 }
 
@@ -152,9 +152,10 @@ fn uri_too_long(len: usize, max: usize) -> Option<ApiError> {
     })
 }
 
-/// Counts and times one request (the edge middleware and the hot route alike).
-fn record(api: &Api, route: &'static str, status: StatusCode, start: std::time::Instant) {
-    let secs = start.elapsed().as_secs_f64();
+/// Counts one request and its time to answer (the edge middleware and the hot route
+/// alike).
+fn record(api: &Api, route: &'static str, status: StatusCode, took: Duration) {
+    let secs = took.as_secs_f64();
     let m = &api.metrics;
     let hot = match route {
         "/gateways" => Some(&api.hot_metrics),
@@ -201,16 +202,24 @@ pub struct HotRoute {
 pub type HotAnswer = dyn Fn(&Api, SocketAddr, &Uri, &HeaderMap) -> Response + Send + Sync;
 
 impl HotRoute {
-    /// Answers one request.
-    pub fn call(&self, peer: SocketAddr, uri: &Uri, headers: &HeaderMap) -> Response {
-        let start = std::time::Instant::now();
+    /// Answers one request that arrived at `start`; returns the answer and when it was
+    /// ready (the server reads the clock once at each end of a request, not once per
+    /// layer).
+    pub fn call(
+        &self,
+        start: Instant,
+        peer: SocketAddr,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> (Response, Instant) {
         let len = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
         let resp = match uri_too_long(len, self.api.config.load().http.max_uri_bytes) {
             Some(e) => e.into_response(),
             None => (self.answer)(&self.api, peer, uri, headers),
         };
-        record(&self.api, self.path, resp.status(), start);
-        resp
+        let end = Instant::now();
+        record(&self.api, self.path, resp.status(), end - start);
+        (resp, end)
     }
 }
 

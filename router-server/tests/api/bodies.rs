@@ -117,7 +117,9 @@ async fn the_hot_doh_route_answers_as_the_router_does() {
         "/dns-query".to_string(),
     ] {
         let uri: axum::http::Uri = uri.parse().unwrap();
-        let fast = hot.call(peer, &uri, &axum::http::HeaderMap::new());
+        let start = std::time::Instant::now();
+        let (fast, end) = hot.call(start, peer, &uri, &axum::http::HeaderMap::new());
+        assert!(end >= start, "{uri}: answered before it arrived");
         let slow = app
             .router
             .clone()

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -43,13 +43,17 @@ pub(super) struct ConnService {
 struct InFlight {
     slot: Arc<Slot>,
     table: Arc<ConnTable>,
+    /// When the answer was ready, if the route said (the hot routes do): the
+    /// connection's idle time starts then, without another read of the clock.
+    answered: Option<Instant>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.slot.served.fetch_add(1, Ordering::Relaxed);
         if self.slot.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.table.set_phase(&self.slot, Phase::Idle);
+            let at = self.answered.unwrap_or_else(Instant::now);
+            self.table.set_phase_at(&self.slot, Phase::Idle, at);
         }
     }
 }
@@ -73,8 +77,11 @@ impl ConnService {
         req: Request<Incoming>,
     ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
     {
+        // The one reading of the clock at the request's start: its phase and, on a hot
+        // route, its latency.
+        let start = Instant::now();
         if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            let now = self.table.set_phase(&self.slot, Phase::Busy);
+            let now = self.table.set_phase_at(&self.slot, Phase::Busy, start);
             // The connection's timer must look at a busy connection within the stall
             // limit; on a connection in use it already does.
             self.slot.watch_by(now + self.stall_ms);
@@ -83,9 +90,10 @@ impl ConnService {
         if req.version() <= Version::HTTP_11 && !self.slot.http1.load(Ordering::Relaxed) {
             self.slot.http1.store(true, Ordering::Relaxed);
         }
-        let guard = InFlight {
+        let mut guard = InFlight {
             slot: self.slot.clone(),
             table: self.table.clone(),
+            answered: None,
         };
         let http1 = req.version() <= Version::HTTP_11;
         let no_host = req.version() == Version::HTTP_11
@@ -104,11 +112,11 @@ impl ConnService {
                 .then(|| self.app.hot_for(req.uri().path()))
                 .flatten();
             match hot {
-                Some(hot) => Either::Left(std::future::ready(hot.call(
-                    self.peer,
-                    req.uri(),
-                    req.headers(),
-                ))),
+                Some(hot) => {
+                    let (resp, end) = hot.call(start, self.peer, req.uri(), req.headers());
+                    guard.answered = Some(end);
+                    Either::Left(std::future::ready(resp))
+                }
                 _ => {
                     let mut req = if req.body().is_end_stream() {
                         req.map(Body::new)

@@ -213,7 +213,19 @@ impl ConnTable {
 
     /// Sets `slot`'s phase as of now; returns now (ms since the epoch).
     pub(super) fn set_phase(&self, slot: &Slot, phase: Phase) -> u64 {
-        let now = self.now_ms();
+        self.set_phase_ms(slot, phase, self.now_ms())
+    }
+
+    /// Sets `slot`'s phase as of `at` (a reading of std's clock the caller made);
+    /// returns it in ms since the epoch.
+    pub(super) fn set_phase_at(&self, slot: &Slot, phase: Phase, at: std::time::Instant) -> u64 {
+        let ms = at
+            .saturating_duration_since(self.epoch.into_std())
+            .as_millis() as u64;
+        self.set_phase_ms(slot, phase, ms)
+    }
+
+    fn set_phase_ms(&self, slot: &Slot, phase: Phase, now: u64) -> u64 {
         slot.phase.store(phase as u8, Ordering::Relaxed);
         slot.since_ms.store(now, Ordering::Relaxed);
         slot.head_ms.store(NO_HEAD, Ordering::Relaxed);
