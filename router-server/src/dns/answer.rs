@@ -13,6 +13,7 @@ use smallvec::SmallVec;
 use super::records::address;
 use super::zone::Target;
 use super::Dns;
+use crate::identity::RegionTable;
 use crate::schedule::{select_weighted, Query as Wanted, Rules};
 
 /// The answer to one question, before it is put in a message.
@@ -113,7 +114,13 @@ impl Dns {
             (Target::Gateways { region, .. }, _) => {
                 if region.is_some()
                     && self
-                        .with_region(region.as_deref(), client, None, |_| ())
+                        .with_region(
+                            &self.serving.regions.load(),
+                            region.as_deref(),
+                            client,
+                            None,
+                            |_| (),
+                        )
                         .is_none()
                 {
                     found.rcode = ResponseCode::NXDomain;
@@ -154,8 +161,8 @@ impl Dns {
             IpFamily::V4
         };
         let proto = proto.unwrap_or(self.cfg.proto);
-        self.with_region(region, client, subnet, |region| {
-            let regions = self.serving.regions.load();
+        let regions = self.serving.regions.load();
+        self.with_region(&regions, region, client, subnet, |region| {
             let isp = regions.isp(subnet.unwrap_or(client));
             self.gateways(region, isp, proto, family, weight)
         })
@@ -166,12 +173,12 @@ impl Dns {
     /// address.
     fn with_region<R>(
         &self,
+        regions: &RegionTable,
         named: Option<&str>,
         client: IpAddr,
         subnet: Option<IpAddr>,
         f: impl FnOnce(Option<&str>) -> R,
     ) -> Option<R> {
-        let regions = self.serving.regions.load();
         let Some(label) = named else {
             return Some(f(regions.lookup(subnet.unwrap_or(client))));
         };

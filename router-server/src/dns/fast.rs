@@ -12,6 +12,8 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+use smallvec::SmallVec;
+
 use hickory_proto::op::{Edns, Header, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsCode;
 use hickory_proto::rr::{DNSClass, Record, RecordType};
@@ -35,7 +37,10 @@ pub(super) struct Question<'a> {
     pub(super) header: Header,
     /// The question's bytes as sent (name, type, class), echoed in the answer.
     raw: &'a [u8],
-    pub(super) query: Query,
+    /// The name's labels, first to last, read in place.
+    labels: SmallVec<[&'a [u8]; 8]>,
+    /// A or AAAA.
+    pub(super) qtype: RecordType,
     pub(super) edns: Option<Edns>,
 }
 
@@ -66,19 +71,19 @@ impl<'a> Question<'a> {
         {
             return None;
         }
+        // The question is read in place: its name is labels only (a name compressed in
+        // the question is legal but never seen, and the echo below copies the question
+        // whole, so a pointer in it would point elsewhere).
         let start = d.index();
-        let query = Query::read(&mut d).ok()?;
-        let raw = &packet[start..d.index()];
-        // A name compressed in the question is legal but never seen: the echo below
-        // copies the question whole, so a pointer in it would point elsewhere.
-        if !plain_labels(raw) {
+        let (labels, name_len) = plain_name(&packet[start..])?;
+        let fixed = packet.get(start + name_len..start + name_len + 4)?;
+        let raw = &packet[start..start + name_len + 4];
+        let qtype = RecordType::from(u16::from_be_bytes([fixed[0], fixed[1]]));
+        let class = DNSClass::from(u16::from_be_bytes([fixed[2], fixed[3]]));
+        if class != DNSClass::IN || !matches!(qtype, RecordType::A | RecordType::AAAA) {
             return None;
         }
-        if query.query_class() != DNSClass::IN
-            || !matches!(query.query_type(), RecordType::A | RecordType::AAAA)
-        {
-            return None;
-        }
+        d.read_slice(raw.len()).ok()?;
         let edns = match header.additional_count() {
             0 => None,
             _ => {
@@ -96,26 +101,41 @@ impl<'a> Question<'a> {
         Some(Question {
             header,
             raw,
-            query,
+            labels,
+            qtype,
             edns,
         })
     }
+
+    /// The question as the full encoder takes it (decoded again: only an answer the
+    /// fast path found nothing for needs it).
+    pub(super) fn query(&self) -> Option<Query> {
+        Query::read(&mut BinDecoder::new(self.raw)).ok()
+    }
 }
 
-/// Whether the name at the start of a question is labels only, with no pointer.
-fn plain_labels(raw: &[u8]) -> bool {
+/// The labels of the name at the start of `raw`, first to last, and its length on the
+/// wire; `None` unless it is labels only (no pointer), each of at most 63 bytes, the
+/// whole at most 255 (RFC 1035 §3.1; the full decoder's limits too).
+pub(super) fn plain_name(raw: &[u8]) -> Option<(SmallVec<[&[u8]; 8]>, usize)> {
+    let mut labels = SmallVec::new();
     let mut i = 0;
-    while let Some(&len) = raw.get(i) {
+    loop {
+        let len = usize::from(*raw.get(i)?);
         if len == 0 {
-            return true;
+            return (i < MAX_NAME).then_some((labels, i + 1));
         }
-        if len & 0xC0 != 0 {
-            return false;
+        // 0xC0 is a pointer, 0x40 and 0x80 are reserved: neither is a length.
+        if len & 0xC0 != 0 || i + 1 + len >= MAX_NAME {
+            return None;
         }
-        i += 1 + len as usize;
+        labels.push(raw.get(i + 1..i + 1 + len)?);
+        i += 1 + len;
     }
-    false
 }
+
+/// The longest name on the wire, its final root label included.
+const MAX_NAME: usize = 255;
 
 impl Dns {
     /// Answers `q` into `out` when it asks for a gateway name's addresses (and the
@@ -131,9 +151,7 @@ impl Dns {
         let Some(zone) = &self.zone else {
             return Fast::Declined;
         };
-        let name = q.query.name();
-        let labels: smallvec::SmallVec<[&[u8]; 8]> = name.iter().collect();
-        let Target::Gateways { region, proto } = zone.classify_labels(labels.iter().copied())
+        let Target::Gateways { region, proto } = zone.classify_labels(q.labels.iter().copied())
         else {
             return Fast::Declined;
         };
@@ -154,7 +172,7 @@ impl Dns {
         }
         let subnet = client_subnet(q.edns.as_ref());
         let weight = self.herd_weight(client, pass, self.transport_weight(transport));
-        let qtype = q.query.query_type();
+        let qtype = q.qtype;
         let ips = self.gateway_addrs(region.as_deref(), proto, qtype, client, subnet, weight);
         let ips = match ips {
             Some(ips) if !ips.is_empty() => ips,

@@ -144,6 +144,71 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The fast path reads a question's name as the full decoder does: the same labels
+    /// and length for every name of labels only, and none for what the decoder refuses
+    /// (a label over 63 bytes, a name over 255, a reserved length code, no end). A
+    /// pointer is left to the full path.
+    #[test]
+    fn a_name_is_read_in_place_as_the_decoder_reads_it(
+        labels in prop::collection::vec(
+            (prop::sample::select(vec![1u8, 2, 5, 30, 62, 63, 64, 0x40, 0x80, 0xC0]),
+             any::<u8>()),
+            0..12,
+        ),
+        end in prop::sample::select(vec![Some(0u8), Some(0xC0), None]),
+    ) {
+        let mut raw = Vec::new();
+        for (len, fill) in &labels {
+            raw.push(*len);
+            raw.extend(std::iter::repeat_n(*fill, usize::from(len & 0x3F)));
+        }
+        raw.extend(end);
+        raw.extend([0, 1, 0, 1]);
+        let mut d = hickory_proto::serialize::binary::BinDecoder::new(&raw);
+        let decoded = <hickory_proto::rr::Name as hickory_proto::serialize::binary::BinDecodable>::read(&mut d);
+        // Whether the name, read label by label, reaches a pointer.
+        let mut i = 0;
+        let pointer = loop {
+            match raw.get(i) {
+                Some(&len) if len & 0xC0 == 0xC0 => break true,
+                Some(&len) if len != 0 && len & 0xC0 == 0 => i += 1 + usize::from(len),
+                _ => break false,
+            }
+        };
+        let read = super::fast::plain_name(&raw);
+        match (read, decoded) {
+            (Some((read, len)), Ok(name)) => {
+                let want: Vec<&[u8]> = name.iter().collect();
+                prop_assert_eq!(read.to_vec(), want);
+                prop_assert_eq!(len, d.index());
+            }
+            (Some(read), Err(e)) => prop_assert!(false, "read {:?}, the decoder refused: {}", read, e),
+            (None, Ok(name)) => prop_assert!(pointer, "the decoder read {} from labels only", name),
+            (None, Err(_)) => {}
+        };
+    }
+}
+
+#[test]
+fn a_name_of_255_bytes_is_read_in_place_and_one_of_256_is_not() {
+    // 3 labels of 63 and one of 61: 4 + 63 * 3 + 61 + the root = 255 bytes.
+    let name = |last: u8| {
+        let mut raw = Vec::new();
+        for len in [63, 63, 63, last] {
+            raw.push(len);
+            raw.extend(std::iter::repeat_n(b'a', usize::from(len)));
+        }
+        raw.push(0);
+        raw
+    };
+    assert_eq!(
+        super::fast::plain_name(&name(61)).map(|(_, len)| len),
+        Some(255)
+    );
+    assert!(super::fast::plain_name(&name(62)).is_none());
+}
+
 /// The common queries do take the fast path (the comparison above is not empty).
 #[test]
 fn a_gateway_question_is_answered_on_the_fast_path() {

@@ -62,12 +62,7 @@ impl Dns {
         match transport {
             // Anyone can forge a UDP source: the block list only, no budget (response-
             // rate limiting is UDP's budget).
-            Transport::Udp => match guard.blocked(client) {
-                Some(_) => None,
-                None => Some(Pass {
-                    exempt: guard.allowed(client),
-                }),
-            },
+            Transport::Udp => guard.screen(client),
             _ => guard.check(client).ok(),
         }
     }
@@ -133,8 +128,9 @@ impl Dns {
                     Fast::Written(ttl) => return Some(ttl),
                     Fast::Found(found) => {
                         let mut reply = reply_to(&q.header, q.edns.as_ref());
-                        reply.add_query(q.query.clone());
-                        let label = qtype_label_of(q.query.query_type());
+                        // The name was read whole by the fast path: it decodes.
+                        reply.add_query(q.query()?);
+                        let label = qtype_label_of(q.qtype);
                         return self.finish(reply, found, q.edns.as_ref(), transport, label, out);
                     }
                     Fast::Declined => {}

@@ -7,11 +7,13 @@
 //!
 //! Anything else under the zone does not exist; a name outside it is not ours.
 
+use std::borrow::Cow;
+
 use registry::Proto;
 
-/// What a query name means.
+/// What a query name means (borrowing the query's region label when it is UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub enum Target<'a> {
     /// Outside the zone: refused, never recursed.
     Outside,
     /// Under the zone, but no such name.
@@ -19,7 +21,7 @@ pub enum Target {
     /// Gateways: for `region` (the client's when `None`), serving `proto`.
     Gateways {
         /// The region's label as asked (matched against region names without case).
-        region: Option<String>,
+        region: Option<Cow<'a, str>>,
         /// The protocol named, else the zone's default.
         proto: Option<Proto>,
     },
@@ -52,7 +54,7 @@ impl Zone {
     }
 
     /// The meaning of `name` (any case, with or without the final dot).
-    pub fn classify(&self, name: &str) -> Target {
+    pub fn classify<'a>(&self, name: &'a str) -> Target<'a> {
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.is_empty() {
             return Target::Outside;
@@ -65,7 +67,7 @@ impl Zone {
     pub fn classify_labels<'a>(
         &self,
         labels: impl DoubleEndedIterator<Item = &'a [u8]> + Clone,
-    ) -> Target {
+    ) -> Target<'a> {
         let mut rest = labels.clone();
         for apex in self.apex_labels.iter().rev() {
             match rest.next_back() {
@@ -107,7 +109,7 @@ impl Zone {
             _ => return Target::Missing,
         };
         Target::Gateways {
-            region: Some(String::from_utf8_lossy(region).into_owned()),
+            region: Some(String::from_utf8_lossy(region)),
             proto,
         }
     }
@@ -117,9 +119,9 @@ impl Zone {
 mod tests {
     use super::*;
 
-    fn gw(region: Option<&str>, proto: Option<Proto>) -> Target {
+    fn gw(region: Option<&str>, proto: Option<Proto>) -> Target<'_> {
         Target::Gateways {
-            region: region.map(str::to_string),
+            region: region.map(Cow::Borrowed),
             proto,
         }
     }

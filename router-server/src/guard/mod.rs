@@ -180,6 +180,19 @@ impl Guard {
         Some(reason)
     }
 
+    /// Lets `ip` through unless it is blocked, charging no budget: the check for
+    /// sources that can be spoofed (UDP, whose budget is response-rate limiting).
+    pub fn screen(&self, ip: IpAddr) -> Option<Pass> {
+        let lists = self.lists.load();
+        if lists.blocked(ip).is_some() {
+            self.metrics.blocked.inc();
+            return None;
+        }
+        Some(Pass {
+            exempt: lists.allowed(ip),
+        })
+    }
+
     /// Lets `ip` through or says why not, charging one request to its network's
     /// budget. For sources that cannot be spoofed.
     pub fn check(&self, ip: IpAddr) -> Result<Pass, Refusal> {
