@@ -39,22 +39,25 @@ pub(super) struct ConnService {
     pub(super) stall_ms: u64,
 }
 
-/// Keeps a request counted as in flight until its answer is produced.
+/// Keeps a request counted as in flight until its answer is produced (a request the
+/// framework's router answers; a hot route's answer is ready when `call` returns).
 struct InFlight {
     slot: Arc<Slot>,
     table: Arc<ConnTable>,
-    /// When the answer was ready, if the route said (the hot routes do): the
-    /// connection's idle time starts then, without another read of the clock.
-    answered: Option<Instant>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.slot.served.fetch_add(1, Ordering::Relaxed);
-        if self.slot.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let at = self.answered.unwrap_or_else(Instant::now);
-            self.table.set_phase_at(&self.slot, Phase::Idle, at);
-        }
+        answered(&self.slot, &self.table, Instant::now());
+    }
+}
+
+/// A request of `slot`'s is answered, at `at`: the connection is idle from then when
+/// it was its last in flight.
+fn answered(slot: &Slot, table: &ConnTable, at: Instant) {
+    slot.served.fetch_add(1, Ordering::Relaxed);
+    if slot.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+        table.set_phase_at(slot, Phase::Idle, at);
     }
 }
 
@@ -90,64 +93,70 @@ impl ConnService {
         if req.version() <= Version::HTTP_11 && !self.slot.http1.load(Ordering::Relaxed) {
             self.slot.http1.store(true, Ordering::Relaxed);
         }
-        let mut guard = InFlight {
-            slot: self.slot.clone(),
-            table: self.table.clone(),
-            answered: None,
-        };
         let http1 = req.version() <= Version::HTTP_11;
         let no_host = req.version() == Version::HTTP_11
             && req.uri().authority().is_none()
             && !req.headers().contains_key(header::HOST);
-        let draining = self.draining.clone();
-        // Set by a body's deadline; only a request with a body has one (the hot route
-        // allocates nothing for it).
-        let mut expired: Option<Arc<AtomicBool>> = None;
-        let answer = if no_host {
-            Either::Left(std::future::ready(
-                ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response(),
-            ))
+        // Answered here, without waiting: the future returned holds no handle of the
+        // connection's (each would be a shared count to raise and drop per request).
+        let ready = if no_host {
+            let resp = ApiError::invalid("an HTTP/1.1 request needs a Host header").into_response();
+            Some((resp, Instant::now()))
         } else {
-            let hot = (req.method() == Method::GET)
+            (req.method() == Method::GET)
                 .then(|| self.app.hot_for(req.uri().path()))
-                .flatten();
-            match hot {
-                Some(hot) => {
-                    let (resp, end) = hot.call(start, self.peer, req.uri(), req.headers());
-                    guard.answered = Some(end);
-                    Either::Left(std::future::ready(resp))
-                }
-                _ => {
-                    let mut req = if req.body().is_end_stream() {
-                        req.map(Body::new)
-                    } else {
-                        let limit = self.body_timeout;
-                        let flag = expired.insert(Arc::new(AtomicBool::new(false))).clone();
-                        req.map(|inner| {
-                            Body::new(TimedBody {
-                                inner,
-                                deadline: Box::pin(tokio::time::sleep(limit)),
-                                limit,
-                                expired: flag,
-                                done: false,
-                            })
-                        })
-                    };
-                    req.extensions_mut().insert(ConnectInfo(self.peer));
-                    Either::Right(self.app.router.clone().oneshot(req))
-                }
-            }
+                .flatten()
+                .map(|hot| hot.call(start, self.peer, req.uri(), req.headers()))
         };
-        let (slot, limit, timeouts) = (
+        if let Some((mut resp, end)) = ready {
+            if http1 && self.draining.load(Ordering::Relaxed) {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            answered(&self.slot, &self.table, end);
+            return Either::Left(std::future::ready(Ok(resp)));
+        }
+        Either::Right(self.routed(req, http1))
+    }
+
+    /// A request for the framework's router, with the body deadline on its body.
+    fn routed(
+        &self,
+        req: Request<Incoming>,
+        http1: bool,
+    ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
+    {
+        let guard = InFlight {
+            slot: self.slot.clone(),
+            table: self.table.clone(),
+        };
+        // Set by a body's deadline; only a request with a body has one.
+        let mut expired: Option<Arc<AtomicBool>> = None;
+        let mut req = if req.body().is_end_stream() {
+            req.map(Body::new)
+        } else {
+            let limit = self.body_timeout;
+            let flag = expired.insert(Arc::new(AtomicBool::new(false))).clone();
+            req.map(|inner| {
+                Body::new(TimedBody {
+                    inner,
+                    deadline: Box::pin(tokio::time::sleep(limit)),
+                    limit,
+                    expired: flag,
+                    done: false,
+                })
+            })
+        };
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        let routed = self.app.router.clone().oneshot(req);
+        let (slot, limit, timeouts, draining) = (
             self.slot.clone(),
             self.body_timeout,
             self.body_timeouts.clone(),
+            self.draining.clone(),
         );
         async move {
-            let mut resp = match answer {
-                Either::Left(ready) => ready.await,
-                Either::Right(routed) => routed.await.unwrap_or_else(|e| match e {}),
-            };
+            let mut resp = routed.await.unwrap_or_else(|e| match e {});
             if expired.is_some_and(|e| e.load(Ordering::Relaxed)) {
                 // Whatever the handler answered to the failed read, the client hears
                 // why, and the connection goes: the rest of its body is not wanted.
