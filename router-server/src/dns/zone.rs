@@ -75,34 +75,35 @@ impl Zone {
                 _ => return Target::Outside,
             }
         }
-        let sub: smallvec::SmallVec<[&[u8]; 4]> = rest.collect();
-        if sub.is_empty() {
+        // `rest` holds the labels under the apex, read in place (no copy of the list).
+        let mut under = rest.clone();
+        let Some(first) = under.next() else {
             return Target::Gateways {
                 region: None,
                 proto: None,
             };
-        }
-        if sub.iter().any(|l| l.is_empty()) {
+        };
+        if rest.clone().any(<[u8]>::is_empty) {
             return Target::Missing;
         }
-        let whole: smallvec::SmallVec<[&[u8]; 8]> = labels.collect();
-        if self.nameservers.iter().any(|ns| {
-            ns.len() == whole.len()
+        let is_ns = |ns: &Vec<Box<[u8]>>| {
+            ns.len() == labels.clone().count()
                 && ns
                     .iter()
-                    .zip(&whole)
+                    .zip(labels.clone())
                     .all(|(a, b)| a.eq_ignore_ascii_case(b))
-        }) {
+        };
+        if self.nameservers.iter().any(is_ns) {
             return Target::NameServer;
         }
-        let (proto, region) = match sub.as_slice() {
-            [region] => (None, *region),
-            [proto, region] => {
+        let (proto, region) = match (under.next(), under.next()) {
+            (None, _) => (None, first),
+            (Some(region), None) => {
                 match Proto::ALL
                     .into_iter()
-                    .find(|x| x.as_str().as_bytes().eq_ignore_ascii_case(proto))
+                    .find(|x| x.as_str().as_bytes().eq_ignore_ascii_case(first))
                 {
-                    Some(p) => (Some(p), *region),
+                    Some(p) => (Some(p), region),
                     None => return Target::Missing,
                 }
             }
