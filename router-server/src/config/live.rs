@@ -29,6 +29,12 @@ impl LiveConfig {
         self.0.load_full()
     }
 
+    /// The handle itself, for a thread's cache of it (see
+    /// [`crate::state::Serving::read`]).
+    pub(crate) fn swap(&self) -> &Arc<ArcSwap<FileConfig>> {
+        &self.0
+    }
+
     /// Puts `config` in force.
     pub fn store(&self, config: FileConfig) {
         self.0.store(Arc::new(config));

@@ -13,8 +13,8 @@ use smallvec::SmallVec;
 use super::records::address;
 use super::zone::Target;
 use super::Dns;
-use crate::identity::RegionTable;
 use crate::schedule::{select_weighted, Query as Wanted, Rules};
+use crate::state::Reading;
 
 /// The answer to one question, before it is put in a message.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,13 +114,10 @@ impl Dns {
             (Target::Gateways { region, .. }, _) => {
                 if region.is_some()
                     && self
-                        .with_region(
-                            &self.serving.regions.load(),
-                            region.as_deref(),
-                            client,
-                            None,
-                            |_| (),
-                        )
+                        .serving
+                        .read(&self.config, |r| {
+                            self.with_region(r, region.as_deref(), client, None, |_| ())
+                        })
                         .is_none()
                 {
                     found.rcode = ResponseCode::NXDomain;
@@ -161,42 +158,43 @@ impl Dns {
             IpFamily::V4
         };
         let proto = proto.unwrap_or(self.cfg.proto);
-        let regions = self.serving.regions.load();
-        self.with_region(&regions, region, client, subnet, |region| {
-            let isp = regions.isp(subnet.unwrap_or(client));
-            self.gateways(region, isp, proto, family, weight)
+        self.serving.read(&self.config, |r| {
+            self.with_region(r, region, client, subnet, |region| {
+                let isp = r.regions.isp(subnet.unwrap_or(client));
+                self.gateways(r, region, isp, proto, family, weight)
+            })
         })
     }
 
     /// `f` of the region of an answer: the one named, when the fleet or the
     /// configuration knows it (`None` when not); else the client's, by its subnet or
     /// address.
-    fn with_region<R>(
+    fn with_region<'r, R>(
         &self,
-        regions: &RegionTable,
+        r: &Reading<'r>,
         named: Option<&str>,
         client: IpAddr,
         subnet: Option<IpAddr>,
-        f: impl FnOnce(Option<&str>) -> R,
+        f: impl FnOnce(Option<&'r str>) -> R,
     ) -> Option<R> {
         let Some(label) = named else {
-            return Some(f(regions.lookup(subnet.unwrap_or(client))));
+            return Some(f(r.regions.lookup(subnet.unwrap_or(client))));
         };
-        if let Some(r) = regions.named(label) {
-            return Some(f(Some(r)));
+        if let Some(region) = r.regions.named(label) {
+            return Some(f(Some(region)));
         }
-        let snap = self.serving.snapshot.load();
-        let found = snap
-            .as_deref()?
+        let found = r
+            .snapshot?
             .regions()
-            .find(|r| r.eq_ignore_ascii_case(label));
-        found.map(|r| f(Some(r)))
+            .find(|region| region.eq_ignore_ascii_case(label));
+        found.map(|region| f(Some(region)))
     }
 
     /// The addresses of up to `dns.count` gateways for `region` (`isp`'s line first),
     /// least loaded first, each once, counted in the herd accounting as `weight` clients.
     fn gateways(
         &self,
+        r: &Reading<'_>,
         region: Option<&str>,
         isp: Option<&str>,
         proto: Proto,
@@ -204,20 +202,18 @@ impl Dns {
         weight: u64,
     ) -> SmallVec<[IpAddr; 8]> {
         let mut ips = SmallVec::new();
-        let snap = self.serving.snapshot.load();
-        let Some(snap) = snap.as_deref() else {
+        let Some(snap) = r.snapshot else {
             return ips;
         };
-        let config = self.config.load();
+        let config = r.config;
         let fallbacks = region
             .and_then(|r| config.regions.fallbacks.get(r))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let policies = self.serving.policies.load();
-        let demotions = self.serving.feedback.demotions.load();
-        let steer = policies
+        let steer = r
+            .policies
             .steer(region, isp)
-            .demoting(demotions.for_network(region, isp));
+            .demoting(r.demotions.for_network(region, isp));
         let wanted = Wanted {
             proto,
             count: self.cfg.count,

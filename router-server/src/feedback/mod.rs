@@ -157,8 +157,9 @@ struct Inner {
 #[derive(Default)]
 pub struct Feedback {
     inner: Mutex<Inner>,
-    /// What answers read.
-    pub demotions: ArcSwap<Demotions>,
+    /// What answers read (in an `Arc` so that request threads can keep a cache of it:
+    /// see [`crate::state::Serving::read`]).
+    pub demotions: Arc<ArcSwap<Demotions>>,
 }
 
 /// The ticks a window of `cfg` holds.

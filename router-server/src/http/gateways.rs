@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request};
@@ -20,8 +19,8 @@ use crate::config::LiveConfig;
 use crate::identity::client_ip;
 use crate::metrics::Metrics;
 use crate::metrics::{RequestLabels, RouteLabels};
-use crate::schedule::{select_weighted, Query, Rules, Snapshot};
-use crate::state::{AppState, FleetStatus, Serving};
+use crate::schedule::{select_weighted, Query, Rules};
+use crate::state::{AppState, FleetStatus, Reading, Serving};
 
 /// Everything the router serves.
 #[derive(Clone)]
@@ -143,21 +142,9 @@ fn peer_addr(req: &Request) -> Option<SocketAddr> {
         .or_else(|| ext.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0))
 }
 
-/// A thread's view of the served snapshot: `arc_swap::Cache` checks one pointer per
-/// request and touches no shared refcount unless the snapshot changed.
-type SnapshotCache = arc_swap::Cache<Arc<ArcSwapOption<Snapshot>>, Option<Arc<Snapshot>>>;
-
-/// What each worker thread keeps between requests.
-#[derive(Default)]
-struct PerThread {
-    /// Snapshot cache, for the router (`Serving`) it was made for.
-    snapshot: Option<SnapshotCache>,
-    /// Where answers are written, then copied out at their exact size.
-    buf: Vec<u8>,
-}
-
 thread_local! {
-    static PER_THREAD: std::cell::RefCell<PerThread> = std::cell::RefCell::default();
+    /// Where this thread writes answers, then copies them out at their exact size.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The answer to `GET /gateways` from `peer`, for the server's hot route and for the
@@ -172,23 +159,42 @@ fn gateways(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cfg = api.config.load();
+    let body = api
+        .serving
+        .read(&api.config, |r| body(api, r, peer, uri, headers))?;
+    let mut resp = Response::new(Body::from(body));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// The answer's bytes, from what `r` read.
+fn body(
+    api: &Api,
+    r: &Reading<'_>,
+    peer: SocketAddr,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Bytes, ApiError> {
+    let cfg = r.config;
     // Headers and query are read in place: this is the hot path.
     // IPv4 clients of a dual-stack listener arrive as IPv4-mapped IPv6 addresses.
     let peer_ip = peer.ip().to_canonical();
     let ip = client_ip(peer_ip, headers, &cfg.trusted_proxies);
-    super::forwarded::note(&cfg, &api.metrics.edge, peer_ip, headers);
+    super::forwarded::note(cfg, &api.metrics.edge, peer_ip, headers);
     let guard = &api.serving.guard;
     let pass = guard.check(ip).map_err(ApiError::refused)?;
     let params = parse_params(uri.query())?;
-    let regions = api.serving.regions.load();
-    let region = params.region.as_deref().or_else(|| regions.lookup(ip));
-    let isp = params.isp.as_deref().or_else(|| regions.isp(ip));
-    let policies = api.serving.policies.load();
-    let demotions = api.serving.feedback.demotions.load();
-    let steer = policies
+    let region = params.region.as_deref().or_else(|| r.regions.lookup(ip));
+    let isp = params.isp.as_deref().or_else(|| r.regions.isp(ip));
+    let steer = r
+        .policies
         .steer(region, isp)
-        .demoting(demotions.for_network(region, isp));
+        .demoting(r.demotions.for_network(region, isp));
     let fallbacks = region
         .and_then(|r| cfg.regions.fallbacks.get(r))
         .map(Vec::as_slice)
@@ -201,62 +207,49 @@ fn gateways(
         family: params.family,
         steer,
     };
-    let body = PER_THREAD.with_borrow_mut(|t| {
-        // One process may run several routers (tests do): the cache follows this one.
-        let cache = match &mut t.snapshot {
-            Some(c) if std::ptr::eq(c.arc_swap(), &*api.serving.snapshot) => c,
-            slot => slot.insert(SnapshotCache::new(api.serving.snapshot.clone())),
-        };
-        let Some(snap) = cache.load().as_deref() else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::NotReady,
-                "the registry has not been loaded yet",
-            )
-            .retry_after(1));
-        };
-        let rules = Rules {
-            herd: api.serving.herd_view(),
-            max_load: cfg.max_load,
-            fallbacks,
-        };
-        let chosen = select_weighted(snap, &query, rules, api.serving.herd_weight(ip, pass, 1));
-        if chosen.is_empty() {
-            api.metrics.edge.no_gateways.inc();
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::NoGateways,
-                "no eligible gateway for this request",
-            )
-            .retry_after(5));
-        }
-        t.buf.clear();
-        let tail = &api.serving.answer_tail;
-        // Each candidate's entry looked up once (an index into the persistent vector
-        // of nodes is a walk down its tree).
-        let nodes: smallvec::SmallVec<[_; 3]> =
-            chosen.iter().map(|c| (&snap.nodes[c.index], c)).collect();
-        let entries = nodes
-            .iter()
-            .map(|(e, c)| (e.json.entry(params.proto, c.ip), c.load));
-        // An answer naming a node protect holds, or one of a registry out of reach, is
-        // stale however fresh the rest is; so is every answer while this router's view
-        // is further behind etcd than `max_lag_ms`.
-        let stale = snap.stale
-            || api
-                .serving
-                .lagging
-                .load(std::sync::atomic::Ordering::Relaxed)
-            || nodes.iter().any(|(e, _)| e.held);
-        render_answer(&mut t.buf, entries, region, tail, snap.revision, stale);
-        Ok(Bytes::copy_from_slice(&t.buf))
-    })?;
-    let mut resp = Response::new(Body::from(body));
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    let Some(snap) = r.snapshot else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotReady,
+            "the registry has not been loaded yet",
+        )
+        .retry_after(1));
+    };
+    let rules = Rules {
+        herd: api.serving.herd_view(),
+        max_load: cfg.max_load,
+        fallbacks,
+    };
+    let chosen = select_weighted(snap, &query, rules, api.serving.herd_weight(ip, pass, 1));
+    if chosen.is_empty() {
+        api.metrics.edge.no_gateways.inc();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NoGateways,
+            "no eligible gateway for this request",
+        )
+        .retry_after(5));
+    }
+    let tail = &api.serving.answer_tail;
+    // Each candidate's entry looked up once (an index into the persistent vector
+    // of nodes is a walk down its tree).
+    let nodes: smallvec::SmallVec<[_; 3]> =
+        chosen.iter().map(|c| (&snap.nodes[c.index], c)).collect();
+    let entries = nodes
+        .iter()
+        .map(|(e, c)| (e.json.entry(params.proto, c.ip), c.load));
+    // An answer naming a node protect holds, or one of a registry out of reach, is
+    // stale however fresh the rest is; so is every answer while this router's view
+    // is further behind etcd than `max_lag_ms`.
+    let stale = snap.stale
+        || api
+            .serving
+            .lagging
+            .load(std::sync::atomic::Ordering::Relaxed)
+        || nodes.iter().any(|(e, _)| e.held);
+    Ok(BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        render_answer(buf, entries, region, tail, snap.revision, stale);
+        Bytes::copy_from_slice(buf)
+    }))
 }

@@ -4,6 +4,8 @@
 //!   an `ArcSwapOption`: one atomic load, no lock), the answer's tail, the region
 //!   table, the guard, the herd's inputs, the stale mark, the routers' addresses.
 //!   `/gateways`, DNS, DoH, `/resolve`, `/d` and the admin API's node list read it.
+//!   An answer reads the swapped values through its thread's caches
+//!   ([`Serving::read`], `reading.rs`).
 //! * [`FleetStatus`] (`status.rs`): the fleet as the router follows it — invalid
 //!   records, protect, each registry's health, lag and alarms, the live routers, the
 //!   last sync, going away. `/ops`, `/ops/*.json`, `/readyz` and `/metrics` read it;
@@ -14,6 +16,7 @@
 //! [`AppState`] holds the four: `run` builds it and hands each edge and each task the
 //! handles it reads or writes, never the whole.
 
+mod reading;
 mod serving;
 mod status;
 
@@ -22,6 +25,7 @@ use std::sync::Arc;
 use crate::config::{FileConfig, LiveConfig};
 use crate::metrics::Metrics;
 
+pub use reading::Reading;
 pub use serving::{region_table, Serving};
 pub use status::{FleetStatus, Peer, RegistryStatus};
 

@@ -21,13 +21,13 @@ use crate::schedule::Snapshot;
 /// mark) and the guard's followers (its lists). The rest is fixed at start.
 pub struct Serving {
     /// The served snapshot; `None` until the first full load. In an `Arc` so that
-    /// request threads can keep a cache of it (see `http::gateways`).
+    /// request threads can keep a cache of it (see [`Serving::read`]).
     pub snapshot: Arc<ArcSwapOption<Snapshot>>,
     /// The constant part of every answer, serialized once (see [`crate::answer::answer_tail`]).
     pub answer_tail: String,
     /// The client-region table (`[regions]`), for `/gateways` and DNS; replaced when
-    /// a reload changes `[regions]`.
-    pub regions: ArcSwap<RegionTable>,
+    /// a reload changes `[regions]`. In an `Arc`, as the snapshot.
+    pub regions: Arc<ArcSwap<RegionTable>>,
     /// The ASN database in force (`[regions] isp_db`): every version of `regions`
     /// reads it, and a new file replaces it for all (see `identity::follow_isp_db`).
     pub isp_db: IspDbSlot,
@@ -79,7 +79,10 @@ impl Serving {
         Serving {
             snapshot: Arc::new(ArcSwapOption::empty()),
             answer_tail: crate::answer::answer_tail(config),
-            regions: ArcSwap::from_pointee(region_table(&config.regions, &isp_db)),
+            regions: Arc::new(ArcSwap::from_pointee(region_table(
+                &config.regions,
+                &isp_db,
+            ))),
             isp_db,
             policies: Arc::default(),
             feedback: Arc::default(),
