@@ -13,12 +13,11 @@ use registry::record::IpFamily;
 use registry::Proto;
 use serde::Serialize;
 
-use crate::config::FileConfig;
 use crate::guard::{Guard, Listed};
 use crate::herd::HerdView;
 use crate::identity::{network_key, RegionTable};
-use crate::policy::Policies;
 use crate::schedule::{self, Query, Reason, Rules, Snapshot, Steer, Tier, Verdict};
+use crate::state::Reading;
 
 /// What to explain: a client's address and what it would ask `/gateways`.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,18 +38,11 @@ pub struct Ask {
 
 /// What the router holds, as one explanation reads it.
 pub struct Facts<'a> {
-    /// The served snapshot (`None`: not loaded yet).
-    pub snapshot: Option<&'a Snapshot>,
-    /// `max_load`, `[regions] fallbacks`, the network prefixes.
-    pub config: &'a FileConfig,
-    /// The client-region table.
-    pub regions: &'a RegionTable,
+    /// What an answer reads (the snapshot, `max_load`, `[regions] fallbacks`, the
+    /// network prefixes, the region table, the policies and the demotions).
+    pub reading: Reading<'a>,
     /// Block and allow lists.
     pub guard: &'a Guard,
-    /// The operator policies in force.
-    pub policies: &'a Policies,
-    /// The gateways demoted for each network by its clients' reports.
-    pub demotions: &'a crate::feedback::Demotions,
     /// Invalid records (and duplicate ids) by key, with the reason.
     pub invalid: &'a OrdMap<Arc<str>, String>,
     /// The herd counts as of now.
@@ -209,9 +201,9 @@ pub struct Explanation {
 /// Explains what `/gateways` would do for `ask` with what `facts` hold. Counts no
 /// answer and charges no budget.
 pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
-    let cfg = facts.config;
+    let cfg = facts.reading.config;
     let ip = ask.ip.to_canonical();
-    let (region, region_from, region_cidr) = region_of(ask, ip, facts.regions);
+    let (region, region_from, region_cidr) = region_of(ask, ip, facts.reading.regions);
     let fallbacks: &[String] = region
         .as_deref()
         .and_then(|r| cfg.regions.fallbacks.get(r))
@@ -221,12 +213,14 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
     let isp = ask
         .isp
         .clone()
-        .or_else(|| facts.regions.isp(ip).map(str::to_string));
+        .or_else(|| facts.reading.regions.isp(ip).map(str::to_string));
     // The policy as the client's next answer would meet it, not counted.
     let policy = facts
+        .reading
         .policies
         .for_network(region.as_deref(), isp.as_deref());
     let demoted = facts
+        .reading
         .demotions
         .for_network(region.as_deref(), isp.as_deref());
     let query = Query {
@@ -242,18 +236,19 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
         fallbacks,
         herd: facts.herd,
     };
-    let (answer, passed_over) = match facts.snapshot {
+    let (answer, passed_over) = match facts.reading.snapshot {
         Some(snap) => nodes(snap, &query, rules),
         None => (Vec::new(), Vec::new()),
     };
     let outcome = match () {
-        _ if facts.snapshot.is_none() => Outcome::NotReady,
+        _ if facts.reading.snapshot.is_none() => Outcome::NotReady,
         _ if guard.blocked.is_some() => Outcome::Blocked,
         _ if answer.is_empty() => Outcome::NoGateways,
         _ => Outcome::Answered,
     };
-    let stale =
-        facts.snapshot.is_some_and(|s| s.stale) || facts.lagging || answer.iter().any(|a| a.held);
+    let stale = facts.reading.snapshot.is_some_and(|s| s.stale)
+        || facts.lagging
+        || answer.iter().any(|a| a.held);
     let prefix = |(v4, v6): (u8, u8)| {
         let len = if ip.is_ipv4() { v4 } else { v6 };
         IpNet::new(network_key(ip, (v4, v6)), len).unwrap_or_else(|_| IpNet::from(ip))
@@ -273,7 +268,7 @@ pub fn explain(ask: &Ask, facts: &Facts<'_>) -> Explanation {
         count: ask.count,
         ip_version: ask.family.map(|f| if f == IpFamily::V4 { 4 } else { 6 }),
         outcome,
-        revision: facts.snapshot.map(|s| s.revision),
+        revision: facts.reading.snapshot.map(|s| s.revision),
         stale,
         max_load: cfg.max_load,
         answer,

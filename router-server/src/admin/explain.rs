@@ -20,24 +20,21 @@ pub(super) async fn route(
 ) -> Result<Response, ApiError> {
     let ask = ask(raw.as_deref())?;
     let s = &admin.serving;
-    let snapshot = s.snapshot.load_full();
     let invalid = admin.status.invalid.lock().expect("invalid lock").clone();
-    let (config, regions) = (admin.config.load(), s.regions.load());
-    let policies = s.policies.load();
-    let demotions = s.feedback.demotions.load();
-    let facts = Facts {
-        policies: &policies,
-        demotions: &demotions,
-        snapshot: snapshot.as_deref(),
-        config: &config,
-        regions: &regions,
-        guard: &s.guard,
-        invalid: &invalid,
-        herd: s.herd_view(),
-        lagging: s.lagging.load(Ordering::Relaxed),
-        now_ms: registry::now_ms(),
-    };
-    Ok(Json(explain(&ask, &facts)).into_response())
+    let explanation = s.read(&admin.config, |&reading| {
+        explain(
+            &ask,
+            &Facts {
+                reading,
+                guard: &s.guard,
+                invalid: &invalid,
+                herd: s.herd_view(),
+                lagging: s.lagging.load(Ordering::Relaxed),
+                now_ms: registry::now_ms(),
+            },
+        )
+    });
+    Ok(Json(explanation).into_response())
 }
 
 /// The query: `ip` (required) and `isp` here, the rest as `/gateways` takes them.

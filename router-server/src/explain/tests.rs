@@ -9,6 +9,7 @@ use registry::{NodeRecord, NodeState, Ports, Proto};
 
 use super::*;
 use crate::clock::LimiterClock;
+use crate::config::FileConfig;
 use crate::metrics::Metrics;
 
 const CONFIG: &str = r#"
@@ -92,11 +93,13 @@ static NO_POLICIES: std::sync::LazyLock<crate::policy::Policies> =
 
 fn facts(w: &World) -> Facts<'_> {
     Facts {
-        policies: &NO_POLICIES,
-        demotions: &NO_DEMOTIONS,
-        snapshot: Some(&w.snap),
-        config: &w.config,
-        regions: &w.regions,
+        reading: Reading {
+            policies: &NO_POLICIES,
+            demotions: &NO_DEMOTIONS,
+            snapshot: Some(&w.snap),
+            config: &w.config,
+            regions: &w.regions,
+        },
         guard: &w.guard,
         invalid: &w.invalid,
         herd: HerdView::now(5000, 1),
@@ -179,10 +182,14 @@ fn the_default_region_and_no_region() {
     );
     let config = FileConfig::parse("").unwrap();
     let regions = RegionTable::new(&config.regions.cidrs, &config.regions.default);
+    let all = facts(&w);
     let f = Facts {
-        config: &config,
-        regions: &regions,
-        ..facts(&w)
+        reading: Reading {
+            config: &config,
+            regions: &regions,
+            ..all.reading
+        },
+        ..all
     };
     let x = explain(&ask("192.0.2.9"), &f);
     assert_eq!((x.region, x.region_from), (None, RegionFrom::None));
@@ -276,9 +283,13 @@ fn outcomes_staleness_and_invalid_records() {
         reason_of(&explain(&six, &facts(&w)), "sh-1"),
         Reason::NoAddress
     );
+    let all = facts(&w);
     let not_ready = Facts {
-        snapshot: None,
-        ..facts(&w)
+        reading: Reading {
+            snapshot: None,
+            ..all.reading
+        },
+        ..all
     };
     let x = explain(&ask("198.51.100.7"), &not_ready);
     assert_eq!((x.outcome, x.revision), (Outcome::NotReady, None));

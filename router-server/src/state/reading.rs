@@ -19,6 +19,7 @@ use crate::policy::Policies;
 use crate::schedule::Snapshot;
 
 /// The values one answer reads, as of its start.
+#[derive(Clone, Copy)]
 pub struct Reading<'a> {
     /// The served snapshot; `None` until the first full load.
     pub snapshot: Option<&'a Snapshot>,
