@@ -180,28 +180,28 @@ impl Guard {
         Some(reason)
     }
 
+    /// The lists' verdict on `ip`, in one load of them: the reason it is blocked
+    /// (counted), else whether the allow list exempts it from every budget.
+    fn listed(&self, ip: IpAddr) -> Result<bool, Arc<str>> {
+        let lists = self.lists.load();
+        if let Some(reason) = lists.blocked(ip) {
+            self.metrics.blocked.inc();
+            return Err(reason);
+        }
+        Ok(lists.allowed(ip))
+    }
+
     /// Lets `ip` through unless it is blocked, charging no budget: the check for
     /// sources that can be spoofed (UDP, whose budget is response-rate limiting).
     pub fn screen(&self, ip: IpAddr) -> Option<Pass> {
-        let lists = self.lists.load();
-        if lists.blocked(ip).is_some() {
-            self.metrics.blocked.inc();
-            return None;
-        }
-        Some(Pass {
-            exempt: lists.allowed(ip),
-        })
+        let exempt = self.listed(ip).ok()?;
+        Some(Pass { exempt })
     }
 
     /// Lets `ip` through or says why not, charging one request to its network's
     /// budget. For sources that cannot be spoofed.
     pub fn check(&self, ip: IpAddr) -> Result<Pass, Refusal> {
-        let lists = self.lists.load();
-        if let Some(reason) = lists.blocked(ip) {
-            self.metrics.blocked.inc();
-            return Err(Refusal::Blocked(reason));
-        }
-        if lists.allowed(ip) {
+        if self.listed(ip).map_err(Refusal::Blocked)? {
             return Ok(Pass { exempt: true });
         }
         let Some(limiter) = &self.requests else {
