@@ -108,7 +108,12 @@ impl Slot {
 /// examples), a cost per request the product does not pay. No test of the server
 /// pauses time.
 pub(super) fn since_ms(epoch: Instant) -> u64 {
-    epoch.into_std().elapsed().as_millis() as u64
+    ms_at(epoch, std::time::Instant::now())
+}
+
+/// Milliseconds from `epoch` to `at`, a reading of std's clock (0 before the epoch).
+fn ms_at(epoch: Instant, at: std::time::Instant) -> u64 {
+    at.saturating_duration_since(epoch.into_std()).as_millis() as u64
 }
 
 /// [`Slot::head_ms`] when no head has begun.
@@ -219,10 +224,7 @@ impl ConnTable {
     /// Sets `slot`'s phase as of `at` (a reading of std's clock the caller made);
     /// returns it in ms since the epoch.
     pub(super) fn set_phase_at(&self, slot: &Slot, phase: Phase, at: std::time::Instant) -> u64 {
-        let ms = at
-            .saturating_duration_since(self.epoch.into_std())
-            .as_millis() as u64;
-        self.set_phase_ms(slot, phase, ms)
+        self.set_phase_ms(slot, phase, ms_at(self.epoch, at))
     }
 
     fn set_phase_ms(&self, slot: &Slot, phase: Phase, now: u64) -> u64 {
